@@ -1,0 +1,252 @@
+// Package api holds Berth's resource types: the internal, JSON-serialisable
+// form of Services, Revisions, Instances and Nodes as they are stored in etcd
+// and passed between packages. It owns no behaviour beyond small pure helpers
+// (defaults, resource quantity parsing). The protobuf wire types live in
+// api/pb and are converted at the API boundary; nothing here imports them.
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// APIVersion is the only manifest apiVersion Berth accepts today.
+const APIVersion = "berth.dev/v1"
+
+// Kinds understood by Berth.
+const (
+	KindService = "Service"
+)
+
+// DefaultNamespace is used when a manifest names none.
+const DefaultNamespace = "default"
+
+// ClusterDomain is the DNS zone Berth is authoritative for.
+const ClusterDomain = "berth.internal"
+
+// ObjectMeta names an object. Name and Namespace are DNS labels.
+type ObjectMeta struct {
+	Name      string            `json:"name"`
+	Namespace string            `json:"namespace,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// Service is the user's desired state for one service.
+type Service struct {
+	APIVersion string      `json:"apiVersion"`
+	Kind       string      `json:"kind"`
+	Metadata   ObjectMeta  `json:"metadata"`
+	Spec       ServiceSpec `json:"spec"`
+	// Set by the control plane, never by a manifest.
+	Status ServiceStatus `json:"status,omitempty"`
+}
+
+// Key is "<namespace>/<name>".
+func (s *Service) Key() string { return s.Metadata.Namespace + "/" + s.Metadata.Name }
+
+// ServiceStatus is what the control plane records about a service.
+type ServiceStatus struct {
+	// Revision is the number of the revision the service currently runs.
+	Revision  int64     `json:"revision,omitempty"`
+	CreatedAt time.Time `json:"createdAt,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt,omitempty"`
+}
+
+// ServiceSpec is the desired state of a service. Everything except Replicas
+// (and Route, which only steers traffic) is the template: a change to it
+// makes a new Revision.
+type ServiceSpec struct {
+	Image     string            `json:"image"`
+	Command   []string          `json:"command,omitempty"`
+	Args      []string          `json:"args,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Replicas  *int32            `json:"replicas,omitempty"`
+	Ports     []Port            `json:"ports,omitempty"`
+	Resources Resources         `json:"resources,omitempty"`
+	Health    *Health           `json:"health,omitempty"`
+	Route     *Route            `json:"route,omitempty"`
+}
+
+// ReplicaCount returns the desired replicas, defaulting to 1.
+func (s *ServiceSpec) ReplicaCount() int32 {
+	if s.Replicas == nil {
+		return 1
+	}
+	return *s.Replicas
+}
+
+// Template returns the part of the spec that defines a revision: everything
+// but replicas and route.
+func (s ServiceSpec) Template() ServiceSpec {
+	t := s
+	t.Replicas = nil
+	t.Route = nil
+	return t
+}
+
+// Protocols a port may speak.
+const (
+	ProtocolHTTP  = "http"
+	ProtocolHTTP2 = "http2"
+	ProtocolGRPC  = "grpc"
+	ProtocolTCP   = "tcp"
+)
+
+// Port is a named port the container listens on.
+type Port struct {
+	Name     string `json:"name"`
+	Port     int32  `json:"port"`
+	Protocol string `json:"protocol,omitempty"` // http (default), http2, grpc, tcp
+}
+
+// Resources are requests, as the user wrote them: cpu "250m" or "0.5",
+// memory "128Mi" or "1G". Use MilliCPU and MemoryBytes to read them.
+type Resources struct {
+	CPU    string `json:"cpu,omitempty"`
+	Memory string `json:"memory,omitempty"`
+}
+
+// Health is a readiness probe. Exactly one of HTTP or TCP is set.
+type Health struct {
+	HTTP     *HTTPProbe `json:"http,omitempty"`
+	TCP      *TCPProbe  `json:"tcp,omitempty"`
+	Interval Duration   `json:"interval,omitempty"`
+	Timeout  Duration   `json:"timeout,omitempty"`
+}
+
+// HTTPProbe is ready when GET path on port answers 2xx or 3xx.
+type HTTPProbe struct {
+	Path string `json:"path"`
+	Port int32  `json:"port"`
+}
+
+// TCPProbe is ready when port accepts a connection.
+type TCPProbe struct {
+	Port int32 `json:"port"`
+}
+
+// Route exposes a service through the gateways.
+type Route struct {
+	Hosts []string `json:"hosts,omitempty"`
+	Paths []string `json:"paths,omitempty"` // path prefixes; default "/"
+}
+
+// Duration is a time.Duration that reads and writes Go duration strings
+// ("5s", "1m30s") in JSON and YAML.
+type Duration struct{ time.Duration }
+
+func (d Duration) MarshalJSON() ([]byte, error) {
+	if d.Duration == 0 {
+		return []byte(`""`), nil
+	}
+	return json.Marshal(d.Duration.String())
+}
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"5s\"")
+	}
+	if s == "" {
+		d.Duration = 0
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q must not be negative", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Revision is an immutable snapshot of a service's template.
+type Revision struct {
+	Namespace string      `json:"namespace"`
+	Service   string      `json:"service"`
+	Number    int64       `json:"number"`
+	Template  ServiceSpec `json:"template"`
+	Hash      string      `json:"hash"`
+	CreatedAt time.Time   `json:"createdAt"`
+}
+
+// Instance desired states.
+const (
+	// DesiredRunning: the agent keeps a container running.
+	DesiredRunning = "running"
+	// DesiredStopped: the endpoint has been drained; the agent stops the
+	// container and reports phase Stopped, after which the control plane
+	// deletes the instance.
+	DesiredStopped = "stopped"
+)
+
+// Instance is one desired container: a replica of a service revision.
+type Instance struct {
+	ID        string      `json:"id"`
+	Namespace string      `json:"namespace"`
+	Service   string      `json:"service"`
+	Revision  int64       `json:"revision"`
+	Template  ServiceSpec `json:"template"`
+	// Node is empty until the scheduler places the instance.
+	Node string `json:"node,omitempty"`
+	// Desired is DesiredRunning or DesiredStopped.
+	Desired string `json:"desired"`
+	// Draining is set when the instance must leave discovery; DrainSince
+	// says when, so the stop can wait for gateways and DNS caches.
+	Draining   bool      `json:"draining,omitempty"`
+	DrainSince time.Time `json:"drainSince,omitempty"`
+	CreatedAt  time.Time `json:"createdAt"`
+}
+
+// Instance phases reported by agents.
+const (
+	PhasePending  = "Pending"  // placed, not yet acted on
+	PhasePulling  = "Pulling"  // getting the image
+	PhaseStarting = "Starting" // container created, not yet ready
+	PhaseRunning  = "Running"  // task running
+	PhaseBackoff  = "Backoff"  // exited or failed, waiting to retry
+	PhaseStopped  = "Stopped"  // stopped on request; container removed
+)
+
+// InstanceStatus is what an agent observed of an instance.
+type InstanceStatus struct {
+	ID          string    `json:"id"`
+	Node        string    `json:"node"`
+	Phase       string    `json:"phase"`
+	ContainerID string    `json:"containerID,omitempty"`
+	IP          string    `json:"ip,omitempty"`
+	Ready       bool      `json:"ready"`
+	Restarts    int32     `json:"restarts"`
+	LastExit    *Exit     `json:"lastExit,omitempty"`
+	LastError   string    `json:"lastError,omitempty"`
+	StartedAt   time.Time `json:"startedAt,omitempty"`
+	UpdatedAt   time.Time `json:"updatedAt"`
+}
+
+// Exit records how a container ended.
+type Exit struct {
+	Code int32     `json:"code"`
+	At   time.Time `json:"at"`
+}
+
+// Node is a machine running an agent.
+type Node struct {
+	Name      string            `json:"name"`
+	Address   string            `json:"address"`
+	PodCIDR   string            `json:"podCIDR"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Capacity  Capacity          `json:"capacity"`
+	Ready     bool              `json:"ready"`
+	Heartbeat time.Time         `json:"heartbeat"`
+	JoinedAt  time.Time         `json:"joinedAt"`
+}
+
+// Capacity is what a node offers (or what instances request), in
+// milli-CPUs and bytes.
+type Capacity struct {
+	MilliCPU    int64 `json:"milliCPU"`
+	MemoryBytes int64 `json:"memoryBytes"`
+}

@@ -1,0 +1,88 @@
+// Package discovery owns the discovery snapshot: the one immutable,
+// versioned view of which services exist, how their traffic is split across
+// revisions, and which endpoints are ready to serve. The control plane builds
+// it (Build, a pure function over stored state) and publishes it; the xDS
+// translator and the DNS server both read it, so the gateway and DNS never
+// disagree about who serves. It must not do I/O or know about etcd.
+package discovery
+
+import "sort"
+
+// Snapshot is immutable once built: readers share it without locks and
+// nobody may modify it. Version increases with every change (it is the etcd
+// revision the snapshot reflects).
+type Snapshot struct {
+	Version  uint64    `json:"version"`
+	Services []Service `json:"services"` // sorted by Namespace, Name
+}
+
+// Service is one service as seen by traffic.
+type Service struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Ports     []Port `json:"ports,omitempty"`
+	// Route is nil for services that are not exposed through gateways.
+	Route *Route `json:"route,omitempty"`
+	// Revisions that may receive traffic, with their weights. Weights of a
+	// service sum to 100 when it has any revision.
+	Revisions []Revision `json:"revisions"`
+}
+
+// Port is a named service port.
+type Port struct {
+	Name     string `json:"name"`
+	Port     uint32 `json:"port"`
+	Protocol string `json:"protocol"`
+}
+
+// Route says which requests a gateway sends to the service.
+type Route struct {
+	Hosts []string `json:"hosts"`
+	Paths []string `json:"paths"` // prefixes, at least "/"
+}
+
+// Revision is one revision's share of a service's traffic.
+type Revision struct {
+	Number    int64      `json:"number"`
+	Weight    uint32     `json:"weight"` // 0..100
+	Endpoints []Endpoint `json:"endpoints"`
+}
+
+// Endpoint is one instance's address. Only Ready endpoints receive new
+// traffic; Draining ones are kept so gateways can finish what they have.
+type Endpoint struct {
+	Instance string `json:"instance"`
+	Node     string `json:"node"`
+	IP       string `json:"ip"`
+	Ready    bool   `json:"ready"`
+	Draining bool   `json:"draining,omitempty"`
+}
+
+// Lookup returns the service ns/name, or nil.
+func (s *Snapshot) Lookup(ns, name string) *Service {
+	if s == nil {
+		return nil
+	}
+	i := sort.Search(len(s.Services), func(i int) bool {
+		a := s.Services[i]
+		return a.Namespace > ns || (a.Namespace == ns && a.Name >= name)
+	})
+	if i < len(s.Services) && s.Services[i].Namespace == ns && s.Services[i].Name == name {
+		return &s.Services[i]
+	}
+	return nil
+}
+
+// ReadyEndpoints returns the ready, non-draining endpoints of all revisions
+// of the service.
+func (s *Service) ReadyEndpoints() []Endpoint {
+	var out []Endpoint
+	for _, r := range s.Revisions {
+		for _, e := range r.Endpoints {
+			if e.Ready && !e.Draining {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
