@@ -39,7 +39,7 @@ type Service struct {
 	Metadata   ObjectMeta  `json:"metadata"`
 	Spec       ServiceSpec `json:"spec"`
 	// Set by the control plane, never by a manifest.
-	Status ServiceStatus `json:"status,omitempty"`
+	Status ServiceStatus `json:"status,omitzero"`
 }
 
 // Key is "<namespace>/<name>".
@@ -49,8 +49,8 @@ func (s *Service) Key() string { return s.Metadata.Namespace + "/" + s.Metadata.
 type ServiceStatus struct {
 	// Revision is the number of the revision the service currently runs.
 	Revision  int64     `json:"revision,omitempty"`
-	CreatedAt time.Time `json:"createdAt,omitempty"`
-	UpdatedAt time.Time `json:"updatedAt,omitempty"`
+	CreatedAt time.Time `json:"createdAt,omitzero"`
+	UpdatedAt time.Time `json:"updatedAt,omitzero"`
 }
 
 // ServiceSpec is the desired state of a service. Everything except Replicas
@@ -63,7 +63,7 @@ type ServiceSpec struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Replicas  *int32            `json:"replicas,omitempty"`
 	Ports     []Port            `json:"ports,omitempty"`
-	Resources Resources         `json:"resources,omitempty"`
+	Resources Resources         `json:"resources,omitzero"`
 	Health    *Health           `json:"health,omitempty"`
 	Route     *Route            `json:"route,omitempty"`
 }
@@ -111,8 +111,8 @@ type Resources struct {
 type Health struct {
 	HTTP     *HTTPProbe `json:"http,omitempty"`
 	TCP      *TCPProbe  `json:"tcp,omitempty"`
-	Interval Duration   `json:"interval,omitempty"`
-	Timeout  Duration   `json:"timeout,omitempty"`
+	Interval Duration   `json:"interval,omitzero"`
+	Timeout  Duration   `json:"timeout,omitzero"`
 }
 
 // HTTPProbe is ready when GET path on port answers 2xx or 3xx.
@@ -197,7 +197,7 @@ type Instance struct {
 	// Draining is set when the instance must leave discovery; DrainSince
 	// says when, so the stop can wait for gateways and DNS caches.
 	Draining   bool      `json:"draining,omitempty"`
-	DrainSince time.Time `json:"drainSince,omitempty"`
+	DrainSince time.Time `json:"drainSince,omitzero"`
 	CreatedAt  time.Time `json:"createdAt"`
 }
 
@@ -222,7 +222,7 @@ type InstanceStatus struct {
 	Restarts    int32     `json:"restarts"`
 	LastExit    *Exit     `json:"lastExit,omitempty"`
 	LastError   string    `json:"lastError,omitempty"`
-	StartedAt   time.Time `json:"startedAt,omitempty"`
+	StartedAt   time.Time `json:"startedAt,omitzero"`
 	UpdatedAt   time.Time `json:"updatedAt"`
 }
 
@@ -250,3 +250,9 @@ type Capacity struct {
 	MilliCPU    int64 `json:"milliCPU"`
 	MemoryBytes int64 `json:"memoryBytes"`
 }
+
+// Name returns the instance's service name (for symmetry with Service.Key).
+func (i *Instance) Name() string { return i.Service }
+
+// ServiceKey is "<namespace>/<service>".
+func (i *Instance) ServiceKey() string { return i.Namespace + "/" + i.Service }

@@ -1,0 +1,259 @@
+// Package pb holds Berth's generated protobuf/gRPC wire types (berth.proto)
+// and their conversions to and from the internal types in api and
+// discovery. Conversions live here, at the boundary, so no other package
+// handles wire types except the API server, the agent client and the CLI.
+package pb
+
+import (
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/discovery"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func fromTS(t *timestamppb.Timestamp) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.AsTime()
+}
+
+func durString(d api.Duration) string {
+	if d.Duration == 0 {
+		return ""
+	}
+	return d.Duration.String()
+}
+
+func parseDur(s string) api.Duration {
+	d, _ := time.ParseDuration(s)
+	return api.Duration{Duration: d}
+}
+
+// FromService converts a service to the wire.
+func FromService(s *api.Service) *Service {
+	return &Service{
+		Metadata: &ObjectMeta{Name: s.Metadata.Name, Namespace: s.Metadata.Namespace, Labels: s.Metadata.Labels},
+		Spec:     FromSpec(&s.Spec),
+		Status: &ServiceStatus{
+			Revision:  s.Status.Revision,
+			CreatedAt: ts(s.Status.CreatedAt),
+			UpdatedAt: ts(s.Status.UpdatedAt),
+		},
+	}
+}
+
+// ToService converts a wire service. Durations that do not parse become
+// zero; callers validate after converting. (Health durations are checked
+// by ToServiceChecked.)
+func ToService(p *Service) *api.Service {
+	s := &api.Service{APIVersion: api.APIVersion, Kind: api.KindService}
+	if m := p.GetMetadata(); m != nil {
+		s.Metadata = api.ObjectMeta{Name: m.Name, Namespace: m.Namespace, Labels: m.Labels}
+	}
+	if p.GetSpec() != nil {
+		s.Spec = ToSpec(p.Spec)
+	}
+	if st := p.GetStatus(); st != nil {
+		s.Status = api.ServiceStatus{Revision: st.Revision, CreatedAt: fromTS(st.CreatedAt), UpdatedAt: fromTS(st.UpdatedAt)}
+	}
+	return s
+}
+
+// BadDurations lists the health durations of a wire spec that do not parse,
+// as "field: value" pairs, so the API server can reject them by name.
+func BadDurations(p *ServiceSpec) []string {
+	var bad []string
+	if h := p.GetHealth(); h != nil {
+		if _, err := time.ParseDuration(h.Interval); h.Interval != "" && err != nil {
+			bad = append(bad, "spec.health.interval: invalid duration "+h.Interval)
+		}
+		if _, err := time.ParseDuration(h.Timeout); h.Timeout != "" && err != nil {
+			bad = append(bad, "spec.health.timeout: invalid duration "+h.Timeout)
+		}
+	}
+	return bad
+}
+
+// FromSpec converts a spec to the wire.
+func FromSpec(s *api.ServiceSpec) *ServiceSpec {
+	p := &ServiceSpec{
+		Image:     s.Image,
+		Command:   s.Command,
+		Args:      s.Args,
+		Env:       s.Env,
+		Replicas:  s.Replicas,
+		Resources: &Resources{Cpu: s.Resources.CPU, Memory: s.Resources.Memory},
+	}
+	for _, port := range s.Ports {
+		p.Ports = append(p.Ports, &Port{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+	}
+	if h := s.Health; h != nil {
+		ph := &Health{Interval: durString(h.Interval), Timeout: durString(h.Timeout)}
+		if h.HTTP != nil {
+			ph.Http = &HTTPProbe{Path: h.HTTP.Path, Port: h.HTTP.Port}
+		}
+		if h.TCP != nil {
+			ph.Tcp = &TCPProbe{Port: h.TCP.Port}
+		}
+		p.Health = ph
+	}
+	if r := s.Route; r != nil {
+		p.Route = &Route{Hosts: r.Hosts, Paths: r.Paths}
+	}
+	return p
+}
+
+// ToSpec converts a wire spec.
+func ToSpec(p *ServiceSpec) api.ServiceSpec {
+	s := api.ServiceSpec{
+		Image:    p.Image,
+		Command:  p.Command,
+		Args:     p.Args,
+		Env:      p.Env,
+		Replicas: p.Replicas,
+	}
+	if r := p.GetResources(); r != nil {
+		s.Resources = api.Resources{CPU: r.Cpu, Memory: r.Memory}
+	}
+	for _, port := range p.Ports {
+		s.Ports = append(s.Ports, api.Port{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+	}
+	if h := p.GetHealth(); h != nil {
+		ah := &api.Health{Interval: parseDur(h.Interval), Timeout: parseDur(h.Timeout)}
+		if h.Http != nil {
+			ah.HTTP = &api.HTTPProbe{Path: h.Http.Path, Port: h.Http.Port}
+		}
+		if h.Tcp != nil {
+			ah.TCP = &api.TCPProbe{Port: h.Tcp.Port}
+		}
+		s.Health = ah
+	}
+	if r := p.GetRoute(); r != nil {
+		s.Route = &api.Route{Hosts: r.Hosts, Paths: r.Paths}
+	}
+	return s
+}
+
+// FromInstance converts an instance to the wire.
+func FromInstance(i *api.Instance) *Instance {
+	return &Instance{
+		Id: i.ID, Namespace: i.Namespace, Service: i.Service, Revision: i.Revision,
+		Template: FromSpec(&i.Template), Node: i.Node, Desired: i.Desired,
+		Draining: i.Draining, DrainSince: ts(i.DrainSince), CreatedAt: ts(i.CreatedAt),
+	}
+}
+
+// ToInstance converts a wire instance.
+func ToInstance(p *Instance) api.Instance {
+	i := api.Instance{
+		ID: p.Id, Namespace: p.Namespace, Service: p.Service, Revision: p.Revision,
+		Node: p.Node, Desired: p.Desired, Draining: p.Draining,
+		DrainSince: fromTS(p.DrainSince), CreatedAt: fromTS(p.CreatedAt),
+	}
+	if p.Template != nil {
+		i.Template = ToSpec(p.Template)
+	}
+	return i
+}
+
+// FromStatus converts an instance status to the wire.
+func FromStatus(s *api.InstanceStatus) *InstanceStatus {
+	p := &InstanceStatus{
+		Id: s.ID, Node: s.Node, Phase: s.Phase, ContainerId: s.ContainerID, Ip: s.IP,
+		Ready: s.Ready, Restarts: s.Restarts, LastError: s.LastError,
+		StartedAt: ts(s.StartedAt), UpdatedAt: ts(s.UpdatedAt),
+	}
+	if s.LastExit != nil {
+		p.LastExit = &Exit{Code: s.LastExit.Code, At: ts(s.LastExit.At)}
+	}
+	return p
+}
+
+// ToStatus converts a wire instance status.
+func ToStatus(p *InstanceStatus) api.InstanceStatus {
+	s := api.InstanceStatus{
+		ID: p.Id, Node: p.Node, Phase: p.Phase, ContainerID: p.ContainerId, IP: p.Ip,
+		Ready: p.Ready, Restarts: p.Restarts, LastError: p.LastError,
+		StartedAt: fromTS(p.StartedAt), UpdatedAt: fromTS(p.UpdatedAt),
+	}
+	if p.LastExit != nil {
+		s.LastExit = &api.Exit{Code: p.LastExit.Code, At: fromTS(p.LastExit.At)}
+	}
+	return s
+}
+
+// FromNode converts a node to the wire.
+func FromNode(n *api.Node) *Node {
+	return &Node{
+		Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Labels: n.Labels,
+		Capacity: &Capacity{MilliCpu: n.Capacity.MilliCPU, MemoryBytes: n.Capacity.MemoryBytes},
+		Ready:    n.Ready, Heartbeat: ts(n.Heartbeat), JoinedAt: ts(n.JoinedAt),
+	}
+}
+
+// ToNode converts a wire node.
+func ToNode(p *Node) api.Node {
+	n := api.Node{
+		Name: p.Name, Address: p.Address, PodCIDR: p.PodCidr, Labels: p.Labels,
+		Ready: p.Ready, Heartbeat: fromTS(p.Heartbeat), JoinedAt: fromTS(p.JoinedAt),
+	}
+	if c := p.Capacity; c != nil {
+		n.Capacity = api.Capacity{MilliCPU: c.MilliCpu, MemoryBytes: c.MemoryBytes}
+	}
+	return n
+}
+
+// FromSnapshot converts a discovery snapshot to the wire.
+func FromSnapshot(s *discovery.Snapshot) *DiscoverySnapshot {
+	p := &DiscoverySnapshot{Version: s.Version}
+	for _, svc := range s.Services {
+		ps := &DiscoveryService{Namespace: svc.Namespace, Name: svc.Name}
+		for _, port := range svc.Ports {
+			ps.Ports = append(ps.Ports, &Port{Name: port.Name, Port: int32(port.Port), Protocol: port.Protocol})
+		}
+		if svc.Route != nil {
+			ps.Route = &Route{Hosts: svc.Route.Hosts, Paths: svc.Route.Paths}
+		}
+		for _, rev := range svc.Revisions {
+			pr := &DiscoveryRevision{Number: rev.Number, Weight: rev.Weight}
+			for _, e := range rev.Endpoints {
+				pr.Endpoints = append(pr.Endpoints, &Endpoint{Instance: e.Instance, Node: e.Node, Ip: e.IP, Ready: e.Ready, Draining: e.Draining})
+			}
+			ps.Revisions = append(ps.Revisions, pr)
+		}
+		p.Services = append(p.Services, ps)
+	}
+	return p
+}
+
+// ToSnapshot converts a wire discovery snapshot.
+func ToSnapshot(p *DiscoverySnapshot) *discovery.Snapshot {
+	s := &discovery.Snapshot{Version: p.Version, Services: make([]discovery.Service, 0, len(p.Services))}
+	for _, ps := range p.Services {
+		svc := discovery.Service{Namespace: ps.Namespace, Name: ps.Name}
+		for _, port := range ps.Ports {
+			svc.Ports = append(svc.Ports, discovery.Port{Name: port.Name, Port: uint32(port.Port), Protocol: port.Protocol})
+		}
+		if ps.Route != nil {
+			svc.Route = &discovery.Route{Hosts: ps.Route.Hosts, Paths: ps.Route.Paths}
+		}
+		for _, pr := range ps.Revisions {
+			rev := discovery.Revision{Number: pr.Number, Weight: pr.Weight}
+			for _, e := range pr.Endpoints {
+				rev.Endpoints = append(rev.Endpoints, discovery.Endpoint{Instance: e.Instance, Node: e.Node, IP: e.Ip, Ready: e.Ready, Draining: e.Draining})
+			}
+			svc.Revisions = append(svc.Revisions, rev)
+		}
+		s.Services = append(s.Services, svc)
+	}
+	return s
+}

@@ -1,0 +1,429 @@
+// Package apiserver serves Berth's gRPC API: the Berth service that users
+// and the CLI call, and the NodeAgent service that agents call. It owns
+// the wire boundary: it converts between api/pb and api types, validates
+// every request before anything is stored, and turns store errors into
+// gRPC status codes. It makes no scheduling or lifecycle decisions; the
+// controllers do.
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/manifests"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Config configures the API server.
+type Config struct {
+	// ImageDir holds uploaded image tarballs.
+	ImageDir string
+	// ClusterCIDR is divided into one pod subnet per node.
+	ClusterCIDR string
+	// NodeSubnetBits is the prefix length of a node's pod subnet.
+	NodeSubnetBits int
+	// HeartbeatInterval is what agents are told; a node's lease lives for
+	// three intervals.
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
+}
+
+// Server implements pb.BerthServer and pb.NodeAgentServer.
+type Server struct {
+	pb.UnimplementedBerthServer
+	pb.UnimplementedNodeAgentServer
+
+	cfg       Config
+	store     *store.Store
+	cache     *store.Cache
+	publisher *controller.Publisher
+	logger    *slog.Logger
+}
+
+// New returns an API server.
+func New(cfg Config, st *store.Store, cache *store.Cache, pub *controller.Publisher) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.NodeSubnetBits == 0 {
+		cfg.NodeSubnetBits = 24
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = time.Second
+	}
+	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
+		return nil, fmt.Errorf("apiserver: image dir: %w", err)
+	}
+	return &Server{cfg: cfg, store: st, cache: cache, publisher: pub, logger: cfg.Logger.With("component", "apiserver")}, nil
+}
+
+func storeErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.Canceled, err.Error())
+	default:
+		return status.Error(codes.Internal, err.Error())
+	}
+}
+
+func nsOrDefault(ns string) string {
+	if ns == "" {
+		return api.DefaultNamespace
+	}
+	return ns
+}
+
+// Apply validates every service and stores them all, or none.
+func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResponse, error) {
+	if len(req.Services) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "apply: no services in the request")
+	}
+	svcs := make([]api.Service, 0, len(req.Services))
+	var problems []string
+	seen := map[string]int{}
+	for i, p := range req.Services {
+		svc := pb.ToService(p)
+		svc.Status = api.ServiceStatus{}
+		manifests.Defaults(svc)
+		where := fmt.Sprintf("services[%d] (Service %s/%s)", i, svc.Metadata.Namespace, svc.Metadata.Name)
+		for _, bad := range pb.BadDurations(p.GetSpec()) {
+			problems = append(problems, where+": "+bad)
+		}
+		if err := manifests.Validate(svc); err != nil {
+			problems = append(problems, where+": "+err.Error())
+		}
+		if j, dup := seen[svc.Key()]; dup {
+			problems = append(problems, fmt.Sprintf("%s: same service as services[%d]", where, j))
+		}
+		seen[svc.Key()] = i
+		svcs = append(svcs, *svc)
+	}
+	if len(problems) > 0 {
+		return nil, status.Error(codes.InvalidArgument, "apply rejected, nothing stored: "+strings.Join(problems, "; "))
+	}
+	if req.DryRun {
+		out := &pb.ApplyResponse{}
+		for _, svc := range svcs {
+			out.Results = append(out.Results, &pb.ApplyResult{Namespace: svc.Metadata.Namespace, Name: svc.Metadata.Name, Action: "validated"})
+		}
+		return out, nil
+	}
+	results, err := s.store.ApplyServices(ctx, svcs)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	out := &pb.ApplyResponse{}
+	for _, r := range results {
+		out.Results = append(out.Results, &pb.ApplyResult{Namespace: r.Namespace, Name: r.Name, Action: r.Action, Revision: r.Revision})
+		if r.Action != "unchanged" {
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "service/" + r.Name, Reason: "Applied",
+				Message: fmt.Sprintf("service %s (revision %d)", r.Action, r.Revision)})
+			s.logger.Info("service applied", "service", r.Namespace+"/"+r.Name, "action", r.Action, "revision", r.Revision)
+		}
+	}
+	return out, nil
+}
+
+func countInstances(v *store.View, svc *api.Service) (live, ready int32) {
+	for _, vi := range v.Instances {
+		in := vi.Instance
+		if in.Namespace != svc.Metadata.Namespace || in.Service != svc.Metadata.Name || in.Draining || in.Desired != api.DesiredRunning {
+			continue
+		}
+		live++
+		if st, ok := v.Statuses[in.ID]; ok && st.Ready && st.Node == in.Node {
+			ready++
+		}
+	}
+	return live, ready
+}
+
+// ListServices lists services with their replica counts.
+func (s *Server) ListServices(ctx context.Context, req *pb.ListServicesRequest) (*pb.ListServicesResponse, error) {
+	v := s.cache.View()
+	out := &pb.ListServicesResponse{}
+	for i := range v.Services {
+		svc := &v.Services[i]
+		if req.Namespace != "" && svc.Metadata.Namespace != req.Namespace {
+			continue
+		}
+		live, ready := countInstances(v, svc)
+		out.Services = append(out.Services, &pb.ServiceSummary{Service: pb.FromService(svc), Desired: svc.Spec.ReplicaCount(), Ready: ready, Instances: live})
+	}
+	return out, nil
+}
+
+func (s *Server) instanceViews(v *store.View, ns, service string) []*pb.InstanceView {
+	var out []*pb.InstanceView
+	for _, vi := range v.Instances {
+		in := vi.Instance
+		if (ns != "" && in.Namespace != ns) || (service != "" && in.Service != service) {
+			continue
+		}
+		iv := &pb.InstanceView{Instance: pb.FromInstance(&in)}
+		if st, ok := v.Statuses[in.ID]; ok {
+			iv.Status = pb.FromStatus(&st)
+		}
+		out = append(out, iv)
+	}
+	return out
+}
+
+// GetService describes one service: spec, instances, DNS and events.
+func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb.ServiceDetail, error) {
+	ns := nsOrDefault(req.Namespace)
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "get service: name is required")
+	}
+	v := s.cache.View()
+	svc := v.Service(ns, req.Name)
+	if svc == nil {
+		return nil, status.Errorf(codes.NotFound, "service %s/%s not found", ns, req.Name)
+	}
+	out := &pb.ServiceDetail{Service: pb.FromService(svc), Instances: s.instanceViews(v, ns, req.Name)}
+	fqdn := fmt.Sprintf("%s.%s.svc.%s", req.Name, ns, api.ClusterDomain)
+	out.DnsNames = []string{fqdn, req.Name + "." + ns, req.Name + " (from namespace " + ns + ")"}
+	if snap := s.publisher.Latest(); snap != nil {
+		if ds := snap.Lookup(ns, req.Name); ds != nil {
+			for _, e := range ds.ReadyEndpoints() {
+				out.DnsAnswers = append(out.DnsAnswers, fmt.Sprintf("%s A %s (%s)", fqdn, e.IP, e.Instance))
+			}
+		}
+	}
+	events, err := s.store.ListEvents(ctx, ns, "service/"+req.Name, 50)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	for _, ev := range events {
+		out.Events = append(out.Events, fromEvent(ev))
+	}
+	return out, nil
+}
+
+func fromEvent(ev store.Event) *pb.Event {
+	return &pb.Event{At: tsOf(ev.At), Namespace: ev.Namespace, Object: ev.Object, Reason: ev.Reason, Message: ev.Message, Type: ev.Type}
+}
+
+// DeleteService removes a service; its instances drain, then stop.
+func (s *Server) DeleteService(ctx context.Context, req *pb.DeleteServiceRequest) (*pb.DeleteServiceResponse, error) {
+	ns := nsOrDefault(req.Namespace)
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "delete service: name is required")
+	}
+	n, err := s.store.DeleteService(ctx, ns, req.Name)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Deleted", Message: fmt.Sprintf("service deleted; %d instances draining", n)})
+	s.logger.Info("service deleted", "service", ns+"/"+req.Name, "draining", n)
+	return &pb.DeleteServiceResponse{InstancesDraining: int32(n)}, nil
+}
+
+// ListInstances lists instances with their observed status.
+func (s *Server) ListInstances(ctx context.Context, req *pb.ListInstancesRequest) (*pb.ListInstancesResponse, error) {
+	return &pb.ListInstancesResponse{Instances: s.instanceViews(s.cache.View(), req.Namespace, req.Service)}, nil
+}
+
+// ListNodes lists nodes with what is allocated on them.
+func (s *Server) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.ListNodesResponse, error) {
+	v := s.cache.View()
+	out := &pb.ListNodesResponse{}
+	for i := range v.Nodes {
+		n := pb.FromNode(&v.Nodes[i])
+		alloc := &pb.Capacity{}
+		for _, vi := range v.Instances {
+			if vi.Instance.Node == n.Name && vi.Instance.Desired == api.DesiredRunning {
+				r := vi.Instance.Template.Resources.Request()
+				alloc.MilliCpu += r.MilliCPU
+				alloc.MemoryBytes += r.MemoryBytes
+				n.Instances++
+			}
+		}
+		n.Allocated = alloc
+		out.Nodes = append(out.Nodes, n)
+	}
+	return out, nil
+}
+
+// ListEvents lists recent events.
+func (s *Server) ListEvents(ctx context.Context, req *pb.ListEventsRequest) (*pb.ListEventsResponse, error) {
+	events, err := s.store.ListEvents(ctx, req.Namespace, req.Object, int(req.Limit))
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	out := &pb.ListEventsResponse{}
+	for _, ev := range events {
+		out.Events = append(out.Events, fromEvent(ev))
+	}
+	return out, nil
+}
+
+// ---- NodeAgent ----
+
+// Register joins a node and returns its pod subnet.
+func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.RegisterResponse, error) {
+	if err := validNodeName(req.Name); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if req.Address != "" && net.ParseIP(req.Address) == nil {
+		return nil, status.Errorf(codes.InvalidArgument, "register: address %q is not an IP address", req.Address)
+	}
+	n := api.Node{Name: req.Name, Address: req.Address, Labels: req.Labels}
+	if c := req.Capacity; c != nil {
+		n.Capacity = api.Capacity{MilliCPU: c.MilliCpu, MemoryBytes: c.MemoryBytes}
+	}
+	node, err := s.store.RegisterNode(ctx, n, s.cfg.ClusterCIDR, s.cfg.NodeSubnetBits)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if err := s.store.Heartbeat(ctx, req.Name, 3*s.cfg.HeartbeatInterval); err != nil {
+		return nil, storeErr(err)
+	}
+	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "Registered", Message: fmt.Sprintf("node %s joined with pod subnet %s", req.Name, node.PodCIDR)})
+	s.logger.Info("node registered", "node", req.Name, "podCIDR", node.PodCIDR, "address", req.Address)
+	return &pb.RegisterResponse{PodCidr: node.PodCIDR, HeartbeatIntervalMs: s.cfg.HeartbeatInterval.Milliseconds()}, nil
+}
+
+func validNodeName(name string) error {
+	if name == "" || len(name) > 63 {
+		return fmt.Errorf("register: node name %q must be 1-63 characters", name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return fmt.Errorf("register: node name %q may hold only a-z, 0-9, '-' and '.'", name)
+		}
+	}
+	return nil
+}
+
+// Heartbeat renews a node's lease.
+func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
+	if err := s.store.Heartbeat(ctx, req.Name, 3*s.cfg.HeartbeatInterval); err != nil {
+		return nil, storeErr(err)
+	}
+	return &pb.HeartbeatResponse{}, nil
+}
+
+// WatchAssignments streams the node's instances whenever they change.
+func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.NodeAgent_WatchAssignmentsServer) error {
+	if req.Node == "" {
+		return status.Error(codes.InvalidArgument, "watch assignments: node is required")
+	}
+	changes := s.cache.Subscribe()
+	var last string
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-s.cache.Ready():
+		}
+		v := s.cache.View()
+		msg := &pb.Assignments{Revision: v.Revision}
+		var ids []string
+		for _, vi := range v.Instances {
+			if vi.Instance.Node != req.Node {
+				continue
+			}
+			msg.Instances = append(msg.Instances, pb.FromInstance(&vi.Instance))
+			ids = append(ids, fmt.Sprintf("%s:%s:%t", vi.Instance.ID, vi.Instance.Desired, vi.Instance.Draining))
+			if st, ok := v.Statuses[vi.Instance.ID]; ok {
+				msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))
+			}
+		}
+		sort.Strings(ids)
+		if key := strings.Join(ids, ","); key != last || last == "" {
+			last = key
+			if last == "" {
+				last = "-"
+			}
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changes:
+		}
+	}
+}
+
+// ReportStatus stores what an agent observed and turns changes a user
+// cares about (restarts, errors, readiness) into events.
+func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) (*pb.ReportStatusResponse, error) {
+	v := s.cache.View()
+	known := map[string]api.Instance{}
+	for _, vi := range v.Instances {
+		known[vi.Instance.ID] = vi.Instance
+	}
+	statuses := make([]api.InstanceStatus, 0, len(req.Statuses))
+	for _, p := range req.Statuses {
+		st := pb.ToStatus(p)
+		if st.Node != req.Node {
+			return nil, status.Errorf(codes.InvalidArgument, "report status: instance %s reported for node %q by node %q", st.ID, st.Node, req.Node)
+		}
+		in, ok := known[st.ID]
+		if !ok {
+			continue
+		}
+		statuses = append(statuses, st)
+		old, had := v.Statuses[st.ID]
+		obj := "service/" + in.Service
+		switch {
+		case had && st.Restarts > old.Restarts:
+			msg := fmt.Sprintf("instance %s restarted (restart %d)", st.ID, st.Restarts)
+			if st.LastExit != nil {
+				msg += fmt.Sprintf(": last exit code %d", st.LastExit.Code)
+			}
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Restarted", Type: "Warning", Message: msg})
+		case st.LastError != "" && st.LastError != old.LastError:
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Failed", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
+		case st.Ready && !old.Ready:
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Ready", Message: fmt.Sprintf("instance %s ready at %s on %s", st.ID, st.IP, st.Node)})
+		}
+	}
+	if err := s.store.PutStatuses(ctx, statuses); err != nil {
+		return nil, storeErr(err)
+	}
+	return &pb.ReportStatusResponse{}, nil
+}
+
+// WatchDiscovery streams every published discovery snapshot.
+func (s *Server) WatchDiscovery(req *pb.WatchDiscoveryRequest, stream pb.NodeAgent_WatchDiscoveryServer) error {
+	ch, stop := s.publisher.Watch()
+	defer stop()
+	var sent uint64
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-ch:
+		}
+		snap := s.publisher.Latest()
+		if snap == nil || (sent != 0 && snap.Version == sent) {
+			continue
+		}
+		if err := stream.Send(pb.FromSnapshot(snap)); err != nil {
+			return err
+		}
+		sent = snap.Version
+	}
+}

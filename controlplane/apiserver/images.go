@@ -1,0 +1,190 @@
+package apiserver
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func tsOf(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// maxImageSize bounds one upload.
+const maxImageSize = 4 << 30
+
+// LoadImage receives an image tarball, stores it under ImageDir by digest
+// and records the references it carries, so agents can import it.
+func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
+	tmp, err := os.CreateTemp(s.cfg.ImageDir, "upload-*.tar")
+	if err != nil {
+		return status.Errorf(codes.Internal, "load image: %v", err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	var size int64
+	var name string
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if name == "" {
+			name = chunk.FileName
+		}
+		size += int64(len(chunk.Data))
+		if size > maxImageSize {
+			return status.Errorf(codes.ResourceExhausted, "load image %s: larger than %d bytes", name, maxImageSize)
+		}
+		if _, err := tmp.Write(chunk.Data); err != nil {
+			return status.Errorf(codes.Internal, "load image %s: %v", name, err)
+		}
+		h.Write(chunk.Data)
+	}
+	if err := tmp.Sync(); err != nil {
+		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
+	}
+	refs, err := TarballReferences(tmp.Name())
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "load image %s: %v", name, err)
+	}
+	if len(refs) == 0 {
+		return status.Errorf(codes.InvalidArgument, "load image %s: the tarball names no image (no RepoTags in manifest.json, no ref annotation in index.json)", name)
+	}
+	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	path := filepath.Join(s.cfg.ImageDir, "sha256-"+digest[7:]+".tar")
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
+	}
+	img := store.Image{Digest: digest, Size: size, References: refs, Path: path, LoadedAt: time.Now().UTC()}
+	if err := s.store.PutImage(stream.Context(), img); err != nil {
+		return storeErr(err)
+	}
+	_ = s.store.RecordEvent(stream.Context(), store.Event{Object: "image/" + refs[0], Reason: "Loaded", Message: fmt.Sprintf("image %v loaded (%s, %d bytes)", refs, digest, size)})
+	s.logger.Info("image loaded", "refs", refs, "digest", digest, "size", size)
+	return stream.SendAndClose(&pb.LoadImageResponse{Digest: digest, Size: size, References: refs})
+}
+
+// TarballReferences reads the image names a docker-archive (manifest.json
+// RepoTags) or OCI layout tarball (index.json ref annotations) carries.
+func TarballReferences(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	var refs []string
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("not a tar archive: %w", err)
+		}
+		switch filepath.Clean(hdr.Name) {
+		case "manifest.json":
+			var m []struct{ RepoTags []string }
+			if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&m); err != nil {
+				return nil, fmt.Errorf("manifest.json: %w", err)
+			}
+			for _, e := range m {
+				refs = append(refs, e.RepoTags...)
+			}
+		case "index.json":
+			var idx struct {
+				Manifests []struct {
+					Annotations map[string]string `json:"annotations"`
+				} `json:"manifests"`
+			}
+			if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&idx); err != nil {
+				return nil, fmt.Errorf("index.json: %w", err)
+			}
+			for _, m := range idx.Manifests {
+				if r := m.Annotations["io.containerd.image.name"]; r != "" {
+					refs = append(refs, r)
+				} else if r := m.Annotations["org.opencontainers.image.ref.name"]; r != "" {
+					refs = append(refs, r)
+				}
+			}
+		}
+	}
+	return dedupe(refs), nil
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// ListImages lists uploaded images.
+func (s *Server) ListImages(ctx context.Context, req *pb.ListImagesRequest) (*pb.ListImagesResponse, error) {
+	imgs, err := s.store.ListImages(ctx)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	out := &pb.ListImagesResponse{}
+	for _, img := range imgs {
+		for _, r := range img.References {
+			out.Images = append(out.Images, &pb.Image{Reference: r, Digest: img.Digest, Size: img.Size, LoadedAt: tsOf(img.LoadedAt)})
+		}
+	}
+	return out, nil
+}
+
+// FetchImage streams an uploaded image tarball to an agent.
+func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_FetchImageServer) error {
+	img, err := s.store.FindImage(stream.Context(), req.Reference)
+	if err != nil {
+		return storeErr(err)
+	}
+	f, err := os.Open(img.Path)
+	if err != nil {
+		return status.Errorf(codes.Internal, "fetch image %s: %v", req.Reference, err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&pb.ImageChunk{Data: buf[:n]}); serr != nil {
+				return serr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return status.Errorf(codes.Internal, "fetch image %s: %v", req.Reference, err)
+		}
+	}
+}

@@ -1,0 +1,400 @@
+// Package controller holds the control plane's reconcile loops: replicas
+// (instances per service revision converge to the spec), scheduling
+// (unplaced instances get a node), draining (an instance leaves discovery,
+// waits for every gateway's ACK and the DNS TTL, then is told to stop) and
+// garbage collection (stopped instances are deleted). Every loop is
+// idempotent and level-triggered: it reads an immutable View of the
+// watch-fed cache, decides, and commits with compare-and-swap, so a stale
+// decision fails and is recomputed, never applied twice.
+//
+// This is the one place that decides to stop a container; agents only
+// carry it out.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/controlplane/scheduler"
+	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Acker reports whether every connected gateway has applied a discovery
+// snapshot version (the xDS server implements it).
+type Acker interface {
+	WaitForAck(ctx context.Context, version uint64) error
+}
+
+// Config tunes the controllers.
+type Config struct {
+	// DrainDelay is the least time between an endpoint leaving discovery
+	// and its container being stopped: the DNS TTL, so no resolver still
+	// hands out the address.
+	DrainDelay time.Duration
+	// Resync re-runs the loops without a change, for time-based steps.
+	Resync time.Duration
+	Logger *slog.Logger
+	// Registerer receives the controllers' metrics; may be nil.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns production defaults.
+func DefaultConfig() Config {
+	return Config{DrainDelay: 5 * time.Second, Resync: time.Second}
+}
+
+// Controller runs the reconcile loops.
+type Controller struct {
+	cfg    Config
+	store  *store.Store
+	cache  *store.Cache
+	sched  *scheduler.Scheduler
+	acks   Acker
+	logger *slog.Logger
+	now    func() time.Time
+
+	unschedulable map[string]string // instance id -> last reason, to avoid repeating events
+
+	reconciles prometheus.Counter
+	conflicts  prometheus.Counter
+	placed     prometheus.Counter
+}
+
+// New returns a controller. acks may be nil (no gateways to wait for).
+func New(cfg Config, st *store.Store, cache *store.Cache, acks Acker) *Controller {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = time.Second
+	}
+	c := &Controller{
+		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), acks: acks,
+		logger: cfg.Logger.With("component", "controller"), now: time.Now,
+		unschedulable: map[string]string{},
+		reconciles:    prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
+		conflicts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
+		placed:        prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed)
+	}
+	return c
+}
+
+// Run reconciles on every change and every Resync until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	changes := c.cache.Subscribe()
+	tick := time.NewTicker(c.cfg.Resync)
+	defer tick.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-c.cache.Ready():
+	}
+	for {
+		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			if errors.Is(err, store.ErrConflict) {
+				c.conflicts.Inc()
+				c.logger.Debug("reconcile conflict, retrying", "err", err)
+			} else {
+				c.logger.Warn("reconcile failed", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changes:
+		case <-tick.C:
+		}
+	}
+}
+
+// Reconcile runs one pass of every loop over the current view.
+func (c *Controller) Reconcile(ctx context.Context) error {
+	c.reconciles.Inc()
+	v := c.cache.View()
+	var errs []error
+	// Each step commits on its own: the next one reads a fresh view.
+	if err := c.reconcileReplicas(ctx, v); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.schedule(ctx, c.cache.View()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.drain(ctx, c.cache.View()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.collect(ctx, c.cache.View()); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Controller) event(ctx context.Context, ns, object, reason, typ, format string, args ...any) {
+	ev := store.Event{Namespace: ns, Object: object, Reason: reason, Type: typ, Message: fmt.Sprintf(format, args...)}
+	if err := c.store.RecordEvent(ctx, ev); err != nil {
+		c.logger.Warn("record event failed", "err", err)
+	}
+}
+
+// ReplicaPlan is what the replica loop decided for one service: instances
+// to create and instances to drain. It is computed by PlanReplicas, a pure
+// function, so it is tested without etcd.
+type ReplicaPlan struct {
+	Create []api.Instance
+	Drain  []store.VersionedInstance
+}
+
+// PlanReplicas decides, for one service (nil if deleted) and its
+// instances, what to create and what to drain:
+//   - the current revision gets exactly spec.replicas live instances;
+//     extras are drained, unplaced first, then not-ready, then newest;
+//   - older revisions are drained once the current revision has all its
+//     replicas ready (surge replacement: capacity never dips), or at once
+//     when the service is scaled to zero;
+//   - instances of a deleted service are drained.
+func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuses map[string]api.InstanceStatus, now time.Time, newID func(string) string) ReplicaPlan {
+	var plan ReplicaPlan
+	live := func(in *api.Instance) bool { return !in.Draining && in.Desired == api.DesiredRunning }
+	if svc == nil {
+		for _, vi := range instances {
+			if live(&vi.Instance) {
+				plan.Drain = append(plan.Drain, vi)
+			}
+		}
+		return plan
+	}
+	want := int(svc.Spec.ReplicaCount())
+	var current, old []store.VersionedInstance
+	for _, vi := range instances {
+		if !live(&vi.Instance) {
+			continue
+		}
+		if vi.Instance.Revision == svc.Status.Revision {
+			current = append(current, vi)
+		} else {
+			old = append(old, vi)
+		}
+	}
+	ready := func(vi store.VersionedInstance) bool {
+		st, ok := statuses[vi.Instance.ID]
+		return ok && st.Ready && st.Node == vi.Instance.Node
+	}
+	for i := len(current); i < want; i++ {
+		plan.Create = append(plan.Create, api.Instance{
+			ID:        newID(svc.Metadata.Name),
+			Namespace: svc.Metadata.Namespace,
+			Service:   svc.Metadata.Name,
+			Revision:  svc.Status.Revision,
+			Template:  svc.Spec.Template(),
+			Desired:   api.DesiredRunning,
+			CreatedAt: now,
+		})
+	}
+	if len(current) > want {
+		// Least useful first: unplaced, then not ready, then newest.
+		sort.SliceStable(current, func(i, j int) bool {
+			a, b := current[i], current[j]
+			if (a.Instance.Node == "") != (b.Instance.Node == "") {
+				return a.Instance.Node == ""
+			}
+			if ready(a) != ready(b) {
+				return !ready(a)
+			}
+			return a.Instance.CreatedAt.After(b.Instance.CreatedAt)
+		})
+		plan.Drain = append(plan.Drain, current[:len(current)-want]...)
+		current = current[len(current)-want:]
+	}
+	readyCurrent := 0
+	for _, vi := range current {
+		if ready(vi) {
+			readyCurrent++
+		}
+	}
+	if want == 0 || readyCurrent >= want {
+		plan.Drain = append(plan.Drain, old...)
+	}
+	return plan
+}
+
+func (c *Controller) reconcileReplicas(ctx context.Context, v *store.View) error {
+	byService := map[string][]store.VersionedInstance{}
+	for _, vi := range v.Instances {
+		byService[vi.Instance.ServiceKey()] = append(byService[vi.Instance.ServiceKey()], vi)
+	}
+	now := c.now().UTC()
+	var changes []store.InstanceChange
+	var created, drained []api.Instance
+	seen := map[string]bool{}
+	for i := range v.Services {
+		svc := &v.Services[i]
+		seen[svc.Key()] = true
+		plan := PlanReplicas(svc, byService[svc.Key()], v.Statuses, now, store.NewInstanceID)
+		for _, in := range plan.Create {
+			changes = append(changes, store.InstanceChange{Instance: in})
+			created = append(created, in)
+		}
+		for _, vi := range plan.Drain {
+			in := vi.Instance
+			in.Draining, in.DrainSince = true, now
+			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
+			drained = append(drained, in)
+		}
+	}
+	for key, instances := range byService {
+		if seen[key] {
+			continue
+		}
+		for _, vi := range PlanReplicas(nil, instances, v.Statuses, now, store.NewInstanceID).Drain {
+			in := vi.Instance
+			in.Draining, in.DrainSince = true, now
+			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
+			drained = append(drained, in)
+		}
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	if err := c.store.CommitInstances(ctx, changes); err != nil {
+		return fmt.Errorf("controller: replicas: %w", err)
+	}
+	for _, in := range created {
+		c.event(ctx, in.Namespace, "service/"+in.Service, "InstanceCreated", "Normal", "created instance %s (revision %d)", in.ID, in.Revision)
+	}
+	for _, in := range drained {
+		c.event(ctx, in.Namespace, "service/"+in.Service, "Draining", "Normal", "instance %s (revision %d) leaves discovery", in.ID, in.Revision)
+	}
+	return nil
+}
+
+func (c *Controller) schedule(ctx context.Context, v *store.View) error {
+	var pending []api.Instance
+	var placed []api.Instance
+	rev := map[string]int64{}
+	for _, vi := range v.Instances {
+		in := vi.Instance
+		if in.Node == "" && in.Desired == api.DesiredRunning && !in.Draining {
+			pending = append(pending, in)
+			rev[in.ID] = vi.ModRevision
+		} else if in.Node != "" {
+			placed = append(placed, in)
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	snap := scheduler.NewSnapshot(v.Nodes, v.LiveNodes, placed)
+	placements, failed := c.sched.Schedule(snap, pending)
+	byID := map[string]api.Instance{}
+	for _, in := range pending {
+		byID[in.ID] = in
+	}
+	for _, u := range failed {
+		in := byID[u.InstanceID]
+		if reason := u.String(); c.unschedulable[in.ID] != reason {
+			c.unschedulable[in.ID] = reason
+			c.event(ctx, in.Namespace, "service/"+in.Service, "Unschedulable", "Warning", "instance %s: %s", in.ID, reason)
+		}
+	}
+	if len(placements) == 0 {
+		return nil
+	}
+	changes := make([]store.InstanceChange, 0, len(placements))
+	for _, p := range placements {
+		in := byID[p.InstanceID]
+		in.Node = p.Node
+		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: rev[in.ID]})
+	}
+	if err := c.store.CommitInstances(ctx, changes); err != nil {
+		return fmt.Errorf("controller: commit %d placements: %w", len(changes), err)
+	}
+	c.placed.Add(float64(len(placements)))
+	for _, p := range placements {
+		in := byID[p.InstanceID]
+		delete(c.unschedulable, in.ID)
+		c.event(ctx, in.Namespace, "service/"+in.Service, "Scheduled", "Normal", "instance %s placed on node %s", in.ID, p.Node)
+	}
+	return nil
+}
+
+// drain tells agents to stop instances whose endpoints have left discovery
+// long enough: every gateway has ACKed a snapshot without them and the
+// DNS TTL has passed since.
+func (c *Controller) drain(ctx context.Context, v *store.View) error {
+	now := c.now()
+	var changes []store.InstanceChange
+	var stopped []api.Instance
+	for _, vi := range v.Instances {
+		in := vi.Instance
+		if !in.Draining || in.Desired != api.DesiredRunning {
+			continue
+		}
+		st, served := v.Statuses[in.ID]
+		everServed := served && st.IP != "" && in.Node != ""
+		if everServed {
+			if now.Sub(in.DrainSince) < c.cfg.DrainDelay {
+				continue
+			}
+			if c.acks != nil {
+				actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+				err := c.acks.WaitForAck(actx, uint64(vi.ModRevision))
+				cancel()
+				if err != nil {
+					continue
+				}
+			}
+		}
+		in.Desired = api.DesiredStopped
+		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
+		stopped = append(stopped, in)
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	if err := c.store.CommitInstances(ctx, changes); err != nil {
+		return fmt.Errorf("controller: stop %d drained instances: %w", len(changes), err)
+	}
+	for _, in := range stopped {
+		c.event(ctx, in.Namespace, "service/"+in.Service, "Stopping", "Normal", "instance %s drained; stopping its container", in.ID)
+	}
+	return nil
+}
+
+// collect deletes instances whose containers are gone: stopped by their
+// agent, never placed, or on a node that no longer exists.
+func (c *Controller) collect(ctx context.Context, v *store.View) error {
+	nodes := map[string]bool{}
+	for _, n := range v.Nodes {
+		nodes[n.Name] = true
+	}
+	var changes []store.InstanceChange
+	for _, vi := range v.Instances {
+		in := vi.Instance
+		if in.Desired != api.DesiredStopped {
+			continue
+		}
+		st, ok := v.Statuses[in.ID]
+		if in.Node == "" || !nodes[in.Node] || (ok && st.Phase == api.PhaseStopped) {
+			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision, Delete: true})
+		}
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	if err := c.store.CommitInstances(ctx, changes); err != nil {
+		return fmt.Errorf("controller: delete %d stopped instances: %w", len(changes), err)
+	}
+	for _, ch := range changes {
+		delete(c.unschedulable, ch.Instance.ID)
+		c.event(ctx, ch.Instance.Namespace, "service/"+ch.Instance.Service, "Stopped", "Normal", "instance %s stopped and removed", ch.Instance.ID)
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/discovery"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Sink receives every new discovery snapshot (the xDS server, the host
+// DNS server). It must not block for long and must not modify the snapshot.
+type Sink func(*discovery.Snapshot)
+
+// Publisher builds the discovery snapshot from the cache on every change
+// and hands it to its sinks and to watchers (the agents' DNS feeds). A
+// snapshot whose content equals the last one is not published again.
+type Publisher struct {
+	cache  *store.Cache
+	sinks  []Sink
+	logger *slog.Logger
+
+	mu       sync.Mutex
+	latest   *discovery.Snapshot
+	lastBody string
+	watchers map[chan struct{}]struct{}
+
+	published prometheus.Counter
+	version   prometheus.Gauge
+}
+
+// NewPublisher returns a publisher feeding sinks.
+func NewPublisher(cache *store.Cache, logger *slog.Logger, reg prometheus.Registerer, sinks ...Sink) *Publisher {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	p := &Publisher{
+		cache: cache, sinks: sinks, logger: logger.With("component", "discovery"),
+		watchers:  map[chan struct{}]struct{}{},
+		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_discovery_snapshots_total", Help: "Discovery snapshots published."}),
+		version:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_discovery_snapshot_version", Help: "Version of the last published discovery snapshot."}),
+	}
+	if reg != nil {
+		reg.MustRegister(p.published, p.version)
+	}
+	return p
+}
+
+// Latest returns the last published snapshot (nil before the first).
+func (p *Publisher) Latest() *discovery.Snapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.latest
+}
+
+// Watch returns a channel woken (coalesced) on every publish, and a
+// function to stop watching.
+func (p *Publisher) Watch() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	p.mu.Lock()
+	p.watchers[ch] = struct{}{}
+	if p.latest != nil {
+		ch <- struct{}{}
+	}
+	p.mu.Unlock()
+	return ch, func() {
+		p.mu.Lock()
+		delete(p.watchers, ch)
+		p.mu.Unlock()
+	}
+}
+
+// Run publishes until ctx ends.
+func (p *Publisher) Run(ctx context.Context) error {
+	changes := p.cache.Subscribe()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changes:
+			p.publish(p.cache.View())
+		}
+	}
+}
+
+// StateFromView turns a cache view into the input of discovery.Build.
+func StateFromView(v *store.View) discovery.State {
+	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{}}
+	st.Instances = make([]api.Instance, len(v.Instances))
+	for i, vi := range v.Instances {
+		st.Instances[i] = vi.Instance
+	}
+	for _, n := range v.Nodes {
+		if !v.LiveNodes[n.Name] {
+			st.NotReadyNodes[n.Name] = true
+		}
+	}
+	return st
+}
+
+func (p *Publisher) publish(v *store.View) {
+	snap := discovery.Build(StateFromView(v))
+	body, _ := json.Marshal(snap.Services)
+	p.mu.Lock()
+	if p.latest != nil && string(body) == p.lastBody {
+		p.mu.Unlock()
+		return
+	}
+	p.latest, p.lastBody = snap, string(body)
+	for ch := range p.watchers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	p.mu.Unlock()
+	for _, sink := range p.sinks {
+		sink(snap)
+	}
+	p.published.Inc()
+	p.version.Set(float64(snap.Version))
+	p.logger.Debug("published discovery snapshot", "version", snap.Version, "services", len(snap.Services))
+}

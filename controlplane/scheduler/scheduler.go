@@ -1,0 +1,260 @@
+// Package scheduler decides where instances run. It is a pure function
+// over an immutable snapshot of nodes and placed instances: it reads a
+// Snapshot and returns Placements, and never touches etcd. The controller
+// that calls it commits placements with a compare-and-swap on the revision
+// the snapshot was taken at.
+//
+// A decision runs every node through the filters (can it run this at
+// all?) and ranks the survivors by the weighted sum of the scores (where
+// should it run?). Filters and scores are small plugins wired in New.
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/berth-dev/berth/api"
+)
+
+// NodeInfo is a node with what is already placed on it.
+type NodeInfo struct {
+	Node      api.Node
+	Ready     bool
+	Allocated api.Capacity
+	// PerService counts instances per "<ns>/<service>" on the node.
+	PerService map[string]int
+	Count      int
+}
+
+// Free returns allocatable minus allocated.
+func (n *NodeInfo) Free() api.Capacity {
+	return api.Capacity{
+		MilliCPU:    n.Node.Capacity.MilliCPU - n.Allocated.MilliCPU,
+		MemoryBytes: n.Node.Capacity.MemoryBytes - n.Allocated.MemoryBytes,
+	}
+}
+
+// Snapshot is the scheduler's view of the cluster. Schedule copies what
+// it changes, so a Snapshot may be reused.
+type Snapshot struct {
+	Nodes []NodeInfo
+}
+
+// NewSnapshot builds a snapshot from nodes, which of them are alive, and
+// the instances already placed (stopped ones do not count).
+func NewSnapshot(nodes []api.Node, live map[string]bool, placed []api.Instance) *Snapshot {
+	s := &Snapshot{Nodes: make([]NodeInfo, len(nodes))}
+	index := map[string]int{}
+	for i, n := range nodes {
+		s.Nodes[i] = NodeInfo{Node: n, Ready: live[n.Name], PerService: map[string]int{}}
+		index[n.Name] = i
+	}
+	for _, in := range placed {
+		i, ok := index[in.Node]
+		if !ok || in.Desired == api.DesiredStopped {
+			continue
+		}
+		add(&s.Nodes[i], &in)
+	}
+	return s
+}
+
+func add(n *NodeInfo, in *api.Instance) {
+	req := in.Template.Resources.Request()
+	n.Allocated.MilliCPU += req.MilliCPU
+	n.Allocated.MemoryBytes += req.MemoryBytes
+	n.PerService[in.ServiceKey()]++
+	n.Count++
+}
+
+// Filter says whether an instance may run on a node, and if not, why
+// (a short reason counted in "0/5 nodes: 3 insufficient memory").
+type Filter interface {
+	Name() string
+	Filter(in *api.Instance, n *NodeInfo) (reason string, ok bool)
+}
+
+// Score ranks a feasible node for an instance in [0, 1]; higher is better.
+type Score interface {
+	Name() string
+	Score(in *api.Instance, n *NodeInfo) float64
+}
+
+// FilterFunc adapts a function to Filter.
+type FilterFunc struct {
+	N string
+	F func(in *api.Instance, n *NodeInfo) (string, bool)
+}
+
+func (f FilterFunc) Name() string { return f.N }
+func (f FilterFunc) Filter(in *api.Instance, n *NodeInfo) (string, bool) {
+	return f.F(in, n)
+}
+
+type weighted struct {
+	score  Score
+	weight float64
+}
+
+// Scheduler places instances.
+type Scheduler struct {
+	filters []Filter
+	scores  []weighted
+}
+
+// New returns the default scheduler. Order matters for the filters only in
+// cost: cheap checks first.
+//
+//   - NodeReady: a node whose heartbeat lapsed gets nothing new.
+//   - Resources: requests must fit in allocatable minus allocated.
+//
+// Scores, weighted:
+//   - LeastAllocated (1): prefer the node with the most free CPU and
+//     memory, so load evens out.
+//   - Spread (2): prefer the node with the fewest replicas of the same
+//     service, so one node's loss takes as few replicas as possible.
+func New() *Scheduler {
+	return &Scheduler{
+		filters: []Filter{NodeReady, Resources},
+		scores: []weighted{
+			{LeastAllocated{}, 1},
+			{Spread{}, 2},
+		},
+	}
+}
+
+// NodeReady rejects nodes that are not alive.
+var NodeReady = FilterFunc{N: "NodeReady", F: func(_ *api.Instance, n *NodeInfo) (string, bool) {
+	if !n.Ready {
+		return "not ready", false
+	}
+	return "", true
+}}
+
+// Resources rejects nodes without room for the instance's requests.
+var Resources = FilterFunc{N: "Resources", F: func(in *api.Instance, n *NodeInfo) (string, bool) {
+	req := in.Template.Resources.Request()
+	free := n.Free()
+	if req.MilliCPU > free.MilliCPU {
+		return "insufficient cpu", false
+	}
+	if req.MemoryBytes > free.MemoryBytes {
+		return "insufficient memory", false
+	}
+	return "", true
+}}
+
+// LeastAllocated scores the fraction of the node left free after placing.
+type LeastAllocated struct{}
+
+func (LeastAllocated) Name() string { return "LeastAllocated" }
+func (LeastAllocated) Score(in *api.Instance, n *NodeInfo) float64 {
+	req := in.Template.Resources.Request()
+	frac := func(free, req, total int64) float64 {
+		if total <= 0 {
+			return 0
+		}
+		return float64(free-req) / float64(total)
+	}
+	free := n.Free()
+	cpu := frac(free.MilliCPU, req.MilliCPU, n.Node.Capacity.MilliCPU)
+	mem := frac(free.MemoryBytes, req.MemoryBytes, n.Node.Capacity.MemoryBytes)
+	return (cpu + mem) / 2
+}
+
+// Spread scores nodes with fewer replicas of the same service higher.
+type Spread struct{}
+
+func (Spread) Name() string { return "Spread" }
+func (Spread) Score(in *api.Instance, n *NodeInfo) float64 {
+	return 1 / float64(1+n.PerService[in.ServiceKey()])
+}
+
+// Placement is a decision: instance -> node.
+type Placement struct {
+	InstanceID string
+	Node       string
+}
+
+// Unschedulable explains why an instance could not be placed.
+type Unschedulable struct {
+	InstanceID string
+	Nodes      int
+	// Reasons counts nodes per rejection reason.
+	Reasons map[string]int
+}
+
+// String reads like "0/5 nodes: 3 insufficient memory, 2 not ready".
+func (u Unschedulable) String() string {
+	if u.Nodes == 0 {
+		return "0/0 nodes: no nodes have joined"
+	}
+	keys := make([]string, 0, len(u.Reasons))
+	for k := range u.Reasons {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if u.Reasons[keys[i]] != u.Reasons[keys[j]] {
+			return u.Reasons[keys[i]] > u.Reasons[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%d %s", u.Reasons[k], k)
+	}
+	return fmt.Sprintf("0/%d nodes available: %s", u.Nodes, strings.Join(parts, ", "))
+}
+
+// Schedule places pending instances one by one, each decision seeing the
+// ones before it. Ties go to the node whose name sorts first, so the
+// result is deterministic.
+func (s *Scheduler) Schedule(snap *Snapshot, pending []api.Instance) ([]Placement, []Unschedulable) {
+	nodes := make([]NodeInfo, len(snap.Nodes))
+	for i, n := range snap.Nodes {
+		n.PerService = make(map[string]int, len(snap.Nodes[i].PerService))
+		for k, v := range snap.Nodes[i].PerService {
+			n.PerService[k] = v
+		}
+		nodes[i] = n
+	}
+	var placements []Placement
+	var failed []Unschedulable
+	for i := range pending {
+		in := &pending[i]
+		best, bestScore := -1, -1.0
+		var reasons map[string]int
+		for j := range nodes {
+			n := &nodes[j]
+			ok := true
+			for _, f := range s.filters {
+				if reason, pass := f.Filter(in, n); !pass {
+					if reasons == nil {
+						reasons = map[string]int{}
+					}
+					reasons[reason]++
+					ok = false
+					break
+				}
+			}
+			if !ok {
+				continue
+			}
+			total := 0.0
+			for _, w := range s.scores {
+				total += w.weight * w.score.Score(in, n)
+			}
+			if total > bestScore || (total == bestScore && n.Node.Name < nodes[best].Node.Name) {
+				best, bestScore = j, total
+			}
+		}
+		if best < 0 {
+			failed = append(failed, Unschedulable{InstanceID: in.ID, Nodes: len(nodes), Reasons: reasons})
+			continue
+		}
+		add(&nodes[best], in)
+		placements = append(placements, Placement{InstanceID: in.ID, Node: nodes[best].Node.Name})
+	}
+	return placements, failed
+}

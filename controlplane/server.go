@@ -1,0 +1,195 @@
+// Package controlplane assembles Berth's control plane: etcd (embedded by
+// default), the typed store and its watch-fed cache, the controllers, the
+// discovery publisher and the gRPC API. It owns their lifecycle, not their
+// logic; each part lives in its own sub-package. The xDS server and the
+// host DNS server are fed through Sinks and an Acker passed in by the
+// wiring in cmd/berth, so this package imports neither.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/apiserver"
+	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+)
+
+// Config configures a control plane.
+type Config struct {
+	// DataDir holds embedded etcd's data and uploaded images.
+	DataDir string
+	// EtcdEndpoints selects an external etcd; empty runs it embedded.
+	EtcdEndpoints []string
+	// Etcd tunes the embedded etcd's election timing.
+	Etcd EtcdTuning
+	// APIAddr is where the gRPC API listens (loopback unless configured).
+	APIAddr string
+	// ClusterCIDR is divided into node pod subnets of NodeSubnetBits.
+	ClusterCIDR    string
+	NodeSubnetBits int
+	// DrainDelay is how long a drained endpoint stays out of discovery
+	// before its container is stopped: at least the DNS TTL.
+	DrainDelay        time.Duration
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
+}
+
+// DefaultConfig returns the defaults of `berth server`.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:           "/var/lib/berth/server",
+		APIAddr:           "127.0.0.1:7400",
+		ClusterCIDR:       "10.213.0.0/16",
+		NodeSubnetBits:    24,
+		DrainDelay:        5 * time.Second,
+		HeartbeatInterval: time.Second,
+	}
+}
+
+// Server is a running control plane.
+type Server struct {
+	cfg       Config
+	logger    *slog.Logger
+	etcd      *EmbeddedEtcd
+	cli       *clientv3.Client
+	store     *store.Store
+	cache     *store.Cache
+	ctrl      *controller.Controller
+	publisher *controller.Publisher
+	api       *apiserver.Server
+	grpc      *grpc.Server
+	lis       net.Listener
+	closeOnce sync.Once
+}
+
+// New starts etcd (or connects to it), binds the API listener and builds
+// every part. sinks receive each discovery snapshot; acks (may be nil)
+// says when gateways have applied one.
+func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...controller.Sink) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, logger: cfg.Logger.With("component", "controlplane")}
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		e, err := StartEmbeddedEtcd(filepath.Join(cfg.DataDir, "etcd"), cfg.Etcd, s.logger)
+		if err != nil {
+			return nil, err
+		}
+		s.etcd = e
+		endpoints = []string{e.Endpoint()}
+	}
+	cli, err := DialEtcd(ctx, endpoints)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.cli = cli
+	s.store = store.New(cli)
+	s.cache = store.NewCache(cli, cfg.Logger)
+	ccfg := controller.DefaultConfig()
+	ccfg.DrainDelay, ccfg.Logger, ccfg.Registerer = cfg.DrainDelay, cfg.Logger, cfg.Registerer
+	s.ctrl = controller.New(ccfg, s.store, s.cache, acks)
+	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
+	s.api, err = apiserver.New(apiserver.Config{
+		ImageDir:          filepath.Join(cfg.DataDir, "images"),
+		ClusterCIDR:       cfg.ClusterCIDR,
+		NodeSubnetBits:    cfg.NodeSubnetBits,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		Logger:            cfg.Logger,
+	}, s.store, s.cache, s.publisher)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.lis, err = net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("controlplane: listen on %s: %w", cfg.APIAddr, err)
+	}
+	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8 << 20))
+	pb.RegisterBerthServer(s.grpc, s.api)
+	pb.RegisterNodeAgentServer(s.grpc, s.api)
+	return s, nil
+}
+
+// APIAddr is the address the API listens on.
+func (s *Server) APIAddr() string { return s.lis.Addr().String() }
+
+// Publisher gives access to the latest discovery snapshot.
+func (s *Server) Publisher() *controller.Publisher { return s.publisher }
+
+// Store exposes the typed store (for tests and tools).
+func (s *Server) Store() *store.Store { return s.store }
+
+// Run serves until ctx ends, then stops everything it started.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("cache", s.cache.Run)
+	run("controller", s.ctrl.Run)
+	run("publisher", s.publisher.Run)
+	go func() {
+		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("api: %w", err)
+		}
+	}()
+	var etcdErr <-chan error
+	if s.etcd != nil {
+		etcdErr = s.etcd.Err()
+	}
+	s.logger.Info("control plane serving", "api", s.APIAddr())
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	case err = <-etcdErr:
+		err = fmt.Errorf("etcd: %w", err)
+	}
+	cancel()
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		s.grpc.Stop()
+	}
+	wg.Wait()
+	return err
+}
+
+// Close releases etcd and the client; Run calls it on exit.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		if s.cli != nil {
+			s.cli.Close()
+		}
+		if s.etcd != nil {
+			s.etcd.Close()
+		}
+	})
+}

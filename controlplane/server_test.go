@@ -1,0 +1,338 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/discovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// recordingAcker stands in for gateways: none connected, so every version
+// counts as acknowledged, and it records what the drain path waited for.
+type recordingAcker struct {
+	mu       sync.Mutex
+	versions []uint64
+}
+
+func (r *recordingAcker) WaitForAck(ctx context.Context, v uint64) error {
+	r.mu.Lock()
+	r.versions = append(r.versions, v)
+	r.mu.Unlock()
+	return nil
+}
+
+type harness struct {
+	srv    *Server
+	berth  pb.BerthClient
+	agent  pb.NodeAgentClient
+	snaps  chan *discovery.Snapshot
+	acks   *recordingAcker
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func start(t *testing.T) *harness {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.APIAddr = "127.0.0.1:0"
+	cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
+	cfg.DrainDelay = 100 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := &harness{snaps: make(chan *discovery.Snapshot, 100), acks: &recordingAcker{}, done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	srv, err := New(ctx, cfg, h.acks, func(s *discovery.Snapshot) { h.snaps <- s })
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv = srv
+	go func() { h.done <- srv.Run(ctx) }()
+	conn, err := grpc.NewClient(srv.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.berth, h.agent = pb.NewBerthClient(conn), pb.NewNodeAgentClient(conn)
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-h.done; err != nil {
+			t.Errorf("server run: %v", err)
+		}
+	})
+	return h
+}
+
+func eventually(t *testing.T, what string, f func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		ok, state := f()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; last state: %s", what, last)
+}
+
+func helloSpec(replicas int32) *pb.Service {
+	return &pb.Service{
+		Metadata: &pb.ObjectMeta{Name: "hello", Namespace: "default"},
+		Spec: &pb.ServiceSpec{Image: "berth.local/hello:v1", Replicas: proto.Int32(replicas),
+			Ports:     []*pb.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+			Resources: &pb.Resources{Cpu: "100m", Memory: "32Mi"},
+			Route:     &pb.Route{Hosts: []string{"hello.example.test"}}},
+	}
+}
+
+func TestApplyScheduleReportDeleteThroughTheAPI(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+
+	reg, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "node-1", Address: "127.0.0.1", Capacity: &pb.Capacity{MilliCpu: 2000, MemoryBytes: 1 << 30}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.PodCidr != "10.213.0.0/24" {
+		t.Fatalf("pod cidr = %s", reg.PodCidr)
+	}
+	// A second node gets the next subnet; re-registering keeps the first.
+	reg2, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "node-2", Address: "127.0.0.2"})
+	if err != nil || reg2.PodCidr != "10.213.1.0/24" {
+		t.Fatalf("node-2: %v %v", reg2, err)
+	}
+	again, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "node-1", Address: "127.0.0.1", Capacity: &pb.Capacity{MilliCpu: 2000, MemoryBytes: 1 << 30}})
+	if err != nil || again.PodCidr != reg.PodCidr {
+		t.Fatalf("re-register: %v %v", again, err)
+	}
+	// node-2 has no capacity: everything lands on node-1.
+
+	res, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(3)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.Results[0]; r.Action != "created" || r.Revision != 1 {
+		t.Fatalf("apply result %+v", r)
+	}
+
+	stream, err := h.agent.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var assigned []*pb.Instance
+	for len(assigned) < 3 {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		assigned = msg.Instances
+	}
+	var statuses []*pb.InstanceStatus
+	for i, in := range assigned {
+		if in.Template.Image != "berth.local/hello:v1" || in.Node != "node-1" {
+			t.Fatalf("assignment %+v", in)
+		}
+		statuses = append(statuses, &pb.InstanceStatus{Id: in.Id, Node: "node-1", Phase: "Running", Ip: fmt.Sprintf("10.213.0.%d", i+2), Ready: true})
+	}
+	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-1", Statuses: statuses}); err != nil {
+		t.Fatal(err)
+	}
+	// A node may not report for instances of another node.
+	_, err = h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-2", Statuses: statuses[:1]})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("cross-node report: %v", err)
+	}
+
+	var last *discovery.Snapshot
+	eventually(t, "3 ready endpoints in the snapshot", func() (bool, string) {
+		for {
+			select {
+			case s := <-h.snaps:
+				last = s
+				continue
+			default:
+			}
+			break
+		}
+		if last == nil {
+			return false, "no snapshot"
+		}
+		svc := last.Lookup("default", "hello")
+		if svc == nil {
+			return false, "no service"
+		}
+		return len(svc.ReadyEndpoints()) == 3, fmt.Sprintf("%+v", svc)
+	})
+
+	list, err := h.berth.ListServices(ctx, &pb.ListServicesRequest{})
+	if err != nil || len(list.Services) != 1 || list.Services[0].Ready != 3 || list.Services[0].Desired != 3 {
+		t.Fatalf("list services: %v %v", list, err)
+	}
+	detail, err := h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+	if err != nil || len(detail.DnsAnswers) != 3 || len(detail.Events) == 0 {
+		t.Fatalf("describe: %v %v", detail, err)
+	}
+
+	// Applying the same spec again changes nothing; scaling makes no revision.
+	res, err = h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(3)}})
+	if err != nil || res.Results[0].Action != "unchanged" {
+		t.Fatalf("re-apply: %v %v", res, err)
+	}
+	res, err = h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(2)}})
+	if err != nil || res.Results[0].Action != "scaled" || res.Results[0].Revision != 1 {
+		t.Fatalf("scale: %v %v", res, err)
+	}
+	eventually(t, "one instance drained and told to stop", func() (bool, string) {
+		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		stopped := 0
+		for _, iv := range l.GetInstances() {
+			if iv.Instance.Desired == "stopped" {
+				stopped++
+			}
+		}
+		return stopped == 1, fmt.Sprint(l)
+	})
+
+	if _, err := h.berth.DeleteService(ctx, &pb.DeleteServiceRequest{Name: "hello"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "service gone from the snapshot", func() (bool, string) {
+		select {
+		case s := <-h.snaps:
+			last = s
+		default:
+		}
+		return last.Lookup("default", "hello") == nil, "still there"
+	})
+	// The agent reports the stops; the control plane then forgets them.
+	l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+	eventually(t, "all instances told to stop", func() (bool, string) {
+		l, _ = h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		for _, iv := range l.GetInstances() {
+			if iv.Instance.Desired != "stopped" {
+				return false, iv.String()
+			}
+		}
+		return true, ""
+	})
+	var stops []*pb.InstanceStatus
+	for _, iv := range l.Instances {
+		stops = append(stops, &pb.InstanceStatus{Id: iv.Instance.Id, Node: "node-1", Phase: "Stopped"})
+	}
+	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-1", Statuses: stops}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "instances deleted", func() (bool, string) {
+		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		return len(l.GetInstances()) == 0, l.String()
+	})
+	if len(h.acks.versions) == 0 {
+		t.Fatal("drain never waited for gateway acks")
+	}
+	_, err = h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("get deleted service: %v", err)
+	}
+}
+
+func TestApplyRejectsInvalidAndStoresNothing(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	bad := helloSpec(1)
+	bad.Spec.Ports[0].Port = 70000
+	bad2 := helloSpec(1)
+	bad2.Metadata.Name = "Bad_Name"
+	good := helloSpec(1)
+	good.Metadata.Name = "good"
+	_, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{good, bad, bad2}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("apply invalid: %v", err)
+	}
+	msg := status.Convert(err).Message()
+	for _, want := range []string{"services[1]", "spec.ports[0].port", "services[2]", "metadata.name", "nothing stored"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not mention %q", msg, want)
+		}
+	}
+	list, err := h.berth.ListServices(ctx, &pb.ListServicesRequest{})
+	if err != nil || len(list.Services) != 0 {
+		t.Fatalf("something was stored: %v %v", list, err)
+	}
+	bad3 := helloSpec(1)
+	bad3.Spec.Health = &pb.Health{Http: &pb.HTTPProbe{Path: "/", Port: 8080}, Interval: "soon"}
+	_, err = h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{bad3}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spec.health.interval") {
+		t.Fatalf("bad duration: %v", err)
+	}
+}
+
+func TestUnschedulableSaysWhy(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "small", Capacity: &pb.Capacity{MilliCpu: 50, MemoryBytes: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "an Unschedulable event", func() (bool, string) {
+		d, err := h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, ev := range d.Events {
+			if ev.Reason == "Unschedulable" && strings.Contains(ev.Message, "0/1 nodes available: 1 insufficient cpu") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(d.Events)
+	})
+}
+
+func TestRestartKeepsState(t *testing.T) {
+	dir := t.TempDir()
+	run := func() (pb.BerthClient, func()) {
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.APIAddr = dir, "127.0.0.1:0"
+		cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		srv, err := New(ctx, cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		conn, _ := grpc.NewClient(srv.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		return pb.NewBerthClient(conn), func() { conn.Close(); cancel(); <-done }
+	}
+	cli, stop := run()
+	if _, err := cli.Apply(context.Background(), &pb.ApplyRequest{Services: []*pb.Service{helloSpec(2)}}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	cli, stop = run()
+	defer stop()
+	eventually(t, "service back after restart", func() (bool, string) {
+		l, err := cli.ListServices(context.Background(), &pb.ListServicesRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(l.Services) == 1 && l.Services[0].Desired == 2, l.String()
+	})
+}

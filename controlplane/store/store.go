@@ -1,0 +1,584 @@
+// Package store is Berth's typed view of etcd: it owns the key layout under
+// /berth/ and every read-modify-write transaction on it. Callers get and
+// give api types; nothing outside this package builds an etcd key. It must
+// not make decisions (scheduling, draining): it only stores them
+// atomically.
+//
+// Keys:
+//
+//	/berth/services/<ns>/<name>          api.Service
+//	/berth/revisions/<ns>/<name>/<n>     api.Revision (immutable)
+//	/berth/instances/<id>                api.Instance (desired)
+//	/berth/status/<id>                   api.InstanceStatus (observed)
+//	/berth/nodes/<name>                  api.Node
+//	/berth/leases/nodes/<name>           heartbeat key on an etcd lease
+//	/berth/images/<digest>               Image (uploaded tarballs)
+//	/berth/events/<unixnano>-<seq>       Event, on a one-hour lease
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Key prefixes.
+const (
+	Root            = "/berth/"
+	ServicesPrefix  = "/berth/services/"
+	RevisionsPrefix = "/berth/revisions/"
+	InstancesPrefix = "/berth/instances/"
+	StatusPrefix    = "/berth/status/"
+	NodesPrefix     = "/berth/nodes/"
+	LeasesPrefix    = "/berth/leases/nodes/"
+	ImagesPrefix    = "/berth/images/"
+	EventsPrefix    = "/berth/events/"
+)
+
+// Sentinel errors.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict: the object changed meanwhile")
+	ErrNoSubnet = errors.New("no free pod subnet left in the cluster CIDR")
+)
+
+// maxRetries bounds optimistic-concurrency retries.
+const maxRetries = 20
+
+// Store reads and writes Berth's state in etcd.
+type Store struct {
+	cli *clientv3.Client
+	seq atomic.Uint64
+	now func() time.Time
+}
+
+// New returns a store on an etcd client.
+func New(cli *clientv3.Client) *Store {
+	return &Store{cli: cli, now: time.Now}
+}
+
+// Client returns the etcd client (for watches).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+func serviceKey(ns, name string) string { return ServicesPrefix + ns + "/" + name }
+func revisionKey(ns, name string, n int64) string {
+	return fmt.Sprintf("%s%s/%s/%010d", RevisionsPrefix, ns, name, n)
+}
+func instanceKey(id string) string { return InstancesPrefix + id }
+func statusKey(id string) string   { return StatusPrefix + id }
+func nodeKey(name string) string   { return NodesPrefix + name }
+func leaseKey(name string) string  { return LeasesPrefix + name }
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("store: marshal %T: %v", v, err))
+	}
+	return string(b)
+}
+
+// TemplateHash identifies a revision's template.
+func TemplateHash(spec api.ServiceSpec) string {
+	sum := sha256.Sum256([]byte(mustJSON(spec.Template())))
+	return hex.EncodeToString(sum[:8])
+}
+
+// ApplyResult says what Apply did to one service.
+type ApplyResult struct {
+	Namespace, Name string
+	Action          string // created, configured, scaled, unchanged
+	Revision        int64
+}
+
+// ApplyServices creates or updates services in one transaction: each
+// service whose template changed gets a new immutable revision. Either
+// every service is written or none is.
+func (s *Store) ApplyServices(ctx context.Context, svcs []api.Service) ([]ApplyResult, error) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		results := make([]ApplyResult, 0, len(svcs))
+		now := s.now().UTC()
+		for _, in := range svcs {
+			key := serviceKey(in.Metadata.Namespace, in.Metadata.Name)
+			resp, err := s.cli.Get(ctx, key)
+			if err != nil {
+				return nil, fmt.Errorf("store: get %s: %w", key, err)
+			}
+			svc := in
+			res := ApplyResult{Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
+			if len(resp.Kvs) == 0 {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+				// Revision numbers continue after a delete and re-create,
+				// so an old revision is never reused with new content.
+				last, err := s.lastRevision(ctx, in.Metadata.Namespace, in.Metadata.Name)
+				if err != nil {
+					return nil, err
+				}
+				svc.Status = api.ServiceStatus{Revision: last + 1, CreatedAt: now, UpdatedAt: now}
+				ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, last+1), mustJSON(api.Revision{
+					Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: last + 1,
+					Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now,
+				})))
+				res.Action, res.Revision = "created", last+1
+			} else {
+				var old api.Service
+				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
+					return nil, fmt.Errorf("store: decode %s: %w", key, err)
+				}
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
+				svc.Status = old.Status
+				switch {
+				case TemplateHash(old.Spec) != TemplateHash(in.Spec):
+					svc.Status.Revision = old.Status.Revision + 1
+					ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, svc.Status.Revision), mustJSON(api.Revision{
+						Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: svc.Status.Revision,
+						Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now,
+					})))
+					res.Action = "configured"
+				case mustJSON(old.Spec) != mustJSON(in.Spec) || mustJSON(old.Metadata) != mustJSON(in.Metadata):
+					res.Action = "scaled"
+				default:
+					res.Action = "unchanged"
+				}
+				if res.Action != "unchanged" {
+					svc.Status.UpdatedAt = now
+				}
+				res.Revision = svc.Status.Revision
+			}
+			if res.Action != "unchanged" {
+				ops = append(ops, clientv3.OpPut(key, mustJSON(svc)))
+			}
+			results = append(results, res)
+		}
+		if len(ops) == 0 {
+			return results, nil
+		}
+		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("store: apply: %w", err)
+		}
+		if txn.Succeeded {
+			return results, nil
+		}
+	}
+	return nil, fmt.Errorf("store: apply: %w", ErrConflict)
+}
+
+func (s *Store) lastRevision(ctx context.Context, ns, name string) (int64, error) {
+	prefix := fmt.Sprintf("%s%s/%s/", RevisionsPrefix, ns, name)
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithLastKey()...)
+	if err != nil {
+		return 0, fmt.Errorf("store: last revision of %s/%s: %w", ns, name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	var r api.Revision
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		return 0, fmt.Errorf("store: decode %s: %w", resp.Kvs[0].Key, err)
+	}
+	return r.Number, nil
+}
+
+// GetService reads one service.
+func (s *Store) GetService(ctx context.Context, ns, name string) (*api.Service, error) {
+	resp, err := s.cli.Get(ctx, serviceKey(ns, name))
+	if err != nil {
+		return nil, fmt.Errorf("store: get service %s/%s: %w", ns, name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+	}
+	var svc api.Service
+	if err := json.Unmarshal(resp.Kvs[0].Value, &svc); err != nil {
+		return nil, fmt.Errorf("store: decode service %s/%s: %w", ns, name, err)
+	}
+	return &svc, nil
+}
+
+// ListRevisions returns a service's kept revisions, oldest first.
+func (s *Store) ListRevisions(ctx context.Context, ns, name string) ([]api.Revision, error) {
+	resp, err := s.cli.Get(ctx, fmt.Sprintf("%s%s/%s/", RevisionsPrefix, ns, name), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list revisions of %s/%s: %w", ns, name, err)
+	}
+	out := make([]api.Revision, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var r api.Revision
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// DeleteService removes a service and, in the same transaction, marks all
+// its instances draining so they leave discovery before they are stopped.
+// Revisions are kept until the service is applied again or purged.
+func (s *Store) DeleteService(ctx context.Context, ns, name string) (int, error) {
+	key := serviceKey(ns, name)
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return 0, fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return 0, fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+		}
+		instances, err := s.listInstancesRaw(ctx)
+		if err != nil {
+			return 0, err
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)}
+		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		n := 0
+		now := s.now().UTC()
+		for _, ri := range instances {
+			in := ri.Instance
+			if in.Namespace != ns || in.Service != name {
+				continue
+			}
+			n++
+			if in.Draining {
+				continue
+			}
+			in.Draining, in.DrainSince = true, now
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(instanceKey(in.ID)), "=", ri.ModRevision))
+			ops = append(ops, clientv3.OpPut(instanceKey(in.ID), mustJSON(in)))
+		}
+		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
+		}
+		if txn.Succeeded {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("store: delete service %s/%s: %w", ns, name, ErrConflict)
+}
+
+// VersionedInstance is an instance with the etcd revision it was last
+// written at, for compare-and-swap updates.
+type VersionedInstance struct {
+	Instance    api.Instance
+	ModRevision int64
+}
+
+func (s *Store) listInstancesRaw(ctx context.Context) ([]VersionedInstance, error) {
+	resp, err := s.cli.Get(ctx, InstancesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list instances: %w", err)
+	}
+	out := make([]VersionedInstance, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var in api.Instance
+		if err := json.Unmarshal(kv.Value, &in); err != nil {
+			return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+		}
+		out = append(out, VersionedInstance{Instance: in, ModRevision: kv.ModRevision})
+	}
+	return out, nil
+}
+
+// InstanceChange is one write in a batch of instance updates: a create
+// (ModRevision 0), an update guarded by ModRevision, or a delete.
+type InstanceChange struct {
+	Instance    api.Instance
+	ModRevision int64 // 0: must not exist yet
+	Delete      bool
+}
+
+// CommitInstances writes a batch of instance changes in one transaction,
+// each guarded by the revision its decision was based on. It returns
+// ErrConflict if any instance changed meanwhile: the caller recomputes
+// from fresh state, so a stale decision is never applied. Deleting an
+// instance also deletes its status.
+func (s *Store) CommitInstances(ctx context.Context, changes []InstanceChange) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	cmps := make([]clientv3.Cmp, 0, len(changes))
+	ops := make([]clientv3.Op, 0, len(changes))
+	for _, c := range changes {
+		key := instanceKey(c.Instance.ID)
+		if c.ModRevision == 0 {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", c.ModRevision))
+		}
+		if c.Delete {
+			ops = append(ops, clientv3.OpDelete(key), clientv3.OpDelete(statusKey(c.Instance.ID)))
+		} else {
+			ops = append(ops, clientv3.OpPut(key, mustJSON(c.Instance)))
+		}
+	}
+	txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("store: commit %d instance changes: %w", len(changes), err)
+	}
+	if !txn.Succeeded {
+		return ErrConflict
+	}
+	return nil
+}
+
+// PutStatuses stores agents' observations in one transaction. Statuses of
+// instances that no longer exist are dropped, so a late report cannot
+// resurrect a deleted instance's status.
+func (s *Store) PutStatuses(ctx context.Context, statuses []api.InstanceStatus) error {
+	if len(statuses) == 0 {
+		return nil
+	}
+	// One transaction, one guarded sub-transaction per status: a put only
+	// happens while its instance exists.
+	ops := make([]clientv3.Op, 0, len(statuses))
+	for _, st := range statuses {
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(instanceKey(st.ID)), ">", 0)},
+			[]clientv3.Op{clientv3.OpPut(statusKey(st.ID), mustJSON(st))},
+			nil))
+	}
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("store: put %d statuses: %w", len(statuses), err)
+	}
+	return nil
+}
+
+// NewInstanceID returns a fresh instance id: the service name (shortened
+// to fit a DNS label) and five random characters.
+func NewInstanceID(service string) string {
+	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
+	if len(service) > 50 {
+		service = strings.TrimRight(service[:50], "-")
+	}
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return service + "-" + string(b)
+}
+
+// RegisterNode creates or refreshes a node and allocates it a pod subnet
+// of size subnetBits from clusterCIDR, once: a node keeps its subnet for
+// life and no subnet is handed out twice.
+func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string, subnetBits int) (*api.Node, error) {
+	cluster, err := netip.ParsePrefix(clusterCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("store: cluster cidr %q: %w", clusterCIDR, err)
+	}
+	if subnetBits < cluster.Bits() || subnetBits > 30 {
+		return nil, fmt.Errorf("store: node subnet /%d does not fit cluster cidr %s", subnetBits, clusterCIDR)
+	}
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		resp, err := s.cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return nil, fmt.Errorf("store: list nodes: %w", err)
+		}
+		used := map[string]bool{}
+		var existing *api.Node
+		var existingRev int64
+		for _, kv := range resp.Kvs {
+			var old api.Node
+			if err := json.Unmarshal(kv.Value, &old); err != nil {
+				return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+			}
+			if old.Name == n.Name {
+				existing, existingRev = &old, kv.ModRevision
+			}
+			used[old.PodCIDR] = true
+		}
+		now := s.now().UTC()
+		node := n
+		node.Heartbeat = now
+		node.Ready = true
+		cmp := clientv3.Compare(clientv3.CreateRevision(nodeKey(n.Name)), "=", 0)
+		if existing != nil {
+			node.PodCIDR, node.JoinedAt = existing.PodCIDR, existing.JoinedAt
+			cmp = clientv3.Compare(clientv3.ModRevision(nodeKey(n.Name)), "=", existingRev)
+		} else {
+			node.JoinedAt = now
+			node.PodCIDR, err = freeSubnet(cluster, subnetBits, used)
+			if err != nil {
+				return nil, err
+			}
+		}
+		txn, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(nodeKey(n.Name), mustJSON(node))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("store: register node %s: %w", n.Name, err)
+		}
+		if txn.Succeeded {
+			return &node, nil
+		}
+	}
+	return nil, fmt.Errorf("store: register node %s: %w", n.Name, ErrConflict)
+}
+
+func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool) (string, error) {
+	size := uint64(1) << (32 - bits)
+	count := uint64(1) << (bits - cluster.Bits())
+	base := cluster.Masked().Addr().As4()
+	start := uint64(base[0])<<24 | uint64(base[1])<<16 | uint64(base[2])<<8 | uint64(base[3])
+	for i := uint64(0); i < count; i++ {
+		v := start + i*size
+		addr := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+		p := netip.PrefixFrom(addr, bits).String()
+		if !used[p] {
+			return p, nil
+		}
+	}
+	return "", ErrNoSubnet
+}
+
+// Heartbeat keeps a node's lease key alive, creating the lease when there
+// is none. A node whose lease expired is NotReady.
+func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration) error {
+	resp, err := s.cli.Get(ctx, leaseKey(name))
+	if err != nil {
+		return fmt.Errorf("store: heartbeat %s: %w", name, err)
+	}
+	if len(resp.Kvs) > 0 && resp.Kvs[0].Lease != 0 {
+		if _, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err == nil {
+			return nil
+		}
+	}
+	secs := int64(ttl / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	lease, err := s.cli.Grant(ctx, secs)
+	if err != nil {
+		return fmt.Errorf("store: heartbeat %s: grant lease: %w", name, err)
+	}
+	if _, err := s.cli.Put(ctx, leaseKey(name), s.now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease.ID)); err != nil {
+		return fmt.Errorf("store: heartbeat %s: %w", name, err)
+	}
+	return nil
+}
+
+// Image is an uploaded image tarball that agents import.
+type Image struct {
+	Digest     string    `json:"digest"`
+	Size       int64     `json:"size"`
+	References []string  `json:"references"`
+	Path       string    `json:"path"` // on the server's disk
+	LoadedAt   time.Time `json:"loadedAt"`
+}
+
+// PutImage records an uploaded image; a reference moves to the newest
+// upload that carries it.
+func (s *Store) PutImage(ctx context.Context, img Image) error {
+	_, err := s.cli.Put(ctx, ImagesPrefix+img.Digest, mustJSON(img))
+	if err != nil {
+		return fmt.Errorf("store: put image %s: %w", img.Digest, err)
+	}
+	return nil
+}
+
+// ListImages returns uploaded images, newest first.
+func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
+	resp, err := s.cli.Get(ctx, ImagesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list images: %w", err)
+	}
+	var out []Image
+	for _, kv := range resp.Kvs {
+		var img Image
+		if err := json.Unmarshal(kv.Value, &img); err != nil {
+			return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+		}
+		out = append(out, img)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].LoadedAt.After(out[j].LoadedAt) })
+	return out, nil
+}
+
+// FindImage returns the newest uploaded image carrying ref.
+func (s *Store) FindImage(ctx context.Context, ref string) (*Image, error) {
+	imgs, err := s.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, img := range imgs {
+		for _, r := range img.References {
+			if r == ref {
+				return &img, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("image %s: %w", ref, ErrNotFound)
+}
+
+// Event is something a user can read with `berth describe` or `berth
+// events`.
+type Event struct {
+	At        time.Time `json:"at"`
+	Namespace string    `json:"namespace,omitempty"`
+	Object    string    `json:"object"`
+	Reason    string    `json:"reason"`
+	Message   string    `json:"message"`
+	Type      string    `json:"type"` // Normal or Warning
+}
+
+// EventTTL is how long events are kept.
+const EventTTL = time.Hour
+
+// RecordEvent stores an event on a lease, so old events expire on their own.
+func (s *Store) RecordEvent(ctx context.Context, ev Event) error {
+	if ev.At.IsZero() {
+		ev.At = s.now().UTC()
+	}
+	if ev.Type == "" {
+		ev.Type = "Normal"
+	}
+	lease, err := s.cli.Grant(ctx, int64(EventTTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("store: record event: %w", err)
+	}
+	key := fmt.Sprintf("%s%020d-%06d", EventsPrefix, ev.At.UnixNano(), s.seq.Add(1)%1e6)
+	if _, err := s.cli.Put(ctx, key, mustJSON(ev), clientv3.WithLease(lease.ID)); err != nil {
+		return fmt.Errorf("store: record event: %w", err)
+	}
+	return nil
+}
+
+// ListEvents returns events for an object prefix (empty: all), oldest
+// first, at most limit (0: all).
+func (s *Store) ListEvents(ctx context.Context, ns, objectPrefix string, limit int) ([]Event, error) {
+	resp, err := s.cli.Get(ctx, EventsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list events: %w", err)
+	}
+	var out []Event
+	for _, kv := range resp.Kvs {
+		var ev Event
+		if err := json.Unmarshal(kv.Value, &ev); err != nil {
+			continue
+		}
+		if ns != "" && ev.Namespace != ns && ev.Namespace != "" {
+			continue
+		}
+		if objectPrefix != "" && !strings.HasPrefix(ev.Object, objectPrefix) {
+			continue
+		}
+		out = append(out, ev)
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, nil
+}

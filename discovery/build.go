@@ -1,0 +1,130 @@
+package discovery
+
+import (
+	"sort"
+
+	"github.com/berth-dev/berth/api"
+)
+
+// State is the stored state a snapshot is built from. Build only reads it.
+type State struct {
+	// Version is the etcd revision the state was read at.
+	Version   uint64
+	Services  []api.Service
+	Instances []api.Instance
+	Statuses  map[string]api.InstanceStatus // by instance id
+	// NotReadyNodes are nodes whose endpoints must not receive traffic
+	// (heartbeat lapsed). Nil means all nodes are fine.
+	NotReadyNodes map[string]bool
+}
+
+// Build turns services x instances x statuses into a snapshot. It is a
+// pure function: the same state always gives the same snapshot.
+//
+// Weights: until rollouts set them explicitly, the service's current
+// revision takes all traffic once it has a ready endpoint; before that,
+// traffic stays on the older revisions that still have ready endpoints,
+// split evenly, so replacing a revision never leaves a service without
+// endpoints it could have had.
+func Build(st State) *Snapshot {
+	byService := make(map[string][]api.Instance)
+	for _, in := range st.Instances {
+		k := in.Namespace + "/" + in.Name()
+		byService[k] = append(byService[k], in)
+	}
+	snap := &Snapshot{Version: st.Version, Services: make([]Service, 0, len(st.Services))}
+	for i := range st.Services {
+		svc := &st.Services[i]
+		out := Service{Namespace: svc.Metadata.Namespace, Name: svc.Metadata.Name}
+		for _, p := range svc.Spec.Ports {
+			out.Ports = append(out.Ports, Port{Name: p.Name, Port: uint32(p.Port), Protocol: p.Protocol})
+		}
+		if r := svc.Spec.Route; r != nil {
+			paths := r.Paths
+			if len(paths) == 0 {
+				paths = []string{"/"}
+			}
+			out.Route = &Route{Hosts: append([]string(nil), r.Hosts...), Paths: append([]string(nil), paths...)}
+		}
+		revs := map[int64]*Revision{}
+		if svc.Status.Revision > 0 {
+			revs[svc.Status.Revision] = &Revision{Number: svc.Status.Revision}
+		}
+		for _, in := range byService[svc.Key()] {
+			rev := revs[in.Revision]
+			if rev == nil {
+				rev = &Revision{Number: in.Revision}
+				revs[in.Revision] = rev
+			}
+			status, ok := st.Statuses[in.ID]
+			if !ok || status.IP == "" || in.Node == "" || status.Node != in.Node {
+				continue
+			}
+			if st.NotReadyNodes[in.Node] {
+				continue
+			}
+			draining := in.Draining || in.Desired != api.DesiredRunning
+			rev.Endpoints = append(rev.Endpoints, Endpoint{
+				Instance: in.ID,
+				Node:     in.Node,
+				IP:       status.IP,
+				Ready:    status.Ready && !draining,
+				Draining: draining,
+			})
+		}
+		for _, rev := range revs {
+			sort.Slice(rev.Endpoints, func(a, b int) bool { return rev.Endpoints[a].Instance < rev.Endpoints[b].Instance })
+			out.Revisions = append(out.Revisions, *rev)
+		}
+		sort.Slice(out.Revisions, func(a, b int) bool { return out.Revisions[a].Number < out.Revisions[b].Number })
+		assignWeights(out.Revisions, svc.Status.Revision)
+		snap.Services = append(snap.Services, out)
+	}
+	sort.Slice(snap.Services, func(a, b int) bool {
+		x, y := snap.Services[a], snap.Services[b]
+		if x.Namespace != y.Namespace {
+			return x.Namespace < y.Namespace
+		}
+		return x.Name < y.Name
+	})
+	return snap
+}
+
+func hasReady(r *Revision) bool {
+	for _, e := range r.Endpoints {
+		if e.Ready {
+			return true
+		}
+	}
+	return false
+}
+
+func assignWeights(revs []Revision, current int64) {
+	if len(revs) == 0 {
+		return
+	}
+	var ready []int
+	cur := -1
+	for i := range revs {
+		if revs[i].Number == current {
+			cur = i
+		}
+		if hasReady(&revs[i]) {
+			ready = append(ready, i)
+		}
+	}
+	switch {
+	case cur >= 0 && hasReady(&revs[cur]):
+		revs[cur].Weight = 100
+	case len(ready) > 0:
+		share := uint32(100 / len(ready))
+		for _, i := range ready {
+			revs[i].Weight = share
+		}
+		revs[ready[len(ready)-1]].Weight += 100 - share*uint32(len(ready))
+	case cur >= 0:
+		revs[cur].Weight = 100
+	default:
+		revs[len(revs)-1].Weight = 100
+	}
+}

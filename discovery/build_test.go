@@ -1,0 +1,98 @@
+package discovery
+
+import (
+	"testing"
+
+	"github.com/berth-dev/berth/api"
+)
+
+func service(name string, rev int64, route bool) api.Service {
+	s := api.Service{Metadata: api.ObjectMeta{Name: name, Namespace: "default"},
+		Spec:   api.ServiceSpec{Image: "img", Ports: []api.Port{{Name: "http", Port: 8080, Protocol: "http"}}},
+		Status: api.ServiceStatus{Revision: rev}}
+	if route {
+		s.Spec.Route = &api.Route{Hosts: []string{name + ".example.test"}}
+	}
+	return s
+}
+
+func instance(id string, rev int64, node string) api.Instance {
+	return api.Instance{ID: id, Namespace: "default", Service: "web", Revision: rev, Node: node, Desired: api.DesiredRunning}
+}
+
+func TestBuildReadyEndpointsAndWeights(t *testing.T) {
+	st := State{
+		Version:  42,
+		Services: []api.Service{service("web", 2, true), service("api", 1, false)},
+		Instances: []api.Instance{
+			instance("web-a", 1, "n1"), instance("web-b", 2, "n1"), instance("web-c", 2, "n2"),
+			instance("web-d", 2, "n1"), instance("web-e", 2, "n3"),
+		},
+		Statuses: map[string]api.InstanceStatus{
+			"web-a": {ID: "web-a", Node: "n1", IP: "10.0.0.1", Ready: true},
+			"web-b": {ID: "web-b", Node: "n1", IP: "10.0.0.2", Ready: true},
+			"web-c": {ID: "web-c", Node: "n2", IP: "10.0.1.2", Ready: false},
+			"web-d": {ID: "web-d", Node: "n1", IP: "10.0.0.4", Ready: true},
+			"web-e": {ID: "web-e", Node: "n3", IP: "10.0.3.2", Ready: true},
+		},
+		NotReadyNodes: map[string]bool{"n3": true},
+	}
+	st.Instances[3].Draining = true
+	snap := Build(st)
+	if snap.Version != 42 || len(snap.Services) != 2 || snap.Services[0].Name != "api" {
+		t.Fatalf("snapshot = %+v", snap)
+	}
+	web := snap.Lookup("default", "web")
+	if web == nil || web.Route == nil || web.Route.Paths[0] != "/" {
+		t.Fatalf("web = %+v", web)
+	}
+	if len(web.Revisions) != 2 || web.Revisions[0].Weight != 0 || web.Revisions[1].Weight != 100 {
+		t.Fatalf("weights = %+v", web.Revisions)
+	}
+	ready := web.ReadyEndpoints()
+	if len(ready) != 2 || ready[0].Instance != "web-a" || ready[1].Instance != "web-b" {
+		t.Fatalf("ready endpoints = %+v", ready)
+	}
+	// The draining endpoint is kept, marked; the one on a lost node is gone.
+	var sawDraining bool
+	for _, e := range web.Revisions[1].Endpoints {
+		if e.Instance == "web-d" {
+			sawDraining = e.Draining && !e.Ready
+		}
+		if e.Instance == "web-e" {
+			t.Fatal("endpoint on a not-ready node is published")
+		}
+	}
+	if !sawDraining {
+		t.Fatal("draining endpoint not marked")
+	}
+	if api := snap.Lookup("default", "api"); api == nil || len(api.Revisions) != 1 || api.Revisions[0].Weight != 100 || api.Route != nil {
+		t.Fatalf("api = %+v", api)
+	}
+}
+
+func TestBuildKeepsTrafficOnOldRevisionUntilNewIsReady(t *testing.T) {
+	st := State{
+		Services:  []api.Service{service("web", 2, true)},
+		Instances: []api.Instance{instance("web-a", 1, "n1"), instance("web-b", 2, "n1")},
+		Statuses: map[string]api.InstanceStatus{
+			"web-a": {ID: "web-a", Node: "n1", IP: "10.0.0.1", Ready: true},
+			"web-b": {ID: "web-b", Node: "n1", IP: "10.0.0.2", Ready: false},
+		},
+	}
+	web := Build(st).Lookup("default", "web")
+	if web.Revisions[0].Number != 1 || web.Revisions[0].Weight != 100 || web.Revisions[1].Weight != 0 {
+		t.Fatalf("weights = %+v", web.Revisions)
+	}
+}
+
+func TestBuildServiceWithoutEndpointsStillExists(t *testing.T) {
+	snap := Build(State{Services: []api.Service{service("web", 1, true)}})
+	web := snap.Lookup("default", "web")
+	if web == nil || len(web.Revisions) != 1 || web.Revisions[0].Weight != 100 || len(web.ReadyEndpoints()) != 0 {
+		t.Fatalf("web = %+v", web)
+	}
+	if snap.Lookup("default", "nope") != nil || snap.Lookup("other", "web") != nil {
+		t.Fatal("lookup found a service that does not exist")
+	}
+}

@@ -1,0 +1,52 @@
+package manifests
+
+import (
+	"time"
+
+	"github.com/berth-dev/berth/api"
+)
+
+// Default probe timing, used when a health check leaves it unset.
+const (
+	DefaultHealthInterval = 10 * time.Second
+	DefaultHealthTimeout  = time.Second
+)
+
+// Defaults fills in what a manifest may leave out: apiVersion and kind, the
+// namespace, port protocols, route paths and health timing. It leaves
+// spec.replicas unset (nil means 1, see api.ServiceSpec.ReplicaCount) so
+// that applying a manifest without replicas need not undo a scale.
+// Defaults is idempotent.
+func Defaults(s *api.Service) {
+	if s == nil {
+		return
+	}
+	if s.APIVersion == "" {
+		s.APIVersion = api.APIVersion
+	}
+	if s.Kind == "" {
+		s.Kind = api.KindService
+	}
+	if s.Metadata.Namespace == "" {
+		s.Metadata.Namespace = api.DefaultNamespace
+	}
+	for i := range s.Spec.Ports {
+		if s.Spec.Ports[i].Protocol == "" {
+			s.Spec.Ports[i].Protocol = api.ProtocolHTTP
+		}
+	}
+	if r := s.Spec.Route; r != nil && len(r.Paths) == 0 {
+		r.Paths = []string{"/"}
+	}
+	if h := s.Spec.Health; h != nil {
+		// An unset value never makes the pair invalid: a short interval
+		// gets a timeout no longer than itself, a long timeout an interval
+		// at least as long.
+		if h.Interval.Duration == 0 {
+			h.Interval.Duration = max(DefaultHealthInterval, h.Timeout.Duration)
+		}
+		if h.Timeout.Duration == 0 {
+			h.Timeout.Duration = min(DefaultHealthTimeout, h.Interval.Duration)
+		}
+	}
+}

@@ -1,0 +1,153 @@
+// Command hello is Berth's example service: a small static HTTP server used by
+// the examples, the runtime tests and the end-to-end tests. It depends only on
+// the standard library and is built with CGO_ENABLED=0, so it uses Go's pure
+// resolver, which honours /etc/resolv.conf search domains and ndots.
+//
+// Endpoints:
+//
+//	GET /          JSON {"service","version","instance","hostname"}
+//	GET /healthz   200 "ok"
+//	GET /call?url= fetches url from inside the container (5 s timeout) and
+//	               returns JSON {"url","status","body"}; status 0, "error"
+//	               and HTTP 502 on failure
+//	GET /resolv    the contents of /etc/resolv.conf (text/plain)
+//
+// Environment: PORT (default 8080), BERTH_SERVICE, BERTH_INSTANCE, VERSION
+// (overrides the -ldflags "-X main.version=..." value) and FAIL_RATE (0..1:
+// that fraction of "GET /" answers 500). SIGTERM or SIGINT shut the server
+// down gracefully.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1".
+var version = "dev"
+
+type info struct {
+	Service  string `json:"service"`
+	Version  string `json:"version"`
+	Instance string `json:"instance"`
+	Hostname string `json:"hostname"`
+}
+
+type callResult struct {
+	URL    string `json:"url"`
+	Status int    `json:"status"`
+	Body   string `json:"body,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+func main() {
+	port := envOr("PORT", "8080")
+	v := envOr("VERSION", version)
+	failRate, _ := strconv.ParseFloat(os.Getenv("FAIL_RATE"), 64)
+	host, _ := os.Hostname()
+	self := info{
+		Service:  os.Getenv("BERTH_SERVICE"),
+		Version:  v,
+		Instance: os.Getenv("BERTH_INSTANCE"),
+		Hostname: host,
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		if failRate > 0 && rand.Float64() < failRate {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInternalServerError)
+			json.NewEncoder(w).Encode(map[string]string{"error": "injected failure", "instance": self.Instance, "version": self.Version})
+			return
+		}
+		writeJSON(w, http.StatusOK, self)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	})
+	mux.HandleFunc("GET /resolv", func(w http.ResponseWriter, r *http.Request) {
+		b, err := os.ReadFile("/etc/resolv.conf")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(b)
+	})
+	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
+		target := r.URL.Query().Get("url")
+		res := callResult{URL: target}
+		if target == "" {
+			res.Error = "missing url parameter"
+			writeJSON(w, http.StatusBadRequest, res)
+			return
+		}
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, target, nil)
+		if err == nil {
+			var resp *http.Response
+			resp, err = client.Do(req)
+			if err == nil {
+				defer resp.Body.Close()
+				var body []byte
+				body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+				res.Status = resp.StatusCode
+				res.Body = string(body)
+			}
+		}
+		if err != nil {
+			res.Status = 0
+			res.Error = err.Error()
+			writeJSON(w, http.StatusBadGateway, res)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+
+	srv := &http.Server{
+		Addr:              net.JoinHostPort("", port),
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Printf("hello %s listening on :%s (service=%q instance=%q)", v, port, self.Service, self.Instance)
+
+	select {
+	case err := <-errc:
+		log.Fatalf("hello: %v", err)
+	case <-ctx.Done():
+	}
+	log.Printf("hello: shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Printf("hello: shutdown: %v", err)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,261 @@
+package manifests
+
+import (
+	"fmt"
+	"reflect"
+	"regexp"
+	"strings"
+	"unicode"
+
+	"github.com/berth-dev/berth/api"
+)
+
+// Limits enforced by Validate.
+const (
+	MaxReplicas     = 10000
+	maxLabelLen     = 63  // DNS label, RFC 1123
+	maxPortNameLen  = 15  // IANA service name, RFC 6335
+	maxDNSNameLen   = 253 // full host name
+	maxLabelKeyLen  = 253
+	maxLabelValLen  = 63
+	maxProbePathLen = 1024
+)
+
+var (
+	dnsLabelRE  = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
+	hostLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	envKeyRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	labelKeyRE  = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$`)
+	labelValRE  = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+)
+
+// Validate checks a Service on its own (not against other objects) and
+// returns nil or a FieldErrors listing every problem. It does not assume
+// Defaults ran: an empty apiVersion, kind, namespace or port protocol is
+// read as its default.
+func Validate(s *api.Service) error {
+	if errs := validateService(s); len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func validateService(s *api.Service) FieldErrors {
+	var errs FieldErrors
+	if s == nil {
+		errs.add("", "service is nil")
+		return errs
+	}
+	if s.APIVersion != "" && s.APIVersion != api.APIVersion {
+		errs.add("apiVersion", "must be %q", api.APIVersion)
+	}
+	if s.Kind != "" && s.Kind != api.KindService {
+		errs.add("kind", "must be %q", api.KindService)
+	}
+	validateMeta(&errs, "metadata", &s.Metadata)
+	validateSpec(&errs, "spec", &s.Spec)
+	sortFieldErrors(errs, reflect.TypeFor[api.Service]())
+	return errs
+}
+
+func validateMeta(errs *FieldErrors, path string, m *api.ObjectMeta) {
+	if m.Name == "" {
+		errs.add(path+".name", "required")
+	} else {
+		checkDNSLabel(errs, path+".name", m.Name, maxLabelLen)
+	}
+	if m.Namespace != "" {
+		checkDNSLabel(errs, path+".namespace", m.Namespace, maxLabelLen)
+	}
+	for _, k := range sortedKeys(m.Labels) {
+		p := joinKey(path+".labels", k)
+		switch {
+		case len(k) > maxLabelKeyLen:
+			errs.add(p, "label key must be at most %d characters", maxLabelKeyLen)
+		case !labelKeyRE.MatchString(k):
+			errs.add(p, "label key must be letters, digits, '-', '_', '.' and '/', starting and ending with a letter or digit")
+		}
+		v := m.Labels[k]
+		switch {
+		case len(v) > maxLabelValLen:
+			errs.add(p, "label value must be at most %d characters", maxLabelValLen)
+		case !labelValRE.MatchString(v):
+			errs.add(p, "label value must be letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
+		}
+	}
+}
+
+func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
+	switch {
+	case s.Image == "":
+		errs.add(path+".image", "required")
+	case strings.IndexFunc(s.Image, unicode.IsSpace) >= 0:
+		errs.add(path+".image", "must not contain whitespace")
+	}
+	if len(s.Command) > 0 && s.Command[0] == "" {
+		errs.add(path+".command[0]", "must not be empty")
+	}
+	for _, k := range sortedKeys(s.Env) {
+		if !envKeyRE.MatchString(k) {
+			errs.add(joinKey(path+".env", k), "environment variable name must match [A-Za-z_][A-Za-z0-9_]*")
+		}
+	}
+	if s.Replicas != nil && (*s.Replicas < 0 || *s.Replicas > MaxReplicas) {
+		errs.add(path+".replicas", "must be between 0 and %d", MaxReplicas)
+	}
+	routable := validatePorts(errs, path+".ports", s.Ports)
+	if _, err := api.ParseCPU(s.Resources.CPU); err != nil {
+		errs.add(path+".resources.cpu", "%s", err)
+	}
+	if _, err := api.ParseMemory(s.Resources.Memory); err != nil {
+		errs.add(path+".resources.memory", "%s", err)
+	}
+	if s.Health != nil {
+		validateHealth(errs, path+".health", s.Health)
+	}
+	if s.Route != nil {
+		validateRoute(errs, path+".route", s.Route, routable)
+	}
+}
+
+// validatePorts checks the ports and reports whether one of them can carry
+// a route (http, http2 or grpc).
+func validatePorts(errs *FieldErrors, path string, ports []api.Port) (routable bool) {
+	names := map[string]int{}
+	numbers := map[int32]int{}
+	for i, p := range ports {
+		pp := fmt.Sprintf("%s[%d]", path, i)
+		switch {
+		case p.Name == "":
+			errs.add(pp+".name", "required")
+		default:
+			if checkDNSLabel(errs, pp+".name", p.Name, maxPortNameLen) {
+				if j, dup := names[p.Name]; dup {
+					errs.add(pp+".name", "duplicate port name %q (also %s[%d])", p.Name, path, j)
+				} else {
+					names[p.Name] = i
+				}
+			}
+		}
+		if checkPort(errs, pp+".port", p.Port) {
+			if j, dup := numbers[p.Port]; dup {
+				errs.add(pp+".port", "duplicate port %d (also %s[%d])", p.Port, path, j)
+			} else {
+				numbers[p.Port] = i
+			}
+		}
+		switch p.Protocol {
+		case "", api.ProtocolHTTP, api.ProtocolHTTP2, api.ProtocolGRPC:
+			routable = true
+		case api.ProtocolTCP:
+		default:
+			errs.add(pp+".protocol", "must be one of http, http2, grpc, tcp")
+		}
+	}
+	return routable
+}
+
+func validateHealth(errs *FieldErrors, path string, h *api.Health) {
+	switch {
+	case h.HTTP != nil && h.TCP != nil:
+		errs.add(path, "exactly one of http or tcp must be set, not both")
+	case h.HTTP == nil && h.TCP == nil:
+		errs.add(path, "exactly one of http or tcp must be set")
+	case h.HTTP != nil:
+		checkPort(errs, path+".http.port", h.HTTP.Port)
+		switch {
+		case !strings.HasPrefix(h.HTTP.Path, "/"):
+			errs.add(path+".http.path", "must start with \"/\"")
+		case len(h.HTTP.Path) > maxProbePathLen:
+			errs.add(path+".http.path", "must be at most %d characters", maxProbePathLen)
+		case strings.IndexFunc(h.HTTP.Path, unicode.IsSpace) >= 0:
+			errs.add(path+".http.path", "must not contain whitespace")
+		}
+	case h.TCP != nil:
+		checkPort(errs, path+".tcp.port", h.TCP.Port)
+	}
+	if h.Interval.Duration < 0 {
+		errs.add(path+".interval", "must not be negative")
+	}
+	if h.Timeout.Duration < 0 {
+		errs.add(path+".timeout", "must not be negative")
+	}
+	if h.Interval.Duration > 0 && h.Timeout.Duration > h.Interval.Duration {
+		errs.add(path+".timeout", "must not be longer than the interval (%s)", h.Interval.Duration)
+	}
+}
+
+func validateRoute(errs *FieldErrors, path string, r *api.Route, routable bool) {
+	if len(r.Hosts) == 0 {
+		errs.add(path+".hosts", "at least one host is required")
+	}
+	seen := map[string]bool{}
+	for i, h := range r.Hosts {
+		hp := fmt.Sprintf("%s.hosts[%d]", path, i)
+		if msg := checkHost(h); msg != "" {
+			errs.add(hp, "%s", msg)
+		} else if seen[h] {
+			errs.add(hp, "duplicate host %q", h)
+		}
+		seen[h] = true
+	}
+	seen = map[string]bool{}
+	for i, p := range r.Paths {
+		pp := fmt.Sprintf("%s.paths[%d]", path, i)
+		switch {
+		case !strings.HasPrefix(p, "/"):
+			errs.add(pp, "must start with \"/\"")
+		case strings.ContainsAny(p, "?#"):
+			errs.add(pp, "must be a path prefix without query or fragment")
+		case strings.IndexFunc(p, unicode.IsSpace) >= 0:
+			errs.add(pp, "must not contain whitespace")
+		case seen[p]:
+			errs.add(pp, "duplicate path %q", p)
+		}
+		seen[p] = true
+	}
+	if !routable {
+		errs.add(path, "needs a port with protocol http, http2 or grpc")
+	}
+}
+
+// checkDNSLabel reports whether v is an RFC 1123 label of at most max
+// characters that starts with a letter, adding an error if not.
+func checkDNSLabel(errs *FieldErrors, path, v string, max int) bool {
+	switch {
+	case len(v) > max:
+		errs.add(path, "must be at most %d characters", max)
+	case !dnsLabelRE.MatchString(v):
+		errs.add(path, "must be lowercase letters, digits and '-', starting with a letter and ending with a letter or digit")
+	default:
+		return true
+	}
+	return false
+}
+
+func checkPort(errs *FieldErrors, path string, p int32) bool {
+	if p < 1 || p > 65535 {
+		errs.add(path, "must be between 1 and 65535")
+		return false
+	}
+	return true
+}
+
+// checkHost returns why h is not a valid route host, or "".
+func checkHost(h string) string {
+	name := strings.TrimPrefix(h, "*.")
+	switch {
+	case h == "":
+		return "must not be empty"
+	case len(h) > maxDNSNameLen:
+		return fmt.Sprintf("must be at most %d characters", maxDNSNameLen)
+	case strings.HasSuffix(name, "."):
+		return "must not end with \".\""
+	}
+	for _, l := range strings.Split(name, ".") {
+		if len(l) > maxLabelLen || !hostLabelRE.MatchString(l) {
+			return "must be a lowercase DNS name (labels of letters, digits and '-'), optionally starting with \"*.\""
+		}
+	}
+	return ""
+}
