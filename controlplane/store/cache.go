@@ -82,7 +82,9 @@ func (c *Cache) Subscribe() <-chan struct{} {
 	return ch
 }
 
-func cached(key string) bool { return !strings.HasPrefix(key, EventsPrefix) && !strings.HasPrefix(key, ImagesPrefix) }
+func cached(key string) bool {
+	return !strings.HasPrefix(key, EventsPrefix) && !strings.HasPrefix(key, ImagesPrefix)
+}
 
 // Run loads the state and follows it until ctx ends. After a compaction or
 // a broken watch it reloads everything.

@@ -11,6 +11,8 @@
 //	               returns JSON {"url","status","body"}; status 0, "error"
 //	               and HTTP 502 on failure
 //	GET /resolv    the contents of /etc/resolv.conf (text/plain)
+//	GET /resolve?name=  looks name up with the container's resolver and
+//	               returns JSON {"name","addresses"}
 //
 // Environment: PORT (default 8080), BERTH_SERVICE, BERTH_INSTANCE, VERSION
 // (overrides the -ldflags "-X main.version=..." value) and FAIL_RATE (0..1:
@@ -85,6 +87,21 @@ func main() {
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write(b)
+	})
+	mux.HandleFunc("GET /resolve", func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("name")
+		if name == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing name parameter"})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+		if err != nil {
+			writeJSON(w, http.StatusBadGateway, map[string]any{"name": name, "error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"name": name, "addresses": addrs})
 	})
 	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
 		target := r.URL.Query().Get("url")

@@ -1,0 +1,587 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/manifests"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"sigs.k8s.io/yaml"
+)
+
+func (g *globalOptions) client() (pb.BerthClient, func(), error) {
+	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("server address %q: %w", g.server, err)
+	}
+	return pb.NewBerthClient(conn), func() { conn.Close() }, nil
+}
+
+// rpcErr makes gRPC errors readable: the message, and a hint when the
+// server is not there.
+func (g *globalOptions) rpcErr(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	if st.Code().String() == "Unavailable" {
+		return fmt.Errorf("cannot reach the Berth API at %s (is `berth dev` or `berth server` running? set --server or BERTH_ADDR): %s", g.server, st.Message())
+	}
+	return errors.New(st.Message())
+}
+
+func callCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), 30*time.Second)
+}
+
+func newApplyCmd(g *globalOptions) *cobra.Command {
+	var files []string
+	var dryRun, wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE|DIR",
+		Short: "Create or update services from manifests (all or nothing)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(files) == 0 {
+				return errors.New("apply: -f FILE|DIR is required")
+			}
+			var all []api.Service
+			for _, f := range files {
+				svcs, err := manifests.Load(f)
+				if err != nil {
+					return err
+				}
+				all = append(all, svcs...)
+			}
+			if len(all) == 0 {
+				return fmt.Errorf("apply: no manifests found in %s", strings.Join(files, ", "))
+			}
+			req := &pb.ApplyRequest{DryRun: dryRun}
+			for i := range all {
+				req.Services = append(req.Services, pb.FromService(&all[i]))
+			}
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			resp, err := cli.Apply(ctx, req)
+			if err != nil {
+				return g.rpcErr(err)
+			}
+			for _, r := range resp.Results {
+				if r.Revision > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s, revision %d)\n", r.Name, r.Action, r.Namespace, r.Revision)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
+				}
+			}
+			if wait && !dryRun {
+				return waitReady(cmd, g, cli, resp.Results, timeout)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "manifest file or directory (repeatable; - for stdin)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate on the server, store nothing")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every applied service has all its replicas ready")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	return cmd
+}
+
+// waitReady polls until every applied service has exactly its desired
+// number of instances, all ready.
+func waitReady(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, results []*pb.ApplyResult, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	defer cancel()
+	want := map[string]bool{}
+	for _, r := range results {
+		want[r.Namespace+"/"+r.Name] = true
+	}
+	start := time.Now()
+	for {
+		resp, err := cli.ListServices(ctx, &pb.ListServicesRequest{})
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("apply --wait: not ready after %s", timeout)
+			}
+			return g.rpcErr(err)
+		}
+		var pending []string
+		for _, s := range resp.Services {
+			key := s.Service.Metadata.Namespace + "/" + s.Service.Metadata.Name
+			if want[key] && (s.Ready != s.Desired || s.Instances != s.Desired) {
+				pending = append(pending, fmt.Sprintf("%s %d/%d ready", key, s.Ready, s.Desired))
+			}
+		}
+		if len(pending) == 0 {
+			fmt.Fprintf(cmd.OutOrStdout(), "all ready in %s\n", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("apply --wait: not ready after %s: %s (see berth get instances)", timeout, strings.Join(pending, ", "))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// printer writes objects as a table, JSON or YAML.
+type printer struct {
+	format string
+	w      io.Writer
+}
+
+func (p printer) structured(msgs []proto.Message) (bool, error) {
+	if p.format == "table" || p.format == "" || p.format == "wide" {
+		return false, nil
+	}
+	var items []json.RawMessage
+	for _, m := range msgs {
+		b, err := protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: false}.Marshal(m)
+		if err != nil {
+			return true, err
+		}
+		items = append(items, b)
+	}
+	b, err := json.MarshalIndent(items, "", "  ")
+	if err != nil {
+		return true, err
+	}
+	switch p.format {
+	case "json":
+		_, err = fmt.Fprintln(p.w, string(b))
+	case "yaml":
+		y, yerr := yaml.JSONToYAML(b)
+		if yerr != nil {
+			return true, yerr
+		}
+		_, err = p.w.Write(y)
+	default:
+		return true, fmt.Errorf("unknown output format %q: use table, json or yaml", p.format)
+	}
+	return true, err
+}
+
+func age(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	d := time.Since(t.AsTime())
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	}
+}
+
+func newGetCmd(g *globalOptions) *cobra.Command {
+	var output, namespace string
+	cmd := &cobra.Command{
+		Use:       "get services|instances|nodes|images",
+		Short:     "List objects",
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"services", "instances", "nodes", "images"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			p := printer{format: output, w: cmd.OutOrStdout()}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			defer tw.Flush()
+			switch args[0] {
+			case "services", "service", "svc":
+				resp, err := cli.ListServices(ctx, &pb.ListServicesRequest{Namespace: namespace})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msgs := make([]proto.Message, len(resp.Services))
+				for i, s := range resp.Services {
+					msgs[i] = s
+				}
+				if ok, err := p.structured(msgs); ok {
+					return err
+				}
+				fmt.Fprintln(tw, "NAMESPACE\tNAME\tREVISION\tREADY\tIMAGE\tROUTE\tAGE")
+				for _, s := range resp.Services {
+					route := "-"
+					if r := s.Service.Spec.Route; r != nil {
+						route = strings.Join(r.Hosts, ",")
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%s\t%s\t%s\n", s.Service.Metadata.Namespace, s.Service.Metadata.Name,
+						s.Service.Status.GetRevision(), s.Ready, s.Desired, s.Service.Spec.Image, route, age(s.Service.Status.GetCreatedAt()))
+				}
+			case "instances", "instance", "inst":
+				resp, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msgs := make([]proto.Message, len(resp.Instances))
+				for i, s := range resp.Instances {
+					msgs[i] = s
+				}
+				if ok, err := p.structured(msgs); ok {
+					return err
+				}
+				printInstances(tw, resp.Instances)
+			case "nodes", "node":
+				resp, err := cli.ListNodes(ctx, &pb.ListNodesRequest{})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msgs := make([]proto.Message, len(resp.Nodes))
+				for i, s := range resp.Nodes {
+					msgs[i] = s
+				}
+				if ok, err := p.structured(msgs); ok {
+					return err
+				}
+				fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tLAST-HEARTBEAT\tAGE")
+				for _, n := range resp.Nodes {
+					st := "NotReady"
+					if n.Ready {
+						st = "Ready"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
+						n.Allocated.GetMilliCpu(), n.Capacity.GetMilliCpu(), mib(n.Allocated.GetMemoryBytes()), mib(n.Capacity.GetMemoryBytes()),
+						n.Instances, age(n.Heartbeat), age(n.JoinedAt))
+				}
+			case "images", "image":
+				resp, err := cli.ListImages(ctx, &pb.ListImagesRequest{})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msgs := make([]proto.Message, len(resp.Images))
+				for i, s := range resp.Images {
+					msgs[i] = s
+				}
+				if ok, err := p.structured(msgs); ok {
+					return err
+				}
+				fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tLOADED")
+				for _, im := range resp.Images {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", im.Reference, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
+				}
+			default:
+				return fmt.Errorf("get: unknown kind %q: use services, instances, nodes or images", args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json, yaml")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace (default: all)")
+	return cmd
+}
+
+func short(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func mib(b int64) string {
+	if b >= 1<<30 {
+		return fmt.Sprintf("%.1fGi", float64(b)/(1<<30))
+	}
+	return fmt.Sprintf("%dMi", b>>20)
+}
+
+func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) {
+	sort.Slice(ivs, func(i, j int) bool {
+		a, b := ivs[i].Instance, ivs[j].Instance
+		if a.Namespace+a.Service != b.Namespace+b.Service {
+			return a.Namespace+a.Service < b.Namespace+b.Service
+		}
+		return a.Id < b.Id
+	})
+	fmt.Fprintln(tw, "NAMESPACE\tINSTANCE\tSERVICE\tREV\tNODE\tSTATE\tREADY\tIP\tRESTARTS\tAGE\tLAST-ERROR")
+	for _, iv := range ivs {
+		in, st := iv.Instance, iv.Status
+		state := in.Desired
+		phase, ip, lastErr, ready, restarts := "Pending", "-", "", "false", int32(0)
+		if st != nil {
+			phase, lastErr, restarts = st.Phase, st.LastError, st.Restarts
+			if st.Ip != "" {
+				ip = st.Ip
+			}
+			if st.Ready {
+				ready = "true"
+			}
+		}
+		switch {
+		case in.Node == "" && in.Desired == api.DesiredRunning:
+			state = "Unscheduled"
+		case in.Draining && in.Desired == api.DesiredRunning:
+			state = "Draining"
+		case in.Desired == api.DesiredStopped:
+			state = "Stopping"
+		default:
+			state = phase
+		}
+		node := in.Node
+		if node == "" {
+			node = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.Namespace, in.Id, in.Service, in.Revision, node, state, ready, ip, restarts, age(in.CreatedAt), short(lastErr, 120))
+	}
+}
+
+func newDescribeCmd(g *globalOptions) *cobra.Command {
+	var namespace string
+	cmd := &cobra.Command{
+		Use:   "describe service NAME",
+		Short: "Show a service: spec, instances, what DNS answers, recent events",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "service" && args[0] != "services" && args[0] != "svc" {
+				return fmt.Errorf("describe: unknown kind %q: use service", args[0])
+			}
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			d, err := cli.GetService(ctx, &pb.GetServiceRequest{Namespace: namespace, Name: args[1]})
+			if err != nil {
+				return g.rpcErr(err)
+			}
+			w := cmd.OutOrStdout()
+			s := d.Service
+			fmt.Fprintf(w, "Name:        %s\nNamespace:   %s\nRevision:    %d\nImage:       %s\nReplicas:    %d\n", s.Metadata.Name, s.Metadata.Namespace, s.Status.GetRevision(), s.Spec.Image, s.Spec.GetReplicas())
+			if len(s.Spec.Command)+len(s.Spec.Args) > 0 {
+				fmt.Fprintf(w, "Command:     %s\n", strings.Join(append(append([]string{}, s.Spec.Command...), s.Spec.Args...), " "))
+			}
+			for _, p := range s.Spec.Ports {
+				fmt.Fprintf(w, "Port:        %s %d/%s\n", p.Name, p.Port, p.Protocol)
+			}
+			if r := s.Spec.Resources; r != nil && (r.Cpu != "" || r.Memory != "") {
+				fmt.Fprintf(w, "Resources:   cpu %s, memory %s\n", r.Cpu, r.Memory)
+			}
+			if h := s.Spec.Health; h != nil {
+				switch {
+				case h.Http != nil:
+					fmt.Fprintf(w, "Health:      http GET :%d%s every %s (timeout %s)\n", h.Http.Port, h.Http.Path, h.Interval, h.Timeout)
+				case h.Tcp != nil:
+					fmt.Fprintf(w, "Health:      tcp :%d every %s (timeout %s)\n", h.Tcp.Port, h.Interval, h.Timeout)
+				}
+			}
+			if r := s.Spec.Route; r != nil {
+				fmt.Fprintf(w, "Route:       hosts %s, paths %s\n", strings.Join(r.Hosts, ","), strings.Join(r.Paths, ","))
+			}
+			keys := make([]string, 0, len(s.Spec.Env))
+			for k := range s.Spec.Env {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				fmt.Fprintf(w, "Env:         %s=%s\n", k, s.Spec.Env[k])
+			}
+			fmt.Fprintf(w, "DNS names:   %s\n", strings.Join(d.DnsNames, ", "))
+			if len(d.DnsAnswers) == 0 {
+				fmt.Fprintln(w, "DNS answers: (none ready: NODATA)")
+			} else {
+				fmt.Fprintln(w, "DNS answers:")
+				for _, a := range d.DnsAnswers {
+					fmt.Fprintf(w, "  %s\n", a)
+				}
+			}
+			fmt.Fprintln(w, "\nInstances:")
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			printInstances(tw, d.Instances)
+			tw.Flush()
+			fmt.Fprintln(w, "\nEvents:")
+			printEvents(w, d.Events)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", api.DefaultNamespace, "namespace")
+	return cmd
+}
+
+func printEvents(w io.Writer, events []*pb.Event) {
+	if len(events) == 0 {
+		fmt.Fprintln(w, "  (none)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  AGE\tTYPE\tREASON\tOBJECT\tMESSAGE")
+	for _, ev := range events {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", age(ev.At), ev.Type, ev.Reason, ev.Object, ev.Message)
+	}
+	tw.Flush()
+}
+
+func newEventsCmd(g *globalOptions) *cobra.Command {
+	var namespace, object string
+	var limit int32
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Show recent events (kept for an hour)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			resp, err := cli.ListEvents(ctx, &pb.ListEventsRequest{Namespace: namespace, Object: object, Limit: limit})
+			if err != nil {
+				return g.rpcErr(err)
+			}
+			printEvents(cmd.OutOrStdout(), resp.Events)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace (default: all)")
+	cmd.Flags().StringVar(&object, "object", "", "object prefix, e.g. service/hello")
+	cmd.Flags().Int32Var(&limit, "limit", 100, "most recent events to show")
+	return cmd
+}
+
+func newDeleteCmd(g *globalOptions) *cobra.Command {
+	var namespace string
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "delete service NAME",
+		Short: "Delete a service: its DNS name and route go first, then its containers stop",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "service" && args[0] != "services" && args[0] != "svc" {
+				return fmt.Errorf("delete: unknown kind %q: use service", args[0])
+			}
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			resp, err := cli.DeleteService(ctx, &pb.DeleteServiceRequest{Namespace: namespace, Name: args[1]})
+			if err != nil {
+				return g.rpcErr(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "service/%s deleted; %d instances draining\n", args[1], resp.InstancesDraining)
+			if !wait {
+				return nil
+			}
+			for {
+				l, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace, Service: args[1]})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				if len(l.Instances) == 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "service/%s: all containers stopped\n", args[1])
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("delete: %d instances still stopping", len(l.Instances))
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", api.DefaultNamespace, "namespace")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every container has stopped")
+	return cmd
+}
+
+func newImageCmd(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "Manage images uploaded to the cluster"}
+	load := &cobra.Command{
+		Use:   "load FILE.tar...",
+		Short: "Upload image tarballs (docker-archive or OCI) that nodes import instead of pulling",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			for _, file := range args {
+				if err := loadImage(cmd, g, cli, file); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(load)
+	return cmd
+}
+
+func loadImage(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("image load: %w", err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
+	defer cancel()
+	stream, err := cli.LoadImage(ctx)
+	if err != nil {
+		return g.rpcErr(err)
+	}
+	buf := make([]byte, 1<<20)
+	first := true
+	for {
+		n, rerr := f.Read(buf)
+		if n > 0 {
+			chunk := &pb.ImageChunk{Data: buf[:n]}
+			if first {
+				chunk.FileName, first = filepath.Base(file), false
+			}
+			if err := stream.Send(chunk); err != nil {
+				_, rerr2 := stream.CloseAndRecv()
+				if rerr2 != nil {
+					return g.rpcErr(rerr2)
+				}
+				return g.rpcErr(err)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("image load %s: %w", file, rerr)
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return g.rpcErr(err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "loaded %s (%s, %s)\n", strings.Join(resp.References, ", "), short(resp.Digest, 19), mib(resp.Size))
+	return nil
+}

@@ -1,0 +1,81 @@
+// Command berth is Berth's one binary: the roles (server, agent, gateway,
+// dev) and the CLI. This package is wiring only: flags become Config
+// values, components are built with New and run with Run.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError carries an exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func main() {
+	root := newRoot()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		os.Exit(1)
+	}
+}
+
+type globalOptions struct {
+	server   string
+	logLevel string
+}
+
+func newRoot() *cobra.Command {
+	g := &globalOptions{}
+	root := &cobra.Command{
+		Use:           "berth",
+		Short:         "Berth runs containers, finds them by name and routes traffic to them",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	defServer := os.Getenv("BERTH_ADDR")
+	if defServer == "" {
+		defServer = "127.0.0.1:7400"
+	}
+	root.PersistentFlags().StringVar(&g.server, "server", defServer, "control plane API address (env BERTH_ADDR)")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(
+		newDevCmd(g), newServerCmd(g), newAgentCmd(g), newGatewayCmd(g),
+		newApplyCmd(g), newGetCmd(g), newDescribeCmd(g), newDeleteCmd(g), newImageCmd(g), newEventsCmd(g),
+	)
+	return root
+}
+
+func (g *globalOptions) logger() *slog.Logger {
+	var level slog.Level
+	switch strings.ToLower(g.logLevel) {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}

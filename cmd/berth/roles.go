@@ -1,0 +1,423 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/discovery"
+	berthdns "github.com/berth-dev/berth/dns"
+	"github.com/berth-dev/berth/gateway"
+	"github.com/berth-dev/berth/nodeagent"
+	"github.com/berth-dev/berth/nodeagent/runtime"
+	"github.com/berth-dev/berth/xds"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+)
+
+// serverFlags are shared by `berth server` and `berth dev`.
+type serverFlags struct {
+	dataDir      string
+	etcd         []string
+	apiAddr      string
+	xdsAddr      string
+	dnsAddr      string
+	metricsAddr  string
+	clusterCIDR  string
+	dnsTTL       time.Duration
+	dnsUpstreams []string
+}
+
+func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
+	cmd.Flags().StringVar(&f.dataDir, "data-dir", dataDir, "where etcd's data and uploaded images live")
+	cmd.Flags().StringSliceVar(&f.etcd, "etcd-endpoints", nil, "external etcd endpoints (default: embedded etcd in --data-dir)")
+	cmd.Flags().StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7400", "gRPC API address")
+	cmd.Flags().StringVar(&f.xdsAddr, "xds-addr", "127.0.0.1:7401", "xDS (ADS) address that gateways connect to")
+	cmd.Flags().StringVar(&f.dnsAddr, "dns-addr", "127.0.0.1:1053", "DNS address for the host (UDP and TCP); empty disables")
+	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", metrics, "Prometheus /metrics address; empty disables")
+	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one /24 per node")
+	cmd.Flags().DurationVar(&f.dnsTTL, "dns-ttl", 5*time.Second, "TTL of service DNS records; a stopped endpoint leaves DNS this long before its container stops")
+	cmd.Flags().StringSliceVar(&f.dnsUpstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
+}
+
+func (f *serverFlags) upstreams(logger *slog.Logger) []string {
+	if len(f.dnsUpstreams) > 0 {
+		return f.dnsUpstreams
+	}
+	ups, err := berthdns.UpstreamsFromResolvConf("/etc/resolv.conf")
+	if err != nil {
+		logger.Warn("no DNS upstreams: names outside berth.internal will not resolve", "err", err)
+	}
+	return ups
+}
+
+// controlPlane is the server role: etcd, API, controllers, xDS, host DNS.
+type controlPlane struct {
+	cp  *controlplane.Server
+	xds *xds.Server
+	dns *berthdns.Server
+}
+
+func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registerer, logger *slog.Logger) (*controlPlane, error) {
+	xcfg := xds.DefaultConfig()
+	xcfg.Addr, xcfg.Logger, xcfg.Registerer = f.xdsAddr, logger, reg
+	xsrv, err := xds.New(xcfg)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	c := &controlPlane{xds: xsrv}
+	sinks := []controller.Sink{func(s *discovery.Snapshot) {
+		if err := xsrv.Update(s); err != nil {
+			logger.Error("xds: snapshot rejected, gateways keep the previous one", "version", s.Version, "err", err)
+		}
+	}}
+	if f.dnsAddr != "" {
+		dcfg := berthdns.DefaultConfig()
+		dcfg.Addr, dcfg.TTL, dcfg.Logger, dcfg.Registerer = f.dnsAddr, f.dnsTTL, logger, reg
+		dcfg.Upstreams = f.upstreams(logger)
+		c.dns, err = berthdns.New(dcfg)
+		if err != nil {
+			return nil, fmt.Errorf("dns on %s: %w", f.dnsAddr, err)
+		}
+		sinks = append(sinks, c.dns.Update)
+	}
+	cfg := controlplane.DefaultConfig()
+	cfg.DataDir, cfg.EtcdEndpoints, cfg.APIAddr, cfg.ClusterCIDR = f.dataDir, f.etcd, f.apiAddr, f.clusterCIDR
+	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
+	c.cp, err = controlplane.New(ctx, cfg, xsrv, sinks...)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *controlPlane) run(ctx context.Context, g *group) {
+	g.go_("xds", c.xds.Run)
+	if c.dns != nil {
+		g.go_("dns", c.dns.Run)
+	}
+	g.go_("control plane", c.cp.Run)
+}
+
+// group runs components and stops them all when one fails.
+type group struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	err    error
+}
+
+func newGroup(ctx context.Context) *group {
+	ctx, cancel := context.WithCancel(ctx)
+	return &group{ctx: ctx, cancel: cancel}
+}
+
+func (g *group) go_(name string, f func(context.Context) error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		err := f(g.ctx)
+		if err != nil && g.ctx.Err() == nil {
+			g.mu.Lock()
+			if g.err == nil {
+				g.err = fmt.Errorf("%s: %w", name, err)
+			}
+			g.mu.Unlock()
+			g.cancel()
+		}
+	}()
+}
+
+func (g *group) wait() error {
+	g.wg.Wait()
+	g.cancel()
+	return g.err
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	g.go_("metrics", func(ctx context.Context) error {
+		go func() { <-ctx.Done(); srv.Close() }()
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return lis.Addr().String(), nil
+}
+
+// agentFlags are shared by `berth agent` and `berth dev`.
+type agentFlags struct {
+	name      string
+	address   string
+	socket    string
+	namespace string
+	stateDir  string
+	bridge    string
+	labels    map[string]string
+	dnsPort   int
+	grace     time.Duration
+}
+
+func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
+	def := nodeagent.DefaultConfig()
+	cmd.Flags().StringVar(&f.name, "node-name", def.Name, "this node's name")
+	cmd.Flags().StringVar(&f.address, "node-address", def.Address, "this node's IP address as other nodes reach it")
+	cmd.Flags().StringVar(&f.socket, "containerd-socket", def.Runtime.Socket, "containerd's socket")
+	cmd.Flags().StringVar(&f.namespace, "containerd-namespace", def.Runtime.Namespace, "containerd namespace for Berth's containers and images")
+	cmd.Flags().StringVar(&f.stateDir, "state-dir", stateDir, "node state: CNI allocations, resolv.conf files, container logs")
+	cmd.Flags().StringVar(&f.bridge, "bridge", def.Runtime.BridgeName, "name of the node bridge CNI creates")
+	cmd.Flags().StringToStringVar(&f.labels, "label", nil, "node labels, k=v")
+	cmd.Flags().IntVar(&f.dnsPort, "node-dns-port", 53, "port of the node-local DNS on the bridge address")
+	cmd.Flags().DurationVar(&f.grace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a container")
+}
+
+func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration, upstreams []string, reg prometheus.Registerer, logger *slog.Logger) nodeagent.Config {
+	cfg := nodeagent.DefaultConfig()
+	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels = f.name, server, f.address, f.labels
+	cfg.Runtime.Socket, cfg.Runtime.Namespace, cfg.Runtime.StateDir, cfg.Runtime.BridgeName = f.socket, f.namespace, f.stateDir, f.bridge
+	cfg.Runtime.NetworkName = f.bridge
+	cfg.DNSPort, cfg.DNSTTL, cfg.DNSUpstreams = f.dnsPort, dnsTTL, upstreams
+	cfg.StopOnExit, cfg.StopGrace = stopOnExit, f.grace
+	cfg.Logger, cfg.Registerer = logger, reg
+	return cfg
+}
+
+// preflight checks containerd and the CNI plugins before anything starts,
+// so a missing install is reported at once with what to do.
+func preflight(ctx context.Context, f *agentFlags) error {
+	rcfg := runtime.DefaultConfig()
+	rcfg.Socket, rcfg.Namespace, rcfg.StateDir = f.socket, f.namespace, f.stateDir
+	rt, err := runtime.New(ctx, rcfg)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	return rt.Close()
+}
+
+func newDevCmd(g *globalOptions) *cobra.Command {
+	sf := &serverFlags{}
+	af := &agentFlags{}
+	var gatewayAddr string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a whole one-node cluster in this process: etcd, control plane, agent, DNS, xDS and gateway",
+		Long: `berth dev runs everything on this machine in one process: embedded etcd in
+--data-dir, the control plane API, scheduler and controllers, a node agent on
+the local containerd, node-local DNS (on the bridge address for containers and
+on --dns-addr for the host), the xDS server and the gateway. Ctrl-C stops it
+and the containers it started; started again on the same --data-dir it brings
+the same services back.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			logger := g.logger()
+			if err := preflight(ctx, af); err != nil {
+				return err
+			}
+			reg := newRegistry()
+			grp := newGroup(ctx)
+			cp, err := newControlPlane(ctx, sf, reg, logger)
+			if err != nil {
+				return err
+			}
+			cp.run(ctx, grp)
+			gcfg := gateway.DefaultConfig()
+			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = gatewayAddr, cp.xds.Addr(), "gateway-"+af.name, logger, reg
+			gw, err := gateway.New(gcfg)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return fmt.Errorf("gateway: %w", err)
+			}
+			grp.go_("gateway", gw.Run)
+			acfg := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
+			agent, err := nodeagent.New(acfg)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			grp.go_("agent", agent.Run)
+			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			select {
+			case <-agent.Ready():
+				hostDNS := "disabled"
+				if cp.dns != nil {
+					hostDNS = cp.dns.Addr()
+				}
+				fmt.Fprintf(os.Stdout, `berth dev is up (Ctrl-C stops it and its containers)
+  api        %s        (berth --server, env BERTH_ADDR)
+  gateway    http://%s
+  xds        %s
+  dns        %s (host)   %s (containers)
+  metrics    %s
+  node       %s, containerd %s (namespace %s)
+  data       %s
+`, cp.cp.APIAddr(), gw.Addr(), cp.xds.Addr(), hostDNS, agent.DNSAddr(), metricsURL(metricsAddr), af.name, af.socket, af.namespace, sf.dataDir)
+			case <-grp.ctx.Done():
+			}
+			err = grp.wait()
+			if err == nil {
+				fmt.Fprintln(os.Stdout, "berth dev stopped")
+			}
+			return err
+		},
+	}
+	sf.register(cmd, "/var/lib/berth/dev", "127.0.0.1:7402")
+	af.register(cmd, "")
+	cmd.Flags().StringVar(&gatewayAddr, "gateway-addr", "127.0.0.1:8080", "gateway HTTP address")
+	cmd.PreRun = func(cmd *cobra.Command, args []string) {
+		if af.stateDir == "" {
+			af.stateDir = filepath.Join(sf.dataDir, "node")
+		}
+	}
+	return cmd
+}
+
+func metricsURL(addr string) string {
+	if addr == "" {
+		return "disabled"
+	}
+	return "http://" + addr + "/metrics"
+}
+
+func newServerCmd(g *globalOptions) *cobra.Command {
+	sf := &serverFlags{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: etcd (embedded unless --etcd-endpoints), API, scheduler, controllers, xDS and DNS",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			logger := g.logger()
+			reg := newRegistry()
+			grp := newGroup(ctx)
+			cp, err := newControlPlane(ctx, sf, reg, logger)
+			if err != nil {
+				return err
+			}
+			cp.run(ctx, grp)
+			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			hostDNS := "disabled"
+			if cp.dns != nil {
+				hostDNS = cp.dns.Addr()
+			}
+			fmt.Fprintf(os.Stdout, "berth server: api %s, xds %s, dns %s, metrics %s, data %s\n", cp.cp.APIAddr(), cp.xds.Addr(), hostDNS, metricsURL(metricsAddr), sf.dataDir)
+			return grp.wait()
+		},
+	}
+	sf.register(cmd, "/var/lib/berth/server", "127.0.0.1:7402")
+	return cmd
+}
+
+func newAgentCmd(g *globalOptions) *cobra.Command {
+	af := &agentFlags{}
+	var metricsAddr string
+	var dnsTTL time.Duration
+	var upstreams []string
+	var stopOnExit bool
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a node agent: containers through containerd and CNI, probes, node-local DNS",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			logger := g.logger()
+			if err := preflight(ctx, af); err != nil {
+				return err
+			}
+			reg := newRegistry()
+			grp := newGroup(ctx)
+			if len(upstreams) == 0 {
+				upstreams, _ = berthdns.UpstreamsFromResolvConf("/etc/resolv.conf")
+			}
+			agent, err := nodeagent.New(af.config(g.server, stopOnExit, dnsTTL, upstreams, reg, logger))
+			if err != nil {
+				return err
+			}
+			grp.go_("agent", agent.Run)
+			if _, err := serveMetrics(grp, metricsAddr, reg); err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			return grp.wait()
+		},
+	}
+	af.register(cmd, "/var/lib/berth/node")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7403", "Prometheus /metrics address; empty disables")
+	cmd.Flags().DurationVar(&dnsTTL, "dns-ttl", 5*time.Second, "TTL of service records served by node-local DNS")
+	cmd.Flags().StringSliceVar(&upstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
+	cmd.Flags().BoolVar(&stopOnExit, "stop-on-exit", false, "stop all containers when the agent stops (default: leave them running to be adopted)")
+	return cmd
+}
+
+func newGatewayCmd(g *globalOptions) *cobra.Command {
+	var listen, xdsAddr, nodeID, metricsAddr string
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run a gateway: an HTTP proxy configured over xDS by the control plane",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			logger := g.logger()
+			reg := newRegistry()
+			grp := newGroup(ctx)
+			gcfg := gateway.DefaultConfig()
+			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = listen, xdsAddr, nodeID, logger, reg
+			gw, err := gateway.New(gcfg)
+			if err != nil {
+				return err
+			}
+			grp.go_("gateway", gw.Run)
+			if _, err := serveMetrics(grp, metricsAddr, reg); err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			fmt.Fprintf(os.Stdout, "berth gateway: http://%s, xds %s, node id %s\n", gw.Addr(), xdsAddr, nodeID)
+			return grp.wait()
+		},
+	}
+	host, _ := os.Hostname()
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
+	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
+	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7404", "Prometheus /metrics address; empty disables")
+	return cmd
+}

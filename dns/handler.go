@@ -1,0 +1,182 @@
+package dns
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/berth-dev/berth/discovery"
+)
+
+// handler is the packet path shared by the UDP and TCP loops (and the fuzz
+// target): raw query in, raw reply out. It owns no sockets.
+type handler struct {
+	cfg   Config
+	log   *slog.Logger
+	met   *metrics
+	table atomic.Pointer[Table]
+	fwd   *forwarder // never nil; with no upstreams the table never forwards
+}
+
+func newHandler(cfg Config, log *slog.Logger, met *metrics) *handler {
+	h := &handler{cfg: cfg, log: log, met: met, fwd: newForwarder(cfg, log)}
+	h.table.Store(newTable(nil, cfg, false))
+	return h
+}
+
+func (h *handler) update(snap *discovery.Snapshot) {
+	t := newTable(snap, h.cfg, true)
+	h.table.Store(t)
+	h.met.names.Set(float64(t.Len()))
+	var version uint64
+	if snap != nil {
+		version = snap.Version
+	}
+	h.log.Debug("answer table updated", "version", version, "names", t.Len())
+}
+
+// pending is a parsed query waiting for an upstream.
+type pending struct {
+	req    *dns.Msg
+	udp    bool
+	start  time.Time
+	client netip.Addr
+}
+
+// handle answers what it can without waiting for the network. It returns
+// the wire reply (nil: drop the packet), or a pending query to forward.
+func (h *handler) handle(buf []byte, client netip.Addr, udp bool) ([]byte, *pending) {
+	start := time.Now()
+	if len(buf) < 12 || buf[2]&0x80 != 0 {
+		// No header, or a response: answering responses invites loops.
+		h.met.dropped.Inc()
+		return nil, nil
+	}
+	req := new(dns.Msg)
+	if err := req.Unpack(buf); err != nil {
+		return h.formErr(buf, start), nil
+	}
+	resp, action := h.table.Load().Answer(req, client)
+	if action == Forward {
+		if r := h.fwd.cached(req, start); r != nil {
+			h.met.cacheHits.Inc()
+			return h.finish(req, r, udp, sourceCache, start), nil
+		}
+		h.met.cacheMiss.Inc()
+		return nil, &pending{req: req, udp: udp, start: start, client: client}
+	}
+	source := sourceAuthoritative
+	if !resp.Authoritative {
+		source = sourceError
+	}
+	return h.finish(req, resp, udp, source, start), nil
+}
+
+// forward asks the upstreams for p and returns the wire reply. The caller
+// holds a forwarding slot.
+func (h *handler) forward(ctx context.Context, p *pending) []byte {
+	r, err := h.fwd.exchange(ctx, p.req)
+	if err != nil {
+		h.met.forwarded.WithLabelValues("error").Inc()
+		h.log.Debug("forward failed", "name", p.req.Question[0].Name, "client", p.client, "err", err)
+		r = new(dns.Msg)
+		r.SetRcode(p.req, dns.RcodeServerFailure)
+		r.RecursionAvailable = true
+		return h.finish(p.req, r, p.udp, sourceError, p.start)
+	}
+	h.met.forwarded.WithLabelValues("ok").Inc()
+	return h.finish(p.req, r, p.udp, sourceForwarded, p.start)
+}
+
+// limited answers SERVFAIL to a query that found every forwarding slot
+// taken.
+func (h *handler) limited(p *pending) []byte {
+	h.met.forwarded.WithLabelValues("limited").Inc()
+	r := new(dns.Msg)
+	r.SetRcode(p.req, dns.RcodeServerFailure)
+	r.RecursionAvailable = true
+	return h.finish(p.req, r, p.udp, sourceError, p.start)
+}
+
+// serve is the whole path for one query, forwarding included, for callers
+// that may block (TCP connections, tests, fuzzing).
+func (h *handler) serve(ctx context.Context, buf []byte, client netip.Addr, udp bool) []byte {
+	out, p := h.handle(buf, client, udp)
+	if p == nil {
+		return out
+	}
+	if !h.fwd.tryAcquire() {
+		return h.limited(p)
+	}
+	defer h.fwd.release()
+	return h.forward(ctx, p)
+}
+
+// finish fits resp to the client's transport, packs it and counts it.
+func (h *handler) finish(req, resp *dns.Msg, udp bool, source string, start time.Time) []byte {
+	fit(resp, req, udp)
+	out, err := resp.Pack()
+	if err != nil {
+		h.log.Debug("pack reply", "name", req.Question[0].Name, "err", err)
+		fail := new(dns.Msg)
+		fail.SetRcode(req, dns.RcodeServerFailure)
+		fit(fail, req, udp)
+		if out, err = fail.Pack(); err != nil {
+			return nil
+		}
+		resp = fail
+	}
+	qtype := "none"
+	if len(req.Question) > 0 {
+		qtype = qtypeLabel(req.Question[0].Qtype)
+	}
+	h.met.queries.WithLabelValues(qtype, rcodeLabel(resp.Rcode)).Inc()
+	h.met.latency.WithLabelValues(source).Observe(time.Since(start).Seconds())
+	return out
+}
+
+// formErr answers a packet whose header parsed but whose body did not:
+// the header echoed with QR set and FORMERR, no sections.
+func (h *handler) formErr(buf []byte, start time.Time) []byte {
+	out := make([]byte, 12)
+	copy(out[:2], buf[:2])              // id
+	out[2] = 0x80 | buf[2]&0x79         // QR, opcode, RD
+	out[3] = byte(dns.RcodeFormatError) // RA=0, Z=0, rcode; counts stay zero
+	h.met.queries.WithLabelValues("none", rcodeLabel(dns.RcodeFormatError)).Inc()
+	h.met.latency.WithLabelValues(sourceError).Observe(time.Since(start).Seconds())
+	return out
+}
+
+// fit adds the OPT record when the query had one (RFC 6891: an EDNS query
+// gets an EDNS reply, never otherwise) and truncates the reply to what the
+// client can take: over UDP its EDNS buffer size capped at MaxUDPSize, or
+// 512 without EDNS; over TCP 64 KiB. Truncation sets TC.
+func fit(resp, req *dns.Msg, udp bool) {
+	extra := make([]dns.RR, 0, len(resp.Extra)+1)
+	for _, rr := range resp.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	size := dns.MaxMsgSize
+	if udp {
+		size = dns.MinMsgSize
+	}
+	if opt := req.IsEdns0(); opt != nil {
+		bufSize := min(max(opt.UDPSize(), dns.MinMsgSize), MaxUDPSize)
+		o := new(dns.OPT)
+		o.Hdr.Name = "."
+		o.Hdr.Rrtype = dns.TypeOPT
+		o.SetUDPSize(bufSize)
+		extra = append(extra, o)
+		if udp {
+			size = int(bufSize)
+		}
+	}
+	resp.Extra = extra
+	resp.Truncate(size)
+}

@@ -1,0 +1,83 @@
+package dns
+
+import (
+	"fmt"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Where an answer came from, for the latency histogram.
+const (
+	sourceAuthoritative = "authoritative"
+	sourceForwarded     = "forwarded"
+	sourceCache         = "cache"
+	sourceError         = "error" // FORMERR, NOTIMP, REFUSED, SERVFAIL made here
+)
+
+type metrics struct {
+	queries   *prometheus.CounterVec   // qtype, rcode
+	latency   *prometheus.HistogramVec // source
+	forwarded *prometheus.CounterVec   // result
+	cacheHits prometheus.Counter
+	cacheMiss prometheus.Counter
+	dropped   prometheus.Counter
+	names     prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_dns_queries_total",
+			Help: "DNS queries answered, by query type and response code.",
+		}, []string{"qtype", "rcode"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "berth_dns_query_duration_seconds",
+			Help:    "Time from reading a query to having its answer, by where the answer came from.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"source"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_dns_forwarded_total",
+			Help: "Queries for names outside the zone sent upstream, by result (ok, error, limited).",
+		}, []string{"result"}),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_dns_cache_hits_total",
+			Help: "Forwardable queries answered from the forwarding cache.",
+		}),
+		cacheMiss: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_dns_cache_misses_total",
+			Help: "Forwardable queries not found in the forwarding cache.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_dns_dropped_total",
+			Help: "Packets dropped without an answer (too short to parse a header, or responses).",
+		}),
+		names: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_dns_table_names",
+			Help: "Names in the current answer table.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.queries, m.latency, m.forwarded, m.cacheHits, m.cacheMiss, m.dropped, m.names} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("dns: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// qtypeLabel bounds the label's values to the types miekg/dns knows.
+func qtypeLabel(t uint16) string {
+	if s, ok := dns.TypeToString[t]; ok {
+		return s
+	}
+	return "other"
+}
+
+func rcodeLabel(rc int) string {
+	if s, ok := dns.RcodeToString[rc]; ok {
+		return s
+	}
+	return "other"
+}

@@ -1,0 +1,490 @@
+package dns
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startServer runs a server on 127.0.0.1:0 until the test ends.
+func startServer(t *testing.T, opts ...func(*Config)) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Logger = discardLogger()
+	cfg.Registerer = prometheus.NewRegistry()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s
+}
+
+func exchange(t *testing.T, net, addr string, m *dns.Msg) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: net, Timeout: 2 * time.Second}
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s exchange %s: %v", net, m.Question[0].Name, err)
+	}
+	return r
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+func TestServerAnswersOverUDPAndTCP(t *testing.T) {
+	s := startServer(t)
+	s.Update(testSnapshot())
+	for _, netw := range []string{"udp", "tcp"} {
+		r := exchange(t, netw, s.Addr(), query("Web.Default.svc.berth.internal.", dns.TypeA))
+		if r.Rcode != dns.RcodeSuccess || !r.Authoritative {
+			t.Fatalf("%s: %v", netw, r)
+		}
+		if got := rdata(r.Answer); !slices.Equal(got, []string{"10.1.0.1", "10.1.0.2", "10.1.0.5"}) {
+			t.Errorf("%s: answers = %q", netw, got)
+		}
+		if r.Question[0].Name != "Web.Default.svc.berth.internal." {
+			t.Errorf("%s: question case not echoed: %q", netw, r.Question[0].Name)
+		}
+		if r.IsEdns0() != nil {
+			t.Errorf("%s: OPT in the reply to a query without one", netw)
+		}
+		r = exchange(t, netw, s.Addr(), query("nope.default.svc.berth.internal.", dns.TypeA))
+		if r.Rcode != dns.RcodeNameError || len(r.Ns) != 1 {
+			t.Errorf("%s: NXDOMAIN: %v", netw, r)
+		}
+	}
+	if got := counterValue(t, s.h.met.queries.WithLabelValues("A", "NOERROR")); got != 2 {
+		t.Errorf("berth_dns_queries_total{A,NOERROR} = %v, want 2", got)
+	}
+}
+
+func TestServerServfailBeforeFirstUpdate(t *testing.T) {
+	s := startServer(t)
+	r := exchange(t, "udp", s.Addr(), query("web.default.svc.berth.internal.", dns.TypeA))
+	if r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode = %s, want SERVFAIL before the first snapshot", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestServerTruncatesOverUDPAndCompletesOverTCP(t *testing.T) {
+	s := startServer(t)
+	s.Update(bigSnapshot(100, 1))
+	name := "big.default.svc.berth.internal."
+
+	r := exchange(t, "udp", s.Addr(), query(name, dns.TypeA))
+	if !r.Truncated || len(r.Answer) >= 100 {
+		t.Errorf("UDP without EDNS: TC=%v with %d answers, want TC and fewer than 100", r.Truncated, len(r.Answer))
+	}
+	r = exchange(t, "tcp", s.Addr(), query(name, dns.TypeA))
+	if r.Truncated || len(r.Answer) != 100 {
+		t.Errorf("TCP: TC=%v with %d answers, want all 100", r.Truncated, len(r.Answer))
+	}
+}
+
+func TestServerEDNS(t *testing.T) {
+	s := startServer(t)
+	s.Update(bigSnapshot(60, 1)) // ~1 KB: too big for 512, fits 1232
+	name := "big.default.svc.berth.internal."
+
+	r := exchange(t, "udp", s.Addr(), query(name, dns.TypeA))
+	if !r.Truncated {
+		t.Errorf("without EDNS: 60 answers were not truncated")
+	}
+	q := query(name, dns.TypeA)
+	q.SetEdns0(4096, false)
+	c := &dns.Client{Net: "udp", UDPSize: 4096, Timeout: 2 * time.Second}
+	r, _, err := c.Exchange(q, s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := r.IsEdns0()
+	if opt == nil {
+		t.Fatal("no OPT in the reply to an EDNS query")
+	}
+	if opt.UDPSize() != MaxUDPSize {
+		t.Errorf("OPT UDP size = %d, want %d", opt.UDPSize(), MaxUDPSize)
+	}
+	if r.Truncated || len(r.Answer) != 60 {
+		t.Errorf("with EDNS: TC=%v, %d answers, want all 60", r.Truncated, len(r.Answer))
+	}
+}
+
+func TestServerFormerrAndDrops(t *testing.T) {
+	s := startServer(t)
+	s.Update(testSnapshot())
+	conn, err := net.Dial("udp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A header claiming one question, and no question: FORMERR.
+	if _, err := conn.Write([]byte{0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, 'a'}); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r dns.Msg
+	if err := r.Unpack(buf[:n]); err != nil {
+		t.Fatal(err)
+	}
+	if r.Id != 0xbeef || !r.Response || r.Rcode != dns.RcodeFormatError || !r.RecursionDesired {
+		t.Errorf("reply = %v, want FORMERR for id 0xbeef", &r)
+	}
+	// Too short for a header: dropped, and the server still answers.
+	conn.Write([]byte{1, 2, 3})
+	if r := exchange(t, "udp", s.Addr(), query("web.default.svc.berth.internal.", dns.TypeA)); len(r.Answer) != 3 {
+		t.Errorf("after a runt packet: %v", r)
+	}
+}
+
+// stubUpstream is a DNS server on 127.0.0.1:0 (UDP and TCP) that answers
+// every A query with 192.0.2.10, TTL 60; over UDP it truncates names
+// starting with "tc.".
+type stubUpstream struct {
+	addr    string
+	queries atomic.Int64
+}
+
+func startUpstream(t *testing.T) *stubUpstream {
+	t.Helper()
+	u := &stubUpstream{}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		u.queries.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.RecursionAvailable = true
+		q := req.Question[0]
+		if q.Qtype == dns.TypeA {
+			rr, _ := dns.NewRR(q.Name + " 60 IN A 192.0.2.10")
+			m.Answer = append(m.Answer, rr)
+		}
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp && len(q.Name) > 3 && q.Name[:3] == "tc." {
+			m.Answer = nil
+			m.Truncated = true
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		t.Fatal(err)
+	}
+	u.addr = pc.LocalAddr().String()
+	var wg sync.WaitGroup
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		wg.Go(func() { srv.ActivateAndServe() })
+		<-started
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	t.Cleanup(wg.Wait) // runs after the Shutdowns (cleanups are LIFO)
+	return u
+}
+
+func TestServerForwardsAndCaches(t *testing.T) {
+	up := startUpstream(t)
+	s := startServer(t, func(c *Config) { c.Upstreams = []string{up.addr} })
+	s.Update(testSnapshot())
+
+	for i := range 2 {
+		r := exchange(t, "udp", s.Addr(), query("Example.COM.", dns.TypeA))
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Authoritative || !r.RecursionAvailable {
+			t.Fatalf("query %d: %v", i, r)
+		}
+		if a := r.Answer[0].(*dns.A); a.A.String() != "192.0.2.10" || a.Hdr.Ttl > 60 || a.Hdr.Ttl < 58 {
+			t.Errorf("query %d: answer %v", i, a)
+		}
+		if r.Question[0].Name != "Example.COM." {
+			t.Errorf("query %d: question %q, want the case as sent", i, r.Question[0].Name)
+		}
+	}
+	if got := up.queries.Load(); got != 1 {
+		t.Errorf("upstream saw %d queries, want 1 (second from cache)", got)
+	}
+	if got := counterValue(t, s.h.met.cacheHits); got != 1 {
+		t.Errorf("cache hits = %v, want 1", got)
+	}
+	// In-zone names are still answered here, not forwarded.
+	if r := exchange(t, "udp", s.Addr(), query("web.default.svc.berth.internal.", dns.TypeA)); len(r.Answer) != 3 {
+		t.Errorf("in-zone: %v", r)
+	}
+	// Truncated upstream UDP answers are retried over TCP.
+	r := exchange(t, "tcp", s.Addr(), query("tc.example.com.", dns.TypeA))
+	if r.Truncated || len(r.Answer) != 1 {
+		t.Errorf("TCP fallback to upstream: %v", r)
+	}
+}
+
+func TestServerForwardFailureIsServfail(t *testing.T) {
+	// A port nothing listens on: loopback answers with port unreachable.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := pc.LocalAddr().String()
+	pc.Close()
+	s := startServer(t, func(c *Config) {
+		c.Upstreams = []string{dead}
+		c.UpstreamTimeout = 500 * time.Millisecond
+	})
+	r := exchange(t, "udp", s.Addr(), query("example.com.", dns.TypeA))
+	if r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode = %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestServerUpdateWhileQuerying(t *testing.T) {
+	s := startServer(t)
+	s.Update(bigSnapshot(3, 1))
+	name := "big.default.svc.berth.internal."
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for gen := 2; ; gen++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s.Update(bigSnapshot(1+gen%5, gen%200))
+		}
+	})
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Go(func() {
+			c := &dns.Client{Net: []string{"udp", "tcp"}[w%2], Timeout: 2 * time.Second}
+			for range 200 {
+				r, _, err := c.Exchange(query(name, dns.TypeA), s.Addr())
+				if err != nil {
+					errs <- err
+					return
+				}
+				// Every answer comes whole from one snapshot: one generation.
+				gen := -1
+				for _, rr := range r.Answer {
+					g := int(rr.(*dns.A).A[1])
+					if gen >= 0 && g != gen {
+						errs <- fmt.Errorf("answer mixes snapshots: %v", r.Answer)
+						return
+					}
+					gen = g
+				}
+				if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+					errs <- fmt.Errorf("reply %v", r)
+					return
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		// Stop the updater once the queriers are done.
+		defer close(done)
+		for range 0 {
+		}
+	}()
+	<-done
+	// Wait for the four queriers by polling the error channel and a
+	// count of finished ones would need more plumbing; instead close stop
+	// after the queriers' work, which wg tracks together with the updater.
+	waitQueriers := make(chan struct{})
+	go func() {
+		defer close(waitQueriers)
+		deadline := time.After(30 * time.Second)
+		for counterValue(t, s.h.met.queries.WithLabelValues("A", "NOERROR")) < 800 {
+			select {
+			case <-deadline:
+				return
+			case err := <-errs:
+				errs <- err
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	<-waitQueriers
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestRunStopsAndLeaksNothing(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	up := startUpstream(t)
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Logger = discardLogger()
+	cfg.Upstreams = []string{up.addr}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Update(testSnapshot())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+
+	exchange(t, "udp", s.Addr(), query("example.com.", dns.TypeA))
+	// An idle TCP connection must not hold Run up.
+	conn, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := &dns.Conn{Conn: conn}
+	if err := tc.WriteMsg(query("web.default.svc.berth.internal.", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := tc.ReadMsg(); err != nil || len(r.Answer) != 3 {
+		t.Fatalf("TCP: %v %v", r, err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if err := s.Run(context.Background()); err == nil {
+		t.Error("second Run succeeded")
+	}
+	// The sockets are closed: the port can be bound again.
+	pc, err := net.ListenPacket("udp", s.Addr())
+	if err != nil {
+		t.Errorf("UDP port still bound after Run: %v", err)
+	} else {
+		pc.Close()
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Logger = discardLogger()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Upstreams = []string{"no-port"}
+	if _, err := New(cfg); err == nil {
+		t.Error("upstream without port accepted")
+	}
+	cfg.Upstreams = nil
+	cfg.Addr = "nonsense"
+	if _, err := New(cfg); err == nil {
+		t.Error("address without port accepted")
+	}
+	// Metrics registered twice on one registry: the second New fails.
+	reg := prometheus.NewRegistry()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Registerer = reg
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	defer s.Run(ctx) // closes its sockets
+	if _, err := New(cfg); err == nil {
+		t.Error("second New on one registry succeeded")
+	}
+}
+
+func TestNewDropsItselfAsUpstream(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close()
+	cfg := DefaultConfig()
+	cfg.Logger = discardLogger()
+	cfg.Addr = addr
+	cfg.Upstreams = []string{addr, "127.0.0.1:1"}
+	s, err := New(cfg)
+	if err != nil {
+		t.Skipf("port taken meanwhile: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	defer s.Run(ctx)
+	if got := s.h.cfg.Upstreams; !slices.Equal(got, []string{"127.0.0.1:1"}) {
+		t.Errorf("upstreams = %v", got)
+	}
+}
+
+func TestUpstreamsFromResolvConf(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "resolv.conf")
+	conf := `# generated
+search example.internal
+nameserver 192.0.2.53
+nameserver 127.0.0.53 ; stub
+nameserver fe80::1%eth0
+nameserver 2001:db8::1
+nameserver not-an-ip
+options edns0 trust-ad
+`
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := UpstreamsFromResolvConf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"192.0.2.53:53", "127.0.0.53:53", "[fe80::1%eth0]:53", "[2001:db8::1]:53"}
+	if !slices.Equal(got, want) {
+		t.Errorf("upstreams = %q, want %q", got, want)
+	}
+	if _, err := UpstreamsFromResolvConf(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Error("missing file: no error")
+	}
+}

@@ -1,0 +1,146 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+)
+
+// adsClient follows the control plane over one aggregated state-of-the-
+// world stream at a time. Only its run goroutine touches state and stats.
+type adsClient struct {
+	g    *Gateway
+	conn *grpc.ClientConn
+	node *core.Node
+
+	state *xdsState
+	stats map[[2]string]*routeStats // (route, cluster) -> series
+}
+
+func newADSClient(g *Gateway) (*adsClient, error) {
+	conn, err := grpc.NewClient(g.cfg.XDSAddr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: xds client for %s: %w", g.cfg.XDSAddr, err)
+	}
+	return &adsClient{
+		g:     g,
+		conn:  conn,
+		node:  &core.Node{Id: g.cfg.NodeID, Cluster: "berth-gateway", UserAgentName: "berth-gateway"},
+		state: newXDSState(),
+		stats: map[[2]string]*routeStats{},
+	}, nil
+}
+
+func (c *adsClient) close() { c.conn.Close() }
+
+// run keeps a stream open until ctx ends, reconnecting with jittered
+// exponential backoff. The routing table stays as it is meanwhile.
+func (c *adsClient) run(ctx context.Context) {
+	backoff := c.g.cfg.BackoffMin
+	for {
+		received, err := c.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if received {
+			backoff = c.g.cfg.BackoffMin
+		}
+		c.g.log.Warn("xds stream ended; serving the last configuration", "error", err, "retry_in", backoff)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, c.g.cfg.BackoffMax)
+	}
+}
+
+// session runs one stream. It reports whether any response arrived.
+func (c *adsClient) session(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(c.conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return false, err
+	}
+	c.g.metrics.xdsConnects.Inc()
+	c.g.metrics.xdsUp.Set(1)
+	defer c.g.metrics.xdsUp.Set(0)
+	// Wildcard subscriptions, naming the versions already held so a
+	// control plane may skip what has not changed.
+	for _, t := range subscribedTypes {
+		req := &discoverypb.DiscoveryRequest{Node: c.node, TypeUrl: t, VersionInfo: c.state.versions[t]}
+		if err := stream.Send(req); err != nil {
+			return false, err
+		}
+	}
+	received := false
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("control plane closed the stream")
+			}
+			return received, err
+		}
+		received = true
+		if err := stream.Send(c.handle(resp)); err != nil {
+			return received, err
+		}
+	}
+}
+
+// handle applies one response and returns its ACK or NACK. A rejected
+// response changes nothing: the last good resources of its type stay.
+func (c *adsClient) handle(resp *discoverypb.DiscoveryResponse) *discoverypb.DiscoveryRequest {
+	t := resp.GetTypeUrl()
+	req := &discoverypb.DiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
+	compiled, err := compile(resp, c.g.cfg.ListenerName)
+	if err != nil {
+		req.VersionInfo = c.state.versions[t]
+		req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(t), "nack").Inc()
+		c.g.log.Warn("rejected xds update", "type", t, "version", resp.GetVersionInfo(), "error", err)
+		return req
+	}
+	c.state = c.state.with(t, resp.GetVersionInfo(), compiled)
+	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, resp.GetVersionInfo(), c.routeStats))
+	req.VersionInfo = resp.GetVersionInfo()
+	c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(t), "ack").Inc()
+	c.g.log.Debug("applied xds update", "type", t, "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
+	return req
+}
+
+func (c *adsClient) routeStats(route, cluster string) *routeStats {
+	k := [2]string{route, cluster}
+	s, ok := c.stats[k]
+	if !ok {
+		s = c.g.metrics.stats(route, cluster)
+		c.stats[k] = s
+	}
+	return s
+}
+
+func typeLabel(typeURL string) string {
+	for i, name := range []string{"cluster", "endpoint", "listener", "route"} {
+		if subscribedTypes[i] == typeURL {
+			return name
+		}
+	}
+	return "other"
+}

@@ -1,0 +1,75 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	xdsUpdates  *prometheus.CounterVec
+	xdsConnects prometheus.Counter
+	xdsUp       prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_gateway_requests_total",
+			Help: "Requests by route, cluster and status class (route and cluster are empty when nothing matched).",
+		}, []string{"route", "cluster", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "berth_gateway_request_duration_seconds",
+			Help:    "Time from request to the end of the response body, by route and cluster.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
+		}, []string{"route", "cluster"}),
+		xdsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_gateway_xds_updates_total",
+			Help: "xDS responses by type and result (ack or nack).",
+		}, []string{"type", "result"}),
+		xdsConnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_gateway_xds_streams_total",
+			Help: "ADS streams opened, the first one included.",
+		}),
+		xdsUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_gateway_xds_connected",
+			Help: "1 while an ADS stream is open.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+// routeStats are the resolved series of one (route, cluster) pair, looked
+// up once per table build so a request only increments.
+type routeStats struct {
+	codes   [6]prometheus.Counter // by status/100; [0] for anything else
+	latency prometheus.Observer
+}
+
+var codeClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+func (m *metrics) stats(route, cluster string) *routeStats {
+	s := &routeStats{latency: m.latency.WithLabelValues(route, cluster)}
+	for i, class := range codeClasses {
+		s.codes[i] = m.requests.WithLabelValues(route, cluster, class)
+	}
+	return s
+}
+
+func (s *routeStats) observe(status int, d time.Duration) {
+	class := status / 100
+	if class < 1 || class > 5 {
+		class = 0
+	}
+	s.codes[class].Inc()
+	s.latency.Observe(d.Seconds())
+}

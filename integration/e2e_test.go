@@ -1,0 +1,343 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/miekg/dns"
+)
+
+const (
+	e2eNamespace = "berth-e2e"
+	e2eBridge    = "berthe2e0"
+	e2eCluster   = "10.213.240.0/20"
+	e2eSubnet    = "10.213.240.0/24"
+	e2eBridgeIP  = "10.213.240.1"
+)
+
+type helloReply struct {
+	Service, Version, Instance, Hostname string
+}
+
+type callReply struct {
+	URL    string `json:"url"`
+	Status int    `json:"status"`
+	Body   string `json:"body"`
+	Error  string `json:"error"`
+}
+
+func getJSON(t *testing.T, client *http.Client, req *http.Request, v any) int {
+	t.Helper()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if v != nil && resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(body, v); err != nil {
+			t.Fatalf("%s: decode %q: %v", req.URL, body, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func lookupA(t *testing.T, server, name string) (*dns.Msg, error) {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	r, _, err := c.Exchange(m, server)
+	return r, err
+}
+
+// TestClusterEndToEnd runs the server, an agent and a gateway as separate
+// processes and walks through the life of the example services.
+func TestClusterEndToEnd(t *testing.T) {
+	requireContainerd(t)
+	top := t
+	stateDir := filepath.Join(os.TempDir(), "berth-e2e-node")
+	cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir)
+	t.Cleanup(func() { cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir) })
+
+	data := t.TempDir()
+	server := startProc(t, "server", "server", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
+		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--cluster-cidr", e2eCluster, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9")
+	m := server.waitLine(`api (\S+), xds (\S+), dns (\S+),`, 60*time.Second)
+	api, xdsAddr, hostDNS := m[1], m[2], m[3]
+
+	gw := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "e2e-gateway", "--metrics-addr", "")
+	gwAddr := gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
+
+	agentArgs := []string{"--server", api, "agent", "--node-name", "e2e-node", "--containerd-namespace", e2eNamespace,
+		"--bridge", e2eBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s"}
+	agent := startProc(t, "agent", agentArgs...)
+	eventually(t, 30*time.Second, "node Ready", func() (bool, string) {
+		out, _, _ := berth(t, api, "get", "nodes")
+		return strings.Contains(out, "e2e-node") && strings.Contains(out, " Ready "), out
+	})
+
+	// Images go to the control plane, which hands them to agents.
+	out := mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
+	if !strings.Contains(out, "berth.local/hello:v1") {
+		t.Fatalf("image load: %s", out)
+	}
+
+	// Bad manifests are refused with the file, document and field path, and
+	// nothing is stored.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: ok}\nspec: {image: x}\n---\napiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  image: x\n  replicas: -1\n  ports: [{name: http, port: 8080, prot: http}]\n"), 0o644)
+	_, errOut, code := berth(t, api, "apply", "-f", bad)
+	if code == 0 || !strings.Contains(errOut, "bad.yaml") || !strings.Contains(errOut, "document 2") ||
+		!strings.Contains(errOut, "spec.ports[0].prot") || !strings.Contains(errOut, "spec.replicas") {
+		t.Fatalf("bad manifest: exit %d, stderr %q", code, errOut)
+	}
+	if out := mustBerth(t, api, "get", "services"); strings.Contains(out, "broken") || strings.Contains(out, " ok ") {
+		t.Fatalf("a bad apply stored something:\n%s", out)
+	}
+
+	start := time.Now()
+	out = mustBerth(t, api, "apply", "-f", "manifests/examples/", "--wait", "--timeout", "2m")
+	t.Logf("apply -> hello x3 + client ready: %s", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(out, "service/hello created") || !strings.Contains(out, "service/client created") {
+		t.Fatalf("apply: %s", out)
+	}
+	hello := readyInstances(instances(t, api, "hello"))
+	if len(hello) != 3 {
+		t.Fatalf("ready hello instances: %+v", hello)
+	}
+	ips := map[string]bool{}
+	for _, iv := range hello {
+		if !strings.HasPrefix(iv.Status.IP, "10.213.240.") || ips[iv.Status.IP] {
+			t.Fatalf("instance %s has IP %q: want a distinct address in %s", iv.Instance.ID, iv.Status.IP, e2eSubnet)
+		}
+		ips[iv.Status.IP] = true
+	}
+
+	httpc := &http.Client{Timeout: 5 * time.Second}
+	t.Run("gateway spreads 100 requests over all 3 replicas", func(t *testing.T) {
+		eventually(t, 15*time.Second, "gateway route", func() (bool, string) {
+			req, _ := http.NewRequest("GET", "http://"+gwAddr+"/", nil)
+			req.Host = "hello.example.test"
+			resp, err := httpc.Do(req)
+			if err != nil {
+				return false, err.Error()
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200, resp.Status
+		})
+		seen := map[string]int{}
+		for i := 0; i < 100; i++ {
+			req, _ := http.NewRequest("GET", "http://"+gwAddr+"/", nil)
+			req.Host = "hello.example.test"
+			var r helloReply
+			if code := getJSON(t, httpc, req, &r); code != 200 {
+				t.Fatalf("request %d: status %d", i, code)
+			}
+			if r.Service != "hello" || r.Version != "v1" {
+				t.Fatalf("reply %+v", r)
+			}
+			seen[r.Instance]++
+		}
+		if len(seen) != 3 {
+			t.Fatalf("requests reached %d instances, want 3: %v", len(seen), seen)
+		}
+		req, _ := http.NewRequest("GET", "http://"+gwAddr+"/", nil)
+		req.Host = "nobody.example.test"
+		if code := getJSON(t, httpc, req, nil); code != http.StatusNotFound {
+			t.Fatalf("unknown host: status %d, want 404", code)
+		}
+	})
+
+	t.Run("DNS answers the ready endpoints on the host and on the bridge", func(t *testing.T) {
+		for _, srv := range []string{hostDNS, net.JoinHostPort(e2eBridgeIP, "53")} {
+			eventually(t, 10*time.Second, "3 A records from "+srv, func() (bool, string) {
+				r, err := lookupA(t, srv, "hello.default.svc.berth.internal")
+				if err != nil {
+					return false, err.Error()
+				}
+				got := map[string]bool{}
+				for _, rr := range r.Answer {
+					if a, ok := rr.(*dns.A); ok {
+						got[a.A.String()] = true
+					}
+				}
+				for ip := range ips {
+					if !got[ip] {
+						return false, r.String()
+					}
+				}
+				return len(got) == 3, r.String()
+			})
+		}
+	})
+
+	client := readyInstances(instances(t, api, "client"))
+	if len(client) != 1 {
+		t.Fatalf("client instances: %+v", client)
+	}
+	clientIP := client[0].Status.IP
+	t.Run("client container reaches hello by name through Berth DNS", func(t *testing.T) {
+		for _, target := range []string{"http://hello:8080/", "http://hello.default.svc.berth.internal:8080/"} {
+			req, _ := http.NewRequest("GET", "http://"+clientIP+":8080/call?url="+target, nil)
+			var r callReply
+			if code := getJSON(t, &http.Client{Timeout: 15 * time.Second}, req, &r); code != 200 || r.Status != 200 {
+				t.Fatalf("call %s from the client container: http %d, %+v", target, code, r)
+			}
+			var h helloReply
+			if err := json.Unmarshal([]byte(r.Body), &h); err != nil || h.Service != "hello" {
+				t.Fatalf("call %s: body %q", target, r.Body)
+			}
+		}
+		req, _ := http.NewRequest("GET", "http://"+clientIP+":8080/resolv", nil)
+		resp, err := httpc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "nameserver "+e2eBridgeIP) || !strings.Contains(string(b), "search default.svc.berth.internal svc.berth.internal berth.internal") {
+			t.Fatalf("resolv.conf in the container:\n%s", b)
+		}
+	})
+
+	ctrd, err := containerd.New("/run/containerd/containerd.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrd.Close()
+	cctx := namespaces.WithNamespace(context.Background(), e2eNamespace)
+
+	t.Run("a killed container is restarted and ready again", func(t *testing.T) {
+		victim := hello[0].Instance.ID
+		c, err := ctrd.LoadContainer(cctx, victim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(cctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := task.Kill(cctx, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "restart and ready", func() (bool, string) {
+			for _, iv := range instances(t, api, "hello") {
+				if iv.Instance.ID == victim {
+					return iv.Status.Restarts == 1 && iv.Status.Ready, fmt.Sprintf("%+v", iv.Status)
+				}
+			}
+			return false, "instance gone"
+		})
+		out := mustBerth(t, api, "describe", "service", "hello")
+		if !strings.Contains(out, "Restarted") {
+			t.Fatalf("no Restarted event in describe:\n%s", out)
+		}
+	})
+
+	t.Run("a restarted agent adopts its containers", func(t *testing.T) {
+		before := map[string]instanceView{}
+		for _, iv := range instances(t, api, "") {
+			before[iv.Instance.ID] = iv
+		}
+		if err := agent.stop(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// The containers keep running without their agent.
+		for id := range before {
+			c, err := ctrd.LoadContainer(cctx, id)
+			if err != nil {
+				t.Fatalf("container %s gone after agent stop: %v", id, err)
+			}
+			task, err := c.Task(cctx, nil)
+			if err != nil {
+				t.Fatalf("task %s gone after agent stop: %v", id, err)
+			}
+			st, _ := task.Status(cctx)
+			if st.Status != containerd.Running {
+				t.Fatalf("task %s is %s after agent stop", id, st.Status)
+			}
+		}
+		agent = startProc(top, "agent-2", agentArgs...)
+		time.Sleep(3 * time.Second) // give a wrong agent time to restart things
+		eventually(t, 20*time.Second, "all instances ready after agent restart", func() (bool, string) {
+			now := instances(t, api, "")
+			return len(readyInstances(now)) == 4, fmt.Sprintf("%+v", now)
+		})
+		for _, iv := range instances(t, api, "") {
+			b := before[iv.Instance.ID]
+			if iv.Status.Restarts != b.Status.Restarts || iv.Status.IP != b.Status.IP || iv.Status.ContainerID != b.Status.ContainerID {
+				t.Fatalf("instance %s changed across agent restart: before %+v after %+v", iv.Instance.ID, b.Status, iv.Status)
+			}
+		}
+		list, _ := ctrd.Containers(cctx)
+		if len(list) != 4 {
+			t.Fatalf("containerd has %d containers after agent restart, want 4", len(list))
+		}
+	})
+
+	t.Run("a missing image shows its error and is retried with backoff", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "missing.yaml")
+		os.WriteFile(f, []byte("apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: missing}\nspec:\n  image: berth.local/does-not-exist:v1\n"), 0o644)
+		mustBerth(t, api, "apply", "-f", f)
+		eventually(t, 30*time.Second, "pull error shown", func() (bool, string) {
+			out := mustBerth(t, api, "get", "instances")
+			return strings.Contains(out, "does-not-exist") || strings.Contains(out, "image"), out
+		})
+		var ev []string
+		eventually(t, 30*time.Second, "retries recorded as events, not a hot loop", func() (bool, string) {
+			out := mustBerth(t, api, "describe", "service", "missing")
+			ev = nil
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, "Failed") {
+					ev = append(ev, l)
+				}
+			}
+			return len(ev) >= 1, out
+		})
+		mustBerth(t, api, "delete", "service", "missing", "--wait")
+	})
+
+	t.Run("deleting a service removes its name, its route and its containers", func(t *testing.T) {
+		out := mustBerth(t, api, "delete", "service", "hello", "--wait")
+		if !strings.Contains(out, "all containers stopped") {
+			t.Fatalf("delete: %s", out)
+		}
+		r, err := lookupA(t, hostDNS, "hello.default.svc.berth.internal")
+		if err != nil || r.Rcode != dns.RcodeNameError {
+			t.Fatalf("after delete: %v %v", r, err)
+		}
+		eventually(t, 10*time.Second, "route gone", func() (bool, string) {
+			req, _ := http.NewRequest("GET", "http://"+gwAddr+"/", nil)
+			req.Host = "hello.example.test"
+			resp, err := httpc.Do(req)
+			if err != nil {
+				return false, err.Error()
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusNotFound, resp.Status
+		})
+		list, err := ctrd.Containers(cctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range list {
+			labels, _ := c.Labels(cctx)
+			if labels["berth.service"] == "hello" {
+				t.Fatalf("container %s of hello still in containerd", c.ID())
+			}
+		}
+	})
+}

@@ -1,0 +1,414 @@
+// Package nodeagent is the node agent: it joins the control plane, follows
+// the node's assignments and makes containerd match them (start, restart
+// with backoff, probe, stop), reports what it observes, adopts the
+// containers it finds after a restart, and serves node-local DNS on the
+// bridge address from the discovery snapshot the control plane streams.
+// Decisions about what should run are the control plane's; the agent only
+// carries them out and reports. containerd and CNI are reached only through
+// nodeagent/runtime.
+package nodeagent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	goruntime "runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	berthdns "github.com/berth-dev/berth/dns"
+	"github.com/berth-dev/berth/nodeagent/probe"
+	"github.com/berth-dev/berth/nodeagent/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// Config configures an agent.
+type Config struct {
+	// Name is the node name; default the host name.
+	Name string
+	// ServerAddr is the control plane's API address.
+	ServerAddr string
+	// Address is the node's IP as other nodes reach it.
+	Address string
+	// Labels are reported with the node.
+	Labels map[string]string
+	// Capacity overrides what the host offers (zero fields: detected).
+	Capacity api.Capacity
+	// Runtime configures containerd and CNI; Subnet is taken from the
+	// control plane at registration.
+	Runtime runtime.Config
+	// DNSPort is the node-local DNS port on the bridge address (53).
+	DNSPort int
+	// DNSUpstreams resolve names outside berth.internal for containers.
+	DNSUpstreams []string
+	// DNSTTL is the TTL of service records.
+	DNSTTL time.Duration
+	// StopOnExit stops every container when the agent stops (berth dev);
+	// otherwise containers keep running and are adopted on restart.
+	StopOnExit bool
+	// StopGrace is the time between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+	// MaxBackoff caps the delay between restarts of a failing instance.
+	MaxBackoff time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns the defaults of `berth agent`.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Name:       strings.ToLower(host),
+		ServerAddr: "127.0.0.1:7400",
+		Address:    "127.0.0.1",
+		Runtime:    runtime.DefaultConfig(),
+		DNSPort:    53,
+		DNSTTL:     5 * time.Second,
+		StopGrace:  10 * time.Second,
+		MaxBackoff: 30 * time.Second,
+	}
+}
+
+// Agent runs one node.
+type Agent struct {
+	cfg    Config
+	logger *slog.Logger
+	conn   *grpc.ClientConn
+	client pb.NodeAgentClient
+	berth  pb.BerthClient
+	prober *probe.Prober
+
+	rt  *runtime.Runtime
+	dns *berthdns.Server
+
+	readyOnce sync.Once
+	ready     chan struct{}
+
+	// imageLocks serialises getting one image, so replicas starting
+	// together import it once.
+	imageMu    sync.Mutex
+	imageLocks map[string]*sync.Mutex
+
+	starts, restarts, probeFailures prometheus.Counter
+	running                         prometheus.Gauge
+}
+
+// New checks the configuration and prepares the connection to the
+// control plane (connecting happens in Run).
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Name == "" {
+		return nil, errors.New("agent: node name is empty")
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.DNSPort == 0 {
+		cfg.DNSPort = 53
+	}
+	conn, err := grpc.NewClient(cfg.ServerAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("agent: control plane address %q: %w", cfg.ServerAddr, err)
+	}
+	a := &Agent{
+		cfg: cfg, logger: cfg.Logger.With("component", "agent", "node", cfg.Name),
+		conn: conn, client: pb.NewNodeAgentClient(conn), berth: pb.NewBerthClient(conn),
+		prober: probe.New(), ready: make(chan struct{}), imageLocks: map[string]*sync.Mutex{},
+		starts:        prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_starts_total", Help: "Containers started."}),
+		restarts:      prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_restarts_total", Help: "Containers restarted after they exited."}),
+		probeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_probe_failures_total", Help: "Readiness probes that failed."}),
+		running:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_agent_containers_running", Help: "Containers running on this node."}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(a.starts, a.restarts, a.probeFailures, a.running)
+	}
+	return a, nil
+}
+
+// Ready is closed once the agent has registered, set up its runtime and
+// DNS, and received its first assignments.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// DNSAddr is the node-local DNS address (after Ready).
+func (a *Agent) DNSAddr() string {
+	if a.dns == nil {
+		return ""
+	}
+	return a.dns.Addr()
+}
+
+// detectCapacity reads CPUs and memory from the host.
+func detectCapacity() api.Capacity {
+	c := api.Capacity{MilliCPU: int64(goruntime.NumCPU()) * 1000}
+	if f, err := os.Open("/proc/meminfo"); err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) >= 2 && fields[0] == "MemTotal:" {
+				kb, _ := strconv.ParseInt(fields[1], 10, 64)
+				c.MemoryBytes = kb << 10
+			}
+		}
+	}
+	return c
+}
+
+func (a *Agent) register(ctx context.Context) (*pb.RegisterResponse, error) {
+	capacity := detectCapacity()
+	if a.cfg.Capacity.MilliCPU > 0 {
+		capacity.MilliCPU = a.cfg.Capacity.MilliCPU
+	}
+	if a.cfg.Capacity.MemoryBytes > 0 {
+		capacity.MemoryBytes = a.cfg.Capacity.MemoryBytes
+	}
+	req := &pb.RegisterRequest{Name: a.cfg.Name, Address: a.cfg.Address, Labels: a.cfg.Labels,
+		Capacity: &pb.Capacity{MilliCpu: capacity.MilliCPU, MemoryBytes: capacity.MemoryBytes}}
+	backoff := 200 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := a.client.Register(rctx, req)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		if status.Code(err) == codes.InvalidArgument {
+			return nil, fmt.Errorf("agent: register: %w", err)
+		}
+		a.logger.Warn("cannot register with the control plane, retrying", "server", a.cfg.ServerAddr, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// Run joins the cluster and runs the node until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.conn.Close()
+	reg, err := a.register(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	rcfg := a.cfg.Runtime
+	rcfg.Subnet = reg.PodCidr
+	rcfg.Logger = a.cfg.Logger
+	a.rt, err = runtime.New(ctx, rcfg)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer a.rt.Close()
+	subnet, err := netip.ParsePrefix(reg.PodCidr)
+	if err != nil {
+		return fmt.Errorf("agent: pod subnet %q from the control plane: %w", reg.PodCidr, err)
+	}
+	dcfg := berthdns.DefaultConfig()
+	dcfg.Addr = net.JoinHostPort(a.rt.GatewayIP().String(), strconv.Itoa(a.cfg.DNSPort))
+	dcfg.FreeBind = true
+	dcfg.AllowRecursion = []netip.Prefix{subnet}
+	dcfg.Upstreams = a.cfg.DNSUpstreams
+	if a.cfg.DNSTTL > 0 {
+		dcfg.TTL = a.cfg.DNSTTL
+	}
+	dcfg.Logger = a.cfg.Logger.With("node", a.cfg.Name)
+	a.dns, err = berthdns.New(dcfg)
+	if err != nil {
+		return fmt.Errorf("agent: node-local dns on %s: %w", dcfg.Addr, err)
+	}
+	a.logger.Info("node agent joined", "server", a.cfg.ServerAddr, "podCIDR", reg.PodCidr, "bridge", a.rt.GatewayIP(), "dns", a.dns.Addr())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	goRun(func(ctx context.Context) { _ = a.dns.Run(ctx) })
+	hb := time.Duration(reg.HeartbeatIntervalMs) * time.Millisecond
+	goRun(func(ctx context.Context) { a.heartbeat(ctx, hb) })
+	goRun(a.followDiscovery)
+	assignments := make(chan *pb.Assignments, 1)
+	goRun(func(ctx context.Context) { a.followAssignments(ctx, assignments) })
+	exits, err := a.rt.Exits(ctx)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("agent: subscribe to task exits: %w", err)
+	}
+	loop := newLoop(a)
+	err = loop.run(ctx, assignments, exits)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hctx, cancel := context.WithTimeout(ctx, every)
+		_, err := a.client.Heartbeat(hctx, &pb.HeartbeatRequest{Name: a.cfg.Name})
+		cancel()
+		if err != nil && !failing && ctx.Err() == nil {
+			a.logger.Warn("heartbeat failed", "err", err)
+		}
+		failing = err != nil
+	}
+}
+
+// retry runs a stream-following function again after errors, with backoff.
+func (a *Agent) retry(ctx context.Context, what string, f func(context.Context) error) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := f(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		a.logger.Warn(what+" stream ended, reconnecting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (a *Agent) followDiscovery(ctx context.Context) {
+	a.retry(ctx, "discovery", func(ctx context.Context) error {
+		stream, err := a.client.WatchDiscovery(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name})
+		if err != nil {
+			return err
+		}
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			// While the control plane is away the DNS keeps answering from
+			// the last snapshot.
+			a.dns.Update(pb.ToSnapshot(msg))
+		}
+	})
+}
+
+func (a *Agent) followAssignments(ctx context.Context, out chan *pb.Assignments) {
+	a.retry(ctx, "assignments", func(ctx context.Context) error {
+		stream, err := a.client.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: a.cfg.Name})
+		if err != nil {
+			return err
+		}
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			// Level-triggered: only the latest set matters.
+			select {
+			case <-out:
+			default:
+			}
+			out <- msg
+		}
+	})
+}
+
+// ensureImage makes ref available to containerd: already there, uploaded
+// to the control plane with `berth image load`, or pulled from its
+// registry.
+func (a *Agent) ensureImage(ctx context.Context, ref string) error {
+	a.imageMu.Lock()
+	mu := a.imageLocks[ref]
+	if mu == nil {
+		mu = &sync.Mutex{}
+		a.imageLocks[ref] = mu
+	}
+	a.imageMu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
+	if ok, err := a.rt.HasImage(ctx, ref); err == nil && ok {
+		return nil
+	}
+	stream, err := a.client.FetchImage(ctx, &pb.FetchImageRequest{Reference: ref})
+	if err != nil {
+		return fmt.Errorf("fetch image %s: %w", ref, err)
+	}
+	first, err := stream.Recv()
+	if status.Code(err) == codes.NotFound {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		if err := a.rt.PullImage(pctx, ref); err != nil {
+			return fmt.Errorf("pull image %s: %w", ref, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fetch image %s: %w", ref, err)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		msg := first
+		for {
+			if _, err := pw.Write(msg.Data); err != nil {
+				return
+			}
+			msg, err = stream.Recv()
+			if errors.Is(err, io.EOF) {
+				pw.Close()
+				return
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+	}()
+	refs, err := a.rt.ImportImage(ctx, pr)
+	pr.Close()
+	if err != nil {
+		return fmt.Errorf("import image %s: %w", ref, err)
+	}
+	a.logger.Info("image imported from the control plane", "ref", ref, "names", refs)
+	if ok, err := a.rt.HasImage(ctx, ref); err != nil || !ok {
+		return fmt.Errorf("import image %s: the uploaded tarball does not carry that name (it has %v)", ref, refs)
+	}
+	return nil
+}

@@ -1,0 +1,491 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/nodeagent/probe"
+	"github.com/berth-dev/berth/nodeagent/runtime"
+)
+
+// loop owns the node's instance table. One goroutine runs it; slow work
+// (image import, container start and stop, probes) runs in goroutines
+// that report back on channels, so one slow pull never stalls the rest.
+type loop struct {
+	a        *Agent
+	items    map[string]*item
+	results  chan opResult
+	probes   chan probeResult
+	ops      sync.WaitGroup
+	opCtx    context.Context
+	cancelOp context.CancelFunc
+	// synced is set once the first assignments arrived: only then may
+	// containers without an assignment be stopped.
+	synced   bool
+	reported map[string]api.InstanceStatus
+}
+
+type item struct {
+	inst     api.Instance
+	assigned bool
+	st       api.InstanceStatus
+	// container state
+	has     bool
+	running bool
+	// an operation or probe is in flight
+	busy, probing bool
+	next          time.Time // earliest next (re)start
+	backoff       time.Duration
+	nextProbe     time.Time
+	ranSince      time.Time
+	// pendingExit is an exit that arrived while an operation was in flight.
+	pendingExit *runtime.Exit
+}
+
+type opKind int
+
+const (
+	opStart opKind = iota
+	opRestart
+	opStop
+)
+
+type opResult struct {
+	id   string
+	kind opKind
+	c    runtime.Container
+	err  error
+}
+
+type probeResult struct {
+	id  string
+	err error
+}
+
+func newLoop(a *Agent) *loop {
+	opCtx, cancel := context.WithCancel(context.Background())
+	return &loop{a: a, items: map[string]*item{}, results: make(chan opResult, 64), probes: make(chan probeResult, 64),
+		opCtx: opCtx, cancelOp: cancel, reported: map[string]api.InstanceStatus{}}
+}
+
+func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exits <-chan runtime.Exit) error {
+	defer l.cancelOp()
+	if err := l.adopt(ctx); err != nil {
+		return err
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	resync := time.NewTicker(5 * time.Second)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			l.shutdown()
+			return nil
+		case msg := <-assignments:
+			l.assign(msg)
+		case ex := <-exits:
+			l.exited(ex)
+		case r := <-l.results:
+			l.finished(r)
+		case r := <-l.probes:
+			l.probed(r)
+		case <-tick.C:
+		case <-resync.C:
+			l.resync(ctx)
+		}
+		l.act()
+		l.report(ctx)
+	}
+}
+
+// adopt takes over the containers already running on the node (after an
+// agent restart), so they are neither duplicated nor restarted.
+func (l *loop) adopt(ctx context.Context) error {
+	cs, err := l.a.rt.List(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: list containers for adoption: %w", err)
+	}
+	for _, c := range cs {
+		it := &item{has: true, running: c.Running, st: api.InstanceStatus{ID: c.InstanceID, Node: l.a.cfg.Name, IP: c.IP, ContainerID: c.ContainerID}}
+		if c.Running {
+			it.ranSince = time.Now()
+		} else {
+			it.st.LastExit = &api.Exit{Code: int32(c.ExitCode), At: c.ExitedAt}
+		}
+		l.items[c.InstanceID] = it
+	}
+	if len(cs) > 0 {
+		l.a.logger.Info("found containers from before", "count", len(cs))
+	}
+	l.a.running.Set(float64(l.countRunning()))
+	return nil
+}
+
+func (l *loop) countRunning() int {
+	n := 0
+	for _, it := range l.items {
+		if it.running {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *loop) assign(msg *pb.Assignments) {
+	seen := map[string]bool{}
+	prev := map[string]api.InstanceStatus{}
+	for _, p := range msg.Statuses {
+		st := pb.ToStatus(p)
+		prev[st.ID] = st
+	}
+	for _, p := range msg.Instances {
+		in := pb.ToInstance(p)
+		seen[in.ID] = true
+		it := l.items[in.ID]
+		if it == nil {
+			it = &item{st: api.InstanceStatus{ID: in.ID, Node: l.a.cfg.Name, Phase: api.PhasePending}}
+			l.items[in.ID] = it
+		}
+		if !it.assigned {
+			// First sight since the agent started: resume the counts the
+			// control plane kept, and, for an adopted running container,
+			// its readiness until the next probe says otherwise.
+			if old, ok := prev[in.ID]; ok {
+				it.st.Restarts = old.Restarts
+				if it.st.LastExit == nil {
+					it.st.LastExit = old.LastExit
+				}
+				if it.running {
+					it.st.Ready = old.Ready && old.IP == it.st.IP
+					it.st.StartedAt = old.StartedAt
+				}
+			}
+			if it.has {
+				if it.running {
+					it.st.Phase = api.PhaseRunning
+					l.a.logger.Info("adopted running container", "instance", in.ID, "ip", it.st.IP)
+				} else {
+					it.st.Phase = api.PhaseBackoff
+				}
+			}
+			it.backoff = time.Second
+		}
+		it.inst, it.assigned = in, true
+	}
+	for id, it := range l.items {
+		if !seen[id] && it.assigned {
+			it.assigned = false
+		}
+	}
+	l.synced = true
+}
+
+func (l *loop) exited(ex runtime.Exit) {
+	it := l.items[ex.InstanceID]
+	if it == nil {
+		return
+	}
+	if it.busy {
+		it.pendingExit = &ex
+		return
+	}
+	if !it.running {
+		return
+	}
+	it.running = false
+	it.st.Ready = false
+	it.st.LastExit = &api.Exit{Code: int32(ex.Code), At: ex.At}
+	if it.assigned && it.inst.Desired == api.DesiredRunning {
+		it.st.Phase = api.PhaseBackoff
+		if time.Since(it.ranSince) > 60*time.Second {
+			it.backoff = time.Second
+		}
+		it.next = time.Now().Add(it.backoff)
+		l.a.logger.Warn("container exited; restarting after backoff", "instance", ex.InstanceID, "code", ex.Code, "backoff", it.backoff)
+		it.backoff = min(2*it.backoff, l.a.cfg.MaxBackoff)
+	}
+	l.a.running.Set(float64(l.countRunning()))
+}
+
+func (l *loop) finished(r opResult) {
+	it := l.items[r.id]
+	if it == nil {
+		return
+	}
+	it.busy = false
+	pending := it.pendingExit
+	it.pendingExit = nil
+	switch r.kind {
+	case opStop:
+		if r.err != nil {
+			it.st.LastError = "stop: " + r.err.Error()
+			it.next = time.Now().Add(time.Second)
+			break
+		}
+		it.has, it.running = false, false
+		it.st.Phase, it.st.Ready, it.st.IP, it.st.ContainerID = api.PhaseStopped, false, "", ""
+		if !it.assigned {
+			delete(l.items, r.id)
+		}
+	case opStart, opRestart:
+		if r.err != nil {
+			it.st.Phase = api.PhaseBackoff
+			it.st.LastError = r.err.Error()
+			it.st.Ready = false
+			it.next = time.Now().Add(it.backoff)
+			l.a.logger.Warn("container start failed; retrying after backoff", "instance", r.id, "err", r.err, "backoff", it.backoff)
+			it.backoff = min(2*it.backoff, l.a.cfg.MaxBackoff)
+			if r.kind == opStart {
+				it.has = false
+			}
+			break
+		}
+		if r.kind == opRestart {
+			it.st.Restarts++
+			l.a.restarts.Inc()
+		} else {
+			l.a.starts.Inc()
+		}
+		it.has, it.running = true, true
+		it.ranSince = time.Now()
+		it.st.Phase, it.st.LastError = api.PhaseRunning, ""
+		it.st.IP, it.st.ContainerID = r.c.IP, r.c.ContainerID
+		it.st.StartedAt = time.Now().UTC()
+		it.st.Ready = it.inst.Template.Health == nil
+		it.nextProbe = time.Now()
+		if pending != nil {
+			// The new task died before we saw it running.
+			l.a.running.Set(float64(l.countRunning()))
+			l.exited(*pending)
+			return
+		}
+	}
+	l.a.running.Set(float64(l.countRunning()))
+}
+
+// resync compares the table with containerd, catching exits whose events
+// were missed (for example while the event stream reconnected).
+func (l *loop) resync(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	cs, err := l.a.rt.List(ctx)
+	if err != nil {
+		return
+	}
+	actual := map[string]runtime.Container{}
+	for _, c := range cs {
+		actual[c.InstanceID] = c
+	}
+	for id, it := range l.items {
+		if it.busy || !it.running {
+			continue
+		}
+		c, ok := actual[id]
+		if !ok {
+			it.has = false
+		}
+		if !ok || !c.Running {
+			l.exited(runtime.Exit{InstanceID: id, Code: c.ExitCode, At: time.Now()})
+		}
+	}
+}
+
+func (l *loop) probed(r probeResult) {
+	it := l.items[r.id]
+	if it == nil {
+		return
+	}
+	it.probing = false
+	if !it.running {
+		return
+	}
+	ready := r.err == nil
+	if !ready {
+		l.a.probeFailures.Inc()
+		if it.st.Ready {
+			l.a.logger.Warn("instance not ready", "instance", r.id, "err", r.err)
+		}
+	}
+	it.st.Ready = ready
+	it.nextProbe = time.Now().Add(probe.Interval(it.inst.Template.Health))
+}
+
+func (l *loop) launch(id string, kind opKind, f func(ctx context.Context) (runtime.Container, error)) {
+	l.items[id].busy = true
+	l.ops.Add(1)
+	go func() {
+		defer l.ops.Done()
+		ctx, cancel := context.WithTimeout(l.opCtx, 10*time.Minute)
+		defer cancel()
+		c, err := f(ctx)
+		l.results <- opResult{id: id, kind: kind, c: c, err: err}
+	}()
+}
+
+func (l *loop) spec(in api.Instance) runtime.ContainerSpec {
+	req := in.Template.Resources.Request()
+	return runtime.ContainerSpec{
+		InstanceID: in.ID, Namespace: in.Namespace, Service: in.Service, Revision: in.Revision,
+		Image: in.Template.Image, Command: in.Template.Command, Args: in.Template.Args, Env: maps.Clone(in.Template.Env),
+		MilliCPU: req.MilliCPU, MemoryBytes: req.MemoryBytes,
+		SearchDomains: []string{in.Namespace + ".svc." + api.ClusterDomain, "svc." + api.ClusterDomain, api.ClusterDomain},
+	}
+}
+
+// act starts, restarts, stops and probes whatever needs it now.
+func (l *loop) act() {
+	now := time.Now()
+	for id, it := range l.items {
+		if it.busy {
+			continue
+		}
+		wantRunning := it.assigned && it.inst.Desired == api.DesiredRunning
+		switch {
+		case !wantRunning && (it.assigned || l.synced):
+			if it.has {
+				grace := l.a.cfg.StopGrace
+				l.launch(id, opStop, func(ctx context.Context) (runtime.Container, error) {
+					return runtime.Container{}, l.a.rt.Stop(ctx, id, grace)
+				})
+			} else if !it.assigned {
+				delete(l.items, id)
+			} else if it.st.Phase != api.PhaseStopped {
+				it.st.Phase, it.st.Ready, it.st.IP = api.PhaseStopped, false, ""
+			}
+		case !wantRunning:
+			// Not yet synced with the control plane: leave it alone.
+		case !it.has && !now.Before(it.next):
+			in := it.inst
+			it.st.Phase = api.PhaseStarting
+			l.launch(id, opStart, func(ctx context.Context) (runtime.Container, error) {
+				if err := l.a.ensureImage(ctx, in.Template.Image); err != nil {
+					return runtime.Container{}, err
+				}
+				return l.a.rt.Start(ctx, l.spec(in))
+			})
+		case it.has && !it.running && !now.Before(it.next):
+			it.st.Phase = api.PhaseStarting
+			l.launch(id, opRestart, func(ctx context.Context) (runtime.Container, error) {
+				return l.a.rt.Restart(ctx, id)
+			})
+		case it.running && !it.probing && !now.Before(it.nextProbe) && it.inst.Template.Health != nil:
+			it.probing = true
+			ip, h := it.st.IP, it.inst.Template.Health
+			go func() {
+				ctx, cancel := context.WithTimeout(l.opCtx, 30*time.Second)
+				defer cancel()
+				l.probes <- probeResult{id: id, err: l.a.prober.Check(ctx, ip, h)}
+			}()
+		}
+	}
+}
+
+func changed(a, b api.InstanceStatus) bool {
+	a.UpdatedAt, b.UpdatedAt = time.Time{}, time.Time{}
+	if (a.LastExit == nil) != (b.LastExit == nil) || (a.LastExit != nil && *a.LastExit != *b.LastExit) {
+		return true
+	}
+	a.LastExit, b.LastExit = nil, nil
+	return a != b
+}
+
+// report sends the statuses that changed since they were last sent.
+func (l *loop) report(ctx context.Context) {
+	var batch []*pb.InstanceStatus
+	var sent []api.InstanceStatus
+	for _, it := range l.items {
+		if !it.assigned {
+			continue
+		}
+		old, ok := l.reported[it.st.ID]
+		if ok && !changed(old, it.st) {
+			continue
+		}
+		st := it.st
+		st.UpdatedAt = time.Now().UTC()
+		batch = append(batch, pb.FromStatus(&st))
+		sent = append(sent, st)
+	}
+	if len(batch) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := l.a.client.ReportStatus(rctx, &pb.ReportStatusRequest{Node: l.a.cfg.Name, Statuses: batch}); err != nil {
+		if ctx.Err() == nil {
+			l.a.logger.Warn("report status failed; will retry", "err", err)
+		}
+		return
+	}
+	for _, st := range sent {
+		l.reported[st.ID] = st
+	}
+	for id := range l.reported {
+		if l.items[id] == nil {
+			delete(l.reported, id)
+		}
+	}
+	l.a.readyOnce.Do(func() { close(l.a.ready) })
+}
+
+// shutdown waits for operations in flight and, in berth dev, stops every
+// container the agent runs.
+func (l *loop) shutdown() {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-l.results:
+			case <-l.probes:
+			case <-done:
+				return
+			}
+		}
+	}()
+	waited := make(chan struct{})
+	go func() { l.ops.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(30 * time.Second):
+		l.cancelOp()
+		<-waited
+	}
+	close(done)
+	if !l.a.cfg.StopOnExit {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.a.cfg.StopGrace+15*time.Second)
+	defer cancel()
+	cs, err := l.a.rt.List(ctx)
+	if err != nil {
+		l.a.logger.Warn("list containers to stop", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.a.rt.Stop(ctx, c.InstanceID, l.a.cfg.StopGrace); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		l.a.logger.Warn("stopping containers", "err", err)
+	} else {
+		l.a.logger.Info("stopped all containers", "count", len(cs))
+	}
+}

@@ -1,0 +1,74 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+)
+
+// HasImage reports whether ref is in the image store.
+func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
+	name, err := normalizeRef(ref)
+	if err != nil {
+		return false, err
+	}
+	_, err = r.client.ImageService().Get(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("runtime: image %s: %w", ref, err)
+	}
+	return true, nil
+}
+
+// ImportImage imports a docker-archive or OCI tarball, unpacks every image in
+// it for the snapshotter and returns the image names.
+func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {
+	imgs, err := r.client.Import(ctx, rd)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: import image: %w", err)
+	}
+	names := make([]string, 0, len(imgs))
+	for _, img := range imgs {
+		image := containerd.NewImage(r.client, img)
+		if err := image.Unpack(ctx, r.cfg.Snapshotter); err != nil {
+			return names, fmt.Errorf("runtime: unpack image %s: %w", img.Name, err)
+		}
+		names = append(names, img.Name)
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("runtime: import image: the tarball names no image")
+	}
+	return names, nil
+}
+
+// PullImage pulls ref from its registry and unpacks it.
+func (r *Runtime) PullImage(ctx context.Context, ref string) error {
+	name, err := normalizeRef(ref)
+	if err != nil {
+		return err
+	}
+	if _, err := r.client.Pull(ctx, name, containerd.WithPullUnpack, containerd.WithPullSnapshotter(r.cfg.Snapshotter)); err != nil {
+		return fmt.Errorf("runtime: pull %s: %w", ref, err)
+	}
+	return nil
+}
+
+// normalizeRef turns "nginx" into "docker.io/library/nginx:latest", the
+// name containerd stores.
+func normalizeRef(ref string) (string, error) {
+	if ref == "" {
+		return "", errors.New("runtime: empty image reference")
+	}
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return "", fmt.Errorf("runtime: image reference %q: %w", ref, err)
+	}
+	return named.String(), nil
+}

@@ -1,0 +1,262 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+
+	gocni "github.com/containerd/go-cni"
+	"golang.org/x/sys/unix"
+)
+
+// netnsDir is where named network namespaces live (as with `ip netns`).
+const netnsDir = "/run/netns"
+
+// PortMapping publishes a container port on the host through the CNI
+// portmap plugin.
+type PortMapping struct {
+	HostPort      int32  `json:"hostPort"`
+	ContainerPort int32  `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"` // tcp (default) or udp
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// attachment is what CNI DEL needs to undo an ADD, persisted per container
+// in StateDir so that a crashed agent can still clean up.
+type attachment struct {
+	ContainerID  string        `json:"containerID"`
+	Network      string        `json:"network"`
+	NetNS        string        `json:"netns"`
+	IP           string        `json:"ip"`
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// conflist is the CNI network: bridge with host-local IPAM (dataDir under
+// StateDir) and portmap. cniVersion 1.0.0 is what plugins 1.1.1 speak.
+func (r *Runtime) conflist() ([]byte, error) {
+	conf := map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       r.cfg.NetworkName,
+		"plugins": []any{
+			map[string]any{
+				"type":        "bridge",
+				"bridge":      r.cfg.BridgeName,
+				"isGateway":   true,
+				"ipMasq":      true,
+				"hairpinMode": true,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"dataDir": r.ipamDir(),
+					"ranges": [][]map[string]string{{{
+						"subnet":  r.subnet.String(),
+						"gateway": r.gateway.String(),
+					}}},
+					"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
+				},
+			},
+			map[string]any{
+				"type":         "portmap",
+				"capabilities": map[string]bool{"portMappings": true},
+				"snat":         true,
+			},
+		},
+	}
+	return json.Marshal(conf)
+}
+
+func (r *Runtime) newCNI() (gocni.CNI, error) {
+	conf, err := r.conflist()
+	if err != nil {
+		return nil, err
+	}
+	// Our network is loaded first, so its interface is eth0; the loopback
+	// network comes second ("lo").
+	c, err := gocni.New(
+		gocni.WithPluginDir(r.cfg.CNIPluginDirs),
+		gocni.WithMinNetworkCount(2),
+		gocni.WithConfListBytes(conf),
+		gocni.WithLoNetwork,
+	)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: cni config: %w", err)
+	}
+	return c, nil
+}
+
+// netnsPath is the bind mount of the instance's network namespace.
+func (r *Runtime) netnsPath(id string) string {
+	return filepath.Join(netnsDir, r.cfg.Namespace+"-"+id)
+}
+
+// createNetNS creates a new network namespace and bind-mounts it at path. A
+// stale mount at path is removed first.
+func createNetNS(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("netns dir: %w", err)
+	}
+	if err := removeNetNS(path); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	f.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is left locked: when this goroutine returns, the Go
+		// runtime destroys it along with its new network namespace
+		// membership, so no other goroutine ever runs in it.
+		goruntime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// removeNetNS unmounts and removes a network namespace bind mount. A missing
+// one is not an error.
+func removeNetNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+func cniPortMappings(pm []PortMapping) []gocni.PortMapping {
+	out := make([]gocni.PortMapping, 0, len(pm))
+	for _, p := range pm {
+		proto := strings.ToLower(p.Protocol)
+		if proto == "" {
+			proto = "tcp"
+		}
+		out = append(out, gocni.PortMapping{HostPort: p.HostPort, ContainerPort: p.ContainerPort, Protocol: proto, HostIP: p.HostIP})
+	}
+	return out
+}
+
+// setupNetwork runs CNI ADD on the netns and returns the container's IPv4
+// address on the Berth network.
+func (r *Runtime) setupNetwork(ctx context.Context, a *attachment) (netip.Addr, error) {
+	res, err := r.cni.Setup(ctx, a.ContainerID, a.NetNS, gocni.WithCapabilityPortMap(cniPortMappings(a.PortMappings)))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cni add: %w", err)
+	}
+	// Read the address from the result rather than assuming an interface
+	// name: take the IPv4 address inside our subnet.
+	for _, iface := range res.Interfaces {
+		for _, ipc := range iface.IPConfigs {
+			if ip, ok := netip.AddrFromSlice(ipc.IP); ok {
+				ip = ip.Unmap()
+				if ip.Is4() && r.subnet.Contains(ip) && ip != r.gateway {
+					return ip, nil
+				}
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("cni add: no IPv4 address in %s in the result", r.subnet)
+}
+
+// teardownNetwork runs CNI DEL with the persisted port mappings. If the
+// netns is gone (e.g. after a reboot) DEL runs without it, which still
+// releases the IP and the portmap rules.
+func (r *Runtime) teardownNetwork(ctx context.Context, a *attachment) error {
+	path := a.NetNS
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			path = ""
+		}
+	}
+	if err := r.cni.Remove(ctx, a.ContainerID, path, gocni.WithCapabilityPortMap(cniPortMappings(a.PortMappings))); err != nil {
+		return fmt.Errorf("cni del: %w", err)
+	}
+	return nil
+}
+
+func (r *Runtime) attachmentPath(id string) string {
+	return filepath.Join(r.containerDir(id), "attachment.json")
+}
+
+func (r *Runtime) saveAttachment(id string, a *attachment) error {
+	b, err := json.MarshalIndent(a, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(r.attachmentPath(id), b, 0o644)
+}
+
+func (r *Runtime) loadAttachment(id string) (*attachment, error) {
+	b, err := os.ReadFile(r.attachmentPath(id))
+	if err != nil {
+		return nil, err
+	}
+	var a attachment
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, fmt.Errorf("attachment %s: %w", id, err)
+	}
+	return &a, nil
+}
+
+// writeFileAtomic writes via a temporary file and rename, so a crash never
+// leaves a half-written file.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// resolvConf renders /etc/resolv.conf for a container.
+func resolvConf(servers, search, options []string) []byte {
+	var b strings.Builder
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(search) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(search, " "))
+	}
+	if len(options) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(options, " "))
+	}
+	return []byte(b.String())
+}
+
+// hostsFile renders /etc/hosts for a container.
+func hostsFile(ip, hostname string) []byte {
+	return []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + ip + "\t" + hostname + "\n")
+}

@@ -1,0 +1,257 @@
+package xds
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/berth-dev/berth/discovery"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// twoServices: hello is routed (3 ready + 1 unready + 1 draining), internal
+// is not; shop runs two revisions split 90/10 and speaks gRPC.
+func twoServices() *discovery.Snapshot {
+	return &discovery.Snapshot{
+		Version: 42,
+		Services: []discovery.Service{
+			{
+				Namespace: "default", Name: "hello",
+				Ports: []discovery.Port{{Name: "metrics", Port: 9100, Protocol: "tcp"}, {Name: "web", Port: 8080, Protocol: "http"}},
+				Route: &discovery.Route{Hosts: []string{"Hello.Example.Test"}, Paths: []string{"/"}},
+				Revisions: []discovery.Revision{{Number: 3, Weight: 100, Endpoints: []discovery.Endpoint{
+					{Instance: "hello-3-c", Node: "node-b", IP: "10.88.1.7", Ready: true},
+					{Instance: "hello-3-a", Node: "node-a", IP: "10.88.0.5", Ready: true},
+					{Instance: "hello-3-b", Node: "node-b", IP: "10.88.1.6", Ready: true},
+					{Instance: "hello-3-d", Node: "node-a", IP: "10.88.0.9", Ready: false},
+					{Instance: "hello-3-e", Node: "node-a", IP: "10.88.0.10", Ready: true, Draining: true},
+				}}},
+			},
+			{
+				Namespace: "default", Name: "internal",
+				Ports: []discovery.Port{{Name: "http", Port: 80}},
+				Revisions: []discovery.Revision{{Number: 1, Weight: 100, Endpoints: []discovery.Endpoint{
+					{Instance: "internal-1-a", Node: "node-a", IP: "10.88.0.20", Ready: true},
+				}}},
+			},
+			{
+				Namespace: "shop", Name: "web",
+				Ports: []discovery.Port{{Name: "grpc", Port: 9000, Protocol: "grpc"}},
+				Route: &discovery.Route{Hosts: []string{"shop.example.test"}, Paths: []string{"/", "/api"}},
+				Revisions: []discovery.Revision{
+					{Number: 1, Weight: 90, Endpoints: []discovery.Endpoint{{Instance: "web-1-a", Node: "node-a", IP: "10.88.0.30", Ready: true}}},
+					{Number: 2, Weight: 10, Endpoints: []discovery.Endpoint{{Instance: "web-2-a", Node: "node-b", IP: "10.88.1.30", Ready: true}}},
+				},
+			},
+		},
+	}
+}
+
+// emptyServices: routed services with no endpoints, no revision, and a
+// host/path claimed twice.
+func emptyServices() *discovery.Snapshot {
+	return &discovery.Snapshot{
+		Version: 7,
+		Services: []discovery.Service{
+			{
+				Namespace: "default", Name: "empty",
+				Ports:     []discovery.Port{{Name: "http", Port: 8080}},
+				Route:     &discovery.Route{Hosts: []string{"empty.example.test"}},
+				Revisions: []discovery.Revision{{Number: 1, Weight: 100}},
+			},
+			{
+				Namespace: "default", Name: "norevision",
+				Ports: []discovery.Port{{Name: "http", Port: 8080}},
+				Route: &discovery.Route{Hosts: []string{"none.example.test"}, Paths: []string{"/"}},
+			},
+			{
+				Namespace: "default", Name: "thief",
+				Ports: []discovery.Port{{Name: "http", Port: 8080}},
+				Route: &discovery.Route{Hosts: []string{"empty.example.test"}, Paths: []string{"/"}},
+				Revisions: []discovery.Revision{{Number: 1, Weight: 100, Endpoints: []discovery.Endpoint{
+					{Instance: "thief-1-a", Node: "node-a", IP: "not-an-ip", Ready: true},
+				}}},
+			},
+		},
+	}
+}
+
+func TestTranslateGolden(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		snap *discovery.Snapshot
+	}{
+		{"two_services", twoServices()},
+		{"empty_services", emptyServices()},
+		{"no_services", &discovery.Snapshot{Version: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := Translate(tc.snap, DefaultTranslateOptions())
+			if err != nil {
+				t.Fatalf("Translate: %v", err)
+			}
+			if err := res.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			snap, err := cacheSnapshot(tc.snap.Version, res)
+			if err != nil {
+				t.Fatalf("cacheSnapshot (ValidateAll + Consistent): %v", err)
+			}
+			if err := snap.Consistent(); err != nil {
+				t.Fatalf("Consistent: %v", err)
+			}
+			got := goldenJSON(t, res)
+			again, _ := Translate(tc.snap, DefaultTranslateOptions())
+			if !bytes.Equal(got, goldenJSON(t, again)) {
+				t.Fatal("Translate is not deterministic")
+			}
+			path := filepath.Join("testdata", tc.name+".golden.json")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./xds -run Golden -update)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("translation of %s differs from %s (go test ./xds -run Golden -update to accept):\n%s", tc.name, path, got)
+			}
+		})
+	}
+}
+
+func TestTranslateShape(t *testing.T) {
+	res, err := Translate(twoServices(), DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(res.Clusters); n != 4 {
+		t.Errorf("clusters = %d, want 4 (one per revision, routed or not)", n)
+	}
+	for _, cla := range res.Endpoints {
+		if cla.ClusterName != "default_hello_r3" {
+			continue
+		}
+		var n int
+		for _, l := range cla.Endpoints {
+			if l.GetLoadBalancingWeight().GetValue() == 0 || l.GetLocality() == nil {
+				t.Errorf("locality %v without weight or locality", l.GetLocality())
+			}
+			n += len(l.LbEndpoints)
+		}
+		if n != 3 {
+			t.Errorf("hello endpoints = %d, want the 3 ready ones", n)
+		}
+	}
+	vhosts := res.Routes[0].VirtualHosts
+	if len(vhosts) != 2 || vhosts[0].Name != "hello.example.test" {
+		t.Fatalf("virtual hosts = %v", vhosts)
+	}
+	shop := vhosts[1]
+	if got := shop.Routes[0].GetMatch().GetPrefix(); got != "/api" {
+		t.Errorf("first shop route prefix = %q, want the longest, /api", got)
+	}
+	wc := shop.Routes[0].GetRoute().GetWeightedClusters().GetClusters()
+	if len(wc) != 2 || wc[0].GetWeight().GetValue() != 90 || wc[1].GetWeight().GetValue() != 10 {
+		t.Errorf("shop weights = %v, want 90/10", wc)
+	}
+}
+
+func TestTranslateWarnings(t *testing.T) {
+	res, err := Translate(emptyServices(), DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Warnings) != 2 {
+		t.Errorf("warnings = %q, want the stolen path and the bad IP", res.Warnings)
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	res, err := Translate(twoServices(), DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Clusters[0].Name = ""
+	if err := res.Validate(); err == nil {
+		t.Error("Validate accepted a cluster without a name")
+	}
+	if _, err := cacheSnapshot(1, res); err == nil {
+		t.Error("cacheSnapshot accepted an invalid cluster")
+	}
+	res, _ = Translate(twoServices(), DefaultTranslateOptions())
+	res.Endpoints = res.Endpoints[1:]
+	if _, err := cacheSnapshot(1, res); err == nil {
+		t.Error("cacheSnapshot accepted a cluster without its load assignment")
+	}
+}
+
+func TestClusterNameRoundTrip(t *testing.T) {
+	name := ClusterName("team-a", "my-svc", 12)
+	if name != "team-a_my-svc_r12" {
+		t.Fatalf("ClusterName = %q", name)
+	}
+	ns, svc, rev, err := ParseClusterName(name)
+	if err != nil || ns != "team-a" || svc != "my-svc" || rev != 12 {
+		t.Fatalf("ParseClusterName = %q %q %d %v", ns, svc, rev, err)
+	}
+	for _, bad := range []string{"a_b", "a_b_12", "a_b_rx", "_b_r1"} {
+		if _, _, _, err := ParseClusterName(bad); err == nil {
+			t.Errorf("ParseClusterName(%q) accepted", bad)
+		}
+	}
+}
+
+// goldenJSON renders resources as indented JSON with stable key order
+// (protojson's own whitespace is deliberately unstable).
+func goldenJSON(t *testing.T, res *Resources) []byte {
+	t.Helper()
+	render := func(msgs []proto.Message) []json.RawMessage {
+		out := []json.RawMessage{}
+		for _, m := range msgs {
+			b, err := protojson.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, b)
+		}
+		return out
+	}
+	doc := map[string]any{
+		"listeners": render(asMessages(res.Listeners)),
+		"routes":    render(asMessages(res.Routes)),
+		"clusters":  render(asMessages(res.Clusters)),
+		"endpoints": render(asMessages(res.Endpoints)),
+		"warnings":  append([]string{}, res.Warnings...),
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	b, err = json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(b, '\n')
+}
+
+func asMessages[M proto.Message](ms []M) []proto.Message {
+	out := make([]proto.Message, len(ms))
+	for i, m := range ms {
+		out[i] = m
+	}
+	return out
+}
