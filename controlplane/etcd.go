@@ -52,7 +52,9 @@ func StartEmbeddedEtcd(dir string, tuning EtcdTuning, logger *slog.Logger) (*Emb
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
 	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
+	// etcd logs its own listeners closing as errors on every clean
+	// shutdown; real failures still reach us through Err().
+	cfg.LogLevel = "fatal"
 	cfg.ListenMetricsUrls = nil
 	if tuning.TickMs > 0 {
 		cfg.TickMs, cfg.ElectionMs = tuning.TickMs, tuning.ElectionMs

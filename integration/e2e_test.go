@@ -292,21 +292,26 @@ func TestClusterEndToEnd(t *testing.T) {
 		f := filepath.Join(t.TempDir(), "missing.yaml")
 		os.WriteFile(f, []byte("apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: missing}\nspec:\n  image: berth.local/does-not-exist:v1\n"), 0o644)
 		mustBerth(t, api, "apply", "-f", f)
-		eventually(t, 30*time.Second, "pull error shown", func() (bool, string) {
-			out := mustBerth(t, api, "get", "instances")
-			return strings.Contains(out, "does-not-exist") || strings.Contains(out, "image"), out
-		})
-		var ev []string
-		eventually(t, 30*time.Second, "retries recorded as events, not a hot loop", func() (bool, string) {
-			out := mustBerth(t, api, "describe", "service", "missing")
-			ev = nil
-			for _, l := range strings.Split(out, "\n") {
-				if strings.Contains(l, "Failed") {
-					ev = append(ev, l)
-				}
+		var id string
+		eventually(t, 30*time.Second, "pull error shown in get instances", func() (bool, string) {
+			ivs := instances(t, api, "missing")
+			if len(ivs) != 1 {
+				return false, fmt.Sprint(ivs)
 			}
-			return len(ev) >= 1, out
+			id = ivs[0].Instance.ID
+			return ivs[0].Status.Phase == "Backoff" && strings.Contains(ivs[0].Status.LastError, "berth.local/does-not-exist:v1"), fmt.Sprintf("%+v", ivs[0].Status)
 		})
+		out := mustBerth(t, api, "get", "instances")
+		if !strings.Contains(out, "does-not-exist") {
+			t.Fatalf("get instances does not show the pull error:\n%s", out)
+		}
+		// Backoff doubles from 1s: within 4 seconds at most 4 attempts.
+		attempts := func() int { return strings.Count(agent.logText(), "instance="+id) }
+		before := attempts()
+		time.Sleep(4 * time.Second)
+		if n := attempts() - before; n > 4 || n < 1 {
+			t.Fatalf("%d start attempts in 4s: want backoff, not a hot loop or no retry", n)
+		}
 		mustBerth(t, api, "delete", "service", "missing", "--wait")
 	})
 

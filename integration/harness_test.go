@@ -194,6 +194,12 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 	return p
 }
 
+// logText returns what the process wrote to stderr so far.
+func (p *proc) logText() string {
+	b, _ := os.ReadFile(p.logf.Name())
+	return string(b)
+}
+
 // waitLine waits for a stdout line matching re and returns its groups.
 func (p *proc) waitLine(re string, timeout time.Duration) []string {
 	p.t.Helper()

@@ -185,6 +185,7 @@ func (l *loop) assign(msg *pb.Assignments) {
 		}
 	}
 	l.synced = true
+	l.a.readyOnce.Do(func() { close(l.a.ready) })
 }
 
 func (l *loop) exited(ex runtime.Exit) {
@@ -432,7 +433,6 @@ func (l *loop) report(ctx context.Context) {
 			delete(l.reported, id)
 		}
 	}
-	l.a.readyOnce.Do(func() { close(l.a.ready) })
 }
 
 // shutdown waits for operations in flight and, in berth dev, stops every
@@ -487,5 +487,23 @@ func (l *loop) shutdown() {
 		l.a.logger.Warn("stopping containers", "err", err)
 	} else {
 		l.a.logger.Info("stopped all containers", "count", len(cs))
+	}
+	// Tell the control plane, so its endpoints leave discovery now rather
+	// than when the agent comes back.
+	var batch []*pb.InstanceStatus
+	for _, it := range l.items {
+		if !it.assigned {
+			continue
+		}
+		st := it.st
+		st.Phase, st.Ready, st.IP, st.ContainerID, st.UpdatedAt = api.PhaseStopped, false, "", "", time.Now().UTC()
+		batch = append(batch, pb.FromStatus(&st))
+	}
+	if len(batch) > 0 {
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer rcancel()
+		if _, err := l.a.client.ReportStatus(rctx, &pb.ReportStatusRequest{Node: l.a.cfg.Name, Statuses: batch}); err != nil {
+			l.a.logger.Warn("could not report the stopped containers", "err", err)
+		}
 	}
 }

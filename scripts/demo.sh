@@ -53,15 +53,15 @@ say "berth get instances"
 $BERTH get instances
 
 say "a request through the gateway: curl -H 'Host: hello.example.test' http://$GW/"
-for _ in 1 2 3; do curl -sS --max-time 5 -H 'Host: hello.example.test' "http://$GW/"; echo; done
+for _ in 1 2 3; do curl -sS --max-time 5 -H 'Host: hello.example.test' "http://$GW/"; done
 
 client_ip=$($BERTH get instances | awk '$3=="client" && $7=="true" {print $8; exit}')
 say "inside the client container ($client_ip): resolve 'hello' through Berth's DNS"
-curl -sS --max-time 10 "http://$client_ip:8080/resolve?name=hello"; echo
+curl -sS --max-time 10 "http://$client_ip:8080/resolve?name=hello"
 say "inside the client container: GET http://hello:8080/"
-curl -sS --max-time 10 "http://$client_ip:8080/call?url=http://hello:8080/"; echo
+curl -sS --max-time 10 "http://$client_ip:8080/call?url=http://hello:8080/"
 say "inside the client container: GET http://hello.default.svc.berth.internal:8080/"
-curl -sS --max-time 10 "http://$client_ip:8080/call?url=http://hello.default.svc.berth.internal:8080/"; echo
+curl -sS --max-time 10 "http://$client_ip:8080/call?url=http://hello.default.svc.berth.internal:8080/"
 
 say "berth describe service hello"
 $BERTH describe service hello

@@ -243,7 +243,9 @@ the same services back.`,
 				return err
 			}
 			reg := newRegistry()
-			grp := newGroup(ctx)
+			// The agent stops first (it stops the containers while the
+			// control plane can still hear about it), then the rest.
+			grp := newGroup(context.WithoutCancel(ctx))
 			cp, err := newControlPlane(ctx, sf, reg, logger)
 			if err != nil {
 				return err
@@ -265,13 +267,17 @@ the same services back.`,
 				_ = grp.wait()
 				return err
 			}
-			grp.go_("agent", agent.Run)
 			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg)
 			if err != nil {
 				grp.cancel()
 				_ = grp.wait()
 				return err
 			}
+			agentCtx, stopAgent := context.WithCancel(ctx)
+			defer stopAgent()
+			agentDone := make(chan error, 1)
+			go func() { agentDone <- agent.Run(agentCtx) }()
+			var agentErr error
 			select {
 			case <-agent.Ready():
 				hostDNS := "disabled"
@@ -287,9 +293,20 @@ the same services back.`,
   node       %s, containerd %s (namespace %s)
   data       %s
 `, cp.cp.APIAddr(), gw.Addr(), cp.xds.Addr(), hostDNS, agent.DNSAddr(), metricsURL(metricsAddr), af.name, af.socket, af.namespace, sf.dataDir)
+			case agentErr = <-agentDone:
+				agentDone <- agentErr
 			case <-grp.ctx.Done():
 			}
-			err = grp.wait()
+			select {
+			case <-ctx.Done():
+			case <-grp.ctx.Done():
+			case agentErr = <-agentDone:
+				agentDone <- agentErr
+			}
+			stopAgent()
+			agentErr = <-agentDone
+			grp.cancel()
+			err = errors.Join(agentErr, grp.wait())
 			if err == nil {
 				fmt.Fprintln(os.Stdout, "berth dev stopped")
 			}
