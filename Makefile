@@ -7,9 +7,9 @@ GO ?= go
 BIN := bin
 IMAGES := images
 GOFLAGS_BUILD := -trimpath
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 10m
 
-.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench clean
+.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-startup clean
 
 all: build
 
@@ -57,6 +57,13 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./manifests -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./dns -run '^$$' -fuzz FuzzServeDNS -fuzztime $(FUZZTIME)
+
+# Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
+# endpoints, Berth against plain `ctr run` on the same containerd. Needs root.
+bench: bench-startup
+
+bench-startup: containerd build images
+	@bench/startup.sh
 
 clean:
 	rm -rf $(BIN) $(IMAGES)

@@ -2,6 +2,7 @@ package dns
 
 import (
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -204,6 +205,26 @@ func addrRR(name string, ip netip.Addr, ttl uint32) dns.RR {
 		return &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: ip.AsSlice()}
 	}
 	return &dns.AAAA{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: ttl}, AAAA: ip.AsSlice()}
+}
+
+// Records returns every record in the table in presentation format, one
+// per line, sorted; names that exist without records (empty non-terminals,
+// services without ready endpoints) appear as "<name> ; exists". For
+// debugging and golden tests; it is not on the query path.
+func (t *Table) Records() []string {
+	var out []string
+	for name, n := range t.names {
+		if len(n.sets) == 0 {
+			out = append(out, name+" ; exists")
+		}
+		for _, set := range n.sets {
+			for _, rr := range set.rrs {
+				out = append(out, rr.String())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Len is the number of names in the table.

@@ -1,7 +1,10 @@
 package dns
 
 import (
+	"flag"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -363,4 +366,30 @@ func bigSnapshot(n int, gen int) *discovery.Snapshot {
 		Namespace: "default", Name: "big",
 		Revisions: []discovery.Revision{{Number: 1, Weight: 100, Endpoints: eps}},
 	}}}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestTableGolden pins snapshot -> DNS records in testdata/table.golden.
+// Run `go test ./dns -run Golden -update` after an intended change.
+func TestTableGolden(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.nsAddr = netip.MustParseAddr("10.88.0.1")
+	got := strings.Join(NewTable(testSnapshot(), cfg).Records(), "\n") + "\n"
+	path := filepath.Join("testdata", "table.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("records differ from %s (run with -update if intended):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
 }

@@ -46,7 +46,14 @@ type item struct {
 	ranSince      time.Time
 	// pendingExit is an exit that arrived while an operation was in flight.
 	pendingExit *runtime.Exit
+	// readySinceStart is set at the first passing probe after a (re)start;
+	// until then probes run every startupProbeEvery, not every interval, so
+	// a replica becomes ready as soon as it listens.
+	readySinceStart bool
 }
+
+// startupProbeEvery is the probe period before a container's first success.
+const startupProbeEvery = 100 * time.Millisecond
 
 type opKind int
 
@@ -79,7 +86,7 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exit
 	if err := l.adopt(ctx); err != nil {
 		return err
 	}
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	resync := time.NewTicker(5 * time.Second)
 	defer resync.Stop()
@@ -261,6 +268,7 @@ func (l *loop) finished(r opResult) {
 		it.st.StartedAt = time.Now().UTC()
 		it.st.Ready = it.inst.Template.Health == nil
 		it.nextProbe = time.Now()
+		it.readySinceStart = false
 		if pending != nil {
 			// The new task died before we saw it running.
 			l.a.running.Set(float64(l.countRunning()))
@@ -315,7 +323,14 @@ func (l *loop) probed(r probeResult) {
 		}
 	}
 	it.st.Ready = ready
-	it.nextProbe = time.Now().Add(probe.Interval(it.inst.Template.Health))
+	if ready {
+		it.readySinceStart = true
+	}
+	every := probe.Interval(it.inst.Template.Health)
+	if !it.readySinceStart && startupProbeEvery < every {
+		every = startupProbeEvery
+	}
+	it.nextProbe = time.Now().Add(every)
 }
 
 func (l *loop) launch(id string, kind opKind, f func(ctx context.Context) (runtime.Container, error)) {

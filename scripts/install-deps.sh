@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on Debian 12 (as root), only what is missing:
-# containerd, runc, the CNI plugins, iproute2 and iptables. Idempotent.
+# containerd, runc, the CNI plugins, iproute2, iptables and curl (the demo
+# uses it). Idempotent.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
