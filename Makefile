@@ -32,8 +32,11 @@ images:
 
 # Everything: unit tests, in-process component tests and the end-to-end
 # tests on the real containerd, CNI, gateway and DNS. Needs root.
+RACE_PKGS := ./controlplane/... ./discovery/... ./dns/... ./xds/... ./gateway/... ./manifests/... ./nodeagent/probe/...
+
 test: containerd lint
 	BERTH_REQUIRE_CONTAINERD=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 
 unit:
 	$(GO) test -count=1 -short ./...
