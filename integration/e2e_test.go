@@ -70,7 +70,11 @@ func TestClusterEndToEnd(t *testing.T) {
 	top := t
 	stateDir := filepath.Join(os.TempDir(), "berth-e2e-node")
 	cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir)
-	t.Cleanup(func() { cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir) })
+	t.Cleanup(func() {
+		cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir)
+		removeBridge(t, e2eBridge)
+		os.RemoveAll(stateDir)
+	})
 
 	data := t.TempDir()
 	server := startProc(t, "server", "server", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",

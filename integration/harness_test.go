@@ -136,6 +136,16 @@ func cleanNode(t *testing.T, ns, bridge, subnet, stateDir string) {
 	}
 }
 
+// removeBridge deletes a test's node bridge once its containers are gone,
+// so a run leaves no interface behind. A missing bridge is fine.
+func removeBridge(t *testing.T, bridge string) {
+	t.Helper()
+	out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "Cannot find device") {
+		t.Logf("remove bridge %s: %v: %s", bridge, err, out)
+	}
+}
+
 // proc is a berth process started by a test.
 type proc struct {
 	t      *testing.T

@@ -108,7 +108,8 @@ func newTestRun(t *testing.T) testRun {
 	return tr
 }
 
-// freeSubnet returns a /24 in 10.213.200.0-10.213.249.0 that no local
+// freeSubnet returns a /24 in 10.213.160.0/19 (kept apart from the
+// integration tests' 10.213.224.0/19 and the benchmarks' 10.213.128.0/19) that no local
 // interface uses.
 func freeSubnet(t *testing.T) netip.Prefix {
 	t.Helper()
@@ -117,7 +118,7 @@ func freeSubnet(t *testing.T) netip.Prefix {
 		t.Fatal(err)
 	}
 	for range 100 {
-		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 213, byte(200 + rand.IntN(50)), 0}), 24)
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 213, byte(160 + rand.IntN(32)), 0}), 24)
 		used := false
 		for _, a := range addrs {
 			if ipn, ok := a.(*net.IPNet); ok {
@@ -130,7 +131,7 @@ func freeSubnet(t *testing.T) netip.Prefix {
 			return p
 		}
 	}
-	t.Fatal("no free test subnet in 10.213.200.0/21")
+	t.Fatal("no free test subnet in 10.213.160.0/19")
 	return netip.Prefix{}
 }
 
