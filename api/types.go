@@ -66,6 +66,8 @@ type ServiceSpec struct {
 	Resources Resources         `json:"resources,omitzero"`
 	Health    *Health           `json:"health,omitempty"`
 	Route     *Route            `json:"route,omitempty"`
+	// NodeSelector limits placement to nodes carrying all these labels.
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 }
 
 // ReplicaCount returns the desired replicas, defaulting to 1.
@@ -232,16 +234,30 @@ type Exit struct {
 	At   time.Time `json:"at"`
 }
 
+// Node states, written by the node controller on transitions.
+const (
+	NodeReady    = "Ready"    // heartbeat lease alive
+	NodeNotReady = "NotReady" // lease lapsed: endpoints out of discovery
+	NodeLost     = "Lost"     // lapsed past the grace period: instances replaced
+)
+
 // Node is a machine running an agent.
 type Node struct {
-	Name      string            `json:"name"`
-	Address   string            `json:"address"`
-	PodCIDR   string            `json:"podCIDR"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	Capacity  Capacity          `json:"capacity"`
-	Ready     bool              `json:"ready"`
-	Heartbeat time.Time         `json:"heartbeat"`
-	JoinedAt  time.Time         `json:"joinedAt"`
+	Name     string            `json:"name"`
+	Address  string            `json:"address"`
+	PodCIDR  string            `json:"podCIDR"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Capacity Capacity          `json:"capacity"`
+	// Ready is whether the heartbeat lease is alive (filled from the cache).
+	Ready bool `json:"ready"`
+	// State and StateSince are written by the node controller.
+	State      string    `json:"state,omitempty"`
+	StateSince time.Time `json:"stateSince,omitzero"`
+	// Heartbeat is the time of the last heartbeat seen.
+	Heartbeat time.Time `json:"heartbeat"`
+	JoinedAt  time.Time `json:"joinedAt"`
+	// Cordoned nodes get no new instances.
+	Cordoned bool `json:"cordoned,omitempty"`
 }
 
 // Capacity is what a node offers (or what instances request), in

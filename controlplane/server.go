@@ -14,6 +14,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
@@ -22,6 +23,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 )
 
@@ -42,8 +44,20 @@ type Config struct {
 	// before its container is stopped: at least the DNS TTL.
 	DrainDelay        time.Duration
 	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
-	Registerer        prometheus.Registerer
+	// NodeTimeout: a node that misses heartbeats this long is NotReady and
+	// its endpoints leave DNS and the gateways.
+	NodeTimeout time.Duration
+	// LostGrace: a node NotReady this long is Lost and its instances are
+	// replaced on other nodes.
+	LostGrace time.Duration
+	// RequireJoinToken makes agents present a token from `berth token create`.
+	RequireJoinToken bool
+	// Name identifies this replica in the leader election.
+	Name string
+	// ElectionTTL bounds how long a dead leader keeps the lead.
+	ElectionTTL time.Duration
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
 }
 
 // DefaultConfig returns the defaults of `berth server`.
@@ -54,7 +68,11 @@ func DefaultConfig() Config {
 		ClusterCIDR:       "10.213.0.0/16",
 		NodeSubnetBits:    24,
 		DrainDelay:        5 * time.Second,
-		HeartbeatInterval: time.Second,
+		HeartbeatInterval: 500 * time.Millisecond,
+		NodeTimeout:       2 * time.Second,
+		LostGrace:         10 * time.Second,
+		RequireJoinToken:  true,
+		ElectionTTL:       2 * time.Second,
 	}
 }
 
@@ -72,6 +90,7 @@ type Server struct {
 	grpc      *grpc.Server
 	lis       net.Listener
 	closeOnce sync.Once
+	leader    atomic.Bool
 }
 
 // New starts etcd (or connects to it), binds the API listener and builds
@@ -101,6 +120,9 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 	s.cache = store.NewCache(cli, cfg.Logger)
 	ccfg := controller.DefaultConfig()
 	ccfg.DrainDelay, ccfg.Logger, ccfg.Registerer = cfg.DrainDelay, cfg.Logger, cfg.Registerer
+	if cfg.LostGrace > 0 {
+		ccfg.LostGrace = cfg.LostGrace
+	}
 	s.ctrl = controller.New(ccfg, s.store, s.cache, acks)
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	s.api, err = apiserver.New(apiserver.Config{
@@ -108,6 +130,8 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 		ClusterCIDR:       cfg.ClusterCIDR,
 		NodeSubnetBits:    cfg.NodeSubnetBits,
 		HeartbeatInterval: cfg.HeartbeatInterval,
+		NodeTimeout:       cfg.NodeTimeout,
+		RequireJoinToken:  cfg.RequireJoinToken,
 		Logger:            cfg.Logger,
 	}, s.store, s.cache, s.publisher)
 	if err != nil {
@@ -119,7 +143,9 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 		s.Close()
 		return nil, fmt.Errorf("controlplane: listen on %s: %w", cfg.APIAddr, err)
 	}
-	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8 << 20))
+	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8<<20),
+		grpc.ChainUnaryInterceptor(s.api.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(s.api.StreamInterceptor))
 	pb.RegisterBerthServer(s.grpc, s.api)
 	pb.RegisterNodeAgentServer(s.grpc, s.api)
 	return s, nil
@@ -151,7 +177,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	run("cache", s.cache.Run)
-	run("controller", s.ctrl.Run)
+	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
 	go func() {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -180,6 +206,70 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return err
+}
+
+// ElectionPrefix is where control plane replicas campaign for the lead.
+const ElectionPrefix = "/berth/election/controllers"
+
+// IsLeader reports whether this replica runs the controllers now.
+func (s *Server) IsLeader() bool { return s.leader.Load() }
+
+// lead campaigns for leadership and runs the controllers (scheduler
+// included) only while this replica holds it; the API, discovery, DNS and
+// xDS feeds run on every replica. A leader whose etcd session expires
+// stops its controllers at once and campaigns again.
+func (s *Server) lead(ctx context.Context) error {
+	name := s.cfg.Name
+	if name == "" {
+		name = s.APIAddr()
+	}
+	ttl := int((s.cfg.ElectionTTL + time.Second - 1) / time.Second)
+	if ttl < 1 {
+		ttl = 1
+	}
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+		if err != nil {
+			s.logger.Warn("leader election: no etcd session, retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		el := concurrency.NewElection(sess, ElectionPrefix)
+		if err := el.Campaign(ctx, name); err != nil {
+			sess.Close()
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.logger.Warn("leader election: campaign failed, retrying", "err", err)
+			continue
+		}
+		s.logger.Info("elected leader: running the scheduler and controllers", "replica", name)
+		s.leader.Store(true)
+		lctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-sess.Done():
+				s.logger.Warn("lost the lead (etcd session expired): stopping controllers", "replica", name)
+			case <-lctx.Done():
+			}
+			cancel()
+		}()
+		err = s.ctrl.Run(lctx)
+		cancel()
+		s.leader.Store(false)
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		_ = el.Resign(rctx)
+		rcancel()
+		sess.Close()
+		if err != nil && ctx.Err() == nil {
+			s.logger.Warn("controllers stopped", "err", err)
+		}
+	}
+	return nil
 }
 
 // Close releases etcd and the client; Run calls it on exit.

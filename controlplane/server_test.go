@@ -39,11 +39,12 @@ type harness struct {
 	agent  pb.NodeAgentClient
 	snaps  chan *discovery.Snapshot
 	acks   *recordingAcker
+	conn   *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func start(t *testing.T) *harness {
+func start(t *testing.T, opts ...func(*Config)) *harness {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.DataDir = t.TempDir()
@@ -51,6 +52,9 @@ func start(t *testing.T) *harness {
 	cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
 	cfg.DrainDelay = 100 * time.Millisecond
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, o := range opts {
+		o(&cfg)
+	}
 	h := &harness{snaps: make(chan *discovery.Snapshot, 100), acks: &recordingAcker{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -64,8 +68,19 @@ func start(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.berth, h.agent = pb.NewBerthClient(conn), pb.NewNodeAgentClient(conn)
+	h.berth = pb.NewBerthClient(conn)
+	tok, err := h.berth.CreateJoinToken(context.Background(), &pb.CreateJoinTokenRequest{Description: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	aconn, err := grpc.NewClient(srv.APIAddr(), append(pb.WithJoinToken(tok.Token), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.agent = pb.NewNodeAgentClient(aconn)
+	h.conn = conn
 	t.Cleanup(func() {
+		aconn.Close()
 		conn.Close()
 		cancel()
 		if err := <-h.done; err != nil {

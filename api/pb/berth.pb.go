@@ -216,11 +216,13 @@ type ServiceSpec struct {
 	Args    []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
 	Env     map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Absent means 1.
-	Replicas      *int32     `protobuf:"varint,5,opt,name=replicas,proto3,oneof" json:"replicas,omitempty"`
-	Ports         []*Port    `protobuf:"bytes,6,rep,name=ports,proto3" json:"ports,omitempty"`
-	Resources     *Resources `protobuf:"bytes,7,opt,name=resources,proto3" json:"resources,omitempty"`
-	Health        *Health    `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
-	Route         *Route     `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
+	Replicas  *int32     `protobuf:"varint,5,opt,name=replicas,proto3,oneof" json:"replicas,omitempty"`
+	Ports     []*Port    `protobuf:"bytes,6,rep,name=ports,proto3" json:"ports,omitempty"`
+	Resources *Resources `protobuf:"bytes,7,opt,name=resources,proto3" json:"resources,omitempty"`
+	Health    *Health    `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
+	Route     *Route     `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
+	// Only nodes with all these labels may run the service.
+	NodeSelector  map[string]string `protobuf:"bytes,10,rep,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -314,6 +316,13 @@ func (x *ServiceSpec) GetHealth() *Health {
 func (x *ServiceSpec) GetRoute() *Route {
 	if x != nil {
 		return x.Route
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetNodeSelector() map[string]string {
+	if x != nil {
+		return x.NodeSelector
 	}
 	return nil
 }
@@ -1002,8 +1011,13 @@ type Node struct {
 	Heartbeat *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
 	JoinedAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
 	// Filled in by ListNodes: what placed instances request of the node.
-	Allocated     *Capacity `protobuf:"bytes,9,opt,name=allocated,proto3" json:"allocated,omitempty"`
-	Instances     int32     `protobuf:"varint,10,opt,name=instances,proto3" json:"instances,omitempty"`
+	Allocated *Capacity `protobuf:"bytes,9,opt,name=allocated,proto3" json:"allocated,omitempty"`
+	Instances int32     `protobuf:"varint,10,opt,name=instances,proto3" json:"instances,omitempty"`
+	Cordoned  bool      `protobuf:"varint,11,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	// Ready, NotReady (heartbeat lapsed) or Lost (lapsed longer than the
+	// grace period: its instances were replaced elsewhere).
+	State         string                 `protobuf:"bytes,12,opt,name=state,proto3" json:"state,omitempty"`
+	StateSince    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1106,6 +1120,27 @@ func (x *Node) GetInstances() int32 {
 		return x.Instances
 	}
 	return 0
+}
+
+func (x *Node) GetCordoned() bool {
+	if x != nil {
+		return x.Cordoned
+	}
+	return false
+}
+
+func (x *Node) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Node) GetStateSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StateSince
+	}
+	return nil
 }
 
 type Event struct {
@@ -3041,6 +3076,358 @@ func (x *Endpoint) GetDraining() bool {
 	return false
 }
 
+type CreateJoinTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Description   string                 `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_berth_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *CreateJoinTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateJoinTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenResponse) Reset() {
+	*x = CreateJoinTokenResponse{}
+	mi := &file_berth_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenResponse) ProtoMessage() {}
+
+func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *CreateJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type CordonNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Cordon        bool                   `protobuf:"varint,2,opt,name=cordon,proto3" json:"cordon,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CordonNodeRequest) Reset() {
+	*x = CordonNodeRequest{}
+	mi := &file_berth_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CordonNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CordonNodeRequest) ProtoMessage() {}
+
+func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
+func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *CordonNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CordonNodeRequest) GetCordon() bool {
+	if x != nil {
+		return x.Cordon
+	}
+	return false
+}
+
+type CordonNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CordonNodeResponse) Reset() {
+	*x = CordonNodeResponse{}
+	mi := &file_berth_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CordonNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CordonNodeResponse) ProtoMessage() {}
+
+func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
+func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{54}
+}
+
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_berth_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *DrainNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DrainNodeResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	InstancesDraining int32                  `protobuf:"varint,1,opt,name=instances_draining,json=instancesDraining,proto3" json:"instances_draining,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DrainNodeResponse) Reset() {
+	*x = DrainNodeResponse{}
+	mi := &file_berth_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeResponse) ProtoMessage() {}
+
+func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *DrainNodeResponse) GetInstancesDraining() int32 {
+	if x != nil {
+		return x.InstancesDraining
+	}
+	return 0
+}
+
+type WatchNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchNodesRequest) Reset() {
+	*x = WatchNodesRequest{}
+	mi := &file_berth_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchNodesRequest) ProtoMessage() {}
+
+func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
+func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *WatchNodesRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type NodeList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeList) Reset() {
+	*x = NodeList{}
+	mi := &file_berth_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeList) ProtoMessage() {}
+
+func (x *NodeList) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
+func (*NodeList) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *NodeList) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 type FetchImageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Reference     string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
@@ -3050,7 +3437,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3449,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3462,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{51}
+	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -3107,7 +3494,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\x93\x03\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xa2\x04\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -3117,8 +3504,13 @@ const file_berth_proto_rawDesc = "" +
 	"\x05ports\x18\x06 \x03(\v2\x0e.berth.v1.PortR\x05ports\x121\n" +
 	"\tresources\x18\a \x01(\v2\x13.berth.v1.ResourcesR\tresources\x12(\n" +
 	"\x06health\x18\b \x01(\v2\x10.berth.v1.HealthR\x06health\x12%\n" +
-	"\x05route\x18\t \x01(\v2\x0f.berth.v1.RouteR\x05route\x1a6\n" +
+	"\x05route\x18\t \x01(\v2\x0f.berth.v1.RouteR\x05route\x12L\n" +
+	"\rnode_selector\x18\n" +
+	" \x03(\v2'.berth.v1.ServiceSpec.NodeSelectorEntryR\fnodeSelector\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
+	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
 	"\t_replicas\"J\n" +
@@ -3177,7 +3569,7 @@ const file_berth_proto_rawDesc = "" +
 	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"J\n" +
 	"\bCapacity\x12\x1b\n" +
 	"\tmilli_cpu\x18\x01 \x01(\x03R\bmilliCpu\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xc7\x03\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xb6\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x19\n" +
@@ -3189,7 +3581,11 @@ const file_berth_proto_rawDesc = "" +
 	"\tjoined_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bjoinedAt\x120\n" +
 	"\tallocated\x18\t \x01(\v2\x12.berth.v1.CapacityR\tallocated\x12\x1c\n" +
 	"\tinstances\x18\n" +
-	" \x01(\x05R\tinstances\x1a9\n" +
+	" \x01(\x05R\tinstances\x12\x1a\n" +
+	"\bcordoned\x18\v \x01(\bR\bcordoned\x12\x14\n" +
+	"\x05state\x18\f \x01(\tR\x05state\x12;\n" +
+	"\vstate_since\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"stateSince\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaf\x01\n" +
@@ -3313,9 +3709,25 @@ const file_berth_proto_rawDesc = "" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02ip\x18\x03 \x01(\tR\x02ip\x12\x14\n" +
 	"\x05ready\x18\x04 \x01(\bR\x05ready\x12\x1a\n" +
-	"\bdraining\x18\x05 \x01(\bR\bdraining\"1\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\":\n" +
+	"\x16CreateJoinTokenRequest\x12 \n" +
+	"\vdescription\x18\x01 \x01(\tR\vdescription\"/\n" +
+	"\x17CreateJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"?\n" +
+	"\x11CordonNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06cordon\x18\x02 \x01(\bR\x06cordon\"\x14\n" +
+	"\x12CordonNodeResponse\"&\n" +
+	"\x10DrainNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
+	"\x11DrainNodeResponse\x12-\n" +
+	"\x12instances_draining\x18\x01 \x01(\x05R\x11instancesDraining\"'\n" +
+	"\x11WatchNodesRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"0\n" +
+	"\bNodeList\x12$\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"1\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
-	"\treference\x18\x01 \x01(\tR\treference2\x92\x05\n" +
+	"\treference\x18\x01 \x01(\tR\treference2\xf9\x06\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -3328,13 +3740,19 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"ListImages\x12\x1b.berth.v1.ListImagesRequest\x1a\x1c.berth.v1.ListImagesResponse\x12G\n" +
 	"\n" +
-	"ListEvents\x12\x1b.berth.v1.ListEventsRequest\x1a\x1c.berth.v1.ListEventsResponse2\xc8\x03\n" +
+	"ListEvents\x12\x1b.berth.v1.ListEventsRequest\x1a\x1c.berth.v1.ListEventsResponse\x12V\n" +
+	"\x0fCreateJoinToken\x12 .berth.v1.CreateJoinTokenRequest\x1a!.berth.v1.CreateJoinTokenResponse\x12G\n" +
+	"\n" +
+	"CordonNode\x12\x1b.berth.v1.CordonNodeRequest\x1a\x1c.berth.v1.CordonNodeResponse\x12D\n" +
+	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse2\x89\x04\n" +
 	"\tNodeAgent\x12A\n" +
 	"\bRegister\x12\x19.berth.v1.RegisterRequest\x1a\x1a.berth.v1.RegisterResponse\x12D\n" +
 	"\tHeartbeat\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse\x12N\n" +
 	"\x10WatchAssignments\x12!.berth.v1.WatchAssignmentsRequest\x1a\x15.berth.v1.Assignments0\x01\x12M\n" +
 	"\fReportStatus\x12\x1d.berth.v1.ReportStatusRequest\x1a\x1e.berth.v1.ReportStatusResponse\x12P\n" +
-	"\x0eWatchDiscovery\x12\x1f.berth.v1.WatchDiscoveryRequest\x1a\x1b.berth.v1.DiscoverySnapshot0\x01\x12A\n" +
+	"\x0eWatchDiscovery\x12\x1f.berth.v1.WatchDiscoveryRequest\x1a\x1b.berth.v1.DiscoverySnapshot0\x01\x12?\n" +
+	"\n" +
+	"WatchNodes\x12\x1b.berth.v1.WatchNodesRequest\x1a\x12.berth.v1.NodeList0\x01\x12A\n" +
 	"\n" +
 	"FetchImage\x12\x1b.berth.v1.FetchImageRequest\x1a\x14.berth.v1.ImageChunk0\x01B&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
 
@@ -3350,7 +3768,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
@@ -3403,99 +3821,119 @@ var file_berth_proto_goTypes = []any{
 	(*DiscoveryService)(nil),        // 48: berth.v1.DiscoveryService
 	(*DiscoveryRevision)(nil),       // 49: berth.v1.DiscoveryRevision
 	(*Endpoint)(nil),                // 50: berth.v1.Endpoint
-	(*FetchImageRequest)(nil),       // 51: berth.v1.FetchImageRequest
-	nil,                             // 52: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 53: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 54: berth.v1.Node.LabelsEntry
-	nil,                             // 55: berth.v1.RegisterRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 56: google.protobuf.Timestamp
+	(*CreateJoinTokenRequest)(nil),  // 51: berth.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 52: berth.v1.CreateJoinTokenResponse
+	(*CordonNodeRequest)(nil),       // 53: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 54: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 55: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 56: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 57: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 58: berth.v1.NodeList
+	(*FetchImageRequest)(nil),       // 59: berth.v1.FetchImageRequest
+	nil,                             // 60: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 61: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 62: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 63: berth.v1.Node.LabelsEntry
+	nil,                             // 64: berth.v1.RegisterRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 65: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	52, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	60, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,  // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,  // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,  // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	56, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	56, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	53, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	65, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	65, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	61, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	4,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	5,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	6,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	9,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	7,  // 11: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	8,  // 12: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	3,  // 13: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	56, // 14: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	56, // 15: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	56, // 16: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	11, // 17: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	56, // 18: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	56, // 19: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	54, // 20: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	13, // 21: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	56, // 22: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	56, // 23: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	13, // 24: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	56, // 25: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	1,  // 26: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	17, // 27: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	1,  // 28: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	20, // 29: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	1,  // 30: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	27, // 31: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	15, // 32: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	10, // 33: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	12, // 34: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	27, // 35: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	14, // 36: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	56, // 37: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	34, // 38: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	15, // 39: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	55, // 40: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	13, // 41: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	10, // 42: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	12, // 43: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	12, // 44: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	48, // 45: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	4,  // 46: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	9,  // 47: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	49, // 48: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	50, // 49: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	16, // 50: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	19, // 51: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	22, // 52: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	24, // 53: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	26, // 54: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	29, // 55: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	31, // 56: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	33, // 57: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	36, // 58: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	38, // 59: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	40, // 60: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	42, // 61: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	44, // 62: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	46, // 63: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	51, // 64: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	18, // 65: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	21, // 66: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	23, // 67: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	25, // 68: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	28, // 69: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	30, // 70: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	32, // 71: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	35, // 72: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	37, // 73: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	39, // 74: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	41, // 75: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	43, // 76: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	45, // 77: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	47, // 78: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	31, // 79: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	65, // [65:80] is the sub-list for method output_type
-	50, // [50:65] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	62, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	7,  // 12: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	8,  // 13: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	3,  // 14: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	65, // 15: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	65, // 16: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	65, // 17: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	11, // 18: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	65, // 19: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	65, // 20: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	63, // 21: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	13, // 22: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	65, // 23: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	65, // 24: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	13, // 25: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	65, // 26: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	65, // 27: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	1,  // 28: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	17, // 29: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	1,  // 30: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	20, // 31: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	1,  // 32: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	27, // 33: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	15, // 34: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	10, // 35: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	12, // 36: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	27, // 37: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	14, // 38: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	65, // 39: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	34, // 40: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	15, // 41: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	64, // 42: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	13, // 43: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	10, // 44: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	12, // 45: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	12, // 46: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	48, // 47: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	4,  // 48: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	9,  // 49: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	49, // 50: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	50, // 51: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	14, // 52: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	16, // 53: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	19, // 54: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	22, // 55: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	24, // 56: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	26, // 57: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	29, // 58: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	31, // 59: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	33, // 60: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	36, // 61: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	51, // 62: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
+	53, // 63: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	55, // 64: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	38, // 65: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	40, // 66: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	42, // 67: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	44, // 68: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	46, // 69: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	57, // 70: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	59, // 71: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	18, // 72: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	21, // 73: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	23, // 74: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	25, // 75: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	28, // 76: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	30, // 77: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	32, // 78: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	35, // 79: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	37, // 80: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	52, // 81: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
+	54, // 82: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	56, // 83: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	39, // 84: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	41, // 85: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	43, // 86: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	45, // 87: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	47, // 88: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	58, // 89: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	31, // 90: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	72, // [72:91] is the sub-list for method output_type
+	53, // [53:72] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -3510,7 +3948,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

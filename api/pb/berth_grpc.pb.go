@@ -26,15 +26,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Berth_Apply_FullMethodName         = "/berth.v1.Berth/Apply"
-	Berth_ListServices_FullMethodName  = "/berth.v1.Berth/ListServices"
-	Berth_GetService_FullMethodName    = "/berth.v1.Berth/GetService"
-	Berth_DeleteService_FullMethodName = "/berth.v1.Berth/DeleteService"
-	Berth_ListInstances_FullMethodName = "/berth.v1.Berth/ListInstances"
-	Berth_ListNodes_FullMethodName     = "/berth.v1.Berth/ListNodes"
-	Berth_LoadImage_FullMethodName     = "/berth.v1.Berth/LoadImage"
-	Berth_ListImages_FullMethodName    = "/berth.v1.Berth/ListImages"
-	Berth_ListEvents_FullMethodName    = "/berth.v1.Berth/ListEvents"
+	Berth_Apply_FullMethodName           = "/berth.v1.Berth/Apply"
+	Berth_ListServices_FullMethodName    = "/berth.v1.Berth/ListServices"
+	Berth_GetService_FullMethodName      = "/berth.v1.Berth/GetService"
+	Berth_DeleteService_FullMethodName   = "/berth.v1.Berth/DeleteService"
+	Berth_ListInstances_FullMethodName   = "/berth.v1.Berth/ListInstances"
+	Berth_ListNodes_FullMethodName       = "/berth.v1.Berth/ListNodes"
+	Berth_LoadImage_FullMethodName       = "/berth.v1.Berth/LoadImage"
+	Berth_ListImages_FullMethodName      = "/berth.v1.Berth/ListImages"
+	Berth_ListEvents_FullMethodName      = "/berth.v1.Berth/ListEvents"
+	Berth_CreateJoinToken_FullMethodName = "/berth.v1.Berth/CreateJoinToken"
+	Berth_CordonNode_FullMethodName      = "/berth.v1.Berth/CordonNode"
+	Berth_DrainNode_FullMethodName       = "/berth.v1.Berth/DrainNode"
 )
 
 // BerthClient is the client API for Berth service.
@@ -57,6 +60,14 @@ type BerthClient interface {
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImageChunk, LoadImageResponse], error)
 	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// CreateJoinToken makes a token that agents present to join.
+	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// CordonNode stops (or, with cordon false, resumes) placing new
+	// instances on a node.
+	CordonNode(ctx context.Context, in *CordonNodeRequest, opts ...grpc.CallOption) (*CordonNodeResponse, error)
+	// DrainNode cordons a node and moves its instances elsewhere through the
+	// normal drain path.
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
 }
 
 type berthClient struct {
@@ -160,6 +171,36 @@ func (c *berthClient) ListEvents(ctx context.Context, in *ListEventsRequest, opt
 	return out, nil
 }
 
+func (c *berthClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateJoinTokenResponse)
+	err := c.cc.Invoke(ctx, Berth_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) CordonNode(ctx context.Context, in *CordonNodeRequest, opts ...grpc.CallOption) (*CordonNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CordonNodeResponse)
+	err := c.cc.Invoke(ctx, Berth_CordonNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainNodeResponse)
+	err := c.cc.Invoke(ctx, Berth_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BerthServer is the server API for Berth service.
 // All implementations must embed UnimplementedBerthServer
 // for forward compatibility.
@@ -180,6 +221,14 @@ type BerthServer interface {
 	LoadImage(grpc.ClientStreamingServer[ImageChunk, LoadImageResponse]) error
 	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// CreateJoinToken makes a token that agents present to join.
+	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// CordonNode stops (or, with cordon false, resumes) placing new
+	// instances on a node.
+	CordonNode(context.Context, *CordonNodeRequest) (*CordonNodeResponse, error)
+	// DrainNode cordons a node and moves its instances elsewhere through the
+	// normal drain path.
+	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
 	mustEmbedUnimplementedBerthServer()
 }
 
@@ -216,6 +265,15 @@ func (UnimplementedBerthServer) ListImages(context.Context, *ListImagesRequest) 
 }
 func (UnimplementedBerthServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedBerthServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedBerthServer) CordonNode(context.Context, *CordonNodeRequest) (*CordonNodeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CordonNode not implemented")
+}
+func (UnimplementedBerthServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
 }
 func (UnimplementedBerthServer) mustEmbedUnimplementedBerthServer() {}
 func (UnimplementedBerthServer) testEmbeddedByValue()               {}
@@ -389,6 +447,60 @@ func _Berth_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).CreateJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_CreateJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_CordonNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CordonNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).CordonNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_CordonNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).CordonNode(ctx, req.(*CordonNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Berth_ServiceDesc is the grpc.ServiceDesc for Berth service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -428,6 +540,18 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListEvents",
 			Handler:    _Berth_ListEvents_Handler,
 		},
+		{
+			MethodName: "CreateJoinToken",
+			Handler:    _Berth_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "CordonNode",
+			Handler:    _Berth_CordonNode_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _Berth_DrainNode_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -445,6 +569,7 @@ const (
 	NodeAgent_WatchAssignments_FullMethodName = "/berth.v1.NodeAgent/WatchAssignments"
 	NodeAgent_ReportStatus_FullMethodName     = "/berth.v1.NodeAgent/ReportStatus"
 	NodeAgent_WatchDiscovery_FullMethodName   = "/berth.v1.NodeAgent/WatchDiscovery"
+	NodeAgent_WatchNodes_FullMethodName       = "/berth.v1.NodeAgent/WatchNodes"
 	NodeAgent_FetchImage_FullMethodName       = "/berth.v1.NodeAgent/FetchImage"
 )
 
@@ -462,6 +587,9 @@ type NodeAgentClient interface {
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
 	// WatchDiscovery streams every new discovery snapshot, for node-local DNS.
 	WatchDiscovery(ctx context.Context, in *WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiscoverySnapshot], error)
+	// WatchNodes streams the cluster's nodes whenever their addresses, pod
+	// subnets or readiness change, for routes between nodes.
+	WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error)
 	// FetchImage streams an image tarball uploaded with Berth.LoadImage.
 	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
 }
@@ -542,9 +670,28 @@ func (c *nodeAgentClient) WatchDiscovery(ctx context.Context, in *WatchDiscovery
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgent_WatchDiscoveryClient = grpc.ServerStreamingClient[DiscoverySnapshot]
 
+func (c *nodeAgentClient) WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[2], NodeAgent_WatchNodes_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchNodesRequest, NodeList]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgent_WatchNodesClient = grpc.ServerStreamingClient[NodeList]
+
 func (c *nodeAgentClient) FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[2], NodeAgent_FetchImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[3], NodeAgent_FetchImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -575,6 +722,9 @@ type NodeAgentServer interface {
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
 	// WatchDiscovery streams every new discovery snapshot, for node-local DNS.
 	WatchDiscovery(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoverySnapshot]) error
+	// WatchNodes streams the cluster's nodes whenever their addresses, pod
+	// subnets or readiness change, for routes between nodes.
+	WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[NodeList]) error
 	// FetchImage streams an image tarball uploaded with Berth.LoadImage.
 	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error
 	mustEmbedUnimplementedNodeAgentServer()
@@ -601,6 +751,9 @@ func (UnimplementedNodeAgentServer) ReportStatus(context.Context, *ReportStatusR
 }
 func (UnimplementedNodeAgentServer) WatchDiscovery(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoverySnapshot]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchDiscovery not implemented")
+}
+func (UnimplementedNodeAgentServer) WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[NodeList]) error {
+	return status.Errorf(codes.Unimplemented, "method WatchNodes not implemented")
 }
 func (UnimplementedNodeAgentServer) FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method FetchImage not implemented")
@@ -702,6 +855,17 @@ func _NodeAgent_WatchDiscovery_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgent_WatchDiscoveryServer = grpc.ServerStreamingServer[DiscoverySnapshot]
 
+func _NodeAgent_WatchNodes_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchNodesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeAgentServer).WatchNodes(m, &grpc.GenericServerStream[WatchNodesRequest, NodeList]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgent_WatchNodesServer = grpc.ServerStreamingServer[NodeList]
+
 func _NodeAgent_FetchImage_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(FetchImageRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -742,6 +906,11 @@ var NodeAgent_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchDiscovery",
 			Handler:       _NodeAgent_WatchDiscovery_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchNodes",
+			Handler:       _NodeAgent_WatchNodes_Handler,
 			ServerStreams: true,
 		},
 		{

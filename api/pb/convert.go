@@ -86,12 +86,13 @@ func BadDurations(p *ServiceSpec) []string {
 // FromSpec converts a spec to the wire.
 func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 	p := &ServiceSpec{
-		Image:     s.Image,
-		Command:   s.Command,
-		Args:      s.Args,
-		Env:       s.Env,
-		Replicas:  s.Replicas,
-		Resources: &Resources{Cpu: s.Resources.CPU, Memory: s.Resources.Memory},
+		Image:        s.Image,
+		Command:      s.Command,
+		Args:         s.Args,
+		Env:          s.Env,
+		Replicas:     s.Replicas,
+		Resources:    &Resources{Cpu: s.Resources.CPU, Memory: s.Resources.Memory},
+		NodeSelector: s.NodeSelector,
 	}
 	for _, port := range s.Ports {
 		p.Ports = append(p.Ports, &Port{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
@@ -115,11 +116,12 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 // ToSpec converts a wire spec.
 func ToSpec(p *ServiceSpec) api.ServiceSpec {
 	s := api.ServiceSpec{
-		Image:    p.Image,
-		Command:  p.Command,
-		Args:     p.Args,
-		Env:      p.Env,
-		Replicas: p.Replicas,
+		Image:        p.Image,
+		Command:      p.Command,
+		Args:         p.Args,
+		Env:          p.Env,
+		Replicas:     p.Replicas,
+		NodeSelector: p.NodeSelector,
 	}
 	if r := p.GetResources(); r != nil {
 		s.Resources = api.Resources{CPU: r.Cpu, Memory: r.Memory}
@@ -197,6 +199,7 @@ func FromNode(n *api.Node) *Node {
 		Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Labels: n.Labels,
 		Capacity: &Capacity{MilliCpu: n.Capacity.MilliCPU, MemoryBytes: n.Capacity.MemoryBytes},
 		Ready:    n.Ready, Heartbeat: ts(n.Heartbeat), JoinedAt: ts(n.JoinedAt),
+		Cordoned: n.Cordoned, State: n.State, StateSince: ts(n.StateSince),
 	}
 }
 
@@ -205,6 +208,7 @@ func ToNode(p *Node) api.Node {
 	n := api.Node{
 		Name: p.Name, Address: p.Address, PodCIDR: p.PodCidr, Labels: p.Labels,
 		Ready: p.Ready, Heartbeat: fromTS(p.Heartbeat), JoinedAt: fromTS(p.JoinedAt),
+		Cordoned: p.Cordoned, State: p.State, StateSince: fromTS(p.StateSince),
 	}
 	if c := p.Capacity; c != nil {
 		n.Capacity = api.Capacity{MilliCPU: c.MilliCpu, MemoryBytes: c.MemoryBytes}

@@ -37,7 +37,13 @@ type Config struct {
 	// HeartbeatInterval is what agents are told; a node's lease lives for
 	// three intervals.
 	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
+	// NodeTimeout is the lifetime of a node's heartbeat lease: a node
+	// that misses heartbeats this long is NotReady and its endpoints leave
+	// discovery. Default three heartbeat intervals.
+	NodeTimeout time.Duration
+	// RequireJoinToken makes every NodeAgent call present a join token.
+	RequireJoinToken bool
+	Logger           *slog.Logger
 }
 
 // Server implements pb.BerthServer and pb.NodeAgentServer.
@@ -50,6 +56,7 @@ type Server struct {
 	cache     *store.Cache
 	publisher *controller.Publisher
 	logger    *slog.Logger
+	tokens    tokenCache
 }
 
 // New returns an API server.
@@ -62,6 +69,9 @@ func New(cfg Config, st *store.Store, cache *store.Cache, pub *controller.Publis
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = time.Second
+	}
+	if cfg.NodeTimeout <= 0 {
+		cfg.NodeTimeout = 3 * cfg.HeartbeatInterval
 	}
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("apiserver: image dir: %w", err)
@@ -294,7 +304,7 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	if err := s.store.Heartbeat(ctx, req.Name, 3*s.cfg.HeartbeatInterval); err != nil {
+	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout); err != nil {
 		return nil, storeErr(err)
 	}
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "Registered", Message: fmt.Sprintf("node %s joined with pod subnet %s", req.Name, node.PodCIDR)})
@@ -316,7 +326,7 @@ func validNodeName(name string) error {
 
 // Heartbeat renews a node's lease.
 func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
-	if err := s.store.Heartbeat(ctx, req.Name, 3*s.cfg.HeartbeatInterval); err != nil {
+	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout); err != nil {
 		return nil, storeErr(err)
 	}
 	return &pb.HeartbeatResponse{}, nil

@@ -39,14 +39,17 @@ type Config struct {
 	DrainDelay time.Duration
 	// Resync re-runs the loops without a change, for time-based steps.
 	Resync time.Duration
-	Logger *slog.Logger
+	// LostGrace is how long a node may stay NotReady before it is Lost:
+	// its instances are then deleted and replaced on other nodes.
+	LostGrace time.Duration
+	Logger    *slog.Logger
 	// Registerer receives the controllers' metrics; may be nil.
 	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns production defaults.
 func DefaultConfig() Config {
-	return Config{DrainDelay: 5 * time.Second, Resync: time.Second}
+	return Config{DrainDelay: 5 * time.Second, Resync: time.Second, LostGrace: 10 * time.Second}
 }
 
 // Controller runs the reconcile loops.
@@ -73,6 +76,9 @@ func New(cfg Config, st *store.Store, cache *store.Cache, acks Acker) *Controlle
 	}
 	if cfg.Resync <= 0 {
 		cfg.Resync = time.Second
+	}
+	if cfg.LostGrace <= 0 {
+		cfg.LostGrace = 10 * time.Second
 	}
 	c := &Controller{
 		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), acks: acks,
@@ -122,6 +128,10 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	v := c.cache.View()
 	var errs []error
 	// Each step commits on its own: the next one reads a fresh view.
+	if err := c.reconcileNodes(ctx, v); err != nil {
+		errs = append(errs, err)
+	}
+	v = c.cache.View()
 	if err := c.reconcileReplicas(ctx, v); err != nil {
 		errs = append(errs, err)
 	}
@@ -142,6 +152,74 @@ func (c *Controller) event(ctx context.Context, ns, object, reason, typ, format 
 	if err := c.store.RecordEvent(ctx, ev); err != nil {
 		c.logger.Warn("record event failed", "err", err)
 	}
+}
+
+// reconcileNodes moves nodes between Ready, NotReady and Lost, and
+// replaces the instances of Lost nodes: they are deleted, so the replica
+// loop creates new ones elsewhere, and a node that comes back finds no
+// assignment for its old containers and stops them (fencing by identity:
+// a deleted instance is never assigned again).
+func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
+	now := c.now().UTC()
+	var errs []error
+	for _, n := range v.Nodes {
+		live := v.LiveNodes[n.Name]
+		var next string
+		switch {
+		case live && n.State != api.NodeReady:
+			next = api.NodeReady
+		case !live && (n.State == api.NodeReady || n.State == ""):
+			next = api.NodeNotReady
+		case !live && n.State == api.NodeNotReady && now.Sub(n.StateSince) >= c.cfg.LostGrace:
+			next = api.NodeLost
+		}
+		if next != "" {
+			heartbeat := n.Heartbeat
+			_, err := c.store.UpdateNode(ctx, n.Name, func(m *api.Node) bool {
+				if m.State == next {
+					return false
+				}
+				m.State, m.StateSince = next, now
+				if heartbeat.After(m.Heartbeat) {
+					m.Heartbeat = heartbeat
+				}
+				return true
+			})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			switch next {
+			case api.NodeReady:
+				c.event(ctx, "", "node/"+n.Name, "NodeReady", "Normal", "node %s is ready", n.Name)
+			case api.NodeNotReady:
+				c.event(ctx, "", "node/"+n.Name, "NodeNotReady", "Warning", "node %s missed its heartbeats (last %s); its endpoints left discovery", n.Name, heartbeat.Format(time.RFC3339))
+			case api.NodeLost:
+				c.event(ctx, "", "node/"+n.Name, "NodeLost", "Warning", "node %s lost after %s NotReady; its instances are replaced elsewhere", n.Name, c.cfg.LostGrace)
+			}
+			n.State = next
+		}
+		if n.State != api.NodeLost || live {
+			continue
+		}
+		var changes []store.InstanceChange
+		for _, vi := range v.Instances {
+			if vi.Instance.Node == n.Name {
+				changes = append(changes, store.InstanceChange{Instance: vi.Instance, ModRevision: vi.ModRevision, Delete: true})
+			}
+		}
+		if len(changes) == 0 {
+			continue
+		}
+		if err := c.store.CommitInstances(ctx, changes); err != nil {
+			errs = append(errs, fmt.Errorf("controller: replace instances of lost node %s: %w", n.Name, err))
+			continue
+		}
+		for _, ch := range changes {
+			c.event(ctx, ch.Instance.Namespace, "service/"+ch.Instance.Service, "Replaced", "Warning", "instance %s was on lost node %s; a replacement is scheduled elsewhere", ch.Instance.ID, n.Name)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ReplicaPlan is what the replica loop decided for one service: instances

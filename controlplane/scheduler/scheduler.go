@@ -107,6 +107,8 @@ type Scheduler struct {
 // cost: cheap checks first.
 //
 //   - NodeReady: a node whose heartbeat lapsed gets nothing new.
+//   - Schedulable: a cordoned node gets nothing new.
+//   - Selector: the node carries every label of the nodeSelector.
 //   - Resources: requests must fit in allocatable minus allocated.
 //
 // Scores, weighted:
@@ -116,7 +118,7 @@ type Scheduler struct {
 //     service, so one node's loss takes as few replicas as possible.
 func New() *Scheduler {
 	return &Scheduler{
-		filters: []Filter{NodeReady, Resources},
+		filters: []Filter{NodeReady, Schedulable, Selector, Resources},
 		scores: []weighted{
 			{LeastAllocated{}, 1},
 			{Spread{}, 2},
@@ -128,6 +130,24 @@ func New() *Scheduler {
 var NodeReady = FilterFunc{N: "NodeReady", F: func(_ *api.Instance, n *NodeInfo) (string, bool) {
 	if !n.Ready {
 		return "not ready", false
+	}
+	return "", true
+}}
+
+// Schedulable rejects cordoned nodes.
+var Schedulable = FilterFunc{N: "Schedulable", F: func(_ *api.Instance, n *NodeInfo) (string, bool) {
+	if n.Node.Cordoned {
+		return "cordoned", false
+	}
+	return "", true
+}}
+
+// Selector rejects nodes without the labels the instance asks for.
+var Selector = FilterFunc{N: "Selector", F: func(in *api.Instance, n *NodeInfo) (string, bool) {
+	for k, want := range in.Template.NodeSelector {
+		if got, ok := n.Node.Labels[k]; !ok || got != want {
+			return "node selector mismatch", false
+		}
 	}
 	return "", true
 }}

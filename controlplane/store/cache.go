@@ -45,6 +45,18 @@ type View struct {
 	Nodes     []api.Node
 	// LiveNodes holds the nodes whose heartbeat lease is alive.
 	LiveNodes map[string]bool
+	// Heartbeats holds the time of each live node's last heartbeat.
+	Heartbeats map[string]time.Time
+}
+
+// Node returns the named node from the view, or nil.
+func (v *View) Node(name string) *api.Node {
+	for i := range v.Nodes {
+		if v.Nodes[i].Name == name {
+			return &v.Nodes[i]
+		}
+	}
+	return nil
 }
 
 // Service returns ns/name from the view, or nil.
@@ -194,7 +206,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}}
+	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}}
 	for key, kv := range c.kvs {
 		switch {
 		case strings.HasPrefix(key, ServicesPrefix):
@@ -218,14 +230,22 @@ func (c *Cache) View() *View {
 				v.Nodes = append(v.Nodes, n)
 			}
 		case strings.HasPrefix(key, LeasesPrefix):
-			v.LiveNodes[strings.TrimPrefix(key, LeasesPrefix)] = true
+			name := strings.TrimPrefix(key, LeasesPrefix)
+			v.LiveNodes[name] = true
+			if t, err := time.Parse(time.RFC3339Nano, string(kv.value)); err == nil {
+				v.Heartbeats[name] = t
+			}
 		}
 	}
 	sort.Slice(v.Services, func(i, j int) bool { return v.Services[i].Key() < v.Services[j].Key() })
 	sort.Slice(v.Instances, func(i, j int) bool { return v.Instances[i].Instance.ID < v.Instances[j].Instance.ID })
 	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Name < v.Nodes[j].Name })
 	for i := range v.Nodes {
-		v.Nodes[i].Ready = v.LiveNodes[v.Nodes[i].Name]
+		n := &v.Nodes[i]
+		n.Ready = v.LiveNodes[n.Name]
+		if t, ok := v.Heartbeats[n.Name]; ok && t.After(n.Heartbeat) {
+			n.Heartbeat = t
+		}
 	}
 	c.view = v
 	return v

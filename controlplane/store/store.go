@@ -45,6 +45,7 @@ const (
 	LeasesPrefix    = "/berth/leases/nodes/"
 	ImagesPrefix    = "/berth/images/"
 	EventsPrefix    = "/berth/events/"
+	ElectionsPrefix = "/berth/election/"
 )
 
 // Sentinel errors.
@@ -406,9 +407,13 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		node := n
 		node.Heartbeat = now
 		node.Ready = true
+		node.State, node.StateSince = api.NodeReady, now
 		cmp := clientv3.Compare(clientv3.CreateRevision(nodeKey(n.Name)), "=", 0)
 		if existing != nil {
-			node.PodCIDR, node.JoinedAt = existing.PodCIDR, existing.JoinedAt
+			node.PodCIDR, node.JoinedAt, node.Cordoned = existing.PodCIDR, existing.JoinedAt, existing.Cordoned
+			if existing.State == api.NodeReady {
+				node.StateSince = existing.StateSince
+			}
 			cmp = clientv3.Compare(clientv3.ModRevision(nodeKey(n.Name)), "=", existingRev)
 		} else {
 			node.JoinedAt = now
@@ -445,18 +450,23 @@ func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool) (string, e
 }
 
 // Heartbeat keeps a node's lease key alive, creating the lease when there
-// is none. A node whose lease expired is NotReady.
+// is none, and records the time of the heartbeat as the key's value. A node
+// whose lease expired is NotReady.
 func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration) error {
+	now := s.now().UTC().Format(time.RFC3339Nano)
 	resp, err := s.cli.Get(ctx, leaseKey(name))
 	if err != nil {
 		return fmt.Errorf("store: heartbeat %s: %w", name, err)
 	}
 	if len(resp.Kvs) > 0 && resp.Kvs[0].Lease != 0 {
-		if _, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err == nil {
-			return nil
+		lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+		if _, err := s.cli.KeepAliveOnce(ctx, lease); err == nil {
+			if _, err := s.cli.Put(ctx, leaseKey(name), now, clientv3.WithLease(lease)); err == nil {
+				return nil
+			}
 		}
 	}
-	secs := int64(ttl / time.Second)
+	secs := int64((ttl + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
@@ -464,10 +474,80 @@ func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration) e
 	if err != nil {
 		return fmt.Errorf("store: heartbeat %s: grant lease: %w", name, err)
 	}
-	if _, err := s.cli.Put(ctx, leaseKey(name), s.now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := s.cli.Put(ctx, leaseKey(name), now, clientv3.WithLease(lease.ID)); err != nil {
 		return fmt.Errorf("store: heartbeat %s: %w", name, err)
 	}
 	return nil
+}
+
+// UpdateNode applies change to a node with compare-and-swap, retrying on
+// conflicts. change returns false to skip the write.
+func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.Node) bool) (*api.Node, error) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		resp, err := s.cli.Get(ctx, nodeKey(name))
+		if err != nil {
+			return nil, fmt.Errorf("store: get node %s: %w", name, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, fmt.Errorf("node %s: %w", name, ErrNotFound)
+		}
+		var n api.Node
+		if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+			return nil, fmt.Errorf("store: decode node %s: %w", name, err)
+		}
+		if !change(&n) {
+			return &n, nil
+		}
+		txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(nodeKey(name)), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(nodeKey(name), mustJSON(n))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("store: update node %s: %w", name, err)
+		}
+		if txn.Succeeded {
+			return &n, nil
+		}
+	}
+	return nil, fmt.Errorf("store: update node %s: %w", name, ErrConflict)
+}
+
+// TokensPrefix holds join tokens by their SHA-256; the token itself is
+// never stored.
+const TokensPrefix = "/berth/tokens/"
+
+// JoinToken describes a join token.
+type JoinToken struct {
+	Description string    `json:"description,omitempty"`
+	CreatedAt   time.Time `json:"createdAt"`
+}
+
+func tokenKey(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return TokensPrefix + hex.EncodeToString(sum[:])
+}
+
+// CreateJoinToken makes a new random join token and stores its hash.
+func (s *Store) CreateJoinToken(ctx context.Context, description string) (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("store: create join token: %w", err)
+	}
+	token := "berth-" + hex.EncodeToString(b)
+	if _, err := s.cli.Put(ctx, tokenKey(token), mustJSON(JoinToken{Description: description, CreatedAt: s.now().UTC()})); err != nil {
+		return "", fmt.Errorf("store: create join token: %w", err)
+	}
+	return token, nil
+}
+
+// CheckJoinToken reports whether token is a valid join token.
+func (s *Store) CheckJoinToken(ctx context.Context, token string) (bool, error) {
+	if token == "" {
+		return false, nil
+	}
+	resp, err := s.cli.Get(ctx, tokenKey(token), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("store: check join token: %w", err)
+	}
+	return resp.Count > 0, nil
 }
 
 // Image is an uploaded image tarball that agents import.
