@@ -85,7 +85,14 @@ func TestClusterEndToEnd(t *testing.T) {
 	gw := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "e2e-gateway", "--metrics-addr", "")
 	gwAddr := gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
 
-	agentArgs := []string{"--server", api, "agent", "--node-name", "e2e-node", "--containerd-namespace", e2eNamespace,
+	// Agents join with a token; a wrong one is refused with a clear error.
+	_, errOut, code := berth(t, api, "agent", "--join-token", "berth-wrong", "--node-name", "intruder", "--containerd-namespace", e2eNamespace,
+		"--bridge", e2eBridge, "--state-dir", filepath.Join(t.TempDir(), "intruder"), "--metrics-addr", "")
+	if code == 0 || !strings.Contains(errOut, "join token rejected") {
+		t.Fatalf("agent with a wrong token: exit %d, stderr %q", code, errOut)
+	}
+	token := strings.TrimSpace(mustBerth(t, api, "token", "create", "--description", "e2e"))
+	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--node-name", "e2e-node", "--containerd-namespace", e2eNamespace,
 		"--bridge", e2eBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s"}
 	agent := startProc(t, "agent", agentArgs...)
 	eventually(t, 30*time.Second, "node Ready", func() (bool, string) {
@@ -103,7 +110,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	// nothing is stored.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: ok}\nspec: {image: x}\n---\napiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  image: x\n  replicas: -1\n  ports: [{name: http, port: 8080, prot: http}]\n"), 0o644)
-	_, errOut, code := berth(t, api, "apply", "-f", bad)
+	_, errOut, code = berth(t, api, "apply", "-f", bad)
 	if code == 0 || !strings.Contains(errOut, "bad.yaml") || !strings.Contains(errOut, "document 2") ||
 		!strings.Contains(errOut, "spec.ports[0].prot") || !strings.Contains(errOut, "spec.replicas") {
 		t.Fatalf("bad manifest: exit %d, stderr %q", code, errOut)

@@ -42,6 +42,8 @@ type Config struct {
 	Name string
 	// ServerAddr is the control plane's API address.
 	ServerAddr string
+	// JoinToken is presented on every call (from `berth token create`).
+	JoinToken string
 	// Address is the node's IP as other nodes reach it.
 	Address string
 	// Labels are reported with the node.
@@ -125,7 +127,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DNSPort == 0 {
 		cfg.DNSPort = 53
 	}
-	conn, err := grpc.NewClient(cfg.ServerAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(cfg.ServerAddr, append(pb.WithJoinToken(cfg.JoinToken), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return nil, fmt.Errorf("agent: control plane address %q: %w", cfg.ServerAddr, err)
 	}
@@ -191,8 +193,8 @@ func (a *Agent) register(ctx context.Context) (*pb.RegisterResponse, error) {
 		if err == nil {
 			return resp, nil
 		}
-		if status.Code(err) == codes.InvalidArgument {
-			return nil, fmt.Errorf("agent: register: %w", err)
+		if c := status.Code(err); c == codes.InvalidArgument || c == codes.Unauthenticated {
+			return nil, fmt.Errorf("agent: register with %s: %s", a.cfg.ServerAddr, status.Convert(err).Message())
 		}
 		a.logger.Warn("cannot register with the control plane, retrying", "server", a.cfg.ServerAddr, "err", err)
 		select {
@@ -252,6 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	hb := time.Duration(reg.HeartbeatIntervalMs) * time.Millisecond
 	goRun(func(ctx context.Context) { a.heartbeat(ctx, hb) })
 	goRun(a.followDiscovery)
+	goRun(a.followNodes)
 	assignments := make(chan *pb.Assignments, 1)
 	goRun(func(ctx context.Context) { a.followAssignments(ctx, assignments) })
 	exits, err := a.rt.Exits(ctx)

@@ -266,9 +266,15 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 				}
 				fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tLAST-HEARTBEAT\tAGE")
 				for _, n := range resp.Nodes {
-					st := "NotReady"
-					if n.Ready {
-						st = "Ready"
+					st := n.State
+					if st == "" {
+						st = "NotReady"
+						if n.Ready {
+							st = "Ready"
+						}
+					}
+					if n.Cordoned {
+						st += ",Cordoned"
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
 						n.Allocated.GetMilliCpu(), n.Capacity.GetMilliCpu(), mib(n.Allocated.GetMemoryBytes()), mib(n.Capacity.GetMemoryBytes()),

@@ -38,6 +38,10 @@ type serverFlags struct {
 	clusterCIDR  string
 	dnsTTL       time.Duration
 	dnsUpstreams []string
+	requireToken bool
+	nodeTimeout  time.Duration
+	lostGrace    time.Duration
+	name         string
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
@@ -50,6 +54,11 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one /24 per node")
 	cmd.Flags().DurationVar(&f.dnsTTL, "dns-ttl", 5*time.Second, "TTL of service DNS records; a stopped endpoint leaves DNS this long before its container stops")
 	cmd.Flags().StringSliceVar(&f.dnsUpstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
+	def := controlplane.DefaultConfig()
+	cmd.Flags().BoolVar(&f.requireToken, "require-join-token", def.RequireJoinToken, "agents must present a token from `berth token create`")
+	cmd.Flags().DurationVar(&f.nodeTimeout, "node-timeout", def.NodeTimeout, "a node that misses heartbeats this long is NotReady and its endpoints leave DNS and the gateways")
+	cmd.Flags().DurationVar(&f.lostGrace, "lost-grace", def.LostGrace, "a node NotReady this long is Lost and its instances are replaced on other nodes")
+	cmd.Flags().StringVar(&f.name, "name", "", "this replica's name in the leader election (default: its API address)")
 }
 
 func (f *serverFlags) upstreams(logger *slog.Logger) []string {
@@ -96,6 +105,8 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg := controlplane.DefaultConfig()
 	cfg.DataDir, cfg.EtcdEndpoints, cfg.APIAddr, cfg.ClusterCIDR = f.dataDir, f.etcd, f.apiAddr, f.clusterCIDR
 	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
+	cfg.RequireJoinToken, cfg.NodeTimeout, cfg.LostGrace, cfg.Name = f.requireToken, f.nodeTimeout, f.lostGrace, f.name
+	cfg.HeartbeatInterval = f.nodeTimeout / 4
 	c.cp, err = controlplane.New(ctx, cfg, xsrv, sinks...)
 	if err != nil {
 		return nil, err
@@ -176,6 +187,7 @@ func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, erro
 
 // agentFlags are shared by `berth agent` and `berth dev`.
 type agentFlags struct {
+	token     string
 	name      string
 	address   string
 	socket    string
@@ -190,6 +202,9 @@ type agentFlags struct {
 func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 	def := nodeagent.DefaultConfig()
 	cmd.Flags().StringVar(&f.name, "node-name", def.Name, "this node's name")
+	if cmd.Name() == "agent" {
+		cmd.Flags().StringVar(&f.token, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create` (env BERTH_JOIN_TOKEN)")
+	}
 	cmd.Flags().StringVar(&f.address, "node-address", def.Address, "this node's IP address as other nodes reach it")
 	cmd.Flags().StringVar(&f.socket, "containerd-socket", def.Runtime.Socket, "containerd's socket")
 	cmd.Flags().StringVar(&f.namespace, "containerd-namespace", def.Runtime.Namespace, "containerd namespace for Berth's containers and images")
@@ -202,7 +217,7 @@ func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 
 func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration, upstreams []string, reg prometheus.Registerer, logger *slog.Logger) nodeagent.Config {
 	cfg := nodeagent.DefaultConfig()
-	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels = f.name, server, f.address, f.labels
+	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels, cfg.JoinToken = f.name, server, f.address, f.labels, f.token
 	cfg.Runtime.Socket, cfg.Runtime.Namespace, cfg.Runtime.StateDir, cfg.Runtime.BridgeName = f.socket, f.namespace, f.stateDir, f.bridge
 	cfg.Runtime.NetworkName = f.bridge
 	cfg.DNSPort, cfg.DNSTTL, cfg.DNSUpstreams = f.dnsPort, dnsTTL, upstreams
@@ -260,6 +275,16 @@ the same services back.`,
 				return fmt.Errorf("gateway: %w", err)
 			}
 			grp.go_("gateway", gw.Run)
+			if sf.requireToken {
+				// The in-process agent joins like any other: with a token.
+				tok, err := cp.cp.Store().CreateJoinToken(ctx, "berth dev local agent")
+				if err != nil {
+					grp.cancel()
+					_ = grp.wait()
+					return err
+				}
+				af.token = tok
+			}
 			acfg := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
 			agent, err := nodeagent.New(acfg)
 			if err != nil {
