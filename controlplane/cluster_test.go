@@ -253,3 +253,32 @@ func TestLeaderFailover(t *testing.T) {
 		return len(l.GetInstances()) == 2, l.String()
 	})
 }
+
+func TestConcurrentJoinsGetDistinctSubnets(t *testing.T) {
+	h := start(t)
+	const n = 12
+	subnets := make(chan string, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			r, err := h.agent.Register(context.Background(), &pb.RegisterRequest{Name: fmt.Sprintf("node-%d", i)})
+			if err != nil {
+				errs <- err
+				return
+			}
+			subnets <- r.PodCidr
+		}()
+	}
+	seen := map[string]bool{}
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case s := <-subnets:
+			if seen[s] {
+				t.Fatalf("subnet %s handed out twice", s)
+			}
+			seen[s] = true
+		}
+	}
+}

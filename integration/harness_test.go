@@ -160,13 +160,26 @@ type proc struct {
 
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startCommand(t, name, berthBin, args...)
+}
+
+// startInNetns runs berth inside a network namespace (nsenter changes only
+// the network namespace, so the agent's netns bind mounts stay visible to
+// containerd).
+func startInNetns(t *testing.T, name, netns string, args ...string) *proc {
+	t.Helper()
+	return startCommand(t, name, "nsenter", append([]string{"--net=/run/netns/" + netns, berthBin}, args...)...)
+}
+
+func startCommand(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, name: name, lines: make(chan string, 100), logf: logf, done: make(chan error, 1)}
-	p.cmd = exec.Command(berthBin, args...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stderr = logf
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -341,4 +354,20 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() (bool
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, state)
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -12,6 +12,7 @@
 //	/berth/status/<id>                   api.InstanceStatus (observed)
 //	/berth/nodes/<name>                  api.Node
 //	/berth/leases/nodes/<name>           heartbeat key on an etcd lease
+//	/berth/subnets/<cidr>                the node holding a pod subnet
 //	/berth/images/<digest>               Image (uploaded tarballs)
 //	/berth/events/<unixnano>-<seq>       Event, on a one-hour lease
 package store
@@ -46,6 +47,8 @@ const (
 	ImagesPrefix    = "/berth/images/"
 	EventsPrefix    = "/berth/events/"
 	ElectionsPrefix = "/berth/election/"
+	// SubnetsPrefix records which node holds each pod subnet.
+	SubnetsPrefix = "/berth/subnets/"
 )
 
 // Sentinel errors.
@@ -403,26 +406,40 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 			}
 			used[old.PodCIDR] = true
 		}
+		claimed, err := s.cli.Get(ctx, SubnetsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return nil, fmt.Errorf("store: list subnets: %w", err)
+		}
+		for _, kv := range claimed.Kvs {
+			used[strings.ReplaceAll(strings.TrimPrefix(string(kv.Key), SubnetsPrefix), "_", "/")] = true
+		}
 		now := s.now().UTC()
 		node := n
 		node.Heartbeat = now
 		node.Ready = true
 		node.State, node.StateSince = api.NodeReady, now
-		cmp := clientv3.Compare(clientv3.CreateRevision(nodeKey(n.Name)), "=", 0)
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(nodeKey(n.Name)), "=", 0)}
+		var ops []clientv3.Op
 		if existing != nil {
 			node.PodCIDR, node.JoinedAt, node.Cordoned = existing.PodCIDR, existing.JoinedAt, existing.Cordoned
 			if existing.State == api.NodeReady {
 				node.StateSince = existing.StateSince
 			}
-			cmp = clientv3.Compare(clientv3.ModRevision(nodeKey(n.Name)), "=", existingRev)
+			cmps = []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(nodeKey(n.Name)), "=", existingRev)}
 		} else {
 			node.JoinedAt = now
 			node.PodCIDR, err = freeSubnet(cluster, subnetBits, used)
 			if err != nil {
 				return nil, err
 			}
+			// Claim the subnet in the same transaction: two nodes joining
+			// at once can never get the same one.
+			sk := SubnetsPrefix + strings.ReplaceAll(node.PodCIDR, "/", "_")
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(sk), "=", 0))
+			ops = append(ops, clientv3.OpPut(sk, n.Name))
 		}
-		txn, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(nodeKey(n.Name), mustJSON(node))).Commit()
+		ops = append(ops, clientv3.OpPut(nodeKey(n.Name), mustJSON(node)))
+		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("store: register node %s: %w", n.Name, err)
 		}

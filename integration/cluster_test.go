@@ -1,0 +1,343 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/miekg/dns"
+)
+
+// The multi-node harness: every node is a network namespace with a veth
+// to a host bridge the harness creates, running its own `berth agent`
+// (entered with nsenter) with its own containerd namespace; the agents
+// build their node bridges inside their namespaces and route to each
+// other's pod subnets (host-gw). Addresses: host bridge 10.213.64.1/24,
+// nodes 10.213.64.11-13, pods from 10.213.208.0/20.
+const (
+	mnHostBridge  = "berthmnh0"
+	mnHostIP      = "10.213.64.1"
+	mnClusterCIDR = "10.213.208.0/20"
+	mnNodeBridge  = "berthmn0"
+)
+
+type mnNode struct {
+	name, netns, addr, veth, ctrNS string
+	stateDir                       string
+	agent                          *proc
+}
+
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func ipQuiet(args ...string) { _ = exec.Command("ip", args...).Run() }
+
+type mnCluster struct {
+	t       *testing.T
+	api     string
+	hostDNS string
+	gw      string
+	token   string
+	nodes   []*mnNode
+	ctrd    *containerd.Client
+	routes  []string
+}
+
+func (c *mnCluster) removeNetwork() {
+	for _, r := range c.routes {
+		ipQuiet("route", "del", r)
+	}
+	for _, n := range c.nodes {
+		ipQuiet("netns", "del", n.netns)
+		ipQuiet("link", "del", n.veth)
+	}
+	ipQuiet("link", "del", mnHostBridge)
+}
+
+// removeContainers kills what a dead node left behind directly through
+// containerd (its agent is gone) and drops the namespace's state.
+func (c *mnCluster) removeContainers(n *mnNode) {
+	ctx := namespaces.WithNamespace(context.Background(), n.ctrNS)
+	list, err := c.ctrd.Containers(ctx)
+	if err != nil {
+		return
+	}
+	for _, ctr := range list {
+		if task, err := ctr.Task(ctx, nil); err == nil {
+			_ = task.Kill(ctx, syscall.SIGKILL)
+			if ch, err := task.Wait(ctx); err == nil {
+				select {
+				case <-ch:
+				case <-time.After(5 * time.Second):
+				}
+			}
+			_, _ = task.Delete(ctx, containerd.WithProcessKill)
+		}
+		_ = ctr.Delete(ctx, containerd.WithSnapshotCleanup)
+		ipQuiet("netns", "del", n.ctrNS+"-"+ctr.ID())
+	}
+}
+
+func startCluster(t *testing.T, nodes int) *mnCluster {
+	t.Helper()
+	ctrd, err := containerd.New("/run/containerd/containerd.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &mnCluster{t: t, ctrd: ctrd}
+	for i := 1; i <= nodes; i++ {
+		c.nodes = append(c.nodes, &mnNode{
+			name: fmt.Sprintf("n%d", i), netns: fmt.Sprintf("berthmn-n%d", i), addr: fmt.Sprintf("10.213.64.%d", 10+i),
+			veth: fmt.Sprintf("berthmnv%d", i), ctrNS: fmt.Sprintf("berth-mn-n%d", i), stateDir: filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i)),
+		})
+	}
+	// Leftovers of an aborted run first.
+	for _, n := range c.nodes {
+		c.removeContainers(n)
+	}
+	c.removeNetwork()
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			if n.agent != nil {
+				n.agent.stop(syscall.SIGTERM, 30*time.Second)
+			}
+			c.removeContainers(n)
+		}
+		c.removeNetwork()
+		ctrd.Close()
+	})
+
+	ip(t, "link", "add", mnHostBridge, "type", "bridge")
+	ip(t, "addr", "add", mnHostIP+"/24", "dev", mnHostBridge)
+	ip(t, "link", "set", mnHostBridge, "up")
+	for _, n := range c.nodes {
+		ip(t, "netns", "add", n.netns)
+		ip(t, "link", "add", n.veth, "type", "veth", "peer", "name", "eth0", "netns", n.netns)
+		ip(t, "link", "set", n.veth, "master", mnHostBridge, "up")
+		ip(t, "-n", n.netns, "addr", "add", n.addr+"/24", "dev", "eth0")
+		ip(t, "-n", n.netns, "link", "set", "eth0", "up")
+		ip(t, "-n", n.netns, "link", "set", "lo", "up")
+	}
+
+	data := t.TempDir()
+	server := startProc(t, "server", "server", "--data-dir", data, "--api-addr", mnHostIP+":0", "--xds-addr", "127.0.0.1:0",
+		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--cluster-cidr", mnClusterCIDR, "--dns-ttl", "1s",
+		"--dns-upstream", "127.0.0.1:9", "--node-timeout", "2s", "--lost-grace", "5s")
+	m := server.waitLine(`api (\S+), xds (\S+), dns (\S+),`, 60*time.Second)
+	c.api, c.hostDNS = m[1], m[3]
+	gw := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", m[2], "--node-id", "mn-gateway", "--metrics-addr", "")
+	c.gw = gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
+	c.token = strings.TrimSpace(mustBerth(t, c.api, "token", "create"))
+	for _, n := range c.nodes {
+		c.startAgent(n)
+	}
+	eventually(t, 60*time.Second, "all nodes Ready", func() (bool, string) {
+		out := mustBerth(t, c.api, "get", "nodes")
+		return strings.Count(out, " Ready ") == nodes, out
+	})
+	// The gateway runs on the host: give the host the same host-gw routes
+	// the agents program among themselves.
+	var list []struct {
+		Name    string `json:"name"`
+		Address string `json:"address"`
+		PodCidr string `json:"podCidr"`
+	}
+	if err := json.Unmarshal([]byte(mustBerth(t, c.api, "get", "nodes", "-o", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range list {
+		ip(t, "route", "replace", n.PodCidr, "via", n.Address)
+		c.routes = append(c.routes, n.PodCidr)
+	}
+	return c
+}
+
+func (c *mnCluster) startAgent(n *mnNode) {
+	n.agent = startInNetns(c.t, "agent-"+n.name, n.netns, "--server", c.api, "agent", "--join-token", c.token,
+		"--node-name", n.name, "--node-address", n.addr, "--containerd-namespace", n.ctrNS, "--bridge", mnNodeBridge,
+		"--state-dir", n.stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
+		"--stop-grace", "2s", "--stop-on-exit")
+}
+
+func (c *mnCluster) node(name string) *mnNode {
+	for _, n := range c.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+func perNode(ivs []instanceView) map[string]int {
+	m := map[string]int{}
+	for _, iv := range ivs {
+		m[iv.Instance.Node]++
+	}
+	return m
+}
+
+func dnsIPs(t *testing.T, server, name string) map[string]bool {
+	r, err := lookupA(t, server, name)
+	got := map[string]bool{}
+	if err != nil {
+		return got
+	}
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			got[a.A.String()] = true
+		}
+	}
+	return got
+}
+
+func TestMultiNodeCluster(t *testing.T) {
+	requireContainerd(t)
+	c := startCluster(t, 3)
+	api := c.api
+	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "hello.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "manifests/examples/hello.yaml")), "replicas: 3", "replicas: 6", 1))
+	writeFile(t, filepath.Join(dir, "client.yaml"), readFile(t, filepath.Join(repoRoot, "manifests/examples/client.yaml")))
+	mustBerth(t, api, "apply", "-f", dir, "--wait", "--timeout", "2m")
+
+	t.Run("6 replicas spread 2/2/2", func(t *testing.T) {
+		spread := perNode(readyInstances(instances(t, api, "hello")))
+		if spread["n1"] != 2 || spread["n2"] != 2 || spread["n3"] != 2 {
+			t.Fatalf("spread = %v", spread)
+		}
+	})
+
+	t.Run("containers reach each other across nodes by name", func(t *testing.T) {
+		client := readyInstances(instances(t, api, "client"))[0]
+		nodeOf := map[string]string{}
+		for _, iv := range instances(t, api, "hello") {
+			nodeOf[iv.Instance.ID] = iv.Instance.Node
+		}
+		remote := 0
+		for i := 0; i < 30; i++ {
+			req, _ := http.NewRequest("GET", "http://"+client.Status.IP+":8080/call?url=http://hello:8080/", nil)
+			var r callReply
+			if code := getJSON(t, &http.Client{Timeout: 15 * time.Second}, req, &r); code != 200 || r.Status != 200 {
+				t.Fatalf("call from %s on %s: %d %+v", client.Instance.ID, client.Instance.Node, code, r)
+			}
+			var h helloReply
+			json.Unmarshal([]byte(r.Body), &h)
+			if nodeOf[h.Instance] != client.Instance.Node {
+				remote++
+			}
+		}
+		if remote == 0 {
+			t.Fatal("30 calls from the client never reached a replica on another node")
+		}
+		// And the gateway on the host reaches every node.
+		seen := map[string]bool{}
+		for i := 0; i < 60; i++ {
+			req, _ := http.NewRequest("GET", "http://"+c.gw+"/", nil)
+			req.Host = "hello.example.test"
+			var h helloReply
+			if code := getJSON(t, &http.Client{Timeout: 5 * time.Second}, req, &h); code != 200 {
+				t.Fatalf("gateway: %d", code)
+			}
+			seen[nodeOf[h.Instance]] = true
+		}
+		if len(seen) != 3 {
+			t.Fatalf("gateway reached nodes %v, want all 3", seen)
+		}
+	})
+
+	// lose kills or cuts a node and checks that its endpoints leave DNS,
+	// then that replacements serve elsewhere.
+	lose := func(t *testing.T, victim string, cut func()) {
+		before := instances(t, api, "hello")
+		victimIPs := map[string]bool{}
+		for _, iv := range before {
+			if iv.Instance.Node == victim {
+				victimIPs[iv.Status.IP] = true
+			}
+		}
+		cut()
+		start := time.Now()
+		eventually(t, 10*time.Second, "victim's endpoints out of DNS", func() (bool, string) {
+			got := dnsIPs(t, c.hostDNS, "hello.default.svc.berth.internal")
+			for ip := range victimIPs {
+				if got[ip] {
+					return false, fmt.Sprint(got)
+				}
+			}
+			return len(got) > 0, fmt.Sprint(got)
+		})
+		out := time.Since(start)
+		eventually(t, 60*time.Second, "6 ready replicas off the victim", func() (bool, string) {
+			ready := readyInstances(instances(t, api, "hello"))
+			spread := perNode(ready)
+			return len(ready) == 6 && spread[victim] == 0, fmt.Sprint(spread)
+		})
+		t.Logf("node %s: endpoints out of DNS after %s, 6 replicas ready elsewhere after %s", victim, out.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond))
+		if out > 3500*time.Millisecond {
+			t.Errorf("endpoints left DNS after %s; target 3s (node timeout 2s + lease expiry)", out)
+		}
+	}
+
+	t.Run("a killed node's work moves to the others", func(t *testing.T) {
+		n3 := c.node("n3")
+		lose(t, "n3", func() {
+			n3.agent.stop(syscall.SIGKILL, 10*time.Second)
+			c.removeContainers(n3)
+		})
+	})
+
+	t.Run("a cut node is replaced, and fenced when it comes back", func(t *testing.T) {
+		n2 := c.node("n2")
+		lose(t, "n2", func() { ip(t, "link", "set", n2.veth, "down") })
+		// n2's agent still runs its old containers: restore the link.
+		ip(t, "link", "set", n2.veth, "up")
+		ctx := namespaces.WithNamespace(context.Background(), n2.ctrNS)
+		eventually(t, 30*time.Second, "n2's stale containers stopped", func() (bool, string) {
+			list, err := c.ctrd.Containers(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(list) == 0, fmt.Sprintf("%d containers", len(list))
+		})
+		eventually(t, 30*time.Second, "n2 Ready again", func() (bool, string) {
+			out := mustBerth(t, api, "get", "nodes")
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, "n2 ") {
+					return strings.Contains(l, " Ready "), l
+				}
+			}
+			return false, out
+		})
+		// Never more than the desired count serving: exactly 6 hello
+		// containers exist across all nodes.
+		total := 0
+		for _, n := range c.nodes {
+			list, _ := c.ctrd.Containers(namespaces.WithNamespace(context.Background(), n.ctrNS))
+			for _, ctr := range list {
+				labels, _ := ctr.Labels(context.Background())
+				_ = labels
+				total++
+			}
+		}
+		if total != 7 { // 6 hello + 1 client
+			t.Fatalf("%d containers across the cluster, want 7", total)
+		}
+		if got := dnsIPs(t, c.hostDNS, "hello.default.svc.berth.internal"); len(got) != 6 {
+			t.Fatalf("DNS answers %d addresses, want 6: %v", len(got), got)
+		}
+	})
+
+}
