@@ -61,35 +61,50 @@ func NewSnapshot(nodes []api.Node, live map[string]bool, placed []api.Instance) 
 }
 
 func add(n *NodeInfo, in *api.Instance) {
-	req := in.Template.Resources.Request()
-	n.Allocated.MilliCPU += req.MilliCPU
-	n.Allocated.MemoryBytes += req.MemoryBytes
-	n.PerService[in.ServiceKey()]++
+	addPod(n, newPod(in))
+}
+
+func addPod(n *NodeInfo, p *Pod) {
+	n.Allocated.MilliCPU += p.Req.MilliCPU
+	n.Allocated.MemoryBytes += p.Req.MemoryBytes
+	n.PerService[p.Key]++
 	n.Count++
+}
+
+// Pod is an instance being placed, with what the filters and scores need
+// computed once per decision rather than once per node.
+type Pod struct {
+	*api.Instance
+	Req api.Capacity
+	Key string // "<ns>/<service>"
+}
+
+func newPod(in *api.Instance) *Pod {
+	return &Pod{Instance: in, Req: in.Template.Resources.Request(), Key: in.ServiceKey()}
 }
 
 // Filter says whether an instance may run on a node, and if not, why
 // (a short reason counted in "0/5 nodes: 3 insufficient memory").
 type Filter interface {
 	Name() string
-	Filter(in *api.Instance, n *NodeInfo) (reason string, ok bool)
+	Filter(p *Pod, n *NodeInfo) (reason string, ok bool)
 }
 
 // Score ranks a feasible node for an instance in [0, 1]; higher is better.
 type Score interface {
 	Name() string
-	Score(in *api.Instance, n *NodeInfo) float64
+	Score(p *Pod, n *NodeInfo) float64
 }
 
 // FilterFunc adapts a function to Filter.
 type FilterFunc struct {
 	N string
-	F func(in *api.Instance, n *NodeInfo) (string, bool)
+	F func(p *Pod, n *NodeInfo) (string, bool)
 }
 
 func (f FilterFunc) Name() string { return f.N }
-func (f FilterFunc) Filter(in *api.Instance, n *NodeInfo) (string, bool) {
-	return f.F(in, n)
+func (f FilterFunc) Filter(p *Pod, n *NodeInfo) (string, bool) {
+	return f.F(p, n)
 }
 
 type weighted struct {
@@ -127,7 +142,7 @@ func New() *Scheduler {
 }
 
 // NodeReady rejects nodes that are not alive.
-var NodeReady = FilterFunc{N: "NodeReady", F: func(_ *api.Instance, n *NodeInfo) (string, bool) {
+var NodeReady = FilterFunc{N: "NodeReady", F: func(_ *Pod, n *NodeInfo) (string, bool) {
 	if !n.Ready {
 		return "not ready", false
 	}
@@ -135,7 +150,7 @@ var NodeReady = FilterFunc{N: "NodeReady", F: func(_ *api.Instance, n *NodeInfo)
 }}
 
 // Schedulable rejects cordoned nodes.
-var Schedulable = FilterFunc{N: "Schedulable", F: func(_ *api.Instance, n *NodeInfo) (string, bool) {
+var Schedulable = FilterFunc{N: "Schedulable", F: func(_ *Pod, n *NodeInfo) (string, bool) {
 	if n.Node.Cordoned {
 		return "cordoned", false
 	}
@@ -143,8 +158,8 @@ var Schedulable = FilterFunc{N: "Schedulable", F: func(_ *api.Instance, n *NodeI
 }}
 
 // Selector rejects nodes without the labels the instance asks for.
-var Selector = FilterFunc{N: "Selector", F: func(in *api.Instance, n *NodeInfo) (string, bool) {
-	for k, want := range in.Template.NodeSelector {
+var Selector = FilterFunc{N: "Selector", F: func(p *Pod, n *NodeInfo) (string, bool) {
+	for k, want := range p.Template.NodeSelector {
 		if got, ok := n.Node.Labels[k]; !ok || got != want {
 			return "node selector mismatch", false
 		}
@@ -153,8 +168,8 @@ var Selector = FilterFunc{N: "Selector", F: func(in *api.Instance, n *NodeInfo) 
 }}
 
 // Resources rejects nodes without room for the instance's requests.
-var Resources = FilterFunc{N: "Resources", F: func(in *api.Instance, n *NodeInfo) (string, bool) {
-	req := in.Template.Resources.Request()
+var Resources = FilterFunc{N: "Resources", F: func(p *Pod, n *NodeInfo) (string, bool) {
+	req := p.Req
 	free := n.Free()
 	if req.MilliCPU > free.MilliCPU {
 		return "insufficient cpu", false
@@ -169,8 +184,8 @@ var Resources = FilterFunc{N: "Resources", F: func(in *api.Instance, n *NodeInfo
 type LeastAllocated struct{}
 
 func (LeastAllocated) Name() string { return "LeastAllocated" }
-func (LeastAllocated) Score(in *api.Instance, n *NodeInfo) float64 {
-	req := in.Template.Resources.Request()
+func (LeastAllocated) Score(p *Pod, n *NodeInfo) float64 {
+	req := p.Req
 	frac := func(free, req, total int64) float64 {
 		if total <= 0 {
 			return 0
@@ -187,8 +202,8 @@ func (LeastAllocated) Score(in *api.Instance, n *NodeInfo) float64 {
 type Spread struct{}
 
 func (Spread) Name() string { return "Spread" }
-func (Spread) Score(in *api.Instance, n *NodeInfo) float64 {
-	return 1 / float64(1+n.PerService[in.ServiceKey()])
+func (Spread) Score(p *Pod, n *NodeInfo) float64 {
+	return 1 / float64(1+n.PerService[p.Key])
 }
 
 // Placement is a decision: instance -> node.
@@ -227,9 +242,31 @@ func (u Unschedulable) String() string {
 	return fmt.Sprintf("0/%d nodes available: %s", u.Nodes, strings.Join(parts, ", "))
 }
 
+// numNodesToScore is how many feasible nodes one decision scores. Like
+// kube-scheduler's percentageOfNodesToScore: every node in small clusters,
+// a shrinking share in large ones (50% at 100 nodes, 10% at 5,000), never
+// fewer than 100. Filters still explain failures over every node.
+func numNodesToScore(total int) int {
+	if total <= 100 {
+		return total
+	}
+	pct := 50 - total/125
+	if pct < 5 {
+		pct = 5
+	}
+	n := total * pct / 100
+	if n < 100 {
+		n = 100
+	}
+	return n
+}
+
 // Schedule places pending instances one by one, each decision seeing the
-// ones before it. Ties go to the node whose name sorts first, so the
-// result is deterministic.
+// ones before it. Each decision walks the nodes from where the previous
+// one stopped (round robin over the cluster) until it has found
+// numNodesToScore feasible nodes, and picks the best of those; ties go to
+// the node whose name sorts first. The result is deterministic for a
+// given snapshot and pending list.
 func (s *Scheduler) Schedule(snap *Snapshot, pending []api.Instance) ([]Placement, []Unschedulable) {
 	nodes := make([]NodeInfo, len(snap.Nodes))
 	for i, n := range snap.Nodes {
@@ -239,17 +276,21 @@ func (s *Scheduler) Schedule(snap *Snapshot, pending []api.Instance) ([]Placemen
 		}
 		nodes[i] = n
 	}
+	want := numNodesToScore(len(nodes))
+	next := 0
 	var placements []Placement
 	var failed []Unschedulable
 	for i := range pending {
-		in := &pending[i]
+		p := newPod(&pending[i])
 		best, bestScore := -1, -1.0
 		var reasons map[string]int
-		for j := range nodes {
+		found, k := 0, 0
+		for ; k < len(nodes) && found < want; k++ {
+			j := (next + k) % len(nodes)
 			n := &nodes[j]
 			ok := true
 			for _, f := range s.filters {
-				if reason, pass := f.Filter(in, n); !pass {
+				if reason, pass := f.Filter(p, n); !pass {
 					if reasons == nil {
 						reasons = map[string]int{}
 					}
@@ -261,20 +302,24 @@ func (s *Scheduler) Schedule(snap *Snapshot, pending []api.Instance) ([]Placemen
 			if !ok {
 				continue
 			}
+			found++
 			total := 0.0
 			for _, w := range s.scores {
-				total += w.weight * w.score.Score(in, n)
+				total += w.weight * w.score.Score(p, n)
 			}
 			if total > bestScore || (total == bestScore && n.Node.Name < nodes[best].Node.Name) {
 				best, bestScore = j, total
 			}
 		}
+		if len(nodes) > 0 {
+			next = (next + k) % len(nodes)
+		}
 		if best < 0 {
-			failed = append(failed, Unschedulable{InstanceID: in.ID, Nodes: len(nodes), Reasons: reasons})
+			failed = append(failed, Unschedulable{InstanceID: p.ID, Nodes: len(nodes), Reasons: reasons})
 			continue
 		}
-		add(&nodes[best], in)
-		placements = append(placements, Placement{InstanceID: in.ID, Node: nodes[best].Node.Name})
+		addPod(&nodes[best], p)
+		placements = append(placements, Placement{InstanceID: p.ID, Node: nodes[best].Node.Name})
 	}
 	return placements, failed
 }
