@@ -341,3 +341,41 @@ func TestMultiNodeCluster(t *testing.T) {
 	})
 
 }
+
+// TestServerReplicasFailover runs two `berth server` replicas on one etcd:
+// one leads (scheduler and controllers), both serve the API; killing the
+// leader hands the lead to the other and work continues.
+func TestServerReplicasFailover(t *testing.T) {
+	etcd := startProc(t, "etcd", "etcd", "--data-dir", t.TempDir())
+	endpoint := etcd.waitLine(`endpoint (\S+)`, 60*time.Second)[1]
+	start := func(name string) (*proc, string) {
+		p := startProc(t, name, "server", "--name", name, "--etcd-endpoints", endpoint, "--data-dir", t.TempDir(),
+			"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "", "--metrics-addr", "")
+		return p, p.waitLine(`api (\S+),`, 60*time.Second)[1]
+	}
+	a, apiA := start("replica-a")
+	b, apiB := start("replica-b")
+	leaderOf := func() string {
+		for _, p := range []*proc{a, b} {
+			if strings.Contains(p.logText(), "elected leader") && p.cmd.ProcessState == nil {
+				return p.name
+			}
+		}
+		return ""
+	}
+	eventually(t, 20*time.Second, "a leader", func() (bool, string) { return leaderOf() != "", "" })
+	leader, follower, followerAPI := a, b, apiB
+	if leaderOf() == "replica-b" {
+		leader, follower, followerAPI = b, a, apiA
+	}
+	leader.stop(syscall.SIGKILL, 10*time.Second)
+	eventually(t, 20*time.Second, "the follower takes the lead", func() (bool, string) {
+		return strings.Contains(follower.logText(), "elected leader"), ""
+	})
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "svc.yaml"), "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: after}\nspec: {image: berth.local/hello:v1, replicas: 2}\n")
+	mustBerth(t, followerAPI, "apply", "-f", filepath.Join(dir, "svc.yaml"))
+	eventually(t, 20*time.Second, "the new leader's controllers create the instances", func() (bool, string) {
+		return len(instances(t, followerAPI, "after")) == 2, mustBerth(t, followerAPI, "get", "instances")
+	})
+}
