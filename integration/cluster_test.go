@@ -238,6 +238,11 @@ func TestMultiNodeCluster(t *testing.T) {
 			if nodeOf[h.Instance] != client.Instance.Node {
 				remote++
 			}
+			// Pod to pod keeps its source address across nodes (no masquerade
+			// inside the cluster CIDR).
+			if h.Client != client.Status.IP {
+				t.Fatalf("%s on %s saw the caller as %q, want the client's pod address %s", h.Instance, nodeOf[h.Instance], h.Client, client.Status.IP)
+			}
 		}
 		if remote == 0 {
 			t.Fatal("30 calls from the client never reached a replica on another node")

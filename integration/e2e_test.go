@@ -28,7 +28,7 @@ const (
 )
 
 type helloReply struct {
-	Service, Version, Instance, Hostname string
+	Service, Version, Instance, Hostname, Client string
 }
 
 type callReply struct {
@@ -69,10 +69,9 @@ func TestClusterEndToEnd(t *testing.T) {
 	requireContainerd(t)
 	top := t
 	stateDir := filepath.Join(os.TempDir(), "berth-e2e-node")
-	cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir)
+	cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir, false)
 	t.Cleanup(func() {
-		cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir)
-		removeBridge(t, e2eBridge)
+		cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir, true)
 		os.RemoveAll(stateDir)
 	})
 

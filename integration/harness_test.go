@@ -112,8 +112,9 @@ func requireContainerd(t *testing.T) {
 }
 
 // cleanNode removes every container a previous (possibly crashed) run left
-// in a containerd namespace, with the CNI state kept in stateDir.
-func cleanNode(t *testing.T, ns, bridge, subnet, stateDir string) {
+// in a containerd namespace, with the CNI state kept in stateDir, and with
+// removeNet the node's bridge and masquerade rules too.
+func cleanNode(t *testing.T, ns, bridge, subnet, stateDir string, removeNet bool) {
 	t.Helper()
 	cfg := runtime.DefaultConfig()
 	cfg.Namespace, cfg.BridgeName, cfg.NetworkName, cfg.Subnet, cfg.StateDir = ns, bridge, bridge, subnet, stateDir
@@ -134,15 +135,10 @@ func cleanNode(t *testing.T, ns, bridge, subnet, stateDir string) {
 			t.Logf("clean node %s: stop %s: %v", ns, c.InstanceID, err)
 		}
 	}
-}
-
-// removeBridge deletes a test's node bridge once its containers are gone,
-// so a run leaves no interface behind. A missing bridge is fine.
-func removeBridge(t *testing.T, bridge string) {
-	t.Helper()
-	out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput()
-	if err != nil && !strings.Contains(string(out), "Cannot find device") {
-		t.Logf("remove bridge %s: %v: %s", bridge, err, out)
+	if removeNet {
+		if err := rt.RemoveNetwork(ctx); err != nil {
+			t.Logf("clean node %s: %v", ns, err)
+		}
 	}
 }
 

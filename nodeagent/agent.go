@@ -217,7 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	rcfg := a.cfg.Runtime
-	rcfg.Subnet = reg.PodCidr
+	rcfg.Subnet, rcfg.ClusterCIDR = reg.PodCidr, reg.ClusterCidr
 	rcfg.Logger = a.cfg.Logger
 	a.rt, err = runtime.New(ctx, rcfg)
 	if err != nil {
@@ -354,6 +354,10 @@ func (a *Agent) followAssignments(ctx context.Context, out chan *pb.Assignments)
 	})
 }
 
+// uploadLabel records on a containerd image which `berth image load`
+// upload it came from.
+const uploadLabel = "berth.dev/upload-digest"
+
 // ensureImage makes ref available to containerd: already there, uploaded
 // to the control plane with `berth image load`, or pulled from its
 // registry.
@@ -367,15 +371,19 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 	a.imageMu.Unlock()
 	mu.Lock()
 	defer mu.Unlock()
-	if ok, err := a.rt.HasImage(ctx, ref); err == nil && ok {
-		return nil
-	}
-	stream, err := a.client.FetchImage(ctx, &pb.FetchImageRequest{Reference: ref})
+	// An image uploaded with `berth image load` wins over what containerd
+	// has under that name, unless it is that very upload (label).
+	fctx, cancelFetch := context.WithCancel(ctx)
+	defer cancelFetch()
+	stream, err := a.client.FetchImage(fctx, &pb.FetchImageRequest{Reference: ref})
 	if err != nil {
 		return fmt.Errorf("fetch image %s: %w", ref, err)
 	}
 	first, err := stream.Recv()
 	if status.Code(err) == codes.NotFound {
+		if ok, err := a.rt.HasImage(ctx, ref); err == nil && ok {
+			return nil
+		}
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		if err := a.rt.PullImage(pctx, ref); err != nil {
@@ -384,22 +392,30 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 		return nil
 	}
 	if err != nil {
+		if ok, herr := a.rt.HasImage(ctx, ref); herr == nil && ok {
+			// The control plane is unreachable: run what we have.
+			return nil
+		}
 		return fmt.Errorf("fetch image %s: %w", ref, err)
+	}
+	if have, _ := a.rt.ImageLabel(ctx, ref, uploadLabel); have != "" && have == first.Digest {
+		return nil
 	}
 	pr, pw := io.Pipe()
 	go func() {
 		msg := first
 		for {
-			if _, err := pw.Write(msg.Data); err != nil {
+			if _, werr := pw.Write(msg.Data); werr != nil {
 				return
 			}
-			msg, err = stream.Recv()
-			if errors.Is(err, io.EOF) {
+			var rerr error
+			msg, rerr = stream.Recv()
+			if errors.Is(rerr, io.EOF) {
 				pw.Close()
 				return
 			}
-			if err != nil {
-				pw.CloseWithError(err)
+			if rerr != nil {
+				pw.CloseWithError(rerr)
 				return
 			}
 		}
@@ -409,9 +425,12 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 	if err != nil {
 		return fmt.Errorf("import image %s: %w", ref, err)
 	}
-	a.logger.Info("image imported from the control plane", "ref", ref, "names", refs)
+	a.logger.Info("image imported from the control plane", "ref", ref, "names", refs, "upload", first.Digest)
 	if ok, err := a.rt.HasImage(ctx, ref); err != nil || !ok {
 		return fmt.Errorf("import image %s: the uploaded tarball does not carry that name (it has %v)", ref, refs)
+	}
+	if err := a.rt.LabelImage(ctx, ref, uploadLabel, first.Digest); err != nil {
+		a.logger.Warn("could not label imported image", "ref", ref, "err", err)
 	}
 	return nil
 }

@@ -2009,8 +2009,11 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 type ImageChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Set on the first chunk of a LoadImage upload.
-	FileName      string `protobuf:"bytes,1,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
-	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	FileName string `protobuf:"bytes,1,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
+	Data     []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Set on the first chunk FetchImage sends: the upload's digest, so an
+	// agent can tell whether it already imported this very upload.
+	Digest        string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2057,6 +2060,13 @@ func (x *ImageChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *ImageChunk) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
 }
 
 type LoadImageResponse struct {
@@ -2445,8 +2455,10 @@ type RegisterResponse struct {
 	PodCidr string                 `protobuf:"bytes,1,opt,name=pod_cidr,json=podCidr,proto3" json:"pod_cidr,omitempty"`
 	// How often to heartbeat, in milliseconds.
 	HeartbeatIntervalMs int64 `protobuf:"varint,2,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The whole pod network: traffic to it is not masqueraded.
+	ClusterCidr   string `protobuf:"bytes,3,opt,name=cluster_cidr,json=clusterCidr,proto3" json:"cluster_cidr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterResponse) Reset() {
@@ -2491,6 +2503,13 @@ func (x *RegisterResponse) GetHeartbeatIntervalMs() int64 {
 		return x.HeartbeatIntervalMs
 	}
 	return 0
+}
+
+func (x *RegisterResponse) GetClusterCidr() string {
+	if x != nil {
+		return x.ClusterCidr
+	}
+	return ""
 }
 
 type HeartbeatRequest struct {
@@ -3640,11 +3659,12 @@ const file_berth_proto_rawDesc = "" +
 	"\tinstances\x18\x01 \x03(\v2\x16.berth.v1.InstanceViewR\tinstances\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"=\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"U\n" +
 	"\n" +
 	"ImageChunk\x12\x1b\n" +
 	"\tfile_name\x18\x01 \x01(\tR\bfileName\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"_\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\tR\x06digest\"_\n" +
 	"\x11LoadImageResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1e\n" +
@@ -3672,10 +3692,11 @@ const file_berth_proto_rawDesc = "" +
 	"\bcapacity\x18\x04 \x01(\v2\x12.berth.v1.CapacityR\bcapacity\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x84\x01\n" +
 	"\x10RegisterResponse\x12\x19\n" +
 	"\bpod_cidr\x18\x01 \x01(\tR\apodCidr\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\"&\n" +
+	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12!\n" +
+	"\fcluster_cidr\x18\x03 \x01(\tR\vclusterCidr\"&\n" +
 	"\x10HeartbeatRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x13\n" +
 	"\x11HeartbeatResponse\"-\n" +

@@ -309,7 +309,7 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 	}
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "Registered", Message: fmt.Sprintf("node %s joined with pod subnet %s", req.Name, node.PodCIDR)})
 	s.logger.Info("node registered", "node", req.Name, "podCIDR", node.PodCIDR, "address", req.Address)
-	return &pb.RegisterResponse{PodCidr: node.PodCIDR, HeartbeatIntervalMs: s.cfg.HeartbeatInterval.Milliseconds()}, nil
+	return &pb.RegisterResponse{PodCidr: node.PodCIDR, HeartbeatIntervalMs: s.cfg.HeartbeatInterval.Milliseconds(), ClusterCidr: s.cfg.ClusterCIDR}, nil
 }
 
 func validNodeName(name string) error {

@@ -173,10 +173,15 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 	}
 	defer f.Close()
 	buf := make([]byte, 1<<20)
+	first := true
 	for {
 		n, err := f.Read(buf)
-		if n > 0 {
-			if serr := stream.Send(&pb.ImageChunk{Data: buf[:n]}); serr != nil {
+		if n > 0 || first {
+			chunk := &pb.ImageChunk{Data: buf[:n]}
+			if first {
+				chunk.Digest, first = img.Digest, false
+			}
+			if serr := stream.Send(chunk); serr != nil {
 				return serr
 			}
 		}

@@ -72,3 +72,41 @@ func normalizeRef(ref string) (string, error) {
 	}
 	return named.String(), nil
 }
+
+// ImageLabel returns the value of a label on image ref; "" when the label
+// or the image is missing.
+func (r *Runtime) ImageLabel(ctx context.Context, ref, key string) (string, error) {
+	name, err := normalizeRef(ref)
+	if err != nil {
+		return "", err
+	}
+	img, err := r.client.ImageService().Get(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("runtime: image %s: %w", ref, err)
+	}
+	return img.Labels[key], nil
+}
+
+// LabelImage sets a label on image ref.
+func (r *Runtime) LabelImage(ctx context.Context, ref, key, value string) error {
+	name, err := normalizeRef(ref)
+	if err != nil {
+		return err
+	}
+	is := r.client.ImageService()
+	img, err := is.Get(ctx, name)
+	if err != nil {
+		return fmt.Errorf("runtime: image %s: %w", ref, err)
+	}
+	if img.Labels == nil {
+		img.Labels = map[string]string{}
+	}
+	img.Labels[key] = value
+	if _, err := is.Update(ctx, img, "labels."+key); err != nil {
+		return fmt.Errorf("runtime: label image %s: %w", ref, err)
+	}
+	return nil
+}

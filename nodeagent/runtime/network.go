@@ -48,7 +48,7 @@ func (r *Runtime) conflist() ([]byte, error) {
 				"type":        "bridge",
 				"bridge":      r.cfg.BridgeName,
 				"isGateway":   true,
-				"ipMasq":      true,
+				"ipMasq":      r.cfg.ClusterCIDR == "",
 				"hairpinMode": true,
 				"ipam": map[string]any{
 					"type":    "host-local",

@@ -81,6 +81,11 @@ type Config struct {
 	BridgeName string
 	// Subnet is the node's pod subnet; the bridge gets its first address.
 	Subnet string
+	// ClusterCIDR is the whole pod network. When set, pod traffic to it
+	// keeps its source address and only traffic leaving it is masqueraded
+	// (rules installed by New); when empty, the CNI bridge masquerades
+	// everything that leaves the node.
+	ClusterCIDR string
 	// DNSServers are written to each container's resolv.conf; empty means
 	// the bridge address (where the node-local DNS listens).
 	DNSServers []string
@@ -174,6 +179,12 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	if r.cni, err = r.newCNI(); err != nil {
 		client.Close()
 		return nil, err
+	}
+	if cfg.ClusterCIDR != "" {
+		if err := r.ensureMasquerade(ctx); err != nil {
+			client.Close()
+			return nil, err
+		}
 	}
 	return r, nil
 }

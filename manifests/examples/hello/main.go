@@ -5,7 +5,7 @@
 //
 // Endpoints:
 //
-//	GET /          JSON {"service","version","instance","hostname"}
+//	GET /          JSON {"service","version","instance","hostname","client"}
 //	GET /healthz   200 "ok"
 //	GET /call?url= fetches url from inside the container (5 s timeout) and
 //	               returns JSON {"url","status","body"}; status 0, "error"
@@ -44,6 +44,8 @@ type info struct {
 	Version  string `json:"version"`
 	Instance string `json:"instance"`
 	Hostname string `json:"hostname"`
+	// Client is the caller's address as this server sees it.
+	Client string `json:"client,omitempty"`
 }
 
 type callResult struct {
@@ -74,7 +76,11 @@ func main() {
 			json.NewEncoder(w).Encode(map[string]string{"error": "injected failure", "instance": self.Instance, "version": self.Version})
 			return
 		}
-		writeJSON(w, http.StatusOK, self)
+		reply := self
+		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			reply.Client = host
+		}
+		writeJSON(w, http.StatusOK, reply)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
