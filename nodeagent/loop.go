@@ -355,9 +355,18 @@ func (l *loop) spec(in api.Instance) runtime.ContainerSpec {
 	}
 }
 
-// act starts, restarts, stops and probes whatever needs it now.
+// act starts, restarts, stops and probes whatever needs it now. While a
+// container the control plane no longer assigns (say, one replaced while
+// this node was cut off) is still being stopped, nothing new starts: stale
+// work is fenced off before the node takes new work.
 func (l *loop) act() {
 	now := time.Now()
+	fencing := false
+	for _, it := range l.items {
+		if it.has && !it.assigned && l.synced {
+			fencing = true
+		}
+	}
 	for id, it := range l.items {
 		if it.busy {
 			continue
@@ -377,6 +386,8 @@ func (l *loop) act() {
 			}
 		case !wantRunning:
 			// Not yet synced with the control plane: leave it alone.
+		case fencing && (!it.has || !it.running):
+			// Wait until the stale containers are gone.
 		case !it.has && !now.Before(it.next):
 			in := it.inst
 			it.st.Phase = api.PhaseStarting

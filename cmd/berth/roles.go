@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/discovery"
@@ -197,6 +198,8 @@ type agentFlags struct {
 	labels    map[string]string
 	dnsPort   int
 	grace     time.Duration
+	cpu       string
+	memory    string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
@@ -213,17 +216,26 @@ func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 	cmd.Flags().StringToStringVar(&f.labels, "label", nil, "node labels, k=v")
 	cmd.Flags().IntVar(&f.dnsPort, "node-dns-port", 53, "port of the node-local DNS on the bridge address")
 	cmd.Flags().DurationVar(&f.grace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a container")
+	cmd.Flags().StringVar(&f.cpu, "cpu", "", "CPU this node offers, e.g. 4 or 3500m (default: the host's CPUs)")
+	cmd.Flags().StringVar(&f.memory, "memory", "", "memory this node offers, e.g. 8Gi (default: the host's memory)")
 }
 
-func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration, upstreams []string, reg prometheus.Registerer, logger *slog.Logger) nodeagent.Config {
+func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration, upstreams []string, reg prometheus.Registerer, logger *slog.Logger) (nodeagent.Config, error) {
 	cfg := nodeagent.DefaultConfig()
+	var err error
+	if cfg.Capacity.MilliCPU, err = api.ParseCPU(f.cpu); err != nil {
+		return cfg, fmt.Errorf("--cpu: %w", err)
+	}
+	if cfg.Capacity.MemoryBytes, err = api.ParseMemory(f.memory); err != nil {
+		return cfg, fmt.Errorf("--memory: %w", err)
+	}
 	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels, cfg.JoinToken = f.name, server, f.address, f.labels, f.token
 	cfg.Runtime.Socket, cfg.Runtime.Namespace, cfg.Runtime.StateDir, cfg.Runtime.BridgeName = f.socket, f.namespace, f.stateDir, f.bridge
 	cfg.Runtime.NetworkName = f.bridge
 	cfg.DNSPort, cfg.DNSTTL, cfg.DNSUpstreams = f.dnsPort, dnsTTL, upstreams
 	cfg.StopOnExit, cfg.StopGrace = stopOnExit, f.grace
 	cfg.Logger, cfg.Registerer = logger, reg
-	return cfg
+	return cfg, nil
 }
 
 // preflight checks containerd and the CNI plugins before anything starts,
@@ -285,7 +297,12 @@ the same services back.`,
 				}
 				af.token = tok
 			}
-			acfg := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
+			acfg, err := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
 			agent, err := nodeagent.New(acfg)
 			if err != nil {
 				grp.cancel()
@@ -409,7 +426,11 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 			if len(upstreams) == 0 {
 				upstreams, _ = berthdns.UpstreamsFromResolvConf("/etc/resolv.conf")
 			}
-			agent, err := nodeagent.New(af.config(g.server, stopOnExit, dnsTTL, upstreams, reg, logger))
+			acfg, err := af.config(g.server, stopOnExit, dnsTTL, upstreams, reg, logger)
+			if err != nil {
+				return err
+			}
+			agent, err := nodeagent.New(acfg)
 			if err != nil {
 				return err
 			}
