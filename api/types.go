@@ -17,6 +17,7 @@ const APIVersion = "berth.dev/v1"
 // Kinds understood by Berth.
 const (
 	KindService = "Service"
+	KindVolume  = "Volume"
 )
 
 // DefaultNamespace is used when a manifest names none.
@@ -68,6 +69,88 @@ type ServiceSpec struct {
 	Route     *Route            `json:"route,omitempty"`
 	// NodeSelector limits placement to nodes carrying all these labels.
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Volumes are mounted into every replica: named Volumes (shared by the
+	// replicas, which therefore run on the volume's node) or scratch tmpfs.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// VolumeTemplates give each replica a volume of its own: replica i
+	// mounts "<name>-<i>", the same one after every restart or rollout.
+	VolumeTemplates []VolumeTemplate `json:"volumeTemplates,omitempty"`
+}
+
+// VolumeMount mounts a volume into the container.
+type VolumeMount struct {
+	Name      string `json:"name"`
+	MountPath string `json:"mountPath"`
+	ReadOnly  bool   `json:"readOnly,omitempty"`
+	// Tmpfs makes a scratch volume in memory, gone with the container; no
+	// Volume object is needed. Size limits it ("64Mi").
+	Tmpfs bool   `json:"tmpfs,omitempty"`
+	Size  string `json:"size,omitempty"`
+}
+
+// VolumeTemplate is a per-replica volume.
+type VolumeTemplate struct {
+	Name      string `json:"name"`
+	MountPath string `json:"mountPath"`
+	Size      string `json:"size,omitempty"`
+}
+
+// VolumeNames lists the named volumes an instance of this template with
+// the given ordinal mounts (tmpfs mounts excluded), "<ns>/<name>" keys.
+func (s *ServiceSpec) VolumeNames(namespace string, ordinal int32) []string {
+	var out []string
+	for _, m := range s.Volumes {
+		if !m.Tmpfs {
+			out = append(out, namespace+"/"+m.Name)
+		}
+	}
+	for _, t := range s.VolumeTemplates {
+		out = append(out, namespace+"/"+TemplateVolumeName(t.Name, ordinal))
+	}
+	return out
+}
+
+// TemplateVolumeName is the volume replica ordinal gets from template name.
+func TemplateVolumeName(name string, ordinal int32) string {
+	return fmt.Sprintf("%s-%d", name, ordinal)
+}
+
+// Volume is named storage managed by Berth: a directory on the node where
+// its first consumer runs, kept through restarts, rollouts and deletes of
+// the services that use it, and removed only by `berth volume rm`.
+type Volume struct {
+	APIVersion string       `json:"apiVersion"`
+	Kind       string       `json:"kind"`
+	Metadata   ObjectMeta   `json:"metadata"`
+	Spec       VolumeSpec   `json:"spec,omitzero"`
+	Status     VolumeStatus `json:"status,omitzero"`
+}
+
+// Key is "<namespace>/<name>".
+func (v *Volume) Key() string { return v.Metadata.Namespace + "/" + v.Metadata.Name }
+
+// VolumeSpec is what the user asks of a volume.
+type VolumeSpec struct {
+	// Size is the intended size limit ("1Gi"); the local driver records it
+	// but does not enforce it on a plain directory.
+	Size string `json:"size,omitempty"`
+	// Node pins the volume to a node; empty means wherever its first
+	// consumer is placed.
+	Node string `json:"node,omitempty"`
+}
+
+// VolumeStatus is what the control plane records about a volume.
+type VolumeStatus struct {
+	// Node holds the data once a consumer was placed; consumers then run
+	// only there.
+	Node      string    `json:"node,omitempty"`
+	BoundAt   time.Time `json:"boundAt,omitzero"`
+	CreatedAt time.Time `json:"createdAt,omitzero"`
+	// Deleting: `berth volume rm` asked for removal; the node deletes the
+	// data, then the object goes.
+	Deleting bool `json:"deleting,omitempty"`
+	// Template names the service volume template that made it, if any.
+	Template string `json:"template,omitempty"`
 }
 
 // ReplicaCount returns the desired replicas, defaulting to 1.
@@ -192,6 +275,10 @@ type Instance struct {
 	Service   string      `json:"service"`
 	Revision  int64       `json:"revision"`
 	Template  ServiceSpec `json:"template"`
+	// Ordinal is the replica's stable index in its service (0, 1, ...):
+	// a replacement takes over the ordinal, and with it the per-replica
+	// volumes.
+	Ordinal int32 `json:"ordinal"`
 	// Node is empty until the scheduler places the instance.
 	Node string `json:"node,omitempty"`
 	// Desired is DesiredRunning or DesiredStopped.

@@ -27,7 +27,7 @@ func TestDevStopAndRestart(t *testing.T) {
 	requireContainerd(t)
 	data := t.TempDir()
 	stateDir := filepath.Join(data, "node")
-	t.Cleanup(func() { cleanNode(t, devNamespace, devBridge, devSubnet, stateDir, true) })
+	t.Cleanup(func() { cleanNode(t, devNamespace, devBridge, devSubnet, devCluster, stateDir, true) })
 	args := []string{"dev", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
 		"--gateway-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--cluster-cidr", devCluster, "--containerd-namespace", devNamespace,
 		"--bridge", devBridge, "--node-name", "dev-node", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s"}
@@ -46,7 +46,7 @@ func TestDevStopAndRestart(t *testing.T) {
 		return len(list)
 	}
 	if n := containers(); n != 0 {
-		cleanNode(t, devNamespace, devBridge, devSubnet, stateDir, false)
+		cleanNode(t, devNamespace, devBridge, devSubnet, devCluster, stateDir, false)
 	}
 
 	hello := func(gw string) (int, error) {

@@ -69,9 +69,9 @@ func TestClusterEndToEnd(t *testing.T) {
 	requireContainerd(t)
 	top := t
 	stateDir := filepath.Join(os.TempDir(), "berth-e2e-node")
-	cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir, false)
+	cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, e2eCluster, stateDir, false)
 	t.Cleanup(func() {
-		cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, stateDir, true)
+		cleanNode(t, e2eNamespace, e2eBridge, e2eSubnet, e2eCluster, stateDir, true)
 		os.RemoveAll(stateDir)
 	})
 

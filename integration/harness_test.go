@@ -114,10 +114,12 @@ func requireContainerd(t *testing.T) {
 // cleanNode removes every container a previous (possibly crashed) run left
 // in a containerd namespace, with the CNI state kept in stateDir, and with
 // removeNet the node's bridge and masquerade rules too.
-func cleanNode(t *testing.T, ns, bridge, subnet, stateDir string, removeNet bool) {
+func cleanNode(t *testing.T, ns, bridge, subnet, cluster, stateDir string, removeNet bool) {
 	t.Helper()
 	cfg := runtime.DefaultConfig()
 	cfg.Namespace, cfg.BridgeName, cfg.NetworkName, cfg.Subnet, cfg.StateDir = ns, bridge, bridge, subnet, stateDir
+	// The same CNI configuration the agent used, so DEL undoes what ADD did.
+	cfg.ClusterCIDR = cluster
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -50,3 +50,19 @@ func Defaults(s *api.Service) {
 		}
 	}
 }
+
+// DefaultsVolume fills in what a Volume manifest may leave out.
+func DefaultsVolume(v *api.Volume) {
+	if v == nil {
+		return
+	}
+	if v.APIVersion == "" {
+		v.APIVersion = api.APIVersion
+	}
+	if v.Kind == "" {
+		v.Kind = api.KindVolume
+	}
+	if v.Metadata.Namespace == "" {
+		v.Metadata.Namespace = api.DefaultNamespace
+	}
+}

@@ -45,6 +45,14 @@ func Parse(file string, data []byte) ([]api.Service, error) {
 // (not recursively; names starting with "." are skipped). An object defined
 // twice is an error naming both places. Errors are as for Parse.
 func Load(path string) ([]api.Service, error) {
+	objs, err := loadObjects(path)
+	if err != nil {
+		return nil, err
+	}
+	return services(objs), nil
+}
+
+func loadObjects(path string) ([]object, error) {
 	files, err := manifestFiles(path)
 	if err != nil {
 		return nil, err
@@ -67,7 +75,7 @@ func Load(path string) ([]api.Service, error) {
 	if len(errs) > 0 {
 		return nil, asError(errs)
 	}
-	return services(objs), nil
+	return objs, nil
 }
 
 // manifestFiles lists the files Load reads for path.
@@ -139,10 +147,48 @@ type object struct {
 	doc   int
 	kind  string
 	meta  api.ObjectMeta
-	value any // *api.Service
+	value any // *api.Service or *api.Volume
 }
 
 func (o *object) name() string { return o.meta.Namespace + "/" + o.meta.Name }
+
+// Objects are the resources a set of manifests declares.
+type Objects struct {
+	Services []api.Service
+	Volumes  []api.Volume
+}
+
+func collect(objs []object) Objects {
+	var out Objects
+	for _, o := range objs {
+		switch v := o.value.(type) {
+		case *api.Service:
+			out.Services = append(out.Services, *v)
+		case *api.Volume:
+			out.Volumes = append(out.Volumes, *v)
+		}
+	}
+	return out
+}
+
+// LoadObjects is Load for every kind: Services and Volumes.
+func LoadObjects(path string) (Objects, error) {
+	objs, err := loadObjects(path)
+	if err != nil {
+		return Objects{}, err
+	}
+	return collect(objs), nil
+}
+
+// ParseObjects is Parse for every kind: Services and Volumes.
+func ParseObjects(file string, data []byte) (Objects, error) {
+	objs, errs := parseObjects(file, data)
+	errs = append(errs, checkDuplicates(objs)...)
+	if len(errs) > 0 {
+		return Objects{}, asError(errs)
+	}
+	return collect(objs), nil
+}
 
 func services(objs []object) []api.Service {
 	var out []api.Service
@@ -353,8 +399,24 @@ func decodeDocument(generic any) (object, FieldErrors) {
 		errs = mergeErrors(d.errs, validateService(&s))
 		sortFieldErrors(errs, reflect.TypeFor[api.Service]())
 		return object{kind: kind, meta: s.Metadata, value: &s}, errs
+	case api.KindVolume:
+		var v api.Volume
+		d := decoder{}
+		if _, ok := m["status"]; ok {
+			d.errs.add("status", "is set by the control plane and must not be in a manifest")
+			delete(m, "status")
+		}
+		d.decode("", m, reflect.ValueOf(&v).Elem())
+		DefaultsVolume(&v)
+		var verrs FieldErrors
+		if err := ValidateVolume(&v); err != nil {
+			verrs = err.(FieldErrors)
+		}
+		errs = mergeErrors(d.errs, verrs)
+		sortFieldErrors(errs, reflect.TypeFor[api.Volume]())
+		return object{kind: kind, meta: v.Metadata, value: &v}, errs
 	}
-	known := []string{api.KindService}
+	known := []string{api.KindService, api.KindVolume}
 	msg := fmt.Sprintf("unknown kind %q, want one of %s", kind, strings.Join(known, ", "))
 	for _, k := range known {
 		if strings.EqualFold(k, kind) {

@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -116,6 +117,90 @@ func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
 	if s.Route != nil {
 		validateRoute(errs, path+".route", s.Route, routable)
 	}
+	for _, k := range sortedKeys(s.NodeSelector) {
+		if k == "" || len(k) > maxLabelKeyLen {
+			errs.add(joinKey(path+".nodeSelector", k), "label key must be 1-%d characters", maxLabelKeyLen)
+		}
+	}
+	validateVolumeMounts(errs, path, s)
+}
+
+// validateVolumeMounts checks spec.volumes and spec.volumeTemplates: names,
+// absolute mount paths, no two mounts at one path, sizes. Whether a named
+// volume exists is checked by the API server, which knows the stored ones.
+func validateVolumeMounts(errs *FieldErrors, path string, s *api.ServiceSpec) {
+	paths := map[string]string{}
+	names := map[string]string{}
+	checkPath := func(p, mountPath string) {
+		switch {
+		case mountPath == "":
+			errs.add(p+".mountPath", "required")
+		case !strings.HasPrefix(mountPath, "/"):
+			errs.add(p+".mountPath", "must be an absolute path, got %q", mountPath)
+		case filepath.Clean(mountPath) != mountPath:
+			errs.add(p+".mountPath", "must be a clean path (%q)", filepath.Clean(mountPath))
+		case mountPath == "/":
+			errs.add(p+".mountPath", "must not be /")
+		default:
+			if other, dup := paths[mountPath]; dup {
+				errs.add(p+".mountPath", "%s is already mounted by %s", mountPath, other)
+			} else {
+				paths[mountPath] = p
+			}
+		}
+	}
+	for i, m := range s.Volumes {
+		p := fmt.Sprintf("%s.volumes[%d]", path, i)
+		if checkDNSLabel(errs, p+".name", m.Name, maxLabelLen) {
+			if other, dup := names[m.Name]; dup {
+				errs.add(p+".name", "volume %q is already mounted by %s", m.Name, other)
+			}
+			names[m.Name] = p
+		}
+		checkPath(p, m.MountPath)
+		if m.Size != "" {
+			if !m.Tmpfs {
+				errs.add(p+".size", "only tmpfs mounts take a size; a named volume's size is set on its Volume")
+			} else if _, err := api.ParseMemory(m.Size); err != nil {
+				errs.add(p+".size", "%s", err)
+			}
+		}
+	}
+	for i, t := range s.VolumeTemplates {
+		p := fmt.Sprintf("%s.volumeTemplates[%d]", path, i)
+		if checkDNSLabel(errs, p+".name", t.Name, maxLabelLen-6) {
+			if other, dup := names[t.Name]; dup {
+				errs.add(p+".name", "%q is already used by %s", t.Name, other)
+			}
+			names[t.Name] = p
+		}
+		checkPath(p, t.MountPath)
+		if _, err := api.ParseMemory(t.Size); err != nil {
+			errs.add(p+".size", "%s", err)
+		}
+	}
+}
+
+// ValidateVolume checks a Volume object.
+func ValidateVolume(v *api.Volume) error {
+	var errs FieldErrors
+	if v.APIVersion != "" && v.APIVersion != api.APIVersion {
+		errs.add("apiVersion", "must be %q", api.APIVersion)
+	}
+	if v.Kind != "" && v.Kind != api.KindVolume {
+		errs.add("kind", "must be %q", api.KindVolume)
+	}
+	validateMeta(&errs, "metadata", &v.Metadata)
+	if _, err := api.ParseMemory(v.Spec.Size); err != nil {
+		errs.add("spec.size", "%s", err)
+	}
+	if n := v.Spec.Node; n != "" && len(n) > 63 {
+		errs.add("spec.node", "must be a node name of at most 63 characters")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
 }
 
 // validatePorts checks the ports and reports whether one of them can carry

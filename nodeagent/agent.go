@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	goruntime "runtime"
 	"strconv"
 	"strings"
@@ -432,5 +433,51 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 	if err := a.rt.LabelImage(ctx, ref, uploadLabel, first.Digest); err != nil {
 		a.logger.Warn("could not label imported image", "ref", ref, "err", err)
 	}
+	return nil
+}
+
+// volumeDir returns (creating it on first use) the directory holding a
+// volume's data on this node: <state dir>/volumes/<namespace>/<name>.
+func (a *Agent) volumeDir(namespace, name string) (string, error) {
+	if !validVolumePart(namespace) || !validVolumePart(name) {
+		return "", fmt.Errorf("volume %s/%s: not a valid name", namespace, name)
+	}
+	dir := filepath.Join(a.cfg.Runtime.StateDir, "volumes", namespace, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("volume %s/%s: %w", namespace, name, err)
+	}
+	return dir, nil
+}
+
+// validVolumePart guards the path: DNS labels only (validated at apply
+// time too), never "..".
+func validVolumePart(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// deleteVolume removes a deleted volume's data and tells the control plane.
+func (a *Agent) deleteVolume(ctx context.Context, key string) error {
+	ns, name, _ := strings.Cut(key, "/")
+	if !validVolumePart(ns) || !validVolumePart(name) {
+		return fmt.Errorf("volume %q: not a valid name", key)
+	}
+	dir := filepath.Join(a.cfg.Runtime.StateDir, "volumes", ns, name)
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := a.client.VolumeDeleted(rctx, &pb.VolumeDeletedRequest{Node: a.cfg.Name, Namespace: ns, Name: name}); err != nil {
+		return err
+	}
+	a.logger.Info("volume data removed", "volume", key, "dir", dir)
 	return nil
 }

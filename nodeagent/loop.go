@@ -29,6 +29,14 @@ type loop struct {
 	// containers without an assignment be stopped.
 	synced   bool
 	reported map[string]api.InstanceStatus
+	// deleting holds the volumes whose data is being removed.
+	deleting   map[string]bool
+	volumeDone chan volumeResult
+}
+
+type volumeResult struct {
+	key string
+	err error
 }
 
 type item struct {
@@ -78,7 +86,8 @@ type probeResult struct {
 func newLoop(a *Agent) *loop {
 	opCtx, cancel := context.WithCancel(context.Background())
 	return &loop{a: a, items: map[string]*item{}, results: make(chan opResult, 64), probes: make(chan probeResult, 64),
-		opCtx: opCtx, cancelOp: cancel, reported: map[string]api.InstanceStatus{}}
+		opCtx: opCtx, cancelOp: cancel, reported: map[string]api.InstanceStatus{},
+		deleting: map[string]bool{}, volumeDone: make(chan volumeResult, 16)}
 }
 
 func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exits <-chan runtime.Exit) error {
@@ -103,6 +112,11 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exit
 			l.finished(r)
 		case r := <-l.probes:
 			l.probed(r)
+		case r := <-l.volumeDone:
+			if r.err != nil {
+				l.a.logger.Warn("delete volume failed; will retry", "volume", r.key, "err", r.err)
+				delete(l.deleting, r.key) // the next assignment retries
+			}
 		case <-tick.C:
 		case <-resync.C:
 			l.resync(ctx)
@@ -193,6 +207,16 @@ func (l *loop) assign(msg *pb.Assignments) {
 	}
 	l.synced = true
 	l.a.readyOnce.Do(func() { close(l.a.ready) })
+	for _, key := range msg.DeleteVolumes {
+		if l.deleting[key] {
+			continue
+		}
+		l.deleting[key] = true
+		go func() {
+			err := l.a.deleteVolume(l.opCtx, key)
+			l.volumeDone <- volumeResult{key: key, err: err}
+		}()
+	}
 }
 
 func (l *loop) exited(ex runtime.Exit) {
@@ -345,14 +369,35 @@ func (l *loop) launch(id string, kind opKind, f func(ctx context.Context) (runti
 	}()
 }
 
-func (l *loop) spec(in api.Instance) runtime.ContainerSpec {
+func (l *loop) spec(in api.Instance) (runtime.ContainerSpec, error) {
 	req := in.Template.Resources.Request()
+	var mounts []runtime.Mount
+	for _, m := range in.Template.Volumes {
+		if m.Tmpfs {
+			size, _ := api.ParseMemory(m.Size)
+			mounts = append(mounts, runtime.Mount{Destination: m.MountPath, ReadOnly: m.ReadOnly, Tmpfs: true, SizeBytes: size})
+			continue
+		}
+		dir, err := l.a.volumeDir(in.Namespace, m.Name)
+		if err != nil {
+			return runtime.ContainerSpec{}, err
+		}
+		mounts = append(mounts, runtime.Mount{Source: dir, Destination: m.MountPath, ReadOnly: m.ReadOnly})
+	}
+	for _, t := range in.Template.VolumeTemplates {
+		dir, err := l.a.volumeDir(in.Namespace, api.TemplateVolumeName(t.Name, in.Ordinal))
+		if err != nil {
+			return runtime.ContainerSpec{}, err
+		}
+		mounts = append(mounts, runtime.Mount{Source: dir, Destination: t.MountPath})
+	}
 	return runtime.ContainerSpec{
+		Mounts:     mounts,
 		InstanceID: in.ID, Namespace: in.Namespace, Service: in.Service, Revision: in.Revision,
 		Image: in.Template.Image, Command: in.Template.Command, Args: in.Template.Args, Env: maps.Clone(in.Template.Env),
 		MilliCPU: req.MilliCPU, MemoryBytes: req.MemoryBytes,
 		SearchDomains: []string{in.Namespace + ".svc." + api.ClusterDomain, "svc." + api.ClusterDomain, api.ClusterDomain},
-	}
+	}, nil
 }
 
 // act starts, restarts, stops and probes whatever needs it now. While a
@@ -395,7 +440,11 @@ func (l *loop) act() {
 				if err := l.a.ensureImage(ctx, in.Template.Image); err != nil {
 					return runtime.Container{}, err
 				}
-				return l.a.rt.Start(ctx, l.spec(in))
+				spec, err := l.spec(in)
+				if err != nil {
+					return runtime.Container{}, err
+				}
+				return l.a.rt.Start(ctx, spec)
 			})
 		case it.has && !it.running && !now.Before(it.next):
 			it.st.Phase = api.PhaseStarting

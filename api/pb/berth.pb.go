@@ -222,9 +222,11 @@ type ServiceSpec struct {
 	Health    *Health    `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
 	Route     *Route     `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
 	// Only nodes with all these labels may run the service.
-	NodeSelector  map[string]string `protobuf:"bytes,10,rep,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NodeSelector    map[string]string `protobuf:"bytes,10,rep,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Volumes         []*VolumeMount    `protobuf:"bytes,11,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	VolumeTemplates []*VolumeTemplate `protobuf:"bytes,12,rep,name=volume_templates,json=volumeTemplates,proto3" json:"volume_templates,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ServiceSpec) Reset() {
@@ -327,6 +329,257 @@ func (x *ServiceSpec) GetNodeSelector() map[string]string {
 	return nil
 }
 
+func (x *ServiceSpec) GetVolumes() []*VolumeMount {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetVolumeTemplates() []*VolumeTemplate {
+	if x != nil {
+		return x.VolumeTemplates
+	}
+	return nil
+}
+
+type VolumeMount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MountPath     string                 `protobuf:"bytes,2,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
+	ReadOnly      bool                   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	Tmpfs         bool                   `protobuf:"varint,4,opt,name=tmpfs,proto3" json:"tmpfs,omitempty"`
+	Size          string                 `protobuf:"bytes,5,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeMount) Reset() {
+	*x = VolumeMount{}
+	mi := &file_berth_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeMount) ProtoMessage() {}
+
+func (x *VolumeMount) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
+func (*VolumeMount) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VolumeMount) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VolumeMount) GetMountPath() string {
+	if x != nil {
+		return x.MountPath
+	}
+	return ""
+}
+
+func (x *VolumeMount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *VolumeMount) GetTmpfs() bool {
+	if x != nil {
+		return x.Tmpfs
+	}
+	return false
+}
+
+func (x *VolumeMount) GetSize() string {
+	if x != nil {
+		return x.Size
+	}
+	return ""
+}
+
+type VolumeTemplate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MountPath     string                 `protobuf:"bytes,2,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
+	Size          string                 `protobuf:"bytes,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeTemplate) Reset() {
+	*x = VolumeTemplate{}
+	mi := &file_berth_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeTemplate) ProtoMessage() {}
+
+func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeTemplate.ProtoReflect.Descriptor instead.
+func (*VolumeTemplate) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *VolumeTemplate) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VolumeTemplate) GetMountPath() string {
+	if x != nil {
+		return x.MountPath
+	}
+	return ""
+}
+
+func (x *VolumeTemplate) GetSize() string {
+	if x != nil {
+		return x.Size
+	}
+	return ""
+}
+
+type Volume struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Metadata *ObjectMeta            `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Size     string                 `protobuf:"bytes,2,opt,name=size,proto3" json:"size,omitempty"`
+	// Pinned node (spec), and the node holding the data (status).
+	PinnedNode    string                 `protobuf:"bytes,3,opt,name=pinned_node,json=pinnedNode,proto3" json:"pinned_node,omitempty"`
+	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	BoundAt       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=bound_at,json=boundAt,proto3" json:"bound_at,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Deleting      bool                   `protobuf:"varint,7,opt,name=deleting,proto3" json:"deleting,omitempty"`
+	Template      string                 `protobuf:"bytes,8,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Volume) Reset() {
+	*x = Volume{}
+	mi := &file_berth_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Volume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Volume) ProtoMessage() {}
+
+func (x *Volume) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Volume.ProtoReflect.Descriptor instead.
+func (*Volume) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Volume) GetMetadata() *ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Volume) GetSize() string {
+	if x != nil {
+		return x.Size
+	}
+	return ""
+}
+
+func (x *Volume) GetPinnedNode() string {
+	if x != nil {
+		return x.PinnedNode
+	}
+	return ""
+}
+
+func (x *Volume) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Volume) GetBoundAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BoundAt
+	}
+	return nil
+}
+
+func (x *Volume) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Volume) GetDeleting() bool {
+	if x != nil {
+		return x.Deleting
+	}
+	return false
+}
+
+func (x *Volume) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
 type Port struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -338,7 +591,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +603,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +616,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{4}
+	return file_berth_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Port) GetName() string {
@@ -397,7 +650,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -409,7 +662,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -422,7 +675,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{5}
+	return file_berth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Resources) GetCpu() string {
@@ -452,7 +705,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +717,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +730,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{6}
+	return file_berth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Health) GetHttp() *HTTPProbe {
@@ -518,7 +771,7 @@ type HTTPProbe struct {
 
 func (x *HTTPProbe) Reset() {
 	*x = HTTPProbe{}
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +783,7 @@ func (x *HTTPProbe) String() string {
 func (*HTTPProbe) ProtoMessage() {}
 
 func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +796,7 @@ func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPProbe.ProtoReflect.Descriptor instead.
 func (*HTTPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{7}
+	return file_berth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HTTPProbe) GetPath() string {
@@ -569,7 +822,7 @@ type TCPProbe struct {
 
 func (x *TCPProbe) Reset() {
 	*x = TCPProbe{}
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +834,7 @@ func (x *TCPProbe) String() string {
 func (*TCPProbe) ProtoMessage() {}
 
 func (x *TCPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +847,7 @@ func (x *TCPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPProbe.ProtoReflect.Descriptor instead.
 func (*TCPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{8}
+	return file_berth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TCPProbe) GetPort() int32 {
@@ -614,7 +867,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +879,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +892,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{9}
+	return file_berth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Route) GetHosts() []string {
@@ -668,13 +921,14 @@ type Instance struct {
 	Draining      bool                   `protobuf:"varint,8,opt,name=draining,proto3" json:"draining,omitempty"`
 	DrainSince    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=drain_since,json=drainSince,proto3" json:"drain_since,omitempty"`
 	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Ordinal       int32                  `protobuf:"varint,11,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +940,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +953,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{10}
+	return file_berth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Instance) GetId() string {
@@ -772,6 +1026,13 @@ func (x *Instance) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Instance) GetOrdinal() int32 {
+	if x != nil {
+		return x.Ordinal
+	}
+	return 0
+}
+
 type Exit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
@@ -782,7 +1043,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1055,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1068,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{11}
+	return file_berth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -843,7 +1104,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +1116,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1129,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{12}
+	return file_berth_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -958,7 +1219,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1231,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1244,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{13}
+	return file_berth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Capacity) GetMilliCpu() int64 {
@@ -1024,7 +1285,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1297,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1310,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{14}
+	return file_berth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Node) GetName() string {
@@ -1159,7 +1420,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1432,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1445,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{15}
+	return file_berth_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -1233,14 +1494,15 @@ type ApplyRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Services []*Service             `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
 	// Validate only; store nothing.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun        bool      `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	Volumes       []*Volume `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1514,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1527,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{16}
+	return file_berth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ApplyRequest) GetServices() []*Service {
@@ -1282,10 +1544,19 @@ func (x *ApplyRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *ApplyRequest) GetVolumes() []*Volume {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
 type ApplyResult struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "Service" or "Volume".
+	Kind      string `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// "created", "configured" (new revision), "scaled", "unchanged".
 	Action        string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
 	Revision      int64  `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -1295,7 +1566,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1578,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1591,14 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{17}
+	return file_berth_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ApplyResult) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
 }
 
 func (x *ApplyResult) GetNamespace() string {
@@ -1360,7 +1638,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1650,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1663,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{18}
+	return file_berth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApplyResponse) GetResults() []*ApplyResult {
@@ -1405,7 +1683,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1695,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1708,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{19}
+	return file_berth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -1452,7 +1730,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1742,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1755,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{20}
+	return file_berth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServiceSummary) GetService() *Service {
@@ -1517,7 +1795,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1807,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1820,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{21}
+	return file_berth_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -1562,7 +1840,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1852,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1865,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{22}
+	return file_berth_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetServiceRequest) GetNamespace() string {
@@ -1619,7 +1897,7 @@ type ServiceDetail struct {
 
 func (x *ServiceDetail) Reset() {
 	*x = ServiceDetail{}
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1909,7 @@ func (x *ServiceDetail) String() string {
 func (*ServiceDetail) ProtoMessage() {}
 
 func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1922,7 @@ func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDetail.ProtoReflect.Descriptor instead.
 func (*ServiceDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{23}
+	return file_berth_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ServiceDetail) GetService() *Service {
@@ -1692,7 +1970,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1982,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1995,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{24}
+	return file_berth_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteServiceRequest) GetNamespace() string {
@@ -1743,7 +2021,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +2033,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +2046,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{25}
+	return file_berth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteServiceResponse) GetInstancesDraining() int32 {
@@ -1788,7 +2066,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +2078,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +2091,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{26}
+	return file_berth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListInstancesRequest) GetNamespace() string {
@@ -1840,7 +2118,7 @@ type InstanceView struct {
 
 func (x *InstanceView) Reset() {
 	*x = InstanceView{}
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2130,7 @@ func (x *InstanceView) String() string {
 func (*InstanceView) ProtoMessage() {}
 
 func (x *InstanceView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2143,7 @@ func (x *InstanceView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceView.ProtoReflect.Descriptor instead.
 func (*InstanceView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{27}
+	return file_berth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *InstanceView) GetInstance() *Instance {
@@ -1891,7 +2169,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2181,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2194,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{28}
+	return file_berth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*InstanceView {
@@ -1934,7 +2212,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2224,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2237,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{29}
+	return file_berth_proto_rawDescGZIP(), []int{32}
 }
 
 type ListNodesResponse struct {
@@ -1971,7 +2249,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2261,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2274,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{30}
+	return file_berth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2020,7 +2298,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2310,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2323,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{31}
+	return file_berth_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ImageChunk) GetFileName() string {
@@ -2080,7 +2358,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2370,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2383,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{32}
+	return file_berth_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LoadImageResponse) GetDigest() string {
@@ -2137,7 +2415,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2427,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2440,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{33}
+	return file_berth_proto_rawDescGZIP(), []int{36}
 }
 
 type Image struct {
@@ -2177,7 +2455,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2467,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2480,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{34}
+	return file_berth_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Image) GetReference() string {
@@ -2242,7 +2520,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2532,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2545,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{35}
+	return file_berth_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -2289,7 +2567,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2301,7 +2579,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2314,7 +2592,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{36}
+	return file_berth_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListEventsRequest) GetNamespace() string {
@@ -2347,7 +2625,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2637,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2650,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{37}
+	return file_berth_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -2394,7 +2672,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2684,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2697,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{38}
+	return file_berth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -2463,7 +2741,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2753,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2766,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{39}
+	return file_berth_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RegisterResponse) GetPodCidr() string {
@@ -2521,7 +2799,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2533,7 +2811,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2546,7 +2824,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{40}
+	return file_berth_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *HeartbeatRequest) GetName() string {
@@ -2564,7 +2842,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2854,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2867,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{41}
+	return file_berth_proto_rawDescGZIP(), []int{44}
 }
 
 type WatchAssignmentsRequest struct {
@@ -2601,7 +2879,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2891,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2904,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{42}
+	return file_berth_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchAssignmentsRequest) GetNode() string {
@@ -2643,14 +2921,17 @@ type Assignments struct {
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// The last status stored for each instance, so an agent that restarts
 	// resumes restart counts and adopts what it already runs.
-	Statuses      []*InstanceStatus `protobuf:"bytes,3,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	Statuses []*InstanceStatus `protobuf:"bytes,3,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	// Volumes removed with `berth volume rm` whose data is on this node:
+	// "<namespace>/<name>" keys.
+	DeleteVolumes []string `protobuf:"bytes,4,rep,name=delete_volumes,json=deleteVolumes,proto3" json:"delete_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2662,7 +2943,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2675,7 +2956,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{43}
+	return file_berth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Assignments) GetInstances() []*Instance {
@@ -2699,6 +2980,13 @@ func (x *Assignments) GetStatuses() []*InstanceStatus {
 	return nil
 }
 
+func (x *Assignments) GetDeleteVolumes() []string {
+	if x != nil {
+		return x.DeleteVolumes
+	}
+	return nil
+}
+
 type ReportStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -2709,7 +2997,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +3009,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +3022,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{44}
+	return file_berth_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReportStatusRequest) GetNode() string {
@@ -2759,7 +3047,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +3059,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +3072,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{45}
+	return file_berth_proto_rawDescGZIP(), []int{48}
 }
 
 type WatchDiscoveryRequest struct {
@@ -2796,7 +3084,7 @@ type WatchDiscoveryRequest struct {
 
 func (x *WatchDiscoveryRequest) Reset() {
 	*x = WatchDiscoveryRequest{}
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +3096,7 @@ func (x *WatchDiscoveryRequest) String() string {
 func (*WatchDiscoveryRequest) ProtoMessage() {}
 
 func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +3109,7 @@ func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*WatchDiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{46}
+	return file_berth_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WatchDiscoveryRequest) GetNode() string {
@@ -2841,7 +3129,7 @@ type DiscoverySnapshot struct {
 
 func (x *DiscoverySnapshot) Reset() {
 	*x = DiscoverySnapshot{}
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2853,7 +3141,7 @@ func (x *DiscoverySnapshot) String() string {
 func (*DiscoverySnapshot) ProtoMessage() {}
 
 func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +3154,7 @@ func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverySnapshot.ProtoReflect.Descriptor instead.
 func (*DiscoverySnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{47}
+	return file_berth_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DiscoverySnapshot) GetVersion() uint64 {
@@ -2896,7 +3184,7 @@ type DiscoveryService struct {
 
 func (x *DiscoveryService) Reset() {
 	*x = DiscoveryService{}
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2908,7 +3196,7 @@ func (x *DiscoveryService) String() string {
 func (*DiscoveryService) ProtoMessage() {}
 
 func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2921,7 +3209,7 @@ func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryService.ProtoReflect.Descriptor instead.
 func (*DiscoveryService) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{48}
+	return file_berth_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *DiscoveryService) GetNamespace() string {
@@ -2970,7 +3258,7 @@ type DiscoveryRevision struct {
 
 func (x *DiscoveryRevision) Reset() {
 	*x = DiscoveryRevision{}
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3270,7 @@ func (x *DiscoveryRevision) String() string {
 func (*DiscoveryRevision) ProtoMessage() {}
 
 func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3283,7 @@ func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRevision.ProtoReflect.Descriptor instead.
 func (*DiscoveryRevision) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{49}
+	return file_berth_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DiscoveryRevision) GetNumber() int64 {
@@ -3032,7 +3320,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3044,7 +3332,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3057,7 +3345,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{50}
+	return file_berth_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Endpoint) GetInstance() string {
@@ -3104,7 +3392,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3116,7 +3404,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,7 +3417,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{51}
+	return file_berth_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CreateJoinTokenRequest) GetDescription() string {
@@ -3148,7 +3436,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3160,7 +3448,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3173,7 +3461,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{52}
+	return file_berth_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -3193,7 +3481,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3205,7 +3493,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3218,7 +3506,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{53}
+	return file_berth_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -3243,7 +3531,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3543,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3556,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{54}
+	return file_berth_proto_rawDescGZIP(), []int{57}
 }
 
 type DrainNodeRequest struct {
@@ -3280,7 +3568,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3292,7 +3580,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3305,7 +3593,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{55}
+	return file_berth_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -3324,7 +3612,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3624,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3637,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{56}
+	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -3368,7 +3656,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3380,7 +3668,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3393,7 +3681,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{57}
+	return file_berth_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -3412,7 +3700,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3424,7 +3712,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3437,7 +3725,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{58}
+	return file_berth_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -3445,6 +3733,531 @@ func (x *NodeList) GetNodes() []*Node {
 		return x.Nodes
 	}
 	return nil
+}
+
+type ListVolumesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListVolumesRequest) Reset() {
+	*x = ListVolumesRequest{}
+	mi := &file_berth_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListVolumesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListVolumesRequest) ProtoMessage() {}
+
+func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
+func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListVolumesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type VolumeView struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Volume *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// Instances mounting it now.
+	UsedBy        []string `protobuf:"bytes,2,rep,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeView) Reset() {
+	*x = VolumeView{}
+	mi := &file_berth_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeView) ProtoMessage() {}
+
+func (x *VolumeView) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
+func (*VolumeView) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *VolumeView) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *VolumeView) GetUsedBy() []string {
+	if x != nil {
+		return x.UsedBy
+	}
+	return nil
+}
+
+type ListVolumesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volumes       []*VolumeView          `protobuf:"bytes,1,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListVolumesResponse) Reset() {
+	*x = ListVolumesResponse{}
+	mi := &file_berth_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListVolumesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListVolumesResponse) ProtoMessage() {}
+
+func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
+func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+type GetVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVolumeRequest) Reset() {
+	*x = GetVolumeRequest{}
+	mi := &file_berth_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVolumeRequest) ProtoMessage() {}
+
+func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
+func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *GetVolumeRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *GetVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type VolumeDetail struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	View          *VolumeView            `protobuf:"bytes,1,opt,name=view,proto3" json:"view,omitempty"`
+	Events        []*Event               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeDetail) Reset() {
+	*x = VolumeDetail{}
+	mi := &file_berth_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeDetail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeDetail) ProtoMessage() {}
+
+func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
+func (*VolumeDetail) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *VolumeDetail) GetView() *VolumeView {
+	if x != nil {
+		return x.View
+	}
+	return nil
+}
+
+func (x *VolumeDetail) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type DeleteVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteVolumeRequest) Reset() {
+	*x = DeleteVolumeRequest{}
+	mi := &file_berth_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteVolumeRequest) ProtoMessage() {}
+
+func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *DeleteVolumeRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *DeleteVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteVolumeResponse) Reset() {
+	*x = DeleteVolumeResponse{}
+	mi := &file_berth_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteVolumeResponse) ProtoMessage() {}
+
+func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{68}
+}
+
+type ReleaseVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseVolumeRequest) Reset() {
+	*x = ReleaseVolumeRequest{}
+	mi := &file_berth_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseVolumeRequest) ProtoMessage() {}
+
+func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *ReleaseVolumeRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ReleaseVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ReleaseVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PreviousNode  string                 `protobuf:"bytes,1,opt,name=previous_node,json=previousNode,proto3" json:"previous_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseVolumeResponse) Reset() {
+	*x = ReleaseVolumeResponse{}
+	mi := &file_berth_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseVolumeResponse) ProtoMessage() {}
+
+func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *ReleaseVolumeResponse) GetPreviousNode() string {
+	if x != nil {
+		return x.PreviousNode
+	}
+	return ""
+}
+
+type VolumeDeletedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Namespace     string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeDeletedRequest) Reset() {
+	*x = VolumeDeletedRequest{}
+	mi := &file_berth_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeDeletedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeDeletedRequest) ProtoMessage() {}
+
+func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
+func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *VolumeDeletedRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *VolumeDeletedRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *VolumeDeletedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type VolumeDeletedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeDeletedResponse) Reset() {
+	*x = VolumeDeletedResponse{}
+	mi := &file_berth_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeDeletedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeDeletedResponse) ProtoMessage() {}
+
+func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
+func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 type FetchImageRequest struct {
@@ -3456,7 +4269,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3468,7 +4281,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3481,7 +4294,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{59}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -3513,7 +4326,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xa2\x04\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\x98\x05\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -3525,14 +4338,39 @@ const file_berth_proto_rawDesc = "" +
 	"\x06health\x18\b \x01(\v2\x10.berth.v1.HealthR\x06health\x12%\n" +
 	"\x05route\x18\t \x01(\v2\x0f.berth.v1.RouteR\x05route\x12L\n" +
 	"\rnode_selector\x18\n" +
-	" \x03(\v2'.berth.v1.ServiceSpec.NodeSelectorEntryR\fnodeSelector\x1a6\n" +
+	" \x03(\v2'.berth.v1.ServiceSpec.NodeSelectorEntryR\fnodeSelector\x12/\n" +
+	"\avolumes\x18\v \x03(\v2\x15.berth.v1.VolumeMountR\avolumes\x12C\n" +
+	"\x10volume_templates\x18\f \x03(\v2\x18.berth.v1.VolumeTemplateR\x0fvolumeTemplates\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"J\n" +
+	"\t_replicas\"\x87\x01\n" +
+	"\vVolumeMount\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"mount_path\x18\x02 \x01(\tR\tmountPath\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\x12\x14\n" +
+	"\x05tmpfs\x18\x04 \x01(\bR\x05tmpfs\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\tR\x04size\"W\n" +
+	"\x0eVolumeTemplate\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"mount_path\x18\x02 \x01(\tR\tmountPath\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\tR\x04size\"\xad\x02\n" +
+	"\x06Volume\x120\n" +
+	"\bmetadata\x18\x01 \x01(\v2\x14.berth.v1.ObjectMetaR\bmetadata\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\tR\x04size\x12\x1f\n" +
+	"\vpinned_node\x18\x03 \x01(\tR\n" +
+	"pinnedNode\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x125\n" +
+	"\bbound_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aboundAt\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
+	"\bdeleting\x18\a \x01(\bR\bdeleting\x12\x1a\n" +
+	"\btemplate\x18\b \x01(\tR\btemplate\"J\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x1a\n" +
@@ -3552,7 +4390,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x04port\x18\x01 \x01(\x05R\x04port\"3\n" +
 	"\x05Route\x12\x14\n" +
 	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x14\n" +
-	"\x05paths\x18\x02 \x03(\tR\x05paths\"\xe3\x02\n" +
+	"\x05paths\x18\x02 \x03(\tR\x05paths\"\xfd\x02\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x18\n" +
@@ -3566,7 +4404,8 @@ const file_berth_proto_rawDesc = "" +
 	"drainSince\x129\n" +
 	"\n" +
 	"created_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"F\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
+	"\aordinal\x18\v \x01(\x05R\aordinal\"F\n" +
 	"\x04Exit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xf1\x02\n" +
@@ -3614,11 +4453,13 @@ const file_berth_proto_rawDesc = "" +
 	"\x06object\x18\x03 \x01(\tR\x06object\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x12\n" +
-	"\x04type\x18\x06 \x01(\tR\x04type\"V\n" +
+	"\x04type\x18\x06 \x01(\tR\x04type\"\x82\x01\n" +
 	"\fApplyRequest\x12-\n" +
 	"\bservices\x18\x01 \x03(\v2\x11.berth.v1.ServiceR\bservices\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"s\n" +
-	"\vApplyResult\x12\x1c\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12*\n" +
+	"\avolumes\x18\x03 \x03(\v2\x10.berth.v1.VolumeR\avolumes\"\x87\x01\n" +
+	"\vApplyResult\x12\x12\n" +
+	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
 	"\x06action\x18\x03 \x01(\tR\x06action\x12\x1a\n" +
@@ -3701,11 +4542,12 @@ const file_berth_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x13\n" +
 	"\x11HeartbeatResponse\"-\n" +
 	"\x17WatchAssignmentsRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"\x91\x01\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\xb8\x01\n" +
 	"\vAssignments\x120\n" +
 	"\tinstances\x18\x01 \x03(\v2\x12.berth.v1.InstanceR\tinstances\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x124\n" +
-	"\bstatuses\x18\x03 \x03(\v2\x18.berth.v1.InstanceStatusR\bstatuses\"_\n" +
+	"\bstatuses\x18\x03 \x03(\v2\x18.berth.v1.InstanceStatusR\bstatuses\x12%\n" +
+	"\x0edelete_volumes\x18\x04 \x03(\tR\rdeleteVolumes\"_\n" +
 	"\x13ReportStatusRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\bstatuses\x18\x02 \x03(\v2\x18.berth.v1.InstanceStatusR\bstatuses\"\x16\n" +
@@ -3746,9 +4588,37 @@ const file_berth_proto_rawDesc = "" +
 	"\x11WatchNodesRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"0\n" +
 	"\bNodeList\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"1\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"2\n" +
+	"\x12ListVolumesRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"O\n" +
+	"\n" +
+	"VolumeView\x12(\n" +
+	"\x06volume\x18\x01 \x01(\v2\x10.berth.v1.VolumeR\x06volume\x12\x17\n" +
+	"\aused_by\x18\x02 \x03(\tR\x06usedBy\"E\n" +
+	"\x13ListVolumesResponse\x12.\n" +
+	"\avolumes\x18\x01 \x03(\v2\x14.berth.v1.VolumeViewR\avolumes\"D\n" +
+	"\x10GetVolumeRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"a\n" +
+	"\fVolumeDetail\x12(\n" +
+	"\x04view\x18\x01 \x01(\v2\x14.berth.v1.VolumeViewR\x04view\x12'\n" +
+	"\x06events\x18\x02 \x03(\v2\x0f.berth.v1.EventR\x06events\"G\n" +
+	"\x13DeleteVolumeRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x16\n" +
+	"\x14DeleteVolumeResponse\"H\n" +
+	"\x14ReleaseVolumeRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"<\n" +
+	"\x15ReleaseVolumeResponse\x12#\n" +
+	"\rprevious_node\x18\x01 \x01(\tR\fpreviousNode\"\\\n" +
+	"\x14VolumeDeletedRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\x17\n" +
+	"\x15VolumeDeletedResponse\"1\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
-	"\treference\x18\x01 \x01(\tR\treference2\xf9\x06\n" +
+	"\treference\x18\x01 \x01(\tR\treference2\xa7\t\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -3765,7 +4635,11 @@ const file_berth_proto_rawDesc = "" +
 	"\x0fCreateJoinToken\x12 .berth.v1.CreateJoinTokenRequest\x1a!.berth.v1.CreateJoinTokenResponse\x12G\n" +
 	"\n" +
 	"CordonNode\x12\x1b.berth.v1.CordonNodeRequest\x1a\x1c.berth.v1.CordonNodeResponse\x12D\n" +
-	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse2\x89\x04\n" +
+	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12J\n" +
+	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
+	"\tGetVolume\x12\x1a.berth.v1.GetVolumeRequest\x1a\x16.berth.v1.VolumeDetail\x12M\n" +
+	"\fDeleteVolume\x12\x1d.berth.v1.DeleteVolumeRequest\x1a\x1e.berth.v1.DeleteVolumeResponse\x12P\n" +
+	"\rReleaseVolume\x12\x1e.berth.v1.ReleaseVolumeRequest\x1a\x1f.berth.v1.ReleaseVolumeResponse2\xdb\x04\n" +
 	"\tNodeAgent\x12A\n" +
 	"\bRegister\x12\x19.berth.v1.RegisterRequest\x1a\x1a.berth.v1.RegisterResponse\x12D\n" +
 	"\tHeartbeat\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse\x12N\n" +
@@ -3775,7 +4649,8 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"WatchNodes\x12\x1b.berth.v1.WatchNodesRequest\x1a\x12.berth.v1.NodeList0\x01\x12A\n" +
 	"\n" +
-	"FetchImage\x12\x1b.berth.v1.FetchImageRequest\x1a\x14.berth.v1.ImageChunk0\x01B&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
+	"FetchImage\x12\x1b.berth.v1.FetchImageRequest\x1a\x14.berth.v1.ImageChunk0\x01\x12P\n" +
+	"\rVolumeDeleted\x12\x1e.berth.v1.VolumeDeletedRequest\x1a\x1f.berth.v1.VolumeDeletedResponseB&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
 
 var (
 	file_berth_proto_rawDescOnce sync.Once
@@ -3789,172 +4664,206 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
 	(*ServiceStatus)(nil),           // 2: berth.v1.ServiceStatus
 	(*ServiceSpec)(nil),             // 3: berth.v1.ServiceSpec
-	(*Port)(nil),                    // 4: berth.v1.Port
-	(*Resources)(nil),               // 5: berth.v1.Resources
-	(*Health)(nil),                  // 6: berth.v1.Health
-	(*HTTPProbe)(nil),               // 7: berth.v1.HTTPProbe
-	(*TCPProbe)(nil),                // 8: berth.v1.TCPProbe
-	(*Route)(nil),                   // 9: berth.v1.Route
-	(*Instance)(nil),                // 10: berth.v1.Instance
-	(*Exit)(nil),                    // 11: berth.v1.Exit
-	(*InstanceStatus)(nil),          // 12: berth.v1.InstanceStatus
-	(*Capacity)(nil),                // 13: berth.v1.Capacity
-	(*Node)(nil),                    // 14: berth.v1.Node
-	(*Event)(nil),                   // 15: berth.v1.Event
-	(*ApplyRequest)(nil),            // 16: berth.v1.ApplyRequest
-	(*ApplyResult)(nil),             // 17: berth.v1.ApplyResult
-	(*ApplyResponse)(nil),           // 18: berth.v1.ApplyResponse
-	(*ListServicesRequest)(nil),     // 19: berth.v1.ListServicesRequest
-	(*ServiceSummary)(nil),          // 20: berth.v1.ServiceSummary
-	(*ListServicesResponse)(nil),    // 21: berth.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 22: berth.v1.GetServiceRequest
-	(*ServiceDetail)(nil),           // 23: berth.v1.ServiceDetail
-	(*DeleteServiceRequest)(nil),    // 24: berth.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 25: berth.v1.DeleteServiceResponse
-	(*ListInstancesRequest)(nil),    // 26: berth.v1.ListInstancesRequest
-	(*InstanceView)(nil),            // 27: berth.v1.InstanceView
-	(*ListInstancesResponse)(nil),   // 28: berth.v1.ListInstancesResponse
-	(*ListNodesRequest)(nil),        // 29: berth.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 30: berth.v1.ListNodesResponse
-	(*ImageChunk)(nil),              // 31: berth.v1.ImageChunk
-	(*LoadImageResponse)(nil),       // 32: berth.v1.LoadImageResponse
-	(*ListImagesRequest)(nil),       // 33: berth.v1.ListImagesRequest
-	(*Image)(nil),                   // 34: berth.v1.Image
-	(*ListImagesResponse)(nil),      // 35: berth.v1.ListImagesResponse
-	(*ListEventsRequest)(nil),       // 36: berth.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 37: berth.v1.ListEventsResponse
-	(*RegisterRequest)(nil),         // 38: berth.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 39: berth.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 40: berth.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 41: berth.v1.HeartbeatResponse
-	(*WatchAssignmentsRequest)(nil), // 42: berth.v1.WatchAssignmentsRequest
-	(*Assignments)(nil),             // 43: berth.v1.Assignments
-	(*ReportStatusRequest)(nil),     // 44: berth.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),    // 45: berth.v1.ReportStatusResponse
-	(*WatchDiscoveryRequest)(nil),   // 46: berth.v1.WatchDiscoveryRequest
-	(*DiscoverySnapshot)(nil),       // 47: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 48: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 49: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 50: berth.v1.Endpoint
-	(*CreateJoinTokenRequest)(nil),  // 51: berth.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 52: berth.v1.CreateJoinTokenResponse
-	(*CordonNodeRequest)(nil),       // 53: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 54: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 55: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 56: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 57: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 58: berth.v1.NodeList
-	(*FetchImageRequest)(nil),       // 59: berth.v1.FetchImageRequest
-	nil,                             // 60: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 61: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 62: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 63: berth.v1.Node.LabelsEntry
-	nil,                             // 64: berth.v1.RegisterRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 65: google.protobuf.Timestamp
+	(*VolumeMount)(nil),             // 4: berth.v1.VolumeMount
+	(*VolumeTemplate)(nil),          // 5: berth.v1.VolumeTemplate
+	(*Volume)(nil),                  // 6: berth.v1.Volume
+	(*Port)(nil),                    // 7: berth.v1.Port
+	(*Resources)(nil),               // 8: berth.v1.Resources
+	(*Health)(nil),                  // 9: berth.v1.Health
+	(*HTTPProbe)(nil),               // 10: berth.v1.HTTPProbe
+	(*TCPProbe)(nil),                // 11: berth.v1.TCPProbe
+	(*Route)(nil),                   // 12: berth.v1.Route
+	(*Instance)(nil),                // 13: berth.v1.Instance
+	(*Exit)(nil),                    // 14: berth.v1.Exit
+	(*InstanceStatus)(nil),          // 15: berth.v1.InstanceStatus
+	(*Capacity)(nil),                // 16: berth.v1.Capacity
+	(*Node)(nil),                    // 17: berth.v1.Node
+	(*Event)(nil),                   // 18: berth.v1.Event
+	(*ApplyRequest)(nil),            // 19: berth.v1.ApplyRequest
+	(*ApplyResult)(nil),             // 20: berth.v1.ApplyResult
+	(*ApplyResponse)(nil),           // 21: berth.v1.ApplyResponse
+	(*ListServicesRequest)(nil),     // 22: berth.v1.ListServicesRequest
+	(*ServiceSummary)(nil),          // 23: berth.v1.ServiceSummary
+	(*ListServicesResponse)(nil),    // 24: berth.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),       // 25: berth.v1.GetServiceRequest
+	(*ServiceDetail)(nil),           // 26: berth.v1.ServiceDetail
+	(*DeleteServiceRequest)(nil),    // 27: berth.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),   // 28: berth.v1.DeleteServiceResponse
+	(*ListInstancesRequest)(nil),    // 29: berth.v1.ListInstancesRequest
+	(*InstanceView)(nil),            // 30: berth.v1.InstanceView
+	(*ListInstancesResponse)(nil),   // 31: berth.v1.ListInstancesResponse
+	(*ListNodesRequest)(nil),        // 32: berth.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 33: berth.v1.ListNodesResponse
+	(*ImageChunk)(nil),              // 34: berth.v1.ImageChunk
+	(*LoadImageResponse)(nil),       // 35: berth.v1.LoadImageResponse
+	(*ListImagesRequest)(nil),       // 36: berth.v1.ListImagesRequest
+	(*Image)(nil),                   // 37: berth.v1.Image
+	(*ListImagesResponse)(nil),      // 38: berth.v1.ListImagesResponse
+	(*ListEventsRequest)(nil),       // 39: berth.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 40: berth.v1.ListEventsResponse
+	(*RegisterRequest)(nil),         // 41: berth.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 42: berth.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 43: berth.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 44: berth.v1.HeartbeatResponse
+	(*WatchAssignmentsRequest)(nil), // 45: berth.v1.WatchAssignmentsRequest
+	(*Assignments)(nil),             // 46: berth.v1.Assignments
+	(*ReportStatusRequest)(nil),     // 47: berth.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),    // 48: berth.v1.ReportStatusResponse
+	(*WatchDiscoveryRequest)(nil),   // 49: berth.v1.WatchDiscoveryRequest
+	(*DiscoverySnapshot)(nil),       // 50: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),        // 51: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),       // 52: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                // 53: berth.v1.Endpoint
+	(*CreateJoinTokenRequest)(nil),  // 54: berth.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 55: berth.v1.CreateJoinTokenResponse
+	(*CordonNodeRequest)(nil),       // 56: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 57: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 58: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 59: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 60: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 61: berth.v1.NodeList
+	(*ListVolumesRequest)(nil),      // 62: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 63: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 64: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 65: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 66: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 67: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 68: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 69: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 70: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 71: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 72: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 73: berth.v1.FetchImageRequest
+	nil,                             // 74: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 75: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 76: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 77: berth.v1.Node.LabelsEntry
+	nil,                             // 78: berth.v1.RegisterRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 79: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	60, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	74, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,  // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,  // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,  // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	65, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	65, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	61, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
-	4,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
-	5,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
-	6,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
-	9,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	62, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
-	7,  // 12: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	8,  // 13: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	3,  // 14: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	65, // 15: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	65, // 16: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	65, // 17: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	11, // 18: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	65, // 19: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	65, // 20: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	63, // 21: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	13, // 22: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	65, // 23: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	65, // 24: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	13, // 25: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	65, // 26: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	65, // 27: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	1,  // 28: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	17, // 29: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	1,  // 30: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	20, // 31: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	1,  // 32: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	27, // 33: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	15, // 34: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	10, // 35: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	12, // 36: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	27, // 37: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	14, // 38: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	65, // 39: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	34, // 40: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	15, // 41: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	64, // 42: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	13, // 43: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	10, // 44: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	12, // 45: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	12, // 46: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	48, // 47: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	4,  // 48: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	9,  // 49: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	49, // 50: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	50, // 51: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	14, // 52: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	16, // 53: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	19, // 54: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	22, // 55: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	24, // 56: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	26, // 57: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	29, // 58: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	31, // 59: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	33, // 60: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	36, // 61: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	51, // 62: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
-	53, // 63: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	55, // 64: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	38, // 65: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	40, // 66: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	42, // 67: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	44, // 68: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	46, // 69: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	57, // 70: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	59, // 71: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	18, // 72: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	21, // 73: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	23, // 74: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	25, // 75: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	28, // 76: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	30, // 77: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	32, // 78: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	35, // 79: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	37, // 80: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	52, // 81: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
-	54, // 82: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	56, // 83: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	39, // 84: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	41, // 85: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	43, // 86: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	45, // 87: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	47, // 88: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	58, // 89: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	31, // 90: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	72, // [72:91] is the sub-list for method output_type
-	53, // [53:72] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	79, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	79, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	75, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	7,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
+	8,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
+	9,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
+	12, // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
+	76, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	4,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
+	5,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
+	0,  // 14: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	79, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	79, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	10, // 17: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	11, // 18: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	3,  // 19: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	79, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	79, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	79, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	14, // 23: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	79, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	79, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	77, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	16, // 27: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	79, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	79, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	16, // 30: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	79, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	79, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	1,  // 33: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	6,  // 34: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	20, // 35: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	1,  // 36: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	23, // 37: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	1,  // 38: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	30, // 39: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	18, // 40: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	13, // 41: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	15, // 42: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	30, // 43: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	17, // 44: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	79, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	37, // 46: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	18, // 47: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	78, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	16, // 49: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	13, // 50: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	15, // 51: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	15, // 52: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	51, // 53: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	7,  // 54: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	12, // 55: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	52, // 56: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	53, // 57: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	17, // 58: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	6,  // 59: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	63, // 60: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	63, // 61: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	18, // 62: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	19, // 63: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	22, // 64: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	25, // 65: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	27, // 66: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	29, // 67: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	32, // 68: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	34, // 69: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	36, // 70: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	39, // 71: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	54, // 72: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
+	56, // 73: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	58, // 74: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	62, // 75: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	65, // 76: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	67, // 77: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	69, // 78: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	41, // 79: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	43, // 80: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	45, // 81: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	47, // 82: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	49, // 83: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	60, // 84: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	73, // 85: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	71, // 86: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	21, // 87: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	24, // 88: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	26, // 89: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	28, // 90: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	31, // 91: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	33, // 92: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	35, // 93: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	38, // 94: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	40, // 95: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	55, // 96: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
+	57, // 97: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	59, // 98: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	64, // 99: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	66, // 100: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	68, // 101: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	70, // 102: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	42, // 103: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	44, // 104: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	46, // 105: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	48, // 106: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	50, // 107: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	61, // 108: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	34, // 109: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	72, // 110: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	87, // [87:111] is the sub-list for method output_type
+	63, // [63:87] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -3969,7 +4878,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   65,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -38,6 +38,10 @@ const (
 	Berth_CreateJoinToken_FullMethodName = "/berth.v1.Berth/CreateJoinToken"
 	Berth_CordonNode_FullMethodName      = "/berth.v1.Berth/CordonNode"
 	Berth_DrainNode_FullMethodName       = "/berth.v1.Berth/DrainNode"
+	Berth_ListVolumes_FullMethodName     = "/berth.v1.Berth/ListVolumes"
+	Berth_GetVolume_FullMethodName       = "/berth.v1.Berth/GetVolume"
+	Berth_DeleteVolume_FullMethodName    = "/berth.v1.Berth/DeleteVolume"
+	Berth_ReleaseVolume_FullMethodName   = "/berth.v1.Berth/ReleaseVolume"
 )
 
 // BerthClient is the client API for Berth service.
@@ -68,6 +72,14 @@ type BerthClient interface {
 	// DrainNode cordons a node and moves its instances elsewhere through the
 	// normal drain path.
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
+	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
+	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeDetail, error)
+	// DeleteVolume removes a volume and its data; refused while an instance
+	// uses it.
+	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
+	// ReleaseVolume unbinds a volume from its node so its consumers may run
+	// elsewhere, on an empty directory: for a node that is gone for good.
+	ReleaseVolume(ctx context.Context, in *ReleaseVolumeRequest, opts ...grpc.CallOption) (*ReleaseVolumeResponse, error)
 }
 
 type berthClient struct {
@@ -201,6 +213,46 @@ func (c *berthClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts 
 	return out, nil
 }
 
+func (c *berthClient) ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListVolumesResponse)
+	err := c.cc.Invoke(ctx, Berth_ListVolumes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeDetail, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeDetail)
+	err := c.cc.Invoke(ctx, Berth_GetVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteVolumeResponse)
+	err := c.cc.Invoke(ctx, Berth_DeleteVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) ReleaseVolume(ctx context.Context, in *ReleaseVolumeRequest, opts ...grpc.CallOption) (*ReleaseVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseVolumeResponse)
+	err := c.cc.Invoke(ctx, Berth_ReleaseVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BerthServer is the server API for Berth service.
 // All implementations must embed UnimplementedBerthServer
 // for forward compatibility.
@@ -229,6 +281,14 @@ type BerthServer interface {
 	// DrainNode cordons a node and moves its instances elsewhere through the
 	// normal drain path.
 	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
+	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
+	GetVolume(context.Context, *GetVolumeRequest) (*VolumeDetail, error)
+	// DeleteVolume removes a volume and its data; refused while an instance
+	// uses it.
+	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
+	// ReleaseVolume unbinds a volume from its node so its consumers may run
+	// elsewhere, on an empty directory: for a node that is gone for good.
+	ReleaseVolume(context.Context, *ReleaseVolumeRequest) (*ReleaseVolumeResponse, error)
 	mustEmbedUnimplementedBerthServer()
 }
 
@@ -274,6 +334,18 @@ func (UnimplementedBerthServer) CordonNode(context.Context, *CordonNodeRequest) 
 }
 func (UnimplementedBerthServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedBerthServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListVolumes not implemented")
+}
+func (UnimplementedBerthServer) GetVolume(context.Context, *GetVolumeRequest) (*VolumeDetail, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetVolume not implemented")
+}
+func (UnimplementedBerthServer) DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteVolume not implemented")
+}
+func (UnimplementedBerthServer) ReleaseVolume(context.Context, *ReleaseVolumeRequest) (*ReleaseVolumeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReleaseVolume not implemented")
 }
 func (UnimplementedBerthServer) mustEmbedUnimplementedBerthServer() {}
 func (UnimplementedBerthServer) testEmbeddedByValue()               {}
@@ -501,6 +573,78 @@ func _Berth_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_ListVolumes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListVolumesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ListVolumes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ListVolumes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ListVolumes(ctx, req.(*ListVolumesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_GetVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).GetVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_GetVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).GetVolume(ctx, req.(*GetVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_DeleteVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).DeleteVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_DeleteVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).DeleteVolume(ctx, req.(*DeleteVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_ReleaseVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ReleaseVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ReleaseVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ReleaseVolume(ctx, req.(*ReleaseVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Berth_ServiceDesc is the grpc.ServiceDesc for Berth service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -552,6 +696,22 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DrainNode",
 			Handler:    _Berth_DrainNode_Handler,
 		},
+		{
+			MethodName: "ListVolumes",
+			Handler:    _Berth_ListVolumes_Handler,
+		},
+		{
+			MethodName: "GetVolume",
+			Handler:    _Berth_GetVolume_Handler,
+		},
+		{
+			MethodName: "DeleteVolume",
+			Handler:    _Berth_DeleteVolume_Handler,
+		},
+		{
+			MethodName: "ReleaseVolume",
+			Handler:    _Berth_ReleaseVolume_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -571,6 +731,7 @@ const (
 	NodeAgent_WatchDiscovery_FullMethodName   = "/berth.v1.NodeAgent/WatchDiscovery"
 	NodeAgent_WatchNodes_FullMethodName       = "/berth.v1.NodeAgent/WatchNodes"
 	NodeAgent_FetchImage_FullMethodName       = "/berth.v1.NodeAgent/FetchImage"
+	NodeAgent_VolumeDeleted_FullMethodName    = "/berth.v1.NodeAgent/VolumeDeleted"
 )
 
 // NodeAgentClient is the client API for NodeAgent service.
@@ -592,6 +753,8 @@ type NodeAgentClient interface {
 	WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error)
 	// FetchImage streams an image tarball uploaded with Berth.LoadImage.
 	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
+	// VolumeDeleted tells the control plane a node removed a volume's data.
+	VolumeDeleted(ctx context.Context, in *VolumeDeletedRequest, opts ...grpc.CallOption) (*VolumeDeletedResponse, error)
 }
 
 type nodeAgentClient struct {
@@ -708,6 +871,16 @@ func (c *nodeAgentClient) FetchImage(ctx context.Context, in *FetchImageRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgent_FetchImageClient = grpc.ServerStreamingClient[ImageChunk]
 
+func (c *nodeAgentClient) VolumeDeleted(ctx context.Context, in *VolumeDeletedRequest, opts ...grpc.CallOption) (*VolumeDeletedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeDeletedResponse)
+	err := c.cc.Invoke(ctx, NodeAgent_VolumeDeleted_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeAgentServer is the server API for NodeAgent service.
 // All implementations must embed UnimplementedNodeAgentServer
 // for forward compatibility.
@@ -727,6 +900,8 @@ type NodeAgentServer interface {
 	WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[NodeList]) error
 	// FetchImage streams an image tarball uploaded with Berth.LoadImage.
 	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error
+	// VolumeDeleted tells the control plane a node removed a volume's data.
+	VolumeDeleted(context.Context, *VolumeDeletedRequest) (*VolumeDeletedResponse, error)
 	mustEmbedUnimplementedNodeAgentServer()
 }
 
@@ -757,6 +932,9 @@ func (UnimplementedNodeAgentServer) WatchNodes(*WatchNodesRequest, grpc.ServerSt
 }
 func (UnimplementedNodeAgentServer) FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method FetchImage not implemented")
+}
+func (UnimplementedNodeAgentServer) VolumeDeleted(context.Context, *VolumeDeletedRequest) (*VolumeDeletedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method VolumeDeleted not implemented")
 }
 func (UnimplementedNodeAgentServer) mustEmbedUnimplementedNodeAgentServer() {}
 func (UnimplementedNodeAgentServer) testEmbeddedByValue()                   {}
@@ -877,6 +1055,24 @@ func _NodeAgent_FetchImage_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgent_FetchImageServer = grpc.ServerStreamingServer[ImageChunk]
 
+func _NodeAgent_VolumeDeleted_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VolumeDeletedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeAgentServer).VolumeDeleted(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeAgent_VolumeDeleted_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeAgentServer).VolumeDeleted(ctx, req.(*VolumeDeletedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeAgent_ServiceDesc is the grpc.ServiceDesc for NodeAgent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -895,6 +1091,10 @@ var NodeAgent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportStatus",
 			Handler:    _NodeAgent_ReportStatus_Handler,
+		},
+		{
+			MethodName: "VolumeDeleted",
+			Handler:    _NodeAgent_VolumeDeleted_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

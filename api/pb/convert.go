@@ -97,6 +97,12 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 	for _, port := range s.Ports {
 		p.Ports = append(p.Ports, &Port{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
 	}
+	for _, m := range s.Volumes {
+		p.Volumes = append(p.Volumes, &VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, Tmpfs: m.Tmpfs, Size: m.Size})
+	}
+	for _, t := range s.VolumeTemplates {
+		p.VolumeTemplates = append(p.VolumeTemplates, &VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
+	}
 	if h := s.Health; h != nil {
 		ph := &Health{Interval: durString(h.Interval), Timeout: durString(h.Timeout)}
 		if h.HTTP != nil {
@@ -129,6 +135,12 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 	for _, port := range p.Ports {
 		s.Ports = append(s.Ports, api.Port{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
 	}
+	for _, m := range p.Volumes {
+		s.Volumes = append(s.Volumes, api.VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, Tmpfs: m.Tmpfs, Size: m.Size})
+	}
+	for _, t := range p.VolumeTemplates {
+		s.VolumeTemplates = append(s.VolumeTemplates, api.VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
+	}
 	if h := p.GetHealth(); h != nil {
 		ah := &api.Health{Interval: parseDur(h.Interval), Timeout: parseDur(h.Timeout)}
 		if h.Http != nil {
@@ -150,7 +162,7 @@ func FromInstance(i *api.Instance) *Instance {
 	return &Instance{
 		Id: i.ID, Namespace: i.Namespace, Service: i.Service, Revision: i.Revision,
 		Template: FromSpec(&i.Template), Node: i.Node, Desired: i.Desired,
-		Draining: i.Draining, DrainSince: ts(i.DrainSince), CreatedAt: ts(i.CreatedAt),
+		Draining: i.Draining, DrainSince: ts(i.DrainSince), CreatedAt: ts(i.CreatedAt), Ordinal: i.Ordinal,
 	}
 }
 
@@ -159,7 +171,7 @@ func ToInstance(p *Instance) api.Instance {
 	i := api.Instance{
 		ID: p.Id, Namespace: p.Namespace, Service: p.Service, Revision: p.Revision,
 		Node: p.Node, Desired: p.Desired, Draining: p.Draining,
-		DrainSince: fromTS(p.DrainSince), CreatedAt: fromTS(p.CreatedAt),
+		DrainSince: fromTS(p.DrainSince), CreatedAt: fromTS(p.CreatedAt), Ordinal: p.Ordinal,
 	}
 	if p.Template != nil {
 		i.Template = ToSpec(p.Template)
@@ -260,4 +272,23 @@ func ToSnapshot(p *DiscoverySnapshot) *discovery.Snapshot {
 		s.Services = append(s.Services, svc)
 	}
 	return s
+}
+
+// FromVolume converts a volume to the wire.
+func FromVolume(v *api.Volume) *Volume {
+	return &Volume{
+		Metadata: &ObjectMeta{Name: v.Metadata.Name, Namespace: v.Metadata.Namespace, Labels: v.Metadata.Labels},
+		Size:     v.Spec.Size, PinnedNode: v.Spec.Node, Node: v.Status.Node,
+		BoundAt: ts(v.Status.BoundAt), CreatedAt: ts(v.Status.CreatedAt), Deleting: v.Status.Deleting, Template: v.Status.Template,
+	}
+}
+
+// ToVolume converts a wire volume (spec only: status is the control
+// plane's).
+func ToVolume(p *Volume) *api.Volume {
+	v := &api.Volume{APIVersion: api.APIVersion, Kind: api.KindVolume, Spec: api.VolumeSpec{Size: p.Size, Node: p.PinnedNode}}
+	if m := p.GetMetadata(); m != nil {
+		v.Metadata = api.ObjectMeta{Name: m.Name, Namespace: m.Namespace, Labels: m.Labels}
+	}
+	return v
 }

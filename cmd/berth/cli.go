@@ -62,20 +62,24 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 			if len(files) == 0 {
 				return errors.New("apply: -f FILE|DIR is required")
 			}
-			var all []api.Service
+			var all manifests.Objects
 			for _, f := range files {
-				svcs, err := manifests.Load(f)
+				objs, err := manifests.LoadObjects(f)
 				if err != nil {
 					return err
 				}
-				all = append(all, svcs...)
+				all.Services = append(all.Services, objs.Services...)
+				all.Volumes = append(all.Volumes, objs.Volumes...)
 			}
-			if len(all) == 0 {
+			if len(all.Services)+len(all.Volumes) == 0 {
 				return fmt.Errorf("apply: no manifests found in %s", strings.Join(files, ", "))
 			}
 			req := &pb.ApplyRequest{DryRun: dryRun}
-			for i := range all {
-				req.Services = append(req.Services, pb.FromService(&all[i]))
+			for i := range all.Services {
+				req.Services = append(req.Services, pb.FromService(&all.Services[i]))
+			}
+			for i := range all.Volumes {
+				req.Volumes = append(req.Volumes, pb.FromVolume(&all.Volumes[i]))
 			}
 			cli, done, err := g.client()
 			if err != nil {
@@ -89,6 +93,10 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 				return g.rpcErr(err)
 			}
 			for _, r := range resp.Results {
+				if r.Kind == api.KindVolume {
+					fmt.Fprintf(cmd.OutOrStdout(), "volume/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
+					continue
+				}
 				if r.Revision > 0 {
 					fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s, revision %d)\n", r.Name, r.Action, r.Namespace, r.Revision)
 				} else {
@@ -115,7 +123,9 @@ func waitReady(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, results
 	defer cancel()
 	want := map[string]bool{}
 	for _, r := range results {
-		want[r.Namespace+"/"+r.Name] = true
+		if r.Kind != api.KindVolume {
+			want[r.Namespace+"/"+r.Name] = true
+		}
 	}
 	start := time.Now()
 	for {
@@ -202,10 +212,10 @@ func age(t *timestamppb.Timestamp) string {
 func newGetCmd(g *globalOptions) *cobra.Command {
 	var output, namespace string
 	cmd := &cobra.Command{
-		Use:       "get services|instances|nodes|images",
+		Use:       "get services|instances|nodes|images|volumes",
 		Short:     "List objects",
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"services", "instances", "nodes", "images"},
+		ValidArgs: []string{"services", "instances", "nodes", "images", "volumes"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cli, done, err := g.client()
 			if err != nil {
@@ -296,8 +306,21 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 				for _, im := range resp.Images {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", im.Reference, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
 				}
+			case "volumes", "volume", "vol":
+				resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msgs := make([]proto.Message, len(resp.Volumes))
+				for i, s := range resp.Volumes {
+					msgs[i] = s
+				}
+				if ok, err := p.structured(msgs); ok {
+					return err
+				}
+				printVolumes(tw, resp.Volumes)
 			default:
-				return fmt.Errorf("get: unknown kind %q: use services, instances, nodes or images", args[0])
+				return fmt.Errorf("get: unknown kind %q: use services, instances, nodes, images or volumes", args[0])
 			}
 			return nil
 		},

@@ -103,8 +103,8 @@ func nsOrDefault(ns string) string {
 
 // Apply validates every service and stores them all, or none.
 func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResponse, error) {
-	if len(req.Services) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "apply: no services in the request")
+	if len(req.Services)+len(req.Volumes) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "apply: no services or volumes in the request")
 	}
 	svcs := make([]api.Service, 0, len(req.Services))
 	var problems []string
@@ -126,6 +126,22 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		seen[svc.Key()] = i
 		svcs = append(svcs, *svc)
 	}
+	vols := make([]api.Volume, 0, len(req.Volumes))
+	seenVol := map[string]int{}
+	for i, p := range req.Volumes {
+		vol := pb.ToVolume(p)
+		manifests.DefaultsVolume(vol)
+		where := fmt.Sprintf("volumes[%d] (Volume %s)", i, vol.Key())
+		if err := manifests.ValidateVolume(vol); err != nil {
+			problems = append(problems, where+": "+err.Error())
+		}
+		if j, dup := seenVol[vol.Key()]; dup {
+			problems = append(problems, fmt.Sprintf("%s: same volume as volumes[%d]", where, j))
+		}
+		seenVol[vol.Key()] = i
+		vols = append(vols, *vol)
+	}
+	problems = append(problems, checkVolumeRefs(s.cache.View(), svcs, vols)...)
 	if len(problems) > 0 {
 		return nil, status.Error(codes.InvalidArgument, "apply rejected, nothing stored: "+strings.Join(problems, "; "))
 	}
@@ -136,18 +152,26 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		}
 		return out, nil
 	}
-	results, err := s.store.ApplyServices(ctx, svcs)
+	results, err := s.store.Apply(ctx, svcs, vols)
+	if errors.Is(err, store.ErrInvalid) {
+		return nil, status.Error(codes.InvalidArgument, "apply rejected, nothing stored: "+err.Error())
+	}
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	out := &pb.ApplyResponse{}
 	for _, r := range results {
-		out.Results = append(out.Results, &pb.ApplyResult{Namespace: r.Namespace, Name: r.Name, Action: r.Action, Revision: r.Revision})
-		if r.Action != "unchanged" {
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "service/" + r.Name, Reason: "Applied",
-				Message: fmt.Sprintf("service %s (revision %d)", r.Action, r.Revision)})
-			s.logger.Info("service applied", "service", r.Namespace+"/"+r.Name, "action", r.Action, "revision", r.Revision)
+		out.Results = append(out.Results, &pb.ApplyResult{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Action: r.Action, Revision: r.Revision})
+		if r.Action == "unchanged" {
+			continue
 		}
+		if r.Kind == api.KindVolume {
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "volume/" + r.Name, Reason: "Applied", Message: "volume " + r.Action})
+			continue
+		}
+		_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "service/" + r.Name, Reason: "Applied",
+			Message: fmt.Sprintf("service %s (revision %d)", r.Action, r.Revision)})
+		s.logger.Info("service applied", "service", r.Namespace+"/"+r.Name, "action", r.Action, "revision", r.Revision)
 	}
 	return out, nil
 }
@@ -358,6 +382,14 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 				msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))
 			}
 		}
+		sort.Strings(ids)
+		for key, vv := range v.Volumes {
+			if vv.Volume.Status.Deleting && vv.Volume.Status.Node == req.Node {
+				msg.DeleteVolumes = append(msg.DeleteVolumes, key)
+				ids = append(ids, "rmvol:"+key)
+			}
+		}
+		sort.Strings(msg.DeleteVolumes)
 		sort.Strings(ids)
 		if key := strings.Join(ids, ","); key != last || last == "" {
 			last = key

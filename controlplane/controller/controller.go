@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -265,19 +266,33 @@ func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuse
 		st, ok := statuses[vi.Instance.ID]
 		return ok && st.Ready && st.Node == vi.Instance.Node
 	}
+	// Replicas have stable ordinals: a new instance takes the lowest one
+	// no live instance of the current revision holds, so a replacement or
+	// a new revision's replica i mounts replica i's volumes.
+	usedOrdinals := map[int32]bool{}
+	for _, vi := range current {
+		usedOrdinals[vi.Instance.Ordinal] = true
+	}
+	next := int32(0)
 	for i := len(current); i < want; i++ {
+		for usedOrdinals[next] {
+			next++
+		}
+		usedOrdinals[next] = true
 		plan.Create = append(plan.Create, api.Instance{
 			ID:        newID(svc.Metadata.Name),
 			Namespace: svc.Metadata.Namespace,
 			Service:   svc.Metadata.Name,
 			Revision:  svc.Status.Revision,
+			Ordinal:   next,
 			Template:  svc.Spec.Template(),
 			Desired:   api.DesiredRunning,
 			CreatedAt: now,
 		})
 	}
 	if len(current) > want {
-		// Least useful first: unplaced, then not ready, then newest.
+		// Least useful first: unplaced, then not ready, then the highest
+		// ordinal (so scaling down keeps replicas 0..n-1), then newest.
 		sort.SliceStable(current, func(i, j int) bool {
 			a, b := current[i], current[j]
 			if (a.Instance.Node == "") != (b.Instance.Node == "") {
@@ -285,6 +300,9 @@ func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuse
 			}
 			if ready(a) != ready(b) {
 				return !ready(a)
+			}
+			if a.Instance.Ordinal != b.Instance.Ordinal {
+				return a.Instance.Ordinal > b.Instance.Ordinal
 			}
 			return a.Instance.CreatedAt.After(b.Instance.CreatedAt)
 		})
@@ -370,6 +388,14 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 		return nil
 	}
 	snap := scheduler.NewSnapshot(v.Nodes, v.LiveNodes, placed)
+	snap.VolumeNodes = map[string]string{}
+	for key, vv := range v.Volumes {
+		at := vv.Volume.Status.Node
+		if at == "" {
+			at = vv.Volume.Spec.Node
+		}
+		snap.VolumeNodes[key] = at
+	}
 	placements, failed := c.sched.Schedule(snap, pending)
 	byID := map[string]api.Instance{}
 	for _, in := range pending {
@@ -386,12 +412,38 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 		return nil
 	}
 	changes := make([]store.InstanceChange, 0, len(placements))
+	var volumes []store.VolumeChange
+	now := c.now().UTC()
 	for _, p := range placements {
 		in := byID[p.InstanceID]
 		in.Node = p.Node
 		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: rev[in.ID]})
+		for _, key := range p.Bind {
+			if vv, ok := v.Volumes[key]; ok {
+				vol := vv.Volume
+				vol.Status.Node, vol.Status.BoundAt = p.Node, now
+				volumes = append(volumes, store.VolumeChange{Volume: vol, ModRevision: vv.ModRevision})
+				continue
+			}
+			// A per-replica volume comes into being with its first placement.
+			ns, name, _ := strings.Cut(key, "/")
+			template := ""
+			for _, t := range in.Template.VolumeTemplates {
+				if api.TemplateVolumeName(t.Name, in.Ordinal) == name {
+					template = t.Name
+					vol := api.Volume{APIVersion: api.APIVersion, Kind: api.KindVolume,
+						Metadata: api.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"berth.dev/service": in.Service}},
+						Spec:     api.VolumeSpec{Size: t.Size},
+						Status:   api.VolumeStatus{Node: p.Node, BoundAt: now, CreatedAt: now, Template: t.Name}}
+					volumes = append(volumes, store.VolumeChange{Volume: vol})
+				}
+			}
+			if template == "" {
+				return fmt.Errorf("controller: instance %s mounts volume %s, which does not exist", in.ID, key)
+			}
+		}
 	}
-	if err := c.store.CommitInstances(ctx, changes); err != nil {
+	if err := c.store.Commit(ctx, changes, volumes); err != nil {
 		return fmt.Errorf("controller: commit %d placements: %w", len(changes), err)
 	}
 	c.placed.Add(float64(len(placements)))

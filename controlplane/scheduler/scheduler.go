@@ -39,6 +39,9 @@ func (n *NodeInfo) Free() api.Capacity {
 // it changes, so a Snapshot may be reused.
 type Snapshot struct {
 	Nodes []NodeInfo
+	// VolumeNodes maps a volume ("<ns>/<name>") to the node holding its
+	// data, or the node it is pinned to; absent or "" means unbound.
+	VolumeNodes map[string]string
 }
 
 // NewSnapshot builds a snapshot from nodes, which of them are alive, and
@@ -77,10 +80,15 @@ type Pod struct {
 	*api.Instance
 	Req api.Capacity
 	Key string // "<ns>/<service>"
+	// Volumes are the named volumes the instance mounts ("<ns>/<name>")
+	// and VolumeNodes where each one's data is ("" while unbound).
+	Volumes     []string
+	VolumeNodes map[string]string
 }
 
 func newPod(in *api.Instance) *Pod {
-	return &Pod{Instance: in, Req: in.Template.Resources.Request(), Key: in.ServiceKey()}
+	return &Pod{Instance: in, Req: in.Template.Resources.Request(), Key: in.ServiceKey(),
+		Volumes: in.Template.VolumeNames(in.Namespace, in.Ordinal)}
 }
 
 // Filter says whether an instance may run on a node, and if not, why
@@ -124,6 +132,8 @@ type Scheduler struct {
 //   - NodeReady: a node whose heartbeat lapsed gets nothing new.
 //   - Schedulable: a cordoned node gets nothing new.
 //   - Selector: the node carries every label of the nodeSelector.
+//   - VolumeAffinity: a volume's data lives on one node; its consumers
+//     run there (and wait, with this reason, while that node is down).
 //   - Resources: requests must fit in allocatable minus allocated.
 //
 // Scores, weighted:
@@ -133,7 +143,7 @@ type Scheduler struct {
 //     service, so one node's loss takes as few replicas as possible.
 func New() *Scheduler {
 	return &Scheduler{
-		filters: []Filter{NodeReady, Schedulable, Selector, Resources},
+		filters: []Filter{NodeReady, Schedulable, Selector, VolumeAffinity, Resources},
 		scores: []weighted{
 			{LeastAllocated{}, 1},
 			{Spread{}, 2},
@@ -162,6 +172,17 @@ var Selector = FilterFunc{N: "Selector", F: func(p *Pod, n *NodeInfo) (string, b
 	for k, want := range p.Template.NodeSelector {
 		if got, ok := n.Node.Labels[k]; !ok || got != want {
 			return "node selector mismatch", false
+		}
+	}
+	return "", true
+}}
+
+// VolumeAffinity rejects nodes other than the one holding a volume the
+// instance mounts.
+var VolumeAffinity = FilterFunc{N: "VolumeAffinity", F: func(p *Pod, n *NodeInfo) (string, bool) {
+	for _, v := range p.Volumes {
+		if at := p.VolumeNodes[v]; at != "" && at != n.Node.Name {
+			return "volume " + v + " is on node " + at, false
 		}
 	}
 	return "", true
@@ -210,6 +231,9 @@ func (Spread) Score(p *Pod, n *NodeInfo) float64 {
 type Placement struct {
 	InstanceID string
 	Node       string
+	// Bind lists the volumes this placement binds to Node (they had no
+	// node yet); the caller records the binding with the placement.
+	Bind []string
 }
 
 // Unschedulable explains why an instance could not be placed.
@@ -278,10 +302,15 @@ func (s *Scheduler) Schedule(snap *Snapshot, pending []api.Instance) ([]Placemen
 	}
 	want := numNodesToScore(len(nodes))
 	next := 0
+	volNodes := make(map[string]string, len(snap.VolumeNodes))
+	for k, v := range snap.VolumeNodes {
+		volNodes[k] = v
+	}
 	var placements []Placement
 	var failed []Unschedulable
 	for i := range pending {
 		p := newPod(&pending[i])
+		p.VolumeNodes = volNodes
 		best, bestScore := -1, -1.0
 		var reasons map[string]int
 		found, k := 0, 0
@@ -319,7 +348,14 @@ func (s *Scheduler) Schedule(snap *Snapshot, pending []api.Instance) ([]Placemen
 			continue
 		}
 		addPod(&nodes[best], p)
-		placements = append(placements, Placement{InstanceID: p.ID, Node: nodes[best].Node.Name})
+		pl := Placement{InstanceID: p.ID, Node: nodes[best].Node.Name}
+		for _, v := range p.Volumes {
+			if volNodes[v] == "" {
+				volNodes[v] = pl.Node
+				pl.Bind = append(pl.Bind, v)
+			}
+		}
+		placements = append(placements, pl)
 	}
 	return placements, failed
 }

@@ -105,3 +105,35 @@ func TestStoppedInstancesDoNotCount(t *testing.T) {
 		t.Fatalf("placements=%v failed=%v", placements, failed)
 	}
 }
+
+func TestVolumeAffinity(t *testing.T) {
+	nodes := []api.Node{node("a", 4000, 4096), node("b", 4000, 4096), node("c", 4000, 4096)}
+	snap := NewSnapshot(nodes, live("a", "c"), nil)
+	snap.VolumeNodes = map[string]string{"default/data": "b"}
+	shared := inst("x", "db", "100m", "64Mi")
+	shared.Template.Volumes = []api.VolumeMount{{Name: "data", MountPath: "/data"}}
+	_, failed := New().Schedule(snap, []api.Instance{shared})
+	if len(failed) != 1 || failed[0].String() != "0/3 nodes available: 2 volume default/data is on node b, 1 not ready" {
+		t.Fatalf("failed = %v", failed)
+	}
+	// Unbound volumes bind to the first consumer's node; the second follows.
+	snap.VolumeNodes = nil
+	a, b := inst("1", "db", "100m", "64Mi"), inst("2", "db", "100m", "64Mi")
+	a.Template.Volumes, b.Template.Volumes = shared.Template.Volumes, shared.Template.Volumes
+	ps, failed := New().Schedule(snap, []api.Instance{a, b})
+	if len(failed) != 0 || len(ps) != 2 || ps[0].Node != ps[1].Node || len(ps[0].Bind) != 1 || len(ps[1].Bind) != 0 {
+		t.Fatalf("placements = %+v failed = %v", ps, failed)
+	}
+	// Per-replica volumes: each ordinal its own volume, spread apart.
+	var reps []api.Instance
+	for i := int32(0); i < 2; i++ {
+		r := inst(fmt.Sprintf("r%d", i), "st", "100m", "64Mi")
+		r.Ordinal = i
+		r.Template.VolumeTemplates = []api.VolumeTemplate{{Name: "wal", MountPath: "/wal"}}
+		reps = append(reps, r)
+	}
+	ps, _ = New().Schedule(snap, reps)
+	if len(ps) != 2 || ps[0].Node == ps[1].Node || ps[0].Bind[0] != "default/wal-0" || ps[1].Bind[0] != "default/wal-1" {
+		t.Fatalf("per-replica placements = %+v", ps)
+	}
+}

@@ -47,6 +47,14 @@ type View struct {
 	LiveNodes map[string]bool
 	// Heartbeats holds the time of each live node's last heartbeat.
 	Heartbeats map[string]time.Time
+	// Volumes by "<ns>/<name>".
+	Volumes map[string]VersionedVolume
+}
+
+// VersionedVolume is a volume with its etcd mod revision.
+type VersionedVolume struct {
+	Volume      api.Volume
+	ModRevision int64
 }
 
 // Node returns the named node from the view, or nil.
@@ -206,7 +214,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}}
+	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, Volumes: map[string]VersionedVolume{}}
 	for key, kv := range c.kvs {
 		switch {
 		case strings.HasPrefix(key, ServicesPrefix):
@@ -228,6 +236,11 @@ func (c *Cache) View() *View {
 			var n api.Node
 			if json.Unmarshal(kv.value, &n) == nil {
 				v.Nodes = append(v.Nodes, n)
+			}
+		case strings.HasPrefix(key, VolumesPrefix):
+			var vol api.Volume
+			if json.Unmarshal(kv.value, &vol) == nil {
+				v.Volumes[vol.Key()] = VersionedVolume{Volume: vol, ModRevision: kv.modRevision}
 			}
 		case strings.HasPrefix(key, LeasesPrefix):
 			name := strings.TrimPrefix(key, LeasesPrefix)

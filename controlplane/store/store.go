@@ -13,6 +13,7 @@
 //	/berth/nodes/<name>                  api.Node
 //	/berth/leases/nodes/<name>           heartbeat key on an etcd lease
 //	/berth/subnets/<cidr>                the node holding a pod subnet
+//	/berth/volumes/<ns>/<name>           api.Volume (status.node: where its data is)
 //	/berth/images/<digest>               Image (uploaded tarballs)
 //	/berth/events/<unixnano>-<seq>       Event, on a one-hour lease
 package store
@@ -49,6 +50,7 @@ const (
 	ElectionsPrefix = "/berth/election/"
 	// SubnetsPrefix records which node holds each pod subnet.
 	SubnetsPrefix = "/berth/subnets/"
+	VolumesPrefix = "/berth/volumes/"
 )
 
 // Sentinel errors.
@@ -56,6 +58,7 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict: the object changed meanwhile")
 	ErrNoSubnet = errors.New("no free pod subnet left in the cluster CIDR")
+	ErrInvalid  = errors.New("invalid")
 )
 
 // maxRetries bounds optimistic-concurrency retries.
@@ -82,8 +85,11 @@ func revisionKey(ns, name string, n int64) string {
 }
 func instanceKey(id string) string { return InstancesPrefix + id }
 func statusKey(id string) string   { return StatusPrefix + id }
-func nodeKey(name string) string   { return NodesPrefix + name }
-func leaseKey(name string) string  { return LeasesPrefix + name }
+func volumeKey(ns, name string) string {
+	return VolumesPrefix + ns + "/" + name
+}
+func nodeKey(name string) string  { return NodesPrefix + name }
+func leaseKey(name string) string { return LeasesPrefix + name }
 
 func mustJSON(v any) string {
 	b, err := json.Marshal(v)
@@ -101,6 +107,7 @@ func TemplateHash(spec api.ServiceSpec) string {
 
 // ApplyResult says what Apply did to one service.
 type ApplyResult struct {
+	Kind            string
 	Namespace, Name string
 	Action          string // created, configured, scaled, unchanged
 	Revision        int64
@@ -110,11 +117,51 @@ type ApplyResult struct {
 // service whose template changed gets a new immutable revision. Either
 // every service is written or none is.
 func (s *Store) ApplyServices(ctx context.Context, svcs []api.Service) ([]ApplyResult, error) {
+	return s.Apply(ctx, svcs, nil)
+}
+
+// Apply creates or updates services and volumes in one transaction.
+func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume) ([]ApplyResult, error) {
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
-		results := make([]ApplyResult, 0, len(svcs))
+		results := make([]ApplyResult, 0, len(svcs)+len(vols))
 		now := s.now().UTC()
+		for _, in := range vols {
+			key := volumeKey(in.Metadata.Namespace, in.Metadata.Name)
+			resp, err := s.cli.Get(ctx, key)
+			if err != nil {
+				return nil, fmt.Errorf("store: get %s: %w", key, err)
+			}
+			vol := in
+			res := ApplyResult{Kind: api.KindVolume, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
+			if len(resp.Kvs) == 0 {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+				vol.Status = api.VolumeStatus{CreatedAt: now}
+				res.Action = "created"
+			} else {
+				var old api.Volume
+				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
+					return nil, fmt.Errorf("store: decode %s: %w", key, err)
+				}
+				if old.Status.Deleting {
+					return nil, fmt.Errorf("volume %s is being deleted: %w", vol.Key(), ErrConflict)
+				}
+				if in.Spec.Node != "" && old.Status.Node != "" && in.Spec.Node != old.Status.Node {
+					return nil, fmt.Errorf("volume %s: spec.node %q: its data is on node %q (berth volume release first): %w", vol.Key(), in.Spec.Node, old.Status.Node, ErrInvalid)
+				}
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
+				vol.Status = old.Status
+				res.Action = "unchanged"
+				if mustJSON(old.Spec) != mustJSON(in.Spec) || mustJSON(old.Metadata) != mustJSON(in.Metadata) {
+					res.Action = "configured"
+				}
+			}
+			if res.Action != "unchanged" {
+				ops = append(ops, clientv3.OpPut(key, mustJSON(vol)))
+			}
+			results = append(results, res)
+		}
 		for _, in := range svcs {
 			key := serviceKey(in.Metadata.Namespace, in.Metadata.Name)
 			resp, err := s.cli.Get(ctx, key)
@@ -122,7 +169,7 @@ func (s *Store) ApplyServices(ctx context.Context, svcs []api.Service) ([]ApplyR
 				return nil, fmt.Errorf("store: get %s: %w", key, err)
 			}
 			svc := in
-			res := ApplyResult{Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
+			res := ApplyResult{Kind: api.KindService, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
 			if len(resp.Kvs) == 0 {
 				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
 				// Revision numbers continue after a delete and re-create,
@@ -312,11 +359,39 @@ type InstanceChange struct {
 // from fresh state, so a stale decision is never applied. Deleting an
 // instance also deletes its status.
 func (s *Store) CommitInstances(ctx context.Context, changes []InstanceChange) error {
-	if len(changes) == 0 {
+	return s.Commit(ctx, changes, nil)
+}
+
+// VolumeChange writes a volume guarded by the revision its decision was
+// based on (0: must not exist yet), or deletes it.
+type VolumeChange struct {
+	Volume      api.Volume
+	ModRevision int64
+	Delete      bool
+}
+
+// Commit writes instance and volume changes in one transaction: a
+// placement and the binding of the volumes it mounts go together or not at
+// all. ErrConflict if anything changed meanwhile.
+func (s *Store) Commit(ctx context.Context, changes []InstanceChange, volumes []VolumeChange) error {
+	if len(changes)+len(volumes) == 0 {
 		return nil
 	}
-	cmps := make([]clientv3.Cmp, 0, len(changes))
-	ops := make([]clientv3.Op, 0, len(changes))
+	cmps := make([]clientv3.Cmp, 0, len(changes)+len(volumes))
+	ops := make([]clientv3.Op, 0, len(changes)+len(volumes))
+	for _, v := range volumes {
+		key := volumeKey(v.Volume.Metadata.Namespace, v.Volume.Metadata.Name)
+		if v.ModRevision == 0 {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", v.ModRevision))
+		}
+		if v.Delete {
+			ops = append(ops, clientv3.OpDelete(key))
+		} else {
+			ops = append(ops, clientv3.OpPut(key, mustJSON(v.Volume)))
+		}
+	}
 	for _, c := range changes {
 		key := instanceKey(c.Instance.ID)
 		if c.ModRevision == 0 {

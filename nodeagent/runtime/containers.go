@@ -51,6 +51,41 @@ type ContainerSpec struct {
 	Labels map[string]string
 	// PortMappings publish container ports on the host (CNI portmap).
 	PortMappings []PortMapping
+	// Mounts are volumes: host directories bound in, or tmpfs.
+	Mounts []Mount
+}
+
+// Mount is a volume in the container: Source (a host directory) bound at
+// Destination, or, with Tmpfs, a memory filesystem of at most SizeBytes.
+type Mount struct {
+	Source      string
+	Destination string
+	ReadOnly    bool
+	Tmpfs       bool
+	SizeBytes   int64
+}
+
+func volumeMounts(ms []Mount) []specs.Mount {
+	out := make([]specs.Mount, 0, len(ms))
+	for _, m := range ms {
+		if m.Tmpfs {
+			opts := []string{"nosuid", "nodev", "mode=1777"}
+			if m.SizeBytes > 0 {
+				opts = append(opts, "size="+strconv.FormatInt(m.SizeBytes, 10))
+			}
+			if m.ReadOnly {
+				opts = append(opts, "ro")
+			}
+			out = append(out, specs.Mount{Destination: m.Destination, Type: "tmpfs", Source: "tmpfs", Options: opts})
+			continue
+		}
+		opts := []string{"rbind", "rw"}
+		if m.ReadOnly {
+			opts = []string{"rbind", "ro"}
+		}
+		out = append(out, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
+	}
+	return out
 }
 
 // Container is the observed state of one Berth container.
@@ -179,10 +214,10 @@ func (r *Runtime) Start(ctx context.Context, spec ContainerSpec) (_ Container, r
 		oci.WithHostname(id),
 		oci.WithEnv(envList(spec)),
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns}),
-		oci.WithMounts([]specs.Mount{
+		oci.WithMounts(append([]specs.Mount{
 			{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvPath, Options: []string{"rbind", "ro"}},
 			{Destination: "/etc/hosts", Type: "bind", Source: hostsPath, Options: []string{"rbind", "ro"}},
-		}),
+		}, volumeMounts(spec.Mounts)...)),
 	}
 	if spec.MemoryBytes > 0 {
 		specOpts = append(specOpts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))

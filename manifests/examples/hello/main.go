@@ -11,10 +11,11 @@
 //	               returns JSON {"url","status","body"}; status 0, "error"
 //	               and HTTP 502 on failure
 //	GET /resolv    the contents of /etc/resolv.conf (text/plain)
+//	PUT /files/NAME, GET /files/NAME  store and read a file under DATA_DIR
 //	GET /resolve?name=  looks name up with the container's resolver and
 //	               returns JSON {"name","addresses"}
 //
-// Environment: PORT (default 8080), BERTH_SERVICE, BERTH_INSTANCE, VERSION
+// Environment: PORT (default 8080), DATA_DIR, BERTH_SERVICE, BERTH_INSTANCE, VERSION
 // (overrides the -ldflags "-X main.version=..." value) and FAIL_RATE (0..1:
 // that fraction of "GET /" answers 500). SIGTERM or SIGINT shut the server
 // down gracefully.
@@ -31,7 +32,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -92,6 +95,51 @@ func main() {
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(b)
+	})
+	// Files under DATA_DIR, for the volume examples and tests.
+	dataDir := os.Getenv("DATA_DIR")
+	filePath := func(w http.ResponseWriter, r *http.Request) (string, bool) {
+		name := r.PathValue("name")
+		if dataDir == "" {
+			http.Error(w, "DATA_DIR is not set", http.StatusNotFound)
+			return "", false
+		}
+		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\") {
+			http.Error(w, "bad file name", http.StatusBadRequest)
+			return "", false
+		}
+		return filepath.Join(dataDir, name), true
+	}
+	mux.HandleFunc("PUT /files/{name}", func(w http.ResponseWriter, r *http.Request) {
+		path, ok := filePath(w, r)
+		if !ok {
+			return
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		if err == nil {
+			err = os.WriteFile(path, b, 0o644)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	})
+	mux.HandleFunc("GET /files/{name}", func(w http.ResponseWriter, r *http.Request) {
+		path, ok := filePath(w, r)
+		if !ok {
+			return
+		}
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			http.Error(w, "no such file", http.StatusNotFound)
+			return
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		w.Write(b)
 	})
 	mux.HandleFunc("GET /resolve", func(w http.ResponseWriter, r *http.Request) {

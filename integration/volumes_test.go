@@ -1,0 +1,272 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+)
+
+const (
+	volNamespace = "berth-e2e-vol"
+	volBridge    = "berthvol0"
+	volCluster   = "10.213.192.0/20"
+	volSubnet    = "10.213.192.0/24"
+)
+
+func putFile(t *testing.T, ip, name, content string) {
+	t.Helper()
+	req, _ := http.NewRequest("PUT", "http://"+ip+":8080/files/"+name, strings.NewReader(content))
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT %s on %s: %s", name, ip, resp.Status)
+	}
+}
+
+func getFile(t *testing.T, ip, name string) string {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + ip + ":8080/files/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s on %s: %s %s", name, ip, resp.Status, b)
+	}
+	return string(b)
+}
+
+// ordinalView is the part of `get instances -o json` this test needs.
+type ordinalView struct {
+	Instance struct {
+		ID       string `json:"id"`
+		Service  string `json:"service"`
+		Ordinal  int    `json:"ordinal"`
+		Revision string `json:"revision"`
+		Desired  string `json:"desired"`
+		Draining bool   `json:"draining"`
+	} `json:"instance"`
+	Status struct {
+		IP    string `json:"ip"`
+		Ready bool   `json:"ready"`
+	} `json:"status"`
+}
+
+func readyByService(t *testing.T, api, service string) []ordinalView {
+	t.Helper()
+	var all []ordinalView
+	if err := json.Unmarshal([]byte(mustBerth(t, api, "get", "instances", "-o", "json")), &all); err != nil {
+		t.Fatal(err)
+	}
+	var out []ordinalView
+	for _, iv := range all {
+		if iv.Instance.Service == service && iv.Status.Ready && !iv.Instance.Draining && iv.Instance.Desired == "running" {
+			out = append(out, iv)
+		}
+	}
+	return out
+}
+
+func TestVolumes(t *testing.T) {
+	requireContainerd(t)
+	top := t
+	stateDir := filepath.Join(os.TempDir(), "berth-e2e-vol-node")
+	cleanNode(t, volNamespace, volBridge, volSubnet, volCluster, stateDir, false)
+	os.RemoveAll(stateDir)
+	t.Cleanup(func() {
+		cleanNode(t, volNamespace, volBridge, volSubnet, volCluster, stateDir, true)
+		os.RemoveAll(stateDir)
+	})
+	server := startProc(t, "server", "server", "--data-dir", t.TempDir(), "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
+		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", volCluster, "--dns-ttl", "1s")
+	api := server.waitLine(`api (\S+),`, 60*time.Second)[1]
+	token := strings.TrimSpace(mustBerth(t, api, "token", "create"))
+	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--node-name", "vol-node", "--containerd-namespace", volNamespace,
+		"--bridge", volBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "2s"}
+	agent := startProc(t, "agent", agentArgs...)
+	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"), filepath.Join(imagesDir, "hello-v2.tar"))
+
+	dir := t.TempDir()
+	manifest := func(image string) string {
+		return fmt.Sprintf(`apiVersion: berth.dev/v1
+kind: Volume
+metadata: {name: data}
+spec: {size: 100Mi}
+---
+apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: store}
+spec:
+  image: %[1]s
+  env: {DATA_DIR: /data}
+  ports: [{name: http, port: 8080}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s}
+  volumes:
+    - {name: data, mountPath: /data}
+    - {name: scratch, mountPath: /scratch, tmpfs: true, size: 16Mi}
+---
+apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: state}
+spec:
+  image: %[1]s
+  replicas: 2
+  env: {DATA_DIR: /wal}
+  ports: [{name: http, port: 8080}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s}
+  volumeTemplates:
+    - {name: wal, mountPath: /wal, size: 10Mi}
+`, image)
+	}
+	f := filepath.Join(dir, "app.yaml")
+	writeFile(t, f, manifest("berth.local/hello:v1"))
+	mustBerth(t, api, "apply", "-f", f, "--wait", "--timeout", "2m")
+
+	storeIP := func() string {
+		var ip string
+		eventually(t, 60*time.Second, "one ready store replica", func() (bool, string) {
+			r := readyByService(t, api, "store")
+			if len(r) != 1 {
+				return false, fmt.Sprint(r)
+			}
+			ip = r[0].Status.IP
+			return true, ""
+		})
+		return ip
+	}
+	putFile(t, storeIP(), "greeting", "hello from v1")
+	perReplica := map[int]string{}
+	for _, iv := range readyByService(t, api, "state") {
+		putFile(t, iv.Status.IP, "who", fmt.Sprintf("replica %d", iv.Instance.Ordinal))
+		perReplica[iv.Instance.Ordinal] = iv.Instance.ID
+	}
+	if len(perReplica) != 2 || perReplica[0] == "" || perReplica[1] == "" {
+		t.Fatalf("ordinals: %v", perReplica)
+	}
+
+	t.Run("data survives a rollout to v2", func(t *testing.T) {
+		writeFile(t, f, manifest("berth.local/hello:v2"))
+		mustBerth(t, api, "apply", "-f", f)
+		eventually(t, 60*time.Second, "v2 serving with the old data", func() (bool, string) {
+			r := readyByService(t, api, "store")
+			if len(r) != 1 || r[0].Instance.Revision != "2" {
+				return false, fmt.Sprint(r)
+			}
+			return true, ""
+		})
+		if got := getFile(t, storeIP(), "greeting"); got != "hello from v1" {
+			t.Fatalf("after rollout: %q", got)
+		}
+		eventually(t, 60*time.Second, "state replicas on revision 2", func() (bool, string) {
+			r := readyByService(t, api, "state")
+			for _, iv := range r {
+				if iv.Instance.Revision != "2" {
+					return false, fmt.Sprint(r)
+				}
+			}
+			return len(r) == 2, fmt.Sprint(r)
+		})
+		for _, iv := range readyByService(t, api, "state") {
+			if got := getFile(t, iv.Status.IP, "who"); got != fmt.Sprintf("replica %d", iv.Instance.Ordinal) {
+				t.Fatalf("replica %d (%s) reads %q: per-replica volume lost its identity", iv.Instance.Ordinal, iv.Instance.ID, got)
+			}
+		}
+	})
+
+	t.Run("data survives a killed container", func(t *testing.T) {
+		ctrd, err := containerd.New("/run/containerd/containerd.sock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ctrd.Close()
+		ctx := namespaces.WithNamespace(context.Background(), volNamespace)
+		id := readyByService(t, api, "store")[0].Instance.ID
+		c, err := ctrd.LoadContainer(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task.Kill(ctx, syscall.SIGKILL)
+		eventually(t, 30*time.Second, "restarted", func() (bool, string) {
+			for _, iv := range instances(t, api, "store") {
+				if iv.Instance.ID == id {
+					return iv.Status.Restarts == 1 && iv.Status.Ready, fmt.Sprint(iv.Status)
+				}
+			}
+			return false, "gone"
+		})
+		if got := getFile(t, storeIP(), "greeting"); got != "hello from v1" {
+			t.Fatalf("after kill: %q", got)
+		}
+	})
+
+	t.Run("data survives an agent restart", func(t *testing.T) {
+		agent.stop(syscall.SIGTERM, 30*time.Second)
+		agent = startProc(top, "agent-2", agentArgs...)
+		if got := getFile(t, storeIP(), "greeting"); got != "hello from v1" {
+			t.Fatalf("after agent restart: %q", got)
+		}
+	})
+
+	t.Run("rm is refused while the volume is in use", func(t *testing.T) {
+		_, errOut, code := berth(t, api, "volume", "rm", "data")
+		if code == 0 || !strings.Contains(errOut, "in use") {
+			t.Fatalf("rm in use: exit %d, %q", code, errOut)
+		}
+	})
+
+	t.Run("data survives deleting and re-creating the service", func(t *testing.T) {
+		mustBerth(t, api, "delete", "service", "store", "--wait")
+		if out := mustBerth(t, api, "volume", "ls"); !strings.Contains(out, "data") || !strings.Contains(out, "vol-node") {
+			t.Fatalf("volume gone with its service:\n%s", out)
+		}
+		mustBerth(t, api, "apply", "-f", f, "--wait", "--timeout", "2m")
+		if got := getFile(t, storeIP(), "greeting"); got != "hello from v1" {
+			t.Fatalf("after re-create: %q", got)
+		}
+	})
+
+	t.Run("bad volume input is rejected at apply time with the field named", func(t *testing.T) {
+		for _, tc := range []struct{ vols, want string }{
+			{"    - {name: nosuch, mountPath: /x}\n", `spec.volumes[0].name: volume "nosuch" does not exist`},
+			{"    - {name: data, mountPath: relative}\n", "spec.volumes[0].mountPath: must be an absolute path"},
+			{"    - {name: data, mountPath: /x}\n    - {name: scratch, mountPath: /x, tmpfs: true}\n", "spec.volumes[1].mountPath: /x is already mounted"},
+		} {
+			bad := filepath.Join(t.TempDir(), "bad.yaml")
+			writeFile(t, bad, "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  image: berth.local/hello:v1\n  volumes:\n"+tc.vols)
+			_, errOut, code := berth(t, api, "apply", "-f", bad)
+			if code == 0 || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d, stderr %q, want %q", code, errOut, tc.want)
+			}
+		}
+	})
+
+	t.Run("rm after the last user is gone removes the data", func(t *testing.T) {
+		mustBerth(t, api, "delete", "service", "store", "--wait")
+		mustBerth(t, api, "volume", "rm", "data")
+		dataDir := filepath.Join(stateDir, "volumes", "default", "data")
+		eventually(t, 30*time.Second, "volume and its data gone", func() (bool, string) {
+			out := mustBerth(t, api, "volume", "ls")
+			_, err := os.Stat(dataDir)
+			return !strings.Contains(out, " data ") && os.IsNotExist(err), out
+		})
+	})
+}

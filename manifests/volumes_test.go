@@ -1,0 +1,62 @@
+package manifests
+
+import (
+	"strings"
+	"testing"
+)
+
+const volumeManifests = `apiVersion: berth.dev/v1
+kind: Volume
+metadata: {name: data}
+spec: {size: 1Gi}
+---
+apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: db}
+spec:
+  image: berth.local/hello:v1
+  volumes:
+    - {name: data, mountPath: /data}
+    - {name: scratch, mountPath: /scratch, tmpfs: true, size: 64Mi}
+  volumeTemplates:
+    - {name: wal, mountPath: /wal, size: 256Mi}
+`
+
+func TestParseVolumes(t *testing.T) {
+	objs, err := ParseObjects("v.yaml", []byte(volumeManifests))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs.Volumes) != 1 || objs.Volumes[0].Key() != "default/data" || objs.Volumes[0].Spec.Size != "1Gi" {
+		t.Fatalf("volumes = %+v", objs.Volumes)
+	}
+	if len(objs.Services) != 1 {
+		t.Fatalf("services = %+v", objs.Services)
+	}
+	spec := objs.Services[0].Spec
+	if got := spec.VolumeNames("default", 2); strings.Join(got, ",") != "default/data,default/wal-2" {
+		t.Fatalf("volume names = %v", got)
+	}
+}
+
+func TestVolumeErrors(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"    - {name: data, mountPath: data}\n", "spec.volumes[0].mountPath: must be an absolute path"},
+		{"    - {name: data, mountPath: /d}\n    - {name: other, mountPath: /d}\n", "spec.volumes[1].mountPath: /d is already mounted by spec.volumes[0]"},
+		{"    - {name: data, mountPath: /d, size: 1Gi}\n", "spec.volumes[0].size: only tmpfs mounts take a size"},
+		{"    - {name: Bad_Name, mountPath: /d}\n", "spec.volumes[0].name"},
+		{"    - {name: data, mountPath: /d/../e}\n", "must be a clean path"},
+		{"    - {name: data, mountPath: /d, tmpfs: true, size: lots}\n", "spec.volumes[0].size: invalid memory"},
+		{"    - {name: data, mountPth: /d}\n", "spec.volumes[0].mountPth: unknown field"},
+	} {
+		doc := "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: db}\nspec:\n  image: x\n  volumes:\n" + tc.doc
+		_, err := ParseObjects("s.yaml", []byte(doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want it to contain %q", tc.doc, err, tc.want)
+		}
+	}
+	_, err := ParseObjects("v.yaml", []byte("apiVersion: berth.dev/v1\nkind: Volume\nmetadata: {name: data}\nspec: {size: huge}\n"))
+	if err == nil || !strings.Contains(err.Error(), "spec.size") {
+		t.Fatalf("bad volume size: %v", err)
+	}
+}
