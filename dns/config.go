@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -62,6 +63,11 @@ type Config struct {
 	MaxTCPConns int
 	// TCPIdleTimeout closes TCP connections idle for this long. Default 10s.
 	TCPIdleTimeout time.Duration
+	// UDPSockets is how many UDP sockets share the address through
+	// SO_REUSEPORT, each with its own reader; the kernel spreads clients
+	// over them. Default (0): one per core (GOMAXPROCS). Linux only;
+	// elsewhere one socket is read by one goroutine per core.
+	UDPSockets int
 
 	// nsAddr is the address the server bound, set by New: the table
 	// publishes it as the address of the zone's NS name.
@@ -126,6 +132,9 @@ func (c Config) normalize() Config {
 	}
 	if c.TCPIdleTimeout <= 0 {
 		c.TCPIdleTimeout = d.TCPIdleTimeout
+	}
+	if c.UDPSockets <= 0 {
+		c.UDPSockets = runtime.GOMAXPROCS(0)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

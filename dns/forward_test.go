@@ -25,7 +25,7 @@ func TestForwardLimitIsServfail(t *testing.T) {
 	}
 	defer h.fwd.release()
 	b, _ := query("example.com.", dns.TypeA).Pack()
-	out := h.serve(context.Background(), b, loopback, true)
+	out := h.serve(context.Background(), b, loopback, true, nil)
 	var r dns.Msg
 	if err := r.Unpack(out); err != nil {
 		t.Fatal(err)

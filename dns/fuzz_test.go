@@ -10,7 +10,8 @@ import (
 
 // FuzzServeDNS feeds raw packets to the packet path the UDP and TCP loops
 // use. It must never panic; every reply must parse, and UDP replies must
-// fit the largest UDP size the server ever sends. The handler has no
+// fit the largest UDP size the server ever sends. Whatever the fast path
+// answers, the general path must answer the same. The handler has no
 // upstreams, so nothing leaves the process.
 func FuzzServeDNS(f *testing.F) {
 	cfg := DefaultConfig().normalize()
@@ -36,6 +37,9 @@ func FuzzServeDNS(f *testing.F) {
 		{"nope.berth.internal.", dns.TypeMX, false},
 		{"example.com.", dns.TypeA, true},
 		{"big.default.svc.berth.internal.", dns.TypeA, false},
+		{"_http._tcp.web.default.svc.berth.internal.", dns.TypeSRV, true},
+		{"1.0.1.10.in-addr.arpa.", dns.TypePTR, false},
+		{"x.svc.berth.internal.", dns.TypeA, true},
 	} {
 		m := query(q.name, q.qtype)
 		if q.edns {
@@ -55,7 +59,7 @@ func FuzzServeDNS(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, hd := range []*handler{h, big} {
 			for _, udp := range []bool{true, false} {
-				out := hd.serve(context.Background(), b, client, udp)
+				out := hd.serve(context.Background(), b, client, udp, nil)
 				if out == nil {
 					continue
 				}
@@ -68,6 +72,34 @@ func FuzzServeDNS(f *testing.F) {
 				}
 				if udp && len(out) > MaxUDPSize {
 					t.Fatalf("UDP reply of %d bytes", len(out))
+				}
+				tab := hd.table.Load()
+				fast, _, _, ok := tab.answerWire(b, client, udp, make([]byte, 0, fastReplyMax))
+				if !ok {
+					continue
+				}
+				var fr, req dns.Msg
+				if err := fr.Unpack(fast); err != nil {
+					t.Fatalf("fast reply does not parse: %v\n% x", err, fast)
+				}
+				if err := req.Unpack(b); err != nil {
+					t.Fatalf("fast path answered a query the general path cannot read: %v\n% x", err, b)
+				}
+				gen, action := tab.Answer(&req, client)
+				if action != Reply {
+					t.Fatalf("fast path answered a query the general path forwards: % x", b)
+				}
+				fit(gen, &req, udp)
+				gb, err := gen.Pack()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var gr dns.Msg
+				if err := gr.Unpack(gb); err != nil {
+					t.Fatal(err)
+				}
+				if err := sameReply(&fr, &gr); err != nil {
+					t.Fatalf("fast and general paths differ: %v\nquery % x", err, b)
 				}
 			}
 		}

@@ -29,7 +29,10 @@ func newHandler(cfg Config, log *slog.Logger, met *metrics) *handler {
 }
 
 func (h *handler) update(snap *discovery.Snapshot) {
-	t := newTable(snap, h.cfg, true)
+	// Built from the current table, reusing what did not change; only
+	// Update calls this, and the server's callers serialise their updates
+	// (a racing pair still gives a correct table, just less reuse).
+	t := newTableFrom(snap, h.cfg, true, h.table.Load())
 	h.table.Store(t)
 	h.met.names.Set(float64(t.Len()))
 	var version uint64
@@ -47,20 +50,41 @@ type pending struct {
 	client netip.Addr
 }
 
+// fastReplyMax is the buffer handle allocates when given none: replies
+// larger than it take the general path.
+const fastReplyMax = 4096
+
 // handle answers what it can without waiting for the network. It returns
 // the wire reply (nil: drop the packet), or a pending query to forward.
-func (h *handler) handle(buf []byte, client netip.Addr, udp bool) ([]byte, *pending) {
+// out is a buffer the reply may be written into (reused by the caller once
+// the reply is sent); with a nil or short out the reply is allocated.
+func (h *handler) handle(buf []byte, client netip.Addr, udp bool, out []byte) ([]byte, *pending) {
 	start := time.Now()
 	if len(buf) < 12 || buf[2]&0x80 != 0 {
 		// No header, or a response: answering responses invites loops.
 		h.met.dropped.Inc()
 		return nil, nil
 	}
+	if out == nil {
+		out = make([]byte, 0, fastReplyMax)
+	}
+	t := h.table.Load()
+	if reply, qtype, rcode, ok := t.answerWire(buf, client, udp, out); ok {
+		h.met.query(qtype, rcode).Inc()
+		h.met.latAuthoritative.Observe(time.Since(start).Seconds())
+		return reply, nil
+	}
+	return h.general(t, buf, client, udp, start)
+}
+
+// general is the path for every query the fast path declines: unpack,
+// Table.Answer, fit to the transport, pack.
+func (h *handler) general(t *Table, buf []byte, client netip.Addr, udp bool, start time.Time) ([]byte, *pending) {
 	req := new(dns.Msg)
 	if err := req.Unpack(buf); err != nil {
 		return h.formErr(buf, start), nil
 	}
-	resp, action := h.table.Load().Answer(req, client)
+	resp, action := t.Answer(req, client)
 	if action == Forward {
 		if r := h.fwd.cached(req, start); r != nil {
 			h.met.cacheHits.Inc()
@@ -104,8 +128,8 @@ func (h *handler) limited(p *pending) []byte {
 
 // serve is the whole path for one query, forwarding included, for callers
 // that may block (TCP connections, tests, fuzzing).
-func (h *handler) serve(ctx context.Context, buf []byte, client netip.Addr, udp bool) []byte {
-	out, p := h.handle(buf, client, udp)
+func (h *handler) serve(ctx context.Context, buf []byte, client netip.Addr, udp bool, out []byte) []byte {
+	out, p := h.handle(buf, client, udp, out)
 	if p == nil {
 		return out
 	}
@@ -130,11 +154,11 @@ func (h *handler) finish(req, resp *dns.Msg, udp bool, source string, start time
 		}
 		resp = fail
 	}
-	qtype := "none"
 	if len(req.Question) > 0 {
-		qtype = qtypeLabel(req.Question[0].Qtype)
+		h.met.query(req.Question[0].Qtype, resp.Rcode).Inc()
+	} else {
+		h.met.queries.WithLabelValues("none", rcodeLabel(resp.Rcode)).Inc()
 	}
-	h.met.queries.WithLabelValues(qtype, rcodeLabel(resp.Rcode)).Inc()
 	h.met.latency.WithLabelValues(source).Observe(time.Since(start).Seconds())
 	return out
 }

@@ -7,7 +7,11 @@ import (
 	"net"
 )
 
-func listenConfig(freeBind bool) (net.ListenConfig, error) {
+// reusePortSupported: elsewhere the server reads one UDP socket from
+// several goroutines.
+const reusePortSupported = false
+
+func listenConfig(freeBind, reusePort bool) (net.ListenConfig, error) {
 	if freeBind {
 		return net.ListenConfig{}, errors.New("dns: FreeBind is only supported on Linux")
 	}

@@ -2,6 +2,7 @@ package dns
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,29 @@ type metrics struct {
 	cacheMiss prometheus.Counter
 	dropped   prometheus.Counter
 	names     prometheus.Gauge
+
+	// Pre-resolved children, so the fast path counts without a label
+	// lookup: the latency observer for authoritative answers, and the
+	// queries counter of each (qtype < 256, rcode < 24), resolved on first
+	// use (series appear only once seen, as with WithLabelValues).
+	latAuthoritative prometheus.Observer
+	byType           [256][24]atomic.Pointer[counterRef]
+}
+
+type counterRef struct{ prometheus.Counter }
+
+// query returns the queries counter for qtype and rcode.
+func (m *metrics) query(qtype uint16, rcode int) prometheus.Counter {
+	if qtype >= 256 || rcode < 0 || rcode >= 24 {
+		return m.queries.WithLabelValues(qtypeLabel(qtype), rcodeLabel(rcode))
+	}
+	slot := &m.byType[qtype][rcode]
+	if c := slot.Load(); c != nil {
+		return c.Counter
+	}
+	c := &counterRef{m.queries.WithLabelValues(qtypeLabel(qtype), rcodeLabel(rcode))}
+	slot.CompareAndSwap(nil, c) // a racing twin resolves to the same child
+	return c.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,6 +81,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Names in the current answer table.",
 		}),
 	}
+	m.latAuthoritative = m.latency.WithLabelValues(sourceAuthoritative)
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.queries, m.latency, m.forwarded, m.cacheHits, m.cacheMiss, m.dropped, m.names} {
 			if err := reg.Register(c); err != nil {

@@ -26,7 +26,7 @@ import (
 type Server struct {
 	h       *handler
 	log     *slog.Logger
-	udp     *net.UDPConn
+	udp     []*net.UDPConn // one per core with SO_REUSEPORT (Linux), else one
 	tcp     *net.TCPListener
 	addr    string
 	tcpMax  int
@@ -44,21 +44,22 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("component", "dns")
-	lc, err := listenConfig(cfg.FreeBind)
+	udp, tcp, err := bind(cfg)
 	if err != nil {
 		return nil, err
 	}
-	udp, tcp, err := bind(lc, cfg.Addr)
-	if err != nil {
-		return nil, err
+	closeAll := func() {
+		for _, u := range udp {
+			u.Close()
+		}
+		tcp.Close()
 	}
-	local := udp.LocalAddr().(*net.UDPAddr).AddrPort()
+	local := udp[0].LocalAddr().(*net.UDPAddr).AddrPort()
 	cfg.nsAddr = local.Addr().Unmap()
 	cfg.Upstreams = withoutSelf(cfg.Upstreams, local, log)
 	met, err := newMetrics(cfg.Registerer)
 	if err != nil {
-		udp.Close()
-		tcp.Close()
+		closeAll()
 		return nil, err
 	}
 	h := newHandler(cfg, log, met)
@@ -73,29 +74,58 @@ func New(cfg Config) (*Server, error) {
 	}, nil
 }
 
-// bind opens UDP on addr and TCP on the same ip and port. With port 0 the
-// TCP port is the one UDP got; if another socket holds it, try again.
-func bind(lc net.ListenConfig, addr string) (*net.UDPConn, *net.TCPListener, error) {
-	host, port, err := net.SplitHostPort(addr)
+// bind opens cfg.UDPSockets UDP sockets on cfg.Addr (SO_REUSEPORT when
+// more than one) and TCP on the same ip and port. With port 0 the TCP port
+// is the one UDP got; if another socket holds it, try again. The TCP
+// listener, bound without SO_REUSEPORT, also keeps a second server from
+// sharing the UDP port by chance: a port-0 bind may hand out a port whose
+// UDP side another SO_REUSEPORT socket of the same user holds, but never
+// one whose TCP side is taken.
+func bind(cfg Config) ([]*net.UDPConn, *net.TCPListener, error) {
+	host, port, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dns: listen address %q: %w", addr, err)
+		return nil, nil, fmt.Errorf("dns: listen address %q: %w", cfg.Addr, err)
+	}
+	n := cfg.UDPSockets
+	if !reusePortSupported {
+		n = 1
+	}
+	lcUDP, err := listenConfig(cfg.FreeBind, n > 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	lcTCP, err := listenConfig(cfg.FreeBind, false)
+	if err != nil {
+		return nil, nil, err
 	}
 	ctx := context.Background()
 	for attempt := 0; ; attempt++ {
-		pc, err := lc.ListenPacket(ctx, "udp", addr)
+		pc, err := lcUDP.ListenPacket(ctx, "udp", cfg.Addr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
+			return nil, nil, fmt.Errorf("dns: listen udp %s: %w", cfg.Addr, err)
 		}
-		udp := pc.(*net.UDPConn)
-		got := udp.LocalAddr().(*net.UDPAddr).Port
-		ln, err := lc.Listen(ctx, "tcp", net.JoinHostPort(host, fmt.Sprint(got)))
-		if err == nil {
-			return udp, ln.(*net.TCPListener), nil
+		udp := []*net.UDPConn{pc.(*net.UDPConn)}
+		got := net.JoinHostPort(host, fmt.Sprint(udp[0].LocalAddr().(*net.UDPAddr).Port))
+		ln, err := lcTCP.Listen(ctx, "tcp", got)
+		if err != nil {
+			udp[0].Close()
+			if port != "0" || attempt == 10 || !errors.Is(err, syscall.EADDRINUSE) {
+				return nil, nil, fmt.Errorf("dns: listen tcp %s: %w", got, err)
+			}
+			continue
 		}
-		udp.Close()
-		if port != "0" || attempt == 10 || !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, nil, fmt.Errorf("dns: listen tcp %s: %w", net.JoinHostPort(host, fmt.Sprint(got)), err)
+		for len(udp) < n {
+			pc, err := lcUDP.ListenPacket(ctx, "udp", got)
+			if err != nil {
+				for _, u := range udp {
+					u.Close()
+				}
+				ln.Close()
+				return nil, nil, fmt.Errorf("dns: listen udp %s (socket %d of %d): %w", got, len(udp)+1, n, err)
+			}
+			udp = append(udp, pc.(*net.UDPConn))
 		}
+		return udp, ln.(*net.TCPListener), nil
 	}
 }
 
@@ -135,15 +165,24 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("dns server started", "addr", s.addr, "zone", s.h.cfg.Zone, "upstreams", s.h.cfg.Upstreams)
 
 	var wg sync.WaitGroup
-	readers := runtime.GOMAXPROCS(0)
-	for range readers {
-		wg.Go(func() { s.serveUDP(ctx, &wg) })
+	// One reader per socket; a single socket (no SO_REUSEPORT) gets a
+	// reader per core.
+	readers := 1
+	if len(s.udp) == 1 {
+		readers = runtime.GOMAXPROCS(0)
+	}
+	for _, conn := range s.udp {
+		for range readers {
+			wg.Go(func() { s.serveUDP(ctx, &wg, conn) })
+		}
 	}
 	conns := &connSet{m: make(map[net.Conn]struct{})}
 	wg.Go(func() { s.serveTCP(ctx, &wg, conns) })
 
 	<-ctx.Done()
-	s.udp.Close()
+	for _, u := range s.udp {
+		u.Close()
+	}
 	s.tcp.Close()
 	conns.closeAll()
 	wg.Wait()
@@ -151,10 +190,11 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup) {
+func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup, conn *net.UDPConn) {
 	buf := make([]byte, dns.MaxMsgSize)
+	reply := make([]byte, MaxUDPSize) // the fast path's replies are written here
 	for {
-		n, from, err := s.udp.ReadFromUDPAddrPort(buf)
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
@@ -163,7 +203,7 @@ func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		client := from.Addr().Unmap()
-		out, fq := s.h.handle(buf[:n], client, true)
+		out, fq := s.h.handle(buf[:n], client, true, reply)
 		if fq != nil {
 			if !s.h.fwd.tryAcquire() {
 				out = s.h.limited(fq)
@@ -171,14 +211,14 @@ func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup) {
 				wg.Go(func() {
 					defer s.h.fwd.release()
 					if out := s.h.forward(ctx, fq); out != nil {
-						s.udp.WriteToUDPAddrPort(out, from)
+						conn.WriteToUDPAddrPort(out, from)
 					}
 				})
 				continue
 			}
 		}
 		if out != nil {
-			if _, err := s.udp.WriteToUDPAddrPort(out, from); err != nil && ctx.Err() == nil {
+			if _, err := conn.WriteToUDPAddrPort(out, from); err != nil && ctx.Err() == nil {
 				s.log.Debug("udp write", "client", from, "err", err)
 			}
 		}
@@ -258,6 +298,9 @@ func (s *Server) serveConn(ctx context.Context, conn *net.TCPConn) {
 	client := conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 	var lenBuf [2]byte
 	buf := make([]byte, 0, 512)
+	// Replies go out with their length prefix; the fast path writes into
+	// reply[2:], larger replies are allocated.
+	reply := make([]byte, 2+4096)
 	for {
 		conn.SetReadDeadline(time.Now().Add(s.tcpIdle))
 		if _, err := io.ReadFull(conn, lenBuf[:]); err != nil {
@@ -271,16 +314,26 @@ func (s *Server) serveConn(ctx context.Context, conn *net.TCPConn) {
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			return
 		}
-		out := s.h.serve(ctx, buf, client, false)
+		out := s.h.serve(ctx, buf, client, false, reply[2:2:len(reply)])
 		if out == nil {
 			return
 		}
-		msg := make([]byte, 2+len(out))
+		var msg []byte
+		if len(out) <= len(reply)-2 && &out[0] == &reply[2] {
+			msg = reply[:2+len(out)]
+		} else {
+			msg = make([]byte, 2+len(out))
+			copy(msg[2:], out)
+		}
 		binary.BigEndian.PutUint16(msg, uint16(len(out)))
-		copy(msg[2:], out)
 		conn.SetWriteDeadline(time.Now().Add(s.tcpIdle))
 		if _, err := conn.Write(msg); err != nil {
 			return
 		}
 	}
 }
+
+// Records returns what the server answers now, one record per line in
+// presentation format, sorted (see Table.Records); for `berth get dns`
+// style debugging, not for the query path.
+func (s *Server) Records() []string { return s.h.table.Load().Records() }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -476,5 +477,81 @@ options edns0 trust-ad
 	}
 	if _, err := UpstreamsFromResolvConf(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("missing file: no error")
+	}
+}
+
+func TestServerSRVAndPTROverUDP(t *testing.T) {
+	s := startServer(t)
+	s.Update(testSnapshot())
+	q := query("_HTTP._tcp.web.default.svc.berth.internal.", dns.TypeSRV)
+	q.SetEdns0(1232, false)
+	r := exchange(t, "udp", s.Addr(), q)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 4 || !r.Authoritative {
+		t.Fatalf("SRV: %v", r)
+	}
+	if r.Question[0].Name != "_HTTP._tcp.web.default.svc.berth.internal." {
+		t.Errorf("question case not echoed: %q", r.Question[0].Name)
+	}
+	addrs := 0
+	for _, rr := range r.Extra {
+		if rr.Header().Rrtype == dns.TypeA || rr.Header().Rrtype == dns.TypeAAAA {
+			addrs++
+		}
+	}
+	if addrs != 4 || r.IsEdns0() == nil {
+		t.Errorf("additional = %v, want the 4 targets' addresses and the OPT", r.Extra)
+	}
+	r = exchange(t, "udp", s.Addr(), query("2.0.1.10.in-addr.arpa.", dns.TypePTR))
+	if len(r.Answer) != 1 || r.Answer[0].(*dns.PTR).Ptr != "web-b.web.default.svc.berth.internal." {
+		t.Errorf("PTR: %v", r)
+	}
+	// No upstreams: a reverse name that is not an endpoint's is refused.
+	if r := exchange(t, "udp", s.Addr(), query("9.9.9.10.in-addr.arpa.", dns.TypePTR)); r.Rcode != dns.RcodeRefused {
+		t.Errorf("unknown PTR: %v", r)
+	}
+}
+
+// TestServerReusePortSockets: with several SO_REUSEPORT sockets every
+// client is answered, whichever socket the kernel hands it to.
+func TestServerReusePortSockets(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.UDPSockets = 4 })
+	if reusePortSupported && len(s.udp) != 4 {
+		t.Fatalf("%d UDP sockets, want 4", len(s.udp))
+	}
+	s.Update(testSnapshot())
+	for i := range 16 { // 16 clients, each its own source port
+		r := exchange(t, "udp", s.Addr(), query("web.default.svc.berth.internal.", dns.TypeA))
+		if len(r.Answer) != 3 {
+			t.Fatalf("client %d: %v", i, r)
+		}
+	}
+}
+
+// TestHandlerRefusesNonPodClients: recursion is refused to a client that
+// is neither loopback nor on a pod network, on the packet path.
+func TestHandlerRefusesNonPodClients(t *testing.T) {
+	up := startUpstream(t)
+	cfg := DefaultConfig().normalize()
+	cfg.Logger = discardLogger()
+	cfg.Upstreams = []string{up.addr}
+	cfg.AllowRecursion = []netip.Prefix{netip.MustParsePrefix("10.88.0.0/16")}
+	met, _ := newMetrics(nil)
+	h := newHandler(cfg, cfg.Logger, met)
+	h.update(testSnapshot())
+	b, _ := query("example.com.", dns.TypeA).Pack()
+	for _, c := range []struct {
+		client netip.Addr
+		rcode  int
+	}{{netip.MustParseAddr("192.0.2.1"), dns.RcodeRefused}, {netip.MustParseAddr("10.88.3.4"), dns.RcodeSuccess}} {
+		var r dns.Msg
+		if err := r.Unpack(h.serve(context.Background(), b, c.client, true, nil)); err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != c.rcode {
+			t.Errorf("client %v: rcode %s, want %s", c.client, dns.RcodeToString[r.Rcode], dns.RcodeToString[c.rcode])
+		}
+	}
+	if got := up.queries.Load(); got != 1 {
+		t.Errorf("upstream saw %d queries, want 1 (the pod client's)", got)
 	}
 }

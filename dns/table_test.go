@@ -11,7 +11,9 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/discovery"
+	"github.com/berth-dev/berth/manifests"
 )
 
 var (
@@ -30,7 +32,11 @@ func testSnapshot() *discovery.Snapshot {
 				Number: 1, Weight: 100,
 				Endpoints: []discovery.Endpoint{{Instance: "empty-a", Node: "n1", IP: "10.1.1.1", Ready: false}},
 			}}},
-			{Namespace: "default", Name: "web", Revisions: []discovery.Revision{
+			{Namespace: "default", Name: "web", Ports: []discovery.Port{
+				{Name: "http", Port: 8080, Protocol: "http"},
+				{Name: "syslog", Port: 514, Protocol: "udp"},
+				{Name: "Bad Port", Port: 1, Protocol: "tcp"},
+			}, Revisions: []discovery.Revision{
 				{Number: 1, Weight: 50, Endpoints: []discovery.Endpoint{
 					{Instance: "web-a", Node: "n1", IP: "10.1.0.1", Ready: true},
 					{Instance: "web-b", Node: "n2", IP: "10.1.0.2", Ready: true},
@@ -121,48 +127,75 @@ func TestTableAnswers(t *testing.T) {
 			answers: []string{"ns.dns.berth.internal. hostmaster.berth.internal. 42 60 30 3600 2"}},
 		{name: "case-insensitive", qname: "WeB.DeFault.SVC.Berth.Internal.", qtype: dns.TypeA,
 			answers: []string{"10.1.0.1", "10.1.0.2", "10.1.0.5"}},
+		{name: "SRV: serving endpoints, weight spread per revision", qname: "_http._tcp.web.default.svc.berth.internal.", qtype: dns.TypeSRV,
+			answers: []string{
+				"0 15000 8080 web-a.web.default.svc.berth.internal.", "0 15000 8080 web-b.web.default.svc.berth.internal.",
+				"0 15000 8080 web-e.web.default.svc.berth.internal.", "0 15000 8080 web-f.web.default.svc.berth.internal.",
+			}},
+		{name: "SRV of a UDP port", qname: "_syslog._udp.web.default.svc.berth.internal.", qtype: dns.TypeSRV,
+			answers: []string{
+				"0 15000 514 web-a.web.default.svc.berth.internal.", "0 15000 514 web-b.web.default.svc.berth.internal.",
+				"0 15000 514 web-e.web.default.svc.berth.internal.", "0 15000 514 web-f.web.default.svc.berth.internal.",
+			}},
+		{name: "SRV of a port under the wrong protocol: NXDOMAIN", qname: "_syslog._tcp.web.default.svc.berth.internal.", qtype: dns.TypeSRV,
+			rcode: dns.RcodeNameError, soa: true},
+		{name: "SRV name asked for A: NODATA", qname: "_http._tcp.web.default.svc.berth.internal.", qtype: dns.TypeA, soa: true},
+		{name: "_tcp is an empty non-terminal", qname: "_tcp.web.default.svc.berth.internal.", qtype: dns.TypeSRV, soa: true},
+		{name: "service without ports has no SRV names", qname: "_http._tcp.empty.default.svc.berth.internal.", qtype: dns.TypeSRV,
+			rcode: dns.RcodeNameError, soa: true},
 		{name: "AXFR refused", qname: "berth.internal.", qtype: dns.TypeAXFR, rcode: dns.RcodeRefused, noAuthor: true},
 		{name: "outside the zone without upstreams: REFUSED", qname: "example.com.", qtype: dns.TypeA,
 			rcode: dns.RcodeRefused, noAuthor: true},
 		{name: "suffix that is not a label boundary: outside", qname: "notberth.internal.", qtype: dns.TypeA,
 			rcode: dns.RcodeRefused, noAuthor: true},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			req := query(tt.qname, tt.qtype)
-			resp, action := tab.Answer(req, loopback)
-			if action != Reply {
-				t.Fatalf("action = %v, want reply", action)
-			}
-			if resp.Rcode != tt.rcode {
-				t.Fatalf("rcode = %s, want %s", dns.RcodeToString[resp.Rcode], dns.RcodeToString[tt.rcode])
-			}
-			if resp.Id != req.Id || !resp.Response {
-				t.Errorf("id/QR not set from the request: %v", resp.MsgHdr)
-			}
-			if resp.Authoritative == tt.noAuthor {
-				t.Errorf("AA = %v", resp.Authoritative)
-			}
-			if got := rdata(resp.Answer); !slices.Equal(got, tt.answers) {
-				t.Errorf("answers = %q, want %q", got, tt.answers)
-			}
-			for _, rr := range resp.Answer {
-				if rr.Header().Ttl != 5 {
-					t.Errorf("TTL of %v = %d, want 5", rr, rr.Header().Ttl)
+	for _, path := range paths {
+		for _, tt := range tests {
+			t.Run(path+"/"+tt.name, func(t *testing.T) {
+				req := query(tt.qname, tt.qtype)
+				resp, action, fast := answerOn(t, path, tab, req, loopback)
+				if action != Reply {
+					t.Fatalf("action = %v, want reply", action)
 				}
-			}
-			gotSOA := len(resp.Ns) == 1 && resp.Ns[0].Header().Rrtype == dns.TypeSOA
-			if gotSOA != tt.soa || (!tt.soa && len(resp.Ns) != 0) {
-				t.Fatalf("authority = %v, want SOA: %v", resp.Ns, tt.soa)
-			}
-			if tt.soa {
-				soa := resp.Ns[0].(*dns.SOA)
-				// Negative TTL = min(SOA TTL, SOA minimum) = 2s.
-				if soa.Hdr.Ttl != 2 || soa.Minttl != 2 || soa.Serial != 42 {
-					t.Errorf("SOA = %v, want TTL 2, minimum 2, serial 42", soa)
+				// The fast path takes every plain query for a name in the
+				// zone; ANY, AXFR and names outside go the general way.
+				wantFast := path == "fast" && tt.qtype != dns.TypeANY && tt.qtype != dns.TypeAXFR && tt.rcode != dns.RcodeRefused
+				if fast != wantFast {
+					t.Errorf("answered on the fast path: %v, want %v", fast, wantFast)
 				}
-			}
-		})
+				if resp.Rcode != tt.rcode {
+					t.Fatalf("rcode = %s, want %s", dns.RcodeToString[resp.Rcode], dns.RcodeToString[tt.rcode])
+				}
+				if resp.Id != req.Id || !resp.Response {
+					t.Errorf("id/QR not set from the request: %v", resp.MsgHdr)
+				}
+				if resp.Authoritative == tt.noAuthor {
+					t.Errorf("AA = %v", resp.Authoritative)
+				}
+				if got := rdata(resp.Answer); !slices.Equal(got, tt.answers) {
+					t.Errorf("answers = %q, want %q", got, tt.answers)
+				}
+				for _, rr := range resp.Answer {
+					if rr.Header().Ttl != 5 {
+						t.Errorf("TTL of %v = %d, want 5", rr, rr.Header().Ttl)
+					}
+				}
+				gotSOA := len(resp.Ns) == 1 && resp.Ns[0].Header().Rrtype == dns.TypeSOA
+				if gotSOA != tt.soa || (!tt.soa && len(resp.Ns) != 0) {
+					t.Fatalf("authority = %v, want SOA: %v", resp.Ns, tt.soa)
+				}
+				if tt.soa {
+					soa := resp.Ns[0].(*dns.SOA)
+					// Negative TTL = min(SOA TTL, SOA minimum) = 2s.
+					if soa.Hdr.Ttl != 2 || soa.Minttl != 2 || soa.Serial != 42 {
+						t.Errorf("SOA = %v, want TTL 2, minimum 2, serial 42", soa)
+					}
+					if soa.Hdr.Name != "berth.internal." && soa.Hdr.Name != "Berth.Internal." {
+						t.Errorf("SOA owner = %q, want the zone", soa.Hdr.Name)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -381,6 +414,64 @@ func TestTableGolden(t *testing.T) {
 		if err := os.MkdirAll("testdata", 0o755); err != nil {
 			t.Fatal(err)
 		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("records differ from %s (run with -update if intended):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+// TestManifestGolden pins manifests -> discovery snapshot -> DNS records:
+// testdata/manifest.yaml through manifests.Parse and discovery.Build, with
+// instances made here (web: 2 of 3 ready on revision 2 plus a ready one on
+// revision 1 about to be replaced, one draining; db: 1 ready on IPv6; new:
+// none placed yet), to testdata/manifest.golden. Run with -update after an
+// intended change.
+func TestManifestGolden(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := manifests.Parse("manifest.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs := map[string]int64{"web": 2, "db": 1, "new": 1}
+	for i := range svcs {
+		svcs[i].Status.Revision = revs[svcs[i].Metadata.Name]
+	}
+	inst := func(id, svc, ns string, rev int64) api.Instance {
+		return api.Instance{ID: id, Namespace: ns, Service: svc, Revision: rev, Node: "n1", Desired: api.DesiredRunning}
+	}
+	st := discovery.State{
+		Version:  9,
+		Services: svcs,
+		Instances: []api.Instance{
+			inst("web-1-aaaa", "web", "shop", 1), inst("web-2-bbbb", "web", "shop", 2),
+			inst("web-2-cccc", "web", "shop", 2), inst("web-2-dddd", "web", "shop", 2),
+			inst("web-2-eeee", "web", "shop", 2), inst("db-1-ffff", "db", "shop", 1),
+			{ID: "new-1-gggg", Namespace: "default", Service: "new", Revision: 1, Desired: api.DesiredRunning},
+		},
+		Statuses: map[string]api.InstanceStatus{
+			"web-1-aaaa": {ID: "web-1-aaaa", Node: "n1", IP: "10.213.0.10", Ready: true},
+			"web-2-bbbb": {ID: "web-2-bbbb", Node: "n1", IP: "10.213.0.11", Ready: true},
+			"web-2-cccc": {ID: "web-2-cccc", Node: "n1", IP: "10.213.0.12", Ready: true},
+			"web-2-dddd": {ID: "web-2-dddd", Node: "n1", IP: "10.213.0.13", Ready: false},
+			"web-2-eeee": {ID: "web-2-eeee", Node: "n1", IP: "10.213.0.14", Ready: true},
+			"db-1-ffff":  {ID: "db-1-ffff", Node: "n1", IP: "fd00:213::20", Ready: true},
+		},
+	}
+	st.Instances[4].Draining = true
+	cfg := DefaultConfig()
+	got := strings.Join(NewTable(discovery.Build(st), cfg).Records(), "\n") + "\n"
+	path := filepath.Join("testdata", "manifest.golden")
+	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
