@@ -237,8 +237,32 @@ func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb
 	out.DnsNames = []string{fqdn, req.Name + "." + ns, req.Name + " (from namespace " + ns + ")"}
 	if snap := s.publisher.Latest(); snap != nil {
 		if ds := snap.Lookup(ns, req.Name); ds != nil {
-			for _, e := range ds.ReadyEndpoints() {
-				out.DnsAnswers = append(out.DnsAnswers, fmt.Sprintf("%s A %s (%s)", fqdn, e.IP, e.Instance))
+			// The same rule as the DNS server: ready endpoints of the
+			// revisions that carry traffic (weight > 0), else all ready ones.
+			var weighted, all []string
+			for _, rev := range ds.Revisions {
+				for _, e := range rev.Endpoints {
+					if !e.Ready || e.Draining {
+						continue
+					}
+					line := fmt.Sprintf("%s A %s (%s, revision %d, weight %d)", fqdn, e.IP, e.Instance, rev.Number, rev.Weight)
+					all = append(all, line)
+					if rev.Weight > 0 {
+						weighted = append(weighted, line)
+					}
+				}
+			}
+			if len(weighted) > 0 {
+				out.DnsAnswers = weighted
+			} else {
+				out.DnsAnswers = all
+			}
+			for _, p := range ds.Ports {
+				proto := "tcp"
+				if p.Protocol == "udp" {
+					proto = "udp"
+				}
+				out.DnsNames = append(out.DnsNames, fmt.Sprintf("_%s._%s.%s (SRV, port %d)", p.Name, proto, fqdn, p.Port))
 			}
 		}
 	}
