@@ -137,6 +137,9 @@ func cleanNode(t *testing.T, ns, bridge, subnet, cluster, stateDir string, remov
 			t.Logf("clean node %s: stop %s: %v", ns, c.InstanceID, err)
 		}
 	}
+	if _, err := rt.RemoveLeftovers(ctx); err != nil {
+		t.Logf("clean node %s: %v", ns, err)
+	}
 	if removeNet {
 		if err := rt.RemoveNetwork(ctx); err != nil {
 			t.Logf("clean node %s: %v", ns, err)

@@ -226,6 +226,23 @@ spec:
 		}
 	})
 
+	t.Run("a volume's size limit holds", func(t *testing.T) {
+		// wal volumes are 10Mi: a 12 MiB file does not fit.
+		iv := readyByService(t, api, "state")[0]
+		req, _ := http.NewRequest("PUT", "http://"+iv.Status.IP+":8080/files/big", strings.NewReader(strings.Repeat("x", 12<<20)))
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("a 12 MiB file in a 10Mi volume: %s", resp.Status)
+		}
+		if got := getFile(t, iv.Status.IP, "who"); got != fmt.Sprintf("replica %d", iv.Instance.Ordinal) {
+			t.Fatalf("after the failed write: %q", got)
+		}
+	})
+
 	t.Run("rm is refused while the volume is in use", func(t *testing.T) {
 		_, errOut, code := berth(t, api, "volume", "rm", "data")
 		if code == 0 || !strings.Contains(errOut, "in use") {
@@ -261,12 +278,16 @@ spec:
 
 	t.Run("rm after the last user is gone removes the data", func(t *testing.T) {
 		mustBerth(t, api, "delete", "service", "store", "--wait")
-		mustBerth(t, api, "volume", "rm", "data")
-		dataDir := filepath.Join(stateDir, "volumes", "default", "data")
-		eventually(t, 30*time.Second, "volume and its data gone", func() (bool, string) {
-			out := mustBerth(t, api, "volume", "ls")
-			_, err := os.Stat(dataDir)
-			return !strings.Contains(out, " data ") && os.IsNotExist(err), out
-		})
+		mustBerth(t, api, "delete", "service", "state", "--wait")
+		for _, name := range []string{"data", "wal-0", "wal-1"} {
+			mustBerth(t, api, "volume", "rm", name)
+			dataDir := filepath.Join(stateDir, "volumes", "default", name)
+			eventually(t, 30*time.Second, "volume "+name+" and its data gone", func() (bool, string) {
+				out := mustBerth(t, api, "volume", "ls")
+				_, err := os.Stat(dataDir)
+				_, imgErr := os.Stat(dataDir + ".img")
+				return !strings.Contains(out, " "+name+" ") && os.IsNotExist(err) && os.IsNotExist(imgErr), out
+			})
+		}
 	})
 }

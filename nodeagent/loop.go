@@ -32,6 +32,8 @@ type loop struct {
 	// deleting holds the volumes whose data is being removed.
 	deleting   map[string]bool
 	volumeDone chan volumeResult
+	// volumeSizes are the size limits of named volumes, from assignments.
+	volumeSizes map[string]int64
 }
 
 type volumeResult struct {
@@ -129,6 +131,11 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exit
 // adopt takes over the containers already running on the node (after an
 // agent restart), so they are neither duplicated nor restarted.
 func (l *loop) adopt(ctx context.Context) error {
+	if cleaned, err := l.a.rt.RemoveLeftovers(ctx); err != nil {
+		l.a.logger.Warn("removing leftovers of an earlier run", "err", err)
+	} else if len(cleaned) > 0 {
+		l.a.logger.Info("removed leftovers of an earlier run", "instances", cleaned)
+	}
 	cs, err := l.a.rt.List(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: list containers for adoption: %w", err)
@@ -206,6 +213,7 @@ func (l *loop) assign(msg *pb.Assignments) {
 		}
 	}
 	l.synced = true
+	l.volumeSizes = msg.VolumeSizes
 	l.a.readyOnce.Do(func() { close(l.a.ready) })
 	for _, key := range msg.DeleteVolumes {
 		if l.deleting[key] {
@@ -369,7 +377,9 @@ func (l *loop) launch(id string, kind opKind, f func(ctx context.Context) (runti
 	}()
 }
 
-func (l *loop) spec(in api.Instance) (runtime.ContainerSpec, error) {
+// spec runs in an operation's goroutine: it reads only its arguments
+// (sizes is replaced, never modified, by assign).
+func (l *loop) spec(in api.Instance, sizes map[string]int64) (runtime.ContainerSpec, error) {
 	req := in.Template.Resources.Request()
 	var mounts []runtime.Mount
 	for _, m := range in.Template.Volumes {
@@ -378,14 +388,15 @@ func (l *loop) spec(in api.Instance) (runtime.ContainerSpec, error) {
 			mounts = append(mounts, runtime.Mount{Destination: m.MountPath, ReadOnly: m.ReadOnly, Tmpfs: true, SizeBytes: size})
 			continue
 		}
-		dir, err := l.a.volumeDir(in.Namespace, m.Name)
+		dir, err := l.a.volumeDir(in.Namespace, m.Name, sizes[in.Namespace+"/"+m.Name])
 		if err != nil {
 			return runtime.ContainerSpec{}, err
 		}
 		mounts = append(mounts, runtime.Mount{Source: dir, Destination: m.MountPath, ReadOnly: m.ReadOnly})
 	}
 	for _, t := range in.Template.VolumeTemplates {
-		dir, err := l.a.volumeDir(in.Namespace, api.TemplateVolumeName(t.Name, in.Ordinal))
+		size, _ := api.ParseMemory(t.Size)
+		dir, err := l.a.volumeDir(in.Namespace, api.TemplateVolumeName(t.Name, in.Ordinal), size)
 		if err != nil {
 			return runtime.ContainerSpec{}, err
 		}
@@ -434,13 +445,13 @@ func (l *loop) act() {
 		case fencing && (!it.has || !it.running):
 			// Wait until the stale containers are gone.
 		case !it.has && !now.Before(it.next):
-			in := it.inst
+			in, sizes := it.inst, l.volumeSizes
 			it.st.Phase = api.PhaseStarting
 			l.launch(id, opStart, func(ctx context.Context) (runtime.Container, error) {
 				if err := l.a.ensureImage(ctx, in.Template.Image); err != nil {
 					return runtime.Container{}, err
 				}
-				spec, err := l.spec(in)
+				spec, err := l.spec(in, sizes)
 				if err != nil {
 					return runtime.Container{}, err
 				}

@@ -2925,6 +2925,9 @@ type Assignments struct {
 	// Volumes removed with `berth volume rm` whose data is on this node:
 	// "<namespace>/<name>" keys.
 	DeleteVolumes []string `protobuf:"bytes,4,rep,name=delete_volumes,json=deleteVolumes,proto3" json:"delete_volumes,omitempty"`
+	// Size limits in bytes of the named volumes the instances mount, by
+	// "<namespace>/<name>" (absent: no limit).
+	VolumeSizes   map[string]int64 `protobuf:"bytes,5,rep,name=volume_sizes,json=volumeSizes,proto3" json:"volume_sizes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2983,6 +2986,13 @@ func (x *Assignments) GetStatuses() []*InstanceStatus {
 func (x *Assignments) GetDeleteVolumes() []string {
 	if x != nil {
 		return x.DeleteVolumes
+	}
+	return nil
+}
+
+func (x *Assignments) GetVolumeSizes() map[string]int64 {
+	if x != nil {
+		return x.VolumeSizes
 	}
 	return nil
 }
@@ -4542,12 +4552,16 @@ const file_berth_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x13\n" +
 	"\x11HeartbeatResponse\"-\n" +
 	"\x17WatchAssignmentsRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"\xb8\x01\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\xc3\x02\n" +
 	"\vAssignments\x120\n" +
 	"\tinstances\x18\x01 \x03(\v2\x12.berth.v1.InstanceR\tinstances\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x124\n" +
 	"\bstatuses\x18\x03 \x03(\v2\x18.berth.v1.InstanceStatusR\bstatuses\x12%\n" +
-	"\x0edelete_volumes\x18\x04 \x03(\tR\rdeleteVolumes\"_\n" +
+	"\x0edelete_volumes\x18\x04 \x03(\tR\rdeleteVolumes\x12I\n" +
+	"\fvolume_sizes\x18\x05 \x03(\v2&.berth.v1.Assignments.VolumeSizesEntryR\vvolumeSizes\x1a>\n" +
+	"\x10VolumeSizesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"_\n" +
 	"\x13ReportStatusRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\bstatuses\x18\x02 \x03(\v2\x18.berth.v1.InstanceStatusR\bstatuses\"\x16\n" +
@@ -4664,7 +4678,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
@@ -4745,15 +4759,16 @@ var file_berth_proto_goTypes = []any{
 	nil,                             // 76: berth.v1.ServiceSpec.NodeSelectorEntry
 	nil,                             // 77: berth.v1.Node.LabelsEntry
 	nil,                             // 78: berth.v1.RegisterRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 79: google.protobuf.Timestamp
+	nil,                             // 79: berth.v1.Assignments.VolumeSizesEntry
+	(*timestamppb.Timestamp)(nil),   // 80: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
 	74, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,  // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,  // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,  // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	79, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	79, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	80, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	80, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
 	75, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	7,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	8,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
@@ -4763,24 +4778,24 @@ var file_berth_proto_depIdxs = []int32{
 	4,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	5,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	0,  // 14: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	79, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	79, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	80, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	80, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
 	10, // 17: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
 	11, // 18: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
 	3,  // 19: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	79, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	79, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	79, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	80, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	80, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	80, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
 	14, // 23: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	79, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	79, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	80, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	80, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
 	77, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
 	16, // 27: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	79, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	79, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	80, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	80, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
 	16, // 30: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	79, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	79, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	80, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	80, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
 	1,  // 33: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
 	6,  // 34: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
 	20, // 35: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
@@ -4793,77 +4808,78 @@ var file_berth_proto_depIdxs = []int32{
 	15, // 42: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
 	30, // 43: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
 	17, // 44: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	79, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	80, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
 	37, // 46: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
 	18, // 47: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
 	78, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
 	16, // 49: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
 	13, // 50: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
 	15, // 51: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	15, // 52: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	51, // 53: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	7,  // 54: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	12, // 55: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	52, // 56: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	53, // 57: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	17, // 58: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	6,  // 59: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	63, // 60: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	63, // 61: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	18, // 62: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	19, // 63: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	22, // 64: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	25, // 65: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	27, // 66: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	29, // 67: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	32, // 68: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	34, // 69: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	36, // 70: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	39, // 71: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	54, // 72: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
-	56, // 73: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	58, // 74: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	62, // 75: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	65, // 76: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	67, // 77: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	69, // 78: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	41, // 79: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	43, // 80: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	45, // 81: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	47, // 82: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	49, // 83: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	60, // 84: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	73, // 85: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	71, // 86: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	21, // 87: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	24, // 88: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	26, // 89: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	28, // 90: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	31, // 91: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	33, // 92: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	35, // 93: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	38, // 94: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	40, // 95: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	55, // 96: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
-	57, // 97: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	59, // 98: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	64, // 99: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	66, // 100: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	68, // 101: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	70, // 102: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	42, // 103: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	44, // 104: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	46, // 105: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	48, // 106: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	50, // 107: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	61, // 108: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	34, // 109: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	72, // 110: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	87, // [87:111] is the sub-list for method output_type
-	63, // [63:87] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	79, // 52: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	15, // 53: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	51, // 54: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	7,  // 55: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	12, // 56: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	52, // 57: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	53, // 58: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	17, // 59: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	6,  // 60: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	63, // 61: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	63, // 62: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	18, // 63: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	19, // 64: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	22, // 65: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	25, // 66: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	27, // 67: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	29, // 68: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	32, // 69: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	34, // 70: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	36, // 71: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	39, // 72: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	54, // 73: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
+	56, // 74: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	58, // 75: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	62, // 76: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	65, // 77: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	67, // 78: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	69, // 79: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	41, // 80: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	43, // 81: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	45, // 82: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	47, // 83: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	49, // 84: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	60, // 85: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	73, // 86: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	71, // 87: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	21, // 88: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	24, // 89: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	26, // 90: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	28, // 91: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	31, // 92: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	33, // 93: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	35, // 94: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	38, // 95: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	40, // 96: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	55, // 97: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
+	57, // 98: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	59, // 99: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	64, // 100: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	66, // 101: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	68, // 102: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	70, // 103: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	42, // 104: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	44, // 105: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	46, // 106: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	48, // 107: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	50, // 108: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	61, // 109: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	34, // 110: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	72, // 111: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	88, // [88:112] is the sub-list for method output_type
+	64, // [64:88] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -4878,7 +4894,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   79,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -407,6 +407,19 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 			}
 		}
 		sort.Strings(ids)
+		for _, in := range msg.Instances {
+			for _, m := range in.Template.GetVolumes() {
+				key := in.Namespace + "/" + m.Name
+				if vv, ok := v.Volumes[key]; ok && !m.Tmpfs {
+					if size, err := api.ParseMemory(vv.Volume.Spec.Size); err == nil && size > 0 {
+						if msg.VolumeSizes == nil {
+							msg.VolumeSizes = map[string]int64{}
+						}
+						msg.VolumeSizes[key] = size
+					}
+				}
+			}
+		}
 		for key, vv := range v.Volumes {
 			if vv.Volume.Status.Deleting && vv.Volume.Status.Node == req.Node {
 				msg.DeleteVolumes = append(msg.DeleteVolumes, key)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -587,4 +588,54 @@ func (r *Runtime) describe(ctx context.Context, ctr containerd.Container) (Conta
 		c.ExitedAt = st.ExitTime
 	}
 	return c, nil
+}
+
+// RemoveLeftovers tears down what an interrupted run left without a
+// container: network namespaces named for this runtime's containerd
+// namespace and per-container state directories whose container is gone.
+// It returns the instance ids it cleaned.
+func (r *Runtime) RemoveLeftovers(ctx context.Context) ([]string, error) {
+	live := map[string]bool{}
+	ctrs, err := r.client.Containers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: list containers: %w", err)
+	}
+	for _, c := range ctrs {
+		live[c.ID()] = true
+	}
+	candidates := map[string]bool{}
+	prefix := r.cfg.Namespace + "-"
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if id, ok := strings.CutPrefix(e.Name(), prefix); ok && dnsLabel.MatchString(id) {
+				candidates[id] = true
+			}
+		}
+	}
+	if entries, err := os.ReadDir(r.containersDir()); err == nil {
+		for _, e := range entries {
+			candidates[e.Name()] = true
+		}
+	}
+	var cleaned []string
+	var errs []error
+	for id := range candidates {
+		if live[id] || !dnsLabel.MatchString(id) {
+			continue
+		}
+		unlock := r.lock(id)
+		if _, lerr := r.client.LoadContainer(ctx, id); lerr == nil {
+			unlock() // started meanwhile: not a leftover
+			continue
+		}
+		err := r.teardown(ctx, id, 0, true)
+		unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("leftover %s: %w", id, err))
+			continue
+		}
+		cleaned = append(cleaned, id)
+	}
+	sort.Strings(cleaned)
+	return cleaned, errors.Join(errs...)
 }
