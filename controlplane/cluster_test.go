@@ -282,3 +282,56 @@ func TestConcurrentJoinsGetDistinctSubnets(t *testing.T) {
 		}
 	}
 }
+
+func TestVolumeConsumerWaitsForLostNodeUntilReleased(t *testing.T) {
+	h := start(t, func(c *Config) {
+		c.HeartbeatInterval, c.NodeTimeout, c.LostGrace = 100*time.Millisecond, time.Second, time.Second
+	})
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: n, Capacity: &pb.Capacity{MilliCpu: 4000, MemoryBytes: 4 << 30}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heartbeat(t, h, "a")
+	stopB := heartbeat(t, h, "b")
+	spec := helloSpec(1)
+	spec.Spec.Volumes = []*pb.VolumeMount{{Name: "data", MountPath: "/data"}}
+	vol := &pb.Volume{Metadata: &pb.ObjectMeta{Name: "data"}, PinnedNode: "b"}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{spec}, Volumes: []*pb.Volume{vol}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "placed on b, where the volume is", func() (bool, string) {
+		p := placement(h, "hello")
+		return p["b"] == 1, fmt.Sprint(p)
+	})
+	stopB()
+	eventually(t, "b lost; the replacement waits with the reason", func() (bool, string) {
+		d, err := h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, ev := range d.Events {
+			if ev.Reason == "Unschedulable" && strings.Contains(ev.Message, "volume default/data is on node b") {
+				return placement(h, "hello")["a"] == 0, ""
+			}
+		}
+		return false, fmt.Sprint(d.Events)
+	})
+	// Deleting the service keeps the volume; rm while an instance mounts it is refused.
+	if _, err := h.berth.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Name: "data"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("rm in use: %v", err)
+	}
+	rel, err := h.berth.ReleaseVolume(ctx, &pb.ReleaseVolumeRequest{Name: "data"})
+	if err != nil || rel.PreviousNode != "b" {
+		t.Fatalf("release: %v %v", rel, err)
+	}
+	eventually(t, "placed on a after release", func() (bool, string) {
+		p := placement(h, "hello")
+		return p["a"] == 1, fmt.Sprint(p)
+	})
+	vols, _ := h.berth.ListVolumes(ctx, &pb.ListVolumesRequest{})
+	if len(vols.Volumes) != 1 || vols.Volumes[0].Volume.Node != "a" {
+		t.Fatalf("volume now = %v", vols)
+	}
+}

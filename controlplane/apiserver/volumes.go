@@ -111,6 +111,9 @@ func (s *Server) ReleaseVolume(ctx context.Context, req *pb.ReleaseVolumeRequest
 	}
 	vol := vv.Volume
 	prev := vol.Status.Node
+	if prev == "" {
+		prev = vol.Spec.Node
+	}
 	vol.Status.Node, vol.Spec.Node = "", ""
 	if err := s.store.Commit(ctx, nil, []store.VolumeChange{{Volume: vol, ModRevision: vv.ModRevision}}); err != nil {
 		return nil, storeErr(err)

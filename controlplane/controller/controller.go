@@ -413,18 +413,27 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 	}
 	changes := make([]store.InstanceChange, 0, len(placements))
 	var volumes []store.VolumeChange
+	bound := map[string]bool{}
 	now := c.now().UTC()
 	for _, p := range placements {
 		in := byID[p.InstanceID]
 		in.Node = p.Node
 		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: rev[in.ID]})
-		for _, key := range p.Bind {
+		for _, key := range in.Template.VolumeNames(in.Namespace, in.Ordinal) {
 			if vv, ok := v.Volumes[key]; ok {
+				if vv.Volume.Status.Node != "" || bound[key] {
+					continue
+				}
 				vol := vv.Volume
 				vol.Status.Node, vol.Status.BoundAt = p.Node, now
 				volumes = append(volumes, store.VolumeChange{Volume: vol, ModRevision: vv.ModRevision})
+				bound[key] = true
 				continue
 			}
+			if bound[key] {
+				continue
+			}
+			bound[key] = true
 			// A per-replica volume comes into being with its first placement.
 			ns, name, _ := strings.Cut(key, "/")
 			template := ""
