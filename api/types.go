@@ -256,6 +256,9 @@ type Revision struct {
 	Template  ServiceSpec `json:"template"`
 	Hash      string      `json:"hash"`
 	CreatedAt time.Time   `json:"createdAt"`
+	// Change says what differs from the revision before ("image a -> b"),
+	// or that it rolled back to an earlier one.
+	Change string `json:"change,omitempty"`
 }
 
 // Instance desired states.

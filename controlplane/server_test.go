@@ -351,3 +351,61 @@ func TestRestartKeepsState(t *testing.T) {
 		return len(l.Services) == 1 && l.Services[0].Desired == 2, l.String()
 	})
 }
+
+func TestHistoryUndoAndRetention(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	apply := func(image string, env map[string]string, replicas int32) *pb.ApplyResult {
+		t.Helper()
+		s := helloSpec(replicas)
+		s.Spec.Image, s.Spec.Env = image, env
+		r, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{s}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Results[0]
+	}
+	apply("hello:v1", nil, 1)
+	apply("hello:v2", nil, 1)
+	if r := apply("hello:v2", nil, 5); r.Action != "scaled" || r.Revision != 2 {
+		t.Fatalf("scaling made a revision: %+v", r)
+	}
+	apply("hello:v2", map[string]string{"A": "1"}, 5)
+	hist, err := h.berth.ListRevisions(ctx, &pb.ListRevisionsRequest{Name: "hello"})
+	if err != nil || len(hist.Revisions) != 3 {
+		t.Fatalf("history: %v %v", hist, err)
+	}
+	if c := hist.Revisions[1].Change; c != "image hello:v1 -> hello:v2" {
+		t.Fatalf("change of revision 2 = %q", c)
+	}
+	if c := hist.Revisions[2].Change; c != "env" || !hist.Revisions[2].Current {
+		t.Fatalf("revision 3 = %+v", hist.Revisions[2])
+	}
+	// Undo goes to the previous revision, as a new one; replicas stay.
+	res, err := h.berth.Undo(ctx, &pb.UndoRequest{Name: "hello"})
+	if err != nil || res.Revision != 4 {
+		t.Fatalf("undo: %v %v", res, err)
+	}
+	svc, _ := h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+	if svc.Service.Spec.Image != "hello:v2" || len(svc.Service.Spec.Env) != 0 || svc.Service.Spec.GetReplicas() != 5 {
+		t.Fatalf("after undo: %+v", svc.Service.Spec)
+	}
+	if res, err = h.berth.Undo(ctx, &pb.UndoRequest{Name: "hello", ToRevision: 1}); err != nil || res.Revision != 5 {
+		t.Fatalf("undo to 1: %v %v", res, err)
+	}
+	hist, _ = h.berth.ListRevisions(ctx, &pb.ListRevisionsRequest{Name: "hello"})
+	if last := hist.Revisions[len(hist.Revisions)-1]; last.Image != "hello:v1" || last.Change != "rollback to revision 1: image hello:v2 -> hello:v1" {
+		t.Fatalf("last revision = %+v", last)
+	}
+	if _, err := h.berth.Undo(ctx, &pb.UndoRequest{Name: "hello", ToRevision: 99}); status.Code(err) != codes.NotFound {
+		t.Fatalf("undo to a missing revision: %v", err)
+	}
+	// Retention: at most 10 kept.
+	for i := 0; i < 12; i++ {
+		apply(fmt.Sprintf("hello:r%d", i), nil, 5)
+	}
+	hist, _ = h.berth.ListRevisions(ctx, &pb.ListRevisionsRequest{Name: "hello"})
+	if len(hist.Revisions) > 10+1 { // the newest 10, plus any still running
+		t.Fatalf("%d revisions kept", len(hist.Revisions))
+	}
+}

@@ -3745,6 +3745,247 @@ func (x *NodeList) GetNodes() []*Node {
 	return nil
 }
 
+type ListRevisionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevisionsRequest) Reset() {
+	*x = ListRevisionsRequest{}
+	mi := &file_berth_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevisionsRequest) ProtoMessage() {}
+
+func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListRevisionsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListRevisionsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevisionInfo struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Number    int64                  `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	Image     string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	Change    string                 `protobuf:"bytes,3,opt,name=change,proto3" json:"change,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Current   bool                   `protobuf:"varint,5,opt,name=current,proto3" json:"current,omitempty"`
+	// Instances of the revision that exist now.
+	Instances     int32 `protobuf:"varint,6,opt,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionInfo) Reset() {
+	*x = RevisionInfo{}
+	mi := &file_berth_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionInfo) ProtoMessage() {}
+
+func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
+func (*RevisionInfo) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RevisionInfo) GetNumber() int64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *RevisionInfo) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *RevisionInfo) GetChange() string {
+	if x != nil {
+		return x.Change
+	}
+	return ""
+}
+
+func (x *RevisionInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *RevisionInfo) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *RevisionInfo) GetInstances() int32 {
+	if x != nil {
+		return x.Instances
+	}
+	return 0
+}
+
+type ListRevisionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revisions     []*RevisionInfo        `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevisionsResponse) Reset() {
+	*x = ListRevisionsResponse{}
+	mi := &file_berth_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevisionsResponse) ProtoMessage() {}
+
+func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+type UndoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ToRevision    int64                  `protobuf:"varint,3,opt,name=to_revision,json=toRevision,proto3" json:"to_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndoRequest) Reset() {
+	*x = UndoRequest{}
+	mi := &file_berth_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndoRequest) ProtoMessage() {}
+
+func (x *UndoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
+func (*UndoRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *UndoRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *UndoRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UndoRequest) GetToRevision() int64 {
+	if x != nil {
+		return x.ToRevision
+	}
+	return 0
+}
+
 type ListVolumesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -3754,7 +3995,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3766,7 +4007,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3779,7 +4020,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -3800,7 +4041,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3812,7 +4053,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3825,7 +4066,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -3851,7 +4092,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3863,7 +4104,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3876,7 +4117,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -3896,7 +4137,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3908,7 +4149,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3921,7 +4162,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -3948,7 +4189,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3960,7 +4201,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3973,7 +4214,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -4000,7 +4241,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4012,7 +4253,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4025,7 +4266,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -4050,7 +4291,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4062,7 +4303,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4075,7 +4316,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 type ReleaseVolumeRequest struct {
@@ -4088,7 +4329,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4100,7 +4341,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4113,7 +4354,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -4139,7 +4380,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4151,7 +4392,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4164,7 +4405,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -4185,7 +4426,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4197,7 +4438,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4210,7 +4451,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -4242,7 +4483,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4254,7 +4495,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4508,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 type FetchImageRequest struct {
@@ -4279,7 +4520,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4291,7 +4532,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4304,7 +4545,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -4602,7 +4843,25 @@ const file_berth_proto_rawDesc = "" +
 	"\x11WatchNodesRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"0\n" +
 	"\bNodeList\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"2\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"H\n" +
+	"\x14ListRevisionsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xc7\x01\n" +
+	"\fRevisionInfo\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x03R\x06number\x12\x14\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\x12\x16\n" +
+	"\x06change\x18\x03 \x01(\tR\x06change\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
+	"\acurrent\x18\x05 \x01(\bR\acurrent\x12\x1c\n" +
+	"\tinstances\x18\x06 \x01(\x05R\tinstances\"M\n" +
+	"\x15ListRevisionsResponse\x124\n" +
+	"\trevisions\x18\x01 \x03(\v2\x16.berth.v1.RevisionInfoR\trevisions\"`\n" +
+	"\vUndoRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
+	"\vto_revision\x18\x03 \x01(\x03R\n" +
+	"toRevision\"2\n" +
 	"\x12ListVolumesRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"O\n" +
 	"\n" +
@@ -4632,7 +4891,8 @@ const file_berth_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\"\x17\n" +
 	"\x15VolumeDeletedResponse\"1\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
-	"\treference\x18\x01 \x01(\tR\treference2\xa7\t\n" +
+	"\treference\x18\x01 \x01(\tR\treference2\xaf\n" +
+	"\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -4649,7 +4909,9 @@ const file_berth_proto_rawDesc = "" +
 	"\x0fCreateJoinToken\x12 .berth.v1.CreateJoinTokenRequest\x1a!.berth.v1.CreateJoinTokenResponse\x12G\n" +
 	"\n" +
 	"CordonNode\x12\x1b.berth.v1.CordonNodeRequest\x1a\x1c.berth.v1.CordonNodeResponse\x12D\n" +
-	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12J\n" +
+	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12P\n" +
+	"\rListRevisions\x12\x1e.berth.v1.ListRevisionsRequest\x1a\x1f.berth.v1.ListRevisionsResponse\x124\n" +
+	"\x04Undo\x12\x15.berth.v1.UndoRequest\x1a\x15.berth.v1.ApplyResult\x12J\n" +
 	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
 	"\tGetVolume\x12\x1a.berth.v1.GetVolumeRequest\x1a\x16.berth.v1.VolumeDetail\x12M\n" +
 	"\fDeleteVolume\x12\x1d.berth.v1.DeleteVolumeRequest\x1a\x1e.berth.v1.DeleteVolumeResponse\x12P\n" +
@@ -4678,7 +4940,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
@@ -4742,60 +5004,64 @@ var file_berth_proto_goTypes = []any{
 	(*DrainNodeResponse)(nil),       // 59: berth.v1.DrainNodeResponse
 	(*WatchNodesRequest)(nil),       // 60: berth.v1.WatchNodesRequest
 	(*NodeList)(nil),                // 61: berth.v1.NodeList
-	(*ListVolumesRequest)(nil),      // 62: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 63: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 64: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 65: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 66: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 67: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 68: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 69: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 70: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 71: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 72: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 73: berth.v1.FetchImageRequest
-	nil,                             // 74: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 75: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 76: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 77: berth.v1.Node.LabelsEntry
-	nil,                             // 78: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 79: berth.v1.Assignments.VolumeSizesEntry
-	(*timestamppb.Timestamp)(nil),   // 80: google.protobuf.Timestamp
+	(*ListRevisionsRequest)(nil),    // 62: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 63: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 64: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 65: berth.v1.UndoRequest
+	(*ListVolumesRequest)(nil),      // 66: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 67: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 68: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 69: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 70: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 71: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 72: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 73: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 74: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 75: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 76: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 77: berth.v1.FetchImageRequest
+	nil,                             // 78: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 79: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 80: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 81: berth.v1.Node.LabelsEntry
+	nil,                             // 82: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 83: berth.v1.Assignments.VolumeSizesEntry
+	(*timestamppb.Timestamp)(nil),   // 84: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	74, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	78, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,  // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,  // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,  // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	80, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	80, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	75, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	84, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	84, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	79, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	7,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	8,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	9,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	12, // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	76, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	80, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
 	4,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	5,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	0,  // 14: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	80, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	80, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	84, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	84, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
 	10, // 17: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
 	11, // 18: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
 	3,  // 19: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	80, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	80, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	80, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	84, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	84, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	84, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
 	14, // 23: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	80, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	80, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	77, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	84, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	84, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	81, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
 	16, // 27: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	80, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	80, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	84, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	84, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
 	16, // 30: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	80, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	80, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	84, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	84, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
 	1,  // 33: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
 	6,  // 34: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
 	20, // 35: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
@@ -4808,14 +5074,14 @@ var file_berth_proto_depIdxs = []int32{
 	15, // 42: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
 	30, // 43: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
 	17, // 44: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	80, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	84, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
 	37, // 46: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
 	18, // 47: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	78, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	82, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
 	16, // 49: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
 	13, // 50: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
 	15, // 51: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	79, // 52: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	83, // 52: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
 	15, // 53: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
 	51, // 54: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
 	7,  // 55: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
@@ -4823,63 +5089,69 @@ var file_berth_proto_depIdxs = []int32{
 	52, // 57: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
 	53, // 58: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
 	17, // 59: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	6,  // 60: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	63, // 61: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	63, // 62: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	18, // 63: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	19, // 64: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	22, // 65: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	25, // 66: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	27, // 67: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	29, // 68: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	32, // 69: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	34, // 70: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	36, // 71: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	39, // 72: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	54, // 73: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
-	56, // 74: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	58, // 75: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	62, // 76: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	65, // 77: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	67, // 78: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	69, // 79: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	41, // 80: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	43, // 81: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	45, // 82: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	47, // 83: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	49, // 84: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	60, // 85: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	73, // 86: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	71, // 87: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	21, // 88: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	24, // 89: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	26, // 90: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	28, // 91: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	31, // 92: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	33, // 93: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	35, // 94: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	38, // 95: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	40, // 96: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	55, // 97: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
-	57, // 98: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	59, // 99: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	64, // 100: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	66, // 101: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	68, // 102: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	70, // 103: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	42, // 104: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	44, // 105: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	46, // 106: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	48, // 107: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	50, // 108: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	61, // 109: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	34, // 110: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	72, // 111: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	88, // [88:112] is the sub-list for method output_type
-	64, // [64:88] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	84, // 60: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	63, // 61: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	6,  // 62: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	67, // 63: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	67, // 64: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	18, // 65: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	19, // 66: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	22, // 67: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	25, // 68: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	27, // 69: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	29, // 70: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	32, // 71: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	34, // 72: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	36, // 73: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	39, // 74: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	54, // 75: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
+	56, // 76: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	58, // 77: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	62, // 78: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	65, // 79: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	66, // 80: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	69, // 81: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	71, // 82: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	73, // 83: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	41, // 84: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	43, // 85: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	45, // 86: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	47, // 87: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	49, // 88: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	60, // 89: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	77, // 90: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	75, // 91: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	21, // 92: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	24, // 93: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	26, // 94: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	28, // 95: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	31, // 96: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	33, // 97: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	35, // 98: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	38, // 99: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	40, // 100: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	55, // 101: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
+	57, // 102: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	59, // 103: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	64, // 104: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	20, // 105: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	68, // 106: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	70, // 107: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	72, // 108: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	74, // 109: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	42, // 110: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	44, // 111: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	46, // 112: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	48, // 113: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	50, // 114: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	61, // 115: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	34, // 116: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	76, // 117: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	92, // [92:118] is the sub-list for method output_type
+	66, // [66:92] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -4894,7 +5166,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   80,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -38,6 +38,8 @@ const (
 	Berth_CreateJoinToken_FullMethodName = "/berth.v1.Berth/CreateJoinToken"
 	Berth_CordonNode_FullMethodName      = "/berth.v1.Berth/CordonNode"
 	Berth_DrainNode_FullMethodName       = "/berth.v1.Berth/DrainNode"
+	Berth_ListRevisions_FullMethodName   = "/berth.v1.Berth/ListRevisions"
+	Berth_Undo_FullMethodName            = "/berth.v1.Berth/Undo"
 	Berth_ListVolumes_FullMethodName     = "/berth.v1.Berth/ListVolumes"
 	Berth_GetVolume_FullMethodName       = "/berth.v1.Berth/GetVolume"
 	Berth_DeleteVolume_FullMethodName    = "/berth.v1.Berth/DeleteVolume"
@@ -72,6 +74,11 @@ type BerthClient interface {
 	// DrainNode cordons a node and moves its instances elsewhere through the
 	// normal drain path.
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
+	// ListRevisions lists a service's kept revisions, oldest first.
+	ListRevisions(ctx context.Context, in *ListRevisionsRequest, opts ...grpc.CallOption) (*ListRevisionsResponse, error)
+	// Undo rolls a service back to an earlier revision (default: the one
+	// before the current), as a new revision.
+	Undo(ctx context.Context, in *UndoRequest, opts ...grpc.CallOption) (*ApplyResult, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeDetail, error)
 	// DeleteVolume removes a volume and its data; refused while an instance
@@ -213,6 +220,26 @@ func (c *berthClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts 
 	return out, nil
 }
 
+func (c *berthClient) ListRevisions(ctx context.Context, in *ListRevisionsRequest, opts ...grpc.CallOption) (*ListRevisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRevisionsResponse)
+	err := c.cc.Invoke(ctx, Berth_ListRevisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) Undo(ctx context.Context, in *UndoRequest, opts ...grpc.CallOption) (*ApplyResult, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyResult)
+	err := c.cc.Invoke(ctx, Berth_Undo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *berthClient) ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListVolumesResponse)
@@ -281,6 +308,11 @@ type BerthServer interface {
 	// DrainNode cordons a node and moves its instances elsewhere through the
 	// normal drain path.
 	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
+	// ListRevisions lists a service's kept revisions, oldest first.
+	ListRevisions(context.Context, *ListRevisionsRequest) (*ListRevisionsResponse, error)
+	// Undo rolls a service back to an earlier revision (default: the one
+	// before the current), as a new revision.
+	Undo(context.Context, *UndoRequest) (*ApplyResult, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	GetVolume(context.Context, *GetVolumeRequest) (*VolumeDetail, error)
 	// DeleteVolume removes a volume and its data; refused while an instance
@@ -334,6 +366,12 @@ func (UnimplementedBerthServer) CordonNode(context.Context, *CordonNodeRequest) 
 }
 func (UnimplementedBerthServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedBerthServer) ListRevisions(context.Context, *ListRevisionsRequest) (*ListRevisionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListRevisions not implemented")
+}
+func (UnimplementedBerthServer) Undo(context.Context, *UndoRequest) (*ApplyResult, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Undo not implemented")
 }
 func (UnimplementedBerthServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListVolumes not implemented")
@@ -573,6 +611,42 @@ func _Berth_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_ListRevisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRevisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ListRevisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ListRevisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ListRevisions(ctx, req.(*ListRevisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_Undo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).Undo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_Undo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).Undo(ctx, req.(*UndoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Berth_ListVolumes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListVolumesRequest)
 	if err := dec(in); err != nil {
@@ -695,6 +769,14 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _Berth_DrainNode_Handler,
+		},
+		{
+			MethodName: "ListRevisions",
+			Handler:    _Berth_ListRevisions_Handler,
+		},
+		{
+			MethodName: "Undo",
+			Handler:    _Berth_Undo_Handler,
 		},
 		{
 			MethodName: "ListVolumes",

@@ -171,6 +171,9 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		}
 		_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "service/" + r.Name, Reason: "Applied",
 			Message: fmt.Sprintf("service %s (revision %d)", r.Action, r.Revision)})
+		if r.Action == "configured" {
+			s.pruneRevisions(ctx, r.Namespace, r.Name, r.Revision)
+		}
 		s.logger.Info("service applied", "service", r.Namespace+"/"+r.Name, "action", r.Action, "revision", r.Revision)
 	}
 	return out, nil

@@ -237,7 +237,8 @@ type ReplicaPlan struct {
 //     extras are drained, unplaced first, then not-ready, then newest;
 //   - older revisions are drained once the current revision has all its
 //     replicas ready (surge replacement: capacity never dips), or at once
-//     when the service is scaled to zero;
+//     when the service is scaled to zero; old replicas that are not ready
+//     serve nothing and are drained at once;
 //   - instances of a deleted service are drained.
 func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuses map[string]api.InstanceStatus, now time.Time, newID func(string) string) ReplicaPlan {
 	var plan ReplicaPlan
@@ -317,6 +318,14 @@ func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuse
 	}
 	if want == 0 || readyCurrent >= want {
 		plan.Drain = append(plan.Drain, old...)
+	} else {
+		// Old replicas that serve nothing (not ready, or never placed) add
+		// no capacity while the new revision comes up: drain them now.
+		for _, vi := range old {
+			if !ready(vi) {
+				plan.Drain = append(plan.Drain, vi)
+			}
+		}
 	}
 	return plan
 }

@@ -95,3 +95,13 @@ func TestPlanReadinessOnOtherNodeDoesNotCount(t *testing.T) {
 		t.Fatalf("drained %v although v2 is not ready on its node", ids(plan.Drain))
 	}
 }
+
+func TestPlanDrainsOldReplicasThatServeNothing(t *testing.T) {
+	instances := []store.VersionedInstance{vinst("v1-ready", 1, "n1", 1), vinst("v1-crashing", 1, "n1", 2), vinst("v1-unplaced", 1, "", 3)}
+	statuses := readyAll(map[string]string{"v1-ready": "n1"})
+	plan := PlanReplicas(svc(3, 2), instances, statuses, time.Now(), seq())
+	got := ids(plan.Drain)
+	if len(plan.Create) != 3 || len(got) != 2 || got[0] != "v1-crashing" || got[1] != "v1-unplaced" {
+		t.Fatalf("create %d, drain %v", len(plan.Create), got)
+	}
+}

@@ -122,6 +122,12 @@ func (s *Store) ApplyServices(ctx context.Context, svcs []api.Service) ([]ApplyR
 
 // Apply creates or updates services and volumes in one transaction.
 func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume) ([]ApplyResult, error) {
+	return s.apply(ctx, svcs, vols, nil)
+}
+
+// apply is Apply; causes, by service key, prefix the new revisions' change
+// text ("rollback to revision 3").
+func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]string) ([]ApplyResult, error) {
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
@@ -181,7 +187,7 @@ func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 				svc.Status = api.ServiceStatus{Revision: last + 1, CreatedAt: now, UpdatedAt: now}
 				ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, last+1), mustJSON(api.Revision{
 					Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: last + 1,
-					Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now,
+					Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now, Change: "created",
 				})))
 				res.Action, res.Revision = "created", last+1
 			} else {
@@ -194,9 +200,13 @@ func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 				switch {
 				case TemplateHash(old.Spec) != TemplateHash(in.Spec):
 					svc.Status.Revision = old.Status.Revision + 1
+					change := DescribeChange(old.Spec.Template(), in.Spec.Template())
+					if c, ok := causes[in.Key()]; ok {
+						change = c + ": " + change
+					}
 					ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, svc.Status.Revision), mustJSON(api.Revision{
 						Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: svc.Status.Revision,
-						Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now,
+						Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now, Change: change,
 					})))
 					res.Action = "configured"
 				case mustJSON(old.Spec) != mustJSON(in.Spec) || mustJSON(old.Metadata) != mustJSON(in.Metadata):
@@ -753,4 +763,103 @@ func (s *Store) ListEvents(ctx context.Context, ns, objectPrefix string, limit i
 		out = out[len(out)-limit:]
 	}
 	return out, nil
+}
+
+// DescribeChange says in a few words how template b differs from a.
+func DescribeChange(a, b api.ServiceSpec) string {
+	var parts []string
+	if a.Image != b.Image {
+		parts = append(parts, fmt.Sprintf("image %s -> %s", a.Image, b.Image))
+	}
+	if mustJSON(a.Env) != mustJSON(b.Env) {
+		parts = append(parts, "env")
+	}
+	if mustJSON(a.Command) != mustJSON(b.Command) || mustJSON(a.Args) != mustJSON(b.Args) {
+		parts = append(parts, "command")
+	}
+	if mustJSON(a.Resources) != mustJSON(b.Resources) {
+		parts = append(parts, "resources")
+	}
+	if mustJSON(a.Ports) != mustJSON(b.Ports) {
+		parts = append(parts, "ports")
+	}
+	if mustJSON(a.Health) != mustJSON(b.Health) {
+		parts = append(parts, "health")
+	}
+	if mustJSON(a.Volumes) != mustJSON(b.Volumes) || mustJSON(a.VolumeTemplates) != mustJSON(b.VolumeTemplates) {
+		parts = append(parts, "volumes")
+	}
+	if mustJSON(a.NodeSelector) != mustJSON(b.NodeSelector) {
+		parts = append(parts, "nodeSelector")
+	}
+	if len(parts) == 0 {
+		return "template"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Undo rolls a service back to revision to (0: the revision before the
+// current one): its template becomes a new revision, so history only grows
+// and every revision stays immutable. Replicas and route are kept.
+func (s *Store) Undo(ctx context.Context, ns, name string, to int64) (*ApplyResult, error) {
+	svc, err := s.GetService(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	revs, err := s.ListRevisions(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	var target *api.Revision
+	for i := len(revs) - 1; i >= 0; i-- {
+		r := &revs[i]
+		if (to == 0 && r.Number < svc.Status.Revision && r.Hash != TemplateHash(svc.Spec)) || (to != 0 && r.Number == to) {
+			target = r
+			break
+		}
+	}
+	if target == nil {
+		if to == 0 {
+			return nil, fmt.Errorf("service %s/%s has no earlier revision to roll back to: %w", ns, name, ErrNotFound)
+		}
+		return nil, fmt.Errorf("revision %d of %s/%s (kept: the last %d): %w", to, ns, name, RetainRevisions, ErrNotFound)
+	}
+	next := *svc
+	replicas, route, selector := svc.Spec.Replicas, svc.Spec.Route, svc.Spec.NodeSelector
+	next.Spec = target.Template
+	next.Spec.Replicas, next.Spec.Route = replicas, route
+	if next.Spec.NodeSelector == nil {
+		next.Spec.NodeSelector = selector
+	}
+	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]string{svc.Key(): fmt.Sprintf("rollback to revision %d", target.Number)})
+	if err != nil {
+		return nil, err
+	}
+	return &res[0], nil
+}
+
+// RetainRevisions is how many revisions of a service are kept.
+const RetainRevisions = 10
+
+// PruneRevisions deletes a service's revisions beyond the newest
+// RetainRevisions, except the current one and any an instance still runs.
+func (s *Store) PruneRevisions(ctx context.Context, ns, name string, current int64, inUse map[int64]bool) (int, error) {
+	revs, err := s.ListRevisions(ctx, ns, name)
+	if err != nil || len(revs) <= RetainRevisions {
+		return 0, err
+	}
+	var ops []clientv3.Op
+	for _, r := range revs[:len(revs)-RetainRevisions] {
+		if r.Number == current || inUse[r.Number] {
+			continue
+		}
+		ops = append(ops, clientv3.OpDelete(revisionKey(ns, name, r.Number)))
+	}
+	if len(ops) == 0 {
+		return 0, nil
+	}
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return 0, fmt.Errorf("store: prune revisions of %s/%s: %w", ns, name, err)
+	}
+	return len(ops), nil
 }

@@ -1,0 +1,70 @@
+package apiserver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ListRevisions lists a service's kept revisions.
+func (s *Server) ListRevisions(ctx context.Context, req *pb.ListRevisionsRequest) (*pb.ListRevisionsResponse, error) {
+	ns := nsOrDefault(req.Namespace)
+	svc, err := s.store.GetService(ctx, ns, req.Name)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	v := s.cache.View()
+	revs, err := s.store.ListRevisions(ctx, ns, req.Name)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	count := map[int64]int32{}
+	for _, vi := range v.Instances {
+		if vi.Instance.Namespace == ns && vi.Instance.Service == req.Name {
+			count[vi.Instance.Revision]++
+		}
+	}
+	out := &pb.ListRevisionsResponse{}
+	for _, r := range revs {
+		out.Revisions = append(out.Revisions, &pb.RevisionInfo{Number: r.Number, Image: r.Template.Image, Change: r.Change,
+			CreatedAt: tsOf(r.CreatedAt), Current: r.Number == svc.Status.Revision, Instances: count[r.Number]})
+	}
+	return out, nil
+}
+
+// Undo rolls a service back to an earlier revision as a new revision.
+func (s *Server) Undo(ctx context.Context, req *pb.UndoRequest) (*pb.ApplyResult, error) {
+	ns := nsOrDefault(req.Namespace)
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "undo: service name is required")
+	}
+	res, err := s.store.Undo(ctx, ns, req.Name, req.ToRevision)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	msg := fmt.Sprintf("rolled back: revision %d (%s)", res.Revision, res.Action)
+	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "RolledBack", Type: "Warning", Message: msg})
+	s.logger.Info("rollback", "service", ns+"/"+req.Name, "revision", res.Revision, "action", res.Action)
+	s.pruneRevisions(ctx, ns, req.Name, res.Revision)
+	return &pb.ApplyResult{Kind: api.KindService, Namespace: ns, Name: req.Name, Action: res.Action, Revision: res.Revision}, nil
+}
+
+// pruneRevisions keeps the newest revisions (and any still running).
+func (s *Server) pruneRevisions(ctx context.Context, ns, name string, current int64) {
+	inUse := map[int64]bool{}
+	for _, vi := range s.cache.View().Instances {
+		if vi.Instance.Namespace == ns && vi.Instance.Service == name {
+			inUse[vi.Instance.Revision] = true
+		}
+	}
+	if n, err := s.store.PruneRevisions(ctx, ns, name, current, inUse); err != nil {
+		s.logger.Warn("prune revisions", "service", ns+"/"+name, "err", err)
+	} else if n > 0 {
+		s.logger.Info("pruned old revisions", "service", ns+"/"+name, "count", n)
+	}
+}
