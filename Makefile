@@ -9,7 +9,7 @@ IMAGES := images
 GOFLAGS_BUILD := -trimpath
 TEST_TIMEOUT ?= 10m
 
-.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-startup clean
+.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns clean
 
 all: build
 
@@ -63,10 +63,36 @@ fuzz:
 
 # Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
 # endpoints, Berth against plain `ctr run` on the same containerd. Needs root.
-bench: bench-startup
+bench: bench-startup bench-gateway bench-scheduler bench-dns bench-xds
 
 bench-startup: containerd build images
 	@bench/startup.sh
 
+# bench-gateway: wrk through Berth's gateway, nginx and HAProxy (Debian
+# packages, installed if missing) over the same three loopback upstreams,
+# each proxy pinned to CPU 0, wrk on CPU 1; prints req/s, p99, CPU/request
+# and the ratios to nginx.
+bench-gateway:
+	@bench/gateway.sh
+
+# bench-dns: Berth's DNS against CoreDNS (file, file+cache) with dnsperf,
+# 10,000 services x 3 A over loopback, servers on CPU 0, dnsperf on CPU 1;
+# prints qps, CPU per query, the ratios and p99 at half Berth's peak.
+bench-dns:
+	@bench/dns.sh
+
+# bench-xds: 100 simulated gateways (real gRPC delta ADS streams in a child
+# process, each ACKing) on 1,000 services x 10,000 endpoints; times one
+# endpoint change -> all 100 ACKs (p50, p99 over 100 changes) and the
+# control plane's CPU per change. Loopback only; stops by itself.
+# BENCH_XDS_FLAGS=-protocol=sotw measures state-of-the-world streams.
+bench-xds:
+	$(GO) run ./bench/xdsbench -timeout 5m $(BENCH_XDS_FLAGS)
+
 clean:
 	rm -rf $(BIN) $(IMAGES)
+
+# Scheduler: 5,000 simulated nodes, 1,000 services, 50,000 replicas (pure
+# scheduler, no etcd): placements/s, p99 per placement, heap.
+bench-scheduler:
+	$(GO) test -run '^$$' -bench Schedule5000Nodes -benchtime 3x ./controlplane/scheduler/

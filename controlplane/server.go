@@ -56,8 +56,10 @@ type Config struct {
 	Name string
 	// ElectionTTL bounds how long a dead leader keeps the lead.
 	ElectionTTL time.Duration
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
+	// Gateways reports this replica's xDS clients for `berth get gateways`.
+	Gateways   func() *pb.ListGatewaysResponse
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns the defaults of `berth server`.
@@ -132,6 +134,7 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		NodeTimeout:       cfg.NodeTimeout,
 		RequireJoinToken:  cfg.RequireJoinToken,
+		Gateways:          cfg.Gateways,
 		Logger:            cfg.Logger,
 	}, s.store, s.cache, s.publisher)
 	if err != nil {

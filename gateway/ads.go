@@ -119,7 +119,8 @@ func (c *adsClient) handle(resp *discoverypb.DiscoveryResponse) *discoverypb.Dis
 		return req
 	}
 	c.state = c.state.with(t, resp.GetVersionInfo(), compiled)
-	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, resp.GetVersionInfo(), c.routeStats))
+	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, resp.GetVersionInfo(), c.routeStats, c.g.reg))
+	c.g.reg.sweep() // endpoints that left (or drain) get no new requests; in-flight ones finish
 	req.VersionInfo = resp.GetVersionInfo()
 	c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(t), "ack").Inc()
 	c.g.log.Debug("applied xds update", "type", t, "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))

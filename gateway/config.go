@@ -6,17 +6,21 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"net/textproto"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
@@ -79,8 +83,11 @@ type compiledRoute struct {
 	name     string
 	prefix   string
 	exact    bool
+	headers  []headerMatcher
 	direct   *directResponse
 	clusters []clusterWeight
+	timeout  time.Duration
+	retry    *retryPolicy
 }
 
 type clusterWeight struct {
@@ -89,8 +96,13 @@ type clusterWeight struct {
 }
 
 type compiledCluster struct {
-	name    string
-	edsName string
+	name           string
+	edsName        string
+	lb             lbPolicy
+	choices        int
+	connectTimeout time.Duration
+	outlier        outlierPolicy
+	retries        retryBudget
 }
 
 // validator is implemented by every generated Envoy message.
@@ -173,7 +185,7 @@ func compile(resp *discoverypb.DiscoveryResponse, listenerName string) (any, err
 		}
 		return out, nil
 	case resource.EndpointType:
-		clas, err := decodeResources(resp, func() *endpoint.ClusterLoadAssignment { return &endpoint.ClusterLoadAssignment{} })
+		clas, err := decodeResources(resp, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} })
 		if err != nil {
 			return nil, err
 		}
@@ -324,9 +336,14 @@ func compileRoute(r *route.Route) (compiledRoute, error) {
 	default:
 		return cr, fmt.Errorf("only prefix and path matches are supported, not %T", p)
 	}
+	for _, h := range m.GetHeaders() {
+		hm, err := compileHeaderMatcher(h)
+		if err != nil {
+			return cr, err
+		}
+		cr.headers = append(cr.headers, hm)
+	}
 	switch {
-	case len(m.GetHeaders()) > 0:
-		return cr, errors.New("header matches are not supported")
 	case len(m.GetQueryParameters()) > 0:
 		return cr, errors.New("query parameter matches are not supported")
 	case m.GetCaseSensitive() != nil && !m.GetCaseSensitive().GetValue():
@@ -340,8 +357,22 @@ func compileRoute(r *route.Route) (compiledRoute, error) {
 		switch {
 		case ra.GetPrefixRewrite() != "", ra.GetRegexRewrite() != nil, ra.GetHostRewriteSpecifier() != nil:
 			return cr, errors.New("rewrites are not supported")
-		case ra.GetRetryPolicy() != nil, len(ra.GetRequestMirrorPolicies()) > 0:
-			return cr, errors.New("retry and mirror policies are not supported")
+		case len(ra.GetRequestMirrorPolicies()) > 0:
+			return cr, errors.New("request mirror policies are not supported")
+		case ra.GetIdleTimeout() != nil, ra.GetMaxStreamDuration() != nil:
+			return cr, errors.New("idle_timeout and max_stream_duration are not supported (timeout is)")
+		}
+		// Envoy's route timeout: 15 s unless set, 0 disables it.
+		cr.timeout = 15 * time.Second
+		if t := ra.GetTimeout(); t != nil {
+			cr.timeout = t.AsDuration()
+		}
+		if rp := ra.GetRetryPolicy(); rp != nil {
+			p, err := compileRetryPolicy(rp)
+			if err != nil {
+				return cr, err
+			}
+			cr.retry = p
 		}
 		switch cs := ra.GetClusterSpecifier().(type) {
 		case *route.RouteAction_Cluster:
@@ -386,24 +417,193 @@ func compileCluster(c *cluster.Cluster) (*compiledCluster, error) {
 	if c.GetType() != cluster.Cluster_EDS || c.GetClusterType() != nil {
 		return nil, fmt.Errorf("cluster %q: discovery type %s is not supported (EDS only)", c.GetName(), c.GetType())
 	}
+	cc := &compiledCluster{name: c.GetName(), edsName: c.GetEdsClusterConfig().GetServiceName(), outlier: defaultOutlierPolicy}
 	switch c.GetLbPolicy() {
 	case cluster.Cluster_ROUND_ROBIN:
+		if c.GetRoundRobinLbConfig().GetSlowStartConfig() != nil {
+			return nil, fmt.Errorf("cluster %q: slow start is not supported", c.GetName())
+		}
+	case cluster.Cluster_LEAST_REQUEST:
+		cc.lb, cc.choices = lbLeastRequest, 2
+		lc := c.GetLeastRequestLbConfig()
+		if n := lc.GetChoiceCount(); n != nil {
+			cc.choices = int(n.GetValue())
+		}
+		if lc.GetActiveRequestBias() != nil || lc.GetSlowStartConfig() != nil {
+			return nil, fmt.Errorf("cluster %q: least request active_request_bias and slow start are not supported", c.GetName())
+		}
 	default:
-		return nil, fmt.Errorf("cluster %q: lb policy %s is not supported (ROUND_ROBIN only)", c.GetName(), c.GetLbPolicy())
+		return nil, fmt.Errorf("cluster %q: lb policy %s is not supported (ROUND_ROBIN and LEAST_REQUEST only)", c.GetName(), c.GetLbPolicy())
 	}
-	if c.GetTransportSocket() != nil {
+	if c.GetLoadBalancingPolicy() != nil {
+		return nil, fmt.Errorf("cluster %q: load_balancing_policy is not supported (use lb_policy)", c.GetName())
+	}
+	if c.GetTransportSocket() != nil || len(c.GetTransportSocketMatches()) > 0 {
 		return nil, fmt.Errorf("cluster %q: upstream transport sockets (TLS) are not supported", c.GetName())
 	}
-	cc := &compiledCluster{name: c.GetName(), edsName: c.GetEdsClusterConfig().GetServiceName()}
+	if len(c.GetHealthChecks()) > 0 {
+		return nil, fmt.Errorf("cluster %q: active health checks are not supported (outlier detection is)", c.GetName())
+	}
+	// Envoy's connect timeout default is 5 s.
+	cc.connectTimeout = 5 * time.Second
+	if t := c.GetConnectTimeout(); t != nil {
+		cc.connectTimeout = t.AsDuration()
+	}
+	if od := c.GetOutlierDetection(); od != nil {
+		cc.outlier = compileOutlier(od)
+	}
+	cc.retries = retryBudget{maxRetries: 3}
+	for _, th := range c.GetCircuitBreakers().GetThresholds() {
+		if th.GetPriority() != core.RoutingPriority_DEFAULT {
+			continue
+		}
+		if b := th.GetRetryBudget(); b != nil {
+			cc.retries.percent = 20
+			if p := b.GetBudgetPercent(); p != nil {
+				cc.retries.percent = p.GetValue()
+			}
+			cc.retries.minConcurrency = 3
+			if m := b.GetMinRetryConcurrency(); m != nil {
+				cc.retries.minConcurrency = int64(m.GetValue())
+			}
+		} else if m := th.GetMaxRetries(); m != nil {
+			cc.retries.maxRetries = int64(m.GetValue())
+		}
+	}
 	if cc.edsName == "" {
 		cc.edsName = cc.name
 	}
 	return cc, nil
 }
 
+// compileOutlier reads the consecutive-failure detectors (the statistical
+// ones, success rate and failure percentage, are not enforced).
+func compileOutlier(od *cluster.OutlierDetection) outlierPolicy {
+	p := outlierPolicy{consecutive5xx: 5, baseEjection: 30 * time.Second, maxEjection: 300 * time.Second, maxPercent: 10}
+	if v := od.GetConsecutive_5Xx(); v != nil {
+		p.consecutive5xx = int32(v.GetValue())
+	}
+	if v := od.GetEnforcingConsecutive_5Xx(); v != nil && v.GetValue() == 0 {
+		p.consecutive5xx = 0
+	}
+	// Envoy enforces consecutive gateway failures only when told (default 0%).
+	if v := od.GetEnforcingConsecutiveGatewayFailure(); v != nil && v.GetValue() > 0 {
+		p.consecutiveGateway = 5
+		if n := od.GetConsecutiveGatewayFailure(); n != nil {
+			p.consecutiveGateway = int32(n.GetValue())
+		}
+	}
+	if d := od.GetBaseEjectionTime(); d != nil {
+		p.baseEjection = d.AsDuration()
+	}
+	if d := od.GetMaxEjectionTime(); d != nil {
+		p.maxEjection = d.AsDuration()
+	}
+	if v := od.GetMaxEjectionPercent(); v != nil {
+		p.maxPercent = int(v.GetValue())
+	}
+	return p
+}
+
+// compileRetryPolicy accepts the retry conditions the gateway implements.
+func compileRetryPolicy(rp *route.RetryPolicy) (*retryPolicy, error) {
+	p := &retryPolicy{numRetries: 1, backoffBase: 25 * time.Millisecond}
+	if n := rp.GetNumRetries(); n != nil {
+		p.numRetries = int(n.GetValue())
+	}
+	if t := rp.GetPerTryTimeout(); t != nil {
+		p.perTryTimeout = t.AsDuration()
+	}
+	for on := range strings.SplitSeq(rp.GetRetryOn(), ",") {
+		switch on = strings.TrimSpace(on); on {
+		case "5xx":
+			p.on5xx = true
+		case "gateway-error":
+			p.onGateway = true
+		case "connect-failure":
+			p.onConnect = true
+		case "reset":
+			p.onReset = true
+		case "retriable-status-codes":
+			for _, c := range rp.GetRetriableStatusCodes() {
+				p.statuses = append(p.statuses, int(c))
+			}
+		case "refused-stream", "":
+			// HTTP/2 upstreams only; nothing to do over HTTP/1.1.
+		default:
+			return nil, fmt.Errorf("retry_on %q is not supported (5xx, gateway-error, connect-failure, reset, retriable-status-codes)", on)
+		}
+	}
+	switch {
+	case rp.GetRetryPriority() != nil, len(rp.GetRetryHostPredicate()) > 0, len(rp.GetRetryOptionsPredicates()) > 0:
+		return nil, errors.New("retry priority, host and options predicates are not supported")
+	case len(rp.GetRetriableHeaders()) > 0, len(rp.GetRetriableRequestHeaders()) > 0, rp.GetRateLimitedRetryBackOff() != nil:
+		return nil, errors.New("retriable headers and rate-limited back-off are not supported")
+	case rp.GetPerTryIdleTimeout() != nil:
+		return nil, errors.New("per_try_idle_timeout is not supported")
+	}
+	if b := rp.GetRetryBackOff(); b != nil {
+		p.backoffBase = b.GetBaseInterval().AsDuration()
+		if m := b.GetMaxInterval(); m != nil {
+			p.backoffMax = m.AsDuration()
+		}
+	}
+	if p.backoffMax == 0 {
+		p.backoffMax = 10 * p.backoffBase
+	}
+	return p, nil
+}
+
+// compileHeaderMatcher accepts presence, exact, prefix, suffix and
+// contains matches (also as string_match, with ignore_case), inverted or
+// not; regex and range matches are rejected.
+func compileHeaderMatcher(h *route.HeaderMatcher) (headerMatcher, error) {
+	name := h.GetName()
+	if strings.HasPrefix(name, ":") {
+		return headerMatcher{}, fmt.Errorf("header match on pseudo-header %q is not supported", name)
+	}
+	m := headerMatcher{name: textproto.CanonicalMIMEHeaderKey(name), invert: h.GetInvertMatch(), missingAsEmpty: h.GetTreatMissingHeaderAsEmpty()}
+	switch s := h.GetHeaderMatchSpecifier().(type) {
+	case nil:
+		// No specifier: Envoy matches when the header is present.
+		m.kind, m.present = headerPresent, true
+	case *route.HeaderMatcher_PresentMatch:
+		m.kind, m.present = headerPresent, s.PresentMatch
+	case *route.HeaderMatcher_ExactMatch:
+		m.kind, m.value = headerExact, s.ExactMatch
+	case *route.HeaderMatcher_PrefixMatch:
+		m.kind, m.value = headerPrefix, s.PrefixMatch
+	case *route.HeaderMatcher_SuffixMatch:
+		m.kind, m.value = headerSuffix, s.SuffixMatch
+	case *route.HeaderMatcher_ContainsMatch:
+		m.kind, m.value = headerContains, s.ContainsMatch
+	case *route.HeaderMatcher_StringMatch:
+		sm := s.StringMatch
+		m.ignoreCase = sm.GetIgnoreCase()
+		switch p := sm.GetMatchPattern().(type) {
+		case *matcher.StringMatcher_Exact:
+			m.kind, m.value = headerExact, p.Exact
+		case *matcher.StringMatcher_Prefix:
+			m.kind, m.value = headerPrefix, p.Prefix
+		case *matcher.StringMatcher_Suffix:
+			m.kind, m.value = headerSuffix, p.Suffix
+		case *matcher.StringMatcher_Contains:
+			m.kind, m.value = headerContains, p.Contains
+		default:
+			return headerMatcher{}, fmt.Errorf("header %q: string match %T is not supported", name, p)
+		}
+		if m.ignoreCase {
+			m.value = strings.ToLower(m.value)
+		}
+	default:
+		return headerMatcher{}, fmt.Errorf("header %q: %T matches are not supported", name, s)
+	}
+	return m, nil
+}
+
 // compileLoadAssignment returns the healthy (or unknown-health) endpoints
 // of the best priority that has any, as "ip:port".
-func compileLoadAssignment(cla *endpoint.ClusterLoadAssignment) ([]string, error) {
+func compileLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]string, error) {
 	byPriority := map[uint32][]string{}
 	for _, loc := range cla.GetEndpoints() {
 		for _, lb := range loc.GetLbEndpoints() {
@@ -437,8 +637,10 @@ func compileLoadAssignment(cla *endpoint.ClusterLoadAssignment) ([]string, error
 }
 
 // buildTable turns accepted state into a routing table. stats resolves the
-// metrics of a (route, cluster) pair.
-func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route, cluster string) *routeStats) *table {
+// metrics of a (route, cluster) pair; reg hands out the endpoint and
+// cluster runtime state shared across tables and learns which are in use
+// (the caller retires the rest once the table is published).
+func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route, cluster string) *routeStats, reg *registry) *table {
 	t := &table{version: lastVersion, versions: maps.Clone(st.versions), exact: map[string]*virtualHost{}}
 	l := st.listeners[listenerName]
 	if l == nil {
@@ -459,7 +661,13 @@ func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route
 		}
 		var u *upstreamCluster
 		if c := st.clusters[name]; c != nil {
-			u = &upstreamCluster{name: name, endpoints: st.endpoints[c.edsName]}
+			u = &upstreamCluster{
+				name: name, state: reg.cluster(name), lb: c.lb, choices: c.choices,
+				connectTimeout: c.connectTimeout, outlier: c.outlier, retries: c.retries,
+			}
+			for _, addr := range st.endpoints[c.edsName] {
+				u.endpoints = append(u.endpoints, reg.endpoint(addr))
+			}
 		}
 		upstreams[name] = u
 		return u
@@ -467,23 +675,19 @@ func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route
 	for _, cv := range rc.vhosts {
 		vh := &virtualHost{name: cv.name}
 		for _, cr := range cv.routes {
-			e := &routeEntry{name: cr.name, prefix: cr.prefix, exact: cr.exact, direct: cr.direct}
+			e := &routeEntry{name: cr.name, prefix: cr.prefix, exact: cr.exact, headers: cr.headers, direct: cr.direct, timeout: cr.timeout, retry: cr.retry}
 			if cr.direct != nil {
 				e.directStats = stats(cr.name, "")
 			}
+			var weights []uint32
 			for _, w := range cr.clusters {
 				e.clusters = append(e.clusters, weightedCluster{name: w.name, weight: w.weight, cluster: upstream(w.name), stats: stats(cr.name, w.name)})
 				e.total += w.weight
+				weights = append(weights, w.weight)
 			}
-			vh.routes = append(vh.routes, e)
+			e.schedule = weightSchedule(weights)
+			vh.routes = append(vh.routes, e) // Envoy's order: the first match wins
 		}
-		// Longest prefix wins; exact paths before prefixes of equal length.
-		slices.SortStableFunc(vh.routes, func(a, b *routeEntry) int {
-			if c := cmp.Compare(len(b.prefix), len(a.prefix)); c != 0 {
-				return c
-			}
-			return boolOrder(b.exact, a.exact)
-		})
 		for _, d := range cv.domains {
 			switch {
 			case d == "*":
@@ -501,6 +705,81 @@ func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route
 	slices.SortStableFunc(t.suffixes, longestFirst)
 	slices.SortStableFunc(t.prefixes, longestFirst)
 	return t
+}
+
+// registry keeps one endpoint per address and one clusterState per
+// cluster name across routing tables. Only the ADS goroutine changes it;
+// the load reporter reads the clusters under mu.
+type registry struct {
+	maxIdle int
+
+	mu        sync.Mutex
+	endpoints map[string]*endpoint
+	clusters  map[string]*clusterState
+	used      map[string]bool // addresses in the table being built
+	usedCl    map[string]bool
+}
+
+func newRegistry(maxIdle int) *registry {
+	return &registry{maxIdle: maxIdle, endpoints: map[string]*endpoint{}, clusters: map[string]*clusterState{}, used: map[string]bool{}, usedCl: map[string]bool{}}
+}
+
+func (r *registry) endpoint(addr string) *endpoint {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.used[addr] = true
+	e, ok := r.endpoints[addr]
+	if !ok {
+		e = &endpoint{addr: addr, maxIdle: r.maxIdle}
+		r.endpoints[addr] = e
+	}
+	return e
+}
+
+func (r *registry) cluster(name string) *clusterState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.usedCl[name] = true
+	c, ok := r.clusters[name]
+	if !ok {
+		c = &clusterState{name: name}
+		r.clusters[name] = c
+	}
+	return c
+}
+
+// sweep retires the endpoints and forgets the clusters that the last
+// built table did not use, and starts a new round.
+func (r *registry) sweep() {
+	r.mu.Lock()
+	var retired []*endpoint
+	for addr, e := range r.endpoints {
+		if !r.used[addr] {
+			retired = append(retired, e)
+			delete(r.endpoints, addr)
+		}
+	}
+	for name := range r.clusters {
+		if !r.usedCl[name] {
+			delete(r.clusters, name)
+		}
+	}
+	clear(r.used)
+	clear(r.usedCl)
+	r.mu.Unlock()
+	for _, e := range retired {
+		e.retire()
+	}
+}
+
+// closeAll retires every endpoint (at shutdown).
+func (r *registry) closeAll() {
+	r.mu.Lock()
+	eps := slices.Collect(maps.Values(r.endpoints))
+	r.mu.Unlock()
+	for _, e := range eps {
+		e.retire()
+	}
 }
 
 func boolOrder(a, b bool) int {

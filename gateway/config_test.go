@@ -1,18 +1,24 @@
 package gateway
 
 import (
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/xds"
@@ -41,7 +47,7 @@ func prefixRoute(name, prefix string) *route.Route {
 
 func TestCompileRejects(t *testing.T) {
 	headerRoute := prefixRoute("a", "/")
-	headerRoute.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true}}}
+	headerRoute.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_SafeRegexMatch{SafeRegexMatch: &matcher.RegexMatcher{Regex: "a.*"}}}}
 	regexRoute := prefixRoute("a", "/")
 	regexRoute.Match.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "^/a.*"}}
 	for _, tc := range []struct {
@@ -50,14 +56,14 @@ func TestCompileRejects(t *testing.T) {
 		want string
 	}{
 		{"header match", response(t, resource.RouteType, &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{
-			{Name: "v", Domains: []string{"a"}, Routes: []*route.Route{headerRoute}}}}), "header matches are not supported"},
+			{Name: "v", Domains: []string{"a"}, Routes: []*route.Route{headerRoute}}}}), "SafeRegexMatch matches are not supported"},
 		{"regex match", response(t, resource.RouteType, &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{
 			{Name: "v", Domains: []string{"a"}, Routes: []*route.Route{regexRoute}}}}), "only prefix and path matches"},
 		{"duplicate domain", response(t, resource.RouteType, &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{
 			{Name: "v1", Domains: []string{"a.test"}}, {Name: "v2", Domains: []string{"A.test:*"}}}}), `domain "a.test" in virtual hosts "v1" and "v2"`},
 		{"static cluster", response(t, resource.ClusterType, &cluster.Cluster{Name: "c", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}}), "EDS only"},
-		{"hostname endpoint", response(t, resource.EndpointType, &endpoint.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpoint.LocalityLbEndpoints{{
-			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		{"hostname endpoint", response(t, resource.EndpointType, &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
 				Address: "example.com", PortSpecifier: &core.SocketAddress_PortValue{PortValue: 80}}}}}}}}}}}), "is not an IP"},
 		{"invalid per ValidateAll", response(t, resource.ClusterType, &cluster.Cluster{}), "resource 0"},
 		{"wrong type inside", response(t, resource.ClusterType, &route.RouteConfiguration{Name: "r"}), "has type"},
@@ -92,7 +98,7 @@ func tableFor(t *testing.T, snap *discovery.Snapshot) *table {
 	apply(resource.ListenerType, messages(res.Listeners))
 	apply(resource.RouteType, messages(res.Routes))
 	m, _ := newMetrics(nil)
-	return buildTable(st, "berth_http", "1", m.stats)
+	return buildTable(st, "berth_http", "1", m.stats, newRegistry(4))
 }
 
 func messages[M proto.Message](ms []M) []proto.Message {
@@ -125,7 +131,7 @@ func TestTableMatching(t *testing.T) {
 		vh := tab.matchHost(requestHost(tc.host))
 		var got string
 		if vh != nil {
-			if r := vh.matchPath(tc.path); r != nil {
+			if r := vh.matchPath(tc.path, httpHeaders{}); r != nil {
 				got = r.name
 			}
 		}
@@ -136,12 +142,12 @@ func TestTableMatching(t *testing.T) {
 }
 
 func TestWeightedPick(t *testing.T) {
-	r := &routeEntry{clusters: []weightedCluster{{name: "a", weight: 90}, {name: "b", weight: 10}}, total: 100}
+	r := &routeEntry{clusters: []weightedCluster{{name: "a", weight: 90}, {name: "b", weight: 10}}, total: 100, schedule: weightSchedule([]uint32{90, 10})}
 	counts := map[string]int{}
 	for i := 0; i < 10000; i++ {
 		counts[r.pick().name]++
 	}
-	if counts["a"] < 8800 || counts["a"] > 9200 {
+	if counts["a"] != 9000 {
 		t.Errorf("90/10 pick gave %v", counts)
 	}
 }
@@ -152,6 +158,147 @@ func TestRequestHost(t *testing.T) {
 	} {
 		if got := requestHost(in); got != want {
 			t.Errorf("requestHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestCompileRoutingFeatures(t *testing.T) {
+	r := prefixRoute("canary", "/")
+	r.Match.Headers = []*route.HeaderMatcher{
+		{Name: "x-canary", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: &matcher.StringMatcher{
+			MatchPattern: &matcher.StringMatcher_Exact{Exact: "YES"}, IgnoreCase: true}}},
+		{Name: "x-debug", HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true}, InvertMatch: true},
+		{Name: "user-agent", HeaderMatchSpecifier: &route.HeaderMatcher_PrefixMatch{PrefixMatch: "curl/"}},
+	}
+	ra := r.GetRoute()
+	ra.Timeout = durationpb.New(250 * time.Millisecond)
+	ra.RetryPolicy = &route.RetryPolicy{RetryOn: "connect-failure,retriable-status-codes", RetriableStatusCodes: []uint32{503}, NumRetries: wrapperspb.UInt32(2)}
+	exact := prefixRoute("exact", "/")
+	exact.Match.PathSpecifier = &route.RouteMatch_Path{Path: "/healthz"}
+	rc := &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{{Name: "v", Domains: []string{"*"}, Routes: []*route.Route{exact, r, prefixRoute("default", "/")}}}}
+	compiled, err := compile(response(t, resource.RouteType, rc), "berth_http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr := compiled.(map[string]*compiledRouteConfig)["r"].vhosts[0].routes[1]
+	if cr.timeout != 250*time.Millisecond || cr.retry == nil || cr.retry.numRetries != 2 || !cr.retry.onConnect || !cr.retry.retriable(503, false) || cr.retry.retriable(500, false) {
+		t.Fatalf("compiled %+v retry %+v", cr, cr.retry)
+	}
+	if d := compiled.(map[string]*compiledRouteConfig)["r"].vhosts[0].routes[2].timeout; d != 15*time.Second {
+		t.Errorf("default route timeout %v, want Envoy's 15s", d)
+	}
+	st := newXDSState().with(resource.RouteType, "1", compiled).with(resource.ListenerType, "1", map[string]*compiledListener{"berth_http": {rdsName: "r"}})
+	m, _ := newMetrics(nil)
+	tab := buildTable(st, "berth_http", "1", m.stats, newRegistry(1))
+	for _, tc := range []struct {
+		path string
+		hdr  http.Header
+		want string
+	}{
+		{"/", http.Header{"X-Canary": {"yes"}, "User-Agent": {"curl/8"}}, "canary"},
+		{"/", http.Header{"X-Canary": {"yes"}, "User-Agent": {"curl/8"}, "X-Debug": {"1"}}, "default"},
+		{"/", http.Header{"X-Canary": {"no"}, "User-Agent": {"curl/8"}}, "default"},
+		{"/", http.Header{"User-Agent": {"curl/8"}}, "default"},
+		{"/healthz", http.Header{}, "exact"},
+		{"/healthz/x", http.Header{}, "default"},
+	} {
+		got := tab.catchAll.matchPath(tc.path, httpHeaders(tc.hdr)).name
+		if got != tc.want {
+			t.Errorf("%s %v -> %s, want %s", tc.path, tc.hdr, got, tc.want)
+		}
+		// The fast path's header source agrees.
+		req := &request{}
+		for k, vs := range tc.hdr {
+			for _, v := range vs {
+				req.hdrs = append(req.hdrs, header{name: []byte(strings.ToLower(k)), value: []byte(v)})
+			}
+		}
+		if got := tab.catchAll.matchPath(tc.path, req).name; got != tc.want {
+			t.Errorf("fast path: %s %v -> %s, want %s", tc.path, tc.hdr, got, tc.want)
+		}
+	}
+
+	bad := prefixRoute("b", "/")
+	bad.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "retriable-4xx"}
+	if _, err := compileRoute(bad); err == nil || !strings.Contains(err.Error(), `retry_on "retriable-4xx" is not supported`) {
+		t.Errorf("retriable-4xx: %v", err)
+	}
+}
+
+func TestCompileClusterPolicies(t *testing.T) {
+	c := &cluster.Cluster{
+		Name: "c", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+		LbPolicy:       cluster.Cluster_LEAST_REQUEST,
+		ConnectTimeout: durationpb.New(time.Second),
+		OutlierDetection: &cluster.OutlierDetection{
+			Consecutive_5Xx: wrapperspb.UInt32(7), BaseEjectionTime: durationpb.New(time.Second), MaxEjectionPercent: wrapperspb.UInt32(50),
+		},
+		CircuitBreakers: &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+			RetryBudget: &cluster.CircuitBreakers_Thresholds_RetryBudget{BudgetPercent: &typev3.Percent{Value: 25}, MinRetryConcurrency: wrapperspb.UInt32(2)},
+		}}},
+	}
+	cc, err := compileCluster(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc.lb != lbLeastRequest || cc.choices != 2 || cc.connectTimeout != time.Second || cc.outlier.consecutive5xx != 7 ||
+		cc.outlier.maxPercent != 50 || cc.retries.percent != 25 || cc.retries.minConcurrency != 2 {
+		t.Fatalf("compiled %+v", cc)
+	}
+	c.LbPolicy = cluster.Cluster_RING_HASH
+	if _, err := compileCluster(c); err == nil || !strings.Contains(err.Error(), "ROUND_ROBIN and LEAST_REQUEST only") {
+		t.Errorf("ring hash: %v", err)
+	}
+}
+
+func TestLoadAssignmentSkipsDraining(t *testing.T) {
+	ep := func(ip string, hs core.HealthStatus) *endpointv3.LbEndpoint {
+		return &endpointv3.LbEndpoint{HealthStatus: hs, HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: ip, PortSpecifier: &core.SocketAddress_PortValue{PortValue: 80}}}}}}}
+	}
+	got, err := compileLoadAssignment(&endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LbEndpoints: []*endpointv3.LbEndpoint{ep("10.0.0.1", core.HealthStatus_HEALTHY), ep("10.0.0.2", core.HealthStatus_DRAINING), ep("10.0.0.3", core.HealthStatus_UNKNOWN)}}}})
+	if err != nil || strings.Join(got, ",") != "10.0.0.1:80,10.0.0.3:80" {
+		t.Fatalf("%v %v", got, err)
+	}
+}
+
+func TestLeastRequestPrefersIdle(t *testing.T) {
+	reg := newRegistry(1)
+	c := &upstreamCluster{name: "c", state: reg.cluster("c"), lb: lbLeastRequest, choices: 2}
+	for _, a := range []string{"a:1", "b:1", "c:1"} {
+		c.endpoints = append(c.endpoints, reg.endpoint(a))
+	}
+	c.endpoints[0].active.Store(100)
+	c.endpoints[1].active.Store(100)
+	counts := map[string]int{}
+	for i := 0; i < 3000; i++ {
+		counts[c.pickEndpoint(nil).addr]++
+	}
+	// The idle endpoint wins whenever it is among the two sampled (5/9).
+	if counts["c:1"] < 1500 {
+		t.Errorf("least request spread %v", counts)
+	}
+}
+
+func TestWeightedSplitWithinOnePoint(t *testing.T) {
+	for _, ws := range [][]uint32{{90, 10}, {1, 2, 97}, {33, 33, 34}, {5, 95}} {
+		r := &routeEntry{total: 0}
+		for i, w := range ws {
+			r.clusters = append(r.clusters, weightedCluster{name: fmt.Sprint(i), weight: w})
+			r.total += w
+		}
+		r.schedule = weightSchedule(ws)
+		counts := make([]int, len(ws))
+		for i := 0; i < 10000; i++ {
+			p := r.pick()
+			counts[p.name[0]-'0']++
+		}
+		for i, w := range ws {
+			want := 10000 * float64(w) / float64(r.total)
+			if d := float64(counts[i]) - want; d > 100 || d < -100 {
+				t.Errorf("weights %v: cluster %d got %d, want %.0f±100", ws, i, counts[i], want)
+			}
 		}
 	}
 }

@@ -1,36 +1,64 @@
 // Package gateway is Berth's own edge data plane: an xDS client that keeps
 // an immutable routing table and an HTTP proxy that serves from it.
 //
-// It owns three things, kept in separate files so each can be replaced:
+// It owns these parts, kept in separate files so each can be replaced:
 //
 //	ads.go       the ADS client: one aggregated state-of-the-world stream
 //	             to the control plane, subscribing (wildcard) to Listener,
 //	             RouteConfiguration, Cluster and ClusterLoadAssignment; it
 //	             ACKs what it can serve, NACKs the rest with the reason, and
 //	             reconnects with backoff while serving the last good config
-//	config.go    validation and compilation of xDS resources, and the build
-//	             of the routing table (table.go) swapped atomically
-//	proxy.go     the forwarder: one request to one upstream endpoint over
-//	             pooled keep-alive connections, streaming both ways
+//	config.go    validation and compilation of xDS resources, the build of
+//	             the routing table (table.go) swapped atomically, and the
+//	             registry of per-endpoint/per-cluster state kept across tables
+//	endpoint.go  upstream endpoints: keep-alive pools, in-flight counts,
+//	             outlier ejection, retry budgets
+//	fastpath.go  the fast path: the gateway's own HTTP/1.1 connection loop
+//	             and forwarder on pooled upstream connections
+//	server.go    accept loop, connection limit, shutdown, hand-off to
+//	             net/http, access logs
+//	proxy.go     the general path's forwarder (net/http + http.Transport):
+//	             HTTP/2 (h2c prior knowledge), WebSocket upgrades, large and
+//	             chunked request bodies, anything the fast path hands over
 //
 //	  control plane ──ADS──▶ ads.go ──▶ config.go ──▶ atomic.Pointer[table]
 //	                                                          │
-//	  client ──HTTP──▶ Gateway.ServeHTTP: host ▶ prefix ▶ cluster (weight)
-//	                   ▶ endpoint (round robin) ▶ proxy.go ──▶ upstream
+//	  client ──▶ fast path (HTTP/1.1) ─┬─ host ▶ path+headers ▶ cluster
+//	       └──▶ net/http (h2c, upgrades, big bodies) ─┘ (weights) ▶ endpoint
+//	                                   (round robin | least request,
+//	                                    ejected ones skipped) ▶ upstream
 //
 // Configuration comes only from xDS. The gateway listens on
 // Config.ListenAddr whatever port the Listener resource names (that port is
 // for Envoy); it uses the Listener named Config.ListenerName only to find
-// its route configuration (RDS name, or inline). Matching: the Host header
-// without its port, case-insensitively, against the virtual hosts' domains
-// (exact, then "*.suffix" and "prefix.*" wildcards, then "*"); then the
-// longest matching path prefix (Envoy takes the first match; Berth's
-// translator orders routes longest first, so the two agree). A cluster is
-// picked by weight, then one of its healthy endpoints round robin.
+// its route configuration (RDS name, or inline). Matching follows Envoy:
+// the Host header without its port, case-insensitively, against the
+// virtual hosts' domains (exact, then "*.suffix" and "prefix.*" wildcards,
+// then "*"); then the first route in order whose path (prefix or exact,
+// on the raw path without the query) and headers (present, exact, prefix,
+// suffix, contains, optionally ignoring case or inverted) match. A cluster
+// is picked by weight from a precomputed smooth weighted round-robin
+// schedule (exact within every window of the reduced total weight), then
+// an endpoint by the cluster's lb_policy (ROUND_ROBIN or LEAST_REQUEST with
+// choice_count samples), skipping ejected endpoints (Envoy's panic mode
+// when more than half are ejected).
 //
-// What it does not do (yet): delta xDS, header/query/regex matches,
-// retries, outlier ejection, HTTP/2 or TLS on either side, WebSockets. A
-// resource that asks for one of these is NACKed with a clear reason, never
-// half-applied. The package must not talk to etcd or the Berth API: the
-// control plane reaches it only through xDS.
+// Per route: timeout (Envoy's default 15 s; 0 disables; 504 when it
+// passes), retry_policy (5xx, gateway-error, connect-failure, reset,
+// retriable-status-codes; num_retries; per_try_timeout; jittered back-off)
+// for idempotent requests whose request can be sent again, within the
+// cluster's retry budget (circuit_breakers retry_budget, else max_retries,
+// default 3). Per cluster: connect_timeout, outlier_detection's
+// consecutive_5xx and consecutive_gateway_failure (with Envoy's defaults
+// when the cluster has none), base/max ejection time, max_ejection_percent
+// (at least one). Endpoints whose health_status is DRAINING (or that left
+// the assignment) get no new requests; requests in flight on them finish,
+// then their connections close.
+//
+// What it does not do (yet): delta xDS, query/regex/range matches,
+// rewrites, mirrors, TLS on either side, HTTP/2 to upstreams, h2c via
+// Upgrade (served as HTTP/1.1), the statistical outlier detectors, load
+// reports. A resource that asks for something unsupported is NACKed with a
+// clear reason, never half-applied. The package must not talk to etcd or
+// the Berth API: the control plane reaches it only through xDS.
 package gateway

@@ -2,14 +2,18 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +47,45 @@ type Config struct {
 	MaxIdleConnsPerEndpoint int
 	// BackoffMin and BackoffMax bound the ADS reconnect backoff.
 	BackoffMin, BackoffMax time.Duration
+
+	// IdleTimeout closes a client keep-alive connection idle this long;
+	// it also bounds reading one request on the fast path.
+	IdleTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request head on the general
+	// (net/http) path.
+	ReadHeaderTimeout time.Duration
+	// UpstreamIdleTimeout drops pooled upstream connections idle this long.
+	UpstreamIdleTimeout time.Duration
+	// MaxConnections caps concurrent client connections (0 = no cap); at
+	// the cap the gateway stops accepting until one closes.
+	MaxConnections int
+	// MaxHeaderBytes caps a request head (request line and headers);
+	// larger ones get 431.
+	MaxHeaderBytes int
+	// AccessLog, when set, gets one JSON object per request (time,
+	// request_id, method, host, path, status, route, cluster, upstream,
+	// client, duration_ms, error). Without it, access records go to Logger
+	// at Debug level.
+	AccessLog io.Writer
+	// TLSListenAddr, when set, serves HTTPS there: ALPN h2 or http/1.1,
+	// the certificate chosen by SNI from Certificates.
+	TLSListenAddr string
+	// Certificates for TLSListenAddr. A client's SNI picks the entry that
+	// lists it (exact, then "*.suffix"); without a match, the first.
+	Certificates []Certificate
+	// LoadReporting sends per-cluster load reports over LRS to the
+	// control plane at XDSAddr, as often as it asks.
+	LoadReporting bool
+	// DisableFastPath serves every request through net/http and
+	// httputil-style forwarding (for comparison and debugging).
+	DisableFastPath bool
+}
+
+// Certificate is one certificate and key (PEM files) and the hosts it
+// serves.
+type Certificate struct {
+	Hosts             []string
+	CertFile, KeyFile string
 }
 
 // DefaultConfig returns the settings Berth runs with.
@@ -55,6 +98,11 @@ func DefaultConfig() Config {
 		MaxIdleConnsPerEndpoint: 256,
 		BackoffMin:              100 * time.Millisecond,
 		BackoffMax:              5 * time.Second,
+		IdleTimeout:             120 * time.Second,
+		ReadHeaderTimeout:       10 * time.Second,
+		UpstreamIdleTimeout:     90 * time.Second,
+		MaxHeaderBytes:          60 << 10, // Envoy's default max_request_headers_kb
+		LoadReporting:           true,
 	}
 }
 
@@ -63,12 +111,23 @@ type Gateway struct {
 	cfg     Config
 	log     *slog.Logger
 	lis     net.Listener
+	tlsLis  net.Listener // nil without TLSListenAddr
+	tlsConf *tls.Config
 	metrics *metrics
 	fwd     *forwarder
 	table   atomic.Pointer[table]
 
 	// noRoute counts requests that matched nothing.
 	noRoute *routeStats
+
+	reg          *registry
+	dialer       *net.Dialer
+	general      *handoffListener // connections for the net/http path
+	conns        connTracker      // fast-path connections
+	shuttingDown atomic.Bool
+	slots        chan struct{} // MaxConnections tokens; nil = no cap
+	accessLog    *slog.Logger
+	accessLevel  slog.Level
 
 	runOnce sync.Once
 }
@@ -97,6 +156,18 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.MaxIdleConnsPerEndpoint <= 0 {
 		cfg.MaxIdleConnsPerEndpoint = def.MaxIdleConnsPerEndpoint
 	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = def.ReadHeaderTimeout
+	}
+	if cfg.UpstreamIdleTimeout <= 0 {
+		cfg.UpstreamIdleTimeout = def.UpstreamIdleTimeout
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = def.MaxHeaderBytes
+	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = def.BackoffMin
 	}
@@ -111,26 +182,69 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: metrics: %w", err)
 	}
+	var tlsConf *tls.Config
+	if cfg.TLSListenAddr != "" {
+		if tlsConf, err = loadCertificates(cfg.Certificates); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: listen %s: %w", cfg.ListenAddr, err)
 	}
-	return &Gateway{
+	var tlsLis net.Listener
+	if tlsConf != nil {
+		if tlsLis, err = net.Listen("tcp", cfg.TLSListenAddr); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("gateway: listen %s: %w", cfg.TLSListenAddr, err)
+		}
+	}
+	g := &Gateway{
 		cfg:     cfg,
 		log:     logger.With("component", "gateway", "node", cfg.NodeID),
 		lis:     lis,
+		tlsLis:  tlsLis,
+		tlsConf: tlsConf,
 		metrics: m,
 		fwd: newForwarder(forwarderConfig{
 			dialTimeout:         cfg.DialTimeout,
 			maxIdleConnsPerHost: cfg.MaxIdleConnsPerEndpoint,
-			idleConnTimeout:     90 * time.Second,
+			idleConnTimeout:     cfg.UpstreamIdleTimeout,
 		}),
 		noRoute: m.stats("", ""),
-	}, nil
+		dialer:  &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
+		general: newHandoffListener(lis.Addr()),
+		reg:     newRegistry(cfg.MaxIdleConnsPerEndpoint),
+	}
+	g.conns.m = map[*serverConn]struct{}{}
+	if cfg.MaxConnections > 0 {
+		g.slots = make(chan struct{}, cfg.MaxConnections)
+	}
+	if cfg.AccessLog != nil {
+		g.accessLog, g.accessLevel = slog.New(slog.NewJSONHandler(cfg.AccessLog, nil)), slog.LevelInfo
+	} else {
+		g.accessLog, g.accessLevel = g.log, slog.LevelDebug
+	}
+	return g, nil
 }
 
 // Addr is the address the gateway serves HTTP on.
 func (g *Gateway) Addr() string { return g.lis.Addr().String() }
+
+// TLSAddr is the address the gateway serves HTTPS on, "" without TLS.
+func (g *Gateway) TLSAddr() string {
+	if g.tlsLis == nil {
+		return ""
+	}
+	return g.tlsLis.Addr().String()
+}
+
+func (g *Gateway) closeListeners() {
+	g.lis.Close()
+	if g.tlsLis != nil {
+		g.tlsLis.Close()
+	}
+}
 
 // Version is the version_info of the last xDS response the gateway
 // accepted, "" before the first.
@@ -161,7 +275,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 func (g *Gateway) run(ctx context.Context) error {
 	ads, err := newADSClient(g)
 	if err != nil {
-		g.lis.Close()
+		g.closeListeners()
 		return err
 	}
 	adsCtx, stopADS := context.WithCancel(ctx)
@@ -170,38 +284,80 @@ func (g *Gateway) run(ctx context.Context) error {
 		defer close(adsDone)
 		ads.run(adsCtx)
 	}()
+	lrsDone := make(chan struct{})
+	if g.cfg.LoadReporting {
+		lrs := &loadReporter{g: g, conn: ads.conn, node: ads.node}
+		go func() {
+			defer close(lrsDone)
+			lrs.run(adsCtx)
+		}()
+	} else {
+		close(lrsDone)
+	}
 
 	srv := &http.Server{
 		Handler:           g,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: g.cfg.ReadHeaderTimeout,
+		IdleTimeout:       g.cfg.IdleTimeout,
+		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		ConnContext:       connContext,
+		Protocols:         new(http.Protocols),
 	}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge
+	srv.Protocols.SetHTTP2(true)            // TLS connections that chose h2
+	generalErr := make(chan error, 1)
+	go func() { generalErr <- srv.Serve(g.general) }()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(g.lis) }()
+	go func() { serveErr <- g.accept(g.lis, false) }()
+	tlsErr := make(chan error, 1)
+	if g.tlsLis != nil {
+		go func() { tlsErr <- g.accept(g.tlsLis, true) }()
+	} else {
+		tlsErr <- nil
+	}
 	g.log.Info("serving", "addr", g.Addr(), "xds", g.cfg.XDSAddr)
 
 	var runErr error
 	select {
 	case err := <-serveErr:
 		runErr = fmt.Errorf("gateway: serve: %w", err)
+		g.shuttingDown.Store(true)
+		g.closeListeners()
+		<-tlsErr
+		srv.Close()
+		g.conns.closeAll()
 	case <-ctx.Done():
+		// Stop accepting, let in-flight requests finish, close idle
+		// connections; after ShutdownTimeout, cut what is left.
+		g.shuttingDown.Store(true)
+		g.closeListeners()
+		<-serveErr
+		<-tlsErr
 		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
+		fastDone := make(chan struct{})
+		go func() { g.conns.drain(shutdownCtx); close(fastDone) }()
 		if err := srv.Shutdown(shutdownCtx); err != nil {
 			g.log.Warn("in-flight requests cut at shutdown", "error", err)
 			srv.Close()
 		}
+		<-fastDone
 		cancel()
-		<-serveErr
 	}
+	<-generalErr
 	stopADS()
 	<-adsDone
+	<-lrsDone
 	ads.close()
+	g.reg.closeAll()
 	g.fwd.close()
 	return runErr
 }
 
-// ServeHTTP routes and proxies one request.
+// ServeHTTP routes and proxies one request. It is the general path:
+// HTTP/2, upgrades (WebSocket), large or chunked request bodies and
+// anything the fast path (fastpath.go) hands over.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	reqID := r.Header.Get("X-Request-Id")
@@ -218,7 +374,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	vh := t.matchHost(requestHost(r.Host))
 	var re *routeEntry
 	if vh != nil {
-		re = vh.matchPath(r.URL.Path)
+		re = vh.matchPath(requestPath(r), httpHeaders(r.Header))
 	}
 	if re == nil {
 		g.finish(r, start, reqID, g.noRoute, "", "", "", plainError(w, http.StatusNotFound, "berth: no route\n"), nil)
@@ -229,44 +385,121 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	wc := re.pick()
-	addr := wc.cluster.endpoint()
-	if addr == "" {
+	c := wc.cluster
+	if c == nil || len(c.endpoints) == 0 {
 		g.finish(r, start, reqID, wc.stats, re.name, wc.name, "", plainError(w, http.StatusServiceUnavailable, "berth: no healthy upstream\n"), nil)
 		return
 	}
-	status, err := g.fwd.forward(w, r, addr, reqID)
+	ctx := r.Context()
+	upgrade := r.Header.Get("Upgrade") != ""
+	if re.timeout > 0 && !upgrade {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, re.timeout)
+		defer cancel()
+	}
+	st := c.state
+	st.issued.Add(1)
+	st.active.Add(1)
+	defer st.active.Add(-1)
+	// Only requests without a body are retried here (their request can be
+	// sent again as it is); the fast path also retries small bodies.
+	replayable := (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0) && !upgrade
+	var ep, avoid *endpoint
+	var status int
+	var err error
+	for attempt := 0; ; attempt++ {
+		ep = c.pickEndpoint(avoid)
+		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && c.retries.allows(st) && ctx.Err() == nil
+		ep.active.Add(1)
+		var retry bool
+		status, retry, err = g.fwd.forward(w, r.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {
+			if !mayRetry || !re.retry.retriable(code, connectFailed) {
+				return false
+			}
+			return code != 0 && idempotentMethod(r.Method) || code == 0 && (connectFailed || idempotentMethod(r.Method))
+		})
+		ep.active.Add(-1)
+		c.outcome(ep, status, errors.Is(err, errUpstream))
+		if !retry {
+			break
+		}
+		st.activeRetries.Add(1)
+		backoff(re.retry, attempt)
+		st.activeRetries.Add(-1)
+		avoid = ep
+	}
 	if errors.Is(err, errUpstream) {
-		if r.Context().Err() != nil {
+		switch {
+		case r.Context().Err() != nil:
 			status = 499 // the client left first
-		} else {
+		case ctx.Err() != nil:
+			status = plainError(w, http.StatusGatewayTimeout, "berth: upstream request timeout\n")
+		default:
 			status = plainError(w, http.StatusBadGateway, "berth: upstream error\n")
 		}
 	}
-	g.finish(r, start, reqID, wc.stats, re.name, wc.name, addr, status, err)
+	if status >= 500 || status == 0 || status == 499 {
+		st.failed.Add(1)
+	} else {
+		st.succeeded.Add(1)
+	}
+	g.finish(r, start, reqID, wc.stats, re.name, wc.name, ep.addr, status, err)
+}
+
+func idempotentMethod(m string) bool {
+	switch m {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
+// requestPath is the request target's path as sent (not decoded), as
+// Envoy matches it.
+func requestPath(r *http.Request) string {
+	if u := r.RequestURI; len(u) > 0 && u[0] == '/' {
+		for i := 0; i < len(u); i++ {
+			if u[i] == '?' {
+				return u[:i]
+			}
+		}
+		return u
+	}
+	return r.URL.EscapedPath()
+}
+
+// httpHeaders is a headerSource over net/http's headers; matcher names
+// are canonical already.
+type httpHeaders http.Header
+
+func (h httpHeaders) headerValue(name string) (string, bool) {
+	vs, ok := h[name]
+	if !ok {
+		vs, ok = h[textproto.CanonicalMIMEHeaderKey(name)]
+	}
+	switch {
+	case !ok:
+		return "", false
+	case len(vs) == 1:
+		return vs[0], true
+	}
+	return strings.Join(vs, ","), true
 }
 
 func (g *Gateway) finish(r *http.Request, start time.Time, reqID string, stats *routeStats, route, cluster, upstream string, status int, err error) {
 	d := time.Since(start)
 	stats.observe(status, d)
-	if !g.log.Enabled(r.Context(), slog.LevelDebug) {
+	if !g.accessLogEnabled() {
 		return
 	}
-	attrs := []slog.Attr{
-		slog.String("request_id", reqID),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("path", r.URL.Path),
-		slog.Int("status", status),
-		slog.String("route", route),
-		slog.String("cluster", cluster),
-		slog.String("upstream", upstream),
-		slog.String("client", r.RemoteAddr),
-		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+	g.writeAccess(reqID, r.Method, r.Host, requestPath(r), clientIP(r.RemoteAddr), route, cluster, upstream, status, d, err)
+}
+
+func clientIP(remote string) string {
+	if ip, _, err := net.SplitHostPort(remote); err == nil {
+		return ip
 	}
-	if err != nil {
-		attrs = append(attrs, slog.String("error", err.Error()))
-	}
-	g.log.LogAttrs(r.Context(), slog.LevelDebug, "access", attrs...)
+	return remote
 }
 
 func plainError(w http.ResponseWriter, status int, body string) int {

@@ -335,11 +335,12 @@ func TestGatewayEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Valid for Envoy, not for this gateway: a header match.
+		routeBefore := gw.Versions()[resource.RouteType]
+		// Valid for Envoy, not for this gateway: a query parameter match.
 		vh := res.Routes[0].VirtualHosts
 		for _, v := range vh {
 			for _, r := range v.Routes {
-				r.Match.Headers = []*route.HeaderMatcher{{Name: "x-canary", HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true}}}
+				r.Match.QueryParameters = []*route.QueryParameterMatcher{{Name: "canary", QueryParameterMatchSpecifier: &route.QueryParameterMatcher_PresentMatch{PresentMatch: true}}}
 			}
 		}
 		if err := cp.srv.Publish(3, res); err != nil {
@@ -350,11 +351,11 @@ func TestGatewayEndToEnd(t *testing.T) {
 			t.Fatalf("WaitForAck(3) = %v, want ErrNacked", err)
 		}
 		n := cp.srv.Gateways()[0].LastNack
-		if n == nil || n.TypeURL != resource.RouteType || n.Version != "3" || !strings.Contains(n.Error, "header matches are not supported") {
+		if n == nil || n.TypeURL != resource.RouteType || n.Version != "3" || !strings.Contains(n.Error, "query parameter matches are not supported") {
 			t.Fatalf("LastNack = %+v", n)
 		}
-		if v := gw.Versions()[resource.RouteType]; v != "2" {
-			t.Errorf("gateway route version %q, want 2 (the last good)", v)
+		if v := gw.Versions()[resource.RouteType]; v != routeBefore {
+			t.Errorf("gateway route version %q, want %q (the last good)", v, routeBefore)
 		}
 		got := c.spread("hello.example.test", 30)
 		if got["up-3"] != 0 {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -59,12 +60,17 @@ var hopHeaders = []string{
 // answers 502.
 var errUpstream = errors.New("upstream request failed")
 
+// retryFunc decides whether an attempt that ended with code (0: no
+// response; connectFailed: the dial failed) is retried.
+type retryFunc func(code int, local, connectFailed bool) bool
+
 // forward proxies r to addr ("ip:port"). It returns the status sent to the
 // client, and an error when the upstream failed. Before the response has
 // started, a failure returns errUpstream (wrapped) and nothing is written;
 // after, the client connection is aborted so the client sees a truncated
-// response, not a silently short one.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string) (int, error) {
+// response, not a silently short one. When retry accepts the outcome,
+// nothing is written and retried is true.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, retry retryFunc) (status int, retried bool, err error) {
 	out := &http.Request{
 		Method:        r.Method,
 		URL:           &url.URL{Scheme: "http", Host: addr, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
@@ -81,6 +87,11 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 	}
 	copyHeader(out.Header, r.Header)
 	removeHopHeaders(out.Header, r.Header)
+	upgrade := upgradeType(r.Header)
+	if upgrade != "" {
+		out.Header["Connection"] = []string{"Upgrade"}
+		out.Header["Upgrade"] = []string{upgrade}
+	}
 	if te := r.Header.Values("Te"); len(te) > 0 && strings.EqualFold(strings.TrimSpace(te[0]), "trailers") {
 		out.Header.Set("Te", "trailers") // gRPC-style trailers may pass
 	}
@@ -94,7 +105,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 		out.Header["X-Forwarded-For"] = []string{ip}
 	}
 	proto := "http"
-	if r.TLS != nil {
+	if r.TLS != nil || r.Context().Value(tlsConnKey{}) != nil {
 		proto = "https"
 	}
 	out.Header["X-Forwarded-Proto"] = []string{proto}
@@ -103,9 +114,20 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 
 	resp, err := f.transport.RoundTrip(out)
 	if err != nil {
-		return 0, errors.Join(errUpstream, err)
+		var oe *net.OpError
+		connectFailed := errors.As(err, &oe) && oe.Op == "dial"
+		return 0, retry != nil && retry(0, true, connectFailed), errors.Join(errUpstream, err)
+	}
+	if retry != nil && resp.StatusCode != http.StatusSwitchingProtocols && retry(resp.StatusCode, false, false) {
+		_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
+		resp.Body.Close()
+		return resp.StatusCode, true, nil
 	}
 	defer resp.Body.Close()
+
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return f.upgraded(w, r, resp, upgrade)
+	}
 
 	h := w.Header()
 	copyHeader(h, resp.Header)
@@ -128,12 +150,72 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 			// The upstream broke mid-body: abort the client connection.
 			panic(http.ErrAbortHandler)
 		}
-		return resp.StatusCode, err
+		return resp.StatusCode, false, err
 	}
 	for k, vv := range resp.Trailer {
 		h[k] = vv
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, false, nil
+}
+
+// upgradeType is the protocol a request asks to switch to ("" if none).
+// h2c upgrades are not passed on (the gateway speaks HTTP/1.1 upstream).
+func upgradeType(h http.Header) string {
+	for _, c := range h["Connection"] {
+		for _, tok := range strings.Split(c, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), "upgrade") {
+				if u := h.Get("Upgrade"); u != "" && !strings.EqualFold(u, "h2c") {
+					return u
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// upgraded completes a 101 Switching Protocols (WebSocket): it hijacks
+// the client connection, sends the 101, then copies both ways until one
+// side closes.
+func (f *forwarder) upgraded(w http.ResponseWriter, r *http.Request, resp *http.Response, want string) (int, bool, error) {
+	if got := resp.Header.Get("Upgrade"); !strings.EqualFold(got, want) {
+		return 0, false, errors.Join(errUpstream, fmt.Errorf("upstream switched to %q, not %q", got, want))
+	}
+	backend, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		return 0, false, errors.Join(errUpstream, errors.New("101 response body is not writable"))
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		backend.Close()
+		return 0, false, errors.Join(errUpstream, fmt.Errorf("hijack: %w", err))
+	}
+	defer conn.Close()
+	defer backend.Close()
+	copyHeader(w.Header(), resp.Header)
+	removeHopHeaders(w.Header(), resp.Header)
+	w.Header()["Connection"] = []string{"Upgrade"}
+	w.Header()["Upgrade"] = []string{want}
+	head := &http.Response{StatusCode: http.StatusSwitchingProtocols, ProtoMajor: 1, ProtoMinor: 1, Header: w.Header()}
+	if err := head.Write(brw); err != nil {
+		return http.StatusSwitchingProtocols, false, err
+	}
+	if err := brw.Flush(); err != nil {
+		return http.StatusSwitchingProtocols, false, err
+	}
+	errc := make(chan error, 2)
+	go func() { // client -> upstream, starting with what bufio holds
+		_, err := io.Copy(backend, brw.Reader)
+		errc <- err
+	}()
+	go func() {
+		_, err := io.Copy(conn, backend)
+		errc <- err
+	}()
+	err = <-errc
+	conn.Close()
+	backend.Close()
+	<-errc
+	return http.StatusSwitchingProtocols, false, nil
 }
 
 // errClientGone is a write to the client that failed.

@@ -1,14 +1,18 @@
 package gateway
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // table is one immutable routing decision set, built from accepted xDS
 // resources and swapped whole. Nothing in it changes after the build but
-// the round-robin counters.
+// atomic counters (round robin, weighted schedules); per-endpoint and
+// per-cluster runtime state (pools, in-flight counts, ejections, load
+// reports) lives in objects shared across tables (endpoint.go).
 type table struct {
 	// version is the version_info of the last response accepted;
 	// versions has it per type URL.
@@ -31,18 +35,29 @@ type domainWildcard struct {
 
 type virtualHost struct {
 	name   string
-	routes []*routeEntry // longest prefix first
+	routes []*routeEntry // in configuration order: the first match wins
 }
 
 type routeEntry struct {
-	name   string
-	prefix string
-	exact  bool // path must equal prefix
+	name    string
+	prefix  string
+	exact   bool // path must equal prefix
+	headers []headerMatcher
 
 	direct      *directResponse
 	directStats *routeStats
 	clusters    []weightedCluster
 	total       uint32
+	// schedule is a smooth weighted round-robin order of cluster indexes
+	// (weights reduced by their gcd); nil for one cluster or when the
+	// reduced total is too large, then pick draws at random.
+	schedule []uint16
+	next     atomic.Uint32
+
+	// timeout bounds the whole upstream exchange (Envoy's route timeout,
+	// 15 s unless set; 0 = none).
+	timeout time.Duration
+	retry   *retryPolicy
 }
 
 type directResponse struct {
@@ -57,10 +72,84 @@ type weightedCluster struct {
 	stats   *routeStats
 }
 
+// upstreamCluster is one cluster as this table sees it: its eligible
+// endpoints (healthy, best priority) and its policies. Its runtime state
+// is in state, which outlives the table.
 type upstreamCluster struct {
 	name      string
-	endpoints []string // "ip:port", healthy ones only
-	next      atomic.Uint32
+	state     *clusterState
+	endpoints []*endpoint
+	lb        lbPolicy
+	choices   int // least request: hosts sampled per pick
+	outlier   outlierPolicy
+	retries   retryBudget
+	// connectTimeout is the cluster's connect_timeout (Envoy: 5 s).
+	connectTimeout time.Duration
+	next           atomic.Uint32
+}
+
+type lbPolicy uint8
+
+const (
+	lbRoundRobin lbPolicy = iota
+	lbLeastRequest
+)
+
+// headerSource reads a request header by name (case-insensitive); several
+// values come back joined with ",", as Envoy matches them.
+type headerSource interface {
+	headerValue(name string) (string, bool)
+}
+
+type headerMatchKind uint8
+
+const (
+	headerPresent headerMatchKind = iota
+	headerExact
+	headerPrefix
+	headerSuffix
+	headerContains
+)
+
+// headerMatcher is Envoy's HeaderMatcher, without regex and range.
+type headerMatcher struct {
+	name       string // canonical or lowercase: lookup is case-insensitive
+	kind       headerMatchKind
+	value      string // lowercased when ignoreCase
+	ignoreCase bool
+	present    bool // for headerPresent: the header must (true) or must not be there
+	invert     bool
+	// missingAsEmpty matches an absent header as "" (Envoy's
+	// treat_missing_header_as_empty).
+	missingAsEmpty bool
+}
+
+func (m *headerMatcher) matches(h headerSource) bool {
+	v, ok := h.headerValue(m.name)
+	if m.kind == headerPresent {
+		return (ok == m.present) != m.invert
+	}
+	if !ok {
+		if !m.missingAsEmpty {
+			return false // Envoy: an absent header never matches, inverted or not
+		}
+		v = ""
+	}
+	if m.ignoreCase {
+		v = strings.ToLower(v)
+	}
+	var r bool
+	switch m.kind {
+	case headerExact:
+		r = v == m.value
+	case headerPrefix:
+		r = strings.HasPrefix(v, m.value)
+	case headerSuffix:
+		r = strings.HasSuffix(v, m.value)
+	case headerContains:
+		r = strings.Contains(v, m.value)
+	}
+	return r != m.invert
 }
 
 // matchHost finds the virtual host for host, which must already be
@@ -82,24 +171,74 @@ func (t *table) matchHost(host string) *virtualHost {
 	return t.catchAll
 }
 
-// matchPath returns the longest route whose prefix (or exact path) matches.
-func (vh *virtualHost) matchPath(path string) *routeEntry {
+// matchHostBytes is matchHost for a raw Host header value: it drops the
+// port and lowercases into scratch when needed, without allocating.
+func (t *table) matchHostBytes(host []byte, scratch *[256]byte) *virtualHost {
+	if i := lastColonBytes(host); i >= 0 {
+		host = host[:i]
+	}
+	for i, c := range host {
+		if 'A' <= c && c <= 'Z' {
+			if len(host) > len(scratch) {
+				return t.matchHost(toLower(string(host)))
+			}
+			n := copy(scratch[:], host)
+			for j := i; j < n; j++ {
+				if c := scratch[j]; 'A' <= c && c <= 'Z' {
+					scratch[j] = c + 'a' - 'A'
+				}
+			}
+			host = scratch[:n]
+			break
+		}
+	}
+	if vh, ok := t.exact[string(host)]; ok {
+		return vh
+	}
+	if len(t.suffixes) == 0 && len(t.prefixes) == 0 {
+		return t.catchAll
+	}
+	return t.matchHost(string(host))
+}
+
+// matchPath returns the first route whose path and headers match; path is
+// the request target's path, without the query.
+func (vh *virtualHost) matchPath(path string, h headerSource) *routeEntry {
 	for _, r := range vh.routes {
 		if r.exact {
-			if path == r.prefix {
-				return r
+			if path != r.prefix {
+				continue
 			}
-		} else if strings.HasPrefix(path, r.prefix) {
-			return r
+		} else if !strings.HasPrefix(path, r.prefix) {
+			continue
 		}
+		if len(r.headers) > 0 && !matchHeaders(r.headers, h) {
+			continue
+		}
+		return r
 	}
 	return nil
 }
 
-// pick chooses a cluster by weight.
+func matchHeaders(ms []headerMatcher, h headerSource) bool {
+	for i := range ms {
+		if !ms[i].matches(h) {
+			return false
+		}
+	}
+	return true
+}
+
+// pick chooses a cluster by weight: by the precomputed smooth weighted
+// round-robin schedule (exact over every window of the reduced total), or
+// at random when there is none.
 func (r *routeEntry) pick() *weightedCluster {
 	if len(r.clusters) == 1 {
 		return &r.clusters[0]
+	}
+	if s := r.schedule; s != nil {
+		i := r.next.Add(1) - 1
+		return &r.clusters[s[i%uint32(len(s))]]
 	}
 	n := rand.Uint32N(r.total)
 	for i := range r.clusters {
@@ -111,11 +250,129 @@ func (r *routeEntry) pick() *weightedCluster {
 	return &r.clusters[len(r.clusters)-1]
 }
 
-// endpoint returns the next endpoint round robin, or "" if there is none.
-func (c *upstreamCluster) endpoint() string {
-	if c == nil || len(c.endpoints) == 0 {
-		return ""
+// maxSchedule bounds the precomputed weighted schedule's length.
+const maxSchedule = 10000
+
+// weightSchedule returns nginx's smooth weighted round robin over weights
+// reduced by their gcd, or nil when that is longer than maxSchedule.
+func weightSchedule(weights []uint32) []uint16 {
+	if len(weights) < 2 {
+		return nil
 	}
-	i := c.next.Add(1) - 1
-	return c.endpoints[i%uint32(len(c.endpoints))]
+	g := uint32(0)
+	for _, w := range weights {
+		g = gcd(g, w)
+	}
+	var total uint64
+	red := make([]int64, len(weights))
+	for i, w := range weights {
+		red[i] = int64(w / g)
+		total += uint64(w / g)
+	}
+	if total > maxSchedule || len(weights) > 1<<16 {
+		return nil
+	}
+	cur := make([]int64, len(weights))
+	out := make([]uint16, total)
+	for n := range out {
+		best := 0
+		for i := range cur {
+			cur[i] += red[i]
+			if cur[i] > cur[best] {
+				best = i
+			}
+		}
+		cur[best] -= int64(total)
+		out[n] = uint16(best)
+	}
+	return out
+}
+
+func gcd(a, b uint32) uint32 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// pickEndpoint chooses an endpoint by the cluster's policy, skipping
+// ejected ones and avoid (the endpoint a retry leaves), or returns nil if
+// the cluster has none. When too few endpoints are left (Envoy's panic
+// threshold, 50%), it balances over all of them.
+func (c *upstreamCluster) pickEndpoint(avoid *endpoint) *endpoint {
+	if c == nil {
+		return nil
+	}
+	eps := c.endpoints
+	n := len(eps)
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return eps[0]
+	}
+	// Ejections and the endpoint a retry leaves narrow the choice; with
+	// more than half ejected, all take traffic (Envoy's panic mode).
+	var now int64
+	check := avoid != nil
+	if u := c.state.ejectedUntil.Load(); u != 0 {
+		if now = nanotime(); u > now {
+			check = true
+			if 2*c.countEjected(now) > n {
+				now = 0
+			}
+		} else {
+			now = 0
+		}
+	}
+	usable := func(e *endpoint) bool {
+		if !check {
+			return true
+		}
+		return e != avoid && (now == 0 || !e.ejected(now))
+	}
+	if c.lb == lbLeastRequest {
+		var best *endpoint
+		for try := 0; try < c.choices+n && (best == nil || try < c.choices); try++ {
+			e := eps[rand.IntN(n)]
+			if !usable(e) {
+				continue
+			}
+			if best == nil || e.active.Load() < best.active.Load() {
+				best = e
+			}
+		}
+		if best != nil {
+			return best
+		}
+	}
+	start := c.next.Add(1) - 1
+	for i := 0; i < n; i++ {
+		if e := eps[(start+uint32(i))%uint32(n)]; usable(e) {
+			return e
+		}
+	}
+	return eps[start%uint32(n)]
+}
+
+func (c *upstreamCluster) countEjected(now int64) int {
+	k := 0
+	for _, e := range c.endpoints {
+		if e.ejected(now) {
+			k++
+		}
+	}
+	return k
+}
+
+// lastColonBytes is lastColon for bytes.
+func lastColonBytes(host []byte) int {
+	if bytes.IndexByte(host, ']') >= 0 {
+		i := bytes.LastIndexByte(host, ':')
+		if i > bytes.LastIndexByte(host, ']') {
+			return i
+		}
+		return -1
+	}
+	return bytes.LastIndexByte(host, ':')
 }

@@ -171,6 +171,18 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("the gateway shows as synced; an Envoy bootstrap is printed", func(t *testing.T) {
+		eventually(t, 10*time.Second, "e2e-gateway SYNCED", func() (bool, string) {
+			out := mustBerth(t, api, "get", "gateways")
+			return strings.Contains(out, "e2e-gateway") && strings.Contains(out, "SYNCED"), out
+		})
+		out := mustBerth(t, api, "gateway", "envoy-bootstrap", "--xds", xdsAddr, "--node-id", "edge-1")
+		var boot map[string]any
+		if err := json.Unmarshal([]byte(out), &boot); err != nil || boot["node"] == nil || boot["dynamic_resources"] == nil && boot["dynamicResources"] == nil {
+			t.Fatalf("envoy bootstrap: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("DNS answers the ready endpoints on the host and on the bridge", func(t *testing.T) {
 		for _, srv := range []string{hostDNS, net.JoinHostPort(e2eBridgeIP, "53")} {
 			eventually(t, 10*time.Second, "3 A records from "+srv, func() (bool, string) {

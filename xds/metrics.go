@@ -11,14 +11,22 @@ type metrics struct {
 	publishErrors    prometheus.Counter
 	translateSeconds prometheus.Histogram
 	responses        *prometheus.CounterVec
+	resourcesSent    *prometheus.CounterVec
+	deltaUpdated     *prometheus.CounterVec
+	deltaRemoved     *prometheus.CounterVec
 	acks             *prometheus.CounterVec
 	nacks            *prometheus.CounterVec
+
+	lrsStreams  prometheus.Gauge
+	lrsReports  prometheus.Counter
+	lrsRequests *prometheus.CounterVec
+	lrsUnknown  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		connectedStreams: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "berth_xds_connected_streams", Help: "ADS streams currently open.",
+			Name: "berth_xds_connected_streams", Help: "ADS streams (state of the world and delta) currently open.",
 		}),
 		publishedVersion: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_xds_published_version", Help: "Version of the last published snapshot.",
@@ -27,11 +35,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_xds_publish_errors_total", Help: "Snapshots refused by translation or validation.",
 		}),
 		translateSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "berth_xds_translate_seconds", Help: "Time to translate a discovery snapshot.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8),
+			Name: "berth_xds_translate_seconds", Help: "Time to translate a discovery snapshot (incrementally).",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
 		}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "berth_xds_responses_total", Help: "Discovery responses sent, by resource type.",
+			Name: "berth_xds_responses_total", Help: "Discovery responses sent, by resource type and protocol (sotw, delta).",
+		}, []string{"type", "protocol"}),
+		resourcesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_xds_resources_sent_total", Help: "Resources carried by discovery responses, by type and protocol.",
+		}, []string{"type", "protocol"}),
+		deltaUpdated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_xds_changed_resources_total", Help: "Resources new or changed in a published snapshot, by type.",
+		}, []string{"type"}),
+		deltaRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_xds_removed_resources_total", Help: "Resources removed by a published snapshot, by type.",
 		}, []string{"type"}),
 		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_xds_acks_total", Help: "ACKs received, by resource type.",
@@ -39,9 +56,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_xds_nacks_total", Help: "NACKs received, by resource type.",
 		}, []string{"type"}),
+		lrsStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_xds_lrs_streams", Help: "Load Reporting Service streams currently open.",
+		}),
+		lrsReports: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_xds_lrs_reports_total", Help: "Load reports received (non-empty LoadStatsRequests).",
+		}),
+		lrsRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_xds_lrs_requests_total", Help: "Upstream requests reported over LRS, by result (issued, success, error).",
+		}, []string{"result"}),
+		lrsUnknown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_xds_lrs_unknown_clusters_total", Help: "Cluster reports for clusters that are not Berth revisions.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connectedStreams, m.publishedVersion, m.publishErrors, m.translateSeconds, m.responses, m.acks, m.nacks} {
+		for _, c := range []prometheus.Collector{
+			m.connectedStreams, m.publishedVersion, m.publishErrors, m.translateSeconds, m.responses, m.resourcesSent,
+			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown,
+		} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	lrsgrpc "github.com/envoyproxy/go-control-plane/envoy/service/load_stats/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
@@ -39,15 +42,23 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ShutdownGrace bounds how long Run waits for streams to end.
 	ShutdownGrace time.Duration
+	// LoadWindow is how much load-report history is kept per revision
+	// (in one-second buckets); Load answers for windows up to it.
+	LoadWindow time.Duration
+	// LoadReportInterval is how often gateways are asked to send load
+	// reports over LRS.
+	LoadReportInterval time.Duration
 }
 
 // DefaultConfig returns a Config listening on an ephemeral loopback port.
 func DefaultConfig() Config {
 	return Config{
-		Addr:          "127.0.0.1:0",
-		ListenerPort:  8080,
-		Translate:     DefaultTranslateOptions(),
-		ShutdownGrace: 5 * time.Second,
+		Addr:               "127.0.0.1:0",
+		ListenerPort:       8080,
+		Translate:          DefaultTranslateOptions(),
+		ShutdownGrace:      5 * time.Second,
+		LoadWindow:         60 * time.Second,
+		LoadReportInterval: time.Second,
 	}
 }
 
@@ -60,66 +71,167 @@ var TypeURLs = []string{resource.ClusterType, resource.EndpointType, resource.Li
 // waited for (or a later one).
 var ErrNacked = errors.New("xds: gateway rejected the configuration")
 
-// Server serves published resources over ADS and records what each gateway
-// ACKed. It is safe for concurrent use.
+// Server serves published resources over ADS, state of the world and
+// incremental (delta), records what each client ACKed, and receives load
+// reports. It is safe for concurrent use.
+//
+// Two caches hold the same resource pointers: a go-control-plane
+// SnapshotCache answers state-of-the-world streams (one snapshot per view,
+// each type versioned by the last snapshot that changed it, so a type that
+// did not change is not re-sent), and one LinearCache per type answers
+// delta streams with only the resources that changed.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	lis     net.Listener
-	cache   cachev3.SnapshotCache
+	sotw    cachev3.SnapshotCache
+	delta   map[string]*deltaCache // gateway view, by type URL
 	metrics *metrics
+	loads   *loadStore
 
 	runOnce sync.Once
 
-	mu        sync.Mutex
-	published uint64 // last published snapshot version; 0 = none
-	streams   map[int64]*streamState
-	changed   chan struct{} // closed and replaced whenever ACK state moves
+	// pubMu orders publishes against delta watch creation, so that a
+	// watch opened with nothing to send proves its client holds exactly
+	// the published version.
+	pubMu        sync.RWMutex
+	current      *translation                // under pubMu
+	typeVersions [numViews]map[string]uint64 // under pubMu: last version that changed each type
+	items        [numSets]map[string]types.ResourceWithTTL
+
+	mu         sync.Mutex
+	published  uint64
+	publishes  []publishRecord               // recent publishes, oldest first
+	history    [numViews]map[string][]uint64 // versions that changed each type, bounded
+	linearSnap map[string]map[string]uint64  // type -> linear cache version -> snapshot version
+	streams    map[streamKey]*streamState
+	deltaReqs  map[*discoverygrpc.DeltaDiscoveryRequest]streamKey
+	changed    chan struct{} // closed and replaced whenever ACK state moves
 }
 
-// streamState is what one ADS stream (one connected gateway) did.
+// streamKey names a stream: go-control-plane numbers state-of-the-world
+// and delta streams separately.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+// historyLimit bounds the per-type change history and the publish log.
+const historyLimit = 1024
+
+type publishRecord struct {
+	version uint64
+	at      time.Time
+}
+
+// streamState is what one ADS stream (one connected client) did.
 type streamState struct {
 	nodeID      string
+	address     string
+	delta       bool
+	view        view
 	connectedAt time.Time
-	subscribed  map[string]bool
-	acked       map[string]string     // type URL -> version
-	sent        map[string]sentState  // type URL -> last response
-	nacks       map[string]NackStatus // type URL -> last NACK
+	types       map[string]*typeState
 	lastNack    *NackStatus
+	pendingReq  *discoverygrpc.DeltaDiscoveryRequest
 }
 
-type sentState struct{ nonce, version string }
+// typeState is one subscribed type on one stream.
+type typeState struct {
+	sent sentState
+	nack *NackStatus // the last NACK of this type; history
+
+	// state of the world: the version_info last ACKed.
+	acked string
+
+	// delta: applied is the snapshot version whose resources of this type
+	// the client is known to hold; blocked is set by a NACK until the next
+	// ACK; current says the request being handled proves the client has
+	// seen every response sent; watch is the open watch, if any.
+	applied   uint64
+	blocked   bool
+	nackNonce string // the response a delta NACK rejected
+	current   bool
+	watch     *deltaWatch
+}
+
+func (st *streamState) typeState(t string) *typeState {
+	ts := st.types[t]
+	if ts == nil {
+		ts = &typeState{}
+		st.types[t] = ts
+	}
+	return ts
+}
+
+type sentState struct {
+	nonce   string
+	version string // snapshot version (SotW: the type's version_info)
+}
 
 // NackStatus is one rejected response.
 type NackStatus struct {
 	TypeURL string
-	// Version is the version the gateway rejected.
+	// Version is the snapshot version the gateway rejected.
 	Version string
 	Error   string
 	At      time.Time
 }
 
-// GatewayStatus is one connected ADS stream as seen by the server.
+// Gateway sync states, as `berth get gateways` shows them.
+const (
+	StateSynced = "SYNCED" // runs the last published version
+	StateStale  = "STALE"  // behind, nothing rejected
+	StateNacked = "NACKED" // rejected a version it has not since replaced
+)
+
+// GatewayStatus is one connected xDS stream as seen by the server.
 type GatewayStatus struct {
-	NodeID      string
-	StreamID    int64
+	NodeID   string
+	StreamID int64
+	// Address is the client's address as the gRPC server saw it.
+	Address     string
 	ConnectedAt time.Time
-	// Acked maps each subscribed type URL to the last version the gateway
-	// ACKed ("" if none yet).
+	// Delta is true for an incremental (delta) stream, false for state of
+	// the world.
+	Delta bool
+	// Proxyless is true for a proxyless gRPC client (served API listeners).
+	Proxyless bool
+	// Acked maps each subscribed type URL to the snapshot version the
+	// client is known to run for that type ("" if none yet). A client
+	// that ACKed the current resources of a type runs the published
+	// version even if that version did not change the type.
 	Acked map[string]string
+	// Version is the snapshot version the client runs for every type it
+	// subscribed to (the least of Acked), 0 if none yet.
+	Version uint64
+	// State is StateSynced, StateStale or StateNacked.
+	State string
+	// Lag is how long ago the oldest published version the client does not
+	// run was published; 0 when synced.
+	Lag time.Duration
 	// LastNack is the most recent rejection on this stream, if any. It stays
 	// after later ACKs: it is history, not state.
 	LastNack *NackStatus
 }
 
-// nodeKey is the one snapshot key: every gateway gets the same resources.
-const nodeKey = "berth"
+// Snapshot keys of the state-of-the-world cache, one per view.
+var viewKeys = [numViews]string{viewGateway: "berth", viewProxyless: "berth-proxyless"}
 
-type allNodes struct{}
+// nodeView tells a proxyless gRPC client (grpc-go, -java, C++ all name
+// themselves "gRPC ..." in user_agent_name) from a proxy.
+func nodeView(n *core.Node) view {
+	if strings.HasPrefix(n.GetUserAgentName(), "gRPC") {
+		return viewProxyless
+	}
+	return viewGateway
+}
 
-func (allNodes) ID(*core.Node) string { return nodeKey }
+type viewHash struct{}
 
-// New binds cfg.Addr and prepares the cache. Serving starts with Run.
+func (viewHash) ID(n *core.Node) string { return viewKeys[nodeView(n)] }
+
+// New binds cfg.Addr and prepares the caches. Serving starts with Run.
 func New(cfg Config) (*Server, error) {
 	def := DefaultConfig()
 	if cfg.Addr == "" {
@@ -134,6 +246,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = def.ShutdownGrace
 	}
+	if cfg.LoadWindow <= 0 {
+		cfg.LoadWindow = def.LoadWindow
+	}
+	if cfg.LoadReportInterval <= 0 {
+		cfg.LoadReportInterval = def.LoadReportInterval
+	}
+	if err := cfg.Translate.check(); err != nil {
+		return nil, err
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -147,74 +268,197 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
+	cpLog := slogAdapter(logger)
 	s := &Server{
-		cfg:     cfg,
-		log:     logger,
-		lis:     lis,
-		metrics: m,
-		streams: map[int64]*streamState{},
-		changed: make(chan struct{}),
+		cfg:       cfg,
+		log:       logger,
+		lis:       lis,
+		metrics:   m,
+		loads:     newLoadStore(cfg.LoadWindow, time.Second),
+		sotw:      cachev3.NewSnapshotCache(true, viewHash{}, cpLog),
+		delta:     map[string]*deltaCache{},
+		streams:   map[streamKey]*streamState{},
+		deltaReqs: map[*discoverygrpc.DeltaDiscoveryRequest]streamKey{},
+		changed:   make(chan struct{}),
 	}
-	s.cache = cachev3.NewSnapshotCache(true, allNodes{}, slogAdapter(logger))
+	for _, t := range TypeURLs {
+		s.delta[t] = newDeltaCache(t)
+	}
+	for v := range s.typeVersions {
+		s.typeVersions[v] = map[string]uint64{}
+		s.history[v] = map[string][]uint64{}
+	}
 	return s, nil
 }
 
 // Addr is the address the ADS server listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
 
-// Update translates snap and publishes it under its version.
+// Update translates snap and publishes it under its version. Only the
+// services that differ from the last published snapshot are translated
+// again, and only the resources that changed are validated and sent.
 func (s *Server) Update(snap *discovery.Snapshot) error {
+	if snap == nil {
+		s.metrics.publishErrors.Inc()
+		return errors.New("xds: update: nil snapshot")
+	}
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
 	start := time.Now()
-	res, err := Translate(snap, s.cfg.Translate)
+	next, err := translateNext(s.current, snap, s.cfg.Translate)
 	s.metrics.translateSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.publishErrors.Inc()
 		return err
 	}
-	for _, w := range res.Warnings {
-		s.log.Warn("snapshot part left out", "version", snap.Version, "warning", w)
-	}
-	return s.Publish(snap.Version, res)
-}
-
-// Publish offers res to every gateway as version. Every resource must pass
-// ValidateAll and the whole set Consistent, or nothing is published.
-// Versions must grow; publishing the current version again is a no-op.
-// Publish takes resources from anywhere (Update uses Translate); tests use
-// it to hand gateways something Translate would never produce.
-func (s *Server) Publish(version uint64, res *Resources) error {
-	if err := s.publish(version, res); err != nil {
+	if err := s.publishLocked(next); err != nil {
 		s.metrics.publishErrors.Inc()
 		return err
 	}
 	return nil
 }
 
-func (s *Server) publish(version uint64, res *Resources) error {
-	snap, err := cacheSnapshot(version, res)
-	if err != nil {
+// Publish offers res to every client as version. Every new or changed
+// resource must pass ValidateAll and the whole set must be consistent, or
+// nothing is published. Versions must grow; publishing the current
+// version again is a no-op. Publish takes resources from anywhere (Update
+// uses Translate); tests use it to hand gateways something Translate would
+// never produce.
+func (s *Server) Publish(version uint64, res *Resources) error {
+	if res == nil {
+		s.metrics.publishErrors.Inc()
+		return fmt.Errorf("xds: publish version %d: nil resources", version)
+	}
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	if err := s.publishLocked(translationFromResources(version, res, s.current)); err != nil {
+		s.metrics.publishErrors.Inc()
+		return err
+	}
+	return nil
+}
+
+// publishLocked checks next against the current translation and hands what
+// changed to both caches. The caller holds pubMu.
+func (s *Server) publishLocked(next *translation) error {
+	version := next.version
+	s.mu.Lock()
+	published := s.published
+	s.mu.Unlock()
+	switch {
+	case version == published && s.current != nil:
+		return nil
+	case version < published:
+		return fmt.Errorf("xds: publish version %d: older than published version %d", version, published)
+	}
+	ch := diff(s.current, next)
+	if err := validateChanged(&ch); err != nil {
 		return fmt.Errorf("xds: publish version %d: %w", version, err)
 	}
+	if err := checkConsistent(next, &ch); err != nil {
+		return fmt.Errorf("xds: publish version %d: %w", version, err)
+	}
+	first := s.current == nil
+	for _, w := range next.warningsIfNew(s.current) {
+		s.log.Warn("snapshot part left out", "version", version, "warning", w)
+	}
+
+	// State of the world: one snapshot per view; a type keeps its version
+	// (and is not re-sent) unless it changed.
+	var changedTypes [numViews][]string
+	for set := range ch {
+		if first || !ch[set].empty() {
+			s.items[set] = withTTL(next.sets[set])
+		}
+	}
+	for v := range numViews {
+		snap := &cachev3.Snapshot{}
+		for t, set := range viewSets[v] {
+			if first || !ch[set].empty() {
+				s.typeVersions[v][t] = version
+				changedTypes[v] = append(changedTypes[v], t)
+			}
+			snap.Resources[cachev3.GetResponseType(t)] = cachev3.Resources{
+				Version: strconv.FormatUint(s.typeVersions[v][t], 10),
+				Items:   s.items[set],
+			}
+		}
+		if err := s.sotw.SetSnapshot(context.Background(), viewKeys[v], snap); err != nil {
+			return fmt.Errorf("xds: publish version %d: %w", version, err)
+		}
+	}
+
+	// Delta: only what changed, gateway view. Watches a change does not
+	// concern stay open: their clients already run this version.
+	var answered, open []*deltaWatch
+	for t, set := range viewSets[viewGateway] {
+		dc := s.delta[t]
+		dc.mu.Lock()
+		if first || !ch[set].empty() {
+			a, o, err := dc.update(version, ch[set].updated, ch[set].removed)
+			if err != nil {
+				dc.mu.Unlock()
+				return fmt.Errorf("xds: publish version %d: %w", version, err)
+			}
+			answered, open = append(answered, a...), append(open, o...)
+		} else {
+			open = append(open, dc.openWatches()...)
+		}
+		dc.mu.Unlock()
+		s.metrics.deltaUpdated.WithLabelValues(typeLabel(t)).Add(float64(len(ch[set].updated)))
+		s.metrics.deltaRemoved.WithLabelValues(typeLabel(t)).Add(float64(len(ch[set].removed)))
+	}
+	s.current = next
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case version == s.published:
-		return nil
-	case version < s.published:
-		return fmt.Errorf("xds: publish version %d: older than published version %d", version, s.published)
-	}
-	// Under s.mu so two publishers cannot reorder versions in the cache.
-	if err := s.cache.SetSnapshot(context.Background(), nodeKey, snap); err != nil {
-		return fmt.Errorf("xds: publish version %d: %w", version, err)
-	}
 	s.published = version
+	s.publishes = appendBounded(s.publishes, publishRecord{version: version, at: time.Now()})
+	for v := range numViews {
+		for _, t := range changedTypes[v] {
+			s.history[v][t] = appendBounded(s.history[v][t], version)
+		}
+	}
+	for _, w := range answered {
+		if w.ts != nil && w.ts.watch == w {
+			w.ts.watch = nil
+		}
+	}
+	for _, w := range open {
+		if w.ts != nil && w.current {
+			w.ts.applied = version
+		}
+	}
 	s.metrics.publishedVersion.Set(float64(version))
 	s.notifyLocked()
 	s.log.Debug("published", "version", version,
-		"listeners", len(res.Listeners), "routes", len(res.Routes),
-		"clusters", len(res.Clusters), "endpoints", len(res.Endpoints))
+		"clusters", len(next.sets[setClusters]), "endpoints", len(next.sets[setEndpoints]),
+		"updated_endpoints", len(ch[setEndpoints].updated), "updated_clusters", len(ch[setClusters].updated))
 	return nil
+}
+
+// warningsIfNew returns t's warnings unless prev had the same ones.
+func (t *translation) warningsIfNew(prev *translation) []string {
+	w := t.warnings()
+	if prev != nil && slices.Equal(w, prev.warnings()) {
+		return nil
+	}
+	return w
+}
+
+func withTTL(m map[string]types.Resource) map[string]types.ResourceWithTTL {
+	out := make(map[string]types.ResourceWithTTL, len(m))
+	for k, r := range m {
+		out[k] = types.ResourceWithTTL{Resource: r}
+	}
+	return out
+}
+
+func appendBounded[T any](s []T, v T) []T {
+	if len(s) >= historyLimit {
+		s = slices.Delete(s, 0, len(s)-historyLimit+1)
+	}
+	return append(s, v)
 }
 
 // Version is the last published version, 0 before the first.
@@ -224,8 +468,8 @@ func (s *Server) Version() uint64 {
 	return s.published
 }
 
-// Run serves ADS until ctx ends, then stops the gRPC server. It may be
-// called once.
+// Run serves ADS (state of the world and delta) and LRS until ctx ends,
+// then stops the gRPC server. It may be called once.
 func (s *Server) Run(ctx context.Context) error {
 	err := errors.New("xds: Run called twice")
 	s.runOnce.Do(func() { err = s.run(ctx) })
@@ -233,24 +477,25 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) run(ctx context.Context) error {
-	xdsServer := serverv3.NewServer(ctx, s.cache, s.callbacks())
+	xdsServer := serverv3.NewServer(ctx, &muxCache{s: s}, s.callbacks())
 	gs := grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xdsServer)
+	lrsgrpc.RegisterLoadReportingServiceServer(gs, &lrsServer{s: s, ctx: ctx})
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(s.lis) }()
-	s.log.Info("serving ADS", "addr", s.Addr())
+	s.log.Info("serving ADS and LRS", "addr", s.Addr())
 
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("xds: serve: %w", err)
 	case <-ctx.Done():
 	}
-	// The go-control-plane server ends its streams when ctx ends, so a
-	// graceful stop normally returns at once.
+	// The go-control-plane server and the LRS handler end their streams
+	// when ctx ends, so a graceful stop normally returns at once.
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
@@ -263,15 +508,45 @@ func (s *Server) run(ctx context.Context) error {
 	return nil
 }
 
-// Gateways lists the connected ADS streams by node id.
+// Gateways lists the connected xDS streams, gateways and proxyless
+// clients, by node id.
 func (s *Server) Gateways() []GatewayStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now()
 	out := make([]GatewayStatus, 0, len(s.streams))
-	for id, st := range s.streams {
-		g := GatewayStatus{NodeID: st.nodeID, StreamID: id, ConnectedAt: st.connectedAt, Acked: map[string]string{}}
-		for t := range st.subscribed {
-			g.Acked[t] = st.acked[t]
+	for key, st := range s.streams {
+		g := GatewayStatus{
+			NodeID: st.nodeID, StreamID: key.id, Address: st.address, ConnectedAt: st.connectedAt,
+			Delta: st.delta, Proxyless: st.view == viewProxyless, Acked: map[string]string{},
+			State: StateSynced,
+		}
+		first := true
+		for t, ts := range st.types {
+			v := s.runningLocked(st, t, ts)
+			if v > 0 {
+				g.Acked[t] = strconv.FormatUint(v, 10)
+			} else {
+				g.Acked[t] = ""
+			}
+			if first || v < g.Version {
+				g.Version = v
+			}
+			first = false
+			if v < s.published && s.nackedLocked(st, t, ts, s.published) != nil {
+				g.State = StateNacked
+			}
+		}
+		if len(st.types) == 0 || g.Version < s.published {
+			if g.State != StateNacked {
+				g.State = StateStale
+			}
+			for _, p := range s.publishes {
+				if p.version > g.Version {
+					g.Lag = now.Sub(p.at)
+					break
+				}
+			}
 		}
 		if st.lastNack != nil {
 			n := *st.lastNack
@@ -283,11 +558,18 @@ func (s *Server) Gateways() []GatewayStatus {
 	return out
 }
 
-// WaitForAck returns nil once every connected gateway has ACKed version (or
-// a later one) for every type it subscribed to, or at once when no gateway
-// is connected. It returns an error wrapping ErrNacked when a gateway
+// WaitForAck returns nil once every connected client has applied version
+// (or a later one) for every type it subscribed to, or at once when no
+// client is connected. It returns an error wrapping ErrNacked when a client
 // rejected version or a later one for a type it has not ACKed since, and
 // ctx's error when ctx ends first.
+//
+// "Applied version V for type T" means the client holds what snapshot V
+// says about T: on a state-of-the-world stream it ACKed a version_info at
+// least the last version up to V that changed T; on a delta stream it
+// ACKed every response sent, and V was published when the server last
+// found nothing more to send it (or published since without touching the
+// resources it subscribed to).
 func (s *Server) WaitForAck(ctx context.Context, version uint64) error {
 	for {
 		s.mu.Lock()
@@ -306,15 +588,18 @@ func (s *Server) WaitForAck(ctx context.Context, version uint64) error {
 }
 
 func (s *Server) ackedLocked(version uint64) (bool, error) {
+	if len(s.streams) > 0 && version > s.published {
+		return false, nil
+	}
 	for _, st := range s.streams {
-		if len(st.subscribed) == 0 {
+		if len(st.types) == 0 {
 			return false, nil // connected, not yet subscribed
 		}
-		for t := range st.subscribed {
-			if parseVersion(st.acked[t]) >= version {
+		for t, ts := range st.types {
+			if s.appliedLocked(st, t, ts, version) {
 				continue
 			}
-			if n, ok := st.nacks[t]; ok && parseVersion(n.Version) >= version {
+			if n := s.nackedLocked(st, t, ts, version); n != nil {
 				return false, fmt.Errorf("%w: node %q rejected %s version %s: %s", ErrNacked, st.nodeID, n.TypeURL, n.Version, n.Error)
 			}
 			return false, nil
@@ -323,13 +608,75 @@ func (s *Server) ackedLocked(version uint64) (bool, error) {
 	return true, nil
 }
 
+// appliedLocked reports whether the stream runs version for type t.
+func (s *Server) appliedLocked(st *streamState, t string, ts *typeState, version uint64) bool {
+	if st.delta {
+		return ts.applied >= version
+	}
+	acked := parseVersion(ts.acked)
+	return acked > 0 && acked >= s.typeVersionAtLocked(st.view, t, version)
+}
+
+// runningLocked is the latest published version the stream runs for t.
+func (s *Server) runningLocked(st *streamState, t string, ts *typeState) uint64 {
+	if st.delta {
+		return ts.applied
+	}
+	acked := parseVersion(ts.acked)
+	if acked > 0 && acked >= s.typeVersionAtLocked(st.view, t, s.published) {
+		return s.published
+	}
+	return acked
+}
+
+// nackedLocked returns the NACK that keeps the stream from version for its
+// type, if any: on a delta stream, a NACK not followed by an ACK; on a
+// state-of-the-world stream, a rejected version_info that is still what
+// version says about the type, or newer, and was not ACKed since.
+func (s *Server) nackedLocked(st *streamState, t string, ts *typeState, version uint64) *NackStatus {
+	n := ts.nack
+	if n == nil {
+		return nil
+	}
+	if st.delta {
+		// A response sent since the NACK may yet be ACKed: wait for it.
+		if ts.blocked && ts.sent.nonce == ts.nackNonce {
+			return n
+		}
+		return nil
+	}
+	rejected := parseVersion(n.Version)
+	if rejected < s.typeVersionAtLocked(st.view, t, version) || parseVersion(ts.acked) >= rejected {
+		return nil
+	}
+	return n
+}
+
+// typeVersionAtLocked is the version that last changed type t of view v at
+// or before version (the version_info a state-of-the-world client that
+// runs version holds).
+func (s *Server) typeVersionAtLocked(v view, t string, version uint64) uint64 {
+	h := s.history[v][t]
+	i, found := slices.BinarySearch(h, version)
+	switch {
+	case found:
+		return h[i]
+	case i > 0:
+		return h[i-1]
+	case len(h) > 0:
+		return h[0] // older than the history: ask for more, not less
+	}
+	return version
+}
+
 func (s *Server) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
 
-// cacheSnapshot checks res (ValidateAll on each resource, Consistent on
-// the whole) and packs it as a go-control-plane snapshot.
+// cacheSnapshot checks res (ValidateAll on each resource, consistency of
+// the whole, API listeners included) and packs the gateways' part as a
+// go-control-plane snapshot, every type at version.
 func cacheSnapshot(version uint64, res *Resources) (*cachev3.Snapshot, error) {
 	if res == nil {
 		return nil, errors.New("nil resources")
@@ -337,20 +684,14 @@ func cacheSnapshot(version uint64, res *Resources) (*cachev3.Snapshot, error) {
 	if err := res.Validate(); err != nil {
 		return nil, err
 	}
-	byType := map[resource.Type][]types.Resource{
-		resource.ListenerType: nil, resource.RouteType: nil, resource.ClusterType: nil, resource.EndpointType: nil,
+	t := translationFromResources(version, res, nil)
+	ch := diff(nil, t)
+	if err := checkConsistent(t, &ch); err != nil {
+		return nil, err
 	}
-	for _, r := range res.Listeners {
-		byType[resource.ListenerType] = append(byType[resource.ListenerType], r)
-	}
-	for _, r := range res.Routes {
-		byType[resource.RouteType] = append(byType[resource.RouteType], r)
-	}
-	for _, r := range res.Clusters {
-		byType[resource.ClusterType] = append(byType[resource.ClusterType], r)
-	}
-	for _, r := range res.Endpoints {
-		byType[resource.EndpointType] = append(byType[resource.EndpointType], r)
+	byType := map[resource.Type][]types.Resource{}
+	for typ, set := range viewSets[viewGateway] {
+		byType[typ] = sortedValues(t.sets[set])
 	}
 	snap, err := cachev3.NewSnapshot(strconv.FormatUint(version, 10), byType)
 	if err != nil {
@@ -378,7 +719,7 @@ func slogAdapter(l *slog.Logger) cplog.Logger {
 			}
 		}
 	}
-	// The cache's Info records are per-request chatter: Debug for us.
+	// The caches' Info records are per-request chatter: Debug for us.
 	return cplog.LoggerFuncs{
 		DebugFunc: logAt(slog.LevelDebug),
 		InfoFunc:  logAt(slog.LevelDebug),

@@ -111,6 +111,19 @@ func snapshotAt(version uint64) *discovery.Snapshot {
 	return s
 }
 
+// recvOne reads the next response and checks its type and version.
+func (c *adsClient) recvOne(typ, version string) *discoverypb.DiscoveryResponse {
+	c.t.Helper()
+	resp, err := c.stream.Recv()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if resp.TypeUrl != typ || resp.VersionInfo != version {
+		c.t.Fatalf("got %s version %s, want only %s version %s (a resend, or an unchanged type sent again?)", resp.TypeUrl, resp.VersionInfo, typ, version)
+	}
+	return resp
+}
+
 func TestServerAckNackWithoutResendLoop(t *testing.T) {
 	s, reg := startServer(t)
 	if err := s.Update(snapshotAt(1)); err != nil {
@@ -118,7 +131,10 @@ func TestServerAckNackWithoutResendLoop(t *testing.T) {
 	}
 	c := dialADS(t, s.Addr(), "gw-1")
 	first := c.recvAll()
-	for typ, resp := range first {
+	// In TypeURLs order, routes last: the server reads a stream in order,
+	// so the NACK is recorded after the other types' ACKs.
+	for _, typ := range TypeURLs {
+		resp := first[typ]
 		if resp.VersionInfo != "1" {
 			t.Fatalf("%s version %q, want 1", typ, resp.VersionInfo)
 		}
@@ -136,7 +152,7 @@ func TestServerAckNackWithoutResendLoop(t *testing.T) {
 		t.Fatalf("WaitForAck after a NACK = %v, want ErrNacked with the gateway's message", err)
 	}
 	gws := s.Gateways()
-	if len(gws) != 1 || gws[0].NodeID != "gw-1" {
+	if len(gws) != 1 || gws[0].NodeID != "gw-1" || gws[0].State != StateNacked || gws[0].Delta {
 		t.Fatalf("Gateways() = %+v", gws)
 	}
 	n := gws[0].LastNack
@@ -150,25 +166,42 @@ func TestServerAckNackWithoutResendLoop(t *testing.T) {
 		t.Errorf("berth_xds_nacks_total{type=route} = %v", v)
 	}
 
-	// No resend: the next thing on the stream is version 2, for every type,
-	// exactly once (recvAll fails on a duplicate type).
-	if err := s.Update(snapshotAt(2)); err != nil {
+	// Version 2 moves one endpoint: the next thing on the stream is the
+	// endpoints at version 2, alone (no resend of the NACKed routes, no
+	// unchanged type).
+	snap2 := snapshotAt(2)
+	snap2.Services[1].Revisions[0].Endpoints[0].IP = "10.88.0.21"
+	if err := s.Update(snap2); err != nil {
 		t.Fatal(err)
 	}
-	second := c.recvAll()
-	for typ, resp := range second {
-		if resp.VersionInfo != "2" {
-			t.Fatalf("%s: got version %q after the NACK, want 2 (a resend of the rejected version?)", typ, resp.VersionInfo)
+	eds := c.recvOne(resource.EndpointType, "2")
+	if len(eds.Resources) != 4 {
+		t.Errorf("state-of-the-world EDS carries %d load assignments, want all 4", len(eds.Resources))
+	}
+	c.ack(eds)
+	// The routes of version 2 are the ones rejected in version 1.
+	if err := s.WaitForAck(ctx, 2); !errors.Is(err, ErrNacked) {
+		t.Fatalf("WaitForAck(2) = %v, want ErrNacked (version 2 routes are the rejected ones)", err)
+	}
+
+	// Version 3 changes the routes: only they are sent.
+	snap3 := snapshotAt(3)
+	snap3.Services[1].Revisions[0].Endpoints[0].IP = "10.88.0.21"
+	snap3.Services[0].Route.Paths = []string{"/", "/v2"}
+	if err := s.Update(snap3); err != nil {
+		t.Fatal(err)
+	}
+	c.ack(c.recvOne(resource.RouteType, "3"))
+	for _, v := range []uint64{3, 2, 1} {
+		if err := s.WaitForAck(ctx, v); err != nil {
+			t.Fatalf("WaitForAck(%d): %v", v, err)
 		}
-		c.ack(resp)
 	}
-	if err := s.WaitForAck(ctx, 2); err != nil {
-		t.Fatalf("WaitForAck(2): %v", err)
+	gws = s.Gateways()
+	if gws[0].State != StateSynced || gws[0].Version != 3 || gws[0].Acked[resource.ListenerType] != "3" || gws[0].Lag != 0 {
+		t.Errorf("after ACKs: %+v", gws[0])
 	}
-	if err := s.WaitForAck(ctx, 1); err != nil {
-		t.Fatalf("WaitForAck(1) after ACK of 2: %v", err)
-	}
-	if v := metricValue(t, s.metrics.responses.WithLabelValues("route")); v != 2 {
+	if v := metricValue(t, s.metrics.responses.WithLabelValues("route", "sotw")); v != 2 {
 		t.Errorf("route responses = %v, want 2 (no resend of the NACKed one)", v)
 	}
 	if !gathered(t, reg, "berth_xds_acks_total") {
@@ -178,8 +211,8 @@ func TestServerAckNackWithoutResendLoop(t *testing.T) {
 	// A version nobody has yet: WaitForAck waits for ctx.
 	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancelShort()
-	if err := s.WaitForAck(short, 3); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("WaitForAck(3) = %v, want deadline exceeded", err)
+	if err := s.WaitForAck(short, 4); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitForAck(4) = %v, want deadline exceeded", err)
 	}
 }
 

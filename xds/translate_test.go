@@ -8,11 +8,83 @@ import (
 	"path/filepath"
 	"testing"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/berth-dev/berth/discovery"
 )
+
+// TestTranslateIncremental: translating from the previous translation gives
+// what a full translation gives, and an endpoint change touches exactly
+// one load assignment; a weight change touches only the routes.
+func TestTranslateIncremental(t *testing.T) {
+	opts := DefaultTranslateOptions()
+	first, err := translateNext(nil, twoServices(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	moved := twoServices()
+	moved.Version = 43
+	moved.Services[0].Revisions[0].Endpoints[0].IP = "10.88.1.8"
+	next, err := translateNext(first, moved, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, _ := Translate(moved, opts)
+	if !bytes.Equal(goldenJSON(t, next.resources()), goldenJSON(t, full)) {
+		t.Fatal("incremental translation differs from a full one")
+	}
+	ch := diff(first, next)
+	for set, c := range ch {
+		want := 0
+		if set == setEndpoints {
+			want = 1
+		}
+		if len(c.updated) != want || len(c.removed) != 0 {
+			t.Errorf("set %d: %d updated, %d removed; want %d updated", set, len(c.updated), len(c.removed), want)
+		}
+	}
+	if _, ok := ch[setEndpoints].updated["default_hello_r3"]; !ok {
+		t.Errorf("changed load assignments = %v, want default_hello_r3", ch[setEndpoints].updated)
+	}
+	if err := checkConsistent(next, &ch); err != nil {
+		t.Fatal(err)
+	}
+
+	// Shift shop's weights: its routes (gateway and gRPC API) change, its
+	// clusters and load assignments do not.
+	shifted := twoServices()
+	shifted.Version = 44
+	shifted.Services[2].Revisions[0].Weight, shifted.Services[2].Revisions[1].Weight = 50, 50
+	third, err := translateNext(first, shifted, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch = diff(first, third)
+	if len(ch[setGatewayRoutes].updated) != 1 || len(ch[setAPIRoutes].updated) != 1 ||
+		len(ch[setClusters].updated)+len(ch[setEndpoints].updated)+len(ch[setGatewayListeners].updated)+len(ch[setAPIListeners].updated) != 0 {
+		t.Errorf("weight shift changed %+v", ch)
+	}
+
+	// A removed service takes its resources along, and nothing refers to
+	// them any more.
+	removed := twoServices()
+	removed.Version = 45
+	removed.Services = removed.Services[:2]
+	fourth, err := translateNext(third, removed, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch = diff(third, fourth)
+	if len(ch[setClusters].removed) != 2 || len(ch[setEndpoints].removed) != 2 || len(ch[setAPIListeners].removed) != 1 || len(ch[setAPIRoutes].removed) != 1 {
+		t.Errorf("removal: %+v", ch)
+	}
+	if err := checkConsistent(fourth, &ch); err != nil {
+		t.Errorf("after removal: %v", err)
+	}
+}
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
@@ -84,16 +156,20 @@ func emptyServices() *discovery.Snapshot {
 }
 
 func TestTranslateGolden(t *testing.T) {
+	withRetries := DefaultTranslateOptions()
+	withRetries.Retries = 2
 	for _, tc := range []struct {
 		name string
 		snap *discovery.Snapshot
+		opts TranslateOptions
 	}{
-		{"two_services", twoServices()},
-		{"empty_services", emptyServices()},
-		{"no_services", &discovery.Snapshot{Version: 1}},
+		{"two_services", twoServices(), DefaultTranslateOptions()},
+		{"empty_services", emptyServices(), DefaultTranslateOptions()},
+		{"no_services", &discovery.Snapshot{Version: 1}, DefaultTranslateOptions()},
+		{"retries", twoServices(), withRetries},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res, err := Translate(tc.snap, DefaultTranslateOptions())
+			res, err := Translate(tc.snap, tc.opts)
 			if err != nil {
 				t.Fatalf("Translate: %v", err)
 			}
@@ -108,7 +184,7 @@ func TestTranslateGolden(t *testing.T) {
 				t.Fatalf("Consistent: %v", err)
 			}
 			got := goldenJSON(t, res)
-			again, _ := Translate(tc.snap, DefaultTranslateOptions())
+			again, _ := Translate(tc.snap, tc.opts)
 			if !bytes.Equal(got, goldenJSON(t, again)) {
 				t.Fatal("Translate is not deterministic")
 			}
@@ -141,15 +217,25 @@ func TestTranslateShape(t *testing.T) {
 		if cla.ClusterName != "default_hello_r3" {
 			continue
 		}
-		var n int
+		var healthy, draining int
 		for _, l := range cla.Endpoints {
 			if l.GetLoadBalancingWeight().GetValue() == 0 || l.GetLocality() == nil {
 				t.Errorf("locality %v without weight or locality", l.GetLocality())
 			}
-			n += len(l.LbEndpoints)
+			for _, e := range l.LbEndpoints {
+				switch e.GetHealthStatus() {
+				case core.HealthStatus_HEALTHY:
+					healthy++
+				case core.HealthStatus_DRAINING:
+					draining++
+					if e.GetEndpoint().GetHostname() != "hello-3-e" {
+						t.Errorf("draining endpoint %s, want hello-3-e", e.GetEndpoint().GetHostname())
+					}
+				}
+			}
 		}
-		if n != 3 {
-			t.Errorf("hello endpoints = %d, want the 3 ready ones", n)
+		if healthy != 3 || draining != 1 {
+			t.Errorf("hello endpoints: %d healthy, %d draining; want the 3 ready ones and the draining one", healthy, draining)
 		}
 	}
 	vhosts := res.Routes[0].VirtualHosts
@@ -232,6 +318,9 @@ func goldenJSON(t *testing.T, res *Resources) []byte {
 		"clusters":  render(asMessages(res.Clusters)),
 		"endpoints": render(asMessages(res.Endpoints)),
 		"warnings":  append([]string{}, res.Warnings...),
+
+		"api_listeners": render(asMessages(res.APIListeners)),
+		"api_routes":    render(asMessages(res.APIRoutes)),
 	}
 	b, err := json.Marshal(doc)
 	if err != nil {

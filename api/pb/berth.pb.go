@@ -3745,6 +3745,214 @@ func (x *NodeList) GetNodes() []*Node {
 	return nil
 }
 
+type ListGatewaysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysRequest) Reset() {
+	*x = ListGatewaysRequest{}
+	mi := &file_berth_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysRequest) ProtoMessage() {}
+
+func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
+func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{62}
+}
+
+type Gateway struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	NodeId  string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// The discovery snapshot version it runs for every type it subscribed to.
+	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// SYNCED, STALE or NACKED.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// How long the oldest version it does not run has been published.
+	LagMs       int64                  `protobuf:"varint,5,opt,name=lag_ms,json=lagMs,proto3" json:"lag_ms,omitempty"`
+	Delta       bool                   `protobuf:"varint,6,opt,name=delta,proto3" json:"delta,omitempty"`
+	Proxyless   bool                   `protobuf:"varint,7,opt,name=proxyless,proto3" json:"proxyless,omitempty"`
+	ConnectedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
+	LastNack    string                 `protobuf:"bytes,9,opt,name=last_nack,json=lastNack,proto3" json:"last_nack,omitempty"`
+	// The control plane's current version.
+	Published     uint64 `protobuf:"varint,10,opt,name=published,proto3" json:"published,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gateway) Reset() {
+	*x = Gateway{}
+	mi := &file_berth_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gateway) ProtoMessage() {}
+
+func (x *Gateway) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
+func (*Gateway) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *Gateway) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Gateway) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Gateway) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Gateway) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Gateway) GetLagMs() int64 {
+	if x != nil {
+		return x.LagMs
+	}
+	return 0
+}
+
+func (x *Gateway) GetDelta() bool {
+	if x != nil {
+		return x.Delta
+	}
+	return false
+}
+
+func (x *Gateway) GetProxyless() bool {
+	if x != nil {
+		return x.Proxyless
+	}
+	return false
+}
+
+func (x *Gateway) GetConnectedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectedAt
+	}
+	return nil
+}
+
+func (x *Gateway) GetLastNack() string {
+	if x != nil {
+		return x.LastNack
+	}
+	return ""
+}
+
+func (x *Gateway) GetPublished() uint64 {
+	if x != nil {
+		return x.Published
+	}
+	return 0
+}
+
+type ListGatewaysResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Gateways         []*Gateway             `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	PublishedVersion uint64                 `protobuf:"varint,2,opt,name=published_version,json=publishedVersion,proto3" json:"published_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ListGatewaysResponse) Reset() {
+	*x = ListGatewaysResponse{}
+	mi := &file_berth_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysResponse) ProtoMessage() {}
+
+func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
+func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ListGatewaysResponse) GetGateways() []*Gateway {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+func (x *ListGatewaysResponse) GetPublishedVersion() uint64 {
+	if x != nil {
+		return x.PublishedVersion
+	}
+	return 0
+}
+
 type ListRevisionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -3755,7 +3963,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3767,7 +3975,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3780,7 +3988,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -3812,7 +4020,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3824,7 +4032,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3837,7 +4045,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -3891,7 +4099,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3903,7 +4111,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3916,7 +4124,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -3937,7 +4145,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3949,7 +4157,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3962,7 +4170,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -3995,7 +4203,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4007,7 +4215,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4020,7 +4228,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -4041,7 +4249,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4053,7 +4261,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4066,7 +4274,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -4092,7 +4300,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4104,7 +4312,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4117,7 +4325,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -4137,7 +4345,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4149,7 +4357,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4162,7 +4370,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -4189,7 +4397,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4201,7 +4409,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4214,7 +4422,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -4241,7 +4449,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4253,7 +4461,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4266,7 +4474,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -4291,7 +4499,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4303,7 +4511,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4316,7 +4524,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 type ReleaseVolumeRequest struct {
@@ -4329,7 +4537,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4341,7 +4549,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4354,7 +4562,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -4380,7 +4588,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4392,7 +4600,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4405,7 +4613,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -4426,7 +4634,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4438,7 +4646,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4451,7 +4659,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -4483,7 +4691,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4495,7 +4703,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4508,7 +4716,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 type FetchImageRequest struct {
@@ -4520,7 +4728,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4532,7 +4740,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4545,7 +4753,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -4843,7 +5051,23 @@ const file_berth_proto_rawDesc = "" +
 	"\x11WatchNodesRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"0\n" +
 	"\bNodeList\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"H\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"\x15\n" +
+	"\x13ListGatewaysRequest\"\xb1\x02\n" +
+	"\aGateway\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x15\n" +
+	"\x06lag_ms\x18\x05 \x01(\x03R\x05lagMs\x12\x14\n" +
+	"\x05delta\x18\x06 \x01(\bR\x05delta\x12\x1c\n" +
+	"\tproxyless\x18\a \x01(\bR\tproxyless\x12=\n" +
+	"\fconnected_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12\x1b\n" +
+	"\tlast_nack\x18\t \x01(\tR\blastNack\x12\x1c\n" +
+	"\tpublished\x18\n" +
+	" \x01(\x04R\tpublished\"r\n" +
+	"\x14ListGatewaysResponse\x12-\n" +
+	"\bgateways\x18\x01 \x03(\v2\x11.berth.v1.GatewayR\bgateways\x12+\n" +
+	"\x11published_version\x18\x02 \x01(\x04R\x10publishedVersion\"H\n" +
 	"\x14ListRevisionsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\xc7\x01\n" +
@@ -4891,7 +5115,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\"\x17\n" +
 	"\x15VolumeDeletedResponse\"1\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
-	"\treference\x18\x01 \x01(\tR\treference2\xaf\n" +
+	"\treference\x18\x01 \x01(\tR\treference2\xfe\n" +
 	"\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
@@ -4909,7 +5133,8 @@ const file_berth_proto_rawDesc = "" +
 	"\x0fCreateJoinToken\x12 .berth.v1.CreateJoinTokenRequest\x1a!.berth.v1.CreateJoinTokenResponse\x12G\n" +
 	"\n" +
 	"CordonNode\x12\x1b.berth.v1.CordonNodeRequest\x1a\x1c.berth.v1.CordonNodeResponse\x12D\n" +
-	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12P\n" +
+	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12M\n" +
+	"\fListGateways\x12\x1d.berth.v1.ListGatewaysRequest\x1a\x1e.berth.v1.ListGatewaysResponse\x12P\n" +
 	"\rListRevisions\x12\x1e.berth.v1.ListRevisionsRequest\x1a\x1f.berth.v1.ListRevisionsResponse\x124\n" +
 	"\x04Undo\x12\x15.berth.v1.UndoRequest\x1a\x15.berth.v1.ApplyResult\x12J\n" +
 	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
@@ -4940,7 +5165,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
@@ -5004,64 +5229,67 @@ var file_berth_proto_goTypes = []any{
 	(*DrainNodeResponse)(nil),       // 59: berth.v1.DrainNodeResponse
 	(*WatchNodesRequest)(nil),       // 60: berth.v1.WatchNodesRequest
 	(*NodeList)(nil),                // 61: berth.v1.NodeList
-	(*ListRevisionsRequest)(nil),    // 62: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 63: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 64: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 65: berth.v1.UndoRequest
-	(*ListVolumesRequest)(nil),      // 66: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 67: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 68: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 69: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 70: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 71: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 72: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 73: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 74: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 75: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 76: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 77: berth.v1.FetchImageRequest
-	nil,                             // 78: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 79: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 80: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 81: berth.v1.Node.LabelsEntry
-	nil,                             // 82: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 83: berth.v1.Assignments.VolumeSizesEntry
-	(*timestamppb.Timestamp)(nil),   // 84: google.protobuf.Timestamp
+	(*ListGatewaysRequest)(nil),     // 62: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 63: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 64: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 65: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 66: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 67: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 68: berth.v1.UndoRequest
+	(*ListVolumesRequest)(nil),      // 69: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 70: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 71: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 72: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 73: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 74: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 75: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 76: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 77: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 78: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 79: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 80: berth.v1.FetchImageRequest
+	nil,                             // 81: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 82: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 83: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 84: berth.v1.Node.LabelsEntry
+	nil,                             // 85: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 86: berth.v1.Assignments.VolumeSizesEntry
+	(*timestamppb.Timestamp)(nil),   // 87: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	78, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	81, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,  // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,  // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,  // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	84, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	84, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	79, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	87, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	87, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	82, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	7,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	8,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	9,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	12, // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	80, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	83, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
 	4,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	5,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	0,  // 14: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	84, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	84, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	87, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	87, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
 	10, // 17: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
 	11, // 18: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
 	3,  // 19: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	84, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	84, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	84, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	87, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	87, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	87, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
 	14, // 23: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	84, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	84, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	81, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	87, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	87, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	84, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
 	16, // 27: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	84, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	84, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	87, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	87, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
 	16, // 30: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	84, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	84, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	87, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	87, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
 	1,  // 33: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
 	6,  // 34: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
 	20, // 35: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
@@ -5074,14 +5302,14 @@ var file_berth_proto_depIdxs = []int32{
 	15, // 42: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
 	30, // 43: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
 	17, // 44: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	84, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	87, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
 	37, // 46: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
 	18, // 47: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	82, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	85, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
 	16, // 49: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
 	13, // 50: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
 	15, // 51: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	83, // 52: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	86, // 52: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
 	15, // 53: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
 	51, // 54: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
 	7,  // 55: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
@@ -5089,69 +5317,73 @@ var file_berth_proto_depIdxs = []int32{
 	52, // 57: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
 	53, // 58: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
 	17, // 59: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	84, // 60: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	63, // 61: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	6,  // 62: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	67, // 63: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	67, // 64: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	18, // 65: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	19, // 66: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	22, // 67: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	25, // 68: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	27, // 69: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	29, // 70: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	32, // 71: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	34, // 72: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	36, // 73: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	39, // 74: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	54, // 75: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
-	56, // 76: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	58, // 77: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	62, // 78: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	65, // 79: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	66, // 80: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	69, // 81: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	71, // 82: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	73, // 83: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	41, // 84: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	43, // 85: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	45, // 86: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	47, // 87: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	49, // 88: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	60, // 89: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	77, // 90: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	75, // 91: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	21, // 92: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	24, // 93: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	26, // 94: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	28, // 95: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	31, // 96: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	33, // 97: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	35, // 98: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	38, // 99: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	40, // 100: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	55, // 101: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
-	57, // 102: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	59, // 103: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	64, // 104: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	20, // 105: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	68, // 106: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	70, // 107: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	72, // 108: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	74, // 109: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	42, // 110: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	44, // 111: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	46, // 112: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	48, // 113: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	50, // 114: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	61, // 115: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	34, // 116: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	76, // 117: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	92, // [92:118] is the sub-list for method output_type
-	66, // [66:92] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	87, // 60: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	63, // 61: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	87, // 62: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	66, // 63: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	6,  // 64: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	70, // 65: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	70, // 66: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	18, // 67: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	19, // 68: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	22, // 69: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	25, // 70: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	27, // 71: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	29, // 72: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	32, // 73: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	34, // 74: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	36, // 75: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	39, // 76: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	54, // 77: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
+	56, // 78: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	58, // 79: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	62, // 80: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	65, // 81: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	68, // 82: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	69, // 83: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	72, // 84: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	74, // 85: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	76, // 86: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	41, // 87: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	43, // 88: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	45, // 89: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	47, // 90: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	49, // 91: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	60, // 92: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	80, // 93: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	78, // 94: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	21, // 95: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	24, // 96: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	26, // 97: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	28, // 98: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	31, // 99: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	33, // 100: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	35, // 101: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	38, // 102: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	40, // 103: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	55, // 104: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
+	57, // 105: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	59, // 106: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	64, // 107: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	67, // 108: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	20, // 109: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	71, // 110: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	73, // 111: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	75, // 112: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	77, // 113: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	42, // 114: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	44, // 115: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	46, // 116: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	48, // 117: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	50, // 118: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	61, // 119: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	34, // 120: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	79, // 121: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	95, // [95:122] is the sub-list for method output_type
+	68, // [68:95] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -5166,7 +5398,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   84,
+			NumMessages:   87,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -38,6 +38,7 @@ const (
 	Berth_CreateJoinToken_FullMethodName = "/berth.v1.Berth/CreateJoinToken"
 	Berth_CordonNode_FullMethodName      = "/berth.v1.Berth/CordonNode"
 	Berth_DrainNode_FullMethodName       = "/berth.v1.Berth/DrainNode"
+	Berth_ListGateways_FullMethodName    = "/berth.v1.Berth/ListGateways"
 	Berth_ListRevisions_FullMethodName   = "/berth.v1.Berth/ListRevisions"
 	Berth_Undo_FullMethodName            = "/berth.v1.Berth/Undo"
 	Berth_ListVolumes_FullMethodName     = "/berth.v1.Berth/ListVolumes"
@@ -74,6 +75,9 @@ type BerthClient interface {
 	// DrainNode cordons a node and moves its instances elsewhere through the
 	// normal drain path.
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
+	// ListGateways shows every xDS client of this control plane replica and
+	// which discovery version it runs.
+	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
 	// ListRevisions lists a service's kept revisions, oldest first.
 	ListRevisions(ctx context.Context, in *ListRevisionsRequest, opts ...grpc.CallOption) (*ListRevisionsResponse, error)
 	// Undo rolls a service back to an earlier revision (default: the one
@@ -220,6 +224,16 @@ func (c *berthClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts 
 	return out, nil
 }
 
+func (c *berthClient) ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGatewaysResponse)
+	err := c.cc.Invoke(ctx, Berth_ListGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *berthClient) ListRevisions(ctx context.Context, in *ListRevisionsRequest, opts ...grpc.CallOption) (*ListRevisionsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListRevisionsResponse)
@@ -308,6 +322,9 @@ type BerthServer interface {
 	// DrainNode cordons a node and moves its instances elsewhere through the
 	// normal drain path.
 	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
+	// ListGateways shows every xDS client of this control plane replica and
+	// which discovery version it runs.
+	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)
 	// ListRevisions lists a service's kept revisions, oldest first.
 	ListRevisions(context.Context, *ListRevisionsRequest) (*ListRevisionsResponse, error)
 	// Undo rolls a service back to an earlier revision (default: the one
@@ -366,6 +383,9 @@ func (UnimplementedBerthServer) CordonNode(context.Context, *CordonNodeRequest) 
 }
 func (UnimplementedBerthServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedBerthServer) ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListGateways not implemented")
 }
 func (UnimplementedBerthServer) ListRevisions(context.Context, *ListRevisionsRequest) (*ListRevisionsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRevisions not implemented")
@@ -611,6 +631,24 @@ func _Berth_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_ListGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ListGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ListGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ListGateways(ctx, req.(*ListGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Berth_ListRevisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListRevisionsRequest)
 	if err := dec(in); err != nil {
@@ -769,6 +807,10 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _Berth_DrainNode_Handler,
+		},
+		{
+			MethodName: "ListGateways",
+			Handler:    _Berth_ListGateways_Handler,
 		},
 		{
 			MethodName: "ListRevisions",

@@ -212,10 +212,10 @@ func age(t *timestamppb.Timestamp) string {
 func newGetCmd(g *globalOptions) *cobra.Command {
 	var output, namespace string
 	cmd := &cobra.Command{
-		Use:       "get services|instances|nodes|images|volumes",
+		Use:       "get services|instances|nodes|images|volumes|gateways",
 		Short:     "List objects",
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"services", "instances", "nodes", "images", "volumes"},
+		ValidArgs: []string{"services", "instances", "nodes", "images", "volumes", "gateways"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cli, done, err := g.client()
 			if err != nil {
@@ -306,6 +306,30 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 				for _, im := range resp.Images {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", im.Reference, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
 				}
+			case "gateways", "gateway", "gw":
+				resp, err := cli.ListGateways(ctx, &pb.ListGatewaysRequest{})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msgs := make([]proto.Message, len(resp.Gateways))
+				for i, s := range resp.Gateways {
+					msgs[i] = s
+				}
+				if ok, err := p.structured(msgs); ok {
+					return err
+				}
+				fmt.Fprintln(tw, "NAME\tADDRESS\tVERSION\tSTATE\tLAG\tPROTOCOL\tCONNECTED\tLAST-NACK")
+				for _, gw := range resp.Gateways {
+					proto := "sotw"
+					if gw.Delta {
+						proto = "delta"
+					}
+					if gw.Proxyless {
+						proto += ",proxyless-grpc"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, gw.Address, gw.Version, resp.PublishedVersion,
+						gw.State, gw.LagMs, proto, age(gw.ConnectedAt), short(gw.LastNack, 80))
+				}
 			case "volumes", "volume", "vol":
 				resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
 				if err != nil {
@@ -320,7 +344,7 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 				}
 				printVolumes(tw, resp.Volumes)
 			default:
-				return fmt.Errorf("get: unknown kind %q: use services, instances, nodes, images or volumes", args[0])
+				return fmt.Errorf("get: unknown kind %q: use services, instances, nodes, images, volumes or gateways", args[0])
 			}
 			return nil
 		},

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/discovery"
@@ -26,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // serverFlags are shared by `berth server` and `berth dev`.
@@ -108,6 +110,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
 	cfg.RequireJoinToken, cfg.NodeTimeout, cfg.LostGrace, cfg.Name = f.requireToken, f.nodeTimeout, f.lostGrace, f.name
 	cfg.HeartbeatInterval = f.nodeTimeout / 4
+	cfg.Gateways = func() *pb.ListGatewaysResponse { return gatewaysOf(xsrv) }
 	c.cp, err = controlplane.New(ctx, cfg, xsrv, sinks...)
 	if err != nil {
 		return nil, err
@@ -253,6 +256,7 @@ func preflight(ctx context.Context, f *agentFlags) error {
 func newDevCmd(g *globalOptions) *cobra.Command {
 	sf := &serverFlags{}
 	af := &agentFlags{}
+	gf := &gatewayFlags{}
 	var gatewayAddr string
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -280,6 +284,13 @@ the same services back.`,
 			cp.run(ctx, grp)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = gatewayAddr, cp.xds.Addr(), "gateway-"+af.name, logger, reg
+			accessLog, err := gf.apply(&gcfg)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			defer accessLog.Close()
 			gw, err := gateway.New(gcfg)
 			if err != nil {
 				grp.cancel()
@@ -358,6 +369,7 @@ the same services back.`,
 	sf.register(cmd, "/var/lib/berth/dev", "127.0.0.1:7402")
 	af.register(cmd, "")
 	cmd.Flags().StringVar(&gatewayAddr, "gateway-addr", "127.0.0.1:8080", "gateway HTTP address")
+	gf.register(cmd)
 	cmd.PreRun = func(cmd *cobra.Command, args []string) {
 		if af.stateDir == "" {
 			af.stateDir = filepath.Join(sf.dataDir, "node")
@@ -453,6 +465,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 
 func newGatewayCmd(g *globalOptions) *cobra.Command {
 	var listen, xdsAddr, nodeID, metricsAddr string
+	gf := &gatewayFlags{}
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run a gateway: an HTTP proxy configured over xDS by the control plane",
@@ -463,6 +476,11 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 			grp := newGroup(ctx)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = listen, xdsAddr, nodeID, logger, reg
+			accessLog, err := gf.apply(&gcfg)
+			if err != nil {
+				return err
+			}
+			defer accessLog.Close()
 			gw, err := gateway.New(gcfg)
 			if err != nil {
 				return err
@@ -478,9 +496,56 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	host, _ := os.Hostname()
+	cmd.AddCommand(newEnvoyBootstrapCmd())
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
 	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7404", "Prometheus /metrics address; empty disables")
+	gf.register(cmd)
+	return cmd
+}
+
+// gatewaysOf converts the xDS server's view of its clients for the API.
+func gatewaysOf(x *xds.Server) *pb.ListGatewaysResponse {
+	out := &pb.ListGatewaysResponse{PublishedVersion: x.Version()}
+	for _, g := range x.Gateways() {
+		gw := &pb.Gateway{NodeId: g.NodeID, Address: g.Address, Version: g.Version, State: g.State,
+			LagMs: g.Lag.Milliseconds(), Delta: g.Delta, Proxyless: g.Proxyless, Published: x.Version()}
+		if !g.ConnectedAt.IsZero() {
+			gw.ConnectedAt = timestamppb.New(g.ConnectedAt)
+		}
+		if g.LastNack != nil {
+			gw.LastNack = fmt.Sprintf("%s version %s: %s", g.LastNack.TypeURL, g.LastNack.Version, g.LastNack.Error)
+		}
+		out.Gateways = append(out.Gateways, gw)
+	}
+	return out
+}
+
+func newEnvoyBootstrapCmd() *cobra.Command {
+	var xdsAddr, nodeID string
+	var adminPort uint32
+	var sotw bool
+	cmd := &cobra.Command{
+		Use:   "envoy-bootstrap",
+		Short: "Print an Envoy bootstrap (ADS over gRPC to Berth) for running real Envoy as a gateway",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := []xds.BootstrapOption{xds.WithAdminPort(adminPort)}
+			if sotw {
+				opts = append(opts, xds.WithStateOfTheWorld())
+			}
+			b, err := xds.EnvoyBootstrap(xdsAddr, nodeID, opts...)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(append(b, '\n'))
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
+	cmd.Flags().StringVar(&nodeID, "node-id", "envoy", "the Envoy's xDS node id")
+	cmd.Flags().Uint32Var(&adminPort, "admin-port", 9901, "Envoy admin port (on 127.0.0.1)")
+	cmd.Flags().BoolVar(&sotw, "sotw", false, "state-of-the-world ADS instead of delta")
 	return cmd
 }

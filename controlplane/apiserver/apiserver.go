@@ -43,7 +43,9 @@ type Config struct {
 	NodeTimeout time.Duration
 	// RequireJoinToken makes every NodeAgent call present a join token.
 	RequireJoinToken bool
-	Logger           *slog.Logger
+	// Gateways reports the xDS clients (nil: none known).
+	Gateways func() *pb.ListGatewaysResponse
+	Logger   *slog.Logger
 }
 
 // Server implements pb.BerthServer and pb.NodeAgentServer.
@@ -230,11 +232,13 @@ func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb
 	if req.Name == "" {
 		return nil, status.Error(codes.InvalidArgument, "get service: name is required")
 	}
-	v := s.cache.View()
-	svc := v.Service(ns, req.Name)
-	if svc == nil {
-		return nil, status.Errorf(codes.NotFound, "service %s/%s not found", ns, req.Name)
+	// The service itself is read from etcd, so a describe right after an
+	// apply shows what was applied; instances come from the cache.
+	svc, err := s.store.GetService(ctx, ns, req.Name)
+	if err != nil {
+		return nil, storeErr(err)
 	}
+	v := s.cache.View()
 	out := &pb.ServiceDetail{Service: pb.FromService(svc), Instances: s.instanceViews(v, ns, req.Name)}
 	fqdn := fmt.Sprintf("%s.%s.svc.%s", req.Name, ns, api.ClusterDomain)
 	out.DnsNames = []string{fqdn, req.Name + "." + ns, req.Name + " (from namespace " + ns + ")"}
@@ -508,4 +512,12 @@ func (s *Server) WatchDiscovery(req *pb.WatchDiscoveryRequest, stream pb.NodeAge
 		}
 		sent = snap.Version
 	}
+}
+
+// ListGateways reports the gateways connected to this replica's xDS server.
+func (s *Server) ListGateways(ctx context.Context, req *pb.ListGatewaysRequest) (*pb.ListGatewaysResponse, error) {
+	if s.cfg.Gateways == nil {
+		return &pb.ListGatewaysResponse{}, nil
+	}
+	return s.cfg.Gateways(), nil
 }

@@ -1,0 +1,315 @@
+// Command xdsbench measures how fast one endpoint change reaches a fleet of
+// gateways: N simulated gateways (real gRPC ADS streams, delta or state of
+// the world, each ACKing every response) subscribe to every resource of a
+// snapshot of S services x E endpoints; the benchmark publishes C snapshots
+// that each move one endpoint and times Update -> every gateway ACKed
+// (WaitForAck), and the control plane's CPU time per change.
+//
+// The gateways run in a child process (this binary with -role gateways) so
+// that the CPU figure is the control plane's alone. Everything listens on
+// 127.0.0.1 only. It stops by itself (-timeout).
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/berth-dev/berth/discovery"
+	"github.com/berth-dev/berth/xds"
+)
+
+func main() {
+	role := flag.String("role", "bench", "bench, or gateways (the child process)")
+	addr := flag.String("addr", "", "xDS server address (gateways role)")
+	gateways := flag.Int("gateways", 100, "simulated gateways")
+	services := flag.Int("services", 1000, "services in the snapshot")
+	endpoints := flag.Int("endpoints", 10000, "endpoints in the snapshot, spread evenly over the services")
+	changes := flag.Int("changes", 100, "endpoint changes to time")
+	protocol := flag.String("protocol", "delta", "delta or sotw")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	cpuProfile := flag.String("cpuprofile", "", "write the control plane's CPU profile of the timed changes here")
+	flag.Parse()
+	profilePath = *cpuProfile
+
+	var err error
+	switch *role {
+	case "gateways":
+		err = runGateways(*addr, *gateways, *protocol)
+	default:
+		err = runBench(*gateways, *services, *endpoints, *changes, *protocol, *timeout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench:", err)
+		os.Exit(1)
+	}
+}
+
+var profilePath string
+
+func buildSnapshot(version uint64, services, endpoints int) *discovery.Snapshot {
+	snap := &discovery.Snapshot{Version: version, Services: make([]discovery.Service, services)}
+	per := endpoints / services
+	for i := range snap.Services {
+		name := fmt.Sprintf("svc-%04d", i)
+		eps := make([]discovery.Endpoint, per)
+		for j := range eps {
+			eps[j] = discovery.Endpoint{
+				Instance: fmt.Sprintf("%s-1-%02d", name, j),
+				Node:     fmt.Sprintf("node-%d", j%10),
+				IP:       fmt.Sprintf("10.%d.%d.%d", 100+i/250, i%250, j+1),
+				Ready:    true,
+			}
+		}
+		snap.Services[i] = discovery.Service{
+			Namespace: "bench", Name: name,
+			Ports:     []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+			Route:     &discovery.Route{Hosts: []string{name + ".example.test"}, Paths: []string{"/"}},
+			Revisions: []discovery.Revision{{Number: 1, Weight: 100, Endpoints: eps}},
+		}
+	}
+	return snap
+}
+
+// moveEndpoint returns a copy of snap at version with one endpoint of
+// service i given a new address; everything else is shared.
+func moveEndpoint(snap *discovery.Snapshot, version uint64, i, n int) *discovery.Snapshot {
+	next := &discovery.Snapshot{Version: version, Services: slices.Clone(snap.Services)}
+	svc := &next.Services[i]
+	rev := svc.Revisions[0]
+	rev.Endpoints = slices.Clone(rev.Endpoints)
+	rev.Endpoints[0].IP = fmt.Sprintf("10.200.%d.%d", (n/250)%250, n%250+1)
+	svc.Revisions = []discovery.Revision{rev}
+	return next
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func runBench(gateways, services, endpoints, changes int, protocol string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+
+	srv, err := xds.New(xds.DefaultConfig()) // 127.0.0.1:0
+	if err != nil {
+		return err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	runDone := make(chan error, 1)
+	go func() { runDone <- srv.Run(runCtx) }()
+	defer func() { stop(); <-runDone }()
+
+	snap := buildSnapshot(1, services, endpoints)
+	start := time.Now()
+	if err := srv.Update(snap); err != nil {
+		return err
+	}
+	fmt.Printf("xds bench: %d %s gateways, %d services, %d endpoints; first translate+publish %v\n",
+		gateways, protocol, services, endpoints, time.Since(start).Round(time.Microsecond))
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.CommandContext(ctx, self, "-role", "gateways", "-addr", srv.Addr(),
+		"-gateways", fmt.Sprint(gateways), "-protocol", protocol)
+	child.Stderr = os.Stderr
+	out, err := child.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := child.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		child.Process.Signal(syscall.SIGTERM)
+		child.Wait()
+	}()
+	childOut := bufio.NewReader(out)
+
+	// Every gateway connected and ACKed version 1.
+	start = time.Now()
+	for len(srv.Gateways()) < gateways {
+		if ctx.Err() != nil {
+			return fmt.Errorf("only %d of %d gateways connected", len(srv.Gateways()), gateways)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := srv.WaitForAck(ctx, 1); err != nil {
+		return err
+	}
+	fmt.Printf("initial sync of %d gateways: %v\n", gateways, time.Since(start).Round(time.Millisecond))
+
+	runtime.GC()
+	if profilePath != "" {
+		f, err := os.Create(profilePath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	lat := make([]time.Duration, 0, changes)
+	pub := make([]time.Duration, 0, changes)
+	cpu0, wall0 := cpuTime(), time.Now()
+	for n := range changes {
+		version := uint64(n + 2)
+		next := moveEndpoint(snap, version, (n*7919)%services, n)
+		t0 := time.Now()
+		if err := srv.Update(next); err != nil {
+			return err
+		}
+		t1 := time.Now()
+		if err := srv.WaitForAck(ctx, version); err != nil {
+			return err
+		}
+		lat = append(lat, time.Since(t0))
+		pub = append(pub, t1.Sub(t0))
+		snap = next
+	}
+	cpu, wall := cpuTime()-cpu0, time.Since(wall0)
+
+	// The child reports its own CPU time when asked.
+	child.Process.Signal(syscall.SIGUSR1)
+	line, _ := childOut.ReadString('\n')
+
+	slices.Sort(lat)
+	slices.Sort(pub)
+	q := func(d []time.Duration, p float64) time.Duration { return d[min(len(d)-1, int(p*float64(len(d))))] }
+	fmt.Printf("change -> all %d ACKs over %d changes: p50 %v  p99 %v  max %v\n", gateways, changes,
+		q(lat, 0.50).Round(time.Microsecond), q(lat, 0.99).Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
+	fmt.Printf("Update (incremental translate + publish): p50 %v  p99 %v\n", q(pub, 0.50).Round(time.Microsecond), q(pub, 0.99).Round(time.Microsecond))
+	fmt.Printf("control-plane CPU per change: %v (%.0f%% of one core over %v)\n",
+		(cpu / time.Duration(changes)).Round(time.Microsecond), 100*cpu.Seconds()/wall.Seconds(), wall.Round(time.Millisecond))
+	if line != "" {
+		fmt.Printf("gateways' process: %s", line)
+	}
+	goal := "met"
+	if q(lat, 0.99) >= 50*time.Millisecond {
+		goal = "NOT met"
+	}
+	fmt.Printf("goal p99 < 50ms: %s\n", goal)
+	return nil
+}
+
+// runGateways opens n ADS streams that subscribe to everything and ACK
+// every response, until SIGTERM. On SIGUSR1 it prints its CPU time and the
+// responses and resources received since the previous SIGUSR1.
+func runGateways(addr string, n int, protocol string) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var responses, resources int
+	count := func(res int) { mu.Lock(); responses++; resources += res; mu.Unlock() }
+	types := xds.TypeURLs
+	errc := make(chan error, n)
+	for i := range n {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		client := discoverypb.NewAggregatedDiscoveryServiceClient(conn)
+		node := &core.Node{Id: fmt.Sprintf("bench-gw-%03d", i), UserAgentName: "xdsbench"}
+		go func() {
+			var err error
+			if protocol == "sotw" {
+				err = sotwGateway(ctx, client, node, types, count)
+			} else {
+				err = deltaGateway(ctx, client, node, types, count)
+			}
+			if err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		}()
+	}
+	sig := make(chan os.Signal, 2)
+	signalNotify(sig)
+	cpu0 := cpuTime()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case s := <-sig:
+			if s == syscall.SIGTERM {
+				return nil
+			}
+			mu.Lock()
+			fmt.Printf("CPU %v; %d responses, %d resources received\n", (cpuTime() - cpu0).Round(time.Millisecond), responses, resources)
+			mu.Unlock()
+		}
+	}
+}
+
+func deltaGateway(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient, node *core.Node, types []string, count func(int)) error {
+	stream, err := c.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range types {
+		if err := stream.Send(&discoverypb.DeltaDiscoveryRequest{Node: node, TypeUrl: t}); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return ignoreEOF(err)
+		}
+		count(len(resp.Resources))
+		if err := stream.Send(&discoverypb.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}); err != nil {
+			return err
+		}
+	}
+}
+
+func sotwGateway(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient, node *core.Node, types []string, count func(int)) error {
+	stream, err := c.StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range types {
+		if err := stream.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: t}); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return ignoreEOF(err)
+		}
+		count(len(resp.Resources))
+		if err := stream.Send(&discoverypb.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+			return err
+		}
+	}
+}
+
+func ignoreEOF(err error) error {
+	if err == io.EOF || strings.Contains(err.Error(), "context canceled") {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/berth-dev/berth/gateway"
+	"github.com/spf13/cobra"
+)
+
+// gatewayFlags are the data-plane settings shared by `berth gateway` and
+// `berth dev`.
+type gatewayFlags struct {
+	tlsListen      string
+	certs          []string
+	maxConnections int
+	maxHeaderBytes int
+	accessLog      string
+}
+
+func (f *gatewayFlags) register(cmd *cobra.Command) {
+	def := gateway.DefaultConfig()
+	cmd.Flags().StringVar(&f.tlsListen, "tls-listen", "", "HTTPS address (ALPN h2 and http/1.1), certificates chosen by SNI from --cert")
+	cmd.Flags().StringArrayVar(&f.certs, "cert", nil, "a certificate for the HTTPS listener: hosts=a.test,*.b.test,cert=FILE,key=FILE (repeatable)")
+	cmd.Flags().IntVar(&f.maxConnections, "max-connections", def.MaxConnections, "most client connections at once (0: no limit)")
+	cmd.Flags().IntVar(&f.maxHeaderBytes, "max-header-bytes", def.MaxHeaderBytes, "largest request head accepted (431 above)")
+	cmd.Flags().StringVar(&f.accessLog, "access-log", "", "JSON access log: a file path, or - for standard error")
+}
+
+// apply fills cfg; the returned closer closes the access log file.
+func (f *gatewayFlags) apply(cfg *gateway.Config) (io.Closer, error) {
+	cfg.TLSListenAddr, cfg.MaxConnections, cfg.MaxHeaderBytes = f.tlsListen, f.maxConnections, f.maxHeaderBytes
+	for _, spec := range f.certs {
+		c, err := parseCert(spec)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = append(cfg.Certificates, c)
+	}
+	if f.tlsListen != "" && len(cfg.Certificates) == 0 {
+		return nil, fmt.Errorf("--tls-listen needs at least one --cert")
+	}
+	switch f.accessLog {
+	case "":
+		return io.NopCloser(nil), nil
+	case "-":
+		cfg.AccessLog = os.Stderr
+		return io.NopCloser(nil), nil
+	default:
+		file, err := os.OpenFile(f.accessLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("--access-log: %w", err)
+		}
+		cfg.AccessLog = file
+		return file, nil
+	}
+}
+
+// parseCert reads "hosts=a,b,cert=FILE,key=FILE".
+func parseCert(spec string) (gateway.Certificate, error) {
+	var c gateway.Certificate
+	var key string
+	for _, part := range strings.Split(spec, ",") {
+		k, v, ok := strings.Cut(part, "=")
+		switch {
+		case ok && k == "hosts":
+			c.Hosts = append(c.Hosts, v)
+			key = "hosts"
+		case ok && k == "cert":
+			c.CertFile, key = v, "cert"
+		case ok && k == "key":
+			c.KeyFile, key = v, "key"
+		case !ok && key == "hosts" && part != "":
+			c.Hosts = append(c.Hosts, part)
+		default:
+			return c, fmt.Errorf("--cert %q: want hosts=a.test,*.b.test,cert=FILE,key=FILE", spec)
+		}
+	}
+	if c.CertFile == "" || c.KeyFile == "" {
+		return c, fmt.Errorf("--cert %q: cert= and key= are required", spec)
+	}
+	return c, nil
+}

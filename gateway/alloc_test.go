@@ -1,0 +1,93 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"strconv"
+	"testing"
+)
+
+// rawUpstream answers every request head with a fixed response, without
+// allocating per request.
+func rawUpstream(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					for {
+						line, err := br.ReadSlice('\n')
+						if err != nil {
+							return
+						}
+						if len(line) <= 2 {
+							break
+						}
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// TestFastPathDoesNotAllocate sends keep-alive requests through the fast
+// path and counts allocations in the whole process (client, gateway and
+// upstream); the client and upstream here allocate nothing per request.
+func TestFastPathDoesNotAllocate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation count")
+	}
+	g := testGateway(t, func(c *Config) { c.LoadReporting = false })
+	install(g, nil, rawUpstream(t))
+	c, err := net.Dial("tcp", g.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req := []byte("GET /x HTTP/1.1\r\nHost: a.test\r\nUser-Agent: alloc-test\r\n\r\n")
+	roundTrip := func() {
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		n := -1
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(line) <= 2 {
+				break
+			}
+			if v, ok := bytes.CutPrefix(line, []byte("Content-Length: ")); ok {
+				n, _ = strconv.Atoi(string(bytes.TrimSpace(v)))
+			}
+		}
+		if _, err := br.Discard(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 100; i++ { // warm pools and connections
+		roundTrip()
+	}
+	if avg := testing.AllocsPerRun(2000, roundTrip); avg > 0.05 {
+		t.Errorf("%.2f allocations per proxied request, want none", avg)
+	}
+}
