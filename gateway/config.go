@@ -514,6 +514,15 @@ func compileRetryPolicy(rp *route.RetryPolicy) (*retryPolicy, error) {
 	if t := rp.GetPerTryTimeout(); t != nil {
 		p.perTryTimeout = t.AsDuration()
 	}
+	// retriable_request_headers: only exact ":method" matches (what Berth's
+	// translator sends to keep retries to idempotent methods).
+	for _, h := range rp.GetRetriableRequestHeaders() {
+		exact := h.GetStringMatch().GetExact()
+		if h.GetName() != ":method" || exact == "" || h.GetInvertMatch() || h.GetStringMatch().GetIgnoreCase() {
+			return nil, fmt.Errorf("retriable_request_headers: only exact :method matches are supported, got %q", h.GetName())
+		}
+		p.methods = append(p.methods, exact)
+	}
 	for on := range strings.SplitSeq(rp.GetRetryOn(), ",") {
 		switch on = strings.TrimSpace(on); on {
 		case "5xx":
@@ -537,8 +546,8 @@ func compileRetryPolicy(rp *route.RetryPolicy) (*retryPolicy, error) {
 	switch {
 	case rp.GetRetryPriority() != nil, len(rp.GetRetryHostPredicate()) > 0, len(rp.GetRetryOptionsPredicates()) > 0:
 		return nil, errors.New("retry priority, host and options predicates are not supported")
-	case len(rp.GetRetriableHeaders()) > 0, len(rp.GetRetriableRequestHeaders()) > 0, rp.GetRateLimitedRetryBackOff() != nil:
-		return nil, errors.New("retriable headers and rate-limited back-off are not supported")
+	case len(rp.GetRetriableHeaders()) > 0, rp.GetRateLimitedRetryBackOff() != nil:
+		return nil, errors.New("retriable response headers and rate-limited back-off are not supported")
 	case rp.GetPerTryIdleTimeout() != nil:
 		return nil, errors.New("per_try_idle_timeout is not supported")
 	}

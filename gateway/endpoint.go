@@ -266,6 +266,36 @@ type retryPolicy struct {
 	statuses      []int
 	backoffBase   time.Duration
 	backoffMax    time.Duration
+	// methods, from retriable_request_headers (":method" exact matches),
+	// limits every retry to requests with one of these methods; empty
+	// means any.
+	methods []string
+}
+
+// allowsMethodBytes is allowsMethod for the fast path (no allocation).
+func (p *retryPolicy) allowsMethodBytes(m []byte) bool {
+	if p == nil || len(p.methods) == 0 {
+		return true
+	}
+	for _, allowed := range p.methods {
+		if string(m) == allowed {
+			return true
+		}
+	}
+	return false
+}
+
+// allowsMethod says whether a request with method m may be retried at all.
+func (p *retryPolicy) allowsMethod(m string) bool {
+	if p == nil || len(p.methods) == 0 {
+		return true
+	}
+	for _, allowed := range p.methods {
+		if allowed == m {
+			return true
+		}
+	}
+	return false
 }
 
 // retriable says whether an attempt that ended with status (0 for a local

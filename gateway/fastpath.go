@@ -507,7 +507,7 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 			}
 		}
 		budgetLeft := func() bool {
-			return attempt < retries(re.retry) && (deadline.IsZero() || time.Now().Before(deadline)) && c.retries.allows(st)
+			return attempt < retries(re.retry) && re.retry.allowsMethodBytes(r.method) && (deadline.IsZero() || time.Now().Before(deadline)) && c.retries.allows(st)
 		}
 		// A response with a retriable status is dropped (and retried)
 		// only when a retry is sure to be allowed.

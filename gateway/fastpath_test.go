@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
 
 // testGateway runs a gateway whose table the test installs by hand; its
@@ -606,5 +609,28 @@ func TestDrainingEndpointFinishesInFlight(t *testing.T) {
 	once.Do(func() { close(release) })
 	if body := <-got; body != "old" {
 		t.Fatalf("in-flight request on the draining endpoint: %q", body)
+	}
+}
+
+// The translator's retry policy limits retries to idempotent methods with
+// retriable_request_headers on :method; the gateway honours it, so a POST
+// to a closed port is not retried even though connect failures would be.
+func TestRetryPolicyMethodsFromTranslator(t *testing.T) {
+	rp := &routev3.RetryPolicy{RetryOn: "connect-failure,refused-stream,retriable-status-codes", RetriableStatusCodes: []uint32{503}}
+	for _, m := range []string{"GET", "HEAD"} {
+		rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{Name: ":method",
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m}}}})
+	}
+	p, err := compileRetryPolicy(rp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.allowsMethod("GET") || p.allowsMethod("POST") || !p.allowsMethodBytes([]byte("HEAD")) || p.allowsMethodBytes([]byte("PUT")) {
+		t.Fatalf("methods = %v", p.methods)
+	}
+	rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{Name: "x-other",
+		HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}})
+	if _, err := compileRetryPolicy(rp); err == nil {
+		t.Fatal("a non-:method retriable request header was accepted")
 	}
 }

@@ -409,7 +409,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var err error
 	for attempt := 0; ; attempt++ {
 		ep = c.pickEndpoint(avoid)
-		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && c.retries.allows(st) && ctx.Err() == nil
+		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && re.retry.allowsMethod(r.Method) && c.retries.allows(st) && ctx.Err() == nil
 		ep.active.Add(1)
 		var retry bool
 		status, retry, err = g.fwd.forward(w, r.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {

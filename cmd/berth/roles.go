@@ -85,6 +85,9 @@ type controlPlane struct {
 func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registerer, logger *slog.Logger) (*controlPlane, error) {
 	xcfg := xds.DefaultConfig()
 	xcfg.Addr, xcfg.Logger, xcfg.Registerer = f.xdsAddr, logger, reg
+	// Gateways retry idempotent requests on connect failure, a refused
+	// stream or a 503, twice at most, within the clusters' retry budget.
+	xcfg.Translate.Retries = 2
 	xsrv, err := xds.New(xcfg)
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
