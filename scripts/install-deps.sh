@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on Debian 12 (as root), only what is missing:
-# containerd, runc, the CNI plugins, iproute2, iptables and curl (the demo
-# uses it). Idempotent.
+# containerd, runc, the CNI plugins, iproute2, iptables, curl (the demo),
+# e2fsprogs and util-linux (volumes, tests). Idempotent.
 set -euo pipefail
 
 need=()
@@ -11,6 +11,8 @@ command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)   # sized volumes
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)     # multi-node tests
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
