@@ -75,6 +75,84 @@ type ServiceSpec struct {
 	// VolumeTemplates give each replica a volume of its own: replica i
 	// mounts "<name>-<i>", the same one after every restart or rollout.
 	VolumeTemplates []VolumeTemplate `json:"volumeTemplates,omitempty"`
+	// Rollout says how a new revision replaces the old one. It steers
+	// traffic and is not part of the template.
+	Rollout *RolloutSpec `json:"rollout,omitempty"`
+}
+
+// Rollout strategies.
+const (
+	StrategyRolling = "rolling"
+	StrategyCanary  = "canary"
+)
+
+// RolloutSpec configures how new revisions go out.
+type RolloutSpec struct {
+	// Strategy is "rolling" (default: the new revision's replicas start
+	// beside the old ones, which drain once all new ones are ready) or
+	// "canary" (traffic moves to the new revision by weight, in steps).
+	Strategy string `json:"strategy,omitempty"`
+	// Steps of a canary: the weight (percent of traffic) the new revision
+	// gets, and how long to hold it. Pause "promote" waits for `berth
+	// rollout promote`; no pause moves on once the weight is in effect.
+	Steps []CanaryStep `json:"steps,omitempty"`
+	// Analysis decides, at the end of each step, whether the canary is
+	// healthy; a failure rolls back at once.
+	Analysis *Analysis `json:"analysis,omitempty"`
+}
+
+// CanaryStep is one step of a canary.
+type CanaryStep struct {
+	Weight uint32 `json:"weight"`
+	Pause  string `json:"pause,omitempty"` // a duration, or "promote"
+}
+
+// PauseUntilPromoted is the CanaryStep.Pause that waits for promote.
+const PauseUntilPromoted = "promote"
+
+// Analysis compares the canary's error rate (5xx and upstream failures,
+// from the gateways' load reports) with a threshold.
+type Analysis struct {
+	// MaxErrorRate is the highest acceptable share of failed requests
+	// (0.05 = 5%).
+	MaxErrorRate float64 `json:"maxErrorRate,omitempty"`
+	// MinRequests below which a step is not judged: no traffic means wait,
+	// not pass.
+	MinRequests int64 `json:"minRequests,omitempty"`
+}
+
+// Rollout phases.
+const (
+	RolloutProgressing = "Progressing"
+	RolloutPaused      = "Paused"
+	RolloutSucceeded   = "Succeeded"
+	RolloutRolledBack  = "RolledBack"
+	RolloutAborted     = "Aborted"
+)
+
+// Rollout is the state of a service's canary, kept in etcd so a control
+// plane restarted mid-rollout resumes at the same step.
+type Rollout struct {
+	Namespace string `json:"namespace"`
+	Service   string `json:"service"`
+	// Revision is the canary; Stable the revision it replaces.
+	Revision int64  `json:"revision"`
+	Stable   int64  `json:"stable"`
+	Phase    string `json:"phase"`
+	// Step indexes spec.rollout.steps; Weight is the canary's share now.
+	Step          int       `json:"step"`
+	Weight        uint32    `json:"weight"`
+	StepStartedAt time.Time `json:"stepStartedAt,omitzero"`
+	// Promote asks to leave a "promote" pause (or, with Full, to finish).
+	Promote     bool      `json:"promote,omitempty"`
+	PromoteFull bool      `json:"promoteFull,omitempty"`
+	Message     string    `json:"message,omitempty"`
+	UpdatedAt   time.Time `json:"updatedAt,omitzero"`
+}
+
+// Active reports whether the rollout still splits traffic.
+func (r *Rollout) Active() bool {
+	return r != nil && (r.Phase == RolloutProgressing || r.Phase == RolloutPaused)
 }
 
 // VolumeMount mounts a volume into the container.
@@ -167,6 +245,7 @@ func (s ServiceSpec) Template() ServiceSpec {
 	t := s
 	t.Replicas = nil
 	t.Route = nil
+	t.Rollout = nil
 	return t
 }
 

@@ -57,7 +57,9 @@ type Config struct {
 	// ElectionTTL bounds how long a dead leader keeps the lead.
 	ElectionTTL time.Duration
 	// Gateways reports this replica's xDS clients for `berth get gateways`.
-	Gateways   func() *pb.ListGatewaysResponse
+	Gateways func() *pb.ListGatewaysResponse
+	// Loads feeds canary analysis from the gateways' load reports.
+	Loads      controller.LoadReader
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -125,6 +127,7 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 	if cfg.LostGrace > 0 {
 		ccfg.LostGrace = cfg.LostGrace
 	}
+	ccfg.Loads = cfg.Loads
 	s.ctrl = controller.New(ccfg, s.store, s.cache, acks)
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	s.api, err = apiserver.New(apiserver.Config{
@@ -135,6 +138,7 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 		NodeTimeout:       cfg.NodeTimeout,
 		RequireJoinToken:  cfg.RequireJoinToken,
 		Gateways:          cfg.Gateways,
+		Loads:             cfg.Loads,
 		Logger:            cfg.Logger,
 	}, s.store, s.cache, s.publisher)
 	if err != nil {

@@ -16,6 +16,9 @@ type State struct {
 	// NotReadyNodes are nodes whose endpoints must not receive traffic
 	// (heartbeat lapsed). Nil means all nodes are fine.
 	NotReadyNodes map[string]bool
+	// Rollouts by service "<ns>/<name>": an active one splits traffic
+	// between its canary and stable revisions by its weight.
+	Rollouts map[string]api.Rollout
 }
 
 // Build turns services x instances x statuses into a snapshot. It is a
@@ -77,7 +80,11 @@ func Build(st State) *Snapshot {
 			out.Revisions = append(out.Revisions, *rev)
 		}
 		sort.Slice(out.Revisions, func(a, b int) bool { return out.Revisions[a].Number < out.Revisions[b].Number })
-		assignWeights(out.Revisions, svc.Status.Revision)
+		if ro, ok := st.Rollouts[svc.Key()]; ok && ro.Active() && ro.Revision == svc.Status.Revision {
+			canaryWeights(out.Revisions, ro)
+		} else {
+			assignWeights(out.Revisions, svc.Status.Revision)
+		}
 		snap.Services = append(snap.Services, out)
 	}
 	sort.Slice(snap.Services, func(a, b int) bool {
@@ -88,6 +95,31 @@ func Build(st State) *Snapshot {
 		return x.Name < y.Name
 	})
 	return snap
+}
+
+// canaryWeights gives the canary its weight and the stable revision the
+// rest; a side without ready endpoints passes its share to the other.
+func canaryWeights(revs []Revision, ro api.Rollout) {
+	var canary, stable *Revision
+	for i := range revs {
+		switch revs[i].Number {
+		case ro.Revision:
+			canary = &revs[i]
+		case ro.Stable:
+			stable = &revs[i]
+		}
+	}
+	switch {
+	case canary == nil || stable == nil:
+		assignWeights(revs, ro.Revision)
+	case !hasReady(canary) && hasReady(stable):
+		stable.Weight = 100
+	case hasReady(canary) && !hasReady(stable):
+		canary.Weight = 100
+	default:
+		canary.Weight = min(ro.Weight, 100)
+		stable.Weight = 100 - canary.Weight
+	}
 }
 
 func hasReady(r *Revision) bool {

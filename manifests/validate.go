@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/berth-dev/berth/api"
@@ -123,6 +124,48 @@ func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
 		}
 	}
 	validateVolumeMounts(errs, path, s)
+	if s.Rollout != nil {
+		validateRollout(errs, path+".rollout", s.Rollout)
+	}
+}
+
+func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
+	switch r.Strategy {
+	case "", api.StrategyRolling:
+		if len(r.Steps) > 0 {
+			errs.add(path+".steps", "steps need strategy: canary")
+		}
+	case api.StrategyCanary:
+		if len(r.Steps) == 0 {
+			errs.add(path+".steps", "a canary needs at least one step")
+		}
+	default:
+		errs.add(path+".strategy", "must be %q or %q", api.StrategyRolling, api.StrategyCanary)
+	}
+	prev := uint32(0)
+	for i, st := range r.Steps {
+		p := fmt.Sprintf("%s.steps[%d]", path, i)
+		switch {
+		case st.Weight < 1 || st.Weight > 100:
+			errs.add(p+".weight", "must be between 1 and 100")
+		case st.Weight < prev:
+			errs.add(p+".weight", "must not be below the previous step's (%d)", prev)
+		}
+		prev = st.Weight
+		if st.Pause != "" && st.Pause != api.PauseUntilPromoted {
+			if d, err := time.ParseDuration(st.Pause); err != nil || d < 0 {
+				errs.add(p+".pause", "must be a duration like \"1m\" or %q", api.PauseUntilPromoted)
+			}
+		}
+	}
+	if a := r.Analysis; a != nil {
+		if a.MaxErrorRate < 0 || a.MaxErrorRate > 1 {
+			errs.add(path+".analysis.maxErrorRate", "must be between 0 and 1")
+		}
+		if a.MinRequests < 0 {
+			errs.add(path+".analysis.minRequests", "must not be negative")
+		}
+	}
 }
 
 // validateVolumeMounts checks spec.volumes and spec.volumeTemplates: names,

@@ -225,6 +225,7 @@ type ServiceSpec struct {
 	NodeSelector    map[string]string `protobuf:"bytes,10,rep,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Volumes         []*VolumeMount    `protobuf:"bytes,11,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	VolumeTemplates []*VolumeTemplate `protobuf:"bytes,12,rep,name=volume_templates,json=volumeTemplates,proto3" json:"volume_templates,omitempty"`
+	Rollout         *RolloutSpec      `protobuf:"bytes,13,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -343,6 +344,358 @@ func (x *ServiceSpec) GetVolumeTemplates() []*VolumeTemplate {
 	return nil
 }
 
+func (x *ServiceSpec) GetRollout() *RolloutSpec {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+type RolloutSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Strategy      string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Steps         []*CanaryStep          `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
+	Analysis      *Analysis              `protobuf:"bytes,3,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutSpec) Reset() {
+	*x = RolloutSpec{}
+	mi := &file_berth_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutSpec) ProtoMessage() {}
+
+func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutSpec.ProtoReflect.Descriptor instead.
+func (*RolloutSpec) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RolloutSpec) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetSteps() []*CanaryStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *RolloutSpec) GetAnalysis() *Analysis {
+	if x != nil {
+		return x.Analysis
+	}
+	return nil
+}
+
+type CanaryStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Weight        uint32                 `protobuf:"varint,1,opt,name=weight,proto3" json:"weight,omitempty"`
+	Pause         string                 `protobuf:"bytes,2,opt,name=pause,proto3" json:"pause,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CanaryStep) Reset() {
+	*x = CanaryStep{}
+	mi := &file_berth_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CanaryStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CanaryStep) ProtoMessage() {}
+
+func (x *CanaryStep) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
+func (*CanaryStep) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CanaryStep) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *CanaryStep) GetPause() string {
+	if x != nil {
+		return x.Pause
+	}
+	return ""
+}
+
+type Analysis struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxErrorRate  float64                `protobuf:"fixed64,1,opt,name=max_error_rate,json=maxErrorRate,proto3" json:"max_error_rate,omitempty"`
+	MinRequests   int64                  `protobuf:"varint,2,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Analysis) Reset() {
+	*x = Analysis{}
+	mi := &file_berth_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Analysis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Analysis) ProtoMessage() {}
+
+func (x *Analysis) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
+func (*Analysis) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Analysis) GetMaxErrorRate() float64 {
+	if x != nil {
+		return x.MaxErrorRate
+	}
+	return 0
+}
+
+func (x *Analysis) GetMinRequests() int64 {
+	if x != nil {
+		return x.MinRequests
+	}
+	return 0
+}
+
+type Rollout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Stable        int64                  `protobuf:"varint,4,opt,name=stable,proto3" json:"stable,omitempty"`
+	Phase         string                 `protobuf:"bytes,5,opt,name=phase,proto3" json:"phase,omitempty"`
+	Step          int32                  `protobuf:"varint,6,opt,name=step,proto3" json:"step,omitempty"`
+	Weight        uint32                 `protobuf:"varint,7,opt,name=weight,proto3" json:"weight,omitempty"`
+	StepStartedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=step_started_at,json=stepStartedAt,proto3" json:"step_started_at,omitempty"`
+	Message       string                 `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Filled in by RolloutStatus.
+	Steps          int32  `protobuf:"varint,11,opt,name=steps,proto3" json:"steps,omitempty"`
+	PauseLeft      string `protobuf:"bytes,12,opt,name=pause_left,json=pauseLeft,proto3" json:"pause_left,omitempty"`
+	CanaryRequests int64  `protobuf:"varint,13,opt,name=canary_requests,json=canaryRequests,proto3" json:"canary_requests,omitempty"`
+	CanaryErrors   int64  `protobuf:"varint,14,opt,name=canary_errors,json=canaryErrors,proto3" json:"canary_errors,omitempty"`
+	StableRequests int64  `protobuf:"varint,15,opt,name=stable_requests,json=stableRequests,proto3" json:"stable_requests,omitempty"`
+	StableErrors   int64  `protobuf:"varint,16,opt,name=stable_errors,json=stableErrors,proto3" json:"stable_errors,omitempty"`
+	CanaryReady    int32  `protobuf:"varint,17,opt,name=canary_ready,json=canaryReady,proto3" json:"canary_ready,omitempty"`
+	StableReady    int32  `protobuf:"varint,18,opt,name=stable_ready,json=stableReady,proto3" json:"stable_ready,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_berth_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Rollout) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Rollout) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Rollout) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Rollout) GetStable() int64 {
+	if x != nil {
+		return x.Stable
+	}
+	return 0
+}
+
+func (x *Rollout) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *Rollout) GetStep() int32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *Rollout) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *Rollout) GetStepStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StepStartedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Rollout) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetSteps() int32 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *Rollout) GetPauseLeft() string {
+	if x != nil {
+		return x.PauseLeft
+	}
+	return ""
+}
+
+func (x *Rollout) GetCanaryRequests() int64 {
+	if x != nil {
+		return x.CanaryRequests
+	}
+	return 0
+}
+
+func (x *Rollout) GetCanaryErrors() int64 {
+	if x != nil {
+		return x.CanaryErrors
+	}
+	return 0
+}
+
+func (x *Rollout) GetStableRequests() int64 {
+	if x != nil {
+		return x.StableRequests
+	}
+	return 0
+}
+
+func (x *Rollout) GetStableErrors() int64 {
+	if x != nil {
+		return x.StableErrors
+	}
+	return 0
+}
+
+func (x *Rollout) GetCanaryReady() int32 {
+	if x != nil {
+		return x.CanaryReady
+	}
+	return 0
+}
+
+func (x *Rollout) GetStableReady() int32 {
+	if x != nil {
+		return x.StableReady
+	}
+	return 0
+}
+
 type VolumeMount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -356,7 +709,7 @@ type VolumeMount struct {
 
 func (x *VolumeMount) Reset() {
 	*x = VolumeMount{}
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +721,7 @@ func (x *VolumeMount) String() string {
 func (*VolumeMount) ProtoMessage() {}
 
 func (x *VolumeMount) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +734,7 @@ func (x *VolumeMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
 func (*VolumeMount) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{4}
+	return file_berth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VolumeMount) GetName() string {
@@ -430,7 +783,7 @@ type VolumeTemplate struct {
 
 func (x *VolumeTemplate) Reset() {
 	*x = VolumeTemplate{}
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +795,7 @@ func (x *VolumeTemplate) String() string {
 func (*VolumeTemplate) ProtoMessage() {}
 
 func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +808,7 @@ func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeTemplate.ProtoReflect.Descriptor instead.
 func (*VolumeTemplate) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{5}
+	return file_berth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VolumeTemplate) GetName() string {
@@ -496,7 +849,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +861,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +874,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{6}
+	return file_berth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Volume) GetMetadata() *ObjectMeta {
@@ -591,7 +944,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +956,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +969,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{7}
+	return file_berth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Port) GetName() string {
@@ -650,7 +1003,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +1015,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +1028,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{8}
+	return file_berth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Resources) GetCpu() string {
@@ -705,7 +1058,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +1070,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +1083,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{9}
+	return file_berth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Health) GetHttp() *HTTPProbe {
@@ -771,7 +1124,7 @@ type HTTPProbe struct {
 
 func (x *HTTPProbe) Reset() {
 	*x = HTTPProbe{}
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +1136,7 @@ func (x *HTTPProbe) String() string {
 func (*HTTPProbe) ProtoMessage() {}
 
 func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +1149,7 @@ func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPProbe.ProtoReflect.Descriptor instead.
 func (*HTTPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{10}
+	return file_berth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HTTPProbe) GetPath() string {
@@ -822,7 +1175,7 @@ type TCPProbe struct {
 
 func (x *TCPProbe) Reset() {
 	*x = TCPProbe{}
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +1187,7 @@ func (x *TCPProbe) String() string {
 func (*TCPProbe) ProtoMessage() {}
 
 func (x *TCPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +1200,7 @@ func (x *TCPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPProbe.ProtoReflect.Descriptor instead.
 func (*TCPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{11}
+	return file_berth_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TCPProbe) GetPort() int32 {
@@ -867,7 +1220,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1232,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1245,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{12}
+	return file_berth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Route) GetHosts() []string {
@@ -928,7 +1281,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1293,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1306,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{13}
+	return file_berth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Instance) GetId() string {
@@ -1043,7 +1396,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1408,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1421,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{14}
+	return file_berth_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1104,7 +1457,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1469,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1482,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{15}
+	return file_berth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -1219,7 +1572,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1584,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1597,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{16}
+	return file_berth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Capacity) GetMilliCpu() int64 {
@@ -1285,7 +1638,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1650,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1663,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{17}
+	return file_berth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Node) GetName() string {
@@ -1420,7 +1773,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1785,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1798,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{18}
+	return file_berth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -1502,7 +1855,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1867,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1880,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{19}
+	return file_berth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyRequest) GetServices() []*Service {
@@ -1566,7 +1919,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1931,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1944,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{20}
+	return file_berth_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -1638,7 +1991,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +2003,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +2016,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{21}
+	return file_berth_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyResponse) GetResults() []*ApplyResult {
@@ -1683,7 +2036,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +2048,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +2061,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{22}
+	return file_berth_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -1730,7 +2083,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +2095,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +2108,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{23}
+	return file_berth_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceSummary) GetService() *Service {
@@ -1795,7 +2148,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +2160,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +2173,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{24}
+	return file_berth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -1840,7 +2193,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2205,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2218,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{25}
+	return file_berth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetServiceRequest) GetNamespace() string {
@@ -1897,7 +2250,7 @@ type ServiceDetail struct {
 
 func (x *ServiceDetail) Reset() {
 	*x = ServiceDetail{}
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2262,7 @@ func (x *ServiceDetail) String() string {
 func (*ServiceDetail) ProtoMessage() {}
 
 func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2275,7 @@ func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDetail.ProtoReflect.Descriptor instead.
 func (*ServiceDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{26}
+	return file_berth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ServiceDetail) GetService() *Service {
@@ -1970,7 +2323,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2335,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2348,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{27}
+	return file_berth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteServiceRequest) GetNamespace() string {
@@ -2021,7 +2374,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2386,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2399,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{28}
+	return file_berth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteServiceResponse) GetInstancesDraining() int32 {
@@ -2066,7 +2419,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2431,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2444,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{29}
+	return file_berth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListInstancesRequest) GetNamespace() string {
@@ -2118,7 +2471,7 @@ type InstanceView struct {
 
 func (x *InstanceView) Reset() {
 	*x = InstanceView{}
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2483,7 @@ func (x *InstanceView) String() string {
 func (*InstanceView) ProtoMessage() {}
 
 func (x *InstanceView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2496,7 @@ func (x *InstanceView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceView.ProtoReflect.Descriptor instead.
 func (*InstanceView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{30}
+	return file_berth_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InstanceView) GetInstance() *Instance {
@@ -2169,7 +2522,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2534,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2547,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{31}
+	return file_berth_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*InstanceView {
@@ -2212,7 +2565,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2224,7 +2577,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2237,7 +2590,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{32}
+	return file_berth_proto_rawDescGZIP(), []int{36}
 }
 
 type ListNodesResponse struct {
@@ -2249,7 +2602,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2614,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2627,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{33}
+	return file_berth_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2298,7 +2651,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2663,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2676,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{34}
+	return file_berth_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ImageChunk) GetFileName() string {
@@ -2358,7 +2711,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2723,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2736,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{35}
+	return file_berth_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *LoadImageResponse) GetDigest() string {
@@ -2415,7 +2768,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2780,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2793,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{36}
+	return file_berth_proto_rawDescGZIP(), []int{40}
 }
 
 type Image struct {
@@ -2455,7 +2808,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2467,7 +2820,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2480,7 +2833,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{37}
+	return file_berth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Image) GetReference() string {
@@ -2520,7 +2873,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2885,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2898,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{38}
+	return file_berth_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -2567,7 +2920,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2932,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2945,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{39}
+	return file_berth_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListEventsRequest) GetNamespace() string {
@@ -2625,7 +2978,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2637,7 +2990,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2650,7 +3003,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{40}
+	return file_berth_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -2672,7 +3025,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +3037,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +3050,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{41}
+	return file_berth_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -2741,7 +3094,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2753,7 +3106,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2766,7 +3119,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{42}
+	return file_berth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RegisterResponse) GetPodCidr() string {
@@ -2799,7 +3152,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2811,7 +3164,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2824,7 +3177,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{43}
+	return file_berth_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *HeartbeatRequest) GetName() string {
@@ -2842,7 +3195,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +3207,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +3220,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{44}
+	return file_berth_proto_rawDescGZIP(), []int{48}
 }
 
 type WatchAssignmentsRequest struct {
@@ -2879,7 +3232,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2891,7 +3244,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2904,7 +3257,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{45}
+	return file_berth_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WatchAssignmentsRequest) GetNode() string {
@@ -2934,7 +3287,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2946,7 +3299,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2959,7 +3312,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{46}
+	return file_berth_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Assignments) GetInstances() []*Instance {
@@ -3007,7 +3360,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3019,7 +3372,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3032,7 +3385,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{47}
+	return file_berth_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReportStatusRequest) GetNode() string {
@@ -3057,7 +3410,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3422,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3435,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{48}
+	return file_berth_proto_rawDescGZIP(), []int{52}
 }
 
 type WatchDiscoveryRequest struct {
@@ -3094,7 +3447,7 @@ type WatchDiscoveryRequest struct {
 
 func (x *WatchDiscoveryRequest) Reset() {
 	*x = WatchDiscoveryRequest{}
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3106,7 +3459,7 @@ func (x *WatchDiscoveryRequest) String() string {
 func (*WatchDiscoveryRequest) ProtoMessage() {}
 
 func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3119,7 +3472,7 @@ func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*WatchDiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{49}
+	return file_berth_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WatchDiscoveryRequest) GetNode() string {
@@ -3139,7 +3492,7 @@ type DiscoverySnapshot struct {
 
 func (x *DiscoverySnapshot) Reset() {
 	*x = DiscoverySnapshot{}
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3151,7 +3504,7 @@ func (x *DiscoverySnapshot) String() string {
 func (*DiscoverySnapshot) ProtoMessage() {}
 
 func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3164,7 +3517,7 @@ func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverySnapshot.ProtoReflect.Descriptor instead.
 func (*DiscoverySnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{50}
+	return file_berth_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DiscoverySnapshot) GetVersion() uint64 {
@@ -3194,7 +3547,7 @@ type DiscoveryService struct {
 
 func (x *DiscoveryService) Reset() {
 	*x = DiscoveryService{}
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3559,7 @@ func (x *DiscoveryService) String() string {
 func (*DiscoveryService) ProtoMessage() {}
 
 func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3572,7 @@ func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryService.ProtoReflect.Descriptor instead.
 func (*DiscoveryService) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{51}
+	return file_berth_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DiscoveryService) GetNamespace() string {
@@ -3268,7 +3621,7 @@ type DiscoveryRevision struct {
 
 func (x *DiscoveryRevision) Reset() {
 	*x = DiscoveryRevision{}
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3280,7 +3633,7 @@ func (x *DiscoveryRevision) String() string {
 func (*DiscoveryRevision) ProtoMessage() {}
 
 func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3293,7 +3646,7 @@ func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRevision.ProtoReflect.Descriptor instead.
 func (*DiscoveryRevision) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{52}
+	return file_berth_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DiscoveryRevision) GetNumber() int64 {
@@ -3330,7 +3683,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3342,7 +3695,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3355,7 +3708,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{53}
+	return file_berth_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *Endpoint) GetInstance() string {
@@ -3402,7 +3755,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3767,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3780,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{54}
+	return file_berth_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CreateJoinTokenRequest) GetDescription() string {
@@ -3446,7 +3799,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3458,7 +3811,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3471,7 +3824,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{55}
+	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -3491,7 +3844,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3503,7 +3856,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3516,7 +3869,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{56}
+	return file_berth_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -3541,7 +3894,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3906,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3919,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{57}
+	return file_berth_proto_rawDescGZIP(), []int{61}
 }
 
 type DrainNodeRequest struct {
@@ -3578,7 +3931,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +3943,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3603,7 +3956,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{58}
+	return file_berth_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -3622,7 +3975,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3987,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +4000,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{59}
+	return file_berth_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -3666,7 +4019,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3678,7 +4031,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3691,7 +4044,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{60}
+	return file_berth_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -3710,7 +4063,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3722,7 +4075,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3735,7 +4088,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{61}
+	return file_berth_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -3753,7 +4106,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3765,7 +4118,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3778,7 +4131,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{66}
 }
 
 type Gateway struct {
@@ -3803,7 +4156,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3815,7 +4168,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3828,7 +4181,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Gateway) GetNodeId() string {
@@ -3911,7 +4264,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3923,7 +4276,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3936,7 +4289,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -3963,7 +4316,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3975,7 +4328,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3988,7 +4341,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -4020,7 +4373,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4032,7 +4385,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4045,7 +4398,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -4099,7 +4452,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4111,7 +4464,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4124,7 +4477,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -4145,7 +4498,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4157,7 +4510,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4170,7 +4523,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -4194,6 +4547,128 @@ func (x *UndoRequest) GetToRevision() int64 {
 	return 0
 }
 
+type RolloutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutRequest) Reset() {
+	*x = RolloutRequest{}
+	mi := &file_berth_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutRequest) ProtoMessage() {}
+
+func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutRequest.ProtoReflect.Descriptor instead.
+func (*RolloutRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *RolloutRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RolloutRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RolloutActionRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// pause, resume, promote, abort
+	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	// With promote: go to 100% now.
+	Full          bool `protobuf:"varint,4,opt,name=full,proto3" json:"full,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutActionRequest) Reset() {
+	*x = RolloutActionRequest{}
+	mi := &file_berth_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutActionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutActionRequest) ProtoMessage() {}
+
+func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
+func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *RolloutActionRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RolloutActionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RolloutActionRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *RolloutActionRequest) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
 type ListVolumesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -4203,7 +4678,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4215,7 +4690,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4228,7 +4703,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -4249,7 +4724,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4261,7 +4736,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4274,7 +4749,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -4300,7 +4775,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4312,7 +4787,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4325,7 +4800,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -4345,7 +4820,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4357,7 +4832,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4370,7 +4845,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -4397,7 +4872,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4409,7 +4884,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4422,7 +4897,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -4449,7 +4924,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4461,7 +4936,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4474,7 +4949,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -4499,7 +4974,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4511,7 +4986,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4524,7 +4999,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{81}
 }
 
 type ReleaseVolumeRequest struct {
@@ -4537,7 +5012,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4549,7 +5024,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4562,7 +5037,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -4588,7 +5063,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4600,7 +5075,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4613,7 +5088,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -4634,7 +5109,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +5121,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +5134,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{78}
+	return file_berth_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -4691,7 +5166,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4703,7 +5178,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4716,7 +5191,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{79}
+	return file_berth_proto_rawDescGZIP(), []int{85}
 }
 
 type FetchImageRequest struct {
@@ -4728,7 +5203,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4740,7 +5215,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4753,7 +5228,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{80}
+	return file_berth_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -4785,7 +5260,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\x98\x05\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xc9\x05\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -4799,14 +5274,48 @@ const file_berth_proto_rawDesc = "" +
 	"\rnode_selector\x18\n" +
 	" \x03(\v2'.berth.v1.ServiceSpec.NodeSelectorEntryR\fnodeSelector\x12/\n" +
 	"\avolumes\x18\v \x03(\v2\x15.berth.v1.VolumeMountR\avolumes\x12C\n" +
-	"\x10volume_templates\x18\f \x03(\v2\x18.berth.v1.VolumeTemplateR\x0fvolumeTemplates\x1a6\n" +
+	"\x10volume_templates\x18\f \x03(\v2\x18.berth.v1.VolumeTemplateR\x0fvolumeTemplates\x12/\n" +
+	"\arollout\x18\r \x01(\v2\x15.berth.v1.RolloutSpecR\arollout\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"\x87\x01\n" +
+	"\t_replicas\"\x85\x01\n" +
+	"\vRolloutSpec\x12\x1a\n" +
+	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12*\n" +
+	"\x05steps\x18\x02 \x03(\v2\x14.berth.v1.CanaryStepR\x05steps\x12.\n" +
+	"\banalysis\x18\x03 \x01(\v2\x12.berth.v1.AnalysisR\banalysis\":\n" +
+	"\n" +
+	"CanaryStep\x12\x16\n" +
+	"\x06weight\x18\x01 \x01(\rR\x06weight\x12\x14\n" +
+	"\x05pause\x18\x02 \x01(\tR\x05pause\"S\n" +
+	"\bAnalysis\x12$\n" +
+	"\x0emax_error_rate\x18\x01 \x01(\x01R\fmaxErrorRate\x12!\n" +
+	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\"\xe7\x04\n" +
+	"\aRollout\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06stable\x18\x04 \x01(\x03R\x06stable\x12\x14\n" +
+	"\x05phase\x18\x05 \x01(\tR\x05phase\x12\x12\n" +
+	"\x04step\x18\x06 \x01(\x05R\x04step\x12\x16\n" +
+	"\x06weight\x18\a \x01(\rR\x06weight\x12B\n" +
+	"\x0fstep_started_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rstepStartedAt\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"updated_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x14\n" +
+	"\x05steps\x18\v \x01(\x05R\x05steps\x12\x1d\n" +
+	"\n" +
+	"pause_left\x18\f \x01(\tR\tpauseLeft\x12'\n" +
+	"\x0fcanary_requests\x18\r \x01(\x03R\x0ecanaryRequests\x12#\n" +
+	"\rcanary_errors\x18\x0e \x01(\x03R\fcanaryErrors\x12'\n" +
+	"\x0fstable_requests\x18\x0f \x01(\x03R\x0estableRequests\x12#\n" +
+	"\rstable_errors\x18\x10 \x01(\x03R\fstableErrors\x12!\n" +
+	"\fcanary_ready\x18\x11 \x01(\x05R\vcanaryReady\x12!\n" +
+	"\fstable_ready\x18\x12 \x01(\x05R\vstableReady\"\x87\x01\n" +
 	"\vVolumeMount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -5085,7 +5594,15 @@ const file_berth_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
 	"\vto_revision\x18\x03 \x01(\x03R\n" +
-	"toRevision\"2\n" +
+	"toRevision\"B\n" +
+	"\x0eRolloutRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"t\n" +
+	"\x14RolloutActionRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12\x12\n" +
+	"\x04full\x18\x04 \x01(\bR\x04full\"2\n" +
 	"\x12ListVolumesRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"O\n" +
 	"\n" +
@@ -5115,8 +5632,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\"\x17\n" +
 	"\x15VolumeDeletedResponse\"1\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
-	"\treference\x18\x01 \x01(\tR\treference2\xfe\n" +
-	"\n" +
+	"\treference\x18\x01 \x01(\tR\treference2\x80\f\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -5136,7 +5652,9 @@ const file_berth_proto_rawDesc = "" +
 	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12M\n" +
 	"\fListGateways\x12\x1d.berth.v1.ListGatewaysRequest\x1a\x1e.berth.v1.ListGatewaysResponse\x12P\n" +
 	"\rListRevisions\x12\x1e.berth.v1.ListRevisionsRequest\x1a\x1f.berth.v1.ListRevisionsResponse\x124\n" +
-	"\x04Undo\x12\x15.berth.v1.UndoRequest\x1a\x15.berth.v1.ApplyResult\x12J\n" +
+	"\x04Undo\x12\x15.berth.v1.UndoRequest\x1a\x15.berth.v1.ApplyResult\x12<\n" +
+	"\rRolloutStatus\x12\x18.berth.v1.RolloutRequest\x1a\x11.berth.v1.Rollout\x12B\n" +
+	"\rRolloutAction\x12\x1e.berth.v1.RolloutActionRequest\x1a\x11.berth.v1.Rollout\x12J\n" +
 	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
 	"\tGetVolume\x12\x1a.berth.v1.GetVolumeRequest\x1a\x16.berth.v1.VolumeDetail\x12M\n" +
 	"\fDeleteVolume\x12\x1d.berth.v1.DeleteVolumeRequest\x1a\x1e.berth.v1.DeleteVolumeResponse\x12P\n" +
@@ -5165,225 +5683,240 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
 	(*ServiceStatus)(nil),           // 2: berth.v1.ServiceStatus
 	(*ServiceSpec)(nil),             // 3: berth.v1.ServiceSpec
-	(*VolumeMount)(nil),             // 4: berth.v1.VolumeMount
-	(*VolumeTemplate)(nil),          // 5: berth.v1.VolumeTemplate
-	(*Volume)(nil),                  // 6: berth.v1.Volume
-	(*Port)(nil),                    // 7: berth.v1.Port
-	(*Resources)(nil),               // 8: berth.v1.Resources
-	(*Health)(nil),                  // 9: berth.v1.Health
-	(*HTTPProbe)(nil),               // 10: berth.v1.HTTPProbe
-	(*TCPProbe)(nil),                // 11: berth.v1.TCPProbe
-	(*Route)(nil),                   // 12: berth.v1.Route
-	(*Instance)(nil),                // 13: berth.v1.Instance
-	(*Exit)(nil),                    // 14: berth.v1.Exit
-	(*InstanceStatus)(nil),          // 15: berth.v1.InstanceStatus
-	(*Capacity)(nil),                // 16: berth.v1.Capacity
-	(*Node)(nil),                    // 17: berth.v1.Node
-	(*Event)(nil),                   // 18: berth.v1.Event
-	(*ApplyRequest)(nil),            // 19: berth.v1.ApplyRequest
-	(*ApplyResult)(nil),             // 20: berth.v1.ApplyResult
-	(*ApplyResponse)(nil),           // 21: berth.v1.ApplyResponse
-	(*ListServicesRequest)(nil),     // 22: berth.v1.ListServicesRequest
-	(*ServiceSummary)(nil),          // 23: berth.v1.ServiceSummary
-	(*ListServicesResponse)(nil),    // 24: berth.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 25: berth.v1.GetServiceRequest
-	(*ServiceDetail)(nil),           // 26: berth.v1.ServiceDetail
-	(*DeleteServiceRequest)(nil),    // 27: berth.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 28: berth.v1.DeleteServiceResponse
-	(*ListInstancesRequest)(nil),    // 29: berth.v1.ListInstancesRequest
-	(*InstanceView)(nil),            // 30: berth.v1.InstanceView
-	(*ListInstancesResponse)(nil),   // 31: berth.v1.ListInstancesResponse
-	(*ListNodesRequest)(nil),        // 32: berth.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 33: berth.v1.ListNodesResponse
-	(*ImageChunk)(nil),              // 34: berth.v1.ImageChunk
-	(*LoadImageResponse)(nil),       // 35: berth.v1.LoadImageResponse
-	(*ListImagesRequest)(nil),       // 36: berth.v1.ListImagesRequest
-	(*Image)(nil),                   // 37: berth.v1.Image
-	(*ListImagesResponse)(nil),      // 38: berth.v1.ListImagesResponse
-	(*ListEventsRequest)(nil),       // 39: berth.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 40: berth.v1.ListEventsResponse
-	(*RegisterRequest)(nil),         // 41: berth.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 42: berth.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 43: berth.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 44: berth.v1.HeartbeatResponse
-	(*WatchAssignmentsRequest)(nil), // 45: berth.v1.WatchAssignmentsRequest
-	(*Assignments)(nil),             // 46: berth.v1.Assignments
-	(*ReportStatusRequest)(nil),     // 47: berth.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),    // 48: berth.v1.ReportStatusResponse
-	(*WatchDiscoveryRequest)(nil),   // 49: berth.v1.WatchDiscoveryRequest
-	(*DiscoverySnapshot)(nil),       // 50: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 51: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 52: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 53: berth.v1.Endpoint
-	(*CreateJoinTokenRequest)(nil),  // 54: berth.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 55: berth.v1.CreateJoinTokenResponse
-	(*CordonNodeRequest)(nil),       // 56: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 57: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 58: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 59: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 60: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 61: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 62: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 63: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 64: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 65: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 66: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 67: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 68: berth.v1.UndoRequest
-	(*ListVolumesRequest)(nil),      // 69: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 70: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 71: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 72: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 73: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 74: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 75: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 76: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 77: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 78: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 79: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 80: berth.v1.FetchImageRequest
-	nil,                             // 81: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 82: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 83: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 84: berth.v1.Node.LabelsEntry
-	nil,                             // 85: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 86: berth.v1.Assignments.VolumeSizesEntry
-	(*timestamppb.Timestamp)(nil),   // 87: google.protobuf.Timestamp
+	(*RolloutSpec)(nil),             // 4: berth.v1.RolloutSpec
+	(*CanaryStep)(nil),              // 5: berth.v1.CanaryStep
+	(*Analysis)(nil),                // 6: berth.v1.Analysis
+	(*Rollout)(nil),                 // 7: berth.v1.Rollout
+	(*VolumeMount)(nil),             // 8: berth.v1.VolumeMount
+	(*VolumeTemplate)(nil),          // 9: berth.v1.VolumeTemplate
+	(*Volume)(nil),                  // 10: berth.v1.Volume
+	(*Port)(nil),                    // 11: berth.v1.Port
+	(*Resources)(nil),               // 12: berth.v1.Resources
+	(*Health)(nil),                  // 13: berth.v1.Health
+	(*HTTPProbe)(nil),               // 14: berth.v1.HTTPProbe
+	(*TCPProbe)(nil),                // 15: berth.v1.TCPProbe
+	(*Route)(nil),                   // 16: berth.v1.Route
+	(*Instance)(nil),                // 17: berth.v1.Instance
+	(*Exit)(nil),                    // 18: berth.v1.Exit
+	(*InstanceStatus)(nil),          // 19: berth.v1.InstanceStatus
+	(*Capacity)(nil),                // 20: berth.v1.Capacity
+	(*Node)(nil),                    // 21: berth.v1.Node
+	(*Event)(nil),                   // 22: berth.v1.Event
+	(*ApplyRequest)(nil),            // 23: berth.v1.ApplyRequest
+	(*ApplyResult)(nil),             // 24: berth.v1.ApplyResult
+	(*ApplyResponse)(nil),           // 25: berth.v1.ApplyResponse
+	(*ListServicesRequest)(nil),     // 26: berth.v1.ListServicesRequest
+	(*ServiceSummary)(nil),          // 27: berth.v1.ServiceSummary
+	(*ListServicesResponse)(nil),    // 28: berth.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),       // 29: berth.v1.GetServiceRequest
+	(*ServiceDetail)(nil),           // 30: berth.v1.ServiceDetail
+	(*DeleteServiceRequest)(nil),    // 31: berth.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),   // 32: berth.v1.DeleteServiceResponse
+	(*ListInstancesRequest)(nil),    // 33: berth.v1.ListInstancesRequest
+	(*InstanceView)(nil),            // 34: berth.v1.InstanceView
+	(*ListInstancesResponse)(nil),   // 35: berth.v1.ListInstancesResponse
+	(*ListNodesRequest)(nil),        // 36: berth.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 37: berth.v1.ListNodesResponse
+	(*ImageChunk)(nil),              // 38: berth.v1.ImageChunk
+	(*LoadImageResponse)(nil),       // 39: berth.v1.LoadImageResponse
+	(*ListImagesRequest)(nil),       // 40: berth.v1.ListImagesRequest
+	(*Image)(nil),                   // 41: berth.v1.Image
+	(*ListImagesResponse)(nil),      // 42: berth.v1.ListImagesResponse
+	(*ListEventsRequest)(nil),       // 43: berth.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 44: berth.v1.ListEventsResponse
+	(*RegisterRequest)(nil),         // 45: berth.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 46: berth.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 47: berth.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 48: berth.v1.HeartbeatResponse
+	(*WatchAssignmentsRequest)(nil), // 49: berth.v1.WatchAssignmentsRequest
+	(*Assignments)(nil),             // 50: berth.v1.Assignments
+	(*ReportStatusRequest)(nil),     // 51: berth.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),    // 52: berth.v1.ReportStatusResponse
+	(*WatchDiscoveryRequest)(nil),   // 53: berth.v1.WatchDiscoveryRequest
+	(*DiscoverySnapshot)(nil),       // 54: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),        // 55: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),       // 56: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                // 57: berth.v1.Endpoint
+	(*CreateJoinTokenRequest)(nil),  // 58: berth.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 59: berth.v1.CreateJoinTokenResponse
+	(*CordonNodeRequest)(nil),       // 60: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 61: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 62: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 63: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 64: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 65: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),     // 66: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 67: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 68: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 69: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 70: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 71: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 72: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),          // 73: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),    // 74: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),      // 75: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 76: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 77: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 78: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 79: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 80: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 81: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 82: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 83: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 84: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 85: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 86: berth.v1.FetchImageRequest
+	nil,                             // 87: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 88: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 89: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 90: berth.v1.Node.LabelsEntry
+	nil,                             // 91: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 92: berth.v1.Assignments.VolumeSizesEntry
+	(*timestamppb.Timestamp)(nil),   // 93: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	81, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
-	0,  // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
-	3,  // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
-	2,  // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	87, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	87, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	82, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
-	7,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
-	8,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
-	9,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
-	12, // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	83, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
-	4,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
-	5,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
-	0,  // 14: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	87, // 15: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	87, // 16: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
-	10, // 17: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	11, // 18: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	3,  // 19: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	87, // 20: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	87, // 21: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	87, // 22: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	14, // 23: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	87, // 24: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	87, // 25: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	84, // 26: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	16, // 27: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	87, // 28: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	87, // 29: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	16, // 30: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	87, // 31: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	87, // 32: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	1,  // 33: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	6,  // 34: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
-	20, // 35: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	1,  // 36: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	23, // 37: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	1,  // 38: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	30, // 39: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	18, // 40: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	13, // 41: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	15, // 42: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	30, // 43: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	17, // 44: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	87, // 45: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	37, // 46: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	18, // 47: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	85, // 48: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	16, // 49: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	13, // 50: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	15, // 51: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	86, // 52: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
-	15, // 53: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	51, // 54: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	7,  // 55: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	12, // 56: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	52, // 57: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	53, // 58: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	17, // 59: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	87, // 60: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	63, // 61: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	87, // 62: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	66, // 63: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	6,  // 64: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	70, // 65: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	70, // 66: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	18, // 67: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	19, // 68: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	22, // 69: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	25, // 70: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	27, // 71: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	29, // 72: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	32, // 73: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	34, // 74: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	36, // 75: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	39, // 76: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	54, // 77: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
-	56, // 78: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	58, // 79: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	62, // 80: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	65, // 81: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	68, // 82: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	69, // 83: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	72, // 84: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	74, // 85: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	76, // 86: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	41, // 87: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	43, // 88: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	45, // 89: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	47, // 90: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	49, // 91: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	60, // 92: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	80, // 93: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	78, // 94: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	21, // 95: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	24, // 96: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	26, // 97: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	28, // 98: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	31, // 99: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	33, // 100: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	35, // 101: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	38, // 102: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	40, // 103: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	55, // 104: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
-	57, // 105: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	59, // 106: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	64, // 107: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	67, // 108: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	20, // 109: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	71, // 110: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	73, // 111: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	75, // 112: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	77, // 113: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	42, // 114: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	44, // 115: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	46, // 116: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	48, // 117: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	50, // 118: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	61, // 119: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	34, // 120: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	79, // 121: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	95, // [95:122] is the sub-list for method output_type
-	68, // [68:95] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	87,  // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	0,   // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
+	3,   // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
+	2,   // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
+	93,  // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	93,  // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	88,  // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	11,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
+	12,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
+	13,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
+	16,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
+	89,  // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	8,   // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
+	9,   // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
+	4,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
+	5,   // 15: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
+	6,   // 16: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
+	93,  // 17: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	93,  // 18: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	0,   // 19: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	93,  // 20: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	93,  // 21: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	14,  // 22: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	15,  // 23: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	3,   // 24: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	93,  // 25: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	93,  // 26: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	93,  // 27: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	18,  // 28: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	93,  // 29: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	93,  // 30: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	90,  // 31: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	20,  // 32: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	93,  // 33: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	93,  // 34: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	20,  // 35: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	93,  // 36: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	93,  // 37: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	1,   // 38: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	10,  // 39: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	24,  // 40: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	1,   // 41: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	27,  // 42: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	1,   // 43: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	34,  // 44: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	22,  // 45: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	17,  // 46: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	19,  // 47: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	34,  // 48: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	21,  // 49: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	93,  // 50: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	41,  // 51: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	22,  // 52: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	91,  // 53: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	20,  // 54: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	17,  // 55: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	19,  // 56: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	92,  // 57: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	19,  // 58: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	55,  // 59: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	11,  // 60: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	16,  // 61: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	56,  // 62: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	57,  // 63: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	21,  // 64: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	93,  // 65: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	67,  // 66: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	93,  // 67: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	70,  // 68: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	10,  // 69: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	76,  // 70: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	76,  // 71: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	22,  // 72: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	23,  // 73: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	26,  // 74: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	29,  // 75: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	31,  // 76: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	33,  // 77: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	36,  // 78: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	38,  // 79: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	40,  // 80: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	43,  // 81: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	58,  // 82: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
+	60,  // 83: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	62,  // 84: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	66,  // 85: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	69,  // 86: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	72,  // 87: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	73,  // 88: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	74,  // 89: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	75,  // 90: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	78,  // 91: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	80,  // 92: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	82,  // 93: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	45,  // 94: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	47,  // 95: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	49,  // 96: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	51,  // 97: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	53,  // 98: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	64,  // 99: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	86,  // 100: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	84,  // 101: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	25,  // 102: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	28,  // 103: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	30,  // 104: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	32,  // 105: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	35,  // 106: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	37,  // 107: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	39,  // 108: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	42,  // 109: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	44,  // 110: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	59,  // 111: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
+	61,  // 112: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	63,  // 113: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	68,  // 114: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	71,  // 115: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	24,  // 116: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	7,   // 117: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	7,   // 118: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	77,  // 119: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	79,  // 120: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	81,  // 121: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	83,  // 122: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	46,  // 123: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	48,  // 124: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	50,  // 125: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	52,  // 126: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	54,  // 127: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	65,  // 128: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	38,  // 129: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	85,  // 130: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	102, // [102:131] is the sub-list for method output_type
+	73,  // [73:102] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -5398,7 +5931,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   87,
+			NumMessages:   93,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

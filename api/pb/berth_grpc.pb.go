@@ -41,6 +41,8 @@ const (
 	Berth_ListGateways_FullMethodName    = "/berth.v1.Berth/ListGateways"
 	Berth_ListRevisions_FullMethodName   = "/berth.v1.Berth/ListRevisions"
 	Berth_Undo_FullMethodName            = "/berth.v1.Berth/Undo"
+	Berth_RolloutStatus_FullMethodName   = "/berth.v1.Berth/RolloutStatus"
+	Berth_RolloutAction_FullMethodName   = "/berth.v1.Berth/RolloutAction"
 	Berth_ListVolumes_FullMethodName     = "/berth.v1.Berth/ListVolumes"
 	Berth_GetVolume_FullMethodName       = "/berth.v1.Berth/GetVolume"
 	Berth_DeleteVolume_FullMethodName    = "/berth.v1.Berth/DeleteVolume"
@@ -83,6 +85,9 @@ type BerthClient interface {
 	// Undo rolls a service back to an earlier revision (default: the one
 	// before the current), as a new revision.
 	Undo(ctx context.Context, in *UndoRequest, opts ...grpc.CallOption) (*ApplyResult, error)
+	RolloutStatus(ctx context.Context, in *RolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
+	// RolloutAction pauses, resumes, promotes or aborts a canary.
+	RolloutAction(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeDetail, error)
 	// DeleteVolume removes a volume and its data; refused while an instance
@@ -254,6 +259,26 @@ func (c *berthClient) Undo(ctx context.Context, in *UndoRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *berthClient) RolloutStatus(ctx context.Context, in *RolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, Berth_RolloutStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RolloutAction(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, Berth_RolloutAction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *berthClient) ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListVolumesResponse)
@@ -330,6 +355,9 @@ type BerthServer interface {
 	// Undo rolls a service back to an earlier revision (default: the one
 	// before the current), as a new revision.
 	Undo(context.Context, *UndoRequest) (*ApplyResult, error)
+	RolloutStatus(context.Context, *RolloutRequest) (*Rollout, error)
+	// RolloutAction pauses, resumes, promotes or aborts a canary.
+	RolloutAction(context.Context, *RolloutActionRequest) (*Rollout, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	GetVolume(context.Context, *GetVolumeRequest) (*VolumeDetail, error)
 	// DeleteVolume removes a volume and its data; refused while an instance
@@ -392,6 +420,12 @@ func (UnimplementedBerthServer) ListRevisions(context.Context, *ListRevisionsReq
 }
 func (UnimplementedBerthServer) Undo(context.Context, *UndoRequest) (*ApplyResult, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Undo not implemented")
+}
+func (UnimplementedBerthServer) RolloutStatus(context.Context, *RolloutRequest) (*Rollout, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RolloutStatus not implemented")
+}
+func (UnimplementedBerthServer) RolloutAction(context.Context, *RolloutActionRequest) (*Rollout, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RolloutAction not implemented")
 }
 func (UnimplementedBerthServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListVolumes not implemented")
@@ -685,6 +719,42 @@ func _Berth_Undo_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_RolloutStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RolloutStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RolloutStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RolloutStatus(ctx, req.(*RolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RolloutAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolloutActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RolloutAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RolloutAction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RolloutAction(ctx, req.(*RolloutActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Berth_ListVolumes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListVolumesRequest)
 	if err := dec(in); err != nil {
@@ -819,6 +889,14 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undo",
 			Handler:    _Berth_Undo_Handler,
+		},
+		{
+			MethodName: "RolloutStatus",
+			Handler:    _Berth_RolloutStatus_Handler,
+		},
+		{
+			MethodName: "RolloutAction",
+			Handler:    _Berth_RolloutAction_Handler,
 		},
 		{
 			MethodName: "ListVolumes",

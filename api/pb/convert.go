@@ -103,6 +103,16 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 	for _, t := range s.VolumeTemplates {
 		p.VolumeTemplates = append(p.VolumeTemplates, &VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
 	}
+	if r := s.Rollout; r != nil {
+		pr := &RolloutSpec{Strategy: r.Strategy}
+		for _, st := range r.Steps {
+			pr.Steps = append(pr.Steps, &CanaryStep{Weight: st.Weight, Pause: st.Pause})
+		}
+		if a := r.Analysis; a != nil {
+			pr.Analysis = &Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
+		}
+		p.Rollout = pr
+	}
 	if h := s.Health; h != nil {
 		ph := &Health{Interval: durString(h.Interval), Timeout: durString(h.Timeout)}
 		if h.HTTP != nil {
@@ -140,6 +150,16 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 	}
 	for _, t := range p.VolumeTemplates {
 		s.VolumeTemplates = append(s.VolumeTemplates, api.VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
+	}
+	if r := p.GetRollout(); r != nil {
+		ar := &api.RolloutSpec{Strategy: r.Strategy}
+		for _, st := range r.Steps {
+			ar.Steps = append(ar.Steps, api.CanaryStep{Weight: st.Weight, Pause: st.Pause})
+		}
+		if a := r.Analysis; a != nil {
+			ar.Analysis = &api.Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
+		}
+		s.Rollout = ar
 	}
 	if h := p.GetHealth(); h != nil {
 		ah := &api.Health{Interval: parseDur(h.Interval), Timeout: parseDur(h.Timeout)}
@@ -291,4 +311,10 @@ func ToVolume(p *Volume) *api.Volume {
 		v.Metadata = api.ObjectMeta{Name: m.Name, Namespace: m.Namespace, Labels: m.Labels}
 	}
 	return v
+}
+
+// FromRollout converts a rollout's state to the wire.
+func FromRollout(r *api.Rollout) *Rollout {
+	return &Rollout{Namespace: r.Namespace, Service: r.Service, Revision: r.Revision, Stable: r.Stable, Phase: r.Phase,
+		Step: int32(r.Step), Weight: r.Weight, StepStartedAt: ts(r.StepStartedAt), Message: r.Message, UpdatedAt: ts(r.UpdatedAt)}
 }

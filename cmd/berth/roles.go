@@ -114,6 +114,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg.RequireJoinToken, cfg.NodeTimeout, cfg.LostGrace, cfg.Name = f.requireToken, f.nodeTimeout, f.lostGrace, f.name
 	cfg.HeartbeatInterval = f.nodeTimeout / 4
 	cfg.Gateways = func() *pb.ListGatewaysResponse { return gatewaysOf(xsrv) }
+	cfg.Loads = revisionLoads{xsrv}
 	c.cp, err = controlplane.New(ctx, cfg, xsrv, sinks...)
 	if err != nil {
 		return nil, err
@@ -551,4 +552,12 @@ func newEnvoyBootstrapCmd() *cobra.Command {
 	cmd.Flags().Uint32Var(&adminPort, "admin-port", 9901, "Envoy admin port (on 127.0.0.1)")
 	cmd.Flags().BoolVar(&sotw, "sotw", false, "state-of-the-world ADS instead of delta")
 	return cmd
+}
+
+// revisionLoads adapts the xDS server's load reports to the controllers.
+type revisionLoads struct{ x *xds.Server }
+
+func (l revisionLoads) RevisionLoad(namespace, service string, revision int64, window time.Duration) (int64, int64) {
+	st := l.x.Load(namespace, service, revision, window)
+	return int64(st.Requests), int64(st.Errors)
 }

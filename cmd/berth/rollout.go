@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
@@ -63,6 +65,85 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	undo.Flags().Int64Var(&to, "to-revision", 0, "revision to go back to (default: the one before the current)")
-	cmd.AddCommand(history, undo)
+	var watch bool
+	statusCmd := &cobra.Command{
+		Use:   "status SERVICE",
+		Short: "Show a canary: revisions, step, weights, pause left, traffic and errors per side",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			for {
+				ctx, cancel := callCtx(cmd)
+				r, err := cli.RolloutStatus(ctx, &pb.RolloutRequest{Namespace: namespace, Name: args[0]})
+				cancel()
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				printRollout(cmd, r)
+				switch {
+				case r.Phase == "Succeeded":
+					return nil
+				case r.Phase == "RolledBack" || r.Phase == "Aborted":
+					return &exitError{code: 3, err: fmt.Errorf("rollout of %s %s: %s", args[0], r.Phase, r.Message)}
+				case !watch:
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+			}
+		},
+	}
+	statusCmd.Flags().BoolVarP(&watch, "watch", "w", false, "follow until the rollout ends (exit 0 on success, 3 on rollback or abort)")
+	action := func(name, short string) *cobra.Command {
+		var full bool
+		c := &cobra.Command{
+			Use:   name + " SERVICE",
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				cli, done, err := g.client()
+				if err != nil {
+					return err
+				}
+				defer done()
+				ctx, cancel := callCtx(cmd)
+				defer cancel()
+				r, err := cli.RolloutAction(ctx, &pb.RolloutActionRequest{Namespace: namespace, Name: args[0], Action: name, Full: full})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "rollout of %s: %s (%s)\n", args[0], r.Phase, r.Message)
+				return nil
+			},
+		}
+		if name == "promote" {
+			c.Flags().BoolVar(&full, "full", false, "go to 100% at once")
+		}
+		return c
+	}
+	cmd.AddCommand(history, undo, statusCmd,
+		action("pause", "Hold a canary at its current weight"),
+		action("resume", "Continue a paused canary"),
+		action("promote", "Leave a pause and go on to the next step (--full: to 100%)"),
+		action("abort", "Roll back at once: all traffic to the stable revision, then the canary drains"))
 	return cmd
+}
+
+func printRollout(cmd *cobra.Command, r *pb.Rollout) {
+	w := cmd.OutOrStdout()
+	bar := strings.Repeat("#", int(r.Weight)/5) + strings.Repeat(".", 20-int(r.Weight)/5)
+	fmt.Fprintf(w, "%s/%s  %s  canary r%d vs stable r%d  step %d/%d  weight [%s] %d%%/%d%%",
+		r.Namespace, r.Service, r.Phase, r.Revision, r.Stable, min(r.Step+1, max(r.Steps, 1)), r.Steps, bar, r.Weight, 100-r.Weight)
+	if r.PauseLeft != "" {
+		fmt.Fprintf(w, "  pause %s", r.PauseLeft)
+	}
+	fmt.Fprintf(w, "\n  canary: %d ready, %d requests, %d errors   stable: %d ready, %d requests, %d errors\n  %s\n",
+		r.CanaryReady, r.CanaryRequests, r.CanaryErrors, r.StableReady, r.StableRequests, r.StableErrors, r.Message)
 }

@@ -45,7 +45,9 @@ type Config struct {
 	RequireJoinToken bool
 	// Gateways reports the xDS clients (nil: none known).
 	Gateways func() *pb.ListGatewaysResponse
-	Logger   *slog.Logger
+	// Loads reports per-revision traffic for `berth rollout status`.
+	Loads  controller.LoadReader
+	Logger *slog.Logger
 }
 
 // Server implements pb.BerthServer and pb.NodeAgentServer.

@@ -43,7 +43,9 @@ type Config struct {
 	// LostGrace is how long a node may stay NotReady before it is Lost:
 	// its instances are then deleted and replaced on other nodes.
 	LostGrace time.Duration
-	Logger    *slog.Logger
+	// Loads feeds canary analysis (nil: steps pass without analysis data).
+	Loads  LoadReader
+	Logger *slog.Logger
 	// Registerer receives the controllers' metrics; may be nil.
 	Registerer prometheus.Registerer
 }
@@ -60,6 +62,7 @@ type Controller struct {
 	cache  *store.Cache
 	sched  *scheduler.Scheduler
 	acks   Acker
+	loads  LoadReader
 	logger *slog.Logger
 	now    func() time.Time
 
@@ -82,7 +85,7 @@ func New(cfg Config, st *store.Store, cache *store.Cache, acks Acker) *Controlle
 		cfg.LostGrace = 10 * time.Second
 	}
 	c := &Controller{
-		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), acks: acks,
+		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), acks: acks, loads: cfg.Loads,
 		logger: cfg.Logger.With("component", "controller"), now: time.Now,
 		unschedulable: map[string]string{},
 		reconciles:    prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
@@ -130,6 +133,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	var errs []error
 	// Each step commits on its own: the next one reads a fresh view.
 	if err := c.reconcileNodes(ctx, v); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.reconcileRollouts(ctx, c.cache.View()); err != nil {
 		errs = append(errs, err)
 	}
 	v = c.cache.View()
@@ -241,6 +247,20 @@ type ReplicaPlan struct {
 //     serve nothing and are drained at once;
 //   - instances of a deleted service are drained.
 func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuses map[string]api.InstanceStatus, now time.Time, newID func(string) string) ReplicaPlan {
+	return planReplicas(svc, nil, instances, statuses, now, newID)
+}
+
+// CanaryReplicas is how many replicas a canary runs to carry weight
+// percent of a service of want replicas: in proportion, at least one.
+func CanaryReplicas(want int, weight uint32) int {
+	n := (want*int(weight) + 99) / 100
+	return max(1, min(n, want))
+}
+
+// planReplicas is PlanReplicas with the service's canary, if one is
+// active: then the canary revision runs CanaryReplicas for the weight of
+// the step it is going to, and the stable revision keeps its replicas.
+func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.VersionedInstance, statuses map[string]api.InstanceStatus, now time.Time, newID func(string) string) ReplicaPlan {
 	var plan ReplicaPlan
 	live := func(in *api.Instance) bool { return !in.Draining && in.Desired == api.DesiredRunning }
 	if svc == nil {
@@ -252,14 +272,23 @@ func PlanReplicas(svc *api.Service, instances []store.VersionedInstance, statuse
 		return plan
 	}
 	want := int(svc.Spec.ReplicaCount())
+	canary := ro.Active() && ro.Revision == svc.Status.Revision && svc.Spec.Rollout != nil && len(svc.Spec.Rollout.Steps) > 0
+	if canary {
+		steps := svc.Spec.Rollout.Steps
+		step := min(ro.Step, len(steps)-1)
+		want = CanaryReplicas(want, max(steps[step].Weight, ro.Weight))
+	}
 	var current, old []store.VersionedInstance
 	for _, vi := range instances {
 		if !live(&vi.Instance) {
 			continue
 		}
-		if vi.Instance.Revision == svc.Status.Revision {
+		switch {
+		case vi.Instance.Revision == svc.Status.Revision:
 			current = append(current, vi)
-		} else {
+		case canary && vi.Instance.Revision == ro.Stable:
+			// The stable revision serves the rest of the traffic.
+		default:
 			old = append(old, vi)
 		}
 	}
@@ -342,7 +371,11 @@ func (c *Controller) reconcileReplicas(ctx context.Context, v *store.View) error
 	for i := range v.Services {
 		svc := &v.Services[i]
 		seen[svc.Key()] = true
-		plan := PlanReplicas(svc, byService[svc.Key()], v.Statuses, now, store.NewInstanceID)
+		var ro *api.Rollout
+		if vr, ok := v.Rollouts[svc.Key()]; ok {
+			ro = &vr.Rollout
+		}
+		plan := planReplicas(svc, ro, byService[svc.Key()], v.Statuses, now, store.NewInstanceID)
 		for _, in := range plan.Create {
 			changes = append(changes, store.InstanceChange{Instance: in})
 			created = append(created, in)

@@ -89,7 +89,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 // StateFromView turns a cache view into the input of discovery.Build.
 func StateFromView(v *store.View) discovery.State {
-	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{}}
+	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{},
+		Rollouts: map[string]api.Rollout{}}
+	for k, r := range v.Rollouts {
+		st.Rollouts[k] = r.Rollout
+	}
 	st.Instances = make([]api.Instance, len(v.Instances))
 	for i, vi := range v.Instances {
 		st.Instances[i] = vi.Instance

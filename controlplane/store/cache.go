@@ -49,6 +49,8 @@ type View struct {
 	Heartbeats map[string]time.Time
 	// Volumes by "<ns>/<name>".
 	Volumes map[string]VersionedVolume
+	// Rollouts by service "<ns>/<name>".
+	Rollouts map[string]VersionedRollout
 }
 
 // VersionedVolume is a volume with its etcd mod revision.
@@ -214,7 +216,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, Volumes: map[string]VersionedVolume{}}
+	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
 	for key, kv := range c.kvs {
 		switch {
 		case strings.HasPrefix(key, ServicesPrefix):
@@ -236,6 +238,11 @@ func (c *Cache) View() *View {
 			var n api.Node
 			if json.Unmarshal(kv.value, &n) == nil {
 				v.Nodes = append(v.Nodes, n)
+			}
+		case strings.HasPrefix(key, RolloutsPrefix):
+			var r api.Rollout
+			if json.Unmarshal(kv.value, &r) == nil {
+				v.Rollouts[r.Namespace+"/"+r.Service] = VersionedRollout{Rollout: r, ModRevision: kv.modRevision}
 			}
 		case strings.HasPrefix(key, VolumesPrefix):
 			var vol api.Volume

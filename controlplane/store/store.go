@@ -199,7 +199,13 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 				svc.Status = old.Status
 				switch {
 				case TemplateHash(old.Spec) != TemplateHash(in.Spec):
-					svc.Status.Revision = old.Status.Revision + 1
+					// After the last revision, not the current one: a rollback
+					// may have made an older revision current again.
+					last, err := s.lastRevision(ctx, in.Metadata.Namespace, in.Metadata.Name)
+					if err != nil {
+						return nil, err
+					}
+					svc.Status.Revision = max(last, old.Status.Revision) + 1
 					change := DescribeChange(old.Spec.Template(), in.Spec.Template())
 					if c, ok := causes[in.Key()]; ok {
 						change = c + ": " + change

@@ -1,0 +1,116 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// RolloutStatus shows a service's canary: revision, step, weights, pause
+// left, ready replicas and the traffic each side got.
+func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb.Rollout, error) {
+	ns := nsOrDefault(req.Namespace)
+	vr, err := s.store.GetRollout(ctx, ns, req.Name)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	r := vr.Rollout
+	out := pb.FromRollout(&r)
+	v := s.cache.View()
+	if svc := v.Service(ns, req.Name); svc != nil && svc.Spec.Rollout != nil {
+		steps := svc.Spec.Rollout.Steps
+		out.Steps = int32(len(steps))
+		if r.Active() && r.Step < len(steps) && r.Weight == steps[r.Step].Weight {
+			if d, err := time.ParseDuration(steps[r.Step].Pause); err == nil {
+				if left := time.Until(r.StepStartedAt.Add(d)); left > 0 {
+					out.PauseLeft = left.Round(time.Second).String()
+				}
+			} else if steps[r.Step].Pause == api.PauseUntilPromoted {
+				out.PauseLeft = "until promoted"
+			}
+		}
+	}
+	for _, vi := range v.Instances {
+		in := vi.Instance
+		st, ok := v.Statuses[in.ID]
+		if in.Namespace != ns || in.Service != req.Name || !ok || !st.Ready || in.Draining {
+			continue
+		}
+		switch in.Revision {
+		case r.Revision:
+			out.CanaryReady++
+		case r.Stable:
+			out.StableReady++
+		}
+	}
+	if s.cfg.Loads != nil {
+		window := time.Minute
+		if !r.StepStartedAt.IsZero() {
+			window = max(time.Since(r.StepStartedAt), time.Second)
+		}
+		out.CanaryRequests, out.CanaryErrors = s.cfg.Loads.RevisionLoad(ns, req.Name, r.Revision, window)
+		out.StableRequests, out.StableErrors = s.cfg.Loads.RevisionLoad(ns, req.Name, r.Stable, window)
+	}
+	return out, nil
+}
+
+// RolloutAction pauses, resumes, promotes or aborts a canary. Abort is the
+// one-step rollback: all traffic to stable at once, then the canary drains.
+func (s *Server) RolloutAction(ctx context.Context, req *pb.RolloutActionRequest) (*pb.Rollout, error) {
+	ns := nsOrDefault(req.Namespace)
+	for attempt := 0; attempt < 10; attempt++ {
+		vr, err := s.store.GetRollout(ctx, ns, req.Name)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		r := vr.Rollout
+		if !r.Active() {
+			return nil, status.Errorf(codes.FailedPrecondition, "the rollout of %s/%s is %s, not in progress", ns, req.Name, r.Phase)
+		}
+		msg := ""
+		switch req.Action {
+		case "pause":
+			r.Phase, r.Promote, msg = api.RolloutPaused, false, "paused by the user"
+		case "resume":
+			r.Phase, msg = api.RolloutProgressing, "resumed by the user"
+		case "promote":
+			r.Promote, r.PromoteFull = true, req.Full
+			if r.Phase == api.RolloutPaused {
+				r.Phase = api.RolloutProgressing
+			}
+			msg = "promoted by the user"
+			if req.Full {
+				msg = "promoted to 100% by the user"
+			}
+		case "abort":
+			r.Phase, r.Weight, r.Message = api.RolloutAborted, 0, "aborted by the user; rolled back to revision "+fmt.Sprint(r.Stable)
+			err = s.store.RollBack(ctx, r, vr.ModRevision)
+			if errors.Is(err, store.ErrConflict) {
+				continue
+			}
+			if err != nil {
+				return nil, storeErr(err)
+			}
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Aborted", Type: "Warning", Message: r.Message})
+			return pb.FromRollout(&r), nil
+		default:
+			return nil, status.Errorf(codes.InvalidArgument, "rollout action %q: use pause, resume, promote or abort", req.Action)
+		}
+		r.Message = msg
+		if _, err := s.store.PutRollout(ctx, r, vr.ModRevision); errors.Is(err, store.ErrConflict) {
+			continue
+		} else if err != nil {
+			return nil, storeErr(err)
+		}
+		_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Rollout", Message: msg})
+		return pb.FromRollout(&r), nil
+	}
+	return nil, status.Error(codes.Aborted, "the rollout kept changing; try again")
+}

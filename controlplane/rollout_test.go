@@ -1,0 +1,143 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/discovery"
+)
+
+// loads stands in for the gateways' load reports: the test sets what the
+// canary revision got.
+type loads struct {
+	mu             sync.Mutex
+	requests, errs int64
+	canary         int64
+}
+
+func (l *loads) RevisionLoad(ns, svc string, rev int64, window time.Duration) (int64, int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if rev == l.canary {
+		return l.requests, l.errs
+	}
+	return 0, 0
+}
+
+func canaryService(image string, steps ...*pb.CanaryStep) *pb.Service {
+	s := helloSpec(4)
+	s.Spec.Image = image
+	s.Spec.Rollout = &pb.RolloutSpec{Strategy: "canary", Steps: steps, Analysis: &pb.Analysis{MaxErrorRate: 0.05, MinRequests: 10}}
+	return s
+}
+
+func weights(snap *discovery.Snapshot) map[int64]uint32 {
+	out := map[int64]uint32{}
+	if snap == nil {
+		return out
+	}
+	if s := snap.Lookup("default", "hello"); s != nil {
+		for _, r := range s.Revisions {
+			out[r.Number] = r.Weight
+		}
+	}
+	return out
+}
+
+func TestCanaryStepsPromoteAndRollBack(t *testing.T) {
+	ld := &loads{}
+	h := start(t, func(c *Config) { c.Loads, c.DrainDelay = ld, 50*time.Millisecond })
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 8000, MemoryBytes: 8 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, h, "a")
+	ready := func() { reportReady(t, h, "a") }
+	latest := func() *discovery.Snapshot { return h.srv.Publisher().Latest() }
+	status := func() *pb.Rollout {
+		r, _ := h.berth.RolloutStatus(ctx, &pb.RolloutRequest{Name: "hello"})
+		return r
+	}
+	steps := []*pb.CanaryStep{{Weight: 25, Pause: "promote"}, {Weight: 50}, {Weight: 100}}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService("hello:v1", steps...)}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "v1 ready", func() (bool, string) {
+		ready()
+		snap := latest()
+		if snap == nil || snap.Lookup("default", "hello") == nil {
+			return false, "no snapshot yet"
+		}
+		return len(snap.Lookup("default", "hello").ReadyEndpoints()) == 4, fmt.Sprint(weights(snap))
+	})
+
+	// v2 goes out as a canary: one replica, 25% of traffic, then waits.
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService("hello:v2", steps...)}}); err != nil {
+		t.Fatal(err)
+	}
+	ld.canary = 2
+	eventually(t, "25/75 and paused for promote", func() (bool, string) {
+		ready()
+		w := weights(latest())
+		r := status()
+		return w[2] == 25 && w[1] == 75 && r != nil && r.Phase == "Paused", fmt.Sprint(w, r)
+	})
+	if p := placement(h, "hello"); p["a"] != 5 {
+		t.Fatalf("during the canary: %d instances, want 4 stable + 1 canary", p["a"])
+	}
+	if _, err := h.berth.RolloutAction(ctx, &pb.RolloutActionRequest{Name: "hello", Action: "promote"}); err != nil {
+		t.Fatal(err)
+	}
+	ld.mu.Lock()
+	ld.requests, ld.errs = 100, 0
+	ld.mu.Unlock()
+	eventually(t, "promoted through 50 to 100: succeeded, stable drained", func() (bool, string) {
+		ready()
+		w := weights(latest())
+		r := status()
+		return r.Phase == "Succeeded" && w[2] == 100 && placement(h, "hello")["a"] == 4, fmt.Sprint(w, r, placement(h, "hello"))
+	})
+
+	// v3 fails its analysis: rolled back to v2 at once.
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService("hello:v3", steps...)}}); err != nil {
+		t.Fatal(err)
+	}
+	ld.mu.Lock()
+	ld.canary, ld.requests, ld.errs = 3, 0, 0
+	ld.mu.Unlock()
+	eventually(t, "v3 at 25%", func() (bool, string) {
+		ready()
+		w := weights(latest())
+		return w[3] == 25, fmt.Sprint(w)
+	})
+	ld.mu.Lock()
+	ld.requests, ld.errs = 40, 40
+	ld.mu.Unlock()
+	eventually(t, "rolled back: all traffic to v2, v3 drained", func() (bool, string) {
+		w := weights(latest())
+		r := status()
+		svc, _ := h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+		return r.Phase == "RolledBack" && w[2] == 100 && w[3] == 0 && svc.Service.Status.Revision == 2 && svc.Service.Spec.Image == "hello:v2", fmt.Sprint(w, r)
+	})
+	// A manual abort of the next canary is the same one step.
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService("hello:v4", steps...)}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "v4 canary running", func() (bool, string) {
+		ready()
+		r := status()
+		return r.Revision == 4 && r.Phase != "", fmt.Sprint(r)
+	})
+	if _, err := h.berth.RolloutAction(ctx, &pb.RolloutActionRequest{Name: "hello", Action: "abort"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "aborted back to v2", func() (bool, string) {
+		w := weights(latest())
+		r := status()
+		return r.Phase == "Aborted" && w[2] == 100, fmt.Sprint(w, r)
+	})
+}
