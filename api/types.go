@@ -143,6 +143,10 @@ type Rollout struct {
 	Step          int       `json:"step"`
 	Weight        uint32    `json:"weight"`
 	StepStartedAt time.Time `json:"stepStartedAt,omitzero"`
+	// WeightRevision is the etcd revision of the write that set Weight:
+	// every discovery snapshot from then on carries it, so the step waits
+	// until every gateway has ACKed that version.
+	WeightRevision int64 `json:"weightRevision,omitempty"`
 	// Promote asks to leave a "promote" pause (or, with Full, to finish).
 	Promote     bool      `json:"promote,omitempty"`
 	PromoteFull bool      `json:"promoteFull,omitempty"`

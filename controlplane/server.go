@@ -128,8 +128,9 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 		ccfg.LostGrace = cfg.LostGrace
 	}
 	ccfg.Loads = cfg.Loads
-	s.ctrl = controller.New(ccfg, s.store, s.cache, acks)
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
+	ccfg.VersionFor = s.publisher.VersionFor
+	s.ctrl = controller.New(ccfg, s.store, s.cache, acks)
 	s.api, err = apiserver.New(apiserver.Config{
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),
 		ClusterCIDR:       cfg.ClusterCIDR,

@@ -31,6 +31,7 @@ func startServer(t *testing.T, opts ...func(*Config)) *Server {
 	cfg := DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.Logger = discardLogger()
+	cfg.UpstreamTimeout = 10 * time.Second // generous: CI machines are loaded
 	cfg.Registerer = prometheus.NewRegistry()
 	for _, o := range opts {
 		o(&cfg)
@@ -534,6 +535,7 @@ func TestHandlerRefusesNonPodClients(t *testing.T) {
 	cfg := DefaultConfig().normalize()
 	cfg.Logger = discardLogger()
 	cfg.Upstreams = []string{up.addr}
+	cfg.UpstreamTimeout = 10 * time.Second // a loaded CI machine must not turn this into SERVFAIL
 	cfg.AllowRecursion = []netip.Prefix{netip.MustParsePrefix("10.88.0.0/16")}
 	met, _ := newMetrics(nil)
 	h := newHandler(cfg, cfg.Logger, met)

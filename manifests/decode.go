@@ -106,6 +106,22 @@ func (d *decoder) decode(path string, in any, out reflect.Value) {
 			return
 		}
 		out.SetInt(v)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, ok := in.(json.Number)
+		if !ok {
+			d.wrongType(path, "a non-negative integer", in)
+			return
+		}
+		v, err := strconv.ParseUint(n.String(), 10, t.Bits())
+		if errors.Is(err, strconv.ErrRange) {
+			d.errs.add(path, "must be an integer between 0 and %d, got %s", uint64(1)<<(t.Bits())-1, n)
+			return
+		}
+		if err != nil {
+			d.wrongType(path, "a non-negative integer", in)
+			return
+		}
+		out.SetUint(v)
 	case reflect.Float32, reflect.Float64:
 		n, ok := in.(json.Number)
 		if !ok {

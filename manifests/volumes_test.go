@@ -60,3 +60,26 @@ func TestVolumeErrors(t *testing.T) {
 		t.Fatalf("bad volume size: %v", err)
 	}
 }
+
+func TestParseRollout(t *testing.T) {
+	doc := "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  rollout:\n    strategy: canary\n    steps: [{weight: 10, pause: 1m}, {weight: 50, pause: promote}, {weight: 100}]\n    analysis: {maxErrorRate: 0.05, minRequests: 20}\n"
+	objs, err := ParseObjects("r.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := objs.Services[0].Spec.Rollout
+	if r == nil || len(r.Steps) != 3 || r.Steps[1].Pause != "promote" || r.Steps[2].Weight != 100 || r.Analysis.MinRequests != 20 {
+		t.Fatalf("rollout = %+v", r)
+	}
+	for _, bad := range []struct{ steps, want string }{
+		{"[{weight: -1}]", "spec.rollout.steps[0].weight: must be a non-negative integer"},
+		{"[{weight: 150}]", "spec.rollout.steps[0].weight: must be between 1 and 100"},
+		{"[{weight: 50}, {weight: 10}]", "spec.rollout.steps[1].weight: must not be below"},
+		{"[{weight: 10, pause: soon}]", "spec.rollout.steps[0].pause"},
+	} {
+		doc := "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  rollout:\n    strategy: canary\n    steps: " + bad.steps + "\n"
+		if _, err := ParseObjects("r.yaml", []byte(doc)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want %q", bad.steps, err, bad.want)
+		}
+	}
+}

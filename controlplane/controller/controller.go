@@ -44,8 +44,12 @@ type Config struct {
 	// its instances are then deleted and replaced on other nodes.
 	LostGrace time.Duration
 	// Loads feeds canary analysis (nil: steps pass without analysis data).
-	Loads  LoadReader
-	Logger *slog.Logger
+	Loads LoadReader
+	// VersionFor maps an etcd revision to the discovery snapshot version
+	// that carries its state (the Publisher's VersionFor); nil: the
+	// revision itself.
+	VersionFor func(rev int64) (uint64, bool)
+	Logger     *slog.Logger
 	// Registerer receives the controllers' metrics; may be nil.
 	Registerer prometheus.Registerer
 }
@@ -506,6 +510,25 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 	return nil
 }
 
+// acked reports whether every gateway runs the discovery state of etcd
+// revision rev.
+func (c *Controller) acked(ctx context.Context, rev int64) bool {
+	if c.acks == nil {
+		return true
+	}
+	version := uint64(rev)
+	if c.cfg.VersionFor != nil {
+		v, ok := c.cfg.VersionFor(rev)
+		if !ok {
+			return false
+		}
+		version = v
+	}
+	actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	return c.acks.WaitForAck(actx, version) == nil
+}
+
 // drain tells agents to stop instances whose endpoints have left discovery
 // long enough: every gateway has ACKed a snapshot without them and the
 // DNS TTL has passed since.
@@ -524,13 +547,8 @@ func (c *Controller) drain(ctx context.Context, v *store.View) error {
 			if now.Sub(in.DrainSince) < c.cfg.DrainDelay {
 				continue
 			}
-			if c.acks != nil {
-				actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-				err := c.acks.WaitForAck(actx, uint64(vi.ModRevision))
-				cancel()
-				if err != nil {
-					continue
-				}
+			if !c.acked(ctx, vi.ModRevision) {
+				continue
 			}
 		}
 		in.Desired = api.DesiredStopped

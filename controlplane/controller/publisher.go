@@ -27,6 +27,9 @@ type Publisher struct {
 	mu       sync.Mutex
 	latest   *discovery.Snapshot
 	lastBody string
+	// covered is the newest etcd revision whose state the latest snapshot
+	// reflects (a newer view with identical content is not re-published).
+	covered  uint64
 	watchers map[chan struct{}]struct{}
 
 	published prometheus.Counter
@@ -55,6 +58,19 @@ func (p *Publisher) Latest() *discovery.Snapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.latest
+}
+
+// VersionFor returns the snapshot version that gateways must have ACKed to
+// run the state of etcd revision rev: the latest snapshot's version once
+// the publisher has seen rev (it may be older than rev when nothing that
+// matters to traffic changed since), and false before that.
+func (p *Publisher) VersionFor(rev int64) (uint64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.latest == nil || p.covered < uint64(rev) {
+		return 0, false
+	}
+	return min(p.latest.Version, uint64(rev)), true
 }
 
 // Watch returns a channel woken (coalesced) on every publish, and a
@@ -111,10 +127,11 @@ func (p *Publisher) publish(v *store.View) {
 	body, _ := json.Marshal(snap.Services)
 	p.mu.Lock()
 	if p.latest != nil && string(body) == p.lastBody {
+		p.covered = max(p.covered, snap.Version)
 		p.mu.Unlock()
 		return
 	}
-	p.latest, p.lastBody = snap, string(body)
+	p.latest, p.lastBody, p.covered = snap, string(body), snap.Version
 	for ch := range p.watchers {
 		select {
 		case ch <- struct{}{}:

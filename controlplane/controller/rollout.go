@@ -100,7 +100,7 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 			set(fmt.Sprintf("step %d/%d: waiting for %d/%d canary replicas to be ready", r.Step+1, len(steps), in.CanaryReady, need))
 			return d
 		}
-		d.Next.Weight, d.Next.StepStartedAt, d.Changed = step.Weight, in.Now, true
+		d.Next.Weight, d.Next.StepStartedAt, d.Next.WeightRevision, d.Changed = step.Weight, in.Now, 0, true
 		d.Event = fmt.Sprintf("step %d/%d: canary revision %d at %d%% of traffic", r.Step+1, len(steps), r.Revision, step.Weight)
 		d.Next.Message = d.Event
 		return d
@@ -172,12 +172,16 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 				in.CanaryReady++
 			}
 		}
-		in.Acked = true
-		if c.acks != nil {
-			actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-			in.Acked = c.acks.WaitForAck(actx, uint64(vr.ModRevision)) == nil
-			cancel()
+		if r.WeightRevision == 0 && r.Weight > 0 {
+			// First sight of the weight write: remember its revision (the
+			// rollout's later writes only change its message).
+			r.WeightRevision = vr.ModRevision
+			if _, err := c.store.PutRollout(ctx, r, vr.ModRevision); err != nil {
+				return fmt.Errorf("controller: rollout of %s: %w", svc.Key(), err)
+			}
+			continue
 		}
+		in.Acked = r.WeightRevision == 0 || c.acked(ctx, r.WeightRevision)
 		if c.loads != nil && !r.StepStartedAt.IsZero() {
 			window := max(in.Now.Sub(r.StepStartedAt), time.Second)
 			in.CanaryRequests, in.CanaryErrors = c.loads.RevisionLoad(r.Namespace, r.Service, r.Revision, window)

@@ -1,0 +1,245 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const (
+	roNamespace = "berth-e2e-ro"
+	roBridge    = "berthro0"
+	roCluster   = "10.213.236.0/22"
+	roSubnet    = "10.213.236.0/24"
+)
+
+// loadGen sends requests through the gateway at a steady rate and counts
+// them by the version that answered, and failures by kind.
+type loadGen struct {
+	mu        sync.Mutex
+	byVersion map[string]int
+	failures  []string
+	// window, when set, counts only requests sent while it is open.
+	window     map[string]int
+	windowOpen bool
+	total      atomic.Int64
+	stop       chan struct{}
+	done       chan struct{}
+}
+
+func startLoad(t *testing.T, gw string, rps int) *loadGen {
+	l := &loadGen{byVersion: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(time.Second / time.Duration(rps))
+		defer tick.Stop()
+		var wg sync.WaitGroup
+		for {
+			select {
+			case <-l.stop:
+				wg.Wait()
+				return
+			case <-tick.C:
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequest("GET", "http://"+gw+"/", nil)
+				req.Host = "hello.example.test"
+				resp, err := client.Do(req)
+				l.total.Add(1)
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				if err != nil {
+					l.failures = append(l.failures, err.Error())
+					return
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				var h struct{ Version string }
+				json.Unmarshal(body, &h)
+				if resp.StatusCode != 200 {
+					// 500s from a canary set to fail are the canary's own
+					// answers, not lost requests; anything else is a failure.
+					if !(resp.StatusCode == 500 && strings.Contains(string(body), "injected failure")) {
+						l.failures = append(l.failures, fmt.Sprintf("%d %s", resp.StatusCode, body))
+					}
+					h.Version = "failing-canary"
+				}
+				l.byVersion[h.Version]++
+				if l.windowOpen {
+					l.window[h.Version]++
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
+func (l *loadGen) finish() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	<-l.done
+}
+
+func (l *loadGen) openWindow() {
+	l.mu.Lock()
+	l.window, l.windowOpen = map[string]int{}, true
+	l.mu.Unlock()
+}
+
+func (l *loadGen) closeWindow() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.windowOpen = false
+	return l.window
+}
+
+type rolloutView struct {
+	Revision      string `json:"revision"`
+	Phase         string `json:"phase"`
+	Step          int    `json:"step"`
+	Weight        int    `json:"weight"`
+	StepStartedAt string `json:"stepStartedAt"`
+	Message       string `json:"message"`
+}
+
+func TestCanaryUnderLoad(t *testing.T) {
+	requireContainerd(t)
+	stateDir := filepath.Join(os.TempDir(), "berth-e2e-ro-node")
+	cleanNode(t, roNamespace, roBridge, roSubnet, roCluster, stateDir, false)
+	t.Cleanup(func() {
+		cleanNode(t, roNamespace, roBridge, roSubnet, roCluster, stateDir, true)
+		os.RemoveAll(stateDir)
+	})
+	server := startProc(t, "server", "server", "--data-dir", t.TempDir(), "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
+		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", roCluster, "--dns-ttl", "1s")
+	m := server.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
+	api, xdsAddr := m[1], m[2]
+	gwProc := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "ro-gateway", "--metrics-addr", "")
+	gw := gwProc.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
+	token := strings.TrimSpace(mustBerth(t, api, "token", "create"))
+	startProc(t, "agent", "--server", api, "agent", "--join-token", token, "--node-name", "ro-node", "--containerd-namespace", roNamespace,
+		"--bridge", roBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-upstream", "127.0.0.1:9", "--dns-ttl", "1s", "--stop-grace", "5s")
+	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"), filepath.Join(imagesDir, "hello-v2.tar"))
+
+	dir := t.TempDir()
+	manifest := func(image, failRate string) string {
+		return fmt.Sprintf(`apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: hello}
+spec:
+  image: %s
+  replicas: 4
+  env: {FAIL_RATE: "%s"}
+  ports: [{name: http, port: 8080}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s}
+  route: {hosts: [hello.example.test]}
+  rollout:
+    strategy: canary
+    steps: [{weight: 10, pause: 4s}, {weight: 50, pause: 4s}, {weight: 100}]
+    analysis: {maxErrorRate: 0.05, minRequests: 20}
+`, image, failRate)
+	}
+	f := filepath.Join(dir, "hello.yaml")
+	writeFile(t, f, manifest("berth.local/hello:v1", "0"))
+	mustBerth(t, api, "apply", "-f", f, "--wait", "--timeout", "2m")
+	eventually(t, 15*time.Second, "gateway serving v1", func() (bool, string) {
+		req, _ := http.NewRequest("GET", "http://"+gw+"/", nil)
+		req.Host = "hello.example.test"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, resp.Status
+	})
+	status := func() rolloutView {
+		out, _, _ := berth(t, api, "rollout", "status", "hello")
+		var r rolloutView
+		// "default/hello  Progressing  canary r2 vs stable r1  step 1/3  weight [..] 10%/90%"
+		fmt.Sscanf(strings.Fields(out + " x x")[1], "%s", &r.Phase)
+		if i := strings.Index(out, "] "); i > 0 {
+			fmt.Sscanf(out[i+2:], "%d%%", &r.Weight)
+		}
+		r.Message = out
+		return r
+	}
+
+	load := startLoad(t, gw, 200)
+
+	t.Run("canary in three steps, shares follow the weights, 0 failed requests", func(t *testing.T) {
+		writeFile(t, f, manifest("berth.local/hello:v2", "0"))
+		mustBerth(t, api, "apply", "-f", f)
+		for _, weight := range []int{10, 50} {
+			eventually(t, 60*time.Second, fmt.Sprintf("weight %d in effect", weight), func() (bool, string) {
+				r := status()
+				return r.Weight == weight, r.Message
+			})
+			time.Sleep(700 * time.Millisecond) // every gateway has it by now (the controller waited for the ACKs)
+			load.openWindow()
+			time.Sleep(2 * time.Second)
+			w := load.closeWindow()
+			total := w["v1"] + w["v2"]
+			share := 100 * float64(w["v2"]) / float64(total)
+			t.Logf("step at %d%%: %d requests, v2 share %.1f%%", weight, total, share)
+			if total < 200 || share < float64(weight)-2 || share > float64(weight)+2 {
+				t.Errorf("step %d%%: v2 got %.1f%% of %d requests", weight, share, total)
+			}
+		}
+		eventually(t, 60*time.Second, "rollout succeeded", func() (bool, string) {
+			r := status()
+			return r.Phase == "Succeeded", r.Message
+		})
+	})
+
+	t.Run("a failing canary is rolled back on its own", func(t *testing.T) {
+		writeFile(t, f, manifest("berth.local/hello:v1", "1"))
+		mustBerth(t, api, "apply", "-f", f)
+		eventually(t, 60*time.Second, "automatic rollback", func() (bool, string) {
+			r := status()
+			return r.Phase == "RolledBack", r.Message
+		})
+		out, _, code := berth(t, api, "rollout", "status", "hello", "--watch")
+		if code != 3 || !strings.Contains(out, "analysis failed") {
+			t.Fatalf("status --watch after a rollback: exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("a manual abort", func(t *testing.T) {
+		writeFile(t, f, manifest("berth.local/hello:v1", "0"))
+		mustBerth(t, api, "apply", "-f", f)
+		eventually(t, 60*time.Second, "canary at 10%", func() (bool, string) {
+			r := status()
+			return r.Weight == 10, r.Message
+		})
+		mustBerth(t, api, "rollout", "abort", "hello")
+		eventually(t, 30*time.Second, "aborted", func() (bool, string) {
+			r := status()
+			return r.Phase == "Aborted", r.Message
+		})
+	})
+
+	time.Sleep(3 * time.Second) // let the aborted canary drain under load
+	load.finish()
+	load.mu.Lock()
+	defer load.mu.Unlock()
+	t.Logf("load: %d requests, by version %v, %d failures", load.total.Load(), load.byVersion, len(load.failures))
+	if len(load.failures) > 0 {
+		n := min(len(load.failures), 10)
+		t.Fatalf("%d failed requests (first %d): %v", len(load.failures), n, load.failures[:n])
+	}
+}
