@@ -233,7 +233,52 @@ spec:
 		})
 	})
 
-	time.Sleep(3 * time.Second) // let the aborted canary drain under load
+	plain := func(image string, replicas int) string {
+		return fmt.Sprintf(`apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: hello}
+spec:
+  image: %s
+  replicas: %d
+  env: {FAIL_RATE: "0"}
+  ports: [{name: http, port: 8080}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s}
+  route: {hosts: [hello.example.test]}
+`, image, replicas)
+	}
+	readyCount := func() int { return len(readyInstances(instances(t, api, "hello"))) }
+	t.Run("a rolling update (surge) under load", func(t *testing.T) {
+		writeFile(t, f, plain("berth.local/hello:v2", 6))
+		mustBerth(t, api, "apply", "-f", f, "--wait", "--timeout", "2m")
+		eventually(t, 60*time.Second, "only the new revision left", func() (bool, string) {
+			ivs := instances(t, api, "hello")
+			return len(ivs) == 6 && readyCount() == 6, fmt.Sprint(len(ivs))
+		})
+	})
+	t.Run("a scale-down from 6 to 2 under load", func(t *testing.T) {
+		writeFile(t, f, plain("berth.local/hello:v2", 2))
+		mustBerth(t, api, "apply", "-f", f)
+		eventually(t, 60*time.Second, "2 instances", func() (bool, string) {
+			ivs := instances(t, api, "hello")
+			return len(ivs) == 2, fmt.Sprint(len(ivs))
+		})
+	})
+	t.Run("rollout undo under load", func(t *testing.T) {
+		out := mustBerth(t, api, "rollout", "undo", "hello")
+		if !strings.Contains(out, "rolled back") {
+			t.Fatalf("undo: %s", out)
+		}
+		eventually(t, 60*time.Second, "undone revision serving alone", func() (bool, string) {
+			ivs := instances(t, api, "hello")
+			return len(ivs) == 2 && readyCount() == 2, fmt.Sprint(len(ivs))
+		})
+		hist := mustBerth(t, api, "rollout", "history", "hello")
+		if !strings.Contains(hist, "rollback to revision") {
+			t.Fatalf("history:\n%s", hist)
+		}
+	})
+
+	time.Sleep(3 * time.Second) // let the last drained replicas stop under load
 	load.finish()
 	load.mu.Lock()
 	defer load.mu.Unlock()
