@@ -141,3 +141,92 @@ func TestCanaryStepsPromoteAndRollBack(t *testing.T) {
 		return r.Phase == "Aborted" && w[2] == 100, fmt.Sprint(w, r)
 	})
 }
+
+// A control plane killed mid-rollout resumes at the same step after a
+// restart, with no instance lost or duplicated.
+func TestRolloutSurvivesControlPlaneRestart(t *testing.T) {
+	dir := t.TempDir()
+	ld := &loads{}
+	run := func() (*harness, func()) {
+		h := &harness{snaps: make(chan *discovery.Snapshot, 1000), acks: &recordingAcker{}, done: make(chan error, 1)}
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.APIAddr = dir, "127.0.0.1:0"
+		cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
+		cfg.Loads, cfg.DrainDelay = ld, 50*time.Millisecond
+		cfg.Logger = quietLogger()
+		ctx, cancel := context.WithCancel(context.Background())
+		srv, err := New(ctx, cfg, h.acks, func(s *discovery.Snapshot) {
+			select {
+			case h.snaps <- s:
+			default:
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.srv = srv
+		go func() { h.done <- srv.Run(ctx) }()
+		h.berth, h.agent, h.conn = dial(t, srv.APIAddr())
+		return h, func() { h.conn.Close(); cancel(); <-h.done }
+	}
+	h, stop := run()
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 8000, MemoryBytes: 8 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	stopHB := heartbeat(t, h, "a")
+	steps := []*pb.CanaryStep{{Weight: 25, Pause: "promote"}, {Weight: 100}}
+	apply := func(h *harness, image string) {
+		if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService(image, steps...)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(h, "hello:v1")
+	eventually(t, "v1 ready", func() (bool, string) {
+		reportReady(t, h, "a")
+		return placement(h, "hello")["a"] == 4 && len(readyIDs(t, h)) == 4, fmt.Sprint(placement(h, "hello"))
+	})
+	apply(h, "hello:v2")
+	eventually(t, "paused at 25%", func() (bool, string) {
+		reportReady(t, h, "a")
+		r, _ := h.berth.RolloutStatus(ctx, &pb.RolloutRequest{Name: "hello"})
+		return r != nil && r.Phase == "Paused" && r.Weight == 25, fmt.Sprint(r)
+	})
+	before, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+	stopHB()
+	stop()
+
+	h, stop = run()
+	defer stop()
+	heartbeat(t, h, "a")
+	r, err := h.berth.RolloutStatus(ctx, &pb.RolloutRequest{Name: "hello"})
+	if err != nil || r.Phase != "Paused" || r.Weight != 25 || r.Step != 0 {
+		t.Fatalf("after restart: %v %v", r, err)
+	}
+	after, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+	if len(after.Instances) != len(before.Instances) || len(after.Instances) != 5 {
+		t.Fatalf("instances before %d, after %d (want 4 stable + 1 canary)", len(before.Instances), len(after.Instances))
+	}
+	ld.mu.Lock()
+	ld.canary, ld.requests = 2, 100
+	ld.mu.Unlock()
+	if _, err := h.berth.RolloutAction(ctx, &pb.RolloutActionRequest{Name: "hello", Action: "promote"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "succeeded after the restart", func() (bool, string) {
+		reportReady(t, h, "a")
+		r, _ := h.berth.RolloutStatus(ctx, &pb.RolloutRequest{Name: "hello"})
+		return r.Phase == "Succeeded" && placement(h, "hello")["a"] == 4, fmt.Sprint(r, placement(h, "hello"))
+	})
+}
+
+func readyIDs(t *testing.T, h *harness) []string {
+	l, _ := h.berth.ListInstances(context.Background(), &pb.ListInstancesRequest{Service: "hello"})
+	var out []string
+	for _, iv := range l.GetInstances() {
+		if iv.Status != nil && iv.Status.Ready {
+			out = append(out, iv.Instance.Id)
+		}
+	}
+	return out
+}

@@ -409,3 +409,27 @@ func TestHistoryUndoAndRetention(t *testing.T) {
 		t.Fatalf("%d revisions kept", len(hist.Revisions))
 	}
 }
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// dial returns a user client and an agent client (with a fresh join token)
+// for the API at addr.
+func dial(t *testing.T, addr string) (pb.BerthClient, pb.NodeAgentClient, *grpc.ClientConn) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	berth := pb.NewBerthClient(conn)
+	var tok *pb.CreateJoinTokenResponse
+	eventually(t, "API up", func() (bool, string) {
+		tok, err = berth.CreateJoinToken(context.Background(), &pb.CreateJoinTokenRequest{Description: "test"})
+		return err == nil, fmt.Sprint(err)
+	})
+	aconn, err := grpc.NewClient(addr, append(pb.WithJoinToken(tok.Token), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { aconn.Close() })
+	return berth, pb.NewNodeAgentClient(aconn), conn
+}
