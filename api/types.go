@@ -8,6 +8,8 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -99,6 +101,64 @@ type RolloutSpec struct {
 	// Analysis decides, at the end of each step, whether the canary is
 	// healthy; a failure rolls back at once.
 	Analysis *Analysis `json:"analysis,omitempty"`
+	// Rolling parameters. MaxSurge: how many replicas above the desired
+	// count may run during the update (a count or a percentage, default
+	// all of them); MaxUnavailable: how many below it may be available
+	// (default 0); MinReady: how long a new replica must have run and be
+	// ready to count as available.
+	MaxSurge       *IntOrPercent `json:"maxSurge,omitempty"`
+	MaxUnavailable *IntOrPercent `json:"maxUnavailable,omitempty"`
+	MinReady       Duration      `json:"minReady,omitzero"`
+}
+
+// IntOrPercent is a count ("2", 2) or a percentage of the replicas ("25%").
+type IntOrPercent struct {
+	Value   int
+	Percent bool
+}
+
+// Resolve turns it into a count of n replicas, rounding percentages up or
+// down.
+func (v *IntOrPercent) Resolve(n int, roundUp bool) int {
+	if v == nil {
+		return 0
+	}
+	if !v.Percent {
+		return v.Value
+	}
+	if roundUp {
+		return (n*v.Value + 99) / 100
+	}
+	return n * v.Value / 100
+}
+
+func (v IntOrPercent) MarshalJSON() ([]byte, error) {
+	if v.Percent {
+		return json.Marshal(fmt.Sprintf("%d%%", v.Value))
+	}
+	return json.Marshal(v.Value)
+}
+
+func (v *IntOrPercent) UnmarshalJSON(b []byte) error {
+	var n int
+	if err := json.Unmarshal(b, &n); err == nil {
+		if n < 0 {
+			return fmt.Errorf("must not be negative")
+		}
+		*v = IntOrPercent{Value: n}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("must be a count or a percentage like \"25%%\"")
+	}
+	pct := strings.HasSuffix(s, "%")
+	num, err := strconv.Atoi(strings.TrimSuffix(s, "%"))
+	if err != nil || num < 0 || (pct && num > 100) {
+		return fmt.Errorf("invalid count or percentage %q", s)
+	}
+	*v = IntOrPercent{Value: num, Percent: pct}
+	return nil
 }
 
 // CanaryStep is one step of a canary.

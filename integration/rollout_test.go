@@ -247,9 +247,39 @@ spec:
 `, image, replicas)
 	}
 	readyCount := func() int { return len(readyInstances(instances(t, api, "hello"))) }
-	t.Run("a rolling update (surge) under load", func(t *testing.T) {
+	t.Run("a rolling update (maxSurge 1, maxUnavailable 0, minReady 1s) under load", func(t *testing.T) {
+		// First 6 replicas of the current version, then a new image.
 		writeFile(t, f, plain("berth.local/hello:v2", 6))
 		mustBerth(t, api, "apply", "-f", f, "--wait", "--timeout", "2m")
+		writeFile(t, f, plain("berth.local/hello:v1", 6)+"  rollout: {strategy: rolling, maxSurge: 1, maxUnavailable: 0, minReady: 1s}\n")
+		if out := mustBerth(t, api, "apply", "-f", f); !strings.Contains(out, "configured") {
+			t.Fatalf("no new revision: %s", out)
+		}
+		start := time.Now()
+		// Never more than 6+1 replicas exist while it runs.
+		peak := 0
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			ivs := instances(t, api, "hello")
+			live := 0
+			for _, iv := range ivs {
+				if iv.Instance.Desired == "running" && !iv.Instance.Draining {
+					live++
+				}
+			}
+			peak = max(peak, live)
+			if len(ivs) == 6 && readyCount() == 6 && onlyRevision(t, api) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if peak > 7 {
+			t.Fatalf("%d replicas at once; maxSurge 1 allows 7", peak)
+		}
+		if !onlyRevision(t, api) {
+			t.Fatal("the rolling update did not finish")
+		}
+		t.Logf("rolling update of 6 replicas, one at a time, minReady 1s: %s", time.Since(start).Round(100*time.Millisecond))
 		eventually(t, 60*time.Second, "only the new revision left", func() (bool, string) {
 			ivs := instances(t, api, "hello")
 			return len(ivs) == 6 && readyCount() == 6, fmt.Sprint(len(ivs))
@@ -287,4 +317,28 @@ spec:
 		n := min(len(load.failures), 10)
 		t.Fatalf("%d failed requests (first %d): %v", len(load.failures), n, load.failures[:n])
 	}
+}
+
+// onlyRevision reports whether every hello instance runs the service's
+// current revision.
+func onlyRevision(t *testing.T, api string) bool {
+	var svcs []struct {
+		Service struct {
+			Status struct {
+				Revision string `json:"revision"`
+			} `json:"status"`
+		} `json:"service"`
+	}
+	json.Unmarshal([]byte(mustBerth(t, api, "get", "services", "-o", "json")), &svcs)
+	if len(svcs) != 1 {
+		return false
+	}
+	var all []ordinalView
+	json.Unmarshal([]byte(mustBerth(t, api, "get", "instances", "-o", "json")), &all)
+	for _, iv := range all {
+		if iv.Instance.Revision != svcs[0].Service.Status.Revision {
+			return false
+		}
+	}
+	return true
 }

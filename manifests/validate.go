@@ -135,9 +135,15 @@ func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
 		if len(r.Steps) > 0 {
 			errs.add(path+".steps", "steps need strategy: canary")
 		}
+		if r.MaxSurge != nil && r.MaxUnavailable != nil && r.MaxSurge.Value == 0 && r.MaxUnavailable.Value == 0 {
+			errs.add(path+".maxUnavailable", "maxSurge and maxUnavailable cannot both be 0")
+		}
 	case api.StrategyCanary:
 		if len(r.Steps) == 0 {
 			errs.add(path+".steps", "a canary needs at least one step")
+		}
+		if r.MaxSurge != nil || r.MaxUnavailable != nil || r.MinReady.Duration > 0 {
+			errs.add(path+".strategy", "maxSurge, maxUnavailable and minReady need strategy: rolling")
 		}
 	default:
 		errs.add(path+".strategy", "must be %q or %q", api.StrategyRolling, api.StrategyCanary)

@@ -352,12 +352,16 @@ func (x *ServiceSpec) GetRollout() *RolloutSpec {
 }
 
 type RolloutSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Strategy      string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
-	Steps         []*CanaryStep          `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
-	Analysis      *Analysis              `protobuf:"bytes,3,opt,name=analysis,proto3" json:"analysis,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Strategy string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Steps    []*CanaryStep          `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
+	Analysis *Analysis              `protobuf:"bytes,3,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	// Rolling: counts ("2") or percentages ("25%"); min_ready a duration.
+	MaxSurge       string `protobuf:"bytes,4,opt,name=max_surge,json=maxSurge,proto3" json:"max_surge,omitempty"`
+	MaxUnavailable string `protobuf:"bytes,5,opt,name=max_unavailable,json=maxUnavailable,proto3" json:"max_unavailable,omitempty"`
+	MinReady       string `protobuf:"bytes,6,opt,name=min_ready,json=minReady,proto3" json:"min_ready,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RolloutSpec) Reset() {
@@ -409,6 +413,27 @@ func (x *RolloutSpec) GetAnalysis() *Analysis {
 		return x.Analysis
 	}
 	return nil
+}
+
+func (x *RolloutSpec) GetMaxSurge() string {
+	if x != nil {
+		return x.MaxSurge
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetMaxUnavailable() string {
+	if x != nil {
+		return x.MaxUnavailable
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetMinReady() string {
+	if x != nil {
+		return x.MinReady
+	}
+	return ""
 }
 
 type CanaryStep struct {
@@ -5282,11 +5307,14 @@ const file_berth_proto_rawDesc = "" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"\x85\x01\n" +
+	"\t_replicas\"\xe8\x01\n" +
 	"\vRolloutSpec\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12*\n" +
 	"\x05steps\x18\x02 \x03(\v2\x14.berth.v1.CanaryStepR\x05steps\x12.\n" +
-	"\banalysis\x18\x03 \x01(\v2\x12.berth.v1.AnalysisR\banalysis\":\n" +
+	"\banalysis\x18\x03 \x01(\v2\x12.berth.v1.AnalysisR\banalysis\x12\x1b\n" +
+	"\tmax_surge\x18\x04 \x01(\tR\bmaxSurge\x12'\n" +
+	"\x0fmax_unavailable\x18\x05 \x01(\tR\x0emaxUnavailable\x12\x1b\n" +
+	"\tmin_ready\x18\x06 \x01(\tR\bminReady\":\n" +
 	"\n" +
 	"CanaryStep\x12\x16\n" +
 	"\x06weight\x18\x01 \x01(\rR\x06weight\x12\x14\n" +

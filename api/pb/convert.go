@@ -5,6 +5,7 @@
 package pb
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -111,6 +112,7 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 		if a := r.Analysis; a != nil {
 			pr.Analysis = &Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
 		}
+		pr.MaxSurge, pr.MaxUnavailable, pr.MinReady = intOrPercent(r.MaxSurge), intOrPercent(r.MaxUnavailable), durString(r.MinReady)
 		p.Rollout = pr
 	}
 	if h := s.Health; h != nil {
@@ -159,6 +161,7 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 		if a := r.Analysis; a != nil {
 			ar.Analysis = &api.Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
 		}
+		ar.MaxSurge, ar.MaxUnavailable, ar.MinReady = parseIntOrPercent(r.MaxSurge), parseIntOrPercent(r.MaxUnavailable), parseDur(r.MinReady)
 		s.Rollout = ar
 	}
 	if h := p.GetHealth(); h != nil {
@@ -317,4 +320,27 @@ func ToVolume(p *Volume) *api.Volume {
 func FromRollout(r *api.Rollout) *Rollout {
 	return &Rollout{Namespace: r.Namespace, Service: r.Service, Revision: r.Revision, Stable: r.Stable, Phase: r.Phase,
 		Step: int32(r.Step), Weight: r.Weight, StepStartedAt: ts(r.StepStartedAt), Message: r.Message, UpdatedAt: ts(r.UpdatedAt)}
+}
+
+func intOrPercent(v *api.IntOrPercent) string {
+	if v == nil {
+		return ""
+	}
+	if v.Percent {
+		return fmt.Sprintf("%d%%", v.Value)
+	}
+	return fmt.Sprint(v.Value)
+}
+
+// parseIntOrPercent reads "2" or "25%"; "" and bad values are nil (the
+// API server validates before converting back).
+func parseIntOrPercent(s string) *api.IntOrPercent {
+	if s == "" {
+		return nil
+	}
+	var v api.IntOrPercent
+	if err := v.UnmarshalJSON([]byte(fmt.Sprintf("%q", s))); err != nil {
+		return nil
+	}
+	return &v
 }

@@ -349,6 +349,9 @@ func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.Versioned
 			readyCurrent++
 		}
 	}
+	if rs := svc.Spec.Rollout; !canary && rs != nil && (rs.MaxSurge != nil || rs.MaxUnavailable != nil || rs.MinReady.Duration > 0) && len(old) > 0 && want > 0 {
+		return rollingPlan(plan, rs, want, current, old, ready, statuses, now)
+	}
 	if want == 0 || readyCurrent >= want {
 		plan.Drain = append(plan.Drain, old...)
 	} else {
@@ -596,4 +599,49 @@ func (c *Controller) collect(ctx context.Context, v *store.View) error {
 		c.event(ctx, ch.Instance.Namespace, "service/"+ch.Instance.Service, "Stopped", "Normal", "instance %s stopped and removed", ch.Instance.ID)
 	}
 	return nil
+}
+
+// rollingPlan paces a rolling update: at most want+maxSurge replicas
+// exist, at least want-maxUnavailable are available (ready, and running
+// for minReady), new replicas are created only within the surge, and old
+// ones drain only as new ones become available.
+func rollingPlan(plan ReplicaPlan, rs *api.RolloutSpec, want int, current, old []store.VersionedInstance,
+	ready func(store.VersionedInstance) bool, statuses map[string]api.InstanceStatus, now time.Time) ReplicaPlan {
+	surge := rs.MaxSurge.Resolve(want, true)
+	if rs.MaxSurge == nil {
+		surge = want
+	}
+	unavailable := rs.MaxUnavailable.Resolve(want, false)
+	if surge == 0 && unavailable == 0 {
+		surge = 1 // otherwise nothing could ever move
+	}
+	available := func(vi store.VersionedInstance) bool {
+		st := statuses[vi.Instance.ID]
+		return ready(vi) && (rs.MinReady.Duration <= 0 || (!st.StartedAt.IsZero() && now.Sub(st.StartedAt) >= rs.MinReady.Duration))
+	}
+	// Old replicas that serve nothing are drained at once (they count
+	// neither as capacity nor against the surge).
+	var oldReady []store.VersionedInstance
+	for _, vi := range old {
+		if ready(vi) {
+			oldReady = append(oldReady, vi)
+		} else {
+			plan.Drain = append(plan.Drain, vi)
+		}
+	}
+	room := want + surge - len(current) - len(oldReady)
+	if room < len(plan.Create) {
+		plan.Create = plan.Create[:max(room, 0)]
+	}
+	avail := len(oldReady)
+	for _, vi := range current {
+		if available(vi) {
+			avail++
+		}
+	}
+	drainable := avail - (want - unavailable)
+	for i := 0; i < drainable && i < len(oldReady); i++ {
+		plan.Drain = append(plan.Drain, oldReady[i])
+	}
+	return plan
 }

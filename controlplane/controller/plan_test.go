@@ -105,3 +105,53 @@ func TestPlanDrainsOldReplicasThatServeNothing(t *testing.T) {
 		t.Fatalf("create %d, drain %v", len(plan.Create), got)
 	}
 }
+
+func rollingSvc(replicas int32, rev int64, surge, unavailable string) *api.Service {
+	s := svc(replicas, rev)
+	s.Spec.Rollout = &api.RolloutSpec{Strategy: api.StrategyRolling}
+	if surge != "" {
+		s.Spec.Rollout.MaxSurge = &api.IntOrPercent{}
+		_ = s.Spec.Rollout.MaxSurge.UnmarshalJSON([]byte(`"` + surge + `"`))
+	}
+	if unavailable != "" {
+		s.Spec.Rollout.MaxUnavailable = &api.IntOrPercent{}
+		_ = s.Spec.Rollout.MaxUnavailable.UnmarshalJSON([]byte(`"` + unavailable + `"`))
+	}
+	return s
+}
+
+func TestRollingUpdatePacesSurgeAndUnavailability(t *testing.T) {
+	var old []store.VersionedInstance
+	nodes := map[string]string{}
+	for i := 0; i < 4; i++ {
+		id := fmt.Sprintf("v1-%d", i)
+		old = append(old, vinst(id, 1, "n1", i))
+		nodes[id] = "n1"
+	}
+	statuses := readyAll(nodes)
+	// maxSurge 1, maxUnavailable 0: one new replica at a time, nothing drained yet.
+	plan := PlanReplicas(rollingSvc(4, 2, "1", "0"), old, statuses, time.Now(), seq())
+	if len(plan.Create) != 1 || len(plan.Drain) != 0 {
+		t.Fatalf("surge 1: create %d drain %v", len(plan.Create), ids(plan.Drain))
+	}
+	// Once that one is ready, one old replica may go.
+	withNew := append(append([]store.VersionedInstance{}, old...), vinst("v2-0", 2, "n1", 10))
+	statuses["v2-0"] = api.InstanceStatus{ID: "v2-0", Node: "n1", Ready: true}
+	plan = PlanReplicas(rollingSvc(4, 2, "1", "0"), withNew, statuses, time.Now(), seq())
+	if len(plan.Create) != 0 || len(plan.Drain) != 1 {
+		t.Fatalf("after one is ready: create %d drain %v", len(plan.Create), ids(plan.Drain))
+	}
+	// maxUnavailable 50%, maxSurge 0: two old replicas drain first, two new ones start only as room frees.
+	plan = PlanReplicas(rollingSvc(4, 2, "0", "50%"), old, statuses, time.Now(), seq())
+	if len(plan.Create) != 0 || len(plan.Drain) != 2 {
+		t.Fatalf("unavailable 50%%: create %d drain %v", len(plan.Create), ids(plan.Drain))
+	}
+	// minReady: a new replica that became ready just now is not available yet.
+	s := rollingSvc(4, 2, "1", "0")
+	s.Spec.Rollout.MinReady = api.Duration{Duration: time.Minute}
+	statuses["v2-0"] = api.InstanceStatus{ID: "v2-0", Node: "n1", Ready: true, StartedAt: time.Now()}
+	plan = PlanReplicas(s, withNew, statuses, time.Now(), seq())
+	if len(plan.Drain) != 0 {
+		t.Fatalf("minReady not honoured: drain %v", ids(plan.Drain))
+	}
+}
