@@ -109,6 +109,18 @@ type RolloutSpec struct {
 	MaxSurge       *IntOrPercent `json:"maxSurge,omitempty"`
 	MaxUnavailable *IntOrPercent `json:"maxUnavailable,omitempty"`
 	MinReady       Duration      `json:"minReady,omitzero"`
+	// CanaryReplicas fixes the canary's size instead of scaling it with
+	// the weight.
+	CanaryReplicas *int32 `json:"canaryReplicas,omitempty"`
+	// CanaryHeader: a request carrying this header with this value always
+	// goes to the canary while one runs (through the gateways).
+	CanaryHeader *HeaderMatch `json:"canaryHeader,omitempty"`
+}
+
+// HeaderMatch is an exact header match.
+type HeaderMatch struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
 // IntOrPercent is a count ("2", 2) or a percentage of the replicas ("25%").

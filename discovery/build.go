@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"sort"
+	"strings"
 
 	"github.com/berth-dev/berth/api"
 )
@@ -82,6 +83,13 @@ func Build(st State) *Snapshot {
 		sort.Slice(out.Revisions, func(a, b int) bool { return out.Revisions[a].Number < out.Revisions[b].Number })
 		if ro, ok := st.Rollouts[svc.Key()]; ok && ro.Active() && ro.Revision == svc.Status.Revision {
 			canaryWeights(out.Revisions, ro)
+			if h := rolloutHeader(svc); h != nil && out.Route != nil {
+				for _, rev := range out.Revisions {
+					if rev.Number == ro.Revision && hasReady(&rev) {
+						out.Route.CanaryHeader, out.Route.CanaryValue, out.Route.CanaryRevision = strings.ToLower(h.Name), h.Value, ro.Revision
+					}
+				}
+			}
 		} else {
 			assignWeights(out.Revisions, svc.Status.Revision)
 		}
@@ -120,6 +128,13 @@ func canaryWeights(revs []Revision, ro api.Rollout) {
 		canary.Weight = min(ro.Weight, 100)
 		stable.Weight = 100 - canary.Weight
 	}
+}
+
+func rolloutHeader(svc *api.Service) *api.HeaderMatch {
+	if svc.Spec.Rollout == nil {
+		return nil
+	}
+	return svc.Spec.Rollout.CanaryHeader
 }
 
 func hasReady(r *Revision) bool {

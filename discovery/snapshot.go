@@ -39,6 +39,11 @@ type Port struct {
 type Route struct {
 	Hosts []string `json:"hosts"`
 	Paths []string `json:"paths"` // prefixes, at least "/"
+	// While a canary with a canary header runs, requests carrying
+	// CanaryHeader: CanaryValue go to CanaryRevision whatever the weights.
+	CanaryHeader   string `json:"canaryHeader,omitempty"`
+	CanaryValue    string `json:"canaryValue,omitempty"`
+	CanaryRevision int64  `json:"canaryRevision,omitempty"`
 }
 
 // Revision is one revision's share of a service's traffic.

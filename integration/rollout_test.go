@@ -152,6 +152,7 @@ spec:
     strategy: canary
     steps: [{weight: 10, pause: 4s}, {weight: 50, pause: 4s}, {weight: 100}]
     analysis: {maxErrorRate: 0.05, minRequests: 20}
+    canaryHeader: {name: x-berth-canary, value: always}
 `, image, failRate)
 	}
 	f := filepath.Join(dir, "hello.yaml")
@@ -198,6 +199,16 @@ spec:
 			t.Logf("step at %d%%: %d requests, v2 share %.1f%%", weight, total, share)
 			if total < 200 || share < float64(weight)-2 || share > float64(weight)+2 {
 				t.Errorf("step %d%%: v2 got %.1f%% of %d requests", weight, share, total)
+			}
+			// The canary header always selects the canary.
+			for i := 0; i < 20; i++ {
+				req, _ := http.NewRequest("GET", "http://"+gw+"/", nil)
+				req.Host = "hello.example.test"
+				req.Header.Set("X-Berth-Canary", "always")
+				var h helloReply
+				if code := getJSON(t, http.DefaultClient, req, &h); code != 200 || h.Version != "v2" {
+					t.Fatalf("request with the canary header at %d%%: %d %+v", weight, code, h)
+				}
 			}
 		}
 		eventually(t, 60*time.Second, "rollout succeeded", func() (bool, string) {

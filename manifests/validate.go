@@ -145,6 +145,17 @@ func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
 		if r.MaxSurge != nil || r.MaxUnavailable != nil || r.MinReady.Duration > 0 {
 			errs.add(path+".strategy", "maxSurge, maxUnavailable and minReady need strategy: rolling")
 		}
+		if n := r.CanaryReplicas; n != nil && (*n < 1 || *n > MaxReplicas) {
+			errs.add(path+".canaryReplicas", "must be between 1 and %d", MaxReplicas)
+		}
+		if h := r.CanaryHeader; h != nil {
+			if !headerNameRE.MatchString(h.Name) {
+				errs.add(path+".canaryHeader.name", "must be an HTTP header name")
+			}
+			if h.Value == "" {
+				errs.add(path+".canaryHeader.value", "required")
+			}
+		}
 	default:
 		errs.add(path+".strategy", "must be %q or %q", api.StrategyRolling, api.StrategyCanary)
 	}
@@ -229,6 +240,8 @@ func validateVolumeMounts(errs *FieldErrors, path string, s *api.ServiceSpec) {
 		}
 	}
 }
+
+var headerNameRE = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]+$`)
 
 // ValidateVolume checks a Volume object.
 func ValidateVolume(v *api.Volume) error {

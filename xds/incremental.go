@@ -560,5 +560,6 @@ func routeEqual(a, b *discovery.Route) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Paths, b.Paths)
+	return slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Paths, b.Paths) &&
+		a.CanaryHeader == b.CanaryHeader && a.CanaryValue == b.CanaryValue && a.CanaryRevision == b.CanaryRevision
 }

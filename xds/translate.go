@@ -272,6 +272,9 @@ func buildRoutes(services []discovery.Service, opts TranslateOptions) (*route.Ro
 					continue
 				}
 				hr.owner[p] = key
+				if r := canaryRoute(svc, p, opts); r != nil {
+					hr.routes = append(hr.routes, r) // before the weighted route: first match wins
+				}
 				hr.routes = append(hr.routes, serviceRoute(svc, p, opts))
 			}
 		}
@@ -387,6 +390,31 @@ func serviceRoute(svc *discovery.Service, prefix string, opts TranslateOptions) 
 	}
 	r.Action = &route.Route_Route{Route: action}
 	return r
+}
+
+// canaryRoute sends requests that carry the rollout's canary header to the
+// canary revision, whatever the weights; nil without a canary header.
+func canaryRoute(svc *discovery.Service, prefix string, opts TranslateOptions) *route.Route {
+	rt := svc.Route
+	if rt == nil || rt.CanaryHeader == "" || rt.CanaryRevision == 0 {
+		return nil
+	}
+	action := &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: ClusterName(svc.Namespace, svc.Name, rt.CanaryRevision)}}
+	if opts.RouteTimeout > 0 {
+		action.Timeout = durationpb.New(opts.RouteTimeout)
+	}
+	if opts.Retries > 0 {
+		action.RetryPolicy = retryPolicy(opts.Retries)
+	}
+	return &route.Route{
+		Name: RouteName(svc.Namespace, svc.Name) + "_canary",
+		Match: &route.RouteMatch{
+			PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix},
+			Headers: []*route.HeaderMatcher{{Name: rt.CanaryHeader, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{
+				StringMatch: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: rt.CanaryValue}}}}},
+		},
+		Action: &route.Route_Route{Route: action},
+	}
 }
 
 // idempotentMethods are the methods a request may be retried for.

@@ -344,3 +344,35 @@ func asMessages[M proto.Message](ms []M) []proto.Message {
 	}
 	return out
 }
+
+func TestCanaryHeaderRouteComesFirst(t *testing.T) {
+	snap := &discovery.Snapshot{Version: 7, Services: []discovery.Service{{
+		Namespace: "default", Name: "web", Ports: []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+		Route: &discovery.Route{Hosts: []string{"web.test"}, Paths: []string{"/"}, CanaryHeader: "x-berth-canary", CanaryValue: "always", CanaryRevision: 2},
+		Revisions: []discovery.Revision{
+			{Number: 1, Weight: 90, Endpoints: []discovery.Endpoint{{Instance: "a", Node: "n", IP: "10.0.0.1", Ready: true}}},
+			{Number: 2, Weight: 10, Endpoints: []discovery.Endpoint{{Instance: "b", Node: "n", IP: "10.0.0.2", Ready: true}}},
+		},
+	}}}
+	res, err := Translate(snap, DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	routes := res.Routes[0].VirtualHosts[0].Routes
+	if len(routes) != 2 {
+		t.Fatalf("%d routes", len(routes))
+	}
+	first := routes[0]
+	if h := first.GetMatch().GetHeaders(); len(h) != 1 || h[0].GetName() != "x-berth-canary" || h[0].GetStringMatch().GetExact() != "always" {
+		t.Fatalf("first route does not match the canary header: %v", first)
+	}
+	if c := first.GetRoute().GetCluster(); c != ClusterName("default", "web", 2) {
+		t.Fatalf("canary route goes to %q", c)
+	}
+	if routes[1].GetRoute().GetWeightedClusters() == nil {
+		t.Fatalf("second route is not the weighted one: %v", routes[1])
+	}
+}

@@ -360,8 +360,12 @@ type RolloutSpec struct {
 	MaxSurge       string `protobuf:"bytes,4,opt,name=max_surge,json=maxSurge,proto3" json:"max_surge,omitempty"`
 	MaxUnavailable string `protobuf:"bytes,5,opt,name=max_unavailable,json=maxUnavailable,proto3" json:"max_unavailable,omitempty"`
 	MinReady       string `protobuf:"bytes,6,opt,name=min_ready,json=minReady,proto3" json:"min_ready,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	CanaryReplicas *int32 `protobuf:"varint,7,opt,name=canary_replicas,json=canaryReplicas,proto3,oneof" json:"canary_replicas,omitempty"`
+	// name and value of a header that always selects the canary.
+	CanaryHeader      string `protobuf:"bytes,8,opt,name=canary_header,json=canaryHeader,proto3" json:"canary_header,omitempty"`
+	CanaryHeaderValue string `protobuf:"bytes,9,opt,name=canary_header_value,json=canaryHeaderValue,proto3" json:"canary_header_value,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RolloutSpec) Reset() {
@@ -432,6 +436,27 @@ func (x *RolloutSpec) GetMaxUnavailable() string {
 func (x *RolloutSpec) GetMinReady() string {
 	if x != nil {
 		return x.MinReady
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetCanaryReplicas() int32 {
+	if x != nil && x.CanaryReplicas != nil {
+		return *x.CanaryReplicas
+	}
+	return 0
+}
+
+func (x *RolloutSpec) GetCanaryHeader() string {
+	if x != nil {
+		return x.CanaryHeader
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetCanaryHeaderValue() string {
+	if x != nil {
+		return x.CanaryHeaderValue
 	}
 	return ""
 }
@@ -5307,14 +5332,18 @@ const file_berth_proto_rawDesc = "" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"\xe8\x01\n" +
+	"\t_replicas\"\xff\x02\n" +
 	"\vRolloutSpec\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12*\n" +
 	"\x05steps\x18\x02 \x03(\v2\x14.berth.v1.CanaryStepR\x05steps\x12.\n" +
 	"\banalysis\x18\x03 \x01(\v2\x12.berth.v1.AnalysisR\banalysis\x12\x1b\n" +
 	"\tmax_surge\x18\x04 \x01(\tR\bmaxSurge\x12'\n" +
 	"\x0fmax_unavailable\x18\x05 \x01(\tR\x0emaxUnavailable\x12\x1b\n" +
-	"\tmin_ready\x18\x06 \x01(\tR\bminReady\":\n" +
+	"\tmin_ready\x18\x06 \x01(\tR\bminReady\x12,\n" +
+	"\x0fcanary_replicas\x18\a \x01(\x05H\x00R\x0ecanaryReplicas\x88\x01\x01\x12#\n" +
+	"\rcanary_header\x18\b \x01(\tR\fcanaryHeader\x12.\n" +
+	"\x13canary_header_value\x18\t \x01(\tR\x11canaryHeaderValueB\x12\n" +
+	"\x10_canary_replicas\":\n" +
 	"\n" +
 	"CanaryStep\x12\x16\n" +
 	"\x06weight\x18\x01 \x01(\rR\x06weight\x12\x14\n" +
@@ -5953,6 +5982,7 @@ func file_berth_proto_init() {
 		return
 	}
 	file_berth_proto_msgTypes[3].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

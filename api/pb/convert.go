@@ -113,6 +113,10 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 			pr.Analysis = &Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
 		}
 		pr.MaxSurge, pr.MaxUnavailable, pr.MinReady = intOrPercent(r.MaxSurge), intOrPercent(r.MaxUnavailable), durString(r.MinReady)
+		pr.CanaryReplicas = r.CanaryReplicas
+		if h := r.CanaryHeader; h != nil {
+			pr.CanaryHeader, pr.CanaryHeaderValue = h.Name, h.Value
+		}
 		p.Rollout = pr
 	}
 	if h := s.Health; h != nil {
@@ -162,6 +166,10 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 			ar.Analysis = &api.Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
 		}
 		ar.MaxSurge, ar.MaxUnavailable, ar.MinReady = parseIntOrPercent(r.MaxSurge), parseIntOrPercent(r.MaxUnavailable), parseDur(r.MinReady)
+		ar.CanaryReplicas = r.CanaryReplicas
+		if r.CanaryHeader != "" || r.CanaryHeaderValue != "" {
+			ar.CanaryHeader = &api.HeaderMatch{Name: r.CanaryHeader, Value: r.CanaryHeaderValue}
+		}
 		s.Rollout = ar
 	}
 	if h := p.GetHealth(); h != nil {

@@ -280,7 +280,11 @@ func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.Versioned
 	if canary {
 		steps := svc.Spec.Rollout.Steps
 		step := min(ro.Step, len(steps)-1)
-		want = CanaryReplicas(want, max(steps[step].Weight, ro.Weight))
+		if n := svc.Spec.Rollout.CanaryReplicas; n != nil {
+			want = int(*n)
+		} else {
+			want = CanaryReplicas(want, max(steps[step].Weight, ro.Weight))
+		}
 	}
 	var current, old []store.VersionedInstance
 	for _, vi := range instances {

@@ -96,6 +96,9 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	}
 	if r.Weight != step.Weight {
 		need := CanaryReplicas(in.Replicas, step.Weight)
+		if n := in.Spec.CanaryReplicas; n != nil {
+			need = int(*n)
+		}
 		if in.CanaryReady < need {
 			set(fmt.Sprintf("step %d/%d: waiting for %d/%d canary replicas to be ready", r.Step+1, len(steps), in.CanaryReady, need))
 			return d
