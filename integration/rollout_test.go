@@ -191,6 +191,9 @@ spec:
 				return r.Weight == weight, r.Message
 			})
 			time.Sleep(700 * time.Millisecond) // every gateway has it by now (the controller waited for the ACKs)
+			if st := status(); !strings.Contains(st.Message, "ro-gateway: SYNCED") || !strings.Contains(st.Message, "all gateways run the current weight") {
+				t.Errorf("rollout status does not show the gateway in sync:\n%s", st.Message)
+			}
 			load.openWindow()
 			time.Sleep(2 * time.Second)
 			w := load.closeWindow()

@@ -586,8 +586,12 @@ type Rollout struct {
 	StableErrors   int64  `protobuf:"varint,16,opt,name=stable_errors,json=stableErrors,proto3" json:"stable_errors,omitempty"`
 	CanaryReady    int32  `protobuf:"varint,17,opt,name=canary_ready,json=canaryReady,proto3" json:"canary_ready,omitempty"`
 	StableReady    int32  `protobuf:"varint,18,opt,name=stable_ready,json=stableReady,proto3" json:"stable_ready,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Every gateway: "name: SYNCED|STALE|NACKED version V".
+	Gateways []string `protobuf:"bytes,19,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	// Whether every gateway runs the snapshot carrying the current weight.
+	WeightSynced  bool `protobuf:"varint,20,opt,name=weight_synced,json=weightSynced,proto3" json:"weight_synced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -744,6 +748,20 @@ func (x *Rollout) GetStableReady() int32 {
 		return x.StableReady
 	}
 	return 0
+}
+
+func (x *Rollout) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+func (x *Rollout) GetWeightSynced() bool {
+	if x != nil {
+		return x.WeightSynced
+	}
+	return false
 }
 
 type VolumeMount struct {
@@ -5350,7 +5368,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x05pause\x18\x02 \x01(\tR\x05pause\"S\n" +
 	"\bAnalysis\x12$\n" +
 	"\x0emax_error_rate\x18\x01 \x01(\x01R\fmaxErrorRate\x12!\n" +
-	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\"\xe7\x04\n" +
+	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\"\xa8\x05\n" +
 	"\aRollout\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
@@ -5372,7 +5390,9 @@ const file_berth_proto_rawDesc = "" +
 	"\x0fstable_requests\x18\x0f \x01(\x03R\x0estableRequests\x12#\n" +
 	"\rstable_errors\x18\x10 \x01(\x03R\fstableErrors\x12!\n" +
 	"\fcanary_ready\x18\x11 \x01(\x05R\vcanaryReady\x12!\n" +
-	"\fstable_ready\x18\x12 \x01(\x05R\vstableReady\"\x87\x01\n" +
+	"\fstable_ready\x18\x12 \x01(\x05R\vstableReady\x12\x1a\n" +
+	"\bgateways\x18\x13 \x03(\tR\bgateways\x12#\n" +
+	"\rweight_synced\x18\x14 \x01(\bR\fweightSynced\"\x87\x01\n" +
 	"\vVolumeMount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +

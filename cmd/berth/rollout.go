@@ -144,6 +144,14 @@ func printRollout(cmd *cobra.Command, r *pb.Rollout) {
 	if r.PauseLeft != "" {
 		fmt.Fprintf(w, "  pause %s", r.PauseLeft)
 	}
-	fmt.Fprintf(w, "\n  canary: %d ready, %d requests, %d errors   stable: %d ready, %d requests, %d errors\n  %s\n",
-		r.CanaryReady, r.CanaryRequests, r.CanaryErrors, r.StableReady, r.StableRequests, r.StableErrors, r.Message)
+	fmt.Fprintf(w, "\n  canary: %d ready, %d requests, %d errors   stable: %d ready, %d requests, %d errors\n",
+		r.CanaryReady, r.CanaryRequests, r.CanaryErrors, r.StableReady, r.StableRequests, r.StableErrors)
+	if len(r.Gateways) > 0 {
+		sync := "all gateways run the current weight"
+		if !r.WeightSynced {
+			sync = "not every gateway runs the current weight yet"
+		}
+		fmt.Fprintf(w, "  gateways (%s): %s\n", sync, strings.Join(r.Gateways, "; "))
+	}
+	fmt.Fprintf(w, "  %s\n", r.Message)
 }

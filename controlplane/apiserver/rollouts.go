@@ -50,6 +50,16 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 			out.StableReady++
 		}
 	}
+	if s.cfg.Gateways != nil {
+		gws := s.cfg.Gateways()
+		out.WeightSynced = true
+		for _, gw := range gws.Gateways {
+			out.Gateways = append(out.Gateways, fmt.Sprintf("%s: %s version %d", gw.NodeId, gw.State, gw.Version))
+			if r.WeightRevision > 0 && gw.Version < uint64(r.WeightRevision) && gw.Version < gws.PublishedVersion {
+				out.WeightSynced = false
+			}
+		}
+	}
 	if s.cfg.Loads != nil {
 		window := time.Minute
 		if !r.StepStartedAt.IsZero() {
