@@ -150,7 +150,7 @@ spec:
   route: {hosts: [hello.example.test]}
   rollout:
     strategy: canary
-    steps: [{weight: 10, pause: 4s}, {weight: 50, pause: 4s}, {weight: 100}]
+    steps: [{weight: 10, pause: 6s}, {weight: 50, pause: 6s}, {weight: 100}]
     analysis: {maxErrorRate: 0.05, minRequests: 20}
     canaryHeader: {name: x-berth-canary, value: always}
 `, image, failRate)
@@ -190,10 +190,11 @@ spec:
 				r := status()
 				return r.Weight == weight, r.Message
 			})
-			time.Sleep(700 * time.Millisecond) // every gateway has it by now (the controller waited for the ACKs)
-			if st := status(); !strings.Contains(st.Message, "ro-gateway: SYNCED") || !strings.Contains(st.Message, "all gateways run the current weight") {
-				t.Errorf("rollout status does not show the gateway in sync:\n%s", st.Message)
-			}
+			eventually(t, 15*time.Second, "every gateway runs the new weight", func() (bool, string) {
+				st := status()
+				return strings.Contains(st.Message, "ro-gateway: SYNCED") && strings.Contains(st.Message, "all gateways run the current weight"), st.Message
+			})
+			time.Sleep(200 * time.Millisecond)
 			load.openWindow()
 			time.Sleep(2 * time.Second)
 			w := load.closeWindow()
