@@ -86,6 +86,55 @@ func startLoad(t *testing.T, gw string, rps int) *loadGen {
 	return l
 }
 
+// startInClusterLoad makes the client container call hello by DNS name
+// (http://hello:8080/) rps times a second, through its /call endpoint, and
+// counts what failed inside the cluster.
+func startInClusterLoad(t *testing.T, clientIP string, rps int) *loadGen {
+	l := &loadGen{byVersion: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	client := &http.Client{Timeout: 15 * time.Second}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(time.Second / time.Duration(rps))
+		defer tick.Stop()
+		var wg sync.WaitGroup
+		for {
+			select {
+			case <-l.stop:
+				wg.Wait()
+				return
+			case <-tick.C:
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := client.Get("http://" + clientIP + ":8080/call?url=http://hello:8080/")
+				l.total.Add(1)
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				if err != nil {
+					l.failures = append(l.failures, "test -> client: "+err.Error())
+					return
+				}
+				var r callReply
+				json.NewDecoder(resp.Body).Decode(&r)
+				resp.Body.Close()
+				var h struct{ Version string }
+				json.Unmarshal([]byte(r.Body), &h)
+				switch {
+				case r.Status == 200:
+					l.byVersion[h.Version]++
+				case r.Status == 500 && strings.Contains(r.Body, "injected failure"):
+					l.byVersion["failing-canary"]++
+				default:
+					l.failures = append(l.failures, fmt.Sprintf("client -> hello: %d %s %s", r.Status, r.Error, r.Body))
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
 func (l *loadGen) finish() {
 	select {
 	case <-l.stop:
@@ -180,7 +229,13 @@ spec:
 		return r
 	}
 
+	// A client inside the cluster calls hello by its DNS name throughout.
+	writeFile(t, filepath.Join(dir, "client.yaml"), readFile(t, filepath.Join(repoRoot, "manifests/examples/client.yaml")))
+	mustBerth(t, api, "apply", "-f", filepath.Join(dir, "client.yaml"), "--wait", "--timeout", "2m")
+	clientIP := readyInstances(instances(t, api, "client"))[0].Status.IP
+
 	load := startLoad(t, gw, 200)
+	inCluster := startInClusterLoad(t, clientIP, 20)
 
 	t.Run("canary in three steps, shares follow the weights, 0 failed requests", func(t *testing.T) {
 		writeFile(t, f, manifest("berth.local/hello:v2", "0"))
@@ -325,6 +380,13 @@ spec:
 
 	time.Sleep(3 * time.Second) // let the last drained replicas stop under load
 	load.finish()
+	inCluster.finish()
+	inCluster.mu.Lock()
+	t.Logf("in-cluster load by DNS name: %d requests, by version %v, %d failures", inCluster.total.Load(), inCluster.byVersion, len(inCluster.failures))
+	if n := len(inCluster.failures); n > 0 {
+		t.Errorf("%d failed in-cluster requests (first %d): %v", n, min(n, 10), inCluster.failures[:min(n, 10)])
+	}
+	inCluster.mu.Unlock()
 	load.mu.Lock()
 	defer load.mu.Unlock()
 	t.Logf("load: %d requests, by version %v, %d failures", load.total.Load(), load.byVersion, len(load.failures))
@@ -339,19 +401,28 @@ spec:
 func onlyRevision(t *testing.T, api string) bool {
 	var svcs []struct {
 		Service struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
 			Status struct {
 				Revision string `json:"revision"`
 			} `json:"status"`
 		} `json:"service"`
 	}
 	json.Unmarshal([]byte(mustBerth(t, api, "get", "services", "-o", "json")), &svcs)
-	if len(svcs) != 1 {
+	current := ""
+	for _, s := range svcs {
+		if s.Service.Metadata.Name == "hello" {
+			current = s.Service.Status.Revision
+		}
+	}
+	if current == "" {
 		return false
 	}
 	var all []ordinalView
 	json.Unmarshal([]byte(mustBerth(t, api, "get", "instances", "-o", "json")), &all)
 	for _, iv := range all {
-		if iv.Instance.Revision != svcs[0].Service.Status.Revision {
+		if iv.Instance.Service == "hello" && iv.Instance.Revision != current {
 			return false
 		}
 	}
