@@ -442,19 +442,23 @@ func TestNewErrors(t *testing.T) {
 }
 
 func TestNewDropsItselfAsUpstream(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	pc.Close()
-	cfg := DefaultConfig()
-	cfg.Logger = discardLogger()
-	cfg.Addr = addr
-	cfg.Upstreams = []string{addr, "127.0.0.1:1"}
-	s, err := New(cfg)
-	if err != nil {
-		t.Skipf("port taken meanwhile: %v", err)
+	// A fixed address is needed (the upstream list names it); another
+	// process may take a free port before New binds it, so try again.
+	var s *Server
+	for attempt := 0; s == nil; attempt++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := pc.LocalAddr().String()
+		pc.Close()
+		cfg := DefaultConfig()
+		cfg.Logger = discardLogger()
+		cfg.Addr = addr
+		cfg.Upstreams = []string{addr, "127.0.0.1:1"}
+		if s, err = New(cfg); err != nil && attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
