@@ -293,7 +293,9 @@ func TestClusterEndToEnd(t *testing.T) {
 			}
 		}
 		agent = startProc(top, "agent-2", agentArgs...)
-		time.Sleep(3 * time.Second) // give a wrong agent time to restart things
+		eventually(t, 30*time.Second, "the new agent adopts all 4 containers", func() (bool, string) {
+			return strings.Count(agent.logText(), "adopted running container") == 4, agent.logText()
+		})
 		eventually(t, 20*time.Second, "all instances ready after agent restart", func() (bool, string) {
 			now := instances(t, api, "")
 			return len(readyInstances(now)) == 4, fmt.Sprintf("%+v", now)

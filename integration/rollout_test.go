@@ -249,7 +249,6 @@ spec:
 				st := status()
 				return strings.Contains(st.Message, "ro-gateway: SYNCED") && strings.Contains(st.Message, "all gateways run the current weight"), st.Message
 			})
-			time.Sleep(200 * time.Millisecond)
 			load.openWindow()
 			time.Sleep(2 * time.Second)
 			w := load.closeWindow()
@@ -378,7 +377,10 @@ spec:
 		}
 	})
 
-	time.Sleep(3 * time.Second) // let the last drained replicas stop under load
+	eventually(t, 30*time.Second, "every drained replica stopped, under load", func() (bool, string) {
+		ivs := instances(t, api, "hello")
+		return len(ivs) == 2 && len(readyInstances(ivs)) == 2, fmt.Sprint(ivs)
+	})
 	load.finish()
 	inCluster.finish()
 	inCluster.mu.Lock()
