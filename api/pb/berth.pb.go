@@ -2710,7 +2710,7 @@ type ImageChunk struct {
 	// Set on the first chunk of a LoadImage upload.
 	FileName string `protobuf:"bytes,1,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
 	Data     []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	// Set on the first chunk FetchImage sends: the upload's digest, so an
+	// FetchImage sends it alone, before any data: the upload's digest, so an
 	// agent can tell whether it already imported this very upload.
 	Digest        string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -172,16 +172,16 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 		return status.Errorf(codes.Internal, "fetch image %s: %v", req.Reference, err)
 	}
 	defer f.Close()
+	// The digest goes alone first: an agent that already imported this
+	// upload stops here without the server reading the file.
+	if err := stream.Send(&pb.ImageChunk{Digest: img.Digest}); err != nil {
+		return err
+	}
 	buf := make([]byte, 1<<20)
-	first := true
 	for {
 		n, err := f.Read(buf)
-		if n > 0 || first {
-			chunk := &pb.ImageChunk{Data: buf[:n]}
-			if first {
-				chunk.Digest, first = img.Digest, false
-			}
-			if serr := stream.Send(chunk); serr != nil {
+		if n > 0 {
+			if serr := stream.Send(&pb.ImageChunk{Data: buf[:n]}); serr != nil {
 				return serr
 			}
 		}
