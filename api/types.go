@@ -512,8 +512,5 @@ type Capacity struct {
 	MemoryBytes int64 `json:"memoryBytes"`
 }
 
-// Name returns the instance's service name (for symmetry with Service.Key).
-func (i *Instance) Name() string { return i.Service }
-
 // ServiceKey is "<namespace>/<service>".
 func (i *Instance) ServiceKey() string { return i.Namespace + "/" + i.Service }

@@ -33,8 +33,7 @@ type State struct {
 func Build(st State) *Snapshot {
 	byService := make(map[string][]api.Instance)
 	for _, in := range st.Instances {
-		k := in.Namespace + "/" + in.Name()
-		byService[k] = append(byService[k], in)
+		byService[in.ServiceKey()] = append(byService[in.ServiceKey()], in)
 	}
 	snap := &Snapshot{Version: st.Version, Services: make([]Service, 0, len(st.Services))}
 	for i := range st.Services {

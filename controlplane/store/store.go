@@ -113,14 +113,9 @@ type ApplyResult struct {
 	Revision        int64
 }
 
-// ApplyServices creates or updates services in one transaction: each
+// Apply creates or updates services and volumes in one transaction: each
 // service whose template changed gets a new immutable revision. Either
-// every service is written or none is.
-func (s *Store) ApplyServices(ctx context.Context, svcs []api.Service) ([]ApplyResult, error) {
-	return s.Apply(ctx, svcs, nil)
-}
-
-// Apply creates or updates services and volumes in one transaction.
+// every object is written or none is.
 func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume) ([]ApplyResult, error) {
 	return s.apply(ctx, svcs, vols, nil)
 }
