@@ -34,6 +34,19 @@ func (g *globalOptions) client() (pb.BerthClient, func(), error) {
 	return pb.NewBerthClient(conn), func() { conn.Close() }, nil
 }
 
+// call runs f with an API client and a context bounded by callCtx: the
+// frame of every one-shot CLI command.
+func (g *globalOptions) call(cmd *cobra.Command, f func(ctx context.Context, cli pb.BerthClient) error) error {
+	cli, done, err := g.client()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := callCtx(cmd)
+	defer cancel()
+	return f(ctx, cli)
+}
+
 // rpcErr makes gRPC errors readable: the message, and a hint when the
 // server is not there.
 func (g *globalOptions) rpcErr(err error) error {
@@ -81,32 +94,27 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 			for i := range all.Volumes {
 				req.Volumes = append(req.Volumes, pb.FromVolume(&all.Volumes[i]))
 			}
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.Apply(ctx, req)
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			for _, r := range resp.Results {
-				if r.Kind == api.KindVolume {
-					fmt.Fprintf(cmd.OutOrStdout(), "volume/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
-					continue
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.Apply(ctx, req)
+				if err != nil {
+					return g.rpcErr(err)
 				}
-				if r.Revision > 0 {
-					fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s, revision %d)\n", r.Name, r.Action, r.Namespace, r.Revision)
-				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
+				for _, r := range resp.Results {
+					if r.Kind == api.KindVolume {
+						fmt.Fprintf(cmd.OutOrStdout(), "volume/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
+						continue
+					}
+					if r.Revision > 0 {
+						fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s, revision %d)\n", r.Name, r.Action, r.Namespace, r.Revision)
+					} else {
+						fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
+					}
 				}
-			}
-			if wait && !dryRun {
-				return waitReady(cmd, g, cli, resp.Results, timeout)
-			}
-			return nil
+				if wait && !dryRun {
+					return waitReady(cmd, g, cli, resp.Results, timeout)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "manifest file or directory (repeatable; - for stdin)")
@@ -217,136 +225,131 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 		Args:      cobra.ExactArgs(1),
 		ValidArgs: []string{"services", "instances", "nodes", "images", "volumes", "gateways"},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			p := printer{format: output, w: cmd.OutOrStdout()}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			defer tw.Flush()
-			switch args[0] {
-			case "services", "service", "svc":
-				resp, err := cli.ListServices(ctx, &pb.ListServicesRequest{Namespace: namespace})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				msgs := make([]proto.Message, len(resp.Services))
-				for i, s := range resp.Services {
-					msgs[i] = s
-				}
-				if ok, err := p.structured(msgs); ok {
-					return err
-				}
-				fmt.Fprintln(tw, "NAMESPACE\tNAME\tREVISION\tREADY\tIMAGE\tROUTE\tAGE")
-				for _, s := range resp.Services {
-					route := "-"
-					if r := s.Service.Spec.Route; r != nil {
-						route = strings.Join(r.Hosts, ",")
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				p := printer{format: output, w: cmd.OutOrStdout()}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				defer tw.Flush()
+				switch args[0] {
+				case "services", "service", "svc":
+					resp, err := cli.ListServices(ctx, &pb.ListServicesRequest{Namespace: namespace})
+					if err != nil {
+						return g.rpcErr(err)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%s\t%s\t%s\n", s.Service.Metadata.Namespace, s.Service.Metadata.Name,
-						s.Service.Status.GetRevision(), s.Ready, s.Desired, s.Service.Spec.Image, route, age(s.Service.Status.GetCreatedAt()))
-				}
-			case "instances", "instance", "inst":
-				resp, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				msgs := make([]proto.Message, len(resp.Instances))
-				for i, s := range resp.Instances {
-					msgs[i] = s
-				}
-				if ok, err := p.structured(msgs); ok {
-					return err
-				}
-				printInstances(tw, resp.Instances)
-			case "nodes", "node":
-				resp, err := cli.ListNodes(ctx, &pb.ListNodesRequest{})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				msgs := make([]proto.Message, len(resp.Nodes))
-				for i, s := range resp.Nodes {
-					msgs[i] = s
-				}
-				if ok, err := p.structured(msgs); ok {
-					return err
-				}
-				fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tLAST-HEARTBEAT\tAGE")
-				for _, n := range resp.Nodes {
-					st := n.State
-					if st == "" {
-						st = "NotReady"
-						if n.Ready {
-							st = "Ready"
+					msgs := make([]proto.Message, len(resp.Services))
+					for i, s := range resp.Services {
+						msgs[i] = s
+					}
+					if ok, err := p.structured(msgs); ok {
+						return err
+					}
+					fmt.Fprintln(tw, "NAMESPACE\tNAME\tREVISION\tREADY\tIMAGE\tROUTE\tAGE")
+					for _, s := range resp.Services {
+						route := "-"
+						if r := s.Service.Spec.Route; r != nil {
+							route = strings.Join(r.Hosts, ",")
 						}
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%s\t%s\t%s\n", s.Service.Metadata.Namespace, s.Service.Metadata.Name,
+							s.Service.Status.GetRevision(), s.Ready, s.Desired, s.Service.Spec.Image, route, age(s.Service.Status.GetCreatedAt()))
 					}
-					if n.Cordoned {
-						st += ",Cordoned"
+				case "instances", "instance", "inst":
+					resp, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace})
+					if err != nil {
+						return g.rpcErr(err)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
-						n.Allocated.GetMilliCpu(), n.Capacity.GetMilliCpu(), mib(n.Allocated.GetMemoryBytes()), mib(n.Capacity.GetMemoryBytes()),
-						n.Instances, age(n.Heartbeat), age(n.JoinedAt))
-				}
-			case "images", "image":
-				resp, err := cli.ListImages(ctx, &pb.ListImagesRequest{})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				msgs := make([]proto.Message, len(resp.Images))
-				for i, s := range resp.Images {
-					msgs[i] = s
-				}
-				if ok, err := p.structured(msgs); ok {
-					return err
-				}
-				fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tLOADED")
-				for _, im := range resp.Images {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", im.Reference, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
-				}
-			case "gateways", "gateway", "gw":
-				resp, err := cli.ListGateways(ctx, &pb.ListGatewaysRequest{})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				msgs := make([]proto.Message, len(resp.Gateways))
-				for i, s := range resp.Gateways {
-					msgs[i] = s
-				}
-				if ok, err := p.structured(msgs); ok {
-					return err
-				}
-				fmt.Fprintln(tw, "NAME\tADDRESS\tVERSION\tSTATE\tLAG\tPROTOCOL\tCONNECTED\tLAST-NACK")
-				for _, gw := range resp.Gateways {
-					proto := "sotw"
-					if gw.Delta {
-						proto = "delta"
+					msgs := make([]proto.Message, len(resp.Instances))
+					for i, s := range resp.Instances {
+						msgs[i] = s
 					}
-					if gw.Proxyless {
-						proto += ",proxyless-grpc"
+					if ok, err := p.structured(msgs); ok {
+						return err
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, gw.Address, gw.Version, resp.PublishedVersion,
-						gw.State, gw.LagMs, proto, age(gw.ConnectedAt), short(gw.LastNack, 80))
+					printInstances(tw, resp.Instances)
+				case "nodes", "node":
+					resp, err := cli.ListNodes(ctx, &pb.ListNodesRequest{})
+					if err != nil {
+						return g.rpcErr(err)
+					}
+					msgs := make([]proto.Message, len(resp.Nodes))
+					for i, s := range resp.Nodes {
+						msgs[i] = s
+					}
+					if ok, err := p.structured(msgs); ok {
+						return err
+					}
+					fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tLAST-HEARTBEAT\tAGE")
+					for _, n := range resp.Nodes {
+						st := n.State
+						if st == "" {
+							st = "NotReady"
+							if n.Ready {
+								st = "Ready"
+							}
+						}
+						if n.Cordoned {
+							st += ",Cordoned"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
+							n.Allocated.GetMilliCpu(), n.Capacity.GetMilliCpu(), mib(n.Allocated.GetMemoryBytes()), mib(n.Capacity.GetMemoryBytes()),
+							n.Instances, age(n.Heartbeat), age(n.JoinedAt))
+					}
+				case "images", "image":
+					resp, err := cli.ListImages(ctx, &pb.ListImagesRequest{})
+					if err != nil {
+						return g.rpcErr(err)
+					}
+					msgs := make([]proto.Message, len(resp.Images))
+					for i, s := range resp.Images {
+						msgs[i] = s
+					}
+					if ok, err := p.structured(msgs); ok {
+						return err
+					}
+					fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tLOADED")
+					for _, im := range resp.Images {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", im.Reference, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
+					}
+				case "gateways", "gateway", "gw":
+					resp, err := cli.ListGateways(ctx, &pb.ListGatewaysRequest{})
+					if err != nil {
+						return g.rpcErr(err)
+					}
+					msgs := make([]proto.Message, len(resp.Gateways))
+					for i, s := range resp.Gateways {
+						msgs[i] = s
+					}
+					if ok, err := p.structured(msgs); ok {
+						return err
+					}
+					fmt.Fprintln(tw, "NAME\tADDRESS\tVERSION\tSTATE\tLAG\tPROTOCOL\tCONNECTED\tLAST-NACK")
+					for _, gw := range resp.Gateways {
+						proto := "sotw"
+						if gw.Delta {
+							proto = "delta"
+						}
+						if gw.Proxyless {
+							proto += ",proxyless-grpc"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, gw.Address, gw.Version, resp.PublishedVersion,
+							gw.State, gw.LagMs, proto, age(gw.ConnectedAt), short(gw.LastNack, 80))
+					}
+				case "volumes", "volume", "vol":
+					resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
+					if err != nil {
+						return g.rpcErr(err)
+					}
+					msgs := make([]proto.Message, len(resp.Volumes))
+					for i, s := range resp.Volumes {
+						msgs[i] = s
+					}
+					if ok, err := p.structured(msgs); ok {
+						return err
+					}
+					printVolumes(tw, resp.Volumes)
+				default:
+					return fmt.Errorf("get: unknown kind %q: use services, instances, nodes, images, volumes or gateways", args[0])
 				}
-			case "volumes", "volume", "vol":
-				resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				msgs := make([]proto.Message, len(resp.Volumes))
-				for i, s := range resp.Volumes {
-					msgs[i] = s
-				}
-				if ok, err := p.structured(msgs); ok {
-					return err
-				}
-				printVolumes(tw, resp.Volumes)
-			default:
-				return fmt.Errorf("get: unknown kind %q: use services, instances, nodes, images, volumes or gateways", args[0])
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json, yaml")
@@ -418,64 +421,59 @@ func newDescribeCmd(g *globalOptions) *cobra.Command {
 			if args[0] != "service" && args[0] != "services" && args[0] != "svc" {
 				return fmt.Errorf("describe: unknown kind %q: use service", args[0])
 			}
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			d, err := cli.GetService(ctx, &pb.GetServiceRequest{Namespace: namespace, Name: args[1]})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			w := cmd.OutOrStdout()
-			s := d.Service
-			fmt.Fprintf(w, "Name:        %s\nNamespace:   %s\nRevision:    %d\nImage:       %s\nReplicas:    %d\n", s.Metadata.Name, s.Metadata.Namespace, s.Status.GetRevision(), s.Spec.Image, s.Spec.GetReplicas())
-			if len(s.Spec.Command)+len(s.Spec.Args) > 0 {
-				fmt.Fprintf(w, "Command:     %s\n", strings.Join(append(append([]string{}, s.Spec.Command...), s.Spec.Args...), " "))
-			}
-			for _, p := range s.Spec.Ports {
-				fmt.Fprintf(w, "Port:        %s %d/%s\n", p.Name, p.Port, p.Protocol)
-			}
-			if r := s.Spec.Resources; r != nil && (r.Cpu != "" || r.Memory != "") {
-				fmt.Fprintf(w, "Resources:   cpu %s, memory %s\n", r.Cpu, r.Memory)
-			}
-			if h := s.Spec.Health; h != nil {
-				switch {
-				case h.Http != nil:
-					fmt.Fprintf(w, "Health:      http GET :%d%s every %s (timeout %s)\n", h.Http.Port, h.Http.Path, h.Interval, h.Timeout)
-				case h.Tcp != nil:
-					fmt.Fprintf(w, "Health:      tcp :%d every %s (timeout %s)\n", h.Tcp.Port, h.Interval, h.Timeout)
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				d, err := cli.GetService(ctx, &pb.GetServiceRequest{Namespace: namespace, Name: args[1]})
+				if err != nil {
+					return g.rpcErr(err)
 				}
-			}
-			if r := s.Spec.Route; r != nil {
-				fmt.Fprintf(w, "Route:       hosts %s, paths %s\n", strings.Join(r.Hosts, ","), strings.Join(r.Paths, ","))
-			}
-			keys := make([]string, 0, len(s.Spec.Env))
-			for k := range s.Spec.Env {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				fmt.Fprintf(w, "Env:         %s=%s\n", k, s.Spec.Env[k])
-			}
-			fmt.Fprintf(w, "DNS names:   %s\n", strings.Join(d.DnsNames, ", "))
-			if len(d.DnsAnswers) == 0 {
-				fmt.Fprintln(w, "DNS answers: (none ready: NODATA)")
-			} else {
-				fmt.Fprintln(w, "DNS answers:")
-				for _, a := range d.DnsAnswers {
-					fmt.Fprintf(w, "  %s\n", a)
+				w := cmd.OutOrStdout()
+				s := d.Service
+				fmt.Fprintf(w, "Name:        %s\nNamespace:   %s\nRevision:    %d\nImage:       %s\nReplicas:    %d\n", s.Metadata.Name, s.Metadata.Namespace, s.Status.GetRevision(), s.Spec.Image, s.Spec.GetReplicas())
+				if len(s.Spec.Command)+len(s.Spec.Args) > 0 {
+					fmt.Fprintf(w, "Command:     %s\n", strings.Join(append(append([]string{}, s.Spec.Command...), s.Spec.Args...), " "))
 				}
-			}
-			fmt.Fprintln(w, "\nInstances:")
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			printInstances(tw, d.Instances)
-			tw.Flush()
-			fmt.Fprintln(w, "\nEvents:")
-			printEvents(w, d.Events)
-			return nil
+				for _, p := range s.Spec.Ports {
+					fmt.Fprintf(w, "Port:        %s %d/%s\n", p.Name, p.Port, p.Protocol)
+				}
+				if r := s.Spec.Resources; r != nil && (r.Cpu != "" || r.Memory != "") {
+					fmt.Fprintf(w, "Resources:   cpu %s, memory %s\n", r.Cpu, r.Memory)
+				}
+				if h := s.Spec.Health; h != nil {
+					switch {
+					case h.Http != nil:
+						fmt.Fprintf(w, "Health:      http GET :%d%s every %s (timeout %s)\n", h.Http.Port, h.Http.Path, h.Interval, h.Timeout)
+					case h.Tcp != nil:
+						fmt.Fprintf(w, "Health:      tcp :%d every %s (timeout %s)\n", h.Tcp.Port, h.Interval, h.Timeout)
+					}
+				}
+				if r := s.Spec.Route; r != nil {
+					fmt.Fprintf(w, "Route:       hosts %s, paths %s\n", strings.Join(r.Hosts, ","), strings.Join(r.Paths, ","))
+				}
+				keys := make([]string, 0, len(s.Spec.Env))
+				for k := range s.Spec.Env {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				for _, k := range keys {
+					fmt.Fprintf(w, "Env:         %s=%s\n", k, s.Spec.Env[k])
+				}
+				fmt.Fprintf(w, "DNS names:   %s\n", strings.Join(d.DnsNames, ", "))
+				if len(d.DnsAnswers) == 0 {
+					fmt.Fprintln(w, "DNS answers: (none ready: NODATA)")
+				} else {
+					fmt.Fprintln(w, "DNS answers:")
+					for _, a := range d.DnsAnswers {
+						fmt.Fprintf(w, "  %s\n", a)
+					}
+				}
+				fmt.Fprintln(w, "\nInstances:")
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				printInstances(tw, d.Instances)
+				tw.Flush()
+				fmt.Fprintln(w, "\nEvents:")
+				printEvents(w, d.Events)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", api.DefaultNamespace, "namespace")
@@ -502,19 +500,14 @@ func newEventsCmd(g *globalOptions) *cobra.Command {
 		Use:   "events",
 		Short: "Show recent events (kept for an hour)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.ListEvents(ctx, &pb.ListEventsRequest{Namespace: namespace, Object: object, Limit: limit})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			printEvents(cmd.OutOrStdout(), resp.Events)
-			return nil
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.ListEvents(ctx, &pb.ListEventsRequest{Namespace: namespace, Object: object, Limit: limit})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				printEvents(cmd.OutOrStdout(), resp.Events)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace (default: all)")
@@ -534,36 +527,31 @@ func newDeleteCmd(g *globalOptions) *cobra.Command {
 			if args[0] != "service" && args[0] != "services" && args[0] != "svc" {
 				return fmt.Errorf("delete: unknown kind %q: use service", args[0])
 			}
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.DeleteService(ctx, &pb.DeleteServiceRequest{Namespace: namespace, Name: args[1]})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "service/%s deleted; %d instances draining\n", args[1], resp.InstancesDraining)
-			if !wait {
-				return nil
-			}
-			for {
-				l, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace, Service: args[1]})
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.DeleteService(ctx, &pb.DeleteServiceRequest{Namespace: namespace, Name: args[1]})
 				if err != nil {
 					return g.rpcErr(err)
 				}
-				if len(l.Instances) == 0 {
-					fmt.Fprintf(cmd.OutOrStdout(), "service/%s: all containers stopped\n", args[1])
+				fmt.Fprintf(cmd.OutOrStdout(), "service/%s deleted; %d instances draining\n", args[1], resp.InstancesDraining)
+				if !wait {
 					return nil
 				}
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("delete: %d instances still stopping", len(l.Instances))
-				case <-time.After(200 * time.Millisecond):
+				for {
+					l, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace, Service: args[1]})
+					if err != nil {
+						return g.rpcErr(err)
+					}
+					if len(l.Instances) == 0 {
+						fmt.Fprintf(cmd.OutOrStdout(), "service/%s: all containers stopped\n", args[1])
+						return nil
+					}
+					select {
+					case <-ctx.Done():
+						return fmt.Errorf("delete: %d instances still stopping", len(l.Instances))
+					case <-time.After(200 * time.Millisecond):
+					}
 				}
-			}
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", api.DefaultNamespace, "namespace")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/berth-dev/berth/api/pb"
@@ -15,19 +16,14 @@ func newTokenCmd(g *globalOptions) *cobra.Command {
 		Short: "Create a join token; start agents with --join-token TOKEN",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Description: description})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
-			return nil
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Description: description})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
+				return nil
+			})
 		},
 	}
 	create.Flags().StringVar(&description, "description", "", "what the token is for")
@@ -43,18 +39,13 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 			Short: short,
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				cli, done, err := g.client()
-				if err != nil {
-					return err
-				}
-				defer done()
-				ctx, cancel := callCtx(cmd)
-				defer cancel()
-				if _, err := cli.CordonNode(ctx, &pb.CordonNodeRequest{Name: args[0], Cordon: value}); err != nil {
-					return g.rpcErr(err)
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "node/%s %sed\n", args[0], use)
-				return nil
+				return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+					if _, err := cli.CordonNode(ctx, &pb.CordonNodeRequest{Name: args[0], Cordon: value}); err != nil {
+						return g.rpcErr(err)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "node/%s %sed\n", args[0], use)
+					return nil
+				})
 			},
 		}
 	}
@@ -63,19 +54,14 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 		Short: "Cordon a node and move its instances elsewhere through the normal drain path",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.DrainNode(ctx, &pb.DrainNodeRequest{Name: args[0]})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node/%s cordoned; %d instances draining\n", args[0], resp.InstancesDraining)
-			return nil
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.DrainNode(ctx, &pb.DrainNodeRequest{Name: args[0]})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "node/%s cordoned; %d instances draining\n", args[0], resp.InstancesDraining)
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(cordon("cordon", "Place no new instances on a node", true), cordon("uncordon", "Let a node take new instances again", false), drain)

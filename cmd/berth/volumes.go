@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -44,20 +45,15 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 		Short: "List volumes, where their data is and who mounts them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			printVolumes(tw, resp.Volumes)
-			return tw.Flush()
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				printVolumes(tw, resp.Volumes)
+				return tw.Flush()
+			})
 		},
 	}
 	describe := &cobra.Command{
@@ -65,24 +61,19 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 		Short: "Show a volume and its events",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			d, err := cli.GetVolume(ctx, &pb.GetVolumeRequest{Namespace: namespace, Name: args[0]})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			w := cmd.OutOrStdout()
-			v := d.View.Volume
-			fmt.Fprintf(w, "Name:       %s\nNamespace:  %s\nNode:       %s\nPinned to:  %s\nSize:       %s\nTemplate:   %s\nDeleting:   %t\nUsed by:    %s\n",
-				v.Metadata.Name, v.Metadata.Namespace, dash(v.Node), dash(v.PinnedNode), dash(v.Size), dash(v.Template), v.Deleting, dash(strings.Join(d.View.UsedBy, ", ")))
-			fmt.Fprintln(w, "\nEvents:")
-			printEvents(w, d.Events)
-			return nil
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				d, err := cli.GetVolume(ctx, &pb.GetVolumeRequest{Namespace: namespace, Name: args[0]})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				w := cmd.OutOrStdout()
+				v := d.View.Volume
+				fmt.Fprintf(w, "Name:       %s\nNamespace:  %s\nNode:       %s\nPinned to:  %s\nSize:       %s\nTemplate:   %s\nDeleting:   %t\nUsed by:    %s\n",
+					v.Metadata.Name, v.Metadata.Namespace, dash(v.Node), dash(v.PinnedNode), dash(v.Size), dash(v.Template), v.Deleting, dash(strings.Join(d.View.UsedBy, ", ")))
+				fmt.Fprintln(w, "\nEvents:")
+				printEvents(w, d.Events)
+				return nil
+			})
 		},
 	}
 	rm := &cobra.Command{
@@ -90,18 +81,13 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 		Short: "Delete a volume and its data (refused while an instance mounts it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			if _, err := cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Namespace: namespace, Name: args[0]}); err != nil {
-				return g.rpcErr(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "volume/%s deleted\n", args[0])
-			return nil
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				if _, err := cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Namespace: namespace, Name: args[0]}); err != nil {
+					return g.rpcErr(err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "volume/%s deleted\n", args[0])
+				return nil
+			})
 		},
 	}
 	release := &cobra.Command{
@@ -109,19 +95,14 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 		Short: "Unbind a volume from its (lost) node: its consumers start elsewhere on an EMPTY directory",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := callCtx(cmd)
-			defer cancel()
-			resp, err := cli.ReleaseVolume(ctx, &pb.ReleaseVolumeRequest{Namespace: namespace, Name: args[0]})
-			if err != nil {
-				return g.rpcErr(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "volume/%s released from node %s; its data there is no longer used\n", args[0], dash(resp.PreviousNode))
-			return nil
+			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+				resp, err := cli.ReleaseVolume(ctx, &pb.ReleaseVolumeRequest{Namespace: namespace, Name: args[0]})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "volume/%s released from node %s; its data there is no longer used\n", args[0], dash(resp.PreviousNode))
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(ls, describe, rm, release)
