@@ -115,7 +115,34 @@ type RolloutSpec struct {
 	// CanaryHeader: a request carrying this header with this value always
 	// goes to the canary while one runs (through the gateways).
 	CanaryHeader *HeaderMatch `json:"canaryHeader,omitempty"`
+	// Sticky puts each user in a cohort by a hash of a header or cookie:
+	// a user whose hash mod 100 is below the canary's weight goes to the
+	// canary, so as the weight rises users move only from stable to
+	// canary, never back (through the gateways; DNS has no user).
+	Sticky *StickyCohort `json:"sticky,omitempty"`
+	// ProgressDeadline is how long a rollout may go without progress (a
+	// new replica becoming available, a canary step moving on) before it
+	// fails and rolls back. Time spent in a pause or waiting for promote
+	// does not count. Default 10m.
+	ProgressDeadline Duration `json:"progressDeadline,omitzero"`
 }
+
+// StickyCohort names the request attribute hashed into a user's cohort:
+// exactly one of Header and Cookie.
+type StickyCohort struct {
+	Header string `json:"header,omitempty"`
+	Cookie string `json:"cookie,omitempty"`
+}
+
+// CohortHeader is the request header carrying a request's cohort, a number
+// whose value mod 100 is compared with the canary's weight. The gateway
+// sets it from the sticky hash; it is also the WeightedCluster header_name
+// in the route configuration, so a real Envoy behind a proxy that sets it
+// picks the same revision.
+const CohortHeader = "x-berth-cohort"
+
+// DefaultProgressDeadline applies when spec.rollout.progressDeadline is 0.
+const DefaultProgressDeadline = 10 * time.Minute
 
 // HeaderMatch is an exact header match.
 type HeaderMatch struct {
@@ -191,6 +218,14 @@ type Analysis struct {
 	// MinRequests below which a step is not judged: no traffic means wait,
 	// not pass.
 	MinRequests int64 `json:"minRequests,omitempty"`
+	// MaxLatency fails the canary when its p99 latency (estimated from
+	// the gateways' latency buckets in their load reports) is above it;
+	// 0 leaves latency out of the analysis.
+	MaxLatency Duration `json:"maxLatency,omitzero"`
+	// MaxErrorRateIncrease fails the canary when its error rate exceeds
+	// the stable revision's over the same window by more than this much
+	// (0.02 = two points); 0 leaves the comparison out.
+	MaxErrorRateIncrease float64 `json:"maxErrorRateIncrease,omitempty"`
 }
 
 // Rollout phases.

@@ -135,6 +135,9 @@ func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
 		if len(r.Steps) > 0 {
 			errs.add(path+".steps", "steps need strategy: canary")
 		}
+		if r.Sticky != nil || r.CanaryHeader != nil || r.CanaryReplicas != nil {
+			errs.add(path+".strategy", "sticky, canaryHeader and canaryReplicas need strategy: canary")
+		}
 		if r.MaxSurge != nil && r.MaxUnavailable != nil && r.MaxSurge.Value == 0 && r.MaxUnavailable.Value == 0 {
 			errs.add(path+".maxUnavailable", "maxSurge and maxUnavailable cannot both be 0")
 		}
@@ -147,6 +150,18 @@ func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
 		}
 		if n := r.CanaryReplicas; n != nil && (*n < 1 || *n > MaxReplicas) {
 			errs.add(path+".canaryReplicas", "must be between 1 and %d", MaxReplicas)
+		}
+		if st := r.Sticky; st != nil {
+			switch {
+			case (st.Header == "") == (st.Cookie == ""):
+				errs.add(path+".sticky", "set exactly one of header and cookie")
+			case st.Header != "" && !headerNameRE.MatchString(st.Header):
+				errs.add(path+".sticky.header", "must be an HTTP header name")
+			case st.Header != "" && strings.EqualFold(st.Header, api.CohortHeader):
+				errs.add(path+".sticky.header", "%s is what the gateway derives from the hash; name the header that identifies a user", api.CohortHeader)
+			case st.Cookie != "" && !headerNameRE.MatchString(st.Cookie):
+				errs.add(path+".sticky.cookie", "must be a cookie name (an HTTP token)")
+			}
 		}
 		if h := r.CanaryHeader; h != nil {
 			if !headerNameRE.MatchString(h.Name) {
@@ -182,6 +197,15 @@ func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
 		if a.MinRequests < 0 {
 			errs.add(path+".analysis.minRequests", "must not be negative")
 		}
+		if a.MaxLatency.Duration < 0 {
+			errs.add(path+".analysis.maxLatency", "must not be negative")
+		}
+		if a.MaxErrorRateIncrease < 0 || a.MaxErrorRateIncrease > 1 {
+			errs.add(path+".analysis.maxErrorRateIncrease", "must be between 0 and 1")
+		}
+	}
+	if r.ProgressDeadline.Duration < 0 {
+		errs.add(path+".progressDeadline", "must not be negative")
 	}
 }
 

@@ -3,6 +3,7 @@ package manifests
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 const volumeManifests = `apiVersion: berth.dev/v1
@@ -80,6 +81,32 @@ func TestParseRollout(t *testing.T) {
 		doc := "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  rollout:\n    strategy: canary\n    steps: " + bad.steps + "\n"
 		if _, err := ParseObjects("r.yaml", []byte(doc)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: %v, want %q", bad.steps, err, bad.want)
+		}
+	}
+}
+
+func TestParseRolloutStickyDeadlineLatency(t *testing.T) {
+	head := "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  rollout:\n    strategy: canary\n    steps: [{weight: 10}]\n"
+	good := head + "    sticky: {cookie: session}\n    progressDeadline: 2m\n    analysis: {maxLatency: 250ms, maxErrorRateIncrease: 0.02}\n"
+	objs, err := ParseObjects("r.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := objs.Services[0].Spec.Rollout
+	if r.Sticky.Cookie != "session" || r.ProgressDeadline.Duration != 2*time.Minute || r.Analysis.MaxLatency.Duration != 250*time.Millisecond || r.Analysis.MaxErrorRateIncrease != 0.02 {
+		t.Fatalf("rollout = %+v", r)
+	}
+	for _, bad := range []struct{ extra, want string }{
+		{"    sticky: {}\n", "spec.rollout.sticky: set exactly one of header and cookie"},
+		{"    sticky: {header: x-user, cookie: s}\n", "spec.rollout.sticky: set exactly one"},
+		{"    sticky: {header: \"bad header\"}\n", "spec.rollout.sticky.header: must be an HTTP header name"},
+		{"    sticky: {header: X-Berth-Cohort}\n", "spec.rollout.sticky.header: x-berth-cohort is what the gateway derives"},
+		{"    sticky: {cookie: \"a;b\"}\n", "spec.rollout.sticky.cookie: must be a cookie name"},
+		{"    progressDeadline: soon\n", "spec.rollout.progressDeadline"},
+		{"    analysis: {maxErrorRateIncrease: 2}\n", "spec.rollout.analysis.maxErrorRateIncrease: must be between 0 and 1"},
+	} {
+		if _, err := ParseObjects("r.yaml", []byte(head+bad.extra)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: %v, want %q", bad.extra, err, bad.want)
 		}
 	}
 }
