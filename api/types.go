@@ -538,6 +538,9 @@ type Node struct {
 	JoinedAt  time.Time `json:"joinedAt"`
 	// Cordoned nodes get no new instances.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// DNSVersion is the discovery snapshot version the node's DNS answers
+	// from, as of its last heartbeat (filled from the cache; 0: none).
+	DNSVersion uint64 `json:"-"`
 }
 
 // Capacity is what a node offers (or what instances request), in

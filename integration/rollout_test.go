@@ -245,9 +245,10 @@ spec:
 				r := status()
 				return r.Weight == weight, r.Message
 			})
-			eventually(t, 15*time.Second, "every gateway runs the new weight", func() (bool, string) {
+			eventually(t, 15*time.Second, "every gateway and every node's DNS runs the new weight", func() (bool, string) {
 				st := status()
-				return strings.Contains(st.Message, "ro-gateway: SYNCED") && strings.Contains(st.Message, "all gateways run the current weight"), st.Message
+				return strings.Contains(st.Message, "ro-gateway: SYNCED") && strings.Contains(st.Message, "all gateways run the current weight") &&
+					strings.Contains(st.Message, "every node's DNS runs the current weight"), st.Message
 			})
 			load.openWindow()
 			time.Sleep(2 * time.Second)

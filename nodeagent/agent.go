@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -99,6 +100,10 @@ type Agent struct {
 
 	rt  *runtime.Runtime
 	dns *berthdns.Server
+	// dnsVersion is the snapshot version the DNS answers from; beatNow
+	// asks for a heartbeat carrying it without waiting for the ticker.
+	dnsVersion atomic.Uint64
+	beatNow    chan struct{}
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -137,7 +142,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, logger: cfg.Logger.With("component", "agent", "node", cfg.Name),
 		conn: conn, client: pb.NewNodeAgentClient(conn), berth: pb.NewBerthClient(conn),
-		prober: probe.New(), ready: make(chan struct{}), imageLocks: map[string]*sync.Mutex{},
+		prober: probe.New(), ready: make(chan struct{}), imageLocks: map[string]*sync.Mutex{}, beatNow: make(chan struct{}, 1),
 		starts:        prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_starts_total", Help: "Containers started."}),
 		restarts:      prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_restarts_total", Help: "Containers restarted after they exited."}),
 		probeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_probe_failures_total", Help: "Readiness probes that failed."}),
@@ -285,9 +290,10 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.beatNow:
 		}
 		hctx, cancel := context.WithTimeout(ctx, every)
-		_, err := a.client.Heartbeat(hctx, &pb.HeartbeatRequest{Name: a.cfg.Name})
+		_, err := a.client.Heartbeat(hctx, &pb.HeartbeatRequest{Name: a.cfg.Name, DnsVersion: a.dnsVersion.Load()})
 		cancel()
 		if err != nil && !failing && ctx.Err() == nil {
 			a.logger.Warn("heartbeat failed", "err", err)
@@ -332,6 +338,13 @@ func (a *Agent) followDiscovery(ctx context.Context) {
 			// While the control plane is away the DNS keeps answering from
 			// the last snapshot.
 			a.dns.Update(pb.ToSnapshot(msg))
+			// Tell the control plane at once: rollout steps and drains
+			// wait for every node's DNS to have the snapshot.
+			a.dnsVersion.Store(msg.Version)
+			select {
+			case a.beatNow <- struct{}{}:
+			default:
+			}
 		}
 	})
 }

@@ -589,7 +589,12 @@ type Rollout struct {
 	// Every gateway: "name: SYNCED|STALE|NACKED version V".
 	Gateways []string `protobuf:"bytes,19,rep,name=gateways,proto3" json:"gateways,omitempty"`
 	// Whether every gateway runs the snapshot carrying the current weight.
-	WeightSynced  bool `protobuf:"varint,20,opt,name=weight_synced,json=weightSynced,proto3" json:"weight_synced,omitempty"`
+	WeightSynced bool `protobuf:"varint,20,opt,name=weight_synced,json=weightSynced,proto3" json:"weight_synced,omitempty"`
+	// Every ready node's DNS: "name: version V".
+	Nodes []string `protobuf:"bytes,21,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Whether every ready node's DNS answers from a snapshot carrying the
+	// current weight.
+	DnsSynced     bool `protobuf:"varint,22,opt,name=dns_synced,json=dnsSynced,proto3" json:"dns_synced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +765,20 @@ func (x *Rollout) GetGateways() []string {
 func (x *Rollout) GetWeightSynced() bool {
 	if x != nil {
 		return x.WeightSynced
+	}
+	return false
+}
+
+func (x *Rollout) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *Rollout) GetDnsSynced() bool {
+	if x != nil {
+		return x.DnsSynced
 	}
 	return false
 }
@@ -1698,8 +1717,10 @@ type Node struct {
 	Cordoned  bool      `protobuf:"varint,11,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
 	// Ready, NotReady (heartbeat lapsed) or Lost (lapsed longer than the
 	// grace period: its instances were replaced elsewhere).
-	State         string                 `protobuf:"bytes,12,opt,name=state,proto3" json:"state,omitempty"`
-	StateSince    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
+	State      string                 `protobuf:"bytes,12,opt,name=state,proto3" json:"state,omitempty"`
+	StateSince *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
+	// The discovery snapshot version the node's DNS answers from.
+	DnsVersion    uint64 `protobuf:"varint,14,opt,name=dns_version,json=dnsVersion,proto3" json:"dns_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1823,6 +1844,13 @@ func (x *Node) GetStateSince() *timestamppb.Timestamp {
 		return x.StateSince
 	}
 	return nil
+}
+
+func (x *Node) GetDnsVersion() uint64 {
+	if x != nil {
+		return x.DnsVersion
+	}
+	return 0
 }
 
 type Event struct {
@@ -3212,8 +3240,12 @@ func (x *RegisterResponse) GetClusterCidr() string {
 }
 
 type HeartbeatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// dns_version is the discovery snapshot version the node's DNS server
+	// answers from (0: none yet). Rollout steps and drains wait until every
+	// ready node's DNS has the snapshot that carries them.
+	DnsVersion    uint64 `protobuf:"varint,2,opt,name=dns_version,json=dnsVersion,proto3" json:"dns_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3253,6 +3285,13 @@ func (x *HeartbeatRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *HeartbeatRequest) GetDnsVersion() uint64 {
+	if x != nil {
+		return x.DnsVersion
+	}
+	return 0
 }
 
 type HeartbeatResponse struct {
@@ -5368,7 +5407,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x05pause\x18\x02 \x01(\tR\x05pause\"S\n" +
 	"\bAnalysis\x12$\n" +
 	"\x0emax_error_rate\x18\x01 \x01(\x01R\fmaxErrorRate\x12!\n" +
-	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\"\xa8\x05\n" +
+	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\"\xdd\x05\n" +
 	"\aRollout\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
@@ -5392,7 +5431,10 @@ const file_berth_proto_rawDesc = "" +
 	"\fcanary_ready\x18\x11 \x01(\x05R\vcanaryReady\x12!\n" +
 	"\fstable_ready\x18\x12 \x01(\x05R\vstableReady\x12\x1a\n" +
 	"\bgateways\x18\x13 \x03(\tR\bgateways\x12#\n" +
-	"\rweight_synced\x18\x14 \x01(\bR\fweightSynced\"\x87\x01\n" +
+	"\rweight_synced\x18\x14 \x01(\bR\fweightSynced\x12\x14\n" +
+	"\x05nodes\x18\x15 \x03(\tR\x05nodes\x12\x1d\n" +
+	"\n" +
+	"dns_synced\x18\x16 \x01(\bR\tdnsSynced\"\x87\x01\n" +
 	"\vVolumeMount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -5472,7 +5514,7 @@ const file_berth_proto_rawDesc = "" +
 	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"J\n" +
 	"\bCapacity\x12\x1b\n" +
 	"\tmilli_cpu\x18\x01 \x01(\x03R\bmilliCpu\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xb6\x04\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xd7\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x19\n" +
@@ -5488,7 +5530,9 @@ const file_berth_proto_rawDesc = "" +
 	"\bcordoned\x18\v \x01(\bR\bcordoned\x12\x14\n" +
 	"\x05state\x18\f \x01(\tR\x05state\x12;\n" +
 	"\vstate_since\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"stateSince\x1a9\n" +
+	"stateSince\x12\x1f\n" +
+	"\vdns_version\x18\x0e \x01(\x04R\n" +
+	"dnsVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaf\x01\n" +
@@ -5582,9 +5626,11 @@ const file_berth_proto_rawDesc = "" +
 	"\x10RegisterResponse\x12\x19\n" +
 	"\bpod_cidr\x18\x01 \x01(\tR\apodCidr\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12!\n" +
-	"\fcluster_cidr\x18\x03 \x01(\tR\vclusterCidr\"&\n" +
+	"\fcluster_cidr\x18\x03 \x01(\tR\vclusterCidr\"G\n" +
 	"\x10HeartbeatRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x13\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vdns_version\x18\x02 \x01(\x04R\n" +
+	"dnsVersion\"\x13\n" +
 	"\x11HeartbeatResponse\"-\n" +
 	"\x17WatchAssignmentsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\xc3\x02\n" +

@@ -242,7 +242,7 @@ func FromNode(n *api.Node) *Node {
 		Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Labels: n.Labels,
 		Capacity: &Capacity{MilliCpu: n.Capacity.MilliCPU, MemoryBytes: n.Capacity.MemoryBytes},
 		Ready:    n.Ready, Heartbeat: ts(n.Heartbeat), JoinedAt: ts(n.JoinedAt),
-		Cordoned: n.Cordoned, State: n.State, StateSince: ts(n.StateSince),
+		Cordoned: n.Cordoned, State: n.State, StateSince: ts(n.StateSince), DnsVersion: n.DNSVersion,
 	}
 }
 
@@ -251,7 +251,7 @@ func ToNode(p *Node) api.Node {
 	n := api.Node{
 		Name: p.Name, Address: p.Address, PodCIDR: p.PodCidr, Labels: p.Labels,
 		Ready: p.Ready, Heartbeat: fromTS(p.Heartbeat), JoinedAt: fromTS(p.JoinedAt),
-		Cordoned: p.Cordoned, State: p.State, StateSince: fromTS(p.StateSince),
+		Cordoned: p.Cordoned, State: p.State, StateSince: fromTS(p.StateSince), DNSVersion: p.DnsVersion,
 	}
 	if c := p.Capacity; c != nil {
 		n.Capacity = api.Capacity{MilliCPU: c.MilliCpu, MemoryBytes: c.MemoryBytes}

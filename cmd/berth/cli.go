@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -276,7 +277,7 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 					if ok, err := p.structured(msgs); ok {
 						return err
 					}
-					fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tLAST-HEARTBEAT\tAGE")
+					fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tDNS-VERSION\tLAST-HEARTBEAT\tAGE")
 					for _, n := range resp.Nodes {
 						st := n.State
 						if st == "" {
@@ -288,9 +289,13 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 						if n.Cordoned {
 							st += ",Cordoned"
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
+						dnsVersion := "-"
+						if n.DnsVersion != 0 {
+							dnsVersion = strconv.FormatUint(n.DnsVersion, 10)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
 							n.Allocated.GetMilliCpu(), n.Capacity.GetMilliCpu(), mib(n.Allocated.GetMemoryBytes()), mib(n.Capacity.GetMemoryBytes()),
-							n.Instances, age(n.Heartbeat), age(n.JoinedAt))
+							n.Instances, dnsVersion, age(n.Heartbeat), age(n.JoinedAt))
 					}
 				case "images", "image":
 					resp, err := cli.ListImages(ctx, &pb.ListImagesRequest{})

@@ -139,5 +139,12 @@ func printRollout(cmd *cobra.Command, r *pb.Rollout) {
 		}
 		fmt.Fprintf(w, "  gateways (%s): %s\n", sync, strings.Join(r.Gateways, "; "))
 	}
+	if len(r.Nodes) > 0 {
+		sync := "every node's DNS runs the current weight"
+		if !r.DnsSynced {
+			sync = "not every node's DNS runs the current weight yet"
+		}
+		fmt.Fprintf(w, "  node DNS (%s): %s\n", sync, strings.Join(r.Nodes, "; "))
+	}
 	fmt.Fprintf(w, "  %s\n", r.Message)
 }

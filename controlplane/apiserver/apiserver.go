@@ -361,7 +361,7 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout); err != nil {
+	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout, 0); err != nil {
 		return nil, storeErr(err)
 	}
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "Registered", Message: fmt.Sprintf("node %s joined with pod subnet %s", req.Name, node.PodCIDR)})
@@ -383,7 +383,7 @@ func validNodeName(name string) error {
 
 // Heartbeat renews a node's lease.
 func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
-	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout); err != nil {
+	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout, req.DnsVersion); err != nil {
 		return nil, storeErr(err)
 	}
 	return &pb.HeartbeatResponse{}, nil

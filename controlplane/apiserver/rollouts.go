@@ -60,6 +60,21 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 			}
 		}
 	}
+	out.DnsSynced = true
+	var published uint64
+	if snap := s.publisher.Latest(); snap != nil {
+		published = snap.Version
+	}
+	for _, n := range v.Nodes {
+		if !v.LiveNodes[n.Name] {
+			continue
+		}
+		got := v.DNSVersions[n.Name]
+		out.Nodes = append(out.Nodes, fmt.Sprintf("%s: version %d", n.Name, got))
+		if r.WeightRevision > 0 && got != 0 && got < uint64(r.WeightRevision) && got < published {
+			out.DnsSynced = false
+		}
+	}
 	if s.cfg.Loads != nil {
 		window := time.Minute
 		if !r.StepStartedAt.IsZero() {

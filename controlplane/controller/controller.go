@@ -517,23 +517,39 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 	return nil
 }
 
-// acked reports whether every gateway runs the discovery state of etcd
-// revision rev.
-func (c *Controller) acked(ctx context.Context, rev int64) bool {
-	if c.acks == nil {
-		return true
-	}
+// acked reports whether the discovery state of etcd revision rev is in
+// effect everywhere traffic is steered: every connected gateway has ACKed
+// a snapshot carrying it, and every ready node's DNS answers from one. A
+// node whose DNS has no snapshot yet (just joined or restarted) has nothing
+// stale to hand out and is not waited for. When not acked, waiting says
+// who is behind.
+func (c *Controller) acked(ctx context.Context, v *store.View, rev int64) (ok bool, waiting string) {
 	version := uint64(rev)
 	if c.cfg.VersionFor != nil {
-		v, ok := c.cfg.VersionFor(rev)
+		ver, ok := c.cfg.VersionFor(rev)
 		if !ok {
-			return false
+			return false, "the discovery snapshot"
 		}
-		version = v
+		version = ver
+	}
+	var behind []string
+	for _, n := range v.Nodes {
+		if got := v.DNSVersions[n.Name]; v.LiveNodes[n.Name] && got != 0 && got < version {
+			behind = append(behind, n.Name)
+		}
+	}
+	if len(behind) > 0 {
+		return false, fmt.Sprintf("DNS on node %s", strings.Join(behind, ", "))
+	}
+	if c.acks == nil {
+		return true, ""
 	}
 	actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	return c.acks.WaitForAck(actx, version) == nil
+	if c.acks.WaitForAck(actx, version) != nil {
+		return false, "every gateway"
+	}
+	return true, ""
 }
 
 // drain tells agents to stop instances whose endpoints have left discovery
@@ -554,7 +570,7 @@ func (c *Controller) drain(ctx context.Context, v *store.View) error {
 			if now.Sub(in.DrainSince) < c.cfg.DrainDelay {
 				continue
 			}
-			if !c.acked(ctx, vi.ModRevision) {
+			if ok, _ := c.acked(ctx, v, vi.ModRevision); !ok {
 				continue
 			}
 		}

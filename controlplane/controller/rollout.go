@@ -22,8 +22,10 @@ type RolloutInputs struct {
 	Replicas int
 	// CanaryReady counts the canary revision's ready replicas.
 	CanaryReady int
-	// Acked: every gateway runs a snapshot carrying the current weight.
-	Acked bool
+	// Acked: every gateway and every node's DNS runs a snapshot carrying
+	// the current weight; otherwise Waiting names who is behind.
+	Acked   bool
+	Waiting string
 	// Canary requests and errors since the step's weight took effect.
 	CanaryRequests, CanaryErrors int64
 }
@@ -109,7 +111,11 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 		return d
 	}
 	if !in.Acked {
-		set(fmt.Sprintf("step %d/%d: waiting for every gateway to apply %d%%", r.Step+1, len(steps), step.Weight))
+		who := in.Waiting
+		if who == "" {
+			who = "every gateway and node DNS"
+		}
+		set(fmt.Sprintf("step %d/%d: waiting for %s to apply %d%%", r.Step+1, len(steps), who, step.Weight))
 		return d
 	}
 	switch {
@@ -184,7 +190,10 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 			}
 			continue
 		}
-		in.Acked = r.WeightRevision == 0 || c.acked(ctx, r.WeightRevision)
+		in.Acked = true
+		if r.WeightRevision != 0 {
+			in.Acked, in.Waiting = c.acked(ctx, v, r.WeightRevision)
+		}
 		if c.loads != nil && !r.StepStartedAt.IsZero() {
 			window := max(in.Now.Sub(r.StepStartedAt), time.Second)
 			in.CanaryRequests, in.CanaryErrors = c.loads.RevisionLoad(r.Namespace, r.Service, r.Revision, window)

@@ -47,6 +47,9 @@ type View struct {
 	LiveNodes map[string]bool
 	// Heartbeats holds the time of each live node's last heartbeat.
 	Heartbeats map[string]time.Time
+	// DNSVersions holds the discovery snapshot version each live node's DNS
+	// answers from (0: none yet).
+	DNSVersions map[string]uint64
 	// Volumes by "<ns>/<name>".
 	Volumes map[string]VersionedVolume
 	// Rollouts by service "<ns>/<name>".
@@ -216,7 +219,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
+	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
 	for key, kv := range c.kvs {
 		switch {
 		case strings.HasPrefix(key, ServicesPrefix):
@@ -252,8 +255,9 @@ func (c *Cache) View() *View {
 		case strings.HasPrefix(key, LeasesPrefix):
 			name := strings.TrimPrefix(key, LeasesPrefix)
 			v.LiveNodes[name] = true
-			if t, err := time.Parse(time.RFC3339Nano, string(kv.value)); err == nil {
-				v.Heartbeats[name] = t
+			if lv, err := ParseLeaseValue(kv.value); err == nil {
+				v.Heartbeats[name] = lv.At
+				v.DNSVersions[name] = lv.DNSVersion
 			}
 		}
 	}
@@ -266,6 +270,7 @@ func (c *Cache) View() *View {
 		if t, ok := v.Heartbeats[n.Name]; ok && t.After(n.Heartbeat) {
 			n.Heartbeat = t
 		}
+		n.DNSVersion = v.DNSVersions[n.Name]
 	}
 	c.view = v
 	return v

@@ -552,11 +552,34 @@ func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool) (string, e
 	return "", ErrNoSubnet
 }
 
+// LeaseValue is what a node's lease key holds: its last heartbeat.
+type LeaseValue struct {
+	At time.Time `json:"at"`
+	// DNSVersion is the discovery snapshot version the node's DNS answers
+	// from.
+	DNSVersion uint64 `json:"dnsVersion,omitempty"`
+}
+
+// ParseLeaseValue decodes a lease key's value; it also reads the bare
+// RFC 3339 time that earlier versions wrote.
+func ParseLeaseValue(b []byte) (LeaseValue, error) {
+	var v LeaseValue
+	if err := json.Unmarshal(b, &v); err == nil {
+		return v, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(b))
+	if err != nil {
+		return LeaseValue{}, fmt.Errorf("store: lease value %q is neither JSON nor a time", b)
+	}
+	return LeaseValue{At: t}, nil
+}
+
 // Heartbeat keeps a node's lease key alive, creating the lease when there
-// is none, and records the time of the heartbeat as the key's value. A node
-// whose lease expired is NotReady.
-func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration) error {
-	now := s.now().UTC().Format(time.RFC3339Nano)
+// is none, and records the time of the heartbeat and the snapshot version
+// its DNS answers from as the key's value. A node whose lease expired is
+// NotReady.
+func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration, dnsVersion uint64) error {
+	now := mustJSON(LeaseValue{At: s.now().UTC(), DNSVersion: dnsVersion})
 	resp, err := s.cli.Get(ctx, leaseKey(name))
 	if err != nil {
 		return fmt.Errorf("store: heartbeat %s: %w", name, err)
