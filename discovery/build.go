@@ -80,14 +80,10 @@ func Build(st State) *Snapshot {
 			out.Revisions = append(out.Revisions, *rev)
 		}
 		sort.Slice(out.Revisions, func(a, b int) bool { return out.Revisions[a].Number < out.Revisions[b].Number })
-		if ro, ok := st.Rollouts[svc.Key()]; ok && ro.Active() && ro.Revision == svc.Status.Revision {
+		if ro, ok := st.Rollouts[svc.Key()]; ok && ro.Active() && ro.Canary() && ro.Revision == svc.Status.Revision {
 			canaryWeights(out.Revisions, ro)
-			if h := rolloutHeader(svc); h != nil && out.Route != nil {
-				for _, rev := range out.Revisions {
-					if rev.Number == ro.Revision && hasReady(&rev) {
-						out.Route.CanaryHeader, out.Route.CanaryValue, out.Route.CanaryRevision = strings.ToLower(h.Name), h.Value, ro.Revision
-					}
-				}
+			if out.Route != nil && canaryReady(out.Revisions, ro.Revision) {
+				canaryRouting(out.Route, svc.Spec.Rollout, ro.Revision)
 			}
 		} else {
 			assignWeights(out.Revisions, svc.Status.Revision)
@@ -129,11 +125,28 @@ func canaryWeights(revs []Revision, ro api.Rollout) {
 	}
 }
 
-func rolloutHeader(svc *api.Service) *api.HeaderMatch {
-	if svc.Spec.Rollout == nil {
-		return nil
+func canaryReady(revs []Revision, canary int64) bool {
+	for i := range revs {
+		if revs[i].Number == canary {
+			return hasReady(&revs[i])
+		}
 	}
-	return svc.Spec.Rollout.CanaryHeader
+	return false
+}
+
+// canaryRouting adds what spec.rollout asks of the gateways while a canary
+// with ready endpoints runs: the canary header's route and the sticky
+// cohorts' hash key.
+func canaryRouting(rt *Route, spec *api.RolloutSpec, canary int64) {
+	if spec == nil {
+		return
+	}
+	if h := spec.CanaryHeader; h != nil {
+		rt.CanaryHeader, rt.CanaryValue, rt.CanaryRevision = strings.ToLower(h.Name), h.Value, canary
+	}
+	if st := spec.Sticky; st != nil {
+		rt.StickyHeader, rt.StickyCookie, rt.CanaryRevision = strings.ToLower(st.Header), st.Cookie, canary
+	}
 }
 
 func hasReady(r *Revision) bool {

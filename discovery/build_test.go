@@ -96,3 +96,52 @@ func TestBuildServiceWithoutEndpointsStillExists(t *testing.T) {
 		t.Fatal("lookup found a service that does not exist")
 	}
 }
+
+func TestBuildStickyCanary(t *testing.T) {
+	state := func(sticky *api.StickyCohort, phase string, canaryReady bool) State {
+		svc := service("web", 2, true)
+		svc.Spec.Rollout = &api.RolloutSpec{Strategy: "canary", Sticky: sticky,
+			CanaryHeader: &api.HeaderMatch{Name: "X-Canary", Value: "always"}}
+		return State{
+			Services:  []api.Service{svc},
+			Instances: []api.Instance{instance("web-a", 1, "n1"), instance("web-b", 2, "n1")},
+			Statuses: map[string]api.InstanceStatus{
+				"web-a": {ID: "web-a", Node: "n1", IP: "10.0.0.1", Ready: true},
+				"web-b": {ID: "web-b", Node: "n1", IP: "10.0.0.2", Ready: canaryReady},
+			},
+			Rollouts: map[string]api.Rollout{"default/web": {Namespace: "default", Service: "web", Revision: 2, Stable: 1, Phase: phase, Weight: 10}},
+		}
+	}
+	for _, tc := range []struct {
+		name           string
+		st             State
+		header, cookie string
+		canary         int64
+		weights        [2]uint32 // stable, canary
+	}{
+		{"cookie", state(&api.StickyCohort{Cookie: "Session_ID"}, api.RolloutProgressing, true), "", "Session_ID", 2, [2]uint32{90, 10}},
+		{"header lowercased", state(&api.StickyCohort{Header: "X-User-ID"}, api.RolloutPaused, true), "x-user-id", "", 2, [2]uint32{90, 10}},
+		{"canary not ready", state(&api.StickyCohort{Cookie: "sid"}, api.RolloutProgressing, false), "", "", 0, [2]uint32{100, 0}},
+		{"rollout over", state(&api.StickyCohort{Cookie: "sid"}, api.RolloutSucceeded, true), "", "", 0, [2]uint32{0, 100}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			web := Build(tc.st).Lookup("default", "web")
+			rt := web.Route
+			if rt.StickyHeader != tc.header || rt.StickyCookie != tc.cookie || rt.CanaryRevision != tc.canary {
+				t.Errorf("route = %+v, want sticky header %q cookie %q canary %d", rt, tc.header, tc.cookie, tc.canary)
+			}
+			if tc.canary != 0 && (rt.CanaryHeader != "x-canary" || rt.CanaryValue != "always") {
+				t.Errorf("canary header lost beside sticky cohorts: %+v", rt)
+			}
+			if len(web.Revisions) != 2 || web.Revisions[0].Number != 1 || web.Revisions[0].Weight != tc.weights[0] || web.Revisions[1].Weight != tc.weights[1] {
+				t.Errorf("revisions = %+v, want weights %v", web.Revisions, tc.weights)
+			}
+		})
+	}
+	// Without sticky cohorts the route names no key, but still the canary
+	// of its canary header.
+	rt := Build(state(nil, api.RolloutProgressing, true)).Lookup("default", "web").Route
+	if rt.StickyHeader != "" || rt.StickyCookie != "" || rt.CanaryRevision != 2 {
+		t.Errorf("without sticky: route = %+v", rt)
+	}
+}

@@ -39,11 +39,20 @@ type Port struct {
 type Route struct {
 	Hosts []string `json:"hosts"`
 	Paths []string `json:"paths"` // prefixes, at least "/"
-	// While a canary with a canary header runs, requests carrying
-	// CanaryHeader: CanaryValue go to CanaryRevision whatever the weights.
+	// While a canary with ready endpoints runs: with a canary header,
+	// requests carrying CanaryHeader: CanaryValue go to CanaryRevision
+	// whatever the weights. CanaryRevision is set when the rollout has a
+	// canary header or sticky cohorts.
 	CanaryHeader   string `json:"canaryHeader,omitempty"`
 	CanaryValue    string `json:"canaryValue,omitempty"`
 	CanaryRevision int64  `json:"canaryRevision,omitempty"`
+	// With sticky cohorts, gateways hash the request header StickyHeader
+	// (lowercase) or the cookie StickyCookie (exactly one is set) into the
+	// user's cohort, and a cohort mod 100 below the canary's weight goes
+	// to CanaryRevision: as the weight rises, users only move from stable
+	// to canary. Requests without either are split by weight as usual.
+	StickyHeader string `json:"stickyHeader,omitempty"`
+	StickyCookie string `json:"stickyCookie,omitempty"`
 }
 
 // Revision is one revision's share of a service's traffic.

@@ -86,6 +86,7 @@ type compiledRoute struct {
 	headers  []headerMatcher
 	direct   *directResponse
 	clusters []clusterWeight
+	sticky   *stickyCohort // with weighted clusters' header_name
 	timeout  time.Duration
 	retry    *retryPolicy
 }
@@ -391,6 +392,19 @@ func compileRoute(r *route.Route) (compiledRoute, error) {
 			if total == 0 || total > 1<<32-1 {
 				return cr, fmt.Errorf("weighted clusters: total weight %d out of range", total)
 			}
+			switch rv := cs.WeightedClusters.GetRandomValueSpecifier().(type) {
+			case *route.WeightedCluster_HeaderName:
+				sticky, err := compileHashPolicy(ra.GetHashPolicy())
+				if err != nil {
+					return cr, err
+				}
+				sticky.header = textproto.CanonicalMIMEHeaderKey(rv.HeaderName)
+				cr.sticky = sticky
+			case *route.WeightedCluster_UseHashPolicy:
+				if rv.UseHashPolicy.GetValue() {
+					return cr, errors.New("weighted clusters: use_hash_policy is not supported (header_name is)")
+				}
+			}
 		default:
 			return cr, fmt.Errorf("cluster specifier %T is not supported", cs)
 		}
@@ -411,6 +425,37 @@ func compileRoute(r *route.Route) (compiledRoute, error) {
 		return cr, fmt.Errorf("route action %T is not supported", a)
 	}
 	return cr, nil
+}
+
+// compileHashPolicy reads what a sticky split hashes into a request's
+// cohort: at most one hash policy, a header or a cookie without ttl (the
+// gateway makes up no cookies). Elsewhere Envoy uses hash policies only
+// for ring hash balancing, which the gateway's clusters never use, so the
+// gateway reads them only for weighted_clusters with a header_name.
+func compileHashPolicy(hp []*route.RouteAction_HashPolicy) (*stickyCohort, error) {
+	s := &stickyCohort{}
+	switch {
+	case len(hp) == 0:
+		return s, nil
+	case len(hp) > 1:
+		return nil, errors.New("hash policy: only one header or cookie policy is supported with weighted clusters' header_name")
+	}
+	switch p := hp[0].GetPolicySpecifier().(type) {
+	case *route.RouteAction_HashPolicy_Header_:
+		if p.Header.GetRegexRewrite() != nil {
+			return nil, errors.New("hash policy: header regex_rewrite is not supported")
+		}
+		s.keyHeader = textproto.CanonicalMIMEHeaderKey(p.Header.GetHeaderName())
+	case *route.RouteAction_HashPolicy_Cookie_:
+		c := p.Cookie
+		if c.GetTtl() != nil || c.GetPath() != "" || len(c.GetAttributes()) > 0 {
+			return nil, fmt.Errorf("hash policy: cookie %q: ttl, path and attributes (generated cookies) are not supported", c.GetName())
+		}
+		s.keyCookie = c.GetName()
+	default:
+		return nil, fmt.Errorf("hash policy %T is not supported with weighted clusters' header_name (header and cookie are)", p)
+	}
+	return s, nil
 }
 
 func compileCluster(c *cluster.Cluster) (*compiledCluster, error) {
@@ -695,6 +740,9 @@ func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route
 				weights = append(weights, w.weight)
 			}
 			e.schedule = weightSchedule(weights)
+			if len(e.clusters) > 1 {
+				e.sticky = cr.sticky
+			}
 			vh.routes = append(vh.routes, e) // Envoy's order: the first match wins
 		}
 		for _, d := range cv.domains {

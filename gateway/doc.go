@@ -38,7 +38,12 @@
 // on the raw path without the query) and headers (present, exact, prefix,
 // suffix, contains, optionally ignoring case or inverted) match. A cluster
 // is picked by weight from a precomputed smooth weighted round-robin
-// schedule (exact within every window of the reduced total weight), then
+// schedule (exact within every window of the reduced total weight) -- or,
+// on a split whose weighted_clusters name a header_name (sticky canary
+// cohorts), by the request's cohort: that header's number if it has one,
+// else FNV-1a 64 of the route's one header or cookie hash_policy value,
+// sent upstream in that header; cohort % total weight picks along the
+// clusters in order, as Envoy does -- then
 // an endpoint by the cluster's lb_policy (ROUND_ROBIN or LEAST_REQUEST with
 // choice_count samples), skipping ejected endpoints (Envoy's panic mode
 // when more than half are ejected).
@@ -55,10 +60,13 @@
 // the assignment) get no new requests; requests in flight on them finish,
 // then their connections close.
 //
+// Load reports (LRS) carry, per cluster and interval, the requests issued,
+// their outcomes, and a latency histogram of the time to the response
+// head as load_metric_stats "berth.latency_ms.le_<bound>".
+//
 // What it does not do (yet): delta xDS, query/regex/range matches,
-// rewrites, mirrors, TLS on either side, HTTP/2 to upstreams, h2c via
-// Upgrade (served as HTTP/1.1), the statistical outlier detectors, load
-// reports. A resource that asks for something unsupported is NACKed with a
+// rewrites, mirrors, TLS to upstreams, HTTP/2 to upstreams, h2c via
+// Upgrade (served as HTTP/1.1), the statistical outlier detectors. A resource that asks for something unsupported is NACKed with a
 // clear reason, never half-applied. The package must not talk to etcd or
 // the Berth API: the control plane reaches it only through xDS.
 package gateway

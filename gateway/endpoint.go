@@ -161,6 +161,7 @@ type clusterState struct {
 
 	// Load report counters since the last report (lrs.go swaps them).
 	issued, succeeded, failed atomic.Uint64
+	latency                   latencyHistogram
 }
 
 // outlierPolicy is the part of Envoy's OutlierDetection the gateway

@@ -79,6 +79,10 @@ type request struct {
 	reqID                      []byte
 	connTokens                 [][]byte
 	hdrs                       []header
+	// cohortHeader, when set, is sent upstream with cohort: the sticky
+	// cohort the gateway derived (any client value was dropped).
+	cohortHeader string
+	cohort       uint64
 }
 
 type header struct {
@@ -102,6 +106,30 @@ func (r *request) headerValue(name string) (string, bool) {
 		}
 	}
 	return out, found
+}
+
+// headerAt implements cohortHeaders. The value points into the client
+// buffer: it is valid until the head is discarded.
+func (r *request) headerAt(name string, i int) (string, bool) {
+	for j := range r.hdrs {
+		if h := &r.hdrs[j]; equalFoldString(h.name, name) {
+			if i == 0 {
+				return unsafeString(h.value), true
+			}
+			i--
+		}
+	}
+	return "", false
+}
+
+// setCohort replaces the request's cohort header toward the upstream.
+func (r *request) setCohort(name string, cohort uint64) {
+	for i := range r.hdrs {
+		if equalFoldString(r.hdrs[i].name, name) {
+			r.hdrs[i].drop = true
+		}
+	}
+	r.cohortHeader, r.cohort = name, cohort
 }
 
 var serverConnPool = sync.Pool{New: func() any {
@@ -359,7 +387,10 @@ func (sc *serverConn) serve(headLen int) bool {
 	if re.direct != nil {
 		return sc.local(start, headLen, re.directStats, re, nil, re.direct.status, re.direct.body, keep)
 	}
-	wc := re.pick()
+	wc, cohort, derived := re.pickFor(r)
+	if derived {
+		r.setCohort(re.sticky.header, cohort)
+	}
 	if wc.cluster == nil || len(wc.cluster.endpoints) == 0 {
 		return sc.local(start, headLen, wc.stats, re, wc, 503, "berth: no healthy upstream\n", keep)
 	}
@@ -419,6 +450,12 @@ func (sc *serverConn) buildUpstreamHead(headLen int) bool {
 	if r.te != nil {
 		out = append(out, "Te: trailers\r\n"...)
 	}
+	if r.cohortHeader != "" {
+		out = append(out, r.cohortHeader...)
+		out = append(out, ": "...)
+		out = strconv.AppendUint(out, r.cohort, 10)
+		out = append(out, "\r\n"...)
+	}
 	out = append(out, "X-Forwarded-For: "...)
 	if r.xff != nil {
 		if r.xffMulti {
@@ -458,6 +495,7 @@ type attemptResult struct {
 	connectFailed bool  // the connect itself failed
 	timedOut      bool  // the route or per-try deadline passed first
 	err           error // the failure, for the access log
+	headAt        int64 // nanotime() when the response head relayed arrived; 0 if none
 }
 
 // proxy forwards the request to an endpoint of wc's cluster, retrying by
@@ -494,6 +532,7 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 	st.issued.Add(1)
 	st.active.Add(1)
 	defer st.active.Add(-1)
+	sent := nanotime()
 
 	var ep, avoid *endpoint
 	var res attemptResult
@@ -542,6 +581,10 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 		st.activeRetries.Add(-1)
 		avoid = ep
 	}
+	if res.headAt == 0 { // the gateway answered itself
+		res.headAt = nanotime()
+	}
+	st.latency.observe(time.Duration(res.headAt - sent))
 	if res.status >= 500 || res.status == 0 {
 		st.failed.Add(1)
 	} else {
@@ -643,6 +686,7 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 		}
 		break
 	}
+	headAt := nanotime()
 	status := p.status
 	// A response to retry is dropped when its body is small and framed;
 	// a larger one goes to the client as it is.
@@ -681,14 +725,14 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 	if err != nil {
 		uc.Conn.Close()
 		// The client got part of a response: close its connection.
-		return attemptResult{status: status, err: err}, false, true, false
+		return attemptResult{status: status, err: err, headAt: headAt}, false, true, false
 	}
 	if p.close || delimitedByClose {
 		uc.Conn.Close()
 	} else {
 		uc.ep.put(uc)
 	}
-	return attemptResult{status: status}, !clientClose, true, false
+	return attemptResult{status: status, headAt: headAt}, !clientClose, true, false
 }
 
 // retryWanted says whether a response with status is to be dropped and

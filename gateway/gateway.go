@@ -384,7 +384,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.finish(r, start, reqID, re.directStats, re.name, "", "", plainError(w, re.direct.status, re.direct.body), nil)
 		return
 	}
-	wc := re.pick()
+	wc, cohort, derived := re.pickFor(httpHeaders(r.Header))
+	fr := r // the request as forwarded
+	if derived {
+		// The cohort goes upstream in place of any the client sent.
+		fr = r.WithContext(r.Context())
+		fr.Header = r.Header.Clone()
+		fr.Header[re.sticky.header] = []string{strconv.FormatUint(cohort, 10)}
+	}
 	c := wc.cluster
 	if c == nil || len(c.endpoints) == 0 {
 		g.finish(r, start, reqID, wc.stats, re.name, wc.name, "", plainError(w, http.StatusServiceUnavailable, "berth: no healthy upstream\n"), nil)
@@ -401,18 +408,20 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.issued.Add(1)
 	st.active.Add(1)
 	defer st.active.Add(-1)
+	sent := time.Now()
 	// Only requests without a body are retried here (their request can be
 	// sent again as it is); the fast path also retries small bodies.
 	replayable := (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0) && !upgrade
 	var ep, avoid *endpoint
 	var status int
+	var headAt time.Time
 	var err error
 	for attempt := 0; ; attempt++ {
 		ep = c.pickEndpoint(avoid)
 		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && re.retry.allowsMethod(r.Method) && c.retries.allows(st) && ctx.Err() == nil
 		ep.active.Add(1)
 		var retry bool
-		status, retry, err = g.fwd.forward(w, r.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {
+		status, headAt, retry, err = g.fwd.forward(w, fr.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {
 			if !mayRetry || !re.retry.retriable(code, connectFailed) {
 				return false
 			}
@@ -428,6 +437,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.activeRetries.Add(-1)
 		avoid = ep
 	}
+	if headAt.IsZero() { // the gateway answers itself
+		headAt = time.Now()
+	}
+	st.latency.observe(headAt.Sub(sent))
 	if errors.Is(err, errUpstream) {
 		switch {
 		case r.Context().Err() != nil:
@@ -484,6 +497,18 @@ func (h httpHeaders) headerValue(name string) (string, bool) {
 		return vs[0], true
 	}
 	return strings.Join(vs, ","), true
+}
+
+// headerAt implements cohortHeaders; names are canonical already.
+func (h httpHeaders) headerAt(name string, i int) (string, bool) {
+	vs, ok := h[name]
+	if !ok {
+		vs = h[textproto.CanonicalMIMEHeaderKey(name)]
+	}
+	if i >= len(vs) {
+		return "", false
+	}
+	return vs[i], true
 }
 
 func (g *Gateway) finish(r *http.Request, start time.Time, reqID string, stats *routeStats, route, cluster, upstream string, status int, err error) {

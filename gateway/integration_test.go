@@ -75,6 +75,8 @@ func startUpstreams(t *testing.T) *upstreams {
 				u.slow <- struct{}{}
 				<-u.release
 			}
+			// What a backend learns of its user's cohort.
+			w.Header()["X-Seen-Cohort"] = r.Header.Values("X-Berth-Cohort")
 			io.WriteString(w, name)
 		}))
 		s.Listener.Close()

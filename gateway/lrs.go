@@ -6,6 +6,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"sort"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -20,7 +22,9 @@ import (
 // connection: it announces the node, learns from each LoadStatsResponse
 // which clusters to report (or all) and how often, and sends per cluster
 // the requests issued, completed successfully, completed with an error
-// (5xx or no response) since the last report, and those in progress.
+// (5xx or no response) since the last report, and those in progress, and
+// the upstream latency histogram of the requests completed since the last
+// report (see latencyHistogram).
 type loadReporter struct {
 	g    *Gateway
 	conn *grpc.ClientConn
@@ -149,8 +153,67 @@ func (r *registry) loadReport(plan lrsPlan, interval time.Duration) []*endpointv
 				TotalSuccessfulRequests: c.succeeded.Swap(0),
 				TotalErrorRequests:      c.failed.Swap(0),
 				TotalRequestsInProgress: uint64(max(0, c.active.Load())),
+				LoadMetricStats:         c.latency.drain(),
 			}},
 			LoadReportInterval: durationpb.New(interval),
+		})
+	}
+	return out
+}
+
+// latencyBoundsMs are the upper bounds (inclusive, in milliseconds) of the
+// latency histogram's buckets; a last bucket holds what lies above. The
+// control plane keeps the same bounds (xds.LatencyBuckets).
+var latencyBoundsMs = [...]int64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+
+// latencyMetricPrefix names the buckets in load reports:
+// "berth.latency_ms.le_50", ..., "berth.latency_ms.le_inf".
+const latencyMetricPrefix = "berth.latency_ms.le_"
+
+// latencyHistogram counts a cluster's completed requests by upstream
+// latency: the time from when the gateway starts forwarding the request
+// (endpoint pick and connect included) until the head of the response the
+// client gets has arrived from the upstream, retries and their back-off
+// included; for a request the gateway answers itself because no response
+// came (502, 504, 499), until it gave up. The response body is left out,
+// so streams, WebSockets, big downloads and slow clients do not count as
+// slow upstreams. Every request counted as succeeded or failed has one
+// sample. Counts and sums are atomic and reset by each load report.
+type latencyHistogram struct {
+	n     [len(latencyBoundsMs) + 1]atomic.Uint64
+	sumUs [len(latencyBoundsMs) + 1]atomic.Uint64 // latencies, in microseconds
+}
+
+// observe counts one request; it does not allocate.
+func (h *latencyHistogram) observe(d time.Duration) {
+	i := 0
+	for i < len(latencyBoundsMs) && d > time.Duration(latencyBoundsMs[i])*time.Millisecond {
+		i++
+	}
+	h.n[i].Add(1)
+	h.sumUs[i].Add(uint64(max(0, d.Microseconds())))
+}
+
+// drain returns the non-empty buckets as load metrics (the requests and
+// the sum of their latencies in milliseconds since the last drain) and
+// resets them. A request observed during a drain may have its count in
+// this report and its latency in the next.
+func (h *latencyHistogram) drain() []*endpointv3.EndpointLoadMetricStats {
+	var out []*endpointv3.EndpointLoadMetricStats
+	for i := range h.n {
+		n := h.n[i].Swap(0)
+		sum := h.sumUs[i].Swap(0)
+		if n == 0 && sum == 0 {
+			continue
+		}
+		name := latencyMetricPrefix + "inf"
+		if i < len(latencyBoundsMs) {
+			name = latencyMetricPrefix + strconv.FormatInt(latencyBoundsMs[i], 10)
+		}
+		out = append(out, &endpointv3.EndpointLoadMetricStats{
+			MetricName:                    name,
+			NumRequestsFinishedWithMetric: n,
+			TotalMetricValue:              float64(sum) / 1000,
 		})
 	}
 	return out

@@ -65,12 +65,13 @@ var errUpstream = errors.New("upstream request failed")
 type retryFunc func(code int, local, connectFailed bool) bool
 
 // forward proxies r to addr ("ip:port"). It returns the status sent to the
-// client, and an error when the upstream failed. Before the response has
+// client, when the upstream's response head arrived (zero if none did),
+// and an error when the upstream failed. Before the response has
 // started, a failure returns errUpstream (wrapped) and nothing is written;
 // after, the client connection is aborted so the client sees a truncated
 // response, not a silently short one. When retry accepts the outcome,
 // nothing is written and retried is true.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, retry retryFunc) (status int, retried bool, err error) {
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, retry retryFunc) (status int, headAt time.Time, retried bool, err error) {
 	out := &http.Request{
 		Method:        r.Method,
 		URL:           &url.URL{Scheme: "http", Host: addr, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
@@ -116,17 +117,19 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 	if err != nil {
 		var oe *net.OpError
 		connectFailed := errors.As(err, &oe) && oe.Op == "dial"
-		return 0, retry != nil && retry(0, true, connectFailed), errors.Join(errUpstream, err)
+		return 0, time.Time{}, retry != nil && retry(0, true, connectFailed), errors.Join(errUpstream, err)
 	}
+	headAt = time.Now()
 	if retry != nil && resp.StatusCode != http.StatusSwitchingProtocols && retry(resp.StatusCode, false, false) {
 		_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
 		resp.Body.Close()
-		return resp.StatusCode, true, nil
+		return resp.StatusCode, headAt, true, nil
 	}
 	defer resp.Body.Close()
 
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return f.upgraded(w, r, resp, upgrade)
+		status, retried, err = f.upgraded(w, r, resp, upgrade)
+		return status, headAt, retried, err
 	}
 
 	h := w.Header()
@@ -150,12 +153,12 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 			// The upstream broke mid-body: abort the client connection.
 			panic(http.ErrAbortHandler)
 		}
-		return resp.StatusCode, false, err
+		return resp.StatusCode, headAt, false, err
 	}
 	for k, vv := range resp.Trailer {
 		h[k] = vv
 	}
-	return resp.StatusCode, false, nil
+	return resp.StatusCode, headAt, false, nil
 }
 
 // upgradeType is the protocol a request asks to switch to ("" if none).

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,10 @@ type routeEntry struct {
 	// reduced total is too large, then pick draws at random.
 	schedule []uint16
 	next     atomic.Uint32
+
+	// sticky is set on a split whose cluster a request's cohort may
+	// choose (weighted_clusters header_name); nil otherwise.
+	sticky *stickyCohort
 
 	// timeout bounds the whole upstream exchange (Envoy's route timeout,
 	// 15 s unless set; 0 = none).
@@ -248,6 +253,133 @@ func (r *routeEntry) pick() *weightedCluster {
 		n -= r.clusters[i].weight
 	}
 	return &r.clusters[len(r.clusters)-1]
+}
+
+// pickFor chooses a request's cluster: on a sticky split, by the
+// request's cohort when it has one (derived: the gateway computed it and
+// must send it upstream); otherwise by pick.
+func (r *routeEntry) pickFor(h cohortHeaders) (wc *weightedCluster, cohort uint64, derived bool) {
+	if r.sticky != nil {
+		if c, d, ok := r.sticky.cohort(h); ok {
+			return r.pickCohort(c), c, d
+		}
+	}
+	return r.pick(), 0, false
+}
+
+// pickCohort is Envoy's weighted cluster pick for a given random value:
+// cohort % total weight, walking the clusters in configuration order. The
+// translator lists the canary first, so a cohort whose value mod 100 is
+// below the canary's weight goes to the canary whatever the other
+// weights, and raising that weight only moves cohorts to the canary.
+func (r *routeEntry) pickCohort(cohort uint64) *weightedCluster {
+	n := cohort % uint64(r.total)
+	for i := range r.clusters {
+		w := uint64(r.clusters[i].weight)
+		if n < w {
+			return &r.clusters[i]
+		}
+		n -= w
+	}
+	return &r.clusters[len(r.clusters)-1]
+}
+
+// stickyCohort is Envoy's weighted_clusters header_name with the route's
+// hash policy, as the proxy in front of Envoy would apply them: a request
+// whose cohort header holds a number keeps it; one that carries the hash
+// policy's header or cookie gets FNV-1a 64 of its value as its cohort,
+// sent upstream in the cohort header. Names are canonical MIME keys.
+type stickyCohort struct {
+	header    string // the cohort header (header_name)
+	keyHeader string // the hash policy's header, or
+	keyCookie string // the hash policy's cookie (name as is), or neither
+}
+
+// cohortHeaders reads request headers for cohort selection without
+// allocating: value i (from 0) of the header name, case-insensitively.
+type cohortHeaders interface {
+	headerAt(name string, i int) (string, bool)
+}
+
+// cohort returns the request's cohort: a single numeric cohort header as
+// it is (Envoy reads an unsigned 64-bit number, else ignores it), else the
+// hash of the first value of the key header or of the first cookie of
+// that name. ok is false when the request has neither or the key is
+// empty; derived is true when the cohort comes from the hash.
+func (s *stickyCohort) cohort(h cohortHeaders) (cohort uint64, derived, ok bool) {
+	if v, found := h.headerAt(s.header, 0); found {
+		if _, more := h.headerAt(s.header, 1); !more && isDecimal(v) {
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				return n, false, true
+			}
+		}
+	}
+	var key string
+	switch {
+	case s.keyHeader != "":
+		key, _ = h.headerAt(s.keyHeader, 0)
+	case s.keyCookie != "":
+		for i := 0; key == ""; i++ {
+			v, found := h.headerAt("Cookie", i)
+			if !found {
+				break
+			}
+			key, _ = cookieValue(v, s.keyCookie)
+		}
+	}
+	if key == "" {
+		return 0, false, false
+	}
+	return fnv1a64(key), true, true
+}
+
+// isDecimal reports whether v is 1 to 20 ASCII digits (so parsing it
+// allocates no error for the common junk).
+func isDecimal(v string) bool {
+	if len(v) == 0 || len(v) > 20 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// cookieValue finds cookie name in one Cookie header value as Envoy does:
+// pairs split on ';', leading spaces dropped, the name compared exactly,
+// the value taken as is but for surrounding double quotes.
+func cookieValue(header, name string) (string, bool) {
+	for header != "" {
+		pair := header
+		if i := strings.IndexByte(header, ';'); i >= 0 {
+			pair, header = header[:i], header[i+1:]
+		} else {
+			header = ""
+		}
+		pair = strings.TrimLeft(pair, " ")
+		k, v, found := strings.Cut(pair, "=")
+		if !found || k != name {
+			continue
+		}
+		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+			v = v[1 : len(v)-1]
+		}
+		return v, true
+	}
+	return "", false
+}
+
+// fnv1a64 is FNV-1a 64 (hash/fnv's New64a) of s, without allocating.
+func fnv1a64(s string) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= prime
+	}
+	return h
 }
 
 // maxSchedule bounds the precomputed weighted schedule's length.

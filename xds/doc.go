@@ -15,7 +15,8 @@
 //
 // The package must not read etcd, build discovery snapshots, or decide
 // rollout policy: it only serves what it is given, reports ACKs, and sums
-// load reports.
+// load reports (requests, outcomes and a latency histogram per revision,
+// over a sliding window).
 //
 //	discovery.Snapshot --translateNext--> translation (6 resource sets by name)
 //	        |                                   | diff: updated/removed names

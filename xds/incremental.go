@@ -561,5 +561,6 @@ func routeEqual(a, b *discovery.Route) bool {
 		return a == b
 	}
 	return slices.Equal(a.Hosts, b.Hosts) && slices.Equal(a.Paths, b.Paths) &&
-		a.CanaryHeader == b.CanaryHeader && a.CanaryValue == b.CanaryValue && a.CanaryRevision == b.CanaryRevision
+		a.CanaryHeader == b.CanaryHeader && a.CanaryValue == b.CanaryValue && a.CanaryRevision == b.CanaryRevision &&
+		a.StickyHeader == b.StickyHeader && a.StickyCookie == b.StickyCookie
 }

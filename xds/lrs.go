@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +30,124 @@ type LoadStats struct {
 	Errors    uint64
 	// ErrorRate is Errors / (Successes + Errors), 0 when nothing completed.
 	ErrorRate float64
+
+	// LatencySamples is the number of completed requests whose latency a
+	// gateway reported (Berth's gateway reports one per completed request;
+	// Envoy reports none). 0 means no latency is known: LatencyMean and
+	// LatencyP99 are then 0 too.
+	LatencySamples uint64
+	// LatencyMean is the exact mean of the reported latencies.
+	LatencyMean time.Duration
+	// LatencyP99 is the 99th percentile estimated from the summed latency
+	// buckets by linear interpolation within the bucket it falls in (as
+	// Prometheus' histogram_quantile does), so it is off by at most that
+	// bucket's width. In the last, unbounded bucket it is the mean of that
+	// bucket's samples, or its lower bound (LatencyBuckets' last) if that
+	// is larger.
+	LatencyP99 time.Duration
+}
+
+// Gateways report latency in their load reports as load_metric_stats
+// (EndpointLoadMetricStats) of each UpstreamLocalityStats, one entry per
+// non-empty histogram bucket: metric_name LatencyMetricPrefix + the
+// bucket's upper bound in milliseconds ("berth.latency_ms.le_50") or
+// "inf", num_requests_finished_with_metric the requests completed in the
+// interval whose latency fell in the bucket, total_metric_value the sum of
+// their latencies in milliseconds. Envoy's own consumers ignore the names.
+const LatencyMetricPrefix = "berth.latency_ms.le_"
+
+// LatencyBuckets are the upper bounds (inclusive) of the latency buckets
+// the load store keeps; one more bucket holds what lies above the last.
+// Berth's gateway reports with the same bounds; a bound the store does not
+// know is counted in the first bucket that contains it (an
+// overestimate, never an underestimate).
+func LatencyBuckets() []time.Duration { return slices.Clone(latencyBounds[:]) }
+
+var latencyBounds = [...]time.Duration{
+	1 * time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	1 * time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// latencyHistogram is a count and a sum (in milliseconds) per bucket; the
+// last bucket is the unbounded one.
+type latencyHistogram [len(latencyBounds) + 1]struct {
+	n     uint64
+	sumMs float64
+}
+
+// latencyBucket maps a load metric name to the bucket it counts in; ok is
+// false for a name that is not a Berth latency bucket.
+func latencyBucket(name string) (i int, ok bool) {
+	bound, ok := strings.CutPrefix(name, LatencyMetricPrefix)
+	if !ok {
+		return 0, false
+	}
+	if bound == "inf" {
+		return len(latencyBounds), true
+	}
+	ms, err := strconv.ParseFloat(bound, 64)
+	if err != nil || !(ms >= 0) {
+		return 0, false
+	}
+	for i, b := range latencyBounds {
+		if ms <= float64(b)/float64(time.Millisecond) {
+			return i, true
+		}
+	}
+	return len(latencyBounds), true
+}
+
+// add counts one load_metric_stats entry if it is a latency bucket with a
+// finite, non-negative total (a NaN would poison the whole window).
+func (h *latencyHistogram) add(m *endpoint.EndpointLoadMetricStats) {
+	i, ok := latencyBucket(m.GetMetricName())
+	v := m.GetTotalMetricValue()
+	if !ok || !(v >= 0) || math.IsInf(v, 1) {
+		return
+	}
+	h[i].n += m.GetNumRequestsFinishedWithMetric()
+	h[i].sumMs += v
+}
+
+func (h *latencyHistogram) merge(o *latencyHistogram) {
+	for i := range h {
+		h[i].n += o[i].n
+		h[i].sumMs += o[i].sumMs
+	}
+}
+
+// summary is the sample count, the mean and the estimated 99th percentile.
+func (h *latencyHistogram) summary() (samples uint64, mean, p99 time.Duration) {
+	var sumMs float64
+	for _, b := range h {
+		samples += b.n
+		sumMs += b.sumMs
+	}
+	if samples == 0 {
+		return 0, 0, 0
+	}
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	rank := 0.99 * float64(samples)
+	var below float64 // samples in the buckets before i
+	for i, b := range h {
+		if b.n == 0 || below+float64(b.n) < rank {
+			below += float64(b.n)
+			continue
+		}
+		if i == len(latencyBounds) {
+			return samples, ms(sumMs / float64(samples)), max(latencyBounds[i-1], ms(b.sumMs/float64(b.n)))
+		}
+		lower := time.Duration(0)
+		if i > 0 {
+			lower = latencyBounds[i-1]
+		}
+		frac := (rank - below) / float64(b.n)
+		p99 = lower + time.Duration(frac*float64(latencyBounds[i]-lower))
+		break
+	}
+	return samples, ms(sumMs / float64(samples)), p99
 }
 
 // Load sums the load reports received for a service revision over the last
@@ -36,6 +158,8 @@ func (s *Server) Load(namespace, service string, revision int64, window time.Dur
 
 // loadStore keeps, per cluster (= revision), a ring of per-second buckets
 // of reported counts: a sliding window of the last len(buckets) seconds.
+// A bucket holds a fixed latency histogram, so memory is bounded by
+// clusters x seconds whatever gateways send.
 type loadStore struct {
 	bucket time.Duration
 	n      int
@@ -45,9 +169,22 @@ type loadStore struct {
 	clusters map[string][]loadBucket
 }
 
-type loadBucket struct {
-	slot                      int64 // time / bucket; identifies the second held
+// loadCounts are the counts of one report, or of a second's reports.
+type loadCounts struct {
 	issued, successes, errors uint64
+	latency                   latencyHistogram
+}
+
+func (c *loadCounts) add(o *loadCounts) {
+	c.issued += o.issued
+	c.successes += o.successes
+	c.errors += o.errors
+	c.latency.merge(&o.latency)
+}
+
+type loadBucket struct {
+	slot int64 // time / bucket; identifies the second held
+	loadCounts
 }
 
 func newLoadStore(window, bucket time.Duration) *loadStore {
@@ -59,7 +196,7 @@ func (l *loadStore) window() time.Duration { return time.Duration(l.n) * l.bucke
 
 // record adds one report's counts (deltas since the gateway's previous
 // report) to the bucket of the time it arrived.
-func (l *loadStore) record(cluster string, issued, successes, errors uint64) {
+func (l *loadStore) record(cluster string, c *loadCounts) {
 	slot := l.now().UnixNano() / int64(l.bucket)
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -72,9 +209,7 @@ func (l *loadStore) record(cluster string, issued, successes, errors uint64) {
 	if b.slot != slot {
 		*b = loadBucket{slot: slot}
 	}
-	b.issued += issued
-	b.successes += successes
-	b.errors += errors
+	b.add(c)
 }
 
 func (l *loadStore) sum(cluster string, window time.Duration) LoadStats {
@@ -85,18 +220,19 @@ func (l *loadStore) sum(cluster string, window time.Duration) LoadStats {
 	}
 	slot := l.now().UnixNano() / int64(l.bucket)
 	oldest := slot - int64((window+l.bucket-1)/l.bucket) + 1
+	var total loadCounts
 	l.mu.Lock()
-	for _, b := range l.clusters[cluster] {
-		if b.slot >= oldest && b.slot <= slot {
-			out.Requests += b.issued
-			out.Successes += b.successes
-			out.Errors += b.errors
+	for i := range l.clusters[cluster] {
+		if b := &l.clusters[cluster][i]; b.slot >= oldest && b.slot <= slot {
+			total.add(&b.loadCounts)
 		}
 	}
 	l.mu.Unlock()
+	out.Requests, out.Successes, out.Errors = total.issued, total.successes, total.errors
 	if done := out.Successes + out.Errors; done > 0 {
 		out.ErrorRate = float64(out.Errors) / float64(done)
 	}
+	out.LatencySamples, out.LatencyMean, out.LatencyP99 = total.latency.summary()
 	return out
 }
 
@@ -166,11 +302,14 @@ func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats) {
 	}
 	s.metrics.lrsReports.Inc()
 	for _, cs := range stats {
-		var issued, ok, bad uint64
+		var c loadCounts
 		for _, ls := range cs.GetUpstreamLocalityStats() {
-			issued += ls.GetTotalIssuedRequests()
-			ok += ls.GetTotalSuccessfulRequests()
-			bad += ls.GetTotalErrorRequests()
+			c.issued += ls.GetTotalIssuedRequests()
+			c.successes += ls.GetTotalSuccessfulRequests()
+			c.errors += ls.GetTotalErrorRequests()
+			for _, m := range ls.GetLoadMetricStats() {
+				c.latency.add(m) // other metrics are not Berth's: ignored
+			}
 		}
 		name := cs.GetClusterName()
 		if _, _, _, err := ParseClusterName(name); err != nil {
@@ -178,9 +317,9 @@ func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats) {
 			s.log.Debug("load report for a cluster Berth does not serve", "node", node, "cluster", name)
 			continue
 		}
-		s.loads.record(name, issued, ok, bad)
-		s.metrics.lrsRequests.WithLabelValues("issued").Add(float64(issued))
-		s.metrics.lrsRequests.WithLabelValues("success").Add(float64(ok))
-		s.metrics.lrsRequests.WithLabelValues("error").Add(float64(bad))
+		s.loads.record(name, &c)
+		s.metrics.lrsRequests.WithLabelValues("issued").Add(float64(c.issued))
+		s.metrics.lrsRequests.WithLabelValues("success").Add(float64(c.successes))
+		s.metrics.lrsRequests.WithLabelValues("error").Add(float64(c.errors))
 	}
 }

@@ -179,7 +179,9 @@ func APIRouteConfigName(namespace, service string) string {
 //   - one RouteConfiguration with a VirtualHost per route host (domains
 //     "host" and "host:*") and, in it, a prefix route per service path,
 //     longest prefix first, sending to the service's revisions by weight,
-//     with the route timeout and (if enabled) retry policy;
+//     with the route timeout and (if enabled) retry policy; a sticky
+//     canary split adds a hash policy and takes its random value from
+//     api.CohortHeader, canary first (stickyCohorts);
 //   - one EDS Cluster (circuit breakers, outlier detection) and one
 //     ClusterLoadAssignment per service revision, exposed or not, holding
 //     the revision's ready endpoints, and its draining ones marked
@@ -382,6 +384,7 @@ func serviceRoute(svc *discovery.Service, prefix string, opts TranslateOptions) 
 		}}
 		return r
 	}
+	stickyCohorts(action, svc)
 	if opts.RouteTimeout > 0 {
 		action.Timeout = durationpb.New(opts.RouteTimeout)
 	}
@@ -390,6 +393,36 @@ func serviceRoute(svc *discovery.Service, prefix string, opts TranslateOptions) 
 	}
 	r.Action = &route.Route_Route{Route: action}
 	return r
+}
+
+// stickyCohorts makes a split sticky when the route has a sticky key: a
+// hash_policy names the header or cookie that identifies a user, and the
+// weighted clusters take their random value from api.CohortHeader with
+// the canary listed first. Envoy picks cluster i where value % total
+// (100) falls in the i-th run of weights, so a cohort below the canary's
+// weight goes to the canary, and raising the weight only moves cohorts
+// from stable to canary. A proxy in front of Envoy sets the header from
+// the hash; Berth's gateway does it itself. A single cluster is left as
+// it is: nothing to choose.
+func stickyCohorts(action *route.RouteAction, svc *discovery.Service) {
+	rt := svc.Route
+	wc := action.GetWeightedClusters()
+	if rt == nil || wc == nil || (rt.StickyHeader == "" && rt.StickyCookie == "") {
+		return
+	}
+	canary := ClusterName(svc.Namespace, svc.Name, rt.CanaryRevision)
+	if i := slices.IndexFunc(wc.Clusters, func(c *route.WeightedCluster_ClusterWeight) bool { return c.GetName() == canary }); i > 0 {
+		c := wc.Clusters[i]
+		wc.Clusters = slices.Insert(slices.Delete(wc.Clusters, i, i+1), 0, c)
+	}
+	wc.RandomValueSpecifier = &route.WeightedCluster_HeaderName{HeaderName: api.CohortHeader}
+	policy := &route.RouteAction_HashPolicy{}
+	if rt.StickyHeader != "" {
+		policy.PolicySpecifier = &route.RouteAction_HashPolicy_Header_{Header: &route.RouteAction_HashPolicy_Header{HeaderName: rt.StickyHeader}}
+	} else {
+		policy.PolicySpecifier = &route.RouteAction_HashPolicy_Cookie_{Cookie: &route.RouteAction_HashPolicy_Cookie{Name: rt.StickyCookie}}
+	}
+	action.HashPolicy = []*route.RouteAction_HashPolicy{policy}
 }
 
 // canaryRoute sends requests that carry the rollout's canary header to the

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/discovery"
 )
 
@@ -155,6 +156,36 @@ func emptyServices() *discovery.Snapshot {
 	}
 }
 
+// stickyServices: two canaries at 20%, web with a sticky cookie (and a
+// canary header), api with a sticky header; api speaks gRPC, whose API
+// listener route stays a plain split (proxyless clients set no cohort).
+func stickyServices() *discovery.Snapshot {
+	revs := func(ip string) []discovery.Revision {
+		return []discovery.Revision{
+			{Number: 3, Weight: 80, Endpoints: []discovery.Endpoint{{Instance: "s", Node: "node-a", IP: "10.88.0." + ip, Ready: true}}},
+			{Number: 4, Weight: 20, Endpoints: []discovery.Endpoint{{Instance: "c", Node: "node-b", IP: "10.88.1." + ip, Ready: true}}},
+		}
+	}
+	return &discovery.Snapshot{
+		Version: 9,
+		Services: []discovery.Service{
+			{
+				Namespace: "default", Name: "api",
+				Ports:     []discovery.Port{{Name: "grpc", Port: 9000, Protocol: "grpc"}},
+				Route:     &discovery.Route{Hosts: []string{"api.example.test"}, Paths: []string{"/"}, StickyHeader: "x-user", CanaryRevision: 4},
+				Revisions: revs("2"),
+			},
+			{
+				Namespace: "default", Name: "web",
+				Ports: []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+				Route: &discovery.Route{Hosts: []string{"web.example.test"}, Paths: []string{"/"}, StickyCookie: "Session",
+					CanaryHeader: "x-canary", CanaryValue: "always", CanaryRevision: 4},
+				Revisions: revs("1"),
+			},
+		},
+	}
+}
+
 func TestTranslateGolden(t *testing.T) {
 	withRetries := DefaultTranslateOptions()
 	withRetries.Retries = 2
@@ -167,6 +198,7 @@ func TestTranslateGolden(t *testing.T) {
 		{"empty_services", emptyServices(), DefaultTranslateOptions()},
 		{"no_services", &discovery.Snapshot{Version: 1}, DefaultTranslateOptions()},
 		{"retries", twoServices(), withRetries},
+		{"sticky", stickyServices(), DefaultTranslateOptions()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res, err := Translate(tc.snap, tc.opts)
@@ -374,5 +406,110 @@ func TestCanaryHeaderRouteComesFirst(t *testing.T) {
 	}
 	if routes[1].GetRoute().GetWeightedClusters() == nil {
 		t.Fatalf("second route is not the weighted one: %v", routes[1])
+	}
+}
+
+// TestStickyCohortSplit: a sticky split names its key in a hash policy,
+// reads Envoy's random value from the cohort header and lists the canary
+// first, so Envoy's pick (value % total, walking the clusters) sends
+// exactly the cohorts below the canary's weight to the canary.
+func TestStickyCohortSplit(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		header, cookie string
+	}{
+		{"header", "x-user", ""},
+		{"cookie", "", "Session"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, w := range []uint32{1, 10, 50, 99} {
+				snap := &discovery.Snapshot{Version: 3, Services: []discovery.Service{{
+					Namespace: "default", Name: "web", Ports: []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+					Route: &discovery.Route{Hosts: []string{"web.test"}, Paths: []string{"/"}, StickyHeader: tc.header, StickyCookie: tc.cookie, CanaryRevision: 2},
+					Revisions: []discovery.Revision{
+						{Number: 1, Weight: 100 - w, Endpoints: []discovery.Endpoint{{Instance: "a", Node: "n", IP: "10.0.0.1", Ready: true}}},
+						{Number: 2, Weight: w, Endpoints: []discovery.Endpoint{{Instance: "b", Node: "n", IP: "10.0.0.2", Ready: true}}},
+					},
+				}}}
+				res, err := Translate(snap, DefaultTranslateOptions())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := res.Validate(); err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				if _, err := cacheSnapshot(snap.Version, res); err != nil {
+					t.Fatalf("cacheSnapshot: %v", err)
+				}
+				action := res.Routes[0].VirtualHosts[0].Routes[0].GetRoute()
+				hp := action.GetHashPolicy()
+				if len(hp) != 1 || hp[0].GetHeader().GetHeaderName() != tc.header || hp[0].GetCookie().GetName() != tc.cookie {
+					t.Fatalf("hash policy %v, want header %q cookie %q", hp, tc.header, tc.cookie)
+				}
+				if hp[0].GetCookie().GetTtl() != nil {
+					t.Error("cookie hash policy has a ttl: Envoy would make up cookies")
+				}
+				wc := action.GetWeightedClusters()
+				if wc.GetHeaderName() != api.CohortHeader {
+					t.Fatalf("weighted clusters header_name %q, want %q", wc.GetHeaderName(), api.CohortHeader)
+				}
+				if c := wc.GetClusters(); len(c) != 2 || c[0].GetName() != ClusterName("default", "web", 2) || c[0].GetWeight().GetValue()+c[1].GetWeight().GetValue() != 100 {
+					t.Fatalf("clusters %v: want the canary first, weights summing to 100", c)
+				}
+				// Envoy's pick, on the clusters as configured.
+				for v := uint64(0); v < 300; v++ {
+					n, got := v%100, ""
+					for _, c := range wc.GetClusters() {
+						if n < uint64(c.GetWeight().GetValue()) {
+							got = c.GetName()
+							break
+						}
+						n -= uint64(c.GetWeight().GetValue())
+					}
+					want := ClusterName("default", "web", 1)
+					if v%100 < uint64(w) {
+						want = ClusterName("default", "web", 2)
+					}
+					if got != want {
+						t.Fatalf("weight %d: cohort %d goes to %s, want %s", w, v, got, want)
+					}
+				}
+			}
+		})
+	}
+
+	// One revision takes everything: a plain cluster, no hash policy.
+	whole := stickyServices()
+	whole.Services[1].Revisions[0].Weight, whole.Services[1].Revisions[1].Weight = 0, 100
+	res, err := Translate(whole, DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vh := range res.Routes[0].VirtualHosts {
+		for _, r := range vh.Routes {
+			if r.GetName() == "default_web" && (r.GetRoute().GetCluster() != ClusterName("default", "web", 4) || r.GetRoute().GetHashPolicy() != nil) {
+				t.Errorf("unsplit sticky route: %v", r)
+			}
+		}
+	}
+
+	// Turning stickiness on changes the routes incrementally, nothing else.
+	plain := stickyServices()
+	plain.Services[1].Route.StickyCookie = ""
+	first, err := translateNext(nil, plain, DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := translateNext(first, stickyServices(), DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := diff(first, next)
+	if len(ch[setGatewayRoutes].updated) != 1 || len(ch[setClusters].updated)+len(ch[setEndpoints].updated)+len(ch[setAPIRoutes].updated) != 0 {
+		t.Errorf("turning sticky on changed %+v", ch)
+	}
+	full, _ := Translate(stickyServices(), DefaultTranslateOptions())
+	if !bytes.Equal(goldenJSON(t, next.resources()), goldenJSON(t, full)) {
+		t.Error("incremental translation differs from a full one")
 	}
 }
