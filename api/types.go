@@ -242,6 +242,9 @@ const (
 type Rollout struct {
 	Namespace string `json:"namespace"`
 	Service   string `json:"service"`
+	// Strategy is the spec's at the start: "canary" (also when empty, as
+	// earlier versions wrote it) or "rolling".
+	Strategy string `json:"strategy,omitempty"`
 	// Revision is the canary; Stable the revision it replaces.
 	Revision int64  `json:"revision"`
 	Stable   int64  `json:"stable"`
@@ -254,6 +257,12 @@ type Rollout struct {
 	// every discovery snapshot from then on carries it, so the step waits
 	// until every gateway has ACKed that version.
 	WeightRevision int64 `json:"weightRevision,omitempty"`
+	// ProgressAt is when the rollout last made progress (started, moved a
+	// step, got a replica available, was resumed or promoted): the
+	// progress deadline counts from it, or from the end of a timed pause.
+	ProgressAt time.Time `json:"progressAt,omitzero"`
+	// Available counts a rolling update's new replicas that are available.
+	Available int `json:"available,omitempty"`
 	// Promote asks to leave a "promote" pause (or, with Full, to finish).
 	Promote     bool      `json:"promote,omitempty"`
 	PromoteFull bool      `json:"promoteFull,omitempty"`
@@ -261,9 +270,40 @@ type Rollout struct {
 	UpdatedAt   time.Time `json:"updatedAt,omitzero"`
 }
 
-// Active reports whether the rollout still splits traffic.
+// Active reports whether the rollout is in progress.
 func (r *Rollout) Active() bool {
 	return r != nil && (r.Phase == RolloutProgressing || r.Phase == RolloutPaused)
+}
+
+// Canary reports whether the rollout moves traffic by weight (a rolling
+// update instead replaces replicas and leaves weights alone).
+func (r *Rollout) Canary() bool { return r != nil && r.Strategy != StrategyRolling }
+
+// DeadlineAt is when the rollout fails unless it progresses: the progress
+// deadline after its last progress or after the end of the current step's
+// timed pause, whichever is later. Zero for a rollout that is not
+// progressing (paused or done).
+func (r *Rollout) DeadlineAt(spec *RolloutSpec) time.Time {
+	if r.Phase != RolloutProgressing || r.ProgressAt.IsZero() {
+		return time.Time{}
+	}
+	since := r.ProgressAt
+	if r.Canary() && spec != nil && r.Step < len(spec.Steps) && r.Weight == spec.Steps[r.Step].Weight && !r.StepStartedAt.IsZero() {
+		if pause, err := time.ParseDuration(spec.Steps[r.Step].Pause); err == nil {
+			if end := r.StepStartedAt.Add(pause); end.After(since) {
+				since = end
+			}
+		}
+	}
+	return since.Add(spec.Deadline())
+}
+
+// Deadline returns the spec's progress deadline or the default.
+func (s *RolloutSpec) Deadline() time.Duration {
+	if s == nil || s.ProgressDeadline.Duration <= 0 {
+		return DefaultProgressDeadline
+	}
+	return s.ProgressDeadline.Duration
 }
 
 // VolumeMount mounts a volume into the container.
@@ -449,6 +489,10 @@ type Revision struct {
 	// Change says what differs from the revision before ("image a -> b"),
 	// or that it rolled back to an earlier one.
 	Change string `json:"change,omitempty"`
+	// RolledBack says why a rollout of this revision was rolled back or
+	// aborted (the template stays as it was); `rollout undo` without
+	// --to-revision skips such revisions.
+	RolledBack string `json:"rolledBack,omitempty"`
 }
 
 // Instance desired states.

@@ -3,11 +3,13 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/discovery"
 )
 
@@ -19,13 +21,13 @@ type loads struct {
 	canary         int64
 }
 
-func (l *loads) RevisionLoad(ns, svc string, rev int64, window time.Duration) (int64, int64) {
+func (l *loads) RevisionLoad(ns, svc string, rev int64, window time.Duration) controller.RevisionLoad {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if rev == l.canary {
-		return l.requests, l.errs
+		return controller.RevisionLoad{Requests: l.requests, Errors: l.errs}
 	}
-	return 0, 0
+	return controller.RevisionLoad{}
 }
 
 func canaryService(image string, steps ...*pb.CanaryStep) *pb.Service {
@@ -140,6 +142,27 @@ func TestCanaryStepsPromoteAndRollBack(t *testing.T) {
 		r := status()
 		return r.Phase == "Aborted" && w[2] == 100, fmt.Sprint(w, r)
 	})
+	// History marks both failed revisions, and undo skips them: the
+	// revision before v2 is v1.
+	hist, err := h.berth.ListRevisions(ctx, &pb.ListRevisionsRequest{Name: "hello"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := map[int64]string{}
+	for _, r := range hist.Revisions {
+		marked[r.Number] = r.RolledBack
+	}
+	if !strings.Contains(marked[3], "analysis failed") || !strings.Contains(marked[4], "aborted by the user") || marked[1] != "" || marked[2] != "" {
+		t.Fatalf("rolled-back marks in history: %v", marked)
+	}
+	res, err := h.berth.Undo(ctx, &pb.UndoRequest{Name: "hello"})
+	if err != nil || res.Revision != 5 {
+		t.Fatalf("undo: %v %v", res, err)
+	}
+	svc, _ := h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
+	if svc.Service.Spec.Image != "hello:v1" {
+		t.Fatalf("undo picked %s, want hello:v1 (revisions 3 and 4 were rolled back)", svc.Service.Spec.Image)
+	}
 }
 
 // A control plane killed mid-rollout resumes at the same step after a

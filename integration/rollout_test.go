@@ -202,6 +202,7 @@ spec:
     steps: [{weight: 10, pause: 6s}, {weight: 50, pause: 6s}, {weight: 100}]
     analysis: {maxErrorRate: 0.05, minRequests: 20}
     canaryHeader: {name: x-berth-canary, value: always}
+    sticky: {cookie: user}
 `, image, failRate)
 	}
 	f := filepath.Join(dir, "hello.yaml")
@@ -240,6 +241,9 @@ spec:
 	t.Run("canary in three steps, shares follow the weights, 0 failed requests", func(t *testing.T) {
 		writeFile(t, f, manifest("berth.local/hello:v2", "0"))
 		mustBerth(t, api, "apply", "-f", f)
+		// Sticky cohorts: 300 users, each with its cookie, asked at every
+		// step; a user on the canary stays there as the weight rises.
+		onCanary := map[string]bool{}
 		for _, weight := range []int{10, 50} {
 			eventually(t, 60*time.Second, fmt.Sprintf("weight %d in effect", weight), func() (bool, string) {
 				r := status()
@@ -258,6 +262,35 @@ spec:
 			t.Logf("step at %d%%: %d requests, v2 share %.1f%%", weight, total, share)
 			if total < 200 || share < float64(weight)-2 || share > float64(weight)+2 {
 				t.Errorf("step %d%%: v2 got %.1f%% of %d requests", weight, share, total)
+			}
+			canaryUsers := 0
+			for u := 0; u < 300; u++ {
+				user := fmt.Sprintf("user-%d", u)
+				var seen string
+				for try := 0; try < 2; try++ {
+					req, _ := http.NewRequest("GET", "http://"+gw+"/", nil)
+					req.Host = "hello.example.test"
+					req.AddCookie(&http.Cookie{Name: "user", Value: user})
+					var h helloReply
+					if code := getJSON(t, http.DefaultClient, req, &h); code != 200 {
+						t.Fatalf("sticky request for %s at %d%%: %d", user, weight, code)
+					}
+					if seen != "" && h.Version != seen {
+						t.Fatalf("%s at %d%%: %s then %s", user, weight, seen, h.Version)
+					}
+					seen = h.Version
+				}
+				if seen == "v2" {
+					canaryUsers++
+				}
+				if onCanary[user] && seen != "v2" {
+					t.Errorf("%s was on the canary and moved back to stable at %d%%", user, weight)
+				}
+				onCanary[user] = seen == "v2"
+			}
+			t.Logf("sticky cohorts at %d%%: %d of 300 users on the canary", weight, canaryUsers)
+			if share := 100 * float64(canaryUsers) / 300; share < float64(weight)-6 || share > float64(weight)+6 {
+				t.Errorf("sticky cohorts at %d%%: %.1f%% of users on the canary", weight, share)
 			}
 			// The canary header always selects the canary.
 			for i := 0; i < 20; i++ {
@@ -354,6 +387,33 @@ spec:
 			ivs := instances(t, api, "hello")
 			return len(ivs) == 6 && readyCount() == 6, fmt.Sprint(len(ivs))
 		})
+		out, _, code := berth(t, api, "rollout", "status", "hello", "--watch")
+		if code != 0 || !strings.Contains(out, "Succeeded  rolling") || !strings.Contains(out, "6/6 available") {
+			t.Fatalf("status of the finished rolling update: exit %d\n%s", code, out)
+		}
+	})
+	t.Run("a rolling update that never becomes ready is rolled back at its progress deadline", func(t *testing.T) {
+		before := mustBerth(t, api, "get", "services")
+		bad := strings.Replace(plain("berth.local/hello:v1", 6), "path: /healthz", "path: /never-ready", 1) +
+			"  rollout: {strategy: rolling, maxSurge: 1, maxUnavailable: 0, progressDeadline: 5s}\n"
+		writeFile(t, f, bad)
+		mustBerth(t, api, "apply", "-f", f)
+		start := time.Now()
+		out, _, code := berth(t, api, "rollout", "status", "hello", "--watch")
+		if code != 3 || !strings.Contains(out, "progress deadline 5s exceeded (0/6 new replicas available") {
+			t.Fatalf("status --watch of a stalled rolling update: exit %d\n%s", code, out)
+		}
+		t.Logf("stalled rolling update rolled back after %s", time.Since(start).Round(100*time.Millisecond))
+		eventually(t, 60*time.Second, "the good revision serving alone again", func() (bool, string) {
+			ivs := instances(t, api, "hello")
+			return len(ivs) == 6 && readyCount() == 6 && onlyRevision(t, api), fmt.Sprint(len(ivs))
+		})
+		if after := mustBerth(t, api, "get", "services"); !strings.Contains(before, "6/6") || !strings.Contains(after, "6/6") {
+			t.Fatalf("services before:\n%s\nafter:\n%s", before, after)
+		}
+		if ev := mustBerth(t, api, "events"); !strings.Contains(ev, "progress deadline 5s exceeded") {
+			t.Fatalf("no event for the rollback:\n%s", ev)
+		}
 	})
 	t.Run("a scale-down from 6 to 2 under load", func(t *testing.T) {
 		writeFile(t, f, plain("berth.local/hello:v2", 2))

@@ -364,8 +364,13 @@ type RolloutSpec struct {
 	// name and value of a header that always selects the canary.
 	CanaryHeader      string `protobuf:"bytes,8,opt,name=canary_header,json=canaryHeader,proto3" json:"canary_header,omitempty"`
 	CanaryHeaderValue string `protobuf:"bytes,9,opt,name=canary_header_value,json=canaryHeaderValue,proto3" json:"canary_header_value,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Sticky cohorts: the header or the cookie hashed into a user's cohort.
+	StickyHeader string `protobuf:"bytes,10,opt,name=sticky_header,json=stickyHeader,proto3" json:"sticky_header,omitempty"`
+	StickyCookie string `protobuf:"bytes,11,opt,name=sticky_cookie,json=stickyCookie,proto3" json:"sticky_cookie,omitempty"`
+	// A duration; "" is the default (10m).
+	ProgressDeadline string `protobuf:"bytes,12,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RolloutSpec) Reset() {
@@ -461,6 +466,27 @@ func (x *RolloutSpec) GetCanaryHeaderValue() string {
 	return ""
 }
 
+func (x *RolloutSpec) GetStickyHeader() string {
+	if x != nil {
+		return x.StickyHeader
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetStickyCookie() string {
+	if x != nil {
+		return x.StickyCookie
+	}
+	return ""
+}
+
+func (x *RolloutSpec) GetProgressDeadline() string {
+	if x != nil {
+		return x.ProgressDeadline
+	}
+	return ""
+}
+
 type CanaryStep struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Weight        uint32                 `protobuf:"varint,1,opt,name=weight,proto3" json:"weight,omitempty"`
@@ -514,11 +540,14 @@ func (x *CanaryStep) GetPause() string {
 }
 
 type Analysis struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MaxErrorRate  float64                `protobuf:"fixed64,1,opt,name=max_error_rate,json=maxErrorRate,proto3" json:"max_error_rate,omitempty"`
-	MinRequests   int64                  `protobuf:"varint,2,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MaxErrorRate float64                `protobuf:"fixed64,1,opt,name=max_error_rate,json=maxErrorRate,proto3" json:"max_error_rate,omitempty"`
+	MinRequests  int64                  `protobuf:"varint,2,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	// A duration; "" leaves latency out.
+	MaxLatency           string  `protobuf:"bytes,3,opt,name=max_latency,json=maxLatency,proto3" json:"max_latency,omitempty"`
+	MaxErrorRateIncrease float64 `protobuf:"fixed64,4,opt,name=max_error_rate_increase,json=maxErrorRateIncrease,proto3" json:"max_error_rate_increase,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Analysis) Reset() {
@@ -565,6 +594,20 @@ func (x *Analysis) GetMinRequests() int64 {
 	return 0
 }
 
+func (x *Analysis) GetMaxLatency() string {
+	if x != nil {
+		return x.MaxLatency
+	}
+	return ""
+}
+
+func (x *Analysis) GetMaxErrorRateIncrease() float64 {
+	if x != nil {
+		return x.MaxErrorRateIncrease
+	}
+	return 0
+}
+
 type Rollout struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -594,7 +637,18 @@ type Rollout struct {
 	Nodes []string `protobuf:"bytes,21,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// Whether every ready node's DNS answers from a snapshot carrying the
 	// current weight.
-	DnsSynced     bool `protobuf:"varint,22,opt,name=dns_synced,json=dnsSynced,proto3" json:"dns_synced,omitempty"`
+	DnsSynced bool `protobuf:"varint,22,opt,name=dns_synced,json=dnsSynced,proto3" json:"dns_synced,omitempty"`
+	// "canary" or "rolling".
+	Strategy string `protobuf:"bytes,23,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// A rolling update's available new replicas, of replicas.
+	Available int32 `protobuf:"varint,24,opt,name=available,proto3" json:"available,omitempty"`
+	Replicas  int32 `protobuf:"varint,25,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// Time left before the progress deadline rolls back ("" when paused or
+	// done).
+	DeadlineLeft string `protobuf:"bytes,26,opt,name=deadline_left,json=deadlineLeft,proto3" json:"deadline_left,omitempty"`
+	// p99 latency per revision over the step ("" without latency reports).
+	CanaryP99     string `protobuf:"bytes,27,opt,name=canary_p99,json=canaryP99,proto3" json:"canary_p99,omitempty"`
+	StableP99     string `protobuf:"bytes,28,opt,name=stable_p99,json=stableP99,proto3" json:"stable_p99,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -781,6 +835,48 @@ func (x *Rollout) GetDnsSynced() bool {
 		return x.DnsSynced
 	}
 	return false
+}
+
+func (x *Rollout) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *Rollout) GetAvailable() int32 {
+	if x != nil {
+		return x.Available
+	}
+	return 0
+}
+
+func (x *Rollout) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *Rollout) GetDeadlineLeft() string {
+	if x != nil {
+		return x.DeadlineLeft
+	}
+	return ""
+}
+
+func (x *Rollout) GetCanaryP99() string {
+	if x != nil {
+		return x.CanaryP99
+	}
+	return ""
+}
+
+func (x *Rollout) GetStableP99() string {
+	if x != nil {
+		return x.StableP99
+	}
+	return ""
 }
 
 type VolumeMount struct {
@@ -4473,7 +4569,9 @@ type RevisionInfo struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	Current   bool                   `protobuf:"varint,5,opt,name=current,proto3" json:"current,omitempty"`
 	// Instances of the revision that exist now.
-	Instances     int32 `protobuf:"varint,6,opt,name=instances,proto3" json:"instances,omitempty"`
+	Instances int32 `protobuf:"varint,6,opt,name=instances,proto3" json:"instances,omitempty"`
+	// Why its rollout was rolled back or aborted ("" if it never was).
+	RolledBack    string `protobuf:"bytes,7,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4548,6 +4646,13 @@ func (x *RevisionInfo) GetInstances() int32 {
 		return x.Instances
 	}
 	return 0
+}
+
+func (x *RevisionInfo) GetRolledBack() string {
+	if x != nil {
+		return x.RolledBack
+	}
+	return ""
 }
 
 type ListRevisionsResponse struct {
@@ -5389,7 +5494,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"\xff\x02\n" +
+	"\t_replicas\"\xf6\x03\n" +
 	"\vRolloutSpec\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12*\n" +
 	"\x05steps\x18\x02 \x03(\v2\x14.berth.v1.CanaryStepR\x05steps\x12.\n" +
@@ -5399,15 +5504,22 @@ const file_berth_proto_rawDesc = "" +
 	"\tmin_ready\x18\x06 \x01(\tR\bminReady\x12,\n" +
 	"\x0fcanary_replicas\x18\a \x01(\x05H\x00R\x0ecanaryReplicas\x88\x01\x01\x12#\n" +
 	"\rcanary_header\x18\b \x01(\tR\fcanaryHeader\x12.\n" +
-	"\x13canary_header_value\x18\t \x01(\tR\x11canaryHeaderValueB\x12\n" +
+	"\x13canary_header_value\x18\t \x01(\tR\x11canaryHeaderValue\x12#\n" +
+	"\rsticky_header\x18\n" +
+	" \x01(\tR\fstickyHeader\x12#\n" +
+	"\rsticky_cookie\x18\v \x01(\tR\fstickyCookie\x12+\n" +
+	"\x11progress_deadline\x18\f \x01(\tR\x10progressDeadlineB\x12\n" +
 	"\x10_canary_replicas\":\n" +
 	"\n" +
 	"CanaryStep\x12\x16\n" +
 	"\x06weight\x18\x01 \x01(\rR\x06weight\x12\x14\n" +
-	"\x05pause\x18\x02 \x01(\tR\x05pause\"S\n" +
+	"\x05pause\x18\x02 \x01(\tR\x05pause\"\xab\x01\n" +
 	"\bAnalysis\x12$\n" +
 	"\x0emax_error_rate\x18\x01 \x01(\x01R\fmaxErrorRate\x12!\n" +
-	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\"\xdd\x05\n" +
+	"\fmin_requests\x18\x02 \x01(\x03R\vminRequests\x12\x1f\n" +
+	"\vmax_latency\x18\x03 \x01(\tR\n" +
+	"maxLatency\x125\n" +
+	"\x17max_error_rate_increase\x18\x04 \x01(\x01R\x14maxErrorRateIncrease\"\x96\a\n" +
 	"\aRollout\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
@@ -5434,7 +5546,15 @@ const file_berth_proto_rawDesc = "" +
 	"\rweight_synced\x18\x14 \x01(\bR\fweightSynced\x12\x14\n" +
 	"\x05nodes\x18\x15 \x03(\tR\x05nodes\x12\x1d\n" +
 	"\n" +
-	"dns_synced\x18\x16 \x01(\bR\tdnsSynced\"\x87\x01\n" +
+	"dns_synced\x18\x16 \x01(\bR\tdnsSynced\x12\x1a\n" +
+	"\bstrategy\x18\x17 \x01(\tR\bstrategy\x12\x1c\n" +
+	"\tavailable\x18\x18 \x01(\x05R\tavailable\x12\x1a\n" +
+	"\breplicas\x18\x19 \x01(\x05R\breplicas\x12#\n" +
+	"\rdeadline_left\x18\x1a \x01(\tR\fdeadlineLeft\x12\x1d\n" +
+	"\n" +
+	"canary_p99\x18\x1b \x01(\tR\tcanaryP99\x12\x1d\n" +
+	"\n" +
+	"stable_p99\x18\x1c \x01(\tR\tstableP99\"\x87\x01\n" +
 	"\vVolumeMount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -5702,7 +5822,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x11published_version\x18\x02 \x01(\x04R\x10publishedVersion\"H\n" +
 	"\x14ListRevisionsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xc7\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xe8\x01\n" +
 	"\fRevisionInfo\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x03R\x06number\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x16\n" +
@@ -5710,7 +5830,9 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
 	"\acurrent\x18\x05 \x01(\bR\acurrent\x12\x1c\n" +
-	"\tinstances\x18\x06 \x01(\x05R\tinstances\"M\n" +
+	"\tinstances\x18\x06 \x01(\x05R\tinstances\x12\x1f\n" +
+	"\vrolled_back\x18\a \x01(\tR\n" +
+	"rolledBack\"M\n" +
 	"\x15ListRevisionsResponse\x124\n" +
 	"\trevisions\x18\x01 \x03(\v2\x16.berth.v1.RevisionInfoR\trevisions\"`\n" +
 	"\vUndoRequest\x12\x1c\n" +

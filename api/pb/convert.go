@@ -110,13 +110,17 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 			pr.Steps = append(pr.Steps, &CanaryStep{Weight: st.Weight, Pause: st.Pause})
 		}
 		if a := r.Analysis; a != nil {
-			pr.Analysis = &Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
+			pr.Analysis = &Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests, MaxLatency: durString(a.MaxLatency), MaxErrorRateIncrease: a.MaxErrorRateIncrease}
 		}
 		pr.MaxSurge, pr.MaxUnavailable, pr.MinReady = intOrPercent(r.MaxSurge), intOrPercent(r.MaxUnavailable), durString(r.MinReady)
 		pr.CanaryReplicas = r.CanaryReplicas
 		if h := r.CanaryHeader; h != nil {
 			pr.CanaryHeader, pr.CanaryHeaderValue = h.Name, h.Value
 		}
+		if st := r.Sticky; st != nil {
+			pr.StickyHeader, pr.StickyCookie = st.Header, st.Cookie
+		}
+		pr.ProgressDeadline = durString(r.ProgressDeadline)
 		p.Rollout = pr
 	}
 	if h := s.Health; h != nil {
@@ -163,13 +167,17 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 			ar.Steps = append(ar.Steps, api.CanaryStep{Weight: st.Weight, Pause: st.Pause})
 		}
 		if a := r.Analysis; a != nil {
-			ar.Analysis = &api.Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests}
+			ar.Analysis = &api.Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests, MaxLatency: parseDur(a.MaxLatency), MaxErrorRateIncrease: a.MaxErrorRateIncrease}
 		}
 		ar.MaxSurge, ar.MaxUnavailable, ar.MinReady = parseIntOrPercent(r.MaxSurge), parseIntOrPercent(r.MaxUnavailable), parseDur(r.MinReady)
 		ar.CanaryReplicas = r.CanaryReplicas
 		if r.CanaryHeader != "" || r.CanaryHeaderValue != "" {
 			ar.CanaryHeader = &api.HeaderMatch{Name: r.CanaryHeader, Value: r.CanaryHeaderValue}
 		}
+		if r.StickyHeader != "" || r.StickyCookie != "" {
+			ar.Sticky = &api.StickyCohort{Header: r.StickyHeader, Cookie: r.StickyCookie}
+		}
+		ar.ProgressDeadline = parseDur(r.ProgressDeadline)
 		s.Rollout = ar
 	}
 	if h := p.GetHealth(); h != nil {
@@ -326,8 +334,13 @@ func ToVolume(p *Volume) *api.Volume {
 
 // FromRollout converts a rollout's state to the wire.
 func FromRollout(r *api.Rollout) *Rollout {
-	return &Rollout{Namespace: r.Namespace, Service: r.Service, Revision: r.Revision, Stable: r.Stable, Phase: r.Phase,
-		Step: int32(r.Step), Weight: r.Weight, StepStartedAt: ts(r.StepStartedAt), Message: r.Message, UpdatedAt: ts(r.UpdatedAt)}
+	out := &Rollout{Namespace: r.Namespace, Service: r.Service, Revision: r.Revision, Stable: r.Stable, Phase: r.Phase,
+		Step: int32(r.Step), Weight: r.Weight, StepStartedAt: ts(r.StepStartedAt), Message: r.Message, UpdatedAt: ts(r.UpdatedAt),
+		Strategy: r.Strategy, Available: int32(r.Available)}
+	if out.Strategy == "" {
+		out.Strategy = api.StrategyCanary
+	}
+	return out
 }
 
 func intOrPercent(v *api.IntOrPercent) string {

@@ -557,7 +557,7 @@ func newEnvoyBootstrapCmd() *cobra.Command {
 // revisionLoads adapts the xDS server's load reports to the controllers.
 type revisionLoads struct{ x *xds.Server }
 
-func (l revisionLoads) RevisionLoad(namespace, service string, revision int64, window time.Duration) (int64, int64) {
+func (l revisionLoads) RevisionLoad(namespace, service string, revision int64, window time.Duration) controller.RevisionLoad {
 	st := l.x.Load(namespace, service, revision, window)
-	return int64(st.Requests), int64(st.Errors)
+	return controller.RevisionLoad{Requests: int64(st.Requests), Errors: int64(st.Errors), P99: st.LatencyP99, LatencySamples: int64(st.LatencySamples)}
 }

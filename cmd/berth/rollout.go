@@ -33,7 +33,11 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 					if r.Current {
 						mark = " (current)"
 					}
-					fmt.Fprintf(tw, "%d%s\t%s\t%d\t%s ago\t%s\n", r.Number, mark, r.Image, r.Instances, age(r.CreatedAt), r.Change)
+					change := r.Change
+					if r.RolledBack != "" {
+						change += " [rolled back: " + r.RolledBack + "]"
+					}
+					fmt.Fprintf(tw, "%d%s\t%s\t%d\t%s ago\t%s\n", r.Number, mark, r.Image, r.Instances, age(r.CreatedAt), change)
 				}
 				return tw.Flush()
 			})
@@ -42,7 +46,7 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 	var to int64
 	undo := &cobra.Command{
 		Use:   "undo SERVICE",
-		Short: "Roll back to the previous revision (or --to-revision N), as a new revision",
+		Short: "Roll back to the previous revision that was not rolled back (or --to-revision N), as a new revision",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
@@ -124,14 +128,28 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 
 func printRollout(cmd *cobra.Command, r *pb.Rollout) {
 	w := cmd.OutOrStdout()
+	deadline := ""
+	if r.DeadlineLeft != "" {
+		deadline = "  deadline in " + r.DeadlineLeft
+	}
+	if r.Strategy == "rolling" {
+		done := 0
+		if r.Replicas > 0 {
+			done = int(min(r.Available, r.Replicas) * 20 / r.Replicas)
+		}
+		bar := strings.Repeat("#", done) + strings.Repeat(".", 20-done)
+		fmt.Fprintf(w, "%s/%s  %s  rolling r%d from r%d  [%s] %d/%d available%s\n  %s\n",
+			r.Namespace, r.Service, r.Phase, r.Revision, r.Stable, bar, r.Available, r.Replicas, deadline, r.Message)
+		return
+	}
 	bar := strings.Repeat("#", int(r.Weight)/5) + strings.Repeat(".", 20-int(r.Weight)/5)
 	fmt.Fprintf(w, "%s/%s  %s  canary r%d vs stable r%d  step %d/%d  weight [%s] %d%%/%d%%",
 		r.Namespace, r.Service, r.Phase, r.Revision, r.Stable, min(r.Step+1, max(r.Steps, 1)), r.Steps, bar, r.Weight, 100-r.Weight)
 	if r.PauseLeft != "" {
 		fmt.Fprintf(w, "  pause %s", r.PauseLeft)
 	}
-	fmt.Fprintf(w, "\n  canary: %d ready, %d requests, %d errors   stable: %d ready, %d requests, %d errors\n",
-		r.CanaryReady, r.CanaryRequests, r.CanaryErrors, r.StableReady, r.StableRequests, r.StableErrors)
+	fmt.Fprintf(w, "%s\n  canary: %d ready, %d requests, %d errors%s   stable: %d ready, %d requests, %d errors%s\n", deadline,
+		r.CanaryReady, r.CanaryRequests, r.CanaryErrors, p99(r.CanaryP99), r.StableReady, r.StableRequests, r.StableErrors, p99(r.StableP99))
 	if len(r.Gateways) > 0 {
 		sync := "all gateways run the current weight"
 		if !r.WeightSynced {
@@ -147,4 +165,11 @@ func printRollout(cmd *cobra.Command, r *pb.Rollout) {
 		fmt.Fprintf(w, "  node DNS (%s): %s\n", sync, strings.Join(r.Nodes, "; "))
 	}
 	fmt.Fprintf(w, "  %s\n", r.Message)
+}
+
+func p99(v string) string {
+	if v == "" {
+		return ""
+	}
+	return ", p99 " + v
 }

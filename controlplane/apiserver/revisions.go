@@ -32,7 +32,7 @@ func (s *Server) ListRevisions(ctx context.Context, req *pb.ListRevisionsRequest
 	out := &pb.ListRevisionsResponse{}
 	for _, r := range revs {
 		out.Revisions = append(out.Revisions, &pb.RevisionInfo{Number: r.Number, Image: r.Template.Image, Change: r.Change,
-			CreatedAt: tsOf(r.CreatedAt), Current: r.Number == svc.Status.Revision, Instances: count[r.Number]})
+			CreatedAt: tsOf(r.CreatedAt), Current: r.Number == svc.Status.Revision, Instances: count[r.Number], RolledBack: r.RolledBack})
 	}
 	return out, nil
 }

@@ -24,7 +24,13 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 	r := vr.Rollout
 	out := pb.FromRollout(&r)
 	v := s.cache.View()
-	if svc := v.Service(ns, req.Name); svc != nil && svc.Spec.Rollout != nil {
+	if svc := v.Service(ns, req.Name); svc != nil {
+		out.Replicas = svc.Spec.ReplicaCount()
+		if at := r.DeadlineAt(svc.Spec.Rollout); !at.IsZero() {
+			out.DeadlineLeft = max(time.Until(at), 0).Round(time.Second).String()
+		}
+	}
+	if svc := v.Service(ns, req.Name); svc != nil && svc.Spec.Rollout != nil && r.Canary() {
 		steps := svc.Spec.Rollout.Steps
 		out.Steps = int32(len(steps))
 		if r.Active() && r.Step < len(steps) && r.Weight == steps[r.Step].Weight {
@@ -80,8 +86,16 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 		if !r.StepStartedAt.IsZero() {
 			window = max(time.Since(r.StepStartedAt), time.Second)
 		}
-		out.CanaryRequests, out.CanaryErrors = s.cfg.Loads.RevisionLoad(ns, req.Name, r.Revision, window)
-		out.StableRequests, out.StableErrors = s.cfg.Loads.RevisionLoad(ns, req.Name, r.Stable, window)
+		canary := s.cfg.Loads.RevisionLoad(ns, req.Name, r.Revision, window)
+		stable := s.cfg.Loads.RevisionLoad(ns, req.Name, r.Stable, window)
+		out.CanaryRequests, out.CanaryErrors = canary.Requests, canary.Errors
+		out.StableRequests, out.StableErrors = stable.Requests, stable.Errors
+		if canary.LatencySamples > 0 {
+			out.CanaryP99 = canary.P99.Round(time.Millisecond).String()
+		}
+		if stable.LatencySamples > 0 {
+			out.StableP99 = stable.P99.Round(time.Millisecond).String()
+		}
 	}
 	return out, nil
 }
@@ -100,13 +114,16 @@ func (s *Server) RolloutAction(ctx context.Context, req *pb.RolloutActionRequest
 			return nil, status.Errorf(codes.FailedPrecondition, "the rollout of %s/%s is %s, not in progress", ns, req.Name, r.Phase)
 		}
 		msg := ""
+		if !r.Canary() && req.Action != "abort" {
+			return nil, status.Errorf(codes.FailedPrecondition, "%s/%s is in a rolling update, which can only be aborted (`berth rollout abort`); pause, resume and promote are for canaries", ns, req.Name)
+		}
 		switch req.Action {
 		case "pause":
 			r.Phase, r.Promote, msg = api.RolloutPaused, false, "paused by the user"
 		case "resume":
-			r.Phase, msg = api.RolloutProgressing, "resumed by the user"
+			r.Phase, r.ProgressAt, msg = api.RolloutProgressing, time.Now().UTC(), "resumed by the user"
 		case "promote":
-			r.Promote, r.PromoteFull = true, req.Full
+			r.Promote, r.PromoteFull, r.ProgressAt = true, req.Full, time.Now().UTC()
 			if r.Phase == api.RolloutPaused {
 				r.Phase = api.RolloutProgressing
 			}

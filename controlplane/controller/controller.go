@@ -276,7 +276,7 @@ func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.Versioned
 		return plan
 	}
 	want := int(svc.Spec.ReplicaCount())
-	canary := ro.Active() && ro.Revision == svc.Status.Revision && svc.Spec.Rollout != nil && len(svc.Spec.Rollout.Steps) > 0
+	canary := ro.Active() && ro.Canary() && ro.Revision == svc.Status.Revision && svc.Spec.Rollout != nil && len(svc.Spec.Rollout.Steps) > 0
 	if canary {
 		steps := svc.Spec.Rollout.Steps
 		step := min(ro.Step, len(steps)-1)

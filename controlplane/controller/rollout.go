@@ -9,10 +9,19 @@ import (
 	"github.com/berth-dev/berth/controlplane/store"
 )
 
-// LoadReader reports a revision's requests and errors over a window, from
-// the gateways' load reports (the xDS server's LRS implements it).
+// RevisionLoad is what the gateways reported for one revision over a
+// window.
+type RevisionLoad struct {
+	Requests, Errors int64
+	// P99 latency, estimated from LatencySamples requests (0: none).
+	P99            time.Duration
+	LatencySamples int64
+}
+
+// LoadReader reports a revision's load over a window, from the gateways'
+// load reports (the xDS server's LRS implements it).
 type LoadReader interface {
-	RevisionLoad(namespace, service string, revision int64, window time.Duration) (requests, errors int64)
+	RevisionLoad(namespace, service string, revision int64, window time.Duration) RevisionLoad
 }
 
 // RolloutInputs is what one rollout decision reads.
@@ -26,8 +35,14 @@ type RolloutInputs struct {
 	// the current weight; otherwise Waiting names who is behind.
 	Acked   bool
 	Waiting string
-	// Canary requests and errors since the step's weight took effect.
+	// Canary and stable requests and errors since the step's weight took
+	// effect.
 	CanaryRequests, CanaryErrors int64
+	StableRequests, StableErrors int64
+	// CanaryP99 is the canary's p99 latency over the same window, from
+	// CanaryLatencySamples requests (0: no latency reported).
+	CanaryP99            time.Duration
+	CanaryLatencySamples int64
 }
 
 // RolloutDecision is what DecideRollout returns: the next state, whether
@@ -80,21 +95,38 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	}
 	// A failing canary rolls back whatever the step is doing, paused
 	// included: all traffic to stable in one move.
-	if in.Spec.Analysis != nil && r.Weight > 0 && in.CanaryRequests >= minReq {
-		if rate := float64(in.CanaryErrors) / float64(in.CanaryRequests); rate > maxRate {
-			d.RollBack, d.Changed = true, true
-			d.Next.Phase, d.Next.Weight, d.Next.Promote = api.RolloutRolledBack, 0, false
-			d.Event = fmt.Sprintf("analysis failed at step %d: canary error rate %.1f%% (%d/%d) above %.1f%%; rolled back to revision %d",
-				r.Step+1, 100*rate, in.CanaryErrors, in.CanaryRequests, 100*maxRate, r.Stable)
-			d.Next.Message = d.Event
+	if why := judge(in, r.Weight, maxRate, minReq); why != "" {
+		d.RollBack, d.Changed = true, true
+		d.Next.Phase, d.Next.Weight, d.Next.Promote = api.RolloutRolledBack, 0, false
+		d.Event = fmt.Sprintf("analysis failed at step %d: %s; rolled back to revision %d", r.Step+1, why, r.Stable)
+		d.Next.Message = d.Event
+		return d
+	}
+	// The progress deadline counts while the rollout waits for replicas,
+	// for the weight to take effect, or for traffic to judge; a pause does
+	// not count (resume and promote restart the clock).
+	deadline := in.Spec.Deadline()
+	if r.ProgressAt.IsZero() {
+		d.Next.ProgressAt, d.Changed = in.Now, true
+	}
+	deadlineAt := d.Next.DeadlineAt(&in.Spec)
+	stalled := func(waiting string) RolloutDecision {
+		if deadlineAt.IsZero() || !in.Now.After(deadlineAt) {
+			set(waiting)
 			return d
 		}
+		d.RollBack, d.Changed = true, true
+		d.Next.Phase, d.Next.Weight, d.Next.Promote = api.RolloutRolledBack, 0, false
+		d.Event = fmt.Sprintf("progress deadline %s exceeded (%s); rolled back to revision %d", deadline, waiting, r.Stable)
+		d.Next.Message = d.Event
+		return d
 	}
 	if r.Phase == api.RolloutPaused && !r.Promote {
 		return d
 	}
 	if r.Phase == api.RolloutPaused && r.Promote {
-		d.Next.Phase, d.Changed = api.RolloutProgressing, true
+		d.Next.Phase, d.Next.ProgressAt, d.Changed = api.RolloutProgressing, in.Now, true
+		deadlineAt = time.Time{} // promoted just now: nothing is late yet
 	}
 	if r.Weight != step.Weight {
 		need := CanaryReplicas(in.Replicas, step.Weight)
@@ -102,10 +134,9 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 			need = int(*n)
 		}
 		if in.CanaryReady < need {
-			set(fmt.Sprintf("step %d/%d: waiting for %d/%d canary replicas to be ready", r.Step+1, len(steps), in.CanaryReady, need))
-			return d
+			return stalled(fmt.Sprintf("step %d/%d: waiting for %d/%d canary replicas to be ready", r.Step+1, len(steps), in.CanaryReady, need))
 		}
-		d.Next.Weight, d.Next.StepStartedAt, d.Next.WeightRevision, d.Changed = step.Weight, in.Now, 0, true
+		d.Next.Weight, d.Next.StepStartedAt, d.Next.WeightRevision, d.Next.ProgressAt, d.Changed = step.Weight, in.Now, 0, in.Now, true
 		d.Event = fmt.Sprintf("step %d/%d: canary revision %d at %d%% of traffic", r.Step+1, len(steps), r.Revision, step.Weight)
 		d.Next.Message = d.Event
 		return d
@@ -115,8 +146,7 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 		if who == "" {
 			who = "every gateway and node DNS"
 		}
-		set(fmt.Sprintf("step %d/%d: waiting for %s to apply %d%%", r.Step+1, len(steps), who, step.Weight))
-		return d
+		return stalled(fmt.Sprintf("step %d/%d: waiting for %s to apply %d%%", r.Step+1, len(steps), who, step.Weight))
 	}
 	switch {
 	case step.Pause == api.PauseUntilPromoted && !r.Promote:
@@ -133,10 +163,9 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 		}
 	}
 	if in.Spec.Analysis != nil && in.CanaryRequests < minReq {
-		set(fmt.Sprintf("step %d/%d: analysis waits for traffic (%d/%d requests)", r.Step+1, len(steps), in.CanaryRequests, minReq))
-		return d
+		return stalled(fmt.Sprintf("step %d/%d: analysis waits for traffic (%d/%d requests)", r.Step+1, len(steps), in.CanaryRequests, minReq))
 	}
-	d.Next.Step, d.Next.Promote, d.Changed = r.Step+1, false, true
+	d.Next.Step, d.Next.Promote, d.Next.ProgressAt, d.Changed = r.Step+1, false, in.Now, true
 	if d.Next.Step >= len(steps) {
 		d.Next.Phase, d.Next.Weight = api.RolloutSucceeded, 100
 		d.Event = fmt.Sprintf("canary revision %d promoted to 100%%", r.Revision)
@@ -145,14 +174,84 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	return d
 }
 
-// reconcileRollouts starts canaries for new revisions and steps active ones.
+// judge returns why the canary fails its analysis, or "" while it passes
+// or cannot be judged yet (fewer than minReq requests: no traffic means
+// wait, not pass).
+func judge(in RolloutInputs, weight uint32, maxRate float64, minReq int64) string {
+	a := in.Spec.Analysis
+	if a == nil || weight == 0 || in.CanaryRequests < minReq {
+		return ""
+	}
+	rate := float64(in.CanaryErrors) / float64(in.CanaryRequests)
+	if rate > maxRate {
+		return fmt.Sprintf("canary error rate %.1f%% (%d/%d) above %.1f%%", 100*rate, in.CanaryErrors, in.CanaryRequests, 100*maxRate)
+	}
+	if a.MaxErrorRateIncrease > 0 && in.StableRequests >= minReq {
+		stable := float64(in.StableErrors) / float64(in.StableRequests)
+		if rate-stable > a.MaxErrorRateIncrease+1e-9 { // "more than": 5% vs 3% with 2 points passes
+			return fmt.Sprintf("canary error rate %.1f%% (%d/%d) exceeds the stable revision's %.1f%% (%d/%d) by more than %.1f points",
+				100*rate, in.CanaryErrors, in.CanaryRequests, 100*stable, in.StableErrors, in.StableRequests, 100*a.MaxErrorRateIncrease)
+		}
+	}
+	if a.MaxLatency.Duration > 0 && in.CanaryLatencySamples >= minReq && in.CanaryP99 > a.MaxLatency.Duration {
+		return fmt.Sprintf("canary p99 latency %s (%d requests) above %s", in.CanaryP99.Round(time.Millisecond), in.CanaryLatencySamples, a.MaxLatency.Duration)
+	}
+	return ""
+}
+
+// RollingInputs is what one rolling-update decision reads.
+type RollingInputs struct {
+	Now      time.Time
+	Deadline time.Duration
+	Replicas int
+	// Available counts the new revision's available replicas (ready, for
+	// minReady); OldLive the older revisions' replicas not yet drained.
+	Available, OldLive int
+}
+
+// DecideRolling follows a rolling update (the replica planner paces it):
+// it records progress as new replicas become available, succeeds once all
+// are and no old replica is left, and rolls back when no new replica has
+// become available within the progress deadline. The old revision's
+// replicas drain only as new ones become available, so rolling back
+// loses no capacity.
+func DecideRolling(r api.Rollout, in RollingInputs) RolloutDecision {
+	d := RolloutDecision{Next: r}
+	if !r.Active() {
+		return d
+	}
+	if r.ProgressAt.IsZero() || in.Available > r.Available {
+		d.Next.ProgressAt, d.Next.Available, d.Changed = in.Now, in.Available, true
+	}
+	if in.Available >= in.Replicas && in.OldLive == 0 {
+		d.Next.Phase, d.Changed = api.RolloutSucceeded, true
+		d.Event = fmt.Sprintf("rolling update to revision %d complete: %d/%d replicas available", r.Revision, in.Available, in.Replicas)
+		d.Next.Message = d.Event
+		return d
+	}
+	waiting := fmt.Sprintf("%d/%d new replicas available, %d old replicas left", in.Available, in.Replicas, in.OldLive)
+	if !d.Changed && in.Now.Sub(r.ProgressAt) > in.Deadline {
+		d.RollBack, d.Changed = true, true
+		d.Next.Phase = api.RolloutRolledBack
+		d.Event = fmt.Sprintf("progress deadline %s exceeded (%s); rolled back to revision %d", in.Deadline, waiting, r.Stable)
+		d.Next.Message = d.Event
+		return d
+	}
+	if d.Next.Message != waiting {
+		d.Next.Message, d.Changed = waiting, true
+	}
+	return d
+}
+
+// reconcileRollouts starts a rollout for each new revision that replaces
+// a serving one, and follows the active ones: canaries step by step,
+// rolling updates to completion, both within their progress deadline.
 func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error {
+	now := c.now().UTC()
 	for i := range v.Services {
 		svc := &v.Services[i]
 		spec := svc.Spec.Rollout
-		if spec == nil || spec.Strategy != api.StrategyCanary || len(spec.Steps) == 0 {
-			continue
-		}
+		canary := spec != nil && spec.Strategy == api.StrategyCanary && len(spec.Steps) > 0
 		vr, has := v.Rollouts[svc.Key()]
 		if !has || vr.Rollout.Revision != svc.Status.Revision {
 			if has && vr.Rollout.Stable == svc.Status.Revision && !vr.Rollout.Active() {
@@ -160,45 +259,39 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 			}
 			stable := c.stableRevision(v, svc)
 			if stable == 0 {
-				continue // first deploy: nothing to compare with
+				continue // first deploy: nothing to compare with or go back to
 			}
 			r := api.Rollout{Namespace: svc.Metadata.Namespace, Service: svc.Metadata.Name, Revision: svc.Status.Revision,
-				Stable: stable, Phase: api.RolloutProgressing, Message: "canary started"}
-			if _, err := c.store.PutRollout(ctx, r, vr.ModRevision); err != nil {
-				return fmt.Errorf("controller: start canary of %s: %w", svc.Key(), err)
+				Stable: stable, Phase: api.RolloutProgressing, ProgressAt: now, Strategy: api.StrategyCanary}
+			msg := fmt.Sprintf("canary revision %d against stable revision %d", r.Revision, stable)
+			if !canary {
+				r.Strategy = api.StrategyRolling
+				msg = fmt.Sprintf("rolling update to revision %d from revision %d", r.Revision, stable)
 			}
-			c.event(ctx, r.Namespace, "service/"+r.Service, "CanaryStarted", "Normal", "canary revision %d against stable revision %d", r.Revision, stable)
+			r.Message = msg
+			if _, err := c.store.PutRollout(ctx, r, vr.ModRevision); err != nil {
+				return fmt.Errorf("controller: start rollout of %s: %w", svc.Key(), err)
+			}
+			c.event(ctx, r.Namespace, "service/"+r.Service, "RolloutStarted", "Normal", "%s", msg)
 			continue
 		}
 		r := vr.Rollout
 		if !r.Active() {
 			continue
 		}
-		in := RolloutInputs{Now: c.now().UTC(), Spec: *spec, Replicas: int(svc.Spec.ReplicaCount())}
-		for _, vi := range v.Instances {
-			st, ok := v.Statuses[vi.Instance.ID]
-			if vi.Instance.ServiceKey() == svc.Key() && vi.Instance.Revision == r.Revision && ok && st.Ready && !vi.Instance.Draining {
-				in.CanaryReady++
+		var d RolloutDecision
+		if r.Canary() {
+			if spec == nil {
+				spec = &api.RolloutSpec{}
 			}
-		}
-		if r.WeightRevision == 0 && r.Weight > 0 {
-			// First sight of the weight write: remember its revision (the
-			// rollout's later writes only change its message).
-			r.WeightRevision = vr.ModRevision
-			if _, err := c.store.PutRollout(ctx, r, vr.ModRevision); err != nil {
-				return fmt.Errorf("controller: rollout of %s: %w", svc.Key(), err)
+			in, wait := c.canaryInputs(ctx, v, svc, r, vr.ModRevision, *spec, now)
+			if wait {
+				continue
 			}
-			continue
+			d = DecideRollout(r, in)
+		} else {
+			d = DecideRolling(r, c.rollingInputs(v, svc, r, now))
 		}
-		in.Acked = true
-		if r.WeightRevision != 0 {
-			in.Acked, in.Waiting = c.acked(ctx, v, r.WeightRevision)
-		}
-		if c.loads != nil && !r.StepStartedAt.IsZero() {
-			window := max(in.Now.Sub(r.StepStartedAt), time.Second)
-			in.CanaryRequests, in.CanaryErrors = c.loads.RevisionLoad(r.Namespace, r.Service, r.Revision, window)
-		}
-		d := DecideRollout(r, in)
 		if !d.Changed {
 			continue
 		}
@@ -220,6 +313,66 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 		}
 	}
 	return nil
+}
+
+// canaryInputs gathers what DecideRollout reads. wait is true when the
+// rollout was just written (to remember the etcd revision of its weight)
+// and the decision should wait for the next pass.
+func (c *Controller) canaryInputs(ctx context.Context, v *store.View, svc *api.Service, r api.Rollout, modRev int64, spec api.RolloutSpec, now time.Time) (in RolloutInputs, wait bool) {
+	in = RolloutInputs{Now: now, Spec: spec, Replicas: int(svc.Spec.ReplicaCount())}
+	for _, vi := range v.Instances {
+		st, ok := v.Statuses[vi.Instance.ID]
+		if vi.Instance.ServiceKey() == svc.Key() && vi.Instance.Revision == r.Revision && ok && st.Ready && !vi.Instance.Draining {
+			in.CanaryReady++
+		}
+	}
+	if r.WeightRevision == 0 && r.Weight > 0 {
+		// First sight of the weight write: remember its revision (the
+		// rollout's later writes only change its message).
+		r.WeightRevision = modRev
+		if _, err := c.store.PutRollout(ctx, r, modRev); err != nil {
+			c.logger.Debug("remember weight revision", "service", svc.Key(), "err", err)
+		}
+		return in, true
+	}
+	in.Acked = true
+	if r.WeightRevision != 0 {
+		in.Acked, in.Waiting = c.acked(ctx, v, r.WeightRevision)
+	}
+	if c.loads != nil && !r.StepStartedAt.IsZero() {
+		window := max(now.Sub(r.StepStartedAt), time.Second)
+		canary := c.loads.RevisionLoad(r.Namespace, r.Service, r.Revision, window)
+		stable := c.loads.RevisionLoad(r.Namespace, r.Service, r.Stable, window)
+		in.CanaryRequests, in.CanaryErrors = canary.Requests, canary.Errors
+		in.StableRequests, in.StableErrors = stable.Requests, stable.Errors
+		in.CanaryP99, in.CanaryLatencySamples = canary.P99, canary.LatencySamples
+	}
+	return in, false
+}
+
+// rollingInputs counts a rolling update's available new replicas (ready
+// for minReady, as the replica planner counts them) and old ones left.
+func (c *Controller) rollingInputs(v *store.View, svc *api.Service, r api.Rollout, now time.Time) RollingInputs {
+	in := RollingInputs{Now: now, Deadline: svc.Spec.Rollout.Deadline(), Replicas: int(svc.Spec.ReplicaCount())}
+	var minReady time.Duration
+	if svc.Spec.Rollout != nil {
+		minReady = svc.Spec.Rollout.MinReady.Duration
+	}
+	for _, vi := range v.Instances {
+		inst := vi.Instance
+		if inst.ServiceKey() != svc.Key() || inst.Draining || inst.Desired != api.DesiredRunning {
+			continue
+		}
+		if inst.Revision != r.Revision {
+			in.OldLive++
+			continue
+		}
+		st, ok := v.Statuses[inst.ID]
+		if ok && st.Ready && st.Node == inst.Node && (minReady <= 0 || (!st.StartedAt.IsZero() && now.Sub(st.StartedAt) >= minReady)) {
+			in.Available++
+		}
+	}
+	return in
 }
 
 // stableRevision is the revision other than the current one with the most

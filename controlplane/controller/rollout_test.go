@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -116,5 +117,125 @@ func TestCanaryReplicas(t *testing.T) {
 		if got := CanaryReplicas(c.want, c.weight); got != c.n {
 			t.Errorf("CanaryReplicas(%d, %d) = %d, want %d", c.want, c.weight, got, c.n)
 		}
+	}
+}
+
+func TestDecideRolloutProgressDeadline(t *testing.T) {
+	spec := canarySpec(true)
+	spec.ProgressDeadline = api.Duration{Duration: 5 * time.Minute}
+	start := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, ProgressAt: t0}
+
+	// Waiting for canary replicas: fine within the deadline, rolled back
+	// after it, with the reason.
+	in := RolloutInputs{Now: t0.Add(4 * time.Minute), Spec: spec, Replicas: 10}
+	if d := DecideRollout(start, in); d.RollBack {
+		t.Fatalf("rolled back within the deadline: %+v", d)
+	}
+	in.Now = t0.Add(5*time.Minute + time.Second)
+	d := DecideRollout(start, in)
+	if !d.RollBack || d.Next.Phase != api.RolloutRolledBack || !strings.Contains(d.Event, "progress deadline 5m0s exceeded") ||
+		!strings.Contains(d.Event, "waiting for 0/1 canary replicas") {
+		t.Fatalf("replicas never ready: %+v", d)
+	}
+
+	// A timed pause does not count: the deadline runs from its end.
+	spec.Steps[0].Pause = "10m"
+	atStep := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10, StepStartedAt: t0, ProgressAt: t0}
+	in = RolloutInputs{Now: t0.Add(14 * time.Minute), Spec: spec, Replicas: 10, CanaryReady: 1, Acked: true, CanaryRequests: 3}
+	if d := DecideRollout(atStep, in); d.RollBack || !strings.Contains(d.Next.Message, "analysis waits for traffic") {
+		t.Fatalf("14m into a 10m pause + 5m deadline: %+v", d)
+	}
+	in.Now = t0.Add(15*time.Minute + time.Second)
+	if d := DecideRollout(atStep, in); !d.RollBack || !strings.Contains(d.Event, "analysis waits for traffic (3/100 requests)") {
+		t.Fatalf("no traffic past the deadline: %+v", d)
+	}
+
+	// Gateways that never apply the weight fail it too.
+	in = RolloutInputs{Now: t0.Add(16 * time.Minute), Spec: spec, Replicas: 10, CanaryReady: 1, Waiting: "DNS on node b"}
+	if d := DecideRollout(atStep, in); !d.RollBack || !strings.Contains(d.Event, "waiting for DNS on node b to apply 10%") {
+		t.Fatalf("weight never applied: %+v", d)
+	}
+
+	// A user's pause stops the clock; promote restarts it.
+	paused := atStep
+	paused.Phase = api.RolloutPaused
+	in = RolloutInputs{Now: t0.Add(time.Hour), Spec: spec, Replicas: 10, CanaryReady: 1}
+	if d := DecideRollout(paused, in); d.RollBack || d.Changed {
+		t.Fatalf("paused for an hour: %+v", d)
+	}
+	paused.Promote = true
+	d = DecideRollout(paused, in)
+	if d.RollBack || d.Next.Phase != api.RolloutProgressing || !d.Next.ProgressAt.Equal(in.Now) {
+		t.Fatalf("promoted after an hour: %+v", d)
+	}
+}
+
+func TestDecideRolloutComparesWithStableAndLatency(t *testing.T) {
+	spec := canarySpec(true)
+	spec.Analysis.MaxErrorRate = 0.10
+	spec.Analysis.MaxErrorRateIncrease = 0.02
+	spec.Analysis.MaxLatency = api.Duration{Duration: 200 * time.Millisecond}
+	r := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10, StepStartedAt: t0, ProgressAt: t0}
+	base := RolloutInputs{Now: t0.Add(2 * time.Minute), Spec: spec, Replicas: 10, CanaryReady: 1, Acked: true,
+		CanaryRequests: 200, CanaryErrors: 10, StableRequests: 2000, StableErrors: 60}
+	// 5% against stable's 3%: under both the threshold and the increase.
+	if d := DecideRollout(r, base); d.RollBack || d.Next.Step != 1 {
+		t.Fatalf("5%% vs 3%%: %+v", d)
+	}
+	in := base
+	in.StableErrors = 20 // stable 1%: the canary is 4 points worse
+	if d := DecideRollout(r, in); !d.RollBack || !strings.Contains(d.Event, "exceeds the stable revision's 1.0%") {
+		t.Fatalf("5%% vs 1%%: %+v", d)
+	}
+	in = base
+	in.StableRequests = 50 // too little stable traffic to compare with
+	in.StableErrors = 0
+	if d := DecideRollout(r, in); d.RollBack {
+		t.Fatalf("compared with 50 stable requests: %+v", d)
+	}
+	in = base
+	in.CanaryP99, in.CanaryLatencySamples = 450*time.Millisecond, 200
+	if d := DecideRollout(r, in); !d.RollBack || !strings.Contains(d.Event, "p99 latency 450ms (200 requests) above 200ms") {
+		t.Fatalf("slow canary: %+v", d)
+	}
+	in.CanaryLatencySamples = 20 // too few samples to judge latency
+	if d := DecideRollout(r, in); d.RollBack {
+		t.Fatalf("latency judged on 20 samples: %+v", d)
+	}
+}
+
+func TestDecideRolling(t *testing.T) {
+	r := api.Rollout{Strategy: api.StrategyRolling, Revision: 3, Stable: 2, Phase: api.RolloutProgressing, ProgressAt: t0}
+	in := RollingInputs{Now: t0.Add(time.Minute), Deadline: 2 * time.Minute, Replicas: 4, Available: 1, OldLive: 3}
+	d := DecideRolling(r, in)
+	if d.RollBack || d.Next.Available != 1 || !d.Next.ProgressAt.Equal(in.Now) || d.Next.Message != "1/4 new replicas available, 3 old replicas left" {
+		t.Fatalf("first available: %+v", d)
+	}
+	r = d.Next
+	// No new replica for longer than the deadline: roll back.
+	in.Now = t0.Add(3*time.Minute + time.Second)
+	d = DecideRolling(r, in)
+	if !d.RollBack || d.Next.Phase != api.RolloutRolledBack || !strings.Contains(d.Event, "progress deadline 2m0s exceeded (1/4 new replicas available, 3 old replicas left); rolled back to revision 2") {
+		t.Fatalf("stalled: %+v", d)
+	}
+	// Progress just in time resets the clock.
+	in.Available, in.OldLive = 2, 2
+	if d = DecideRolling(r, in); d.RollBack || !d.Next.ProgressAt.Equal(in.Now) {
+		t.Fatalf("progress at the deadline: %+v", d)
+	}
+	r = d.Next
+	// All new replicas available but an old one still draining: not done.
+	in.Available, in.OldLive = 4, 1
+	r = DecideRolling(r, in).Next
+	if r.Phase != api.RolloutProgressing {
+		t.Fatalf("done with an old replica left: %+v", r)
+	}
+	in.OldLive = 0
+	d = DecideRolling(r, in)
+	if d.Next.Phase != api.RolloutSucceeded || !strings.Contains(d.Event, "rolling update to revision 3 complete") {
+		t.Fatalf("complete: %+v", d)
+	}
+	if d := DecideRolling(d.Next, in); d.Changed {
+		t.Fatalf("a finished rolling update changed: %+v", d)
 	}
 }

@@ -88,10 +88,19 @@ func (s *Store) RollBack(ctx context.Context, r api.Rollout, rolloutModRev int64
 	svc.Status.UpdatedAt = s.now().UTC()
 	r.UpdatedAt = s.now().UTC()
 	rkey := rolloutKey(r.Namespace, r.Service)
+	ops := []clientv3.Op{clientv3.OpPut(svcKey, mustJSON(svc)), clientv3.OpPut(rkey, mustJSON(r))}
+	// Mark the revision that failed, so a later undo does not pick it.
+	if failed, err := s.cli.Get(ctx, revisionKey(r.Namespace, r.Service, r.Revision)); err == nil && len(failed.Kvs) > 0 {
+		var fr api.Revision
+		if json.Unmarshal(failed.Kvs[0].Value, &fr) == nil {
+			fr.RolledBack = r.Message
+			ops = append(ops, clientv3.OpPut(revisionKey(r.Namespace, r.Service, r.Revision), mustJSON(fr)))
+		}
+	}
 	txn, err := s.cli.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(svcKey), "=", resp.Kvs[0].ModRevision),
 		clientv3.Compare(clientv3.ModRevision(rkey), "=", rolloutModRev),
-	).Then(clientv3.OpPut(svcKey, mustJSON(svc)), clientv3.OpPut(rkey, mustJSON(r))).Commit()
+	).Then(ops...).Commit()
 	if err != nil {
 		return fmt.Errorf("store: roll back %s/%s: %w", r.Namespace, r.Service, err)
 	}

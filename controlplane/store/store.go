@@ -837,14 +837,14 @@ func (s *Store) Undo(ctx context.Context, ns, name string, to int64) (*ApplyResu
 	var target *api.Revision
 	for i := len(revs) - 1; i >= 0; i-- {
 		r := &revs[i]
-		if (to == 0 && r.Number < svc.Status.Revision && r.Hash != TemplateHash(svc.Spec)) || (to != 0 && r.Number == to) {
+		if (to == 0 && r.Number < svc.Status.Revision && r.Hash != TemplateHash(svc.Spec) && r.RolledBack == "") || (to != 0 && r.Number == to) {
 			target = r
 			break
 		}
 	}
 	if target == nil {
 		if to == 0 {
-			return nil, fmt.Errorf("service %s/%s has no earlier revision to roll back to: %w", ns, name, ErrNotFound)
+			return nil, fmt.Errorf("service %s/%s has no earlier revision to roll back to (rolled-back revisions are skipped; name one with --to-revision): %w", ns, name, ErrNotFound)
 		}
 		return nil, fmt.Errorf("revision %d of %s/%s (kept: the last %d): %w", to, ns, name, RetainRevisions, ErrNotFound)
 	}
