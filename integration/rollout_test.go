@@ -199,7 +199,7 @@ spec:
   route: {hosts: [hello.example.test]}
   rollout:
     strategy: canary
-    steps: [{weight: 10, pause: 6s}, {weight: 50, pause: 6s}, {weight: 100}]
+    steps: [{weight: 10, pause: 6s}, {weight: 50, pause: promote}, {weight: 100}]
     analysis: {maxErrorRate: 0.05, minRequests: 20}
     canaryHeader: {name: x-berth-canary, value: always}
     sticky: {cookie: user}
@@ -303,6 +303,12 @@ spec:
 				}
 			}
 		}
+		// The 50% step waits for promote.
+		eventually(t, 30*time.Second, "paused at 50% until promoted", func() (bool, string) {
+			r := status()
+			return r.Phase == "Paused" && strings.Contains(r.Message, "pause until promoted"), r.Message
+		})
+		mustBerth(t, api, "rollout", "promote", "hello")
 		eventually(t, 60*time.Second, "rollout succeeded", func() (bool, string) {
 			r := status()
 			return r.Phase == "Succeeded", r.Message
@@ -319,6 +325,21 @@ spec:
 		out, _, code := berth(t, api, "rollout", "status", "hello", "--watch")
 		if code != 3 || !strings.Contains(out, "analysis failed") {
 			t.Fatalf("status --watch after a rollback: exit %d\n%s", code, out)
+		}
+	})
+
+	t.Run("a slow canary is rolled back on its p99 latency", func(t *testing.T) {
+		slow := strings.Replace(manifest("berth.local/hello:v1", "0"), `env: {FAIL_RATE: "0"}`, `env: {FAIL_RATE: "0", DELAY: 400ms}`, 1)
+		slow = strings.Replace(slow, "analysis: {maxErrorRate: 0.05, minRequests: 20}", "analysis: {maxErrorRate: 0.05, minRequests: 20, maxLatency: 250ms}", 1)
+		writeFile(t, f, slow)
+		mustBerth(t, api, "apply", "-f", f)
+		out, _, code := berth(t, api, "rollout", "status", "hello", "--watch")
+		if code != 3 || !strings.Contains(out, "canary p99 latency") || !strings.Contains(out, "above 250ms") {
+			t.Fatalf("status --watch of a slow canary: exit %d\n%s", code, out)
+		}
+		hist := mustBerth(t, api, "rollout", "history", "hello")
+		if !strings.Contains(hist, "[rolled back: analysis failed") {
+			t.Fatalf("history does not mark the slow revision:\n%s", hist)
 		}
 	})
 

@@ -17,8 +17,8 @@
 //
 // Environment: PORT (default 8080), DATA_DIR, BERTH_SERVICE, BERTH_INSTANCE, VERSION
 // (overrides the -ldflags "-X main.version=..." value) and FAIL_RATE (0..1:
-// that fraction of "GET /" answers 500). SIGTERM or SIGINT shut the server
-// down gracefully.
+// that fraction of "GET /" answers 500) and DELAY (a duration "GET /" waits
+// before it answers). SIGTERM or SIGINT shut the server down gracefully.
 package main
 
 import (
@@ -62,6 +62,7 @@ func main() {
 	port := envOr("PORT", "8080")
 	v := envOr("VERSION", version)
 	failRate, _ := strconv.ParseFloat(os.Getenv("FAIL_RATE"), 64)
+	delay, _ := time.ParseDuration(os.Getenv("DELAY"))
 	host, _ := os.Hostname()
 	self := info{
 		Service:  os.Getenv("BERTH_SERVICE"),
@@ -73,6 +74,9 @@ func main() {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		if delay > 0 {
+			time.Sleep(delay)
+		}
 		if failRate > 0 && rand.Float64() < failRate {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusInternalServerError)
