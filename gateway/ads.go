@@ -17,14 +17,19 @@ import (
 	"google.golang.org/grpc/keepalive"
 )
 
-// adsClient follows the control plane over one aggregated state-of-the-
-// world stream at a time. Only its run goroutine touches state and stats.
+// adsClient follows the control plane over one aggregated stream at a
+// time, delta (ads_delta.go) or state of the world, as Config.XDSProtocol
+// says. Only its run goroutine touches state, held and stats.
 type adsClient struct {
 	g    *Gateway
 	conn *grpc.ClientConn
 	node *core.Node
 
 	state *xdsState
+	// held is, on delta streams, the version of every accepted resource by
+	// type URL and name (listeners the gateway does not serve included):
+	// the initial_resource_versions of the next stream.
+	held  map[string]map[string]string
 	stats map[[2]string]*routeStats // (route, cluster) -> series
 }
 
@@ -41,6 +46,7 @@ func newADSClient(g *Gateway) (*adsClient, error) {
 		conn:  conn,
 		node:  &core.Node{Id: g.cfg.NodeID, Cluster: "berth-gateway", UserAgentName: "berth-gateway"},
 		state: newXDSState(),
+		held:  map[string]map[string]string{},
 		stats: map[[2]string]*routeStats{},
 	}, nil
 }
@@ -50,9 +56,13 @@ func (c *adsClient) close() { c.conn.Close() }
 // run keeps a stream open until ctx ends, reconnecting with jittered
 // exponential backoff. The routing table stays as it is meanwhile.
 func (c *adsClient) run(ctx context.Context) {
+	session := c.deltaSession
+	if c.g.cfg.XDSProtocol == XDSStateOfTheWorld {
+		session = c.session
+	}
 	backoff := c.g.cfg.BackoffMin
 	for {
-		received, err := c.session(ctx)
+		received, err := session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -70,7 +80,8 @@ func (c *adsClient) run(ctx context.Context) {
 	}
 }
 
-// session runs one stream. It reports whether any response arrived.
+// session runs one state-of-the-world stream. It reports whether any
+// response arrived.
 func (c *adsClient) session(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -119,12 +130,17 @@ func (c *adsClient) handle(resp *discoverypb.DiscoveryResponse) *discoverypb.Dis
 		return req
 	}
 	c.state = c.state.with(t, resp.GetVersionInfo(), compiled)
-	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, resp.GetVersionInfo(), c.routeStats, c.g.reg))
-	c.g.reg.sweep() // endpoints that left (or drain) get no new requests; in-flight ones finish
+	c.publish(resp.GetVersionInfo())
 	req.VersionInfo = resp.GetVersionInfo()
 	c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(t), "ack").Inc()
 	c.g.log.Debug("applied xds update", "type", t, "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
 	return req
+}
+
+// publish builds and swaps in the routing table for the current state.
+func (c *adsClient) publish(version string) {
+	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, version, c.routeStats, c.g.reg))
+	c.g.reg.sweep() // endpoints that left (or drain) get no new requests; in-flight ones finish
 }
 
 func (c *adsClient) routeStats(route, cluster string) *routeStats {

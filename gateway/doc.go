@@ -3,11 +3,15 @@
 //
 // It owns these parts, kept in separate files so each can be replaced:
 //
-//	ads.go       the ADS client: one aggregated state-of-the-world stream
-//	             to the control plane, subscribing (wildcard) to Listener,
+//	ads.go       the ADS client: one aggregated stream to the control
+//	             plane, subscribing (wildcard) to Listener,
 //	             RouteConfiguration, Cluster and ClusterLoadAssignment; it
 //	             ACKs what it can serve, NACKs the rest with the reason, and
-//	             reconnects with backoff while serving the last good config
+//	             reconnects with backoff while serving the last good config.
+//	             Delta by default (ads_delta.go, config_delta.go: only the
+//	             resources a response adds or updates are compiled, and a
+//	             reconnect names the versions held); state of the world with
+//	             Config.XDSProtocol "sotw"
 //	config.go    validation and compilation of xDS resources, the build of
 //	             the routing table (table.go) swapped atomically, and the
 //	             registry of per-endpoint/per-cluster state kept across tables
@@ -64,7 +68,7 @@
 // their outcomes, and a latency histogram of the time to the response
 // head as load_metric_stats "berth.latency_ms.le_<bound>".
 //
-// What it does not do (yet): delta xDS, query/regex/range matches,
+// What it does not do (yet): query/regex/range matches,
 // rewrites, mirrors, TLS to upstreams, HTTP/2 to upstreams, h2c via
 // Upgrade (served as HTTP/1.1), the statistical outlier detectors. A resource that asks for something unsupported is NACKed with a
 // clear reason, never half-applied. The package must not talk to etcd or

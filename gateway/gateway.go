@@ -32,6 +32,11 @@ type Config struct {
 	NodeID string
 	// ListenerName is the Listener whose routes this gateway serves.
 	ListenerName string
+	// XDSProtocol is the ADS variant the gateway speaks: XDSDelta
+	// (incremental; only changed resources are sent and compiled) or
+	// XDSStateOfTheWorld (every resource of a type on each change).
+	// Empty means XDSDelta.
+	XDSProtocol string
 	// Logger gets component logs and, at Debug, one access record per
 	// request. nil discards.
 	Logger *slog.Logger
@@ -81,6 +86,12 @@ type Config struct {
 	DisableFastPath bool
 }
 
+// XDSProtocol values.
+const (
+	XDSDelta           = "delta"
+	XDSStateOfTheWorld = "sotw"
+)
+
 // Certificate is one certificate and key (PEM files) and the hosts it
 // serves.
 type Certificate struct {
@@ -93,6 +104,7 @@ func DefaultConfig() Config {
 	return Config{
 		ListenAddr:              "127.0.0.1:0",
 		ListenerName:            "berth_http",
+		XDSProtocol:             XDSDelta,
 		ShutdownTimeout:         10 * time.Second,
 		DialTimeout:             2 * time.Second,
 		MaxIdleConnsPerEndpoint: 256,
@@ -146,6 +158,13 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.ListenerName == "" {
 		cfg.ListenerName = def.ListenerName
+	}
+	switch cfg.XDSProtocol {
+	case "":
+		cfg.XDSProtocol = def.XDSProtocol
+	case XDSDelta, XDSStateOfTheWorld:
+	default:
+		return nil, fmt.Errorf("gateway: xds protocol %q: want %q or %q", cfg.XDSProtocol, XDSDelta, XDSStateOfTheWorld)
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = def.ShutdownTimeout
@@ -246,8 +265,8 @@ func (g *Gateway) closeListeners() {
 	}
 }
 
-// Version is the version_info of the last xDS response the gateway
-// accepted, "" before the first.
+// Version is the version_info (delta: system_version_info) of the last
+// xDS response the gateway accepted, "" before the first.
 func (g *Gateway) Version() string {
 	if t := g.table.Load(); t != nil {
 		return t.version

@@ -136,6 +136,7 @@ func snapshot(version uint64, port, closedPort uint32, helloIPs ...string) *disc
 
 type xdsHandle struct {
 	srv  *xds.Server
+	reg  *prometheus.Registry // the server's metrics
 	stop func()
 }
 
@@ -143,7 +144,8 @@ func startXDS(t *testing.T, addr string) *xdsHandle {
 	t.Helper()
 	cfg := xds.DefaultConfig()
 	cfg.Addr = addr
-	cfg.Registerer = prometheus.NewRegistry()
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
 	srv, err := xds.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +163,7 @@ func startXDS(t *testing.T, addr string) *xdsHandle {
 		})
 	}
 	t.Cleanup(stop)
-	return &xdsHandle{srv: srv, stop: stop}
+	return &xdsHandle{srv: srv, reg: reg, stop: stop}
 }
 
 type client struct {
@@ -214,7 +216,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestGatewayEndToEnd runs the gateway against a real xDS server on each
+// ADS protocol.
 func TestGatewayEndToEnd(t *testing.T) {
+	for _, protocol := range []string{gateway.XDSDelta, gateway.XDSStateOfTheWorld} {
+		t.Run(protocol, func(t *testing.T) { testGatewayEndToEnd(t, protocol) })
+	}
+}
+
+func testGatewayEndToEnd(t *testing.T, protocol string) {
 	ups := startUpstreams(t)
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -229,7 +239,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	gw, err := gateway.New(gateway.Config{
 		ListenAddr: "127.0.0.1:0", XDSAddr: xdsAddr, NodeID: "gw-test",
-		ListenerName: "berth_http", Registerer: reg,
+		ListenerName: "berth_http", Registerer: reg, XDSProtocol: protocol,
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
 	})
 	if err != nil {
@@ -264,7 +274,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 			t.Fatalf("after WaitForAck, gateway runs %s version %q", typ, v)
 		}
 	}
-	if g := cp.srv.Gateways()[0]; g.NodeID != "gw-test" || g.LastNack != nil {
+	if g := cp.srv.Gateways()[0]; g.NodeID != "gw-test" || g.LastNack != nil || g.Delta != (protocol == gateway.XDSDelta) || g.State != xds.StateSynced {
 		t.Fatalf("gateway status %+v", g)
 	}
 

@@ -111,11 +111,17 @@ func (c *deltaCache) createWatch(req *discoverypb.DeltaDiscoveryRequest, sub cac
 	if len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0 || len(req.GetInitialResourceVersions()) > 0 {
 		known = 0
 	}
-	// The first request of a wildcard subscription gets an answer even if
-	// empty: Envoy waits for one to finish initializing.
-	replyEmpty := sub.IsWildcard() && req.GetResponseNonce() == ""
-	if resp := c.respond(req, sub, known, replyEmpty); resp != nil {
-		return resp, nil
+	// Before the first snapshot there is nothing to compare with: an
+	// answer now would tell a client that reconnected to a restarted
+	// control plane to remove everything it holds. It waits, as on the
+	// state-of-the-world path, for the first publish.
+	if c.version > 0 {
+		// The first request of a wildcard subscription gets an answer even
+		// if empty: Envoy waits for one to finish initializing.
+		replyEmpty := sub.IsWildcard() && req.GetResponseNonce() == ""
+		if resp := c.respond(req, sub, known, replyEmpty); resp != nil {
+			return resp, nil
+		}
 	}
 	w := &deltaWatch{req: req, sub: sub, ch: ch, known: c.version, ts: ts, current: current}
 	c.watches[w] = struct{}{}

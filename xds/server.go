@@ -640,7 +640,9 @@ func (s *Server) nackedLocked(st *streamState, t string, ts *typeState, version 
 	}
 	if st.delta {
 		// A response sent since the NACK may yet be ACKed: wait for it.
-		if ts.blocked && ts.sent.nonce == ts.nackNonce {
+		// So may one about to be sent: when type t changed after the
+		// rejected version, up to the awaited one, a response is due.
+		if ts.blocked && ts.sent.nonce == ts.nackNonce && s.typeVersionAtLocked(st.view, t, version) <= parseVersion(n.Version) {
 			return n
 		}
 		return nil
