@@ -587,6 +587,31 @@ type Node struct {
 	DNSVersion uint64 `json:"-"`
 }
 
+// GatewayStatus is one xDS client (a gateway, an Envoy or a proxyless gRPC
+// client) as the control plane replica it is connected to sees it. Each
+// replica keeps the list of its own clients in etcd, so the leader waits
+// for every gateway of the cluster, not only those of its own replica.
+type GatewayStatus struct {
+	NodeID  string `json:"nodeID"`
+	Replica string `json:"replica"`
+	Address string `json:"address,omitempty"`
+	// Version is the discovery snapshot version it runs for every type it
+	// subscribed to (0: none yet).
+	Version   uint64    `json:"version"`
+	State     string    `json:"state"` // SYNCED, STALE or NACKED
+	Delta     bool      `json:"delta,omitempty"`
+	Proxyless bool      `json:"proxyless,omitempty"`
+	LastNack  string    `json:"lastNack,omitempty"`
+	Connected time.Time `json:"connected,omitzero"`
+}
+
+// Gateway states.
+const (
+	GatewaySynced = "SYNCED"
+	GatewayStale  = "STALE"
+	GatewayNacked = "NACKED"
+)
+
 // Capacity is what a node offers (or what instances request), in
 // milli-CPUs and bytes.
 type Capacity struct {

@@ -217,7 +217,7 @@ func TestLeaderFailover(t *testing.T) {
 		cfg.ElectionTTL = time.Second
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg, nil)
+		srv, err := New(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -171,14 +171,14 @@ func TestRolloutSurvivesControlPlaneRestart(t *testing.T) {
 	dir := t.TempDir()
 	ld := &loads{}
 	run := func() (*harness, func()) {
-		h := &harness{snaps: make(chan *discovery.Snapshot, 1000), acks: &recordingAcker{}, done: make(chan error, 1)}
+		h := &harness{snaps: make(chan *discovery.Snapshot, 1000), done: make(chan error, 1)}
 		cfg := DefaultConfig()
 		cfg.DataDir, cfg.APIAddr = dir, "127.0.0.1:0"
 		cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
 		cfg.Loads, cfg.DrainDelay = ld, 50*time.Millisecond
 		cfg.Logger = quietLogger()
 		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg, h.acks, func(s *discovery.Snapshot) {
+		srv, err := New(ctx, cfg, func(s *discovery.Snapshot) {
 			select {
 			case h.snaps <- s:
 			default:

@@ -98,9 +98,8 @@ type Server struct {
 }
 
 // New starts etcd (or connects to it), binds the API listener and builds
-// every part. sinks receive each discovery snapshot; acks (may be nil)
-// says when gateways have applied one.
-func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...controller.Sink) (*Server, error) {
+// every part. sinks receive each discovery snapshot.
+func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -130,7 +129,7 @@ func New(ctx context.Context, cfg Config, acks controller.Acker, sinks ...contro
 	ccfg.Loads = cfg.Loads
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	ccfg.VersionFor = s.publisher.VersionFor
-	s.ctrl = controller.New(ccfg, s.store, s.cache, acks)
+	s.ctrl = controller.New(ccfg, s.store, s.cache)
 	s.api, err = apiserver.New(apiserver.Config{
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),
 		ClusterCIDR:       cfg.ClusterCIDR,
@@ -187,6 +186,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("cache", s.cache.Run)
 	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
+	run("gateway report", s.reportGateways)
 	go func() {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("api: %w", err)
@@ -227,10 +227,7 @@ func (s *Server) IsLeader() bool { return s.leader.Load() }
 // xDS feeds run on every replica. A leader whose etcd session expires
 // stops its controllers at once and campaigns again.
 func (s *Server) lead(ctx context.Context) error {
-	name := s.cfg.Name
-	if name == "" {
-		name = s.APIAddr()
-	}
+	name := s.replicaName()
 	ttl := int((s.cfg.ElectionTTL + time.Second - 1) / time.Second)
 	if ttl < 1 {
 		ttl = 1

@@ -3,10 +3,12 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"github.com/berth-dev/berth/api"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,26 +21,11 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// recordingAcker stands in for gateways: none connected, so every version
-// counts as acknowledged, and it records what the drain path waited for.
-type recordingAcker struct {
-	mu       sync.Mutex
-	versions []uint64
-}
-
-func (r *recordingAcker) WaitForAck(ctx context.Context, v uint64) error {
-	r.mu.Lock()
-	r.versions = append(r.versions, v)
-	r.mu.Unlock()
-	return nil
-}
-
 type harness struct {
 	srv    *Server
 	berth  pb.BerthClient
 	agent  pb.NodeAgentClient
 	snaps  chan *discovery.Snapshot
-	acks   *recordingAcker
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan error
@@ -55,10 +42,10 @@ func start(t *testing.T, opts ...func(*Config)) *harness {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	h := &harness{snaps: make(chan *discovery.Snapshot, 100), acks: &recordingAcker{}, done: make(chan error, 1)}
+	h := &harness{snaps: make(chan *discovery.Snapshot, 100), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	srv, err := New(ctx, cfg, h.acks, func(s *discovery.Snapshot) { h.snaps <- s })
+	srv, err := New(ctx, cfg, func(s *discovery.Snapshot) { h.snaps <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,9 +243,6 @@ func TestApplyScheduleReportDeleteThroughTheAPI(t *testing.T) {
 		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
 		return len(l.GetInstances()) == 0, l.String()
 	})
-	if len(h.acks.versions) == 0 {
-		t.Fatal("drain never waited for gateway acks")
-	}
 	_, err = h.berth.GetService(ctx, &pb.GetServiceRequest{Name: "hello"})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("get deleted service: %v", err)
@@ -327,7 +311,7 @@ func TestRestartKeepsState(t *testing.T) {
 		cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg, nil)
+		srv, err := New(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -432,4 +416,104 @@ func dial(t *testing.T, addr string) (pb.BerthClient, pb.NodeAgentClient, *grpc.
 	}
 	t.Cleanup(func() { aconn.Close() })
 	return berth, pb.NewNodeAgentClient(aconn), conn
+}
+
+// Drains wait for every gateway of the cluster: this replica's (reported
+// to etcd by the replica itself) and another replica's (as that replica
+// would record them).
+func TestDrainWaitsForEveryReplicasGateways(t *testing.T) {
+	var localVersion atomic.Uint64
+	localVersion.Store(math.MaxUint64)
+	h := start(t, func(c *Config) {
+		c.Name = "replica-a"
+		c.Gateways = func() *pb.ListGatewaysResponse {
+			return &pb.ListGatewaysResponse{Gateways: []*pb.Gateway{{NodeId: "gw-local", Version: localVersion.Load(), State: "SYNCED"}}}
+		}
+	})
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "node-1", Address: "127.0.0.1", Capacity: &pb.Capacity{MilliCpu: 2000, MemoryBytes: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(3)}}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := h.agent.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var assigned []*pb.Instance
+	for len(assigned) < 3 {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		assigned = msg.Instances
+	}
+	var statuses []*pb.InstanceStatus
+	for i, in := range assigned {
+		statuses = append(statuses, &pb.InstanceStatus{Id: in.Id, Node: "node-1", Phase: "Running", Ip: fmt.Sprintf("10.213.0.%d", i+2), Ready: true})
+	}
+	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-1", Statuses: statuses}); err != nil {
+		t.Fatal(err)
+	}
+	// Another replica's gateway, behind.
+	remote := func(version uint64) {
+		t.Helper()
+		if err := h.srv.Store().PutGateways(ctx, "replica-b", 0, []api.GatewayStatus{{NodeID: "gw-remote", Version: version, State: "STALE"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	remote(1)
+	eventually(t, "both replicas' gateways listed", func() (bool, string) {
+		l, _ := h.berth.ListGateways(ctx, &pb.ListGatewaysRequest{})
+		got := map[string]string{}
+		for _, g := range l.GetGateways() {
+			got[g.NodeId] = g.Replica
+		}
+		return got["gw-local"] == "replica-a" && got["gw-remote"] == "replica-b", fmt.Sprint(l)
+	})
+	desiredStopped := func() int {
+		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		n := 0
+		for _, iv := range l.GetInstances() {
+			if iv.Instance.Desired == "stopped" {
+				n++
+			}
+		}
+		return n
+	}
+	scale := func(n int32) {
+		t.Helper()
+		if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(n)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The remote gateway is behind: the drained instance keeps running
+	// well past the drain delay (100 ms).
+	scale(2)
+	time.Sleep(time.Second)
+	if n := desiredStopped(); n != 0 {
+		t.Fatalf("%d instances stopped while a gateway of another replica had not applied the drain", n)
+	}
+	remote(math.MaxUint64)
+	eventually(t, "stopped once the remote gateway caught up", func() (bool, string) { return desiredStopped() == 1, "" })
+
+	// Now this replica's own gateway is behind.
+	localVersion.Store(1)
+	eventually(t, "the local gateway's lag reaches etcd", func() (bool, string) {
+		v := h.srv.cache.View()
+		for _, g := range v.Gateways {
+			if g.NodeID == "gw-local" {
+				return g.Version == 1, fmt.Sprint(g)
+			}
+		}
+		return false, "not listed"
+	})
+	scale(1)
+	time.Sleep(time.Second)
+	if n := desiredStopped(); n != 1 {
+		t.Fatalf("%d instances stopped while this replica's gateway had not applied the drain", n)
+	}
+	localVersion.Store(math.MaxUint64)
+	eventually(t, "stopped once the local gateway caught up", func() (bool, string) { return desiredStopped() == 2, "" })
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -353,10 +354,13 @@ func TestMultiNodeCluster(t *testing.T) {
 func TestServerReplicasFailover(t *testing.T) {
 	etcd := startProc(t, "etcd", "etcd", "--data-dir", t.TempDir())
 	endpoint := etcd.waitLine(`endpoint (\S+)`, 60*time.Second)[1]
+	xdsOf := map[string]string{}
 	start := func(name string) (*proc, string) {
 		p := startProc(t, name, "server", "--name", name, "--etcd-endpoints", endpoint, "--data-dir", t.TempDir(),
 			"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "", "--metrics-addr", "")
-		return p, p.waitLine(`api (\S+),`, 60*time.Second)[1]
+		m := p.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
+		xdsOf[name] = m[2]
+		return p, m[1]
 	}
 	a, apiA := start("replica-a")
 	b, apiB := start("replica-b")
@@ -369,10 +373,23 @@ func TestServerReplicasFailover(t *testing.T) {
 		return ""
 	}
 	eventually(t, 20*time.Second, "a leader", func() (bool, string) { return leaderOf() != "", "" })
-	leader, follower, followerAPI := a, b, apiB
+	leader, follower, leaderAPI, followerAPI := a, b, apiA, apiB
 	if leaderOf() == "replica-b" {
-		leader, follower, followerAPI = b, a, apiA
+		leader, follower, leaderAPI, followerAPI = b, a, apiB, apiA
 	}
+	// A gateway on each replica: the leader lists (and its rollouts and
+	// drains wait for) both, the follower's included.
+	for _, p := range []*proc{leader, follower} {
+		startProc(t, "gw-"+p.name, "gateway", "--listen", "127.0.0.1:0", "--xds", xdsOf[p.name], "--node-id", "gw-via-"+p.name, "--metrics-addr", "")
+	}
+	eventually(t, 20*time.Second, "the leader lists both replicas' gateways as SYNCED", func() (bool, string) {
+		out := mustBerth(t, leaderAPI, "get", "gateways")
+		ok := true
+		for _, p := range []*proc{leader, follower} {
+			ok = ok && regexp.MustCompile(`gw-via-`+p.name+`\s+`+p.name+`\s+\S+\s+\d+/\d+\s+SYNCED`).MatchString(out)
+		}
+		return ok, out
+	})
 	leader.stop(syscall.SIGKILL, 10*time.Second)
 	eventually(t, 20*time.Second, "the follower takes the lead", func() (bool, string) {
 		return strings.Contains(follower.logText(), "elected leader"), ""
@@ -382,5 +399,10 @@ func TestServerReplicasFailover(t *testing.T) {
 	mustBerth(t, followerAPI, "apply", "-f", filepath.Join(dir, "svc.yaml"))
 	eventually(t, 20*time.Second, "the new leader's controllers create the instances", func() (bool, string) {
 		return len(instances(t, followerAPI, "after")) == 2, mustBerth(t, followerAPI, "get", "instances")
+	})
+	// The dead replica's lease expired: its gateway is no longer waited for.
+	eventually(t, 20*time.Second, "the dead replica's gateway gone from the list", func() (bool, string) {
+		out := mustBerth(t, followerAPI, "get", "gateways")
+		return !strings.Contains(out, "gw-via-"+leader.name) && strings.Contains(out, "gw-via-"+follower.name), out
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -251,7 +252,7 @@ spec:
 			})
 			eventually(t, 15*time.Second, "every gateway and every node's DNS runs the new weight", func() (bool, string) {
 				st := status()
-				return strings.Contains(st.Message, "ro-gateway: SYNCED") && strings.Contains(st.Message, "all gateways run the current weight") &&
+				return regexp.MustCompile(`ro-gateway \(via \S+\): SYNCED`).MatchString(st.Message) && strings.Contains(st.Message, "all gateways run the current weight") &&
 					strings.Contains(st.Message, "every node's DNS runs the current weight"), st.Message
 			})
 			load.openWindow()

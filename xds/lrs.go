@@ -156,10 +156,83 @@ func (s *Server) Load(namespace, service string, revision int64, window time.Dur
 	return s.loads.sum(ClusterName(namespace, service, revision), window)
 }
 
+// LoadTotals are a cluster's counts since this server started, from the
+// load reports of its own gateways: what a control plane replica shares
+// with the others so each sees the load of the whole cluster.
+type LoadTotals struct {
+	Issued    uint64 `json:"issued"`
+	Successes uint64 `json:"successes"`
+	Errors    uint64 `json:"errors"`
+	// Latency has one entry per LatencyBuckets bound and one more for the
+	// unbounded bucket.
+	Latency []LatencyCount `json:"latency,omitempty"`
+}
+
+// LatencyCount is one latency bucket: requests and their summed latency.
+type LatencyCount struct {
+	N     uint64  `json:"n"`
+	SumMs float64 `json:"sumMs"`
+}
+
+func (c *loadCounts) totals() LoadTotals {
+	t := LoadTotals{Issued: c.issued, Successes: c.successes, Errors: c.errors, Latency: make([]LatencyCount, len(c.latency))}
+	for i, b := range c.latency {
+		t.Latency[i] = LatencyCount{N: b.n, SumMs: b.sumMs}
+	}
+	return t
+}
+
+// Since returns what t counted after earlier (both totals of one server
+// run): the counts to add for the time between them. A counter that went
+// down (another run) counts from zero.
+func (t LoadTotals) Since(earlier LoadTotals) LoadTotals {
+	sub := func(a, b uint64) uint64 {
+		if a < b {
+			return a
+		}
+		return a - b
+	}
+	d := LoadTotals{Issued: sub(t.Issued, earlier.Issued), Successes: sub(t.Successes, earlier.Successes), Errors: sub(t.Errors, earlier.Errors)}
+	for i, b := range t.Latency {
+		var e LatencyCount
+		if i < len(earlier.Latency) {
+			e = earlier.Latency[i]
+		}
+		if b.N < e.N || b.SumMs < e.SumMs {
+			e = LatencyCount{}
+		}
+		d.Latency = append(d.Latency, LatencyCount{N: b.N - e.N, SumMs: b.SumMs - e.SumMs})
+	}
+	return d
+}
+
+// LocalLoadTotals returns the totals of every cluster whose count changed
+// within maxAge (0: all), from this server's own gateways only.
+func (s *Server) LocalLoadTotals(maxAge time.Duration) map[string]LoadTotals {
+	return s.loads.localTotals(maxAge)
+}
+
+// RecordRemoteLoad adds counts another control plane replica's gateways
+// reported (the difference between two of its LoadTotals) to the window
+// Load sums, so analysis sees the whole cluster's traffic.
+func (s *Server) RecordRemoteLoad(cluster string, delta LoadTotals) {
+	if _, _, _, err := ParseClusterName(cluster); err != nil {
+		return
+	}
+	c := loadCounts{issued: delta.Issued, successes: delta.Successes, errors: delta.Errors}
+	for i, b := range delta.Latency {
+		if i < len(c.latency) && b.SumMs >= 0 && !math.IsInf(b.SumMs, 0) && !math.IsNaN(b.SumMs) {
+			c.latency[i].n, c.latency[i].sumMs = b.N, b.SumMs
+		}
+	}
+	s.loads.record(cluster, &c, false)
+}
+
 // loadStore keeps, per cluster (= revision), a ring of per-second buckets
 // of reported counts: a sliding window of the last len(buckets) seconds.
 // A bucket holds a fixed latency histogram, so memory is bounded by
-// clusters x seconds whatever gateways send.
+// clusters x seconds whatever gateways send. It also keeps each cluster's
+// totals from this server's own gateways, for the other replicas.
 type loadStore struct {
 	bucket time.Duration
 	n      int
@@ -167,6 +240,25 @@ type loadStore struct {
 
 	mu       sync.Mutex
 	clusters map[string][]loadBucket
+	totals   map[string]*localTotal
+}
+
+type localTotal struct {
+	loadCounts
+	changed time.Time
+}
+
+func (l *loadStore) localTotals(maxAge time.Duration) map[string]LoadTotals {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]LoadTotals, len(l.totals))
+	for name, t := range l.totals {
+		if maxAge <= 0 || now.Sub(t.changed) <= maxAge {
+			out[name] = t.totals()
+		}
+	}
+	return out
 }
 
 // loadCounts are the counts of one report, or of a second's reports.
@@ -189,17 +281,28 @@ type loadBucket struct {
 
 func newLoadStore(window, bucket time.Duration) *loadStore {
 	n := max(1, int(window/bucket))
-	return &loadStore{bucket: bucket, n: n, now: time.Now, clusters: map[string][]loadBucket{}}
+	return &loadStore{bucket: bucket, n: n, now: time.Now, clusters: map[string][]loadBucket{}, totals: map[string]*localTotal{}}
 }
 
 func (l *loadStore) window() time.Duration { return time.Duration(l.n) * l.bucket }
 
 // record adds one report's counts (deltas since the gateway's previous
-// report) to the bucket of the time it arrived.
-func (l *loadStore) record(cluster string, c *loadCounts) {
-	slot := l.now().UnixNano() / int64(l.bucket)
+// report) to the bucket of the time it arrived; local counts (from this
+// server's own gateways) also go into the cluster's totals.
+func (l *loadStore) record(cluster string, c *loadCounts, local bool) {
+	now := l.now()
+	slot := now.UnixNano() / int64(l.bucket)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if local {
+		t := l.totals[cluster]
+		if t == nil {
+			t = &localTotal{}
+			l.totals[cluster] = t
+		}
+		t.add(c)
+		t.changed = now
+	}
 	ring := l.clusters[cluster]
 	if ring == nil {
 		ring = make([]loadBucket, l.n)
@@ -317,7 +420,7 @@ func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats) {
 			s.log.Debug("load report for a cluster Berth does not serve", "node", node, "cluster", name)
 			continue
 		}
-		s.loads.record(name, &c)
+		s.loads.record(name, &c, true)
 		s.metrics.lrsRequests.WithLabelValues("issued").Add(float64(c.issued))
 		s.metrics.lrsRequests.WithLabelValues("success").Add(float64(c.successes))
 		s.metrics.lrsRequests.WithLabelValues("error").Add(float64(c.errors))

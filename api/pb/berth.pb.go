@@ -4352,7 +4352,9 @@ type Gateway struct {
 	ConnectedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
 	LastNack    string                 `protobuf:"bytes,9,opt,name=last_nack,json=lastNack,proto3" json:"last_nack,omitempty"`
 	// The control plane's current version.
-	Published     uint64 `protobuf:"varint,10,opt,name=published,proto3" json:"published,omitempty"`
+	Published uint64 `protobuf:"varint,10,opt,name=published,proto3" json:"published,omitempty"`
+	// The control plane replica it is connected to.
+	Replica       string `protobuf:"bytes,11,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4455,6 +4457,13 @@ func (x *Gateway) GetPublished() uint64 {
 		return x.Published
 	}
 	return 0
+}
+
+func (x *Gateway) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
 }
 
 type ListGatewaysResponse struct {
@@ -5804,7 +5813,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"0\n" +
 	"\bNodeList\x12$\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"\x15\n" +
-	"\x13ListGatewaysRequest\"\xb1\x02\n" +
+	"\x13ListGatewaysRequest\"\xcb\x02\n" +
 	"\aGateway\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
@@ -5816,7 +5825,8 @@ const file_berth_proto_rawDesc = "" +
 	"\fconnected_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12\x1b\n" +
 	"\tlast_nack\x18\t \x01(\tR\blastNack\x12\x1c\n" +
 	"\tpublished\x18\n" +
-	" \x01(\x04R\tpublished\"r\n" +
+	" \x01(\x04R\tpublished\x12\x18\n" +
+	"\areplica\x18\v \x01(\tR\areplica\"r\n" +
 	"\x14ListGatewaysResponse\x12-\n" +
 	"\bgateways\x18\x01 \x03(\v2\x11.berth.v1.GatewayR\bgateways\x12+\n" +
 	"\x11published_version\x18\x02 \x01(\x04R\x10publishedVersion\"H\n" +

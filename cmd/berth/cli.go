@@ -325,7 +325,7 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 					if ok, err := p.structured(msgs); ok {
 						return err
 					}
-					fmt.Fprintln(tw, "NAME\tADDRESS\tVERSION\tSTATE\tLAG\tPROTOCOL\tCONNECTED\tLAST-NACK")
+					fmt.Fprintln(tw, "NAME\tREPLICA\tADDRESS\tVERSION\tSTATE\tLAG\tPROTOCOL\tCONNECTED\tLAST-NACK")
 					for _, gw := range resp.Gateways {
 						proto := "sotw"
 						if gw.Delta {
@@ -334,7 +334,11 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 						if gw.Proxyless {
 							proto += ",proxyless-grpc"
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, gw.Address, gw.Version, resp.PublishedVersion,
+						replica := gw.Replica
+						if replica == "" {
+							replica = "-"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, replica, gw.Address, gw.Version, resp.PublishedVersion,
 							gw.State, gw.LagMs, proto, age(gw.ConnectedAt), short(gw.LastNack, 80))
 					}
 				case "volumes", "volume", "vol":

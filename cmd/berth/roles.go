@@ -20,6 +20,7 @@ import (
 	"github.com/berth-dev/berth/discovery"
 	berthdns "github.com/berth-dev/berth/dns"
 	"github.com/berth-dev/berth/gateway"
+	"github.com/berth-dev/berth/loadshare"
 	"github.com/berth-dev/berth/nodeagent"
 	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/berth-dev/berth/xds"
@@ -77,9 +78,10 @@ func (f *serverFlags) upstreams(logger *slog.Logger) []string {
 
 // controlPlane is the server role: etcd, API, controllers, xDS, host DNS.
 type controlPlane struct {
-	cp  *controlplane.Server
-	xds *xds.Server
-	dns *berthdns.Server
+	cp     *controlplane.Server
+	xds    *xds.Server
+	dns    *berthdns.Server
+	logger *slog.Logger
 }
 
 func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registerer, logger *slog.Logger) (*controlPlane, error) {
@@ -92,7 +94,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
-	c := &controlPlane{xds: xsrv}
+	c := &controlPlane{xds: xsrv, logger: logger}
 	sinks := []controller.Sink{func(s *discovery.Snapshot) {
 		if err := xsrv.Update(s); err != nil {
 			logger.Error("xds: snapshot rejected, gateways keep the previous one", "version", s.Version, "err", err)
@@ -115,7 +117,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg.HeartbeatInterval = f.nodeTimeout / 4
 	cfg.Gateways = func() *pb.ListGatewaysResponse { return gatewaysOf(xsrv) }
 	cfg.Loads = revisionLoads{xsrv}
-	c.cp, err = controlplane.New(ctx, cfg, xsrv, sinks...)
+	c.cp, err = controlplane.New(ctx, cfg, sinks...)
 	if err != nil {
 		return nil, err
 	}
@@ -128,6 +130,10 @@ func (c *controlPlane) run(ctx context.Context, g *group) {
 		g.go_("dns", c.dns.Run)
 	}
 	g.go_("control plane", c.cp.Run)
+	// Load reports reach the replica a gateway is connected to; sharing
+	// them lets the leader's canary analysis see the whole cluster's.
+	sharer := &loadshare.Sharer{Client: c.cp.Etcd(), Replica: c.cp.ReplicaName(), XDS: c.xds, Logger: c.logger}
+	g.go_("load sharing", sharer.Run)
 }
 
 // group runs components and stops them all when one fails.

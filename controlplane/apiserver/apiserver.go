@@ -516,10 +516,40 @@ func (s *Server) WatchDiscovery(req *pb.WatchDiscoveryRequest, stream pb.NodeAge
 	}
 }
 
-// ListGateways reports the gateways connected to this replica's xDS server.
+// ListGateways reports the xDS clients of every control plane replica (as
+// the replicas record them in etcd); those of this replica come with their
+// live lag.
 func (s *Server) ListGateways(ctx context.Context, req *pb.ListGatewaysRequest) (*pb.ListGatewaysResponse, error) {
-	if s.cfg.Gateways == nil {
-		return &pb.ListGatewaysResponse{}, nil
+	return s.gateways(), nil
+}
+
+func (s *Server) gateways() *pb.ListGatewaysResponse {
+	out := &pb.ListGatewaysResponse{}
+	if snap := s.publisher.Latest(); snap != nil {
+		out.PublishedVersion = snap.Version
 	}
-	return s.cfg.Gateways(), nil
+	local := map[string]*pb.Gateway{}
+	if s.cfg.Gateways != nil {
+		resp := s.cfg.Gateways()
+		out.PublishedVersion = max(out.PublishedVersion, resp.PublishedVersion)
+		for _, g := range resp.Gateways {
+			local[g.NodeId] = g
+		}
+	}
+	for _, g := range s.cache.View().Gateways {
+		pg, live := local[g.NodeID]
+		if live {
+			delete(local, g.NodeID)
+		} else {
+			pg = &pb.Gateway{NodeId: g.NodeID, Address: g.Address, Version: g.Version, State: g.State,
+				Delta: g.Delta, Proxyless: g.Proxyless, LastNack: g.LastNack, ConnectedAt: tsOf(g.Connected)}
+		}
+		pg.Replica = g.Replica
+		out.Gateways = append(out.Gateways, pg)
+	}
+	// Clients that connected here since this replica last wrote to etcd.
+	for _, g := range local {
+		out.Gateways = append(out.Gateways, g)
+	}
+	return out
 }

@@ -56,11 +56,13 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 			out.StableReady++
 		}
 	}
-	if s.cfg.Gateways != nil {
-		gws := s.cfg.Gateways()
+	if gws := s.gateways(); len(gws.Gateways) > 0 {
 		out.WeightSynced = true
 		for _, gw := range gws.Gateways {
 			out.Gateways = append(out.Gateways, fmt.Sprintf("%s: %s version %d", gw.NodeId, gw.State, gw.Version))
+			if gw.Replica != "" {
+				out.Gateways[len(out.Gateways)-1] = fmt.Sprintf("%s (via %s): %s version %d", gw.NodeId, gw.Replica, gw.State, gw.Version)
+			}
 			if r.WeightRevision > 0 && gw.Version < uint64(r.WeightRevision) && gw.Version < gws.PublishedVersion {
 				out.WeightSynced = false
 			}

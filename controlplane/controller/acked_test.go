@@ -1,27 +1,16 @@
 package controller
 
 import (
-	"context"
 	"testing"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane/store"
 )
 
-// fixedAcker acks every version up to upTo.
-type fixedAcker struct{ upTo uint64 }
-
-func (f fixedAcker) WaitForAck(ctx context.Context, version uint64) error {
-	if version <= f.upTo {
-		return nil
-	}
-	<-ctx.Done()
-	return ctx.Err()
-}
-
 func TestAckedWaitsForEveryReadyNodesDNS(t *testing.T) {
 	view := func(versions map[string]uint64, live ...string) *store.View {
-		v := &store.View{LiveNodes: map[string]bool{}, DNSVersions: versions}
+		v := &store.View{LiveNodes: map[string]bool{}, DNSVersions: versions,
+			Gateways: []api.GatewayStatus{{NodeID: "gw-1", Replica: "r1", Version: 100, State: api.GatewaySynced}}}
 		for _, n := range []string{"a", "b", "c"} {
 			v.Nodes = append(v.Nodes, api.Node{Name: n})
 		}
@@ -30,8 +19,7 @@ func TestAckedWaitsForEveryReadyNodesDNS(t *testing.T) {
 		}
 		return v
 	}
-	c := &Controller{acks: fixedAcker{upTo: 100}}
-	ctx := context.Background()
+	c := &Controller{}
 	for _, tc := range []struct {
 		name     string
 		v        *store.View
@@ -44,9 +32,9 @@ func TestAckedWaitsForEveryReadyNodesDNS(t *testing.T) {
 		{"two nodes behind", view(map[string]uint64{"a": 10, "b": 49, "c": 60}, "a", "b", "c"), 50, false, "DNS on node a, b"},
 		{"a node behind but not ready is not waited for", view(map[string]uint64{"a": 50, "b": 10, "c": 60}, "a", "c"), 50, true, ""},
 		{"a node with no snapshot yet is not waited for", view(map[string]uint64{"a": 50, "b": 0}, "a", "b"), 50, true, ""},
-		{"nodes in step but gateways behind", view(map[string]uint64{"a": 200, "b": 200}, "a", "b"), 150, false, "every gateway"},
+		{"nodes in step but a gateway behind", view(map[string]uint64{"a": 200, "b": 200}, "a", "b"), 150, false, "gateway gw-1"},
 	} {
-		got, why := c.acked(ctx, tc.v, tc.rev)
+		got, why := c.acked(tc.v, tc.rev)
 		if got != tc.want || why != tc.whyMatch {
 			t.Errorf("%s: acked = %v %q, want %v %q", tc.name, got, why, tc.want, tc.whyMatch)
 		}
@@ -54,10 +42,35 @@ func TestAckedWaitsForEveryReadyNodesDNS(t *testing.T) {
 	// VersionFor maps the etcd revision to the snapshot that carries it;
 	// until the publisher has seen the revision nothing is acked.
 	c.cfg.VersionFor = func(rev int64) (uint64, bool) { return 40, rev <= 60 }
-	if ok, _ := c.acked(ctx, view(map[string]uint64{"a": 40}, "a"), 55); !ok {
+	if ok, _ := c.acked(view(map[string]uint64{"a": 40}, "a"), 55); !ok {
 		t.Error("node at the mapped snapshot version 40 should count as acked for revision 55")
 	}
-	if ok, why := c.acked(ctx, view(map[string]uint64{"a": 40}, "a"), 70); ok || why != "the discovery snapshot" {
+	if ok, why := c.acked(view(map[string]uint64{"a": 40}, "a"), 70); ok || why != "the discovery snapshot" {
 		t.Errorf("revision not yet published: acked = %v %q", ok, why)
+	}
+}
+
+// Gateways of every control plane replica count, as the replicas record
+// them in etcd; a NACK is reported with its reason.
+func TestAckedWaitsForEveryReplicasGateways(t *testing.T) {
+	c := &Controller{}
+	v := &store.View{Gateways: []api.GatewayStatus{
+		{NodeID: "gw-a", Replica: "r1", Version: 60, State: api.GatewaySynced},
+		{NodeID: "gw-b", Replica: "r2", Version: 48, State: api.GatewayStale},
+		{NodeID: "envoy-c", Replica: "r2", Version: 49, State: api.GatewayStale},
+	}}
+	if ok, why := c.acked(v, 50); ok || why != "gateway gw-b, envoy-c" {
+		t.Errorf("two gateways of replica r2 behind: acked = %v %q", ok, why)
+	}
+	if ok, why := c.acked(v, 48); !ok {
+		t.Errorf("every gateway runs 48 or later: acked = %v %q", ok, why)
+	}
+	v.Gateways[1] = api.GatewayStatus{NodeID: "gw-b", Replica: "r2", Version: 48, State: api.GatewayNacked, LastNack: "cluster version 50: bad"}
+	if ok, why := c.acked(v, 50); ok || why != "gateway gw-b (it rejected an update: cluster version 50: bad)" {
+		t.Errorf("a NACKed gateway: acked = %v %q", ok, why)
+	}
+	v.Gateways[1].Version, v.Gateways[2].Version = 50, 50
+	if ok, why := c.acked(v, 50); !ok {
+		t.Errorf("all at 50: acked = %v %q", ok, why)
 	}
 }

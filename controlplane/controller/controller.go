@@ -26,12 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Acker reports whether every connected gateway has applied a discovery
-// snapshot version (the xDS server implements it).
-type Acker interface {
-	WaitForAck(ctx context.Context, version uint64) error
-}
-
 // Config tunes the controllers.
 type Config struct {
 	// DrainDelay is the least time between an endpoint leaving discovery
@@ -65,7 +59,6 @@ type Controller struct {
 	store  *store.Store
 	cache  *store.Cache
 	sched  *scheduler.Scheduler
-	acks   Acker
 	loads  LoadReader
 	logger *slog.Logger
 	now    func() time.Time
@@ -77,8 +70,8 @@ type Controller struct {
 	placed     prometheus.Counter
 }
 
-// New returns a controller. acks may be nil (no gateways to wait for).
-func New(cfg Config, st *store.Store, cache *store.Cache, acks Acker) *Controller {
+// New returns a controller.
+func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -89,7 +82,7 @@ func New(cfg Config, st *store.Store, cache *store.Cache, acks Acker) *Controlle
 		cfg.LostGrace = 10 * time.Second
 	}
 	c := &Controller{
-		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), acks: acks, loads: cfg.Loads,
+		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), loads: cfg.Loads,
 		logger: cfg.Logger.With("component", "controller"), now: time.Now,
 		unschedulable: map[string]string{},
 		reconciles:    prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
@@ -518,12 +511,13 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 }
 
 // acked reports whether the discovery state of etcd revision rev is in
-// effect everywhere traffic is steered: every connected gateway has ACKed
-// a snapshot carrying it, and every ready node's DNS answers from one. A
-// node whose DNS has no snapshot yet (just joined or restarted) has nothing
-// stale to hand out and is not waited for. When not acked, waiting says
-// who is behind.
-func (c *Controller) acked(ctx context.Context, v *store.View, rev int64) (ok bool, waiting string) {
+// effect everywhere traffic is steered: every xDS client of every control
+// plane replica (as the replicas record them in etcd) runs a snapshot
+// carrying it, and every ready node's DNS answers from one. A node whose
+// DNS has no snapshot yet (just joined or restarted) has nothing stale to
+// hand out and is not waited for. When not acked, waiting says who is
+// behind.
+func (c *Controller) acked(v *store.View, rev int64) (ok bool, waiting string) {
 	version := uint64(rev)
 	if c.cfg.VersionFor != nil {
 		ver, ok := c.cfg.VersionFor(rev)
@@ -533,6 +527,18 @@ func (c *Controller) acked(ctx context.Context, v *store.View, rev int64) (ok bo
 		version = ver
 	}
 	var behind []string
+	for _, g := range v.Gateways {
+		switch {
+		case g.Version >= version:
+		case g.State == api.GatewayNacked:
+			return false, fmt.Sprintf("gateway %s (it rejected an update: %s)", g.NodeID, g.LastNack)
+		default:
+			behind = append(behind, g.NodeID)
+		}
+	}
+	if len(behind) > 0 {
+		return false, "gateway " + strings.Join(behind, ", ")
+	}
 	for _, n := range v.Nodes {
 		if got := v.DNSVersions[n.Name]; v.LiveNodes[n.Name] && got != 0 && got < version {
 			behind = append(behind, n.Name)
@@ -540,14 +546,6 @@ func (c *Controller) acked(ctx context.Context, v *store.View, rev int64) (ok bo
 	}
 	if len(behind) > 0 {
 		return false, fmt.Sprintf("DNS on node %s", strings.Join(behind, ", "))
-	}
-	if c.acks == nil {
-		return true, ""
-	}
-	actx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	defer cancel()
-	if c.acks.WaitForAck(actx, version) != nil {
-		return false, "every gateway"
 	}
 	return true, ""
 }
@@ -570,7 +568,7 @@ func (c *Controller) drain(ctx context.Context, v *store.View) error {
 			if now.Sub(in.DrainSince) < c.cfg.DrainDelay {
 				continue
 			}
-			if ok, _ := c.acked(ctx, v, vi.ModRevision); !ok {
+			if ok, _ := c.acked(v, vi.ModRevision); !ok {
 				continue
 			}
 		}

@@ -337,7 +337,7 @@ func (c *Controller) canaryInputs(ctx context.Context, v *store.View, svc *api.S
 	}
 	in.Acked = true
 	if r.WeightRevision != 0 {
-		in.Acked, in.Waiting = c.acked(ctx, v, r.WeightRevision)
+		in.Acked, in.Waiting = c.acked(v, r.WeightRevision)
 	}
 	if c.loads != nil && !r.StepStartedAt.IsZero() {
 		window := max(now.Sub(r.StepStartedAt), time.Second)

@@ -54,6 +54,9 @@ type View struct {
 	Volumes map[string]VersionedVolume
 	// Rollouts by service "<ns>/<name>".
 	Rollouts map[string]VersionedRollout
+	// Gateways are the xDS clients of every control plane replica, sorted
+	// by replica and node id.
+	Gateways []api.GatewayStatus
 }
 
 // VersionedVolume is a volume with its etcd mod revision.
@@ -252,6 +255,15 @@ func (c *Cache) View() *View {
 			if json.Unmarshal(kv.value, &vol) == nil {
 				v.Volumes[vol.Key()] = VersionedVolume{Volume: vol, ModRevision: kv.modRevision}
 			}
+		case strings.HasPrefix(key, GatewaysPrefix):
+			var gws []api.GatewayStatus
+			if json.Unmarshal(kv.value, &gws) == nil {
+				replica := strings.TrimPrefix(key, GatewaysPrefix)
+				for _, g := range gws {
+					g.Replica = replica
+					v.Gateways = append(v.Gateways, g)
+				}
+			}
 		case strings.HasPrefix(key, LeasesPrefix):
 			name := strings.TrimPrefix(key, LeasesPrefix)
 			v.LiveNodes[name] = true
@@ -264,6 +276,10 @@ func (c *Cache) View() *View {
 	sort.Slice(v.Services, func(i, j int) bool { return v.Services[i].Key() < v.Services[j].Key() })
 	sort.Slice(v.Instances, func(i, j int) bool { return v.Instances[i].Instance.ID < v.Instances[j].Instance.ID })
 	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Name < v.Nodes[j].Name })
+	sort.Slice(v.Gateways, func(i, j int) bool {
+		a, b := v.Gateways[i], v.Gateways[j]
+		return a.Replica < b.Replica || (a.Replica == b.Replica && a.NodeID < b.NodeID)
+	})
 	for i := range v.Nodes {
 		n := &v.Nodes[i]
 		n.Ready = v.LiveNodes[n.Name]

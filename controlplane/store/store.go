@@ -51,6 +51,9 @@ const (
 	// SubnetsPrefix records which node holds each pod subnet.
 	SubnetsPrefix = "/berth/subnets/"
 	VolumesPrefix = "/berth/volumes/"
+	// GatewaysPrefix holds, per control plane replica, the xDS clients
+	// connected to it (under the replica's lease).
+	GatewaysPrefix = "/berth/gateways/"
 )
 
 // Sentinel errors.

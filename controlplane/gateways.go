@@ -1,0 +1,110 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// gatewayReportEvery is how often a replica looks for changes in its xDS
+// clients' state (an in-memory read); etcd is written only on a change.
+const gatewayReportEvery = 50 * time.Millisecond
+
+// ReplicaName identifies this replica in the election and in etcd.
+func (s *Server) ReplicaName() string { return s.replicaName() }
+
+// Etcd is the replica's etcd client, for what shares state with the other
+// replicas beside the store (load reports). It closes when Run returns.
+func (s *Server) Etcd() *clientv3.Client { return s.cli }
+
+func (s *Server) replicaName() string {
+	if s.cfg.Name != "" {
+		return s.cfg.Name
+	}
+	return s.APIAddr()
+}
+
+// reportGateways keeps this replica's xDS clients in etcd, under a lease of
+// its own, so the leader (whichever replica it is) waits for every gateway
+// of the cluster before a rollout step or a drain goes on, and `berth get
+// gateways` lists them all. It writes when a client connects, leaves, or
+// changes version or state.
+func (s *Server) reportGateways(ctx context.Context) error {
+	if s.cfg.Gateways == nil {
+		return nil
+	}
+	name := s.replicaName()
+	ttl := max(1, int((s.cfg.ElectionTTL+time.Second-1)/time.Second))
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := s.store.DeleteGateways(dctx, name); err != nil {
+			s.logger.Debug("remove this replica's gateways", "err", err)
+		}
+	}()
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+		if err != nil {
+			s.logger.Warn("gateway report: no etcd session, retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		s.reportWithSession(ctx, sess, name)
+		sess.Close()
+	}
+	return nil
+}
+
+// reportWithSession writes on every change until the session or ctx ends.
+func (s *Server) reportWithSession(ctx context.Context, sess *concurrency.Session, name string) {
+	t := time.NewTicker(gatewayReportEvery)
+	defer t.Stop()
+	last := ""
+	for {
+		list := gatewayStatuses(s.cfg.Gateways())
+		body, _ := json.Marshal(list)
+		if string(body) != last {
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := s.store.PutGateways(wctx, name, sess.Lease(), list)
+			cancel()
+			if err == nil {
+				last = string(body)
+			} else if ctx.Err() == nil {
+				s.logger.Warn("gateway report failed", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-sess.Done():
+			s.logger.Warn("gateway report: etcd session expired, starting a new one")
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// gatewayStatuses converts the xDS server's view of its clients, leaving
+// out what changes with the clock (lag), so etcd is written only on a
+// change.
+func gatewayStatuses(resp *pb.ListGatewaysResponse) []api.GatewayStatus {
+	out := make([]api.GatewayStatus, 0, len(resp.GetGateways()))
+	for _, g := range resp.GetGateways() {
+		st := api.GatewayStatus{NodeID: g.NodeId, Address: g.Address, Version: g.Version, State: g.State,
+			Delta: g.Delta, Proxyless: g.Proxyless, LastNack: g.LastNack}
+		if g.ConnectedAt != nil {
+			st.Connected = g.ConnectedAt.AsTime().UTC()
+		}
+		out = append(out, st)
+	}
+	return out
+}
