@@ -203,11 +203,59 @@ func (v *IntOrPercent) UnmarshalJSON(b []byte) error {
 // CanaryStep is one step of a canary.
 type CanaryStep struct {
 	Weight uint32 `json:"weight"`
-	Pause  string `json:"pause,omitempty"` // a duration, or "promote"
+	Pause  Pause  `json:"pause,omitempty"`
 }
 
-// PauseUntilPromoted is the CanaryStep.Pause that waits for promote.
-const PauseUntilPromoted = "promote"
+// Pause is how long a canary step holds its weight: a duration ("1m"), or
+// PauseUntilPromoted to wait for `berth rollout promote`; "" moves on as
+// soon as the weight is in effect. In a manifest it may also be written
+// `pause: {duration: 1m}`, and a pause with no duration (`pause: {}` or an
+// empty `pause:`) waits for promote.
+type Pause string
+
+// PauseUntilPromoted is the Pause that waits for promote.
+const PauseUntilPromoted Pause = "promote"
+
+// Duration returns a timed pause's length; ok is false for none, for
+// "promote" and for an invalid duration.
+func (p Pause) Duration() (d time.Duration, ok bool) {
+	if p == "" || p == PauseUntilPromoted {
+		return 0, false
+	}
+	d, err := time.ParseDuration(string(p))
+	return d, err == nil
+}
+
+func (p *Pause) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*p = PauseUntilPromoted // a pause with no duration
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*p = Pause(s)
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("must be a duration like \"1m\", %q, or {duration: 1m}", PauseUntilPromoted)
+	}
+	for k := range m {
+		if k != "duration" {
+			return fmt.Errorf("unknown field %q in pause (want duration)", k)
+		}
+	}
+	raw, ok := m["duration"]
+	if !ok || string(raw) == "null" {
+		*p = PauseUntilPromoted
+		return nil
+	}
+	if err := json.Unmarshal(raw, &s); err != nil || s == "" {
+		return fmt.Errorf("pause duration must be a duration like \"1m\"")
+	}
+	*p = Pause(s)
+	return nil
+}
 
 // Analysis compares the canary's error rate (5xx and upstream failures,
 // from the gateways' load reports) with a threshold.
@@ -289,7 +337,7 @@ func (r *Rollout) DeadlineAt(spec *RolloutSpec) time.Time {
 	}
 	since := r.ProgressAt
 	if r.Canary() && spec != nil && r.Step < len(spec.Steps) && r.Weight == spec.Steps[r.Step].Weight && !r.StepStartedAt.IsZero() {
-		if pause, err := time.ParseDuration(spec.Steps[r.Step].Pause); err == nil {
+		if pause, ok := spec.Steps[r.Step].Pause.Duration(); ok {
 			if end := r.StepStartedAt.Add(pause); end.After(since) {
 				since = end
 			}

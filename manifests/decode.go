@@ -24,11 +24,9 @@ var jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
 
 // decode stores in into out, which must be settable.
 func (d *decoder) decode(path string, in any, out reflect.Value) {
-	if in == nil {
-		return // null leaves the zero value, as in encoding/json
-	}
 	t := out.Type()
-	// Types with their own JSON form (api.Duration) decode themselves; their
+	// Types with their own JSON form (api.Duration, api.Pause) decode
+	// themselves, null included (an empty `pause:` means something); their
 	// error becomes the field's message.
 	if t.Kind() != reflect.Pointer && reflect.PointerTo(t).Implements(jsonUnmarshalerType) {
 		raw, err := json.Marshal(in)
@@ -39,6 +37,9 @@ func (d *decoder) decode(path string, in any, out reflect.Value) {
 			d.errs.add(path, "%s", err)
 		}
 		return
+	}
+	if in == nil {
+		return // null leaves the zero value, as in encoding/json
 	}
 	switch t.Kind() {
 	case reflect.Pointer:

@@ -6,7 +6,6 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
-	"time"
 	"unicode"
 
 	"github.com/berth-dev/berth/api"
@@ -185,7 +184,7 @@ func validateRollout(errs *FieldErrors, path string, r *api.RolloutSpec) {
 		}
 		prev = st.Weight
 		if st.Pause != "" && st.Pause != api.PauseUntilPromoted {
-			if d, err := time.ParseDuration(st.Pause); err != nil || d < 0 {
+			if d, ok := st.Pause.Duration(); !ok || d < 0 {
 				errs.add(p+".pause", "must be a duration like \"1m\" or %q", api.PauseUntilPromoted)
 			}
 		}

@@ -1,6 +1,8 @@
 package manifests
 
 import (
+	"github.com/berth-dev/berth/api"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +109,41 @@ func TestParseRolloutStickyDeadlineLatency(t *testing.T) {
 	} {
 		if _, err := ParseObjects("r.yaml", []byte(head+bad.extra)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%q: %v, want %q", bad.extra, err, bad.want)
+		}
+	}
+}
+
+// The issue's form: a pause with no duration waits for promote; a pause
+// may also be written as a mapping.
+func TestParseRolloutPauseForms(t *testing.T) {
+	head := "apiVersion: berth.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  rollout:\n    strategy: canary\n    steps:\n"
+	for _, tc := range []struct {
+		steps string
+		want  []api.Pause
+	}{
+		{"    - {weight: 10, pause: 1m}\n    - {weight: 50, pause: 2m}\n    - {weight: 100}\n", []api.Pause{"1m", "2m", ""}},
+		{"    - {weight: 10, pause: {duration: 30s}}\n    - {weight: 50, pause: {}}\n    - {weight: 100}\n", []api.Pause{"30s", api.PauseUntilPromoted, ""}},
+		{"    - weight: 10\n      pause:\n    - {weight: 50, pause: promote}\n", []api.Pause{api.PauseUntilPromoted, api.PauseUntilPromoted}},
+	} {
+		objs, err := ParseObjects("r.yaml", []byte(head+tc.steps))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.steps, err)
+		}
+		var got []api.Pause
+		for _, st := range objs.Services[0].Spec.Rollout.Steps {
+			got = append(got, st.Pause)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%q: pauses %q, want %q", tc.steps, got, tc.want)
+		}
+	}
+	for _, bad := range []struct{ steps, want string }{
+		{"    - {weight: 10, pause: {duration: 1m, until: x}}\n", `spec.rollout.steps[0].pause: unknown field "until" in pause (want duration)`},
+		{"    - {weight: 10, pause: {duration: soon}}\n", "spec.rollout.steps[0].pause: must be a duration"},
+		{"    - {weight: 10, pause: [1m]}\n", "spec.rollout.steps[0].pause: must be a duration like"},
+	} {
+		if _, err := ParseObjects("r.yaml", []byte(head+bad.steps)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: %v, want %q", bad.steps, err, bad.want)
 		}
 	}
 }

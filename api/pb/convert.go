@@ -107,7 +107,7 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 	if r := s.Rollout; r != nil {
 		pr := &RolloutSpec{Strategy: r.Strategy}
 		for _, st := range r.Steps {
-			pr.Steps = append(pr.Steps, &CanaryStep{Weight: st.Weight, Pause: st.Pause})
+			pr.Steps = append(pr.Steps, &CanaryStep{Weight: st.Weight, Pause: string(st.Pause)})
 		}
 		if a := r.Analysis; a != nil {
 			pr.Analysis = &Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests, MaxLatency: durString(a.MaxLatency), MaxErrorRateIncrease: a.MaxErrorRateIncrease}
@@ -164,7 +164,7 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 	if r := p.GetRollout(); r != nil {
 		ar := &api.RolloutSpec{Strategy: r.Strategy}
 		for _, st := range r.Steps {
-			ar.Steps = append(ar.Steps, api.CanaryStep{Weight: st.Weight, Pause: st.Pause})
+			ar.Steps = append(ar.Steps, api.CanaryStep{Weight: st.Weight, Pause: api.Pause(st.Pause)})
 		}
 		if a := r.Analysis; a != nil {
 			ar.Analysis = &api.Analysis{MaxErrorRate: a.MaxErrorRate, MinRequests: a.MinRequests, MaxLatency: parseDur(a.MaxLatency), MaxErrorRateIncrease: a.MaxErrorRateIncrease}

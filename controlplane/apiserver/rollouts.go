@@ -34,7 +34,7 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 		steps := svc.Spec.Rollout.Steps
 		out.Steps = int32(len(steps))
 		if r.Active() && r.Step < len(steps) && r.Weight == steps[r.Step].Weight {
-			if d, err := time.ParseDuration(steps[r.Step].Pause); err == nil {
+			if d, ok := steps[r.Step].Pause.Duration(); ok {
 				if left := time.Until(r.StepStartedAt.Add(d)); left > 0 {
 					out.PauseLeft = left.Round(time.Second).String()
 				}

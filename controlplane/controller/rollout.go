@@ -156,7 +156,7 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 		set(fmt.Sprintf("step %d/%d: at %d%%, waiting for `berth rollout promote`", r.Step+1, len(steps), step.Weight))
 		return d
 	case step.Pause != "" && step.Pause != api.PauseUntilPromoted:
-		pause, _ := time.ParseDuration(step.Pause)
+		pause, _ := step.Pause.Duration()
 		if left := r.StepStartedAt.Add(pause).Sub(in.Now); left > 0 {
 			set(fmt.Sprintf("step %d/%d: at %d%%, pausing", r.Step+1, len(steps), step.Weight))
 			return d
