@@ -18,6 +18,7 @@ type gatewayFlags struct {
 	maxConnections int
 	maxHeaderBytes int
 	accessLog      string
+	xdsProtocol    string
 }
 
 func (f *gatewayFlags) register(cmd *cobra.Command) {
@@ -27,11 +28,12 @@ func (f *gatewayFlags) register(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.maxConnections, "max-connections", def.MaxConnections, "most client connections at once (0: no limit)")
 	cmd.Flags().IntVar(&f.maxHeaderBytes, "max-header-bytes", def.MaxHeaderBytes, "largest request head accepted (431 above)")
 	cmd.Flags().StringVar(&f.accessLog, "access-log", "", "JSON access log: a file path, or - for standard error")
+	cmd.Flags().StringVar(&f.xdsProtocol, "xds-protocol", def.XDSProtocol, "ADS protocol: delta (incremental) or sotw (state of the world)")
 }
 
 // apply fills cfg; the returned closer closes the access log file.
 func (f *gatewayFlags) apply(cfg *gateway.Config) (io.Closer, error) {
-	cfg.TLSListenAddr, cfg.MaxConnections, cfg.MaxHeaderBytes = f.tlsListen, f.maxConnections, f.maxHeaderBytes
+	cfg.TLSListenAddr, cfg.MaxConnections, cfg.MaxHeaderBytes, cfg.XDSProtocol = f.tlsListen, f.maxConnections, f.maxHeaderBytes, f.xdsProtocol
 	for _, spec := range f.certs {
 		c, err := parseCert(spec)
 		if err != nil {

@@ -474,7 +474,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 }
 
 func newGatewayCmd(g *globalOptions) *cobra.Command {
-	var listen, xdsAddr, nodeID, metricsAddr, xdsProtocol string
+	var listen, xdsAddr, nodeID, metricsAddr string
 	gf := &gatewayFlags{}
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -486,7 +486,6 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 			grp := newGroup(ctx)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = listen, xdsAddr, nodeID, logger, reg
-			gcfg.XDSProtocol = xdsProtocol
 			accessLog, err := gf.apply(&gcfg)
 			if err != nil {
 				return err
@@ -511,7 +510,6 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
 	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
-	cmd.Flags().StringVar(&xdsProtocol, "xds-protocol", gateway.XDSDelta, "ADS protocol: delta (incremental) or sotw (state of the world)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7404", "Prometheus /metrics address; empty disables")
 	gf.register(cmd)
 	return cmd

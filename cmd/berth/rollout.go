@@ -14,7 +14,7 @@ import (
 
 func newRolloutCmd(g *globalOptions) *cobra.Command {
 	var namespace string
-	cmd := &cobra.Command{Use: "rollout", Short: "Revision history and rollback"}
+	cmd := &cobra.Command{Use: "rollout", Short: "Follow and steer rollouts (status, pause, resume, promote, abort) and revisions (history, undo)"}
 	cmd.PersistentFlags().StringVarP(&namespace, "namespace", "n", api.DefaultNamespace, "namespace")
 	history := &cobra.Command{
 		Use:   "history SERVICE",
