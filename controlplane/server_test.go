@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/berth-dev/berth/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"io"
 	"log/slog"
 	"math"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/discovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -516,4 +518,40 @@ func TestDrainWaitsForEveryReplicasGateways(t *testing.T) {
 	}
 	localVersion.Store(math.MaxUint64)
 	eventually(t, "stopped once the local gateway caught up", func() (bool, string) { return desiredStopped() == 2, "" })
+}
+
+// Events older than an hour are neither listed nor kept, even when their
+// leases were renewed by an etcd restart.
+func TestOldEventsAreNotListedAndArePruned(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	st := h.srv.Store()
+	old := store.Event{At: time.Now().Add(-2 * time.Hour), Namespace: "default", Object: "service/x", Reason: "Old", Message: "two hours ago"}
+	recent := store.Event{Namespace: "default", Object: "service/x", Reason: "New", Message: "just now"}
+	for _, ev := range []store.Event{old, recent} {
+		if err := st.RecordEvent(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := st.ListEvents(ctx, "default", "service/x", 0)
+	if err != nil || len(evs) != 1 || evs[0].Reason != "New" {
+		t.Fatalf("listed: %+v %v", evs, err)
+	}
+	// (The leader prunes too, once a minute: count what is stored, not
+	// what this call deleted.)
+	if _, err := st.PruneEvents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := h.srv.Etcd().Get(ctx, store.EventsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []string
+	for _, kv := range resp.Kvs {
+		stored = append(stored, string(kv.Value))
+	}
+	all := strings.Join(stored, "\n")
+	if strings.Contains(all, "two hours ago") || !strings.Contains(all, "just now") {
+		t.Fatalf("stored after pruning:\n%s", all)
+	}
 }

@@ -105,7 +105,16 @@ func (c *Controller) Run(ctx context.Context) error {
 		return nil
 	case <-c.cache.Ready():
 	}
+	var pruned time.Time
 	for {
+		if now := c.now(); now.Sub(pruned) >= time.Minute {
+			pruned = now
+			if n, err := c.store.PruneEvents(ctx); err != nil {
+				c.logger.Debug("prune events", "err", err)
+			} else if n > 0 {
+				c.logger.Debug("pruned old events", "count", n)
+			}
+		}
 		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			if errors.Is(err, store.ErrConflict) {
 				c.conflicts.Inc()

@@ -765,10 +765,27 @@ func (s *Store) RecordEvent(ctx context.Context, ev Event) error {
 	return nil
 }
 
+func (s *Store) eventsCutoffKey() string {
+	return fmt.Sprintf("%s%020d", EventsPrefix, s.now().Add(-EventTTL).UnixNano())
+}
+
+// PruneEvents deletes events older than EventTTL. Their leases normally
+// do it, but etcd renews every lease when it restarts, so a data dir that
+// restarts often would keep events for ever.
+func (s *Store) PruneEvents(ctx context.Context) (int64, error) {
+	resp, err := s.cli.Delete(ctx, EventsPrefix, clientv3.WithRange(s.eventsCutoffKey()))
+	if err != nil {
+		return 0, fmt.Errorf("store: prune events: %w", err)
+	}
+	return resp.Deleted, nil
+}
+
 // ListEvents returns events for an object prefix (empty: all), oldest
 // first, at most limit (0: all).
 func (s *Store) ListEvents(ctx context.Context, ns, objectPrefix string, limit int) ([]Event, error) {
-	resp, err := s.cli.Get(ctx, EventsPrefix, clientv3.WithPrefix())
+	// Keys sort by time: read from an hour ago. (An etcd restart renews
+	// leases, so older events may still be stored until PruneEvents.)
+	resp, err := s.cli.Get(ctx, s.eventsCutoffKey(), clientv3.WithRange(clientv3.GetPrefixRangeEnd(EventsPrefix)))
 	if err != nil {
 		return nil, fmt.Errorf("store: list events: %w", err)
 	}
