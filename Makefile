@@ -9,7 +9,7 @@ IMAGES := images
 GOFLAGS_BUILD := -trimpath
 TEST_TIMEOUT ?= 10m
 
-.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns clean
+.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways clean
 
 all: build
 
@@ -63,7 +63,7 @@ fuzz:
 
 # Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
 # endpoints, Berth against plain `ctr run` on the same containerd. Needs root.
-bench: bench-startup bench-gateway bench-scheduler bench-dns bench-xds
+bench: bench-startup bench-gateway bench-scheduler bench-dns bench-xds bench-xds-gateways
 
 bench-startup: containerd build images
 	@bench/startup.sh
@@ -88,6 +88,11 @@ bench-dns:
 # BENCH_XDS_FLAGS=-protocol=sotw measures state-of-the-world streams.
 bench-xds:
 	$(GO) run ./bench/xdsbench -timeout 5m $(BENCH_XDS_FLAGS)
+
+# bench-xds-gateways: Berth's own gateways (5) on delta against state of the
+# world, same snapshot and changes; prints the ratios.
+bench-xds-gateways:
+	@bench/xds-gateways.sh
 
 clean:
 	rm -rf $(BIN) $(IMAGES)

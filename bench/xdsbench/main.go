@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"runtime"
@@ -32,6 +33,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berth-dev/berth/discovery"
+	"github.com/berth-dev/berth/gateway"
 	"github.com/berth-dev/berth/xds"
 )
 
@@ -43,6 +45,7 @@ func main() {
 	endpoints := flag.Int("endpoints", 10000, "endpoints in the snapshot, spread evenly over the services")
 	changes := flag.Int("changes", 100, "endpoint changes to time")
 	protocol := flag.String("protocol", "delta", "delta or sotw")
+	clientKind := flag.String("client", "sim", "sim: bare ADS streams that ACK everything; berth: Berth's own gateways (each compiles what it gets and swaps its routing table)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
 	cpuProfile := flag.String("cpuprofile", "", "write the control plane's CPU profile of the timed changes here")
 	flag.Parse()
@@ -51,9 +54,13 @@ func main() {
 	var err error
 	switch *role {
 	case "gateways":
-		err = runGateways(*addr, *gateways, *protocol)
+		if *clientKind == "berth" {
+			err = runBerthGateways(*addr, *gateways, *protocol)
+		} else {
+			err = runGateways(*addr, *gateways, *protocol)
+		}
 	default:
-		err = runBench(*gateways, *services, *endpoints, *changes, *protocol, *timeout)
+		err = runBench(*gateways, *services, *endpoints, *changes, *protocol, *clientKind, *timeout)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "xdsbench:", err)
@@ -105,7 +112,7 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func runBench(gateways, services, endpoints, changes int, protocol string, timeout time.Duration) error {
+func runBench(gateways, services, endpoints, changes int, protocol, clientKind string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
@@ -123,15 +130,15 @@ func runBench(gateways, services, endpoints, changes int, protocol string, timeo
 	if err := srv.Update(snap); err != nil {
 		return err
 	}
-	fmt.Printf("xds bench: %d %s gateways, %d services, %d endpoints; first translate+publish %v\n",
-		gateways, protocol, services, endpoints, time.Since(start).Round(time.Microsecond))
+	fmt.Printf("xds bench: %d %s %s gateways, %d services, %d endpoints; first translate+publish %v\n",
+		gateways, clientKind, protocol, services, endpoints, time.Since(start).Round(time.Microsecond))
 
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	child := exec.CommandContext(ctx, self, "-role", "gateways", "-addr", srv.Addr(),
-		"-gateways", fmt.Sprint(gateways), "-protocol", protocol)
+		"-gateways", fmt.Sprint(gateways), "-protocol", protocol, "-client", clientKind)
 	child.Stderr = os.Stderr
 	out, err := child.StdoutPipe()
 	if err != nil {
@@ -312,4 +319,42 @@ func ignoreEOF(err error) error {
 		return nil
 	}
 	return err
+}
+
+// runBerthGateways runs n of Berth's own gateways (ADS over the protocol,
+// each compiling what it receives and swapping its routing table), until
+// SIGTERM; on SIGUSR1 it prints its CPU time.
+func runBerthGateways(addr string, n int, protocol string) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, n)
+	for i := range n {
+		cfg := gateway.DefaultConfig()
+		cfg.ListenAddr, cfg.XDSAddr, cfg.NodeID, cfg.XDSProtocol = "127.0.0.1:0", addr, fmt.Sprintf("bench-gw-%03d", i), protocol
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		gw, err := gateway.New(cfg)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := gw.Run(ctx); err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		}()
+	}
+	sig := make(chan os.Signal, 2)
+	signalNotify(sig)
+	cpu0 := cpuTime()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case s := <-sig:
+			if s == syscall.SIGTERM {
+				return nil
+			}
+			fmt.Printf("CPU %v\n", (cpuTime() - cpu0).Round(time.Millisecond))
+			cpu0 = cpuTime()
+		}
+	}
 }
