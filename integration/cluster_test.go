@@ -400,6 +400,10 @@ func TestServerReplicasFailover(t *testing.T) {
 	eventually(t, 20*time.Second, "the new leader's controllers create the instances", func() (bool, string) {
 		return len(instances(t, followerAPI, "after")) == 2, mustBerth(t, followerAPI, "get", "instances")
 	})
+	// A client given both replicas, the dead one first, reaches the live one.
+	if out := mustBerth(t, leaderAPI+","+followerAPI, "get", "services"); !strings.Contains(out, "after") {
+		t.Fatalf("get services through both replicas' addresses:\n%s", out)
+	}
 	// The dead replica's lease expired: its gateway is no longer waited for.
 	eventually(t, 20*time.Second, "the dead replica's gateway gone from the list", func() (bool, string) {
 		out := mustBerth(t, followerAPI, "get", "gateways")

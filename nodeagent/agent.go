@@ -36,7 +36,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -44,7 +43,8 @@ import (
 type Config struct {
 	// Name is the node name; default the host name.
 	Name string
-	// ServerAddr is the control plane's API address.
+	// ServerAddr is the control plane's API address, or the addresses of
+	// its replicas separated by commas.
 	ServerAddr string
 	// JoinToken is presented on every call (from `berth token create`).
 	JoinToken string
@@ -135,7 +135,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DNSPort == 0 {
 		cfg.DNSPort = 53
 	}
-	conn, err := grpc.NewClient(cfg.ServerAddr, append(pb.WithJoinToken(cfg.JoinToken), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	conn, err := pb.Dial(cfg.ServerAddr, pb.WithJoinToken(cfg.JoinToken)...)
 	if err != nil {
 		return nil, fmt.Errorf("agent: control plane address %q: %w", cfg.ServerAddr, err)
 	}

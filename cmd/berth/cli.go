@@ -18,8 +18,6 @@ import (
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -28,7 +26,7 @@ import (
 )
 
 func (g *globalOptions) client() (pb.BerthClient, func(), error) {
-	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := pb.Dial(g.server)
 	if err != nil {
 		return nil, nil, fmt.Errorf("server address %q: %w", g.server, err)
 	}

@@ -56,7 +56,7 @@ func newRoot() *cobra.Command {
 	if defServer == "" {
 		defServer = "127.0.0.1:7400"
 	}
-	root.PersistentFlags().StringVar(&g.server, "server", defServer, "control plane API address (env BERTH_ADDR)")
+	root.PersistentFlags().StringVar(&g.server, "server", defServer, "control plane API address, or several replicas' addresses separated by commas (env BERTH_ADDR)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(
 		newDevCmd(g), newServerCmd(g), newAgentCmd(g), newGatewayCmd(g),

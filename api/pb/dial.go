@@ -1,0 +1,35 @@
+package pb
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+)
+
+// Dial connects to the control plane at servers: one API address, or
+// several separated by commas (the replicas of one control plane). With
+// several, calls go to the first replica that answers and move to another
+// when it goes away.
+func Dial(servers string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	var addrs []resolver.Address
+	for a := range strings.SplitSeq(servers, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, resolver.Address{Addr: a})
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("no control plane address in %q", servers)
+	}
+	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if len(addrs) == 1 {
+		return grpc.NewClient(addrs[0].Addr, opts...)
+	}
+	r := manual.NewBuilderWithScheme("berth-replicas")
+	r.InitialState(resolver.State{Addresses: addrs})
+	opts = append(opts, grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"pick_first": {}}]}`))
+	return grpc.NewClient(r.Scheme()+":///replicas", opts...)
+}
