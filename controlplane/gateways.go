@@ -15,6 +15,15 @@ import (
 // clients' state (an in-memory read); etcd is written only on a change.
 const gatewayReportEvery = 50 * time.Millisecond
 
+// AdvertiseAddr is the API address the other replicas reach this one at:
+// Config.AdvertiseAddr, else the address the API listens on.
+func (s *Server) AdvertiseAddr() string {
+	if s.cfg.AdvertiseAddr != "" {
+		return s.cfg.AdvertiseAddr
+	}
+	return s.APIAddr()
+}
+
 // ReplicaName identifies this replica in the election and in etcd.
 func (s *Server) ReplicaName() string { return s.replicaName() }
 
@@ -29,15 +38,15 @@ func (s *Server) replicaName() string {
 	return s.APIAddr()
 }
 
-// reportGateways keeps this replica's xDS clients in etcd, under a lease of
-// its own, so the leader (whichever replica it is) waits for every gateway
-// of the cluster before a rollout step or a drain goes on, and `berth get
-// gateways` lists them all. It writes when a client connects, leaves, or
-// changes version or state.
-func (s *Server) reportGateways(ctx context.Context) error {
-	if s.cfg.Gateways == nil {
-		return nil
-	}
+// replicaSession keeps this replica present in etcd under a lease of its
+// own, for as long as it lives:
+//   - a token the other replicas accept from it (to fetch an image it did
+//     not receive from the one that did);
+//   - its xDS clients, so the leader (whichever replica it is) waits for
+//     every gateway of the cluster before a rollout step or a drain goes
+//     on, and `berth get gateways` lists them all. It writes when a client
+//     connects, leaves, or changes version or state.
+func (s *Server) replicaSession(ctx context.Context) error {
 	name := s.replicaName()
 	ttl := max(1, int((s.cfg.ElectionTTL+time.Second-1)/time.Second))
 	defer func() {
@@ -58,6 +67,12 @@ func (s *Server) reportGateways(ctx context.Context) error {
 			}
 			continue
 		}
+		token, err := s.store.CreateLeasedToken(ctx, "control plane replica "+name, sess.Lease())
+		if err != nil {
+			s.logger.Warn("replica token", "err", err)
+		} else {
+			s.api.SetReplica(s.AdvertiseAddr(), token)
+		}
 		s.reportWithSession(ctx, sess, name)
 		sess.Close()
 	}
@@ -70,9 +85,12 @@ func (s *Server) reportWithSession(ctx context.Context, sess *concurrency.Sessio
 	defer t.Stop()
 	last := ""
 	for {
-		list := gatewayStatuses(s.cfg.Gateways())
+		var list []api.GatewayStatus
+		if s.cfg.Gateways != nil {
+			list = gatewayStatuses(s.cfg.Gateways())
+		}
 		body, _ := json.Marshal(list)
-		if string(body) != last {
+		if s.cfg.Gateways != nil && string(body) != last {
 			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			err := s.store.PutGateways(wctx, name, sess.Lease(), list)
 			cancel()

@@ -54,6 +54,9 @@ type Config struct {
 	RequireJoinToken bool
 	// Name identifies this replica in the leader election.
 	Name string
+	// AdvertiseAddr is the API address the other replicas reach this one
+	// at (default: the address the API listens on).
+	AdvertiseAddr string
 	// ElectionTTL bounds how long a dead leader keeps the lead.
 	ElectionTTL time.Duration
 	// Gateways reports this replica's xDS clients for `berth get gateways`.
@@ -186,7 +189,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("cache", s.cache.Run)
 	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
-	run("gateway report", s.reportGateways)
+	run("replica session", s.replicaSession)
 	go func() {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("api: %w", err)

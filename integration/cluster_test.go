@@ -2,9 +2,15 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/api/pb"
+	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -382,6 +388,19 @@ func TestServerReplicasFailover(t *testing.T) {
 	for _, p := range []*proc{leader, follower} {
 		startProc(t, "gw-"+p.name, "gateway", "--listen", "127.0.0.1:0", "--xds", xdsOf[p.name], "--node-id", "gw-via-"+p.name, "--metrics-addr", "")
 	}
+	// An image uploaded to the leader is served by the follower too: it
+	// fetches the file from the leader, checks its digest and keeps it.
+	mustBerth(t, leaderAPI, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
+	token := strings.TrimSpace(mustBerth(t, followerAPI, "token", "create"))
+	fetch := func(what string) {
+		t.Helper()
+		got, digest := fetchImage(t, followerAPI, token, "berth.local/hello:v1")
+		want := sha256File(t, filepath.Join(imagesDir, "hello-v1.tar"))
+		if got != want || digest != "sha256:"+want {
+			t.Fatalf("%s: fetched content %s (announced %s), want sha256:%s", what, got, digest, want)
+		}
+	}
+	fetch("image uploaded to the leader, fetched from the follower")
 	eventually(t, 20*time.Second, "the leader lists both replicas' gateways as SYNCED", func() (bool, string) {
 		out := mustBerth(t, leaderAPI, "get", "gateways")
 		ok := true
@@ -400,6 +419,7 @@ func TestServerReplicasFailover(t *testing.T) {
 	eventually(t, 20*time.Second, "the new leader's controllers create the instances", func() (bool, string) {
 		return len(instances(t, followerAPI, "after")) == 2, mustBerth(t, followerAPI, "get", "instances")
 	})
+	fetch("the same image from the follower after the leader died")
 	// A client given both replicas, the dead one first, reaches the live one.
 	if out := mustBerth(t, leaderAPI+","+followerAPI, "get", "services"); !strings.Contains(out, "after") {
 		t.Fatalf("get services through both replicas' addresses:\n%s", out)
@@ -409,4 +429,46 @@ func TestServerReplicasFailover(t *testing.T) {
 		out := mustBerth(t, followerAPI, "get", "gateways")
 		return !strings.Contains(out, "gw-via-"+leader.name) && strings.Contains(out, "gw-via-"+follower.name), out
 	})
+}
+
+// fetchImage reads an image through the NodeAgent API as an agent does and
+// returns the sha256 of the bytes received and the digest announced first.
+func fetchImage(t *testing.T, api, token, ref string) (sum, digest string) {
+	t.Helper()
+	conn, err := pb.Dial(api, pb.WithJoinToken(token)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := pb.NewNodeAgentClient(conn).FetchImage(ctx, &pb.FetchImageRequest{Reference: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("fetch %s from %s: %v", ref, api, err)
+		}
+		if chunk.Digest != "" {
+			digest = chunk.Digest
+		}
+		h.Write(chunk.Data)
+	}
+	return hex.EncodeToString(h.Sum(nil)), digest
+}
+
+func sha256File(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

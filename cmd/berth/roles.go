@@ -46,6 +46,7 @@ type serverFlags struct {
 	nodeTimeout  time.Duration
 	lostGrace    time.Duration
 	name         string
+	advertise    string
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
@@ -63,6 +64,7 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().DurationVar(&f.nodeTimeout, "node-timeout", def.NodeTimeout, "a node that misses heartbeats this long is NotReady and its endpoints leave DNS and the gateways")
 	cmd.Flags().DurationVar(&f.lostGrace, "lost-grace", def.LostGrace, "a node NotReady this long is Lost and its instances are replaced on other nodes")
 	cmd.Flags().StringVar(&f.name, "name", "", "this replica's name in the leader election (default: its API address)")
+	cmd.Flags().StringVar(&f.advertise, "advertise-addr", "", "the API address the other replicas reach this one at (default: --api-addr as bound)")
 }
 
 func (f *serverFlags) upstreams(logger *slog.Logger) []string {
@@ -113,7 +115,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg := controlplane.DefaultConfig()
 	cfg.DataDir, cfg.EtcdEndpoints, cfg.APIAddr, cfg.ClusterCIDR = f.dataDir, f.etcd, f.apiAddr, f.clusterCIDR
 	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
-	cfg.RequireJoinToken, cfg.NodeTimeout, cfg.LostGrace, cfg.Name = f.requireToken, f.nodeTimeout, f.lostGrace, f.name
+	cfg.RequireJoinToken, cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.requireToken, f.nodeTimeout, f.lostGrace, f.name, f.advertise
 	cfg.HeartbeatInterval = f.nodeTimeout / 4
 	cfg.Gateways = func() *pb.ListGatewaysResponse { return gatewaysOf(xsrv) }
 	cfg.Loads = revisionLoads{xsrv}

@@ -15,6 +15,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -61,6 +63,18 @@ type Server struct {
 	publisher *controller.Publisher
 	logger    *slog.Logger
 	tokens    tokenCache
+	// replica is this replica's API address and the token it presents to
+	// the other replicas (SetReplica); pulls serialises image pulls.
+	replica atomic.Pointer[replicaIdentity]
+	pulls   sync.Mutex
+}
+
+type replicaIdentity struct{ addr, token string }
+
+// SetReplica tells the server the API address the other replicas reach it
+// at and the token it presents to them.
+func (s *Server) SetReplica(addr, token string) {
+	s.replica.Store(&replicaIdentity{addr: addr, token: token})
 }
 
 // New returns an API server.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
@@ -78,6 +79,9 @@ func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
 	}
 	img := store.Image{Digest: digest, Size: size, References: refs, Path: path, LoadedAt: time.Now().UTC()}
+	if r := s.replica.Load(); r != nil {
+		img.Source = r.addr
+	}
 	if err := s.store.PutImage(stream.Context(), img); err != nil {
 		return storeErr(err)
 	}
@@ -163,11 +167,22 @@ func (s *Server) ListImages(ctx context.Context, req *pb.ListImagesRequest) (*pb
 
 // FetchImage streams an uploaded image tarball to an agent.
 func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_FetchImageServer) error {
-	img, err := s.store.FindImage(stream.Context(), req.Reference)
+	ctx := stream.Context()
+	var img *store.Image
+	var err error
+	if req.Digest != "" {
+		img, err = s.store.GetImage(ctx, req.Digest)
+	} else {
+		img, err = s.store.FindImage(ctx, req.Reference)
+	}
 	if err != nil {
 		return storeErr(err)
 	}
-	f, err := os.Open(img.Path)
+	path, err := s.localImage(ctx, img)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "fetch image %s: %v", req.Reference, err)
+	}
+	f, err := os.Open(path)
 	if err != nil {
 		return status.Errorf(codes.Internal, "fetch image %s: %v", req.Reference, err)
 	}
@@ -192,4 +207,82 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 			return status.Errorf(codes.Internal, "fetch image %s: %v", req.Reference, err)
 		}
 	}
+}
+
+// localImage returns the path of the upload on this replica's disk. An
+// upload another replica received is fetched from it first (once; later
+// requests find it here) and checked against its digest.
+func (s *Server) localImage(ctx context.Context, img *store.Image) (string, error) {
+	local := filepath.Join(s.cfg.ImageDir, "sha256-"+strings.TrimPrefix(img.Digest, "sha256:")+".tar")
+	self := s.replica.Load()
+	paths := []string{local}
+	if img.Source == "" || (self != nil && img.Source == self.addr) {
+		paths = append(paths, img.Path) // img.Path is on this replica's disk
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if img.Source == "" || self == nil || img.Source == self.addr {
+		return "", fmt.Errorf("the file of upload %s is gone from this replica", img.Digest)
+	}
+	s.pulls.Lock()
+	defer s.pulls.Unlock()
+	if _, err := os.Stat(local); err == nil {
+		return local, nil // pulled meanwhile
+	}
+	if err := s.pullImage(ctx, img, self.token, local); err != nil {
+		return "", fmt.Errorf("from replica %s: %w", img.Source, err)
+	}
+	s.logger.Info("image fetched from the replica that received it", "digest", img.Digest, "from", img.Source, "size", img.Size)
+	return local, nil
+}
+
+func (s *Server) pullImage(ctx context.Context, img *store.Image, token, dest string) error {
+	conn, err := pb.Dial(img.Source, pb.WithJoinToken(token)...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ref := ""
+	if len(img.References) > 0 {
+		ref = img.References[0]
+	}
+	stream, err := pb.NewNodeAgentClient(conn).FetchImage(ctx, &pb.FetchImageRequest{Reference: ref, Digest: img.Digest})
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.cfg.ImageDir, "pull-*.tar")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	var size int64
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		size += int64(len(chunk.Data))
+		if size > maxImageSize {
+			return fmt.Errorf("larger than %d bytes", maxImageSize)
+		}
+		if _, err := tmp.Write(chunk.Data); err != nil {
+			return err
+		}
+		h.Write(chunk.Data)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != img.Digest {
+		return fmt.Errorf("received %d bytes with digest %s, want %s", size, got, img.Digest)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dest)
 }

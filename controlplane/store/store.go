@@ -667,6 +667,21 @@ func (s *Store) CreateJoinToken(ctx context.Context, description string) (string
 	return token, nil
 }
 
+// CreateLeasedToken makes a token that lives as long as lease: what a
+// control plane replica presents to the others (to fetch an image one of
+// them received), gone when the replica is.
+func (s *Store) CreateLeasedToken(ctx context.Context, description string, lease clientv3.LeaseID) (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("store: create token: %w", err)
+	}
+	token := "berth-" + hex.EncodeToString(b)
+	if _, err := s.cli.Put(ctx, tokenKey(token), mustJSON(JoinToken{Description: description, CreatedAt: s.now().UTC()}), clientv3.WithLease(lease)); err != nil {
+		return "", fmt.Errorf("store: create token: %w", err)
+	}
+	return token, nil
+}
+
 // CheckJoinToken reports whether token is a valid join token.
 func (s *Store) CheckJoinToken(ctx context.Context, token string) (bool, error) {
 	if token == "" {
@@ -684,8 +699,27 @@ type Image struct {
 	Digest     string    `json:"digest"`
 	Size       int64     `json:"size"`
 	References []string  `json:"references"`
-	Path       string    `json:"path"` // on the server's disk
+	Path       string    `json:"path"` // on the disk of the replica that received it
 	LoadedAt   time.Time `json:"loadedAt"`
+	// Source is the API address of the replica that received it; other
+	// replicas fetch the file from there when an agent asks them for it.
+	Source string `json:"source,omitempty"`
+}
+
+// GetImage returns the upload with this digest.
+func (s *Store) GetImage(ctx context.Context, digest string) (*Image, error) {
+	resp, err := s.cli.Get(ctx, ImagesPrefix+digest)
+	if err != nil {
+		return nil, fmt.Errorf("store: get image %s: %w", digest, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("image %s: %w", digest, ErrNotFound)
+	}
+	var img Image
+	if err := json.Unmarshal(resp.Kvs[0].Value, &img); err != nil {
+		return nil, fmt.Errorf("store: decode image %s: %w", digest, err)
+	}
+	return &img, nil
 }
 
 // PutImage records an uploaded image; a reference moves to the newest
