@@ -21,18 +21,87 @@ type Cache struct {
 	cli    *clientv3.Client
 	logger *slog.Logger
 
-	mu      sync.RWMutex
-	kvs     map[string]cachedKV
-	rev     int64
-	view    *View // built lazily, reset on change
-	ready   chan struct{}
-	subs    []chan struct{}
-	started bool
+	mu   sync.RWMutex
+	kvs  map[string]cachedKV
+	rev  int64
+	view *View // built lazily, reset on change
+	// last is the previous view; bigDirty says whether an instance or
+	// status changed since it was built. If not, the next view shares its
+	// Instances and Statuses (most changes are heartbeats, and those two
+	// are nearly all of the state).
+	last     *View
+	bigDirty bool
+	ready    chan struct{}
+	subs     []chan struct{}
+	started  bool
 }
 
 type cachedKV struct {
 	value       []byte
 	modRevision int64
+	// obj is the value decoded once, when the key changed (nil: not a
+	// kind the view holds, or malformed). Views share it: nobody may
+	// modify what a View holds.
+	obj any
+}
+
+// leaseObj is a node's heartbeat key decoded.
+type leaseObj struct {
+	node string
+	LeaseValue
+}
+
+// gatewaysObj is a replica's gateways decoded.
+type gatewaysObj struct {
+	replica  string
+	gateways []api.GatewayStatus
+}
+
+// decode turns a cached key's value into what View holds for it.
+func decode(key string, value []byte) any {
+	unmarshal := func(v any) bool { return json.Unmarshal(value, v) == nil }
+	switch {
+	case strings.HasPrefix(key, ServicesPrefix):
+		var s api.Service
+		if unmarshal(&s) {
+			return s
+		}
+	case strings.HasPrefix(key, InstancesPrefix):
+		var in api.Instance
+		if unmarshal(&in) {
+			return in
+		}
+	case strings.HasPrefix(key, StatusPrefix):
+		var st api.InstanceStatus
+		if unmarshal(&st) {
+			return st
+		}
+	case strings.HasPrefix(key, NodesPrefix):
+		var n api.Node
+		if unmarshal(&n) {
+			return n
+		}
+	case strings.HasPrefix(key, RolloutsPrefix):
+		var r api.Rollout
+		if unmarshal(&r) {
+			return r
+		}
+	case strings.HasPrefix(key, VolumesPrefix):
+		var vol api.Volume
+		if unmarshal(&vol) {
+			return vol
+		}
+	case strings.HasPrefix(key, GatewaysPrefix):
+		var gws []api.GatewayStatus
+		if unmarshal(&gws) {
+			return gatewaysObj{replica: strings.TrimPrefix(key, GatewaysPrefix), gateways: gws}
+		}
+	case strings.HasPrefix(key, LeasesPrefix):
+		if lv, err := ParseLeaseValue(value); err == nil {
+			return leaseObj{node: strings.TrimPrefix(key, LeasesPrefix), LeaseValue: lv}
+		}
+	}
+	return nil
 }
 
 // View is an immutable snapshot of the cache at one etcd revision. Callers
@@ -144,14 +213,13 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("cache: load: %w", err)
 	}
-	kvs := make(map[string]cachedKV, len(resp.Kvs))
+	c.mu.Lock()
+	c.kvs, c.rev, c.view, c.last = make(map[string]cachedKV, len(resp.Kvs)), resp.Header.Revision, nil, nil
 	for _, kv := range resp.Kvs {
 		if cached(string(kv.Key)) {
-			kvs[string(kv.Key)] = cachedKV{value: kv.Value, modRevision: kv.ModRevision}
+			c.put(string(kv.Key), kv.Value, kv.ModRevision)
 		}
 	}
-	c.mu.Lock()
-	c.kvs, c.rev, c.view = kvs, resp.Header.Revision, nil
 	c.mu.Unlock()
 	c.notify()
 	return resp.Header.Revision, nil
@@ -174,9 +242,9 @@ func (c *Cache) follow(ctx context.Context, from int64) error {
 			}
 			changed = true
 			if ev.Type == clientv3.EventTypeDelete {
-				delete(c.kvs, key)
+				c.delete(key)
 			} else {
-				c.kvs[key] = cachedKV{value: ev.Kv.Value, modRevision: ev.Kv.ModRevision}
+				c.put(key, ev.Kv.Value, ev.Kv.ModRevision)
 			}
 		}
 		if resp.Header.Revision > c.rev {
@@ -191,6 +259,25 @@ func (c *Cache) follow(ctx context.Context, from int64) error {
 		}
 	}
 	return fmt.Errorf("cache: watch closed")
+}
+
+// put stores a key's new value; delete removes it. Both drop the view.
+// The caller holds c.mu (tests call them alone).
+func (c *Cache) put(key string, value []byte, modRevision int64) {
+	c.kvs[key] = cachedKV{value: value, modRevision: modRevision, obj: decode(key, value)}
+	c.changed(key)
+}
+
+func (c *Cache) delete(key string) {
+	delete(c.kvs, key)
+	c.changed(key)
+}
+
+func (c *Cache) changed(key string) {
+	c.view = nil
+	if strings.HasPrefix(key, InstancesPrefix) || strings.HasPrefix(key, StatusPrefix) {
+		c.bigDirty = true
+	}
 }
 
 func (c *Cache) notify() {
@@ -223,58 +310,61 @@ func (c *Cache) View() *View {
 		return c.view
 	}
 	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
-	for key, kv := range c.kvs {
-		switch {
-		case strings.HasPrefix(key, ServicesPrefix):
-			var s api.Service
-			if json.Unmarshal(kv.value, &s) == nil {
-				v.Services = append(v.Services, s)
+	// Sized first: at 10,000 instances, growing the slices and maps by
+	// appending cost more than everything else.
+	var nSvc, nIn, nSt, nNode int
+	for _, kv := range c.kvs {
+		switch kv.obj.(type) {
+		case api.Service:
+			nSvc++
+		case api.Instance:
+			nIn++
+		case api.InstanceStatus:
+			nSt++
+		case api.Node:
+			nNode++
+		}
+	}
+	v.Services, v.Nodes = make([]api.Service, 0, nSvc), make([]api.Node, 0, nNode)
+	reuse := c.last != nil && !c.bigDirty
+	if reuse {
+		v.Instances, v.Statuses = c.last.Instances, c.last.Statuses
+	} else {
+		v.Instances, v.Statuses = make([]VersionedInstance, 0, nIn), make(map[string]api.InstanceStatus, nSt)
+	}
+	for _, kv := range c.kvs {
+		switch o := kv.obj.(type) {
+		case api.Service:
+			v.Services = append(v.Services, o)
+		case api.Instance:
+			if !reuse {
+				v.Instances = append(v.Instances, VersionedInstance{Instance: o, ModRevision: kv.modRevision})
 			}
-		case strings.HasPrefix(key, InstancesPrefix):
-			var in api.Instance
-			if json.Unmarshal(kv.value, &in) == nil {
-				v.Instances = append(v.Instances, VersionedInstance{Instance: in, ModRevision: kv.modRevision})
+		case api.InstanceStatus:
+			if !reuse {
+				v.Statuses[o.ID] = o
 			}
-		case strings.HasPrefix(key, StatusPrefix):
-			var st api.InstanceStatus
-			if json.Unmarshal(kv.value, &st) == nil {
-				v.Statuses[st.ID] = st
+		case api.Node:
+			v.Nodes = append(v.Nodes, o)
+		case api.Rollout:
+			v.Rollouts[o.Namespace+"/"+o.Service] = VersionedRollout{Rollout: o, ModRevision: kv.modRevision}
+		case api.Volume:
+			v.Volumes[o.Key()] = VersionedVolume{Volume: o, ModRevision: kv.modRevision}
+		case gatewaysObj:
+			for _, g := range o.gateways {
+				g.Replica = o.replica
+				v.Gateways = append(v.Gateways, g)
 			}
-		case strings.HasPrefix(key, NodesPrefix):
-			var n api.Node
-			if json.Unmarshal(kv.value, &n) == nil {
-				v.Nodes = append(v.Nodes, n)
-			}
-		case strings.HasPrefix(key, RolloutsPrefix):
-			var r api.Rollout
-			if json.Unmarshal(kv.value, &r) == nil {
-				v.Rollouts[r.Namespace+"/"+r.Service] = VersionedRollout{Rollout: r, ModRevision: kv.modRevision}
-			}
-		case strings.HasPrefix(key, VolumesPrefix):
-			var vol api.Volume
-			if json.Unmarshal(kv.value, &vol) == nil {
-				v.Volumes[vol.Key()] = VersionedVolume{Volume: vol, ModRevision: kv.modRevision}
-			}
-		case strings.HasPrefix(key, GatewaysPrefix):
-			var gws []api.GatewayStatus
-			if json.Unmarshal(kv.value, &gws) == nil {
-				replica := strings.TrimPrefix(key, GatewaysPrefix)
-				for _, g := range gws {
-					g.Replica = replica
-					v.Gateways = append(v.Gateways, g)
-				}
-			}
-		case strings.HasPrefix(key, LeasesPrefix):
-			name := strings.TrimPrefix(key, LeasesPrefix)
-			v.LiveNodes[name] = true
-			if lv, err := ParseLeaseValue(kv.value); err == nil {
-				v.Heartbeats[name] = lv.At
-				v.DNSVersions[name] = lv.DNSVersion
-			}
+		case leaseObj:
+			v.LiveNodes[o.node] = true
+			v.Heartbeats[o.node] = o.At
+			v.DNSVersions[o.node] = o.DNSVersion
 		}
 	}
 	sort.Slice(v.Services, func(i, j int) bool { return v.Services[i].Key() < v.Services[j].Key() })
-	sort.Slice(v.Instances, func(i, j int) bool { return v.Instances[i].Instance.ID < v.Instances[j].Instance.ID })
+	if !reuse {
+		sort.Slice(v.Instances, func(i, j int) bool { return v.Instances[i].Instance.ID < v.Instances[j].Instance.ID })
+	}
 	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Name < v.Nodes[j].Name })
 	sort.Slice(v.Gateways, func(i, j int) bool {
 		a, b := v.Gateways[i], v.Gateways[j]
@@ -288,6 +378,6 @@ func (c *Cache) View() *View {
 		}
 		n.DNSVersion = v.DNSVersions[n.Name]
 	}
-	c.view = v
+	c.view, c.last, c.bigDirty = v, v, false
 	return v
 }

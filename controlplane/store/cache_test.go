@@ -1,0 +1,120 @@
+package store
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+)
+
+// cacheWith fills a cache as a watch would, without etcd: services
+// services with perService instances each (and their statuses), nodes
+// nodes with heartbeats.
+func cacheWith(services, perService, nodes int) *Cache {
+	c := NewCache(nil, nil)
+	rev := int64(1)
+	put := func(key string, v any) {
+		rev++
+		c.put(key, []byte(mustJSON(v)), rev)
+	}
+	for n := range nodes {
+		name := fmt.Sprintf("node-%04d", n)
+		put(nodeKey(name), api.Node{Name: name, Address: "10.0.0.1", PodCIDR: "10.213.0.0/24", Labels: map[string]string{"zone": "a"}})
+		put(leaseKey(name), LeaseValue{At: time.Unix(1_700_000_000, 0), DNSVersion: 7})
+	}
+	for s := range services {
+		svc := api.Service{Metadata: api.ObjectMeta{Name: fmt.Sprintf("svc-%04d", s), Namespace: "default"},
+			Spec:   api.ServiceSpec{Image: "berth.local/hello:v1", Env: map[string]string{"A": "1", "B": "2"}, Ports: []api.Port{{Name: "http", Port: 8080, Protocol: "http"}}},
+			Status: api.ServiceStatus{Revision: 1}}
+		put(serviceKey("default", svc.Metadata.Name), svc)
+		for i := range perService {
+			id := fmt.Sprintf("%s-%03d", svc.Metadata.Name, i)
+			put(InstancesPrefix+id, api.Instance{ID: id, Namespace: "default", Service: svc.Metadata.Name, Revision: 1, Ordinal: int32(i),
+				Template: svc.Spec, Node: fmt.Sprintf("node-%04d", (s+i)%nodes), Desired: api.DesiredRunning})
+			put(StatusPrefix+id, api.InstanceStatus{ID: id, Node: fmt.Sprintf("node-%04d", (s+i)%nodes), Phase: "Running", Ready: true, IP: "10.213.0.2"})
+		}
+	}
+	c.rev = rev
+	return c
+}
+
+// BenchmarkCacheViewAfterHeartbeat: the View rebuilt after one node's
+// heartbeat, at 1,000 services x 10 instances on 100 nodes (heartbeats
+// arrive 2/s per node, so this runs 200 times a second at that size).
+func BenchmarkCacheViewAfterHeartbeat(b *testing.B) {
+	c := cacheWith(1000, 10, 100)
+	c.View()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		c.put(leaseKey("node-0001"), []byte(mustJSON(LeaseValue{At: time.Unix(int64(1_700_000_000+i), 0)})), c.rev+1)
+		c.rev++
+		if v := c.View(); len(v.Instances) != 10000 {
+			b.Fatal(len(v.Instances))
+		}
+	}
+}
+
+// The view is the same whether built at once or after changes one by one,
+// and a change is seen in the next view.
+func TestCacheViewFollowsChanges(t *testing.T) {
+	c := cacheWith(3, 2, 2)
+	v := c.View()
+	if len(v.Services) != 3 || len(v.Instances) != 6 || len(v.Statuses) != 6 || len(v.Nodes) != 2 || !v.LiveNodes["node-0000"] || v.DNSVersions["node-0001"] != 7 {
+		t.Fatalf("view: %d services, %d instances, %d statuses, %d nodes, live %v, dns %v", len(v.Services), len(v.Instances), len(v.Statuses), len(v.Nodes), v.LiveNodes, v.DNSVersions)
+	}
+	in := v.Instances[0].Instance
+	in.Desired = api.DesiredStopped
+	c.put(InstancesPrefix+in.ID, []byte(mustJSON(in)), c.rev+1)
+	c.rev++
+	c.delete(StatusPrefix + in.ID)
+	c.delete(leaseKey("node-0000"))
+	v2 := c.View()
+	if v2 == v {
+		t.Fatal("the view was not rebuilt after a change")
+	}
+	if got := v2.Instances[0]; got.Instance.Desired != api.DesiredStopped || got.ModRevision != c.rev {
+		t.Fatalf("changed instance: %+v", got)
+	}
+	if _, ok := v2.Statuses[in.ID]; ok || v2.LiveNodes["node-0000"] || len(v2.Statuses) != 5 {
+		t.Fatalf("deleted keys still in the view: status %v live %v", v2.Statuses[in.ID], v2.LiveNodes)
+	}
+	if v.Instances[0].Instance.Desired != api.DesiredRunning {
+		t.Fatal("an earlier view changed")
+	}
+	// A heartbeat alone: the instances are shared with the view before,
+	// the node's liveness is new.
+	c.put(leaseKey("node-0000"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_100, 0), DNSVersion: 9})), c.rev+1)
+	c.rev++
+	v3 := c.View()
+	if &v3.Instances[0] != &v2.Instances[0] || !v3.LiveNodes["node-0000"] || v3.DNSVersions["node-0000"] != 9 || !v3.Nodes[0].Ready || v3.Nodes[0].DNSVersion != 9 {
+		t.Fatalf("after a heartbeat: shared %v, live %v, dns %v, node %+v", &v3.Instances[0] == &v2.Instances[0], v3.LiveNodes, v3.DNSVersions, v3.Nodes[0])
+	}
+	// A status change after that is seen (the shared copy is not reused).
+	c.put(StatusPrefix+in.ID, []byte(mustJSON(api.InstanceStatus{ID: in.ID, Phase: "Stopped"})), c.rev+1)
+	c.rev++
+	if v4 := c.View(); v4.Statuses[in.ID].Phase != "Stopped" || len(v4.Statuses) != 6 {
+		t.Fatalf("status after a heartbeat-only view: %+v (%d)", v4.Statuses[in.ID], len(v4.Statuses))
+	}
+	// A malformed value is left out, not fatal.
+	c.put(serviceKey("default", "bad"), []byte("{not json"), c.rev+1)
+	if v3 := c.View(); len(v3.Services) != 3 {
+		t.Fatalf("malformed service: %d services", len(v3.Services))
+	}
+}
+
+// BenchmarkCacheViewAfterStatus: the View rebuilt after one instance's
+// status changed, at the same size (every object decoded once; the
+// instances are collected and sorted again).
+func BenchmarkCacheViewAfterStatus(b *testing.B) {
+	c := cacheWith(1000, 10, 100)
+	c.View()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		c.put(StatusPrefix+"svc-0001-001", []byte(mustJSON(api.InstanceStatus{ID: "svc-0001-001", Ready: i%2 == 0})), c.rev+1)
+		c.rev++
+		if v := c.View(); len(v.Instances) != 10000 {
+			b.Fatal(len(v.Instances))
+		}
+	}
+}
