@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -417,45 +418,52 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 		case <-s.cache.Ready():
 		}
 		v := s.cache.View()
-		msg := &pb.Assignments{Revision: v.Revision}
+		// What the agent acts on, compared before anything is converted:
+		// most changes (heartbeats, other nodes) leave a node's set alone.
+		var mine []int
 		var ids []string
-		for _, vi := range v.Instances {
-			if vi.Instance.Node != req.Node {
-				continue
-			}
-			msg.Instances = append(msg.Instances, pb.FromInstance(&vi.Instance))
-			ids = append(ids, fmt.Sprintf("%s:%s:%t", vi.Instance.ID, vi.Instance.Desired, vi.Instance.Draining))
-			if st, ok := v.Statuses[vi.Instance.ID]; ok {
-				msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))
+		for i, vi := range v.Instances {
+			if vi.Instance.Node == req.Node {
+				mine = append(mine, i)
+				ids = append(ids, vi.Instance.ID+":"+vi.Instance.Desired+":"+strconv.FormatBool(vi.Instance.Draining))
 			}
 		}
-		sort.Strings(ids)
-		for _, in := range msg.Instances {
-			for _, m := range in.Template.GetVolumes() {
-				key := in.Namespace + "/" + m.Name
-				if vv, ok := v.Volumes[key]; ok && !m.Tmpfs {
-					if size, err := api.ParseMemory(vv.Volume.Spec.Size); err == nil && size > 0 {
-						if msg.VolumeSizes == nil {
-							msg.VolumeSizes = map[string]int64{}
-						}
-						msg.VolumeSizes[key] = size
-					}
-				}
-			}
-		}
+		var deleteVolumes []string
 		for key, vv := range v.Volumes {
 			if vv.Volume.Status.Deleting && vv.Volume.Status.Node == req.Node {
-				msg.DeleteVolumes = append(msg.DeleteVolumes, key)
+				deleteVolumes = append(deleteVolumes, key)
 				ids = append(ids, "rmvol:"+key)
 			}
 		}
-		sort.Strings(msg.DeleteVolumes)
 		sort.Strings(ids)
 		if key := strings.Join(ids, ","); key != last || last == "" {
 			last = key
 			if last == "" {
 				last = "-"
 			}
+			msg := &pb.Assignments{Revision: v.Revision}
+			for _, i := range mine {
+				in := &v.Instances[i].Instance
+				msg.Instances = append(msg.Instances, pb.FromInstance(in))
+				if st, ok := v.Statuses[in.ID]; ok {
+					msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))
+				}
+			}
+			for _, in := range msg.Instances {
+				for _, m := range in.Template.GetVolumes() {
+					key := in.Namespace + "/" + m.Name
+					if vv, ok := v.Volumes[key]; ok && !m.Tmpfs {
+						if size, err := api.ParseMemory(vv.Volume.Spec.Size); err == nil && size > 0 {
+							if msg.VolumeSizes == nil {
+								msg.VolumeSizes = map[string]int64{}
+							}
+							msg.VolumeSizes[key] = size
+						}
+					}
+				}
+			}
+			sort.Strings(deleteVolumes)
+			msg.DeleteVolumes = deleteVolumes
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
