@@ -715,13 +715,23 @@ func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route
 		}
 		var u *upstreamCluster
 		if c := st.clusters[name]; c != nil {
-			u = &upstreamCluster{
-				name: name, state: reg.cluster(name), lb: c.lb, choices: c.choices,
-				connectTimeout: c.connectTimeout, outlier: c.outlier, retries: c.retries,
+			addrs := st.endpoints[c.edsName]
+			if b, ok := reg.built[name]; ok && b.cluster == c && sameSlice(b.addrs, addrs) {
+				// Neither the cluster nor its endpoints changed: the
+				// table shares the previous one's (most changes move a
+				// single load assignment).
+				u = b.upstream
+				reg.keep(u)
+			} else {
+				u = &upstreamCluster{
+					name: name, state: reg.cluster(name), lb: c.lb, choices: c.choices,
+					connectTimeout: c.connectTimeout, outlier: c.outlier, retries: c.retries,
+				}
+				for _, addr := range addrs {
+					u.endpoints = append(u.endpoints, reg.endpoint(addr))
+				}
 			}
-			for _, addr := range st.endpoints[c.edsName] {
-				u.endpoints = append(u.endpoints, reg.endpoint(addr))
-			}
+			reg.building[name] = builtUpstream{cluster: c, addrs: addrs, upstream: u}
 		}
 		upstreams[name] = u
 		return u
@@ -775,10 +785,38 @@ type registry struct {
 	clusters  map[string]*clusterState
 	used      map[string]bool // addresses in the table being built
 	usedCl    map[string]bool
+
+	// built holds the upstream clusters of the last swept table with what
+	// they were built from; building those of the table being built. Only
+	// the ADS goroutine touches them.
+	built, building map[string]builtUpstream
+}
+
+type builtUpstream struct {
+	cluster  *compiledCluster
+	addrs    []string
+	upstream *upstreamCluster
+}
+
+// sameSlice reports whether a and b are the same slice (compiled states
+// share unchanged load assignments).
+func sameSlice(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// keep marks a reused upstream cluster and its endpoints as in use.
+func (r *registry) keep(u *upstreamCluster) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.usedCl[u.name] = true
+	for _, e := range u.endpoints {
+		r.used[e.addr] = true
+	}
 }
 
 func newRegistry(maxIdle int) *registry {
-	return &registry{maxIdle: maxIdle, endpoints: map[string]*endpoint{}, clusters: map[string]*clusterState{}, used: map[string]bool{}, usedCl: map[string]bool{}}
+	return &registry{maxIdle: maxIdle, endpoints: map[string]*endpoint{}, clusters: map[string]*clusterState{}, used: map[string]bool{}, usedCl: map[string]bool{},
+		built: map[string]builtUpstream{}, building: map[string]builtUpstream{}}
 }
 
 func (r *registry) endpoint(addr string) *endpoint {
@@ -823,6 +861,8 @@ func (r *registry) sweep() {
 	}
 	clear(r.used)
 	clear(r.usedCl)
+	r.built, r.building = r.building, r.built
+	clear(r.building)
 	r.mu.Unlock()
 	for _, e := range retired {
 		e.retire()
