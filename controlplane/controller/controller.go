@@ -68,6 +68,11 @@ type Controller struct {
 	reconciles prometheus.Counter
 	conflicts  prometheus.Counter
 	placed     prometheus.Counter
+	// rollouts counts finished rollouts by strategy and result;
+	// canaryWeight is each active canary's share of traffic.
+	rollouts     *prometheus.CounterVec
+	canaryWeight *prometheus.GaugeVec
+	rolloutPhase map[string]int64 // service -> -revision while active, revision once done
 }
 
 // New returns a controller.
@@ -84,13 +89,17 @@ func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
 	c := &Controller{
 		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), loads: cfg.Loads,
 		logger: cfg.Logger.With("component", "controller"), now: time.Now,
-		unschedulable: map[string]string{},
-		reconciles:    prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
-		conflicts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
-		placed:        prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),
+		unschedulable: map[string]string{}, rolloutPhase: map[string]int64{},
+		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
+		conflicts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
+		placed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),
+		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_rollouts_total",
+			Help: "Rollouts finished, by strategy and result (Succeeded, RolledBack, Aborted)."}, []string{"strategy", "result"}),
+		canaryWeight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_rollout_canary_weight",
+			Help: "Percent of traffic an active canary gets."}, []string{"namespace", "service"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed)
+		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed, c.rollouts, c.canaryWeight)
 	}
 	return c
 }

@@ -247,6 +247,7 @@ func DecideRolling(r api.Rollout, in RollingInputs) RolloutDecision {
 // a serving one, and follows the active ones: canaries step by step,
 // rolling updates to completion, both within their progress deadline.
 func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error {
+	c.observeRollouts(v)
 	now := c.now().UTC()
 	for i := range v.Services {
 		svc := &v.Services[i]
@@ -313,6 +314,33 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 		}
 	}
 	return nil
+}
+
+// observeRollouts keeps the rollout metrics from the view, whoever changed
+// a rollout (the controllers, or an abort through the API): the weight of
+// each active canary, and a count of each rollout that finished since this
+// controller first saw it active.
+func (c *Controller) observeRollouts(v *store.View) {
+	for key, vr := range v.Rollouts {
+		r := vr.Rollout
+		was := c.rolloutPhase[key]
+		c.rolloutPhase[key] = r.Revision
+		if r.Active() {
+			c.rolloutPhase[key] = -r.Revision // active: negative
+			if r.Canary() {
+				c.canaryWeight.WithLabelValues(r.Namespace, r.Service).Set(float64(r.Weight))
+			}
+			continue
+		}
+		if was == -r.Revision {
+			strategy := api.StrategyCanary
+			if !r.Canary() {
+				strategy = api.StrategyRolling
+			}
+			c.rollouts.WithLabelValues(strategy, r.Phase).Inc()
+			c.canaryWeight.DeleteLabelValues(r.Namespace, r.Service)
+		}
+	}
 }
 
 // canaryInputs gathers what DecideRollout reads. wait is true when the
