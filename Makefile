@@ -9,7 +9,7 @@ IMAGES := images
 GOFLAGS_BUILD := -trimpath
 TEST_TIMEOUT ?= 10m
 
-.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways clean
+.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
 
 all: build
 
@@ -63,7 +63,7 @@ fuzz:
 
 # Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
 # endpoints, Berth against plain `ctr run` on the same containerd. Needs root.
-bench: bench-startup bench-gateway bench-scheduler bench-dns bench-xds bench-xds-gateways
+bench: bench-startup bench-gateway bench-scheduler bench-dns bench-xds bench-xds-gateways bench-cp-scale
 
 bench-startup: containerd build images
 	@bench/startup.sh
@@ -93,6 +93,14 @@ bench-xds:
 # world, same snapshot and changes; prints the ratios.
 bench-xds-gateways:
 	@bench/xds-gateways.sh
+
+# bench-cp-scale: the control plane (embedded etcd, controllers, API) with
+# 20 simulated node agents in a child process, no containerd: 200 services
+# x 10 replicas applied -> all ready, steady-state CPU per heartbeat, five
+# rolling changes, scale to 11 replicas. Loopback only; stops by itself.
+# BENCH_CP_SCALE_FLAGS changes the size (-nodes, -services, -replicas).
+bench-cp-scale:
+	$(GO) run ./bench/cpscale -timeout 10m $(BENCH_CP_SCALE_FLAGS)
 
 clean:
 	rm -rf $(BIN) $(IMAGES)

@@ -1,0 +1,522 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+)
+
+// tokenEnv carries the join token to the agents' process (not on its
+// command line, where ps would show it).
+const tokenEnv = "CPSCALE_JOIN_TOKEN"
+
+// fleet is the agents' process: its counters are what the benchmark
+// process reads (a "stats" line on stdin answers one line on stdout).
+type fleet struct {
+	agents []*simAgent
+
+	registered, heartbeats, heartbeatErrs atomic.Int64
+	snapshots, snapshotBytes              atomic.Int64
+	assignments, reports, reportErrs      atomic.Int64
+
+	// errors prints each distinct error once, to stderr.
+	mu     sync.Mutex
+	errors map[string]bool
+}
+
+func (f *fleet) logOnce(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.errors[msg] || len(f.errors) > 50 {
+		return
+	}
+	f.errors[msg] = true
+	fmt.Fprintln(os.Stderr, "cpscale agents:", msg)
+}
+
+// agentStats is one "stats" answer. Live counts the instances agents hold
+// with desired running and not draining; Ready, those of them reported
+// Ready (and stored: the ReportStatus call returned); Total, every
+// instance assigned to them, draining and stopped ones too.
+type agentStats struct {
+	Registered, Heartbeats, HeartbeatErrs int64
+	Snapshots, SnapshotBytes              int64
+	Assignments, Reports, ReportErrs      int64
+	Live, Ready, Total                    int64
+	CPU                                   time.Duration
+}
+
+var statsFields = []string{"registered", "heartbeats", "heartbeat_errors", "snapshots", "snapshot_bytes",
+	"assignments", "reports", "report_errors", "live", "ready", "total", "cpu_ns"}
+
+func (s *agentStats) fields() []*int64 {
+	return []*int64{&s.Registered, &s.Heartbeats, &s.HeartbeatErrs, &s.Snapshots, &s.SnapshotBytes,
+		&s.Assignments, &s.Reports, &s.ReportErrs, &s.Live, &s.Ready, &s.Total, (*int64)(&s.CPU)}
+}
+
+func (s agentStats) String() string {
+	var b strings.Builder
+	for i, p := range s.fields() {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", statsFields[i], *p)
+	}
+	return b.String()
+}
+
+func parseStats(line string) (agentStats, error) {
+	var s agentStats
+	kv := map[string]string{}
+	for f := range strings.FieldsSeq(line) {
+		k, v, _ := strings.Cut(f, "=")
+		kv[k] = v
+	}
+	for i, p := range s.fields() {
+		v, err := strconv.ParseInt(kv[statsFields[i]], 10, 64)
+		if err != nil {
+			return s, fmt.Errorf("agents' stats line %q: %s: %w", line, statsFields[i], err)
+		}
+		*p = v
+	}
+	return s, nil
+}
+
+func (f *fleet) stats(cpu0 time.Duration) agentStats {
+	s := agentStats{
+		Registered: f.registered.Load(), Heartbeats: f.heartbeats.Load(), HeartbeatErrs: f.heartbeatErrs.Load(),
+		Snapshots: f.snapshots.Load(), SnapshotBytes: f.snapshotBytes.Load(),
+		Assignments: f.assignments.Load(), Reports: f.reports.Load(), ReportErrs: f.reportErrs.Load(),
+		CPU: cpuTime() - cpu0,
+	}
+	for _, a := range f.agents {
+		s.Live += a.live.Load()
+		s.Ready += a.ready.Load()
+		s.Total += a.total.Load()
+	}
+	return s
+}
+
+// runAgents runs n simulated agents against the control plane at addr
+// until SIGTERM or until stdin closes (the benchmark process is gone).
+func runAgents(addr string, n int) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	var conns []*grpc.ClientConn
+	defer func() {
+		cancel() // first, so that the agents do not take the closing for an error
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	token := os.Getenv(tokenEnv)
+	f := &fleet{errors: map[string]bool{}}
+	errc := make(chan error, n)
+	for i := range n {
+		conn, err := pb.Dial(addr, pb.WithJoinToken(token)...)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, conn)
+		a := &simAgent{
+			name: fmt.Sprintf("node-%03d", i), address: fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250),
+			client: pb.NewNodeAgentClient(conn), fleet: f, beatNow: make(chan struct{}, 1),
+		}
+		f.agents = append(f.agents, a)
+	}
+	for _, a := range f.agents {
+		go func() {
+			if err := a.run(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", a.name, err)
+			}
+		}()
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	sig := make(chan os.Signal, 1)
+	signalNotify(sig)
+	cpu0 := cpuTime()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-sig:
+			return nil
+		case line, ok := <-lines:
+			if !ok {
+				return nil
+			}
+			if line == "stats" {
+				fmt.Println(f.stats(cpu0))
+			}
+		}
+	}
+}
+
+// simAgent does what nodeagent.Agent does towards the control plane, with
+// no containers: every instance it is told to run is at once Running and
+// Ready with an address from its pod subnet.
+type simAgent struct {
+	name, address string
+	client        pb.NodeAgentClient
+	fleet         *fleet
+
+	dnsVersion atomic.Uint64
+	beatNow    chan struct{}
+	live       atomic.Int64
+	ready      atomic.Int64
+	total      atomic.Int64
+
+	// Owned by the assignments loop.
+	hosts    *hostPool
+	want     map[string]*pb.InstanceStatus // what the instances are now
+	reported map[string]*pb.InstanceStatus // what the control plane has stored
+	liveIDs  []string                      // assigned, desired running, not draining
+}
+
+func (a *simAgent) run(ctx context.Context) error {
+	reg, err := a.register(ctx)
+	if err != nil {
+		return err
+	}
+	subnet, err := netip.ParsePrefix(reg.PodCidr)
+	if err != nil {
+		return fmt.Errorf("pod subnet %q: %w", reg.PodCidr, err)
+	}
+	a.hosts = newHostPool(subnet)
+	a.want, a.reported = map[string]*pb.InstanceStatus{}, map[string]*pb.InstanceStatus{}
+	a.fleet.registered.Add(1)
+	go a.heartbeat(ctx, time.Duration(reg.HeartbeatIntervalMs)*time.Millisecond)
+	go a.retry(ctx, "discovery", a.followDiscovery)
+	latest := make(chan *pb.Assignments, 1)
+	go a.retry(ctx, "assignments", func(ctx context.Context) error { return a.followAssignments(ctx, latest) })
+	return a.assignmentsLoop(ctx, latest)
+}
+
+// register retries like the real agent: the control plane may be busy, and
+// concurrent joins conflict on the subnet claim.
+func (a *simAgent) register(ctx context.Context) (*pb.RegisterResponse, error) {
+	req := &pb.RegisterRequest{Name: a.name, Address: a.address,
+		Capacity: &pb.Capacity{MilliCpu: 16000, MemoryBytes: 64 << 30}}
+	backoff := 100 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := a.client.Register(rctx, req)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		if c := status.Code(err); c == codes.InvalidArgument || c == codes.Unauthenticated {
+			return nil, fmt.Errorf("register: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// heartbeat runs every interval and at once after each snapshot, with the
+// last snapshot version received (nodeagent.Agent.heartbeat).
+func (a *simAgent) heartbeat(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.beatNow:
+		}
+		hctx, cancel := context.WithTimeout(ctx, every)
+		_, err := a.client.Heartbeat(hctx, &pb.HeartbeatRequest{Name: a.name, DnsVersion: a.dnsVersion.Load()})
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				a.fleet.heartbeatErrs.Add(1)
+				a.fleet.logOnce("heartbeat: %v", err)
+			}
+			continue
+		}
+		a.fleet.heartbeats.Add(1)
+	}
+}
+
+func (a *simAgent) retry(ctx context.Context, what string, f func(context.Context) error) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := f(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.fleet.logOnce("%s stream ended: %v", what, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// followDiscovery receives every snapshot, as the real agent's node-local
+// DNS does, but decodes only its version (versionCodec): decoding 10,000
+// endpoints per agent per snapshot would take the CPU the control plane
+// is measured on.
+func (a *simAgent) followDiscovery(ctx context.Context) error {
+	codec := &versionCodec{fleet: a.fleet}
+	stream, err := a.client.WatchDiscovery(ctx, &pb.WatchDiscoveryRequest{Node: a.name}, grpc.ForceCodec(codec))
+	if err != nil {
+		return err
+	}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		a.fleet.snapshots.Add(1)
+		a.dnsVersion.Store(msg.Version)
+		select {
+		case a.beatNow <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// followAssignments keeps only the latest set: assignments are level
+// triggered.
+func (a *simAgent) followAssignments(ctx context.Context, latest chan *pb.Assignments) error {
+	stream, err := a.client.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: a.name})
+	if err != nil {
+		return err
+	}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		a.fleet.assignments.Add(1)
+		select {
+		case <-latest:
+		default:
+		}
+		latest <- msg
+	}
+}
+
+// assignmentsLoop turns each assignment set into the statuses a real agent
+// would reach, and reports those that changed in one batch (as
+// nodeagent's loop.report does), retrying a failed report every second.
+func (a *simAgent) assignmentsLoop(ctx context.Context, latest chan *pb.Assignments) error {
+	retry := time.NewTicker(time.Second)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case msg := <-latest:
+			if err := a.apply(msg); err != nil {
+				return err
+			}
+		case <-retry.C:
+		}
+		a.report(ctx)
+	}
+}
+
+func (a *simAgent) apply(msg *pb.Assignments) error {
+	now := timestamppb.Now()
+	seen := make(map[string]bool, len(msg.Instances))
+	var live []string
+	for _, in := range msg.Instances {
+		seen[in.Id] = true
+		cur := a.want[in.Id]
+		switch in.Desired {
+		case api.DesiredRunning:
+			if !in.Draining {
+				live = append(live, in.Id)
+			}
+			if cur != nil && cur.Phase == api.PhaseRunning {
+				continue
+			}
+			ip, err := a.hosts.take(in.Id)
+			if err != nil {
+				return err
+			}
+			a.want[in.Id] = &pb.InstanceStatus{Id: in.Id, Node: a.name, Phase: api.PhaseRunning, ContainerId: in.Id,
+				Ip: ip.String(), Ready: true, StartedAt: now, UpdatedAt: now}
+		case api.DesiredStopped:
+			if cur != nil && cur.Phase == api.PhaseStopped {
+				continue
+			}
+			a.hosts.release(in.Id)
+			a.want[in.Id] = &pb.InstanceStatus{Id: in.Id, Node: a.name, Phase: api.PhaseStopped, UpdatedAt: now}
+		}
+	}
+	// Deleted instances: their containers are gone, their status too.
+	for id := range a.want {
+		if !seen[id] {
+			a.hosts.release(id)
+			delete(a.want, id)
+			delete(a.reported, id)
+		}
+	}
+	a.live.Store(int64(len(live)))
+	a.total.Store(int64(len(msg.Instances)))
+	a.countReady(live)
+	a.liveIDs = live
+	return nil
+}
+
+func (a *simAgent) countReady(live []string) {
+	n := 0
+	for _, id := range live {
+		if st := a.reported[id]; st != nil && st.Phase == api.PhaseRunning && st.Ready {
+			n++
+		}
+	}
+	a.ready.Store(int64(n))
+}
+
+func (a *simAgent) report(ctx context.Context) {
+	var batch []*pb.InstanceStatus
+	for id, st := range a.want {
+		if a.reported[id] != st {
+			batch = append(batch, st)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := a.client.ReportStatus(rctx, &pb.ReportStatusRequest{Node: a.name, Statuses: batch}); err != nil {
+		if ctx.Err() == nil {
+			a.fleet.reportErrs.Add(1)
+			a.fleet.logOnce("report status (%d statuses): %v", len(batch), err)
+		}
+		return
+	}
+	a.fleet.reports.Add(1)
+	for _, st := range batch {
+		a.reported[st.Id] = st
+	}
+	a.countReady(a.liveIDs)
+}
+
+// hostPool hands out a pod subnet's addresses (.1 is the bridge), as the
+// host-local IPAM does: an address is free again once its instance stops.
+type hostPool struct {
+	next  netip.Addr
+	last  netip.Addr
+	free  []netip.Addr
+	taken map[string]netip.Addr
+}
+
+func newHostPool(p netip.Prefix) *hostPool {
+	first := p.Masked().Addr()
+	last := first
+	for range 1<<(32-p.Bits()) - 2 { // the broadcast address stays out
+		last = last.Next()
+	}
+	return &hostPool{next: first.Next().Next(), last: last, taken: map[string]netip.Addr{}}
+}
+
+func (h *hostPool) take(id string) (netip.Addr, error) {
+	if ip, ok := h.taken[id]; ok {
+		return ip, nil
+	}
+	var ip netip.Addr
+	switch {
+	case len(h.free) > 0:
+		ip, h.free = h.free[len(h.free)-1], h.free[:len(h.free)-1]
+	case h.next.Compare(h.last) <= 0:
+		ip, h.next = h.next, h.next.Next()
+	default:
+		return ip, errors.New("pod subnet exhausted")
+	}
+	h.taken[id] = ip
+	return ip, nil
+}
+
+func (h *hostPool) release(id string) {
+	if ip, ok := h.taken[id]; ok {
+		delete(h.taken, id)
+		h.free = append(h.free, ip)
+	}
+}
+
+// versionCodec is the proto codec for WatchDiscovery that decodes only a
+// snapshot's version (field 1) and counts the bytes received. Its name is
+// "proto", so the server sees an ordinary call.
+type versionCodec struct{ fleet *fleet }
+
+func (versionCodec) Name() string { return "proto" }
+
+func (versionCodec) Marshal(v any) ([]byte, error) { return proto.Marshal(v.(proto.Message)) }
+
+func (c versionCodec) Unmarshal(data []byte, v any) error {
+	snap, ok := v.(*pb.DiscoverySnapshot)
+	if !ok {
+		return proto.Unmarshal(data, v.(proto.Message))
+	}
+	c.fleet.snapshotBytes.Add(int64(len(data)))
+	snap.Reset()
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		data = data[n:]
+		if num == 1 && typ == protowire.VarintType {
+			v, m := protowire.ConsumeVarint(data)
+			if m < 0 {
+				return protowire.ParseError(m)
+			}
+			snap.Version, data = v, data[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, data)
+		if m < 0 {
+			return protowire.ParseError(m)
+		}
+		data = data[m:]
+	}
+	return nil
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
