@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"github.com/berth-dev/berth/controlplane/store"
 	"log/slog"
 	"net/url"
 	"os"
@@ -29,6 +30,9 @@ type EmbeddedEtcd struct {
 // EtcdTuning selects election timing: fast for tests, default otherwise.
 type EtcdTuning struct {
 	TickMs, ElectionMs uint
+	// MaxTxnOps limits operations per transaction (0: EmbeddedMaxTxnOps;
+	// etcd's own default, what an external etcd has, is 128).
+	MaxTxnOps uint
 }
 
 // StartEmbeddedEtcd starts etcd in dir and waits until it serves.
@@ -58,6 +62,12 @@ func StartEmbeddedEtcd(dir string, tuning EtcdTuning, logger *slog.Logger) (*Emb
 	cfg.ListenMetricsUrls = nil
 	if tuning.TickMs > 0 {
 		cfg.TickMs, cfg.ElectionMs = tuning.TickMs, tuning.ElectionMs
+	}
+	// An apply is one transaction: allow large ones (etcd's default is 128
+	// operations).
+	cfg.MaxTxnOps = store.EmbeddedMaxTxnOps
+	if tuning.MaxTxnOps > 0 {
+		cfg.MaxTxnOps = tuning.MaxTxnOps
 	}
 	// Keep the history small: compact hourly.
 	cfg.AutoCompactionMode = "periodic"

@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 	ccfg.Loads = cfg.Loads
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	ccfg.VersionFor = s.publisher.VersionFor
-	s.ctrl = controller.New(ccfg, s.store, s.cache)
+	s.ctrl = controller.New(ccfg, s.store.Tracked(), s.cache)
 	s.api, err = apiserver.New(apiserver.Config{
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),
 		ClusterCIDR:       cfg.ClusterCIDR,

@@ -555,3 +555,80 @@ func TestOldEventsAreNotListedAndArePruned(t *testing.T) {
 		t.Fatalf("stored after pruning:\n%s", all)
 	}
 }
+
+// With etcd's default limit of 128 operations per transaction (what an
+// external etcd has), 300 replicas of one service are created, placed and,
+// scaled to 0, stopped: the controllers split their work across passes.
+// One transaction of everything used to fail on every pass.
+func TestControllersStayWithinEtcdsTransactionLimit(t *testing.T) {
+	h := start(t, func(c *Config) { c.Etcd.MaxTxnOps = 128 })
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "node-1", Address: "127.0.0.1", Capacity: &pb.Capacity{MilliCpu: 1_000_000, MemoryBytes: 1 << 40}}); err != nil {
+		t.Fatal(err)
+	}
+	// One apply is one transaction: too many objects for it is a clear
+	// error that stores nothing.
+	var many []*pb.Service
+	for i := range 70 {
+		svc := helloSpec(1)
+		svc.Metadata.Name = fmt.Sprintf("many-%02d", i)
+		many = append(many, svc)
+	}
+	_, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: many})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "applying 70 objects takes") || !strings.Contains(err.Error(), "apply them in smaller groups") {
+		t.Fatalf("apply of 70 services under a 128-operation limit: %v", err)
+	}
+	if list, _ := h.berth.ListServices(ctx, &pb.ListServicesRequest{}); len(list.GetServices()) != 0 {
+		t.Fatalf("a failed apply stored %d services", len(list.GetServices()))
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(300)}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "300 instances placed", func() (bool, string) {
+		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		placed := 0
+		for _, iv := range l.GetInstances() {
+			if iv.Instance.Node == "node-1" {
+				placed++
+			}
+		}
+		return len(l.GetInstances()) == 300 && placed == 300, fmt.Sprintf("%d instances, %d placed", len(l.GetInstances()), placed)
+	})
+	// Each replica was created once: the controllers never decide on a
+	// view that does not show their own last commit.
+	evs, err := h.srv.Store().ListEvents(ctx, "default", "service/hello", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := 0
+	for _, ev := range evs {
+		if ev.Reason == "InstanceCreated" {
+			created++
+		}
+	}
+	if created != 300 {
+		t.Fatalf("%d instances created for 300 replicas", created)
+	}
+	// A report of all 300 statuses at once (PutStatuses splits it too).
+	l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+	var statuses []*pb.InstanceStatus
+	for i, iv := range l.Instances {
+		statuses = append(statuses, &pb.InstanceStatus{Id: iv.Instance.Id, Node: "node-1", Phase: "Running", Ready: true, Ip: fmt.Sprintf("10.213.%d.%d", i/250, i%250+2)})
+	}
+	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-1", Statuses: statuses}); err != nil {
+		t.Fatalf("report of 300 statuses: %v", err)
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(0)}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "all 300 told to stop", func() (bool, string) {
+		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		stopped := 0
+		for _, iv := range l.GetInstances() {
+			if iv.Instance.Desired == "stopped" {
+				stopped++
+			}
+		}
+		return stopped == 300, fmt.Sprint(stopped)
+	})
+}

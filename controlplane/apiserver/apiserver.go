@@ -106,6 +106,8 @@ func storeErr(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, store.ErrTooLarge):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.Canceled, err.Error())
 	default:
@@ -409,8 +411,10 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 	if req.Node == "" {
 		return status.Error(codes.InvalidArgument, "watch assignments: node is required")
 	}
-	changes := s.cache.Subscribe()
+	changes, unsubscribe := s.cache.Subscribe()
+	defer unsubscribe()
 	var last string
+	var lastGen uint64
 	for {
 		select {
 		case <-stream.Context().Done():
@@ -418,15 +422,22 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 		case <-s.cache.Ready():
 		}
 		v := s.cache.View()
+		if last != "" && v.Gen == lastGen {
+			// Only heartbeats or gateway states changed.
+			select {
+			case <-stream.Context().Done():
+				return nil
+			case <-changes:
+			}
+			continue
+		}
+		lastGen = v.Gen
 		// What the agent acts on, compared before anything is converted:
 		// most changes (heartbeats, other nodes) leave a node's set alone.
-		var mine []int
+		mine := v.NodeInstances(req.Node)
 		var ids []string
-		for i, vi := range v.Instances {
-			if vi.Instance.Node == req.Node {
-				mine = append(mine, i)
-				ids = append(ids, vi.Instance.ID+":"+vi.Instance.Desired+":"+strconv.FormatBool(vi.Instance.Draining))
-			}
+		for _, vi := range mine {
+			ids = append(ids, vi.Instance.ID+":"+vi.Instance.Desired+":"+strconv.FormatBool(vi.Instance.Draining))
 		}
 		var deleteVolumes []string
 		for key, vv := range v.Volumes {
@@ -442,8 +453,8 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 				last = "-"
 			}
 			msg := &pb.Assignments{Revision: v.Revision}
-			for _, i := range mine {
-				in := &v.Instances[i].Instance
+			for i := range mine {
+				in := &mine[i].Instance
 				msg.Instances = append(msg.Instances, pb.FromInstance(in))
 				if st, ok := v.Statuses[in.ID]; ok {
 					msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))

@@ -161,7 +161,8 @@ func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.D
 // WatchNodes streams the node list when addresses, subnets or readiness
 // change.
 func (s *Server) WatchNodes(req *pb.WatchNodesRequest, stream pb.NodeAgent_WatchNodesServer) error {
-	changes := s.cache.Subscribe()
+	changes, unsubscribe := s.cache.Subscribe()
+	defer unsubscribe()
 	var last string
 	for {
 		select {

@@ -68,6 +68,7 @@ type Controller struct {
 	reconciles prometheus.Counter
 	conflicts  prometheus.Counter
 	placed     prometheus.Counter
+	stale      prometheus.Counter
 	// rollouts counts finished rollouts by strategy and result;
 	// canaryWeight is each active canary's share of traffic.
 	rollouts     *prometheus.CounterVec
@@ -93,20 +94,23 @@ func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
 		conflicts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
 		placed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_stale_views_total",
+			Help: "Reconcile passes ended early because the cache did not show the controllers' own last write yet."}),
 		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_rollouts_total",
 			Help: "Rollouts finished, by strategy and result (Succeeded, RolledBack, Aborted)."}, []string{"strategy", "result"}),
 		canaryWeight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_rollout_canary_weight",
 			Help: "Percent of traffic an active canary gets."}, []string{"namespace", "service"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed, c.rollouts, c.canaryWeight)
+		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed, c.stale, c.rollouts, c.canaryWeight)
 	}
 	return c
 }
 
 // Run reconciles on every change and every Resync until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	changes := c.cache.Subscribe()
+	changes, unsubscribe := c.cache.Subscribe()
+	defer unsubscribe()
 	tick := time.NewTicker(c.cfg.Resync)
 	defer tick.Stop()
 	select {
@@ -115,6 +119,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	case <-c.cache.Ready():
 	}
 	var pruned time.Time
+	full, lastGen := true, uint64(0)
 	for {
 		if now := c.now(); now.Sub(pruned) >= time.Minute {
 			pruned = now
@@ -124,7 +129,17 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.logger.Debug("pruned old events", "count", n)
 			}
 		}
-		if err := c.Reconcile(ctx); err != nil && ctx.Err() == nil {
+		// A change that left placement and discovery alone (a heartbeat,
+		// a gateway's ACK) can only move node states, rollouts and drains
+		// on; the resync tick runs every loop.
+		var err error
+		if gen := c.cache.View().Gen; full || gen != lastGen {
+			lastGen = gen
+			err = c.Reconcile(ctx)
+		} else {
+			err = c.reconcile(ctx, c.reconcileNodes, c.reconcileRollouts, c.drain)
+		}
+		if err != nil && ctx.Err() == nil {
 			if errors.Is(err, store.ErrConflict) {
 				c.conflicts.Inc()
 				c.logger.Debug("reconcile conflict, retrying", "err", err)
@@ -136,35 +151,34 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-changes:
+			full = false
 		case <-tick.C:
+			full = true
 		}
 	}
 }
 
 // Reconcile runs one pass of every loop over the current view.
 func (c *Controller) Reconcile(ctx context.Context) error {
+	return c.reconcile(ctx, c.reconcileNodes, c.reconcileRollouts, c.reconcileReplicas, c.schedule, c.drain, c.collect)
+}
+
+func (c *Controller) reconcile(ctx context.Context, steps ...func(context.Context, *store.View) error) error {
 	c.reconciles.Inc()
-	v := c.cache.View()
 	var errs []error
-	// Each step commits on its own: the next one reads a fresh view.
-	if err := c.reconcileNodes(ctx, v); err != nil {
-		errs = append(errs, err)
-	}
-	if err := c.reconcileRollouts(ctx, c.cache.View()); err != nil {
-		errs = append(errs, err)
-	}
-	v = c.cache.View()
-	if err := c.reconcileReplicas(ctx, v); err != nil {
-		errs = append(errs, err)
-	}
-	if err := c.schedule(ctx, c.cache.View()); err != nil {
-		errs = append(errs, err)
-	}
-	if err := c.drain(ctx, c.cache.View()); err != nil {
-		errs = append(errs, err)
-	}
-	if err := c.collect(ctx, c.cache.View()); err != nil {
-		errs = append(errs, err)
+	// Each step commits on its own and the next reads a fresh view; a view
+	// that does not show the controllers' own last write yet ends the pass
+	// (the cache wakes the next one when it catches up): deciding on it
+	// would, for one, create a service's replicas a second time.
+	for _, step := range steps {
+		v := c.cache.View()
+		if v.Revision < c.store.Written() {
+			c.stale.Inc()
+			break
+		}
+		if err := step(ctx, v); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -233,6 +247,7 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 		if len(changes) == 0 {
 			continue
 		}
+		changes = withinCommit(changes) // the rest on the next pass
 		if err := c.store.CommitInstances(ctx, changes); err != nil {
 			errs = append(errs, fmt.Errorf("controller: replace instances of lost node %s: %w", n.Name, err))
 			continue
@@ -382,13 +397,8 @@ func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.Versioned
 }
 
 func (c *Controller) reconcileReplicas(ctx context.Context, v *store.View) error {
-	byService := map[string][]store.VersionedInstance{}
-	for _, vi := range v.Instances {
-		byService[vi.Instance.ServiceKey()] = append(byService[vi.Instance.ServiceKey()], vi)
-	}
 	now := c.now().UTC()
 	var changes []store.InstanceChange
-	var created, drained []api.Instance
 	seen := map[string]bool{}
 	for i := range v.Services {
 		svc := &v.Services[i]
@@ -397,42 +407,60 @@ func (c *Controller) reconcileReplicas(ctx context.Context, v *store.View) error
 		if vr, ok := v.Rollouts[svc.Key()]; ok {
 			ro = &vr.Rollout
 		}
-		plan := planReplicas(svc, ro, byService[svc.Key()], v.Statuses, now, store.NewInstanceID)
+		plan := planReplicas(svc, ro, v.ServiceInstances(svc.Key()), v.Statuses, now, store.NewInstanceID)
 		for _, in := range plan.Create {
 			changes = append(changes, store.InstanceChange{Instance: in})
-			created = append(created, in)
 		}
 		for _, vi := range plan.Drain {
 			in := vi.Instance
 			in.Draining, in.DrainSince = true, now
 			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
-			drained = append(drained, in)
 		}
 	}
-	for key, instances := range byService {
+	for _, key := range v.InstanceServices() {
 		if seen[key] {
 			continue
 		}
-		for _, vi := range PlanReplicas(nil, instances, v.Statuses, now, store.NewInstanceID).Drain {
+		for _, vi := range PlanReplicas(nil, v.ServiceInstances(key), v.Statuses, now, store.NewInstanceID).Drain {
 			in := vi.Instance
 			in.Draining, in.DrainSince = true, now
 			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
-			drained = append(drained, in)
 		}
 	}
 	if len(changes) == 0 {
 		return nil
 	}
+	changes = withinCommit(changes)
 	if err := c.store.CommitInstances(ctx, changes); err != nil {
 		return fmt.Errorf("controller: replicas: %w", err)
 	}
-	for _, in := range created {
-		c.event(ctx, in.Namespace, "service/"+in.Service, "InstanceCreated", "Normal", "created instance %s (revision %d)", in.ID, in.Revision)
-	}
-	for _, in := range drained {
-		c.event(ctx, in.Namespace, "service/"+in.Service, "Draining", "Normal", "instance %s (revision %d) leaves discovery", in.ID, in.Revision)
+	for _, ch := range changes {
+		in := ch.Instance
+		if ch.ModRevision == 0 {
+			c.event(ctx, in.Namespace, "service/"+in.Service, "InstanceCreated", "Normal", "created instance %s (revision %d)", in.ID, in.Revision)
+		} else {
+			c.event(ctx, in.Namespace, "service/"+in.Service, "Draining", "Normal", "instance %s (revision %d) leaves discovery", in.ID, in.Revision)
+		}
 	}
 	return nil
+}
+
+// withinCommit keeps the first changes that fit in one transaction
+// (store.MaxOpsPerCommit; a delete is two operations). The rest wait for
+// the next pass, which the commit itself triggers.
+func withinCommit(changes []store.InstanceChange) []store.InstanceChange {
+	ops := 0
+	for i, ch := range changes {
+		n := 1
+		if ch.Delete {
+			n = 2
+		}
+		if ops+n > store.MaxOpsPerCommit {
+			return changes[:i]
+		}
+		ops += n
+	}
+	return changes
 }
 
 func (c *Controller) schedule(ctx context.Context, v *store.View) error {
@@ -479,8 +507,12 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 	var volumes []store.VolumeChange
 	bound := map[string]bool{}
 	now := c.now().UTC()
-	for _, p := range placements {
+	for i, p := range placements {
 		in := byID[p.InstanceID]
+		if len(changes)+len(volumes)+1+len(in.Template.VolumeNames(in.Namespace, in.Ordinal)) > store.MaxOpsPerCommit {
+			placements = placements[:i] // the rest on the next pass
+			break
+		}
 		in.Node = p.Node
 		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: rev[in.ID]})
 		for _, key := range in.Template.VolumeNames(in.Namespace, in.Ordinal) {
@@ -574,7 +606,6 @@ func (c *Controller) acked(v *store.View, rev int64) (ok bool, waiting string) {
 func (c *Controller) drain(ctx context.Context, v *store.View) error {
 	now := c.now()
 	var changes []store.InstanceChange
-	var stopped []api.Instance
 	for _, vi := range v.Instances {
 		in := vi.Instance
 		if !in.Draining || in.Desired != api.DesiredRunning {
@@ -592,15 +623,16 @@ func (c *Controller) drain(ctx context.Context, v *store.View) error {
 		}
 		in.Desired = api.DesiredStopped
 		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
-		stopped = append(stopped, in)
 	}
 	if len(changes) == 0 {
 		return nil
 	}
+	changes = withinCommit(changes)
 	if err := c.store.CommitInstances(ctx, changes); err != nil {
 		return fmt.Errorf("controller: stop %d drained instances: %w", len(changes), err)
 	}
-	for _, in := range stopped {
+	for _, ch := range changes {
+		in := ch.Instance
 		c.event(ctx, in.Namespace, "service/"+in.Service, "Stopping", "Normal", "instance %s drained; stopping its container", in.ID)
 	}
 	return nil
@@ -627,6 +659,7 @@ func (c *Controller) collect(ctx context.Context, v *store.View) error {
 	if len(changes) == 0 {
 		return nil
 	}
+	changes = withinCommit(changes)
 	if err := c.store.CommitInstances(ctx, changes); err != nil {
 		return fmt.Errorf("controller: delete %d stopped instances: %w", len(changes), err)
 	}

@@ -30,6 +30,7 @@ type Publisher struct {
 	// covered is the newest etcd revision whose state the latest snapshot
 	// reflects (a newer view with identical content is not re-published).
 	covered  uint64
+	lastGen  uint64 // View.Gen of the last view built
 	watchers map[chan struct{}]struct{}
 
 	published prometheus.Counter
@@ -92,7 +93,8 @@ func (p *Publisher) Watch() (<-chan struct{}, func()) {
 
 // Run publishes until ctx ends.
 func (p *Publisher) Run(ctx context.Context) error {
-	changes := p.cache.Subscribe()
+	changes, unsubscribe := p.cache.Subscribe()
+	defer unsubscribe()
 	for {
 		select {
 		case <-ctx.Done():
@@ -123,6 +125,15 @@ func StateFromView(v *store.View) discovery.State {
 }
 
 func (p *Publisher) publish(v *store.View) {
+	p.mu.Lock()
+	if p.latest != nil && v.Gen == p.lastGen {
+		// Only heartbeats or gateway states changed: same snapshot.
+		p.covered = max(p.covered, uint64(v.Revision))
+		p.mu.Unlock()
+		return
+	}
+	p.lastGen = v.Gen
+	p.mu.Unlock()
 	snap := discovery.Build(StateFromView(v))
 	body, _ := json.Marshal(snap.Services)
 	p.mu.Lock()

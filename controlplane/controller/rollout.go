@@ -407,9 +407,9 @@ func (c *Controller) rollingInputs(v *store.View, svc *api.Service, r api.Rollou
 // ready replicas: the one a canary is compared with and falls back to.
 func (c *Controller) stableRevision(v *store.View, svc *api.Service) int64 {
 	ready := map[int64]int{}
-	for _, vi := range v.Instances {
+	for _, vi := range v.ServiceInstances(svc.Key()) {
 		in := vi.Instance
-		if in.ServiceKey() != svc.Key() || in.Revision == svc.Status.Revision || in.Draining || in.Desired != api.DesiredRunning {
+		if in.Revision == svc.Status.Revision || in.Draining || in.Desired != api.DesiredRunning {
 			continue
 		}
 		if st, ok := v.Statuses[in.ID]; ok && st.Ready {

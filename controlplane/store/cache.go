@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -31,6 +33,7 @@ type Cache struct {
 	// are nearly all of the state).
 	last     *View
 	bigDirty bool
+	gen      uint64 // View.Gen
 	ready    chan struct{}
 	subs     []chan struct{}
 	started  bool
@@ -107,7 +110,11 @@ func decode(key string, value []byte) any {
 // View is an immutable snapshot of the cache at one etcd revision. Callers
 // must not modify what it holds.
 type View struct {
-	Revision  int64
+	Revision int64
+	// Gen changes whenever anything but heartbeats of live nodes and the
+	// replicas' gateway states changed: two views with the same Gen place
+	// the same instances and give the same discovery snapshot.
+	Gen       uint64
 	Services  []api.Service // sorted by key
 	Instances []VersionedInstance
 	Statuses  map[string]api.InstanceStatus
@@ -126,6 +133,70 @@ type View struct {
 	// Gateways are the xDS clients of every control plane replica, sorted
 	// by replica and node id.
 	Gateways []api.GatewayStatus
+
+	// byService and byNode index Instances (built with it, shared with it).
+	byService map[string][]int
+	byNode    map[string][]int
+}
+
+// ServiceInstances returns the instances of service "<ns>/<name>", in ID
+// order, without scanning every instance.
+func (v *View) ServiceInstances(key string) []VersionedInstance {
+	if v.byService == nil { // a View built by hand (tests): scan
+		return v.scan(func(in *api.Instance) bool { return in.ServiceKey() == key })
+	}
+	return v.pick(v.byService[key])
+}
+
+// InstanceServices lists the services ("<ns>/<name>") that have
+// instances, services already deleted included.
+func (v *View) InstanceServices() []string {
+	if v.byService == nil {
+		seen := map[string]bool{}
+		for _, vi := range v.Instances {
+			seen[vi.Instance.ServiceKey()] = true
+		}
+		return slices.Sorted(maps.Keys(seen))
+	}
+	return slices.Sorted(maps.Keys(v.byService))
+}
+
+// NodeInstances returns the instances placed on a node, in ID order.
+func (v *View) NodeInstances(node string) []VersionedInstance {
+	if v.byNode == nil {
+		return v.scan(func(in *api.Instance) bool { return in.Node == node })
+	}
+	return v.pick(v.byNode[node])
+}
+
+func (v *View) scan(keep func(*api.Instance) bool) []VersionedInstance {
+	var out []VersionedInstance
+	for _, vi := range v.Instances {
+		if keep(&vi.Instance) {
+			out = append(out, vi)
+		}
+	}
+	return out
+}
+
+func (v *View) pick(idx []int) []VersionedInstance {
+	out := make([]VersionedInstance, len(idx))
+	for i, j := range idx {
+		out[i] = v.Instances[j]
+	}
+	return out
+}
+
+func (v *View) index() {
+	v.byService, v.byNode = map[string][]int{}, map[string][]int{}
+	for i := range v.Instances {
+		in := &v.Instances[i].Instance
+		key := in.ServiceKey()
+		v.byService[key] = append(v.byService[key], i)
+		if in.Node != "" {
+			v.byNode[in.Node] = append(v.byNode[in.Node], i)
+		}
+	}
 }
 
 // VersionedVolume is a volume with its etcd mod revision.
@@ -166,9 +237,11 @@ func NewCache(cli *clientv3.Client, logger *slog.Logger) *Cache {
 func (c *Cache) Ready() <-chan struct{} { return c.ready }
 
 // Subscribe returns a channel that receives (coalesced) a value whenever
-// the cache changes. It is buffered by one: a slow reader sees one wake-up
-// for many changes and reads the latest View.
-func (c *Cache) Subscribe() <-chan struct{} {
+// the cache changes, and a function to stop (every stream that subscribes
+// must, or the cache keeps waking a channel nobody reads). The channel is
+// buffered by one: a slow reader sees one wake-up for many changes and
+// reads the latest View.
+func (c *Cache) Subscribe() (<-chan struct{}, func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := make(chan struct{}, 1)
@@ -176,7 +249,11 @@ func (c *Cache) Subscribe() <-chan struct{} {
 	if c.started {
 		ch <- struct{}{}
 	}
-	return ch
+	return ch, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.subs = slices.DeleteFunc(c.subs, func(s chan struct{}) bool { return s == ch })
+	}
 }
 
 func cached(key string) bool {
@@ -264,17 +341,23 @@ func (c *Cache) follow(ctx context.Context, from int64) error {
 // put stores a key's new value; delete removes it. Both drop the view.
 // The caller holds c.mu (tests call them alone).
 func (c *Cache) put(key string, value []byte, modRevision int64) {
+	_, existed := c.kvs[key]
 	c.kvs[key] = cachedKV{value: value, modRevision: modRevision, obj: decode(key, value)}
-	c.changed(key)
+	c.changed(key, existed)
 }
 
 func (c *Cache) delete(key string) {
 	delete(c.kvs, key)
-	c.changed(key)
+	c.changed(key, false)
 }
 
-func (c *Cache) changed(key string) {
+func (c *Cache) changed(key string, update bool) {
 	c.view = nil
+	// A heartbeat of a live node and a replica's gateway states change
+	// neither what is placed where nor what discovery serves.
+	if !(update && strings.HasPrefix(key, LeasesPrefix)) && !strings.HasPrefix(key, GatewaysPrefix) {
+		c.gen++
+	}
 	if strings.HasPrefix(key, InstancesPrefix) || strings.HasPrefix(key, StatusPrefix) {
 		c.bigDirty = true
 	}
@@ -309,7 +392,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
+	v := &View{Revision: c.rev, Gen: c.gen, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
 	// Sized first: at 10,000 instances, growing the slices and maps by
 	// appending cost more than everything else.
 	var nSvc, nIn, nSt, nNode int
@@ -329,6 +412,7 @@ func (c *Cache) View() *View {
 	reuse := c.last != nil && !c.bigDirty
 	if reuse {
 		v.Instances, v.Statuses = c.last.Instances, c.last.Statuses
+		v.byService, v.byNode = c.last.byService, c.last.byNode
 	} else {
 		v.Instances, v.Statuses = make([]VersionedInstance, 0, nIn), make(map[string]api.InstanceStatus, nSt)
 	}
@@ -364,6 +448,7 @@ func (c *Cache) View() *View {
 	sort.Slice(v.Services, func(i, j int) bool { return v.Services[i].Key() < v.Services[j].Key() })
 	if !reuse {
 		sort.Slice(v.Instances, func(i, j int) bool { return v.Instances[i].Instance.ID < v.Instances[j].Instance.ID })
+		v.index()
 	}
 	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Name < v.Nodes[j].Name })
 	sort.Slice(v.Gateways, func(i, j int) bool {

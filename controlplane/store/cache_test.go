@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -89,6 +90,23 @@ func TestCacheViewFollowsChanges(t *testing.T) {
 	v3 := c.View()
 	if &v3.Instances[0] != &v2.Instances[0] || !v3.LiveNodes["node-0000"] || v3.DNSVersions["node-0000"] != 9 || !v3.Nodes[0].Ready || v3.Nodes[0].DNSVersion != 9 {
 		t.Fatalf("after a heartbeat: shared %v, live %v, dns %v, node %+v", &v3.Instances[0] == &v2.Instances[0], v3.LiveNodes, v3.DNSVersions, v3.Nodes[0])
+	}
+	// The indexes agree with a scan, on a rebuilt view and a shared one.
+	for _, view := range []*View{v2, v3} {
+		hand := &View{Instances: view.Instances}
+		for _, key := range []string{"default/svc-0000", "default/svc-0002", "default/none"} {
+			if got, want := view.ServiceInstances(key), hand.ServiceInstances(key); !slices.EqualFunc(got, want, func(a, b VersionedInstance) bool { return a.Instance.ID == b.Instance.ID }) {
+				t.Errorf("ServiceInstances(%s) = %d instances, a scan finds %d", key, len(got), len(want))
+			}
+		}
+		for _, node := range []string{"node-0000", "node-0001"} {
+			if got, want := view.NodeInstances(node), hand.NodeInstances(node); len(got) != len(want) || len(got) == 0 {
+				t.Errorf("NodeInstances(%s) = %d, a scan finds %d", node, len(got), len(want))
+			}
+		}
+		if got := view.InstanceServices(); !slices.Equal(got, hand.InstanceServices()) || len(got) != 3 {
+			t.Errorf("InstanceServices = %v", got)
+		}
 	}
 	// A status change after that is seen (the shared copy is not reused).
 	c.put(StatusPrefix+in.ID, []byte(mustJSON(api.InstanceStatus{ID: in.ID, Phase: "Stopped"})), c.rev+1)

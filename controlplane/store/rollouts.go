@@ -37,6 +37,7 @@ func (s *Store) PutRollout(ctx context.Context, r api.Rollout, modRevision int64
 	if !txn.Succeeded {
 		return 0, ErrConflict
 	}
+	s.wrote(txn.Header.Revision)
 	return txn.Header.Revision, nil
 }
 
@@ -107,5 +108,6 @@ func (s *Store) RollBack(ctx context.Context, r api.Rollout, rolloutModRev int64
 	if !txn.Succeeded {
 		return ErrConflict
 	}
+	s.wrote(txn.Header.Revision)
 	return nil
 }

@@ -27,12 +27,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/berth-dev/berth/api"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -56,8 +58,19 @@ const (
 	GatewaysPrefix = "/berth/gateways/"
 )
 
+// MaxOpsPerCommit bounds the writes the controllers put in one
+// transaction: etcd refuses more than 128 operations per transaction by
+// default (--max-txn-ops), and a commit over the limit would fail on every
+// pass. Work beyond it waits for the next pass.
+const MaxOpsPerCommit = 100
+
+// EmbeddedMaxTxnOps is the embedded etcd's limit of operations per
+// transaction (an apply is one transaction, all or nothing).
+const EmbeddedMaxTxnOps = 4096
+
 // Sentinel errors.
 var (
+	ErrTooLarge = errors.New("too large")
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict: the object changed meanwhile")
 	ErrNoSubnet = errors.New("no free pod subnet left in the cluster CIDR")
@@ -70,13 +83,46 @@ const maxRetries = 20
 // Store reads and writes Berth's state in etcd.
 type Store struct {
 	cli *clientv3.Client
-	seq atomic.Uint64
+	seq *atomic.Uint64
 	now func() time.Time
+	// written, on a Tracked store, is the etcd revision of its newest
+	// write.
+	written *atomic.Int64
 }
 
 // New returns a store on an etcd client.
 func New(cli *clientv3.Client) *Store {
-	return &Store{cli: cli, now: time.Now}
+	return &Store{cli: cli, now: time.Now, seq: new(atomic.Uint64)}
+}
+
+// Tracked returns a store on the same client that remembers the revision
+// of its own newest write (Written), so its user can wait until a cached
+// view shows what it wrote before deciding again: the controllers would
+// otherwise create a service's replicas twice from a view older than
+// their own last commit.
+func (s *Store) Tracked() *Store {
+	return &Store{cli: s.cli, now: s.now, seq: s.seq, written: new(atomic.Int64)}
+}
+
+// Written is the etcd revision of this Tracked store's newest write (0 if
+// none, or not tracked).
+func (s *Store) Written() int64 {
+	if s.written == nil {
+		return 0
+	}
+	return s.written.Load()
+}
+
+func (s *Store) wrote(rev int64) {
+	if s.written == nil {
+		return
+	}
+	for {
+		cur := s.written.Load()
+		if rev <= cur || s.written.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
 }
 
 // Client returns the etcd client (for watches).
@@ -232,6 +278,10 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			return results, nil
 		}
 		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			return nil, fmt.Errorf("%w: applying %d objects takes %d etcd operations in one transaction, more than etcd allows (its --max-txn-ops; the embedded etcd allows %d); apply them in smaller groups",
+				ErrTooLarge, len(svcs)+len(vols), len(cmps)+len(ops), EmbeddedMaxTxnOps)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("store: apply: %w", err)
 		}
@@ -426,6 +476,7 @@ func (s *Store) Commit(ctx context.Context, changes []InstanceChange, volumes []
 	if !txn.Succeeded {
 		return ErrConflict
 	}
+	s.wrote(txn.Header.Revision)
 	return nil
 }
 
@@ -436,17 +487,20 @@ func (s *Store) PutStatuses(ctx context.Context, statuses []api.InstanceStatus) 
 	if len(statuses) == 0 {
 		return nil
 	}
-	// One transaction, one guarded sub-transaction per status: a put only
-	// happens while its instance exists.
-	ops := make([]clientv3.Op, 0, len(statuses))
-	for _, st := range statuses {
-		ops = append(ops, clientv3.OpTxn(
-			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(instanceKey(st.ID)), ">", 0)},
-			[]clientv3.Op{clientv3.OpPut(statusKey(st.ID), mustJSON(st))},
-			nil))
-	}
-	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-		return fmt.Errorf("store: put %d statuses: %w", len(statuses), err)
+	// One guarded sub-transaction per status: a put only happens while its
+	// instance exists. Statuses are independent, so a large report goes in
+	// several transactions within etcd's limit.
+	for chunk := range slices.Chunk(statuses, MaxOpsPerCommit) {
+		ops := make([]clientv3.Op, 0, len(chunk))
+		for _, st := range chunk {
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(instanceKey(st.ID)), ">", 0)},
+				[]clientv3.Op{clientv3.OpPut(statusKey(st.ID), mustJSON(st))},
+				nil))
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("store: put %d statuses: %w", len(statuses), err)
+		}
 	}
 	return nil
 }
@@ -633,6 +687,7 @@ func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.
 			return nil, fmt.Errorf("store: update node %s: %w", name, err)
 		}
 		if txn.Succeeded {
+			s.wrote(txn.Header.Revision)
 			return &n, nil
 		}
 	}
