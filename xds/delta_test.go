@@ -3,6 +3,10 @@ package xds
 import (
 	"context"
 	"errors"
+	"fmt"
+	"github.com/berth-dev/berth/discovery"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -239,5 +243,42 @@ func TestLoadReports(t *testing.T) {
 	}
 	if !gathered(t, reg, "berth_xds_lrs_requests_total") {
 		t.Error("berth_xds_lrs_requests_total not exported")
+	}
+}
+
+// A change that adds a service (a cluster, its load assignment and a route
+// to it) reaches a delta client in Envoy's order: cluster, endpoints, then
+// route, so a gateway never routes to a cluster it has no endpoints for.
+// Repeated: the order used to follow a map's.
+func TestDeltaSendsInEnvoyOrder(t *testing.T) {
+	s, _ := startServer(t)
+	if err := s.Update(snapshotAt(1)); err != nil {
+		t.Fatal(err)
+	}
+	c := dialDelta(t, s.Addr(), "gw-order", nil, TypeURLs...)
+	for range TypeURLs {
+		c.ack(c.recv())
+	}
+	for v := uint64(2); v < 22; v++ {
+		snap := snapshotAt(v)
+		svc := snap.Services[0]
+		svc.Name = fmt.Sprintf("new%d", v)
+		svc.Route = &discovery.Route{Hosts: []string{svc.Name + ".test"}, Paths: []string{"/"}}
+		snap.Services = append(snap.Services, svc)
+		slices.SortFunc(snap.Services, func(a, b discovery.Service) int {
+			return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+		})
+		if err := s.Update(snap); err != nil {
+			t.Fatal(err)
+		}
+		var order []string
+		for len(order) < 3 {
+			resp := c.recv()
+			order = append(order, typeLabel(resp.TypeUrl))
+			c.ack(resp)
+		}
+		if !slices.Equal(order, []string{"cluster", "endpoint", "route"}) {
+			t.Fatalf("version %d: responses in the order %v, want cluster, endpoint, route", v, order)
+		}
 	}
 }

@@ -391,7 +391,15 @@ func (s *Server) publishLocked(next *translation) error {
 	// Delta: only what changed, gateway view. Watches a change does not
 	// concern stay open: their clients already run this version.
 	var answered, open []*deltaWatch
-	for t, set := range viewSets[viewGateway] {
+	// In Envoy's order (clusters, endpoints, listeners, routes): the
+	// responses go out on each stream in the order they are made here, so
+	// a route never reaches a gateway before the cluster and endpoints it
+	// sends to (viewSets is a map: its order is random).
+	for _, t := range TypeURLs {
+		set, ok := viewSets[viewGateway][t]
+		if !ok {
+			continue
+		}
 		dc := s.delta[t]
 		dc.mu.Lock()
 		if first || !ch[set].empty() {
