@@ -74,6 +74,7 @@ type Controller struct {
 	rollouts     *prometheus.CounterVec
 	canaryWeight *prometheus.GaugeVec
 	rolloutPhase map[string]int64 // service -> -revision while active, revision once done
+	events       []store.Event    // queued by event, written after each step
 }
 
 // New returns a controller.
@@ -176,18 +177,29 @@ func (c *Controller) reconcile(ctx context.Context, steps ...func(context.Contex
 			c.stale.Inc()
 			break
 		}
-		if err := step(ctx, v); err != nil {
+		err := step(ctx, v)
+		c.flushEvents(ctx)
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// event queues an event; each reconcile step's events are written
+// together when it ends (flushEvents).
 func (c *Controller) event(ctx context.Context, ns, object, reason, typ, format string, args ...any) {
-	ev := store.Event{Namespace: ns, Object: object, Reason: reason, Type: typ, Message: fmt.Sprintf(format, args...)}
-	if err := c.store.RecordEvent(ctx, ev); err != nil {
-		c.logger.Warn("record event failed", "err", err)
+	c.events = append(c.events, store.Event{At: c.now().UTC(), Namespace: ns, Object: object, Reason: reason, Type: typ, Message: fmt.Sprintf(format, args...)})
+}
+
+func (c *Controller) flushEvents(ctx context.Context) {
+	if len(c.events) == 0 {
+		return
 	}
+	if err := c.store.RecordEvents(ctx, c.events); err != nil {
+		c.logger.Warn("record events failed", "count", len(c.events), "err", err)
+	}
+	c.events = c.events[:0]
 }
 
 // reconcileNodes moves nodes between Ready, NotReady and Lost, and

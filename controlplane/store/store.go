@@ -837,19 +837,35 @@ const EventTTL = time.Hour
 
 // RecordEvent stores an event on a lease, so old events expire on their own.
 func (s *Store) RecordEvent(ctx context.Context, ev Event) error {
-	if ev.At.IsZero() {
-		ev.At = s.now().UTC()
-	}
-	if ev.Type == "" {
-		ev.Type = "Normal"
+	return s.RecordEvents(ctx, []Event{ev})
+}
+
+// RecordEvents stores events on one lease, up to MaxOpsPerCommit per
+// transaction: a controller pass that creates a hundred instances writes
+// their events in one go, not a lease and a put each.
+func (s *Store) RecordEvents(ctx context.Context, evs []Event) error {
+	if len(evs) == 0 {
+		return nil
 	}
 	lease, err := s.cli.Grant(ctx, int64(EventTTL/time.Second))
 	if err != nil {
-		return fmt.Errorf("store: record event: %w", err)
+		return fmt.Errorf("store: record events: %w", err)
 	}
-	key := fmt.Sprintf("%s%020d-%06d", EventsPrefix, ev.At.UnixNano(), s.seq.Add(1)%1e6)
-	if _, err := s.cli.Put(ctx, key, mustJSON(ev), clientv3.WithLease(lease.ID)); err != nil {
-		return fmt.Errorf("store: record event: %w", err)
+	for chunk := range slices.Chunk(evs, MaxOpsPerCommit) {
+		ops := make([]clientv3.Op, 0, len(chunk))
+		for _, ev := range chunk {
+			if ev.At.IsZero() {
+				ev.At = s.now().UTC()
+			}
+			if ev.Type == "" {
+				ev.Type = "Normal"
+			}
+			key := fmt.Sprintf("%s%020d-%06d", EventsPrefix, ev.At.UnixNano(), s.seq.Add(1)%1e6)
+			ops = append(ops, clientv3.OpPut(key, mustJSON(ev), clientv3.WithLease(lease.ID)))
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("store: record %d events: %w", len(evs), err)
+		}
 	}
 	return nil
 }
