@@ -302,3 +302,32 @@ func TestWeightedSplitWithinOnePoint(t *testing.T) {
 		}
 	}
 }
+
+// A revision with weight but no endpoint (its instances all went away, or
+// its endpoints have not arrived) gives its share to a revision that can
+// serve, instead of refusing requests; with none left, the pick stays.
+func TestPickPrefersAServingRevision(t *testing.T) {
+	ep := &endpoint{addr: "10.0.0.2:8080"}
+	empty := &upstreamCluster{name: "r1"}
+	serving := &upstreamCluster{name: "r2", endpoints: []*endpoint{ep}}
+	r := &routeEntry{clusters: []weightedCluster{{name: "r1", weight: 90, cluster: empty}, {name: "r2", weight: 10, cluster: serving}},
+		total: 100, schedule: weightSchedule([]uint32{90, 10})}
+	for i := 0; i < 100; i++ {
+		if wc, _, _ := r.pickFor(httpHeaders(http.Header{})); wc.name != "r2" {
+			t.Fatalf("pick %d went to %s, which has no endpoint", i, wc.name)
+		}
+	}
+	serving.endpoints = nil
+	if wc, _, _ := r.pickFor(httpHeaders(http.Header{})); wc.cluster.endpoints != nil && len(wc.cluster.endpoints) > 0 {
+		t.Fatalf("no revision serves, yet %s was picked with endpoints", wc.name)
+	}
+	// Weight 0 is not a fallback.
+	serving.endpoints = []*endpoint{ep}
+	r = &routeEntry{clusters: []weightedCluster{{name: "r1", weight: 100, cluster: empty}, {name: "r2", weight: 0, cluster: serving}},
+		total: 100, schedule: weightSchedule([]uint32{100, 0})}
+	for i := 0; i < 10; i++ {
+		if wc, _, _ := r.pickFor(httpHeaders(http.Header{})); wc.name != "r1" {
+			t.Fatalf("a revision with weight 0 took traffic: %s", wc.name)
+		}
+	}
+}

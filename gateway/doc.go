@@ -64,6 +64,11 @@
 // the assignment) get no new requests; requests in flight on them finish,
 // then their connections close.
 //
+// A weighted cluster with no endpoint (a revision whose instances all went
+// away, or whose load assignment has not arrived) gives its share to the
+// first other cluster of the route with weight and endpoints, where Envoy
+// would answer 503.
+//
 // Load reports (LRS) carry, per cluster and interval, the requests issued,
 // their outcomes, and a latency histogram of the time to the response
 // head as load_metric_stats "berth.latency_ms.le_<bound>".

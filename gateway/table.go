@@ -261,10 +261,27 @@ func (r *routeEntry) pick() *weightedCluster {
 func (r *routeEntry) pickFor(h cohortHeaders) (wc *weightedCluster, cohort uint64, derived bool) {
 	if r.sticky != nil {
 		if c, d, ok := r.sticky.cohort(h); ok {
-			return r.pickCohort(c), c, d
+			return r.orServing(r.pickCohort(c)), c, d
 		}
 	}
-	return r.pick(), 0, false
+	return r.orServing(r.pick()), 0, false
+}
+
+// orServing returns wc, or, when its cluster has no endpoint (a revision
+// whose instances all went away, or whose endpoints have not arrived yet),
+// the first other cluster of the route with weight and endpoints: another
+// revision serving the request is better than refusing it. (Envoy would
+// answer 503 here.)
+func (r *routeEntry) orServing(wc *weightedCluster) *weightedCluster {
+	if len(r.clusters) == 1 || (wc.cluster != nil && len(wc.cluster.endpoints) > 0) {
+		return wc
+	}
+	for i := range r.clusters {
+		if c := &r.clusters[i]; c.weight > 0 && c.cluster != nil && len(c.cluster.endpoints) > 0 {
+			return c
+		}
+	}
+	return wc
 }
 
 // pickCohort is Envoy's weighted cluster pick for a given random value:
