@@ -62,19 +62,16 @@ func (tr testRun) config() Config {
 
 // requireContainerd fails the test when it cannot run: without root or
 // containerd these tests would prove nothing, and a skip would go unseen.
-// Only an explicit -short (make unit) skips them.
+// It never skips; make unit leaves this package out instead.
 func requireContainerd(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: runtime tests need root and containerd")
-	}
 	if os.Geteuid() != 0 {
-		t.Fatal("runtime tests need root (network namespaces, CNI, containerd); run them with make test, or skip them with -short")
+		t.Fatal("runtime tests need root (network namespaces, CNI, containerd); make test installs and starts what they need")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := connect(ctx, withDefaults(Config{})); err != nil {
-		t.Fatalf("containerd is unreachable (make test installs and starts it; -short skips these tests): %v", err)
+		t.Fatalf("containerd is unreachable (make test installs and starts it): %v", err)
 	}
 }
 
