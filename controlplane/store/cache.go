@@ -62,41 +62,22 @@ type gatewaysObj struct {
 
 // decode turns a cached key's value into what View holds for it.
 func decode(key string, value []byte) any {
-	unmarshal := func(v any) bool { return json.Unmarshal(value, v) == nil }
 	switch {
 	case strings.HasPrefix(key, ServicesPrefix):
-		var s api.Service
-		if unmarshal(&s) {
-			return s
-		}
+		return decodeAs[api.Service](value)
 	case strings.HasPrefix(key, InstancesPrefix):
-		var in api.Instance
-		if unmarshal(&in) {
-			return in
-		}
+		return decodeAs[api.Instance](value)
 	case strings.HasPrefix(key, StatusPrefix):
-		var st api.InstanceStatus
-		if unmarshal(&st) {
-			return st
-		}
+		return decodeAs[api.InstanceStatus](value)
 	case strings.HasPrefix(key, NodesPrefix):
-		var n api.Node
-		if unmarshal(&n) {
-			return n
-		}
+		return decodeAs[api.Node](value)
 	case strings.HasPrefix(key, RolloutsPrefix):
-		var r api.Rollout
-		if unmarshal(&r) {
-			return r
-		}
+		return decodeAs[api.Rollout](value)
 	case strings.HasPrefix(key, VolumesPrefix):
-		var vol api.Volume
-		if unmarshal(&vol) {
-			return vol
-		}
+		return decodeAs[api.Volume](value)
 	case strings.HasPrefix(key, GatewaysPrefix):
 		var gws []api.GatewayStatus
-		if unmarshal(&gws) {
+		if json.Unmarshal(value, &gws) == nil {
 			return gatewaysObj{replica: strings.TrimPrefix(key, GatewaysPrefix), gateways: gws}
 		}
 	case strings.HasPrefix(key, LeasesPrefix):
@@ -105,6 +86,15 @@ func decode(key string, value []byte) any {
 		}
 	}
 	return nil
+}
+
+// decodeAs unmarshals value as a T, or returns nil (left out of views).
+func decodeAs[T any](value []byte) any {
+	var v T
+	if json.Unmarshal(value, &v) != nil {
+		return nil
+	}
+	return v
 }
 
 // View is an immutable snapshot of the cache at one etcd revision. Callers
