@@ -34,48 +34,28 @@ const maxImageSize = 4 << 30
 // LoadImage receives an image tarball, stores it under ImageDir by digest
 // and records the references it carries, so agents can import it.
 func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
-	tmp, err := os.CreateTemp(s.cfg.ImageDir, "upload-*.tar")
-	if err != nil {
-		return status.Errorf(codes.Internal, "load image: %v", err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	h := sha256.New()
-	var size int64
-	var name string
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
+	tb, err := receiveTarball(s.cfg.ImageDir, "upload-*.tar", stream.Recv)
+	defer os.Remove(tb.path)
+	name := tb.name
+	switch {
+	case errors.Is(err, errImageTooLarge):
+		return status.Errorf(codes.ResourceExhausted, "load image %s: %v", name, err)
+	case err != nil:
+		if _, ok := status.FromError(err); ok {
+			return err // the stream's own
 		}
-		if err != nil {
-			return err
-		}
-		if name == "" {
-			name = chunk.FileName
-		}
-		size += int64(len(chunk.Data))
-		if size > maxImageSize {
-			return status.Errorf(codes.ResourceExhausted, "load image %s: larger than %d bytes", name, maxImageSize)
-		}
-		if _, err := tmp.Write(chunk.Data); err != nil {
-			return status.Errorf(codes.Internal, "load image %s: %v", name, err)
-		}
-		h.Write(chunk.Data)
-	}
-	if err := tmp.Sync(); err != nil {
 		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
 	}
-	refs, err := TarballReferences(tmp.Name())
+	refs, err := TarballReferences(tb.path)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "load image %s: %v", name, err)
 	}
 	if len(refs) == 0 {
 		return status.Errorf(codes.InvalidArgument, "load image %s: the tarball names no image (no RepoTags in manifest.json, no ref annotation in index.json)", name)
 	}
-	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	path := filepath.Join(s.cfg.ImageDir, "sha256-"+digest[7:]+".tar")
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	digest, size := tb.digest, tb.size
+	path := s.imagePath(digest)
+	if err := os.Rename(tb.path, path); err != nil {
 		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
 	}
 	img := store.Image{Digest: digest, Size: size, References: refs, Path: path, LoadedAt: time.Now().UTC()}
@@ -213,7 +193,7 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 // upload another replica received is fetched from it first (once; later
 // requests find it here) and checked against its digest.
 func (s *Server) localImage(ctx context.Context, img *store.Image) (string, error) {
-	local := filepath.Join(s.cfg.ImageDir, "sha256-"+strings.TrimPrefix(img.Digest, "sha256:")+".tar")
+	local := s.imagePath(img.Digest)
 	self := s.replica.Load()
 	paths := []string{local}
 	if img.Source == "" || (self != nil && img.Source == self.addr) {
@@ -253,36 +233,62 @@ func (s *Server) pullImage(ctx context.Context, img *store.Image, token, dest st
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.cfg.ImageDir, "pull-*.tar")
+	tb, err := receiveTarball(s.cfg.ImageDir, "pull-*.tar", stream.Recv)
+	defer os.Remove(tb.path)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	if tb.digest != img.Digest {
+		return fmt.Errorf("received %d bytes with digest %s, want %s", tb.size, tb.digest, img.Digest)
+	}
+	return os.Rename(tb.path, dest)
+}
+
+// imagePath is where this replica keeps the upload with digest.
+func (s *Server) imagePath(digest string) string {
+	return filepath.Join(s.cfg.ImageDir, "sha256-"+strings.TrimPrefix(digest, "sha256:")+".tar")
+}
+
+var errImageTooLarge = fmt.Errorf("larger than %d bytes", maxImageSize)
+
+// tarball is an image tarball received into a temporary file.
+type tarball struct {
+	path, name, digest string // name: the first chunk's file name
+	size               int64
+}
+
+// receiveTarball writes the chunks recv returns, until EOF, to a new
+// temporary file in dir and syncs it. The file (path) is there even on an
+// error: the caller removes it, or renames it into place. Past
+// maxImageSize it stops with errImageTooLarge.
+func receiveTarball(dir, pattern string, recv func() (*pb.ImageChunk, error)) (tarball, error) {
+	tmp, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return tarball{}, err
+	}
 	defer tmp.Close()
+	tb := tarball{path: tmp.Name()}
 	h := sha256.New()
-	var size int64
 	for {
-		chunk, err := stream.Recv()
+		chunk, err := recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return err
+			return tb, err
 		}
-		size += int64(len(chunk.Data))
-		if size > maxImageSize {
-			return fmt.Errorf("larger than %d bytes", maxImageSize)
+		if tb.name == "" {
+			tb.name = chunk.FileName
+		}
+		tb.size += int64(len(chunk.Data))
+		if tb.size > maxImageSize {
+			return tb, errImageTooLarge
 		}
 		if _, err := tmp.Write(chunk.Data); err != nil {
-			return err
+			return tb, err
 		}
 		h.Write(chunk.Data)
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != img.Digest {
-		return fmt.Errorf("received %d bytes with digest %s, want %s", size, got, img.Digest)
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dest)
+	tb.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	return tb, tmp.Sync()
 }
