@@ -413,70 +413,24 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 	}
 	changes, unsubscribe := s.cache.Subscribe()
 	defer unsubscribe()
+	select {
+	case <-stream.Context().Done():
+		return nil
+	case <-s.cache.Ready():
+	}
 	var last string
 	var lastGen uint64
+	sent := false
 	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-s.cache.Ready():
-		}
-		v := s.cache.View()
-		if last != "" && v.Gen == lastGen {
-			// Only heartbeats or gateway states changed.
-			select {
-			case <-stream.Context().Done():
-				return nil
-			case <-changes:
-			}
-			continue
-		}
-		lastGen = v.Gen
-		// What the agent acts on, compared before anything is converted:
-		// most changes (heartbeats, other nodes) leave a node's set alone.
-		mine := v.NodeInstances(req.Node)
-		var ids []string
-		for _, vi := range mine {
-			ids = append(ids, vi.Instance.ID+":"+vi.Instance.Desired+":"+strconv.FormatBool(vi.Instance.Draining))
-		}
-		var deleteVolumes []string
-		for key, vv := range v.Volumes {
-			if vv.Volume.Status.Deleting && vv.Volume.Status.Node == req.Node {
-				deleteVolumes = append(deleteVolumes, key)
-				ids = append(ids, "rmvol:"+key)
-			}
-		}
-		sort.Strings(ids)
-		if key := strings.Join(ids, ","); key != last || last == "" {
-			last = key
-			if last == "" {
-				last = "-"
-			}
-			msg := &pb.Assignments{Revision: v.Revision}
-			for i := range mine {
-				in := &mine[i].Instance
-				msg.Instances = append(msg.Instances, pb.FromInstance(in))
-				if st, ok := v.Statuses[in.ID]; ok {
-					msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))
+		// A view with the same Gen (only heartbeats or gateway states
+		// changed) places nothing differently.
+		if v := s.cache.View(); !sent || v.Gen != lastGen {
+			lastGen = v.Gen
+			if key, build := nodeAssignments(v, req.Node); !sent || key != last {
+				if err := stream.Send(build()); err != nil {
+					return err
 				}
-			}
-			for _, in := range msg.Instances {
-				for _, m := range in.Template.GetVolumes() {
-					key := in.Namespace + "/" + m.Name
-					if vv, ok := v.Volumes[key]; ok && !m.Tmpfs {
-						if size, err := api.ParseMemory(vv.Volume.Spec.Size); err == nil && size > 0 {
-							if msg.VolumeSizes == nil {
-								msg.VolumeSizes = map[string]int64{}
-							}
-							msg.VolumeSizes[key] = size
-						}
-					}
-				}
-			}
-			sort.Strings(deleteVolumes)
-			msg.DeleteVolumes = deleteVolumes
-			if err := stream.Send(msg); err != nil {
-				return err
+				last, sent = key, true
 			}
 		}
 		select {
@@ -484,6 +438,51 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 			return nil
 		case <-changes:
 		}
+	}
+}
+
+// nodeAssignments returns what a node's agent acts on, as a key to compare
+// with the last one sent (most changes leave a node's set alone), and a
+// function building the message, run only when it changed.
+func nodeAssignments(v *store.View, node string) (key string, build func() *pb.Assignments) {
+	mine := v.NodeInstances(node)
+	var ids []string
+	for _, vi := range mine {
+		ids = append(ids, vi.Instance.ID+":"+vi.Instance.Desired+":"+strconv.FormatBool(vi.Instance.Draining))
+	}
+	var deleteVolumes []string
+	for key, vv := range v.Volumes {
+		if vv.Volume.Status.Deleting && vv.Volume.Status.Node == node {
+			deleteVolumes = append(deleteVolumes, key)
+			ids = append(ids, "rmvol:"+key)
+		}
+	}
+	sort.Strings(ids)
+	return strings.Join(ids, ","), func() *pb.Assignments {
+		msg := &pb.Assignments{Revision: v.Revision}
+		for i := range mine {
+			in := &mine[i].Instance
+			msg.Instances = append(msg.Instances, pb.FromInstance(in))
+			if st, ok := v.Statuses[in.ID]; ok {
+				msg.Statuses = append(msg.Statuses, pb.FromStatus(&st))
+			}
+		}
+		for _, in := range msg.Instances {
+			for _, m := range in.Template.GetVolumes() {
+				key := in.Namespace + "/" + m.Name
+				if vv, ok := v.Volumes[key]; ok && !m.Tmpfs {
+					if size, err := api.ParseMemory(vv.Volume.Spec.Size); err == nil && size > 0 {
+						if msg.VolumeSizes == nil {
+							msg.VolumeSizes = map[string]int64{}
+						}
+						msg.VolumeSizes[key] = size
+					}
+				}
+			}
+		}
+		sort.Strings(deleteVolumes)
+		msg.DeleteVolumes = deleteVolumes
+		return msg
 	}
 }
 
