@@ -73,8 +73,10 @@ type Controller struct {
 	// canaryWeight is each active canary's share of traffic.
 	rollouts     *prometheus.CounterVec
 	canaryWeight *prometheus.GaugeVec
-	rolloutPhase map[string]int64 // service -> -revision while active, revision once done
-	events       []store.Event    // queued by event, written after each step
+	// activeRollouts: the revision of each rollout seen in progress, so
+	// its end is counted once.
+	activeRollouts map[string]int64
+	events         []store.Event // queued by event, written after each step
 }
 
 // New returns a controller.
@@ -91,7 +93,7 @@ func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
 	c := &Controller{
 		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), loads: cfg.Loads,
 		logger: cfg.Logger.With("component", "controller"), now: time.Now,
-		unschedulable: map[string]string{}, rolloutPhase: map[string]int64{},
+		unschedulable: map[string]string{}, activeRollouts: map[string]int64{},
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
 		conflicts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
 		placed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),

@@ -323,16 +323,16 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 func (c *Controller) observeRollouts(v *store.View) {
 	for key, vr := range v.Rollouts {
 		r := vr.Rollout
-		was := c.rolloutPhase[key]
-		c.rolloutPhase[key] = r.Revision
+		was, seen := c.activeRollouts[key]
 		if r.Active() {
-			c.rolloutPhase[key] = -r.Revision // active: negative
+			c.activeRollouts[key] = r.Revision
 			if r.Canary() {
 				c.canaryWeight.WithLabelValues(r.Namespace, r.Service).Set(float64(r.Weight))
 			}
 			continue
 		}
-		if was == -r.Revision {
+		delete(c.activeRollouts, key)
+		if seen && was == r.Revision {
 			strategy := api.StrategyCanary
 			if !r.Canary() {
 				strategy = api.StrategyRolling
