@@ -48,7 +48,6 @@ func (s *Server) replicaName() string {
 //     connects, leaves, or changes version or state.
 func (s *Server) replicaSession(ctx context.Context) error {
 	name := s.replicaName()
-	ttl := max(1, int((s.cfg.ElectionTTL+time.Second-1)/time.Second))
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -57,15 +56,9 @@ func (s *Server) replicaSession(ctx context.Context) error {
 		}
 	}()
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
-		if err != nil {
-			s.logger.Warn("gateway report: no etcd session, retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
-			continue
+		sess, ok := s.newSession(ctx, "replica session")
+		if !ok {
+			return nil
 		}
 		token, err := s.store.CreateLeasedToken(ctx, "control plane replica "+name, sess.Lease())
 		if err != nil {
@@ -77,6 +70,24 @@ func (s *Server) replicaSession(ctx context.Context) error {
 		sess.Close()
 	}
 	return nil
+}
+
+// newSession opens an etcd session on a lease of ElectionTTL, retrying
+// every second until ctx ends (ok false then).
+func (s *Server) newSession(ctx context.Context, what string) (*concurrency.Session, bool) {
+	ttl := max(1, int((s.cfg.ElectionTTL+time.Second-1)/time.Second))
+	for {
+		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+		if err == nil {
+			return sess, true
+		}
+		s.logger.Warn(what+": no etcd session, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // reportWithSession writes on every change until the session or ctx ends.

@@ -231,20 +231,10 @@ func (s *Server) IsLeader() bool { return s.leader.Load() }
 // stops its controllers at once and campaigns again.
 func (s *Server) lead(ctx context.Context) error {
 	name := s.replicaName()
-	ttl := int((s.cfg.ElectionTTL + time.Second - 1) / time.Second)
-	if ttl < 1 {
-		ttl = 1
-	}
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
-		if err != nil {
-			s.logger.Warn("leader election: no etcd session, retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
-			continue
+		sess, ok := s.newSession(ctx, "leader election")
+		if !ok {
+			return nil
 		}
 		el := concurrency.NewElection(sess, ElectionPrefix)
 		if err := el.Campaign(ctx, name); err != nil {
@@ -266,7 +256,7 @@ func (s *Server) lead(ctx context.Context) error {
 			}
 			cancel()
 		}()
-		err = s.ctrl.Run(lctx)
+		err := s.ctrl.Run(lctx)
 		cancel()
 		s.leader.Store(false)
 		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
