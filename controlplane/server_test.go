@@ -439,25 +439,10 @@ func TestDrainWaitsForEveryReplicasGateways(t *testing.T) {
 	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(3)}}); err != nil {
 		t.Fatal(err)
 	}
-	stream, err := h.agent.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: "node-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var assigned []*pb.Instance
-	for len(assigned) < 3 {
-		msg, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		assigned = msg.Instances
-	}
-	var statuses []*pb.InstanceStatus
-	for i, in := range assigned {
-		statuses = append(statuses, &pb.InstanceStatus{Id: in.Id, Node: "node-1", Phase: "Running", Ip: fmt.Sprintf("10.213.0.%d", i+2), Ready: true})
-	}
-	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-1", Statuses: statuses}); err != nil {
-		t.Fatal(err)
-	}
+	eventually(t, "3 instances placed", func() (bool, string) {
+		return placement(h, "hello")["node-1"] == 3, fmt.Sprint(placement(h, "hello"))
+	})
+	reportReady(t, h, "node-1")
 	// Another replica's gateway, behind.
 	remote := func(version uint64) {
 		t.Helper()
@@ -585,14 +570,8 @@ func TestControllersStayWithinEtcdsTransactionLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "300 instances placed", func() (bool, string) {
-		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
-		placed := 0
-		for _, iv := range l.GetInstances() {
-			if iv.Instance.Node == "node-1" {
-				placed++
-			}
-		}
-		return len(l.GetInstances()) == 300 && placed == 300, fmt.Sprintf("%d instances, %d placed", len(l.GetInstances()), placed)
+		p := placement(h, "hello")
+		return len(p) == 1 && p["node-1"] == 300, fmt.Sprint(p)
 	})
 	// Each replica was created once: the controllers never decide on a
 	// view that does not show their own last commit.
