@@ -252,6 +252,16 @@ func runGateways(addr string, n int, protocol string) error {
 			}
 		}()
 	}
+	return serveChild(errc, func(cpu time.Duration) {
+		mu.Lock()
+		fmt.Printf("CPU %v; %d responses, %d resources received\n", cpu.Round(time.Millisecond), responses, resources)
+		mu.Unlock()
+	})
+}
+
+// serveChild runs the child's loop: it returns the first error of errc,
+// or nil on SIGTERM; on each SIGUSR1 it reports its CPU time since start.
+func serveChild(errc <-chan error, report func(cpu time.Duration)) error {
 	sig := make(chan os.Signal, 2)
 	signalNotify(sig)
 	cpu0 := cpuTime()
@@ -263,9 +273,7 @@ func runGateways(addr string, n int, protocol string) error {
 			if s == syscall.SIGTERM {
 				return nil
 			}
-			mu.Lock()
-			fmt.Printf("CPU %v; %d responses, %d resources received\n", (cpuTime() - cpu0).Round(time.Millisecond), responses, resources)
-			mu.Unlock()
+			report(cpuTime() - cpu0)
 		}
 	}
 }
@@ -342,19 +350,5 @@ func runBerthGateways(addr string, n int, protocol string) error {
 			}
 		}()
 	}
-	sig := make(chan os.Signal, 2)
-	signalNotify(sig)
-	cpu0 := cpuTime()
-	for {
-		select {
-		case err := <-errc:
-			return err
-		case s := <-sig:
-			if s == syscall.SIGTERM {
-				return nil
-			}
-			fmt.Printf("CPU %v\n", (cpuTime() - cpu0).Round(time.Millisecond))
-			cpu0 = cpuTime()
-		}
-	}
+	return serveChild(errc, func(cpu time.Duration) { fmt.Printf("CPU %v\n", cpu.Round(time.Millisecond)) })
 }
