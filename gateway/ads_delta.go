@@ -47,47 +47,11 @@ func (c *adsClient) deltaSession(ctx context.Context) (bool, error) {
 			}
 			return received, err
 		}
-		if nothingPublished(resp) {
-			if c.holdsAny(resp.GetTypeUrl(), resp.GetRemovedResources()) {
-				// Applied, it would drop the configuration being served;
-				// ignored, the control plane would believe it dropped.
-				return received, errors.New("control plane has published nothing yet")
-			}
-			// Nothing to apply: the ACK tells the control plane so.
-			c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(resp.GetTypeUrl()), "ack").Inc()
-			req := &discoverypb.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
-			if err := stream.Send(req); err != nil {
-				return received, err
-			}
-			continue
-		}
 		received = true
 		if err := stream.Send(c.handleDelta(resp)); err != nil {
 			return received, err
 		}
 	}
-}
-
-// nothingPublished reports whether resp comes from a control plane that
-// has published nothing yet. Berth's xDS server numbers snapshots from 1
-// (etcd revisions) and gives each delta response the snapshot version it
-// reflects; before its first publish it answers a wildcard subscription
-// at once at version 0, removing every resource the client named in
-// initial_resource_versions (a state-of-the-world server stays silent
-// instead). A gateway reconnecting to a restarted control plane keeps
-// what it serves until that control plane has something to say.
-func nothingPublished(resp *discoverypb.DeltaDiscoveryResponse) bool {
-	return resp.GetSystemVersionInfo() == "0" && len(resp.GetResources()) == 0
-}
-
-// holdsAny reports whether the gateway holds any of names of type t.
-func (c *adsClient) holdsAny(t string, names []string) bool {
-	for _, name := range names {
-		if _, ok := c.held[t][name]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 // handleDelta applies one delta response to its type as a whole and
