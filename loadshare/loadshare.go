@@ -11,6 +11,7 @@
 package loadshare
 
 import (
+	"sync"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -45,6 +46,16 @@ type Sharer struct {
 
 	run       string
 	published map[string]xds.LoadTotals // totals as of the last write
+
+	watchOnce, watchedOnce sync.Once
+	watching               chan struct{}
+}
+
+// Watching is closed once this replica follows the others' writes: what
+// they write from then on is counted.
+func (s *Sharer) Watching() <-chan struct{} {
+	s.watchOnce.Do(func() { s.watching = make(chan struct{}) })
+	return s.watching
 }
 
 // Run shares until ctx ends, then removes this replica's entry.
@@ -137,6 +148,8 @@ func (s *Sharer) follow(ctx context.Context) {
 			continue
 		}
 		wch := s.Client.Watch(clientv3.WithRequireLeader(ctx), Prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		// From the revision read on: no later write is missed.
+		s.watchedOnce.Do(func() { s.Watching(); close(s.watching) })
 		for wr := range wch {
 			if wr.Err() != nil {
 				s.Logger.Debug("load watch ended", "err", wr.Err())

@@ -109,12 +109,16 @@ func TestReplicasSeeTheWholeClustersLoad(t *testing.T) {
 		s := &Sharer{Client: cli, Replica: name, XDS: x, Interval: 50 * time.Millisecond, TTL: time.Second, Logger: quiet()}
 		done := make(chan struct{})
 		go func() { s.Run(sctx); close(done) }()
+		select {
+		case <-s.Watching():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s never followed the other replicas", name)
+		}
 		return func() { stop(); <-done }
 	}
 	stopA := share("replica-a", a)
 	stopB := share("replica-b", b)
 	defer stopB()
-	time.Sleep(200 * time.Millisecond) // both watching
 
 	const canary = "default_hello_r2"
 	reportA, reportB := gateway(t, a, "gw-a"), gateway(t, b, "gw-b")
@@ -140,7 +144,7 @@ func TestReplicasSeeTheWholeClustersLoad(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // several share intervals without traffic
 	for name, x := range map[string]*xds.Server{"replica-a": a, "replica-b": b} {
 		if st := x.Load("default", "hello", 2, time.Minute); st.Requests != 160 || st.Errors != 15 {
-			t.Errorf("%s after quiet intervals: %s, want 160 requests and 15 errors (nothing counted twice)", name, fmt.Sprintf("%+v", st))
+			t.Errorf("%s after quiet intervals: %+v, want 160 requests and 15 errors (nothing counted twice)", name, st)
 		}
 	}
 	if st := b.Load("default", "other", 1, time.Minute); st.Requests != 7 {
