@@ -11,12 +11,12 @@
 package loadshare
 
 import (
-	"sync"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-dev/berth/xds"
