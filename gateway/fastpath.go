@@ -29,12 +29,15 @@ import (
 
 const (
 	clientBufSize = 4 << 10
-	// maxFastBody is the largest request body the fast path forwards; it
-	// must fit the client buffer to be replayable on a retry, larger
-	// bodies stream through the general path.
+	// maxFastBody is the largest request body sent with its head when it
+	// is already buffered, so a retry can send the request again; larger
+	// bodies are streamed (and not retried once sent).
 	maxFastBody = clientBufSize
 	// maxResponseHead bounds an upstream response head.
 	maxResponseHead = 1 << 20
+	// maxDiscardBody is the largest body the gateway reads through to
+	// keep a connection open after answering a request itself.
+	maxDiscardBody = 64 << 10
 )
 
 var (
@@ -51,6 +54,7 @@ type serverConn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	isTLS   bool
+	bigBuf  bool   // br was grown for a large head: not pooled
 	remote  []byte // client IP
 	readDL  int64  // nanotime of the read deadline last set
 	state   atomic.Int32
@@ -58,6 +62,8 @@ type serverConn struct {
 	out     []byte // the upstream request head (and small body)
 	resp    respHead
 	retry   *retryPolicy // set while a retriable status may be dropped
+	// replayable: the whole request, body included, is in out.
+	replayable bool
 	scratch [256]byte
 	reqID   [32]byte
 }
@@ -71,8 +77,11 @@ const (
 // buffer and are valid until the head is discarded.
 type request struct {
 	method, target, path, host []byte
-	contentLength              int64
+	contentLength              int64 // when hasLength
+	hasLength                  bool  // a Content-Length field was sent
+	chunked                    bool  // Transfer-Encoding: chunked (general path)
 	closeConn                  bool
+	upgrade                    bool // Connection: upgrade
 	te                         []byte // TE value, kept only when "trailers"
 	xff                        []byte // prior X-Forwarded-For, joined
 	xffMulti                   bool
@@ -154,9 +163,14 @@ func (g *Gateway) serveConn(c net.Conn, isTLS bool) {
 	g.conns.add(sc)
 	handedOff := sc.loop()
 	g.conns.remove(sc)
-	if handedOff {
-		// net/http owns c and the reader now.
+	if handedOff || sc.bigBuf {
+		// net/http owns c and the reader now, or the reader is too big
+		// to keep.
+		if !handedOff {
+			c.Close()
+		}
 		sc.br = bufio.NewReaderSize(nil, clientBufSize)
+		sc.bigBuf = false
 	} else {
 		c.Close()
 		sc.br.Reset(nil)
@@ -193,14 +207,21 @@ func (sc *serverConn) loop() bool {
 				return false
 			}
 		}
-		head, err := scanHead(sc.br)
+		head, err := scanRequestHead(sc.br, g.headLimits)
+		if err == errNeedBuffer {
+			sc.growBuffer()
+			head, err = scanRequestHead(sc.br, g.headLimits)
+		}
 		if err != nil {
-			if err == errHeadTooLarge || err == errMalformed {
-				return sc.handoff()
+			if rej, ok := err.(*rejection); ok {
+				return sc.reject(rej)
 			}
 			return false
 		}
-		if !sc.parseRequest(head) {
+		switch verdict, rej := sc.req.parse(head, g.headLimits); verdict {
+		case headReject:
+			return sc.reject(rej)
+		case headHandOff:
 			return sc.handoff()
 		}
 		keep := sc.serve(len(head))
@@ -209,6 +230,59 @@ func (sc *serverConn) loop() bool {
 		}
 	}
 }
+
+// growBuffer gives the connection a reader large enough for the largest
+// head allowed (the pooled one holds 4 KiB), keeping what was read.
+func (sc *serverConn) growBuffer() {
+	buffered, _ := sc.br.Peek(sc.br.Buffered())
+	prefix := bytes.Clone(buffered)
+	sc.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), sc.c), sc.g.headLimits.maxBytes+clientBufSize)
+	sc.bigBuf = true
+}
+
+// reject answers a request the gateway refuses for the client's fault
+// and closes the connection: what follows it cannot be framed.
+func (sc *serverConn) reject(rej *rejection) bool {
+	g := sc.g
+	g.metrics.rejected(rej.reason).Inc()
+	fillRequestID(&sc.reqID)
+	bw := sc.bw
+	body := "berth: " + rej.reason + "\n"
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(rej.status))
+	bw.WriteByte(' ')
+	bw.WriteString(statusText(rej.status))
+	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
+	bw.WriteString("\r\nDate: ")
+	bw.Write(httpDate())
+	bw.WriteString("\r\nX-Request-Id: ")
+	bw.Write(sc.reqID[:])
+	bw.WriteString("\r\nConnection: close\r\n\r\n")
+	bw.WriteString(body)
+	bw.Flush()
+	if g.accessLogEnabled() {
+		g.writeAccess(string(sc.reqID[:]), "", "", "", string(sc.remote), "", "", "", rej.status, 0, rej)
+	}
+	lingerClose(sc.c)
+	return false
+}
+
+// lingerClose closes c after the answer had a chance to reach the client:
+// closing a socket with unread input resets it, and a reset can destroy
+// the answer before the client reads it (nginx's lingering close).
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.CopyN(io.Discard, c, lingerMaxBytes)
+}
+
+const (
+	lingerTimeout  = 500 * time.Millisecond
+	lingerMaxBytes = 256 << 10
+)
 
 // handoff passes the connection, with what was read of it, to net/http.
 func (sc *serverConn) handoff() bool {
@@ -260,114 +334,13 @@ func scanHead(br *bufio.Reader) ([]byte, error) {
 	}
 }
 
-// parseRequest parses head into sc.req; false means: not for the fast path.
-func (sc *serverConn) parseRequest(head []byte) bool {
-	r := &sc.req
-	*r = request{hdrs: r.hdrs[:0], connTokens: r.connTokens[:0], contentLength: 0}
-	line, rest := cutLine(head)
-	sp1 := bytes.IndexByte(line, ' ')
-	if sp1 <= 0 {
-		return false
-	}
-	sp2 := bytes.IndexByte(line[sp1+1:], ' ')
-	if sp2 <= 0 {
-		return false
-	}
-	r.method, r.target = line[:sp1], line[sp1+1:sp1+1+sp2]
-	if string(line[sp1+2+sp2:]) != "HTTP/1.1" || !isToken(r.method) || string(r.method) == "CONNECT" || string(r.method) == "PRI" {
-		return false
-	}
-	if len(r.target) == 0 || r.target[0] != '/' || !validTarget(r.target) {
-		return false
-	}
-	r.path = r.target
-	if q := bytes.IndexByte(r.target, '?'); q >= 0 {
-		r.path = r.target[:q]
-	}
-	hosts, cls := 0, 0
-	for len(rest) > 2 {
-		line, rest = cutLine(rest)
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || !isToken(line[:colon]) {
-			return false
-		}
-		name, value := line[:colon], trimOWS(line[colon+1:])
-		if !validValue(value) {
-			return false
-		}
-		h := header{name: name, value: value, line: line}
-		switch {
-		case equalFold(name, "host"):
-			hosts++
-			r.host = value
-		case equalFold(name, "content-length"):
-			n, ok := parseContentLength(value)
-			if !ok || (cls > 0 && n != r.contentLength) {
-				return false
-			}
-			cls++
-			r.contentLength = n
-		case equalFold(name, "transfer-encoding"), equalFold(name, "upgrade"), equalFold(name, "expect"):
-			if equalFold(name, "upgrade") && equalFold(value, "h2c") {
-				h.drop = true // h2c upgrade is optional; serve it as HTTP/1.1
-				break
-			}
-			return false
-		case equalFold(name, "connection"):
-			h.drop = true
-			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				tok = trimOWS(tok)
-				switch {
-				case equalFold(tok, "close"):
-					r.closeConn = true
-				case equalFold(tok, "keep-alive"), len(tok) == 0:
-				case equalFold(tok, "upgrade"):
-					// Upgrade: h2c (dropped above) or a real upgrade (handed off).
-				default:
-					r.connTokens = append(r.connTokens, tok)
-				}
-			}
-		case equalFold(name, "te"):
-			h.drop = true
-			if equalFold(value, "trailers") {
-				r.te = value
-			}
-		case equalFold(name, "keep-alive"), equalFold(name, "proxy-connection"), equalFold(name, "proxy-authorization"),
-			equalFold(name, "trailer"), equalFold(name, "x-forwarded-proto"):
-			h.drop = true
-		case equalFold(name, "x-forwarded-for"):
-			h.drop = true
-			if r.xff != nil {
-				r.xffMulti = true
-			} else {
-				r.xff = value
-			}
-		case equalFold(name, "x-request-id"):
-			h.drop = true
-			r.reqID = value
-		}
-		r.hdrs = append(r.hdrs, h)
-	}
-	if hosts != 1 || r.contentLength > maxFastBody {
-		return false
-	}
-	for i := range r.hdrs {
-		for _, tok := range r.connTokens {
-			if bytes.EqualFold(r.hdrs[i].name, tok) {
-				r.hdrs[i].drop = true
-			}
-		}
-	}
-	return true
-}
-
 // serve answers the parsed request whose head is headLen bytes; it
 // reports whether the connection stays open.
 func (sc *serverConn) serve(headLen int) bool {
 	g := sc.g
 	start := time.Now()
 	r := &sc.req
-	if len(r.reqID) == 0 || len(r.reqID) > 128 {
+	if !g.cfg.TrustRequestID || len(r.reqID) == 0 || len(r.reqID) > 128 {
 		fillRequestID(&sc.reqID)
 		r.reqID = sc.reqID[:]
 	}
@@ -402,7 +375,9 @@ func (sc *serverConn) local(start time.Time, headLen int, stats *routeStats, re 
 	r := &sc.req
 	sc.logAccess(start, re, wc, nil, status, nil) // before the head is discarded
 	sc.br.Discard(headLen)
-	if r.contentLength > 0 {
+	if r.contentLength > maxDiscardBody {
+		keep = false // not worth reading through: answer and close
+	} else if r.contentLength > 0 {
 		if _, err := sc.br.Discard(int(r.contentLength)); err != nil {
 			return false
 		}
@@ -447,6 +422,12 @@ func (sc *serverConn) buildUpstreamHead(headLen int) bool {
 			out = append(out, '\r', '\n')
 		}
 	}
+	if r.hasLength {
+		// The gateway's own framing: one canonical Content-Length.
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, r.contentLength, 10)
+		out = append(out, "\r\n"...)
+	}
 	if r.te != nil {
 		out = append(out, "Te: trailers\r\n"...)
 	}
@@ -490,12 +471,22 @@ func (sc *serverConn) buildUpstreamHead(headLen int) bool {
 
 // attemptResult is how one upstream attempt ended.
 type attemptResult struct {
-	status        int   // response status; 0 when none arrived
-	local         bool  // connect failure or broken connection (no response)
-	connectFailed bool  // the connect itself failed
-	timedOut      bool  // the route or per-try deadline passed first
-	err           error // the failure, for the access log
-	headAt        int64 // nanotime() when the response head relayed arrived; 0 if none
+	status int     // the upstream's response status; 0 when none arrived
+	fail   failure // what went wrong, if anything (outcome.go)
+	answer int     // the status the gateway answered itself; 0 if none
+	err    error   // the failure, for the access log
+	headAt int64   // nanotime() when the response head relayed arrived; 0 if none
+}
+
+// reported is the status the access log and metrics record.
+func (r *attemptResult) reported() int {
+	switch {
+	case r.fail == failClientGone:
+		return StatusClientClosed
+	case r.answer != 0:
+		return r.answer
+	}
+	return r.status
 }
 
 // proxy forwards the request to an endpoint of wc's cluster, retrying by
@@ -505,6 +496,7 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 	r := &sc.req
 	c := wc.cluster
 	replayable := sc.buildUpstreamHead(headLen)
+	sc.replayable = replayable
 	// The head (and any body in out) is copied: let the log see it first,
 	// then drop it from the client buffer.
 	var logMethod, logTarget, logHost string
@@ -558,21 +550,22 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 		var done bool
 		res, keep, done = sc.attempt(ep, c, tryDeadline, &bodyLeft, isHead, closeAfter)
 		ep.active.Add(-1)
-		c.outcome(ep, res.status, res.local)
+		c.observe(ep, res.status, res.fail)
 		if done {
 			break
 		}
 		if res.status == 0 {
-			// No response: retry when the policy covers the failure and
-			// the request can be sent again whole.
+			// No response, the upstream's fault: retry when the policy
+			// covers the failure and the request can be sent again whole.
+			connectFailed := res.fail == failConnect
 			intact := replayable || bodyLeft == r.contentLength
-			if !(re.retry.retriable(0, res.connectFailed) && intact && (res.connectFailed || methodIdempotent) && budgetLeft()) {
+			if !(re.retry.retriable(0, connectFailed) && intact && (connectFailed || methodIdempotent) && budgetLeft()) {
 				status, body := 502, "berth: upstream error\n"
-				if res.timedOut {
+				if res.fail == failUpstreamTimeout {
 					status, body = 504, "berth: upstream request timeout\n"
 				}
 				keep = sc.localAfterProxy(status, body, closeAfter || bodyLeft != 0)
-				res.status = status
+				res.answer = status
 				break
 			}
 		}
@@ -584,16 +577,12 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 	if res.headAt == 0 { // the gateway answered itself
 		res.headAt = nanotime()
 	}
-	st.latency.observe(time.Duration(res.headAt - sent))
-	if res.status >= 500 || res.status == 0 {
-		st.failed.Add(1)
-	} else {
-		st.succeeded.Add(1)
-	}
+	status := res.reported()
+	st.finish(status, res.fail, sent, res.headAt)
 	d := time.Since(start)
-	wc.stats.observe(res.status, d)
+	wc.stats.observe(status, d)
 	if logging {
-		g.logAccessFields(sc, logMethod, logTarget, logHost, start, re, wc, ep, res.status, res.err)
+		g.logAccessFields(sc, logMethod, logTarget, logHost, start, re, wc, ep, status, res.err)
 	}
 	return keep && !g.shuttingDown.Load()
 }
@@ -627,39 +616,41 @@ func (sc *serverConn) attempt(ep *endpoint, c *upstreamCluster, deadline time.Ti
 	for fresh := false; ; fresh = true {
 		uc, reused, err := ep.get(g.dialer, c.connectTimeout, g.cfg.UpstreamIdleTimeout, !idempotent(sc.req.method))
 		if err != nil {
-			return attemptResult{local: true, connectFailed: true, err: err}, false, false
+			return attemptResult{fail: failConnect, err: err}, false, false
 		}
 		uc.setDeadline(deadline)
 		res, keep, done, stale := sc.exchange(uc, reused, bodyLeft, isHead, closeAfter, c)
 		if stale && !fresh {
 			continue // a kept-alive connection the upstream had closed: once more on a new one
 		}
-		if res.err != nil && isTimeout(res.err) {
-			res.timedOut = true
+		if res.fail == failUpstream && res.err != nil && isTimeout(res.err) {
+			res.fail = failUpstreamTimeout
 		}
 		return res, keep, done
 	}
 }
 
 // exchange runs one request on uc. stale reports a reused connection that
-// failed before any response byte, with the whole request replayable.
+// failed before any response byte, with the whole request (body included)
+// in sc.out, so it can be sent again as it was.
 func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, isHead, closeAfter bool, c *upstreamCluster) (res attemptResult, keep, done, stale bool) {
 	r := &sc.req
-	fail := func(err error) (attemptResult, bool, bool, bool) {
-		uc.Conn.Close()
-		return attemptResult{local: true, err: err}, false, false, false
-	}
 	if _, err := uc.Write(sc.out); err != nil {
-		res, k, d, _ := fail(err)
-		return res, k, d, reused && *bodyLeft == 0
+		uc.Conn.Close()
+		return attemptResult{fail: failUpstream, err: err}, false, false, reused && sc.replayable
 	}
 	if *bodyLeft > 0 {
-		if err := copyN(uc.Conn, nil, sc.br, *bodyLeft); err != nil {
+		clientErr, upErr := sendBody(uc.Conn, sc.br, *bodyLeft)
+		if clientErr != nil || upErr != nil {
+			// The upstream saw part of a request: its connection is
+			// never reused. Part of the body is gone: no retry, and the
+			// client connection cannot be reused.
 			uc.Conn.Close()
-			// Part of the body is gone: no retry, and the client
-			// connection cannot be reused.
 			*bodyLeft = -1
-			return attemptResult{local: true, err: err}, false, false, false
+			if clientErr != nil {
+				return sc.clientBodyFailed(clientErr), false, true, false
+			}
+			return attemptResult{fail: failUpstream, err: upErr}, false, false, false
 		}
 		*bodyLeft = 0
 	}
@@ -668,7 +659,7 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 		err := readResponseHead(uc.br, p)
 		if err != nil {
 			uc.Conn.Close()
-			return attemptResult{local: true, err: err}, false, false, reused && uc.br.Buffered() == 0 && isEOF(err) && idempotent(r.method)
+			return attemptResult{fail: failUpstream, err: err}, false, false, reused && sc.replayable && uc.br.Buffered() == 0 && isEOF(err) && idempotent(r.method)
 		}
 		if p.status >= 100 && p.status < 200 && p.status != 101 {
 			// 100 Continue, 103 Early Hints: pass on, read on.
@@ -676,13 +667,13 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 			uc.br.Discard(p.headLen)
 			if err := sc.bw.Flush(); err != nil {
 				uc.Conn.Close()
-				return attemptResult{status: p.status, err: errClientWrite}, false, true, false
+				return attemptResult{status: p.status, fail: failClientGone, err: errClientWrite}, false, true, false
 			}
 			continue
 		}
 		if p.status == 101 {
 			uc.Conn.Close()
-			return attemptResult{local: true, err: errors.New("101 without an upgrade request")}, false, false, false
+			return attemptResult{fail: failUpstream, err: errors.New("101 without an upgrade request")}, false, false, false
 		}
 		break
 	}
@@ -725,7 +716,11 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 	if err != nil {
 		uc.Conn.Close()
 		// The client got part of a response: close its connection.
-		return attemptResult{status: status, err: err, headAt: headAt}, false, true, false
+		f := failUpstream
+		if err == errClientWrite {
+			f = failClientGone
+		}
+		return attemptResult{status: status, fail: f, err: err, headAt: headAt}, false, true, false
 	}
 	if p.close || delimitedByClose {
 		uc.Conn.Close()
@@ -733,6 +728,50 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 		uc.ep.put(uc)
 	}
 	return attemptResult{status: status, headAt: headAt}, !clientClose, true, false
+}
+
+// sendBody streams the rest of the request body, n bytes, from the
+// client to the upstream. clientErr is the client's failure (a body
+// shorter than its Content-Length, too slow, a reset); upErr, the
+// upstream's.
+func sendBody(dst io.Writer, src *bufio.Reader, n int64) (clientErr, upErr error) {
+	for n > 0 {
+		if src.Buffered() == 0 {
+			if _, err := src.Peek(1); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return err, nil
+			}
+		}
+		k := min(int64(src.Buffered()), n)
+		b, _ := src.Peek(int(k))
+		if _, err := dst.Write(b); err != nil {
+			return nil, err
+		}
+		src.Discard(int(k))
+		n -= k
+	}
+	return nil, nil
+}
+
+// clientBodyFailed answers a request whose body the client did not
+// deliver: 408 when it was too slow, 400 when it ended short; a client
+// whose connection broke gets nothing. The connection closes either way.
+func (sc *serverConn) clientBodyFailed(err error) attemptResult {
+	var status int
+	var body string
+	switch {
+	case isTimeout(err):
+		status, body = 408, "berth: request body timeout\n"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		status, body = 400, "berth: "+rejectShortBody.reason+"\n"
+	default:
+		return attemptResult{fail: failClientGone, err: err}
+	}
+	sc.c.SetWriteDeadline(time.Now().Add(lingerTimeout))
+	sc.localAfterProxy(status, body, true)
+	return attemptResult{fail: failClientBody, answer: status, err: err}
 }
 
 // retryWanted says whether a response with status is to be dropped and

@@ -491,7 +491,7 @@ func (s *syncBuffer) String() string {
 func TestJSONAccessLog(t *testing.T) {
 	up := upstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 	var logBuf syncBuffer
-	g := testGateway(t, func(c *Config) { c.AccessLog = &logBuf })
+	g := testGateway(t, func(c *Config) { c.AccessLog = &logBuf; c.TrustRequestID = true })
 	install(g, nil, up.URL)
 	req, _ := http.NewRequest("GET", "http://"+g.Addr()+"/a?b=c", nil)
 	req.Header.Set("X-Request-Id", "abc123")

@@ -64,9 +64,18 @@ type Config struct {
 	// MaxConnections caps concurrent client connections (0 = no cap); at
 	// the cap the gateway stops accepting until one closes.
 	MaxConnections int
-	// MaxHeaderBytes caps a request head (request line and headers);
-	// larger ones get 431.
+	// MaxHeaderBytes caps a request head (request line, header lines and
+	// the empty line, with their CRLFs): a head of exactly this size is
+	// served, one byte more gets 431 and the connection is closed.
 	MaxHeaderBytes int
+	// MaxHeaderCount caps the header field lines of a request (nginx and
+	// Envoy: 100); more get 431 and the connection is closed.
+	MaxHeaderCount int
+	// TrustRequestID keeps a client's X-Request-Id (up to 128 bytes) when
+	// the gateway is an inner hop behind a proxy that sets it; otherwise
+	// the gateway always makes its own, so clients cannot choose the id
+	// that logs and upstreams correlate by.
+	TrustRequestID bool
 	// AccessLog, when set, gets one JSON object per request (time,
 	// request_id, method, host, path, status, route, cluster, upstream,
 	// client, duration_ms, error). Without it, access records go to Logger
@@ -81,9 +90,6 @@ type Config struct {
 	// LoadReporting sends per-cluster load reports over LRS to the
 	// control plane at XDSAddr, as often as it asks.
 	LoadReporting bool
-	// DisableFastPath serves every request through net/http and
-	// httputil-style forwarding (for comparison and debugging).
-	DisableFastPath bool
 }
 
 // XDSProtocol values.
@@ -114,6 +120,7 @@ func DefaultConfig() Config {
 		ReadHeaderTimeout:       10 * time.Second,
 		UpstreamIdleTimeout:     90 * time.Second,
 		MaxHeaderBytes:          60 << 10, // Envoy's default max_request_headers_kb
+		MaxHeaderCount:          100,      // nginx's and Envoy's default
 		LoadReporting:           true,
 	}
 }
@@ -138,6 +145,7 @@ type Gateway struct {
 	conns        connTracker      // fast-path connections
 	shuttingDown atomic.Bool
 	slots        chan struct{} // MaxConnections tokens; nil = no cap
+	headLimits   headLimits
 	accessLog    *slog.Logger
 	accessLevel  slog.Level
 
@@ -186,6 +194,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.MaxHeaderBytes <= 0 {
 		cfg.MaxHeaderBytes = def.MaxHeaderBytes
+	}
+	if cfg.MaxHeaderCount <= 0 {
+		cfg.MaxHeaderCount = def.MaxHeaderCount
 	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = def.BackoffMin
@@ -236,6 +247,7 @@ func New(cfg Config) (*Gateway, error) {
 		reg:     newRegistry(cfg.MaxIdleConnsPerEndpoint),
 	}
 	g.conns.m = map[*serverConn]struct{}{}
+	g.headLimits = headLimits{maxBytes: cfg.MaxHeaderBytes, maxFields: cfg.MaxHeaderCount}
 	if cfg.MaxConnections > 0 {
 		g.slots = make(chan struct{}, cfg.MaxConnections)
 	}
@@ -375,15 +387,25 @@ func (g *Gateway) run(ctx context.Context) error {
 }
 
 // ServeHTTP routes and proxies one request. It is the general path:
-// HTTP/2, upgrades (WebSocket), large or chunked request bodies and
-// anything the fast path (fastpath.go) hands over.
+// HTTP/2, upgrades (WebSocket), chunked request bodies, HTTP/1.0 and
+// whatever else the fast path (fastpath.go) hands over once it has
+// checked the request's framing (h1request.go). An HTTP/1.x connection
+// reaches net/http only through that hand-off, and serves that one
+// request here: the answer says Connection: close, so net/http never
+// frames a later request on the connection by its own, laxer rules.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	reqID := r.Header.Get("X-Request-Id")
+	reqID := ""
+	if g.cfg.TrustRequestID {
+		reqID = r.Header.Get("X-Request-Id")
+	}
 	if reqID == "" || len(reqID) > 128 {
 		reqID = newRequestID()
 	}
 	w.Header()["X-Request-Id"] = []string{reqID}
+	if r.ProtoMajor == 1 {
+		w.Header()["Connection"] = []string{"close"}
+	}
 
 	t := g.table.Load()
 	if t == nil || !t.hasListener {
@@ -434,20 +456,21 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var ep, avoid *endpoint
 	var status int
 	var headAt time.Time
+	var fail failure
 	var err error
 	for attempt := 0; ; attempt++ {
 		ep = c.pickEndpoint(avoid)
 		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && re.retry.allowsMethod(r.Method) && c.retries.allows(st) && ctx.Err() == nil
 		ep.active.Add(1)
 		var retry bool
-		status, headAt, retry, err = g.fwd.forward(w, fr.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {
+		status, headAt, retry, fail, err = g.fwd.forward(w, fr.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {
 			if !mayRetry || !re.retry.retriable(code, connectFailed) {
 				return false
 			}
 			return code != 0 && idempotentMethod(r.Method) || code == 0 && (connectFailed || idempotentMethod(r.Method))
 		})
 		ep.active.Add(-1)
-		c.outcome(ep, status, errors.Is(err, errUpstream))
+		c.observe(ep, status, fail)
 		if !retry {
 			break
 		}
@@ -459,23 +482,30 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if headAt.IsZero() { // the gateway answers itself
 		headAt = time.Now()
 	}
-	st.latency.observe(headAt.Sub(sent))
-	if errors.Is(err, errUpstream) {
-		switch {
-		case r.Context().Err() != nil:
-			status = 499 // the client left first
-		case ctx.Err() != nil:
-			status = plainError(w, http.StatusGatewayTimeout, "berth: upstream request timeout\n")
-		default:
-			status = plainError(w, http.StatusBadGateway, "berth: upstream error\n")
+	reported := status
+	switch {
+	case fail == failClientGone:
+		reported = StatusClientClosed
+	case fail == failClientBody:
+		reported = http.StatusBadRequest
+		body := "berth: malformed or short request body\n"
+		if isTimeout(err) {
+			reported, body = http.StatusRequestTimeout, "berth: request body timeout\n"
 		}
+		w.Header()["Connection"] = []string{"close"}
+		plainError(w, reported, body)
+	case status == 0 && fail == failUpstreamTimeout:
+		reported = plainError(w, http.StatusGatewayTimeout, "berth: upstream request timeout\n")
+	case status == 0 && fail.upstreamFault():
+		reported = plainError(w, http.StatusBadGateway, "berth: upstream error\n")
 	}
-	if status >= 500 || status == 0 || status == 499 {
-		st.failed.Add(1)
-	} else {
-		st.succeeded.Add(1)
+	st.finish(reported, fail, sent.UnixNano(), headAt.UnixNano())
+	g.finish(r, start, reqID, wc.stats, re.name, wc.name, ep.addr, reported, err)
+	if status != 0 && status != http.StatusSwitchingProtocols && fail == failUpstream {
+		// The upstream broke mid-body: abort the client connection so
+		// it sees a truncated response, not a silently short one.
+		panic(http.ErrAbortHandler)
 	}
-	g.finish(r, start, reqID, wc.stats, re.name, wc.name, ep.addr, status, err)
 }
 
 func idempotentMethod(m string) bool {

@@ -12,6 +12,7 @@ type metrics struct {
 	xdsUpdates  *prometheus.CounterVec
 	xdsConnects prometheus.Counter
 	xdsUp       prometheus.Gauge
+	rejects     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -37,15 +38,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_gateway_xds_connected",
 			Help: "1 while an ADS stream is open.",
 		}),
+		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_gateway_rejected_requests_total",
+			Help: "Requests refused for the client's fault before reaching a route (malformed or ambiguous framing, limits), by reason; their connections were closed.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp} {
+		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp, m.rejects} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return m, nil
+}
+
+// rejected is the counter of requests refused for reason.
+func (m *metrics) rejected(reason string) prometheus.Counter {
+	return m.rejects.WithLabelValues(reason)
 }
 
 // routeStats are the resolved series of one (route, cluster) pair, looked

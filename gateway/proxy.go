@@ -65,13 +65,15 @@ var errUpstream = errors.New("upstream request failed")
 type retryFunc func(code int, local, connectFailed bool) bool
 
 // forward proxies r to addr ("ip:port"). It returns the status sent to the
-// client, when the upstream's response head arrived (zero if none did),
-// and an error when the upstream failed. Before the response has
-// started, a failure returns errUpstream (wrapped) and nothing is written;
-// after, the client connection is aborted so the client sees a truncated
-// response, not a silently short one. When retry accepts the outcome,
-// nothing is written and retried is true.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, retry retryFunc) (status int, headAt time.Time, retried bool, err error) {
+// client (the upstream's), when the upstream's response head arrived
+// (zero if none did), and, when something failed, what failed (see
+// outcome.go) and the error. Before the response has started, a failure
+// writes nothing: the caller answers. After, the caller must abort the
+// client connection on an upstream failure, so the client sees a
+// truncated response, not a silently short one. When retry accepts the
+// outcome, nothing is written and retried is true.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, retry retryFunc) (status int, headAt time.Time, retried bool, fail failure, err error) {
+	body := &clientBody{r: r.Body}
 	out := &http.Request{
 		Method:        r.Method,
 		URL:           &url.URL{Scheme: "http", Host: addr, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery},
@@ -79,11 +81,11 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 		ProtoMajor:    1,
 		ProtoMinor:    1,
 		Header:        make(http.Header, len(r.Header)+4),
-		Body:          r.Body,
+		Body:          body,
 		ContentLength: r.ContentLength,
 		Host:          r.Host,
 	}
-	if r.ContentLength == 0 {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		out.Body = nil // no chunked empty body upstream
 	}
 	copyHeader(out.Header, r.Header)
@@ -115,26 +117,43 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 
 	resp, err := f.transport.RoundTrip(out)
 	if err != nil {
+		switch {
+		case body.err != nil:
+			return 0, time.Time{}, false, failClientBody, body.err
+		case errors.Is(r.Context().Err(), context.Canceled):
+			return 0, time.Time{}, false, failClientGone, err
+		case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+			return 0, time.Time{}, false, failUpstreamTimeout, errors.Join(errUpstream, err)
+		}
 		var oe *net.OpError
-		connectFailed := errors.As(err, &oe) && oe.Op == "dial"
-		return 0, time.Time{}, retry != nil && retry(0, true, connectFailed), errors.Join(errUpstream, err)
+		fail = failUpstream
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			fail = failConnect
+		}
+		return 0, time.Time{}, retry != nil && retry(0, true, fail == failConnect), fail, errors.Join(errUpstream, err)
 	}
 	headAt = time.Now()
 	if retry != nil && resp.StatusCode != http.StatusSwitchingProtocols && retry(resp.StatusCode, false, false) {
 		_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
 		resp.Body.Close()
-		return resp.StatusCode, headAt, true, nil
+		return resp.StatusCode, headAt, true, failNone, nil
 	}
 	defer resp.Body.Close()
 
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		status, retried, err = f.upgraded(w, r, resp, upgrade)
-		return status, headAt, retried, err
+		if err != nil {
+			fail = failUpstream
+		}
+		return status, headAt, retried, fail, err
 	}
 
 	h := w.Header()
 	copyHeader(h, resp.Header)
 	removeHopHeaders(h, resp.Header)
+	if r.ProtoMajor == 1 {
+		h["Connection"] = []string{"close"} // see Gateway.ServeHTTP
+	}
 	if len(resp.Trailer) > 0 {
 		names := make([]string, 0, len(resp.Trailer))
 		for k := range resp.Trailer {
@@ -149,17 +168,39 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 		flusher, _ = w.(http.Flusher)
 	}
 	if err := f.copyBody(w, resp.Body, flusher); err != nil {
-		if r.Context().Err() == nil {
-			// The upstream broke mid-body: abort the client connection.
-			panic(http.ErrAbortHandler)
+		switch {
+		case errors.Is(err, errClientGone), errors.Is(r.Context().Err(), context.Canceled):
+			fail = failClientGone
+		case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+			fail = failUpstreamTimeout
+		default:
+			fail = failUpstream
 		}
-		return resp.StatusCode, headAt, false, err
+		return resp.StatusCode, headAt, false, fail, err
 	}
 	for k, vv := range resp.Trailer {
 		h[k] = vv
 	}
-	return resp.StatusCode, headAt, false, nil
+	return resp.StatusCode, headAt, false, failNone, nil
 }
+
+// clientBody remembers why reading the client's request body failed, so
+// that a malformed, short or slow body is the client's fault and not an
+// upstream failure.
+type clientBody struct {
+	r   io.ReadCloser
+	err error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *clientBody) Close() error { return b.r.Close() }
 
 // upgradeType is the protocol a request asks to switch to ("" if none).
 // h2c upgrades are not passed on (the gateway speaks HTTP/1.1 upstream).

@@ -60,15 +60,11 @@ func (g *Gateway) handleConn(c net.Conn, isTLS bool) {
 			return
 		}
 		tc.SetDeadline(time.Time{})
-		if tc.ConnectionState().NegotiatedProtocol == "h2" || g.cfg.DisableFastPath {
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
 			g.general.push(tc) // net/http sees a *tls.Conn: h2 by ALPN
 			return
 		}
 		g.serveConn(tc, true)
-		return
-	}
-	if g.cfg.DisableFastPath {
-		g.general.push(c)
 		return
 	}
 	g.serveConn(c, false)
