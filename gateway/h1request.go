@@ -259,6 +259,9 @@ func (r *request) parse(head []byte, lim headLimits) (headVerdict, *rejection) {
 				if r.chunked {
 					return headReject, rejectDupTE
 				}
+				if len(value) == 0 {
+					return headReject, rejectFieldValue // perhaps folded onto the next line
+				}
 				if !equalFold(value, "chunked") {
 					return headReject, rejectTE
 				}
