@@ -49,23 +49,23 @@ var (
 
 // serverConn is one client connection on the fast path.
 type serverConn struct {
-	g       *Gateway
-	c       net.Conn
-	br      *bufio.Reader
-	bw      *bufio.Writer
-	isTLS   bool
-	bigBuf  bool   // br was grown for a large head: not pooled
-	remote  []byte // client IP
-	readDL  int64  // nanotime of the read deadline last set
-	state   atomic.Int32
-	req     request
-	out     []byte // the upstream request head (and small body)
-	resp    respHead
-	retry   *retryPolicy // set while a retriable status may be dropped
+	g      *Gateway
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	isTLS  bool
+	bigBuf bool   // br was grown for a large head: not pooled
+	remote []byte // client IP
+	readDL int64  // nanotime of the read deadline last set
+	state  atomic.Int32
+	req    request
+	out    []byte // the upstream request head (and small body)
+	resp   respHead
+	retry  *retryPolicy // set while a retriable status may be dropped
 	// replayable: the whole request, body included, is in out.
 	replayable bool
-	scratch [256]byte
-	reqID   [32]byte
+	scratch    [256]byte
+	reqID      [32]byte
 }
 
 const (
@@ -81,7 +81,7 @@ type request struct {
 	hasLength                  bool  // a Content-Length field was sent
 	chunked                    bool  // Transfer-Encoding: chunked (general path)
 	closeConn                  bool
-	upgrade                    bool // Connection: upgrade
+	upgrade                    bool   // Connection: upgrade
 	te                         []byte // TE value, kept only when "trailers"
 	xff                        []byte // prior X-Forwarded-For, joined
 	xffMulti                   bool
