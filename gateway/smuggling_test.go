@@ -152,7 +152,9 @@ func readRawRequest(br *bufio.Reader) (r upstreamRequest, ok bool) {
 		}
 	case length > 0:
 		b = make([]byte, length)
-		_, err = io.ReadFull(br, b)
+		var n int
+		n, err = io.ReadFull(br, b)
+		b = b[:n]
 	}
 	r.body = string(b)
 	if err != nil {
