@@ -208,10 +208,12 @@ func (r *request) parse(head []byte, lim headLimits) (headVerdict, *rejection) {
 	} else {
 		// absolute-form, authority-form (CONNECT) and asterisk-form
 		// (OPTIONS *) go to net/http, which knows their rules.
-		handOff = true
-	}
-	if string(r.method) == "CONNECT" {
-		handOff = true
+		switch {
+		case string(r.method) == "CONNECT", string(r.method) == "OPTIONS" && string(r.target) == "*", hasScheme(r.target):
+			handOff = true
+		default:
+			return headReject, rejectTarget
+		}
 	}
 	hosts, fields := 0, 0
 	upgradeTo := false
@@ -367,6 +369,22 @@ func (r *request) parse(head []byte, lim headLimits) (headVerdict, *rejection) {
 		return headHandOff, nil
 	}
 	return headServe, nil
+}
+
+// hasScheme reports whether target starts like an absolute URI:
+// scheme "://" (RFC 3986 §3.1).
+func hasScheme(target []byte) bool {
+	i := bytes.Index(target, []byte("://"))
+	if i <= 0 {
+		return false
+	}
+	for j, c := range target[:i] {
+		alpha := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+		if !alpha && (j == 0 || !isDigit(c) && c != '+' && c != '-' && c != '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // protectedField reports whether a Connection option may not remove the
