@@ -400,3 +400,42 @@ func TestHandedOffConnectionServesOneRequest(t *testing.T) {
 		t.Fatalf("upstream saw %+v", seen)
 	}
 }
+
+// TestHeadLimitsExact: a head of exactly MaxHeaderBytes is served and one
+// byte more gets 431, on the fast path and for requests handed to the
+// general path; 100 header lines pass and 101 get 431.
+func TestHeadLimitsExact(t *testing.T) {
+	up := newRawRecorder(t)
+	const limit = 6000 // over the fast path's 4 KiB buffer
+	g := testGateway(t, func(c *Config) { c.MaxHeaderBytes = limit })
+	install(g, nil, up.addr())
+	head := func(version string, size int) string {
+		start := "GET /x " + version + "\r\nHost: a\r\nConnection: close\r\nX-Pad: "
+		return start + strings.Repeat("p", size-len(start)-4) + "\r\n\r\n"
+	}
+	for _, version := range []string{"HTTP/1.1", "HTTP/1.0"} {
+		if h := head(version, limit); len(h) != limit {
+			t.Fatalf("test head is %d bytes", len(h))
+		}
+		if answer, _ := clientExchange(t, g.Addr(), head(version, limit), false); !strings.HasPrefix(answer, version+" 200 ") {
+			t.Errorf("%s head of exactly the limit: %.60q", version, answer)
+		}
+		if answer, closed := clientExchange(t, g.Addr(), head(version, limit+1), false); !strings.HasPrefix(answer, "HTTP/1.1 431 ") || !closed {
+			t.Errorf("%s head one byte over the limit: closed=%v %.60q", version, closed, answer)
+		}
+	}
+	fields := func(n int) string {
+		var b strings.Builder
+		b.WriteString("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n")
+		for i := 2; i < n; i++ {
+			fmt.Fprintf(&b, "X-F%d: v\r\n", i)
+		}
+		return b.String() + "\r\n"
+	}
+	if answer, _ := clientExchange(t, g.Addr(), fields(100), false); !strings.HasPrefix(answer, "HTTP/1.1 200 ") {
+		t.Errorf("100 header lines: %.60q", answer)
+	}
+	if answer, closed := clientExchange(t, g.Addr(), fields(101), false); !strings.HasPrefix(answer, "HTTP/1.1 431 ") || !closed {
+		t.Errorf("101 header lines: closed=%v %.60q", closed, answer)
+	}
+}
