@@ -17,6 +17,8 @@ type gatewayFlags struct {
 	certs          []string
 	maxConnections int
 	maxHeaderBytes int
+	maxHeaderCount int
+	trustRequestID bool
 	accessLog      string
 	xdsProtocol    string
 }
@@ -26,7 +28,9 @@ func (f *gatewayFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.tlsListen, "tls-listen", "", "HTTPS address (ALPN h2 and http/1.1), certificates chosen by SNI from --cert")
 	cmd.Flags().StringArrayVar(&f.certs, "cert", nil, "a certificate for the HTTPS listener: hosts=a.test,*.b.test,cert=FILE,key=FILE (repeatable)")
 	cmd.Flags().IntVar(&f.maxConnections, "max-connections", def.MaxConnections, "most client connections at once (0: no limit)")
-	cmd.Flags().IntVar(&f.maxHeaderBytes, "max-header-bytes", def.MaxHeaderBytes, "largest request head accepted (431 above)")
+	cmd.Flags().IntVar(&f.maxHeaderBytes, "max-header-bytes", def.MaxHeaderBytes, "largest request head accepted, request line to empty line (431 and close above)")
+	cmd.Flags().IntVar(&f.maxHeaderCount, "max-header-count", def.MaxHeaderCount, "most header lines in a request (431 and close above)")
+	cmd.Flags().BoolVar(&f.trustRequestID, "trust-request-id", false, "keep a client's X-Request-Id (only when a trusted proxy in front sets it); otherwise the gateway makes its own")
 	cmd.Flags().StringVar(&f.accessLog, "access-log", "", "JSON access log: a file path, or - for standard error")
 	cmd.Flags().StringVar(&f.xdsProtocol, "xds-protocol", def.XDSProtocol, "ADS protocol: delta (incremental) or sotw (state of the world)")
 }
@@ -34,6 +38,7 @@ func (f *gatewayFlags) register(cmd *cobra.Command) {
 // apply fills cfg; the returned closer closes the access log file.
 func (f *gatewayFlags) apply(cfg *gateway.Config) (io.Closer, error) {
 	cfg.TLSListenAddr, cfg.MaxConnections, cfg.MaxHeaderBytes, cfg.XDSProtocol = f.tlsListen, f.maxConnections, f.maxHeaderBytes, f.xdsProtocol
+	cfg.MaxHeaderCount, cfg.TrustRequestID = f.maxHeaderCount, f.trustRequestID
 	for _, spec := range f.certs {
 		c, err := parseCert(spec)
 		if err != nil {
