@@ -17,13 +17,19 @@
 //	             registry of per-endpoint/per-cluster state kept across tables
 //	endpoint.go  upstream endpoints: keep-alive pools, in-flight counts,
 //	             outlier ejection, retry budgets
+//	h1request.go the HTTP/1.x request framer: every HTTP/1.x request,
+//	             whichever path forwards it, is read and checked here first
+//	             (RFC 9112, strictly: see below)
 //	fastpath.go  the fast path: the gateway's own HTTP/1.1 connection loop
 //	             and forwarder on pooled upstream connections
+//	outcome.go   how a request ended, one rule for both paths: what is the
+//	             upstream's fault (outlier detection, load-report errors)
+//	             and what is the client's (never counted against it)
 //	server.go    accept loop, connection limit, shutdown, hand-off to
 //	             net/http, access logs
 //	proxy.go     the general path's forwarder (net/http + http.Transport):
-//	             HTTP/2 (h2c prior knowledge), WebSocket upgrades, large and
-//	             chunked request bodies, anything the fast path hands over
+//	             HTTP/2 (h2c prior knowledge), WebSocket upgrades, chunked
+//	             request bodies, HTTP/1.0, Expect, other target forms
 //
 //	  control plane ──ADS──▶ ads.go ──▶ config.go ──▶ atomic.Pointer[table]
 //	                                                          │
@@ -31,6 +37,31 @@
 //	       └──▶ net/http (h2c, upgrades, big bodies) ─┘ (weights) ▶ endpoint
 //	                                   (round robin | least request,
 //	                                    ejected ones skipped) ▶ upstream
+//
+// Request framing (h1request.go): one framer decides where every HTTP/1.x
+// request ends, so the gateway and its upstreams can never disagree about
+// it (request smuggling). Content-Length with Transfer-Encoding, two
+// Content-Length lines (even equal), a malformed length, obs-fold, a bare
+// CR or LF, whitespace before a colon, a missing or repeated Host, an
+// HTTP/0.9 line: 400 and the connection closed; a transfer coding other
+// than chunked: 501; a head over MaxHeaderBytes or MaxHeaderCount lines:
+// 431. Empty lines before a request are skipped. The client's framing lines
+// never go upstream: the fast path writes one canonical Content-Length,
+// net/http's Transport its own framing; Connection options cannot remove
+// framing, Host or the gateway's own headers. A request handed to the
+// general path is the last one on its connection (the answer says
+// Connection: close), so net/http never frames a request by its own,
+// laxer rules (it accepts CL with TE, and equal duplicate lengths).
+// FuzzRequestHead checks the framer against net/http's reader.
+//
+// Outcomes (outcome.go): only what the upstream did counts against it.
+// A client that goes away is logged and counted as 499; a short,
+// malformed or too slow body gets 400/408 and closes the connection; none
+// of these ejects an endpoint, is retried, or is an error in the load
+// reports that canary analysis reads. A request whose streamed body was
+// already sent is never retried; a stale pooled connection is retried
+// only with the whole request in hand. A client's X-Request-Id is kept
+// only with TrustRequestID.
 //
 // Configuration comes only from xDS. The gateway listens on
 // Config.ListenAddr whatever port the Listener resource names (that port is
