@@ -448,3 +448,46 @@ func TestMarkSelfDependent(t *testing.T) {
 		}
 	}
 }
+
+// TestH2ProhibitedCipherSuite: HTTP/2 over a TLS 1.2 suite on RFC 7540's
+// block list ends with GOAWAY INADEQUATE_SECURITY (RFC 9113 9.2.2), as
+// Go's server would answer had it seen the *tls.Conn; HTTP/1.1 over the
+// same suite is served.
+func TestH2ProhibitedCipherSuite(t *testing.T) {
+	dir := t.TempDir()
+	cert, _ := writeCert(t, dir, "h2", "h2.test")
+	up := startRecordingUpstream(t)
+	g := testGateway(t, func(c *Config) {
+		c.TLSListenAddr = "127.0.0.1:0"
+		c.Certificates = []Certificate{cert}
+	})
+	install(g, nil, up.addr)
+	cbc := &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}}
+
+	h2 := cbc.Clone()
+	h2.NextProtos = []string{"h2"}
+	c, err := tls.Dial("tcp", g.TLSAddr(), h2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("ALPN chose %q", p)
+	}
+	io.WriteString(c, http2.ClientPreface)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	f, err := http2.NewFramer(nil, c).ReadFrame()
+	if ga, ok := f.(*http2.GoAwayFrame); err != nil || !ok || ga.ErrCode != http2.ErrCodeInadequateSecurity {
+		t.Errorf("HTTP/2 over a CBC suite: got %v, %v; want GOAWAY INADEQUATE_SECURITY", f, err)
+	}
+
+	h1 := cbc.Clone()
+	h1.NextProtos = []string{"http/1.1"}
+	tr := &http.Transport{TLSClientConfig: h1}
+	defer tr.CloseIdleConnections()
+	resp, body := get(t, &http.Client{Transport: tr}, "https://"+g.TLSAddr()+"/")
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Errorf("HTTP/1.1 over a CBC suite: %d %q", resp.StatusCode, body)
+	}
+}
