@@ -9,7 +9,7 @@ IMAGES := images
 GOFLAGS_BUILD := -trimpath
 TEST_TIMEOUT ?= 10m
 
-.PHONY: all build images test unit integration demo deps containerd lint proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
+.PHONY: all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
 
 all: build
 
@@ -34,17 +34,26 @@ images:
 # tests on the real containerd, CNI, gateway and DNS. Needs root.
 RACE_PKGS := ./controlplane/... ./loadshare/... ./discovery/... ./dns/... ./xds/... ./gateway/... ./manifests/... ./nodeagent/probe/...
 
-test: containerd lint
+test: containerd lint h2spec
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 
 # unit: the packages that need neither root nor containerd (the end-to-end
 # and runtime tests never skip: without their prerequisites they fail).
-unit:
+unit: h2spec
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v -e /integration -e /nodeagent/runtime)
 
 integration: containerd
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/...
+
+# h2spec, the HTTP/2 conformance suite the gateway's tests run
+# (gateway/h2spec_test.go finds it in bin/), from the Go module proxy at
+# the versions tools/h2spec/go.mod pins.
+h2spec: $(BIN)/h2spec
+
+$(BIN)/h2spec: tools/h2spec/go.mod tools/h2spec/go.sum
+	cd tools/h2spec && GOBIN=$(CURDIR)/$(BIN) $(GO) install tool
+	@touch $@
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -63,6 +72,7 @@ fuzz:
 	$(GO) test ./manifests -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./dns -run '^$$' -fuzz FuzzServeDNS -fuzztime $(FUZZTIME)
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzRequestHead -fuzztime $(FUZZTIME)
+	$(GO) test ./gateway -run '^$$' -fuzz FuzzH2Guard -fuzztime $(FUZZTIME)
 
 # Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
 # endpoints, Berth against plain `ctr run` on the same containerd. Needs root.

@@ -246,6 +246,13 @@ func (sc *serverConn) reject(rej *rejection) bool {
 	g := sc.g
 	g.metrics.rejected(rej.reason).Inc()
 	fillRequestID(&sc.reqID)
+	if rej.status == 0 {
+		if g.accessLogEnabled() {
+			g.writeAccess(string(sc.reqID[:]), "", "", "", string(sc.remote), "", "", "", 0, 0, rej)
+		}
+		lingerClose(sc.c)
+		return false
+	}
 	bw := sc.bw
 	body := "berth: " + rej.reason + "\n"
 	bw.WriteString("HTTP/1.1 ")

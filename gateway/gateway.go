@@ -332,14 +332,16 @@ func (g *Gateway) run(ctx context.Context) error {
 		IdleTimeout:       g.cfg.IdleTimeout,
 		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
-		ConnContext:       connContext,
+		ConnContext:       h2ConnContext,
 		Protocols:         new(http.Protocols),
+		HTTP2:             h2Config(),
 	}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge
 	srv.Protocols.SetHTTP2(true)            // TLS connections that chose h2
 	generalErr := make(chan error, 1)
-	go func() { generalErr <- srv.Serve(g.general) }()
+	h2l := &h2Listener{Listener: g.general, maxHeaderListSize: h2MaxHeaderListSize(g.cfg.MaxHeaderBytes), log: g.log}
+	go func() { generalErr <- srv.Serve(h2l) }()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.accept(g.lis, false) }()
 	tlsErr := make(chan error, 1)
@@ -394,6 +396,7 @@ func (g *Gateway) run(ctx context.Context) error {
 // request here: the answer says Connection: close, so net/http never
 // frames a later request on the connection by its own, laxer rules.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	abortMalformedH2(r)
 	start := time.Now()
 	reqID := ""
 	if g.cfg.TrustRequestID {

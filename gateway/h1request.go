@@ -62,6 +62,11 @@ var (
 	rejectRequestLine   = &rejection{400, "malformed request line"}
 	rejectHTTP09        = &rejection{400, "request line without an HTTP version"}
 	rejectVersion       = &rejection{505, "unsupported HTTP version"}
+	// rejectNotHTTP: three words whose last is no HTTP version, or a
+	// broken HTTP/2 preface. On a port that also takes HTTP/2 with prior
+	// knowledge this is an invalid connection preface (RFC 9113 §3.4):
+	// the connection is closed without an answer.
+	rejectNotHTTP = &rejection{0, "neither an HTTP/1.x request nor the HTTP/2 preface"}
 	rejectTarget        = &rejection{400, "malformed request target"}
 	rejectFieldLine     = &rejection{400, "malformed header field"}
 	rejectObsFold       = &rejection{400, "obsolete line folding"}
@@ -167,7 +172,10 @@ func checkRequestLine(line []byte) *rejection {
 	if !validTarget(target) {
 		return rejectTarget
 	}
-	if len(version) != 8 || string(version[:5]) != "HTTP/" || !isDigit(version[5]) || version[6] != '.' || !isDigit(version[7]) {
+	if len(version) < 5 || string(version[:5]) != "HTTP/" {
+		return rejectNotHTTP
+	}
+	if len(version) != 8 || !isDigit(version[5]) || version[6] != '.' || !isDigit(version[7]) {
 		return rejectRequestLine
 	}
 	switch string(version) {
