@@ -58,15 +58,15 @@ type rejection struct {
 func (r *rejection) Error() string { return r.reason }
 
 var (
-	rejectBareLF        = &rejection{400, "bare LF or CR in the request head"}
-	rejectRequestLine   = &rejection{400, "malformed request line"}
-	rejectHTTP09        = &rejection{400, "request line without an HTTP version"}
-	rejectVersion       = &rejection{505, "unsupported HTTP version"}
+	rejectBareLF      = &rejection{400, "bare LF or CR in the request head"}
+	rejectRequestLine = &rejection{400, "malformed request line"}
+	rejectHTTP09      = &rejection{400, "request line without an HTTP version"}
+	rejectVersion     = &rejection{505, "unsupported HTTP version"}
 	// rejectNotHTTP: three words whose last is no HTTP version, or a
 	// broken HTTP/2 preface. On a port that also takes HTTP/2 with prior
 	// knowledge this is an invalid connection preface (RFC 9113 §3.4):
 	// the connection is closed without an answer.
-	rejectNotHTTP = &rejection{0, "neither an HTTP/1.x request nor the HTTP/2 preface"}
+	rejectNotHTTP       = &rejection{0, "neither an HTTP/1.x request nor the HTTP/2 preface"}
 	rejectTarget        = &rejection{400, "malformed request target"}
 	rejectFieldLine     = &rejection{400, "malformed header field"}
 	rejectObsFold       = &rejection{400, "obsolete line folding"}
