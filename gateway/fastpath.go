@@ -207,14 +207,18 @@ func (sc *serverConn) loop() bool {
 				return false
 			}
 		}
-		head, err := scanRequestHead(sc.br, g.headLimits)
+		head, err := scanRequestHead(sc.br, g.headLimits, sc.headDeadline)
 		if err == errNeedBuffer {
 			sc.growBuffer()
-			head, err = scanRequestHead(sc.br, g.headLimits)
+			head, err = scanRequestHead(sc.br, g.headLimits, sc.headDeadline)
 		}
 		if err != nil {
 			if rej, ok := err.(*rejection); ok {
 				return sc.reject(rej)
+			}
+			if isTimeout(err) { // a head begun and not finished in time
+				g.metrics.closedBy(closedHeadTimeout)
+				return sc.reject(rejectHeadTimeout)
 			}
 			return false
 		}
@@ -229,6 +233,17 @@ func (sc *serverConn) loop() bool {
 			return false
 		}
 	}
+}
+
+// headDeadline bounds the rest of a request head that did not arrive
+// whole (slowloris): ReadHeaderTimeout from now.
+func (sc *serverConn) headDeadline() { sc.readDeadline(sc.g.cfg.ReadHeaderTimeout) }
+
+// readDeadline sets the client read deadline d from now; the next idle
+// wait sets its own again.
+func (sc *serverConn) readDeadline(d time.Duration) {
+	sc.readDL = nanotime() + int64(d)
+	sc.c.SetReadDeadline(time.Now().Add(d))
 }
 
 // growBuffer gives the connection a reader large enough for the largest
@@ -502,6 +517,22 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 	g := sc.g
 	r := &sc.req
 	c := wc.cluster
+	if n := headLen + int(r.contentLength); r.contentLength > 0 && sc.br.Buffered() < n && n <= sc.br.Size() {
+		// A small body is read whole before an upstream is chosen, so a
+		// client that trickles it holds no upstream connection.
+		sc.readDeadline(g.cfg.BodyTimeout)
+		if _, err := sc.br.Peek(n); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			res := sc.clientBodyFailed(err)
+			wc.stats.observe(res.reported(), time.Since(start))
+			if g.accessLogEnabled() {
+				sc.logAccess(start, re, wc, nil, res.reported(), err)
+			}
+			return false
+		}
+	}
 	replayable := sc.buildUpstreamHead(headLen)
 	sc.replayable = replayable
 	// The head (and any body in out) is copied: let the log see it first,
@@ -647,7 +678,7 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 		return attemptResult{fail: failUpstream, err: err}, false, false, reused && sc.replayable
 	}
 	if *bodyLeft > 0 {
-		clientErr, upErr := sendBody(uc.Conn, sc.br, *bodyLeft)
+		clientErr, upErr := sendBody(uc.Conn, sc.br, *bodyLeft, func() { sc.readDeadline(sc.g.cfg.BodyTimeout) })
 		if clientErr != nil || upErr != nil {
 			// The upstream saw part of a request: its connection is
 			// never reused. Part of the body is gone: no retry, and the
@@ -741,9 +772,12 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 // client to the upstream. clientErr is the client's failure (a body
 // shorter than its Content-Length, too slow, a reset); upErr, the
 // upstream's.
-func sendBody(dst io.Writer, src *bufio.Reader, n int64) (clientErr, upErr error) {
+//
+// beforeWait is called before each read that waits for the client.
+func sendBody(dst io.Writer, src *bufio.Reader, n int64, beforeWait func()) (clientErr, upErr error) {
 	for n > 0 {
 		if src.Buffered() == 0 {
+			beforeWait()
 			if _, err := src.Peek(1); err != nil {
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
@@ -771,6 +805,7 @@ func (sc *serverConn) clientBodyFailed(err error) attemptResult {
 	switch {
 	case isTimeout(err):
 		status, body = 408, "berth: request body timeout\n"
+		sc.g.metrics.closedBy(closedBodyTimeout)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		status, body = 400, "berth: "+rejectShortBody.reason+"\n"
 	default:

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -53,16 +54,35 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the ADS reconnect backoff.
 	BackoffMin, BackoffMax time.Duration
 
-	// IdleTimeout closes a client keep-alive connection idle this long;
-	// it also bounds reading one request on the fast path.
+	// IdleTimeout closes a client keep-alive connection that has been
+	// idle this long between requests (nginx: keepalive_timeout 75 s).
 	IdleTimeout time.Duration
-	// ReadHeaderTimeout bounds reading a request head on the general
-	// (net/http) path.
+	// ReadHeaderTimeout bounds reading a request head, from its first
+	// byte to its empty line (slowloris), and the TLS handshake; when it
+	// passes, the client gets 408 and the connection closes (nginx:
+	// client_header_timeout 60 s).
 	ReadHeaderTimeout time.Duration
+	// BodyTimeout bounds the wait for each piece of a request body (nginx:
+	// client_body_timeout 60 s), and the whole of a small body (up to
+	// 4 KiB on the fast path, 64 KiB on the general path), which is read
+	// before an upstream is chosen, so a client that trickles its body
+	// never holds an upstream connection. 408 and close when it passes.
+	BodyTimeout time.Duration
+	// SendTimeout closes a client connection that has not taken any of
+	// the bytes written to it for this long (nginx: send_timeout 60 s).
+	SendTimeout time.Duration
+	// TunnelIdleTimeout closes an upgraded connection (WebSocket) with no
+	// bytes either way for this long (Envoy: stream_idle_timeout 5 m).
+	// Until the upgrade succeeds, the route's timeout applies.
+	TunnelIdleTimeout time.Duration
 	// UpstreamIdleTimeout drops pooled upstream connections idle this long.
 	UpstreamIdleTimeout time.Duration
-	// MaxConnections caps concurrent client connections (0 = no cap); at
-	// the cap the gateway stops accepting until one closes.
+	// MaxConnections caps concurrent client connections; at the cap the
+	// gateway stops accepting until one closes (the kernel's backlog holds
+	// the rest). 0 derives it from the process's open-file limit, which
+	// the gateway shares with its upstream connections and, in berth dev,
+	// with everything else: (RLIMIT_NOFILE - 1024) / 2, at least 256 (see
+	// DefaultMaxConnections). Negative: no cap.
 	MaxConnections int
 	// MaxHeaderBytes caps a request head (request line, header lines and
 	// the empty line, with their CRLFs): a head of exactly this size is
@@ -116,8 +136,11 @@ func DefaultConfig() Config {
 		MaxIdleConnsPerEndpoint: 256,
 		BackoffMin:              100 * time.Millisecond,
 		BackoffMax:              5 * time.Second,
-		IdleTimeout:             120 * time.Second,
+		IdleTimeout:             60 * time.Second,
 		ReadHeaderTimeout:       10 * time.Second,
+		BodyTimeout:             60 * time.Second,
+		SendTimeout:             60 * time.Second,
+		TunnelIdleTimeout:       5 * time.Minute,
 		UpstreamIdleTimeout:     90 * time.Second,
 		MaxHeaderBytes:          60 << 10, // Envoy's default max_request_headers_kb
 		MaxHeaderCount:          100,      // nginx's and Envoy's default
@@ -189,6 +212,18 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = def.ReadHeaderTimeout
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = def.BodyTimeout
+	}
+	if cfg.SendTimeout <= 0 {
+		cfg.SendTimeout = def.SendTimeout
+	}
+	if cfg.TunnelIdleTimeout <= 0 {
+		cfg.TunnelIdleTimeout = def.TunnelIdleTimeout
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections()
+	}
 	if cfg.UpstreamIdleTimeout <= 0 {
 		cfg.UpstreamIdleTimeout = def.UpstreamIdleTimeout
 	}
@@ -240,6 +275,8 @@ func New(cfg Config) (*Gateway, error) {
 			dialTimeout:         cfg.DialTimeout,
 			maxIdleConnsPerHost: cfg.MaxIdleConnsPerEndpoint,
 			idleConnTimeout:     cfg.UpstreamIdleTimeout,
+			tunnelIdle:          cfg.TunnelIdleTimeout,
+			onTunnelIdle:        func() { m.closedBy(closedTunnelIdle) },
 		}),
 		noRoute: m.stats("", ""),
 		dialer:  &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
@@ -443,10 +480,51 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	upgrade := r.Header.Get("Upgrade") != ""
-	if re.timeout > 0 && !upgrade {
+	var upgraded func() // stops the route's timeout once a 101 arrived
+	switch {
+	case re.timeout > 0 && !upgrade:
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, re.timeout)
 		defer cancel()
+	case re.timeout > 0:
+		// The route's timeout applies until the upgrade succeeds; then
+		// the tunnel's idle timeout takes over.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		timer := time.AfterFunc(re.timeout, func() { cancel(context.DeadlineExceeded) })
+		upgraded = func() { timer.Stop() }
+		defer timer.Stop()
+	}
+	// A small body is read whole before an upstream is chosen (so a
+	// client that trickles it holds no upstream connection, and the
+	// request can be retried); a larger one streams, each read bounded
+	// by BodyTimeout.
+	var bodyBuf []byte
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && !upgrade {
+		body := &deadlineBody{r: r.Body, rc: http.NewResponseController(w), timeout: g.cfg.BodyTimeout}
+		buf, whole, err := readUpTo(body, maxBufferedBody)
+		if err != nil {
+			status := http.StatusBadRequest
+			msg := "berth: malformed or short request body\n"
+			if isTimeout(err) {
+				status, msg = http.StatusRequestTimeout, "berth: request body timeout\n"
+				g.metrics.closedBy(closedBodyTimeout)
+			}
+			w.Header()["Connection"] = []string{"close"}
+			g.finish(r, start, reqID, wc.stats, re.name, wc.name, "", plainError(w, status, msg), err)
+			return
+		}
+		fr = fr.WithContext(fr.Context())
+		if whole {
+			bodyBuf = buf
+			fr.ContentLength = int64(len(buf))
+		} else {
+			fr.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(buf), body), r.Body}
+		}
 	}
 	st := c.state
 	st.issued.Add(1)
@@ -455,7 +533,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sent := time.Now()
 	// Only requests without a body are retried here (their request can be
 	// sent again as it is); the fast path also retries small bodies.
-	replayable := (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0) && !upgrade
+	replayable := (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || bodyBuf != nil) && !upgrade
 	var ep, avoid *endpoint
 	var status int
 	var headAt time.Time
@@ -466,7 +544,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && re.retry.allowsMethod(r.Method) && c.retries.allows(st) && ctx.Err() == nil
 		ep.active.Add(1)
 		var retry bool
-		status, headAt, retry, fail, err = g.fwd.forward(w, fr.WithContext(ctx), ep.addr, reqID, func(code int, local, connectFailed bool) bool {
+		if bodyBuf != nil {
+			fr.Body = io.NopCloser(bytes.NewReader(bodyBuf))
+		}
+		status, headAt, retry, fail, err = g.fwd.forward(w, fr.WithContext(ctx), ep.addr, reqID, upgraded, func(code int, local, connectFailed bool) bool {
 			if !mayRetry || !re.retry.retriable(code, connectFailed) {
 				return false
 			}
@@ -509,6 +590,41 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// it sees a truncated response, not a silently short one.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// maxBufferedBody is the largest request body the general path reads
+// whole before choosing an upstream.
+const maxBufferedBody = 64 << 10
+
+// readUpTo reads r until EOF or max bytes; whole reports EOF was reached.
+func readUpTo(r io.Reader, max int) (buf []byte, whole bool, err error) {
+	buf = make([]byte, 0, 4096)
+	for len(buf) < max {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):min(cap(buf), max)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, true, nil
+		}
+		if err != nil {
+			return buf, false, err
+		}
+	}
+	return buf, false, nil
+}
+
+// deadlineBody bounds each read of a request body by timeout.
+type deadlineBody struct {
+	r       io.Reader
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	return b.r.Read(p)
 }
 
 func idempotentMethod(m string) bool {

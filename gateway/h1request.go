@@ -79,6 +79,7 @@ var (
 	rejectTE            = &rejection{501, "unsupported transfer coding"}
 	rejectExpect        = &rejection{417, "unsupported expectation"}
 	rejectHeadTooLarge  = &rejection{431, "request head too large"}
+	rejectHeadTimeout   = &rejection{408, "request head timeout"}
 	rejectTooManyFields = &rejection{431, "too many header fields"}
 	// Not head rejections, but client faults found while reading a body.
 	rejectShortBody = &rejection{400, "request body shorter than its Content-Length"}
@@ -100,7 +101,10 @@ var errNeedBuffer = errors.New("request head needs a larger buffer")
 // consuming it. It rejects, as early as the bytes allow, a bare LF, an
 // HTTP/0.9 request line and a head over lim.maxBytes. Other errors are
 // the reader's.
-func scanRequestHead(br *bufio.Reader, lim headLimits) ([]byte, error) {
+//
+// beforeWait, when not nil, is called once, before the first read that
+// waits for more of a head: a head that arrives whole costs no timer.
+func scanRequestHead(br *bufio.Reader, lim headLimits, beforeWait func()) ([]byte, error) {
 	for {
 		b, err := br.Peek(2)
 		if len(b) > 0 && b[0] == '\n' {
@@ -146,6 +150,10 @@ func scanRequestHead(br *bufio.Reader, lim headLimits) ([]byte, error) {
 		}
 		if len(buf) >= br.Size() {
 			return nil, errNeedBuffer
+		}
+		if beforeWait != nil {
+			beforeWait()
+			beforeWait = nil
 		}
 		if _, err := br.Peek(len(buf) + 1); err != nil {
 			return nil, err

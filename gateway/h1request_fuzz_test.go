@@ -113,11 +113,11 @@ func frameOurs(data []byte, lim headLimits) framed {
 	src := bytes.NewReader(data)
 	br := bufio.NewReaderSize(src, clientBufSize)
 	consumed := func() int { return len(data) - src.Len() - br.Buffered() }
-	head, err := scanRequestHead(br, lim)
+	head, err := scanRequestHead(br, lim, nil)
 	if err == errNeedBuffer {
 		buffered, _ := br.Peek(br.Buffered())
 		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(buffered)), src), lim.maxBytes+clientBufSize)
-		head, err = scanRequestHead(br, lim)
+		head, err = scanRequestHead(br, lim, nil)
 	}
 	var rej *rejection
 	switch {

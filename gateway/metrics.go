@@ -13,6 +13,7 @@ type metrics struct {
 	xdsConnects prometheus.Counter
 	xdsUp       prometheus.Gauge
 	rejects     *prometheus.CounterVec
+	closes      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -42,9 +43,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_gateway_rejected_requests_total",
 			Help: "Requests refused for the client's fault before reaching a route (malformed or ambiguous framing, limits), by reason; their connections were closed.",
 		}, []string{"reason"}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_gateway_connections_closed_total",
+			Help: "Client connections closed by a limit: head_timeout, body_timeout, send_timeout, tunnel_idle.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp, m.rejects} {
+		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp, m.rejects, m.closes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -57,6 +62,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 func (m *metrics) rejected(reason string) prometheus.Counter {
 	return m.rejects.WithLabelValues(reason)
 }
+
+// closedBy counts a client connection closed by the limit reason.
+func (m *metrics) closedBy(reason string) { m.closes.WithLabelValues(reason).Inc() }
 
 // routeStats are the resolved series of one (route, cluster) pair, looked
 // up once per table build so a request only increments.

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,6 +22,10 @@ import (
 type forwarder struct {
 	transport *http.Transport
 	buffers   sync.Pool
+	// tunnelIdle closes an upgraded connection with no bytes either way
+	// for this long; onTunnelIdle counts it.
+	tunnelIdle   time.Duration
+	onTunnelIdle func()
 }
 
 // forwarderConfig tunes the upstream connection pool.
@@ -28,6 +33,8 @@ type forwarderConfig struct {
 	dialTimeout         time.Duration
 	maxIdleConnsPerHost int
 	idleConnTimeout     time.Duration
+	tunnelIdle          time.Duration
+	onTunnelIdle        func()
 }
 
 func newForwarder(cfg forwarderConfig) *forwarder {
@@ -44,7 +51,9 @@ func newForwarder(cfg forwarderConfig) *forwarder {
 			DisableCompression: true,
 			ForceAttemptHTTP2:  false,
 		},
-		buffers: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }},
+		buffers:      sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }},
+		tunnelIdle:   cfg.tunnelIdle,
+		onTunnelIdle: cfg.onTunnelIdle,
 	}
 }
 
@@ -72,7 +81,10 @@ type retryFunc func(code int, local, connectFailed bool) bool
 // client connection on an upstream failure, so the client sees a
 // truncated response, not a silently short one. When retry accepts the
 // outcome, nothing is written and retried is true.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, retry retryFunc) (status int, headAt time.Time, retried bool, fail failure, err error) {
+//
+// headArrived, when not nil, is called as soon as the response head
+// arrives (an upgrade's timeout ends there).
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, requestID string, headArrived func(), retry retryFunc) (status int, headAt time.Time, retried bool, fail failure, err error) {
 	body := &clientBody{r: r.Body}
 	out := &http.Request{
 		Method:        r.Method,
@@ -120,9 +132,9 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 		switch {
 		case body.err != nil:
 			return 0, time.Time{}, false, failClientBody, body.err
-		case errors.Is(r.Context().Err(), context.Canceled):
+		case errors.Is(context.Cause(r.Context()), context.Canceled):
 			return 0, time.Time{}, false, failClientGone, err
-		case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+		case errors.Is(context.Cause(r.Context()), context.DeadlineExceeded):
 			return 0, time.Time{}, false, failUpstreamTimeout, errors.Join(errUpstream, err)
 		}
 		var oe *net.OpError
@@ -133,6 +145,9 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, addr, reques
 		return 0, time.Time{}, retry != nil && retry(0, true, fail == failConnect), fail, errors.Join(errUpstream, err)
 	}
 	headAt = time.Now()
+	if headArrived != nil {
+		headArrived()
+	}
 	if retry != nil && resp.StatusCode != http.StatusSwitchingProtocols && retry(resp.StatusCode, false, false) {
 		_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
 		resp.Body.Close()
@@ -246,19 +261,51 @@ func (f *forwarder) upgraded(w http.ResponseWriter, r *http.Request, resp *http.
 	if err := brw.Flush(); err != nil {
 		return http.StatusSwitchingProtocols, false, err
 	}
+	// Copy both ways until one side closes, or no byte has moved for
+	// tunnelIdle.
+	var last atomic.Int64
+	last.Store(nanotime())
+	relay := func(dst io.Writer, src io.Reader) error {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				last.Store(nanotime())
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return werr
+				}
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
 	errc := make(chan error, 2)
-	go func() { // client -> upstream, starting with what bufio holds
-		_, err := io.Copy(backend, brw.Reader)
-		errc <- err
-	}()
-	go func() {
-		_, err := io.Copy(conn, backend)
-		errc <- err
-	}()
-	err = <-errc
+	go func() { errc <- relay(backend, brw.Reader) }() // client -> upstream, starting with what bufio holds
+	go func() { errc <- relay(conn, backend) }()
+	tick := time.NewTicker(max(f.tunnelIdle/4, 10*time.Millisecond))
+	defer tick.Stop()
+	ended := 0
+wait:
+	for {
+		select {
+		case <-errc:
+			ended++
+			break wait
+		case <-tick.C:
+			if time.Duration(nanotime()-last.Load()) > f.tunnelIdle {
+				if f.onTunnelIdle != nil {
+					f.onTunnelIdle()
+				}
+				break wait
+			}
+		}
+	}
 	conn.Close()
 	backend.Close()
-	<-errc
+	for ; ended < 2; ended++ { // both directions end once both are closed
+		<-errc
+	}
 	return http.StatusSwitchingProtocols, false, nil
 }
 

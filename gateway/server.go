@@ -48,6 +48,7 @@ func isTemporary(err error) bool {
 }
 
 func (g *Gateway) handleConn(c net.Conn, isTLS bool) {
+	c = &clientConn{Conn: c, timeout: g.cfg.SendTimeout, onLimit: g.metrics.closedBy}
 	if g.slots != nil {
 		c = &slotConn{Conn: c, release: func() { <-g.slots }}
 	}
@@ -123,6 +124,14 @@ type slotConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+}
+
+// CloseWrite half-closes the connection underneath.
+func (c *slotConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 func (c *slotConn) Close() error {
