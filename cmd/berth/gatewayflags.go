@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/berth-dev/berth/gateway"
 	"github.com/spf13/cobra"
@@ -19,6 +21,11 @@ type gatewayFlags struct {
 	maxHeaderBytes int
 	maxHeaderCount int
 	trustRequestID bool
+	headTimeout    time.Duration
+	bodyTimeout    time.Duration
+	sendTimeout    time.Duration
+	idleTimeout    time.Duration
+	tunnelIdle     time.Duration
 	accessLog      string
 	xdsProtocol    string
 }
@@ -27,7 +34,12 @@ func (f *gatewayFlags) register(cmd *cobra.Command) {
 	def := gateway.DefaultConfig()
 	cmd.Flags().StringVar(&f.tlsListen, "tls-listen", "", "HTTPS address (ALPN h2 and http/1.1), certificates chosen by SNI from --cert")
 	cmd.Flags().StringArrayVar(&f.certs, "cert", nil, "a certificate for the HTTPS listener: hosts=a.test,*.b.test,cert=FILE,key=FILE (repeatable)")
-	cmd.Flags().IntVar(&f.maxConnections, "max-connections", def.MaxConnections, "most client connections at once (0: no limit)")
+	cmd.Flags().IntVar(&f.maxConnections, "max-connections", 0, "most client connections at once; 0: (open-file limit - 1024) / 2, at least 256 (here "+strconv.Itoa(gateway.DefaultMaxConnections())+"); -1: no limit")
+	cmd.Flags().DurationVar(&f.headTimeout, "header-timeout", def.ReadHeaderTimeout, "time to receive a request head once it has begun (408 and close)")
+	cmd.Flags().DurationVar(&f.bodyTimeout, "body-timeout", def.BodyTimeout, "longest wait for each piece of a request body, and for a small body read whole before an upstream is chosen (408 and close)")
+	cmd.Flags().DurationVar(&f.sendTimeout, "send-timeout", def.SendTimeout, "close a client that takes none of its response for this long")
+	cmd.Flags().DurationVar(&f.idleTimeout, "idle-timeout", def.IdleTimeout, "close a keep-alive client connection idle this long between requests")
+	cmd.Flags().DurationVar(&f.tunnelIdle, "tunnel-idle-timeout", def.TunnelIdleTimeout, "close an upgraded connection (WebSocket) with no bytes either way for this long")
 	cmd.Flags().IntVar(&f.maxHeaderBytes, "max-header-bytes", def.MaxHeaderBytes, "largest request head accepted, request line to empty line (431 and close above)")
 	cmd.Flags().IntVar(&f.maxHeaderCount, "max-header-count", def.MaxHeaderCount, "most header lines in a request (431 and close above)")
 	cmd.Flags().BoolVar(&f.trustRequestID, "trust-request-id", false, "keep a client's X-Request-Id (only when a trusted proxy in front sets it); otherwise the gateway makes its own")
@@ -39,6 +51,7 @@ func (f *gatewayFlags) register(cmd *cobra.Command) {
 func (f *gatewayFlags) apply(cfg *gateway.Config) (io.Closer, error) {
 	cfg.TLSListenAddr, cfg.MaxConnections, cfg.MaxHeaderBytes, cfg.XDSProtocol = f.tlsListen, f.maxConnections, f.maxHeaderBytes, f.xdsProtocol
 	cfg.MaxHeaderCount, cfg.TrustRequestID = f.maxHeaderCount, f.trustRequestID
+	cfg.ReadHeaderTimeout, cfg.BodyTimeout, cfg.SendTimeout, cfg.IdleTimeout, cfg.TunnelIdleTimeout = f.headTimeout, f.bodyTimeout, f.sendTimeout, f.idleTimeout, f.tunnelIdle
 	for _, spec := range f.certs {
 		c, err := parseCert(spec)
 		if err != nil {
