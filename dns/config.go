@@ -53,9 +53,18 @@ type Config struct {
 	// MaxForwards is how many forwarded queries may be in flight at once;
 	// beyond it clients get SERVFAIL. Default 256.
 	MaxForwards int
+	// MaxForwardsPerClient is how many forwarded queries one client
+	// address may have in flight. Default MaxForwards/8, at least 4.
+	MaxForwardsPerClient int
+	// ForwardRatePerClient is how many queries a second one client may
+	// forward (cache hits are free), with bursts of twice that. Default 100.
+	ForwardRatePerClient float64
 	// CacheSize bounds the forwarding cache (entries). Default 10000;
 	// negative disables the cache.
 	CacheSize int
+	// CacheBytes bounds the forwarding cache by the packed size of its
+	// replies. Default 8 MiB.
+	CacheBytes int
 	// MaxCacheTTL caps how long a forwarded answer is cached, whatever its
 	// TTL says. Default 5m.
 	MaxCacheTTL time.Duration
@@ -88,16 +97,18 @@ const (
 // loopback with no forwarding.
 func DefaultConfig() Config {
 	return Config{
-		Addr:            "127.0.0.1:53",
-		Zone:            DefaultZone,
-		TTL:             DefaultTTL,
-		NegativeTTL:     DefaultNegativeTTL,
-		UpstreamTimeout: 2 * time.Second,
-		MaxForwards:     256,
-		CacheSize:       10000,
-		MaxCacheTTL:     5 * time.Minute,
-		MaxTCPConns:     1024,
-		TCPIdleTimeout:  10 * time.Second,
+		Addr:                 "127.0.0.1:53",
+		Zone:                 DefaultZone,
+		TTL:                  DefaultTTL,
+		NegativeTTL:          DefaultNegativeTTL,
+		UpstreamTimeout:      2 * time.Second,
+		MaxForwards:          256,
+		CacheSize:            10000,
+		CacheBytes:           8 << 20,
+		ForwardRatePerClient: 100,
+		MaxCacheTTL:          5 * time.Minute,
+		MaxTCPConns:          1024,
+		TCPIdleTimeout:       10 * time.Second,
 	}
 }
 
@@ -121,8 +132,17 @@ func (c Config) normalize() Config {
 	if c.MaxForwards <= 0 {
 		c.MaxForwards = d.MaxForwards
 	}
+	if c.MaxForwardsPerClient <= 0 {
+		c.MaxForwardsPerClient = max(4, c.MaxForwards/8)
+	}
+	if c.ForwardRatePerClient <= 0 {
+		c.ForwardRatePerClient = d.ForwardRatePerClient
+	}
 	if c.CacheSize == 0 {
 		c.CacheSize = d.CacheSize
+	}
+	if c.CacheBytes <= 0 {
+		c.CacheBytes = d.CacheBytes
 	}
 	if c.MaxCacheTTL <= 0 {
 		c.MaxCacheTTL = d.MaxCacheTTL

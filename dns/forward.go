@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ type forwarder struct {
 	udp, tcp  *dns.Client
 	cache     *cache // nil when disabled
 	slots     chan struct{}
+	shares    *clientShares
 	log       *slog.Logger
 }
 
@@ -31,31 +33,48 @@ func newForwarder(cfg Config, log *slog.Logger) *forwarder {
 		udp:       &dns.Client{Net: "udp", UDPSize: MaxUDPSize, Timeout: cfg.UpstreamTimeout},
 		tcp:       &dns.Client{Net: "tcp", Timeout: cfg.UpstreamTimeout},
 		slots:     make(chan struct{}, cfg.MaxForwards),
+		shares:    newClientShares(cfg.MaxForwardsPerClient, cfg.ForwardRatePerClient),
 		log:       log,
 	}
 	if cfg.CacheSize > 0 {
-		f.cache = newCache(cfg.CacheSize, cfg.MaxCacheTTL)
+		f.cache = newCache(cfg.CacheSize, cfg.CacheBytes, cfg.MaxCacheTTL)
 	}
 	return f
 }
 
-func (f *forwarder) tryAcquire() bool {
+// Why a forward was not started (the forwarded metric's result label).
+const (
+	limitedServer = "limited"        // every forwarding slot is taken
+	limitedClient = "client_limited" // the client used up its share
+)
+
+// tryAcquire takes a forwarding slot for client: its own share first (so
+// one client flooding cannot take every slot), then one of the server's.
+// It returns "" on success, else why not.
+func (f *forwarder) tryAcquire(client netip.Addr) string {
+	if !f.shares.acquire(client, time.Now()) {
+		return limitedClient
+	}
 	select {
 	case f.slots <- struct{}{}:
-		return true
+		return ""
 	default:
-		return false
+		f.shares.release(client)
+		return limitedServer
 	}
 }
 
-func (f *forwarder) release() { <-f.slots }
+func (f *forwarder) release(client netip.Addr) {
+	<-f.slots
+	f.shares.release(client)
+}
 
 // cached returns a reply to req from the cache, or nil.
 func (f *forwarder) cached(req *dns.Msg, now time.Time) *dns.Msg {
 	if f.cache == nil {
 		return nil
 	}
-	r := f.cache.get(keyOf(req.Question[0]), now)
+	r := f.cache.get(keyOf(req), now)
 	if r == nil {
 		return nil
 	}
@@ -73,7 +92,7 @@ func (f *forwarder) exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 	q.RecursionDesired = true
 	q.CheckingDisabled = req.CheckingDisabled
 	q.Question = []dns.Question{req.Question[0]}
-	q.SetEdns0(MaxUDPSize, false)
+	q.SetEdns0(MaxUDPSize, wantsDNSSEC(req))
 
 	var last *dns.Msg
 	var lastErr error = errNoUpstream
@@ -92,7 +111,7 @@ func (f *forwarder) exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 			continue
 		}
 		if f.cache != nil {
-			f.cache.put(keyOf(q.Question[0]), r, time.Now())
+			f.cache.put(keyOf(req), r, time.Now())
 		}
 		return clientReply(r, req), nil
 	}
@@ -144,34 +163,47 @@ func clientReply(r, req *dns.Msg) *dns.Msg {
 	return m
 }
 
+// cacheKey is what makes two queries' answers interchangeable: the
+// question, and as in CoreDNS's cache the CD and DO bits (a DO answer
+// carries signatures; a CD answer may be one validation would refuse).
 type cacheKey struct {
 	name          string
 	qtype, qclass uint16
+	do, cd        bool
 }
 
-func keyOf(q dns.Question) cacheKey {
-	return cacheKey{name: lowerASCII(q.Name), qtype: q.Qtype, qclass: q.Qclass}
+func keyOf(req *dns.Msg) cacheKey {
+	q := req.Question[0]
+	return cacheKey{name: lowerASCII(q.Name), qtype: q.Qtype, qclass: q.Qclass, do: wantsDNSSEC(req), cd: req.CheckingDisabled}
+}
+
+func wantsDNSSEC(req *dns.Msg) bool {
+	opt := req.IsEdns0()
+	return opt != nil && opt.Do()
 }
 
 // cache holds upstream replies for as long as their TTLs allow (capped by
-// maxTTL), at most size entries. When full it evicts expired entries it
-// meets first, else an arbitrary one: simple, bounded, good enough for a
-// node-local forwarder.
+// maxTTL), at most size entries and maxBytes of packed replies. When full
+// it evicts expired entries it meets first, else an arbitrary one:
+// simple, bounded, good enough for a node-local forwarder.
 type cache struct {
-	mu     sync.Mutex
-	size   int
-	maxTTL time.Duration
-	m      map[cacheKey]cacheEntry
+	mu       sync.Mutex
+	size     int
+	maxBytes int
+	bytes    int
+	maxTTL   time.Duration
+	m        map[cacheKey]cacheEntry
 }
 
 type cacheEntry struct {
 	msg     *dns.Msg // never modified once stored
+	size    int      // its packed length
 	stored  time.Time
 	expires time.Time
 }
 
-func newCache(size int, maxTTL time.Duration) *cache {
-	return &cache{size: size, maxTTL: maxTTL, m: make(map[cacheKey]cacheEntry)}
+func newCache(size, maxBytes int, maxTTL time.Duration) *cache {
+	return &cache{size: size, maxBytes: maxBytes, maxTTL: maxTTL, m: make(map[cacheKey]cacheEntry)}
 }
 
 // put stores r if it may be cached: NOERROR or NXDOMAIN, complete, with a
@@ -185,12 +217,21 @@ func (c *cache) put(k cacheKey, r *dns.Msg, now time.Time) {
 		return
 	}
 	d := min(time.Duration(ttl)*time.Second, c.maxTTL)
+	size := r.Len()
+	if size > c.maxBytes {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, have := c.m[k]; !have && len(c.m) >= c.size {
+	if old, have := c.m[k]; have {
+		c.bytes -= old.size
+		delete(c.m, k)
+	}
+	for len(c.m) > 0 && (len(c.m) >= c.size || c.bytes+size > c.maxBytes) {
 		c.evictLocked(now)
 	}
-	c.m[k] = cacheEntry{msg: r, stored: now, expires: now.Add(d)}
+	c.m[k] = cacheEntry{msg: r, size: size, stored: now, expires: now.Add(d)}
+	c.bytes += size
 }
 
 func (c *cache) evictLocked(now time.Time) {
@@ -199,6 +240,7 @@ func (c *cache) evictLocked(now time.Time) {
 	var victim cacheKey
 	for k, e := range c.m {
 		if !now.Before(e.expires) {
+			c.bytes -= e.size
 			delete(c.m, k)
 			return
 		}
@@ -209,6 +251,7 @@ func (c *cache) evictLocked(now time.Time) {
 			break
 		}
 	}
+	c.bytes -= c.m[victim].size
 	delete(c.m, victim)
 }
 
@@ -218,6 +261,7 @@ func (c *cache) get(k cacheKey, now time.Time) *dns.Msg {
 	c.mu.Lock()
 	e, ok := c.m[k]
 	if ok && !now.Before(e.expires) {
+		c.bytes -= e.size
 		delete(c.m, k)
 		ok = false
 	}
@@ -268,4 +312,67 @@ func cacheTTL(r *dns.Msg) (ttl uint32, ok bool) {
 		}
 	}
 	return ttl, true
+}
+
+// clientShares gives each client address its own share of forwarding: at
+// most perClient queries in flight and a token bucket of rate queries a
+// second (burst twice that), so one pod flooding names outside the zone
+// gets SERVFAIL for its excess while every other client's lookups go on.
+type clientShares struct {
+	perClient int
+	rate      float64
+	mu        sync.Mutex
+	m         map[netip.Addr]*share
+}
+
+type share struct {
+	inflight int
+	tokens   float64
+	last     time.Time
+}
+
+// maxTrackedClients bounds the map; idle, full buckets are dropped past it.
+const maxTrackedClients = 4096
+
+func newClientShares(perClient int, rate float64) *clientShares {
+	return &clientShares{perClient: perClient, rate: rate, m: make(map[netip.Addr]*share)}
+}
+
+func (c *clientShares) acquire(client netip.Addr, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.m[client]
+	if s == nil {
+		if len(c.m) >= maxTrackedClients {
+			c.sweepLocked(now)
+		}
+		s = &share{tokens: 2 * c.rate, last: now}
+		c.m[client] = s
+	}
+	s.tokens = min(2*c.rate, s.tokens+now.Sub(s.last).Seconds()*c.rate)
+	s.last = now
+	if s.inflight >= c.perClient || s.tokens < 1 {
+		return false
+	}
+	s.tokens--
+	s.inflight++
+	return true
+}
+
+func (c *clientShares) release(client netip.Addr) {
+	c.mu.Lock()
+	if s := c.m[client]; s != nil && s.inflight > 0 {
+		s.inflight--
+	}
+	c.mu.Unlock()
+}
+
+// sweepLocked drops clients with nothing in flight whose bucket has
+// refilled: forgetting them changes nothing.
+func (c *clientShares) sweepLocked(now time.Time) {
+	for a, s := range c.m {
+		if s.inflight == 0 && s.tokens+now.Sub(s.last).Seconds()*c.rate >= 2*c.rate {
+			delete(c.m, a)
+		}
+	}
 }

@@ -20,10 +20,11 @@ func TestForwardLimitIsServfail(t *testing.T) {
 	cfg.MaxForwards = 1
 	met, _ := newMetrics(nil)
 	h := newHandler(cfg, cfg.Logger, met)
-	if !h.fwd.tryAcquire() {
-		t.Fatal("no slot")
+	other := netip.MustParseAddr("127.0.0.9")
+	if why := h.fwd.tryAcquire(other); why != "" {
+		t.Fatal("no slot:", why)
 	}
-	defer h.fwd.release()
+	defer h.fwd.release(other)
 	b, _ := query("example.com.", dns.TypeA).Pack()
 	out := h.serve(context.Background(), b, loopback, true, nil)
 	var r dns.Msg
@@ -37,7 +38,7 @@ func TestForwardLimitIsServfail(t *testing.T) {
 
 func TestCache(t *testing.T) {
 	now := time.Unix(1000, 0)
-	c := newCache(3, time.Minute)
+	c := newCache(3, 1<<20, time.Minute)
 	reply := func(name string, ttl uint32) *dns.Msg {
 		m := new(dns.Msg)
 		m.SetReply(query(name, dns.TypeA))
@@ -46,7 +47,7 @@ func TestCache(t *testing.T) {
 		return m
 	}
 	key := func(name string) cacheKey {
-		return keyOf(dns.Question{Name: name, Qtype: dns.TypeA, Qclass: dns.ClassINET})
+		return keyOf(query(name, dns.TypeA))
 	}
 
 	c.put(key("a.example."), reply("a.example.", 30), now)

@@ -81,10 +81,19 @@ func (h *handler) handle(buf []byte, client netip.Addr, udp bool, out []byte) ([
 // Table.Answer, fit to the transport, pack.
 func (h *handler) general(t *Table, buf []byte, client netip.Addr, udp bool, start time.Time) ([]byte, *pending) {
 	req := new(dns.Msg)
-	if err := req.Unpack(buf); err != nil {
+	if err := req.Unpack(buf); err != nil || malformed(req, buf) {
 		return h.formErr(buf, start), nil
 	}
 	resp, action := t.Answer(req, client)
+	if action == Forward && !forwardable(req) {
+		// Only recursive (RD) class IN queries other than zone
+		// transfers are forwarded; CH queries such as version.bind and
+		// the rest are refused, never passed on.
+		h.met.forwarded.WithLabelValues("refused").Inc()
+		r := new(dns.Msg)
+		r.SetRcode(req, dns.RcodeRefused)
+		return h.finish(req, r, udp, sourceError, start), nil
+	}
 	if action == Forward {
 		if r := h.fwd.cached(req, start); r != nil {
 			h.met.cacheHits.Inc()
@@ -98,6 +107,54 @@ func (h *handler) general(t *Table, buf []byte, client netip.Addr, udp bool, sta
 		source = sourceError
 	}
 	return h.finish(req, resp, udp, source, start), nil
+}
+
+// malformed reports what miekg/dns unpacks but RFCs refuse: more than
+// one OPT record (RFC 6891 §6.1.1), a question cut before its type or
+// class (miekg/dns then leaves them zero).
+func malformed(req *dns.Msg, buf []byte) bool {
+	opts := 0
+	for _, rr := range req.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			opts++
+		}
+	}
+	if opts > 1 {
+		return true
+	}
+	if len(req.Question) == 1 {
+		q := req.Question[0]
+		if q.Qclass == 0 || questionEnd(buf) > len(buf) {
+			return true
+		}
+	}
+	return false
+}
+
+// questionEnd is the offset just past the first question's class, from
+// the raw packet (so a missing class shows), or len(buf)+1 if cut.
+func questionEnd(buf []byte) int {
+	off := 12
+	for off < len(buf) {
+		l := int(buf[off])
+		switch {
+		case l == 0:
+			return off + 1 + 4
+		case l&0xC0 == 0xC0:
+			return off + 2 + 4
+		}
+		off += 1 + l
+	}
+	return len(buf) + 1
+}
+
+// forwardable: what may be passed to an upstream.
+func forwardable(req *dns.Msg) bool {
+	if !req.RecursionDesired || len(req.Question) != 1 {
+		return false
+	}
+	q := req.Question[0]
+	return q.Qclass == dns.ClassINET && q.Qtype != dns.TypeAXFR && q.Qtype != dns.TypeIXFR
 }
 
 // forward asks the upstreams for p and returns the wire reply. The caller
@@ -116,10 +173,10 @@ func (h *handler) forward(ctx context.Context, p *pending) []byte {
 	return h.finish(p.req, r, p.udp, sourceForwarded, p.start)
 }
 
-// limited answers SERVFAIL to a query that found every forwarding slot
-// taken.
-func (h *handler) limited(p *pending) []byte {
-	h.met.forwarded.WithLabelValues("limited").Inc()
+// limited answers SERVFAIL to a query that found no forwarding slot
+// (why: limitedServer or limitedClient).
+func (h *handler) limited(p *pending, why string) []byte {
+	h.met.forwarded.WithLabelValues(why).Inc()
 	r := new(dns.Msg)
 	r.SetRcode(p.req, dns.RcodeServerFailure)
 	r.RecursionAvailable = true
@@ -133,10 +190,10 @@ func (h *handler) serve(ctx context.Context, buf []byte, client netip.Addr, udp 
 	if p == nil {
 		return out
 	}
-	if !h.fwd.tryAcquire() {
-		return h.limited(p)
+	if why := h.fwd.tryAcquire(p.client); why != "" {
+		return h.limited(p, why)
 	}
-	defer h.fwd.release()
+	defer h.fwd.release(p.client)
 	return h.forward(ctx, p)
 }
 
@@ -196,11 +253,18 @@ func fit(resp, req *dns.Msg, udp bool) {
 		o.Hdr.Name = "."
 		o.Hdr.Rrtype = dns.TypeOPT
 		o.SetUDPSize(bufSize)
+		if opt.Do() {
+			o.SetDo() // RFC 3225 §3: the DO bit comes back as sent
+		}
 		extra = append(extra, o)
 		if udp {
 			size = int(bufSize)
 		}
 	}
 	resp.Extra = extra
+	tc, an, ns := resp.Truncated, len(resp.Answer), len(resp.Ns)
 	resp.Truncate(size)
+	// TC says the answer or authority was cut; dropped additional (glue)
+	// records alone do not set it (RFC 2181 §9).
+	resp.Truncated = tc || len(resp.Answer) < an || len(resp.Ns) < ns
 }

@@ -205,11 +205,11 @@ func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup, conn *net.UDP
 		client := from.Addr().Unmap()
 		out, fq := s.h.handle(buf[:n], client, true, reply)
 		if fq != nil {
-			if !s.h.fwd.tryAcquire() {
-				out = s.h.limited(fq)
+			if why := s.h.fwd.tryAcquire(client); why != "" {
+				out = s.h.limited(fq, why)
 			} else {
 				wg.Go(func() {
-					defer s.h.fwd.release()
+					defer s.h.fwd.release(client)
 					if out := s.h.forward(ctx, fq); out != nil {
 						conn.WriteToUDPAddrPort(out, from)
 					}

@@ -153,6 +153,7 @@ type wireQuery struct {
 	qtype    uint16
 	zoneOff  int    // offset of the zone's first label in the qname, -1 if outside the zone
 	edns     bool   // the query had an OPT
+	do       bool   // its DNSSEC OK bit, copied into the reply (RFC 3225 §3)
 	udpSize  uint16 // its buffer size, clamped to [512, MaxUDPSize]
 	keyLen   int
 	keyBytes [255]byte // the qname, lower-cased
@@ -211,7 +212,7 @@ func (t *Table) parseQuery(req []byte, q *wireQuery) bool {
 	case q.qtype == dns.TypeANY, q.qtype == dns.TypeAXFR, q.qtype == dns.TypeIXFR, q.qtype == dns.TypeOPT:
 		return false
 	}
-	q.edns = false
+	q.edns, q.do = false, false
 	q.udpSize = dns.MinMsgSize
 	if req[11] == 1 {
 		// The OPT: root owner, type OPT, EDNS version 0, and no options
@@ -220,6 +221,7 @@ func (t *Table) parseQuery(req []byte, q *wireQuery) bool {
 			return false
 		}
 		size := binary.BigEndian.Uint16(req[off+3:])
+		q.do = req[off+7]&0x80 != 0
 		rdlen := int(binary.BigEndian.Uint16(req[off+9:]))
 		off += optLen
 		if off+rdlen != len(req) {
@@ -360,6 +362,9 @@ func (t *Table) answerWire(req []byte, client netip.Addr, udp bool, out []byte) 
 		binary.BigEndian.PutUint16(o[1:], dns.TypeOPT)
 		binary.BigEndian.PutUint16(o[3:], q.udpSize)
 		clear(o[5:])
+		if q.do {
+			o[7] = 0x80
+		}
 	}
 	return out, q.qtype, rcode, true
 }
