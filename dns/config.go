@@ -70,6 +70,9 @@ type Config struct {
 	MaxCacheTTL time.Duration
 	// MaxTCPConns bounds concurrent TCP connections. Default 1024.
 	MaxTCPConns int
+	// MaxTCPConnsPerClient bounds one client address's concurrent TCP
+	// connections, so one client cannot take them all. Default 16.
+	MaxTCPConnsPerClient int
 	// TCPIdleTimeout closes TCP connections idle for this long. Default 10s.
 	TCPIdleTimeout time.Duration
 	// UDPSockets is how many UDP sockets share the address through
@@ -108,6 +111,7 @@ func DefaultConfig() Config {
 		ForwardRatePerClient: 100,
 		MaxCacheTTL:          5 * time.Minute,
 		MaxTCPConns:          1024,
+		MaxTCPConnsPerClient: 16,
 		TCPIdleTimeout:       10 * time.Second,
 	}
 }
@@ -149,6 +153,9 @@ func (c Config) normalize() Config {
 	}
 	if c.MaxTCPConns <= 0 {
 		c.MaxTCPConns = d.MaxTCPConns
+	}
+	if c.MaxTCPConnsPerClient <= 0 {
+		c.MaxTCPConnsPerClient = d.MaxTCPConnsPerClient
 	}
 	if c.TCPIdleTimeout <= 0 {
 		c.TCPIdleTimeout = d.TCPIdleTimeout

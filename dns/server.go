@@ -176,7 +176,7 @@ func (s *Server) Run(ctx context.Context) error {
 			wg.Go(func() { s.serveUDP(ctx, &wg, conn) })
 		}
 	}
-	conns := &connSet{m: make(map[net.Conn]struct{})}
+	conns := &connSet{m: make(map[net.Conn]netip.Addr), perClient: make(map[netip.Addr]int), maxPer: s.h.cfg.MaxTCPConnsPerClient}
 	wg.Go(func() { s.serveTCP(ctx, &wg, conns) })
 
 	<-ctx.Done()
@@ -226,23 +226,36 @@ func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup, conn *net.UDP
 }
 
 type connSet struct {
-	mu     sync.Mutex
-	m      map[net.Conn]struct{}
-	closed bool
+	mu        sync.Mutex
+	m         map[net.Conn]netip.Addr
+	perClient map[netip.Addr]int
+	maxPer    int
+	closed    bool
 }
 
-func (c *connSet) add(conn net.Conn) bool {
+// add records conn from client; it fails when the set is closed or the
+// client already has maxPer connections.
+func (c *connSet) add(conn net.Conn, client netip.Addr) (ok, clientFull bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return false
+		return false, false
 	}
-	c.m[conn] = struct{}{}
-	return true
+	if c.perClient[client] >= c.maxPer {
+		return false, true
+	}
+	c.m[conn] = client
+	c.perClient[client]++
+	return true, false
 }
 
 func (c *connSet) remove(conn net.Conn) {
 	c.mu.Lock()
+	if client, ok := c.m[conn]; ok {
+		if c.perClient[client]--; c.perClient[client] <= 0 {
+			delete(c.perClient, client)
+		}
+	}
 	delete(c.m, conn)
 	c.mu.Unlock()
 }
@@ -278,9 +291,14 @@ func (s *Server) serveTCP(ctx context.Context, wg *sync.WaitGroup, conns *connSe
 			conn.Close() // too many connections
 			continue
 		}
-		if !conns.add(conn) {
+		ok, clientFull := conns.add(conn, conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+		if !ok {
 			conn.Close()
 			<-slots
+			if clientFull {
+				s.h.met.dropped.Inc()
+				continue // one client may not take every connection
+			}
 			return
 		}
 		wg.Go(func() {
@@ -292,8 +310,15 @@ func (s *Server) serveTCP(ctx context.Context, wg *sync.WaitGroup, conns *connSe
 	}
 }
 
-// serveConn answers the length-prefixed queries on one TCP connection in
-// order, until the client closes it, goes idle or sends garbage.
+// tcpPipeline is how many forwarded queries one TCP connection may have
+// in flight while its later queries are answered.
+const tcpPipeline = 16
+
+// serveConn answers the length-prefixed queries on one TCP connection
+// until the client closes it, goes idle or sends garbage. Answers from the
+// zone are written at once; a forwarded query is answered when its
+// upstream replies, so a slow forward never holds back the answers behind
+// it (out of order, RFC 7766 §6.2.1.1: the ids tell them apart).
 func (s *Server) serveConn(ctx context.Context, conn *net.TCPConn) {
 	client := conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 	var lenBuf [2]byte
@@ -301,6 +326,25 @@ func (s *Server) serveConn(ctx context.Context, conn *net.TCPConn) {
 	// Replies go out with their length prefix; the fast path writes into
 	// reply[2:], larger replies are allocated.
 	reply := make([]byte, 2+4096)
+	var wmu sync.Mutex
+	write := func(out []byte, inPlace bool) bool {
+		var msg []byte
+		if inPlace {
+			msg = reply[:2+len(out)]
+		} else {
+			msg = make([]byte, 2+len(out))
+			copy(msg[2:], out)
+		}
+		binary.BigEndian.PutUint16(msg, uint16(len(out)))
+		wmu.Lock()
+		defer wmu.Unlock()
+		conn.SetWriteDeadline(time.Now().Add(s.tcpIdle))
+		_, err := conn.Write(msg)
+		return err == nil
+	}
+	var forwards sync.WaitGroup
+	defer forwards.Wait()
+	pipeline := make(chan struct{}, tcpPipeline)
 	for {
 		conn.SetReadDeadline(time.Now().Add(s.tcpIdle))
 		if _, err := io.ReadFull(conn, lenBuf[:]); err != nil {
@@ -314,20 +358,31 @@ func (s *Server) serveConn(ctx context.Context, conn *net.TCPConn) {
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			return
 		}
-		out := s.h.serve(ctx, buf, client, false, reply[2:2:len(reply)])
+		out, p := s.h.handle(buf, client, false, reply[2:2:len(reply)])
+		if p != nil {
+			if why := s.h.fwd.tryAcquire(client); why != "" {
+				out = s.h.limited(p, why)
+			} else {
+				select {
+				case pipeline <- struct{}{}:
+				case <-ctx.Done():
+					s.h.fwd.release(client)
+					return
+				}
+				forwards.Go(func() {
+					defer func() { <-pipeline }()
+					defer s.h.fwd.release(client)
+					if out := s.h.forward(ctx, p); out != nil && !write(out, false) {
+						conn.Close()
+					}
+				})
+				continue
+			}
+		}
 		if out == nil {
 			return
 		}
-		var msg []byte
-		if len(out) <= len(reply)-2 && &out[0] == &reply[2] {
-			msg = reply[:2+len(out)]
-		} else {
-			msg = make([]byte, 2+len(out))
-			copy(msg[2:], out)
-		}
-		binary.BigEndian.PutUint16(msg, uint16(len(out)))
-		conn.SetWriteDeadline(time.Now().Add(s.tcpIdle))
-		if _, err := conn.Write(msg); err != nil {
+		if !write(out, len(out) <= len(reply)-2 && &out[0] == &reply[2]) {
 			return
 		}
 	}
