@@ -34,6 +34,14 @@ type Config struct {
 	// Upstreams are "host:port" resolvers for names outside the zone, tried
 	// in order. Empty means no forwarding: such queries get REFUSED.
 	Upstreams []string
+	// NoForwardTo are networks and NoForwardToAddrs addresses that must
+	// never be upstreams: the other Berth DNS servers, so two of them can
+	// never forward to each other in a loop (the host server lists the pod
+	// network, where the node-local servers listen; a node-local server in
+	// berth dev lists the host server's address). New refuses such an
+	// upstream, as it refuses one that is the server itself.
+	NoForwardTo      []netip.Prefix
+	NoForwardToAddrs []netip.AddrPort
 	// AllowRecursion lists the client networks (the pod networks) allowed
 	// to use forwarding, in addition to loopback. Everyone else gets
 	// REFUSED for names outside the zone, so the server is never an open

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,7 +57,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	local := udp[0].LocalAddr().(*net.UDPAddr).AddrPort()
 	cfg.nsAddr = local.Addr().Unmap()
-	cfg.Upstreams = withoutSelf(cfg.Upstreams, local, log)
+	if cfg.Upstreams, err = checkUpstreams(cfg, local); err != nil {
+		closeAll()
+		return nil, err
+	}
 	met, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		closeAll()
@@ -129,20 +133,69 @@ func bind(cfg Config) ([]*net.UDPConn, *net.TCPListener, error) {
 	}
 }
 
-// withoutSelf drops upstreams that are the server itself, which would
-// loop every forwarded query back in.
-func withoutSelf(ups []string, self netip.AddrPort, log *slog.Logger) []string {
+// checkUpstreams resolves the upstreams given by host name (once, at
+// start) and refuses any that would loop: the server itself (its address,
+// or any local address when it is bound to the wildcard) or one of
+// cfg.NoForwardTo.
+func checkUpstreams(cfg Config, self netip.AddrPort) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	var out []string
-	for _, u := range ups {
-		ap, err := netip.ParseAddrPort(u)
-		if err == nil && ap.Port() == self.Port() &&
-			(ap.Addr().Unmap() == self.Addr().Unmap() || self.Addr().IsUnspecified()) {
-			log.Warn("ignoring upstream that is this server", "upstream", u)
-			continue
+	for _, u := range cfg.Upstreams {
+		host, port, err := net.SplitHostPort(u)
+		if err != nil {
+			return nil, fmt.Errorf("dns: upstream %q: %w", u, err)
 		}
-		out = append(out, u)
+		p, err := strconv.ParseUint(port, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("dns: upstream %q: bad port", u)
+		}
+		var addrs []netip.Addr
+		if ip, err := netip.ParseAddr(host); err == nil {
+			addrs = []netip.Addr{ip}
+		} else if addrs, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
+			return nil, fmt.Errorf("dns: upstream %q: %w", u, err)
+		}
+		for _, ip := range addrs {
+			ap := netip.AddrPortFrom(ip.Unmap(), uint16(p))
+			if isSelf(ap, self) {
+				return nil, fmt.Errorf("dns: upstream %q is this server (%s): forwarding would loop; give another --dns-upstream", u, self)
+			}
+			for _, n := range cfg.NoForwardTo {
+				if n.Contains(ap.Addr()) {
+					return nil, fmt.Errorf("dns: upstream %q (%s) is in %s, where other Berth DNS servers listen: forwarding could loop", u, ap, n)
+				}
+			}
+			for _, a := range cfg.NoForwardToAddrs {
+				if a.Addr().Unmap() == ap.Addr() && a.Port() == ap.Port() {
+					return nil, fmt.Errorf("dns: upstream %q (%s) is another Berth DNS server: forwarding could loop", u, ap)
+				}
+			}
+			out = append(out, ap.String())
+		}
 	}
-	return out
+	return out, nil
+}
+
+// isSelf: ap is the server's own address, or, for a wildcard bind, one
+// of this host's addresses on the server's port.
+func isSelf(ap, self netip.AddrPort) bool {
+	if ap.Port() != self.Port() {
+		return false
+	}
+	if !self.Addr().IsUnspecified() {
+		return ap.Addr() == self.Addr().Unmap()
+	}
+	if ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
+		return true
+	}
+	ifaddrs, _ := net.InterfaceAddrs()
+	for _, a := range ifaddrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ap.Addr() {
+			return true
+		}
+	}
+	return false
 }
 
 // Addr returns the "ip:port" the server is bound to.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -441,30 +442,53 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-func TestNewDropsItselfAsUpstream(t *testing.T) {
+func TestNewRefusesForwardingLoops(t *testing.T) {
 	// A fixed address is needed (the upstream list names it); another
 	// process may take a free port before New binds it, so try again.
-	var s *Server
-	for attempt := 0; s == nil; attempt++ {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := pc.LocalAddr().String()
-		pc.Close()
-		cfg := DefaultConfig()
-		cfg.Logger = discardLogger()
-		cfg.Addr = addr
-		cfg.Upstreams = []string{addr, "127.0.0.1:1"}
-		if s, err = New(cfg); err != nil && attempt == 20 {
-			t.Fatal(err)
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	defer s.Run(ctx)
-	if got := s.h.cfg.Upstreams; !slices.Equal(got, []string{"127.0.0.1:1"}) {
-		t.Errorf("upstreams = %v", got)
+	for _, tc := range []struct {
+		name      string
+		upstreams func(port string) []string
+		mutate    func(*Config)
+		want      string
+	}{
+		{"itself by address", func(p string) []string { return []string{"127.0.0.1:" + p} }, nil, "is this server"},
+		{"itself by host name", func(p string) []string { return []string{"127.0.0.2:1", "localhost:" + p} }, nil, "is this server"},
+		{"another Berth DNS network", func(string) []string { return []string{"10.213.7.1:53"} },
+			func(c *Config) { c.NoForwardTo = []netip.Prefix{netip.MustParsePrefix("10.213.0.0/16")} }, "other Berth DNS servers"},
+		{"another Berth DNS server", func(string) []string { return []string{"127.0.0.1:1053"} },
+			func(c *Config) { c.NoForwardToAddrs = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1053")} }, "another Berth DNS server"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for attempt := 0; ; attempt++ {
+				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr := pc.LocalAddr().String()
+				pc.Close()
+				_, port, _ := net.SplitHostPort(addr)
+				cfg := DefaultConfig()
+				cfg.Logger = discardLogger()
+				cfg.Addr = addr
+				cfg.Upstreams = tc.upstreams(port)
+				if tc.mutate != nil {
+					tc.mutate(&cfg)
+				}
+				s, err := New(cfg)
+				if err == nil {
+					ctx, cancel := context.WithCancel(context.Background())
+					cancel()
+					s.Run(ctx)
+					t.Fatalf("New accepted upstreams %v", cfg.Upstreams)
+				}
+				if strings.Contains(err.Error(), tc.want) {
+					return
+				}
+				if attempt == 20 {
+					t.Fatalf("New: %v, want an error saying %q", err, tc.want)
+				}
+			}
+		})
 	}
 }
 

@@ -61,6 +61,9 @@ type Config struct {
 	DNSPort int
 	// DNSUpstreams resolve names outside berth.internal for containers.
 	DNSUpstreams []string
+	// DNSNoForwardTo are other Berth DNS servers (the host's, in berth
+	// dev) that the node-local server must never forward to.
+	DNSNoForwardTo []netip.AddrPort
 	// DNSTTL is the TTL of service records.
 	DNSTTL time.Duration
 	// StopOnExit stops every container when the agent stops (berth dev);
@@ -241,6 +244,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	dcfg.FreeBind = true
 	dcfg.AllowRecursion = []netip.Prefix{subnet}
 	dcfg.Upstreams = a.cfg.DNSUpstreams
+	dcfg.NoForwardToAddrs = a.cfg.DNSNoForwardTo
 	if a.cfg.DNSTTL > 0 {
 		dcfg.TTL = a.cfg.DNSTTL
 	}

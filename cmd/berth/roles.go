@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,6 +107,11 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 		dcfg := berthdns.DefaultConfig()
 		dcfg.Addr, dcfg.TTL, dcfg.Logger, dcfg.Registerer = f.dnsAddr, f.dnsTTL, logger, reg
 		dcfg.Upstreams = f.upstreams(logger)
+		// The node-local servers listen in the pod network: the host
+		// server never forwards there, so the two can never loop.
+		if p, err := netip.ParsePrefix(f.clusterCIDR); err == nil {
+			dcfg.NoForwardTo = []netip.Prefix{p}
+		}
 		c.dns, err = berthdns.New(dcfg)
 		if err != nil {
 			return nil, fmt.Errorf("dns on %s: %w", f.dnsAddr, err)
@@ -321,6 +327,12 @@ the same services back.`,
 				af.token = tok
 			}
 			acfg, err := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
+			if cp.dns != nil {
+				// Nor does the node-local server forward to the host's.
+				if ap, err := netip.ParseAddrPort(cp.dns.Addr()); err == nil {
+					acfg.DNSNoForwardTo = append(acfg.DNSNoForwardTo, ap)
+				}
+			}
 			if err != nil {
 				grp.cancel()
 				_ = grp.wait()
