@@ -83,6 +83,16 @@ type Config struct {
 	MaxTCPConnsPerClient int
 	// TCPIdleTimeout closes TCP connections idle for this long. Default 10s.
 	TCPIdleTimeout time.Duration
+	// RateLimit, when above zero, limits UDP responses per client prefix
+	// (IPv4 /24, IPv6 /56) to this many a second, bursts of twice that
+	// (response rate limiting, as NSD and Knot do). Off (0) by default:
+	// the node-local server only serves its own pods; berth server turns
+	// it on for a host listener that is not on loopback.
+	RateLimit float64
+	// RateLimitSlip: every this-many-th limited response is sent
+	// truncated (TC) instead of dropped, so real clients retry over TCP.
+	// Default 2; negative drops them all.
+	RateLimitSlip int
 	// UDPSockets is how many UDP sockets share the address through
 	// SO_REUSEPORT, each with its own reader; the kernel spreads clients
 	// over them. Default (0): one per core (GOMAXPROCS). Linux only;
@@ -161,6 +171,9 @@ func (c Config) normalize() Config {
 	}
 	if c.MaxTCPConns <= 0 {
 		c.MaxTCPConns = d.MaxTCPConns
+	}
+	if c.RateLimitSlip == 0 {
+		c.RateLimitSlip = 2
 	}
 	if c.MaxTCPConnsPerClient <= 0 {
 		c.MaxTCPConnsPerClient = d.MaxTCPConnsPerClient

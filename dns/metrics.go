@@ -24,6 +24,9 @@ type metrics struct {
 	cacheMiss prometheus.Counter
 	dropped   prometheus.Counter
 	names     prometheus.Gauge
+	// rateLimited counts UDP responses held back by response rate
+	// limiting: dropped, or sent truncated.
+	rateLimited *prometheus.CounterVec
 
 	// Pre-resolved children, so the fast path counts without a label
 	// lookup: the latency observer for authoritative answers, and the
@@ -62,8 +65,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_dns_forwarded_total",
-			Help: "Queries for names outside the zone sent upstream, by result (ok, error, limited).",
+			Help: "Queries for names outside the zone, by result: ok, error, limited (every slot taken), client_limited (the client used up its share), refused (not RD, not class IN, or a zone transfer).",
 		}, []string{"result"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_dns_rate_limited_total",
+			Help: "UDP responses held back by response rate limiting, by action (dropped, truncated).",
+		}, []string{"action"}),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "berth_dns_cache_hits_total",
 			Help: "Forwardable queries answered from the forwarding cache.",
@@ -83,7 +90,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.latAuthoritative = m.latency.WithLabelValues(sourceAuthoritative)
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.queries, m.latency, m.forwarded, m.cacheHits, m.cacheMiss, m.dropped, m.names} {
+		for _, c := range []prometheus.Collector{m.queries, m.latency, m.forwarded, m.cacheHits, m.cacheMiss, m.dropped, m.names, m.rateLimited} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("dns: register metrics: %w", err)
 			}

@@ -26,6 +26,7 @@ import (
 // time, before or during Run, from any goroutine (the last call wins).
 type Server struct {
 	h       *handler
+	rrl     *rateLimiter // nil: no response rate limiting
 	log     *slog.Logger
 	udp     []*net.UDPConn // one per core with SO_REUSEPORT (Linux), else one
 	tcp     *net.TCPListener
@@ -67,8 +68,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	h := newHandler(cfg, log, met)
+	var rrl *rateLimiter
+	if cfg.RateLimit > 0 {
+		rrl = newRateLimiter(cfg.RateLimit, max(cfg.RateLimitSlip, 0))
+	}
 	return &Server{
 		h:       h,
+		rrl:     rrl,
 		log:     log,
 		udp:     udp,
 		tcp:     tcp,
@@ -268,6 +274,16 @@ func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup, conn *net.UDP
 					}
 				})
 				continue
+			}
+		}
+		if out != nil && s.rrl != nil {
+			switch s.rrl.check(client, time.Now()) {
+			case rrlDrop:
+				s.h.met.rateLimited.WithLabelValues("dropped").Inc()
+				continue
+			case rrlSlip:
+				s.h.met.rateLimited.WithLabelValues("truncated").Inc()
+				out = truncatedReply(out)
 			}
 		}
 		if out != nil {

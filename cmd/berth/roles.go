@@ -43,6 +43,7 @@ type serverFlags struct {
 	clusterCIDR  string
 	dnsTTL       time.Duration
 	dnsUpstreams []string
+	dnsRateLimit float64
 	requireToken bool
 	nodeTimeout  time.Duration
 	lostGrace    time.Duration
@@ -60,6 +61,7 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one /24 per node")
 	cmd.Flags().DurationVar(&f.dnsTTL, "dns-ttl", 5*time.Second, "TTL of service DNS records; a stopped endpoint leaves DNS this long before its container stops")
 	cmd.Flags().StringSliceVar(&f.dnsUpstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
+	cmd.Flags().Float64Var(&f.dnsRateLimit, "dns-rate-limit", -1, "UDP responses a second per client /24 (IPv6 /56) from the host DNS, then dropped or truncated; -1: 200 when --dns-addr is not loopback, else off; 0: off")
 	def := controlplane.DefaultConfig()
 	cmd.Flags().BoolVar(&f.requireToken, "require-join-token", def.RequireJoinToken, "agents must present a token from `berth token create`")
 	cmd.Flags().DurationVar(&f.nodeTimeout, "node-timeout", def.NodeTimeout, "a node that misses heartbeats this long is NotReady and its endpoints leave DNS and the gateways")
@@ -107,6 +109,13 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 		dcfg := berthdns.DefaultConfig()
 		dcfg.Addr, dcfg.TTL, dcfg.Logger, dcfg.Registerer = f.dnsAddr, f.dnsTTL, logger, reg
 		dcfg.Upstreams = f.upstreams(logger)
+		dcfg.RateLimit = f.dnsRateLimit
+		if dcfg.RateLimit < 0 {
+			dcfg.RateLimit = 0
+			if ap, err := netip.ParseAddrPort(f.dnsAddr); err != nil || !ap.Addr().IsLoopback() {
+				dcfg.RateLimit = 200 // reachable from outside: no reflection amplifier
+			}
+		}
 		// The node-local servers listen in the pod network: the host
 		// server never forwards there, so the two can never loop.
 		if p, err := netip.ParsePrefix(f.clusterCIDR); err == nil {
