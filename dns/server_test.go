@@ -195,6 +195,9 @@ func startUpstream(t *testing.T) *stubUpstream {
 	u := &stubUpstream{}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
 		u.queries.Add(1)
+		if strings.HasPrefix(req.Question[0].Name, "slow") {
+			time.Sleep(time.Second) // an upstream that takes its time
+		}
 		m := new(dns.Msg)
 		m.SetReply(req)
 		m.RecursionAvailable = true
