@@ -5,7 +5,8 @@
 // *discovery.Snapshot into an immutable answer Table and swaps it in
 // atomically, so a query never waits for an update. Names outside the zone
 // are forwarded to configured upstream resolvers, for loopback and pod
-// network clients only, through a small TTL-honouring cache.
+// network clients only, through a small TTL-honouring cache (see Hostile
+// clients below).
 //
 // Names in the zone:
 //
@@ -60,6 +61,30 @@
 // whose DNS-relevant content did not change keep their built (and packed)
 // names, so an update touching 1,000 endpoints rebuilds only their
 // services. On Linux the server reads one SO_REUSEPORT UDP socket per core.
+//
+// Hostile clients (the rules a public-facing resolver keeps):
+//
+//   - Forwarding is for loopback and pod clients only, and only for
+//     recursive (RD) class IN queries that are not zone transfers; CH
+//     queries such as version.bind, AXFR/IXFR of outside names and RD=0
+//     queries get REFUSED. Each client address has its own share of
+//     forwarding (MaxForwardsPerClient in flight, ForwardRatePerClient a
+//     second), so one pod flooding outside names gets SERVFAIL for its
+//     excess while other pods resolve.
+//   - The forwarding cache keys on the question and the DO and CD bits (as
+//     CoreDNS does) and is bounded by entries and by bytes.
+//   - The DO bit is echoed (RFC 3225 §3) on both paths; two OPT records or
+//     a question without its class get FORMERR; TC is set only when answer
+//     or authority records were cut, never for dropped glue (RFC 2181 §9).
+//   - TCP: a per-client connection cap besides the global one; answers
+//     are written as they are ready, so a slow forward never holds back a
+//     zone answer on the same connection (RFC 7766 §6.2.1.1).
+//   - Loops: upstreams given by name are resolved once at start; an
+//     upstream that is the server itself or in NoForwardTo (the other
+//     Berth DNS servers) is refused by New.
+//   - Optional response rate limiting per client /24 or /56 for UDP, with
+//     slip (RateLimit): off for node-local servers, on for a host
+//     listener that is not on loopback.
 //
 // It must not know about etcd, the control plane or the node agent: it only
 // ever sees snapshots handed to Update. Wiring (which address to bind, where
