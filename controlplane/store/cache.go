@@ -242,7 +242,8 @@ func (c *Cache) Subscribe() (<-chan struct{}, func()) {
 	return ch, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		c.subs = slices.DeleteFunc(c.subs, func(s chan struct{}) bool { return s == ch })
+		// A new slice: notify ranges over the old one without the lock.
+		c.subs = slices.DeleteFunc(slices.Clone(c.subs), func(s chan struct{}) bool { return s == ch })
 	}
 }
 
