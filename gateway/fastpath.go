@@ -1222,7 +1222,10 @@ func equalFoldString(b []byte, s string) bool {
 }
 
 // tokenChars are RFC 9110 tchar.
-var tokenChars = func() (t [256]bool) {
+var tokenChars = asciiSet("!#$%&'*+-.^_`|~")
+
+// asciiSet is the set of ASCII letters, digits and the bytes of extra.
+func asciiSet(extra string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -1230,11 +1233,11 @@ var tokenChars = func() (t [256]bool) {
 		t[c] = true
 		t[c-'a'+'A'] = true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
+	for _, c := range extra {
 		t[c] = true
 	}
 	return t
-}()
+}
 
 func isToken(b []byte) bool {
 	if len(b) == 0 {

@@ -426,16 +426,4 @@ func validHost(b []byte) bool {
 	return true
 }
 
-var hostChars = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!$%&'()*+,-.:;=[]_~" {
-		t[c] = true
-	}
-	return t
-}()
+var hostChars = asciiSet("!$%&'()*+,-.:;=[]_~")
