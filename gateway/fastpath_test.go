@@ -181,7 +181,7 @@ func TestFastPathFraming(t *testing.T) {
 			t.Fatalf("got %q", out)
 		}
 	})
-	t.Run("large and chunked request bodies take the general path", func(t *testing.T) {
+	t.Run("large (streamed) and chunked (general path) request bodies", func(t *testing.T) {
 		big := strings.Repeat("x", 100<<10)
 		resp, err := client.Post(base+"/big", "text/plain", strings.NewReader(big))
 		if err != nil {
