@@ -204,7 +204,9 @@ func TestUpgradeTimeoutAndTunnelIdle(t *testing.T) {
 			io.WriteString(c, line)
 		}
 	})
-	g, _ := limitGateway(t)
+	// An idle timeout well above the pings' gaps, so a loaded machine
+	// cannot make traffic look idle.
+	g, _ := limitGateway(t, func(c *Config) { c.TunnelIdleTimeout = time.Second })
 	install(g, func(re *routeEntry, _ *upstreamCluster) { re.timeout = 300 * time.Millisecond }, up.URL)
 	upgrade := func(path string) (net.Conn, *bufio.Reader, *http.Response) {
 		c, err := net.Dial("tcp", g.Addr())
@@ -231,7 +233,7 @@ func TestUpgradeTimeoutAndTunnelIdle(t *testing.T) {
 		t.Fatalf("upgrade: %d", resp.StatusCode)
 	}
 	// Traffic keeps it open past the route timeout and the idle timeout.
-	for i := 0; i < 6; i++ {
+	for i := 0; i < 12; i++ { // 1.2 s: past the route timeout and the idle timeout
 		io.WriteString(c, "ping\n")
 		if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
 			t.Fatalf("echo %d: %q %v", i, line, err)
@@ -239,7 +241,7 @@ func TestUpgradeTimeoutAndTunnelIdle(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	// Silence closes it.
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("idle tunnel not closed: %v", err)
 	}
