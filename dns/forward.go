@@ -126,9 +126,9 @@ func (f *forwarder) exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 func (f *forwarder) exchangeOne(ctx context.Context, q *dns.Msg, up string) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	r, _, err := f.udp.ExchangeContext(ctx, q, up)
+	r, err := exchangeCancellable(ctx, f.udp, q, up)
 	if err == nil && r.Truncated {
-		r, _, err = f.tcp.ExchangeContext(ctx, q, up)
+		r, err = exchangeCancellable(ctx, f.tcp, q, up)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dns: forward to %s: %w", up, err)
@@ -138,6 +138,21 @@ func (f *forwarder) exchangeOne(ctx context.Context, q *dns.Msg, up string) (*dn
 		return nil, fmt.Errorf("dns: forward to %s: reply is for another question", up)
 	}
 	return r, nil
+}
+
+// exchangeCancellable is c.ExchangeContext, except that cancelling ctx
+// ends a read in progress (miekg/dns only takes ctx's deadline), so a
+// stopping server does not wait for its upstreams' timeouts.
+func exchangeCancellable(ctx context.Context, c *dns.Client, q *dns.Msg, up string) (*dns.Msg, error) {
+	conn, err := c.DialContext(ctx, up)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	r, _, err := c.ExchangeWithConnContext(ctx, q, conn)
+	return r, err
 }
 
 // clientReply makes the client's reply from an upstream reply r, which is
