@@ -42,6 +42,11 @@ type Config struct {
 	// upstream, as it refuses one that is the server itself.
 	NoForwardTo      []netip.Prefix
 	NoForwardToAddrs []netip.AddrPort
+	// UpstreamsFromSystem says the upstreams were read from resolv.conf,
+	// not given by the user: one that would loop is then dropped with a
+	// warning instead of failing New (a host may well list the address
+	// Berth's DNS serves on).
+	UpstreamsFromSystem bool
 	// AllowRecursion lists the client networks (the pod networks) allowed
 	// to use forwarding, in addition to loopback. Everyone else gets
 	// REFUSED for names outside the zone, so the server is never an open

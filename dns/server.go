@@ -58,7 +58,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	local := udp[0].LocalAddr().(*net.UDPAddr).AddrPort()
 	cfg.nsAddr = local.Addr().Unmap()
-	if cfg.Upstreams, err = checkUpstreams(cfg, local); err != nil {
+	if cfg.Upstreams, err = checkUpstreams(cfg, local, log); err != nil {
 		closeAll()
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func bind(cfg Config) ([]*net.UDPConn, *net.TCPListener, error) {
 // start) and refuses any that would loop: the server itself (its address,
 // or any local address when it is bound to the wildcard) or one of
 // cfg.NoForwardTo.
-func checkUpstreams(cfg Config, self netip.AddrPort) ([]string, error) {
+func checkUpstreams(cfg Config, self netip.AddrPort, log *slog.Logger) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var out []string
@@ -164,23 +164,35 @@ func checkUpstreams(cfg Config, self netip.AddrPort) ([]string, error) {
 		}
 		for _, ip := range addrs {
 			ap := netip.AddrPortFrom(ip.Unmap(), uint16(p))
-			if isSelf(ap, self) {
-				return nil, fmt.Errorf("dns: upstream %q is this server (%s): forwarding would loop; give another --dns-upstream", u, self)
-			}
-			for _, n := range cfg.NoForwardTo {
-				if n.Contains(ap.Addr()) {
-					return nil, fmt.Errorf("dns: upstream %q (%s) is in %s, where other Berth DNS servers listen: forwarding could loop", u, ap, n)
+			if err := loops(cfg, ap, self); err != nil {
+				if cfg.UpstreamsFromSystem {
+					log.Warn("ignoring an upstream from resolv.conf", "upstream", u, "err", err)
+					continue
 				}
-			}
-			for _, a := range cfg.NoForwardToAddrs {
-				if a.Addr().Unmap() == ap.Addr() && a.Port() == ap.Port() {
-					return nil, fmt.Errorf("dns: upstream %q (%s) is another Berth DNS server: forwarding could loop", u, ap)
-				}
+				return nil, fmt.Errorf("dns: upstream %q: %w", u, err)
 			}
 			out = append(out, ap.String())
 		}
 	}
 	return out, nil
+}
+
+// loops says why forwarding to ap could loop, or nil.
+func loops(cfg Config, ap, self netip.AddrPort) error {
+	if isSelf(ap, self) {
+		return fmt.Errorf("%s is this server: forwarding would loop; give another --dns-upstream", ap)
+	}
+	for _, n := range cfg.NoForwardTo {
+		if n.Contains(ap.Addr()) {
+			return fmt.Errorf("%s is in %s, where other Berth DNS servers listen: forwarding could loop", ap, n)
+		}
+	}
+	for _, a := range cfg.NoForwardToAddrs {
+		if a.Addr().Unmap() == ap.Addr() && a.Port() == ap.Port() {
+			return fmt.Errorf("%s is another Berth DNS server: forwarding could loop", ap)
+		}
+	}
+	return nil
 }
 
 // isSelf: ap is the server's own address, or, for a wildcard bind, one

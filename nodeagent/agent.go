@@ -64,6 +64,9 @@ type Config struct {
 	// DNSNoForwardTo are other Berth DNS servers (the host's, in berth
 	// dev) that the node-local server must never forward to.
 	DNSNoForwardTo []netip.AddrPort
+	// DNSUpstreamsFromSystem: DNSUpstreams came from resolv.conf, so one
+	// that would loop is dropped with a warning rather than an error.
+	DNSUpstreamsFromSystem bool
 	// DNSTTL is the TTL of service records.
 	DNSTTL time.Duration
 	// StopOnExit stops every container when the agent stops (berth dev);
@@ -245,6 +248,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	dcfg.AllowRecursion = []netip.Prefix{subnet}
 	dcfg.Upstreams = a.cfg.DNSUpstreams
 	dcfg.NoForwardToAddrs = a.cfg.DNSNoForwardTo
+	dcfg.UpstreamsFromSystem = a.cfg.DNSUpstreamsFromSystem
 	if a.cfg.DNSTTL > 0 {
 		dcfg.TTL = a.cfg.DNSTTL
 	}

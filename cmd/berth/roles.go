@@ -109,6 +109,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 		dcfg := berthdns.DefaultConfig()
 		dcfg.Addr, dcfg.TTL, dcfg.Logger, dcfg.Registerer = f.dnsAddr, f.dnsTTL, logger, reg
 		dcfg.Upstreams = f.upstreams(logger)
+		dcfg.UpstreamsFromSystem = len(f.dnsUpstreams) == 0
 		dcfg.RateLimit = f.dnsRateLimit
 		if dcfg.RateLimit < 0 {
 			dcfg.RateLimit = 0
@@ -336,6 +337,7 @@ the same services back.`,
 				af.token = tok
 			}
 			acfg, err := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
+			acfg.DNSUpstreamsFromSystem = len(sf.dnsUpstreams) == 0
 			if cp.dns != nil {
 				// Nor does the node-local server forward to the host's.
 				if ap, err := netip.ParseAddrPort(cp.dns.Addr()); err == nil {
@@ -468,10 +470,12 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 			}
 			reg := newRegistry()
 			grp := newGroup(ctx)
-			if len(upstreams) == 0 {
+			fromSystem := len(upstreams) == 0
+			if fromSystem {
 				upstreams, _ = berthdns.UpstreamsFromResolvConf("/etc/resolv.conf")
 			}
 			acfg, err := af.config(g.server, stopOnExit, dnsTTL, upstreams, reg, logger)
+			acfg.DNSUpstreamsFromSystem = fromSystem
 			if err != nil {
 				return err
 			}
