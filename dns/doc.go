@@ -81,7 +81,8 @@
 //     zone answer on the same connection (RFC 7766 §6.2.1.1).
 //   - Loops: upstreams given by name are resolved once at start; an
 //     upstream that is the server itself or in NoForwardTo (the other
-//     Berth DNS servers) is refused by New.
+//     Berth DNS servers) is refused by New (dropped with a warning when
+//     it was read from resolv.conf rather than given).
 //   - Optional response rate limiting per client /24 or /56 for UDP, with
 //     slip (RateLimit): off for node-local servers, on for a host
 //     listener that is not on loopback.
