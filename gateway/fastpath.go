@@ -56,7 +56,7 @@ type serverConn struct {
 	isTLS  bool
 	bigBuf bool   // br was grown for a large head: not pooled
 	remote []byte // client IP
-	readDL int64  // nanotime of the read deadline last set
+	readDL int64  // nanotime of the idle read deadline last set; 0: another kind is set
 	state  atomic.Int32
 	req    request
 	out    []byte // the upstream request head (and small body)
@@ -239,10 +239,11 @@ func (sc *serverConn) loop() bool {
 // whole (slowloris): ReadHeaderTimeout from now.
 func (sc *serverConn) headDeadline() { sc.readDeadline(sc.g.cfg.ReadHeaderTimeout) }
 
-// readDeadline sets the client read deadline d from now; the next idle
-// wait sets its own again.
+// readDeadline sets the client read deadline d from now, for a head or a
+// body; the next idle wait sets its own again (readDL 0 says the deadline
+// in place is not an idle one).
 func (sc *serverConn) readDeadline(d time.Duration) {
-	sc.readDL = nanotime() + int64(d)
+	sc.readDL = 0
 	sc.c.SetReadDeadline(time.Now().Add(d))
 }
 

@@ -249,3 +249,49 @@ func TestUpgradeTimeoutAndTunnelIdle(t *testing.T) {
 		t.Fatal("tunnel_idle not counted")
 	}
 }
+
+// TestBodyDeadlineEndsWithBody: the body timeout bounds reading the body,
+// not what comes after it: an upstream slower than BodyTimeout still gets
+// its answer through (general path), and a kept-alive fast-path
+// connection goes back to the idle timeout once its body is in.
+func TestBodyDeadlineEndsWithBody(t *testing.T) {
+	up := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		time.Sleep(800 * time.Millisecond) // longer than the body timeout
+		io.WriteString(w, "slow ok")
+	})
+	g, _ := limitGateway(t, func(c *Config) { c.BodyTimeout = 300 * time.Millisecond })
+	install(g, nil, up.URL)
+	answer, _ := clientExchange(t, g.Addr(), "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false)
+	if !strings.HasPrefix(answer, "HTTP/1.1 200 ") || !strings.HasSuffix(answer, "slow ok") {
+		t.Fatalf("general path, upstream slower than the body timeout: %q", answer)
+	}
+
+	// Fast path: a body timeout far above the idle timeout must not keep
+	// an idle connection open that long.
+	g2, _ := limitGateway(t, func(c *Config) { c.BodyTimeout = time.Minute; c.IdleTimeout = 300 * time.Millisecond })
+	fast := upstream(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body); io.WriteString(w, "ok") })
+	install(g2, nil, fast.URL)
+	c, err := net.Dial("tcp", g2.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab")
+	time.Sleep(50 * time.Millisecond) // the rest of the body comes later
+	io.WriteString(c, "cde")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("idle connection closed after %v, want about the 300 ms idle timeout", d)
+	}
+}
