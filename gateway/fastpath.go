@@ -262,28 +262,9 @@ func (sc *serverConn) reject(rej *rejection) bool {
 	g := sc.g
 	g.metrics.rejected(rej.reason).Inc()
 	fillRequestID(&sc.reqID)
-	if rej.status == 0 {
-		if g.accessLogEnabled() {
-			g.writeAccess(string(sc.reqID[:]), "", "", "", string(sc.remote), "", "", "", 0, 0, rej)
-		}
-		lingerClose(sc.c)
-		return false
+	if rej.status != 0 { // 0: not HTTP/1.x at all, closed without an answer
+		sc.writeAnswer(rej.status, sc.reqID[:], "berth: "+rej.reason+"\n", true, true)
 	}
-	bw := sc.bw
-	body := "berth: " + rej.reason + "\n"
-	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(rej.status))
-	bw.WriteByte(' ')
-	bw.WriteString(statusText(rej.status))
-	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(body)))
-	bw.WriteString("\r\nDate: ")
-	bw.Write(httpDate())
-	bw.WriteString("\r\nX-Request-Id: ")
-	bw.Write(sc.reqID[:])
-	bw.WriteString("\r\nConnection: close\r\n\r\n")
-	bw.WriteString(body)
-	bw.Flush()
 	if g.accessLogEnabled() {
 		g.writeAccess(string(sc.reqID[:]), "", "", "", string(sc.remote), "", "", "", rej.status, 0, rej)
 	}
@@ -405,6 +386,16 @@ func (sc *serverConn) local(start time.Time, headLen int, stats *routeStats, re 
 			return false
 		}
 	}
+	keep = keep && !sc.g.shuttingDown.Load()
+	err := sc.writeAnswer(status, r.reqID, body, string(r.method) != "HEAD", !keep)
+	stats.observe(status, time.Since(start))
+	return keep && err == nil
+}
+
+// writeAnswer writes and flushes an answer the gateway makes itself: a
+// plain-text body (sent unless withBody is false, for HEAD) and, when
+// closeConn, Connection: close.
+func (sc *serverConn) writeAnswer(status int, reqID []byte, body string, withBody, closeConn bool) error {
 	bw := sc.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(status))
@@ -415,18 +406,15 @@ func (sc *serverConn) local(start time.Time, headLen int, stats *routeStats, re 
 	bw.WriteString("\r\nDate: ")
 	bw.Write(httpDate())
 	bw.WriteString("\r\nX-Request-Id: ")
-	bw.Write(r.reqID)
-	keep = keep && !sc.g.shuttingDown.Load()
-	if !keep {
+	bw.Write(reqID)
+	if closeConn {
 		bw.WriteString("\r\nConnection: close")
 	}
 	bw.WriteString("\r\n\r\n")
-	if string(r.method) != "HEAD" {
+	if withBody {
 		bw.WriteString(body)
 	}
-	err := bw.Flush()
-	stats.observe(status, time.Since(start))
-	return keep && err == nil
+	return bw.Flush()
 }
 
 // buildUpstreamHead writes the request head for the upstream into sc.out,
@@ -825,23 +813,7 @@ func (sc *serverConn) retryWanted(status int) bool {
 
 // localAfterProxy answers a failed proxy attempt from the gateway.
 func (sc *serverConn) localAfterProxy(status int, body string, closeConn bool) bool {
-	bw := sc.bw
-	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(status))
-	bw.WriteByte(' ')
-	bw.WriteString(statusText(status))
-	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(body)))
-	bw.WriteString("\r\nDate: ")
-	bw.Write(httpDate())
-	bw.WriteString("\r\nX-Request-Id: ")
-	bw.Write(sc.req.reqID)
-	if closeConn {
-		bw.WriteString("\r\nConnection: close")
-	}
-	bw.WriteString("\r\n\r\n")
-	bw.WriteString(body)
-	return bw.Flush() == nil && !closeConn
+	return sc.writeAnswer(status, sc.req.reqID, body, true, closeConn) == nil && !closeConn
 }
 
 // response is one parsed upstream response head.
