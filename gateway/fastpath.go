@@ -789,17 +789,10 @@ func sendBody(dst io.Writer, src *bufio.Reader, n int64, beforeWait func()) (cli
 // deliver: 408 when it was too slow, 400 when it ended short; a client
 // whose connection broke gets nothing. The connection closes either way.
 func (sc *serverConn) clientBodyFailed(err error) attemptResult {
-	var status int
-	var body string
-	switch {
-	case isTimeout(err):
-		status, body = 408, "berth: request body timeout\n"
-		sc.g.metrics.closedBy(closedBodyTimeout)
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		status, body = 400, "berth: "+rejectShortBody.reason+"\n"
-	default:
+	if !isTimeout(err) && !errors.Is(err, io.ErrUnexpectedEOF) {
 		return attemptResult{fail: failClientGone, err: err}
 	}
+	status, body := sc.g.clientBodyAnswer(err)
 	sc.c.SetWriteDeadline(time.Now().Add(lingerTimeout))
 	sc.localAfterProxy(status, body, true)
 	return attemptResult{fail: failClientBody, answer: status, err: err}

@@ -505,12 +505,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body := &deadlineBody{r: r.Body, rc: http.NewResponseController(w), timeout: g.cfg.BodyTimeout}
 		buf, whole, err := readUpTo(body, maxBufferedBody)
 		if err != nil {
-			status := http.StatusBadRequest
-			msg := "berth: malformed or short request body\n"
-			if isTimeout(err) {
-				status, msg = http.StatusRequestTimeout, "berth: request body timeout\n"
-				g.metrics.closedBy(closedBodyTimeout)
-			}
+			status, msg := g.clientBodyAnswer(err)
 			w.Header()["Connection"] = []string{"close"}
 			g.finish(r, start, reqID, wc.stats, re.name, wc.name, "", plainError(w, status, msg), err)
 			return
@@ -571,11 +566,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case fail == failClientGone:
 		reported = StatusClientClosed
 	case fail == failClientBody:
-		reported = http.StatusBadRequest
-		body := "berth: malformed or short request body\n"
-		if isTimeout(err) {
-			reported, body = http.StatusRequestTimeout, "berth: request body timeout\n"
-		}
+		var body string
+		reported, body = g.clientBodyAnswer(err)
 		w.Header()["Connection"] = []string{"close"}
 		plainError(w, reported, body)
 	case status == 0 && fail == failUpstreamTimeout:

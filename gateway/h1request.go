@@ -81,9 +81,6 @@ var (
 	rejectHeadTooLarge  = &rejection{431, "request head too large"}
 	rejectHeadTimeout   = &rejection{408, "request head timeout"}
 	rejectTooManyFields = &rejection{431, "too many header fields"}
-	// Not head rejections, but client faults found while reading a body.
-	rejectShortBody = &rejection{400, "request body shorter than its Content-Length"}
-	rejectBadChunk  = &rejection{400, "malformed chunked request body"}
 )
 
 // headLimits bound a request head.

@@ -77,3 +77,15 @@ func (st *clusterState) finish(status int, f failure, sent, headAt int64) {
 		st.succeeded.Add(1)
 	}
 }
+
+// clientBodyAnswer is the gateway's answer, on either path, to a request
+// whose body the client did not deliver: 408 when it was too slow (a
+// close by the body timeout), else 400 (malformed or short). The
+// connection closes after it.
+func (g *Gateway) clientBodyAnswer(err error) (status int, body string) {
+	if isTimeout(err) {
+		g.metrics.closedBy(closedBodyTimeout)
+		return 408, "berth: request body timeout\n"
+	}
+	return 400, "berth: malformed or short request body\n"
+}
