@@ -276,9 +276,7 @@ func (sc *serverConn) reject(rej *rejection) bool {
 // closing a socket with unread input resets it, and a reset can destroy
 // the answer before the client reads it (nginx's lingering close).
 func lingerClose(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
+	closeWrite(c)
 	c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.CopyN(io.Discard, c, lingerMaxBytes)
 }

@@ -59,20 +59,34 @@ func (c *clientConn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite half-closes the connection, as *net.TCPConn does.
-func (c *clientConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+func (c *clientConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// closeWrite half-closes c when it can (TCP, TLS, and the wrappers here).
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil
 }
 
-// SetWriteDeadline sets a deadline for one write sequence; the send
-// timeout takes over again once it is cleared.
-func (c *clientConn) SetWriteDeadline(t time.Time) error {
+// SetDeadline sets both deadlines, keeping the send timeout's record of
+// the write deadline true.
+func (c *clientConn) SetDeadline(t time.Time) error {
+	c.noteWriteDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *clientConn) noteWriteDeadline(t time.Time) {
 	if t.IsZero() {
 		c.writeDL.Store(0)
 	} else {
 		c.writeDL.Store(nanotime() + int64(time.Until(t)))
 	}
+}
+
+// SetWriteDeadline sets a deadline for one write sequence; the send
+// timeout takes over again once it is cleared.
+func (c *clientConn) SetWriteDeadline(t time.Time) error {
+	c.noteWriteDeadline(t)
 	return c.Conn.SetWriteDeadline(t)
 }

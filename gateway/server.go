@@ -127,12 +127,7 @@ type slotConn struct {
 }
 
 // CloseWrite half-closes the connection underneath.
-func (c *slotConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
+func (c *slotConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 func (c *slotConn) Close() error {
 	err := c.Conn.Close()
