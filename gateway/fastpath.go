@@ -82,6 +82,7 @@ type request struct {
 	chunked                    bool  // Transfer-Encoding: chunked (general path)
 	closeConn                  bool
 	upgrade                    bool   // Connection: upgrade
+	preface                    bool   // "PRI * HTTP/2.0": the HTTP/2 preface begins
 	te                         []byte // TE value, kept only when "trailers"
 	xff                        []byte // prior X-Forwarded-For, joined
 	xffMulti                   bool
@@ -289,7 +290,7 @@ const (
 // handoff passes the connection, with what was read of it, to net/http.
 func (sc *serverConn) handoff() bool {
 	sc.c.SetReadDeadline(time.Time{})
-	sc.g.general.push(&replayConn{Conn: sc.c, r: sc.br, isTLS: sc.isTLS})
+	sc.g.general.push(&replayConn{Conn: sc.c, r: sc.br, isTLS: sc.isTLS, h2: sc.req.preface})
 	return true
 }
 
@@ -298,6 +299,7 @@ type replayConn struct {
 	net.Conn
 	r     *bufio.Reader
 	isTLS bool
+	h2    bool // it began with the HTTP/2 preface's request line (h2c)
 }
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -209,6 +209,7 @@ func (r *request) parse(head []byte, lim headLimits) (headVerdict, *rejection) {
 	r.method, r.target = line[:sp1], line[sp1+1:sp2]
 	version := line[sp2+1:]
 	if string(r.method) == "PRI" && string(version) == "HTTP/2.0" {
+		r.preface = true
 		return headHandOff, nil // the HTTP/2 connection preface: h2c
 	}
 	http10 := string(version) == "HTTP/1.0"

@@ -35,8 +35,10 @@ import (
 //     values before it and that one, so Go fails as it would in order).
 //   - an invalid connection preface closes the connection (RFC 9113 3.4),
 //     without an answer. On the plain listener, which also serves
-//     HTTP/1.x, that is a first line that starts like the preface but is
-//     not it, or that is not an HTTP/1.x request line at all.
+//     HTTP/1.x, the fast path's framer (h1request.go) decides first: a
+//     first line that is no HTTP/1.x request is closed there, and only a
+//     connection that began with the preface's request line reaches the
+//     guard, which checks the rest of the preface.
 //
 // The guard reads frames with golang.org/x/net/http2's Framer (the same
 // code Go's server runs, so both reach the same verdict on every frame)
@@ -109,16 +111,19 @@ func (l *h2Listener) guard(c net.Conn) net.Conn {
 			go rejectInadequateSecurity(c)
 			return nil
 		}
-		return newH2Conn(c, true, true, l.maxHeaderListSize)
+		return newH2Conn(c, true, l.maxHeaderListSize)
 	case *replayConn:
-		// The fast path has read the request head already: decide
-		// without reading when it can (every HTTP/1.x hand-over).
-		if b, _ := cc.r.Peek(cc.r.Buffered()); sniffPreface(b, false) == sniffHTTP1 {
+		// The fast path framed the first request already (h1request.go):
+		// an HTTP/1.x request passes as it is; the start of the HTTP/2
+		// preface must be the whole preface.
+		if !cc.h2 {
 			return c
 		}
-		return newH2Conn(c, cc.isTLS, false, l.maxHeaderListSize)
+		return newH2Conn(c, cc.isTLS, l.maxHeaderListSize)
 	}
-	return newH2Conn(c, false, false, l.maxHeaderListSize)
+	// Nothing else reaches net/http (plain connections come through the
+	// fast path); were it to, only the preface would be accepted.
+	return newH2Conn(c, false, l.maxHeaderListSize)
 }
 
 // h2ConnContext is the server's ConnContext: connContext, seeing through
@@ -160,69 +165,34 @@ func rejectInadequateSecurity(c net.Conn) {
 	http2.NewFramer(c, nil).WriteGoAway(0, http2.ErrCodeInadequateSecurity, []byte("prohibited TLS 1.2 cipher suite"))
 }
 
-// sniffVerdict is what the first bytes of a connection say it speaks.
+// sniffVerdict is what the first bytes of a connection say.
 type sniffVerdict int
 
 const (
-	sniffMore   sniffVerdict = iota // undecided: read more
+	sniffMore   sniffVerdict = iota // a prefix of the preface: read more
 	sniffH2                         // the HTTP/2 connection preface
-	sniffHTTP1                      // an HTTP/1.x request line
-	sniffReject                     // neither: close without an answer
+	sniffReject                     // not the preface: close without an answer
 )
 
-// sniffLimit bounds what the guard reads to decide; a longer first line
-// goes to net/http undecided (which limits it in turn).
-const sniffLimit = 8 << 10
-
-// sniffPreface classifies the first bytes b of a connection. h2Only: the
-// connection chose h2 by ALPN, so only the preface is valid.
-func sniffPreface(b []byte, h2Only bool) sniffVerdict {
+// sniffPreface classifies the first bytes b of a connection that must
+// speak HTTP/2: whether HTTP/1.x was spoken instead is decided before a
+// connection gets here (by ALPN, or by the fast path's framer).
+func sniffPreface(b []byte) sniffVerdict {
 	n := min(len(b), len(h2Preface))
-	if string(b[:n]) == h2Preface[:n] {
-		if n == len(h2Preface) {
-			return sniffH2
-		}
-		return sniffMore
-	}
-	if h2Only || len(b) >= len("PRI * HTTP/2.0") && string(b[:len("PRI * HTTP/2.0")]) == "PRI * HTTP/2.0" {
-		return sniffReject // started as the preface, or had to be it
-	}
-	i := 0
-	for i < len(b) && (b[i] == '\r' || b[i] == '\n') {
-		i++ // RFC 9112 2.2: empty lines before a request line
-	}
-	for j := i; j < len(b); j++ {
-		if b[j] == '\n' {
-			if http1RequestLine(b[i:j]) {
-				return sniffHTTP1
-			}
-			return sniffReject
-		}
+	switch {
+	case string(b[:n]) != h2Preface[:n]:
+		return sniffReject
+	case n == len(h2Preface):
+		return sniffH2
 	}
 	return sniffMore
-}
-
-// http1RequestLine reports whether line (without its LF) ends in an
-// HTTP/1.x-shaped version: "SP HTTP/d.d", then an optional CR. A line
-// like "GET / HTTP/2.0" counts (net/http answers 505); "INVALID
-// CONNECTION PREFACE" does not.
-func http1RequestLine(line []byte) bool {
-	if len(line) > 0 && line[len(line)-1] == '\r' {
-		line = line[:len(line)-1]
-	}
-	if len(line) < 10 || line[len(line)-9] != ' ' {
-		return false
-	}
-	v := line[len(line)-8:]
-	return string(v[:5]) == "HTTP/" && '0' <= v[5] && v[5] <= '9' && v[6] == '.' && '0' <= v[7] && v[7] <= '9'
 }
 
 type guardState int
 
 const (
-	guardSniff  guardState = iota // reading the first bytes
-	guardFrames                   // HTTP/2: reading frame by frame
-	guardPass                     // HTTP/1.x: bytes pass as they are
+	guardSniff  guardState = iota // reading the preface
+	guardFrames                   // reading frame by frame
 )
 
 // h2Conn is a client connection as net/http reads it: the preface
@@ -232,8 +202,7 @@ const (
 // reading goroutine calls Read.
 type h2Conn struct {
 	net.Conn
-	isTLS  bool // the client connection is TLS
-	h2Only bool // ALPN chose h2: the preface must come
+	isTLS bool // the client connection is TLS
 
 	maxHeaderListSize uint32
 	state             guardState
@@ -248,8 +217,8 @@ type h2Conn struct {
 	raw     []byte // the bytes of the frame being read
 }
 
-func newH2Conn(c net.Conn, isTLS, h2Only bool, maxHeaderListSize uint32) *h2Conn {
-	return &h2Conn{Conn: c, isTLS: isTLS, h2Only: h2Only, maxHeaderListSize: maxHeaderListSize}
+func newH2Conn(c net.Conn, isTLS bool, maxHeaderListSize uint32) *h2Conn {
+	return &h2Conn{Conn: c, isTLS: isTLS, maxHeaderListSize: maxHeaderListSize}
 }
 
 func (c *h2Conn) Read(p []byte) (int, error) {
@@ -262,8 +231,6 @@ func (c *h2Conn) Read(p []byte) (int, error) {
 			c.sniff()
 		case guardFrames:
 			c.readFrame()
-		default:
-			return c.Conn.Read(p)
 		}
 	}
 	n := copy(p, c.out)
@@ -271,9 +238,9 @@ func (c *h2Conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// errInvalidPreface ends a connection that sent neither the HTTP/2
-// preface nor an HTTP/1.x request: net/http closes it without an answer
-// (it answers nothing on io.EOF).
+// errInvalidPreface ends a connection that had to send the HTTP/2
+// preface and did not: net/http closes it without an answer (it answers
+// nothing on io.EOF).
 var errInvalidPreface = io.EOF
 
 func (c *h2Conn) sniff() {
@@ -285,7 +252,7 @@ func (c *h2Conn) sniff() {
 	}
 	n, err := c.Conn.Read(c.buf[len(c.buf):cap(c.buf)])
 	c.buf = c.buf[:len(c.buf)+n]
-	switch sniffPreface(c.buf, c.h2Only) {
+	switch sniffPreface(c.buf) {
 	case sniffH2:
 		c.out, c.pending, c.srcErr = c.buf[:len(h2Preface)], c.buf[len(h2Preface):], err
 		c.state = guardFrames
@@ -297,17 +264,11 @@ func (c *h2Conn) sniff() {
 		return
 	case sniffReject:
 		c.buf, c.err = nil, errInvalidPreface
-		return
 	case sniffMore:
-		if err == nil && len(c.buf) < sniffLimit {
-			return
-		}
-		if c.h2Only {
+		if err != nil { // the connection ended inside the preface
 			c.buf, c.err = nil, errInvalidPreface
-			return
 		}
 	}
-	c.out, c.buf, c.err, c.state = c.buf, nil, err, guardPass
 }
 
 // h2Source feeds the framer: first what was read past the preface, then

@@ -98,7 +98,7 @@ func FuzzH2Guard(f *testing.F) {
 	f.Fuzz(func(t *testing.T, chunk uint8, in []byte) {
 		limit := h2MaxHeaderListSize(DefaultConfig().MaxHeaderBytes)
 		c := &chunkConn{r: bytes.NewReader(append([]byte(h2Preface), in...)), chunk: int(chunk%64) + 1}
-		out, _ := io.ReadAll(newH2Conn(c, false, true, limit))
+		out, _ := io.ReadAll(newH2Conn(c, false, limit))
 		if !bytes.HasPrefix(out, []byte(h2Preface)) {
 			t.Fatalf("output does not start with the preface: %q", out)
 		}

@@ -347,34 +347,48 @@ func TestH2InvalidPrefaceClosed(t *testing.T) {
 
 func TestSniffPreface(t *testing.T) {
 	for _, tc := range []struct {
-		in     string
-		h2Only bool
-		want   sniffVerdict
+		in   string
+		want sniffVerdict
 	}{
-		{"", false, sniffMore},
-		{"P", false, sniffMore},
-		{"PRI * HTTP/2.0\r\n\r\nSM", false, sniffMore},
-		{http2.ClientPreface, false, sniffH2},
-		{http2.ClientPreface + "\x00\x00\x00\x04", true, sniffH2},
-		{"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", false, sniffReject},
-		{"PRI * HTTP/2.0\r\nHost: x\r\n", false, sniffReject},
-		{"PRI / HTTP/1.1\r\n", false, sniffHTTP1},
-		{"GET / HTTP/1.1\r\n", false, sniffHTTP1},
-		{"GET / HTTP/1.1\n", false, sniffHTTP1},
-		{"\r\n\r\nGET / HTTP/1.0\r\n", false, sniffHTTP1},
-		{"GET / HTTP/2.0\r\n", false, sniffHTTP1},
-		{"GET / HTTP/1.1", false, sniffMore},
-		{"GET / HTTP/1.1\r\n", true, sniffReject},
-		{"P", true, sniffMore},
-		{"X", true, sniffReject},
-		{"INVALID CONNECTION PREFACE\r\n\r\n", false, sniffReject},
-		{"GET /\r\n", false, sniffReject},
-		{"GET / HTTP/1.x\r\n", false, sniffReject},
-		{"GET / http/1.1\r\n", false, sniffReject},
-		{"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n", false, sniffReject},
+		{"", sniffMore},
+		{"P", sniffMore},
+		{"PRI * HTTP/2.0\r\n\r\nSM", sniffMore},
+		{http2.ClientPreface, sniffH2},
+		{http2.ClientPreface + "\x00\x00\x00\x04", sniffH2},
+		{"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", sniffReject},
+		{"PRI * HTTP/2.0\r\nHost: x\r\n", sniffReject},
+		{"GET / HTTP/1.1\r\n", sniffReject}, // ALPN chose h2, or the framer saw the preface
+		{"X", sniffReject},
 	} {
-		if got := sniffPreface([]byte(tc.in), tc.h2Only); got != tc.want {
-			t.Errorf("sniffPreface(%q, %v) = %d, want %d", tc.in, tc.h2Only, got, tc.want)
+		if got := sniffPreface([]byte(tc.in)); got != tc.want {
+			t.Errorf("sniffPreface(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestPlainListenerFirstLine: on the plain listener, which serves HTTP/1.x
+// and h2c, the fast path's framer tells them apart by the first line: an
+// HTTP/1.x request line is served (or answered, e.g. 505), the preface's
+// line goes to the HTTP/2 guard, and a line that is neither is closed
+// without an answer (an invalid preface, RFC 9113 3.4).
+func TestPlainListenerFirstLine(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want *rejection // nil: a request line
+	}{
+		{"PRI / HTTP/1.1", nil},
+		{"GET / HTTP/1.1", nil},
+		{"GET / HTTP/1.0", nil},
+		{"PRI * HTTP/2.0", nil},
+		{"GET / HTTP/2.0", rejectVersion},
+		{"INVALID CONNECTION PREFACE", rejectNotHTTP},
+		{"GET / http/1.1", rejectNotHTTP},
+		{"GET / HTTP/1.x", rejectRequestLine},
+		{"GET /", rejectHTTP09},
+		{"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", rejectHTTP09},
+	} {
+		if got := checkRequestLine([]byte(tc.line)); got != tc.want {
+			t.Errorf("checkRequestLine(%q) = %v, want %v", tc.line, got, tc.want)
 		}
 	}
 }
