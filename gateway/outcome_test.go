@@ -77,14 +77,20 @@ func TestClientAbortsNeverEject(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		before := hits.Load()
 		io.WriteString(conn, raw)
-		if strings.HasPrefix(raw, "POST /short") {
+		switch {
+		case strings.HasPrefix(raw, "POST /short"):
 			conn.(*net.TCPConn).CloseWrite()
 			io.ReadAll(conn)
-		} else {
-			time.Sleep(20 * time.Millisecond) // the request reaches the upstream
-			conn.(*net.TCPConn).SetLinger(0)  // a reset, as a browser tab closing
+		case strings.HasPrefix(raw, "POST /chunked"):
+			// The body is read before an upstream is chosen: abort once
+			// the fast path has handed the request to net/http.
+			waitUntil(t, func() bool { g.conns.mu.Lock(); defer g.conns.mu.Unlock(); return len(g.conns.m) == 0 })
+		default:
+			waitUntil(t, func() bool { return hits.Load() > before }) // the upstream has it
 		}
+		conn.(*net.TCPConn).SetLinger(0) // a reset, as a browser tab closing
 		conn.Close()
 	}
 	// Every abort is logged before the endpoints are checked.
