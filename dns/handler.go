@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -134,18 +135,11 @@ func malformed(req *dns.Msg, buf []byte) bool {
 // questionEnd is the offset just past the first question's class, from
 // the raw packet (so a missing class shows), or len(buf)+1 if cut.
 func questionEnd(buf []byte) int {
-	off := 12
-	for off < len(buf) {
-		l := int(buf[off])
-		switch {
-		case l == 0:
-			return off + 1 + 4
-		case l&0xC0 == 0xC0:
-			return off + 2 + 4
-		}
-		off += 1 + l
+	_, off, err := dns.UnpackDomainName(buf, headerLen)
+	if err != nil {
+		return len(buf) + 1
 	}
-	return len(buf) + 1
+	return off + 4
 }
 
 // forwardable: what may be passed to an upstream.
@@ -183,8 +177,23 @@ func (h *handler) limited(p *pending, why string) []byte {
 	return h.finish(p.req, r, p.udp, sourceError, p.start)
 }
 
+// startForward forwards p in a goroutine of wg, which hands send the
+// reply (nil when none could be packed), holding a forwarding slot of
+// the client's and the server's share meanwhile. When none is free it
+// starts nothing and returns the SERVFAIL to send at once.
+func (h *handler) startForward(ctx context.Context, wg *sync.WaitGroup, p *pending, send func([]byte)) []byte {
+	if why := h.fwd.tryAcquire(p.client); why != "" {
+		return h.limited(p, why)
+	}
+	wg.Go(func() {
+		defer h.fwd.release(p.client)
+		send(h.forward(ctx, p))
+	})
+	return nil
+}
+
 // serve is the whole path for one query, forwarding included, for callers
-// that may block (TCP connections, tests, fuzzing).
+// that may block (tests, fuzzing).
 func (h *handler) serve(ctx context.Context, buf []byte, client netip.Addr, udp bool, out []byte) []byte {
 	out, p := h.handle(buf, client, udp, out)
 	if p == nil {

@@ -276,15 +276,12 @@ func (s *Server) serveUDP(ctx context.Context, wg *sync.WaitGroup, conn *net.UDP
 		client := from.Addr().Unmap()
 		out, fq := s.h.handle(buf[:n], client, true, reply)
 		if fq != nil {
-			if why := s.h.fwd.tryAcquire(client); why != "" {
-				out = s.h.limited(fq, why)
-			} else {
-				wg.Go(func() {
-					defer s.h.fwd.release(client)
-					if out := s.h.forward(ctx, fq); out != nil {
-						conn.WriteToUDPAddrPort(out, from)
-					}
-				})
+			out = s.h.startForward(ctx, wg, fq, func(out []byte) {
+				if out != nil {
+					conn.WriteToUDPAddrPort(out, from)
+				}
+			})
+			if out == nil {
 				continue
 			}
 		}
@@ -441,24 +438,21 @@ func (s *Server) serveConn(ctx context.Context, conn *net.TCPConn) {
 		}
 		out, p := s.h.handle(buf, client, false, reply[2:2:len(reply)])
 		if p != nil {
-			if why := s.h.fwd.tryAcquire(client); why != "" {
-				out = s.h.limited(p, why)
-			} else {
-				select {
-				case pipeline <- struct{}{}:
-				case <-ctx.Done():
-					s.h.fwd.release(client)
-					return
+			select {
+			case pipeline <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			out = s.h.startForward(ctx, &forwards, p, func(out []byte) {
+				defer func() { <-pipeline }()
+				if out != nil && !write(out, false) {
+					conn.Close()
 				}
-				forwards.Go(func() {
-					defer func() { <-pipeline }()
-					defer s.h.fwd.release(client)
-					if out := s.h.forward(ctx, p); out != nil && !write(out, false) {
-						conn.Close()
-					}
-				})
+			})
+			if out == nil {
 				continue
 			}
+			<-pipeline // answered at once: no forward holds the place
 		}
 		if out == nil {
 			return
