@@ -630,6 +630,10 @@ type Node struct {
 	JoinedAt  time.Time `json:"joinedAt"`
 	// Cordoned nodes get no new instances.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// Removed is an admin's intent (`berth node remove`): the node's
+	// certificates are revoked; the node controller replaces its instances
+	// at once and deletes the node when none is left.
+	Removed bool `json:"removed,omitempty"`
 	// DNSVersion is the discovery snapshot version the node's DNS answers
 	// from, as of its last heartbeat (filled from the cache; 0: none).
 	DNSVersion uint64 `json:"-"`

@@ -72,7 +72,7 @@ MEM_LIMIT=33554432 # 32Mi
 POLL_S=0.02
 READY_TIMEOUT_S=60
 
-BERTH="bin/berth --server $API"
+BERTH="bin/berth --server $API" # with BERTH_CONFIG, set once $TMP is known
 PIDFILE=/run/berth-bench-dev.pid # berth dev of a run that was killed
 TMP=
 BERTH_PID=
@@ -320,6 +320,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 TMP=$(mktemp -d /tmp/berth-bench.XXXXXX)
+export BERTH_CONFIG=$TMP/data/admin.conf
 mkdir -p "$TMP/ctr-ipam" "$TMP/ctr-logs"
 
 log "bench: cleaning up leftovers of earlier runs"

@@ -2,14 +2,16 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
-	"github.com/berth-dev/berth/controlplane/store"
 	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/berth-dev/berth/controlplane/store"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -101,10 +103,12 @@ func (e *EmbeddedEtcd) Close() {
 	e.closeOnce.Do(e.etcd.Close)
 }
 
-// DialEtcd connects a client to endpoints.
-func DialEtcd(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
+// DialEtcd connects a client to endpoints, over TLS when tlsCfg is set
+// (an external etcd's client certificate and CA).
+func DialEtcd(ctx context.Context, endpoints []string, tlsCfg *tls.Config) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
+		TLS:         tlsCfg,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{},

@@ -40,8 +40,6 @@ func (s *Server) replicaName() string {
 
 // replicaSession keeps this replica present in etcd under a lease of its
 // own, for as long as it lives:
-//   - a token the other replicas accept from it (to fetch an image it did
-//     not receive from the one that did);
 //   - its xDS clients, so the leader (whichever replica it is) waits for
 //     every gateway of the cluster before a rollout step or a drain goes
 //     on, and `berth get gateways` lists them all. It writes when a client
@@ -60,12 +58,7 @@ func (s *Server) replicaSession(ctx context.Context) error {
 		if !ok {
 			return nil
 		}
-		token, err := s.store.CreateLeasedToken(ctx, "control plane replica "+name, sess.Lease())
-		if err != nil {
-			s.logger.Warn("replica token", "err", err)
-		} else {
-			s.api.SetReplica(s.AdvertiseAddr(), token)
-		}
+		s.api.SetReplica(s.AdvertiseAddr())
 		s.reportWithSession(ctx, sess, name)
 		sess.Close()
 	}

@@ -189,7 +189,7 @@ func TestRolloutSurvivesControlPlaneRestart(t *testing.T) {
 		}
 		h.srv = srv
 		go func() { h.done <- srv.Run(ctx) }()
-		h.berth, h.agent, h.conn = dial(t, srv.APIAddr())
+		h.berth, h.agent, h.conn = dial(t, srv)
 		return h, func() { h.conn.Close(); cancel(); <-h.done }
 	}
 	h, stop := run()

@@ -8,6 +8,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,10 +22,12 @@ import (
 	"github.com/berth-dev/berth/controlplane/apiserver"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/pki"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 // Config configures a control plane.
@@ -50,8 +53,19 @@ type Config struct {
 	// LostGrace: a node NotReady this long is Lost and its instances are
 	// replaced on other nodes.
 	LostGrace time.Duration
-	// RequireJoinToken makes agents present a token from `berth token create`.
-	RequireJoinToken bool
+	// EtcdTLS is the client TLS of an external etcd (nil: plain).
+	EtcdTLS *tls.Config
+	// CACertFile and CAKeyFile give the cluster CA; empty: the CA in
+	// DataDir/pki, else the one in etcd, else a new one.
+	CACertFile, CAKeyFile string
+	// CertTTL is the lifetime of the certificates this control plane
+	// issues to nodes, gateways and itself.
+	CertTTL time.Duration
+	// MaxNodes caps the nodes that may join (0: no cap).
+	MaxNodes int
+	// AdminConfig is where the first admin credential is written (mode
+	// 0600) for the CLI; default DataDir/admin.conf. "-": nowhere.
+	AdminConfig string
 	// Name identifies this replica in the leader election.
 	Name string
 	// AdvertiseAddr is the API address the other replicas reach this one
@@ -78,7 +92,8 @@ func DefaultConfig() Config {
 		HeartbeatInterval: 500 * time.Millisecond,
 		NodeTimeout:       2 * time.Second,
 		LostGrace:         10 * time.Second,
-		RequireJoinToken:  true,
+		CertTTL:           apiserver.DefaultCertTTL,
+		MaxNodes:          5000,
 		ElectionTTL:       2 * time.Second,
 	}
 }
@@ -96,8 +111,15 @@ type Server struct {
 	api       *apiserver.Server
 	grpc      *grpc.Server
 	lis       net.Listener
-	closeOnce sync.Once
-	leader    atomic.Bool
+	auth      *store.AuthCache
+	ca        *pki.CA
+	// replicaCert is this replica's certificate (with the CA in its
+	// chain): the API's and xDS's server certificate, and its client
+	// certificate towards the other replicas.
+	replicaCert *pki.KeyPair
+	adminConfig string
+	closeOnce   sync.Once
+	leader      atomic.Bool
 }
 
 // New starts etcd (or connects to it), binds the API listener and builds
@@ -116,13 +138,25 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 		s.etcd = e
 		endpoints = []string{e.Endpoint()}
 	}
-	cli, err := DialEtcd(ctx, endpoints)
+	cli, err := DialEtcd(ctx, endpoints, cfg.EtcdTLS)
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
 	s.cli = cli
 	s.store = store.New(cli)
+	s.auth = store.NewAuthCache(cli, cfg.Logger)
+	// Bound before the replica's certificate is made: the replica's name
+	// defaults to the address it listens on.
+	s.lis, err = net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("controlplane: listen on %s: %w", cfg.APIAddr, err)
+	}
+	if err := s.setUpPKI(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.cache = store.NewCache(cli, cfg.Logger)
 	ccfg := controller.DefaultConfig()
 	ccfg.DrainDelay, ccfg.Logger, ccfg.Registerer = cfg.DrainDelay, cfg.Logger, cfg.Registerer
@@ -139,7 +173,11 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 		NodeSubnetBits:    cfg.NodeSubnetBits,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		NodeTimeout:       cfg.NodeTimeout,
-		RequireJoinToken:  cfg.RequireJoinToken,
+		CA:                s.ca,
+		Auth:              s.auth,
+		CertTTL:           cfg.CertTTL,
+		MaxNodes:          cfg.MaxNodes,
+		ReplicaTLS:        pki.ClientTLS(s.replicaCert, s.ca.Pool()),
 		Gateways:          cfg.Gateways,
 		Loads:             cfg.Loads,
 		Logger:            cfg.Logger,
@@ -148,21 +186,25 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 		s.Close()
 		return nil, err
 	}
-	s.lis, err = net.Listen("tcp", cfg.APIAddr)
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("controlplane: listen on %s: %w", cfg.APIAddr, err)
-	}
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(8<<20),
+		grpc.Creds(credentials.NewTLS(pki.ServerTLS(s.replicaCert, s.ca.Pool(), false))),
 		grpc.ChainUnaryInterceptor(s.api.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(s.api.StreamInterceptor))
 	pb.RegisterBerthServer(s.grpc, s.api)
 	pb.RegisterNodeAgentServer(s.grpc, s.api)
+	if s.adminConfig, err = s.writeAdminConfig(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
 // APIAddr is the address the API listens on.
 func (s *Server) APIAddr() string { return s.lis.Addr().String() }
+
+// AdminConfigPath is the CLI configuration written for the first admin
+// ("" when disabled).
+func (s *Server) AdminConfigPath() string { return s.adminConfig }
 
 // Publisher gives access to the latest discovery snapshot.
 func (s *Server) Publisher() *controller.Publisher { return s.publisher }
@@ -187,6 +229,8 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	run("cache", s.cache.Run)
+	run("auth cache", s.auth.Run)
+	run("replica certificate", s.renewReplicaCert)
 	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
 	run("replica session", s.replicaSession)
@@ -278,6 +322,9 @@ func (s *Server) Close() {
 		}
 		if s.etcd != nil {
 			s.etcd.Close()
+		}
+		if s.lis != nil && s.grpc == nil {
+			s.lis.Close() // never served
 		}
 	})
 }

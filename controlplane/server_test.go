@@ -3,8 +3,6 @@ package controlplane
 import (
 	"context"
 	"fmt"
-	"github.com/berth-dev/berth/api"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"io"
 	"log/slog"
 	"math"
@@ -13,12 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/discovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -53,24 +53,11 @@ func start(t *testing.T, opts ...func(*Config)) *harness {
 	}
 	h.srv = srv
 	go func() { h.done <- srv.Run(ctx) }()
-	conn, err := grpc.NewClient(srv.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := adminConn(t, srv)
 	h.berth = pb.NewBerthClient(conn)
-	tok, err := h.berth.CreateJoinToken(context.Background(), &pb.CreateJoinTokenRequest{Description: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	aconn, err := grpc.NewClient(srv.APIAddr(), append(pb.WithJoinToken(tok.Token), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.agent = pb.NewNodeAgentClient(aconn)
+	h.agent = newNodeRouter(t, srv)
 	h.conn = conn
 	t.Cleanup(func() {
-		aconn.Close()
-		conn.Close()
 		cancel()
 		if err := <-h.done; err != nil {
 			t.Errorf("server run: %v", err)
@@ -319,7 +306,7 @@ func TestRestartKeepsState(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- srv.Run(ctx) }()
-		conn, _ := grpc.NewClient(srv.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn := adminConn(t, srv)
 		return pb.NewBerthClient(conn), func() { conn.Close(); cancel(); <-done }
 	}
 	cli, stop := run()
@@ -398,26 +385,11 @@ func TestHistoryUndoAndRetention(t *testing.T) {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// dial returns a user client and an agent client (with a fresh join token)
-// for the API at addr.
-func dial(t *testing.T, addr string) (pb.BerthClient, pb.NodeAgentClient, *grpc.ClientConn) {
+// dial returns an admin client and a node router for the API of srv.
+func dial(t *testing.T, srv *Server) (pb.BerthClient, pb.NodeAgentClient, *grpc.ClientConn) {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	berth := pb.NewBerthClient(conn)
-	var tok *pb.CreateJoinTokenResponse
-	eventually(t, "API up", func() (bool, string) {
-		tok, err = berth.CreateJoinToken(context.Background(), &pb.CreateJoinTokenRequest{Description: "test"})
-		return err == nil, fmt.Sprint(err)
-	})
-	aconn, err := grpc.NewClient(addr, append(pb.WithJoinToken(tok.Token), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { aconn.Close() })
-	return berth, pb.NewNodeAgentClient(aconn), conn
+	conn := adminConn(t, srv)
+	return pb.NewBerthClient(conn), newNodeRouter(t, srv), conn
 }
 
 // Drains wait for every gateway of the cluster: this replica's (reported
@@ -592,7 +564,7 @@ func TestControllersStayWithinEtcdsTransactionLimit(t *testing.T) {
 	l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
 	var statuses []*pb.InstanceStatus
 	for i, iv := range l.Instances {
-		statuses = append(statuses, &pb.InstanceStatus{Id: iv.Instance.Id, Node: "node-1", Phase: "Running", Ready: true, Ip: fmt.Sprintf("10.213.%d.%d", i/250, i%250+2)})
+		statuses = append(statuses, &pb.InstanceStatus{Id: iv.Instance.Id, Node: "node-1", Phase: "Running", Ready: true, Ip: fmt.Sprintf("10.213.0.%d", i%250+2)})
 	}
 	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "node-1", Statuses: statuses}); err != nil {
 		t.Fatalf("report of 300 statuses: %v", err)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
@@ -34,8 +35,12 @@ type adsClient struct {
 }
 
 func newADSClient(g *Gateway) (*adsClient, error) {
+	creds := insecure.NewCredentials()
+	if g.cfg.XDSTLS != nil {
+		creds = credentials.NewTLS(g.cfg.XDSTLS)
+	}
 	conn, err := grpc.NewClient(g.cfg.XDSAddr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	if err != nil {

@@ -29,6 +29,11 @@ type Config struct {
 	ListenAddr string
 	// XDSAddr is the control plane's ADS address ("host:port").
 	XDSAddr string
+	// XDSTLS is the client TLS towards the control plane: the gateway's
+	// certificate and the cluster CA (pki.ClientTLS). Nil dials plain
+	// TCP, which Berth's control plane refuses; tests of the gateway
+	// alone use it against their own xDS server.
+	XDSTLS *tls.Config
 	// NodeID identifies this gateway to the control plane.
 	NodeID string
 	// ListenerName is the Listener whose routes this gateway serves.

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/pki"
 	"io"
 	"net/http"
 	"os"
@@ -58,6 +60,7 @@ type mnCluster struct {
 	hostDNS string
 	gw      string
 	token   string
+	caHash  string
 	nodes   []*mnNode
 	ctrd    *containerd.Client
 	routes  []string
@@ -145,9 +148,17 @@ func startCluster(t *testing.T, nodes int) *mnCluster {
 		"--dns-upstream", "127.0.0.1:9", "--node-timeout", "2s", "--lost-grace", "5s")
 	m := server.waitLine(`api (\S+), xds (\S+), dns (\S+),`, 60*time.Second)
 	c.api, c.hostDNS = m[1], m[3]
-	gw := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", m[2], "--node-id", "mn-gateway", "--metrics-addr", "")
+	server.adminConfig(c.api)
+	gwToken, caHash := joinToken(t, c.api, "gateway")
+	gw := startProc(t, "gateway", "--server", c.api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+		"--listen", "127.0.0.1:0", "--xds", m[2], "--node-id", "mn-gateway", "--metrics-addr", "")
 	c.gw = gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
-	c.token = strings.TrimSpace(mustBerth(t, c.api, "token", "create"))
+	// One token joins every node (uses = nodes).
+	out, errOut, code := berth(t, c.api, "token", "create", "--role", "node", "--uses", fmt.Sprint(nodes))
+	if code != 0 {
+		t.Fatalf("token create: %s", errOut)
+	}
+	c.token, c.caHash = strings.TrimSpace(out), regexp.MustCompile(`--ca-hash (\S+)`).FindStringSubmatch(errOut)[1]
 	for _, n := range c.nodes {
 		c.startAgent(n)
 	}
@@ -173,7 +184,7 @@ func startCluster(t *testing.T, nodes int) *mnCluster {
 }
 
 func (c *mnCluster) startAgent(n *mnNode) {
-	n.agent = startInNetns(c.t, "agent-"+n.name, n.netns, "--server", c.api, "agent", "--join-token", c.token,
+	n.agent = startInNetns(c.t, "agent-"+n.name, n.netns, "--server", c.api, "agent", "--join-token", c.token, "--ca-hash", c.caHash,
 		"--node-name", n.name, "--node-address", n.addr, "--containerd-namespace", n.ctrNS, "--bridge", mnNodeBridge,
 		"--state-dir", n.stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
 		"--stop-grace", "2s", "--stop-on-exit")
@@ -360,12 +371,13 @@ func TestMultiNodeCluster(t *testing.T) {
 func TestServerReplicasFailover(t *testing.T) {
 	etcd := startProc(t, "etcd", "etcd", "--data-dir", t.TempDir())
 	endpoint := etcd.waitLine(`endpoint (\S+)`, 60*time.Second)[1]
-	xdsOf := map[string]string{}
+	xdsOf, apiOf := map[string]string{}, map[string]string{}
 	start := func(name string) (*proc, string) {
 		p := startProc(t, name, "server", "--name", name, "--etcd-endpoints", endpoint, "--data-dir", t.TempDir(),
 			"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "", "--metrics-addr", "")
 		m := p.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
-		xdsOf[name] = m[2]
+		xdsOf[name], apiOf[name] = m[2], m[1]
+		p.adminConfig(m[1])
 		return p, m[1]
 	}
 	a, apiA := start("replica-a")
@@ -386,15 +398,16 @@ func TestServerReplicasFailover(t *testing.T) {
 	// A gateway on each replica: the leader lists (and its rollouts and
 	// drains wait for) both, the follower's included.
 	for _, p := range []*proc{leader, follower} {
-		startProc(t, "gw-"+p.name, "gateway", "--listen", "127.0.0.1:0", "--xds", xdsOf[p.name], "--node-id", "gw-via-"+p.name, "--metrics-addr", "")
+		token, caHash := joinToken(t, apiOf[p.name], "gateway")
+		startProc(t, "gw-"+p.name, "--server", apiOf[p.name], "gateway", "--join-token", token, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+			"--listen", "127.0.0.1:0", "--xds", xdsOf[p.name], "--node-id", "gw-via-"+p.name, "--metrics-addr", "")
 	}
 	// An image uploaded to the leader is served by the follower too: it
 	// fetches the file from the leader, checks its digest and keeps it.
 	mustBerth(t, leaderAPI, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
-	token := strings.TrimSpace(mustBerth(t, followerAPI, "token", "create"))
 	fetch := func(what string) {
 		t.Helper()
-		got, digest := fetchImage(t, followerAPI, token, "berth.local/hello:v1")
+		got, digest := fetchImage(t, followerAPI, "berth.local/hello:v1")
 		want := sha256File(t, filepath.Join(imagesDir, "hello-v1.tar"))
 		if got != want || digest != "sha256:"+want {
 			t.Fatalf("%s: fetched content %s (announced %s), want sha256:%s", what, got, digest, want)
@@ -431,11 +444,24 @@ func TestServerReplicasFailover(t *testing.T) {
 	})
 }
 
-// fetchImage reads an image through the NodeAgent API as an agent does and
-// returns the sha256 of the bytes received and the digest announced first.
-func fetchImage(t *testing.T, api, token, ref string) (sum, digest string) {
+// fetchImage reads an image through the NodeAgent API as an agent does
+// (with the admin's credentials) and returns the sha256 of the bytes
+// received and the digest announced first.
+func fetchImage(t *testing.T, api, ref string) (sum, digest string) {
 	t.Helper()
-	conn, err := pb.Dial(api, pb.WithJoinToken(token)...)
+	path, ok := adminConfigs.Load(api)
+	if !ok {
+		t.Fatalf("no admin configuration recorded for %s", api)
+	}
+	cfg, err := controlplane.ReadAdminConfig(path.(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.PoolFromPEM([]byte(cfg.CA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pb.Dial(api, pki.ClientTLS(nil, pool), pb.WithToken(cfg.Token)...)
 	if err != nil {
 		t.Fatal(err)
 	}

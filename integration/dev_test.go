@@ -62,6 +62,7 @@ func TestDevStopAndRestart(t *testing.T) {
 
 	dev := startProc(t, "dev", args...)
 	api := dev.waitLine(`^\s+api\s+(\S+)`, 60*time.Second)[1]
+	dev.adminConfig(api)
 	gw := dev.waitLine(`^\s+gateway\s+http://(\S+)`, 5*time.Second)[1]
 	metrics := dev.waitLine(`^\s+metrics\s+(\S+)`, 5*time.Second)[1]
 	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
@@ -97,6 +98,7 @@ func TestDevStopAndRestart(t *testing.T) {
 	// Started again on the same data directory, the services come back.
 	dev2 := startProc(t, "dev-2", args...)
 	api = dev2.waitLine(`^\s+api\s+(\S+)`, 60*time.Second)[1]
+	dev2.adminConfig(api)
 	gw = dev2.waitLine(`^\s+gateway\s+http://(\S+)`, 5*time.Second)[1]
 	eventually(t, 60*time.Second, "services back after restart", func() (bool, string) {
 		out := mustBerth(t, api, "get", "services")

@@ -80,18 +80,21 @@ func TestClusterEndToEnd(t *testing.T) {
 		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--cluster-cidr", e2eCluster, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9")
 	m := server.waitLine(`api (\S+), xds (\S+), dns (\S+),`, 60*time.Second)
 	api, xdsAddr, hostDNS := m[1], m[2], m[3]
+	server.adminConfig(api)
 
-	gw := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "e2e-gateway", "--metrics-addr", "")
+	gwToken, caHash := joinToken(t, api, "gateway")
+	gw := startProc(t, "gateway", "--server", api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+		"--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "e2e-gateway", "--metrics-addr", "")
 	gwAddr := gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
 
 	// Agents join with a token; a wrong one is refused with a clear error.
-	_, errOut, code := berth(t, api, "agent", "--join-token", "berth-wrong", "--node-name", "intruder", "--containerd-namespace", e2eNamespace,
+	_, errOut, code := berth(t, api, "agent", "--join-token", "berth-00000000.00000000000000000000000000000000", "--ca-hash", caHash, "--node-name", "intruder", "--containerd-namespace", e2eNamespace,
 		"--bridge", e2eBridge, "--state-dir", filepath.Join(t.TempDir(), "intruder"), "--metrics-addr", "")
 	if code == 0 || !strings.Contains(errOut, "join token rejected") {
 		t.Fatalf("agent with a wrong token: exit %d, stderr %q", code, errOut)
 	}
-	token := strings.TrimSpace(mustBerth(t, api, "token", "create", "--description", "e2e"))
-	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--node-name", "e2e-node", "--containerd-namespace", e2eNamespace,
+	token, _ := joinToken(t, api, "node")
+	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--ca-hash", caHash, "--node-name", "e2e-node", "--containerd-namespace", e2eNamespace,
 		"--bridge", e2eBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s"}
 	agent := startProc(t, "agent", agentArgs...)
 	eventually(t, 30*time.Second, "node Ready", func() (bool, string) {

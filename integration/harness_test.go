@@ -261,12 +261,45 @@ func (p *proc) stop(sig syscall.Signal, timeout time.Duration) error {
 	}
 }
 
+// adminConfigs maps a control plane's API address to the admin CLI
+// configuration (CA and admin token) it wrote; berth() uses it.
+var adminConfigs sync.Map
+
+// adminConfig waits for a server's or berth dev's banner line that names
+// its CLI configuration and records it for calls to api.
+func (p *proc) adminConfig(api string) string {
+	p.t.Helper()
+	path := p.waitLine(`CLI configuration: ([^\s)]+)`, 30*time.Second)[1]
+	adminConfigs.Store(api, path)
+	return path
+}
+
+// joinToken creates a join token for role on api's cluster and returns it
+// with the CA hash the joining part must pin.
+func joinToken(t *testing.T, api, role string) (token, caHash string) {
+	t.Helper()
+	out, errOut, code := berth(t, api, "token", "create", "--role", role)
+	if code != 0 {
+		t.Fatalf("berth token create --role %s: exit %d: %s", role, code, errOut)
+	}
+	m := regexp.MustCompile(`--ca-hash (\S+)`).FindStringSubmatch(errOut)
+	if m == nil {
+		t.Fatalf("berth token create printed no CA hash: %s", errOut)
+	}
+	return strings.TrimSpace(out), m[1]
+}
+
 // berth runs a CLI command and returns stdout, stderr and the exit code.
+// It authenticates with the admin configuration of the (first) server.
 func berth(t *testing.T, server string, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, berthBin, append([]string{"--server", server}, args...)...)
+	global := []string{"--server", server}
+	if cfg, ok := adminConfigs.Load(strings.Split(server, ",")[0]); ok {
+		global = append(global, "--config", cfg.(string))
+	}
+	cmd := exec.CommandContext(ctx, berthBin, append(global, args...)...)
 	cmd.Dir = repoRoot
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

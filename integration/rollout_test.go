@@ -179,10 +179,13 @@ func TestCanaryUnderLoad(t *testing.T) {
 		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", roCluster, "--dns-ttl", "1s")
 	m := server.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
 	api, xdsAddr := m[1], m[2]
-	gwProc := startProc(t, "gateway", "gateway", "--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "ro-gateway", "--metrics-addr", "")
+	server.adminConfig(api)
+	gwToken, caHash := joinToken(t, api, "gateway")
+	gwProc := startProc(t, "gateway", "--server", api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+		"--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "ro-gateway", "--metrics-addr", "")
 	gw := gwProc.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
-	token := strings.TrimSpace(mustBerth(t, api, "token", "create"))
-	startProc(t, "agent", "--server", api, "agent", "--join-token", token, "--node-name", "ro-node", "--containerd-namespace", roNamespace,
+	token, _ := joinToken(t, api, "node")
+	startProc(t, "agent", "--server", api, "agent", "--join-token", token, "--ca-hash", caHash, "--node-name", "ro-node", "--containerd-namespace", roNamespace,
 		"--bridge", roBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-upstream", "127.0.0.1:9", "--dns-ttl", "1s", "--stop-grace", "5s")
 	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"), filepath.Join(imagesDir, "hello-v2.tar"))
 

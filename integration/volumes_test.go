@@ -95,8 +95,9 @@ func TestVolumes(t *testing.T) {
 	server := startProc(t, "server", "server", "--data-dir", t.TempDir(), "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
 		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", volCluster, "--dns-ttl", "1s")
 	api := server.waitLine(`api (\S+),`, 60*time.Second)[1]
-	token := strings.TrimSpace(mustBerth(t, api, "token", "create"))
-	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--node-name", "vol-node", "--containerd-namespace", volNamespace,
+	server.adminConfig(api)
+	token, caHash := joinToken(t, api, "node")
+	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--ca-hash", caHash, "--node-name", "vol-node", "--containerd-namespace", volNamespace,
 		"--bridge", volBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "2s"}
 	agent := startProc(t, "agent", agentArgs...)
 	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"), filepath.Join(imagesDir, "hello-v2.tar"))

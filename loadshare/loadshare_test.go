@@ -97,7 +97,7 @@ func TestReplicasSeeTheWholeClustersLoad(t *testing.T) {
 	t.Cleanup(e.Close)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cli, err := controlplane.DialEtcd(ctx, []string{e.Endpoint()})
+	cli, err := controlplane.DialEtcd(ctx, []string{e.Endpoint()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

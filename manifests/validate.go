@@ -429,3 +429,13 @@ func checkHost(h string) string {
 	}
 	return ""
 }
+
+// ValidNamespace checks a namespace name given outside a manifest (a
+// token's scope, a flag): the rule checkDNSLabel applies in manifests.
+func ValidNamespace(ns string) error {
+	var errs FieldErrors
+	if !checkDNSLabel(&errs, "namespace", ns, maxLabelLen) {
+		return errs
+	}
+	return nil
+}

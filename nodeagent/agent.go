@@ -33,6 +33,8 @@ import (
 	berthdns "github.com/berth-dev/berth/dns"
 	"github.com/berth-dev/berth/nodeagent/probe"
 	"github.com/berth-dev/berth/nodeagent/runtime"
+	"github.com/berth-dev/berth/pki"
+	"github.com/berth-dev/berth/pki/enroll"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -46,8 +48,15 @@ type Config struct {
 	// ServerAddr is the control plane's API address, or the addresses of
 	// its replicas separated by commas.
 	ServerAddr string
-	// JoinToken is presented on every call (from `berth token create`).
-	JoinToken string
+	// Credentials are the node's certificate (in-process parts); nil:
+	// from CertDir, or joined with JoinToken and CAHash.
+	Credentials *enroll.Credentials
+	// CertDir keeps the node's key, certificate and the cluster CA
+	// (default StateDir/pki).
+	CertDir string
+	// JoinToken and CAHash join the node when CertDir holds no
+	// certificate (from `berth token create --role node`).
+	JoinToken, CAHash string
 	// Address is the node's IP as other nodes reach it.
 	Address string
 	// Labels are reported with the node.
@@ -141,13 +150,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DNSPort == 0 {
 		cfg.DNSPort = 53
 	}
-	conn, err := pb.Dial(cfg.ServerAddr, pb.WithJoinToken(cfg.JoinToken)...)
-	if err != nil {
-		return nil, fmt.Errorf("agent: control plane address %q: %w", cfg.ServerAddr, err)
-	}
 	a := &Agent{
 		cfg: cfg, logger: cfg.Logger.With("component", "agent", "node", cfg.Name),
-		conn: conn, client: pb.NewNodeAgentClient(conn), berth: pb.NewBerthClient(conn),
 		prober: probe.New(), ready: make(chan struct{}), imageLocks: map[string]*sync.Mutex{}, beatNow: make(chan struct{}, 1),
 		starts:        prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_starts_total", Help: "Containers started."}),
 		restarts:      prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_restarts_total", Help: "Containers restarted after they exited."}),
@@ -222,7 +226,31 @@ func (a *Agent) register(ctx context.Context) (*pb.RegisterResponse, error) {
 
 // Run joins the cluster and runs the node until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	creds := a.cfg.Credentials
+	if creds == nil {
+		dir := a.cfg.CertDir
+		if dir == "" {
+			dir = filepath.Join(a.cfg.Runtime.StateDir, "pki")
+		}
+		var err error
+		creds, err = enroll.Load(ctx, enroll.Options{Server: a.cfg.ServerAddr, Role: pki.RoleNode, Name: a.cfg.Name, Dir: dir,
+			JoinToken: a.cfg.JoinToken, CAHash: a.cfg.CAHash, Logger: a.logger})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	conn, err := pb.Dial(a.cfg.ServerAddr, creds.ClientTLS())
+	if err != nil {
+		return fmt.Errorf("agent: control plane address %q: %w", a.cfg.ServerAddr, err)
+	}
+	a.conn, a.client, a.berth = conn, pb.NewNodeAgentClient(conn), pb.NewBerthClient(conn)
 	defer a.conn.Close()
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	defer stopRenew()
+	go func() { _ = creds.KeepRenewed(renewCtx, conn, a.logger) }()
 	reg, err := a.register(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -13,6 +13,9 @@ DNS=${BERTH_DEMO_DNS:-127.0.0.1:1053}
 LOG=${BERTH_DEMO_LOG:-/var/log/berth/dev.log}
 BERTH="bin/berth --server $API"
 export BERTH_ADDR=$API
+# berth dev writes the CLI's configuration (cluster CA and an admin token)
+# into its data dir; every CLI call below authenticates with it.
+export BERTH_CONFIG=$DATA/admin.conf
 
 mkdir -p "$(dirname "$LOG")"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

@@ -22,6 +22,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/berth-dev/berth/discovery"
@@ -84,6 +85,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	lis     net.Listener
+	auth    *Auth
 	sotw    cachev3.SnapshotCache
 	delta   map[string]*deltaCache // gateway view, by type URL
 	metrics *metrics
@@ -486,10 +488,14 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) run(ctx context.Context) error {
 	xdsServer := serverv3.NewServer(ctx, &muxCache{s: s}, s.callbacks())
-	gs := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	}
+	if s.auth != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.auth.TLS)), grpc.ChainStreamInterceptor(s.streamAuth))
+	}
+	gs := grpc.NewServer(opts...)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xdsServer)
 	lrsgrpc.RegisterLoadReportingServiceServer(gs, &lrsServer{s: s, ctx: ctx})
 

@@ -3949,27 +3949,35 @@ func (x *Endpoint) GetDraining() bool {
 	return false
 }
 
-type CreateJoinTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Description   string                 `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+type CreateTokenRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Role       string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Namespaces []string               `protobuf:"bytes,2,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	// ttl_seconds 0: the role's default (join tokens 1h, API tokens never
+	// expire unless given).
+	TtlSeconds int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// uses bounds how many joins a join token allows (0: default 1; -1:
+	// unlimited until it expires).
+	Uses          int32  `protobuf:"varint,4,opt,name=uses,proto3" json:"uses,omitempty"`
+	Description   string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *CreateJoinTokenRequest) Reset() {
-	*x = CreateJoinTokenRequest{}
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
 	mi := &file_berth_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *CreateJoinTokenRequest) String() string {
+func (x *CreateTokenRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*CreateJoinTokenRequest) ProtoMessage() {}
+func (*CreateTokenRequest) ProtoMessage() {}
 
-func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_berth_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3981,39 +3989,73 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
-func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
 	return file_berth_proto_rawDescGZIP(), []int{58}
 }
 
-func (x *CreateJoinTokenRequest) GetDescription() string {
+func (x *CreateTokenRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateTokenRequest) GetUses() int32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+func (x *CreateTokenRequest) GetDescription() string {
 	if x != nil {
 		return x.Description
 	}
 	return ""
 }
 
-type CreateJoinTokenResponse struct {
+type Token struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	Namespaces    []string               `protobuf:"bytes,3,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	Description   string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	UsesLeft      int32                  `protobuf:"varint,7,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *CreateJoinTokenResponse) Reset() {
-	*x = CreateJoinTokenResponse{}
+func (x *Token) Reset() {
+	*x = Token{}
 	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *CreateJoinTokenResponse) String() string {
+func (x *Token) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*CreateJoinTokenResponse) ProtoMessage() {}
+func (*Token) ProtoMessage() {}
 
-func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+func (x *Token) ProtoReflect() protoreflect.Message {
 	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -4025,16 +4067,614 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
-func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use Token.ProtoReflect.Descriptor instead.
+func (*Token) Descriptor() ([]byte, []int) {
 	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
-func (x *CreateJoinTokenResponse) GetToken() string {
+func (x *Token) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Token) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Token) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *Token) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Token) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Token) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Token) GetUsesLeft() int32 {
+	if x != nil {
+		return x.UsesLeft
+	}
+	return 0
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the secret, shown once.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Info  *Token `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	// ca_hash pins the cluster CA for joining parts (--ca-hash).
+	CaHash        string `protobuf:"bytes,3,opt,name=ca_hash,json=caHash,proto3" json:"ca_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_berth_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *CreateTokenResponse) GetToken() string {
 	if x != nil {
 		return x.Token
 	}
 	return ""
+}
+
+func (x *CreateTokenResponse) GetInfo() *Token {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *CreateTokenResponse) GetCaHash() string {
+	if x != nil {
+		return x.CaHash
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_berth_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{61}
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_berth_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_berth_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RevokeTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_berth_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{64}
+}
+
+type JoinRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// role is "node" or "gateway"; name the node name or gateway node id.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// csr is a PKCS #10 certificate request (DER) over an ECDSA P-256 key.
+	Csr           []byte `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_berth_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *JoinRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type RenewCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateRequest) Reset() {
+	*x = RenewCertificateRequest{}
+	mi := &file_berth_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateRequest) ProtoMessage() {}
+
+func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *RenewCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type CertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Ca            []byte                 `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertificateResponse) Reset() {
+	*x = CertificateResponse{}
+	mi := &file_berth_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateResponse) ProtoMessage() {}
+
+func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateResponse.ProtoReflect.Descriptor instead.
+func (*CertificateResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *CertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *CertificateResponse) GetCa() []byte {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_berth_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *RemoveNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveNodeResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	InstancesReplaced int32                  `protobuf:"varint,1,opt,name=instances_replaced,json=instancesReplaced,proto3" json:"instances_replaced,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_berth_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *RemoveNodeResponse) GetInstancesReplaced() int32 {
+	if x != nil {
+		return x.InstancesReplaced
+	}
+	return 0
+}
+
+type RevokeGatewayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGatewayRequest) Reset() {
+	*x = RevokeGatewayRequest{}
+	mi := &file_berth_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGatewayRequest) ProtoMessage() {}
+
+func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
+func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *RevokeGatewayRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeGatewayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGatewayResponse) Reset() {
+	*x = RevokeGatewayResponse{}
+	mi := &file_berth_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGatewayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGatewayResponse) ProtoMessage() {}
+
+func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
+func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 type CordonNodeRequest struct {
@@ -4047,7 +4687,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4059,7 +4699,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4072,7 +4712,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{60}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -4097,7 +4737,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4109,7 +4749,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4122,7 +4762,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{61}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 type DrainNodeRequest struct {
@@ -4134,7 +4774,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4146,7 +4786,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4159,7 +4799,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -4178,7 +4818,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4190,7 +4830,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4203,7 +4843,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -4222,7 +4862,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4234,7 +4874,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4247,7 +4887,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -4266,7 +4906,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4278,7 +4918,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4291,7 +4931,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -4309,7 +4949,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4321,7 +4961,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4334,7 +4974,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 type Gateway struct {
@@ -4361,7 +5001,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4373,7 +5013,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4386,7 +5026,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *Gateway) GetNodeId() string {
@@ -4476,7 +5116,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4488,7 +5128,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4501,7 +5141,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -4528,7 +5168,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4540,7 +5180,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4553,7 +5193,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -4587,7 +5227,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4599,7 +5239,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4612,7 +5252,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -4673,7 +5313,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4685,7 +5325,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4698,7 +5338,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -4719,7 +5359,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4731,7 +5371,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4744,7 +5384,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -4778,7 +5418,7 @@ type RolloutRequest struct {
 
 func (x *RolloutRequest) Reset() {
 	*x = RolloutRequest{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4790,7 +5430,7 @@ func (x *RolloutRequest) String() string {
 func (*RolloutRequest) ProtoMessage() {}
 
 func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4803,7 +5443,7 @@ func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutRequest.ProtoReflect.Descriptor instead.
 func (*RolloutRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *RolloutRequest) GetNamespace() string {
@@ -4834,7 +5474,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4846,7 +5486,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4859,7 +5499,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *RolloutActionRequest) GetNamespace() string {
@@ -4899,7 +5539,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4911,7 +5551,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4924,7 +5564,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -4945,7 +5585,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4957,7 +5597,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4970,7 +5610,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -4996,7 +5636,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5008,7 +5648,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5021,7 +5661,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -5041,7 +5681,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5053,7 +5693,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5066,7 +5706,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{78}
+	return file_berth_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -5093,7 +5733,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5105,7 +5745,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5118,7 +5758,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{79}
+	return file_berth_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -5145,7 +5785,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5157,7 +5797,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5170,7 +5810,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{80}
+	return file_berth_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -5195,7 +5835,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5207,7 +5847,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5220,7 +5860,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{81}
+	return file_berth_proto_rawDescGZIP(), []int{93}
 }
 
 type ReleaseVolumeRequest struct {
@@ -5233,7 +5873,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5245,7 +5885,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5258,7 +5898,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{82}
+	return file_berth_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -5284,7 +5924,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5296,7 +5936,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5309,7 +5949,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{83}
+	return file_berth_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -5330,7 +5970,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5342,7 +5982,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5355,7 +5995,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{84}
+	return file_berth_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -5387,7 +6027,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5399,7 +6039,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5412,7 +6052,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{85}
+	return file_berth_proto_rawDescGZIP(), []int{97}
 }
 
 type FetchImageRequest struct {
@@ -5427,7 +6067,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5439,7 +6079,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5452,7 +6092,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{86}
+	return file_berth_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -5806,11 +6446,55 @@ const file_berth_proto_rawDesc = "" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02ip\x18\x03 \x01(\tR\x02ip\x12\x14\n" +
 	"\x05ready\x18\x04 \x01(\bR\x05ready\x12\x1a\n" +
-	"\bdraining\x18\x05 \x01(\bR\bdraining\":\n" +
-	"\x16CreateJoinTokenRequest\x12 \n" +
-	"\vdescription\x18\x01 \x01(\tR\vdescription\"/\n" +
-	"\x17CreateJoinTokenResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"?\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\"\x9f\x01\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x02 \x03(\tR\n" +
+	"namespaces\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\x12\x12\n" +
+	"\x04uses\x18\x04 \x01(\x05R\x04uses\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\"\x80\x02\n" +
+	"\x05Token\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x03 \x03(\tR\n" +
+	"namespaces\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1b\n" +
+	"\tuses_left\x18\a \x01(\x05R\busesLeft\"i\n" +
+	"\x13CreateTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12#\n" +
+	"\x04info\x18\x02 \x01(\v2\x0f.berth.v1.TokenR\x04info\x12\x17\n" +
+	"\aca_hash\x18\x03 \x01(\tR\x06caHash\"\x13\n" +
+	"\x11ListTokensRequest\"=\n" +
+	"\x12ListTokensResponse\x12'\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x0f.berth.v1.TokenR\x06tokens\"$\n" +
+	"\x12RevokeTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13RevokeTokenResponse\"]\n" +
+	"\vJoinRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
+	"\x03csr\x18\x04 \x01(\fR\x03csr\"+\n" +
+	"\x17RenewCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"G\n" +
+	"\x13CertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\"'\n" +
+	"\x11RemoveNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
+	"\x12RemoveNodeResponse\x12-\n" +
+	"\x12instances_replaced\x18\x01 \x01(\x05R\x11instancesReplaced\"*\n" +
+	"\x14RevokeGatewayRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
+	"\x15RevokeGatewayResponse\"?\n" +
 	"\x11CordonNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06cordon\x18\x02 \x01(\bR\x06cordon\"\x14\n" +
@@ -5898,7 +6582,7 @@ const file_berth_proto_rawDesc = "" +
 	"\x15VolumeDeletedResponse\"I\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
 	"\treference\x18\x01 \x01(\tR\treference\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\tR\x06digest2\x80\f\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest2\xb8\x0f\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -5911,8 +6595,16 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"ListImages\x12\x1b.berth.v1.ListImagesRequest\x1a\x1c.berth.v1.ListImagesResponse\x12G\n" +
 	"\n" +
-	"ListEvents\x12\x1b.berth.v1.ListEventsRequest\x1a\x1c.berth.v1.ListEventsResponse\x12V\n" +
-	"\x0fCreateJoinToken\x12 .berth.v1.CreateJoinTokenRequest\x1a!.berth.v1.CreateJoinTokenResponse\x12G\n" +
+	"ListEvents\x12\x1b.berth.v1.ListEventsRequest\x1a\x1c.berth.v1.ListEventsResponse\x12J\n" +
+	"\vCreateToken\x12\x1c.berth.v1.CreateTokenRequest\x1a\x1d.berth.v1.CreateTokenResponse\x12G\n" +
+	"\n" +
+	"ListTokens\x12\x1b.berth.v1.ListTokensRequest\x1a\x1c.berth.v1.ListTokensResponse\x12J\n" +
+	"\vRevokeToken\x12\x1c.berth.v1.RevokeTokenRequest\x1a\x1d.berth.v1.RevokeTokenResponse\x12<\n" +
+	"\x04Join\x12\x15.berth.v1.JoinRequest\x1a\x1d.berth.v1.CertificateResponse\x12T\n" +
+	"\x10RenewCertificate\x12!.berth.v1.RenewCertificateRequest\x1a\x1d.berth.v1.CertificateResponse\x12G\n" +
+	"\n" +
+	"RemoveNode\x12\x1b.berth.v1.RemoveNodeRequest\x1a\x1c.berth.v1.RemoveNodeResponse\x12P\n" +
+	"\rRevokeGateway\x12\x1e.berth.v1.RevokeGatewayRequest\x1a\x1f.berth.v1.RevokeGatewayResponse\x12G\n" +
 	"\n" +
 	"CordonNode\x12\x1b.berth.v1.CordonNodeRequest\x1a\x1c.berth.v1.CordonNodeResponse\x12D\n" +
 	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12M\n" +
@@ -5949,7 +6641,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 105)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
@@ -6009,82 +6701,94 @@ var file_berth_proto_goTypes = []any{
 	(*DiscoveryService)(nil),        // 55: berth.v1.DiscoveryService
 	(*DiscoveryRevision)(nil),       // 56: berth.v1.DiscoveryRevision
 	(*Endpoint)(nil),                // 57: berth.v1.Endpoint
-	(*CreateJoinTokenRequest)(nil),  // 58: berth.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 59: berth.v1.CreateJoinTokenResponse
-	(*CordonNodeRequest)(nil),       // 60: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 61: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 62: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 63: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 64: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 65: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 66: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 67: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 68: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 69: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 70: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 71: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 72: berth.v1.UndoRequest
-	(*RolloutRequest)(nil),          // 73: berth.v1.RolloutRequest
-	(*RolloutActionRequest)(nil),    // 74: berth.v1.RolloutActionRequest
-	(*ListVolumesRequest)(nil),      // 75: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 76: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 77: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 78: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 79: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 80: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 81: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 82: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 83: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 84: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 85: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 86: berth.v1.FetchImageRequest
-	nil,                             // 87: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 88: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 89: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 90: berth.v1.Node.LabelsEntry
-	nil,                             // 91: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 92: berth.v1.Assignments.VolumeSizesEntry
-	(*timestamppb.Timestamp)(nil),   // 93: google.protobuf.Timestamp
+	(*CreateTokenRequest)(nil),      // 58: berth.v1.CreateTokenRequest
+	(*Token)(nil),                   // 59: berth.v1.Token
+	(*CreateTokenResponse)(nil),     // 60: berth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 61: berth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 62: berth.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 63: berth.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 64: berth.v1.RevokeTokenResponse
+	(*JoinRequest)(nil),             // 65: berth.v1.JoinRequest
+	(*RenewCertificateRequest)(nil), // 66: berth.v1.RenewCertificateRequest
+	(*CertificateResponse)(nil),     // 67: berth.v1.CertificateResponse
+	(*RemoveNodeRequest)(nil),       // 68: berth.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),      // 69: berth.v1.RemoveNodeResponse
+	(*RevokeGatewayRequest)(nil),    // 70: berth.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),   // 71: berth.v1.RevokeGatewayResponse
+	(*CordonNodeRequest)(nil),       // 72: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 73: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 74: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 75: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 76: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 77: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),     // 78: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 79: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 80: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 81: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 82: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 83: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 84: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),          // 85: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),    // 86: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),      // 87: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 88: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 89: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 90: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 91: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 92: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 93: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 94: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 95: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 96: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 97: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 98: berth.v1.FetchImageRequest
+	nil,                             // 99: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 100: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 101: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 102: berth.v1.Node.LabelsEntry
+	nil,                             // 103: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 104: berth.v1.Assignments.VolumeSizesEntry
+	(*timestamppb.Timestamp)(nil),   // 105: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	87,  // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	99,  // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,   // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,   // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,   // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	93,  // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	93,  // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	88,  // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	105, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	105, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	100, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	11,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	12,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	13,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	16,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	89,  // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	101, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
 	8,   // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	9,   // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	4,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
 	5,   // 15: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
 	6,   // 16: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	93,  // 17: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	93,  // 18: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	105, // 17: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	105, // 18: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
 	0,   // 19: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	93,  // 20: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	93,  // 21: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	105, // 20: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	105, // 21: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
 	14,  // 22: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
 	15,  // 23: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
 	3,   // 24: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	93,  // 25: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	93,  // 26: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	93,  // 27: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	105, // 25: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	105, // 26: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	105, // 27: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
 	18,  // 28: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	93,  // 29: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	93,  // 30: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	90,  // 31: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	105, // 29: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	105, // 30: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	102, // 31: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
 	20,  // 32: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	93,  // 33: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	93,  // 34: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	105, // 33: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	105, // 34: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
 	20,  // 35: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	93,  // 36: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	93,  // 37: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	105, // 36: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	105, // 37: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
 	1,   // 38: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
 	10,  // 39: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
 	24,  // 40: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
@@ -6097,92 +6801,108 @@ var file_berth_proto_depIdxs = []int32{
 	19,  // 47: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
 	34,  // 48: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
 	21,  // 49: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	93,  // 50: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	105, // 50: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
 	41,  // 51: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
 	22,  // 52: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	91,  // 53: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	103, // 53: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
 	20,  // 54: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
 	17,  // 55: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
 	19,  // 56: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	92,  // 57: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	104, // 57: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
 	19,  // 58: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
 	55,  // 59: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
 	11,  // 60: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
 	16,  // 61: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
 	56,  // 62: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
 	57,  // 63: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	21,  // 64: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	93,  // 65: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	67,  // 66: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	93,  // 67: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	70,  // 68: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	10,  // 69: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	76,  // 70: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	76,  // 71: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	22,  // 72: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	23,  // 73: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	26,  // 74: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	29,  // 75: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	31,  // 76: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	33,  // 77: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	36,  // 78: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	38,  // 79: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	40,  // 80: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	43,  // 81: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	58,  // 82: berth.v1.Berth.CreateJoinToken:input_type -> berth.v1.CreateJoinTokenRequest
-	60,  // 83: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	62,  // 84: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	66,  // 85: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	69,  // 86: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	72,  // 87: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	73,  // 88: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	74,  // 89: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	75,  // 90: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	78,  // 91: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	80,  // 92: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	82,  // 93: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	45,  // 94: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	47,  // 95: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	49,  // 96: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	51,  // 97: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	53,  // 98: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	64,  // 99: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	86,  // 100: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	84,  // 101: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	25,  // 102: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	28,  // 103: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	30,  // 104: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	32,  // 105: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	35,  // 106: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	37,  // 107: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	39,  // 108: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	42,  // 109: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	44,  // 110: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	59,  // 111: berth.v1.Berth.CreateJoinToken:output_type -> berth.v1.CreateJoinTokenResponse
-	61,  // 112: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	63,  // 113: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	68,  // 114: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	71,  // 115: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	24,  // 116: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	7,   // 117: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	7,   // 118: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	77,  // 119: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	79,  // 120: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	81,  // 121: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	83,  // 122: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	46,  // 123: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	48,  // 124: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	50,  // 125: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	52,  // 126: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	54,  // 127: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	65,  // 128: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	38,  // 129: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	85,  // 130: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	102, // [102:131] is the sub-list for method output_type
-	73,  // [73:102] is the sub-list for method input_type
-	73,  // [73:73] is the sub-list for extension type_name
-	73,  // [73:73] is the sub-list for extension extendee
-	0,   // [0:73] is the sub-list for field type_name
+	105, // 64: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	105, // 65: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	59,  // 66: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	59,  // 67: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	21,  // 68: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	105, // 69: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	79,  // 70: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	105, // 71: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	82,  // 72: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	10,  // 73: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	88,  // 74: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	88,  // 75: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	22,  // 76: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	23,  // 77: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	26,  // 78: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	29,  // 79: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	31,  // 80: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	33,  // 81: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	36,  // 82: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	38,  // 83: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	40,  // 84: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	43,  // 85: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	58,  // 86: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	61,  // 87: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	63,  // 88: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	65,  // 89: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	66,  // 90: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	68,  // 91: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	70,  // 92: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	72,  // 93: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	74,  // 94: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	78,  // 95: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	81,  // 96: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	84,  // 97: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	85,  // 98: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	86,  // 99: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	87,  // 100: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	90,  // 101: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	92,  // 102: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	94,  // 103: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	45,  // 104: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	47,  // 105: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	49,  // 106: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	51,  // 107: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	53,  // 108: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	76,  // 109: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	98,  // 110: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	96,  // 111: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	25,  // 112: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	28,  // 113: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	30,  // 114: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	32,  // 115: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	35,  // 116: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	37,  // 117: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	39,  // 118: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	42,  // 119: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	44,  // 120: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	60,  // 121: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	62,  // 122: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	64,  // 123: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	67,  // 124: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	67,  // 125: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	69,  // 126: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	71,  // 127: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	73,  // 128: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	75,  // 129: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	80,  // 130: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	83,  // 131: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	24,  // 132: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	7,   // 133: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	7,   // 134: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	89,  // 135: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	91,  // 136: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	93,  // 137: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	95,  // 138: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	46,  // 139: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	48,  // 140: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	50,  // 141: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	52,  // 142: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	54,  // 143: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	77,  // 144: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	38,  // 145: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	97,  // 146: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	112, // [112:147] is the sub-list for method output_type
+	77,  // [77:112] is the sub-list for method input_type
+	77,  // [77:77] is the sub-list for extension type_name
+	77,  // [77:77] is the sub-list for extension extendee
+	0,   // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -6198,7 +6918,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   93,
+			NumMessages:   105,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

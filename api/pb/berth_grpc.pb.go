@@ -26,27 +26,33 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Berth_Apply_FullMethodName           = "/berth.v1.Berth/Apply"
-	Berth_ListServices_FullMethodName    = "/berth.v1.Berth/ListServices"
-	Berth_GetService_FullMethodName      = "/berth.v1.Berth/GetService"
-	Berth_DeleteService_FullMethodName   = "/berth.v1.Berth/DeleteService"
-	Berth_ListInstances_FullMethodName   = "/berth.v1.Berth/ListInstances"
-	Berth_ListNodes_FullMethodName       = "/berth.v1.Berth/ListNodes"
-	Berth_LoadImage_FullMethodName       = "/berth.v1.Berth/LoadImage"
-	Berth_ListImages_FullMethodName      = "/berth.v1.Berth/ListImages"
-	Berth_ListEvents_FullMethodName      = "/berth.v1.Berth/ListEvents"
-	Berth_CreateJoinToken_FullMethodName = "/berth.v1.Berth/CreateJoinToken"
-	Berth_CordonNode_FullMethodName      = "/berth.v1.Berth/CordonNode"
-	Berth_DrainNode_FullMethodName       = "/berth.v1.Berth/DrainNode"
-	Berth_ListGateways_FullMethodName    = "/berth.v1.Berth/ListGateways"
-	Berth_ListRevisions_FullMethodName   = "/berth.v1.Berth/ListRevisions"
-	Berth_Undo_FullMethodName            = "/berth.v1.Berth/Undo"
-	Berth_RolloutStatus_FullMethodName   = "/berth.v1.Berth/RolloutStatus"
-	Berth_RolloutAction_FullMethodName   = "/berth.v1.Berth/RolloutAction"
-	Berth_ListVolumes_FullMethodName     = "/berth.v1.Berth/ListVolumes"
-	Berth_GetVolume_FullMethodName       = "/berth.v1.Berth/GetVolume"
-	Berth_DeleteVolume_FullMethodName    = "/berth.v1.Berth/DeleteVolume"
-	Berth_ReleaseVolume_FullMethodName   = "/berth.v1.Berth/ReleaseVolume"
+	Berth_Apply_FullMethodName            = "/berth.v1.Berth/Apply"
+	Berth_ListServices_FullMethodName     = "/berth.v1.Berth/ListServices"
+	Berth_GetService_FullMethodName       = "/berth.v1.Berth/GetService"
+	Berth_DeleteService_FullMethodName    = "/berth.v1.Berth/DeleteService"
+	Berth_ListInstances_FullMethodName    = "/berth.v1.Berth/ListInstances"
+	Berth_ListNodes_FullMethodName        = "/berth.v1.Berth/ListNodes"
+	Berth_LoadImage_FullMethodName        = "/berth.v1.Berth/LoadImage"
+	Berth_ListImages_FullMethodName       = "/berth.v1.Berth/ListImages"
+	Berth_ListEvents_FullMethodName       = "/berth.v1.Berth/ListEvents"
+	Berth_CreateToken_FullMethodName      = "/berth.v1.Berth/CreateToken"
+	Berth_ListTokens_FullMethodName       = "/berth.v1.Berth/ListTokens"
+	Berth_RevokeToken_FullMethodName      = "/berth.v1.Berth/RevokeToken"
+	Berth_Join_FullMethodName             = "/berth.v1.Berth/Join"
+	Berth_RenewCertificate_FullMethodName = "/berth.v1.Berth/RenewCertificate"
+	Berth_RemoveNode_FullMethodName       = "/berth.v1.Berth/RemoveNode"
+	Berth_RevokeGateway_FullMethodName    = "/berth.v1.Berth/RevokeGateway"
+	Berth_CordonNode_FullMethodName       = "/berth.v1.Berth/CordonNode"
+	Berth_DrainNode_FullMethodName        = "/berth.v1.Berth/DrainNode"
+	Berth_ListGateways_FullMethodName     = "/berth.v1.Berth/ListGateways"
+	Berth_ListRevisions_FullMethodName    = "/berth.v1.Berth/ListRevisions"
+	Berth_Undo_FullMethodName             = "/berth.v1.Berth/Undo"
+	Berth_RolloutStatus_FullMethodName    = "/berth.v1.Berth/RolloutStatus"
+	Berth_RolloutAction_FullMethodName    = "/berth.v1.Berth/RolloutAction"
+	Berth_ListVolumes_FullMethodName      = "/berth.v1.Berth/ListVolumes"
+	Berth_GetVolume_FullMethodName        = "/berth.v1.Berth/GetVolume"
+	Berth_DeleteVolume_FullMethodName     = "/berth.v1.Berth/DeleteVolume"
+	Berth_ReleaseVolume_FullMethodName    = "/berth.v1.Berth/ReleaseVolume"
 )
 
 // BerthClient is the client API for Berth service.
@@ -69,8 +75,24 @@ type BerthClient interface {
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImageChunk, LoadImageResponse], error)
 	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
-	// CreateJoinToken makes a token that agents present to join.
-	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// CreateToken makes an API token (roles admin, deployer, viewer) or a
+	// join token (roles node, gateway). The secret is returned once.
+	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
+	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
+	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
+	// Join exchanges a join token for a certificate over the caller's
+	// public key (a certificate signing request): the caller's key never
+	// leaves it. The only call that needs no credential but the token.
+	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*CertificateResponse, error)
+	// RenewCertificate issues a new certificate for the caller's own
+	// identity over a new key, before the current one expires.
+	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*CertificateResponse, error)
+	// RemoveNode revokes a node's certificates at once, deletes it and
+	// replaces its instances elsewhere.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// RevokeGateway refuses a gateway's certificates from now on and cuts
+	// its xDS and load-report streams.
+	RevokeGateway(ctx context.Context, in *RevokeGatewayRequest, opts ...grpc.CallOption) (*RevokeGatewayResponse, error)
 	// CordonNode stops (or, with cordon false, resumes) placing new
 	// instances on a node.
 	CordonNode(ctx context.Context, in *CordonNodeRequest, opts ...grpc.CallOption) (*CordonNodeResponse, error)
@@ -199,10 +221,70 @@ func (c *berthClient) ListEvents(ctx context.Context, in *ListEventsRequest, opt
 	return out, nil
 }
 
-func (c *berthClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error) {
+func (c *berthClient) CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateJoinTokenResponse)
-	err := c.cc.Invoke(ctx, Berth_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	out := new(CreateTokenResponse)
+	err := c.cc.Invoke(ctx, Berth_CreateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTokensResponse)
+	err := c.cc.Invoke(ctx, Berth_ListTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeTokenResponse)
+	err := c.cc.Invoke(ctx, Berth_RevokeToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*CertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CertificateResponse)
+	err := c.cc.Invoke(ctx, Berth_Join_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*CertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CertificateResponse)
+	err := c.cc.Invoke(ctx, Berth_RenewCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, Berth_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RevokeGateway(ctx context.Context, in *RevokeGatewayRequest, opts ...grpc.CallOption) (*RevokeGatewayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeGatewayResponse)
+	err := c.cc.Invoke(ctx, Berth_RevokeGateway_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -339,8 +421,24 @@ type BerthServer interface {
 	LoadImage(grpc.ClientStreamingServer[ImageChunk, LoadImageResponse]) error
 	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
-	// CreateJoinToken makes a token that agents present to join.
-	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// CreateToken makes an API token (roles admin, deployer, viewer) or a
+	// join token (roles node, gateway). The secret is returned once.
+	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
+	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
+	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
+	// Join exchanges a join token for a certificate over the caller's
+	// public key (a certificate signing request): the caller's key never
+	// leaves it. The only call that needs no credential but the token.
+	Join(context.Context, *JoinRequest) (*CertificateResponse, error)
+	// RenewCertificate issues a new certificate for the caller's own
+	// identity over a new key, before the current one expires.
+	RenewCertificate(context.Context, *RenewCertificateRequest) (*CertificateResponse, error)
+	// RemoveNode revokes a node's certificates at once, deletes it and
+	// replaces its instances elsewhere.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// RevokeGateway refuses a gateway's certificates from now on and cuts
+	// its xDS and load-report streams.
+	RevokeGateway(context.Context, *RevokeGatewayRequest) (*RevokeGatewayResponse, error)
 	// CordonNode stops (or, with cordon false, resumes) placing new
 	// instances on a node.
 	CordonNode(context.Context, *CordonNodeRequest) (*CordonNodeResponse, error)
@@ -403,8 +501,26 @@ func (UnimplementedBerthServer) ListImages(context.Context, *ListImagesRequest) 
 func (UnimplementedBerthServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
 }
-func (UnimplementedBerthServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method CreateJoinToken not implemented")
+func (UnimplementedBerthServer) CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateToken not implemented")
+}
+func (UnimplementedBerthServer) ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListTokens not implemented")
+}
+func (UnimplementedBerthServer) RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeToken not implemented")
+}
+func (UnimplementedBerthServer) Join(context.Context, *JoinRequest) (*CertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Join not implemented")
+}
+func (UnimplementedBerthServer) RenewCertificate(context.Context, *RenewCertificateRequest) (*CertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RenewCertificate not implemented")
+}
+func (UnimplementedBerthServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedBerthServer) RevokeGateway(context.Context, *RevokeGatewayRequest) (*RevokeGatewayResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeGateway not implemented")
 }
 func (UnimplementedBerthServer) CordonNode(context.Context, *CordonNodeRequest) (*CordonNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CordonNode not implemented")
@@ -611,20 +727,128 @@ func _Berth_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Berth_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(CreateJoinTokenRequest)
+func _Berth_CreateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateTokenRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(BerthServer).CreateJoinToken(ctx, in)
+		return srv.(BerthServer).CreateToken(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Berth_CreateJoinToken_FullMethodName,
+		FullMethod: Berth_CreateToken_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(BerthServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+		return srv.(BerthServer).CreateToken(ctx, req.(*CreateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_ListTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ListTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ListTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ListTokens(ctx, req.(*ListTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RevokeToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RevokeToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RevokeToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RevokeToken(ctx, req.(*RevokeTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).Join(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_Join_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).Join(ctx, req.(*JoinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RenewCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RenewCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RenewCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RenewCertificate(ctx, req.(*RenewCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RevokeGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RevokeGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RevokeGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RevokeGateway(ctx, req.(*RevokeGatewayRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -867,8 +1091,32 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Berth_ListEvents_Handler,
 		},
 		{
-			MethodName: "CreateJoinToken",
-			Handler:    _Berth_CreateJoinToken_Handler,
+			MethodName: "CreateToken",
+			Handler:    _Berth_CreateToken_Handler,
+		},
+		{
+			MethodName: "ListTokens",
+			Handler:    _Berth_ListTokens_Handler,
+		},
+		{
+			MethodName: "RevokeToken",
+			Handler:    _Berth_RevokeToken_Handler,
+		},
+		{
+			MethodName: "Join",
+			Handler:    _Berth_Join_Handler,
+		},
+		{
+			MethodName: "RenewCertificate",
+			Handler:    _Berth_RenewCertificate_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _Berth_RemoveNode_Handler,
+		},
+		{
+			MethodName: "RevokeGateway",
+			Handler:    _Berth_RevokeGateway_Handler,
 		},
 		{
 			MethodName: "CordonNode",

@@ -1,11 +1,13 @@
 package pb
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 )
@@ -13,8 +15,12 @@ import (
 // Dial connects to the control plane at servers: one API address, or
 // several separated by commas (the replicas of one control plane). With
 // several, calls go to the first replica that answers and move to another
-// when it goes away.
-func Dial(servers string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+// when it goes away. The connection is TLS with tlsCfg (see pki.ClientTLS
+// and pki.PinnedTLS): the control plane accepts nothing else.
+func Dial(servers string, tlsCfg *tls.Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if tlsCfg == nil {
+		return nil, errors.New("dial control plane: no TLS configuration (the API accepts only TLS)")
+	}
 	var addrs []resolver.Address
 	for a := range strings.SplitSeq(servers, ",") {
 		if a = strings.TrimSpace(a); a != "" {
@@ -24,7 +30,7 @@ func Dial(servers string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("no control plane address in %q", servers)
 	}
-	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if len(addrs) == 1 {
 		return grpc.NewClient(addrs[0].Addr, opts...)
 	}

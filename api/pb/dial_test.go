@@ -2,14 +2,36 @@ package pb
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
 	"net"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
+
+// A throwaway CA and server certificate: Dial speaks only TLS.
+var serverTLS, clientTLS = testTLS()
+
+func testTLS() (*tls.Config, *tls.Config) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"control-plane.berth"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
+		&tls.Config{RootCAs: pool, ServerName: "control-plane.berth"}
+}
 
 func serveHealth(t *testing.T, name string) (addr string, stop func()) {
 	t.Helper()
@@ -17,7 +39,7 @@ func serveHealth(t *testing.T, name string) (addr string, stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
 	h := health.NewServer()
 	h.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, h)
@@ -30,7 +52,7 @@ func serveHealth(t *testing.T, name string) (addr string, stop func()) {
 func TestDialMovesToAnotherReplica(t *testing.T) {
 	a, stopA := serveHealth(t, "a")
 	b, _ := serveHealth(t, "b")
-	conn, err := Dial(a + ", " + b)
+	conn, err := Dial(a+", "+b, clientTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +80,7 @@ func TestDialMovesToAnotherReplica(t *testing.T) {
 			t.Fatal("calls did not move to replica b after a stopped")
 		}
 	}
-	if _, err := Dial(" , "); err == nil {
+	if _, err := Dial(" , ", clientTLS); err == nil {
 		t.Fatal("an empty address list was accepted")
 	}
 }

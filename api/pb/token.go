@@ -4,27 +4,25 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/credentials"
 )
 
-// JoinTokenHeader is the metadata key that carries an agent's join token.
-const JoinTokenHeader = "x-berth-join-token"
+// bearer sends an API token on every call; gRPC refuses to send it
+// without TLS.
+type bearer string
 
-// WithJoinToken returns dial options that send token on every call, as
-// agents must on the NodeAgent service.
-func WithJoinToken(token string) []grpc.DialOption {
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+var _ credentials.PerRPCCredentials = bearer("")
+
+// WithToken returns dial options that present an API token on every call.
+func WithToken(token string) []grpc.DialOption {
 	if token == "" {
 		return nil
 	}
-	add := func(ctx context.Context) context.Context {
-		return metadata.AppendToOutgoingContext(ctx, JoinTokenHeader, token)
-	}
-	return []grpc.DialOption{
-		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(add(ctx), method, req, reply, cc, opts...)
-		}),
-		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			return streamer(add(ctx), desc, cc, method, opts...)
-		}),
-	}
+	return []grpc.DialOption{grpc.WithPerRPCCredentials(bearer(token))}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"strconv"
@@ -23,11 +24,16 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/pki"
+	"github.com/berth-dev/berth/pki/enroll"
 )
 
 // tokenEnv carries the join token to the agents' process (not on its
 // command line, where ps would show it).
 const tokenEnv = "CPSCALE_JOIN_TOKEN"
+
+// caHashEnv carries the CA hash the agents pin when they join.
+const caHashEnv = "CPSCALE_CA_HASH"
 
 // fleet is the agents' process: its counters are what the benchmark
 // process reads (a "stats" line on stdin answers one line on stdout).
@@ -128,17 +134,25 @@ func runAgents(addr string, n int) error {
 			c.Close()
 		}
 	}()
-	token := os.Getenv(tokenEnv)
+	token, caHash := os.Getenv(tokenEnv), os.Getenv(caHashEnv)
 	f := &fleet{errors: map[string]bool{}}
 	errc := make(chan error, n)
 	for i := range n {
-		conn, err := pb.Dial(addr, pb.WithJoinToken(token)...)
+		// Each simulated node joins as a real one does: its own key, a
+		// CSR, a certificate naming it, and mutual TLS from then on.
+		name := fmt.Sprintf("node-%03d", i)
+		creds, err := enroll.Join(ctx, enroll.Options{Server: addr, Role: pki.RoleNode, Name: name, JoinToken: token, CAHash: caHash,
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return err
+		}
+		conn, err := pb.Dial(addr, creds.ClientTLS())
 		if err != nil {
 			return err
 		}
 		conns = append(conns, conn)
 		a := &simAgent{
-			name: fmt.Sprintf("node-%03d", i), address: fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250),
+			name: name, address: fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250),
 			client: pb.NewNodeAgentClient(conn), fleet: f, beatNow: make(chan struct{}, 1),
 		}
 		f.agents = append(f.agents, a)

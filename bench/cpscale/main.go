@@ -65,6 +65,7 @@ import (
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/pki"
 )
 
 // maxReplicasPerPass bounds the new replicas one Apply call asks for by
@@ -176,19 +177,27 @@ func runBench(o options) error {
 	}()
 	defer b.warns.print()
 
-	conn, err := pb.Dial(srv.APIAddr(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	admin, err := controlplane.ReadAdminConfig(srv.AdminConfigPath())
+	if err != nil {
+		return err
+	}
+	pool, err := pki.PoolFromPEM([]byte(admin.CA))
+	if err != nil {
+		return err
+	}
+	conn, err := pb.Dial(srv.APIAddr(), pki.ClientTLS(nil, pool), append(pb.WithToken(admin.Token), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))...)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	b.berth = pb.NewBerthClient(conn)
-	tok, err := b.berth.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Description: "cpscale"})
+	tok, err := b.berth.CreateToken(ctx, &pb.CreateTokenRequest{Role: "node", Uses: int32(o.nodes), Description: "cpscale"})
 	if err != nil {
 		return fmt.Errorf("create join token: %w", err)
 	}
 	fmt.Printf("control plane up (embedded etcd) in %v\n", time.Since(start).Round(time.Millisecond))
 
-	b.agents, err = startAgents(ctx, srv.APIAddr(), tok.Token, o.nodes)
+	b.agents, err = startAgents(ctx, srv.APIAddr(), tok.Token, tok.CaHash, o.nodes)
 	if err != nil {
 		return err
 	}
@@ -793,13 +802,13 @@ type agentsProc struct {
 	mu  sync.Mutex
 }
 
-func startAgents(ctx context.Context, addr, token string, n int) (*agentsProc, error) {
+func startAgents(ctx context.Context, addr, token, caHash string, n int) (*agentsProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, "-role", "agents", "-addr", addr, "-nodes", fmt.Sprint(n))
-	cmd.Env = append(os.Environ(), tokenEnv+"="+token)
+	cmd.Env = append(os.Environ(), tokenEnv+"="+token, caHashEnv+"="+caHash)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

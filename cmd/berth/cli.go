@@ -26,9 +26,9 @@ import (
 )
 
 func (g *globalOptions) client() (pb.BerthClient, func(), error) {
-	conn, err := pb.Dial(g.server)
+	conn, err := g.dial()
 	if err != nil {
-		return nil, nil, fmt.Errorf("server address %q: %w", g.server, err)
+		return nil, nil, err
 	}
 	return pb.NewBerthClient(conn), func() { conn.Close() }, nil
 }

@@ -40,8 +40,12 @@ func main() {
 }
 
 type globalOptions struct {
-	server   string
-	logLevel string
+	server    string
+	serverSet bool
+	config    string
+	token     string
+	caFile    string
+	logLevel  string
 }
 
 func newRoot() *cobra.Command {
@@ -57,7 +61,13 @@ func newRoot() *cobra.Command {
 		defServer = "127.0.0.1:7400"
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", defServer, "control plane API address, or several replicas' addresses separated by commas (env BERTH_ADDR)")
+	root.PersistentFlags().StringVar(&g.config, "config", os.Getenv("BERTH_CONFIG"), "CLI configuration: server, cluster CA and API token (env BERTH_CONFIG; default ~/.config/berth/config, else the admin.conf of /var/lib/berth/dev or /var/lib/berth/server)")
+	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("BERTH_TOKEN"), "API token (env BERTH_TOKEN; default: the configuration's)")
+	root.PersistentFlags().StringVar(&g.caFile, "ca-file", "", "cluster CA certificate to check the server against (default: the configuration's)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
+		g.serverSet = cmd.Flags().Changed("server") || os.Getenv("BERTH_ADDR") != ""
+	}
 	root.AddCommand(
 		newDevCmd(g), newServerCmd(g), newAgentCmd(g), newGatewayCmd(g),
 		newApplyCmd(g), newGetCmd(g), newDescribeCmd(g), newDeleteCmd(g), newImageCmd(g), newEventsCmd(g),

@@ -24,11 +24,14 @@ import (
 	"github.com/berth-dev/berth/loadshare"
 	"github.com/berth-dev/berth/nodeagent"
 	"github.com/berth-dev/berth/nodeagent/runtime"
+	"github.com/berth-dev/berth/pki"
+	"github.com/berth-dev/berth/pki/enroll"
 	"github.com/berth-dev/berth/xds"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -44,8 +47,15 @@ type serverFlags struct {
 	dnsTTL       time.Duration
 	dnsUpstreams []string
 	dnsRateLimit float64
-	requireToken bool
 	nodeTimeout  time.Duration
+	caCert       string
+	caKey        string
+	certTTL      time.Duration
+	maxNodes     int
+	adminConfig  string
+	etcdCA       string
+	etcdCert     string
+	etcdKey      string
 	lostGrace    time.Duration
 	name         string
 	advertise    string
@@ -63,7 +73,14 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringSliceVar(&f.dnsUpstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
 	cmd.Flags().Float64Var(&f.dnsRateLimit, "dns-rate-limit", -1, "UDP responses a second per client /24 (IPv6 /56) from the host DNS, then dropped or truncated; -1: 200 when --dns-addr is not loopback, else off; 0: off")
 	def := controlplane.DefaultConfig()
-	cmd.Flags().BoolVar(&f.requireToken, "require-join-token", def.RequireJoinToken, "agents must present a token from `berth token create`")
+	cmd.Flags().StringVar(&f.caCert, "ca-cert", "", "cluster CA certificate (PEM) to use instead of the one in --data-dir/pki or etcd (with --ca-key)")
+	cmd.Flags().StringVar(&f.caKey, "ca-key", "", "the cluster CA's private key (PEM), with --ca-cert")
+	cmd.Flags().DurationVar(&f.certTTL, "cert-ttl", def.CertTTL, "lifetime of the certificates issued to nodes, gateways and replicas (renewed two thirds of the way)")
+	cmd.Flags().IntVar(&f.maxNodes, "max-nodes", def.MaxNodes, "most nodes that may join (0: no cap)")
+	cmd.Flags().StringVar(&f.adminConfig, "admin-config", "", "where to write the first admin's CLI configuration, mode 0600 (default --data-dir/admin.conf; - disables)")
+	cmd.Flags().StringVar(&f.etcdCA, "etcd-cafile", "", "CA of an external etcd's server certificates")
+	cmd.Flags().StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for an external etcd")
+	cmd.Flags().StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for an external etcd")
 	cmd.Flags().DurationVar(&f.nodeTimeout, "node-timeout", def.NodeTimeout, "a node that misses heartbeats this long is NotReady and its endpoints leave DNS and the gateways")
 	cmd.Flags().DurationVar(&f.lostGrace, "lost-grace", def.LostGrace, "a node NotReady this long is Lost and its instances are replaced on other nodes")
 	cmd.Flags().StringVar(&f.name, "name", "", "this replica's name in the leader election (default: its API address)")
@@ -131,7 +148,14 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg := controlplane.DefaultConfig()
 	cfg.DataDir, cfg.EtcdEndpoints, cfg.APIAddr, cfg.ClusterCIDR = f.dataDir, f.etcd, f.apiAddr, f.clusterCIDR
 	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
-	cfg.RequireJoinToken, cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.requireToken, f.nodeTimeout, f.lostGrace, f.name, f.advertise
+	cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.nodeTimeout, f.lostGrace, f.name, f.advertise
+	cfg.CACertFile, cfg.CAKeyFile, cfg.CertTTL, cfg.MaxNodes, cfg.AdminConfig = f.caCert, f.caKey, f.certTTL, f.maxNodes, f.adminConfig
+	if f.etcdCA != "" || f.etcdCert != "" || f.etcdKey != "" {
+		info := transport.TLSInfo{TrustedCAFile: f.etcdCA, CertFile: f.etcdCert, KeyFile: f.etcdKey}
+		if cfg.EtcdTLS, err = info.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+	}
 	cfg.HeartbeatInterval = f.nodeTimeout / 4
 	cfg.Gateways = func() *pb.ListGatewaysResponse { return gatewaysOf(xsrv) }
 	cfg.Loads = revisionLoads{xsrv}
@@ -139,6 +163,10 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	if err != nil {
 		return nil, err
 	}
+	// xDS serves gateways only: mutual TLS with a gateway certificate
+	// whose name is the node id it claims, cut when revoked.
+	auth := c.cp.Auth()
+	xsrv.SetAuth(xds.Auth{TLS: c.cp.ServerTLS(true), Check: auth.CheckCertificate, Changed: auth.Changed})
 	return c, nil
 }
 
@@ -220,6 +248,8 @@ func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, erro
 // agentFlags are shared by `berth agent` and `berth dev`.
 type agentFlags struct {
 	token     string
+	caHash    string
+	certDir   string
 	name      string
 	address   string
 	socket    string
@@ -237,7 +267,9 @@ func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 	def := nodeagent.DefaultConfig()
 	cmd.Flags().StringVar(&f.name, "node-name", def.Name, "this node's name")
 	if cmd.Name() == "agent" {
-		cmd.Flags().StringVar(&f.token, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create` (env BERTH_JOIN_TOKEN)")
+		cmd.Flags().StringVar(&f.token, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create --role node`, needed once: the certificate it buys is kept in --cert-dir (env BERTH_JOIN_TOKEN)")
+		cmd.Flags().StringVar(&f.caHash, "ca-hash", os.Getenv("BERTH_CA_HASH"), "the cluster CA's hash (sha256:...) the control plane must present before the join token is sent (env BERTH_CA_HASH)")
+		cmd.Flags().StringVar(&f.certDir, "cert-dir", "", "where the node keeps its key and certificate (default --state-dir/pki)")
 	}
 	cmd.Flags().StringVar(&f.address, "node-address", def.Address, "this node's IP address as other nodes reach it")
 	cmd.Flags().StringVar(&f.socket, "containerd-socket", def.Runtime.Socket, "containerd's socket")
@@ -260,7 +292,8 @@ func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration
 	if cfg.Capacity.MemoryBytes, err = api.ParseMemory(f.memory); err != nil {
 		return cfg, fmt.Errorf("--memory: %w", err)
 	}
-	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels, cfg.JoinToken = f.name, server, f.address, f.labels, f.token
+	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels = f.name, server, f.address, f.labels
+	cfg.JoinToken, cfg.CAHash, cfg.CertDir = f.token, f.caHash, f.certDir
 	cfg.Runtime.Socket, cfg.Runtime.Namespace, cfg.Runtime.StateDir, cfg.Runtime.BridgeName = f.socket, f.namespace, f.stateDir, f.bridge
 	cfg.Runtime.NetworkName = f.bridge
 	cfg.DNSPort, cfg.DNSTTL, cfg.DNSUpstreams = f.dnsPort, dnsTTL, upstreams
@@ -312,6 +345,14 @@ the same services back.`,
 			cp.run(ctx, grp)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = gatewayAddr, cp.xds.Addr(), "gateway-"+af.name, logger, reg
+			gwCreds, err := cp.partCredentials(ctx, pki.RoleGateway, gcfg.NodeID)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
+			}
+			gcfg.XDSTLS = gwCreds.ClientTLS()
+			grp.go_("gateway certificate", func(ctx context.Context) error { return renewOver(ctx, cp.cp.APIAddr(), gwCreds, logger) })
 			accessLog, err := gf.apply(&gcfg)
 			if err != nil {
 				grp.cancel()
@@ -326,17 +367,16 @@ the same services back.`,
 				return fmt.Errorf("gateway: %w", err)
 			}
 			grp.go_("gateway", gw.Run)
-			if sf.requireToken {
-				// The in-process agent joins like any other: with a token.
-				tok, err := cp.cp.Store().CreateJoinToken(ctx, "berth dev local agent")
-				if err != nil {
-					grp.cancel()
-					_ = grp.wait()
-					return err
-				}
-				af.token = tok
+			// The in-process agent gets its certificate from the CA this
+			// process holds, recorded as if it had joined.
+			nodeCreds, err := cp.partCredentials(ctx, pki.RoleNode, af.name)
+			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
+				return err
 			}
 			acfg, err := af.config(cp.cp.APIAddr(), true, sf.dnsTTL, sf.upstreams(logger), reg, logger)
+			acfg.Credentials = nodeCreds
 			acfg.DNSUpstreamsFromSystem = len(sf.dnsUpstreams) == 0
 			if cp.dns != nil {
 				// Nor does the node-local server forward to the host's.
@@ -373,14 +413,14 @@ the same services back.`,
 					hostDNS = cp.dns.Addr()
 				}
 				fmt.Fprintf(os.Stdout, `berth dev is up (Ctrl-C stops it and its containers)
-  api        %s        (berth --server, env BERTH_ADDR)
+  api        %s        (CLI configuration: %s)
   gateway    http://%s
   xds        %s
   dns        %s (host)   %s (containers)
   metrics    %s
   node       %s, containerd %s (namespace %s)
   data       %s
-`, cp.cp.APIAddr(), gw.Addr(), cp.xds.Addr(), hostDNS, agent.DNSAddr(), metricsURL(metricsAddr), af.name, af.socket, af.namespace, sf.dataDir)
+`, cp.cp.APIAddr(), cp.cp.AdminConfigPath(), gw.Addr(), cp.xds.Addr(), hostDNS, agent.DNSAddr(), metricsURL(metricsAddr), af.name, af.socket, af.namespace, sf.dataDir)
 			case agentErr = <-agentDone:
 				agentDone <- agentErr
 			case <-grp.ctx.Done():
@@ -446,6 +486,7 @@ func newServerCmd(g *globalOptions) *cobra.Command {
 				hostDNS = cp.dns.Addr()
 			}
 			fmt.Fprintf(os.Stdout, "berth server: api %s, xds %s, dns %s, metrics %s, data %s\n", cp.cp.APIAddr(), cp.xds.Addr(), hostDNS, metricsURL(metricsAddr), sf.dataDir)
+			fmt.Fprintf(os.Stdout, "  admin CLI configuration: %s\n  join nodes:    berth token create --role node    (then berth agent --server ADDR --join-token T --ca-hash %s)\n  join gateways: berth token create --role gateway (then berth gateway --server ADDR --join-token T --ca-hash %s)\n", cp.cp.AdminConfigPath(), cp.cp.CA().Pin(), cp.cp.CA().Pin())
 			return grp.wait()
 		},
 	}
@@ -501,7 +542,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 }
 
 func newGatewayCmd(g *globalOptions) *cobra.Command {
-	var listen, xdsAddr, nodeID, metricsAddr string
+	var listen, xdsAddr, nodeID, metricsAddr, joinToken, caHash, certDir string
 	gf := &gatewayFlags{}
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -513,8 +554,19 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 			grp := newGroup(ctx)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = listen, xdsAddr, nodeID, logger, reg
+			// The gateway's certificate: from --cert-dir, or bought once
+			// with a join token from a control plane that presents the
+			// pinned CA.
+			creds, err := enroll.Load(ctx, enroll.Options{Server: g.server, Role: pki.RoleGateway, Name: nodeID, Dir: certDir, JoinToken: joinToken, CAHash: caHash, Logger: logger})
+			if err != nil {
+				return err
+			}
+			gcfg.XDSTLS = creds.ClientTLS()
+			grp.go_("gateway certificate", func(ctx context.Context) error { return renewOver(ctx, g.server, creds, logger) })
 			accessLog, err := gf.apply(&gcfg)
 			if err != nil {
+				grp.cancel()
+				_ = grp.wait()
 				return err
 			}
 			defer accessLog.Close()
@@ -533,13 +585,36 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	host, _ := os.Hostname()
-	cmd.AddCommand(newEnvoyBootstrapCmd())
+	cmd.AddCommand(newEnvoyBootstrapCmd(), newGatewayRevokeCmd(g))
+	cmd.Flags().StringVar(&joinToken, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create --role gateway`, needed once (env BERTH_JOIN_TOKEN)")
+	cmd.Flags().StringVar(&caHash, "ca-hash", os.Getenv("BERTH_CA_HASH"), "the cluster CA's hash the control plane must present (env BERTH_CA_HASH)")
+	cmd.Flags().StringVar(&certDir, "cert-dir", "/var/lib/berth/gateway/pki", "where the gateway keeps its key and certificate")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
 	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7404", "Prometheus /metrics address; empty disables")
 	gf.register(cmd)
 	return cmd
+}
+
+// partCredentials issues a part of this process (`berth dev`'s agent and
+// gateway) its certificate from the CA the control plane holds.
+func (c *controlPlane) partCredentials(ctx context.Context, role pki.Role, name string) (*enroll.Credentials, error) {
+	certPEM, keyPEM, err := c.cp.IssuePart(ctx, role, name)
+	if err != nil {
+		return nil, err
+	}
+	return enroll.FromPEM(c.cp.CA().CertPEM, certPEM, keyPEM)
+}
+
+// renewOver keeps a part's certificate renewed through the API at server.
+func renewOver(ctx context.Context, server string, creds *enroll.Credentials, logger *slog.Logger) error {
+	conn, err := pb.Dial(server, creds.ClientTLS())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return creds.KeepRenewed(ctx, conn, logger)
 }
 
 // gatewaysOf converts the xDS server's view of its clients for the API.

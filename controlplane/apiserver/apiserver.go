@@ -8,10 +8,12 @@ package apiserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
@@ -25,6 +27,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/manifests"
+	"github.com/berth-dev/berth/pki"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -44,8 +47,18 @@ type Config struct {
 	// that misses heartbeats this long is NotReady and its endpoints leave
 	// discovery. Default three heartbeat intervals.
 	NodeTimeout time.Duration
-	// RequireJoinToken makes every NodeAgent call present a join token.
-	RequireJoinToken bool
+	// CA signs the certificates of joining parts; Auth holds tokens and
+	// identities. Without them only Join-free, anonymous use is possible
+	// and every call that needs a credential is refused.
+	CA   *pki.CA
+	Auth *store.AuthCache
+	// CertTTL is the lifetime of the certificates Join and renewals issue.
+	CertTTL time.Duration
+	// MaxNodes caps the nodes that may join (0: no cap).
+	MaxNodes int
+	// ReplicaTLS is the client configuration (this replica's certificate)
+	// for fetching an upload from another replica.
+	ReplicaTLS *tls.Config
 	// Gateways reports the xDS clients (nil: none known).
 	Gateways func() *pb.ListGatewaysResponse
 	// Loads reports per-revision traffic for `berth rollout status`.
@@ -63,20 +76,23 @@ type Server struct {
 	cache     *store.Cache
 	publisher *controller.Publisher
 	logger    *slog.Logger
-	tokens    tokenCache
-	// replica is this replica's API address and the token it presents to
-	// the other replicas (SetReplica); pulls serialises image pulls.
+	// replica is this replica's API address (SetReplica); pulls
+	// serialises image pulls.
 	replica atomic.Pointer[replicaIdentity]
 	pulls   sync.Mutex
 }
 
-type replicaIdentity struct{ addr, token string }
+type replicaIdentity struct{ addr string }
 
 // SetReplica tells the server the API address the other replicas reach it
-// at and the token it presents to them.
-func (s *Server) SetReplica(addr, token string) {
-	s.replica.Store(&replicaIdentity{addr: addr, token: token})
+// at.
+func (s *Server) SetReplica(addr string) {
+	s.replica.Store(&replicaIdentity{addr: addr})
 }
+
+// DefaultCertTTL is the lifetime of part certificates; parts renew them
+// two thirds of the way through.
+const DefaultCertTTL = 30 * 24 * time.Hour
 
 // New returns an API server.
 func New(cfg Config, st *store.Store, cache *store.Cache, pub *controller.Publisher) (*Server, error) {
@@ -91,6 +107,9 @@ func New(cfg Config, st *store.Store, cache *store.Cache, pub *controller.Publis
 	}
 	if cfg.NodeTimeout <= 0 {
 		cfg.NodeTimeout = 3 * cfg.HeartbeatInterval
+	}
+	if cfg.CertTTL <= 0 {
+		cfg.CertTTL = DefaultCertTTL
 	}
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("apiserver: image dir: %w", err)
@@ -495,6 +514,10 @@ func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) 
 		known[vi.Instance.ID] = vi.Instance
 	}
 	statuses := make([]api.InstanceStatus, 0, len(req.Statuses))
+	var podNet netip.Prefix
+	if n := v.Node(req.Node); n != nil {
+		podNet, _ = netip.ParsePrefix(n.PodCIDR)
+	}
 	for _, p := range req.Statuses {
 		st := pb.ToStatus(p)
 		if st.Node != req.Node {
@@ -503,6 +526,17 @@ func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) 
 		in, ok := known[st.ID]
 		if !ok {
 			continue
+		}
+		// A node reports only its own instances, at addresses of its own
+		// pod subnet: DNS and the gateways follow what it reports.
+		if in.Node != req.Node {
+			return nil, errNotYours("node %s reported instance %s, which is assigned to node %q", req.Node, st.ID, in.Node)
+		}
+		if st.IP != "" {
+			ip, err := netip.ParseAddr(st.IP)
+			if err != nil || !podNet.IsValid() || !podNet.Contains(ip) {
+				return nil, errNotYours("node %s reported address %q for instance %s, outside its pod subnet %s", req.Node, st.IP, st.ID, podNet)
+			}
 		}
 		statuses = append(statuses, st)
 		old, had := v.Statuses[st.ID]

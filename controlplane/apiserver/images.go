@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -158,6 +159,9 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 	if err != nil {
 		return storeErr(err)
 	}
+	if node := nodeCaller(ctx); node != "" && !nodeNeedsImage(s.cache.View(), node, img) {
+		return errNotYours("node %s may fetch only images its instances run; %s is not one", node, req.Reference)
+	}
 	path, err := s.localImage(ctx, img)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "fetch image %s: %v", req.Reference, err)
@@ -189,6 +193,18 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 	}
 }
 
+// nodeNeedsImage reports whether an instance assigned to node runs img
+// (by one of its references or its digest).
+func nodeNeedsImage(v *store.View, node string, img *store.Image) bool {
+	for _, vi := range v.NodeInstances(node) {
+		ref := vi.Instance.Template.Image
+		if ref == img.Digest || slices.Contains(img.References, ref) {
+			return true
+		}
+	}
+	return false
+}
+
 // localImage returns the path of the upload on this replica's disk. An
 // upload another replica received is fetched from it first (once; later
 // requests find it here) and checked against its digest.
@@ -212,15 +228,15 @@ func (s *Server) localImage(ctx context.Context, img *store.Image) (string, erro
 	if _, err := os.Stat(local); err == nil {
 		return local, nil // pulled meanwhile
 	}
-	if err := s.pullImage(ctx, img, self.token, local); err != nil {
+	if err := s.pullImage(ctx, img, local); err != nil {
 		return "", fmt.Errorf("from replica %s: %w", img.Source, err)
 	}
 	s.logger.Info("image fetched from the replica that received it", "digest", img.Digest, "from", img.Source, "size", img.Size)
 	return local, nil
 }
 
-func (s *Server) pullImage(ctx context.Context, img *store.Image, token, dest string) error {
-	conn, err := pb.Dial(img.Source, pb.WithJoinToken(token)...)
+func (s *Server) pullImage(ctx context.Context, img *store.Image, dest string) error {
+	conn, err := pb.Dial(img.Source, s.cfg.ReplicaTLS)
 	if err != nil {
 		return err
 	}

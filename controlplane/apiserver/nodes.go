@@ -5,104 +5,14 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/store"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
-
-// JoinTokenHeader is the gRPC metadata key agents send their token in.
-const JoinTokenHeader = pb.JoinTokenHeader
-
-// tokenCache remembers recently checked tokens so heartbeats do not read
-// etcd each time.
-type tokenCache struct {
-	mu   sync.Mutex
-	good map[string]time.Time
-}
-
-func (t *tokenCache) ok(token string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	until, ok := t.good[token]
-	return ok && time.Now().Before(until)
-}
-
-func (t *tokenCache) add(token string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.good == nil {
-		t.good = map[string]time.Time{}
-	}
-	t.good[token] = time.Now().Add(time.Minute)
-}
-
-func (s *Server) checkJoinToken(ctx context.Context, method string) error {
-	if !s.cfg.RequireJoinToken || !strings.HasPrefix(method, "/berth.v1.NodeAgent/") {
-		return nil
-	}
-	var token string
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(JoinTokenHeader); len(v) > 0 {
-			token = v[0]
-		}
-	}
-	if token != "" && s.tokens.ok(token) {
-		return nil
-	}
-	valid, err := s.store.CheckJoinToken(ctx, token)
-	if err != nil {
-		return storeErr(err)
-	}
-	if !valid {
-		from := "unknown"
-		if p, ok := peer.FromContext(ctx); ok {
-			from = p.Addr.String()
-		}
-		// The token itself is never logged.
-		s.logger.Warn("agent refused: bad or missing join token", "from", from, "method", method, "tokenPresent", token != "")
-		if token == "" {
-			return status.Error(codes.Unauthenticated, "join token missing: create one on the server with `berth token create` and start the agent with --join-token")
-		}
-		return status.Error(codes.Unauthenticated, "join token rejected: it is not one the cluster issued (create one with `berth token create`)")
-	}
-	s.tokens.add(token)
-	return nil
-}
-
-// UnaryInterceptor checks join tokens on NodeAgent calls.
-func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := s.checkJoinToken(ctx, info.FullMethod); err != nil {
-		return nil, err
-	}
-	return handler(ctx, req)
-}
-
-// StreamInterceptor checks join tokens on NodeAgent streams.
-func (s *Server) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := s.checkJoinToken(ss.Context(), info.FullMethod); err != nil {
-		return err
-	}
-	return handler(srv, ss)
-}
-
-// CreateJoinToken issues a join token. The API listens on loopback unless
-// configured otherwise, so only the machine's operator can call it.
-func (s *Server) CreateJoinToken(ctx context.Context, req *pb.CreateJoinTokenRequest) (*pb.CreateJoinTokenResponse, error) {
-	token, err := s.store.CreateJoinToken(ctx, req.Description)
-	if err != nil {
-		return nil, storeErr(err)
-	}
-	_ = s.store.RecordEvent(ctx, store.Event{Object: "cluster", Reason: "JoinTokenCreated", Message: "join token created: " + req.Description})
-	return &pb.CreateJoinTokenResponse{Token: token}, nil
-}
 
 // CordonNode marks a node (un)schedulable.
 func (s *Server) CordonNode(ctx context.Context, req *pb.CordonNodeRequest) (*pb.CordonNodeResponse, error) {

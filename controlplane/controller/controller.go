@@ -213,9 +213,12 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 	now := c.now().UTC()
 	var errs []error
 	for _, n := range v.Nodes {
-		live := v.LiveNodes[n.Name]
+		// A removed node is lost at once, whatever it still sends.
+		live := v.LiveNodes[n.Name] && !n.Removed
 		var next string
 		switch {
+		case n.Removed && n.State != api.NodeLost:
+			next = api.NodeLost
 		case live && n.State != api.NodeReady:
 			next = api.NodeReady
 		case !live && (n.State == api.NodeReady || n.State == ""):
@@ -259,6 +262,13 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			}
 		}
 		if len(changes) == 0 {
+			if n.Removed {
+				if err := c.store.DeleteNode(ctx, n.Name); err != nil {
+					errs = append(errs, fmt.Errorf("controller: delete removed node %s: %w", n.Name, err))
+				} else {
+					c.event(ctx, "", "node/"+n.Name, "NodeDeleted", "Normal", "removed node %s has no instances left and is deleted; its pod subnet %s is free", n.Name, n.PodCIDR)
+				}
+			}
 			continue
 		}
 		changes = withinCommit(changes) // the rest on the next pass

@@ -593,6 +593,34 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 	return nil, fmt.Errorf("store: register node %s: %w", n.Name, ErrConflict)
 }
 
+// DeleteNode deletes a node, its heartbeat key and its pod subnet claim.
+func (s *Store) DeleteNode(ctx context.Context, name string) error {
+	resp, err := s.cli.Get(ctx, nodeKey(name))
+	if err != nil {
+		return fmt.Errorf("store: delete node %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	var n api.Node
+	if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+		return fmt.Errorf("store: decode node %s: %w", name, err)
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(nodeKey(name)), clientv3.OpDelete(leaseKey(name))}
+	if n.PodCIDR != "" {
+		ops = append(ops, clientv3.OpDelete(SubnetsPrefix+strings.ReplaceAll(n.PodCIDR, "/", "_")))
+	}
+	txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(nodeKey(name)), "=", resp.Kvs[0].ModRevision)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("store: delete node %s: %w", name, err)
+	}
+	if !txn.Succeeded {
+		return fmt.Errorf("store: delete node %s: %w", name, ErrConflict)
+	}
+	s.wrote(txn.Header.Revision)
+	return nil
+}
+
 func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool) (string, error) {
 	size := uint64(1) << (32 - bits)
 	count := uint64(1) << (bits - cluster.Bits())
@@ -692,61 +720,6 @@ func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.
 		}
 	}
 	return nil, fmt.Errorf("store: update node %s: %w", name, ErrConflict)
-}
-
-// TokensPrefix holds join tokens by their SHA-256; the token itself is
-// never stored.
-const TokensPrefix = "/berth/tokens/"
-
-// JoinToken describes a join token.
-type JoinToken struct {
-	Description string    `json:"description,omitempty"`
-	CreatedAt   time.Time `json:"createdAt"`
-}
-
-func tokenKey(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return TokensPrefix + hex.EncodeToString(sum[:])
-}
-
-// CreateJoinToken makes a new random join token and stores its hash.
-func (s *Store) CreateJoinToken(ctx context.Context, description string) (string, error) {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("store: create join token: %w", err)
-	}
-	token := "berth-" + hex.EncodeToString(b)
-	if _, err := s.cli.Put(ctx, tokenKey(token), mustJSON(JoinToken{Description: description, CreatedAt: s.now().UTC()})); err != nil {
-		return "", fmt.Errorf("store: create join token: %w", err)
-	}
-	return token, nil
-}
-
-// CreateLeasedToken makes a token that lives as long as lease: what a
-// control plane replica presents to the others (to fetch an image one of
-// them received), gone when the replica is.
-func (s *Store) CreateLeasedToken(ctx context.Context, description string, lease clientv3.LeaseID) (string, error) {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("store: create token: %w", err)
-	}
-	token := "berth-" + hex.EncodeToString(b)
-	if _, err := s.cli.Put(ctx, tokenKey(token), mustJSON(JoinToken{Description: description, CreatedAt: s.now().UTC()}), clientv3.WithLease(lease)); err != nil {
-		return "", fmt.Errorf("store: create token: %w", err)
-	}
-	return token, nil
-}
-
-// CheckJoinToken reports whether token is a valid join token.
-func (s *Store) CheckJoinToken(ctx context.Context, token string) (bool, error) {
-	if token == "" {
-		return false, nil
-	}
-	resp, err := s.cli.Get(ctx, tokenKey(token), clientv3.WithCountOnly())
-	if err != nil {
-		return false, fmt.Errorf("store: check join token: %w", err)
-	}
-	return resp.Count > 0, nil
 }
 
 // Image is an uploaded image tarball that agents import.

@@ -1,0 +1,328 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/authz"
+	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/pki"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// An RPC's permissions: what a call needs, from its request message.
+// Streams whose request arrives after the stream opens (server streams)
+// are checked on their first message. Every RPC of both services must be
+// listed here (TestEveryMethodHasPermissions); one that is not is refused.
+type permissions func(msg any) []authz.Request
+
+func one(v authz.Verb) permissions {
+	return func(any) []authz.Request { return []authz.Request{{Verb: v}} }
+}
+
+// inNamespace is a call on one object of a namespace ("" is default).
+func inNamespace(v authz.Verb, ns func(any) string) permissions {
+	return func(m any) []authz.Request {
+		return []authz.Request{{Verb: v, Namespace: nsOrDefault(ns(m))}}
+	}
+}
+
+// listIn is a list over one namespace, or every one when it is "".
+func listIn(ns func(any) string) permissions {
+	return func(m any) []authz.Request {
+		n := ns(m)
+		return []authz.Request{{Verb: authz.Read, Namespace: n, AllNamespaces: n == ""}}
+	}
+}
+
+func forNode(node func(any) string) permissions {
+	return func(m any) []authz.Request {
+		return []authz.Request{{Verb: authz.NodeSelf, Node: node(m)}}
+	}
+}
+
+type namespaced interface{ GetNamespace() string }
+
+func nsOf(m any) string {
+	if n, ok := m.(namespaced); ok {
+		return n.GetNamespace()
+	}
+	return ""
+}
+
+const (
+	berthSvc = "/berth.v1.Berth/"
+	agentSvc = "/berth.v1.NodeAgent/"
+)
+
+var methodPermissions = map[string]permissions{
+	berthSvc + "Apply":            applyPermissions,
+	berthSvc + "ListServices":     listIn(nsOf),
+	berthSvc + "GetService":       inNamespace(authz.Read, nsOf),
+	berthSvc + "DeleteService":    inNamespace(authz.Write, nsOf),
+	berthSvc + "ListInstances":    listIn(nsOf),
+	berthSvc + "ListNodes":        one(authz.Read),
+	berthSvc + "LoadImage":        one(authz.ImageLoad),
+	berthSvc + "ListImages":       one(authz.Read),
+	berthSvc + "ListEvents":       listIn(nsOf),
+	berthSvc + "CreateToken":      one(authz.TokenAdmin),
+	berthSvc + "ListTokens":       one(authz.TokenAdmin),
+	berthSvc + "RevokeToken":      one(authz.TokenAdmin),
+	berthSvc + "Join":             one(authz.Join),
+	berthSvc + "RenewCertificate": one(authz.Renew),
+	berthSvc + "RemoveNode":       one(authz.NodeAdmin),
+	berthSvc + "RevokeGateway":    one(authz.GatewayAdmin),
+	berthSvc + "CordonNode":       one(authz.NodeAdmin),
+	berthSvc + "DrainNode":        one(authz.NodeAdmin),
+	berthSvc + "ListGateways":     one(authz.Read),
+	berthSvc + "ListRevisions":    inNamespace(authz.Read, nsOf),
+	berthSvc + "Undo":             inNamespace(authz.Rollout, nsOf),
+	berthSvc + "RolloutStatus":    inNamespace(authz.Read, nsOf),
+	berthSvc + "RolloutAction":    inNamespace(authz.Rollout, nsOf),
+	berthSvc + "ListVolumes":      listIn(nsOf),
+	berthSvc + "GetVolume":        inNamespace(authz.Read, nsOf),
+	berthSvc + "DeleteVolume":     inNamespace(authz.Write, nsOf),
+	berthSvc + "ReleaseVolume":    inNamespace(authz.Write, nsOf),
+
+	agentSvc + "Register":         forNode(func(m any) string { return m.(*pb.RegisterRequest).GetName() }),
+	agentSvc + "Heartbeat":        forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
+	agentSvc + "WatchAssignments": forNode(func(m any) string { return m.(*pb.WatchAssignmentsRequest).GetNode() }),
+	agentSvc + "ReportStatus":     forNode(func(m any) string { return m.(*pb.ReportStatusRequest).GetNode() }),
+	agentSvc + "WatchDiscovery":   forNode(func(m any) string { return m.(*pb.WatchDiscoveryRequest).GetNode() }),
+	agentSvc + "VolumeDeleted":    forNode(func(m any) string { return m.(*pb.VolumeDeletedRequest).GetNode() }),
+	agentSvc + "WatchNodes":       one(authz.NodeWatch),
+	// Which images a node may fetch depends on its assignments: the
+	// handler narrows it.
+	agentSvc + "FetchImage": one(authz.ImageFetch),
+}
+
+// streamsCheckedAtOpen are client streams: their permissions do not
+// depend on a message.
+var streamsCheckedAtOpen = map[string]bool{berthSvc + "LoadImage": true}
+
+func applyPermissions(m any) []authz.Request {
+	req := m.(*pb.ApplyRequest)
+	seen := map[string]bool{}
+	var out []authz.Request
+	add := func(ns string) {
+		ns = nsOrDefault(ns)
+		if !seen[ns] {
+			seen[ns] = true
+			out = append(out, authz.Request{Verb: authz.Write, Namespace: ns})
+		}
+	}
+	for _, s := range req.GetServices() {
+		add(s.GetMetadata().GetNamespace())
+	}
+	for _, v := range req.GetVolumes() {
+		add(v.GetMetadata().GetNamespace())
+	}
+	if len(out) == 0 {
+		out = append(out, authz.Request{Verb: authz.Write, Namespace: api.DefaultNamespace})
+	}
+	return out
+}
+
+type principalKey struct{}
+
+// principalOf is the caller a handler serves (set by the interceptors).
+func principalOf(ctx context.Context) authz.Principal {
+	p, _ := ctx.Value(principalKey{}).(authz.Principal)
+	return p
+}
+
+// authenticate finds who calls: a part's certificate (verified by TLS
+// against the cluster CA, then checked against the identity's record: a
+// revoked identity or an older generation is refused), or a user's
+// bearer token, or nobody.
+func (s *Server) authenticate(ctx context.Context) (authz.Principal, error) {
+	if id, _, ok := pki.PeerIdentity(ctx); ok {
+		if err := s.checkIdentity(id); err != nil {
+			return authz.Anonymous, err
+		}
+		return authz.Principal{Role: id.Role, Name: id.Name}, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		tok, ok := strings.CutPrefix(v, "Bearer ")
+		if !ok {
+			return authz.Anonymous, status.Error(codes.Unauthenticated, "authorization metadata is not \"Bearer <token>\"")
+		}
+		return s.tokenPrincipal(tok)
+	}
+	return authz.Anonymous, nil
+}
+
+func (s *Server) checkIdentity(id pki.Identity) error {
+	if s.cfg.Auth == nil {
+		return status.Error(codes.Unavailable, "authentication state not loaded")
+	}
+	if err := s.cfg.Auth.CheckCertificate(id); err != nil {
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	return nil
+}
+
+func (s *Server) tokenPrincipal(tok string) (authz.Principal, error) {
+	bad := status.Error(codes.Unauthenticated, "API token rejected: unknown, revoked or malformed")
+	id, secret, ok := store.SplitToken(tok)
+	if !ok || s.cfg.Auth == nil {
+		return authz.Anonymous, bad
+	}
+	t, ok := s.cfg.Auth.Token(id)
+	if !ok || !store.MatchToken(t, secret) {
+		return authz.Anonymous, bad
+	}
+	if t.Expired(time.Now()) {
+		return authz.Anonymous, status.Errorf(codes.Unauthenticated, "API token %s expired at %s", id, t.ExpiresAt.Format(time.RFC3339))
+	}
+	role := pki.Role(t.Role)
+	p := authz.Principal{Role: role, Name: "token " + t.ID, Namespaces: t.Namespaces}
+	if !p.IsUser() {
+		return authz.Anonymous, status.Errorf(codes.Unauthenticated, "token %s is a %s join token, not an API token: use it with `berth %s --join-token`", id, t.Role, map[pki.Role]string{pki.RoleNode: "agent", pki.RoleGateway: "gateway"}[role])
+	}
+	if t.Description != "" {
+		p.Name += " (" + t.Description + ")"
+	}
+	return p, nil
+}
+
+// authorize checks reqs for p and logs a refusal with the caller.
+func (s *Server) authorize(ctx context.Context, p authz.Principal, method string, reqs []authz.Request) error {
+	for _, r := range reqs {
+		if err := authz.Allowed(p, r); err != nil {
+			from := ""
+			if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
+				from = pr.Addr.String()
+			}
+			s.logger.Warn("call refused", "caller", p.String(), "from", from, "method", method, "missing", r.String())
+			code := codes.PermissionDenied
+			if p.Role == "" {
+				code = codes.Unauthenticated
+			}
+			return status.Error(code, err.Error())
+		}
+	}
+	return nil
+}
+
+// UnaryInterceptor authenticates and authorises every unary call.
+func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	perms, ok := methodPermissions[info.FullMethod]
+	if !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "%s: no permission is defined for this method", info.FullMethod)
+	}
+	p, err := s.authenticate(ctx)
+	if err != nil {
+		s.logger.Warn("call refused", "method", info.FullMethod, "err", err)
+		return nil, err
+	}
+	if err := s.authorize(ctx, p, info.FullMethod, perms(req)); err != nil {
+		return nil, err
+	}
+	return handler(context.WithValue(ctx, principalKey{}, p), req)
+}
+
+// StreamInterceptor authenticates every stream and authorises it on its
+// first message (at open for client streams). The stream ends when its
+// caller's certificate or token is revoked.
+func (s *Server) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	perms, ok := methodPermissions[info.FullMethod]
+	if !ok {
+		return status.Errorf(codes.PermissionDenied, "%s: no permission is defined for this method", info.FullMethod)
+	}
+	p, err := s.authenticate(ss.Context())
+	if err != nil {
+		s.logger.Warn("stream refused", "method", info.FullMethod, "err", err)
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.WithValue(ss.Context(), principalKey{}, p))
+	defer cancel()
+	if streamsCheckedAtOpen[info.FullMethod] {
+		if err := s.authorize(ctx, p, info.FullMethod, perms(nil)); err != nil {
+			return err
+		}
+	} else if p.Role == "" {
+		return s.authorize(ctx, p, info.FullMethod, []authz.Request{{Verb: authz.Read}})
+	}
+	if s.cfg.Auth != nil {
+		changed, stop := s.cfg.Auth.Changed()
+		defer stop()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-changed:
+					if _, err := s.authenticate(ss.Context()); err != nil {
+						s.logger.Warn("stream cut: credential revoked", "caller", p.String(), "method", info.FullMethod)
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
+	w := &authStream{ServerStream: ss, ctx: ctx, s: s, p: p, method: info.FullMethod, perms: perms, checked: streamsCheckedAtOpen[info.FullMethod]}
+	err = handler(srv, w)
+	if err == nil && ctx.Err() != nil && ss.Context().Err() == nil {
+		return status.Error(codes.Unauthenticated, "credential revoked")
+	}
+	return err
+}
+
+type authStream struct {
+	grpc.ServerStream
+	ctx     context.Context
+	s       *Server
+	p       authz.Principal
+	method  string
+	perms   permissions
+	checked bool
+}
+
+func (a *authStream) Context() context.Context { return a.ctx }
+
+func (a *authStream) RecvMsg(m any) error {
+	if err := a.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if !a.checked {
+		a.checked = true
+		if err := a.s.authorize(a.ctx, a.p, a.method, a.perms(m)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errNotYours refuses a node's call about something not assigned to it.
+func errNotYours(format string, args ...any) error {
+	return status.Errorf(codes.PermissionDenied, "permission denied: "+format, args...)
+}
+
+// nodeCaller returns the node a part's call comes from, or "" for
+// another caller (a replica, an admin).
+func nodeCaller(ctx context.Context) string {
+	if p := principalOf(ctx); p.Role == pki.RoleNode {
+		return p.Name
+	}
+	return ""
+}
+
+var errNoCA = errors.New("the control plane has no CA")
+
+func (s *Server) caPEM() ([]byte, error) {
+	if s.cfg.CA == nil {
+		return nil, errNoCA
+	}
+	return s.cfg.CA.CertPEM, nil
+}

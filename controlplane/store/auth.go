@@ -1,0 +1,480 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/pki"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Who may do what lives under AuthRoot, outside Root: it changes rarely,
+// is read on every call, and must not wake the controllers.
+const (
+	AuthRoot = "/berth-auth/"
+	// CAKey holds the cluster CA (certificate and key, PEM). Anyone who
+	// can read etcd owns the cluster anyway; the key lives here so that
+	// every replica can sign.
+	CAKey = "/berth-auth/ca"
+	// TokensPrefix holds API and join tokens by id: their role, scope,
+	// expiry and uses, and the SHA-256 of the secret (never the secret).
+	TokensPrefix = "/berth-auth/tokens/"
+	// IdentitiesPrefix holds, per "<role>/<name>" a certificate was issued
+	// to, its generation and whether it is revoked.
+	IdentitiesPrefix = "/berth-auth/identities/"
+)
+
+// Token is an API token (roles admin, deployer, viewer) or a join token
+// (roles node, gateway).
+type Token struct {
+	ID          string    `json:"id"`
+	Role        string    `json:"role"`
+	Namespaces  []string  `json:"namespaces,omitempty"`
+	Description string    `json:"description,omitempty"`
+	CreatedAt   time.Time `json:"createdAt"`
+	// ExpiresAt zero: never.
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	// UsesLeft counts the joins a join token still allows; 0 on a join
+	// token: unlimited until it expires.
+	UsesLeft int `json:"usesLeft,omitempty"`
+	// Secret is the hex SHA-256 of the token's secret part.
+	SecretHash string `json:"secretHash"`
+}
+
+// Expired reports whether the token has expired at now.
+func (t Token) Expired(now time.Time) bool { return !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt) }
+
+// IdentityRecord is what the cluster knows of one certificate identity.
+type IdentityRecord struct {
+	// Generation is carried by every certificate issued to the identity;
+	// certificates of another generation are refused.
+	Generation int64     `json:"generation"`
+	Revoked    bool      `json:"revoked,omitempty"`
+	RevokedAt  time.Time `json:"revokedAt,omitzero"`
+	JoinedAt   time.Time `json:"joinedAt,omitzero"`
+}
+
+// ErrTokenInvalid is returned for a token that is unknown, expired, used
+// up or of the wrong role; callers say which without echoing the secret.
+var ErrTokenInvalid = errors.New("token invalid")
+
+// ErrIdentityTaken is returned when a join names an identity that is
+// already a member.
+var ErrIdentityTaken = errors.New("identity already a member")
+
+// NewTokenSecret makes a token string "berth-<id>.<secret>".
+func NewTokenSecret() (id, token, secretHash string, err error) {
+	b := make([]byte, 20)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", "", fmt.Errorf("store: token: %w", err)
+	}
+	id, secret := hex.EncodeToString(b[:4]), hex.EncodeToString(b[4:])
+	return id, "berth-" + id + "." + secret, hashSecret(secret), nil
+}
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// SplitToken parses "berth-<id>.<secret>".
+func SplitToken(token string) (id, secret string, ok bool) {
+	rest, ok := strings.CutPrefix(token, "berth-")
+	if !ok {
+		return "", "", false
+	}
+	id, secret, ok = strings.Cut(rest, ".")
+	if !ok || len(id) != 8 || len(secret) != 32 {
+		return "", "", false
+	}
+	return id, secret, true
+}
+
+// MatchToken checks a presented token against a stored one.
+func MatchToken(t Token, secret string) bool {
+	return subtle.ConstantTimeCompare([]byte(t.SecretHash), []byte(hashSecret(secret))) == 1
+}
+
+// CreateToken stores t (its ID and SecretHash from NewTokenSecret). An
+// expiring token's key lives on a lease that ends with it.
+func (s *Store) CreateToken(ctx context.Context, t Token) error {
+	var opts []clientv3.OpOption
+	if !t.ExpiresAt.IsZero() {
+		ttl := int64(time.Until(t.ExpiresAt).Seconds()) + 60
+		lease, err := s.cli.Grant(ctx, max(ttl, 60))
+		if err != nil {
+			return fmt.Errorf("store: create token: %w", err)
+		}
+		opts = append(opts, clientv3.WithLease(lease.ID))
+	}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(TokensPrefix+t.ID), "=", 0)).
+		Then(clientv3.OpPut(TokensPrefix+t.ID, mustJSON(t), opts...)).Commit()
+	if err != nil {
+		return fmt.Errorf("store: create token: %w", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("store: create token %s: %w", t.ID, ErrConflict)
+	}
+	return nil
+}
+
+// ListTokens returns every token, by id.
+func (s *Store) ListTokens(ctx context.Context) ([]Token, error) {
+	resp, err := s.cli.Get(ctx, TokensPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list tokens: %w", err)
+	}
+	var out []Token
+	for _, kv := range resp.Kvs {
+		var t Token
+		if json.Unmarshal(kv.Value, &t) == nil {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// DeleteToken revokes a token by id.
+func (s *Store) DeleteToken(ctx context.Context, id string) error {
+	resp, err := s.cli.Delete(ctx, TokensPrefix+id)
+	if err != nil {
+		return fmt.Errorf("store: revoke token %s: %w", id, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("store: token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Join spends one use of a join token of role and records a new
+// generation for the identity role/name, in one transaction: a token
+// used up, expired or of another role, or a name that is a member and
+// not revoked, changes nothing.
+func (s *Store) Join(ctx context.Context, token, role, name string) (int64, error) {
+	id, secret, ok := SplitToken(token)
+	if !ok {
+		return 0, fmt.Errorf("%w: not a Berth token", ErrTokenInvalid)
+	}
+	for range 10 {
+		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(TokensPrefix+id), clientv3.OpGet(IdentitiesPrefix+role+"/"+name)).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("store: join: %w", err)
+		}
+		tk := resp.Responses[0].GetResponseRange().Kvs
+		if len(tk) == 0 {
+			return 0, fmt.Errorf("%w: unknown or revoked", ErrTokenInvalid)
+		}
+		var t Token
+		if err := json.Unmarshal(tk[0].Value, &t); err != nil || !MatchToken(t, secret) {
+			return 0, fmt.Errorf("%w: unknown or revoked", ErrTokenInvalid)
+		}
+		now := s.now().UTC()
+		if t.Expired(now) {
+			return 0, fmt.Errorf("%w: expired at %s", ErrTokenInvalid, t.ExpiresAt.Format(time.RFC3339))
+		}
+		if t.Role != role {
+			return 0, fmt.Errorf("%w: it is a %s token, not a %s join token", ErrTokenInvalid, t.Role, role)
+		}
+		rec := IdentityRecord{}
+		cmpIdent := clientv3.Compare(clientv3.CreateRevision(IdentitiesPrefix+role+"/"+name), "=", 0)
+		if ik := resp.Responses[1].GetResponseRange().Kvs; len(ik) > 0 {
+			if err := json.Unmarshal(ik[0].Value, &rec); err != nil {
+				return 0, fmt.Errorf("store: identity %s/%s: %w", role, name, err)
+			}
+			if !rec.Revoked {
+				return 0, fmt.Errorf("%s %s: %w", role, name, ErrIdentityTaken)
+			}
+			cmpIdent = clientv3.Compare(clientv3.ModRevision(IdentitiesPrefix+role+"/"+name), "=", ik[0].ModRevision)
+		}
+		rec = IdentityRecord{Generation: rec.Generation + 1, JoinedAt: now}
+		ops := []clientv3.Op{clientv3.OpPut(IdentitiesPrefix+role+"/"+name, mustJSON(rec))}
+		switch {
+		case t.UsesLeft == 1:
+			ops = append(ops, clientv3.OpDelete(TokensPrefix+id))
+		case t.UsesLeft > 1:
+			t.UsesLeft--
+			ops = append(ops, clientv3.OpPut(TokensPrefix+id, mustJSON(t), clientv3.WithIgnoreLease()))
+		}
+		txn, err := s.cli.Txn(ctx).If(cmpIdent, clientv3.Compare(clientv3.ModRevision(TokensPrefix+id), "=", tk[0].ModRevision)).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("store: join: %w", err)
+		}
+		if txn.Succeeded {
+			return rec.Generation, nil
+		}
+	}
+	return 0, fmt.Errorf("store: join %s/%s: %w", role, name, ErrConflict)
+}
+
+// EnsureIdentity records role/name if it has no record yet (parts the
+// control plane issues certificates to itself: replicas, `berth dev`'s
+// agent and gateway) and returns its generation. A revoked identity stays
+// revoked.
+func (s *Store) EnsureIdentity(ctx context.Context, role, name string) (IdentityRecord, error) {
+	key := IdentitiesPrefix + role + "/" + name
+	rec := IdentityRecord{Generation: 1, JoinedAt: s.now().UTC()}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, mustJSON(rec))).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return rec, fmt.Errorf("store: identity %s/%s: %w", role, name, err)
+	}
+	if !resp.Succeeded {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 || json.Unmarshal(kvs[0].Value, &rec) != nil {
+			return rec, fmt.Errorf("store: identity %s/%s: unreadable", role, name)
+		}
+	}
+	return rec, nil
+}
+
+// RevokeIdentity refuses every certificate issued to role/name from now
+// on. It fails with ErrNotFound when the identity never joined.
+func (s *Store) RevokeIdentity(ctx context.Context, role, name string) error {
+	key := IdentitiesPrefix + role + "/" + name
+	for range 10 {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("store: revoke %s/%s: %w", role, name, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return fmt.Errorf("store: %s %s: %w", role, name, ErrNotFound)
+		}
+		var rec IdentityRecord
+		if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+			return fmt.Errorf("store: identity %s/%s: %w", role, name, err)
+		}
+		if rec.Revoked {
+			return nil
+		}
+		rec.Revoked, rec.RevokedAt = true, s.now().UTC()
+		txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(key, mustJSON(rec))).Commit()
+		if err != nil {
+			return fmt.Errorf("store: revoke %s/%s: %w", role, name, err)
+		}
+		if txn.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("store: revoke %s/%s: %w", role, name, ErrConflict)
+}
+
+// EnsureCA stores the CA made by create unless one is stored already, and
+// returns the stored one: the first replica's CA is every replica's.
+func (s *Store) EnsureCA(ctx context.Context, create func() (certPEM, keyPEM []byte, err error)) (certPEM, keyPEM []byte, err error) {
+	get := func() ([]byte, []byte, bool, error) {
+		resp, err := s.cli.Get(ctx, CAKey)
+		if err != nil || len(resp.Kvs) == 0 {
+			return nil, nil, false, err
+		}
+		var v struct{ Cert, Key string }
+		if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+			return nil, nil, false, fmt.Errorf("store: CA record: %w", err)
+		}
+		return []byte(v.Cert), []byte(v.Key), true, nil
+	}
+	c, k, ok, err := get()
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: CA: %w", err)
+	}
+	if ok {
+		return c, k, nil
+	}
+	c, k, err = create()
+	if err != nil {
+		return nil, nil, err
+	}
+	val := mustJSON(struct{ Cert, Key string }{string(c), string(k)})
+	if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(CAKey), "=", 0)).Then(clientv3.OpPut(CAKey, val)).Commit(); err != nil {
+		return nil, nil, fmt.Errorf("store: CA: %w", err)
+	}
+	c, k, ok, err = get()
+	if err != nil || !ok {
+		return nil, nil, fmt.Errorf("store: CA: not stored (%v)", err)
+	}
+	return c, k, nil
+}
+
+// AuthCache follows AuthRoot: tokens and identities, read on every API
+// call without a round trip to etcd. A revocation reaches it within a
+// watch event; Changed wakes those who cut streams of revoked parts.
+type AuthCache struct {
+	cli    *clientv3.Client
+	logger *slog.Logger
+
+	mu         sync.RWMutex
+	tokens     map[string]Token
+	identities map[string]IdentityRecord
+	ready      chan struct{}
+	readyOnce  sync.Once
+	subs       []chan struct{}
+}
+
+// NewAuthCache returns a cache; Run fills and follows it.
+func NewAuthCache(cli *clientv3.Client, logger *slog.Logger) *AuthCache {
+	return &AuthCache{cli: cli, logger: logger.With("component", "authcache"), tokens: map[string]Token{}, identities: map[string]IdentityRecord{}, ready: make(chan struct{})}
+}
+
+// Ready is closed after the first load.
+func (a *AuthCache) Ready() <-chan struct{} { return a.ready }
+
+// Token returns the token with id. A token the cache does not hold yet
+// (created a moment ago, its watch event still on the way) is read from
+// etcd.
+func (a *AuthCache) Token(id string) (Token, bool) {
+	a.mu.RLock()
+	t, ok := a.tokens[id]
+	a.mu.RUnlock()
+	if !ok && a.readThrough(TokensPrefix+id) {
+		a.mu.RLock()
+		t, ok = a.tokens[id]
+		a.mu.RUnlock()
+	}
+	return t, ok
+}
+
+// Identity returns the record of role/name, read from etcd when the
+// cache does not hold it yet.
+func (a *AuthCache) Identity(role, name string) (IdentityRecord, bool) {
+	a.mu.RLock()
+	r, ok := a.identities[role+"/"+name]
+	a.mu.RUnlock()
+	if !ok && a.readThrough(IdentitiesPrefix+role+"/"+name) {
+		a.mu.RLock()
+		r, ok = a.identities[role+"/"+name]
+		a.mu.RUnlock()
+	}
+	return r, ok
+}
+
+// readThrough reads one key the cache missed, so a credential made a
+// moment ago works at once. Unknown keys cost a read each: the callers
+// rate-limit nothing, so only well-formed ids reach here.
+func (a *AuthCache) readThrough(key string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := a.cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) == 0 {
+		return false
+	}
+	a.mu.Lock()
+	a.set(key, resp.Kvs[0].Value)
+	a.mu.Unlock()
+	return true
+}
+
+// CheckCertificate refuses a part's certificate whose identity the
+// cluster does not know, revoked, or of an older generation. Replicas
+// hold the CA key and are not revoked one by one.
+func (a *AuthCache) CheckCertificate(id pki.Identity) error {
+	if id.Role == pki.RoleReplica {
+		return nil
+	}
+	rec, ok := a.Identity(string(id.Role), id.Name)
+	if ok && rec.Generation < id.Generation && a.readThrough(IdentitiesPrefix+string(id.Role)+"/"+id.Name) {
+		rec, ok = a.Identity(string(id.Role), id.Name) // joined again a moment ago
+	}
+	switch {
+	case !ok:
+		return fmt.Errorf("certificate of %s: the cluster has no record of this identity (removed?)", id)
+	case rec.Revoked:
+		return fmt.Errorf("certificate of %s: revoked at %s", id, rec.RevokedAt.Format(time.RFC3339))
+	case rec.Generation != id.Generation:
+		return fmt.Errorf("certificate of %s: generation %d was revoked (current %d)", id, id.Generation, rec.Generation)
+	}
+	return nil
+}
+
+// Changed returns a channel woken (coalesced) on every change, and a
+// function to stop.
+func (a *AuthCache) Changed() (<-chan struct{}, func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	a.subs = append(a.subs, ch)
+	return ch, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.subs = slices.DeleteFunc(slices.Clone(a.subs), func(s chan struct{}) bool { return s == ch })
+	}
+}
+
+func (a *AuthCache) set(key string, value []byte) {
+	switch {
+	case strings.HasPrefix(key, TokensPrefix):
+		var t Token
+		if value == nil || json.Unmarshal(value, &t) != nil {
+			delete(a.tokens, strings.TrimPrefix(key, TokensPrefix))
+			return
+		}
+		a.tokens[t.ID] = t
+	case strings.HasPrefix(key, IdentitiesPrefix):
+		var r IdentityRecord
+		if value == nil || json.Unmarshal(value, &r) != nil {
+			delete(a.identities, strings.TrimPrefix(key, IdentitiesPrefix))
+			return
+		}
+		a.identities[strings.TrimPrefix(key, IdentitiesPrefix)] = r
+	}
+}
+
+// Run loads and follows AuthRoot until ctx ends.
+func (a *AuthCache) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		resp, err := a.cli.Get(ctx, AuthRoot, clientv3.WithPrefix())
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.logger.Warn("load failed; retrying", "err", err)
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
+		a.mu.Lock()
+		a.tokens, a.identities = map[string]Token{}, map[string]IdentityRecord{}
+		for _, kv := range resp.Kvs {
+			a.set(string(kv.Key), kv.Value)
+		}
+		a.notifyLocked()
+		a.mu.Unlock()
+		a.readyOnce.Do(func() { close(a.ready) })
+		wctx, cancel := context.WithCancel(ctx)
+		for wr := range a.cli.Watch(wctx, AuthRoot, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+			if wr.Err() != nil {
+				break
+			}
+			a.mu.Lock()
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					a.set(string(ev.Kv.Key), nil)
+				} else {
+					a.set(string(ev.Kv.Key), ev.Kv.Value)
+				}
+			}
+			a.notifyLocked()
+			a.mu.Unlock()
+		}
+		cancel()
+	}
+	return nil
+}
+
+func (a *AuthCache) notifyLocked() {
+	for _, ch := range a.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}

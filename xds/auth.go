@@ -1,0 +1,95 @@
+package xds
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/berth-dev/berth/pki"
+)
+
+// Auth makes the xDS server serve only gateways: mutual TLS with a
+// client certificate from the cluster CA whose role is gateway, a node
+// id equal to the certificate's name on every request and load report,
+// and the stream cut when the identity is revoked.
+type Auth struct {
+	// TLS is the listener's configuration; it must require and verify
+	// client certificates (pki.ServerTLS(..., true)).
+	TLS *tls.Config
+	// Check refuses an identity that is revoked or of an older generation.
+	Check func(pki.Identity) error
+	// Changed wakes open streams to check their identity again.
+	Changed func() (<-chan struct{}, func())
+}
+
+// SetAuth turns authentication on; call it before Run.
+func (s *Server) SetAuth(a Auth) { s.auth = &a }
+
+// nodeOf is any xDS or LRS request that names its node.
+type nodeOf interface{ GetNode() *core.Node }
+
+func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	id, _, ok := pki.PeerIdentity(ss.Context())
+	if !ok {
+		s.log.Warn("xds stream refused: no cluster certificate", "method", info.FullMethod)
+		return status.Error(codes.Unauthenticated, "xds: a gateway certificate from the cluster CA is required (join with `berth gateway --join-token`)")
+	}
+	if id.Role != pki.RoleGateway {
+		s.log.Warn("xds stream refused: not a gateway", "identity", id.String(), "method", info.FullMethod)
+		return status.Errorf(codes.PermissionDenied, "xds: permission denied: %s is not a gateway", id)
+	}
+	if err := s.auth.Check(id); err != nil {
+		s.log.Warn("xds stream refused", "identity", id.String(), "err", err)
+		return status.Errorf(codes.Unauthenticated, "xds: %v", err)
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	if s.auth.Changed != nil {
+		changed, stop := s.auth.Changed()
+		defer stop()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-changed:
+					if err := s.auth.Check(id); err != nil {
+						s.log.Warn("xds stream cut: gateway revoked", "identity", id.String())
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
+	return handler(srv, &gatewayStream{ServerStream: ss, ctx: ctx, id: id, log: s.log})
+}
+
+type gatewayStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	id  pki.Identity
+	log *slog.Logger
+}
+
+func (g *gatewayStream) Context() context.Context { return g.ctx }
+
+func (g *gatewayStream) RecvMsg(m any) error {
+	if err := g.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err := g.ctx.Err(); err != nil {
+		return status.Error(codes.Unauthenticated, "xds: gateway certificate revoked")
+	}
+	if n, ok := m.(nodeOf); ok && n.GetNode() != nil && n.GetNode().GetId() != g.id.Name {
+		g.log.Warn("xds request refused: node id does not match the certificate", "identity", g.id.String(), "claimed", n.GetNode().GetId())
+		return status.Error(codes.PermissionDenied, fmt.Sprintf("xds: permission denied: node id %q is not this certificate's gateway %q", n.GetNode().GetId(), g.id.Name))
+	}
+	return nil
+}
