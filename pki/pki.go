@@ -239,10 +239,13 @@ func (ca *CA) sign(pub crypto.PublicKey, id Identity, ttl time.Duration, now tim
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: id.Name, Organization: []string{string(id.Role)}, OrganizationalUnit: []string{"generation=" + strconv.FormatInt(id.Generation, 10)}},
-		NotBefore:    now.Add(-5 * time.Minute), // clock skew between nodes
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		// Back-dated for clock skew between nodes, by at most a tenth of
+		// the lifetime so that RenewAt (two thirds of NotBefore..NotAfter)
+		// stays well before the expiry for short lifetimes too.
+		NotBefore:   now.Add(-min(5*time.Minute, ttl/10)),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	if id.Role == RoleReplica {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)

@@ -108,6 +108,9 @@ func (s *Server) RevokeToken(ctx context.Context, req *pb.RevokeTokenRequest) (*
 	if err := s.store.DeleteToken(ctx, req.Id); err != nil {
 		return nil, storeErr(err)
 	}
+	if s.cfg.Auth != nil {
+		s.cfg.Auth.RefreshToken(ctx, req.Id)
+	}
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "token/" + req.Id, Reason: "TokenRevoked", Message: fmt.Sprintf("token %s revoked by %s", req.Id, principalOf(ctx))})
 	return &pb.RevokeTokenResponse{}, nil
 }
@@ -186,6 +189,8 @@ func (s *Server) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb
 	if req.Name == "" {
 		return nil, status.Error(codes.InvalidArgument, "remove node: name is required")
 	}
+	// Counted before the controller, woken by the update, moves them.
+	n := len(s.cache.View().NodeInstances(req.Name))
 	_, nodeErr := s.store.UpdateNode(ctx, req.Name, func(n *api.Node) bool {
 		if n.Removed {
 			return false
@@ -194,6 +199,9 @@ func (s *Server) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb
 		return true
 	})
 	idErr := s.store.RevokeIdentity(ctx, string(pki.RoleNode), req.Name)
+	if idErr == nil && s.cfg.Auth != nil {
+		s.cfg.Auth.RefreshIdentity(ctx, string(pki.RoleNode), req.Name)
+	}
 	if errors.Is(nodeErr, store.ErrNotFound) && errors.Is(idErr, store.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "remove node: no node %q", req.Name)
 	}
@@ -202,7 +210,6 @@ func (s *Server) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb
 			return nil, storeErr(err)
 		}
 	}
-	n := len(s.cache.View().NodeInstances(req.Name))
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "NodeRemoved", Type: "Warning", Message: fmt.Sprintf("node %s removed by %s: its certificates are revoked and its %d instances are replaced elsewhere", req.Name, principalOf(ctx), n)})
 	s.logger.Warn("node removed", "node", req.Name, "by", principalOf(ctx).String())
 	return &pb.RemoveNodeResponse{InstancesReplaced: int32(n)}, nil
@@ -218,6 +225,9 @@ func (s *Server) RevokeGateway(ctx context.Context, req *pb.RevokeGatewayRequest
 			return nil, status.Errorf(codes.NotFound, "revoke gateway: no gateway %q ever joined", req.Name)
 		}
 		return nil, storeErr(err)
+	}
+	if s.cfg.Auth != nil {
+		s.cfg.Auth.RefreshIdentity(ctx, string(pki.RoleGateway), req.Name)
 	}
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "gateway/" + req.Name, Reason: "GatewayRevoked", Type: "Warning", Message: fmt.Sprintf("gateway %s revoked by %s", req.Name, principalOf(ctx))})
 	return &pb.RevokeGatewayResponse{}, nil

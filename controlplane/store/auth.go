@@ -316,14 +316,17 @@ type AuthCache struct {
 	mu         sync.RWMutex
 	tokens     map[string]Token
 	identities map[string]IdentityRecord
-	ready      chan struct{}
-	readyOnce  sync.Once
-	subs       []chan struct{}
+	// revs is the mod revision of the newest value seen per key (deleted
+	// keys too): a watch event older than a read-through never undoes it.
+	revs      map[string]int64
+	ready     chan struct{}
+	readyOnce sync.Once
+	subs      []chan struct{}
 }
 
 // NewAuthCache returns a cache; Run fills and follows it.
 func NewAuthCache(cli *clientv3.Client, logger *slog.Logger) *AuthCache {
-	return &AuthCache{cli: cli, logger: logger.With("component", "authcache"), tokens: map[string]Token{}, identities: map[string]IdentityRecord{}, ready: make(chan struct{})}
+	return &AuthCache{cli: cli, logger: logger.With("component", "authcache"), tokens: map[string]Token{}, identities: map[string]IdentityRecord{}, revs: map[string]int64{}, ready: make(chan struct{})}
 }
 
 // Ready is closed after the first load.
@@ -369,9 +372,37 @@ func (a *AuthCache) readThrough(key string) bool {
 		return false
 	}
 	a.mu.Lock()
-	a.set(key, resp.Kvs[0].Value)
+	a.set(key, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 	a.mu.Unlock()
 	return true
+}
+
+// RefreshIdentity reads role/name from etcd now instead of waiting for
+// its watch event, and wakes the stream cutters: a revocation made
+// through this replica is refused here before the call that made it
+// returns.
+func (a *AuthCache) RefreshIdentity(ctx context.Context, role, name string) {
+	a.refresh(ctx, IdentitiesPrefix+role+"/"+name)
+}
+
+// RefreshToken is RefreshIdentity for a token (its deletion).
+func (a *AuthCache) RefreshToken(ctx context.Context, id string) {
+	a.refresh(ctx, TokensPrefix+id)
+}
+
+func (a *AuthCache) refresh(ctx context.Context, key string) {
+	resp, err := a.cli.Get(ctx, key)
+	if err != nil {
+		return // the watch event still comes
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(resp.Kvs) == 0 {
+		a.set(key, nil, resp.Header.Revision)
+	} else {
+		a.set(key, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	}
+	a.notifyLocked()
 }
 
 // CheckCertificate refuses a part's certificate whose identity the
@@ -410,7 +441,13 @@ func (a *AuthCache) Changed() (<-chan struct{}, func()) {
 	}
 }
 
-func (a *AuthCache) set(key string, value []byte) {
+// set records key's value (nil: deleted) as of etcd revision rev,
+// unless a newer one is already held.
+func (a *AuthCache) set(key string, value []byte, rev int64) {
+	if rev < a.revs[key] {
+		return
+	}
+	a.revs[key] = rev
 	switch {
 	case strings.HasPrefix(key, TokensPrefix):
 		var t Token
@@ -442,9 +479,9 @@ func (a *AuthCache) Run(ctx context.Context) error {
 			continue
 		}
 		a.mu.Lock()
-		a.tokens, a.identities = map[string]Token{}, map[string]IdentityRecord{}
+		a.tokens, a.identities, a.revs = map[string]Token{}, map[string]IdentityRecord{}, map[string]int64{}
 		for _, kv := range resp.Kvs {
-			a.set(string(kv.Key), kv.Value)
+			a.set(string(kv.Key), kv.Value, kv.ModRevision)
 		}
 		a.notifyLocked()
 		a.mu.Unlock()
@@ -457,9 +494,9 @@ func (a *AuthCache) Run(ctx context.Context) error {
 			a.mu.Lock()
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypeDelete {
-					a.set(string(ev.Kv.Key), nil)
+					a.set(string(ev.Kv.Key), nil, ev.Kv.ModRevision)
 				} else {
-					a.set(string(ev.Kv.Key), ev.Kv.Value)
+					a.set(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision)
 				}
 			}
 			a.notifyLocked()
