@@ -179,10 +179,23 @@ func TestClusterEndToEnd(t *testing.T) {
 			out := mustBerth(t, api, "get", "gateways")
 			return strings.Contains(out, "e2e-gateway") && strings.Contains(out, "SYNCED"), out
 		})
-		out := mustBerth(t, api, "gateway", "envoy-bootstrap", "--xds", xdsAddr, "--node-id", "edge-1")
+		// A real Envoy's certificate: joined once with a gateway token,
+		// into the directory the bootstrap names.
+		edgeDir := filepath.Join(t.TempDir(), "edge-pki")
+		tok, hash := joinToken(t, api, "gateway")
+		mustBerth(t, api, "gateway", "envoy-credentials", "--once", "--node-id", "edge-1", "--cert-dir", edgeDir, "--join-token", tok, "--ca-hash", hash)
+		for _, f := range []string{"ca.crt", "tls.crt", "tls.key"} {
+			if _, err := os.Stat(filepath.Join(edgeDir, f)); err != nil {
+				t.Fatalf("envoy-credentials: %v", err)
+			}
+		}
+		out := mustBerth(t, api, "gateway", "envoy-bootstrap", "--xds", xdsAddr, "--node-id", "edge-1", "--cert-dir", edgeDir)
 		var boot map[string]any
 		if err := json.Unmarshal([]byte(out), &boot); err != nil || boot["node"] == nil || boot["dynamic_resources"] == nil && boot["dynamicResources"] == nil {
 			t.Fatalf("envoy bootstrap: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, filepath.Join(edgeDir, "tls.key")) || !strings.Contains(out, "UpstreamTlsContext") {
+			t.Fatalf("envoy bootstrap has no mutual TLS to the control plane:\n%s", out)
 		}
 	})
 

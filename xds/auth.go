@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -48,8 +49,8 @@ func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		s.log.Warn("xds stream refused", "identity", id.String(), "err", err)
 		return status.Errorf(codes.Unauthenticated, "xds: %v", err)
 	}
-	ctx, cancel := context.WithCancel(ss.Context())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ss.Context())
+	defer cancel(nil)
 	if s.auth.Changed != nil {
 		changed, stop := s.auth.Changed()
 		defer stop()
@@ -61,35 +62,55 @@ func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 				case <-changed:
 					if err := s.auth.Check(id); err != nil {
 						s.log.Warn("xds stream cut: gateway revoked", "identity", id.String())
-						cancel()
+						cancel(status.Errorf(codes.Unauthenticated, "xds: %v", err))
 						return
 					}
 				}
 			}
 		}()
 	}
-	return handler(srv, &gatewayStream{ServerStream: ss, ctx: ctx, id: id, log: s.log})
+	err := handler(srv, &gatewayStream{ServerStream: ss, ctx: ctx, cancel: cancel, id: id, log: s.log})
+	// go-control-plane ends a stream whose receive failed without an
+	// error: the refusal is what the client must see.
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 type gatewayStream struct {
 	grpc.ServerStream
-	ctx context.Context
-	id  pki.Identity
-	log *slog.Logger
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	id     pki.Identity
+	log    *slog.Logger
 }
 
 func (g *gatewayStream) Context() context.Context { return g.ctx }
 
+// RecvMsg receives, or fails as soon as the stream is refused: the
+// handlers (go-control-plane's among them) end a stream only when a
+// receive fails, and a revoked gateway that sends nothing must be cut
+// too. The receive left behind ends with the stream.
 func (g *gatewayStream) RecvMsg(m any) error {
-	if err := g.ServerStream.RecvMsg(m); err != nil {
-		return err
+	done := make(chan error, 1)
+	go func() { done <- g.ServerStream.RecvMsg(m) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return err
+		}
+	case <-g.ctx.Done():
+		return context.Cause(g.ctx)
 	}
-	if err := g.ctx.Err(); err != nil {
-		return status.Error(codes.Unauthenticated, "xds: gateway certificate revoked")
+	if g.ctx.Err() != nil {
+		return context.Cause(g.ctx)
 	}
 	if n, ok := m.(nodeOf); ok && n.GetNode() != nil && n.GetNode().GetId() != g.id.Name {
 		g.log.Warn("xds request refused: node id does not match the certificate", "identity", g.id.String(), "claimed", n.GetNode().GetId())
-		return status.Error(codes.PermissionDenied, fmt.Sprintf("xds: permission denied: node id %q is not this certificate's gateway %q", n.GetNode().GetId(), g.id.Name))
+		err := status.Error(codes.PermissionDenied, fmt.Sprintf("xds: permission denied: node id %q is not this certificate's gateway %q", n.GetNode().GetId(), g.id.Name))
+		g.cancel(err)
+		return err
 	}
 	return nil
 }

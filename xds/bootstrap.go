@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -12,10 +13,14 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/berth-dev/berth/pki"
 )
 
 // BootstrapOption changes what EnvoyBootstrap writes.
@@ -25,6 +30,18 @@ type bootstrapConfig struct {
 	adminPort uint32
 	cluster   string
 	sotw      bool
+	tls       *pki.Files
+}
+
+// WithTLSFiles makes Envoy dial the control plane with mutual TLS, as
+// Berth's xDS requires: the gateway certificate and key in dir's tls.crt
+// and tls.key (whose name must be the node id), the control plane
+// verified against dir's ca.crt and the name every replica certificate
+// carries. Envoy reloads the files when they are replaced
+// (watched_directory), so `berth gateway envoy-credentials` can renew
+// them next to a running Envoy.
+func WithTLSFiles(dir string) BootstrapOption {
+	return func(c *bootstrapConfig) { c.tls = &pki.Files{Dir: dir} }
 }
 
 // WithAdminPort sets the port of Envoy's admin interface on 127.0.0.1
@@ -91,6 +108,12 @@ func EnvoyBootstrap(xdsAddr, nodeID string, opts ...BootstrapOption) ([]byte, er
 	if err != nil {
 		return nil, fmt.Errorf("xds: envoy bootstrap: %w", err)
 	}
+	var transport *core.TransportSocket
+	if cfg.tls != nil {
+		if transport, err = upstreamMTLS(*cfg.tls); err != nil {
+			return nil, fmt.Errorf("xds: envoy bootstrap: %w", err)
+		}
+	}
 	apiType := core.ApiConfigSource_DELTA_GRPC
 	if cfg.sotw {
 		apiType = core.ApiConfigSource_GRPC
@@ -118,6 +141,7 @@ func EnvoyBootstrap(xdsAddr, nodeID string, opts ...BootstrapOption) ([]byte, er
 			ClusterDiscoveryType:          &cluster.Cluster_Type{Type: discoveryType},
 			ConnectTimeout:                durationpb.New(2 * time.Second),
 			TypedExtensionProtocolOptions: map[string]*anypb.Any{httpProtocolOptionsKey: h2},
+			TransportSocket:               transport,
 			LoadAssignment: &endpoint.ClusterLoadAssignment{
 				ClusterName: xdsClusterName,
 				Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
@@ -151,4 +175,39 @@ func socketAddress(host string, port uint32) *core.Address {
 		Address:       host,
 		PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
 	}}}
+}
+
+// upstreamMTLS is the transport socket of the xDS cluster: Envoy presents
+// the gateway certificate and accepts only a control plane replica.
+func upstreamMTLS(f pki.Files) (*core.TransportSocket, error) {
+	if !filepath.IsAbs(f.Dir) {
+		return nil, fmt.Errorf("certificate directory %q must be an absolute path (Envoy resolves it from its own working directory)", f.Dir)
+	}
+	file := func(p string) *core.DataSource {
+		return &core.DataSource{Specifier: &core.DataSource_Filename{Filename: p}}
+	}
+	watched := &core.WatchedDirectory{Path: f.Dir}
+	ctx, err := anypb.New(&tlsv3.UpstreamTlsContext{
+		Sni: pki.ServerName,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+			TlsCertificates: []*tlsv3.TlsCertificate{{
+				CertificateChain: file(f.Cert()),
+				PrivateKey:       file(f.Key()),
+				WatchedDirectory: watched,
+			}},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa:        file(f.CA()),
+				WatchedDirectory: watched,
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: tlsv3.SubjectAltNameMatcher_DNS,
+					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: pki.ServerName}},
+				}},
+			}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: ctx}}, nil
 }

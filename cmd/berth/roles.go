@@ -585,7 +585,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	host, _ := os.Hostname()
-	cmd.AddCommand(newEnvoyBootstrapCmd(), newGatewayRevokeCmd(g))
+	cmd.AddCommand(newEnvoyBootstrapCmd(), newEnvoyCredentialsCmd(g), newGatewayRevokeCmd(g))
 	cmd.Flags().StringVar(&joinToken, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create --role gateway`, needed once (env BERTH_JOIN_TOKEN)")
 	cmd.Flags().StringVar(&caHash, "ca-hash", os.Getenv("BERTH_CA_HASH"), "the cluster CA's hash the control plane must present (env BERTH_CA_HASH)")
 	cmd.Flags().StringVar(&certDir, "cert-dir", "/var/lib/berth/gateway/pki", "where the gateway keeps its key and certificate")
@@ -635,15 +635,28 @@ func gatewaysOf(x *xds.Server) *pb.ListGatewaysResponse {
 }
 
 func newEnvoyBootstrapCmd() *cobra.Command {
-	var xdsAddr, nodeID string
+	var xdsAddr, nodeID, certDir string
 	var adminPort uint32
 	var sotw bool
 	cmd := &cobra.Command{
 		Use:   "envoy-bootstrap",
-		Short: "Print an Envoy bootstrap (ADS over gRPC to Berth) for running real Envoy as a gateway",
-		Args:  cobra.NoArgs,
+		Short: "Print an Envoy bootstrap (ADS over mutual TLS to Berth) for running real Envoy as a gateway",
+		Long: `Print an Envoy bootstrap for running real Envoy as a Berth gateway.
+
+Berth's xDS serves only gateways with a gateway certificate whose name is
+their node id. Get one next to Envoy with
+
+  berth gateway envoy-credentials --node-id ID --cert-dir DIR --server API --join-token T --ca-hash H
+
+which joins once and keeps the certificate in DIR renewed; Envoy reloads
+the files when they change.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := []xds.BootstrapOption{xds.WithAdminPort(adminPort)}
+			dir, err := filepath.Abs(certDir)
+			if err != nil {
+				return err
+			}
+			opts := []xds.BootstrapOption{xds.WithAdminPort(adminPort), xds.WithTLSFiles(dir)}
 			if sotw {
 				opts = append(opts, xds.WithStateOfTheWorld())
 			}
@@ -656,9 +669,41 @@ func newEnvoyBootstrapCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
-	cmd.Flags().StringVar(&nodeID, "node-id", "envoy", "the Envoy's xDS node id")
+	cmd.Flags().StringVar(&nodeID, "node-id", "envoy", "the Envoy's xDS node id (the name in its gateway certificate)")
+	cmd.Flags().StringVar(&certDir, "cert-dir", "/var/lib/berth/envoy/pki", "directory with the gateway's ca.crt, tls.crt and tls.key (see envoy-credentials)")
 	cmd.Flags().Uint32Var(&adminPort, "admin-port", 9901, "Envoy admin port (on 127.0.0.1)")
 	cmd.Flags().BoolVar(&sotw, "sotw", false, "state-of-the-world ADS instead of delta")
+	return cmd
+}
+
+// newEnvoyCredentialsCmd keeps a real Envoy's gateway certificate: it
+// joins once with a gateway token and renews the files before expiry.
+func newEnvoyCredentialsCmd(g *globalOptions) *cobra.Command {
+	var nodeID, certDir, joinToken, caHash string
+	var once bool
+	cmd := &cobra.Command{
+		Use:   "envoy-credentials",
+		Short: "Join as a gateway and keep the certificate files a real Envoy reads renewed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			logger := g.logger()
+			creds, err := enroll.Load(ctx, enroll.Options{Server: g.server, Role: pki.RoleGateway, Name: nodeID, Dir: certDir, JoinToken: joinToken, CAHash: caHash, Logger: logger})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "berth: gateway %s's certificate is in %s (expires %s)\n", nodeID, certDir, creds.KeyPair.Leaf().NotAfter.Format(time.RFC3339))
+			if once {
+				return nil
+			}
+			return renewOver(ctx, g.server, creds, logger)
+		},
+	}
+	cmd.Flags().StringVar(&nodeID, "node-id", "envoy", "the Envoy's xDS node id")
+	cmd.Flags().StringVar(&certDir, "cert-dir", "/var/lib/berth/envoy/pki", "where to keep ca.crt, tls.crt and tls.key")
+	cmd.Flags().StringVar(&joinToken, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create --role gateway`, needed once (env BERTH_JOIN_TOKEN)")
+	cmd.Flags().StringVar(&caHash, "ca-hash", os.Getenv("BERTH_CA_HASH"), "the cluster CA's hash the control plane must present (env BERTH_CA_HASH)")
+	cmd.Flags().BoolVar(&once, "once", false, "join (or check the files) and exit instead of renewing in the foreground")
 	return cmd
 }
 
