@@ -123,7 +123,7 @@ func PinnedTLS(pin string, found func(*x509.Certificate)) *tls.Config {
 				}
 				return nil
 			}
-			return fmt.Errorf("pki: the server's CA does not match the pinned hash %s: refusing to join (check --ca-hash against `berth cluster ca` on the server)", pin)
+			return fmt.Errorf("pki: the server's CA does not match the pinned hash %s: refusing to join (check --ca-hash against the hash `berth token create` printed on the server)", pin)
 		},
 	}
 }
