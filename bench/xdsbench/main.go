@@ -30,6 +30,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berth-dev/berth/discovery"
@@ -48,19 +49,27 @@ func main() {
 	clientKind := flag.String("client", "sim", "sim: bare ADS streams that ACK everything; berth: Berth's own gateways (each compiles what it gets and swaps its routing table)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
 	cpuProfile := flag.String("cpuprofile", "", "write the control plane's CPU profile of the timed changes here")
+	tlsMode := flag.String("tls", "both", "plain, mtls (gateway certificates, as Berth serves xDS), or both side by side")
+	pkiDir := flag.String("pki", "", "the CA the gateways' certificates come from (gateways role, with mTLS)")
 	flag.Parse()
 	profilePath = *cpuProfile
 
 	var err error
 	switch *role {
 	case "gateways":
+		var certs *gatewayCerts
+		if *pkiDir != "" {
+			if certs, err = loadGatewayCerts(*pkiDir); err != nil {
+				break
+			}
+		}
 		if *clientKind == "berth" {
-			err = runBerthGateways(*addr, *gateways, *protocol)
+			err = runBerthGateways(*addr, *gateways, *protocol, certs)
 		} else {
-			err = runGateways(*addr, *gateways, *protocol)
+			err = runGateways(*addr, *gateways, *protocol, certs)
 		}
 	default:
-		err = runBench(*gateways, *services, *endpoints, *changes, *protocol, *clientKind, *timeout)
+		err = runBoth(*tlsMode, *gateways, *services, *endpoints, *changes, *protocol, *clientKind, *timeout)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "xdsbench:", err)
@@ -112,13 +121,63 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func runBench(gateways, services, endpoints, changes int, protocol, clientKind string, timeout time.Duration) error {
+// result is one run's figures.
+type result struct {
+	sync, p50, p99 time.Duration
+	cpuPerChange   time.Duration
+}
+
+// runBoth runs the benchmark in plain TCP, with mutual TLS, or both, and
+// prints the cost of mTLS as ratios.
+func runBoth(mode string, gateways, services, endpoints, changes int, protocol, clientKind string, timeout time.Duration) error {
+	var modes []bool
+	switch mode {
+	case "plain":
+		modes = []bool{false}
+	case "mtls":
+		modes = []bool{true}
+	case "both":
+		modes = []bool{false, true}
+	default:
+		return fmt.Errorf("-tls %q: want plain, mtls or both", mode)
+	}
+	var rs []result
+	for _, mtls := range modes {
+		r, err := runBench(mtls, gateways, services, endpoints, changes, protocol, clientKind, timeout)
+		if err != nil {
+			return err
+		}
+		rs = append(rs, r)
+	}
+	if len(rs) == 2 {
+		ratio := func(a, b time.Duration) string { return fmt.Sprintf("%.2fx", float64(b)/float64(max(a, 1))) }
+		fmt.Printf("\nmTLS / plain: initial sync %s, change p50 %s, p99 %s, control-plane CPU per change %s\n",
+			ratio(rs[0].sync, rs[1].sync), ratio(rs[0].p50, rs[1].p50), ratio(rs[0].p99, rs[1].p99), ratio(rs[0].cpuPerChange, rs[1].cpuPerChange))
+	}
+	return nil
+}
+
+func runBench(mtls bool, gateways, services, endpoints, changes int, protocol, clientKind string, timeout time.Duration) (res result, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
 	srv, err := xds.New(xds.DefaultConfig()) // 127.0.0.1:0
 	if err != nil {
-		return err
+		return res, err
+	}
+	mode, childPKI := "plain TCP", []string{}
+	if mtls {
+		dir, err := os.MkdirTemp("", "xdsbench-pki-")
+		if err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(dir)
+		auth, err := benchAuth(dir)
+		if err != nil {
+			return res, err
+		}
+		srv.SetAuth(auth)
+		mode, childPKI = "mutual TLS", []string{"-pki", dir}
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	runDone := make(chan error, 1)
@@ -128,24 +187,24 @@ func runBench(gateways, services, endpoints, changes int, protocol, clientKind s
 	snap := buildSnapshot(1, services, endpoints)
 	start := time.Now()
 	if err := srv.Update(snap); err != nil {
-		return err
+		return res, err
 	}
-	fmt.Printf("xds bench: %d %s %s gateways, %d services, %d endpoints; first translate+publish %v\n",
-		gateways, clientKind, protocol, services, endpoints, time.Since(start).Round(time.Microsecond))
+	fmt.Printf("\nxds bench (%s): %d %s %s gateways, %d services, %d endpoints; first translate+publish %v\n",
+		mode, gateways, clientKind, protocol, services, endpoints, time.Since(start).Round(time.Microsecond))
 
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return res, err
 	}
-	child := exec.CommandContext(ctx, self, "-role", "gateways", "-addr", srv.Addr(),
-		"-gateways", fmt.Sprint(gateways), "-protocol", protocol, "-client", clientKind)
+	child := exec.CommandContext(ctx, self, append([]string{"-role", "gateways", "-addr", srv.Addr(),
+		"-gateways", fmt.Sprint(gateways), "-protocol", protocol, "-client", clientKind}, childPKI...)...)
 	child.Stderr = os.Stderr
 	out, err := child.StdoutPipe()
 	if err != nil {
-		return err
+		return res, err
 	}
 	if err := child.Start(); err != nil {
-		return err
+		return res, err
 	}
 	defer func() {
 		child.Process.Signal(syscall.SIGTERM)
@@ -157,24 +216,25 @@ func runBench(gateways, services, endpoints, changes int, protocol, clientKind s
 	start = time.Now()
 	for len(srv.Gateways()) < gateways {
 		if ctx.Err() != nil {
-			return fmt.Errorf("only %d of %d gateways connected", len(srv.Gateways()), gateways)
+			return res, fmt.Errorf("only %d of %d gateways connected", len(srv.Gateways()), gateways)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := srv.WaitForAck(ctx, 1); err != nil {
-		return err
+		return res, err
 	}
-	fmt.Printf("initial sync of %d gateways: %v\n", gateways, time.Since(start).Round(time.Millisecond))
+	res.sync = time.Since(start)
+	fmt.Printf("initial sync of %d gateways: %v\n", gateways, res.sync.Round(time.Millisecond))
 
 	runtime.GC()
 	if profilePath != "" {
 		f, err := os.Create(profilePath)
 		if err != nil {
-			return err
+			return res, err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+			return res, err
 		}
 		defer pprof.StopCPUProfile()
 	}
@@ -186,11 +246,11 @@ func runBench(gateways, services, endpoints, changes int, protocol, clientKind s
 		next := moveEndpoint(snap, version, (n*7919)%services, n)
 		t0 := time.Now()
 		if err := srv.Update(next); err != nil {
-			return err
+			return res, err
 		}
 		t1 := time.Now()
 		if err := srv.WaitForAck(ctx, version); err != nil {
-			return err
+			return res, err
 		}
 		lat = append(lat, time.Since(t0))
 		pub = append(pub, t1.Sub(t0))
@@ -218,13 +278,14 @@ func runBench(gateways, services, endpoints, changes int, protocol, clientKind s
 		goal = "NOT met"
 	}
 	fmt.Printf("goal p99 < 50ms: %s\n", goal)
-	return nil
+	res.p50, res.p99, res.cpuPerChange = q(lat, 0.50), q(lat, 0.99), cpu/time.Duration(changes)
+	return res, nil
 }
 
 // runGateways opens n ADS streams that subscribe to everything and ACK
 // every response, until SIGTERM. On SIGUSR1 it prints its CPU time and the
 // responses and resources received since the previous SIGUSR1.
-func runGateways(addr string, n int, protocol string) error {
+func runGateways(addr string, n int, protocol string, certs *gatewayCerts) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var mu sync.Mutex
@@ -233,13 +294,22 @@ func runGateways(addr string, n int, protocol string) error {
 	types := xds.TypeURLs
 	errc := make(chan error, n)
 	for i := range n {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		id := fmt.Sprintf("bench-gw-%03d", i)
+		creds := insecure.NewCredentials()
+		if certs != nil {
+			cfg, err := certs.tls(id)
+			if err != nil {
+				return err
+			}
+			creds = credentials.NewTLS(cfg)
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
 		client := discoverypb.NewAggregatedDiscoveryServiceClient(conn)
-		node := &core.Node{Id: fmt.Sprintf("bench-gw-%03d", i), UserAgentName: "xdsbench"}
+		node := &core.Node{Id: id, UserAgentName: "xdsbench"}
 		go func() {
 			var err error
 			if protocol == "sotw" {
@@ -332,17 +402,23 @@ func ignoreEOF(err error) error {
 // runBerthGateways runs n of Berth's own gateways (ADS over the protocol,
 // each compiling what it receives and swapping its routing table), until
 // SIGTERM; on SIGUSR1 it prints its CPU time.
-func runBerthGateways(addr string, n int, protocol string) error {
+func runBerthGateways(addr string, n int, protocol string, certs *gatewayCerts) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, n)
+	var err error
 	for i := range n {
 		cfg := gateway.DefaultConfig()
 		cfg.ListenAddr, cfg.XDSAddr, cfg.NodeID, cfg.XDSProtocol = "127.0.0.1:0", addr, fmt.Sprintf("bench-gw-%03d", i), protocol
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		gw, err := gateway.New(cfg)
-		if err != nil {
-			return err
+		if certs != nil {
+			if cfg.XDSTLS, err = certs.tls(cfg.NodeID); err != nil {
+				return err
+			}
+		}
+		gw, gerr := gateway.New(cfg)
+		if gerr != nil {
+			return gerr
 		}
 		go func() {
 			if err := gw.Run(ctx); err != nil && ctx.Err() == nil {
