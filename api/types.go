@@ -6,6 +6,7 @@
 package api
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -20,6 +21,7 @@ const APIVersion = "berth.dev/v1"
 const (
 	KindService = "Service"
 	KindVolume  = "Volume"
+	KindSecret  = "Secret"
 )
 
 // DefaultNamespace is used when a manifest names none.
@@ -80,6 +82,50 @@ type ServiceSpec struct {
 	// Rollout says how a new revision replaces the old one. It steers
 	// traffic and is not part of the template.
 	Rollout *RolloutSpec `json:"rollout,omitempty"`
+	// Secrets are Secrets of the service's namespace given to every
+	// replica, as read-only files and/or environment variables. Their
+	// values never appear here, only their names.
+	Secrets []SecretMount `json:"secrets,omitempty"`
+}
+
+// SecretMount gives a container one Secret: each key as a file under
+// MountPath (if set), and the keys Env names as environment variables
+// (variable name -> key).
+type SecretMount struct {
+	Name      string            `json:"name"`
+	MountPath string            `json:"mountPath,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+}
+
+// Secret is named sensitive data of a namespace: stored encrypted, sent
+// only to the nodes that run a consumer, never printed. In a manifest,
+// Data holds base64 values and StringData plain ones (a key in both takes
+// StringData's, as in Kubernetes).
+type Secret struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   ObjectMeta        `json:"metadata"`
+	Data       map[string]string `json:"data,omitempty"`
+	StringData map[string]string `json:"stringData,omitempty"`
+}
+
+// Key is "<namespace>/<name>".
+func (s *Secret) Key() string { return s.Metadata.Namespace + "/" + s.Metadata.Name }
+
+// Values decodes Data and merges StringData over it.
+func (s *Secret) Values() (map[string][]byte, error) {
+	out := make(map[string][]byte, len(s.Data)+len(s.StringData))
+	for k, v := range s.Data {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return nil, fmt.Errorf("data.%s: not base64 (use stringData for plain text): %w", k, err)
+		}
+		out[k] = b
+	}
+	for k, v := range s.StringData {
+		out[k] = []byte(v)
+	}
+	return out, nil
 }
 
 // Rollout strategies.

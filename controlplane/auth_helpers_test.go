@@ -100,3 +100,7 @@ func (r *nodeRouter) FetchImage(ctx context.Context, in *pb.FetchImageRequest, o
 func (r *nodeRouter) VolumeDeleted(ctx context.Context, in *pb.VolumeDeletedRequest, opts ...grpc.CallOption) (*pb.VolumeDeletedResponse, error) {
 	return r.as(in.Node).VolumeDeleted(ctx, in, opts...)
 }
+
+func (r *nodeRouter) InstanceSecrets(ctx context.Context, in *pb.InstanceSecretsRequest, opts ...grpc.CallOption) (*pb.InstanceSecretsResponse, error) {
+	return r.as(in.Node).InstanceSecrets(ctx, in, opts...)
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/apiserver"
 	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/pki"
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +64,10 @@ type Config struct {
 	CertTTL time.Duration
 	// MaxNodes caps the nodes that may join (0: no cap).
 	MaxNodes int
+	// SecretsKeyFile holds the key Secrets are sealed with (created at
+	// first start); default DataDir/secrets.key. Every replica needs the
+	// same one.
+	SecretsKeyFile string
 	// AdminConfig is where the first admin credential is written (mode
 	// 0600) for the CLI; default DataDir/admin.conf. "-": nowhere.
 	AdminConfig string
@@ -167,7 +172,17 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	ccfg.VersionFor = s.publisher.VersionFor
 	s.ctrl = controller.New(ccfg, s.store.Tracked(), s.cache)
+	keyFile := cfg.SecretsKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, "secrets.key")
+	}
+	box, err := secrets.LoadOrCreate(keyFile)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.api, err = apiserver.New(apiserver.Config{
+		Secrets:           box,
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),
 		ClusterCIDR:       cfg.ClusterCIDR,
 		NodeSubnetBits:    cfg.NodeSubnetBits,

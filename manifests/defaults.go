@@ -66,3 +66,16 @@ func DefaultsVolume(v *api.Volume) {
 		v.Metadata.Namespace = api.DefaultNamespace
 	}
 }
+
+// DefaultsSecret fills in what a Secret manifest may leave out.
+func DefaultsSecret(v *api.Secret) {
+	if v.APIVersion == "" {
+		v.APIVersion = api.APIVersion
+	}
+	if v.Kind == "" {
+		v.Kind = api.KindSecret
+	}
+	if v.Metadata.Namespace == "" {
+		v.Metadata.Namespace = api.DefaultNamespace
+	}
+}

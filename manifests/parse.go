@@ -147,7 +147,7 @@ type object struct {
 	doc   int
 	kind  string
 	meta  api.ObjectMeta
-	value any // *api.Service or *api.Volume
+	value any // *api.Service, *api.Volume or *api.Secret
 }
 
 func (o *object) name() string { return o.meta.Namespace + "/" + o.meta.Name }
@@ -156,6 +156,7 @@ func (o *object) name() string { return o.meta.Namespace + "/" + o.meta.Name }
 type Objects struct {
 	Services []api.Service
 	Volumes  []api.Volume
+	Secrets  []api.Secret
 }
 
 func collect(objs []object) Objects {
@@ -166,12 +167,14 @@ func collect(objs []object) Objects {
 			out.Services = append(out.Services, *v)
 		case *api.Volume:
 			out.Volumes = append(out.Volumes, *v)
+		case *api.Secret:
+			out.Secrets = append(out.Secrets, *v)
 		}
 	}
 	return out
 }
 
-// LoadObjects is Load for every kind: Services and Volumes.
+// LoadObjects is Load for every kind: Services, Volumes and Secrets.
 func LoadObjects(path string) (Objects, error) {
 	objs, err := loadObjects(path)
 	if err != nil {
@@ -180,7 +183,7 @@ func LoadObjects(path string) (Objects, error) {
 	return collect(objs), nil
 }
 
-// ParseObjects is Parse for every kind: Services and Volumes.
+// ParseObjects is Parse for every kind: Services, Volumes and Secrets.
 func ParseObjects(file string, data []byte) (Objects, error) {
 	objs, errs := parseObjects(file, data)
 	errs = append(errs, checkDuplicates(objs)...)
@@ -415,8 +418,20 @@ func decodeDocument(generic any) (object, FieldErrors) {
 		errs = mergeErrors(d.errs, verrs)
 		sortFieldErrors(errs, reflect.TypeFor[api.Volume]())
 		return object{kind: kind, meta: v.Metadata, value: &v}, errs
+	case api.KindSecret:
+		var v api.Secret
+		d := decoder{}
+		d.decode("", m, reflect.ValueOf(&v).Elem())
+		DefaultsSecret(&v)
+		var verrs FieldErrors
+		if err := ValidateSecret(&v); err != nil {
+			verrs = err.(FieldErrors)
+		}
+		errs = mergeErrors(d.errs, verrs)
+		sortFieldErrors(errs, reflect.TypeFor[api.Secret]())
+		return object{kind: kind, meta: v.Metadata, value: &v}, errs
 	}
-	known := []string{api.KindService, api.KindVolume}
+	known := []string{api.KindService, api.KindVolume, api.KindSecret}
 	msg := fmt.Sprintf("unknown kind %q, want one of %s", kind, strings.Join(known, ", "))
 	for _, k := range known {
 		if strings.EqualFold(k, kind) {

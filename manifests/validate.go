@@ -1,6 +1,7 @@
 package manifests
 
 import (
+	"encoding/base64"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -249,6 +250,33 @@ func validateVolumeMounts(errs *FieldErrors, path string, s *api.ServiceSpec) {
 			}
 		}
 	}
+	secrets := map[string]string{}
+	for i, m := range s.Secrets {
+		p := fmt.Sprintf("%s.secrets[%d]", path, i)
+		if checkDNSLabel(errs, p+".name", m.Name, maxLabelLen) {
+			if other, dup := secrets[m.Name]; dup {
+				errs.add(p+".name", "secret %q is already given by %s", m.Name, other)
+			}
+			secrets[m.Name] = p
+		}
+		if m.MountPath == "" && len(m.Env) == 0 {
+			errs.add(p, "needs a mountPath, env, or both")
+		}
+		if m.MountPath != "" {
+			checkPath(p, m.MountPath)
+		}
+		for _, v := range sortedKeys(m.Env) {
+			switch {
+			case !envKeyRE.MatchString(v):
+				errs.add(joinKey(p+".env", v), "environment variable name must match [A-Za-z_][A-Za-z0-9_]*")
+			case s.Env[v] != "":
+				errs.add(joinKey(p+".env", v), "%s is also set in %s.env", v, path)
+			}
+			if !ValidSecretKey(m.Env[v]) {
+				errs.add(joinKey(p+".env", v), "secret key %q: %s", m.Env[v], secretKeyRule)
+			}
+		}
+	}
 	for i, t := range s.VolumeTemplates {
 		p := fmt.Sprintf("%s.volumeTemplates[%d]", path, i)
 		if checkDNSLabel(errs, p+".name", t.Name, maxLabelLen-6) {
@@ -281,6 +309,65 @@ func ValidateVolume(v *api.Volume) error {
 	}
 	if n := v.Spec.Node; n != "" && len(n) > 63 {
 		errs.add("spec.node", "must be a node name of at most 63 characters")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// Secret limits: etcd keeps each in one value, and every container start
+// of a consumer carries it to a node.
+const (
+	MaxSecretBytes = 512 << 10
+	maxSecretKeys  = 256
+	secretKeyRule  = "must be letters, digits, '-', '_' and '.', at most 253 characters, not '.' or '..'"
+)
+
+var secretKeyRE = regexp.MustCompile(`^[-._A-Za-z0-9]+$`)
+
+// ValidSecretKey reports whether k can name a Secret's key: it becomes a
+// file name in the container, so nothing that can leave the directory.
+func ValidSecretKey(k string) bool {
+	return len(k) <= 253 && secretKeyRE.MatchString(k) && k != "." && k != ".."
+}
+
+// ValidateSecret checks a Secret object: its name, its keys, base64 in
+// data, and its size.
+func ValidateSecret(v *api.Secret) error {
+	var errs FieldErrors
+	if v.APIVersion != "" && v.APIVersion != api.APIVersion {
+		errs.add("apiVersion", "must be %q", api.APIVersion)
+	}
+	if v.Kind != "" && v.Kind != api.KindSecret {
+		errs.add("kind", "must be %q", api.KindSecret)
+	}
+	validateMeta(&errs, "metadata", &v.Metadata)
+	size := 0
+	for _, field := range []struct {
+		name string
+		m    map[string]string
+	}{{"data", v.Data}, {"stringData", v.StringData}} {
+		for _, k := range sortedKeys(field.m) {
+			if !ValidSecretKey(k) {
+				errs.add(joinKey(field.name, k), "key %s", secretKeyRule)
+			}
+			if field.name == "data" {
+				if _, err := base64.StdEncoding.DecodeString(field.m[k]); err != nil {
+					errs.add(joinKey(field.name, k), "must be base64 (use stringData for plain text)")
+				}
+			}
+			size += len(k) + len(field.m[k])
+		}
+	}
+	if len(v.Data)+len(v.StringData) == 0 {
+		errs.add("data", "a secret needs at least one key in data or stringData")
+	}
+	if len(v.Data)+len(v.StringData) > maxSecretKeys {
+		errs.add("data", "at most %d keys", maxSecretKeys)
+	}
+	if size > MaxSecretBytes {
+		errs.add("data", "%d bytes, more than the %d a secret may hold", size, MaxSecretBytes)
 	}
 	if len(errs) == 0 {
 		return nil

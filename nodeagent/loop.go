@@ -433,7 +433,10 @@ func (l *loop) act() {
 			if it.has {
 				grace := l.a.cfg.StopGrace
 				l.launch(id, opStop, func(ctx context.Context) (runtime.Container, error) {
-					return runtime.Container{}, l.a.rt.Stop(ctx, id, grace)
+					if err := l.a.rt.Stop(ctx, id, grace); err != nil {
+						return runtime.Container{}, err
+					}
+					return runtime.Container{}, l.a.removeSecrets(id)
 				})
 			} else if !it.assigned {
 				delete(l.items, id)
@@ -453,6 +456,9 @@ func (l *loop) act() {
 				}
 				spec, err := l.spec(in, sizes)
 				if err != nil {
+					return runtime.Container{}, err
+				}
+				if err := l.a.addSecrets(ctx, in, &spec); err != nil {
 					return runtime.Container{}, err
 				}
 				return l.a.rt.Start(ctx, spec)

@@ -226,6 +226,7 @@ type ServiceSpec struct {
 	Volumes         []*VolumeMount    `protobuf:"bytes,11,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	VolumeTemplates []*VolumeTemplate `protobuf:"bytes,12,rep,name=volume_templates,json=volumeTemplates,proto3" json:"volume_templates,omitempty"`
 	Rollout         *RolloutSpec      `protobuf:"bytes,13,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Secrets         []*SecretMount    `protobuf:"bytes,20,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -351,6 +352,161 @@ func (x *ServiceSpec) GetRollout() *RolloutSpec {
 	return nil
 }
 
+func (x *ServiceSpec) GetSecrets() []*SecretMount {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+type SecretMount struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MountPath string                 `protobuf:"bytes,2,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
+	// Environment variable name -> the secret's key.
+	Env           map[string]string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretMount) Reset() {
+	*x = SecretMount{}
+	mi := &file_berth_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretMount) ProtoMessage() {}
+
+func (x *SecretMount) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretMount.ProtoReflect.Descriptor instead.
+func (*SecretMount) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SecretMount) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SecretMount) GetMountPath() string {
+	if x != nil {
+		return x.MountPath
+	}
+	return ""
+}
+
+func (x *SecretMount) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+type Secret struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Metadata *ObjectMeta            `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Values by key: sent by apply, never returned by any call.
+	Data map[string][]byte `protobuf:"bytes,2,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Returned instead of data.
+	Keys      []string               `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Services of the namespace that use it.
+	UsedBy        []string `protobuf:"bytes,6,rep,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Secret) Reset() {
+	*x = Secret{}
+	mi := &file_berth_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Secret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Secret) ProtoMessage() {}
+
+func (x *Secret) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Secret.ProtoReflect.Descriptor instead.
+func (*Secret) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Secret) GetMetadata() *ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Secret) GetData() map[string][]byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Secret) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *Secret) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Secret) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Secret) GetUsedBy() []string {
+	if x != nil {
+		return x.UsedBy
+	}
+	return nil
+}
+
 type RolloutSpec struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Strategy string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
@@ -375,7 +531,7 @@ type RolloutSpec struct {
 
 func (x *RolloutSpec) Reset() {
 	*x = RolloutSpec{}
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +543,7 @@ func (x *RolloutSpec) String() string {
 func (*RolloutSpec) ProtoMessage() {}
 
 func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +556,7 @@ func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutSpec.ProtoReflect.Descriptor instead.
 func (*RolloutSpec) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{4}
+	return file_berth_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RolloutSpec) GetStrategy() string {
@@ -497,7 +653,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +665,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +678,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{5}
+	return file_berth_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CanaryStep) GetWeight() uint32 {
@@ -552,7 +708,7 @@ type Analysis struct {
 
 func (x *Analysis) Reset() {
 	*x = Analysis{}
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +720,7 @@ func (x *Analysis) String() string {
 func (*Analysis) ProtoMessage() {}
 
 func (x *Analysis) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +733,7 @@ func (x *Analysis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
 func (*Analysis) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{6}
+	return file_berth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Analysis) GetMaxErrorRate() float64 {
@@ -655,7 +811,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +823,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +836,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{7}
+	return file_berth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Rollout) GetNamespace() string {
@@ -892,7 +1048,7 @@ type VolumeMount struct {
 
 func (x *VolumeMount) Reset() {
 	*x = VolumeMount{}
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1060,7 @@ func (x *VolumeMount) String() string {
 func (*VolumeMount) ProtoMessage() {}
 
 func (x *VolumeMount) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1073,7 @@ func (x *VolumeMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
 func (*VolumeMount) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{8}
+	return file_berth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VolumeMount) GetName() string {
@@ -966,7 +1122,7 @@ type VolumeTemplate struct {
 
 func (x *VolumeTemplate) Reset() {
 	*x = VolumeTemplate{}
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1134,7 @@ func (x *VolumeTemplate) String() string {
 func (*VolumeTemplate) ProtoMessage() {}
 
 func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1147,7 @@ func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeTemplate.ProtoReflect.Descriptor instead.
 func (*VolumeTemplate) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{9}
+	return file_berth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VolumeTemplate) GetName() string {
@@ -1032,7 +1188,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1200,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1213,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{10}
+	return file_berth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Volume) GetMetadata() *ObjectMeta {
@@ -1127,7 +1283,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1295,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1308,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{11}
+	return file_berth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Port) GetName() string {
@@ -1186,7 +1342,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1354,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1367,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{12}
+	return file_berth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Resources) GetCpu() string {
@@ -1241,7 +1397,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1409,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1422,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{13}
+	return file_berth_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Health) GetHttp() *HTTPProbe {
@@ -1307,7 +1463,7 @@ type HTTPProbe struct {
 
 func (x *HTTPProbe) Reset() {
 	*x = HTTPProbe{}
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1475,7 @@ func (x *HTTPProbe) String() string {
 func (*HTTPProbe) ProtoMessage() {}
 
 func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1488,7 @@ func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPProbe.ProtoReflect.Descriptor instead.
 func (*HTTPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{14}
+	return file_berth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HTTPProbe) GetPath() string {
@@ -1358,7 +1514,7 @@ type TCPProbe struct {
 
 func (x *TCPProbe) Reset() {
 	*x = TCPProbe{}
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1526,7 @@ func (x *TCPProbe) String() string {
 func (*TCPProbe) ProtoMessage() {}
 
 func (x *TCPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1539,7 @@ func (x *TCPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPProbe.ProtoReflect.Descriptor instead.
 func (*TCPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{15}
+	return file_berth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TCPProbe) GetPort() int32 {
@@ -1403,7 +1559,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1571,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1584,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{16}
+	return file_berth_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Route) GetHosts() []string {
@@ -1464,7 +1620,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1632,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1645,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{17}
+	return file_berth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Instance) GetId() string {
@@ -1579,7 +1735,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1747,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1760,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{18}
+	return file_berth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1640,7 +1796,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1808,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1821,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{19}
+	return file_berth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -1755,7 +1911,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1923,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1936,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{20}
+	return file_berth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Capacity) GetMilliCpu() int64 {
@@ -1823,7 +1979,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +1991,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +2004,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{21}
+	return file_berth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Node) GetName() string {
@@ -1965,7 +2121,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2133,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2146,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{22}
+	return file_berth_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2041,13 +2197,14 @@ type ApplyRequest struct {
 	// Validate only; store nothing.
 	DryRun        bool      `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	Volumes       []*Volume `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Secrets       []*Secret `protobuf:"bytes,10,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2216,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2229,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{23}
+	return file_berth_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyRequest) GetServices() []*Service {
@@ -2096,6 +2253,13 @@ func (x *ApplyRequest) GetVolumes() []*Volume {
 	return nil
 }
 
+func (x *ApplyRequest) GetSecrets() []*Secret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
 type ApplyResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "Service" or "Volume".
@@ -2111,7 +2275,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2287,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2300,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{24}
+	return file_berth_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -2183,7 +2347,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2359,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2372,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{25}
+	return file_berth_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyResponse) GetResults() []*ApplyResult {
@@ -2228,7 +2392,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2404,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2417,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{26}
+	return file_berth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -2275,7 +2439,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2287,7 +2451,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2300,7 +2464,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{27}
+	return file_berth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ServiceSummary) GetService() *Service {
@@ -2340,7 +2504,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2352,7 +2516,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2365,7 +2529,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{28}
+	return file_berth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -2385,7 +2549,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +2561,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +2574,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{29}
+	return file_berth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetServiceRequest) GetNamespace() string {
@@ -2442,7 +2606,7 @@ type ServiceDetail struct {
 
 func (x *ServiceDetail) Reset() {
 	*x = ServiceDetail{}
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2618,7 @@ func (x *ServiceDetail) String() string {
 func (*ServiceDetail) ProtoMessage() {}
 
 func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2631,7 @@ func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDetail.ProtoReflect.Descriptor instead.
 func (*ServiceDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{30}
+	return file_berth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ServiceDetail) GetService() *Service {
@@ -2515,7 +2679,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2527,7 +2691,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2540,7 +2704,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{31}
+	return file_berth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteServiceRequest) GetNamespace() string {
@@ -2566,7 +2730,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2742,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2755,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{32}
+	return file_berth_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteServiceResponse) GetInstancesDraining() int32 {
@@ -2611,7 +2775,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2787,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2800,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{33}
+	return file_berth_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListInstancesRequest) GetNamespace() string {
@@ -2663,7 +2827,7 @@ type InstanceView struct {
 
 func (x *InstanceView) Reset() {
 	*x = InstanceView{}
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2839,7 @@ func (x *InstanceView) String() string {
 func (*InstanceView) ProtoMessage() {}
 
 func (x *InstanceView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2852,7 @@ func (x *InstanceView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceView.ProtoReflect.Descriptor instead.
 func (*InstanceView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{34}
+	return file_berth_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InstanceView) GetInstance() *Instance {
@@ -2714,7 +2878,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +2890,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +2903,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{35}
+	return file_berth_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*InstanceView {
@@ -2757,7 +2921,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2933,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2946,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{36}
+	return file_berth_proto_rawDescGZIP(), []int{38}
 }
 
 type ListNodesResponse struct {
@@ -2794,7 +2958,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2806,7 +2970,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2819,7 +2983,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{37}
+	return file_berth_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2843,7 +3007,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2855,7 +3019,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2868,7 +3032,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{38}
+	return file_berth_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ImageChunk) GetFileName() string {
@@ -2903,7 +3067,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +3079,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +3092,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{39}
+	return file_berth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LoadImageResponse) GetDigest() string {
@@ -2960,7 +3124,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2972,7 +3136,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2985,7 +3149,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{40}
+	return file_berth_proto_rawDescGZIP(), []int{42}
 }
 
 type Image struct {
@@ -3000,7 +3164,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3176,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3189,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{41}
+	return file_berth_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Image) GetReference() string {
@@ -3065,7 +3229,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3241,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3254,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{42}
+	return file_berth_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -3112,7 +3276,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3124,7 +3288,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3137,7 +3301,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{43}
+	return file_berth_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListEventsRequest) GetNamespace() string {
@@ -3170,7 +3334,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3346,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3359,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{44}
+	return file_berth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3217,7 +3381,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3229,7 +3393,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3242,7 +3406,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{45}
+	return file_berth_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -3286,7 +3450,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3298,7 +3462,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3311,7 +3475,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{46}
+	return file_berth_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RegisterResponse) GetPodCidr() string {
@@ -3348,7 +3512,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3360,7 +3524,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3373,7 +3537,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{47}
+	return file_berth_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *HeartbeatRequest) GetName() string {
@@ -3398,7 +3562,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3410,7 +3574,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3423,7 +3587,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{48}
+	return file_berth_proto_rawDescGZIP(), []int{50}
 }
 
 type WatchAssignmentsRequest struct {
@@ -3435,7 +3599,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3447,7 +3611,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3460,7 +3624,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{49}
+	return file_berth_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *WatchAssignmentsRequest) GetNode() string {
@@ -3490,7 +3654,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3502,7 +3666,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3515,7 +3679,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{50}
+	return file_berth_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *Assignments) GetInstances() []*Instance {
@@ -3563,7 +3727,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3575,7 +3739,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3588,7 +3752,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{51}
+	return file_berth_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ReportStatusRequest) GetNode() string {
@@ -3613,7 +3777,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3625,7 +3789,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3638,7 +3802,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{52}
+	return file_berth_proto_rawDescGZIP(), []int{54}
 }
 
 type WatchDiscoveryRequest struct {
@@ -3650,7 +3814,7 @@ type WatchDiscoveryRequest struct {
 
 func (x *WatchDiscoveryRequest) Reset() {
 	*x = WatchDiscoveryRequest{}
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +3826,7 @@ func (x *WatchDiscoveryRequest) String() string {
 func (*WatchDiscoveryRequest) ProtoMessage() {}
 
 func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +3839,7 @@ func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*WatchDiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{53}
+	return file_berth_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *WatchDiscoveryRequest) GetNode() string {
@@ -3695,7 +3859,7 @@ type DiscoverySnapshot struct {
 
 func (x *DiscoverySnapshot) Reset() {
 	*x = DiscoverySnapshot{}
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3707,7 +3871,7 @@ func (x *DiscoverySnapshot) String() string {
 func (*DiscoverySnapshot) ProtoMessage() {}
 
 func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3720,7 +3884,7 @@ func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverySnapshot.ProtoReflect.Descriptor instead.
 func (*DiscoverySnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{54}
+	return file_berth_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DiscoverySnapshot) GetVersion() uint64 {
@@ -3750,7 +3914,7 @@ type DiscoveryService struct {
 
 func (x *DiscoveryService) Reset() {
 	*x = DiscoveryService{}
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3762,7 +3926,7 @@ func (x *DiscoveryService) String() string {
 func (*DiscoveryService) ProtoMessage() {}
 
 func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3775,7 +3939,7 @@ func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryService.ProtoReflect.Descriptor instead.
 func (*DiscoveryService) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{55}
+	return file_berth_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DiscoveryService) GetNamespace() string {
@@ -3824,7 +3988,7 @@ type DiscoveryRevision struct {
 
 func (x *DiscoveryRevision) Reset() {
 	*x = DiscoveryRevision{}
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3836,7 +4000,7 @@ func (x *DiscoveryRevision) String() string {
 func (*DiscoveryRevision) ProtoMessage() {}
 
 func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3849,7 +4013,7 @@ func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRevision.ProtoReflect.Descriptor instead.
 func (*DiscoveryRevision) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{56}
+	return file_berth_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *DiscoveryRevision) GetNumber() int64 {
@@ -3886,7 +4050,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3898,7 +4062,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3911,7 +4075,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{57}
+	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *Endpoint) GetInstance() string {
@@ -3966,7 +4130,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3978,7 +4142,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3991,7 +4155,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{58}
+	return file_berth_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -4044,7 +4208,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4220,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4233,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{59}
+	return file_berth_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Token) GetId() string {
@@ -4134,7 +4298,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4146,7 +4310,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4159,7 +4323,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{60}
+	return file_berth_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -4191,7 +4355,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4203,7 +4367,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4216,7 +4380,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{61}
+	return file_berth_proto_rawDescGZIP(), []int{63}
 }
 
 type ListTokensResponse struct {
@@ -4228,7 +4392,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4240,7 +4404,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4253,7 +4417,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -4272,7 +4436,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4284,7 +4448,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4297,7 +4461,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -4315,7 +4479,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4327,7 +4491,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4340,7 +4504,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{66}
 }
 
 type JoinRequest struct {
@@ -4357,7 +4521,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4369,7 +4533,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4382,7 +4546,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -4422,7 +4586,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4434,7 +4598,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4447,7 +4611,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -4467,7 +4631,7 @@ type CertificateResponse struct {
 
 func (x *CertificateResponse) Reset() {
 	*x = CertificateResponse{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4479,7 +4643,7 @@ func (x *CertificateResponse) String() string {
 func (*CertificateResponse) ProtoMessage() {}
 
 func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4492,7 +4656,7 @@ func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateResponse.ProtoReflect.Descriptor instead.
 func (*CertificateResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *CertificateResponse) GetCertificate() []byte {
@@ -4518,7 +4682,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4530,7 +4694,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4543,7 +4707,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RemoveNodeRequest) GetName() string {
@@ -4562,7 +4726,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4574,7 +4738,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4587,7 +4751,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RemoveNodeResponse) GetInstancesReplaced() int32 {
@@ -4606,7 +4770,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4618,7 +4782,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4631,7 +4795,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -4649,7 +4813,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4661,7 +4825,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4674,7 +4838,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 type CordonNodeRequest struct {
@@ -4687,7 +4851,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4699,7 +4863,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4712,7 +4876,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -4737,7 +4901,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4749,7 +4913,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4762,7 +4926,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 type DrainNodeRequest struct {
@@ -4774,7 +4938,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4786,7 +4950,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4799,7 +4963,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -4818,7 +4982,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4830,7 +4994,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4843,7 +5007,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -4862,7 +5026,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4874,7 +5038,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4887,7 +5051,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -4906,7 +5070,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4918,7 +5082,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4931,7 +5095,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -4949,7 +5113,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4961,7 +5125,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4974,7 +5138,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{78}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 type Gateway struct {
@@ -5001,7 +5165,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5013,7 +5177,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5026,7 +5190,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{79}
+	return file_berth_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *Gateway) GetNodeId() string {
@@ -5116,7 +5280,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5128,7 +5292,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5141,7 +5305,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{80}
+	return file_berth_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -5168,7 +5332,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5180,7 +5344,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5193,7 +5357,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{81}
+	return file_berth_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -5227,7 +5391,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5239,7 +5403,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5252,7 +5416,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{82}
+	return file_berth_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -5313,7 +5477,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5325,7 +5489,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5338,7 +5502,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{83}
+	return file_berth_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -5359,7 +5523,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5371,7 +5535,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5384,7 +5548,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{84}
+	return file_berth_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -5418,7 +5582,7 @@ type RolloutRequest struct {
 
 func (x *RolloutRequest) Reset() {
 	*x = RolloutRequest{}
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5430,7 +5594,7 @@ func (x *RolloutRequest) String() string {
 func (*RolloutRequest) ProtoMessage() {}
 
 func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5443,7 +5607,7 @@ func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutRequest.ProtoReflect.Descriptor instead.
 func (*RolloutRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{85}
+	return file_berth_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RolloutRequest) GetNamespace() string {
@@ -5474,7 +5638,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5486,7 +5650,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5499,7 +5663,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{86}
+	return file_berth_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *RolloutActionRequest) GetNamespace() string {
@@ -5539,7 +5703,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5551,7 +5715,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5564,7 +5728,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{87}
+	return file_berth_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -5585,7 +5749,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5597,7 +5761,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5610,7 +5774,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{88}
+	return file_berth_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -5636,7 +5800,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5648,7 +5812,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5661,7 +5825,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{89}
+	return file_berth_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -5681,7 +5845,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5693,7 +5857,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5706,7 +5870,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{90}
+	return file_berth_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -5733,7 +5897,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5745,7 +5909,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5758,7 +5922,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{91}
+	return file_berth_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -5785,7 +5949,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5797,7 +5961,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5810,7 +5974,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{92}
+	return file_berth_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -5835,7 +5999,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5847,7 +6011,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5860,7 +6024,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{93}
+	return file_berth_proto_rawDescGZIP(), []int{95}
 }
 
 type ReleaseVolumeRequest struct {
@@ -5873,7 +6037,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5885,7 +6049,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5898,7 +6062,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{94}
+	return file_berth_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -5924,7 +6088,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5936,7 +6100,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5949,7 +6113,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{95}
+	return file_berth_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -5970,7 +6134,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5982,7 +6146,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5995,7 +6159,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{96}
+	return file_berth_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -6027,7 +6191,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6039,7 +6203,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6052,7 +6216,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{97}
+	return file_berth_proto_rawDescGZIP(), []int{99}
 }
 
 type FetchImageRequest struct {
@@ -6067,7 +6231,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6079,7 +6243,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6092,7 +6256,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{98}
+	return file_berth_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -6107,6 +6271,323 @@ func (x *FetchImageRequest) GetDigest() string {
 		return x.Digest
 	}
 	return ""
+}
+
+type ListSecretsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretsRequest) Reset() {
+	*x = ListSecretsRequest{}
+	mi := &file_berth_proto_msgTypes[101]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretsRequest) ProtoMessage() {}
+
+func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[101]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
+func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{101}
+}
+
+func (x *ListSecretsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type ListSecretsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secrets       []*Secret              `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSecretsResponse) Reset() {
+	*x = ListSecretsResponse{}
+	mi := &file_berth_proto_msgTypes[102]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSecretsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSecretsResponse) ProtoMessage() {}
+
+func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[102]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
+func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{102}
+}
+
+func (x *ListSecretsResponse) GetSecrets() []*Secret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+type DeleteSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSecretRequest) Reset() {
+	*x = DeleteSecretRequest{}
+	mi := &file_berth_proto_msgTypes[103]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSecretRequest) ProtoMessage() {}
+
+func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[103]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{103}
+}
+
+func (x *DeleteSecretRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *DeleteSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSecretResponse) Reset() {
+	*x = DeleteSecretResponse{}
+	mi := &file_berth_proto_msgTypes[104]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSecretResponse) ProtoMessage() {}
+
+func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[104]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{104}
+}
+
+type InstanceSecretsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Instance      string                 `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceSecretsRequest) Reset() {
+	*x = InstanceSecretsRequest{}
+	mi := &file_berth_proto_msgTypes[105]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceSecretsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceSecretsRequest) ProtoMessage() {}
+
+func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[105]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceSecretsRequest.ProtoReflect.Descriptor instead.
+func (*InstanceSecretsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{105}
+}
+
+func (x *InstanceSecretsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *InstanceSecretsRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+type SecretData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          map[string][]byte      `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretData) Reset() {
+	*x = SecretData{}
+	mi := &file_berth_proto_msgTypes[106]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretData) ProtoMessage() {}
+
+func (x *SecretData) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[106]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretData.ProtoReflect.Descriptor instead.
+func (*SecretData) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{106}
+}
+
+func (x *SecretData) GetData() map[string][]byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type InstanceSecretsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By secret name.
+	Secrets       map[string]*SecretData `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceSecretsResponse) Reset() {
+	*x = InstanceSecretsResponse{}
+	mi := &file_berth_proto_msgTypes[107]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceSecretsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceSecretsResponse) ProtoMessage() {}
+
+func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[107]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceSecretsResponse.ProtoReflect.Descriptor instead.
+func (*InstanceSecretsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{107}
+}
+
+func (x *InstanceSecretsResponse) GetSecrets() map[string]*SecretData {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
 }
 
 var File_berth_proto protoreflect.FileDescriptor
@@ -6131,7 +6612,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xc9\x05\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xfa\x05\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -6146,14 +6627,35 @@ const file_berth_proto_rawDesc = "" +
 	" \x03(\v2'.berth.v1.ServiceSpec.NodeSelectorEntryR\fnodeSelector\x12/\n" +
 	"\avolumes\x18\v \x03(\v2\x15.berth.v1.VolumeMountR\avolumes\x12C\n" +
 	"\x10volume_templates\x18\f \x03(\v2\x18.berth.v1.VolumeTemplateR\x0fvolumeTemplates\x12/\n" +
-	"\arollout\x18\r \x01(\v2\x15.berth.v1.RolloutSpecR\arollout\x1a6\n" +
+	"\arollout\x18\r \x01(\v2\x15.berth.v1.RolloutSpecR\arollout\x12/\n" +
+	"\asecrets\x18\x14 \x03(\v2\x15.berth.v1.SecretMountR\asecrets\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"\xf6\x03\n" +
+	"\t_replicas\"\xaa\x01\n" +
+	"\vSecretMount\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"mount_path\x18\x02 \x01(\tR\tmountPath\x120\n" +
+	"\x03env\x18\x03 \x03(\v2\x1e.berth.v1.SecretMount.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc6\x02\n" +
+	"\x06Secret\x120\n" +
+	"\bmetadata\x18\x01 \x01(\v2\x14.berth.v1.ObjectMetaR\bmetadata\x12.\n" +
+	"\x04data\x18\x02 \x03(\v2\x1a.berth.v1.Secret.DataEntryR\x04data\x12\x12\n" +
+	"\x04keys\x18\x03 \x03(\tR\x04keys\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x17\n" +
+	"\aused_by\x18\x06 \x03(\tR\x06usedBy\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xf6\x03\n" +
 	"\vRolloutSpec\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12*\n" +
 	"\x05steps\x18\x02 \x03(\v2\x14.berth.v1.CanaryStepR\x05steps\x12.\n" +
@@ -6321,11 +6823,13 @@ const file_berth_proto_rawDesc = "" +
 	"\x06object\x18\x03 \x01(\tR\x06object\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x12\n" +
-	"\x04type\x18\x06 \x01(\tR\x04type\"\x82\x01\n" +
+	"\x04type\x18\x06 \x01(\tR\x04type\"\xae\x01\n" +
 	"\fApplyRequest\x12-\n" +
 	"\bservices\x18\x01 \x03(\v2\x11.berth.v1.ServiceR\bservices\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12*\n" +
-	"\avolumes\x18\x03 \x03(\v2\x10.berth.v1.VolumeR\avolumes\"\x87\x01\n" +
+	"\avolumes\x18\x03 \x03(\v2\x10.berth.v1.VolumeR\avolumes\x12*\n" +
+	"\asecrets\x18\n" +
+	" \x03(\v2\x10.berth.v1.SecretR\asecrets\"\x87\x01\n" +
 	"\vApplyResult\x12\x12\n" +
 	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -6582,7 +7086,29 @@ const file_berth_proto_rawDesc = "" +
 	"\x15VolumeDeletedResponse\"I\n" +
 	"\x11FetchImageRequest\x12\x1c\n" +
 	"\treference\x18\x01 \x01(\tR\treference\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\tR\x06digest2\xb8\x0f\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"2\n" +
+	"\x12ListSecretsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"A\n" +
+	"\x13ListSecretsResponse\x12*\n" +
+	"\asecrets\x18\x01 \x03(\v2\x10.berth.v1.SecretR\asecrets\"G\n" +
+	"\x13DeleteSecretRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x16\n" +
+	"\x14DeleteSecretResponse\"H\n" +
+	"\x16InstanceSecretsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\"y\n" +
+	"\n" +
+	"SecretData\x122\n" +
+	"\x04data\x18\x01 \x03(\v2\x1e.berth.v1.SecretData.DataEntryR\x04data\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xb5\x01\n" +
+	"\x17InstanceSecretsResponse\x12H\n" +
+	"\asecrets\x18\x01 \x03(\v2..berth.v1.InstanceSecretsResponse.SecretsEntryR\asecrets\x1aP\n" +
+	"\fSecretsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
+	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x012\xd3\x10\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -6616,7 +7142,9 @@ const file_berth_proto_rawDesc = "" +
 	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
 	"\tGetVolume\x12\x1a.berth.v1.GetVolumeRequest\x1a\x16.berth.v1.VolumeDetail\x12M\n" +
 	"\fDeleteVolume\x12\x1d.berth.v1.DeleteVolumeRequest\x1a\x1e.berth.v1.DeleteVolumeResponse\x12P\n" +
-	"\rReleaseVolume\x12\x1e.berth.v1.ReleaseVolumeRequest\x1a\x1f.berth.v1.ReleaseVolumeResponse2\xdb\x04\n" +
+	"\rReleaseVolume\x12\x1e.berth.v1.ReleaseVolumeRequest\x1a\x1f.berth.v1.ReleaseVolumeResponse\x12J\n" +
+	"\vListSecrets\x12\x1c.berth.v1.ListSecretsRequest\x1a\x1d.berth.v1.ListSecretsResponse\x12M\n" +
+	"\fDeleteSecret\x12\x1d.berth.v1.DeleteSecretRequest\x1a\x1e.berth.v1.DeleteSecretResponse2\xb3\x05\n" +
 	"\tNodeAgent\x12A\n" +
 	"\bRegister\x12\x19.berth.v1.RegisterRequest\x1a\x1a.berth.v1.RegisterResponse\x12D\n" +
 	"\tHeartbeat\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse\x12N\n" +
@@ -6627,7 +7155,8 @@ const file_berth_proto_rawDesc = "" +
 	"WatchNodes\x12\x1b.berth.v1.WatchNodesRequest\x1a\x12.berth.v1.NodeList0\x01\x12A\n" +
 	"\n" +
 	"FetchImage\x12\x1b.berth.v1.FetchImageRequest\x1a\x14.berth.v1.ImageChunk0\x01\x12P\n" +
-	"\rVolumeDeleted\x12\x1e.berth.v1.VolumeDeletedRequest\x1a\x1f.berth.v1.VolumeDeletedResponseB&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
+	"\rVolumeDeleted\x12\x1e.berth.v1.VolumeDeletedRequest\x1a\x1f.berth.v1.VolumeDeletedResponse\x12V\n" +
+	"\x0fInstanceSecrets\x12 .berth.v1.InstanceSecretsRequest\x1a!.berth.v1.InstanceSecretsResponseB&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
 
 var (
 	file_berth_proto_rawDescOnce sync.Once
@@ -6641,268 +7170,298 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 105)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 118)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
 	(*ServiceStatus)(nil),           // 2: berth.v1.ServiceStatus
 	(*ServiceSpec)(nil),             // 3: berth.v1.ServiceSpec
-	(*RolloutSpec)(nil),             // 4: berth.v1.RolloutSpec
-	(*CanaryStep)(nil),              // 5: berth.v1.CanaryStep
-	(*Analysis)(nil),                // 6: berth.v1.Analysis
-	(*Rollout)(nil),                 // 7: berth.v1.Rollout
-	(*VolumeMount)(nil),             // 8: berth.v1.VolumeMount
-	(*VolumeTemplate)(nil),          // 9: berth.v1.VolumeTemplate
-	(*Volume)(nil),                  // 10: berth.v1.Volume
-	(*Port)(nil),                    // 11: berth.v1.Port
-	(*Resources)(nil),               // 12: berth.v1.Resources
-	(*Health)(nil),                  // 13: berth.v1.Health
-	(*HTTPProbe)(nil),               // 14: berth.v1.HTTPProbe
-	(*TCPProbe)(nil),                // 15: berth.v1.TCPProbe
-	(*Route)(nil),                   // 16: berth.v1.Route
-	(*Instance)(nil),                // 17: berth.v1.Instance
-	(*Exit)(nil),                    // 18: berth.v1.Exit
-	(*InstanceStatus)(nil),          // 19: berth.v1.InstanceStatus
-	(*Capacity)(nil),                // 20: berth.v1.Capacity
-	(*Node)(nil),                    // 21: berth.v1.Node
-	(*Event)(nil),                   // 22: berth.v1.Event
-	(*ApplyRequest)(nil),            // 23: berth.v1.ApplyRequest
-	(*ApplyResult)(nil),             // 24: berth.v1.ApplyResult
-	(*ApplyResponse)(nil),           // 25: berth.v1.ApplyResponse
-	(*ListServicesRequest)(nil),     // 26: berth.v1.ListServicesRequest
-	(*ServiceSummary)(nil),          // 27: berth.v1.ServiceSummary
-	(*ListServicesResponse)(nil),    // 28: berth.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 29: berth.v1.GetServiceRequest
-	(*ServiceDetail)(nil),           // 30: berth.v1.ServiceDetail
-	(*DeleteServiceRequest)(nil),    // 31: berth.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 32: berth.v1.DeleteServiceResponse
-	(*ListInstancesRequest)(nil),    // 33: berth.v1.ListInstancesRequest
-	(*InstanceView)(nil),            // 34: berth.v1.InstanceView
-	(*ListInstancesResponse)(nil),   // 35: berth.v1.ListInstancesResponse
-	(*ListNodesRequest)(nil),        // 36: berth.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 37: berth.v1.ListNodesResponse
-	(*ImageChunk)(nil),              // 38: berth.v1.ImageChunk
-	(*LoadImageResponse)(nil),       // 39: berth.v1.LoadImageResponse
-	(*ListImagesRequest)(nil),       // 40: berth.v1.ListImagesRequest
-	(*Image)(nil),                   // 41: berth.v1.Image
-	(*ListImagesResponse)(nil),      // 42: berth.v1.ListImagesResponse
-	(*ListEventsRequest)(nil),       // 43: berth.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 44: berth.v1.ListEventsResponse
-	(*RegisterRequest)(nil),         // 45: berth.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 46: berth.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 47: berth.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 48: berth.v1.HeartbeatResponse
-	(*WatchAssignmentsRequest)(nil), // 49: berth.v1.WatchAssignmentsRequest
-	(*Assignments)(nil),             // 50: berth.v1.Assignments
-	(*ReportStatusRequest)(nil),     // 51: berth.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),    // 52: berth.v1.ReportStatusResponse
-	(*WatchDiscoveryRequest)(nil),   // 53: berth.v1.WatchDiscoveryRequest
-	(*DiscoverySnapshot)(nil),       // 54: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 55: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 56: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 57: berth.v1.Endpoint
-	(*CreateTokenRequest)(nil),      // 58: berth.v1.CreateTokenRequest
-	(*Token)(nil),                   // 59: berth.v1.Token
-	(*CreateTokenResponse)(nil),     // 60: berth.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 61: berth.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 62: berth.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 63: berth.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 64: berth.v1.RevokeTokenResponse
-	(*JoinRequest)(nil),             // 65: berth.v1.JoinRequest
-	(*RenewCertificateRequest)(nil), // 66: berth.v1.RenewCertificateRequest
-	(*CertificateResponse)(nil),     // 67: berth.v1.CertificateResponse
-	(*RemoveNodeRequest)(nil),       // 68: berth.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 69: berth.v1.RemoveNodeResponse
-	(*RevokeGatewayRequest)(nil),    // 70: berth.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),   // 71: berth.v1.RevokeGatewayResponse
-	(*CordonNodeRequest)(nil),       // 72: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 73: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 74: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 75: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 76: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 77: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 78: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 79: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 80: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 81: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 82: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 83: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 84: berth.v1.UndoRequest
-	(*RolloutRequest)(nil),          // 85: berth.v1.RolloutRequest
-	(*RolloutActionRequest)(nil),    // 86: berth.v1.RolloutActionRequest
-	(*ListVolumesRequest)(nil),      // 87: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 88: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 89: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 90: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 91: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 92: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 93: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 94: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 95: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 96: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 97: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 98: berth.v1.FetchImageRequest
-	nil,                             // 99: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 100: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 101: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 102: berth.v1.Node.LabelsEntry
-	nil,                             // 103: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 104: berth.v1.Assignments.VolumeSizesEntry
-	(*timestamppb.Timestamp)(nil),   // 105: google.protobuf.Timestamp
+	(*SecretMount)(nil),             // 4: berth.v1.SecretMount
+	(*Secret)(nil),                  // 5: berth.v1.Secret
+	(*RolloutSpec)(nil),             // 6: berth.v1.RolloutSpec
+	(*CanaryStep)(nil),              // 7: berth.v1.CanaryStep
+	(*Analysis)(nil),                // 8: berth.v1.Analysis
+	(*Rollout)(nil),                 // 9: berth.v1.Rollout
+	(*VolumeMount)(nil),             // 10: berth.v1.VolumeMount
+	(*VolumeTemplate)(nil),          // 11: berth.v1.VolumeTemplate
+	(*Volume)(nil),                  // 12: berth.v1.Volume
+	(*Port)(nil),                    // 13: berth.v1.Port
+	(*Resources)(nil),               // 14: berth.v1.Resources
+	(*Health)(nil),                  // 15: berth.v1.Health
+	(*HTTPProbe)(nil),               // 16: berth.v1.HTTPProbe
+	(*TCPProbe)(nil),                // 17: berth.v1.TCPProbe
+	(*Route)(nil),                   // 18: berth.v1.Route
+	(*Instance)(nil),                // 19: berth.v1.Instance
+	(*Exit)(nil),                    // 20: berth.v1.Exit
+	(*InstanceStatus)(nil),          // 21: berth.v1.InstanceStatus
+	(*Capacity)(nil),                // 22: berth.v1.Capacity
+	(*Node)(nil),                    // 23: berth.v1.Node
+	(*Event)(nil),                   // 24: berth.v1.Event
+	(*ApplyRequest)(nil),            // 25: berth.v1.ApplyRequest
+	(*ApplyResult)(nil),             // 26: berth.v1.ApplyResult
+	(*ApplyResponse)(nil),           // 27: berth.v1.ApplyResponse
+	(*ListServicesRequest)(nil),     // 28: berth.v1.ListServicesRequest
+	(*ServiceSummary)(nil),          // 29: berth.v1.ServiceSummary
+	(*ListServicesResponse)(nil),    // 30: berth.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),       // 31: berth.v1.GetServiceRequest
+	(*ServiceDetail)(nil),           // 32: berth.v1.ServiceDetail
+	(*DeleteServiceRequest)(nil),    // 33: berth.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),   // 34: berth.v1.DeleteServiceResponse
+	(*ListInstancesRequest)(nil),    // 35: berth.v1.ListInstancesRequest
+	(*InstanceView)(nil),            // 36: berth.v1.InstanceView
+	(*ListInstancesResponse)(nil),   // 37: berth.v1.ListInstancesResponse
+	(*ListNodesRequest)(nil),        // 38: berth.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 39: berth.v1.ListNodesResponse
+	(*ImageChunk)(nil),              // 40: berth.v1.ImageChunk
+	(*LoadImageResponse)(nil),       // 41: berth.v1.LoadImageResponse
+	(*ListImagesRequest)(nil),       // 42: berth.v1.ListImagesRequest
+	(*Image)(nil),                   // 43: berth.v1.Image
+	(*ListImagesResponse)(nil),      // 44: berth.v1.ListImagesResponse
+	(*ListEventsRequest)(nil),       // 45: berth.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 46: berth.v1.ListEventsResponse
+	(*RegisterRequest)(nil),         // 47: berth.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 48: berth.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 49: berth.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 50: berth.v1.HeartbeatResponse
+	(*WatchAssignmentsRequest)(nil), // 51: berth.v1.WatchAssignmentsRequest
+	(*Assignments)(nil),             // 52: berth.v1.Assignments
+	(*ReportStatusRequest)(nil),     // 53: berth.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),    // 54: berth.v1.ReportStatusResponse
+	(*WatchDiscoveryRequest)(nil),   // 55: berth.v1.WatchDiscoveryRequest
+	(*DiscoverySnapshot)(nil),       // 56: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),        // 57: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),       // 58: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                // 59: berth.v1.Endpoint
+	(*CreateTokenRequest)(nil),      // 60: berth.v1.CreateTokenRequest
+	(*Token)(nil),                   // 61: berth.v1.Token
+	(*CreateTokenResponse)(nil),     // 62: berth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 63: berth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 64: berth.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 65: berth.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 66: berth.v1.RevokeTokenResponse
+	(*JoinRequest)(nil),             // 67: berth.v1.JoinRequest
+	(*RenewCertificateRequest)(nil), // 68: berth.v1.RenewCertificateRequest
+	(*CertificateResponse)(nil),     // 69: berth.v1.CertificateResponse
+	(*RemoveNodeRequest)(nil),       // 70: berth.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),      // 71: berth.v1.RemoveNodeResponse
+	(*RevokeGatewayRequest)(nil),    // 72: berth.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),   // 73: berth.v1.RevokeGatewayResponse
+	(*CordonNodeRequest)(nil),       // 74: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 75: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 76: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 77: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 78: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 79: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),     // 80: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 81: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 82: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 83: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 84: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 85: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 86: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),          // 87: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),    // 88: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),      // 89: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 90: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 91: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 92: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 93: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 94: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 95: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 96: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 97: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 98: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 99: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 100: berth.v1.FetchImageRequest
+	(*ListSecretsRequest)(nil),      // 101: berth.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 102: berth.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 103: berth.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 104: berth.v1.DeleteSecretResponse
+	(*InstanceSecretsRequest)(nil),  // 105: berth.v1.InstanceSecretsRequest
+	(*SecretData)(nil),              // 106: berth.v1.SecretData
+	(*InstanceSecretsResponse)(nil), // 107: berth.v1.InstanceSecretsResponse
+	nil,                             // 108: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 109: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 110: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 111: berth.v1.SecretMount.EnvEntry
+	nil,                             // 112: berth.v1.Secret.DataEntry
+	nil,                             // 113: berth.v1.Node.LabelsEntry
+	nil,                             // 114: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 115: berth.v1.Assignments.VolumeSizesEntry
+	nil,                             // 116: berth.v1.SecretData.DataEntry
+	nil,                             // 117: berth.v1.InstanceSecretsResponse.SecretsEntry
+	(*timestamppb.Timestamp)(nil),   // 118: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	99,  // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	108, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,   // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,   // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,   // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	105, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	105, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	100, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
-	11,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
-	12,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
-	13,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
-	16,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	101, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
-	8,   // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
-	9,   // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
-	4,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
-	5,   // 15: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
-	6,   // 16: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	105, // 17: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	105, // 18: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	0,   // 19: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	105, // 20: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	105, // 21: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
-	14,  // 22: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	15,  // 23: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	3,   // 24: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	105, // 25: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	105, // 26: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	105, // 27: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	18,  // 28: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	105, // 29: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	105, // 30: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	102, // 31: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	20,  // 32: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	105, // 33: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	105, // 34: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	20,  // 35: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	105, // 36: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	105, // 37: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	1,   // 38: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	10,  // 39: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
-	24,  // 40: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	1,   // 41: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	27,  // 42: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	1,   // 43: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	34,  // 44: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	22,  // 45: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	17,  // 46: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	19,  // 47: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	34,  // 48: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	21,  // 49: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	105, // 50: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	41,  // 51: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	22,  // 52: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	103, // 53: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	20,  // 54: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	17,  // 55: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	19,  // 56: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	104, // 57: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
-	19,  // 58: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	55,  // 59: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	11,  // 60: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	16,  // 61: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	56,  // 62: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	57,  // 63: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	105, // 64: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	105, // 65: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	59,  // 66: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
-	59,  // 67: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
-	21,  // 68: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	105, // 69: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	79,  // 70: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	105, // 71: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	82,  // 72: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	10,  // 73: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	88,  // 74: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	88,  // 75: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	22,  // 76: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	23,  // 77: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	26,  // 78: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	29,  // 79: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	31,  // 80: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	33,  // 81: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	36,  // 82: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	38,  // 83: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	40,  // 84: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	43,  // 85: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	58,  // 86: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	61,  // 87: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	63,  // 88: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	65,  // 89: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	66,  // 90: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	68,  // 91: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	70,  // 92: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	72,  // 93: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	74,  // 94: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	78,  // 95: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	81,  // 96: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	84,  // 97: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	85,  // 98: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	86,  // 99: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	87,  // 100: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	90,  // 101: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	92,  // 102: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	94,  // 103: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	45,  // 104: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	47,  // 105: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	49,  // 106: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	51,  // 107: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	53,  // 108: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	76,  // 109: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	98,  // 110: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	96,  // 111: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	25,  // 112: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	28,  // 113: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	30,  // 114: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	32,  // 115: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	35,  // 116: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	37,  // 117: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	39,  // 118: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	42,  // 119: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	44,  // 120: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	60,  // 121: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	62,  // 122: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	64,  // 123: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	67,  // 124: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	67,  // 125: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	69,  // 126: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	71,  // 127: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	73,  // 128: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	75,  // 129: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	80,  // 130: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	83,  // 131: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	24,  // 132: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	7,   // 133: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	7,   // 134: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	89,  // 135: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	91,  // 136: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	93,  // 137: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	95,  // 138: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	46,  // 139: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	48,  // 140: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	50,  // 141: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	52,  // 142: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	54,  // 143: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	77,  // 144: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	38,  // 145: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	97,  // 146: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	112, // [112:147] is the sub-list for method output_type
-	77,  // [77:112] is the sub-list for method input_type
-	77,  // [77:77] is the sub-list for extension type_name
-	77,  // [77:77] is the sub-list for extension extendee
-	0,   // [0:77] is the sub-list for field type_name
+	118, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	118, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	109, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	13,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
+	14,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
+	15,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
+	18,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
+	110, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	10,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
+	11,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
+	6,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
+	4,   // 15: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
+	111, // 16: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	0,   // 17: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
+	112, // 18: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	118, // 19: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	118, // 20: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	7,   // 21: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
+	8,   // 22: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
+	118, // 23: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	118, // 24: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	0,   // 25: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	118, // 26: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	118, // 27: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	16,  // 28: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	17,  // 29: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	3,   // 30: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	118, // 31: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	118, // 32: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	118, // 33: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	20,  // 34: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	118, // 35: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	118, // 36: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	113, // 37: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	22,  // 38: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	118, // 39: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	118, // 40: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	22,  // 41: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	118, // 42: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	118, // 43: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	1,   // 44: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	12,  // 45: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	5,   // 46: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
+	26,  // 47: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	1,   // 48: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	29,  // 49: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	1,   // 50: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	36,  // 51: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	24,  // 52: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	19,  // 53: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	21,  // 54: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	36,  // 55: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	23,  // 56: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	118, // 57: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	43,  // 58: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	24,  // 59: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	114, // 60: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	22,  // 61: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	19,  // 62: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	21,  // 63: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	115, // 64: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	21,  // 65: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	57,  // 66: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	13,  // 67: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	18,  // 68: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	58,  // 69: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	59,  // 70: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	118, // 71: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	118, // 72: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	61,  // 73: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	61,  // 74: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	23,  // 75: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	118, // 76: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	81,  // 77: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	118, // 78: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	84,  // 79: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	12,  // 80: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	90,  // 81: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	90,  // 82: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	24,  // 83: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	5,   // 84: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
+	116, // 85: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	117, // 86: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	106, // 87: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	25,  // 88: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	28,  // 89: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	31,  // 90: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	33,  // 91: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	35,  // 92: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	38,  // 93: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	40,  // 94: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	42,  // 95: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	45,  // 96: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	60,  // 97: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	63,  // 98: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	65,  // 99: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	67,  // 100: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	68,  // 101: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	70,  // 102: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	72,  // 103: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	74,  // 104: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	76,  // 105: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	80,  // 106: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	83,  // 107: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	86,  // 108: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	87,  // 109: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	88,  // 110: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	89,  // 111: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	92,  // 112: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	94,  // 113: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	96,  // 114: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	101, // 115: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	103, // 116: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	47,  // 117: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	49,  // 118: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	51,  // 119: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	53,  // 120: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	55,  // 121: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	78,  // 122: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	100, // 123: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	98,  // 124: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	105, // 125: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	27,  // 126: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	30,  // 127: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	32,  // 128: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	34,  // 129: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	37,  // 130: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	39,  // 131: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	41,  // 132: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	44,  // 133: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	46,  // 134: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	62,  // 135: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	64,  // 136: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	66,  // 137: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	69,  // 138: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	69,  // 139: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	71,  // 140: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	73,  // 141: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	75,  // 142: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	77,  // 143: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	82,  // 144: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	85,  // 145: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	26,  // 146: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	9,   // 147: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	9,   // 148: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	91,  // 149: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	93,  // 150: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	95,  // 151: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	97,  // 152: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	102, // 153: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	104, // 154: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	48,  // 155: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	50,  // 156: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	52,  // 157: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	54,  // 158: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	56,  // 159: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	79,  // 160: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	40,  // 161: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	99,  // 162: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	107, // 163: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	126, // [126:164] is the sub-list for method output_type
+	88,  // [88:126] is the sub-list for method input_type
+	88,  // [88:88] is the sub-list for extension type_name
+	88,  // [88:88] is the sub-list for extension extendee
+	0,   // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -6911,14 +7470,14 @@ func file_berth_proto_init() {
 		return
 	}
 	file_berth_proto_msgTypes[3].OneofWrappers = []any{}
-	file_berth_proto_msgTypes[4].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   105,
+			NumMessages:   118,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

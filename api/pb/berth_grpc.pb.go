@@ -53,6 +53,8 @@ const (
 	Berth_GetVolume_FullMethodName        = "/berth.v1.Berth/GetVolume"
 	Berth_DeleteVolume_FullMethodName     = "/berth.v1.Berth/DeleteVolume"
 	Berth_ReleaseVolume_FullMethodName    = "/berth.v1.Berth/ReleaseVolume"
+	Berth_ListSecrets_FullMethodName      = "/berth.v1.Berth/ListSecrets"
+	Berth_DeleteSecret_FullMethodName     = "/berth.v1.Berth/DeleteSecret"
 )
 
 // BerthClient is the client API for Berth service.
@@ -118,6 +120,10 @@ type BerthClient interface {
 	// ReleaseVolume unbinds a volume from its node so its consumers may run
 	// elsewhere, on an empty directory: for a node that is gone for good.
 	ReleaseVolume(ctx context.Context, in *ReleaseVolumeRequest, opts ...grpc.CallOption) (*ReleaseVolumeResponse, error)
+	// ListSecrets lists secrets: names, keys and consumers, never values.
+	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
+	// DeleteSecret removes a secret; refused while a service uses it.
+	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
 }
 
 type berthClient struct {
@@ -401,6 +407,26 @@ func (c *berthClient) ReleaseVolume(ctx context.Context, in *ReleaseVolumeReques
 	return out, nil
 }
 
+func (c *berthClient) ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSecretsResponse)
+	err := c.cc.Invoke(ctx, Berth_ListSecrets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteSecretResponse)
+	err := c.cc.Invoke(ctx, Berth_DeleteSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BerthServer is the server API for Berth service.
 // All implementations must embed UnimplementedBerthServer
 // for forward compatibility.
@@ -464,6 +490,10 @@ type BerthServer interface {
 	// ReleaseVolume unbinds a volume from its node so its consumers may run
 	// elsewhere, on an empty directory: for a node that is gone for good.
 	ReleaseVolume(context.Context, *ReleaseVolumeRequest) (*ReleaseVolumeResponse, error)
+	// ListSecrets lists secrets: names, keys and consumers, never values.
+	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
+	// DeleteSecret removes a secret; refused while a service uses it.
+	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
 	mustEmbedUnimplementedBerthServer()
 }
 
@@ -554,6 +584,12 @@ func (UnimplementedBerthServer) DeleteVolume(context.Context, *DeleteVolumeReque
 }
 func (UnimplementedBerthServer) ReleaseVolume(context.Context, *ReleaseVolumeRequest) (*ReleaseVolumeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReleaseVolume not implemented")
+}
+func (UnimplementedBerthServer) ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListSecrets not implemented")
+}
+func (UnimplementedBerthServer) DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteSecret not implemented")
 }
 func (UnimplementedBerthServer) mustEmbedUnimplementedBerthServer() {}
 func (UnimplementedBerthServer) testEmbeddedByValue()               {}
@@ -1051,6 +1087,42 @@ func _Berth_ReleaseVolume_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_ListSecrets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSecretsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ListSecrets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ListSecrets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ListSecrets(ctx, req.(*ListSecretsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_DeleteSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).DeleteSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_DeleteSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).DeleteSecret(ctx, req.(*DeleteSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Berth_ServiceDesc is the grpc.ServiceDesc for Berth service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1162,6 +1234,14 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReleaseVolume",
 			Handler:    _Berth_ReleaseVolume_Handler,
 		},
+		{
+			MethodName: "ListSecrets",
+			Handler:    _Berth_ListSecrets_Handler,
+		},
+		{
+			MethodName: "DeleteSecret",
+			Handler:    _Berth_DeleteSecret_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -1182,6 +1262,7 @@ const (
 	NodeAgent_WatchNodes_FullMethodName       = "/berth.v1.NodeAgent/WatchNodes"
 	NodeAgent_FetchImage_FullMethodName       = "/berth.v1.NodeAgent/FetchImage"
 	NodeAgent_VolumeDeleted_FullMethodName    = "/berth.v1.NodeAgent/VolumeDeleted"
+	NodeAgent_InstanceSecrets_FullMethodName  = "/berth.v1.NodeAgent/InstanceSecrets"
 )
 
 // NodeAgentClient is the client API for NodeAgent service.
@@ -1205,6 +1286,9 @@ type NodeAgentClient interface {
 	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
 	// VolumeDeleted tells the control plane a node removed a volume's data.
 	VolumeDeleted(ctx context.Context, in *VolumeDeletedRequest, opts ...grpc.CallOption) (*VolumeDeletedResponse, error)
+	// InstanceSecrets returns the values of the secrets an instance assigned
+	// to the calling node uses, when the agent starts its container.
+	InstanceSecrets(ctx context.Context, in *InstanceSecretsRequest, opts ...grpc.CallOption) (*InstanceSecretsResponse, error)
 }
 
 type nodeAgentClient struct {
@@ -1331,6 +1415,16 @@ func (c *nodeAgentClient) VolumeDeleted(ctx context.Context, in *VolumeDeletedRe
 	return out, nil
 }
 
+func (c *nodeAgentClient) InstanceSecrets(ctx context.Context, in *InstanceSecretsRequest, opts ...grpc.CallOption) (*InstanceSecretsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InstanceSecretsResponse)
+	err := c.cc.Invoke(ctx, NodeAgent_InstanceSecrets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeAgentServer is the server API for NodeAgent service.
 // All implementations must embed UnimplementedNodeAgentServer
 // for forward compatibility.
@@ -1352,6 +1446,9 @@ type NodeAgentServer interface {
 	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error
 	// VolumeDeleted tells the control plane a node removed a volume's data.
 	VolumeDeleted(context.Context, *VolumeDeletedRequest) (*VolumeDeletedResponse, error)
+	// InstanceSecrets returns the values of the secrets an instance assigned
+	// to the calling node uses, when the agent starts its container.
+	InstanceSecrets(context.Context, *InstanceSecretsRequest) (*InstanceSecretsResponse, error)
 	mustEmbedUnimplementedNodeAgentServer()
 }
 
@@ -1385,6 +1482,9 @@ func (UnimplementedNodeAgentServer) FetchImage(*FetchImageRequest, grpc.ServerSt
 }
 func (UnimplementedNodeAgentServer) VolumeDeleted(context.Context, *VolumeDeletedRequest) (*VolumeDeletedResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method VolumeDeleted not implemented")
+}
+func (UnimplementedNodeAgentServer) InstanceSecrets(context.Context, *InstanceSecretsRequest) (*InstanceSecretsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method InstanceSecrets not implemented")
 }
 func (UnimplementedNodeAgentServer) mustEmbedUnimplementedNodeAgentServer() {}
 func (UnimplementedNodeAgentServer) testEmbeddedByValue()                   {}
@@ -1523,6 +1623,24 @@ func _NodeAgent_VolumeDeleted_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeAgent_InstanceSecrets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstanceSecretsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeAgentServer).InstanceSecrets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeAgent_InstanceSecrets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeAgentServer).InstanceSecrets(ctx, req.(*InstanceSecretsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeAgent_ServiceDesc is the grpc.ServiceDesc for NodeAgent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1545,6 +1663,10 @@ var NodeAgent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VolumeDeleted",
 			Handler:    _NodeAgent_VolumeDeleted_Handler,
+		},
+		{
+			MethodName: "InstanceSecrets",
+			Handler:    _NodeAgent_InstanceSecrets_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

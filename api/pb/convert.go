@@ -6,6 +6,7 @@ package pb
 
 import (
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -101,6 +102,9 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 	for _, m := range s.Volumes {
 		p.Volumes = append(p.Volumes, &VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, Tmpfs: m.Tmpfs, Size: m.Size})
 	}
+	for _, m := range s.Secrets {
+		p.Secrets = append(p.Secrets, &SecretMount{Name: m.Name, MountPath: m.MountPath, Env: maps.Clone(m.Env)})
+	}
 	for _, t := range s.VolumeTemplates {
 		p.VolumeTemplates = append(p.VolumeTemplates, &VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
 	}
@@ -157,6 +161,9 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 	}
 	for _, m := range p.Volumes {
 		s.Volumes = append(s.Volumes, api.VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, Tmpfs: m.Tmpfs, Size: m.Size})
+	}
+	for _, m := range p.Secrets {
+		s.Secrets = append(s.Secrets, api.SecretMount{Name: m.Name, MountPath: m.MountPath, Env: maps.Clone(m.Env)})
 	}
 	for _, t := range p.VolumeTemplates {
 		s.VolumeTemplates = append(s.VolumeTemplates, api.VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})

@@ -82,8 +82,9 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 				}
 				all.Services = append(all.Services, objs.Services...)
 				all.Volumes = append(all.Volumes, objs.Volumes...)
+				all.Secrets = append(all.Secrets, objs.Secrets...)
 			}
-			if len(all.Services)+len(all.Volumes) == 0 {
+			if len(all.Services)+len(all.Volumes)+len(all.Secrets) == 0 {
 				return fmt.Errorf("apply: no manifests found in %s", strings.Join(files, ", "))
 			}
 			req := &pb.ApplyRequest{DryRun: dryRun}
@@ -93,14 +94,21 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 			for i := range all.Volumes {
 				req.Volumes = append(req.Volumes, pb.FromVolume(&all.Volumes[i]))
 			}
+			for i := range all.Secrets {
+				sec, err := secretToPB(&all.Secrets[i])
+				if err != nil {
+					return err
+				}
+				req.Secrets = append(req.Secrets, sec)
+			}
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.Apply(ctx, req)
 				if err != nil {
 					return g.rpcErr(err)
 				}
 				for _, r := range resp.Results {
-					if r.Kind == api.KindVolume {
-						fmt.Fprintf(cmd.OutOrStdout(), "volume/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
+					if r.Kind == api.KindVolume || r.Kind == api.KindSecret {
+						fmt.Fprintf(cmd.OutOrStdout(), "%s/%s %s (namespace %s)\n", strings.ToLower(r.Kind), r.Name, r.Action, r.Namespace)
 						continue
 					}
 					if r.Revision > 0 {
@@ -130,7 +138,7 @@ func waitReady(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, results
 	defer cancel()
 	want := map[string]bool{}
 	for _, r := range results {
-		if r.Kind != api.KindVolume {
+		if r.Kind != api.KindVolume && r.Kind != api.KindSecret {
 			want[r.Namespace+"/"+r.Name] = true
 		}
 	}

@@ -52,6 +52,7 @@ type serverFlags struct {
 	caKey        string
 	certTTL      time.Duration
 	maxNodes     int
+	secretsKey   string
 	adminConfig  string
 	etcdCA       string
 	etcdCert     string
@@ -77,6 +78,7 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.caKey, "ca-key", "", "the cluster CA's private key (PEM), with --ca-cert")
 	cmd.Flags().DurationVar(&f.certTTL, "cert-ttl", def.CertTTL, "lifetime of the certificates issued to nodes, gateways and replicas (renewed two thirds of the way)")
 	cmd.Flags().IntVar(&f.maxNodes, "max-nodes", def.MaxNodes, "most nodes that may join (0: no cap)")
+	cmd.Flags().StringVar(&f.secretsKey, "secrets-key-file", "", "key Secrets are sealed with in etcd, created at first start (default --data-dir/secrets.key; every replica needs the same)")
 	cmd.Flags().StringVar(&f.adminConfig, "admin-config", "", "where to write the first admin's CLI configuration, mode 0600 (default --data-dir/admin.conf; - disables)")
 	cmd.Flags().StringVar(&f.etcdCA, "etcd-cafile", "", "CA of an external etcd's server certificates")
 	cmd.Flags().StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for an external etcd")
@@ -150,6 +152,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
 	cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.nodeTimeout, f.lostGrace, f.name, f.advertise
 	cfg.CACertFile, cfg.CAKeyFile, cfg.CertTTL, cfg.MaxNodes, cfg.AdminConfig = f.caCert, f.caKey, f.certTTL, f.maxNodes, f.adminConfig
+	cfg.SecretsKeyFile = f.secretsKey
 	if f.etcdCA != "" || f.etcdCert != "" || f.etcdKey != "" {
 		info := transport.TLSInfo{TrustedCAFile: f.etcdCA, CertFile: f.etcdCert, KeyFile: f.etcdKey}
 		if cfg.EtcdTLS, err = info.ClientConfig(); err != nil {

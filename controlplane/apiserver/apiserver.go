@@ -25,6 +25,7 @@ import (
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/berth-dev/berth/pki"
@@ -52,6 +53,9 @@ type Config struct {
 	// and every call that needs a credential is refused.
 	CA   *pki.CA
 	Auth *store.AuthCache
+	// Secrets seals and opens Secret values; without it secrets are
+	// refused.
+	Secrets *secrets.Box
 	// CertTTL is the lifetime of the certificates Join and renewals issue.
 	CertTTL time.Duration
 	// MaxNodes caps the nodes that may join (0: no cap).
@@ -143,8 +147,8 @@ func nsOrDefault(ns string) string {
 
 // Apply validates every service and stores them all, or none.
 func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResponse, error) {
-	if len(req.Services)+len(req.Volumes) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "apply: no services or volumes in the request")
+	if len(req.Services)+len(req.Volumes)+len(req.Secrets) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "apply: no services, volumes or secrets in the request")
 	}
 	svcs := make([]api.Service, 0, len(req.Services))
 	var problems []string
@@ -182,6 +186,13 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		vols = append(vols, *vol)
 	}
 	problems = append(problems, checkVolumeRefs(s.cache.View(), svcs, vols)...)
+	sealed, secretKeys, bad := s.sealSecrets(req.Secrets)
+	problems = append(problems, bad...)
+	bad, err := s.checkSecretRefs(ctx, svcs, secretKeys)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	problems = append(problems, bad...)
 	if len(problems) > 0 {
 		return nil, status.Error(codes.InvalidArgument, "apply rejected, nothing stored: "+strings.Join(problems, "; "))
 	}
@@ -190,9 +201,12 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		for _, svc := range svcs {
 			out.Results = append(out.Results, &pb.ApplyResult{Namespace: svc.Metadata.Namespace, Name: svc.Metadata.Name, Action: "validated"})
 		}
+		for _, sec := range sealed {
+			out.Results = append(out.Results, &pb.ApplyResult{Kind: api.KindSecret, Namespace: sec.Namespace, Name: sec.Name, Action: "validated"})
+		}
 		return out, nil
 	}
-	results, err := s.store.Apply(ctx, svcs, vols)
+	results, err := s.store.Apply(ctx, svcs, vols, sealed...)
 	if errors.Is(err, store.ErrInvalid) {
 		return nil, status.Error(codes.InvalidArgument, "apply rejected, nothing stored: "+err.Error())
 	}
@@ -207,6 +221,11 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		}
 		if r.Kind == api.KindVolume {
 			_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "volume/" + r.Name, Reason: "Applied", Message: "volume " + r.Action})
+			continue
+		}
+		if r.Kind == api.KindSecret {
+			// Names only: new containers of its users get the new values.
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "secret/" + r.Name, Reason: "Applied", Message: fmt.Sprintf("secret %s by %s", r.Action, principalOf(ctx))})
 			continue
 		}
 		_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "service/" + r.Name, Reason: "Applied",

@@ -91,6 +91,8 @@ var methodPermissions = map[string]permissions{
 	berthSvc + "GetVolume":        inNamespace(authz.Read, nsOf),
 	berthSvc + "DeleteVolume":     inNamespace(authz.Write, nsOf),
 	berthSvc + "ReleaseVolume":    inNamespace(authz.Write, nsOf),
+	berthSvc + "ListSecrets":      listIn(nsOf),
+	berthSvc + "DeleteSecret":     inNamespace(authz.Write, nsOf),
 
 	agentSvc + "Register":         forNode(func(m any) string { return m.(*pb.RegisterRequest).GetName() }),
 	agentSvc + "Heartbeat":        forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
@@ -98,7 +100,9 @@ var methodPermissions = map[string]permissions{
 	agentSvc + "ReportStatus":     forNode(func(m any) string { return m.(*pb.ReportStatusRequest).GetNode() }),
 	agentSvc + "WatchDiscovery":   forNode(func(m any) string { return m.(*pb.WatchDiscoveryRequest).GetNode() }),
 	agentSvc + "VolumeDeleted":    forNode(func(m any) string { return m.(*pb.VolumeDeletedRequest).GetNode() }),
-	agentSvc + "WatchNodes":       one(authz.NodeWatch),
+	// The handler also checks that the instance is assigned to the node.
+	agentSvc + "InstanceSecrets": forNode(func(m any) string { return m.(*pb.InstanceSecretsRequest).GetNode() }),
+	agentSvc + "WatchNodes":      one(authz.NodeWatch),
 	// Which images a node may fetch depends on its assignments: the
 	// handler narrows it.
 	agentSvc + "FetchImage": one(authz.ImageFetch),
@@ -123,6 +127,9 @@ func applyPermissions(m any) []authz.Request {
 		add(s.GetMetadata().GetNamespace())
 	}
 	for _, v := range req.GetVolumes() {
+		add(v.GetMetadata().GetNamespace())
+	}
+	for _, v := range req.GetSecrets() {
 		add(v.GetMetadata().GetNamespace())
 	}
 	if len(out) == 0 {

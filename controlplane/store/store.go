@@ -162,21 +162,22 @@ type ApplyResult struct {
 	Revision        int64
 }
 
-// Apply creates or updates services and volumes in one transaction: each
-// service whose template changed gets a new immutable revision. Either
-// every object is written or none is.
-func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume) ([]ApplyResult, error) {
-	return s.apply(ctx, svcs, vols, nil)
+// Apply creates or updates services, volumes and (sealed) secrets in one
+// transaction: each service whose template changed gets a new immutable
+// revision. Either every object is written or none is.
+func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume, secrets ...SecretRecord) ([]ApplyResult, error) {
+	return s.apply(ctx, svcs, vols, nil, secrets...)
 }
 
 // apply is Apply; causes, by service key, prefix the new revisions' change
 // text ("rollback to revision 3").
-func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]string) ([]ApplyResult, error) {
+func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]string, secrets ...SecretRecord) ([]ApplyResult, error) {
 	for attempt := 0; attempt < maxRetries; attempt++ {
-		var cmps []clientv3.Cmp
-		var ops []clientv3.Op
-		results := make([]ApplyResult, 0, len(svcs)+len(vols))
 		now := s.now().UTC()
+		cmps, ops, results, err := s.applySecrets(ctx, secrets, now)
+		if err != nil {
+			return nil, err
+		}
 		for _, in := range vols {
 			key := volumeKey(in.Metadata.Namespace, in.Metadata.Name)
 			resp, err := s.cli.Get(ctx, key)
@@ -280,7 +281,7 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
 			return nil, fmt.Errorf("%w: applying %d objects takes %d etcd operations in one transaction, more than etcd allows (its --max-txn-ops; the embedded etcd allows %d); apply them in smaller groups",
-				ErrTooLarge, len(svcs)+len(vols), len(cmps)+len(ops), EmbeddedMaxTxnOps)
+				ErrTooLarge, len(svcs)+len(vols)+len(secrets), len(cmps)+len(ops), EmbeddedMaxTxnOps)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("store: apply: %w", err)
