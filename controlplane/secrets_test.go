@@ -36,7 +36,9 @@ func (l *lockedBuffer) String() string {
 // never returned by the user API, never logged; refusals name the field.
 func TestSecrets(t *testing.T) {
 	logs := &lockedBuffer{}
-	h := start(t, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})) })
+	h := start(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	ctx := context.Background()
 	const value = "correct-horse-battery-staple"
 	secret := &pb.Secret{Metadata: &pb.ObjectMeta{Name: "db", Namespace: "default"}, Data: map[string][]byte{"password": []byte(value), "user": []byte("app")}}

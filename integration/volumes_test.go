@@ -291,4 +291,59 @@ spec:
 			})
 		}
 	})
+
+	t.Run("a secret reaches its container as env and read-only files, on a tmpfs, and nowhere else", func(t *testing.T) {
+		const value = "s3cret-value-for-the-e2e"
+		secretFile := filepath.Join(t.TempDir(), "password")
+		writeFile(t, secretFile, value)
+		mustBerth(t, api, "secret", "create", "db", "--from-file", "password="+secretFile, "--from-literal", "dir=/run/secrets/db")
+		// DATA_DIR comes from the secret, so the file read below works only
+		// if both the env and the mount arrived.
+		m := filepath.Join(t.TempDir(), "vault.yaml")
+		writeFile(t, m, `apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: vault}
+spec:
+  image: berth.local/hello:v1
+  replicas: 1
+  ports: [{name: http, port: 8080, protocol: http}]
+  resources: {cpu: 50m, memory: 32Mi}
+  health: {http: {path: /healthz, port: 8080}, interval: 1s, timeout: 1s}
+  secrets: [{name: db, mountPath: /run/secrets/db, env: {DATA_DIR: dir}}]
+`)
+		mustBerth(t, api, "apply", "-f", m)
+		var ready []ordinalView
+		eventually(t, 60*time.Second, "one ready vault replica", func() (bool, string) {
+			ready = readyByService(t, api, "vault")
+			return len(ready) == 1, fmt.Sprint(ready)
+		})
+		ip := ready[0].Status.IP
+		if got := getFile(t, ip, "password"); got != value {
+			t.Fatalf("the container read %q, want the secret", got)
+		}
+		// Read-only in the container.
+		req, _ := http.NewRequest("PUT", "http://"+ip+":8080/files/password", strings.NewReader("overwritten"))
+		if resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req); err != nil || resp.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("writing the secret file: %v %v, want refused (read-only)", resp, err)
+		}
+		var st syscall.Statfs_t
+		dir := filepath.Join(stateDir, "secrets", ready[0].Instance.ID)
+		if err := syscall.Statfs(dir, &st); err != nil || st.Type != 0x01021994 {
+			t.Fatalf("secret files on the node are not on a tmpfs: %v (type %x)", err, st.Type)
+		}
+		for _, out := range []string{mustBerth(t, api, "describe", "service", "vault"), mustBerth(t, api, "get", "services", "-o", "yaml"), mustBerth(t, api, "secret", "ls"), mustBerth(t, api, "events")} {
+			if strings.Contains(out, value) {
+				t.Fatalf("the secret's value is printed:\n%s", out)
+			}
+		}
+		if _, errOut, code := berth(t, api, "secret", "rm", "db"); code == 0 || !strings.Contains(errOut, "used by vault") {
+			t.Fatalf("secret rm while in use: exit %d: %s", code, errOut)
+		}
+		mustBerth(t, api, "delete", "service", "vault", "--wait")
+		eventually(t, 30*time.Second, "the instance's secret files gone", func() (bool, string) {
+			_, err := os.Stat(dir)
+			return os.IsNotExist(err), fmt.Sprint(err)
+		})
+		mustBerth(t, api, "secret", "rm", "db")
+	})
 }
