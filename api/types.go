@@ -514,6 +514,10 @@ type Port struct {
 type Resources struct {
 	CPU    string `json:"cpu,omitempty"`
 	Memory string `json:"memory,omitempty"`
+	// Pids caps the container's processes and threads (pids.max); 0 takes
+	// the node's default. CPU and Memory are also the container's limits;
+	// absent, the node's defaults apply: no container runs unlimited.
+	Pids int64 `json:"pids,omitempty"`
 }
 
 // Health is a readiness probe. Exactly one of HTTP or TCP is set.
@@ -706,6 +710,10 @@ type GatewayStatus struct {
 // Gateway states.
 const (
 	GatewaySynced = "SYNCED"
+	// GatewaySyncing is behind for less than the xDS server's deadline.
+	GatewaySyncing = "SYNCING"
+	// GatewayStale has been behind past the deadline: shown, and no
+	// longer waited for by drains and canary steps.
 	GatewayStale  = "STALE"
 	GatewayNacked = "NACKED"
 )

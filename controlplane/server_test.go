@@ -418,7 +418,7 @@ func TestDrainWaitsForEveryReplicasGateways(t *testing.T) {
 	// Another replica's gateway, behind.
 	remote := func(version uint64) {
 		t.Helper()
-		if err := h.srv.Store().PutGateways(ctx, "replica-b", 0, []api.GatewayStatus{{NodeID: "gw-remote", Version: version, State: "STALE"}}); err != nil {
+		if err := h.srv.Store().PutGateways(ctx, "replica-b", 0, []api.GatewayStatus{{NodeID: "gw-remote", Version: version, State: api.GatewaySyncing}}); err != nil {
 			t.Fatal(err)
 		}
 	}

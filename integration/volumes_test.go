@@ -346,4 +346,92 @@ spec:
 		})
 		mustBerth(t, api, "secret", "rm", "db")
 	})
+
+	t.Run("containers run sandboxed with default limits; volumes are nosuid,nodev", func(t *testing.T) {
+		m := filepath.Join(t.TempDir(), "boxed.yaml")
+		svc := func(name, extra string) string {
+			return fmt.Sprintf(`apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: %s}
+spec:
+  image: berth.local/hello:v1
+  replicas: 1
+  ports: [{name: http, port: 8080, protocol: http}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s, timeout: 1s}
+%s`, name, extra)
+		}
+		writeFile(t, m, svc("boxproc", "  env: {DATA_DIR: /proc/self}\n  volumeTemplates: [{name: box, mountPath: /box}]\n")+"---\n"+
+			svc("boxcg", "  env: {DATA_DIR: /proc/self}\n  resources: {pids: 64}\n"))
+		mustBerth(t, api, "apply", "-f", m)
+		ip := map[string]string{}
+		for _, name := range []string{"boxproc", "boxcg"} {
+			eventually(t, 60*time.Second, "one ready "+name, func() (bool, string) {
+				r := readyByService(t, api, name)
+				if len(r) == 1 {
+					ip[name] = r[0].Status.IP
+				}
+				return len(r) == 1, fmt.Sprint(r)
+			})
+		}
+		st := getFile(t, ip["boxproc"], "status")
+		for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2"} {
+			if !strings.Contains(st, want) {
+				t.Errorf("/proc/self/status lacks %q:\n%s", want, st)
+			}
+		}
+		var capEff uint64
+		for _, line := range strings.Split(st, "\n") {
+			if v, ok := strings.CutPrefix(line, "CapEff:\t"); ok {
+				fmt.Sscanf(v, "%x", &capEff)
+			}
+		}
+		const capNetRaw, capMknod, capSysAdmin = 13, 27, 21
+		if capEff == 0 || capEff&(1<<capNetRaw|1<<capMknod|1<<capSysAdmin) != 0 {
+			t.Errorf("effective capabilities %x: want Docker's default set without NET_RAW and MKNOD", capEff)
+		}
+		mounts := getFile(t, ip["boxproc"], "mountinfo")
+		found := false
+		for _, line := range strings.Split(mounts, "\n") {
+			if f := strings.Fields(line); len(f) > 5 && f[4] == "/box" {
+				found = true
+				if !strings.Contains(f[5], "nosuid") || !strings.Contains(f[5], "nodev") {
+					t.Errorf("the volume is mounted %s, want nosuid,nodev", f[5])
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no /box mount in:\n%s", mounts)
+		}
+		// No resources: the node's defaults; resources.pids overrides one.
+		// The container's cgroup, read on the host (v2, or v1 controllers).
+		paths := map[string]string{}
+		for _, line := range strings.Split(strings.TrimSpace(getFile(t, ip["boxcg"], "cgroup")), "\n") {
+			if f := strings.SplitN(line, ":", 3); len(f) == 3 {
+				paths[f[1]] = f[2]
+			}
+		}
+		read := func(controller, v1, v2 string) string {
+			path := filepath.Join("/sys/fs/cgroup", paths[""], v2)
+			if p, ok := paths[controller]; ok {
+				path = filepath.Join("/sys/fs/cgroup", controller, p, v1)
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(b))
+		}
+		if got := read("pids", "pids.max", "pids.max"); got != "64" {
+			t.Errorf("pids.max = %q, want the service's 64", got)
+		}
+		if got := read("memory", "memory.limit_in_bytes", "memory.max"); got != "536870912" {
+			t.Errorf("memory limit = %q, want the default 512Mi", got)
+		}
+		if got := read("cpu", "cpu.cfs_quota_us", "cpu.max"); got != "100000" && got != "100000 100000" {
+			t.Errorf("cpu quota = %q, want the default one CPU", got)
+		}
+		mustBerth(t, api, "delete", "service", "boxproc", "--wait")
+		mustBerth(t, api, "delete", "service", "boxcg", "--wait")
+		mustBerth(t, api, "volume", "rm", "box-0")
+	})
 }

@@ -109,6 +109,9 @@ func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
 	if _, err := api.ParseCPU(s.Resources.CPU); err != nil {
 		errs.add(path+".resources.cpu", "%s", err)
 	}
+	if p := s.Resources.Pids; p < 0 || p > 1<<22 {
+		errs.add(path+".resources.pids", "must be between 1 and %d (0 or absent: the node's default)", 1<<22)
+	}
 	if _, err := api.ParseMemory(s.Resources.Memory); err != nil {
 		errs.add(path+".resources.memory", "%s", err)
 	}

@@ -85,23 +85,34 @@ type Config struct {
 	StopGrace time.Duration
 	// MaxBackoff caps the delay between restarts of a failing instance.
 	MaxBackoff time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	// DefaultLimits are the limits of a container whose service sets none
+	// (per resource): no container runs without a memory, CPU and process
+	// limit, so a fork bomb or a leak stays in its cgroup.
+	DefaultLimits DefaultLimits
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
 }
 
 // DefaultConfig returns the defaults of `berth agent`.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Name:       strings.ToLower(host),
-		ServerAddr: "127.0.0.1:7400",
-		Address:    "127.0.0.1",
-		Runtime:    runtime.DefaultConfig(),
-		DNSPort:    53,
-		DNSTTL:     5 * time.Second,
-		StopGrace:  10 * time.Second,
-		MaxBackoff: 30 * time.Second,
+		Name:          strings.ToLower(host),
+		ServerAddr:    "127.0.0.1:7400",
+		Address:       "127.0.0.1",
+		Runtime:       runtime.DefaultConfig(),
+		DNSPort:       53,
+		DNSTTL:        5 * time.Second,
+		StopGrace:     10 * time.Second,
+		MaxBackoff:    30 * time.Second,
+		DefaultLimits: DefaultLimits{MilliCPU: 1000, MemoryBytes: 512 << 20, Pids: 1024},
 	}
+}
+
+// DefaultLimits are the node's limits for a container whose service's
+// resources leave one out.
+type DefaultLimits struct {
+	MilliCPU, MemoryBytes, Pids int64
 }
 
 // Agent runs one node.
@@ -143,6 +154,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
+	}
+	if cfg.DefaultLimits == (DefaultLimits{}) {
+		cfg.DefaultLimits = DefaultConfig().DefaultLimits
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second

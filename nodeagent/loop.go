@@ -406,7 +406,8 @@ func (l *loop) spec(in api.Instance, sizes map[string]int64) (runtime.ContainerS
 		Mounts:     mounts,
 		InstanceID: in.ID, Namespace: in.Namespace, Service: in.Service, Revision: in.Revision,
 		Image: in.Template.Image, Command: in.Template.Command, Args: in.Template.Args, Env: maps.Clone(in.Template.Env),
-		MilliCPU: req.MilliCPU, MemoryBytes: req.MemoryBytes,
+		MilliCPU: or(req.MilliCPU, l.a.cfg.DefaultLimits.MilliCPU), MemoryBytes: or(req.MemoryBytes, l.a.cfg.DefaultLimits.MemoryBytes),
+		PidsLimit:     or(in.Template.Resources.Pids, l.a.cfg.DefaultLimits.Pids),
 		SearchDomains: []string{in.Namespace + ".svc." + api.ClusterDomain, "svc." + api.ClusterDomain, api.ClusterDomain},
 	}, nil
 }
@@ -598,4 +599,12 @@ func (l *loop) shutdown() {
 			l.a.logger.Warn("could not report the stopped containers", "err", err)
 		}
 	}
+}
+
+// or is v, or def when v is not set.
+func or(v, def int64) int64 {
+	if v > 0 {
+		return v
+	}
+	return def
 }

@@ -43,6 +43,11 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ShutdownGrace bounds how long Run waits for streams to end.
 	ShutdownGrace time.Duration
+	// StaleAfter is how long a client may stay behind the published
+	// version before it is STALE: shown so, and no longer waited for by
+	// drains and canary steps (one client that never ACKs must not hold
+	// them all). Default 10s.
+	StaleAfter time.Duration
 	// LoadWindow is how much load-report history is kept per revision
 	// (in one-second buckets); Load answers for windows up to it.
 	LoadWindow time.Duration
@@ -58,6 +63,7 @@ func DefaultConfig() Config {
 		ListenerPort:       8080,
 		Translate:          DefaultTranslateOptions(),
 		ShutdownGrace:      5 * time.Second,
+		StaleAfter:         10 * time.Second,
 		LoadWindow:         60 * time.Second,
 		LoadReportInterval: time.Second,
 	}
@@ -182,9 +188,10 @@ type NackStatus struct {
 
 // Gateway sync states, as `berth get gateways` shows them.
 const (
-	StateSynced = "SYNCED" // runs the last published version
-	StateStale  = "STALE"  // behind, nothing rejected
-	StateNacked = "NACKED" // rejected a version it has not since replaced
+	StateSynced  = "SYNCED"  // runs the last published version
+	StateSyncing = "SYNCING" // behind for less than StaleAfter, nothing rejected
+	StateStale   = "STALE"   // behind for StaleAfter or longer: not waited for
+	StateNacked  = "NACKED"  // rejected a version it has not since replaced
 )
 
 // GatewayStatus is one connected xDS stream as seen by the server.
@@ -244,6 +251,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ListenerPort != 0 {
 		cfg.Translate.ListenerPort = cfg.ListenerPort
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 10 * time.Second
 	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = def.ShutdownGrace
@@ -552,13 +562,11 @@ func (s *Server) Gateways() []GatewayStatus {
 			}
 		}
 		if len(st.types) == 0 || g.Version < s.published {
+			g.Lag = s.lagLocked(st, g.Version, now)
 			if g.State != StateNacked {
-				g.State = StateStale
-			}
-			for _, p := range s.publishes {
-				if p.version > g.Version {
-					g.Lag = now.Sub(p.at)
-					break
+				g.State = StateSyncing
+				if g.Lag >= s.cfg.StaleAfter {
+					g.State = StateStale
 				}
 			}
 		}
@@ -597,16 +605,48 @@ func (s *Server) WaitForAck(ctx context.Context, version uint64) error {
 		case <-ctx.Done():
 			return fmt.Errorf("xds: wait for ack of version %d: %w", version, ctx.Err())
 		case <-changed:
+		case <-time.After(s.cfg.StaleAfter / 4): // a client may turn STALE by the clock
 		}
 	}
+}
+
+// lagLocked is how long a stream running version has been behind: since
+// the first publish it does not run, or since it connected if later.
+func (s *Server) lagLocked(st *streamState, version uint64, now time.Time) time.Duration {
+	lag := now.Sub(st.connectedAt)
+	for _, p := range s.publishes {
+		if p.version > version {
+			return min(lag, now.Sub(p.at))
+		}
+	}
+	return lag
+}
+
+// staleLocked reports whether a stream has been behind version for
+// StaleAfter or longer: it is no longer waited for.
+func (s *Server) staleLocked(st *streamState, version uint64, now time.Time) bool {
+	running := uint64(0)
+	first := true
+	for t, ts := range st.types {
+		if v := s.runningLocked(st, t, ts); first || v < running {
+			running, first = v, false
+		}
+	}
+	return running < version && s.lagLocked(st, running, now) >= s.cfg.StaleAfter
 }
 
 func (s *Server) ackedLocked(version uint64) (bool, error) {
 	if len(s.streams) > 0 && version > s.published {
 		return false, nil
 	}
+	now := time.Now()
+streams:
 	for _, st := range s.streams {
+		stale := s.staleLocked(st, version, now)
 		if len(st.types) == 0 {
+			if stale {
+				continue
+			}
 			return false, nil // connected, not yet subscribed
 		}
 		for t, ts := range st.types {
@@ -615,6 +655,9 @@ func (s *Server) ackedLocked(version uint64) (bool, error) {
 			}
 			if n := s.nackedLocked(st, t, ts, version); n != nil {
 				return false, fmt.Errorf("%w: node %q rejected %s version %s: %s", ErrNacked, st.nodeID, n.TypeURL, n.Version, n.Error)
+			}
+			if stale {
+				continue streams // STALE: not waited for
 			}
 			return false, nil
 		}

@@ -1333,9 +1333,11 @@ func (x *Port) GetProtocol() string {
 }
 
 type Resources struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cpu           string                 `protobuf:"bytes,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
-	Memory        string                 `protobuf:"bytes,2,opt,name=memory,proto3" json:"memory,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Cpu    string                 `protobuf:"bytes,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	Memory string                 `protobuf:"bytes,2,opt,name=memory,proto3" json:"memory,omitempty"`
+	// Most processes (pids.max); 0: the node's default.
+	Pids          int64 `protobuf:"varint,3,opt,name=pids,proto3" json:"pids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1382,6 +1384,13 @@ func (x *Resources) GetMemory() string {
 		return x.Memory
 	}
 	return ""
+}
+
+func (x *Resources) GetPids() int64 {
+	if x != nil {
+		return x.Pids
+	}
+	return 0
 }
 
 type Health struct {
@@ -6742,10 +6751,11 @@ const file_berth_proto_rawDesc = "" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"5\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"I\n" +
 	"\tResources\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\tR\x03cpu\x12\x16\n" +
-	"\x06memory\x18\x02 \x01(\tR\x06memory\"\x8d\x01\n" +
+	"\x06memory\x18\x02 \x01(\tR\x06memory\x12\x12\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\x8d\x01\n" +
 	"\x06Health\x12'\n" +
 	"\x04http\x18\x01 \x01(\v2\x13.berth.v1.HTTPProbeR\x04http\x12$\n" +
 	"\x03tcp\x18\x02 \x01(\v2\x12.berth.v1.TCPProbeR\x03tcp\x12\x1a\n" +

@@ -93,7 +93,7 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 		Args:         s.Args,
 		Env:          s.Env,
 		Replicas:     s.Replicas,
-		Resources:    &Resources{Cpu: s.Resources.CPU, Memory: s.Resources.Memory},
+		Resources:    &Resources{Cpu: s.Resources.CPU, Memory: s.Resources.Memory, Pids: s.Resources.Pids},
 		NodeSelector: s.NodeSelector,
 	}
 	for _, port := range s.Ports {
@@ -154,7 +154,7 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 		NodeSelector: p.NodeSelector,
 	}
 	if r := p.GetResources(); r != nil {
-		s.Resources = api.Resources{CPU: r.Cpu, Memory: r.Memory}
+		s.Resources = api.Resources{CPU: r.Cpu, Memory: r.Memory, Pids: r.Pids}
 	}
 	for _, port := range p.Ports {
 		s.Ports = append(s.Ports, api.Port{Name: port.Name, Port: port.Port, Protocol: port.Protocol})

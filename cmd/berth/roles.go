@@ -250,20 +250,22 @@ func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, erro
 
 // agentFlags are shared by `berth agent` and `berth dev`.
 type agentFlags struct {
-	token     string
-	caHash    string
-	certDir   string
-	name      string
-	address   string
-	socket    string
-	namespace string
-	stateDir  string
-	bridge    string
-	labels    map[string]string
-	dnsPort   int
-	grace     time.Duration
-	cpu       string
-	memory    string
+	token                     string
+	defaultCPU, defaultMemory string
+	defaultPids               int64
+	caHash                    string
+	certDir                   string
+	name                      string
+	address                   string
+	socket                    string
+	namespace                 string
+	stateDir                  string
+	bridge                    string
+	labels                    map[string]string
+	dnsPort                   int
+	grace                     time.Duration
+	cpu                       string
+	memory                    string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
@@ -282,6 +284,10 @@ func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 	cmd.Flags().StringToStringVar(&f.labels, "label", nil, "node labels, k=v")
 	cmd.Flags().IntVar(&f.dnsPort, "node-dns-port", 53, "port of the node-local DNS on the bridge address")
 	cmd.Flags().DurationVar(&f.grace, "stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a container")
+	lim := nodeagent.DefaultConfig().DefaultLimits
+	cmd.Flags().StringVar(&f.defaultCPU, "default-cpu", fmt.Sprintf("%dm", lim.MilliCPU), "CPU limit of a container whose service sets no resources.cpu")
+	cmd.Flags().StringVar(&f.defaultMemory, "default-memory", fmt.Sprintf("%dMi", lim.MemoryBytes>>20), "memory limit of a container whose service sets no resources.memory")
+	cmd.Flags().Int64Var(&f.defaultPids, "default-pids", lim.Pids, "process limit (pids.max) of a container whose service sets no resources.pids")
 	cmd.Flags().StringVar(&f.cpu, "cpu", "", "CPU this node offers, e.g. 4 or 3500m (default: the host's CPUs)")
 	cmd.Flags().StringVar(&f.memory, "memory", "", "memory this node offers, e.g. 8Gi (default: the host's memory)")
 }
@@ -301,6 +307,18 @@ func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration
 	cfg.Runtime.NetworkName = f.bridge
 	cfg.DNSPort, cfg.DNSTTL, cfg.DNSUpstreams = f.dnsPort, dnsTTL, upstreams
 	cfg.StopOnExit, cfg.StopGrace = stopOnExit, f.grace
+	cpu, err := api.ParseCPU(f.defaultCPU)
+	if err != nil || cpu <= 0 {
+		return cfg, fmt.Errorf("--default-cpu %q: want a CPU quantity like 500m or 2", f.defaultCPU)
+	}
+	mem, err := api.ParseMemory(f.defaultMemory)
+	if err != nil || mem <= 0 {
+		return cfg, fmt.Errorf("--default-memory %q: want a size like 512Mi", f.defaultMemory)
+	}
+	if f.defaultPids <= 0 {
+		return cfg, fmt.Errorf("--default-pids %d: must be positive", f.defaultPids)
+	}
+	cfg.DefaultLimits = nodeagent.DefaultLimits{MilliCPU: cpu, MemoryBytes: mem, Pids: f.defaultPids}
 	cfg.Logger, cfg.Registerer = logger, reg
 	return cfg, nil
 }

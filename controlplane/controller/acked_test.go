@@ -56,8 +56,8 @@ func TestAckedWaitsForEveryReplicasGateways(t *testing.T) {
 	c := &Controller{}
 	v := &store.View{Gateways: []api.GatewayStatus{
 		{NodeID: "gw-a", Replica: "r1", Version: 60, State: api.GatewaySynced},
-		{NodeID: "gw-b", Replica: "r2", Version: 48, State: api.GatewayStale},
-		{NodeID: "envoy-c", Replica: "r2", Version: 49, State: api.GatewayStale},
+		{NodeID: "gw-b", Replica: "r2", Version: 48, State: api.GatewaySyncing},
+		{NodeID: "envoy-c", Replica: "r2", Version: 49, State: api.GatewaySyncing},
 	}}
 	if ok, why := c.acked(v, 50); ok || why != "gateway gw-b, envoy-c" {
 		t.Errorf("two gateways of replica r2 behind: acked = %v %q", ok, why)
@@ -72,5 +72,10 @@ func TestAckedWaitsForEveryReplicasGateways(t *testing.T) {
 	v.Gateways[1].Version, v.Gateways[2].Version = 50, 50
 	if ok, why := c.acked(v, 50); !ok {
 		t.Errorf("all at 50: acked = %v %q", ok, why)
+	}
+	// A gateway behind past its deadline (STALE) holds nothing.
+	v.Gateways[2] = api.GatewayStatus{NodeID: "envoy-c", Replica: "r2", Version: 3, State: api.GatewayStale}
+	if ok, why := c.acked(v, 50); !ok {
+		t.Errorf("a STALE gateway blocks: acked = %v %q", ok, why)
 	}
 }

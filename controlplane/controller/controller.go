@@ -77,6 +77,8 @@ type Controller struct {
 	// its end is counted once.
 	activeRollouts map[string]int64
 	events         []store.Event // queued by event, written after each step
+	// staleGateways are the gateways seen STALE, "<replica>/<node id>".
+	staleGateways map[string]bool
 }
 
 // New returns a controller.
@@ -210,6 +212,7 @@ func (c *Controller) flushEvents(ctx context.Context) {
 // assignment for its old containers and stops them (fencing by identity:
 // a deleted instance is never assigned again).
 func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
+	c.noteStaleGateways(ctx, v)
 	now := c.now().UTC()
 	var errs []error
 	for _, n := range v.Nodes {
@@ -604,6 +607,10 @@ func (c *Controller) acked(v *store.View, rev int64) (ok bool, waiting string) {
 	for _, g := range v.Gateways {
 		switch {
 		case g.Version >= version:
+		case g.State == api.GatewayStale:
+			// Behind past its deadline: one unresponsive gateway must not
+			// hold every drain and canary step (it is shown STALE, and an
+			// event said so).
 		case g.State == api.GatewayNacked:
 			return false, fmt.Sprintf("gateway %s (it rejected an update: %s)", g.NodeID, g.LastNack)
 		default:
@@ -737,4 +744,24 @@ func rollingPlan(plan ReplicaPlan, rs *api.RolloutSpec, want int, current, old [
 		plan.Drain = append(plan.Drain, oldReady[i])
 	}
 	return plan
+}
+
+// noteStaleGateways records an event when a gateway turns STALE (and
+// when it recovers), once per transition.
+func (c *Controller) noteStaleGateways(ctx context.Context, v *store.View) {
+	now := map[string]bool{}
+	for _, g := range v.Gateways {
+		key := g.Replica + "/" + g.NodeID
+		if g.State != api.GatewayStale {
+			if c.staleGateways[key] {
+				c.event(ctx, "", "gateway/"+g.NodeID, "GatewayCaughtUp", "Normal", "gateway %s (via replica %s) runs version %d again", g.NodeID, g.Replica, g.Version)
+			}
+			continue
+		}
+		now[key] = true
+		if !c.staleGateways[key] {
+			c.event(ctx, "", "gateway/"+g.NodeID, "GatewayStale", "Warning", "gateway %s (via replica %s) has not applied a new version in time (it runs %d): drains and canary steps no longer wait for it", g.NodeID, g.Replica, g.Version)
+		}
+	}
+	c.staleGateways = now
 }

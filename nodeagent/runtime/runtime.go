@@ -176,6 +176,12 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("runtime: state dir: %w", err)
 		}
 	}
+	// Container logs and files are root's alone (also in a state dir
+	// made before this rule).
+	if err := os.Chmod(r.containersDir(), 0o700); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("runtime: state dir: %w", err)
+	}
 	if r.cni, err = r.newCNI(); err != nil {
 		client.Close()
 		return nil, err

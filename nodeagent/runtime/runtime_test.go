@@ -329,6 +329,14 @@ func TestRuntime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A container's output (its secrets too) is root's alone.
+	for path, mode := range map[string]os.FileMode{rt.LogPath("hello-a"): 0o600, rt.containersDir(): 0o700 | os.ModeDir, rt.containerDir("hello-a"): 0o700 | os.ModeDir} {
+		if st, err := os.Stat(path); err != nil {
+			t.Error(err)
+		} else if st.Mode() != mode {
+			t.Errorf("%s: mode %v, want %v", path, st.Mode(), mode)
+		}
+	}
 	ipA, ipB := netip.MustParseAddr(a.IP), netip.MustParseAddr(b.IP)
 	if ipA == ipB || !subnet.Contains(ipA) || !subnet.Contains(ipB) || ipA == rt.GatewayIP() || ipB == rt.GatewayIP() {
 		t.Fatalf("IPs %s and %s: want distinct host addresses in %s", ipA, ipB, subnet)
