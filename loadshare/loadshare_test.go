@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/xds"
 )
 
@@ -32,6 +33,14 @@ func startXDS(t *testing.T) *xds.Server {
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	// Reports count only for clusters the replica serves.
+	svc := func(name string, rev int64, ip string) discovery.Service {
+		return discovery.Service{Namespace: "default", Name: name, Ports: []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+			Revisions: []discovery.Revision{{Number: rev, Weight: 100, Endpoints: []discovery.Endpoint{{Instance: name + "-a", Node: "n1", IP: ip, Ready: true}}}}}
+	}
+	if err := s.Update(&discovery.Snapshot{Version: 1, Services: []discovery.Service{svc("hello", 2, "10.88.0.2"), svc("other", 1, "10.88.0.3")}}); err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 

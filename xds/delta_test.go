@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/berth-dev/berth/discovery"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-dev/berth/discovery"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -171,6 +172,7 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 
 func TestLoadReports(t *testing.T) {
 	s, reg := startServer(t)
+	serveRevisions(t, s, "shop", "web", 2)
 	base := time.Unix(1_000_000, 0)
 	now := base
 	var mu = make(chan struct{}, 1)

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -259,5 +260,59 @@ func TestForgedLoadReportsCountForNothing(t *testing.T) {
 	}
 	if got := w.s.Load("shop", "web", 2, time.Minute); got.Requests != 100 || got.Errors != 1 {
 		t.Fatalf("load = %+v, want only the authenticated gateway's 100 requests and 1 error", got)
+	}
+}
+
+// A gateway (with a valid certificate) reporting 10,000 made-up clusters
+// leaves nothing behind, and a flood of reports counts only the first
+// ones of each interval.
+func TestLoadReportsAreBounded(t *testing.T) {
+	w := startAuthServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn := w.dial(credentials.NewTLS(w.tlsFor(w.ca, &pki.Identity{Role: pki.RoleGateway, Name: "gw-1"})))
+	stream, err := lrspb.NewLoadReportingServiceClient(conn).StreamLoadStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&lrspb.LoadStatsRequest{Node: &core.Node{Id: "gw-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	made := &lrspb.LoadStatsRequest{}
+	for i := range 10000 {
+		made.ClusterStats = append(made.ClusterStats, &endpoint.ClusterStats{
+			ClusterName:           ClusterName("made", fmt.Sprintf("up-%d", i), 1),
+			UpstreamLocalityStats: []*endpoint.UpstreamLocalityStats{{TotalIssuedRequests: 1, TotalErrorRequests: 1}},
+		})
+	}
+	if err := stream.Send(made); err != nil {
+		t.Fatal(err)
+	}
+	real := ClusterName("shop", "web", 2)
+	for range 100 {
+		if err := stream.Send(&lrspb.LoadStatsRequest{ClusterStats: []*endpoint.ClusterStats{{
+			ClusterName:           real,
+			UpstreamLocalityStats: []*endpoint.UpstreamLocalityStats{{TotalIssuedRequests: 10, TotalSuccessfulRequests: 10}},
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for metricValue(t, w.s.metrics.lrsDropped) == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("a flood of reports was never throttled")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.s.loads.mu.Lock()
+	n := len(w.s.loads.clusters)
+	w.s.loads.mu.Unlock()
+	if n > 1 {
+		t.Errorf("the load store holds %d clusters after reports for made-up ones, want only the real one", n)
+	}
+	if got := w.s.Load("shop", "web", 2, time.Minute).Requests; got > 10*maxReportsPerInterval {
+		t.Errorf("a flood counted %d requests, want at most %d (%d reports of 10)", got, 10*maxReportsPerInterval, maxReportsPerInterval)
 	}
 }

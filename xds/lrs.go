@@ -216,7 +216,7 @@ func (s *Server) LocalLoadTotals(maxAge time.Duration) map[string]LoadTotals {
 // reported (the difference between two of its LoadTotals) to the window
 // Load sums, so analysis sees the whole cluster's traffic.
 func (s *Server) RecordRemoteLoad(cluster string, delta LoadTotals) {
-	if _, _, _, err := ParseClusterName(cluster); err != nil {
+	if _, _, _, err := ParseClusterName(cluster); err != nil || !s.servesCluster(cluster) {
 		return
 	}
 	c := loadCounts{issued: delta.Issued, successes: delta.Successes, errors: delta.Errors}
@@ -347,6 +347,10 @@ type lrsServer struct {
 	ctx context.Context // the server's: its end ends every stream
 }
 
+// maxReportsPerInterval bounds the load reports one stream may send in a
+// report interval (Envoy sends one).
+const maxReportsPerInterval = 20
+
 func (l *lrsServer) StreamLoadStats(stream lrsgrpc.LoadReportingService_StreamLoadStatsServer) error {
 	s := l.s
 	s.metrics.lrsStreams.Inc()
@@ -371,6 +375,10 @@ func (l *lrsServer) StreamLoadStats(stream lrsgrpc.LoadReportingService_StreamLo
 	}()
 
 	var node string
+	// A gateway reports once per interval; beyond maxReportsPerInterval
+	// in one interval reports are dropped, not added up.
+	var windowStart time.Time
+	inWindow := 0
 	for {
 		select {
 		case <-l.ctx.Done():
@@ -394,6 +402,13 @@ func (l *lrsServer) StreamLoadStats(stream lrsgrpc.LoadReportingService_StreamLo
 					return err
 				}
 			}
+			if now := time.Now(); now.Sub(windowStart) >= s.cfg.LoadReportInterval {
+				windowStart, inWindow = now, 0
+			}
+			if inWindow++; inWindow > maxReportsPerInterval {
+				s.metrics.lrsDropped.Inc()
+				continue
+			}
 			s.recordLoad(node, req.GetClusterStats())
 		}
 	}
@@ -415,7 +430,7 @@ func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats) {
 			}
 		}
 		name := cs.GetClusterName()
-		if _, _, _, err := ParseClusterName(name); err != nil {
+		if _, _, _, err := ParseClusterName(name); err != nil || !s.servesCluster(name) {
 			s.metrics.lrsUnknown.Inc()
 			s.log.Debug("load report for a cluster Berth does not serve", "node", node, "cluster", name)
 			continue

@@ -2,10 +2,12 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/discovery"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	lrspb "github.com/envoyproxy/go-control-plane/envoy/service/load_stats/v3"
@@ -36,6 +38,7 @@ func near(got, want time.Duration) bool {
 // LRS stream and reads the revision's latency back over windows.
 func TestLoadReportsLatency(t *testing.T) {
 	s, _ := startServer(t)
+	serveRevisions(t, s, "shop", "web", 2, 3, 4, 5)
 	base := time.Unix(2_000_000, 0)
 	now := base
 	mu := make(chan struct{}, 1)
@@ -149,5 +152,24 @@ func TestLatencyBucketNames(t *testing.T) {
 		if i != want {
 			t.Errorf("latencyBucket(%q) = %d, want %d", name, i, want)
 		}
+	}
+}
+
+// serveRevisions publishes one service with the given revisions, so that
+// load reports for their clusters count.
+func serveRevisions(t *testing.T, s *Server, ns, name string, revs ...int64) {
+	t.Helper()
+	svc := discovery.Service{Namespace: ns, Name: name, Ports: []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}}}
+	for i, r := range revs {
+		w := uint32(100 / len(revs))
+		if i == 0 {
+			w += uint32(100 % len(revs))
+		}
+		svc.Revisions = append(svc.Revisions, discovery.Revision{Number: r, Weight: w, Endpoints: []discovery.Endpoint{
+			{Instance: fmt.Sprintf("%s-%d-a", name, r), Node: "n1", IP: fmt.Sprintf("10.88.0.%d", 10+r), Ready: true},
+		}})
+	}
+	if err := s.Update(&discovery.Snapshot{Version: 1, Services: []discovery.Service{svc}}); err != nil {
+		t.Fatal(err)
 	}
 }

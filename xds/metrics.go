@@ -21,6 +21,7 @@ type metrics struct {
 	lrsReports  prometheus.Counter
 	lrsRequests *prometheus.CounterVec
 	lrsUnknown  prometheus.Counter
+	lrsDropped  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -66,13 +67,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_xds_lrs_requests_total", Help: "Upstream requests reported over LRS, by result (issued, success, error).",
 		}, []string{"result"}),
 		lrsUnknown: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "berth_xds_lrs_unknown_clusters_total", Help: "Cluster reports for clusters that are not Berth revisions.",
+			Name: "berth_xds_lrs_unknown_clusters_total", Help: "Cluster reports for clusters the published snapshot (or the one before) does not have: not counted.",
+		}),
+		lrsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_xds_lrs_dropped_reports_total", Help: "Load reports dropped because a gateway sent more than 20 in one report interval.",
 		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
 			m.connectedStreams, m.publishedVersion, m.publishErrors, m.translateSeconds, m.responses, m.resourcesSent,
-			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown,
+			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown, m.lrsDropped,
 		} {
 			if err := reg.Register(c); err != nil {
 				return nil, err

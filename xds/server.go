@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -88,14 +89,17 @@ var ErrNacked = errors.New("xds: gateway rejected the configuration")
 // did not change is not re-sent), and one LinearCache per type answers
 // delta streams with only the resources that changed.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	lis     net.Listener
-	auth    *Auth
-	sotw    cachev3.SnapshotCache
-	delta   map[string]*deltaCache // gateway view, by type URL
-	metrics *metrics
-	loads   *loadStore
+	cfg  Config
+	log  *slog.Logger
+	lis  net.Listener
+	auth *Auth
+	// knownClusters and prevClusters are the cluster names of the
+	// current and the previous published version (noteClusters).
+	knownClusters, prevClusters atomic.Pointer[map[string]bool]
+	sotw                        cachev3.SnapshotCache
+	delta                       map[string]*deltaCache // gateway view, by type URL
+	metrics                     *metrics
+	loads                       *loadStore
 
 	runOnce sync.Once
 
@@ -370,6 +374,7 @@ func (s *Server) publishLocked(next *translation) error {
 	if err := checkConsistent(next, &ch); err != nil {
 		return fmt.Errorf("xds: publish version %d: %w", version, err)
 	}
+	s.noteClusters(next)
 	first := s.current == nil
 	for _, w := range next.warningsIfNew(s.current) {
 		s.log.Warn("snapshot part left out", "version", version, "warning", w)
@@ -785,4 +790,29 @@ func slogAdapter(l *slog.Logger) cplog.Logger {
 		WarnFunc:  logAt(slog.LevelWarn),
 		ErrorFunc: logAt(slog.LevelError),
 	}
+}
+
+// noteClusters remembers the clusters of the version being published and
+// of the one before (reports lag a publish by up to an interval): load
+// reports count only for those, so made-up cluster names cost nothing.
+func (s *Server) noteClusters(next *translation) {
+	known := make(map[string]bool, len(next.sets[setClusters]))
+	for name := range next.sets[setClusters] {
+		known[name] = true
+	}
+	if prev := s.knownClusters.Load(); prev != nil {
+		s.prevClusters.Store(prev)
+	}
+	s.knownClusters.Store(&known)
+}
+
+// servesCluster reports whether name is a cluster of the current or the
+// previous published version.
+func (s *Server) servesCluster(name string) bool {
+	for _, m := range []*map[string]bool{s.knownClusters.Load(), s.prevClusters.Load()} {
+		if m != nil && (*m)[name] {
+			return true
+		}
+	}
+	return false
 }
