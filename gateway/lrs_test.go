@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/xds"
 )
 
@@ -316,6 +317,23 @@ func TestLoadReportsLatencyReachControlPlane(t *testing.T) {
 		c.XDSAddr, c.LoadReporting = cp.Addr(), true
 		c.BackoffMin, c.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
 	})
+	// The control plane counts reports only for clusters it serves: it
+	// serves shop/web revision 2 (without a route); once the gateway runs
+	// that version, a table routing to the test upstream is installed.
+	if err := cp.Update(&discovery.Snapshot{Version: 1, Services: []discovery.Service{{
+		Namespace: "shop", Name: "web", Ports: []discovery.Port{{Name: "http", Port: 8080, Protocol: "http"}},
+		Revisions: []discovery.Revision{{Number: 2, Weight: 100, Endpoints: []discovery.Endpoint{{Instance: "web-2-a", Node: "n1", IP: "10.88.0.2", Ready: true}}}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	for len(cp.Gateways()) == 0 && actx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := cp.WaitForAck(actx, 1); err != nil {
+		t.Fatal(err)
+	}
 	cluster := xds.ClusterName("shop", "web", 2)
 	install(g, func(_ *routeEntry, c *upstreamCluster) { c.name, c.state = cluster, g.reg.cluster(cluster) }, up.URL)
 	const n = 4
