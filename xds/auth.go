@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
@@ -27,10 +28,56 @@ type Auth struct {
 	Check func(pki.Identity) error
 	// Changed wakes open streams to check their identity again.
 	Changed func() (<-chan struct{}, func())
+	// MaxStreamsPerGateway bounds the streams (ADS and LRS) one gateway
+	// identity may hold open (default 8: ADS, LRS and a reconnect's
+	// overlap); MaxStreams bounds them all (default 10,000).
+	MaxStreamsPerGateway, MaxStreams int
+}
+
+// streamSlots counts open streams per gateway identity.
+type streamSlots struct {
+	mu    sync.Mutex
+	per   map[string]int
+	total int
+}
+
+func (s *Server) acquireStream(name string) error {
+	a := s.auth
+	s.slots.mu.Lock()
+	defer s.slots.mu.Unlock()
+	if s.slots.per == nil {
+		s.slots.per = map[string]int{}
+	}
+	if s.slots.per[name] >= a.MaxStreamsPerGateway {
+		return status.Errorf(codes.ResourceExhausted, "xds: gateway %s already holds %d streams, the most one gateway may", name, a.MaxStreamsPerGateway)
+	}
+	if s.slots.total >= a.MaxStreams {
+		return status.Errorf(codes.ResourceExhausted, "xds: %d streams open, the most this control plane serves", a.MaxStreams)
+	}
+	s.slots.per[name]++
+	s.slots.total++
+	return nil
+}
+
+func (s *Server) releaseStream(name string) {
+	s.slots.mu.Lock()
+	defer s.slots.mu.Unlock()
+	s.slots.total--
+	if s.slots.per[name]--; s.slots.per[name] <= 0 {
+		delete(s.slots.per, name)
+	}
 }
 
 // SetAuth turns authentication on; call it before Run.
-func (s *Server) SetAuth(a Auth) { s.auth = &a }
+func (s *Server) SetAuth(a Auth) {
+	if a.MaxStreamsPerGateway <= 0 {
+		a.MaxStreamsPerGateway = 8
+	}
+	if a.MaxStreams <= 0 {
+		a.MaxStreams = 10000
+	}
+	s.auth = &a
+}
 
 // nodeOf is any xDS or LRS request that names its node.
 type nodeOf interface{ GetNode() *core.Node }
@@ -49,6 +96,11 @@ func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		s.log.Warn("xds stream refused", "identity", id.String(), "err", err)
 		return status.Errorf(codes.Unauthenticated, "xds: %v", err)
 	}
+	if err := s.acquireStream(id.Name); err != nil {
+		s.log.Warn("xds stream refused", "identity", id.String(), "err", err)
+		return err
+	}
+	defer s.releaseStream(id.Name)
 	ctx, cancel := context.WithCancelCause(ss.Context())
 	defer cancel(nil)
 	if s.auth.Changed != nil {

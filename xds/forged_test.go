@@ -316,3 +316,43 @@ func TestLoadReportsAreBounded(t *testing.T) {
 		t.Errorf("a flood counted %d requests, want at most %d (%d reports of 10)", got, 10*maxReportsPerInterval, maxReportsPerInterval)
 	}
 }
+
+// One gateway identity holds a bounded number of streams; a stream that
+// ends frees its slot.
+func TestStreamsPerGatewayAreCapped(t *testing.T) {
+	w := startAuthServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn := w.dial(credentials.NewTLS(w.tlsFor(w.ca, &pki.Identity{Role: pki.RoleGateway, Name: "gw-1"})))
+	var cancels []context.CancelFunc
+	for i := range w.s.auth.MaxStreamsPerGateway {
+		sctx, scancel := context.WithCancel(ctx)
+		cancels = append(cancels, scancel)
+		if _, _, err := ads(sctx, conn, "gw-1"); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	_, _, err := ads(ctx, conn, "gw-1")
+	wantCode(t, "one stream too many", err, codes.ResourceExhausted, "already holds 8 streams")
+	// Another gateway is not affected.
+	other := w.dial(credentials.NewTLS(w.tlsFor(w.ca, &pki.Identity{Role: pki.RoleGateway, Name: "gw-2"})))
+	if _, _, err := ads(ctx, other, "gw-2"); err != nil {
+		t.Fatalf("another gateway: %v", err)
+	}
+	cancels[0]()
+	for {
+		sctx, scancel := context.WithCancel(ctx)
+		_, _, err := ads(sctx, conn, "gw-1")
+		scancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("a closed stream's slot was never freed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, c := range cancels {
+		c()
+	}
+}

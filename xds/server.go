@@ -89,10 +89,11 @@ var ErrNacked = errors.New("xds: gateway rejected the configuration")
 // did not change is not re-sent), and one LinearCache per type answers
 // delta streams with only the resources that changed.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	lis  net.Listener
-	auth *Auth
+	cfg   Config
+	log   *slog.Logger
+	lis   net.Listener
+	auth  *Auth
+	slots streamSlots
 	// knownClusters and prevClusters are the cluster names of the
 	// current and the previous published version (noteClusters).
 	knownClusters, prevClusters atomic.Pointer[map[string]bool]
