@@ -121,6 +121,10 @@ func TestSecrets(t *testing.T) {
 	deployer := pb.NewBerthClient(tokenConn(t, h.srv, createToken(t, h, &pb.CreateTokenRequest{Role: "deployer", Namespaces: []string{"shop"}}).Token))
 	_, err = deployer.Apply(ctx, &pb.ApplyRequest{Secrets: []*pb.Secret{secret}})
 	refused(t, "deployer writing a secret outside its namespace", err, codes.PermissionDenied, "limited to namespaces shop")
+	// Carried by an object of its own namespace, the secret's namespace is
+	// still checked.
+	_, err = deployer.Apply(ctx, &pb.ApplyRequest{Volumes: []*pb.Volume{{Metadata: &pb.ObjectMeta{Name: "cache", Namespace: "shop"}}}, Secrets: []*pb.Secret{secret}})
+	refused(t, "deployer smuggling a secret into another namespace", err, codes.PermissionDenied, "in namespace default")
 	inShop := &pb.Secret{Metadata: &pb.ObjectMeta{Name: "db", Namespace: "shop"}, Data: map[string][]byte{"k": []byte("v")}}
 	if _, err := deployer.Apply(ctx, &pb.ApplyRequest{Secrets: []*pb.Secret{inShop}}); err != nil {
 		t.Fatalf("deployer writing a secret in its namespace: %v", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -98,7 +99,7 @@ func (s *Server) checkSecretRefs(ctx context.Context, svcs []api.Service, declar
 					i, svc.Key(), j, m.Name, svc.Metadata.Namespace))
 				continue
 			}
-			for _, env := range sortedKeys(m.Env) {
+			for _, env := range slices.Sorted(maps.Keys(m.Env)) {
 				if !keys[m.Env[env]] {
 					problems = append(problems, fmt.Sprintf("services[%d] (Service %s): spec.secrets[%d].env.%s: secret %q has no key %q",
 						i, svc.Key(), j, env, m.Name, m.Env[env]))
@@ -107,15 +108,6 @@ func (s *Server) checkSecretRefs(ctx context.Context, svcs []api.Service, declar
 		}
 	}
 	return problems, nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // secretUsers lists the services of ns that use secret name.
@@ -176,18 +168,22 @@ func (s *Server) DeleteSecret(ctx context.Context, req *pb.DeleteSecretRequest) 
 // assigned to and no other: Kubernetes' node authoriser gives a kubelet
 // the secrets of its own pods only.
 func (s *Server) InstanceSecrets(ctx context.Context, req *pb.InstanceSecretsRequest) (*pb.InstanceSecretsResponse, error) {
+	v := s.cache.View()
 	var in *api.Instance
-	for _, vi := range s.cache.View().Instances {
+	for _, vi := range v.NodeInstances(req.Node) {
 		if vi.Instance.ID == req.Instance {
 			in = &vi.Instance
 			break
 		}
 	}
 	if in == nil {
+		// Only a refused call pays for the search of every node.
+		for _, vi := range v.Instances {
+			if vi.Instance.ID == req.Instance {
+				return nil, errNotYours("node %s asked for the secrets of instance %s, which is assigned to node %q", req.Node, req.Instance, vi.Instance.Node)
+			}
+		}
 		return nil, status.Errorf(codes.NotFound, "instance secrets: no instance %q", req.Instance)
-	}
-	if in.Node != req.Node {
-		return nil, errNotYours("node %s asked for the secrets of instance %s, which is assigned to node %q", req.Node, req.Instance, in.Node)
 	}
 	out := &pb.InstanceSecretsResponse{Secrets: map[string]*pb.SecretData{}}
 	for _, m := range in.Template.Secrets {
