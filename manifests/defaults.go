@@ -21,15 +21,7 @@ func Defaults(s *api.Service) {
 	if s == nil {
 		return
 	}
-	if s.APIVersion == "" {
-		s.APIVersion = api.APIVersion
-	}
-	if s.Kind == "" {
-		s.Kind = api.KindService
-	}
-	if s.Metadata.Namespace == "" {
-		s.Metadata.Namespace = api.DefaultNamespace
-	}
+	defaultTypeMeta(&s.APIVersion, &s.Kind, api.KindService, &s.Metadata)
 	for i := range s.Spec.Ports {
 		if s.Spec.Ports[i].Protocol == "" {
 			s.Spec.Ports[i].Protocol = api.ProtocolHTTP
@@ -56,26 +48,23 @@ func DefaultsVolume(v *api.Volume) {
 	if v == nil {
 		return
 	}
-	if v.APIVersion == "" {
-		v.APIVersion = api.APIVersion
-	}
-	if v.Kind == "" {
-		v.Kind = api.KindVolume
-	}
-	if v.Metadata.Namespace == "" {
-		v.Metadata.Namespace = api.DefaultNamespace
-	}
+	defaultTypeMeta(&v.APIVersion, &v.Kind, api.KindVolume, &v.Metadata)
 }
 
 // DefaultsSecret fills in what a Secret manifest may leave out.
 func DefaultsSecret(v *api.Secret) {
-	if v.APIVersion == "" {
-		v.APIVersion = api.APIVersion
+	defaultTypeMeta(&v.APIVersion, &v.Kind, api.KindSecret, &v.Metadata)
+}
+
+// defaultTypeMeta fills in an object's apiVersion, kind and namespace.
+func defaultTypeMeta(apiVersion, kind *string, wantKind string, meta *api.ObjectMeta) {
+	if *apiVersion == "" {
+		*apiVersion = api.APIVersion
 	}
-	if v.Kind == "" {
-		v.Kind = api.KindSecret
+	if *kind == "" {
+		*kind = wantKind
 	}
-	if v.Metadata.Namespace == "" {
-		v.Metadata.Namespace = api.DefaultNamespace
+	if meta.Namespace == "" {
+		meta.Namespace = api.DefaultNamespace
 	}
 }

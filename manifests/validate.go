@@ -48,12 +48,7 @@ func validateService(s *api.Service) FieldErrors {
 		errs.add("", "service is nil")
 		return errs
 	}
-	if s.APIVersion != "" && s.APIVersion != api.APIVersion {
-		errs.add("apiVersion", "must be %q", api.APIVersion)
-	}
-	if s.Kind != "" && s.Kind != api.KindService {
-		errs.add("kind", "must be %q", api.KindService)
-	}
+	validateTypeMeta(&errs, s.APIVersion, s.Kind, api.KindService)
 	validateMeta(&errs, "metadata", &s.Metadata)
 	validateSpec(&errs, "spec", &s.Spec)
 	sortFieldErrors(errs, reflect.TypeFor[api.Service]())
@@ -300,12 +295,7 @@ var headerNameRE = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]+$`)
 // ValidateVolume checks a Volume object.
 func ValidateVolume(v *api.Volume) error {
 	var errs FieldErrors
-	if v.APIVersion != "" && v.APIVersion != api.APIVersion {
-		errs.add("apiVersion", "must be %q", api.APIVersion)
-	}
-	if v.Kind != "" && v.Kind != api.KindVolume {
-		errs.add("kind", "must be %q", api.KindVolume)
-	}
+	validateTypeMeta(&errs, v.APIVersion, v.Kind, api.KindVolume)
 	validateMeta(&errs, "metadata", &v.Metadata)
 	if _, err := api.ParseMemory(v.Spec.Size); err != nil {
 		errs.add("spec.size", "%s", err)
@@ -339,12 +329,7 @@ func ValidSecretKey(k string) bool {
 // data, and its size.
 func ValidateSecret(v *api.Secret) error {
 	var errs FieldErrors
-	if v.APIVersion != "" && v.APIVersion != api.APIVersion {
-		errs.add("apiVersion", "must be %q", api.APIVersion)
-	}
-	if v.Kind != "" && v.Kind != api.KindSecret {
-		errs.add("kind", "must be %q", api.KindSecret)
-	}
+	validateTypeMeta(&errs, v.APIVersion, v.Kind, api.KindSecret)
 	validateMeta(&errs, "metadata", &v.Metadata)
 	size := 0
 	for _, field := range []struct {
@@ -376,6 +361,17 @@ func ValidateSecret(v *api.Secret) error {
 		return nil
 	}
 	return errs
+}
+
+// validateTypeMeta checks apiVersion and kind; empty ones take their
+// defaults.
+func validateTypeMeta(errs *FieldErrors, apiVersion, kind, wantKind string) {
+	if apiVersion != "" && apiVersion != api.APIVersion {
+		errs.add("apiVersion", "must be %q", api.APIVersion)
+	}
+	if kind != "" && kind != wantKind {
+		errs.add("kind", "must be %q", wantKind)
+	}
 }
 
 // validatePorts checks the ports and reports whether one of them can carry

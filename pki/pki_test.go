@@ -271,6 +271,9 @@ func TestKeepRenewed(t *testing.T) {
 		t.Fatal("not renewed")
 	}
 	for kp.Leaf() == first {
+		if ctx.Err() != nil {
+			t.Fatal("saved but never swapped in")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	if time.Now().After(first.NotAfter) {

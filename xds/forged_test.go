@@ -71,15 +71,7 @@ func startAuthServer(t *testing.T) *authWorld {
 			return ch, func() {}
 		},
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runServer(t, s)
 	if err := s.Update(snapshotAt(1)); err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,13 @@ func startServer(t *testing.T) (*Server, *prometheus.Registry) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runServer(t, s)
+	return s, reg
+}
+
+// runServer runs s until the test ends.
+func runServer(t *testing.T, s *Server) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -40,7 +47,6 @@ func startServer(t *testing.T) (*Server, *prometheus.Registry) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return s, reg
 }
 
 // adsClient is a bare ADS stream that lets a test ACK or NACK by hand.

@@ -16,10 +16,7 @@ func TestAClientThatNeverAcksTurnsStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runServer(t, s)
 	if err := s.Update(snapshotAt(1)); err != nil {
 		t.Fatal(err)
 	}
