@@ -367,14 +367,7 @@ func (a *AuthCache) Identity(role, name string) (IdentityRecord, bool) {
 func (a *AuthCache) readThrough(key string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	resp, err := a.cli.Get(ctx, key)
-	if err != nil || len(resp.Kvs) == 0 {
-		return false
-	}
-	a.mu.Lock()
-	a.set(key, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
-	a.mu.Unlock()
-	return true
+	return a.fetch(ctx, key, false)
 }
 
 // RefreshIdentity reads role/name from etcd now instead of waiting for
@@ -382,18 +375,22 @@ func (a *AuthCache) readThrough(key string) bool {
 // through this replica is refused here before the call that made it
 // returns.
 func (a *AuthCache) RefreshIdentity(ctx context.Context, role, name string) {
-	a.refresh(ctx, IdentitiesPrefix+role+"/"+name)
+	a.fetch(ctx, IdentitiesPrefix+role+"/"+name, true)
 }
 
 // RefreshToken is RefreshIdentity for a token (its deletion).
 func (a *AuthCache) RefreshToken(ctx context.Context, id string) {
-	a.refresh(ctx, TokensPrefix+id)
+	a.fetch(ctx, TokensPrefix+id, true)
 }
 
-func (a *AuthCache) refresh(ctx context.Context, key string) {
+// fetch reads key from etcd into the cache and reports whether it
+// exists. A refresh also records its absence and wakes the stream
+// cutters; a read-through of a missing key records nothing. A failed
+// read changes nothing: the watch event still comes.
+func (a *AuthCache) fetch(ctx context.Context, key string, refresh bool) bool {
 	resp, err := a.cli.Get(ctx, key)
-	if err != nil {
-		return // the watch event still comes
+	if err != nil || (len(resp.Kvs) == 0 && !refresh) {
+		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -402,7 +399,10 @@ func (a *AuthCache) refresh(ctx context.Context, key string) {
 	} else {
 		a.set(key, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 	}
-	a.notifyLocked()
+	if refresh {
+		a.notifyLocked()
+	}
+	return len(resp.Kvs) > 0
 }
 
 // CheckCertificate refuses a part's certificate whose identity the
