@@ -73,6 +73,7 @@ fuzz:
 	$(GO) test ./dns -run '^$$' -fuzz FuzzServeDNS -fuzztime $(FUZZTIME)
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzRequestHead -fuzztime $(FUZZTIME)
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzH2Guard -fuzztime $(FUZZTIME)
+	$(GO) test ./controlplane/imagecheck -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME)
 
 # Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
 # endpoints, Berth against plain `ctr run` on the same containerd. Needs root.

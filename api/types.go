@@ -86,6 +86,44 @@ type ServiceSpec struct {
 	// replica, as read-only files and/or environment variables. Their
 	// values never appear here, only their names.
 	Secrets []SecretMount `json:"secrets,omitempty"`
+	// SecurityContext narrows the container's sandbox (another user, a
+	// read-only root, fewer capabilities) or, for admins, adds
+	// capabilities.
+	SecurityContext *SecurityContext `json:"securityContext,omitempty"`
+	// ImageDigest is set by the server at apply, never taken from a
+	// client: the digest of the uploaded tarball Image named then (empty
+	// for an image pulled from a registry). It is part of the template, so
+	// a revision keeps its bytes when a tag is re-pointed later, and undo
+	// brings the old bytes back.
+	ImageDigest string `json:"imageDigest,omitempty"`
+}
+
+// SecurityContext is a container's user, root filesystem and capability
+// set, on top of the sandbox every container gets (seccomp,
+// no-new-privileges, Docker's capabilities minus NET_RAW and MKNOD).
+type SecurityContext struct {
+	// RunAsUser and RunAsGroup replace the image's user and group.
+	RunAsUser  *int64 `json:"runAsUser,omitempty"`
+	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
+	// ReadOnlyRootFilesystem mounts the image's filesystem read-only;
+	// volumes and secrets stay as mounted.
+	ReadOnlyRootFilesystem bool `json:"readOnlyRootFilesystem,omitempty"`
+	// Capabilities changes the default set: Drop first (ALL drops every
+	// one), then Add (admin only).
+	Capabilities *Capabilities `json:"capabilities,omitempty"`
+}
+
+// Capabilities are names as in capabilities(7), with or without "CAP_".
+type Capabilities struct {
+	Add  []string `json:"add,omitempty"`
+	Drop []string `json:"drop,omitempty"`
+}
+
+// AddsCapabilities reports whether the spec asks for capabilities beyond
+// the default set, which only admins may apply.
+func (s *ServiceSpec) AddsCapabilities() bool {
+	sc := s.SecurityContext
+	return sc != nil && sc.Capabilities != nil && len(sc.Capabilities.Add) > 0
 }
 
 // SecretMount gives a container one Secret: each key as a file under

@@ -6,14 +6,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
-	"github.com/berth-dev/berth/internal/imagebuild"
 	"github.com/berth-dev/berth/pki"
 	"github.com/berth-dev/berth/pki/enroll"
 	"google.golang.org/grpc"
@@ -308,28 +305,7 @@ func TestANodeSpeaksOnlyForItself(t *testing.T) {
 func TestANodeFetchesOnlyTheImagesItRuns(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()
-	load := func(ref string) {
-		t.Helper()
-		dir := t.TempDir()
-		bin := filepath.Join(dir, "app")
-		if err := os.WriteFile(bin, []byte("#!"+ref), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		var tarball bytes.Buffer
-		if err := imagebuild.BuildTarball(&tarball, ref, imagebuild.Options{Binary: bin}); err != nil {
-			t.Fatal(err)
-		}
-		s, err := h.berth.LoadImage(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Send(&pb.ImageChunk{FileName: "img.tar", Data: tarball.Bytes()}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.CloseAndRecv(); err != nil {
-			t.Fatalf("load %s: %v", ref, err)
-		}
-	}
+	load := func(ref string) { mustUpload(t, h.berth, buildImage(t, ref, ref)) }
 	load("berth.local/hello:v1")
 	load("berth.local/secret-sauce:v1")
 	twoNodes(t, h)

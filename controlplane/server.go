@@ -64,6 +64,9 @@ type Config struct {
 	CertTTL time.Duration
 	// MaxNodes caps the nodes that may join (0: no cap).
 	MaxNodes int
+	// MaxImageSize bounds one image upload, ImageQuota all of them
+	// (bytes; 0: 4 GiB and 20 GiB).
+	MaxImageSize, ImageQuota int64
 	// SecretsKeyFile holds the key Secrets are sealed with (created at
 	// first start); default DataDir/secrets.key. Every replica needs the
 	// same one.
@@ -192,6 +195,8 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 		Auth:              s.auth,
 		CertTTL:           cfg.CertTTL,
 		MaxNodes:          cfg.MaxNodes,
+		MaxImageSize:      cfg.MaxImageSize,
+		ImageQuota:        cfg.ImageQuota,
 		ReplicaTLS:        pki.ClientTLS(s.replicaCert, s.ca.Pool()),
 		Gateways:          cfg.Gateways,
 		Loads:             cfg.Loads,
@@ -210,6 +215,13 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 	if s.adminConfig, err = s.writeAdminConfig(ctx); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if err := s.store.IndexImageReferences(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.api.SweepImages(ctx); err != nil {
+		cfg.Logger.Warn("could not sweep the image directory", "err", err)
 	}
 	return s, nil
 }

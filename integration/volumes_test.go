@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -361,10 +362,11 @@ spec:
 %s`, name, extra)
 		}
 		writeFile(t, m, svc("boxproc", "  env: {DATA_DIR: /proc/self}\n  volumeTemplates: [{name: box, mountPath: /box}]\n")+"---\n"+
-			svc("boxcg", "  env: {DATA_DIR: /proc/self}\n  resources: {pids: 64}\n"))
+			svc("boxcg", "  env: {DATA_DIR: /proc/self}\n  resources: {pids: 64}\n")+"---\n"+
+			svc("boxuser", "  env: {DATA_DIR: /proc/self}\n  securityContext: {runAsUser: 1000, runAsGroup: 1001, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}\n"))
 		mustBerth(t, api, "apply", "-f", m)
 		ip := map[string]string{}
-		for _, name := range []string{"boxproc", "boxcg"} {
+		for _, name := range []string{"boxproc", "boxcg", "boxuser"} {
 			eventually(t, 60*time.Second, "one ready "+name, func() (bool, string) {
 				r := readyByService(t, api, name)
 				if len(r) == 1 {
@@ -430,8 +432,26 @@ spec:
 		if got := read("cpu", "cpu.cfs_quota_us", "cpu.max"); got != "100000" && got != "100000 100000" {
 			t.Errorf("cpu quota = %q, want the default one CPU", got)
 		}
+		// securityContext: another user and group, a read-only root, no
+		// capabilities at all.
+		st = getFile(t, ip["boxuser"], "status")
+		for _, want := range []string{"Uid:\t1000\t1000\t1000\t1000", "Gid:\t1001\t1001\t1001\t1001", "Groups:\t1001", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000"} {
+			if !strings.Contains(st, want) {
+				t.Errorf("securityContext: /proc/self/status lacks %q:\n%s", want, st)
+			}
+		}
+		rootRO := false
+		for _, line := range strings.Split(getFile(t, ip["boxuser"], "mountinfo"), "\n") {
+			if f := strings.Fields(line); len(f) > 5 && f[4] == "/" {
+				rootRO = slices.Contains(strings.Split(f[5], ","), "ro")
+			}
+		}
+		if !rootRO {
+			t.Errorf("readOnlyRootFilesystem: the root is not mounted ro")
+		}
 		mustBerth(t, api, "delete", "service", "boxproc", "--wait")
 		mustBerth(t, api, "delete", "service", "boxcg", "--wait")
+		mustBerth(t, api, "delete", "service", "boxuser", "--wait")
 		mustBerth(t, api, "volume", "rm", "box-0")
 	})
 }

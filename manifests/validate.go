@@ -122,8 +122,43 @@ func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
 		}
 	}
 	validateVolumeMounts(errs, path, s)
+	if s.SecurityContext != nil {
+		validateSecurityContext(errs, path+".securityContext", s.SecurityContext)
+	}
 	if s.Rollout != nil {
 		validateRollout(errs, path+".rollout", s.Rollout)
+	}
+}
+
+// maxID is the largest user or group id a container may run as (2^32-1
+// is the kernel's "no id").
+const maxID = 1<<32 - 2
+
+func validateSecurityContext(errs *FieldErrors, path string, sc *api.SecurityContext) {
+	if u := sc.RunAsUser; u != nil && (*u < 0 || *u > maxID) {
+		errs.add(path+".runAsUser", "must be between 0 and %d", maxID)
+	}
+	if g := sc.RunAsGroup; g != nil && (*g < 0 || *g > maxID) {
+		errs.add(path+".runAsGroup", "must be between 0 and %d", maxID)
+	}
+	c := sc.Capabilities
+	if c == nil {
+		return
+	}
+	for _, list := range []struct {
+		field string
+		names []string
+	}{{"add", c.Add}, {"drop", c.Drop}} {
+		field := list.field
+		for i, n := range list.names {
+			canon, ok := api.NormalizeCapability(n)
+			switch {
+			case !ok:
+				errs.add(fmt.Sprintf("%s.capabilities.%s[%d]", path, field, i), "unknown capability %q (names as in capabilities(7), like NET_BIND_SERVICE)", n)
+			case canon == api.CapabilityAll && field == "add":
+				errs.add(fmt.Sprintf("%s.capabilities.add[%d]", path, i), "ALL cannot be added: name the capabilities the container needs")
+			}
+		}
 	}
 }
 

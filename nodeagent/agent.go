@@ -11,6 +11,8 @@ package nodeagent
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -426,8 +428,9 @@ const uploadLabel = "berth.dev/upload-digest"
 
 // ensureImage makes ref available to containerd: already there, uploaded
 // to the control plane with `berth image load`, or pulled from its
-// registry.
-func (a *Agent) ensureImage(ctx context.Context, ref string) error {
+// registry. digest, when the revision pinned one, is the upload it must
+// be: the bytes received are checked against it.
+func (a *Agent) ensureImage(ctx context.Context, ref, digest string) error {
 	a.imageMu.Lock()
 	mu := a.imageLocks[ref]
 	if mu == nil {
@@ -441,7 +444,7 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 	// has under that name, unless it is that very upload (label).
 	fctx, cancelFetch := context.WithCancel(ctx)
 	defer cancelFetch()
-	stream, err := a.client.FetchImage(fctx, &pb.FetchImageRequest{Reference: ref})
+	stream, err := a.client.FetchImage(fctx, &pb.FetchImageRequest{Reference: ref, Digest: digest})
 	if err != nil {
 		return fmt.Errorf("fetch image %s: %w", ref, err)
 	}
@@ -464,13 +467,20 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 		}
 		return fmt.Errorf("fetch image %s: %w", ref, err)
 	}
+	if digest != "" && first.Digest != digest {
+		return fmt.Errorf("fetch image %s: the control plane offered upload %s, the revision pinned %s", ref, first.Digest, digest)
+	}
 	if have, _ := a.rt.ImageLabel(ctx, ref, uploadLabel); have != "" && have == first.Digest {
 		return nil
 	}
 	pr, pw := io.Pipe()
+	h := sha256.New()
+	hashed := make(chan struct{})
 	go func() {
+		defer close(hashed)
 		msg := first
 		for {
+			h.Write(msg.Data)
 			if _, werr := pw.Write(msg.Data); werr != nil {
 				return
 			}
@@ -487,9 +497,20 @@ func (a *Agent) ensureImage(ctx context.Context, ref string) error {
 		}
 	}()
 	refs, err := a.rt.ImportImage(ctx, pr)
+	if err == nil {
+		_, err = io.Copy(io.Discard, pr) // what the importer left (tar padding) counts for the digest
+	}
 	pr.Close()
 	if err != nil {
+		cancelFetch() // the reader may wait in Recv
+	}
+	<-hashed
+	if err != nil {
 		return fmt.Errorf("import image %s: %w", ref, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != first.Digest {
+		// Imported, but not labelled: the next start fetches it again.
+		return fmt.Errorf("import image %s: received bytes with digest %s, not upload %s", ref, got, first.Digest)
 	}
 	a.logger.Info("image imported from the control plane", "ref", ref, "names", refs, "upload", first.Digest)
 	if ok, err := a.rt.HasImage(ctx, ref); err != nil || !ok {

@@ -402,14 +402,41 @@ func (l *loop) spec(in api.Instance, sizes map[string]int64) (runtime.ContainerS
 		}
 		mounts = append(mounts, runtime.Mount{Source: dir, Destination: t.MountPath})
 	}
-	return runtime.ContainerSpec{
+	cs := runtime.ContainerSpec{
 		Mounts:     mounts,
 		InstanceID: in.ID, Namespace: in.Namespace, Service: in.Service, Revision: in.Revision,
 		Image: in.Template.Image, Command: in.Template.Command, Args: in.Template.Args, Env: maps.Clone(in.Template.Env),
 		MilliCPU: or(req.MilliCPU, l.a.cfg.DefaultLimits.MilliCPU), MemoryBytes: or(req.MemoryBytes, l.a.cfg.DefaultLimits.MemoryBytes),
 		PidsLimit:     or(in.Template.Resources.Pids, l.a.cfg.DefaultLimits.Pids),
 		SearchDomains: []string{in.Namespace + ".svc." + api.ClusterDomain, "svc." + api.ClusterDomain, api.ClusterDomain},
-	}, nil
+	}
+	if sc := in.Template.SecurityContext; sc != nil {
+		cs.RunAsUser, cs.RunAsGroup = uid32(sc.RunAsUser), uid32(sc.RunAsGroup)
+		cs.ReadOnlyRoot = sc.ReadOnlyRootFilesystem
+		if c := sc.Capabilities; c != nil {
+			cs.CapDrop, cs.CapAdd = canonicalCaps(c.Drop), canonicalCaps(c.Add)
+		}
+	}
+	return cs, nil
+}
+
+func uid32(id *int64) *uint32 {
+	if id == nil {
+		return nil
+	}
+	v := uint32(*id) // validated at apply: 0 .. 2^32-2
+	return &v
+}
+
+// canonicalCaps names capabilities as the OCI spec does; apply refused
+// unknown ones.
+func canonicalCaps(names []string) []string {
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		c, _ := api.NormalizeCapability(n)
+		out = append(out, c)
+	}
+	return out
 }
 
 // act starts, restarts, stops and probes whatever needs it now. While a
@@ -452,7 +479,7 @@ func (l *loop) act() {
 			in, sizes := it.inst, l.volumeSizes
 			it.st.Phase = api.PhaseStarting
 			l.launch(id, opStart, func(ctx context.Context) (runtime.Container, error) {
-				if err := l.a.ensureImage(ctx, in.Template.Image); err != nil {
+				if err := l.a.ensureImage(ctx, in.Template.Image, in.Template.ImageDigest); err != nil {
 					return runtime.Container{}, err
 				}
 				spec, err := l.spec(in, sizes)

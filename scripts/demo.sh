@@ -45,7 +45,8 @@ for i in $(seq 1 300); do
 done
 
 say "loading the example images"
-$BERTH image load images/hello-v1.tar images/hello-v2.tar
+# --force: a rebuilt example image re-points its tag (the demo user is the admin)
+$BERTH image load --force images/hello-v1.tar images/hello-v2.tar
 
 say "berth apply -f manifests/examples/"
 $BERTH apply -f manifests/examples/ --wait --timeout 3m

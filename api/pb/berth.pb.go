@@ -227,6 +227,11 @@ type ServiceSpec struct {
 	VolumeTemplates []*VolumeTemplate `protobuf:"bytes,12,rep,name=volume_templates,json=volumeTemplates,proto3" json:"volume_templates,omitempty"`
 	Rollout         *RolloutSpec      `protobuf:"bytes,13,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	Secrets         []*SecretMount    `protobuf:"bytes,20,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// Set by the server at apply, never by a client: the upload the image
+	// reference named then (its tarball's sha256), so a revision keeps its
+	// bytes even if the tag is re-pointed later.
+	ImageDigest     string           `protobuf:"bytes,21,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	SecurityContext *SecurityContext `protobuf:"bytes,22,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -359,6 +364,99 @@ func (x *ServiceSpec) GetSecrets() []*SecretMount {
 	return nil
 }
 
+func (x *ServiceSpec) GetImageDigest() string {
+	if x != nil {
+		return x.ImageDigest
+	}
+	return ""
+}
+
+func (x *ServiceSpec) GetSecurityContext() *SecurityContext {
+	if x != nil {
+		return x.SecurityContext
+	}
+	return nil
+}
+
+// SecurityContext narrows (or, for admins, widens) a container's sandbox.
+type SecurityContext struct {
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	RunAsUser              *int64                 `protobuf:"varint,1,opt,name=run_as_user,json=runAsUser,proto3,oneof" json:"run_as_user,omitempty"`
+	RunAsGroup             *int64                 `protobuf:"varint,2,opt,name=run_as_group,json=runAsGroup,proto3,oneof" json:"run_as_group,omitempty"`
+	ReadOnlyRootFilesystem bool                   `protobuf:"varint,3,opt,name=read_only_root_filesystem,json=readOnlyRootFilesystem,proto3" json:"read_only_root_filesystem,omitempty"`
+	// Capability names as in capabilities(7), with or without "CAP_";
+	// "ALL" drops every one. Adding needs the admin role.
+	CapabilitiesAdd  []string `protobuf:"bytes,4,rep,name=capabilities_add,json=capabilitiesAdd,proto3" json:"capabilities_add,omitempty"`
+	CapabilitiesDrop []string `protobuf:"bytes,5,rep,name=capabilities_drop,json=capabilitiesDrop,proto3" json:"capabilities_drop,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SecurityContext) Reset() {
+	*x = SecurityContext{}
+	mi := &file_berth_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecurityContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecurityContext) ProtoMessage() {}
+
+func (x *SecurityContext) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecurityContext.ProtoReflect.Descriptor instead.
+func (*SecurityContext) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SecurityContext) GetRunAsUser() int64 {
+	if x != nil && x.RunAsUser != nil {
+		return *x.RunAsUser
+	}
+	return 0
+}
+
+func (x *SecurityContext) GetRunAsGroup() int64 {
+	if x != nil && x.RunAsGroup != nil {
+		return *x.RunAsGroup
+	}
+	return 0
+}
+
+func (x *SecurityContext) GetReadOnlyRootFilesystem() bool {
+	if x != nil {
+		return x.ReadOnlyRootFilesystem
+	}
+	return false
+}
+
+func (x *SecurityContext) GetCapabilitiesAdd() []string {
+	if x != nil {
+		return x.CapabilitiesAdd
+	}
+	return nil
+}
+
+func (x *SecurityContext) GetCapabilitiesDrop() []string {
+	if x != nil {
+		return x.CapabilitiesDrop
+	}
+	return nil
+}
+
 type SecretMount struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -371,7 +469,7 @@ type SecretMount struct {
 
 func (x *SecretMount) Reset() {
 	*x = SecretMount{}
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +481,7 @@ func (x *SecretMount) String() string {
 func (*SecretMount) ProtoMessage() {}
 
 func (x *SecretMount) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +494,7 @@ func (x *SecretMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMount.ProtoReflect.Descriptor instead.
 func (*SecretMount) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{4}
+	return file_berth_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SecretMount) GetName() string {
@@ -437,7 +535,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +547,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +560,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{5}
+	return file_berth_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Secret) GetMetadata() *ObjectMeta {
@@ -531,7 +629,7 @@ type RolloutSpec struct {
 
 func (x *RolloutSpec) Reset() {
 	*x = RolloutSpec{}
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +641,7 @@ func (x *RolloutSpec) String() string {
 func (*RolloutSpec) ProtoMessage() {}
 
 func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +654,7 @@ func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutSpec.ProtoReflect.Descriptor instead.
 func (*RolloutSpec) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{6}
+	return file_berth_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RolloutSpec) GetStrategy() string {
@@ -653,7 +751,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +763,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +776,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{7}
+	return file_berth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CanaryStep) GetWeight() uint32 {
@@ -708,7 +806,7 @@ type Analysis struct {
 
 func (x *Analysis) Reset() {
 	*x = Analysis{}
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +818,7 @@ func (x *Analysis) String() string {
 func (*Analysis) ProtoMessage() {}
 
 func (x *Analysis) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +831,7 @@ func (x *Analysis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
 func (*Analysis) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{8}
+	return file_berth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Analysis) GetMaxErrorRate() float64 {
@@ -811,7 +909,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +921,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +934,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{9}
+	return file_berth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Rollout) GetNamespace() string {
@@ -1048,7 +1146,7 @@ type VolumeMount struct {
 
 func (x *VolumeMount) Reset() {
 	*x = VolumeMount{}
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1158,7 @@ func (x *VolumeMount) String() string {
 func (*VolumeMount) ProtoMessage() {}
 
 func (x *VolumeMount) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1171,7 @@ func (x *VolumeMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
 func (*VolumeMount) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{10}
+	return file_berth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VolumeMount) GetName() string {
@@ -1122,7 +1220,7 @@ type VolumeTemplate struct {
 
 func (x *VolumeTemplate) Reset() {
 	*x = VolumeTemplate{}
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1232,7 @@ func (x *VolumeTemplate) String() string {
 func (*VolumeTemplate) ProtoMessage() {}
 
 func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1245,7 @@ func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeTemplate.ProtoReflect.Descriptor instead.
 func (*VolumeTemplate) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{11}
+	return file_berth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VolumeTemplate) GetName() string {
@@ -1188,7 +1286,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1298,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1311,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{12}
+	return file_berth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Volume) GetMetadata() *ObjectMeta {
@@ -1283,7 +1381,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1393,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1406,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{13}
+	return file_berth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Port) GetName() string {
@@ -1344,7 +1442,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1454,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1467,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{14}
+	return file_berth_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Resources) GetCpu() string {
@@ -1406,7 +1504,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1516,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1529,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{15}
+	return file_berth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Health) GetHttp() *HTTPProbe {
@@ -1472,7 +1570,7 @@ type HTTPProbe struct {
 
 func (x *HTTPProbe) Reset() {
 	*x = HTTPProbe{}
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1582,7 @@ func (x *HTTPProbe) String() string {
 func (*HTTPProbe) ProtoMessage() {}
 
 func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1595,7 @@ func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPProbe.ProtoReflect.Descriptor instead.
 func (*HTTPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{16}
+	return file_berth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HTTPProbe) GetPath() string {
@@ -1523,7 +1621,7 @@ type TCPProbe struct {
 
 func (x *TCPProbe) Reset() {
 	*x = TCPProbe{}
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1633,7 @@ func (x *TCPProbe) String() string {
 func (*TCPProbe) ProtoMessage() {}
 
 func (x *TCPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1646,7 @@ func (x *TCPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPProbe.ProtoReflect.Descriptor instead.
 func (*TCPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{17}
+	return file_berth_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TCPProbe) GetPort() int32 {
@@ -1568,7 +1666,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1678,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1691,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{18}
+	return file_berth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Route) GetHosts() []string {
@@ -1629,7 +1727,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1739,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1752,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{19}
+	return file_berth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Instance) GetId() string {
@@ -1744,7 +1842,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1854,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1867,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{20}
+	return file_berth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1805,7 +1903,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1915,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1928,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{21}
+	return file_berth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -1920,7 +2018,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2030,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2043,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{22}
+	return file_berth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Capacity) GetMilliCpu() int64 {
@@ -1988,7 +2086,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2098,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2111,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{23}
+	return file_berth_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Node) GetName() string {
@@ -2130,7 +2228,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2240,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2253,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{24}
+	return file_berth_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2213,7 +2311,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2323,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2336,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{25}
+	return file_berth_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyRequest) GetServices() []*Service {
@@ -2284,7 +2382,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2394,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2407,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{26}
+	return file_berth_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -2356,7 +2454,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2466,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2479,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{27}
+	return file_berth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ApplyResponse) GetResults() []*ApplyResult {
@@ -2401,7 +2499,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2413,7 +2511,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2426,7 +2524,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{28}
+	return file_berth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -2448,7 +2546,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2558,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2571,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{29}
+	return file_berth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ServiceSummary) GetService() *Service {
@@ -2513,7 +2611,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2623,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2636,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{30}
+	return file_berth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -2558,7 +2656,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2570,7 +2668,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +2681,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{31}
+	return file_berth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetServiceRequest) GetNamespace() string {
@@ -2615,7 +2713,7 @@ type ServiceDetail struct {
 
 func (x *ServiceDetail) Reset() {
 	*x = ServiceDetail{}
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2725,7 @@ func (x *ServiceDetail) String() string {
 func (*ServiceDetail) ProtoMessage() {}
 
 func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2738,7 @@ func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDetail.ProtoReflect.Descriptor instead.
 func (*ServiceDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{32}
+	return file_berth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ServiceDetail) GetService() *Service {
@@ -2688,7 +2786,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2798,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2811,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{33}
+	return file_berth_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteServiceRequest) GetNamespace() string {
@@ -2739,7 +2837,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2849,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2862,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{34}
+	return file_berth_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteServiceResponse) GetInstancesDraining() int32 {
@@ -2784,7 +2882,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2796,7 +2894,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2809,7 +2907,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{35}
+	return file_berth_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListInstancesRequest) GetNamespace() string {
@@ -2836,7 +2934,7 @@ type InstanceView struct {
 
 func (x *InstanceView) Reset() {
 	*x = InstanceView{}
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2848,7 +2946,7 @@ func (x *InstanceView) String() string {
 func (*InstanceView) ProtoMessage() {}
 
 func (x *InstanceView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2861,7 +2959,7 @@ func (x *InstanceView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceView.ProtoReflect.Descriptor instead.
 func (*InstanceView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{36}
+	return file_berth_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *InstanceView) GetInstance() *Instance {
@@ -2887,7 +2985,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2899,7 +2997,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2912,7 +3010,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{37}
+	return file_berth_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*InstanceView {
@@ -2930,7 +3028,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2942,7 +3040,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2955,7 +3053,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{38}
+	return file_berth_proto_rawDescGZIP(), []int{39}
 }
 
 type ListNodesResponse struct {
@@ -2967,7 +3065,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2979,7 +3077,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2992,7 +3090,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{39}
+	return file_berth_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3008,15 +3106,20 @@ type ImageChunk struct {
 	FileName string `protobuf:"bytes,1,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
 	Data     []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	// FetchImage sends it alone, before any data: the upload's digest, so an
-	// agent can tell whether it already imported this very upload.
-	Digest        string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	// agent can tell whether it already imported this very upload. A
+	// LoadImage upload's first chunk carries the sha256 of the whole
+	// tarball; the server refuses the upload if the bytes differ.
+	Digest string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	// LoadImage, first chunk: re-point tags that name another upload
+	// (admin only).
+	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3131,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3144,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{40}
+	return file_berth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ImageChunk) GetFileName() string {
@@ -3065,6 +3168,13 @@ func (x *ImageChunk) GetDigest() string {
 	return ""
 }
 
+func (x *ImageChunk) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type LoadImageResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Digest        string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
@@ -3076,7 +3186,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3088,7 +3198,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3101,7 +3211,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{41}
+	return file_berth_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LoadImageResponse) GetDigest() string {
@@ -3133,7 +3243,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3255,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3268,115 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{42}
+	return file_berth_proto_rawDescGZIP(), []int{43}
+}
+
+type RemoveImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A reference (the tag goes; the upload too once no tag names it) or
+	// an upload's digest (the upload and every tag naming it go).
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// Remove even if a service or instance uses it.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveImageRequest) Reset() {
+	*x = RemoveImageRequest{}
+	mi := &file_berth_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveImageRequest) ProtoMessage() {}
+
+func (x *RemoveImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveImageRequest.ProtoReflect.Descriptor instead.
+func (*RemoveImageRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RemoveImageRequest) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *RemoveImageRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveImageResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	RemovedReferences []string               `protobuf:"bytes,1,rep,name=removed_references,json=removedReferences,proto3" json:"removed_references,omitempty"`
+	// Set when the upload itself was removed.
+	RemovedDigest string `protobuf:"bytes,2,opt,name=removed_digest,json=removedDigest,proto3" json:"removed_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveImageResponse) Reset() {
+	*x = RemoveImageResponse{}
+	mi := &file_berth_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveImageResponse) ProtoMessage() {}
+
+func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveImageResponse.ProtoReflect.Descriptor instead.
+func (*RemoveImageResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RemoveImageResponse) GetRemovedReferences() []string {
+	if x != nil {
+		return x.RemovedReferences
+	}
+	return nil
+}
+
+func (x *RemoveImageResponse) GetRemovedDigest() string {
+	if x != nil {
+		return x.RemovedDigest
+	}
+	return ""
 }
 
 type Image struct {
@@ -3173,7 +3391,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3185,7 +3403,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3198,7 +3416,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{43}
+	return file_berth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Image) GetReference() string {
@@ -3238,7 +3456,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3250,7 +3468,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3263,7 +3481,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{44}
+	return file_berth_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -3285,7 +3503,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3297,7 +3515,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3310,7 +3528,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{45}
+	return file_berth_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListEventsRequest) GetNamespace() string {
@@ -3343,7 +3561,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3355,7 +3573,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3368,7 +3586,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{46}
+	return file_berth_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3390,7 +3608,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3402,7 +3620,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3415,7 +3633,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{47}
+	return file_berth_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -3459,7 +3677,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3471,7 +3689,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3484,7 +3702,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{48}
+	return file_berth_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RegisterResponse) GetPodCidr() string {
@@ -3521,7 +3739,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3533,7 +3751,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3546,7 +3764,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{49}
+	return file_berth_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *HeartbeatRequest) GetName() string {
@@ -3571,7 +3789,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3583,7 +3801,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3596,7 +3814,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{50}
+	return file_berth_proto_rawDescGZIP(), []int{53}
 }
 
 type WatchAssignmentsRequest struct {
@@ -3608,7 +3826,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3620,7 +3838,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3633,7 +3851,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{51}
+	return file_berth_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *WatchAssignmentsRequest) GetNode() string {
@@ -3663,7 +3881,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3675,7 +3893,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3688,7 +3906,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{52}
+	return file_berth_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Assignments) GetInstances() []*Instance {
@@ -3736,7 +3954,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3748,7 +3966,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3761,7 +3979,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{53}
+	return file_berth_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReportStatusRequest) GetNode() string {
@@ -3786,7 +4004,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3798,7 +4016,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3811,7 +4029,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{54}
+	return file_berth_proto_rawDescGZIP(), []int{57}
 }
 
 type WatchDiscoveryRequest struct {
@@ -3823,7 +4041,7 @@ type WatchDiscoveryRequest struct {
 
 func (x *WatchDiscoveryRequest) Reset() {
 	*x = WatchDiscoveryRequest{}
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3835,7 +4053,7 @@ func (x *WatchDiscoveryRequest) String() string {
 func (*WatchDiscoveryRequest) ProtoMessage() {}
 
 func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3848,7 +4066,7 @@ func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*WatchDiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{55}
+	return file_berth_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *WatchDiscoveryRequest) GetNode() string {
@@ -3868,7 +4086,7 @@ type DiscoverySnapshot struct {
 
 func (x *DiscoverySnapshot) Reset() {
 	*x = DiscoverySnapshot{}
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3880,7 +4098,7 @@ func (x *DiscoverySnapshot) String() string {
 func (*DiscoverySnapshot) ProtoMessage() {}
 
 func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3893,7 +4111,7 @@ func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverySnapshot.ProtoReflect.Descriptor instead.
 func (*DiscoverySnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{56}
+	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DiscoverySnapshot) GetVersion() uint64 {
@@ -3923,7 +4141,7 @@ type DiscoveryService struct {
 
 func (x *DiscoveryService) Reset() {
 	*x = DiscoveryService{}
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3935,7 +4153,7 @@ func (x *DiscoveryService) String() string {
 func (*DiscoveryService) ProtoMessage() {}
 
 func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3948,7 +4166,7 @@ func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryService.ProtoReflect.Descriptor instead.
 func (*DiscoveryService) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{57}
+	return file_berth_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DiscoveryService) GetNamespace() string {
@@ -3997,7 +4215,7 @@ type DiscoveryRevision struct {
 
 func (x *DiscoveryRevision) Reset() {
 	*x = DiscoveryRevision{}
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4009,7 +4227,7 @@ func (x *DiscoveryRevision) String() string {
 func (*DiscoveryRevision) ProtoMessage() {}
 
 func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4022,7 +4240,7 @@ func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRevision.ProtoReflect.Descriptor instead.
 func (*DiscoveryRevision) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{58}
+	return file_berth_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *DiscoveryRevision) GetNumber() int64 {
@@ -4059,7 +4277,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4071,7 +4289,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4084,7 +4302,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{59}
+	return file_berth_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Endpoint) GetInstance() string {
@@ -4139,7 +4357,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4151,7 +4369,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4164,7 +4382,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{60}
+	return file_berth_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -4217,7 +4435,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4229,7 +4447,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4242,7 +4460,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{61}
+	return file_berth_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Token) GetId() string {
@@ -4307,7 +4525,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4319,7 +4537,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4332,7 +4550,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -4364,7 +4582,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4376,7 +4594,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4389,7 +4607,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{66}
 }
 
 type ListTokensResponse struct {
@@ -4401,7 +4619,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4413,7 +4631,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4426,7 +4644,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -4445,7 +4663,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4457,7 +4675,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4470,7 +4688,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -4488,7 +4706,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4500,7 +4718,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4513,7 +4731,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{69}
 }
 
 type JoinRequest struct {
@@ -4530,7 +4748,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4542,7 +4760,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4555,7 +4773,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -4595,7 +4813,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4607,7 +4825,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4620,7 +4838,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -4640,7 +4858,7 @@ type CertificateResponse struct {
 
 func (x *CertificateResponse) Reset() {
 	*x = CertificateResponse{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4652,7 +4870,7 @@ func (x *CertificateResponse) String() string {
 func (*CertificateResponse) ProtoMessage() {}
 
 func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4665,7 +4883,7 @@ func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateResponse.ProtoReflect.Descriptor instead.
 func (*CertificateResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *CertificateResponse) GetCertificate() []byte {
@@ -4691,7 +4909,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4703,7 +4921,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4716,7 +4934,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RemoveNodeRequest) GetName() string {
@@ -4735,7 +4953,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4747,7 +4965,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4760,7 +4978,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RemoveNodeResponse) GetInstancesReplaced() int32 {
@@ -4779,7 +4997,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4791,7 +5009,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4804,7 +5022,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -4822,7 +5040,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4834,7 +5052,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4847,7 +5065,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 type CordonNodeRequest struct {
@@ -4860,7 +5078,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4872,7 +5090,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4885,7 +5103,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -4910,7 +5128,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4922,7 +5140,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4935,7 +5153,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 type DrainNodeRequest struct {
@@ -4947,7 +5165,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4959,7 +5177,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4972,7 +5190,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -4991,7 +5209,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5003,7 +5221,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5016,7 +5234,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -5035,7 +5253,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5047,7 +5265,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5060,7 +5278,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{78}
+	return file_berth_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -5079,7 +5297,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5091,7 +5309,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5104,7 +5322,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{79}
+	return file_berth_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -5122,7 +5340,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5134,7 +5352,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5147,7 +5365,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{80}
+	return file_berth_proto_rawDescGZIP(), []int{83}
 }
 
 type Gateway struct {
@@ -5174,7 +5392,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5186,7 +5404,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5199,7 +5417,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{81}
+	return file_berth_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *Gateway) GetNodeId() string {
@@ -5289,7 +5507,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5301,7 +5519,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5314,7 +5532,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{82}
+	return file_berth_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -5341,7 +5559,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5353,7 +5571,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5366,7 +5584,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{83}
+	return file_berth_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -5400,7 +5618,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5412,7 +5630,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5425,7 +5643,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{84}
+	return file_berth_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -5486,7 +5704,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5498,7 +5716,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5511,7 +5729,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{85}
+	return file_berth_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -5532,7 +5750,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5544,7 +5762,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5557,7 +5775,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{86}
+	return file_berth_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -5591,7 +5809,7 @@ type RolloutRequest struct {
 
 func (x *RolloutRequest) Reset() {
 	*x = RolloutRequest{}
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5603,7 +5821,7 @@ func (x *RolloutRequest) String() string {
 func (*RolloutRequest) ProtoMessage() {}
 
 func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5616,7 +5834,7 @@ func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutRequest.ProtoReflect.Descriptor instead.
 func (*RolloutRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{87}
+	return file_berth_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *RolloutRequest) GetNamespace() string {
@@ -5647,7 +5865,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5659,7 +5877,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5672,7 +5890,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{88}
+	return file_berth_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *RolloutActionRequest) GetNamespace() string {
@@ -5712,7 +5930,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5724,7 +5942,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5737,7 +5955,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{89}
+	return file_berth_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -5758,7 +5976,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5770,7 +5988,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5783,7 +6001,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{90}
+	return file_berth_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -5809,7 +6027,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5821,7 +6039,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5834,7 +6052,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{91}
+	return file_berth_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -5854,7 +6072,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5866,7 +6084,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5879,7 +6097,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{92}
+	return file_berth_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -5906,7 +6124,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5918,7 +6136,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5931,7 +6149,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{93}
+	return file_berth_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -5958,7 +6176,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5970,7 +6188,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5983,7 +6201,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{94}
+	return file_berth_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -6008,7 +6226,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6020,7 +6238,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6033,7 +6251,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{95}
+	return file_berth_proto_rawDescGZIP(), []int{98}
 }
 
 type ReleaseVolumeRequest struct {
@@ -6046,7 +6264,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6058,7 +6276,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6071,7 +6289,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{96}
+	return file_berth_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -6097,7 +6315,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6109,7 +6327,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6122,7 +6340,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{97}
+	return file_berth_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -6143,7 +6361,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6155,7 +6373,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6168,7 +6386,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{98}
+	return file_berth_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -6200,7 +6418,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[99]
+	mi := &file_berth_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6212,7 +6430,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[99]
+	mi := &file_berth_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6225,7 +6443,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{99}
+	return file_berth_proto_rawDescGZIP(), []int{102}
 }
 
 type FetchImageRequest struct {
@@ -6240,7 +6458,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[100]
+	mi := &file_berth_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6252,7 +6470,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[100]
+	mi := &file_berth_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6265,7 +6483,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{100}
+	return file_berth_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -6291,7 +6509,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_berth_proto_msgTypes[101]
+	mi := &file_berth_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6303,7 +6521,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[101]
+	mi := &file_berth_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6316,7 +6534,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{101}
+	return file_berth_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -6335,7 +6553,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_berth_proto_msgTypes[102]
+	mi := &file_berth_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6347,7 +6565,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[102]
+	mi := &file_berth_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6360,7 +6578,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{102}
+	return file_berth_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -6380,7 +6598,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_berth_proto_msgTypes[103]
+	mi := &file_berth_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6392,7 +6610,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[103]
+	mi := &file_berth_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6405,7 +6623,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{103}
+	return file_berth_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -6430,7 +6648,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_berth_proto_msgTypes[104]
+	mi := &file_berth_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6442,7 +6660,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[104]
+	mi := &file_berth_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6455,7 +6673,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{104}
+	return file_berth_proto_rawDescGZIP(), []int{107}
 }
 
 type InstanceSecretsRequest struct {
@@ -6468,7 +6686,7 @@ type InstanceSecretsRequest struct {
 
 func (x *InstanceSecretsRequest) Reset() {
 	*x = InstanceSecretsRequest{}
-	mi := &file_berth_proto_msgTypes[105]
+	mi := &file_berth_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6480,7 +6698,7 @@ func (x *InstanceSecretsRequest) String() string {
 func (*InstanceSecretsRequest) ProtoMessage() {}
 
 func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[105]
+	mi := &file_berth_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6493,7 +6711,7 @@ func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceSecretsRequest.ProtoReflect.Descriptor instead.
 func (*InstanceSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{105}
+	return file_berth_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *InstanceSecretsRequest) GetNode() string {
@@ -6519,7 +6737,7 @@ type SecretData struct {
 
 func (x *SecretData) Reset() {
 	*x = SecretData{}
-	mi := &file_berth_proto_msgTypes[106]
+	mi := &file_berth_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6531,7 +6749,7 @@ func (x *SecretData) String() string {
 func (*SecretData) ProtoMessage() {}
 
 func (x *SecretData) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[106]
+	mi := &file_berth_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6544,7 +6762,7 @@ func (x *SecretData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretData.ProtoReflect.Descriptor instead.
 func (*SecretData) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{106}
+	return file_berth_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *SecretData) GetData() map[string][]byte {
@@ -6564,7 +6782,7 @@ type InstanceSecretsResponse struct {
 
 func (x *InstanceSecretsResponse) Reset() {
 	*x = InstanceSecretsResponse{}
-	mi := &file_berth_proto_msgTypes[107]
+	mi := &file_berth_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6576,7 +6794,7 @@ func (x *InstanceSecretsResponse) String() string {
 func (*InstanceSecretsResponse) ProtoMessage() {}
 
 func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[107]
+	mi := &file_berth_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6589,7 +6807,7 @@ func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceSecretsResponse.ProtoReflect.Descriptor instead.
 func (*InstanceSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{107}
+	return file_berth_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *InstanceSecretsResponse) GetSecrets() map[string]*SecretData {
@@ -6621,7 +6839,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xfa\x05\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xe3\x06\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -6637,14 +6855,25 @@ const file_berth_proto_rawDesc = "" +
 	"\avolumes\x18\v \x03(\v2\x15.berth.v1.VolumeMountR\avolumes\x12C\n" +
 	"\x10volume_templates\x18\f \x03(\v2\x18.berth.v1.VolumeTemplateR\x0fvolumeTemplates\x12/\n" +
 	"\arollout\x18\r \x01(\v2\x15.berth.v1.RolloutSpecR\arollout\x12/\n" +
-	"\asecrets\x18\x14 \x03(\v2\x15.berth.v1.SecretMountR\asecrets\x1a6\n" +
+	"\asecrets\x18\x14 \x03(\v2\x15.berth.v1.SecretMountR\asecrets\x12!\n" +
+	"\fimage_digest\x18\x15 \x01(\tR\vimageDigest\x12D\n" +
+	"\x10security_context\x18\x16 \x01(\v2\x19.berth.v1.SecurityContextR\x0fsecurityContext\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_replicas\"\xaa\x01\n" +
+	"\t_replicas\"\x91\x02\n" +
+	"\x0fSecurityContext\x12#\n" +
+	"\vrun_as_user\x18\x01 \x01(\x03H\x00R\trunAsUser\x88\x01\x01\x12%\n" +
+	"\frun_as_group\x18\x02 \x01(\x03H\x01R\n" +
+	"runAsGroup\x88\x01\x01\x129\n" +
+	"\x19read_only_root_filesystem\x18\x03 \x01(\bR\x16readOnlyRootFilesystem\x12)\n" +
+	"\x10capabilities_add\x18\x04 \x03(\tR\x0fcapabilitiesAdd\x12+\n" +
+	"\x11capabilities_drop\x18\x05 \x03(\tR\x10capabilitiesDropB\x0e\n" +
+	"\f_run_as_userB\x0f\n" +
+	"\r_run_as_group\"\xaa\x01\n" +
 	"\vSecretMount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -6882,19 +7111,26 @@ const file_berth_proto_rawDesc = "" +
 	"\tinstances\x18\x01 \x03(\v2\x16.berth.v1.InstanceViewR\tinstances\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"U\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"k\n" +
 	"\n" +
 	"ImageChunk\x12\x1b\n" +
 	"\tfile_name\x18\x01 \x01(\tR\bfileName\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06digest\x18\x03 \x01(\tR\x06digest\"_\n" +
+	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"_\n" +
 	"\x11LoadImageResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1e\n" +
 	"\n" +
 	"references\x18\x03 \x03(\tR\n" +
 	"references\"\x13\n" +
-	"\x11ListImagesRequest\"\x8a\x01\n" +
+	"\x11ListImagesRequest\"@\n" +
+	"\x12RemoveImageRequest\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"k\n" +
+	"\x13RemoveImageResponse\x12-\n" +
+	"\x12removed_references\x18\x01 \x03(\tR\x11removedReferences\x12%\n" +
+	"\x0eremoved_digest\x18\x02 \x01(\tR\rremovedDigest\"\x8a\x01\n" +
 	"\x05Image\x12\x1c\n" +
 	"\treference\x18\x01 \x01(\tR\treference\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
@@ -7118,7 +7354,7 @@ const file_berth_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2..berth.v1.InstanceSecretsResponse.SecretsEntryR\asecrets\x1aP\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
-	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x012\xd3\x10\n" +
+	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x012\x9f\x11\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -7129,7 +7365,8 @@ const file_berth_proto_rawDesc = "" +
 	"\tListNodes\x12\x1a.berth.v1.ListNodesRequest\x1a\x1b.berth.v1.ListNodesResponse\x12@\n" +
 	"\tLoadImage\x12\x14.berth.v1.ImageChunk\x1a\x1b.berth.v1.LoadImageResponse(\x01\x12G\n" +
 	"\n" +
-	"ListImages\x12\x1b.berth.v1.ListImagesRequest\x1a\x1c.berth.v1.ListImagesResponse\x12G\n" +
+	"ListImages\x12\x1b.berth.v1.ListImagesRequest\x1a\x1c.berth.v1.ListImagesResponse\x12J\n" +
+	"\vRemoveImage\x12\x1c.berth.v1.RemoveImageRequest\x1a\x1d.berth.v1.RemoveImageResponse\x12G\n" +
 	"\n" +
 	"ListEvents\x12\x1b.berth.v1.ListEventsRequest\x1a\x1c.berth.v1.ListEventsResponse\x12J\n" +
 	"\vCreateToken\x12\x1c.berth.v1.CreateTokenRequest\x1a\x1d.berth.v1.CreateTokenResponse\x12G\n" +
@@ -7180,298 +7417,304 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 118)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 121)
 var file_berth_proto_goTypes = []any{
 	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
 	(*Service)(nil),                 // 1: berth.v1.Service
 	(*ServiceStatus)(nil),           // 2: berth.v1.ServiceStatus
 	(*ServiceSpec)(nil),             // 3: berth.v1.ServiceSpec
-	(*SecretMount)(nil),             // 4: berth.v1.SecretMount
-	(*Secret)(nil),                  // 5: berth.v1.Secret
-	(*RolloutSpec)(nil),             // 6: berth.v1.RolloutSpec
-	(*CanaryStep)(nil),              // 7: berth.v1.CanaryStep
-	(*Analysis)(nil),                // 8: berth.v1.Analysis
-	(*Rollout)(nil),                 // 9: berth.v1.Rollout
-	(*VolumeMount)(nil),             // 10: berth.v1.VolumeMount
-	(*VolumeTemplate)(nil),          // 11: berth.v1.VolumeTemplate
-	(*Volume)(nil),                  // 12: berth.v1.Volume
-	(*Port)(nil),                    // 13: berth.v1.Port
-	(*Resources)(nil),               // 14: berth.v1.Resources
-	(*Health)(nil),                  // 15: berth.v1.Health
-	(*HTTPProbe)(nil),               // 16: berth.v1.HTTPProbe
-	(*TCPProbe)(nil),                // 17: berth.v1.TCPProbe
-	(*Route)(nil),                   // 18: berth.v1.Route
-	(*Instance)(nil),                // 19: berth.v1.Instance
-	(*Exit)(nil),                    // 20: berth.v1.Exit
-	(*InstanceStatus)(nil),          // 21: berth.v1.InstanceStatus
-	(*Capacity)(nil),                // 22: berth.v1.Capacity
-	(*Node)(nil),                    // 23: berth.v1.Node
-	(*Event)(nil),                   // 24: berth.v1.Event
-	(*ApplyRequest)(nil),            // 25: berth.v1.ApplyRequest
-	(*ApplyResult)(nil),             // 26: berth.v1.ApplyResult
-	(*ApplyResponse)(nil),           // 27: berth.v1.ApplyResponse
-	(*ListServicesRequest)(nil),     // 28: berth.v1.ListServicesRequest
-	(*ServiceSummary)(nil),          // 29: berth.v1.ServiceSummary
-	(*ListServicesResponse)(nil),    // 30: berth.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 31: berth.v1.GetServiceRequest
-	(*ServiceDetail)(nil),           // 32: berth.v1.ServiceDetail
-	(*DeleteServiceRequest)(nil),    // 33: berth.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 34: berth.v1.DeleteServiceResponse
-	(*ListInstancesRequest)(nil),    // 35: berth.v1.ListInstancesRequest
-	(*InstanceView)(nil),            // 36: berth.v1.InstanceView
-	(*ListInstancesResponse)(nil),   // 37: berth.v1.ListInstancesResponse
-	(*ListNodesRequest)(nil),        // 38: berth.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 39: berth.v1.ListNodesResponse
-	(*ImageChunk)(nil),              // 40: berth.v1.ImageChunk
-	(*LoadImageResponse)(nil),       // 41: berth.v1.LoadImageResponse
-	(*ListImagesRequest)(nil),       // 42: berth.v1.ListImagesRequest
-	(*Image)(nil),                   // 43: berth.v1.Image
-	(*ListImagesResponse)(nil),      // 44: berth.v1.ListImagesResponse
-	(*ListEventsRequest)(nil),       // 45: berth.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 46: berth.v1.ListEventsResponse
-	(*RegisterRequest)(nil),         // 47: berth.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 48: berth.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 49: berth.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 50: berth.v1.HeartbeatResponse
-	(*WatchAssignmentsRequest)(nil), // 51: berth.v1.WatchAssignmentsRequest
-	(*Assignments)(nil),             // 52: berth.v1.Assignments
-	(*ReportStatusRequest)(nil),     // 53: berth.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),    // 54: berth.v1.ReportStatusResponse
-	(*WatchDiscoveryRequest)(nil),   // 55: berth.v1.WatchDiscoveryRequest
-	(*DiscoverySnapshot)(nil),       // 56: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 57: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 58: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 59: berth.v1.Endpoint
-	(*CreateTokenRequest)(nil),      // 60: berth.v1.CreateTokenRequest
-	(*Token)(nil),                   // 61: berth.v1.Token
-	(*CreateTokenResponse)(nil),     // 62: berth.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 63: berth.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 64: berth.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 65: berth.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 66: berth.v1.RevokeTokenResponse
-	(*JoinRequest)(nil),             // 67: berth.v1.JoinRequest
-	(*RenewCertificateRequest)(nil), // 68: berth.v1.RenewCertificateRequest
-	(*CertificateResponse)(nil),     // 69: berth.v1.CertificateResponse
-	(*RemoveNodeRequest)(nil),       // 70: berth.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 71: berth.v1.RemoveNodeResponse
-	(*RevokeGatewayRequest)(nil),    // 72: berth.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),   // 73: berth.v1.RevokeGatewayResponse
-	(*CordonNodeRequest)(nil),       // 74: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 75: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 76: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 77: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 78: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 79: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 80: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 81: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 82: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 83: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 84: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 85: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 86: berth.v1.UndoRequest
-	(*RolloutRequest)(nil),          // 87: berth.v1.RolloutRequest
-	(*RolloutActionRequest)(nil),    // 88: berth.v1.RolloutActionRequest
-	(*ListVolumesRequest)(nil),      // 89: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 90: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 91: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 92: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 93: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 94: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 95: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 96: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 97: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 98: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 99: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 100: berth.v1.FetchImageRequest
-	(*ListSecretsRequest)(nil),      // 101: berth.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 102: berth.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 103: berth.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 104: berth.v1.DeleteSecretResponse
-	(*InstanceSecretsRequest)(nil),  // 105: berth.v1.InstanceSecretsRequest
-	(*SecretData)(nil),              // 106: berth.v1.SecretData
-	(*InstanceSecretsResponse)(nil), // 107: berth.v1.InstanceSecretsResponse
-	nil,                             // 108: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 109: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 110: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 111: berth.v1.SecretMount.EnvEntry
-	nil,                             // 112: berth.v1.Secret.DataEntry
-	nil,                             // 113: berth.v1.Node.LabelsEntry
-	nil,                             // 114: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 115: berth.v1.Assignments.VolumeSizesEntry
-	nil,                             // 116: berth.v1.SecretData.DataEntry
-	nil,                             // 117: berth.v1.InstanceSecretsResponse.SecretsEntry
-	(*timestamppb.Timestamp)(nil),   // 118: google.protobuf.Timestamp
+	(*SecurityContext)(nil),         // 4: berth.v1.SecurityContext
+	(*SecretMount)(nil),             // 5: berth.v1.SecretMount
+	(*Secret)(nil),                  // 6: berth.v1.Secret
+	(*RolloutSpec)(nil),             // 7: berth.v1.RolloutSpec
+	(*CanaryStep)(nil),              // 8: berth.v1.CanaryStep
+	(*Analysis)(nil),                // 9: berth.v1.Analysis
+	(*Rollout)(nil),                 // 10: berth.v1.Rollout
+	(*VolumeMount)(nil),             // 11: berth.v1.VolumeMount
+	(*VolumeTemplate)(nil),          // 12: berth.v1.VolumeTemplate
+	(*Volume)(nil),                  // 13: berth.v1.Volume
+	(*Port)(nil),                    // 14: berth.v1.Port
+	(*Resources)(nil),               // 15: berth.v1.Resources
+	(*Health)(nil),                  // 16: berth.v1.Health
+	(*HTTPProbe)(nil),               // 17: berth.v1.HTTPProbe
+	(*TCPProbe)(nil),                // 18: berth.v1.TCPProbe
+	(*Route)(nil),                   // 19: berth.v1.Route
+	(*Instance)(nil),                // 20: berth.v1.Instance
+	(*Exit)(nil),                    // 21: berth.v1.Exit
+	(*InstanceStatus)(nil),          // 22: berth.v1.InstanceStatus
+	(*Capacity)(nil),                // 23: berth.v1.Capacity
+	(*Node)(nil),                    // 24: berth.v1.Node
+	(*Event)(nil),                   // 25: berth.v1.Event
+	(*ApplyRequest)(nil),            // 26: berth.v1.ApplyRequest
+	(*ApplyResult)(nil),             // 27: berth.v1.ApplyResult
+	(*ApplyResponse)(nil),           // 28: berth.v1.ApplyResponse
+	(*ListServicesRequest)(nil),     // 29: berth.v1.ListServicesRequest
+	(*ServiceSummary)(nil),          // 30: berth.v1.ServiceSummary
+	(*ListServicesResponse)(nil),    // 31: berth.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),       // 32: berth.v1.GetServiceRequest
+	(*ServiceDetail)(nil),           // 33: berth.v1.ServiceDetail
+	(*DeleteServiceRequest)(nil),    // 34: berth.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),   // 35: berth.v1.DeleteServiceResponse
+	(*ListInstancesRequest)(nil),    // 36: berth.v1.ListInstancesRequest
+	(*InstanceView)(nil),            // 37: berth.v1.InstanceView
+	(*ListInstancesResponse)(nil),   // 38: berth.v1.ListInstancesResponse
+	(*ListNodesRequest)(nil),        // 39: berth.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 40: berth.v1.ListNodesResponse
+	(*ImageChunk)(nil),              // 41: berth.v1.ImageChunk
+	(*LoadImageResponse)(nil),       // 42: berth.v1.LoadImageResponse
+	(*ListImagesRequest)(nil),       // 43: berth.v1.ListImagesRequest
+	(*RemoveImageRequest)(nil),      // 44: berth.v1.RemoveImageRequest
+	(*RemoveImageResponse)(nil),     // 45: berth.v1.RemoveImageResponse
+	(*Image)(nil),                   // 46: berth.v1.Image
+	(*ListImagesResponse)(nil),      // 47: berth.v1.ListImagesResponse
+	(*ListEventsRequest)(nil),       // 48: berth.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 49: berth.v1.ListEventsResponse
+	(*RegisterRequest)(nil),         // 50: berth.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 51: berth.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 52: berth.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 53: berth.v1.HeartbeatResponse
+	(*WatchAssignmentsRequest)(nil), // 54: berth.v1.WatchAssignmentsRequest
+	(*Assignments)(nil),             // 55: berth.v1.Assignments
+	(*ReportStatusRequest)(nil),     // 56: berth.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),    // 57: berth.v1.ReportStatusResponse
+	(*WatchDiscoveryRequest)(nil),   // 58: berth.v1.WatchDiscoveryRequest
+	(*DiscoverySnapshot)(nil),       // 59: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),        // 60: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),       // 61: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                // 62: berth.v1.Endpoint
+	(*CreateTokenRequest)(nil),      // 63: berth.v1.CreateTokenRequest
+	(*Token)(nil),                   // 64: berth.v1.Token
+	(*CreateTokenResponse)(nil),     // 65: berth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 66: berth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 67: berth.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 68: berth.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 69: berth.v1.RevokeTokenResponse
+	(*JoinRequest)(nil),             // 70: berth.v1.JoinRequest
+	(*RenewCertificateRequest)(nil), // 71: berth.v1.RenewCertificateRequest
+	(*CertificateResponse)(nil),     // 72: berth.v1.CertificateResponse
+	(*RemoveNodeRequest)(nil),       // 73: berth.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),      // 74: berth.v1.RemoveNodeResponse
+	(*RevokeGatewayRequest)(nil),    // 75: berth.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),   // 76: berth.v1.RevokeGatewayResponse
+	(*CordonNodeRequest)(nil),       // 77: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 78: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 79: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 80: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 81: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 82: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),     // 83: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 84: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 85: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 86: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 87: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 88: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 89: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),          // 90: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),    // 91: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),      // 92: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 93: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 94: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 95: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 96: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 97: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 98: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 99: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 100: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 101: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 102: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 103: berth.v1.FetchImageRequest
+	(*ListSecretsRequest)(nil),      // 104: berth.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 105: berth.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 106: berth.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 107: berth.v1.DeleteSecretResponse
+	(*InstanceSecretsRequest)(nil),  // 108: berth.v1.InstanceSecretsRequest
+	(*SecretData)(nil),              // 109: berth.v1.SecretData
+	(*InstanceSecretsResponse)(nil), // 110: berth.v1.InstanceSecretsResponse
+	nil,                             // 111: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 112: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 113: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 114: berth.v1.SecretMount.EnvEntry
+	nil,                             // 115: berth.v1.Secret.DataEntry
+	nil,                             // 116: berth.v1.Node.LabelsEntry
+	nil,                             // 117: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 118: berth.v1.Assignments.VolumeSizesEntry
+	nil,                             // 119: berth.v1.SecretData.DataEntry
+	nil,                             // 120: berth.v1.InstanceSecretsResponse.SecretsEntry
+	(*timestamppb.Timestamp)(nil),   // 121: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	108, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	111, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	0,   // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	3,   // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	2,   // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	118, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	118, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	109, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
-	13,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
-	14,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
-	15,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
-	18,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	110, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
-	10,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
-	11,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
-	6,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
-	4,   // 15: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
-	111, // 16: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
-	0,   // 17: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
-	112, // 18: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
-	118, // 19: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	118, // 20: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
-	7,   // 21: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
-	8,   // 22: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	118, // 23: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	118, // 24: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	0,   // 25: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	118, // 26: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	118, // 27: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
-	16,  // 28: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	17,  // 29: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	3,   // 30: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	118, // 31: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	118, // 32: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	118, // 33: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	20,  // 34: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	118, // 35: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	118, // 36: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	113, // 37: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	22,  // 38: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	118, // 39: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	118, // 40: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	22,  // 41: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	118, // 42: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	118, // 43: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	1,   // 44: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	12,  // 45: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
-	5,   // 46: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
-	26,  // 47: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	1,   // 48: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	29,  // 49: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	1,   // 50: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	36,  // 51: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	24,  // 52: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	19,  // 53: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	21,  // 54: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	36,  // 55: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	23,  // 56: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	118, // 57: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	43,  // 58: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	24,  // 59: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	114, // 60: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	22,  // 61: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	19,  // 62: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	21,  // 63: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	115, // 64: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
-	21,  // 65: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	57,  // 66: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	13,  // 67: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	18,  // 68: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	58,  // 69: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	59,  // 70: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	118, // 71: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	118, // 72: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	61,  // 73: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
-	61,  // 74: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
-	23,  // 75: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	118, // 76: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	81,  // 77: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	118, // 78: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	84,  // 79: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	12,  // 80: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	90,  // 81: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	90,  // 82: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	24,  // 83: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	5,   // 84: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
-	116, // 85: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
-	117, // 86: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
-	106, // 87: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
-	25,  // 88: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	28,  // 89: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	31,  // 90: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	33,  // 91: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	35,  // 92: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	38,  // 93: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	40,  // 94: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	42,  // 95: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	45,  // 96: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	60,  // 97: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	63,  // 98: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	65,  // 99: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	67,  // 100: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	68,  // 101: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	70,  // 102: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	72,  // 103: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	74,  // 104: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	76,  // 105: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	80,  // 106: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	83,  // 107: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	86,  // 108: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	87,  // 109: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	88,  // 110: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	89,  // 111: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	92,  // 112: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	94,  // 113: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	96,  // 114: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	101, // 115: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
-	103, // 116: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
-	47,  // 117: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	49,  // 118: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	51,  // 119: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	53,  // 120: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	55,  // 121: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	78,  // 122: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	100, // 123: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	98,  // 124: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	105, // 125: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	27,  // 126: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	30,  // 127: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	32,  // 128: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	34,  // 129: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	37,  // 130: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	39,  // 131: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	41,  // 132: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	44,  // 133: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	46,  // 134: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	62,  // 135: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	64,  // 136: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	66,  // 137: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	69,  // 138: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	69,  // 139: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	71,  // 140: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	73,  // 141: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	75,  // 142: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	77,  // 143: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	82,  // 144: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	85,  // 145: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	26,  // 146: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	9,   // 147: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	9,   // 148: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	91,  // 149: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	93,  // 150: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	95,  // 151: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	97,  // 152: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	102, // 153: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	104, // 154: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	48,  // 155: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	50,  // 156: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	52,  // 157: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	54,  // 158: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	56,  // 159: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	79,  // 160: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	40,  // 161: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	99,  // 162: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	107, // 163: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	126, // [126:164] is the sub-list for method output_type
-	88,  // [88:126] is the sub-list for method input_type
-	88,  // [88:88] is the sub-list for extension type_name
-	88,  // [88:88] is the sub-list for extension extendee
-	0,   // [0:88] is the sub-list for field type_name
+	121, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	121, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	112, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	14,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
+	15,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
+	16,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
+	19,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
+	113, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	11,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
+	12,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
+	7,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
+	5,   // 15: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
+	4,   // 16: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
+	114, // 17: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	0,   // 18: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
+	115, // 19: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	121, // 20: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	121, // 21: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	8,   // 22: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
+	9,   // 23: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
+	121, // 24: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	121, // 25: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	0,   // 26: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	121, // 27: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	121, // 28: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	17,  // 29: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	18,  // 30: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	3,   // 31: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	121, // 32: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	121, // 33: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	121, // 34: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	21,  // 35: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	121, // 36: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	121, // 37: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	116, // 38: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	23,  // 39: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	121, // 40: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	121, // 41: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	23,  // 42: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	121, // 43: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	121, // 44: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	1,   // 45: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	13,  // 46: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	6,   // 47: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
+	27,  // 48: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	1,   // 49: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	30,  // 50: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	1,   // 51: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	37,  // 52: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	25,  // 53: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	20,  // 54: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	22,  // 55: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	37,  // 56: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	24,  // 57: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	121, // 58: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	46,  // 59: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	25,  // 60: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	117, // 61: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	23,  // 62: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	20,  // 63: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	22,  // 64: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	118, // 65: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	22,  // 66: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	60,  // 67: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	14,  // 68: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	19,  // 69: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	61,  // 70: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	62,  // 71: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	121, // 72: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	121, // 73: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	64,  // 74: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	64,  // 75: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	24,  // 76: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	121, // 77: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	84,  // 78: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	121, // 79: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	87,  // 80: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	13,  // 81: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	93,  // 82: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	93,  // 83: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	25,  // 84: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	6,   // 85: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
+	119, // 86: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	120, // 87: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	109, // 88: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	26,  // 89: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	29,  // 90: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	32,  // 91: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	34,  // 92: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	36,  // 93: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	39,  // 94: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	41,  // 95: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	43,  // 96: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	44,  // 97: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	48,  // 98: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	63,  // 99: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	66,  // 100: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	68,  // 101: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	70,  // 102: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	71,  // 103: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	73,  // 104: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	75,  // 105: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	77,  // 106: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	79,  // 107: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	83,  // 108: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	86,  // 109: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	89,  // 110: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	90,  // 111: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	91,  // 112: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	92,  // 113: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	95,  // 114: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	97,  // 115: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	99,  // 116: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	104, // 117: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	106, // 118: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	50,  // 119: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	52,  // 120: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	54,  // 121: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	56,  // 122: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	58,  // 123: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	81,  // 124: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	103, // 125: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	101, // 126: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	108, // 127: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	28,  // 128: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	31,  // 129: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	33,  // 130: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	35,  // 131: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	38,  // 132: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	40,  // 133: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	42,  // 134: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	47,  // 135: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	45,  // 136: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	49,  // 137: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	65,  // 138: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	67,  // 139: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	69,  // 140: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	72,  // 141: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	72,  // 142: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	74,  // 143: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	76,  // 144: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	78,  // 145: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	80,  // 146: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	85,  // 147: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	88,  // 148: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	27,  // 149: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	10,  // 150: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	10,  // 151: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	94,  // 152: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	96,  // 153: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	98,  // 154: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	100, // 155: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	105, // 156: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	107, // 157: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	51,  // 158: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	53,  // 159: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	55,  // 160: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	57,  // 161: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	59,  // 162: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	82,  // 163: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	41,  // 164: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	102, // 165: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	110, // 166: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	128, // [128:167] is the sub-list for method output_type
+	89,  // [89:128] is the sub-list for method input_type
+	89,  // [89:89] is the sub-list for extension type_name
+	89,  // [89:89] is the sub-list for extension extendee
+	0,   // [0:89] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -7480,14 +7723,15 @@ func file_berth_proto_init() {
 		return
 	}
 	file_berth_proto_msgTypes[3].OneofWrappers = []any{}
-	file_berth_proto_msgTypes[6].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[4].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   118,
+			NumMessages:   121,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -34,6 +34,7 @@ const (
 	Berth_ListNodes_FullMethodName        = "/berth.v1.Berth/ListNodes"
 	Berth_LoadImage_FullMethodName        = "/berth.v1.Berth/LoadImage"
 	Berth_ListImages_FullMethodName       = "/berth.v1.Berth/ListImages"
+	Berth_RemoveImage_FullMethodName      = "/berth.v1.Berth/RemoveImage"
 	Berth_ListEvents_FullMethodName       = "/berth.v1.Berth/ListEvents"
 	Berth_CreateToken_FullMethodName      = "/berth.v1.Berth/CreateToken"
 	Berth_ListTokens_FullMethodName       = "/berth.v1.Berth/ListTokens"
@@ -76,6 +77,8 @@ type BerthClient interface {
 	// carries the file name.
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImageChunk, LoadImageResponse], error)
 	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
+	// RemoveImage removes a tag or an upload (admin).
+	RemoveImage(ctx context.Context, in *RemoveImageRequest, opts ...grpc.CallOption) (*RemoveImageResponse, error)
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 	// CreateToken makes an API token (roles admin, deployer, viewer) or a
 	// join token (roles node, gateway). The secret is returned once.
@@ -211,6 +214,16 @@ func (c *berthClient) ListImages(ctx context.Context, in *ListImagesRequest, opt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListImagesResponse)
 	err := c.cc.Invoke(ctx, Berth_ListImages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RemoveImage(ctx context.Context, in *RemoveImageRequest, opts ...grpc.CallOption) (*RemoveImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveImageResponse)
+	err := c.cc.Invoke(ctx, Berth_RemoveImage_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -446,6 +459,8 @@ type BerthServer interface {
 	// carries the file name.
 	LoadImage(grpc.ClientStreamingServer[ImageChunk, LoadImageResponse]) error
 	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
+	// RemoveImage removes a tag or an upload (admin).
+	RemoveImage(context.Context, *RemoveImageRequest) (*RemoveImageResponse, error)
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	// CreateToken makes an API token (roles admin, deployer, viewer) or a
 	// join token (roles node, gateway). The secret is returned once.
@@ -527,6 +542,9 @@ func (UnimplementedBerthServer) LoadImage(grpc.ClientStreamingServer[ImageChunk,
 }
 func (UnimplementedBerthServer) ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListImages not implemented")
+}
+func (UnimplementedBerthServer) RemoveImage(context.Context, *RemoveImageRequest) (*RemoveImageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveImage not implemented")
 }
 func (UnimplementedBerthServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
@@ -741,6 +759,24 @@ func _Berth_ListImages_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(BerthServer).ListImages(ctx, req.(*ListImagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RemoveImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RemoveImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RemoveImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RemoveImage(ctx, req.(*RemoveImageRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1157,6 +1193,10 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListImages",
 			Handler:    _Berth_ListImages_Handler,
+		},
+		{
+			MethodName: "RemoveImage",
+			Handler:    _Berth_RemoveImage_Handler,
 		},
 		{
 			MethodName: "ListEvents",

@@ -108,6 +108,13 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 	for _, t := range s.VolumeTemplates {
 		p.VolumeTemplates = append(p.VolumeTemplates, &VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
 	}
+	p.ImageDigest = s.ImageDigest
+	if sc := s.SecurityContext; sc != nil {
+		p.SecurityContext = &SecurityContext{RunAsUser: sc.RunAsUser, RunAsGroup: sc.RunAsGroup, ReadOnlyRootFilesystem: sc.ReadOnlyRootFilesystem}
+		if c := sc.Capabilities; c != nil {
+			p.SecurityContext.CapabilitiesAdd, p.SecurityContext.CapabilitiesDrop = c.Add, c.Drop
+		}
+	}
 	if r := s.Rollout; r != nil {
 		pr := &RolloutSpec{Strategy: r.Strategy}
 		for _, st := range r.Steps {
@@ -167,6 +174,13 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 	}
 	for _, t := range p.VolumeTemplates {
 		s.VolumeTemplates = append(s.VolumeTemplates, api.VolumeTemplate{Name: t.Name, MountPath: t.MountPath, Size: t.Size})
+	}
+	s.ImageDigest = p.ImageDigest
+	if sc := p.GetSecurityContext(); sc != nil {
+		s.SecurityContext = &api.SecurityContext{RunAsUser: sc.RunAsUser, RunAsGroup: sc.RunAsGroup, ReadOnlyRootFilesystem: sc.ReadOnlyRootFilesystem}
+		if len(sc.CapabilitiesAdd)+len(sc.CapabilitiesDrop) > 0 {
+			s.SecurityContext.Capabilities = &api.Capabilities{Add: sc.CapabilitiesAdd, Drop: sc.CapabilitiesDrop}
+		}
 	}
 	if r := p.GetRollout(); r != nil {
 		ar := &api.RolloutSpec{Strategy: r.Strategy}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -317,7 +319,11 @@ func newGetCmd(g *globalOptions) *cobra.Command {
 					}
 					fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tLOADED")
 					for _, im := range resp.Images {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", im.Reference, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
+						ref := im.Reference
+						if ref == "" {
+							ref = "<none>" // no tag; kept for the revisions that pin it
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", ref, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
 					}
 				case "gateways", "gateway", "gw":
 					resp, err := cli.ListGateways(ctx, &pb.ListGatewaysRequest{})
@@ -576,10 +582,17 @@ func newDeleteCmd(g *globalOptions) *cobra.Command {
 
 func newImageCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Manage images uploaded to the cluster"}
+	var force bool
 	load := &cobra.Command{
 		Use:   "load FILE.tar...",
 		Short: "Upload image tarballs (docker-archive or OCI) that nodes import instead of pulling",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Upload image tarballs (docker-archive or OCI) that nodes import instead of pulling.
+
+A tag names one upload: loading different bytes under a tag that exists is
+refused, and --force (admin only) re-points it. A revision keeps the upload
+its tag named when it was applied, so re-pointing a tag changes nothing
+that runs until the service is applied again.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cli, done, err := g.client()
 			if err != nil {
@@ -587,23 +600,59 @@ func newImageCmd(g *globalOptions) *cobra.Command {
 			}
 			defer done()
 			for _, file := range args {
-				if err := loadImage(cmd, g, cli, file); err != nil {
+				if err := loadImage(cmd, g, cli, file, force); err != nil {
 					return err
 				}
 			}
 			return nil
 		},
 	}
-	cmd.AddCommand(load)
+	load.Flags().BoolVar(&force, "force", false, "re-point tags that name another upload (admin)")
+	var rmForce bool
+	rm := &cobra.Command{
+		Use:   "rm REFERENCE|sha256:DIGEST...",
+		Short: "Remove a tag (and its upload once nothing else names or pins it), or an upload by digest (admin)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			for _, ref := range args {
+				resp, err := cli.RemoveImage(cmd.Context(), &pb.RemoveImageRequest{Image: ref, Force: rmForce})
+				if err != nil {
+					return g.rpcErr(err)
+				}
+				msg := "removed " + ref
+				if resp.RemovedDigest != "" {
+					msg += fmt.Sprintf(" (upload %s and tags %s)", short(resp.RemovedDigest, 19), strings.Join(resp.RemovedReferences, ", "))
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), msg)
+			}
+			return nil
+		},
+	}
+	rm.Flags().BoolVar(&rmForce, "force", false, "remove even if services, revisions or instances use it")
+	cmd.AddCommand(load, rm)
 	return cmd
 }
 
-func loadImage(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, file string) error {
+func loadImage(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, file string, force bool) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("image load: %w", err)
 	}
 	defer f.Close()
+	// The server checks the bytes it receives against this digest.
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("image load %s: %w", file, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("image load %s: %w", file, err)
+	}
+	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
 	defer cancel()
 	stream, err := cli.LoadImage(ctx)
@@ -617,7 +666,7 @@ func loadImage(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, file st
 		if n > 0 {
 			chunk := &pb.ImageChunk{Data: buf[:n]}
 			if first {
-				chunk.FileName, first = filepath.Base(file), false
+				chunk.FileName, chunk.Digest, chunk.Force, first = filepath.Base(file), digest, force, false
 			}
 			if err := stream.Send(chunk); err != nil {
 				_, rerr2 := stream.CloseAndRecv()

@@ -52,6 +52,8 @@ type serverFlags struct {
 	caKey        string
 	certTTL      time.Duration
 	maxNodes     int
+	maxImageSize string
+	imageQuota   string
 	secretsKey   string
 	adminConfig  string
 	etcdCA       string
@@ -78,6 +80,8 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.caKey, "ca-key", "", "the cluster CA's private key (PEM), with --ca-cert")
 	cmd.Flags().DurationVar(&f.certTTL, "cert-ttl", def.CertTTL, "lifetime of the certificates issued to nodes, gateways and replicas (renewed two thirds of the way)")
 	cmd.Flags().IntVar(&f.maxNodes, "max-nodes", def.MaxNodes, "most nodes that may join (0: no cap)")
+	cmd.Flags().StringVar(&f.maxImageSize, "max-image-size", "4Gi", "largest image tarball one `berth image load` may upload")
+	cmd.Flags().StringVar(&f.imageQuota, "image-quota", "20Gi", "most bytes all uploaded images may take together")
 	cmd.Flags().StringVar(&f.secretsKey, "secrets-key-file", "", "key Secrets are sealed with in etcd, created at first start (default --data-dir/secrets.key; every replica needs the same)")
 	cmd.Flags().StringVar(&f.adminConfig, "admin-config", "", "where to write the first admin's CLI configuration, mode 0600 (default --data-dir/admin.conf; - disables)")
 	cmd.Flags().StringVar(&f.etcdCA, "etcd-cafile", "", "CA of an external etcd's server certificates")
@@ -153,6 +157,16 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.nodeTimeout, f.lostGrace, f.name, f.advertise
 	cfg.CACertFile, cfg.CAKeyFile, cfg.CertTTL, cfg.MaxNodes, cfg.AdminConfig = f.caCert, f.caKey, f.certTTL, f.maxNodes, f.adminConfig
 	cfg.SecretsKeyFile = f.secretsKey
+	for _, q := range []struct {
+		flag, v string
+		dst     *int64
+	}{{"--max-image-size", f.maxImageSize, &cfg.MaxImageSize}, {"--image-quota", f.imageQuota, &cfg.ImageQuota}} {
+		n, err := api.ParseMemory(q.v)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%s %q: a size like 4Gi or 500Mi", q.flag, q.v)
+		}
+		*q.dst = n
+	}
 	if f.etcdCA != "" || f.etcdCert != "" || f.etcdKey != "" {
 		info := transport.TLSInfo{TrustedCAFile: f.etcdCA, CertFile: f.etcdCert, KeyFile: f.etcdKey}
 		if cfg.EtcdTLS, err = info.ClientConfig(); err != nil {

@@ -37,6 +37,9 @@ import (
 type Config struct {
 	// ImageDir holds uploaded image tarballs.
 	ImageDir string
+	// MaxImageSize bounds one upload (default 4 GiB); ImageQuota the
+	// uploads' total (default 20 GiB).
+	MaxImageSize, ImageQuota int64
 	// ClusterCIDR is divided into one pod subnet per node.
 	ClusterCIDR string
 	// NodeSubnetBits is the prefix length of a node's pod subnet.
@@ -114,6 +117,12 @@ func New(cfg Config, st *store.Store, cache *store.Cache, pub *controller.Publis
 	}
 	if cfg.CertTTL <= 0 {
 		cfg.CertTTL = DefaultCertTTL
+	}
+	if cfg.MaxImageSize <= 0 {
+		cfg.MaxImageSize = DefaultMaxImageSize
+	}
+	if cfg.ImageQuota <= 0 {
+		cfg.ImageQuota = DefaultImageQuota
 	}
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("apiserver: image dir: %w", err)
@@ -195,6 +204,16 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 	problems = append(problems, bad...)
 	if len(problems) > 0 {
 		return nil, status.Error(codes.InvalidArgument, "apply rejected, nothing stored: "+strings.Join(problems, "; "))
+	}
+	// The revision pins the upload its image names now (the server's
+	// word, never the client's): a tag re-pointed later changes nothing
+	// that runs until the service is applied again.
+	imageRefs, err := s.store.ImageReferences(ctx)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	for i := range svcs {
+		svcs[i].Spec.ImageDigest = imageRefs[svcs[i].Spec.Image]
 	}
 	if req.DryRun {
 		out := &pb.ApplyResponse{}

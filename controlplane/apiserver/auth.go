@@ -72,6 +72,7 @@ var methodPermissions = map[string]permissions{
 	berthSvc + "ListNodes":        one(authz.Read),
 	berthSvc + "LoadImage":        one(authz.ImageLoad),
 	berthSvc + "ListImages":       one(authz.Read),
+	berthSvc + "RemoveImage":      one(authz.ImageAdmin),
 	berthSvc + "ListEvents":       listIn(nsOf),
 	berthSvc + "CreateToken":      one(authz.TokenAdmin),
 	berthSvc + "ListTokens":       one(authz.TokenAdmin),
@@ -125,6 +126,10 @@ func applyPermissions(m any) []authz.Request {
 	}
 	for _, s := range req.GetServices() {
 		add(s.GetMetadata().GetNamespace())
+		if len(s.GetSpec().GetSecurityContext().GetCapabilitiesAdd()) > 0 {
+			// Added capabilities widen the sandbox: admins only.
+			out = append(out, authz.Request{Verb: authz.Privileged, Namespace: nsOrDefault(s.GetMetadata().GetNamespace())})
+		}
 	}
 	for _, v := range req.GetVolumes() {
 		add(v.GetMetadata().GetNamespace())

@@ -1,21 +1,23 @@
 package apiserver
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/authz"
+	"github.com/berth-dev/berth/controlplane/imagecheck"
 	"github.com/berth-dev/berth/controlplane/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,32 +31,62 @@ func tsOf(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-// maxImageSize bounds one upload.
-const maxImageSize = 4 << 30
+// Upload limits, unless configured.
+const (
+	DefaultMaxImageSize = 4 << 30
+	DefaultImageQuota   = 20 << 30
+)
 
-// LoadImage receives an image tarball, stores it under ImageDir by digest
-// and records the references it carries, so agents can import it.
+// LoadImage receives an image tarball, checks it (the digest the client
+// computed, paths, blob digests, references, size and quota), stores it
+// under ImageDir by digest and points its references at it. A reference
+// that already names another upload is refused unless the client forces
+// it, which only an admin may.
 func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
-	tb, err := receiveTarball(s.cfg.ImageDir, "upload-*.tar", stream.Recv)
+	ctx := stream.Context()
+	tb, err := receiveTarball(s.cfg.ImageDir, "upload-*.tar", stream.Recv, s.cfg.MaxImageSize)
 	defer os.Remove(tb.path)
 	name := tb.name
 	switch {
 	case errors.Is(err, errImageTooLarge):
-		return status.Errorf(codes.ResourceExhausted, "load image %s: %v", name, err)
+		return status.Errorf(codes.ResourceExhausted, "load image %s: larger than the %d bytes one upload may have (berth server --max-image-size)", name, s.cfg.MaxImageSize)
 	case err != nil:
 		if _, ok := status.FromError(err); ok {
 			return err // the stream's own
 		}
 		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
 	}
-	refs, err := TarballReferences(tb.path)
-	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "load image %s: %v", name, err)
+	switch {
+	case tb.sent == "":
+		return status.Errorf(codes.InvalidArgument, "load image %s: the first chunk must carry the tarball's digest (sha256:<hex>), which the server checks", name)
+	case tb.sent != tb.digest:
+		return status.Errorf(codes.DataLoss, "load image %s: received %d bytes with digest %s, but the client sent %s: damaged in transit, nothing stored", name, tb.size, tb.digest, tb.sent)
 	}
-	if len(refs) == 0 {
-		return status.Errorf(codes.InvalidArgument, "load image %s: the tarball names no image (no RepoTags in manifest.json, no ref annotation in index.json)", name)
+	if tb.force {
+		if err := authz.Allowed(principalOf(ctx), authz.Request{Verb: authz.ImageAdmin}); err != nil {
+			return status.Errorf(codes.PermissionDenied, "load image %s --force: %v", name, err)
+		}
+	}
+	refs, err := imagecheck.Inspect(tb.path)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "load image %s: refused, nothing stored: %v", name, err)
 	}
 	digest, size := tb.digest, tb.size
+	imgs, err := s.store.ListImages(ctx)
+	if err != nil {
+		return storeErr(err)
+	}
+	var used int64
+	for _, img := range imgs {
+		if img.Digest == digest {
+			used = -1 << 62 // already stored: takes no more room
+			break
+		}
+		used += img.Size
+	}
+	if used+size > s.cfg.ImageQuota {
+		return status.Errorf(codes.ResourceExhausted, "load image %s: %d bytes would exceed the image quota (%d of %d bytes used; berth image rm frees room, berth server --image-quota raises it)", name, size, used, s.cfg.ImageQuota)
+	}
 	path := s.imagePath(digest)
 	if err := os.Rename(tb.path, path); err != nil {
 		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
@@ -63,60 +95,25 @@ func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 	if r := s.replica.Load(); r != nil {
 		img.Source = r.addr
 	}
-	if err := s.store.PutImage(stream.Context(), img); err != nil {
+	moved, err := s.store.PutImage(ctx, img, tb.force)
+	var conflict *store.TagConflict
+	if errors.As(err, &conflict) {
+		if !slices.ContainsFunc(imgs, func(i store.Image) bool { return i.Digest == digest }) {
+			os.Remove(path)
+		}
+		return status.Errorf(codes.FailedPrecondition, "load image %s: %v: a tag names one upload, and revisions that use it keep those bytes; load it under a new tag, or re-point the tag with --force (admin)", name, err)
+	}
+	if err != nil {
 		return storeErr(err)
 	}
-	_ = s.store.RecordEvent(stream.Context(), store.Event{Object: "image/" + refs[0], Reason: "Loaded", Message: fmt.Sprintf("image %v loaded (%s, %d bytes)", refs, digest, size)})
-	s.logger.Info("image loaded", "refs", refs, "digest", digest, "size", size)
+	who := principalOf(ctx)
+	_ = s.store.RecordEvent(ctx, store.Event{Object: "image/" + refs[0], Reason: "Loaded", Message: fmt.Sprintf("image %v loaded (%s, %d bytes) by %s", refs, digest, size, who)})
+	for _, ref := range slices.Sorted(maps.Keys(moved)) {
+		_ = s.store.RecordEvent(ctx, store.Event{Object: "image/" + ref, Reason: "Repointed", Message: fmt.Sprintf("image %s re-pointed from %s to %s by %s (--force); new applies use the new upload", ref, moved[ref], digest, who)})
+		s.logger.Warn("image tag re-pointed", "ref", ref, "from", moved[ref], "to", digest, "by", who.String())
+	}
+	s.logger.Info("image loaded", "refs", refs, "digest", digest, "size", size, "by", who.String())
 	return stream.SendAndClose(&pb.LoadImageResponse{Digest: digest, Size: size, References: refs})
-}
-
-// TarballReferences reads the image names a docker-archive (manifest.json
-// RepoTags) or OCI layout tarball (index.json ref annotations) carries.
-func TarballReferences(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	var refs []string
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("not a tar archive: %w", err)
-		}
-		switch filepath.Clean(hdr.Name) {
-		case "manifest.json":
-			var m []struct{ RepoTags []string }
-			if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&m); err != nil {
-				return nil, fmt.Errorf("manifest.json: %w", err)
-			}
-			for _, e := range m {
-				refs = append(refs, e.RepoTags...)
-			}
-		case "index.json":
-			var idx struct {
-				Manifests []struct {
-					Annotations map[string]string `json:"annotations"`
-				} `json:"manifests"`
-			}
-			if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&idx); err != nil {
-				return nil, fmt.Errorf("index.json: %w", err)
-			}
-			for _, m := range idx.Manifests {
-				if r := m.Annotations["io.containerd.image.name"]; r != "" {
-					refs = append(refs, r)
-				} else if r := m.Annotations["org.opencontainers.image.ref.name"]; r != "" {
-					refs = append(refs, r)
-				}
-			}
-		}
-	}
-	return dedupe(refs), nil
 }
 
 func dedupe(in []string) []string {
@@ -139,6 +136,9 @@ func (s *Server) ListImages(ctx context.Context, req *pb.ListImagesRequest) (*pb
 	}
 	out := &pb.ListImagesResponse{}
 	for _, img := range imgs {
+		if len(img.References) == 0 { // kept for the revisions that pin it
+			out.Images = append(out.Images, &pb.Image{Digest: img.Digest, Size: img.Size, LoadedAt: tsOf(img.LoadedAt)})
+		}
 		for _, r := range img.References {
 			out.Images = append(out.Images, &pb.Image{Reference: r, Digest: img.Digest, Size: img.Size, LoadedAt: tsOf(img.LoadedAt)})
 		}
@@ -193,16 +193,24 @@ func (s *Server) FetchImage(req *pb.FetchImageRequest, stream pb.NodeAgent_Fetch
 	}
 }
 
-// nodeNeedsImage reports whether an instance assigned to node runs img
-// (by one of its references or its digest).
+// nodeNeedsImage reports whether an instance assigned to node runs img:
+// its revision pinned img's digest, or (an image applied before it was
+// uploaded) names one of img's references.
 func nodeNeedsImage(v *store.View, node string, img *store.Image) bool {
 	for _, vi := range v.NodeInstances(node) {
-		ref := vi.Instance.Template.Image
-		if ref == img.Digest || slices.Contains(img.References, ref) {
+		if usesImage(&vi.Instance.Template, img) {
 			return true
 		}
 	}
 	return false
+}
+
+// usesImage reports whether a template runs the upload img.
+func usesImage(t *api.ServiceSpec, img *store.Image) bool {
+	if t.ImageDigest != "" {
+		return t.ImageDigest == img.Digest
+	}
+	return t.Image == img.Digest || slices.Contains(img.References, t.Image)
 }
 
 // localImage returns the path of the upload on this replica's disk. An
@@ -249,7 +257,7 @@ func (s *Server) pullImage(ctx context.Context, img *store.Image, dest string) e
 	if err != nil {
 		return err
 	}
-	tb, err := receiveTarball(s.cfg.ImageDir, "pull-*.tar", stream.Recv)
+	tb, err := receiveTarball(s.cfg.ImageDir, "pull-*.tar", stream.Recv, img.Size)
 	defer os.Remove(tb.path)
 	if err != nil {
 		return err
@@ -265,19 +273,22 @@ func (s *Server) imagePath(digest string) string {
 	return filepath.Join(s.cfg.ImageDir, "sha256-"+strings.TrimPrefix(digest, "sha256:")+".tar")
 }
 
-var errImageTooLarge = fmt.Errorf("larger than %d bytes", maxImageSize)
+var errImageTooLarge = errors.New("upload too large")
 
 // tarball is an image tarball received into a temporary file.
 type tarball struct {
 	path, name, digest string // name: the first chunk's file name
 	size               int64
+	// sent is the digest the first chunk claimed; force its force flag.
+	sent  string
+	force bool
 }
 
 // receiveTarball writes the chunks recv returns, until EOF, to a new
 // temporary file in dir and syncs it. The file (path) is there even on an
-// error: the caller removes it, or renames it into place. Past
-// maxImageSize it stops with errImageTooLarge.
-func receiveTarball(dir, pattern string, recv func() (*pb.ImageChunk, error)) (tarball, error) {
+// error: the caller removes it, or renames it into place. Past limit
+// bytes it stops with errImageTooLarge, before writing them.
+func receiveTarball(dir, pattern string, recv func() (*pb.ImageChunk, error), limit int64) (tarball, error) {
 	tmp, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return tarball{}, err
@@ -285,7 +296,7 @@ func receiveTarball(dir, pattern string, recv func() (*pb.ImageChunk, error)) (t
 	defer tmp.Close()
 	tb := tarball{path: tmp.Name()}
 	h := sha256.New()
-	for {
+	for first := true; ; first = false {
 		chunk, err := recv()
 		if errors.Is(err, io.EOF) {
 			break
@@ -293,11 +304,11 @@ func receiveTarball(dir, pattern string, recv func() (*pb.ImageChunk, error)) (t
 		if err != nil {
 			return tb, err
 		}
-		if tb.name == "" {
-			tb.name = chunk.FileName
+		if first {
+			tb.name, tb.sent, tb.force = chunk.FileName, chunk.Digest, chunk.Force
 		}
 		tb.size += int64(len(chunk.Data))
-		if tb.size > maxImageSize {
+		if tb.size > limit {
 			return tb, errImageTooLarge
 		}
 		if _, err := tmp.Write(chunk.Data); err != nil {
@@ -307,4 +318,144 @@ func receiveTarball(dir, pattern string, recv func() (*pb.ImageChunk, error)) (t
 	}
 	tb.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	return tb, tmp.Sync()
+}
+
+// RemoveImage removes a tag, or an upload by digest. A tag goes with its
+// upload once no other tag names it and nothing pins it. Something still
+// using it (a service, an instance, a kept revision) refuses the removal
+// unless forced: containers that need it would then fail to start.
+func (s *Server) RemoveImage(ctx context.Context, req *pb.RemoveImageRequest) (*pb.RemoveImageResponse, error) {
+	target := strings.TrimSpace(req.Image)
+	if target == "" {
+		return nil, status.Error(codes.InvalidArgument, "image rm: name a reference (berth.local/web:v1) or an upload's digest (sha256:...)")
+	}
+	byDigest := strings.HasPrefix(target, "sha256:")
+	var img *store.Image
+	var err error
+	if byDigest {
+		img, err = s.store.GetImage(ctx, target)
+	} else {
+		img, err = s.store.FindImage(ctx, target)
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	users, err := s.imageUsers(ctx, img)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if !byDigest {
+		// Removing a tag breaks only what names it without a pin.
+		users = slices.DeleteFunc(users, func(u imageUser) bool { return u.pinned })
+	}
+	if len(users) > 0 && !req.Force {
+		return nil, status.Errorf(codes.FailedPrecondition, "image rm %s: in use by %s; --force removes it anyway (their containers then cannot start on a node that lacks it)", target, describeUsers(users))
+	}
+	out := &pb.RemoveImageResponse{}
+	deleteUpload := byDigest
+	if !byDigest {
+		if _, err := s.store.RemoveImageReference(ctx, target); err != nil {
+			return nil, storeErr(err)
+		}
+		out.RemovedReferences = []string{target}
+		rest, err := s.store.GetImage(ctx, img.Digest)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		pinned, err := s.imageUsers(ctx, rest)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		deleteUpload = len(rest.References) == 0 && len(pinned) == 0
+	}
+	if deleteUpload {
+		refs, err := s.store.DeleteImage(ctx, img.Digest)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		out.RemovedReferences = dedupe(append(out.RemovedReferences, refs...))
+		out.RemovedDigest = img.Digest
+		if err := os.Remove(s.imagePath(img.Digest)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.logger.Warn("could not remove an image file", "digest", img.Digest, "err", err)
+		}
+	}
+	who := principalOf(ctx)
+	_ = s.store.RecordEvent(ctx, store.Event{Object: "image/" + target, Reason: "Removed",
+		Message: fmt.Sprintf("image %s removed by %s (references %v, upload removed: %v)", target, who, out.RemovedReferences, out.RemovedDigest != "")})
+	s.logger.Info("image removed", "image", target, "references", out.RemovedReferences, "digest", out.RemovedDigest, "by", who.String())
+	return out, nil
+}
+
+// imageUser is something that runs an upload: pinned by digest, or by a
+// reference applied before the upload existed.
+type imageUser struct {
+	what   string
+	pinned bool
+}
+
+// imageUsers lists the services, kept revisions and instances that run
+// img.
+func (s *Server) imageUsers(ctx context.Context, img *store.Image) ([]imageUser, error) {
+	v := s.cache.View()
+	var out []imageUser
+	add := func(t *api.ServiceSpec, what string) {
+		if usesImage(t, img) {
+			out = append(out, imageUser{what: what, pinned: t.ImageDigest != ""})
+		}
+	}
+	for i := range v.Services {
+		svc := &v.Services[i]
+		add(&svc.Spec, "service "+svc.Key())
+		revs, err := s.store.ListRevisions(ctx, svc.Metadata.Namespace, svc.Metadata.Name)
+		if err != nil {
+			return nil, err
+		}
+		for j := range revs {
+			add(&revs[j].Template, fmt.Sprintf("revision %d of %s", revs[j].Number, svc.Key()))
+		}
+	}
+	for _, vi := range v.Instances {
+		add(&vi.Instance.Template, "instance "+vi.Instance.ID)
+	}
+	return out, nil
+}
+
+func describeUsers(us []imageUser) string {
+	names := make([]string, 0, len(us))
+	for _, u := range us {
+		names = append(names, u.what)
+	}
+	if len(names) > 5 {
+		names = append(names[:5], fmt.Sprintf("and %d more", len(names)-5))
+	}
+	return strings.Join(names, ", ")
+}
+
+// SweepImages removes files in ImageDir that no upload in the store names
+// (removed on another replica, or left by an interrupted upload).
+func (s *Server) SweepImages(ctx context.Context) error {
+	imgs, err := s.store.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, img := range imgs {
+		keep[filepath.Base(s.imagePath(img.Digest))] = true
+	}
+	entries, err := os.ReadDir(s.cfg.ImageDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() || keep[e.Name()] || !strings.HasSuffix(e.Name(), ".tar") {
+			continue
+		}
+		if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < time.Hour {
+			continue // maybe an upload in flight, not yet recorded
+		}
+		if err := os.Remove(filepath.Join(s.cfg.ImageDir, e.Name())); err == nil {
+			s.logger.Info("removed an image file no upload names", "file", e.Name())
+		}
+	}
+	return nil
 }

@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -48,6 +47,9 @@ const (
 	NodesPrefix     = "/berth/nodes/"
 	LeasesPrefix    = "/berth/leases/nodes/"
 	ImagesPrefix    = "/berth/images/"
+	// ImageRefsPrefix maps each image reference (tag) to the digest of
+	// the upload it names: one upload per tag.
+	ImageRefsPrefix = "/berth/image-refs/"
 	EventsPrefix    = "/berth/events/"
 	ElectionsPrefix = "/berth/election/"
 	// SubnetsPrefix records which node holds each pod subnet.
@@ -723,78 +725,6 @@ func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.
 	return nil, fmt.Errorf("store: update node %s: %w", name, ErrConflict)
 }
 
-// Image is an uploaded image tarball that agents import.
-type Image struct {
-	Digest     string    `json:"digest"`
-	Size       int64     `json:"size"`
-	References []string  `json:"references"`
-	Path       string    `json:"path"` // on the disk of the replica that received it
-	LoadedAt   time.Time `json:"loadedAt"`
-	// Source is the API address of the replica that received it; other
-	// replicas fetch the file from there when an agent asks them for it.
-	Source string `json:"source,omitempty"`
-}
-
-// GetImage returns the upload with this digest.
-func (s *Store) GetImage(ctx context.Context, digest string) (*Image, error) {
-	resp, err := s.cli.Get(ctx, ImagesPrefix+digest)
-	if err != nil {
-		return nil, fmt.Errorf("store: get image %s: %w", digest, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("image %s: %w", digest, ErrNotFound)
-	}
-	var img Image
-	if err := json.Unmarshal(resp.Kvs[0].Value, &img); err != nil {
-		return nil, fmt.Errorf("store: decode image %s: %w", digest, err)
-	}
-	return &img, nil
-}
-
-// PutImage records an uploaded image; a reference moves to the newest
-// upload that carries it.
-func (s *Store) PutImage(ctx context.Context, img Image) error {
-	_, err := s.cli.Put(ctx, ImagesPrefix+img.Digest, mustJSON(img))
-	if err != nil {
-		return fmt.Errorf("store: put image %s: %w", img.Digest, err)
-	}
-	return nil
-}
-
-// ListImages returns uploaded images, newest first.
-func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
-	resp, err := s.cli.Get(ctx, ImagesPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("store: list images: %w", err)
-	}
-	var out []Image
-	for _, kv := range resp.Kvs {
-		var img Image
-		if err := json.Unmarshal(kv.Value, &img); err != nil {
-			return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
-		}
-		out = append(out, img)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].LoadedAt.After(out[j].LoadedAt) })
-	return out, nil
-}
-
-// FindImage returns the newest uploaded image carrying ref.
-func (s *Store) FindImage(ctx context.Context, ref string) (*Image, error) {
-	imgs, err := s.ListImages(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, img := range imgs {
-		for _, r := range img.References {
-			if r == ref {
-				return &img, nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("image %s: %w", ref, ErrNotFound)
-}
-
 // Event is something a user can read with `berth describe` or `berth
 // events`.
 type Event struct {
@@ -891,8 +821,11 @@ func (s *Store) ListEvents(ctx context.Context, ns, objectPrefix string, limit i
 // DescribeChange says in a few words how template b differs from a.
 func DescribeChange(a, b api.ServiceSpec) string {
 	var parts []string
-	if a.Image != b.Image {
+	switch {
+	case a.Image != b.Image:
 		parts = append(parts, fmt.Sprintf("image %s -> %s", a.Image, b.Image))
+	case a.ImageDigest != b.ImageDigest:
+		parts = append(parts, fmt.Sprintf("image %s re-pointed: upload %s -> %s", a.Image, orNone(a.ImageDigest), orNone(b.ImageDigest)))
 	}
 	if mustJSON(a.Env) != mustJSON(b.Env) {
 		parts = append(parts, "env")
@@ -915,10 +848,23 @@ func DescribeChange(a, b api.ServiceSpec) string {
 	if mustJSON(a.NodeSelector) != mustJSON(b.NodeSelector) {
 		parts = append(parts, "nodeSelector")
 	}
+	if mustJSON(a.SecurityContext) != mustJSON(b.SecurityContext) {
+		parts = append(parts, "securityContext")
+	}
+	if mustJSON(a.Secrets) != mustJSON(b.Secrets) {
+		parts = append(parts, "secrets")
+	}
 	if len(parts) == 0 {
 		return "template"
 	}
 	return strings.Join(parts, ", ")
+}
+
+func orNone(digest string) string {
+	if digest == "" {
+		return "none"
+	}
+	return digest
 }
 
 // Undo rolls a service back to revision to (0: the revision before the

@@ -16,6 +16,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -57,6 +58,14 @@ type ContainerSpec struct {
 	PortMappings []PortMapping
 	// Mounts are volumes: host directories bound in, or tmpfs.
 	Mounts []Mount
+	// RunAsUser and RunAsGroup replace the image's user and group (and
+	// its supplementary groups).
+	RunAsUser, RunAsGroup *uint32
+	// ReadOnlyRoot mounts the image's root filesystem read-only.
+	ReadOnlyRoot bool
+	// CapDrop is removed from the default capability set ("ALL": every
+	// one), then CapAdd added; names are canonical ("CAP_NET_ADMIN").
+	CapDrop, CapAdd []string
 }
 
 // Mount is a volume in the container: Source (a host directory) bound at
@@ -232,6 +241,7 @@ func (r *Runtime) Start(ctx context.Context, spec ContainerSpec) (_ Container, r
 			{Destination: "/etc/hosts", Type: "bind", Source: hostsPath, Options: []string{"rbind", "ro"}},
 		}, volumeMounts(spec.Mounts)...)),
 	}
+	specOpts = append(specOpts, securityOpts(spec)...)
 	if spec.MemoryBytes > 0 {
 		specOpts = append(specOpts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))
 	}
@@ -275,6 +285,43 @@ func (r *Runtime) Start(ctx context.Context, spec ContainerSpec) (_ Container, r
 		Pid:         task.Pid(),
 		Labels:      labels,
 	}, nil
+}
+
+// securityOpts applies a spec's securityContext after the image config
+// and the default sandbox.
+func securityOpts(spec ContainerSpec) []oci.SpecOpts {
+	var opts []oci.SpecOpts
+	switch {
+	case spec.RunAsUser != nil && spec.RunAsGroup != nil:
+		opts = append(opts, oci.WithUIDGID(*spec.RunAsUser, *spec.RunAsGroup))
+	case spec.RunAsUser != nil:
+		opts = append(opts, oci.WithUserID(*spec.RunAsUser)) // group from the image's /etc/passwd, else 0
+	case spec.RunAsGroup != nil:
+		gid := *spec.RunAsGroup
+		opts = append(opts, func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+			s.Process.User.GID = gid
+			return nil
+		})
+	}
+	if spec.RunAsUser != nil || spec.RunAsGroup != nil {
+		// The image user's supplementary groups are not another user's.
+		opts = append(opts, func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+			s.Process.User.AdditionalGids = []uint32{s.Process.User.GID}
+			return nil
+		})
+	}
+	if spec.ReadOnlyRoot {
+		opts = append(opts, oci.WithRootFSReadonly())
+	}
+	if slices.Contains(spec.CapDrop, "ALL") {
+		opts = append(opts, oci.WithCapabilities(nil))
+	} else if len(spec.CapDrop) > 0 {
+		opts = append(opts, oci.WithDroppedCapabilities(spec.CapDrop))
+	}
+	if len(spec.CapAdd) > 0 {
+		opts = append(opts, oci.WithAddedCapabilities(spec.CapAdd))
+	}
+	return opts
 }
 
 // startTask creates and starts the container's task; on a failed start the
