@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -93,9 +94,25 @@ func TestClusterEndToEnd(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "join token rejected") {
 		t.Fatalf("agent with a wrong token: exit %d, stderr %q", code, errOut)
 	}
+	// Two services on the host, listening on every address: containers
+	// may reach the one whose port the agent allows, not the other (a
+	// stand-in for the API, xDS, metrics or etcd bound beyond loopback).
+	hostService := func() (port string) {
+		l, err := net.Listen("tcp4", "0.0.0.0:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "host service") })}
+		go srv.Serve(l)
+		t.Cleanup(func() { srv.Close() })
+		_, port, _ = net.SplitHostPort(l.Addr().String())
+		return port
+	}
+	allowedPort, guardedPort := hostService(), hostService()
 	token, _ := joinToken(t, api, "node")
 	agentArgs := []string{"--server", api, "agent", "--join-token", token, "--ca-hash", caHash, "--node-name", "e2e-node", "--containerd-namespace", e2eNamespace,
-		"--bridge", e2eBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s"}
+		"--bridge", e2eBridge, "--state-dir", stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s",
+		"--container-host-ports", allowedPort}
 	agent := startProc(t, "agent", agentArgs...)
 	eventually(t, 30*time.Second, "node Ready", func() (bool, string) {
 		out, _, _ := berth(t, api, "get", "nodes")
@@ -248,6 +265,32 @@ func TestClusterEndToEnd(t *testing.T) {
 		resp.Body.Close()
 		if !strings.Contains(string(b), "nameserver "+e2eBridgeIP) || !strings.Contains(string(b), "search default.svc.berth.internal svc.berth.internal berth.internal") {
 			t.Fatalf("resolv.conf in the container:\n%s", b)
+		}
+	})
+
+	t.Run("containers reach the node's DNS and allowed ports, not its other services", func(t *testing.T) {
+		call := func(port string) callReply {
+			req, _ := http.NewRequest("GET", "http://"+clientIP+":8080/call?url=http://"+e2eBridgeIP+":"+port+"/", nil)
+			resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var r callReply
+			if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+				t.Fatalf("call %s: %v", port, err)
+			}
+			return r
+		}
+		if r := call(allowedPort); r.Status != 200 || r.Body != "host service" {
+			t.Fatalf("a container calling a host port the agent allows (--container-host-ports): %+v", r)
+		}
+		if r := call(guardedPort); r.Status != 0 || !strings.Contains(r.Error, "connection refused") {
+			t.Fatalf("a container reached a host service it must not: %+v", r)
+		}
+		out, err := exec.Command("iptables", "-S", "BERTH-GUARD-"+e2eBridge).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "REJECT") {
+			t.Fatalf("the agent's guard chain: %v\n%s", err, out)
 		}
 	})
 

@@ -17,12 +17,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,14 @@ type Config struct {
 	// ServerAddr is the control plane's API address, or the addresses of
 	// its replicas separated by commas.
 	ServerAddr string
+	// ContainerHostAccess lets containers reach every port of the node
+	// itself and the control plane's ports. Off (the default), only the
+	// node-local DNS and ContainerHostPorts are reachable on the node, and
+	// ControlPlanePorts (plus the API port) on the control plane's
+	// addresses are refused, by iptables rules the agent owns.
+	ContainerHostAccess bool
+	ContainerHostPorts  []uint16
+	ControlPlanePorts   []uint16
 	// Credentials are the node's certificate (in-process parts); nil:
 	// from CertDir, or joined with JoinToken and CAHash.
 	Credentials *enroll.Credentials
@@ -108,6 +118,8 @@ func DefaultConfig() Config {
 		StopGrace:     10 * time.Second,
 		MaxBackoff:    30 * time.Second,
 		DefaultLimits: DefaultLimits{MilliCPU: 1000, MemoryBytes: 512 << 20, Pids: 1024},
+		// etcd's client and peer ports; Berth's API, xDS and metrics.
+		ControlPlanePorts: []uint16{2379, 2380, 7400, 7401, 7402, 7403, 7404},
 	}
 }
 
@@ -183,6 +195,40 @@ func New(cfg Config) (*Agent, error) {
 // Ready is closed once the agent has registered, set up its runtime and
 // DNS, and received its first assignments.
 func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// hostGuard is what containers may not reach: the node itself but for
+// its DNS and ContainerHostPorts, and the control plane's addresses (each
+// replica's API port and ControlPlanePorts).
+func (a *Agent) hostGuard(ctx context.Context) *runtime.HostGuard {
+	g := &runtime.HostGuard{HostPorts: append([]uint16{uint16(a.cfg.DNSPort)}, a.cfg.ContainerHostPorts...)}
+	ports := map[uint16]bool{}
+	for _, p := range a.cfg.ControlPlanePorts {
+		ports[p] = true
+	}
+	seen := map[netip.Addr]bool{}
+	for _, addr := range strings.Split(a.cfg.ServerAddr, ",") {
+		host, port, err := net.SplitHostPort(strings.TrimSpace(addr))
+		if err != nil {
+			continue
+		}
+		if p, err := strconv.ParseUint(port, 10, 16); err == nil {
+			ports[uint16(p)] = true
+		}
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+		if err != nil {
+			a.logger.Warn("cannot resolve the control plane's address for the container guard", "addr", addr, "err", err)
+			continue
+		}
+		for _, ip := range ips {
+			if ip = ip.Unmap(); !seen[ip] && !ip.IsLoopback() {
+				seen[ip] = true
+				g.ControlPlane = append(g.ControlPlane, ip)
+			}
+		}
+	}
+	g.ControlPlanePorts = slices.Sorted(maps.Keys(ports))
+	return g
+}
 
 // DNSAddr is the node-local DNS address (after Ready).
 func (a *Agent) DNSAddr() string {
@@ -277,6 +323,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	rcfg := a.cfg.Runtime
 	rcfg.Subnet, rcfg.ClusterCIDR = reg.PodCidr, reg.ClusterCidr
 	rcfg.Logger = a.cfg.Logger
+	if !a.cfg.ContainerHostAccess {
+		rcfg.HostGuard = a.hostGuard(ctx)
+	}
 	a.rt, err = runtime.New(ctx, rcfg)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)

@@ -280,6 +280,27 @@ type agentFlags struct {
 	grace                     time.Duration
 	cpu                       string
 	memory                    string
+	hostAccess                bool
+	hostPorts, cpPorts        []uint
+}
+
+func toUints(ps []uint16) []uint {
+	out := make([]uint, len(ps))
+	for i, p := range ps {
+		out[i] = uint(p)
+	}
+	return out
+}
+
+func toPorts(flag string, ps []uint) ([]uint16, error) {
+	out := make([]uint16, len(ps))
+	for i, p := range ps {
+		if p == 0 || p > 65535 {
+			return nil, fmt.Errorf("%s: port %d is not 1-65535", flag, p)
+		}
+		out[i] = uint16(p)
+	}
+	return out, nil
 }
 
 func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
@@ -302,6 +323,9 @@ func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 	cmd.Flags().StringVar(&f.defaultCPU, "default-cpu", fmt.Sprintf("%dm", lim.MilliCPU), "CPU limit of a container whose service sets no resources.cpu")
 	cmd.Flags().StringVar(&f.defaultMemory, "default-memory", fmt.Sprintf("%dMi", lim.MemoryBytes>>20), "memory limit of a container whose service sets no resources.memory")
 	cmd.Flags().Int64Var(&f.defaultPids, "default-pids", lim.Pids, "process limit (pids.max) of a container whose service sets no resources.pids")
+	cmd.Flags().BoolVar(&f.hostAccess, "container-host-access", false, "let containers reach every port of this node and the control plane's ports (default: only the node-local DNS and --container-host-ports)")
+	cmd.Flags().UintSliceVar(&f.hostPorts, "container-host-ports", nil, "ports of this node (TCP and UDP) containers may reach besides the node-local DNS")
+	cmd.Flags().UintSliceVar(&f.cpPorts, "control-plane-ports", toUints(def.ControlPlanePorts), "ports containers may not reach on the control plane's addresses (besides the API port of --server)")
 	cmd.Flags().StringVar(&f.cpu, "cpu", "", "CPU this node offers, e.g. 4 or 3500m (default: the host's CPUs)")
 	cmd.Flags().StringVar(&f.memory, "memory", "", "memory this node offers, e.g. 8Gi (default: the host's memory)")
 }
@@ -321,6 +345,13 @@ func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration
 	cfg.Runtime.NetworkName = f.bridge
 	cfg.DNSPort, cfg.DNSTTL, cfg.DNSUpstreams = f.dnsPort, dnsTTL, upstreams
 	cfg.StopOnExit, cfg.StopGrace = stopOnExit, f.grace
+	cfg.ContainerHostAccess = f.hostAccess
+	if cfg.ContainerHostPorts, err = toPorts("--container-host-ports", f.hostPorts); err != nil {
+		return cfg, err
+	}
+	if cfg.ControlPlanePorts, err = toPorts("--control-plane-ports", f.cpPorts); err != nil {
+		return cfg, err
+	}
 	cpu, err := api.ParseCPU(f.defaultCPU)
 	if err != nil || cpu <= 0 {
 		return cfg, fmt.Errorf("--default-cpu %q: want a CPU quantity like 500m or 2", f.defaultCPU)

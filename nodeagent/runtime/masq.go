@@ -64,6 +64,7 @@ func (r *Runtime) ensureMasquerade(ctx context.Context) error {
 // masquerade rules and the bridge. For tests and for taking a node out of
 // service; an agent never calls it on its own.
 func (r *Runtime) RemoveNetwork(ctx context.Context) error {
+	r.removeGuard(ctx)
 	chain := r.masqChain()
 	for {
 		if _, err := iptables(ctx, "-D", "POSTROUTING", "-s", r.subnet.String(), "-j", chain); err != nil {

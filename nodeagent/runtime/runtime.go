@@ -79,6 +79,10 @@ type Config struct {
 	NetworkName string
 	// BridgeName is the Linux bridge the CNI bridge plugin creates.
 	BridgeName string
+	// HostGuard, when set, installs iptables rules that keep containers
+	// from the node's own ports and the control plane's (guard.go); nil
+	// takes any guard of this bridge out.
+	HostGuard *HostGuard
 	// Subnet is the node's pod subnet; the bridge gets its first address.
 	Subnet string
 	// ClusterCIDR is the whole pod network. When set, pod traffic to it
@@ -191,6 +195,14 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 			client.Close()
 			return nil, err
 		}
+	}
+	if cfg.HostGuard != nil {
+		if err := r.ensureGuard(ctx); err != nil {
+			client.Close()
+			return nil, err
+		}
+	} else {
+		r.removeGuard(ctx)
 	}
 	return r, nil
 }
