@@ -64,6 +64,7 @@ type Controller struct {
 	now    func() time.Time
 
 	unschedulable map[string]string // instance id -> last reason, to avoid repeating events
+	commitFailed  map[string]string // service key -> last commit failure, likewise
 
 	reconciles prometheus.Counter
 	conflicts  prometheus.Counter
@@ -95,7 +96,7 @@ func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
 	c := &Controller{
 		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), loads: cfg.Loads,
 		logger: cfg.Logger.With("component", "controller"), now: time.Now,
-		unschedulable: map[string]string{}, activeRollouts: map[string]int64{},
+		unschedulable: map[string]string{}, commitFailed: map[string]string{}, activeRollouts: map[string]int64{},
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
 		conflicts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
 		placed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),
@@ -274,10 +275,9 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			}
 			continue
 		}
-		changes = withinCommit(changes) // the rest on the next pass
-		if err := c.store.CommitInstances(ctx, changes); err != nil {
-			errs = append(errs, fmt.Errorf("controller: replace instances of lost node %s: %w", n.Name, err))
-			continue
+		changes, err := c.commit(ctx, "replace instances of lost node "+n.Name, changes)
+		if err != nil {
+			errs = append(errs, err)
 		}
 		for _, ch := range changes {
 			c.event(ctx, ch.Instance.Namespace, "service/"+ch.Instance.Service, "Replaced", "Warning", "instance %s was on lost node %s; a replacement is scheduled elsewhere", ch.Instance.ID, n.Name)
@@ -457,10 +457,7 @@ func (c *Controller) reconcileReplicas(ctx context.Context, v *store.View) error
 	if len(changes) == 0 {
 		return nil
 	}
-	changes = withinCommit(changes)
-	if err := c.store.CommitInstances(ctx, changes); err != nil {
-		return fmt.Errorf("controller: replicas: %w", err)
-	}
+	changes, err := c.commit(ctx, "replicas", changes)
 	for _, ch := range changes {
 		in := ch.Instance
 		if ch.ModRevision == 0 {
@@ -469,25 +466,58 @@ func (c *Controller) reconcileReplicas(ctx context.Context, v *store.View) error
 			c.event(ctx, in.Namespace, "service/"+in.Service, "Draining", "Normal", "instance %s (revision %d) leaves discovery", in.ID, in.Revision)
 		}
 	}
-	return nil
+	return err
 }
 
-// withinCommit keeps the first changes that fit in one transaction
-// (store.MaxOpsPerCommit; a delete is two operations). The rest wait for
-// the next pass, which the commit itself triggers.
-func withinCommit(changes []store.InstanceChange) []store.InstanceChange {
-	ops := 0
-	for i, ch := range changes {
-		n := 1
-		if ch.Delete {
-			n = 2
+// commit writes instance changes in as many transactions as etcd's
+// limits need (store.Batches). A shared transaction that fails other than
+// by a conflict is retried one service at a time, so a service etcd
+// refuses (its changes too large, say) is reported, with a Warning event,
+// and every other service still moves. It returns the changes written; a
+// conflict ends it early (the next pass decides again from fresh state).
+func (c *Controller) commit(ctx context.Context, what string, changes []store.InstanceChange) ([]store.InstanceChange, error) {
+	var done []store.InstanceChange
+	var errs []error
+	for _, batch := range store.Batches(changes, false) {
+		err := c.store.CommitInstances(ctx, batch)
+		if err == nil {
+			done = append(done, batch...)
+			c.commitOK(batch)
+			continue
 		}
-		if ops+n > store.MaxOpsPerCommit {
-			return changes[:i]
+		if errors.Is(err, store.ErrConflict) || ctx.Err() != nil {
+			return done, errors.Join(append(errs, fmt.Errorf("controller: %s: %w", what, err))...)
 		}
-		ops += n
+		for _, one := range store.Batches(batch, true) {
+			err := c.store.CommitInstances(ctx, one)
+			if err == nil {
+				done = append(done, one...)
+				c.commitOK(one)
+				continue
+			}
+			if errors.Is(err, store.ErrConflict) || ctx.Err() != nil {
+				return done, errors.Join(append(errs, fmt.Errorf("controller: %s: %w", what, err))...)
+			}
+			in := one[0].Instance
+			key := in.Namespace + "/" + in.Service
+			errs = append(errs, fmt.Errorf("controller: %s of service %s: %w", what, key, err))
+			if msg := what + ": " + err.Error(); c.commitFailed[key] != msg {
+				c.commitFailed[key] = msg
+				c.event(ctx, in.Namespace, "service/"+in.Service, "ReconcileFailed", "Warning", "%d changes could not be written (%s); other services are not held up", len(one), msg)
+			}
+		}
 	}
-	return changes
+	return done, errors.Join(errs...)
+}
+
+// commitOK forgets the last commit failure of the services in batch.
+func (c *Controller) commitOK(batch []store.InstanceChange) {
+	if len(c.commitFailed) == 0 {
+		return
+	}
+	for _, ch := range batch {
+		delete(c.commitFailed, ch.Instance.Namespace+"/"+ch.Instance.Service)
+	}
 }
 
 func (c *Controller) schedule(ctx context.Context, v *store.View) error {
@@ -534,14 +564,20 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 	var volumes []store.VolumeChange
 	bound := map[string]bool{}
 	now := c.now().UTC()
+	bytes := 0
 	for i, p := range placements {
 		in := byID[p.InstanceID]
-		if len(changes)+len(volumes)+1+len(in.Template.VolumeNames(in.Namespace, in.Ordinal)) > store.MaxOpsPerCommit {
-			placements = placements[:i] // the rest on the next pass
+		in.Node = p.Node
+		ch := store.InstanceChange{Instance: in, ModRevision: rev[in.ID]}
+		// A placement and its volumes go together; what does not fit in
+		// one transaction (operations, bytes) waits for the next pass.
+		fits, _, b := store.FitsCommit(ch, len(changes)+len(volumes)+len(in.Template.VolumeNames(in.Namespace, in.Ordinal)), bytes)
+		if !fits && i > 0 {
+			placements = placements[:i]
 			break
 		}
-		in.Node = p.Node
-		changes = append(changes, store.InstanceChange{Instance: in, ModRevision: rev[in.ID]})
+		bytes = b
+		changes = append(changes, ch)
 		for _, key := range in.Template.VolumeNames(in.Namespace, in.Ordinal) {
 			if vv, ok := v.Volumes[key]; ok {
 				if vv.Volume.Status.Node != "" || bound[key] {
@@ -658,15 +694,12 @@ func (c *Controller) drain(ctx context.Context, v *store.View) error {
 	if len(changes) == 0 {
 		return nil
 	}
-	changes = withinCommit(changes)
-	if err := c.store.CommitInstances(ctx, changes); err != nil {
-		return fmt.Errorf("controller: stop %d drained instances: %w", len(changes), err)
-	}
+	changes, err := c.commit(ctx, "stop drained instances", changes)
 	for _, ch := range changes {
 		in := ch.Instance
 		c.event(ctx, in.Namespace, "service/"+in.Service, "Stopping", "Normal", "instance %s drained; stopping its container", in.ID)
 	}
-	return nil
+	return err
 }
 
 // collect deletes instances whose containers are gone: stopped by their
@@ -690,15 +723,12 @@ func (c *Controller) collect(ctx context.Context, v *store.View) error {
 	if len(changes) == 0 {
 		return nil
 	}
-	changes = withinCommit(changes)
-	if err := c.store.CommitInstances(ctx, changes); err != nil {
-		return fmt.Errorf("controller: delete %d stopped instances: %w", len(changes), err)
-	}
+	changes, err := c.commit(ctx, "delete stopped instances", changes)
 	for _, ch := range changes {
 		delete(c.unschedulable, ch.Instance.ID)
 		c.event(ctx, ch.Instance.Namespace, "service/"+ch.Instance.Service, "Stopped", "Normal", "instance %s stopped and removed", ch.Instance.ID)
 	}
-	return nil
+	return err
 }
 
 // rollingPlan paces a rolling update: at most want+maxSurge replicas

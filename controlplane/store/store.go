@@ -66,6 +66,12 @@ const (
 // pass. Work beyond it waits for the next pass.
 const MaxOpsPerCommit = 100
 
+// MaxBytesPerCommit bounds the bytes of one transaction the controllers
+// write: etcd refuses a request over --max-request-bytes (1.5 MiB by
+// default), so 100 replicas of a service with 30 KB of env cannot go in
+// one.
+const MaxBytesPerCommit = 1 << 20
+
 // EmbeddedMaxTxnOps is the embedded etcd's limit of operations per
 // transaction (an apply is one transaction, all or nothing).
 const EmbeddedMaxTxnOps = 4096
