@@ -348,3 +348,48 @@ func TestStreamsPerGatewayAreCapped(t *testing.T) {
 		c()
 	}
 }
+
+// A report with more requests completed than the gateway issued since its
+// last report plus what it then had in flight cannot be true: it counts
+// as impossible (analysis holds on it), not as traffic. Consistent ones,
+// in-flight requests completing later included, count.
+func TestImpossibleLoadReportsAreFlagged(t *testing.T) {
+	w := startAuthServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cluster := ClusterName("shop", "web", 2)
+	conn := w.dial(credentials.NewTLS(w.tlsFor(w.ca, &pki.Identity{Role: pki.RoleGateway, Name: "gw-1"})))
+	stream, err := lrspb.NewLoadReportingServiceClient(conn).StreamLoadStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&lrspb.LoadStatsRequest{Node: &core.Node{Id: "gw-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	send := func(issued, ok, bad, inFlight uint64) {
+		t.Helper()
+		if err := stream.Send(&lrspb.LoadStatsRequest{ClusterStats: []*endpoint.ClusterStats{{
+			ClusterName: cluster,
+			UpstreamLocalityStats: []*endpoint.UpstreamLocalityStats{{
+				Locality: &core.Locality{SubZone: "n1"}, TotalIssuedRequests: issued, TotalSuccessfulRequests: ok, TotalErrorRequests: bad, TotalRequestsInProgress: inFlight,
+			}},
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(100, 90, 0, 10) // 10 still in flight
+	send(0, 10, 0, 0)    // they complete: consistent
+	send(5, 0, 1000, 0)  // 1,000 errors out of 5 issued and none in flight
+	for w.s.Load("shop", "web", 2, time.Minute).Impossible == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the impossible report was never flagged")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := w.s.Load("shop", "web", 2, time.Minute); got.Requests != 100 || got.Successes != 100 || got.Errors != 0 || got.Impossible != 1 {
+		t.Fatalf("load = %+v, want the 100 consistent requests and 1 impossible report (its 1,000 errors not counted)", got)
+	}
+}

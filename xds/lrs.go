@@ -30,6 +30,11 @@ type LoadStats struct {
 	Errors    uint64
 	// ErrorRate is Errors / (Successes + Errors), 0 when nothing completed.
 	ErrorRate float64
+	// Impossible counts the reports in the window whose figures cannot be
+	// true: more requests completed than were issued since the gateway's
+	// last report plus those it had in progress then. Analysis does not
+	// judge a revision on such data.
+	Impossible uint64
 
 	// LatencySamples is the number of completed requests whose latency a
 	// gateway reported (Berth's gateway reports one per completed request;
@@ -163,6 +168,8 @@ type LoadTotals struct {
 	Issued    uint64 `json:"issued"`
 	Successes uint64 `json:"successes"`
 	Errors    uint64 `json:"errors"`
+	// Impossible: reports whose figures cannot be true (LoadStats).
+	Impossible uint64 `json:"impossible,omitempty"`
 	// Latency has one entry per LatencyBuckets bound and one more for the
 	// unbounded bucket.
 	Latency []LatencyCount `json:"latency,omitempty"`
@@ -175,7 +182,7 @@ type LatencyCount struct {
 }
 
 func (c *loadCounts) totals() LoadTotals {
-	t := LoadTotals{Issued: c.issued, Successes: c.successes, Errors: c.errors, Latency: make([]LatencyCount, len(c.latency))}
+	t := LoadTotals{Issued: c.issued, Successes: c.successes, Errors: c.errors, Impossible: c.impossible, Latency: make([]LatencyCount, len(c.latency))}
 	for i, b := range c.latency {
 		t.Latency[i] = LatencyCount{N: b.n, SumMs: b.sumMs}
 	}
@@ -192,7 +199,7 @@ func (t LoadTotals) Since(earlier LoadTotals) LoadTotals {
 		}
 		return a - b
 	}
-	d := LoadTotals{Issued: sub(t.Issued, earlier.Issued), Successes: sub(t.Successes, earlier.Successes), Errors: sub(t.Errors, earlier.Errors)}
+	d := LoadTotals{Issued: sub(t.Issued, earlier.Issued), Successes: sub(t.Successes, earlier.Successes), Errors: sub(t.Errors, earlier.Errors), Impossible: sub(t.Impossible, earlier.Impossible)}
 	for i, b := range t.Latency {
 		var e LatencyCount
 		if i < len(earlier.Latency) {
@@ -219,7 +226,7 @@ func (s *Server) RecordRemoteLoad(cluster string, delta LoadTotals) {
 	if _, _, _, err := ParseClusterName(cluster); err != nil || !s.servesCluster(cluster) {
 		return
 	}
-	c := loadCounts{issued: delta.Issued, successes: delta.Successes, errors: delta.Errors}
+	c := loadCounts{issued: delta.Issued, successes: delta.Successes, errors: delta.Errors, impossible: delta.Impossible}
 	for i, b := range delta.Latency {
 		if i < len(c.latency) && b.SumMs >= 0 && !math.IsInf(b.SumMs, 0) && !math.IsNaN(b.SumMs) {
 			c.latency[i].n, c.latency[i].sumMs = b.N, b.SumMs
@@ -264,6 +271,7 @@ func (l *loadStore) localTotals(maxAge time.Duration) map[string]LoadTotals {
 // loadCounts are the counts of one report, or of a second's reports.
 type loadCounts struct {
 	issued, successes, errors uint64
+	impossible                uint64
 	latency                   latencyHistogram
 }
 
@@ -271,6 +279,7 @@ func (c *loadCounts) add(o *loadCounts) {
 	c.issued += o.issued
 	c.successes += o.successes
 	c.errors += o.errors
+	c.impossible += o.impossible
 	c.latency.merge(&o.latency)
 }
 
@@ -331,7 +340,7 @@ func (l *loadStore) sum(cluster string, window time.Duration) LoadStats {
 		}
 	}
 	l.mu.Unlock()
-	out.Requests, out.Successes, out.Errors = total.issued, total.successes, total.errors
+	out.Requests, out.Successes, out.Errors, out.Impossible = total.issued, total.successes, total.errors, total.impossible
 	if done := out.Successes + out.Errors; done > 0 {
 		out.ErrorRate = float64(out.Errors) / float64(done)
 	}
@@ -375,6 +384,9 @@ func (l *lrsServer) StreamLoadStats(stream lrsgrpc.LoadReportingService_StreamLo
 	}()
 
 	var node string
+	// inProgress is, per cluster, what this gateway last said it had in
+	// flight: a report may complete at most those plus what it issued.
+	inProgress := map[string]uint64{}
 	// A gateway reports once per interval; beyond maxReportsPerInterval
 	// in one interval reports are dropped, not added up.
 	var windowStart time.Time
@@ -409,22 +421,28 @@ func (l *lrsServer) StreamLoadStats(stream lrsgrpc.LoadReportingService_StreamLo
 				s.metrics.lrsDropped.Inc()
 				continue
 			}
-			s.recordLoad(node, req.GetClusterStats())
+			s.recordLoad(node, req.GetClusterStats(), inProgress)
 		}
 	}
 }
 
-func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats) {
+// recordLoad adds one report of a gateway's stream. inProgress holds,
+// per cluster, the requests in flight the stream's previous report gave
+// (updated here); a cluster's first report on a stream is not checked,
+// since what was in flight before it is unknown.
+func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats, inProgress map[string]uint64) {
 	if len(stats) == 0 {
 		return
 	}
 	s.metrics.lrsReports.Inc()
 	for _, cs := range stats {
 		var c loadCounts
+		var flight uint64
 		for _, ls := range cs.GetUpstreamLocalityStats() {
 			c.issued += ls.GetTotalIssuedRequests()
 			c.successes += ls.GetTotalSuccessfulRequests()
 			c.errors += ls.GetTotalErrorRequests()
+			flight += ls.GetTotalRequestsInProgress()
 			for _, m := range ls.GetLoadMetricStats() {
 				c.latency.add(m) // other metrics are not Berth's: ignored
 			}
@@ -433,6 +451,17 @@ func (s *Server) recordLoad(node string, stats []*endpoint.ClusterStats) {
 		if _, _, _, err := ParseClusterName(name); err != nil || !s.servesCluster(name) {
 			s.metrics.lrsUnknown.Inc()
 			s.log.Debug("load report for a cluster Berth does not serve", "node", node, "cluster", name)
+			continue
+		}
+		prev, known := inProgress[name]
+		inProgress[name] = flight
+		if done := c.successes + c.errors; (known && done > c.issued+prev) || done < c.errors {
+			// Completions no request could have made (or a counter that
+			// wrapped): the report counts as impossible, not as traffic.
+			s.metrics.lrsImpossible.Inc()
+			s.log.Warn("impossible load report: more requests completed than were issued", "node", node, "cluster", name,
+				"completed", done, "issued", c.issued, "in_progress_before", prev)
+			s.loads.record(name, &loadCounts{impossible: 1}, true)
 			continue
 		}
 		s.loads.record(name, &c, true)

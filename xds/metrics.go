@@ -22,6 +22,8 @@ type metrics struct {
 	lrsRequests *prometheus.CounterVec
 	lrsUnknown  prometheus.Counter
 	lrsDropped  prometheus.Counter
+	// lrsImpossible counts reports whose figures cannot be true.
+	lrsImpossible prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -72,11 +74,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		lrsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "berth_xds_lrs_dropped_reports_total", Help: "Load reports dropped because a gateway sent more than 20 in one report interval.",
 		}),
+		lrsImpossible: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_xds_lrs_impossible_reports_total",
+			Help: "Load reports refused because more requests completed than were issued (analysis holds on them).",
+		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
 			m.connectedStreams, m.publishedVersion, m.publishErrors, m.translateSeconds, m.responses, m.resourcesSent,
-			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown, m.lrsDropped,
+			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown, m.lrsDropped, m.lrsImpossible,
 		} {
 			if err := reg.Register(c); err != nil {
 				return nil, err

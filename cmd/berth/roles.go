@@ -778,5 +778,5 @@ type revisionLoads struct{ x *xds.Server }
 
 func (l revisionLoads) RevisionLoad(namespace, service string, revision int64, window time.Duration) controller.RevisionLoad {
 	st := l.x.Load(namespace, service, revision, window)
-	return controller.RevisionLoad{Requests: int64(st.Requests), Errors: int64(st.Errors), P99: st.LatencyP99, LatencySamples: int64(st.LatencySamples)}
+	return controller.RevisionLoad{Requests: int64(st.Requests), Errors: int64(st.Errors), P99: st.LatencyP99, LatencySamples: int64(st.LatencySamples), Impossible: int64(st.Impossible)}
 }

@@ -16,6 +16,9 @@ type RevisionLoad struct {
 	// P99 latency, estimated from LatencySamples requests (0: none).
 	P99            time.Duration
 	LatencySamples int64
+	// Impossible counts reports whose figures cannot be true (more
+	// requests completed than issued); they are not in Requests.
+	Impossible int64
 }
 
 // LoadReader reports a revision's load over a window, from the gateways'
@@ -43,6 +46,11 @@ type RolloutInputs struct {
 	// CanaryLatencySamples requests (0: no latency reported).
 	CanaryP99            time.Duration
 	CanaryLatencySamples int64
+	// ImpossibleReports counts load reports for either revision since the
+	// step's weight took effect whose figures cannot be true: analysis
+	// then neither promotes nor rolls back on the data (it holds, and the
+	// progress deadline still applies).
+	ImpossibleReports int64
 }
 
 // RolloutDecision is what DecideRollout returns: the next state, whether
@@ -95,7 +103,8 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	}
 	// A failing canary rolls back whatever the step is doing, paused
 	// included: all traffic to stable in one move.
-	if why := judge(in, r.Weight, maxRate, minReq); why != "" {
+	hold := in.Spec.Analysis != nil && in.ImpossibleReports > 0
+	if why := judge(in, r.Weight, maxRate, minReq); why != "" && !hold {
 		d.RollBack, d.Changed = true, true
 		d.Next.Phase, d.Next.Weight, d.Next.Promote = api.RolloutRolledBack, 0, false
 		d.Event = fmt.Sprintf("analysis failed at step %d: %s; rolled back to revision %d", r.Step+1, why, r.Stable)
@@ -161,6 +170,10 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 			set(fmt.Sprintf("step %d/%d: at %d%%, pausing", r.Step+1, len(steps), step.Weight))
 			return d
 		}
+	}
+	if hold {
+		return stalled(fmt.Sprintf("step %d/%d: analysis holds: %d load reports since the step began cannot be true (more requests completed than were issued); neither promoting nor rolling back on them (see berth_xds_lrs_impossible_reports_total and the server log for the gateway)",
+			r.Step+1, len(steps), in.ImpossibleReports))
 	}
 	if in.Spec.Analysis != nil && in.CanaryRequests < minReq {
 		return stalled(fmt.Sprintf("step %d/%d: analysis waits for traffic (%d/%d requests)", r.Step+1, len(steps), in.CanaryRequests, minReq))
@@ -374,6 +387,7 @@ func (c *Controller) canaryInputs(ctx context.Context, v *store.View, svc *api.S
 		in.CanaryRequests, in.CanaryErrors = canary.Requests, canary.Errors
 		in.StableRequests, in.StableErrors = stable.Requests, stable.Errors
 		in.CanaryP99, in.CanaryLatencySamples = canary.P99, canary.LatencySamples
+		in.ImpossibleReports = canary.Impossible + stable.Impossible
 	}
 	return in, false
 }

@@ -239,3 +239,30 @@ func TestDecideRolling(t *testing.T) {
 		t.Fatalf("a finished rolling update changed: %+v", d)
 	}
 }
+
+// Load reports that cannot be true (more requests completed than were
+// issued) hold the analysis: no promotion and no rollback on them, and
+// the progress deadline still applies.
+func TestDecideRolloutHoldsOnImpossibleData(t *testing.T) {
+	r := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10, StepStartedAt: t0, ProgressAt: t0}
+	spec := canarySpec(true)
+	spec.ProgressDeadline = api.Duration{Duration: 10 * time.Minute}
+	in := RolloutInputs{Now: t0.Add(2 * time.Minute), Spec: spec, Replicas: 10, CanaryReady: 1, Acked: true,
+		CanaryRequests: 500, CanaryErrors: 0, ImpossibleReports: 3}
+	d := DecideRollout(r, in)
+	if d.Next.Step != 0 || d.RollBack || !strings.Contains(d.Next.Message, "analysis holds: 3 load reports") {
+		t.Fatalf("a perfect canary with impossible reports in the step: %+v", d)
+	}
+	in.CanaryErrors = 500 // and a failing one
+	if d := DecideRollout(r, in); d.RollBack || d.Next.Step != 0 {
+		t.Fatalf("rolled back on a step with impossible reports: %+v", d)
+	}
+	in.Now = t0.Add(15 * time.Minute) // the deadline (10m) plus the step's 1m pause, passed
+	if d := DecideRollout(r, in); !d.RollBack || !strings.Contains(d.Event, "progress deadline") {
+		t.Fatalf("held past the progress deadline: %+v", d)
+	}
+	in.Now, in.ImpossibleReports, in.CanaryErrors = t0.Add(2*time.Minute), 0, 0
+	if d := DecideRollout(r, in); d.Next.Step != 1 {
+		t.Fatalf("consistent data again: %+v", d)
+	}
+}
