@@ -6,11 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -201,9 +204,13 @@ func TestLeaderFailover(t *testing.T) {
 		cancel context.CancelFunc
 		done   chan error
 	}
+	// Every replica holds the same secrets key: it seals Secrets and the
+	// cluster CA's key in etcd.
+	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
 	startReplica := func(name string) *replica {
 		cfg := DefaultConfig()
 		cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, name
+		cfg.SecretsKeyFile = secretsKey
 		cfg.ElectionTTL = time.Second
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		ctx, cancel := context.WithCancel(context.Background())
@@ -217,6 +224,30 @@ func TestLeaderFailover(t *testing.T) {
 		return r
 	}
 	r1, r2 := startReplica("one"), startReplica("two")
+
+	// etcd holds the CA's key sealed: a copy of etcd mints no
+	// certificates, and a replica without the secrets key cannot start.
+	ecli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ecli.Close()
+	rec, err := ecli.Get(context.Background(), store.CAKey)
+	if err != nil || len(rec.Kvs) != 1 {
+		t.Fatalf("CA record: %v", err)
+	}
+	if strings.Contains(string(rec.Kvs[0].Value), "PRIVATE KEY") || !strings.Contains(string(rec.Kvs[0].Value), "SealedKey") {
+		t.Fatalf("the CA's private key is in etcd in the clear: %.200s", rec.Kvs[0].Value)
+	}
+	stranger := DefaultConfig()
+	stranger.DataDir, stranger.APIAddr, stranger.EtcdEndpoints, stranger.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, "stranger"
+	stranger.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if srv, err := New(context.Background(), stranger); err == nil || !strings.Contains(err.Error(), "--secrets-key-file") {
+		if srv != nil {
+			srv.Close()
+		}
+		t.Fatalf("a replica without the cluster's secrets key: %v, want refused naming --secrets-key-file", err)
+	}
 	eventually(t, "exactly one leader", func() (bool, string) {
 		return r1.srv.IsLeader() != r2.srv.IsLeader(), fmt.Sprint(r1.srv.IsLeader(), r2.srv.IsLeader())
 	})

@@ -17,7 +17,7 @@ import (
 
 // setUpPKI finds the cluster CA (flags, then DataDir/pki, then etcd, else
 // a new one, stored in both), and issues this replica's certificate.
-func (s *Server) setUpPKI(ctx context.Context) error {
+func (s *Server) setUpPKI(ctx context.Context, sealer store.KeySealer) error {
 	cfg := s.cfg
 	if cfg.CertTTL <= 0 {
 		cfg.CertTTL = DefaultConfig().CertTTL
@@ -44,7 +44,7 @@ func (s *Server) setUpPKI(ctx context.Context) error {
 		return fmt.Errorf("controlplane: CA certificate %s: %w", certFile, err)
 	}
 	created := false
-	certPEM, keyPEM, err := s.store.EnsureCA(ctx, func() ([]byte, []byte, error) {
+	certPEM, keyPEM, err := s.store.EnsureCA(ctx, sealer, func() ([]byte, []byte, error) {
 		if local != nil {
 			return local, localKey, nil
 		}

@@ -161,7 +161,16 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 		s.Close()
 		return nil, fmt.Errorf("controlplane: listen on %s: %w", cfg.APIAddr, err)
 	}
-	if err := s.setUpPKI(ctx); err != nil {
+	keyFile := cfg.SecretsKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, "secrets.key")
+	}
+	box, err := secrets.LoadOrCreate(keyFile)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.setUpPKI(ctx, box); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -175,15 +184,6 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	ccfg.VersionFor = s.publisher.VersionFor
 	s.ctrl = controller.New(ccfg, s.store.Tracked(), s.cache)
-	keyFile := cfg.SecretsKeyFile
-	if keyFile == "" {
-		keyFile = filepath.Join(cfg.DataDir, "secrets.key")
-	}
-	box, err := secrets.LoadOrCreate(keyFile)
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
 	s.api, err = apiserver.New(apiserver.Config{
 		Secrets:           box,
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),

@@ -372,8 +372,9 @@ func TestServerReplicasFailover(t *testing.T) {
 	etcd := startProc(t, "etcd", "etcd", "--data-dir", t.TempDir())
 	endpoint := etcd.waitLine(`endpoint (\S+)`, 60*time.Second)[1]
 	xdsOf, apiOf := map[string]string{}, map[string]string{}
+	secretsKey := filepath.Join(t.TempDir(), "secrets.key") // every replica's
 	start := func(name string) (*proc, string) {
-		p := startProc(t, name, "server", "--name", name, "--etcd-endpoints", endpoint, "--data-dir", t.TempDir(),
+		p := startProc(t, name, "server", "--name", name, "--etcd-endpoints", endpoint, "--data-dir", t.TempDir(), "--secrets-key-file", secretsKey,
 			"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "", "--metrics-addr", "")
 		m := p.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
 		xdsOf[name], apiOf[name] = m[2], m[1]

@@ -145,3 +145,28 @@ func (b *Box) Open(name string, s Sealed) (map[string][]byte, error) {
 	}
 	return data, nil
 }
+
+// caKeyName is what the cluster CA's private key is sealed under.
+const caKeyName = "berth/cluster-ca-key"
+
+// SealKey seals the cluster CA's private key for etcd.
+func (b *Box) SealKey(keyPEM []byte) (json.RawMessage, error) {
+	sealed, err := b.Seal(caKeyName, map[string][]byte{"key": keyPEM})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(sealed)
+}
+
+// OpenKey opens what SealKey made.
+func (b *Box) OpenKey(raw json.RawMessage) ([]byte, error) {
+	var sealed Sealed
+	if err := json.Unmarshal(raw, &sealed); err != nil {
+		return nil, err
+	}
+	data, err := b.Open(caKeyName, sealed)
+	if err != nil {
+		return nil, err
+	}
+	return data["key"], nil
+}

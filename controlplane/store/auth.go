@@ -270,17 +270,50 @@ func (s *Store) RevokeIdentity(ctx context.Context, role, name string) error {
 	return fmt.Errorf("store: revoke %s/%s: %w", role, name, ErrConflict)
 }
 
+// KeySealer seals the CA's private key before it goes to etcd and opens
+// it again (the secrets key, which every replica holds, does both): a
+// copy of etcd alone mints no certificates.
+type KeySealer interface {
+	SealKey(keyPEM []byte) (json.RawMessage, error)
+	OpenKey(sealed json.RawMessage) ([]byte, error)
+}
+
+// caRecord is the cluster CA in etcd. Key is the plain private key of
+// records from before it was sealed; such a record is sealed when read.
+type caRecord struct {
+	Cert      string
+	Key       string          `json:",omitempty"`
+	SealedKey json.RawMessage `json:",omitempty"`
+}
+
 // EnsureCA stores the CA made by create unless one is stored already, and
-// returns the stored one: the first replica's CA is every replica's.
-func (s *Store) EnsureCA(ctx context.Context, create func() (certPEM, keyPEM []byte, err error)) (certPEM, keyPEM []byte, err error) {
+// returns the stored one: the first replica's CA is every replica's. The
+// private key is stored sealed by sealer.
+func (s *Store) EnsureCA(ctx context.Context, sealer KeySealer, create func() (certPEM, keyPEM []byte, err error)) (certPEM, keyPEM []byte, err error) {
 	get := func() ([]byte, []byte, bool, error) {
 		resp, err := s.cli.Get(ctx, CAKey)
 		if err != nil || len(resp.Kvs) == 0 {
 			return nil, nil, false, err
 		}
-		var v struct{ Cert, Key string }
+		var v caRecord
 		if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
 			return nil, nil, false, fmt.Errorf("store: CA record: %w", err)
+		}
+		if len(v.SealedKey) > 0 {
+			k, err := sealer.OpenKey(v.SealedKey)
+			if err != nil {
+				return nil, nil, false, fmt.Errorf("store: the cluster CA's key: %w", err)
+			}
+			return []byte(v.Cert), k, true, nil
+		}
+		// A plain key from before: seal it in place.
+		sealed, err := sealer.SealKey([]byte(v.Key))
+		if err != nil {
+			return nil, nil, false, err
+		}
+		rec := mustJSON(caRecord{Cert: v.Cert, SealedKey: sealed})
+		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(CAKey), "=", resp.Kvs[0].ModRevision)).Then(clientv3.OpPut(CAKey, rec)).Commit(); err != nil {
+			return nil, nil, false, fmt.Errorf("store: seal the CA key: %w", err)
 		}
 		return []byte(v.Cert), []byte(v.Key), true, nil
 	}
@@ -295,7 +328,11 @@ func (s *Store) EnsureCA(ctx context.Context, create func() (certPEM, keyPEM []b
 	if err != nil {
 		return nil, nil, err
 	}
-	val := mustJSON(struct{ Cert, Key string }{string(c), string(k)})
+	sealed, err := sealer.SealKey(k)
+	if err != nil {
+		return nil, nil, err
+	}
+	val := mustJSON(caRecord{Cert: string(c), SealedKey: sealed})
 	if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(CAKey), "=", 0)).Then(clientv3.OpPut(CAKey, val)).Commit(); err != nil {
 		return nil, nil, fmt.Errorf("store: CA: %w", err)
 	}
