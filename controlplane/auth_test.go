@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -447,5 +448,29 @@ func TestCertificatesRotateWithoutRestart(t *testing.T) {
 	defer fresh.Close()
 	if _, err := pb.NewNodeAgentClient(fresh).Register(ctx, &pb.RegisterRequest{Name: "rot", Address: "127.0.0.1"}); err != nil {
 		t.Fatalf("register with the renewed certificate after the first expired: %v", err)
+	}
+}
+
+// A flood of calls with made-up (well-formed) tokens costs etcd a bounded
+// number of reads: read-throughs of unknown ids are rate-limited. A token
+// made a moment ago still works.
+func TestUnknownTokensDoNotFloodEtcd(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	reads0, _ := h.srv.auth.ReadThroughs()
+	began := time.Now()
+	for i := range 400 {
+		tok := fmt.Sprintf("berth-%08x.%032x", 0x10000000+i, i)
+		_, err := pb.NewBerthClient(tokenConn(t, h.srv, tok)).ListServices(ctx, &pb.ListServicesRequest{})
+		refused(t, "a made-up token", err, codes.Unauthenticated, "")
+	}
+	reads, limited := h.srv.auth.ReadThroughs()
+	allowed := uint64(100 + 50*time.Since(began).Seconds() + 10)
+	if reads-reads0 > allowed || limited == 0 {
+		t.Fatalf("400 made-up tokens in %s: %d etcd reads (want at most %d), %d limited", time.Since(began), reads-reads0, allowed, limited)
+	}
+	fresh := createToken(t, h, &pb.CreateTokenRequest{Role: "viewer"})
+	if _, err := pb.NewBerthClient(tokenConn(t, h.srv, fresh.Token)).ListServices(ctx, &pb.ListServicesRequest{}); err != nil {
+		t.Fatalf("a token made during the flood: %v", err)
 	}
 }

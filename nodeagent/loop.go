@@ -152,6 +152,11 @@ func (l *loop) adopt(ctx context.Context) error {
 	if len(cs) > 0 {
 		l.a.logger.Info("found containers from before", "count", len(cs))
 	}
+	keep := map[string]bool{}
+	for _, c := range cs {
+		keep[c.InstanceID] = true
+	}
+	l.a.sweepSecrets(keep)
 	l.a.running.Set(float64(l.countRunning()))
 	return nil
 }

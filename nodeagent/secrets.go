@@ -107,3 +107,23 @@ func (a *Agent) removeSecrets(id string) error {
 	}
 	return os.RemoveAll(dir)
 }
+
+// sweepSecrets removes the secret files of instances that have no
+// container on this node any more (removed while the agent was down, or
+// before a reboot): keep names the containers found at start.
+func (a *Agent) sweepSecrets(keep map[string]bool) {
+	entries, err := os.ReadDir(filepath.Join(a.cfg.Runtime.StateDir, "secrets"))
+	if err != nil {
+		return // none yet
+	}
+	for _, e := range entries {
+		if !e.IsDir() || keep[e.Name()] {
+			continue
+		}
+		if err := a.removeSecrets(e.Name()); err != nil {
+			a.logger.Warn("could not remove the secret files of a gone instance", "instance", e.Name(), "err", err)
+			continue
+		}
+		a.logger.Info("removed the secret files of an instance that is gone", "instance", e.Name())
+	}
+}

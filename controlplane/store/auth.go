@@ -13,10 +13,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-dev/berth/pki"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/time/rate"
 )
 
 // Who may do what lives under AuthRoot, outside Root: it changes rarely,
@@ -359,11 +361,24 @@ type AuthCache struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 	subs      []chan struct{}
+
+	// readLimit bounds read-throughs of keys the cache misses: a flood of
+	// made-up token ids costs etcd at most this many reads a second.
+	readLimit      *rate.Limiter
+	reads, limited atomic.Uint64
 }
+
+// Read-throughs a second (and burst) for keys the cache misses: plenty
+// for credentials made a moment ago on another replica.
+const (
+	readThroughRate  = 50
+	readThroughBurst = 100
+)
 
 // NewAuthCache returns a cache; Run fills and follows it.
 func NewAuthCache(cli *clientv3.Client, logger *slog.Logger) *AuthCache {
-	return &AuthCache{cli: cli, logger: logger.With("component", "authcache"), tokens: map[string]Token{}, identities: map[string]IdentityRecord{}, revs: map[string]int64{}, ready: make(chan struct{})}
+	return &AuthCache{cli: cli, logger: logger.With("component", "authcache"), tokens: map[string]Token{}, identities: map[string]IdentityRecord{}, revs: map[string]int64{}, ready: make(chan struct{}),
+		readLimit: rate.NewLimiter(readThroughRate, readThroughBurst)}
 }
 
 // Ready is closed after the first load.
@@ -399,12 +414,24 @@ func (a *AuthCache) Identity(role, name string) (IdentityRecord, bool) {
 }
 
 // readThrough reads one key the cache missed, so a credential made a
-// moment ago works at once. Unknown keys cost a read each: the callers
-// rate-limit nothing, so only well-formed ids reach here.
+// moment ago works at once. Unknown keys cost a read each, so reads are
+// rate-limited (readThroughRate): beyond it a miss is a miss, and the
+// watch still brings a new credential within moments.
 func (a *AuthCache) readThrough(key string) bool {
+	if !a.readLimit.Allow() {
+		a.limited.Add(1)
+		return false
+	}
+	a.reads.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	return a.fetch(ctx, key, false)
+}
+
+// ReadThroughs counts the reads of missed keys made and those refused by
+// the rate limit.
+func (a *AuthCache) ReadThroughs() (reads, limited uint64) {
+	return a.reads.Load(), a.limited.Load()
 }
 
 // RefreshIdentity reads role/name from etcd now instead of waiting for
