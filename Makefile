@@ -112,9 +112,11 @@ bench-xds-gateways:
 # 20 simulated node agents in a child process, no containerd: 200 services
 # x 10 replicas applied -> all ready, steady-state CPU per heartbeat, five
 # rolling changes, scale to 11 replicas. Loopback only; stops by itself.
-# BENCH_CP_SCALE_FLAGS changes the size (-nodes, -services, -replicas).
+# Runs twice, without TLS and with mutual TLS (the plaintext mode exists
+# only in this -tags berthbench build), and prints the two side by side.
+# BENCH_CP_SCALE_FLAGS changes the size (-nodes, -services, -replicas, -tls).
 bench-cp-scale:
-	$(GO) run ./bench/cpscale -timeout 10m $(BENCH_CP_SCALE_FLAGS)
+	$(GO) run -tags berthbench ./bench/cpscale -timeout 10m $(BENCH_CP_SCALE_FLAGS)
 
 clean:
 	rm -rf $(BIN) $(IMAGES)

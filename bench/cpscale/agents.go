@@ -35,6 +35,10 @@ const tokenEnv = "CPSCALE_JOIN_TOKEN"
 // caHashEnv carries the CA hash the agents pin when they join.
 const caHashEnv = "CPSCALE_CA_HASH"
 
+// plainEnv set: the control plane serves without TLS (-tls plain); each
+// agent names itself in a header instead of joining.
+const plainEnv = "CPSCALE_PLAIN"
+
 // fleet is the agents' process: its counters are what the benchmark
 // process reads (a "stats" line on stdin answers one line on stdout).
 type fleet struct {
@@ -141,14 +145,22 @@ func runAgents(addr string, n int) error {
 		// Each simulated node joins as a real one does: its own key, a
 		// CSR, a certificate naming it, and mutual TLS from then on.
 		name := fmt.Sprintf("node-%03d", i)
-		creds, err := enroll.Join(ctx, enroll.Options{Server: addr, Role: pki.RoleNode, Name: name, JoinToken: token, CAHash: caHash,
-			Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			return err
-		}
-		conn, err := pb.Dial(addr, creds.ClientTLS())
-		if err != nil {
-			return err
+		var conn *grpc.ClientConn
+		if os.Getenv(plainEnv) != "" {
+			c, err := dialPlain(addr, nodeMD(name))
+			if err != nil {
+				return err
+			}
+			conn = c
+		} else {
+			creds, err := enroll.Join(ctx, enroll.Options{Server: addr, Role: pki.RoleNode, Name: name, JoinToken: token, CAHash: caHash,
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				return err
+			}
+			if conn, err = pb.Dial(addr, creds.ClientTLS()); err != nil {
+				return err
+			}
 		}
 		conns = append(conns, conn)
 		a := &simAgent{

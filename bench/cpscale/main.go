@@ -41,6 +41,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -60,6 +61,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/berth-dev/berth/api"
@@ -88,7 +90,7 @@ type options struct {
 	paced                            bool
 	steady, drainDelay, heartbeat    time.Duration
 	stall, timeout                   time.Duration
-	cpuProfile                       string
+	cpuProfile, tls                  string
 }
 
 func main() {
@@ -106,6 +108,7 @@ func main() {
 	flag.DurationVar(&o.heartbeat, "heartbeat", controlplane.DefaultConfig().HeartbeatInterval, "the agents' heartbeat interval")
 	flag.DurationVar(&o.stall, "stall", 30*time.Second, "give up when nothing progresses for this long")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	flag.StringVar(&o.tls, "tls", "both", "plain (no TLS; needs -tags berthbench, as make bench-cp-scale builds it), mtls (as Berth runs), or both side by side")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the control plane's CPU profiles to <this>-<phase>.pprof (deploy, steady, rolling, scale)")
 	flag.Parse()
 
@@ -114,7 +117,7 @@ func main() {
 	case "agents":
 		err = runAgents(*addr, o.nodes)
 	default:
-		err = runBench(o)
+		err = runModes(o)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cpscale:", err)
@@ -130,9 +133,70 @@ type bench struct {
 	agents *agentsProc
 	reg    *prometheus.Registry
 	warns  *warnLog
+	plain  bool
+	// figures are the headline numbers, for the side-by-side table.
+	figures []figure
 }
 
-func runBench(o options) error {
+// figure is one headline number; lower is better for every one.
+type figure struct {
+	name  string
+	value float64
+	unit  string
+}
+
+func (b *bench) note(name string, value float64, unit string) {
+	b.figures = append(b.figures, figure{name, value, unit})
+}
+
+// runModes runs the benchmark without TLS, with mutual TLS, or both one
+// after the other, and then prints the figures side by side with the
+// cost of mTLS as ratios.
+func runModes(o options) error {
+	var modes []bool // plain?
+	switch o.tls {
+	case "plain":
+		modes = []bool{true}
+	case "mtls":
+		modes = []bool{false}
+	case "both":
+		modes = []bool{true, false}
+	default:
+		return fmt.Errorf("-tls %q: want plain, mtls or both", o.tls)
+	}
+	if slices.Contains(modes, true) && !canPlain {
+		return errors.New("-tls plain or both: build with -tags berthbench (make bench-cp-scale does), or use -tls mtls")
+	}
+	var runs [][]figure
+	for _, plain := range modes {
+		mode := "mutual TLS (as Berth runs)"
+		if plain {
+			mode = "plain TCP (no TLS; for comparison only)"
+		}
+		fmt.Printf("\n=== control plane API over %s ===\n", mode)
+		figs, err := runOnce(o, plain)
+		if err != nil {
+			return err
+		}
+		runs = append(runs, figs)
+	}
+	if len(runs) == 2 {
+		fmt.Printf("\nside by side (one run each, this machine):\n%-44s %14s %14s %10s\n", "", "plain", "mTLS", "mTLS/plain")
+		for i, f := range runs[0] {
+			if i >= len(runs[1]) || runs[1][i].name != f.name {
+				break
+			}
+			ratio := "-"
+			if f.value > 0 {
+				ratio = fmt.Sprintf("%.2fx", runs[1][i].value/f.value)
+			}
+			fmt.Printf("%-44s %11.2f %-2s %11.2f %-2s %10s\n", f.name, f.value, f.unit, runs[1][i].value, f.unit, ratio)
+		}
+	}
+	return nil
+}
+
+func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -140,15 +204,16 @@ func runBench(o options) error {
 
 	bits, err := nodeSubnetBits(o)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "cpscale-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 
-	b := &bench{o: o, reg: prometheus.NewRegistry(), warns: newWarnLog()}
+	b := &bench{o: o, reg: prometheus.NewRegistry(), warns: newWarnLog(), plain: plain}
+	defer func() { figures = b.figures }()
 	cfg := controlplane.DefaultConfig()
 	cfg.DataDir = dir
 	cfg.APIAddr = "127.0.0.1:0"
@@ -162,10 +227,12 @@ func runBench(o options) error {
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), o.nodes, o.services, o.replicas, o.heartbeat, o.drainDelay, bits)
 	start := time.Now()
 	runCtx, stopServer := context.WithCancel(ctx)
+	setPlaintext(plain)
 	srv, err := controlplane.New(runCtx, cfg)
+	setPlaintext(false)
 	if err != nil {
 		stopServer()
-		return err
+		return nil, err
 	}
 	runDone := make(chan error, 1)
 	go func() { runDone <- srv.Run(runCtx) }()
@@ -179,51 +246,57 @@ func runBench(o options) error {
 
 	admin, err := controlplane.ReadAdminConfig(srv.AdminConfigPath())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	pool, err := pki.PoolFromPEM([]byte(admin.CA))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	conn, err := pb.Dial(srv.APIAddr(), pki.ClientTLS(nil, pool), append(pb.WithToken(admin.Token), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))...)
+	big := grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64 << 20))
+	var conn *grpc.ClientConn
+	if plain {
+		conn, err = dialPlain(srv.APIAddr(), metadata.Pairs("authorization", "Bearer "+admin.Token), big)
+	} else {
+		conn, err = pb.Dial(srv.APIAddr(), pki.ClientTLS(nil, pool), append(pb.WithToken(admin.Token), big)...)
+	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Close()
 	b.berth = pb.NewBerthClient(conn)
 	tok, err := b.berth.CreateToken(ctx, &pb.CreateTokenRequest{Role: "node", Uses: int32(o.nodes), Description: "cpscale"})
 	if err != nil {
-		return fmt.Errorf("create join token: %w", err)
+		return nil, fmt.Errorf("create join token: %w", err)
 	}
 	fmt.Printf("control plane up (embedded etcd) in %v\n", time.Since(start).Round(time.Millisecond))
 
-	b.agents, err = startAgents(ctx, srv.APIAddr(), tok.Token, tok.CaHash, o.nodes)
+	b.agents, err = startAgents(ctx, srv.APIAddr(), tok.Token, tok.CaHash, o.nodes, plain)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer b.agents.stop()
 
 	if err := b.join(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	specs := make([]*pb.Service, o.services)
 	for i := range specs {
 		specs[i] = serviceSpec(i, "berth.local/hello:v1", o.replicas)
 	}
 	if err := b.deploy(ctx, specs); err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.steadyState(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.rolling(ctx, specs[:min(o.rollouts, len(specs))]); err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.scale(ctx, specs); err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Printf("total %v\n", time.Since(start).Round(time.Millisecond))
-	return nil
+	return b.figures, nil
 }
 
 // nodeSubnetBits picks node pod subnets big enough for a node's share of
@@ -277,6 +350,7 @@ func (b *bench) join(ctx context.Context) error {
 		}
 	}
 	fmt.Printf("join: %d agents registered and Ready in %v\n", b.o.nodes, time.Since(start).Round(time.Millisecond))
+	b.note("join: all agents Ready", time.Since(start).Seconds(), "s")
 	return nil
 }
 
@@ -394,6 +468,8 @@ func (b *bench) deploy(ctx context.Context, specs []*pb.Service) error {
 		b.o.services, b.o.replicas, total, len(calls), perCall, paced, r.wall.Round(time.Millisecond), float64(total)/r.wall.Seconds())
 	printCalls(calls)
 	fmt.Printf("  %s\n  %s\n", r.placed(total), r)
+	b.note("deploy: all ready", r.wall.Seconds(), "s")
+	b.note("deploy: control plane CPU", r.cpu.Seconds(), "s")
 	return nil
 }
 
@@ -573,6 +649,8 @@ func (b *bench) steadyState(ctx context.Context) error {
 	fmt.Printf("steady state over %v (heartbeats only): control plane %.1f%% of one core; %d heartbeats (%.0f/s, %d failed) -> %v CPU per heartbeat\n",
 		r.wall.Round(time.Millisecond), 100*r.cpu.Seconds()/r.wall.Seconds(), r.agents.Heartbeats,
 		float64(r.agents.Heartbeats)/r.wall.Seconds(), r.agents.HeartbeatErrs, perBeat.Round(time.Microsecond))
+	b.note("steady: control plane, % of one core", 100*r.cpu.Seconds()/r.wall.Seconds(), "%")
+	b.note("steady: CPU per heartbeat", float64(perBeat.Microseconds()), "us")
 	fmt.Printf("  %s\n", r)
 
 	// What one look at the cluster costs at this size.
@@ -627,6 +705,7 @@ func (b *bench) rolling(ctx context.Context, specs []*pb.Service) error {
 	fmt.Printf("rolling change (new image, %d replicas, surge) of %d services, one after the other: all new ready p50 %v p99 %v; only the new revision ready p50 %v p99 %v; old replicas deleted p50 %v p99 %v (drain delay %v)\n",
 		b.o.replicas, len(specs), q(newReady, 0.5), q(newReady, 0.99), q(onlyNew, 0.5), q(onlyNew, 0.99), q(oldGone, 0.5), q(oldGone, 0.99), b.o.drainDelay)
 	fmt.Printf("  %s\n  %s\n", r.placed(len(specs)*b.o.replicas), r)
+	b.note("rolling: all new ready, p50", float64(q(newReady, 0.5).Milliseconds()), "ms")
 	return nil
 }
 
@@ -716,6 +795,8 @@ func (b *bench) scale(ctx context.Context, specs []*pb.Service) error {
 		b.o.services, b.o.replicas, want, b.o.services, len(calls), perCall, paced, r.wall.Round(time.Millisecond))
 	printCalls(calls)
 	fmt.Printf("  %s\n  %s\n", r.placed(b.o.services), r)
+	b.note("scale: all ready", r.wall.Seconds(), "s")
+	b.note("scale: control plane CPU", r.cpu.Seconds(), "s")
 	return nil
 }
 
@@ -802,13 +883,16 @@ type agentsProc struct {
 	mu  sync.Mutex
 }
 
-func startAgents(ctx context.Context, addr, token, caHash string, n int) (*agentsProc, error) {
+func startAgents(ctx context.Context, addr, token, caHash string, n int, plain bool) (*agentsProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, "-role", "agents", "-addr", addr, "-nodes", fmt.Sprint(n))
 	cmd.Env = append(os.Environ(), tokenEnv+"="+token, caHashEnv+"="+caHash)
+	if plain {
+		cmd.Env = append(cmd.Env, plainEnv+"=1")
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

@@ -143,6 +143,11 @@ func applyPermissions(m any) []authz.Request {
 	return out
 }
 
+// benchIdentity is nil in every build but the berthbench one
+// (bench_identity.go), where bench-cp-scale measures the control plane
+// without mTLS.
+var benchIdentity func(context.Context) (authz.Principal, bool)
+
 type principalKey struct{}
 
 // principalOf is the caller a handler serves (set by the interceptors).
@@ -161,6 +166,11 @@ func (s *Server) authenticate(ctx context.Context) (authz.Principal, error) {
 			return authz.Anonymous, err
 		}
 		return authz.Principal{Role: id.Role, Name: id.Name}, nil
+	}
+	if benchIdentity != nil {
+		if p, ok := benchIdentity(ctx); ok {
+			return p, nil
+		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
