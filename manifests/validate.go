@@ -10,6 +10,7 @@ import (
 	"unicode"
 
 	"github.com/berth-dev/berth/api"
+	"github.com/distribution/reference"
 )
 
 // Limits enforced by Validate.
@@ -88,6 +89,10 @@ func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
 		errs.add(path+".image", "required")
 	case strings.IndexFunc(s.Image, unicode.IsSpace) >= 0:
 		errs.add(path+".image", "must not contain whitespace")
+	default:
+		if _, err := reference.ParseNormalizedNamed(s.Image); err != nil {
+			errs.add(path+".image", "%q is not an image reference like registry.example/team/app:v1 (%v)", s.Image, err)
+		}
 	}
 	if len(s.Command) > 0 && s.Command[0] == "" {
 		errs.add(path+".command[0]", "must not be empty")
