@@ -428,6 +428,13 @@ func (a *AuthCache) readThrough(key string) bool {
 	return a.fetch(ctx, key, false)
 }
 
+// LimitReadThroughs changes the read-through limit (per second, burst);
+// tokens already saved up stay.
+func (a *AuthCache) LimitReadThroughs(perSecond float64, burst int) {
+	a.readLimit.SetLimit(rate.Limit(perSecond))
+	a.readLimit.SetBurst(burst)
+}
+
 // ReadThroughs counts the reads of missed keys made and those refused by
 // the rate limit.
 func (a *AuthCache) ReadThroughs() (reads, limited uint64) {
