@@ -138,7 +138,7 @@ type Agent struct {
 	berth  pb.BerthClient
 	prober *probe.Prober
 
-	rt  *runtime.Runtime
+	rt  Runtime
 	dns *berthdns.Server
 	// dnsVersion is the snapshot version the DNS answers from; beatNow
 	// asks for a heartbeat carrying it without waiting for the ticker.
@@ -366,14 +366,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun(a.followNodes)
 	assignments := make(chan *pb.Assignments, 1)
 	goRun(func(ctx context.Context) { a.followAssignments(ctx, assignments) })
-	exits, err := a.rt.Exits(ctx)
-	if err != nil {
-		cancel()
-		wg.Wait()
-		return fmt.Errorf("agent: subscribe to task exits: %w", err)
-	}
 	loop := newLoop(a)
-	err = loop.run(ctx, assignments, exits)
+	err = loop.run(ctx, assignments, a.rt.Exits)
 	cancel()
 	wg.Wait()
 	return err

@@ -34,6 +34,9 @@ type loop struct {
 	volumeDone chan volumeResult
 	// volumeSizes are the size limits of named volumes, from assignments.
 	volumeSizes map[string]int64
+	// now is the loop's clock (time.Now; a fake one in tests): backoffs,
+	// probe times and status times are read from it.
+	now func() time.Time
 }
 
 type volumeResult struct {
@@ -89,11 +92,19 @@ func newLoop(a *Agent) *loop {
 	opCtx, cancel := context.WithCancel(context.Background())
 	return &loop{a: a, items: map[string]*item{}, results: make(chan opResult, 64), probes: make(chan probeResult, 64),
 		opCtx: opCtx, cancelOp: cancel, reported: map[string]api.InstanceStatus{},
-		deleting: map[string]bool{}, volumeDone: make(chan volumeResult, 16)}
+		deleting: map[string]bool{}, volumeDone: make(chan volumeResult, 16), now: time.Now}
 }
 
-func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exits <-chan runtime.Exit) error {
+// exitResubscribe is how soon the loop subscribes to task exits again
+// after containerd's event stream broke (a containerd restart).
+const exitResubscribe = time.Second
+
+func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, subscribe func(context.Context) (<-chan runtime.Exit, error)) error {
 	defer l.cancelOp()
+	exits, err := subscribe(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: subscribe to task exits: %w", err)
+	}
 	if err := l.adopt(ctx); err != nil {
 		return err
 	}
@@ -101,6 +112,7 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exit
 	defer tick.Stop()
 	resync := time.NewTicker(5 * time.Second)
 	defer resync.Stop()
+	var resubscribe <-chan time.Time // set while the exit stream is down
 	for {
 		select {
 		case <-ctx.Done():
@@ -108,8 +120,26 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, exit
 			return nil
 		case msg := <-assignments:
 			l.assign(msg)
-		case ex := <-exits:
+		case ex, ok := <-exits:
+			if !ok {
+				// The event stream broke: a closed channel must not be read
+				// again (it would spin). Subscribe anew shortly, then
+				// reconcile with containerd for the exits in between.
+				l.a.logger.Warn("task exit stream ended; subscribing again", "in", exitResubscribe)
+				exits, resubscribe = nil, time.After(exitResubscribe)
+				break
+			}
 			l.exited(ex)
+		case <-resubscribe:
+			ch, err := subscribe(ctx)
+			if err != nil {
+				l.a.logger.Warn("subscribe to task exits failed; retrying", "err", err)
+				resubscribe = time.After(exitResubscribe)
+				break
+			}
+			l.a.logger.Info("task exit stream back")
+			exits, resubscribe = ch, nil
+			l.resync(ctx)
 		case r := <-l.results:
 			l.finished(r)
 		case r := <-l.probes:
@@ -143,7 +173,7 @@ func (l *loop) adopt(ctx context.Context) error {
 	for _, c := range cs {
 		it := &item{has: true, running: c.Running, st: api.InstanceStatus{ID: c.InstanceID, Node: l.a.cfg.Name, IP: c.IP, ContainerID: c.ContainerID}}
 		if c.Running {
-			it.ranSince = time.Now()
+			it.ranSince = l.now()
 		} else {
 			it.st.LastExit = &api.Exit{Code: int32(c.ExitCode), At: c.ExitedAt}
 		}
@@ -249,10 +279,10 @@ func (l *loop) exited(ex runtime.Exit) {
 	it.st.LastExit = &api.Exit{Code: int32(ex.Code), At: ex.At}
 	if it.assigned && it.inst.Desired == api.DesiredRunning {
 		it.st.Phase = api.PhaseBackoff
-		if time.Since(it.ranSince) > 60*time.Second {
+		if l.now().Sub(it.ranSince) > 60*time.Second {
 			it.backoff = time.Second
 		}
-		it.next = time.Now().Add(it.backoff)
+		it.next = l.now().Add(it.backoff)
 		l.a.logger.Warn("container exited; restarting after backoff", "instance", ex.InstanceID, "code", ex.Code, "backoff", it.backoff)
 		it.backoff = min(2*it.backoff, l.a.cfg.MaxBackoff)
 	}
@@ -271,7 +301,7 @@ func (l *loop) finished(r opResult) {
 	case opStop:
 		if r.err != nil {
 			it.st.LastError = "stop: " + r.err.Error()
-			it.next = time.Now().Add(time.Second)
+			it.next = l.now().Add(time.Second)
 			break
 		}
 		it.has, it.running = false, false
@@ -284,7 +314,7 @@ func (l *loop) finished(r opResult) {
 			it.st.Phase = api.PhaseBackoff
 			it.st.LastError = r.err.Error()
 			it.st.Ready = false
-			it.next = time.Now().Add(it.backoff)
+			it.next = l.now().Add(it.backoff)
 			l.a.logger.Warn("container start failed; retrying after backoff", "instance", r.id, "err", r.err, "backoff", it.backoff)
 			it.backoff = min(2*it.backoff, l.a.cfg.MaxBackoff)
 			if r.kind == opStart {
@@ -299,12 +329,12 @@ func (l *loop) finished(r opResult) {
 			l.a.starts.Inc()
 		}
 		it.has, it.running = true, true
-		it.ranSince = time.Now()
+		it.ranSince = l.now()
 		it.st.Phase, it.st.LastError = api.PhaseRunning, ""
 		it.st.IP, it.st.ContainerID = r.c.IP, r.c.ContainerID
-		it.st.StartedAt = time.Now().UTC()
+		it.st.StartedAt = l.now().UTC()
 		it.st.Ready = it.inst.Template.Health == nil
-		it.nextProbe = time.Now()
+		it.nextProbe = l.now()
 		it.readySinceStart = false
 		if pending != nil {
 			// The new task died before we saw it running.
@@ -338,7 +368,7 @@ func (l *loop) resync(ctx context.Context) {
 			it.has = false
 		}
 		if !ok || !c.Running {
-			l.exited(runtime.Exit{InstanceID: id, Code: c.ExitCode, At: time.Now()})
+			l.exited(runtime.Exit{InstanceID: id, Code: c.ExitCode, At: l.now()})
 		}
 	}
 }
@@ -367,7 +397,7 @@ func (l *loop) probed(r probeResult) {
 	if !it.readySinceStart && startupProbeEvery < every {
 		every = startupProbeEvery
 	}
-	it.nextProbe = time.Now().Add(every)
+	it.nextProbe = l.now().Add(every)
 }
 
 func (l *loop) launch(id string, kind opKind, f func(ctx context.Context) (runtime.Container, error)) {
@@ -449,7 +479,7 @@ func canonicalCaps(names []string) []string {
 // this node was cut off) is still being stopped, nothing new starts: stale
 // work is fenced off before the node takes new work.
 func (l *loop) act() {
-	now := time.Now()
+	now := l.now()
 	fencing := false
 	for _, it := range l.items {
 		if it.has && !it.assigned && l.synced {
@@ -535,7 +565,7 @@ func (l *loop) report(ctx context.Context) {
 			continue
 		}
 		st := it.st
-		st.UpdatedAt = time.Now().UTC()
+		st.UpdatedAt = l.now().UTC()
 		batch = append(batch, pb.FromStatus(&st))
 		sent = append(sent, st)
 	}
@@ -621,7 +651,7 @@ func (l *loop) shutdown() {
 			continue
 		}
 		st := it.st
-		st.Phase, st.Ready, st.IP, st.ContainerID, st.UpdatedAt = api.PhaseStopped, false, "", "", time.Now().UTC()
+		st.Phase, st.Ready, st.IP, st.ContainerID, st.UpdatedAt = api.PhaseStopped, false, "", "", l.now().UTC()
 		batch = append(batch, pb.FromStatus(&st))
 	}
 	if len(batch) > 0 {
