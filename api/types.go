@@ -765,3 +765,22 @@ type Capacity struct {
 
 // ServiceKey is "<namespace>/<service>".
 func (i *Instance) ServiceKey() string { return i.Namespace + "/" + i.Service }
+
+// Live reports whether the instance is still wanted: not draining and not
+// told to stop.
+func (i *Instance) Live() bool { return !i.Draining && i.Desired == DesiredRunning }
+
+// ReadyWith reports whether the instance serves, given its status (the
+// zero value when it has none): the status says ready and comes from the
+// node the instance is placed on (a report from a node it left says
+// nothing). Whether it is still wanted is Live's question. This is the
+// one definition of ready: controllers, discovery and the API use it.
+func (i *Instance) ReadyWith(st InstanceStatus) bool {
+	return st.Ready && i.Node != "" && st.Node == i.Node
+}
+
+// AvailableWith reports whether the instance is ready and has run for
+// minReady since its container started (rolling updates count these).
+func (i *Instance) AvailableWith(st InstanceStatus, minReady time.Duration, now time.Time) bool {
+	return i.ReadyWith(st) && (minReady <= 0 || (!st.StartedAt.IsZero() && now.Sub(st.StartedAt) >= minReady))
+}

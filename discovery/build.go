@@ -66,12 +66,12 @@ func Build(st State) *Snapshot {
 			if st.NotReadyNodes[in.Node] {
 				continue
 			}
-			draining := in.Draining || in.Desired != api.DesiredRunning
+			draining := !in.Live()
 			rev.Endpoints = append(rev.Endpoints, Endpoint{
 				Instance: in.ID,
 				Node:     in.Node,
 				IP:       status.IP,
-				Ready:    status.Ready && !draining,
+				Ready:    in.ReadyWith(status) && !draining,
 				Draining: draining,
 			})
 		}

@@ -145,3 +145,28 @@ func TestBuildStickyCanary(t *testing.T) {
 		t.Errorf("without sticky: route = %+v", rt)
 	}
 }
+
+// Serving: the weighted revisions' serving endpoints; when they have none,
+// every serving endpoint, unweighted.
+func TestServing(t *testing.T) {
+	ep := func(id string, ready, draining bool) Endpoint {
+		return Endpoint{Instance: id, IP: "10.0.0.1", Ready: ready, Draining: draining}
+	}
+	svc := Service{Revisions: []Revision{
+		{Number: 1, Weight: 0, Endpoints: []Endpoint{ep("old-1", true, false)}},
+		{Number: 2, Weight: 100, Endpoints: []Endpoint{ep("new-1", true, false), ep("new-2", false, false), ep("new-3", true, true)}},
+	}}
+	got := svc.Serving()
+	if len(got) != 1 || got[0].Number != 2 || got[0].Weight != 100 || len(got[0].Endpoints) != 1 || got[0].Endpoints[0].Instance != "new-1" {
+		t.Fatalf("weighted: %+v", got)
+	}
+	svc.Revisions[1].Endpoints[0].Ready = false // the weighted revision serves nothing
+	got = svc.Serving()
+	if len(got) != 1 || got[0].Number != 1 || got[0].Weight != 0 || got[0].Endpoints[0].Instance != "old-1" {
+		t.Fatalf("fallback: %+v", got)
+	}
+	svc.Revisions[0].Endpoints[0].Draining = true
+	if got := svc.Serving(); len(got) != 0 {
+		t.Fatalf("nothing serves: %+v", got)
+	}
+}

@@ -87,16 +87,63 @@ func (s *Snapshot) Lookup(ns, name string) *Service {
 	return nil
 }
 
-// ReadyEndpoints returns the ready, non-draining endpoints of all revisions
-// of the service.
+// ReadyEndpoints returns the endpoints of all revisions of the service
+// that serve.
 func (s *Service) ReadyEndpoints() []Endpoint {
 	var out []Endpoint
 	for _, r := range s.Revisions {
 		for _, e := range r.Endpoints {
-			if e.Ready && !e.Draining {
+			if e.Serves() {
 				out = append(out, e)
 			}
 		}
 	}
 	return out
+}
+
+// Serves reports whether the endpoint takes new requests: ready and not
+// draining.
+func (e Endpoint) Serves() bool { return e.Ready && !e.Draining }
+
+// ServingRevision is one revision's part of who answers for a service.
+type ServingRevision struct {
+	Number int64
+	// Weight is the revision's traffic weight; 0 in the fallback (see
+	// Serving).
+	Weight    uint32
+	Endpoints []Endpoint
+}
+
+// Serving returns who answers for the service, by revision: the endpoints
+// that serve of the revisions with a weight above zero, as the gateways
+// route. Only when none of those has one does it fall back to every
+// endpoint that serves (weights then play no part), so a name never
+// answers empty while some instance could serve it. The DNS server
+// answers these and `berth describe service` prints them: one rule.
+func (s *Service) Serving() []ServingRevision {
+	collect := func(weighted bool) []ServingRevision {
+		var out []ServingRevision
+		for _, rev := range s.Revisions {
+			if weighted && rev.Weight == 0 {
+				continue
+			}
+			sr := ServingRevision{Number: rev.Number}
+			if weighted {
+				sr.Weight = rev.Weight
+			}
+			for _, e := range rev.Endpoints {
+				if e.Serves() {
+					sr.Endpoints = append(sr.Endpoints, e)
+				}
+			}
+			if len(sr.Endpoints) > 0 {
+				out = append(out, sr)
+			}
+		}
+		return out
+	}
+	if out := collect(true); len(out) > 0 {
+		return out
+	}
+	return collect(false)
 }

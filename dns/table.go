@@ -213,43 +213,26 @@ type servingEndpoint struct {
 	ip   netip.Addr
 }
 
-// serving returns the ready endpoints that take traffic, grouped by
-// revision: those of the revisions with a weight above zero, as the
-// gateway routes. Only when none of those has a ready endpoint does it
-// fall back to every ready endpoint (weights then play no part), so a name
-// never answers empty while some instance could serve it.
+// serving is discovery's Serving (who answers for the service, by
+// revision) with each endpoint's address parsed and instance name made a
+// DNS label; endpoints without a valid address are left out.
 func serving(svc *discovery.Service) []servingRev {
-	collect := func(weighted bool) []servingRev {
-		var out []servingRev
-		for _, rev := range svc.Revisions {
-			if weighted && rev.Weight == 0 {
+	var out []servingRev
+	for _, rev := range svc.Serving() {
+		sr := servingRev{weight: rev.Weight}
+		for _, ep := range rev.Endpoints {
+			ip, ok := endpointIP(ep.IP)
+			if !ok {
 				continue
 			}
-			var sr servingRev
-			if weighted {
-				sr.weight = rev.Weight
-			}
-			for _, ep := range rev.Endpoints {
-				if !ep.Ready || ep.Draining {
-					continue
-				}
-				ip, ok := endpointIP(ep.IP)
-				if !ok {
-					continue
-				}
-				inst, _ := label(ep.Instance)
-				sr.eps = append(sr.eps, servingEndpoint{inst: inst, ip: ip})
-			}
-			if len(sr.eps) > 0 {
-				out = append(out, sr)
-			}
+			inst, _ := label(ep.Instance)
+			sr.eps = append(sr.eps, servingEndpoint{inst: inst, ip: ip})
 		}
-		return out
+		if len(sr.eps) > 0 {
+			out = append(out, sr)
+		}
 	}
-	if out := collect(true); len(out) > 0 {
-		return out
-	}
-	return collect(false)
+	return out
 }
 
 func endpointIP(s string) (netip.Addr, bool) {

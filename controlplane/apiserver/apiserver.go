@@ -260,11 +260,11 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 func countInstances(v *store.View, svc *api.Service) (live, ready int32) {
 	for _, vi := range v.Instances {
 		in := vi.Instance
-		if in.Namespace != svc.Metadata.Namespace || in.Service != svc.Metadata.Name || in.Draining || in.Desired != api.DesiredRunning {
+		if in.Namespace != svc.Metadata.Namespace || in.Service != svc.Metadata.Name || !in.Live() {
 			continue
 		}
 		live++
-		if st, ok := v.Statuses[in.ID]; ok && st.Ready && st.Node == in.Node {
+		if in.ReadyWith(v.Statuses[in.ID]) {
 			ready++
 		}
 	}
@@ -320,25 +320,11 @@ func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb
 	out.DnsNames = []string{fqdn, req.Name + "." + ns, req.Name + " (from namespace " + ns + ")"}
 	if snap := s.publisher.Latest(); snap != nil {
 		if ds := snap.Lookup(ns, req.Name); ds != nil {
-			// The same rule as the DNS server: ready endpoints of the
-			// revisions that carry traffic (weight > 0), else all ready ones.
-			var weighted, all []string
-			for _, rev := range ds.Revisions {
+			// What the DNS server answers: discovery's one rule.
+			for _, rev := range ds.Serving() {
 				for _, e := range rev.Endpoints {
-					if !e.Ready || e.Draining {
-						continue
-					}
-					line := fmt.Sprintf("%s A %s (%s, revision %d, weight %d)", fqdn, e.IP, e.Instance, rev.Number, rev.Weight)
-					all = append(all, line)
-					if rev.Weight > 0 {
-						weighted = append(weighted, line)
-					}
+					out.DnsAnswers = append(out.DnsAnswers, fmt.Sprintf("%s A %s (%s, revision %d, weight %d)", fqdn, e.IP, e.Instance, rev.Number, rev.Weight))
 				}
-			}
-			if len(weighted) > 0 {
-				out.DnsAnswers = weighted
-			} else {
-				out.DnsAnswers = all
 			}
 			for _, p := range ds.Ports {
 				proto := "tcp"

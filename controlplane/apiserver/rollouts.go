@@ -45,8 +45,7 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 	}
 	for _, vi := range v.Instances {
 		in := vi.Instance
-		st, ok := v.Statuses[in.ID]
-		if in.Namespace != ns || in.Service != req.Name || !ok || !st.Ready || in.Draining {
+		if in.Namespace != ns || in.Service != req.Name || !in.Live() || !in.ReadyWith(v.Statuses[in.ID]) {
 			continue
 		}
 		switch in.Revision {

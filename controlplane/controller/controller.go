@@ -354,8 +354,7 @@ func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.Versioned
 		}
 	}
 	ready := func(vi store.VersionedInstance) bool {
-		st, ok := statuses[vi.Instance.ID]
-		return ok && st.Ready && st.Node == vi.Instance.Node
+		return vi.Instance.ReadyWith(statuses[vi.Instance.ID])
 	}
 	// Replicas have stable ordinals: a new instance takes the lowest one
 	// no live instance of the current revision holds, so a replacement or
@@ -746,8 +745,7 @@ func rollingPlan(plan ReplicaPlan, rs *api.RolloutSpec, want int, current, old [
 		surge = 1 // otherwise nothing could ever move
 	}
 	available := func(vi store.VersionedInstance) bool {
-		st := statuses[vi.Instance.ID]
-		return ready(vi) && (rs.MinReady.Duration <= 0 || (!st.StartedAt.IsZero() && now.Sub(st.StartedAt) >= rs.MinReady.Duration))
+		return vi.Instance.AvailableWith(statuses[vi.Instance.ID], rs.MinReady.Duration, now)
 	}
 	// Old replicas that serve nothing are drained at once (they count
 	// neither as capacity nor against the surge).

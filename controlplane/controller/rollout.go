@@ -362,8 +362,7 @@ func (c *Controller) observeRollouts(v *store.View) {
 func (c *Controller) canaryInputs(ctx context.Context, v *store.View, svc *api.Service, r api.Rollout, modRev int64, spec api.RolloutSpec, now time.Time) (in RolloutInputs, wait bool) {
 	in = RolloutInputs{Now: now, Spec: spec, Replicas: int(svc.Spec.ReplicaCount())}
 	for _, vi := range v.Instances {
-		st, ok := v.Statuses[vi.Instance.ID]
-		if vi.Instance.ServiceKey() == svc.Key() && vi.Instance.Revision == r.Revision && ok && st.Ready && !vi.Instance.Draining {
+		if vi.Instance.ServiceKey() == svc.Key() && vi.Instance.Revision == r.Revision && vi.Instance.Live() && vi.Instance.ReadyWith(v.Statuses[vi.Instance.ID]) {
 			in.CanaryReady++
 		}
 	}
@@ -402,15 +401,14 @@ func (c *Controller) rollingInputs(v *store.View, svc *api.Service, r api.Rollou
 	}
 	for _, vi := range v.Instances {
 		inst := vi.Instance
-		if inst.ServiceKey() != svc.Key() || inst.Draining || inst.Desired != api.DesiredRunning {
+		if inst.ServiceKey() != svc.Key() || !inst.Live() {
 			continue
 		}
 		if inst.Revision != r.Revision {
 			in.OldLive++
 			continue
 		}
-		st, ok := v.Statuses[inst.ID]
-		if ok && st.Ready && st.Node == inst.Node && (minReady <= 0 || (!st.StartedAt.IsZero() && now.Sub(st.StartedAt) >= minReady)) {
+		if inst.AvailableWith(v.Statuses[inst.ID], minReady, now) {
 			in.Available++
 		}
 	}
@@ -423,10 +421,10 @@ func (c *Controller) stableRevision(v *store.View, svc *api.Service) int64 {
 	ready := map[int64]int{}
 	for _, vi := range v.ServiceInstances(svc.Key()) {
 		in := vi.Instance
-		if in.Revision == svc.Status.Revision || in.Draining || in.Desired != api.DesiredRunning {
+		if in.Revision == svc.Status.Revision || !in.Live() {
 			continue
 		}
-		if st, ok := v.Statuses[in.ID]; ok && st.Ready {
+		if in.ReadyWith(v.Statuses[in.ID]) {
 			ready[in.Revision]++
 		}
 	}
