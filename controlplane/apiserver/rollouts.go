@@ -8,6 +8,7 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -55,32 +56,23 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 			out.StableReady++
 		}
 	}
-	if gws := s.gateways(); len(gws.Gateways) > 0 {
-		out.WeightSynced = true
-		for _, gw := range gws.Gateways {
-			out.Gateways = append(out.Gateways, fmt.Sprintf("%s: %s version %d", gw.NodeId, gw.State, gw.Version))
-			if gw.Replica != "" {
-				out.Gateways[len(out.Gateways)-1] = fmt.Sprintf("%s (via %s): %s version %d", gw.NodeId, gw.Replica, gw.State, gw.Version)
-			}
-			if r.WeightRevision > 0 && gw.Version < uint64(r.WeightRevision) && gw.Version < gws.PublishedVersion {
-				out.WeightSynced = false
-			}
+	for _, gw := range s.gateways().Gateways {
+		line := fmt.Sprintf("%s: %s version %d", gw.NodeId, gw.State, gw.Version)
+		if gw.Replica != "" {
+			line = fmt.Sprintf("%s (via %s): %s version %d", gw.NodeId, gw.Replica, gw.State, gw.Version)
 		}
-	}
-	out.DnsSynced = true
-	var published uint64
-	if snap := s.publisher.Latest(); snap != nil {
-		published = snap.Version
+		out.Gateways = append(out.Gateways, line)
 	}
 	for _, n := range v.Nodes {
-		if !v.LiveNodes[n.Name] {
-			continue
+		if v.LiveNodes[n.Name] {
+			out.Nodes = append(out.Nodes, fmt.Sprintf("%s: version %d", n.Name, v.DNSVersions[n.Name]))
 		}
-		got := v.DNSVersions[n.Name]
-		out.Nodes = append(out.Nodes, fmt.Sprintf("%s: version %d", n.Name, got))
-		if r.WeightRevision > 0 && got != 0 && got < uint64(r.WeightRevision) && got < published {
-			out.DnsSynced = false
-		}
+	}
+	// The controllers' own answer to "has everyone applied the weight?".
+	out.WeightSynced, out.DnsSynced = true, true
+	if r.WeightRevision > 0 {
+		sync := controller.SyncOf(v, r.WeightRevision, s.publisher.VersionFor)
+		out.WeightSynced, out.DnsSynced = sync.GatewaysApplied(), sync.DNSApplied()
 	}
 	if s.cfg.Loads != nil {
 		window := time.Minute

@@ -623,47 +623,10 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 }
 
 // acked reports whether the discovery state of etcd revision rev is in
-// effect everywhere traffic is steered: every xDS client of every control
-// plane replica (as the replicas record them in etcd) runs a snapshot
-// carrying it, and every ready node's DNS answers from one. A node whose
-// DNS has no snapshot yet (just joined or restarted) has nothing stale to
-// hand out and is not waited for. When not acked, waiting says who is
-// behind.
+// effect everywhere traffic is steered (SyncOf); when not, waiting says
+// who is behind.
 func (c *Controller) acked(v *store.View, rev int64) (ok bool, waiting string) {
-	version := uint64(rev)
-	if c.cfg.VersionFor != nil {
-		ver, ok := c.cfg.VersionFor(rev)
-		if !ok {
-			return false, "the discovery snapshot"
-		}
-		version = ver
-	}
-	var behind []string
-	for _, g := range v.Gateways {
-		switch {
-		case g.Version >= version:
-		case g.State == api.GatewayStale:
-			// Behind past its deadline: one unresponsive gateway must not
-			// hold every drain and canary step (it is shown STALE, and an
-			// event said so).
-		case g.State == api.GatewayNacked:
-			return false, fmt.Sprintf("gateway %s (it rejected an update: %s)", g.NodeID, g.LastNack)
-		default:
-			behind = append(behind, g.NodeID)
-		}
-	}
-	if len(behind) > 0 {
-		return false, "gateway " + strings.Join(behind, ", ")
-	}
-	for _, n := range v.Nodes {
-		if got := v.DNSVersions[n.Name]; v.LiveNodes[n.Name] && got != 0 && got < version {
-			behind = append(behind, n.Name)
-		}
-	}
-	if len(behind) > 0 {
-		return false, fmt.Sprintf("DNS on node %s", strings.Join(behind, ", "))
-	}
-	return true, ""
+	return SyncOf(v, rev, c.cfg.VersionFor).Acked()
 }
 
 // drain tells agents to stop instances whose endpoints have left discovery
