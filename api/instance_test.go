@@ -40,3 +40,27 @@ func TestReadyAndAvailable(t *testing.T) {
 		t.Error("Live: draining or stopped instances are not live")
 	}
 }
+
+func TestNames(t *testing.T) {
+	for _, c := range []struct {
+		s                 string
+		label, name, part bool
+	}{
+		{"web", true, true, true},
+		{"web-1", true, true, true},
+		{"1web", true, false, true},
+		{"-web", false, false, true},
+		{"web-", false, false, true},
+		{"Web", false, false, false},
+		{"a_b", false, false, true},
+		{"a.b", false, false, true},
+		{"..", false, false, false},
+		{"../etc", false, false, false},
+		{"", false, false, false},
+		{string(make([]byte, 64)), false, false, false},
+	} {
+		if IsDNSLabel(c.s) != c.label || IsName(c.s) != c.name || IsPartName(c.s) != c.part {
+			t.Errorf("%q: label %v name %v part %v, want %v %v %v", c.s, IsDNSLabel(c.s), IsName(c.s), IsPartName(c.s), c.label, c.name, c.part)
+		}
+	}
+}

@@ -25,11 +25,9 @@ const (
 )
 
 var (
-	dnsLabelRE  = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
-	hostLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	envKeyRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	labelKeyRE  = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$`)
-	labelValRE  = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	labelKeyRE = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$`)
+	labelValRE = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
 )
 
 // Validate checks a Service on its own (not against other objects) and
@@ -521,7 +519,7 @@ func checkDNSLabel(errs *FieldErrors, path, v string, max int) bool {
 	switch {
 	case len(v) > max:
 		errs.add(path, "must be at most %d characters", max)
-	case !dnsLabelRE.MatchString(v):
+	case !api.IsName(v):
 		errs.add(path, "must be lowercase letters, digits and '-', starting with a letter and ending with a letter or digit")
 	default:
 		return true
@@ -549,7 +547,7 @@ func checkHost(h string) string {
 		return "must not end with \".\""
 	}
 	for _, l := range strings.Split(name, ".") {
-		if len(l) > maxLabelLen || !hostLabelRE.MatchString(l) {
+		if !api.IsDNSLabel(l) {
 			return "must be a lowercase DNS name (labels of letters, digits and '-'), optionally starting with \"*.\""
 		}
 	}

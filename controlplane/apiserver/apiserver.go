@@ -430,15 +430,7 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 }
 
 func validNodeName(name string) error {
-	if name == "" || len(name) > 63 {
-		return fmt.Errorf("register: node name %q must be 1-63 characters", name)
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
-			return fmt.Errorf("register: node name %q may hold only a-z, 0-9, '-' and '.'", name)
-		}
-	}
-	return nil
+	return validPartName("node", name)
 }
 
 // Heartbeat renews a node's lease.

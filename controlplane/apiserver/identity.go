@@ -155,16 +155,8 @@ func (s *Server) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Certificate
 // validPartName: node names and gateway ids become etcd keys and file
 // names, so they are DNS-label-like.
 func validPartName(role, name string) error {
-	if name == "" || len(name) > 63 {
-		return fmt.Errorf("%s name %q must be 1-63 characters", role, name)
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
-			return fmt.Errorf("%s name %q may hold only a-z, 0-9, '-', '_' and '.'", role, name)
-		}
-	}
-	if name == "." || name == ".." {
-		return fmt.Errorf("%s name %q is not a name", role, name)
+	if !api.IsPartName(name) {
+		return fmt.Errorf("%s name %q may hold only a-z, 0-9, '-', '_' and '.' (1-63 of them, not . or ..)", role, name)
 	}
 	return nil
 }

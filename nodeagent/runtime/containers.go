@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/api"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
@@ -114,8 +114,6 @@ type Container struct {
 	Labels      map[string]string
 }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // Start creates and starts a container: a network namespace attached to the
 // node bridge through CNI, resolv.conf and hosts files, a new snapshot of
 // the image, an OCI spec with the Berth environment and limits, and a task
@@ -123,7 +121,7 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 // On failure everything created so far is removed again.
 func (r *Runtime) Start(ctx context.Context, spec ContainerSpec) (_ Container, retErr error) {
 	id := spec.InstanceID
-	if !dnsLabel.MatchString(id) {
+	if !api.IsDNSLabel(id) {
 		return Container{}, fmt.Errorf("runtime: start: instance id %q is not a DNS label", id)
 	}
 	unlock := r.lock(id)
@@ -676,7 +674,7 @@ func (r *Runtime) RemoveLeftovers(ctx context.Context) ([]string, error) {
 	prefix := r.cfg.Namespace + "-"
 	if entries, err := os.ReadDir("/run/netns"); err == nil {
 		for _, e := range entries {
-			if id, ok := strings.CutPrefix(e.Name(), prefix); ok && dnsLabel.MatchString(id) {
+			if id, ok := strings.CutPrefix(e.Name(), prefix); ok && api.IsDNSLabel(id) {
 				candidates[id] = true
 			}
 		}
@@ -689,7 +687,7 @@ func (r *Runtime) RemoveLeftovers(ctx context.Context) ([]string, error) {
 	var cleaned []string
 	var errs []error
 	for id := range candidates {
-		if live[id] || !dnsLabel.MatchString(id) {
+		if live[id] || !api.IsDNSLabel(id) {
 			continue
 		}
 		unlock := r.lock(id)
