@@ -396,10 +396,13 @@ type Rollout struct {
 	// Available counts a rolling update's new replicas that are available.
 	Available int `json:"available,omitempty"`
 	// Promote asks to leave a "promote" pause (or, with Full, to finish).
-	Promote     bool      `json:"promote,omitempty"`
-	PromoteFull bool      `json:"promoteFull,omitempty"`
-	Message     string    `json:"message,omitempty"`
-	UpdatedAt   time.Time `json:"updatedAt,omitzero"`
+	Promote     bool `json:"promote,omitempty"`
+	PromoteFull bool `json:"promoteFull,omitempty"`
+	// Abort asks to roll back at once (`berth rollout abort`): the API
+	// records it, the controller acts on it.
+	Abort     bool      `json:"abort,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	UpdatedAt time.Time `json:"updatedAt,omitzero"`
 }
 
 // Active reports whether the rollout is in progress.
@@ -718,6 +721,9 @@ type Node struct {
 	JoinedAt  time.Time `json:"joinedAt"`
 	// Cordoned nodes get no new instances.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// Drain asks the controllers to drain the node's instances (`berth
+	// node drain`; the node is cordoned too). Uncordoning clears it.
+	Drain bool `json:"drain,omitempty"`
 	// Removed is an admin's intent (`berth node remove`): the node's
 	// certificates are revoked; the node controller replaces its instances
 	// at once and deletes the node when none is left.

@@ -232,6 +232,16 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 	if err != nil {
 		return nil, storeErr(err)
 	}
+	// Read your writes: a get right after this apply shows it.
+	var written int64
+	for _, r := range results {
+		if r.Kind != api.KindSecret {
+			written = max(written, r.Written)
+		}
+	}
+	if written > 0 {
+		s.cache.WaitFor(ctx, written, 2*time.Second)
+	}
 	out := &pb.ApplyResponse{}
 	for _, r := range results {
 		out.Results = append(out.Results, &pb.ApplyResult{Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Action: r.Action, Revision: r.Revision})
@@ -249,9 +259,6 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 		}
 		_ = s.store.RecordEvent(ctx, store.Event{Namespace: r.Namespace, Object: "service/" + r.Name, Reason: "Applied",
 			Message: fmt.Sprintf("service %s (revision %d)", r.Action, r.Revision)})
-		if r.Action == "configured" {
-			s.pruneRevisions(ctx, r.Namespace, r.Name, r.Revision)
-		}
 		s.logger.Info("service applied", "service", r.Namespace+"/"+r.Name, "action", r.Action, "revision", r.Revision)
 	}
 	return out, nil
@@ -355,9 +362,14 @@ func (s *Server) DeleteService(ctx context.Context, req *pb.DeleteServiceRequest
 	if req.Name == "" {
 		return nil, status.Error(codes.InvalidArgument, "delete service: name is required")
 	}
-	n, err := s.store.DeleteService(ctx, ns, req.Name)
-	if err != nil {
+	if err := s.store.DeleteService(ctx, ns, req.Name); err != nil {
 		return nil, storeErr(err)
+	}
+	n := 0 // the controllers drain them
+	for _, vi := range s.cache.View().Instances {
+		if vi.Instance.Namespace == ns && vi.Instance.Service == req.Name && vi.Instance.Live() {
+			n++
+		}
 	}
 	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Deleted", Message: fmt.Sprintf("service deleted; %d instances draining", n)})
 	s.logger.Info("service deleted", "service", ns+"/"+req.Name, "draining", n)

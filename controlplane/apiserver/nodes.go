@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
@@ -20,10 +19,13 @@ func (s *Server) CordonNode(ctx context.Context, req *pb.CordonNodeRequest) (*pb
 		return nil, status.Error(codes.InvalidArgument, "cordon: node name is required")
 	}
 	if _, err := s.store.UpdateNode(ctx, req.Name, func(n *api.Node) bool {
-		if n.Cordoned == req.Cordon {
+		if n.Cordoned == req.Cordon && (req.Cordon || !n.Drain) {
 			return false
 		}
 		n.Cordoned = req.Cordon
+		if !req.Cordon {
+			n.Drain = false // uncordon ends a drain too
+		}
 		return true
 	}); err != nil {
 		return nil, storeErr(err)
@@ -36,36 +38,31 @@ func (s *Server) CordonNode(ctx context.Context, req *pb.CordonNodeRequest) (*pb
 	return &pb.CordonNodeResponse{}, nil
 }
 
-// DrainNode cordons a node and drains its instances: each leaves
+// DrainNode records the intent to drain a node: it is cordoned and marked
+// for draining; the controllers drain its instances (each leaves
 // discovery, a replacement is placed elsewhere, and the container stops
-// through the one stop path.
+// through the one stop path).
 func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.DrainNodeResponse, error) {
-	if _, err := s.CordonNode(ctx, &pb.CordonNodeRequest{Name: req.Name, Cordon: true}); err != nil {
-		return nil, err
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "drain: node name is required")
 	}
-	for attempt := 0; attempt < 10; attempt++ {
-		v := s.cache.View()
-		var changes []store.InstanceChange
-		now := time.Now().UTC()
-		for _, vi := range v.Instances {
-			in := vi.Instance
-			if in.Node != req.Name || in.Draining || in.Desired != api.DesiredRunning {
-				continue
-			}
-			in.Draining, in.DrainSince = true, now
-			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
+	if _, err := s.store.UpdateNode(ctx, req.Name, func(n *api.Node) bool {
+		if n.Cordoned && n.Drain {
+			return false
 		}
-		err := s.store.CommitInstances(ctx, changes)
-		if err == nil {
-			_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "NodeDrained", Message: fmt.Sprintf("%d instances draining off node %s", len(changes), req.Name)})
-			return &pb.DrainNodeResponse{InstancesDraining: int32(len(changes))}, nil
-		}
-		if err != store.ErrConflict {
-			return nil, storeErr(err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		n.Cordoned, n.Drain = true, true
+		return true
+	}); err != nil {
+		return nil, storeErr(err)
 	}
-	return nil, status.Errorf(codes.Aborted, "drain %s: instances kept changing; try again", req.Name)
+	live := 0
+	for _, vi := range s.cache.View().Instances {
+		if vi.Instance.Node == req.Name && vi.Instance.Live() {
+			live++
+		}
+	}
+	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "NodeDrain", Message: fmt.Sprintf("drain of node %s requested by %s (%d instances); no new instances go there", req.Name, principalOf(ctx), live)})
+	return &pb.DrainNodeResponse{InstancesDraining: int32(live)}, nil
 }
 
 // WatchNodes streams the node list when addresses, subnets or readiness

@@ -50,21 +50,5 @@ func (s *Server) Undo(ctx context.Context, req *pb.UndoRequest) (*pb.ApplyResult
 	msg := fmt.Sprintf("rolled back: revision %d (%s)", res.Revision, res.Action)
 	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "RolledBack", Type: "Warning", Message: msg})
 	s.logger.Info("rollback", "service", ns+"/"+req.Name, "revision", res.Revision, "action", res.Action)
-	s.pruneRevisions(ctx, ns, req.Name, res.Revision)
 	return &pb.ApplyResult{Kind: api.KindService, Namespace: ns, Name: req.Name, Action: res.Action, Revision: res.Revision}, nil
-}
-
-// pruneRevisions keeps the newest revisions (and any still running).
-func (s *Server) pruneRevisions(ctx context.Context, ns, name string, current int64) {
-	inUse := map[int64]bool{}
-	for _, vi := range s.cache.View().Instances {
-		if vi.Instance.Namespace == ns && vi.Instance.Service == name {
-			inUse[vi.Instance.Revision] = true
-		}
-	}
-	if n, err := s.store.PruneRevisions(ctx, ns, name, current, inUse); err != nil {
-		s.logger.Warn("prune revisions", "service", ns+"/"+name, "err", err)
-	} else if n > 0 {
-		s.logger.Info("pruned old revisions", "service", ns+"/"+name, "count", n)
-	}
 }

@@ -125,16 +125,8 @@ func (s *Server) RolloutAction(ctx context.Context, req *pb.RolloutActionRequest
 				msg = "promoted to 100% by the user"
 			}
 		case "abort":
-			r.Phase, r.Weight, r.Message = api.RolloutAborted, 0, "aborted by the user; rolled back to revision "+fmt.Sprint(r.Stable)
-			err = s.store.RollBack(ctx, r, vr.ModRevision)
-			if errors.Is(err, store.ErrConflict) {
-				continue
-			}
-			if err != nil {
-				return nil, storeErr(err)
-			}
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Aborted", Type: "Warning", Message: r.Message})
-			return pb.FromRollout(&r), nil
+			// Intent only: the controller rolls back (in its next pass).
+			r.Abort, msg = true, "abort requested by the user; rolling back to revision "+fmt.Sprint(r.Stable)
 		default:
 			return nil, status.Errorf(codes.InvalidArgument, "rollout action %q: use pause, resume, promote or abort", req.Action)
 		}

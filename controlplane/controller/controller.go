@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -65,6 +67,7 @@ type Controller struct {
 
 	unschedulable map[string]string // instance id -> last reason, to avoid repeating events
 	commitFailed  map[string]string // service key -> last commit failure, likewise
+	pruned        map[string]string // service key -> current and in-use revisions when its history was last pruned
 
 	reconciles prometheus.Counter
 	conflicts  prometheus.Counter
@@ -96,7 +99,7 @@ func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
 	c := &Controller{
 		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), loads: cfg.Loads,
 		logger: cfg.Logger.With("component", "controller"), now: time.Now,
-		unschedulable: map[string]string{}, commitFailed: map[string]string{}, activeRollouts: map[string]int64{},
+		unschedulable: map[string]string{}, commitFailed: map[string]string{}, pruned: map[string]string{}, activeRollouts: map[string]int64{},
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_reconciles_total", Help: "Reconcile passes run."}),
 		conflicts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_controller_conflicts_total", Help: "Commits refused because state changed meanwhile (retried)."}),
 		placed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_placements_total", Help: "Instances placed on nodes."}),
@@ -166,7 +169,7 @@ func (c *Controller) Run(ctx context.Context) error {
 
 // Reconcile runs one pass of every loop over the current view.
 func (c *Controller) Reconcile(ctx context.Context) error {
-	return c.reconcile(ctx, c.reconcileNodes, c.reconcileRollouts, c.reconcileReplicas, c.schedule, c.drain, c.collect)
+	return c.reconcile(ctx, c.reconcileNodes, c.drainNodes, c.reconcileRollouts, c.reconcileReplicas, c.schedule, c.drain, c.collect, c.pruneRevisions)
 }
 
 func (c *Controller) reconcile(ctx context.Context, steps ...func(context.Context, *store.View) error) error {
@@ -281,6 +284,69 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 		}
 		for _, ch := range changes {
 			c.event(ctx, ch.Instance.Namespace, "service/"+ch.Instance.Service, "Replaced", "Warning", "instance %s was on lost node %s; a replacement is scheduled elsewhere", ch.Instance.ID, n.Name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// drainNodes drains the live instances of nodes marked for draining
+// (`berth node drain` records the intent): each leaves discovery, the
+// replica loop places a replacement elsewhere (the node is cordoned), and
+// the drain step stops it.
+func (c *Controller) drainNodes(ctx context.Context, v *store.View) error {
+	var changes []store.InstanceChange
+	now := c.now().UTC()
+	draining := map[string]int{}
+	for _, n := range v.Nodes {
+		if !n.Drain {
+			continue
+		}
+		for _, vi := range v.NodeInstances(n.Name) {
+			in := vi.Instance
+			if !in.Live() {
+				continue
+			}
+			in.Draining, in.DrainSince = true, now
+			changes = append(changes, store.InstanceChange{Instance: in, ModRevision: vi.ModRevision})
+			draining[n.Name]++
+		}
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	done, err := c.commit(ctx, "drain nodes", changes)
+	for _, ch := range done {
+		in := ch.Instance
+		c.event(ctx, in.Namespace, "service/"+in.Service, "Draining", "Normal", "instance %s (revision %d) leaves node %s, which is being drained", in.ID, in.Revision, in.Node)
+	}
+	return err
+}
+
+// pruneRevisions keeps each service's history bounded: revisions beyond
+// the newest store keeps, and not run by any instance, are deleted,
+// whenever the service's revision or the revisions its instances run
+// change.
+func (c *Controller) pruneRevisions(ctx context.Context, v *store.View) error {
+	var errs []error
+	for i := range v.Services {
+		svc := &v.Services[i]
+		key, current := svc.Key(), svc.Status.Revision
+		inUse := map[int64]bool{}
+		for _, vi := range v.ServiceInstances(key) {
+			inUse[vi.Instance.Revision] = true
+		}
+		sig := fmt.Sprint(current, slices.Sorted(maps.Keys(inUse)))
+		if c.pruned[key] == sig || current == 0 {
+			continue
+		}
+		n, err := c.store.PruneRevisions(ctx, svc.Metadata.Namespace, svc.Metadata.Name, current, inUse)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("controller: prune revisions of %s: %w", key, err))
+			continue
+		}
+		c.pruned[key] = sig
+		if n > 0 {
+			c.logger.Info("pruned old revisions", "service", key, "count", n)
 		}
 	}
 	return errors.Join(errs...)

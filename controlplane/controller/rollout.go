@@ -75,6 +75,9 @@ const (
 // analysis -> next step. A failed analysis, at any point of a step, rolls
 // back at once: all traffic to stable in one move.
 func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
+	if d, ok := decideAbort(r); ok {
+		return d
+	}
 	d := RolloutDecision{Next: r}
 	set := func(msg string) {
 		if d.Next.Message != msg {
@@ -229,6 +232,9 @@ type RollingInputs struct {
 // replicas drain only as new ones become available, so rolling back
 // loses no capacity.
 func DecideRolling(r api.Rollout, in RollingInputs) RolloutDecision {
+	if d, ok := decideAbort(r); ok {
+		return d
+	}
 	d := RolloutDecision{Next: r}
 	if !r.Active() {
 		return d
@@ -254,6 +260,20 @@ func DecideRolling(r api.Rollout, in RollingInputs) RolloutDecision {
 		d.Next.Message, d.Changed = waiting, true
 	}
 	return d
+}
+
+// decideAbort rolls an active rollout back at once when the user asked
+// to abort it: all traffic to stable in one move, then the new revision
+// drains.
+func decideAbort(r api.Rollout) (RolloutDecision, bool) {
+	if !r.Abort || !r.Active() {
+		return RolloutDecision{}, false
+	}
+	d := RolloutDecision{Next: r, Changed: true, RollBack: true}
+	d.Next.Phase, d.Next.Weight, d.Next.Promote, d.Next.PromoteFull, d.Next.Abort = api.RolloutAborted, 0, false, false, false
+	d.Event = fmt.Sprintf("aborted by the user; rolled back to revision %d", r.Stable)
+	d.Next.Message = d.Event
+	return d, true
 }
 
 // reconcileRollouts starts a rollout for each new revision that replaces
@@ -320,7 +340,10 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 		}
 		if d.Event != "" {
 			typ, reason := "Normal", "Rollout"
-			if d.RollBack {
+			switch {
+			case d.Next.Phase == api.RolloutAborted:
+				typ, reason = "Warning", "Aborted"
+			case d.RollBack:
 				typ, reason = "Warning", "RolledBack"
 			}
 			c.event(ctx, r.Namespace, "service/"+r.Service, reason, typ, "%s", d.Event)

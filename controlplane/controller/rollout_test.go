@@ -266,3 +266,26 @@ func TestDecideRolloutHoldsOnImpossibleData(t *testing.T) {
 		t.Fatalf("consistent data again: %+v", d)
 	}
 }
+
+// An abort the user asked for rolls back at once, paused or not, canary
+// or rolling.
+func TestDecideAbort(t *testing.T) {
+	for _, r := range []api.Rollout{
+		{Revision: 2, Stable: 1, Phase: api.RolloutPaused, Weight: 50, Abort: true, Promote: true},
+		{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Strategy: api.StrategyRolling, Abort: true},
+	} {
+		var d RolloutDecision
+		if r.Strategy == api.StrategyRolling {
+			d = DecideRolling(r, RollingInputs{Now: t0, Replicas: 3})
+		} else {
+			d = DecideRollout(r, RolloutInputs{Now: t0, Spec: canarySpec(true), Replicas: 4})
+		}
+		if !d.RollBack || d.Next.Phase != api.RolloutAborted || d.Next.Weight != 0 || d.Next.Abort || d.Next.Promote || !strings.Contains(d.Event, "aborted by the user; rolled back to revision 1") {
+			t.Fatalf("abort of %+v: %+v", r, d)
+		}
+	}
+	done := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutSucceeded, Abort: true}
+	if d := DecideRollout(done, RolloutInputs{Spec: canarySpec(false)}); d.Changed {
+		t.Fatalf("abort of a finished rollout changed it: %+v", d)
+	}
+}

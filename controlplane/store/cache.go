@@ -223,6 +223,29 @@ func NewCache(cli *clientv3.Client, logger *slog.Logger) *Cache {
 	return &Cache{cli: cli, logger: logger.With("component", "cache"), kvs: map[string]cachedKV{}, ready: make(chan struct{})}
 }
 
+// WaitFor waits until the cache holds etcd revision rev (a write just
+// made), so a read right after a write sees it, for at most max; it
+// reports whether it got there.
+func (c *Cache) WaitFor(ctx context.Context, rev int64, max time.Duration) bool {
+	if c.View().Revision >= rev {
+		return true
+	}
+	changes, stop := c.Subscribe()
+	defer stop()
+	timeout := time.NewTimer(max)
+	defer timeout.Stop()
+	for c.View().Revision < rev {
+		select {
+		case <-changes:
+		case <-timeout.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
 // Ready is closed once the first full load is done.
 func (c *Cache) Ready() <-chan struct{} { return c.ready }
 

@@ -168,6 +168,9 @@ type ApplyResult struct {
 	Namespace, Name string
 	Action          string // created, configured, scaled, unchanged
 	Revision        int64
+	// Written is the etcd revision of the transaction that wrote it (0:
+	// nothing written).
+	Written int64
 }
 
 // Apply creates or updates services, volumes and (sealed) secrets in one
@@ -295,6 +298,11 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			return nil, fmt.Errorf("store: apply: %w", err)
 		}
 		if txn.Succeeded {
+			for i := range results {
+				if results[i].Action != "unchanged" {
+					results[i].Written = txn.Header.Revision
+				}
+			}
 			return results, nil
 		}
 	}
@@ -350,49 +358,18 @@ func (s *Store) ListRevisions(ctx context.Context, ns, name string) ([]api.Revis
 	return out, nil
 }
 
-// DeleteService removes a service and, in the same transaction, marks all
-// its instances draining so they leave discovery before they are stopped.
-// Revisions are kept until the service is applied again or purged.
-func (s *Store) DeleteService(ctx context.Context, ns, name string) (int, error) {
-	key := serviceKey(ns, name)
-	for attempt := 0; attempt < maxRetries; attempt++ {
-		resp, err := s.cli.Get(ctx, key)
-		if err != nil {
-			return 0, fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
-		}
-		if len(resp.Kvs) == 0 {
-			return 0, fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
-		}
-		instances, err := s.listInstancesRaw(ctx)
-		if err != nil {
-			return 0, err
-		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)}
-		ops := []clientv3.Op{clientv3.OpDelete(key)}
-		n := 0
-		now := s.now().UTC()
-		for _, ri := range instances {
-			in := ri.Instance
-			if in.Namespace != ns || in.Service != name {
-				continue
-			}
-			n++
-			if in.Draining {
-				continue
-			}
-			in.Draining, in.DrainSince = true, now
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(instanceKey(in.ID)), "=", ri.ModRevision))
-			ops = append(ops, clientv3.OpPut(instanceKey(in.ID), mustJSON(in)))
-		}
-		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
-		}
-		if txn.Succeeded {
-			return n, nil
-		}
+// DeleteService deletes a service (its revisions and rollout stay, as
+// history). Its instances are the controllers' business: the replica loop
+// drains instances whose service is gone.
+func (s *Store) DeleteService(ctx context.Context, ns, name string) error {
+	resp, err := s.cli.Delete(ctx, serviceKey(ns, name))
+	if err != nil {
+		return fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
 	}
-	return 0, fmt.Errorf("store: delete service %s/%s: %w", ns, name, ErrConflict)
+	if resp.Deleted == 0 {
+		return fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+	}
+	return nil
 }
 
 // VersionedInstance is an instance with the etcd revision it was last
@@ -400,22 +377,6 @@ func (s *Store) DeleteService(ctx context.Context, ns, name string) (int, error)
 type VersionedInstance struct {
 	Instance    api.Instance
 	ModRevision int64
-}
-
-func (s *Store) listInstancesRaw(ctx context.Context) ([]VersionedInstance, error) {
-	resp, err := s.cli.Get(ctx, InstancesPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("store: list instances: %w", err)
-	}
-	out := make([]VersionedInstance, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		var in api.Instance
-		if err := json.Unmarshal(kv.Value, &in); err != nil {
-			return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
-		}
-		out = append(out, VersionedInstance{Instance: in, ModRevision: kv.ModRevision})
-	}
-	return out, nil
 }
 
 // InstanceChange is one write in a batch of instance updates: a create
@@ -573,7 +534,7 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(nodeKey(n.Name)), "=", 0)}
 		var ops []clientv3.Op
 		if existing != nil {
-			node.PodCIDR, node.JoinedAt, node.Cordoned = existing.PodCIDR, existing.JoinedAt, existing.Cordoned
+			node.PodCIDR, node.JoinedAt, node.Cordoned, node.Drain = existing.PodCIDR, existing.JoinedAt, existing.Cordoned, existing.Drain
 			if existing.State == api.NodeReady {
 				node.StateSince = existing.StateSince
 			}
