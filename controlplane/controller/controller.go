@@ -58,8 +58,8 @@ func DefaultConfig() Config {
 // Controller runs the reconcile loops.
 type Controller struct {
 	cfg    Config
-	store  *store.Store
-	cache  *store.Cache
+	store  Store
+	cache  Views
 	sched  *scheduler.Scheduler
 	loads  LoadReader
 	logger *slog.Logger
@@ -86,7 +86,7 @@ type Controller struct {
 }
 
 // New returns a controller.
-func New(cfg Config, st *store.Store, cache *store.Cache) *Controller {
+func New(cfg Config, st Store, cache Views) *Controller {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -20,7 +20,7 @@ type Sink func(*discovery.Snapshot)
 // and hands it to its sinks and to watchers (the agents' DNS feeds). A
 // snapshot whose content equals the last one is not published again.
 type Publisher struct {
-	cache  *store.Cache
+	cache Views
 	sinks  []Sink
 	logger *slog.Logger
 
@@ -38,7 +38,7 @@ type Publisher struct {
 }
 
 // NewPublisher returns a publisher feeding sinks.
-func NewPublisher(cache *store.Cache, logger *slog.Logger, reg prometheus.Registerer, sinks ...Sink) *Publisher {
+func NewPublisher(cache Views, logger *slog.Logger, reg prometheus.Registerer, sinks ...Sink) *Publisher {
 	if logger == nil {
 		logger = slog.Default()
 	}
