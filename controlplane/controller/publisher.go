@@ -20,7 +20,7 @@ type Sink func(*discovery.Snapshot)
 // and hands it to its sinks and to watchers (the agents' DNS feeds). A
 // snapshot whose content equals the last one is not published again.
 type Publisher struct {
-	cache Views
+	cache  Views
 	sinks  []Sink
 	logger *slog.Logger
 
