@@ -298,7 +298,7 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // ElectionPrefix is where control plane replicas campaign for the lead.
-const ElectionPrefix = "/berth/election/controllers"
+const ElectionPrefix = store.ElectionPrefix
 
 // IsLeader reports whether this replica runs the controllers now.
 func (s *Server) IsLeader() bool { return s.leader.Load() }

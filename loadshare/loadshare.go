@@ -19,13 +19,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/xds"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Prefix holds one key per replica.
-const Prefix = "/berth-loads/"
+const Prefix = store.LoadsPrefix
 
 // Report is one write of a replica: the load its gateways reported per
 // cluster since its previous write.

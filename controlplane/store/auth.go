@@ -21,22 +21,6 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Who may do what lives under AuthRoot, outside Root: it changes rarely,
-// is read on every call, and must not wake the controllers.
-const (
-	AuthRoot = "/berth-auth/"
-	// CAKey holds the cluster CA (certificate and key, PEM). Anyone who
-	// can read etcd owns the cluster anyway; the key lives here so that
-	// every replica can sign.
-	CAKey = "/berth-auth/ca"
-	// TokensPrefix holds API and join tokens by id: their role, scope,
-	// expiry and uses, and the SHA-256 of the secret (never the secret).
-	TokensPrefix = "/berth-auth/tokens/"
-	// IdentitiesPrefix holds, per "<role>/<name>" a certificate was issued
-	// to, its generation and whether it is revoked.
-	IdentitiesPrefix = "/berth-auth/identities/"
-)
-
 // Token is an API token (roles admin, deployer, viewer) or a join token
 // (roles node, gateway).
 type Token struct {
@@ -120,8 +104,8 @@ func (s *Store) CreateToken(ctx context.Context, t Token) error {
 		}
 		opts = append(opts, clientv3.WithLease(lease.ID))
 	}
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(TokensPrefix+t.ID), "=", 0)).
-		Then(clientv3.OpPut(TokensPrefix+t.ID, mustJSON(t), opts...)).Commit()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(tokenKey(t.ID)), "=", 0)).
+		Then(clientv3.OpPut(tokenKey(t.ID), mustJSON(t), opts...)).Commit()
 	if err != nil {
 		return fmt.Errorf("store: create token: %w", err)
 	}
@@ -149,7 +133,7 @@ func (s *Store) ListTokens(ctx context.Context) ([]Token, error) {
 
 // DeleteToken revokes a token by id.
 func (s *Store) DeleteToken(ctx context.Context, id string) error {
-	resp, err := s.cli.Delete(ctx, TokensPrefix+id)
+	resp, err := s.cli.Delete(ctx, tokenKey(id))
 	if err != nil {
 		return fmt.Errorf("store: revoke token %s: %w", id, err)
 	}
@@ -169,7 +153,7 @@ func (s *Store) Join(ctx context.Context, token, role, name string) (int64, erro
 		return 0, fmt.Errorf("%w: not a Berth token", ErrTokenInvalid)
 	}
 	for range 10 {
-		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(TokensPrefix+id), clientv3.OpGet(IdentitiesPrefix+role+"/"+name)).Commit()
+		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(tokenKey(id)), clientv3.OpGet(identityKey(role, name))).Commit()
 		if err != nil {
 			return 0, fmt.Errorf("store: join: %w", err)
 		}
@@ -189,7 +173,7 @@ func (s *Store) Join(ctx context.Context, token, role, name string) (int64, erro
 			return 0, fmt.Errorf("%w: it is a %s token, not a %s join token", ErrTokenInvalid, t.Role, role)
 		}
 		rec := IdentityRecord{}
-		cmpIdent := clientv3.Compare(clientv3.CreateRevision(IdentitiesPrefix+role+"/"+name), "=", 0)
+		cmpIdent := clientv3.Compare(clientv3.CreateRevision(identityKey(role, name)), "=", 0)
 		if ik := resp.Responses[1].GetResponseRange().Kvs; len(ik) > 0 {
 			if err := json.Unmarshal(ik[0].Value, &rec); err != nil {
 				return 0, fmt.Errorf("store: identity %s/%s: %w", role, name, err)
@@ -197,18 +181,18 @@ func (s *Store) Join(ctx context.Context, token, role, name string) (int64, erro
 			if !rec.Revoked {
 				return 0, fmt.Errorf("%s %s: %w", role, name, ErrIdentityTaken)
 			}
-			cmpIdent = clientv3.Compare(clientv3.ModRevision(IdentitiesPrefix+role+"/"+name), "=", ik[0].ModRevision)
+			cmpIdent = clientv3.Compare(clientv3.ModRevision(identityKey(role, name)), "=", ik[0].ModRevision)
 		}
 		rec = IdentityRecord{Generation: rec.Generation + 1, JoinedAt: now}
-		ops := []clientv3.Op{clientv3.OpPut(IdentitiesPrefix+role+"/"+name, mustJSON(rec))}
+		ops := []clientv3.Op{clientv3.OpPut(identityKey(role, name), mustJSON(rec))}
 		switch {
 		case t.UsesLeft == 1:
-			ops = append(ops, clientv3.OpDelete(TokensPrefix+id))
+			ops = append(ops, clientv3.OpDelete(tokenKey(id)))
 		case t.UsesLeft > 1:
 			t.UsesLeft--
-			ops = append(ops, clientv3.OpPut(TokensPrefix+id, mustJSON(t), clientv3.WithIgnoreLease()))
+			ops = append(ops, clientv3.OpPut(tokenKey(id), mustJSON(t), clientv3.WithIgnoreLease()))
 		}
-		txn, err := s.cli.Txn(ctx).If(cmpIdent, clientv3.Compare(clientv3.ModRevision(TokensPrefix+id), "=", tk[0].ModRevision)).Then(ops...).Commit()
+		txn, err := s.cli.Txn(ctx).If(cmpIdent, clientv3.Compare(clientv3.ModRevision(tokenKey(id)), "=", tk[0].ModRevision)).Then(ops...).Commit()
 		if err != nil {
 			return 0, fmt.Errorf("store: join: %w", err)
 		}
@@ -224,7 +208,7 @@ func (s *Store) Join(ctx context.Context, token, role, name string) (int64, erro
 // agent and gateway) and returns its generation. A revoked identity stays
 // revoked.
 func (s *Store) EnsureIdentity(ctx context.Context, role, name string) (IdentityRecord, error) {
-	key := IdentitiesPrefix + role + "/" + name
+	key := identityKey(role, name)
 	rec := IdentityRecord{Generation: 1, JoinedAt: s.now().UTC()}
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, mustJSON(rec))).Else(clientv3.OpGet(key)).Commit()
@@ -243,7 +227,7 @@ func (s *Store) EnsureIdentity(ctx context.Context, role, name string) (Identity
 // RevokeIdentity refuses every certificate issued to role/name from now
 // on. It fails with ErrNotFound when the identity never joined.
 func (s *Store) RevokeIdentity(ctx context.Context, role, name string) error {
-	key := IdentitiesPrefix + role + "/" + name
+	key := identityKey(role, name)
 	for range 10 {
 		resp, err := s.cli.Get(ctx, key)
 		if err != nil {
@@ -391,7 +375,7 @@ func (a *AuthCache) Token(id string) (Token, bool) {
 	a.mu.RLock()
 	t, ok := a.tokens[id]
 	a.mu.RUnlock()
-	if !ok && a.readThrough(TokensPrefix+id) {
+	if !ok && a.readThrough(tokenKey(id)) {
 		a.mu.RLock()
 		t, ok = a.tokens[id]
 		a.mu.RUnlock()
@@ -405,7 +389,7 @@ func (a *AuthCache) Identity(role, name string) (IdentityRecord, bool) {
 	a.mu.RLock()
 	r, ok := a.identities[role+"/"+name]
 	a.mu.RUnlock()
-	if !ok && a.readThrough(IdentitiesPrefix+role+"/"+name) {
+	if !ok && a.readThrough(identityKey(role, name)) {
 		a.mu.RLock()
 		r, ok = a.identities[role+"/"+name]
 		a.mu.RUnlock()
@@ -446,12 +430,12 @@ func (a *AuthCache) ReadThroughs() (reads, limited uint64) {
 // through this replica is refused here before the call that made it
 // returns.
 func (a *AuthCache) RefreshIdentity(ctx context.Context, role, name string) {
-	a.fetch(ctx, IdentitiesPrefix+role+"/"+name, true)
+	a.fetch(ctx, identityKey(role, name), true)
 }
 
 // RefreshToken is RefreshIdentity for a token (its deletion).
 func (a *AuthCache) RefreshToken(ctx context.Context, id string) {
-	a.fetch(ctx, TokensPrefix+id, true)
+	a.fetch(ctx, tokenKey(id), true)
 }
 
 // fetch reads key from etcd into the cache and reports whether it
@@ -484,7 +468,7 @@ func (a *AuthCache) CheckCertificate(id pki.Identity) error {
 		return nil
 	}
 	rec, ok := a.Identity(string(id.Role), id.Name)
-	if ok && rec.Generation < id.Generation && a.readThrough(IdentitiesPrefix+string(id.Role)+"/"+id.Name) {
+	if ok && rec.Generation < id.Generation && a.readThrough(identityKey(string(id.Role), id.Name)) {
 		rec, ok = a.Identity(string(id.Role), id.Name) // joined again a moment ago
 	}
 	switch {

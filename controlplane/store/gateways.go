@@ -8,8 +8,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-func gatewaysKey(replica string) string { return GatewaysPrefix + replica }
-
 // PutGateways records the xDS clients connected to a control plane
 // replica, under lease (the replica's session): if the replica dies, its
 // entry goes with the lease and the leader stops waiting for its clients.

@@ -36,8 +36,6 @@ func (e *TagConflict) Error() string {
 	return fmt.Sprintf("image %s already names upload %s", e.Reference, e.Digest)
 }
 
-func imageRefKey(ref string) string { return ImageRefsPrefix + ref }
-
 // GetImage returns the upload with this digest.
 func (s *Store) GetImage(ctx context.Context, digest string) (*Image, error) {
 	img, _, err := s.getImage(ctx, digest)
@@ -52,7 +50,7 @@ func (s *Store) GetImage(ctx context.Context, digest string) (*Image, error) {
 
 // getImage returns the record (nil if none) and its mod revision.
 func (s *Store) getImage(ctx context.Context, digest string) (*Image, int64, error) {
-	resp, err := s.cli.Get(ctx, ImagesPrefix+digest)
+	resp, err := s.cli.Get(ctx, imageKey(digest))
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: get image %s: %w", digest, err)
 	}
@@ -81,7 +79,7 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 		if err != nil {
 			return nil, err
 		}
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(ImagesPrefix+img.Digest), "=", rev))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(imageKey(img.Digest)), "=", rev))
 		rec := img
 		if old != nil {
 			rec.References = dedupeStrings(append(slices.Clone(old.References), img.References...))
@@ -105,7 +103,7 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 						if err != nil {
 							return nil, err
 						}
-						cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(ImagesPrefix+cur), "=", orev))
+						cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(imageKey(cur)), "=", orev))
 						if o != nil {
 							others[cur] = o
 						}
@@ -117,9 +115,9 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 		}
 		for digest, o := range others {
 			o.References = slices.DeleteFunc(o.References, func(r string) bool { _, ok := moved[r]; return ok })
-			ops = append(ops, clientv3.OpPut(ImagesPrefix+digest, mustJSON(o)))
+			ops = append(ops, clientv3.OpPut(imageKey(digest), mustJSON(o)))
 		}
-		ops = append(ops, clientv3.OpPut(ImagesPrefix+img.Digest, mustJSON(rec)))
+		ops = append(ops, clientv3.OpPut(imageKey(img.Digest), mustJSON(rec)))
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("store: put image %s: %w", img.Digest, err)
@@ -206,11 +204,11 @@ func (s *Store) RemoveImageReference(ctx context.Context, ref string) (string, e
 		ops := []clientv3.Op{clientv3.OpDelete(imageRefKey(ref))}
 		if img != nil {
 			img.References = slices.DeleteFunc(img.References, func(r string) bool { return r == ref })
-			ops = append(ops, clientv3.OpPut(ImagesPrefix+digest, mustJSON(img)))
+			ops = append(ops, clientv3.OpPut(imageKey(digest), mustJSON(img)))
 		}
 		tr, err := s.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(imageRefKey(ref)), "=", refRev),
-			clientv3.Compare(clientv3.ModRevision(ImagesPrefix+digest), "=", rev),
+			clientv3.Compare(clientv3.ModRevision(imageKey(digest)), "=", rev),
 		).Then(ops...).Commit()
 		if err != nil {
 			return "", fmt.Errorf("store: remove image reference %s: %w", ref, err)
@@ -233,8 +231,8 @@ func (s *Store) DeleteImage(ctx context.Context, digest string) ([]string, error
 		if img == nil {
 			return nil, fmt.Errorf("image %s: %w", digest, ErrNotFound)
 		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ImagesPrefix+digest), "=", rev)}
-		ops := []clientv3.Op{clientv3.OpDelete(ImagesPrefix + digest)}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(imageKey(digest)), "=", rev)}
+		ops := []clientv3.Op{clientv3.OpDelete(imageKey(digest))}
 		var refs []string
 		for _, ref := range img.References {
 			resp, err := s.cli.Get(ctx, imageRefKey(ref))

@@ -9,11 +9,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// RolloutsPrefix holds each service's canary state.
-const RolloutsPrefix = "/berth/rollouts/"
-
-func rolloutKey(ns, name string) string { return RolloutsPrefix + ns + "/" + name }
-
 // VersionedRollout is a rollout with its etcd mod revision.
 type VersionedRollout struct {
 	Rollout     api.Rollout

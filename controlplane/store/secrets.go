@@ -11,12 +11,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// SecretsPrefix holds sealed Secrets, "<ns>/<name>", outside Root: the
-// watch-fed cache never holds them and they wake no controller.
-const SecretsPrefix = "/berth-secrets/"
-
-func secretKey(ns, name string) string { return SecretsPrefix + ns + "/" + name }
-
 // SecretRecord is a Secret as stored: its values sealed (package
 // controlplane/secrets); the store never sees them in the clear.
 type SecretRecord struct {

@@ -1,0 +1,217 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Nodes: registration with a pod subnet, heartbeats on leases, updates.
+
+// RegisterNode creates or refreshes a node and allocates it a pod subnet
+// of size subnetBits from clusterCIDR, once: a node keeps its subnet for
+// life and no subnet is handed out twice.
+func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string, subnetBits int) (*api.Node, error) {
+	cluster, err := netip.ParsePrefix(clusterCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("store: cluster cidr %q: %w", clusterCIDR, err)
+	}
+	if subnetBits < cluster.Bits() || subnetBits > 30 {
+		return nil, fmt.Errorf("store: node subnet /%d does not fit cluster cidr %s", subnetBits, clusterCIDR)
+	}
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		resp, err := s.cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return nil, fmt.Errorf("store: list nodes: %w", err)
+		}
+		used := map[string]bool{}
+		var existing *api.Node
+		var existingRev int64
+		for _, kv := range resp.Kvs {
+			var old api.Node
+			if err := json.Unmarshal(kv.Value, &old); err != nil {
+				return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+			}
+			if old.Name == n.Name {
+				existing, existingRev = &old, kv.ModRevision
+			}
+			used[old.PodCIDR] = true
+		}
+		claimed, err := s.cli.Get(ctx, SubnetsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return nil, fmt.Errorf("store: list subnets: %w", err)
+		}
+		for _, kv := range claimed.Kvs {
+			used[strings.ReplaceAll(strings.TrimPrefix(string(kv.Key), SubnetsPrefix), "_", "/")] = true
+		}
+		now := s.now().UTC()
+		node := n
+		node.Heartbeat = now
+		node.Ready = true
+		node.State, node.StateSince = api.NodeReady, now
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(nodeKey(n.Name)), "=", 0)}
+		var ops []clientv3.Op
+		if existing != nil {
+			node.PodCIDR, node.JoinedAt, node.Cordoned, node.Drain = existing.PodCIDR, existing.JoinedAt, existing.Cordoned, existing.Drain
+			if existing.State == api.NodeReady {
+				node.StateSince = existing.StateSince
+			}
+			cmps = []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(nodeKey(n.Name)), "=", existingRev)}
+		} else {
+			node.JoinedAt = now
+			node.PodCIDR, err = freeSubnet(cluster, subnetBits, used)
+			if err != nil {
+				return nil, err
+			}
+			// Claim the subnet in the same transaction: two nodes joining
+			// at once can never get the same one.
+			sk := subnetKey(node.PodCIDR)
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(sk), "=", 0))
+			ops = append(ops, clientv3.OpPut(sk, n.Name))
+		}
+		ops = append(ops, clientv3.OpPut(nodeKey(n.Name), mustJSON(node)))
+		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("store: register node %s: %w", n.Name, err)
+		}
+		if txn.Succeeded {
+			return &node, nil
+		}
+	}
+	return nil, fmt.Errorf("store: register node %s: %w", n.Name, ErrConflict)
+}
+
+// DeleteNode deletes a node, its heartbeat key and its pod subnet claim.
+func (s *Store) DeleteNode(ctx context.Context, name string) error {
+	resp, err := s.cli.Get(ctx, nodeKey(name))
+	if err != nil {
+		return fmt.Errorf("store: delete node %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	var n api.Node
+	if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+		return fmt.Errorf("store: decode node %s: %w", name, err)
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(nodeKey(name)), clientv3.OpDelete(leaseKey(name))}
+	if n.PodCIDR != "" {
+		ops = append(ops, clientv3.OpDelete(subnetKey(n.PodCIDR)))
+	}
+	txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(nodeKey(name)), "=", resp.Kvs[0].ModRevision)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("store: delete node %s: %w", name, err)
+	}
+	if !txn.Succeeded {
+		return fmt.Errorf("store: delete node %s: %w", name, ErrConflict)
+	}
+	s.wrote(txn.Header.Revision)
+	return nil
+}
+
+func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool) (string, error) {
+	size := uint64(1) << (32 - bits)
+	count := uint64(1) << (bits - cluster.Bits())
+	base := cluster.Masked().Addr().As4()
+	start := uint64(base[0])<<24 | uint64(base[1])<<16 | uint64(base[2])<<8 | uint64(base[3])
+	for i := uint64(0); i < count; i++ {
+		v := start + i*size
+		addr := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+		p := netip.PrefixFrom(addr, bits).String()
+		if !used[p] {
+			return p, nil
+		}
+	}
+	return "", ErrNoSubnet
+}
+
+// LeaseValue is what a node's lease key holds: its last heartbeat.
+type LeaseValue struct {
+	At time.Time `json:"at"`
+	// DNSVersion is the discovery snapshot version the node's DNS answers
+	// from.
+	DNSVersion uint64 `json:"dnsVersion,omitempty"`
+}
+
+// ParseLeaseValue decodes a lease key's value; it also reads the bare
+// RFC 3339 time that earlier versions wrote.
+func ParseLeaseValue(b []byte) (LeaseValue, error) {
+	var v LeaseValue
+	if err := json.Unmarshal(b, &v); err == nil {
+		return v, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(b))
+	if err != nil {
+		return LeaseValue{}, fmt.Errorf("store: lease value %q is neither JSON nor a time", b)
+	}
+	return LeaseValue{At: t}, nil
+}
+
+// Heartbeat keeps a node's lease key alive, creating the lease when there
+// is none, and records the time of the heartbeat and the snapshot version
+// its DNS answers from as the key's value. A node whose lease expired is
+// NotReady.
+func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration, dnsVersion uint64) error {
+	now := mustJSON(LeaseValue{At: s.now().UTC(), DNSVersion: dnsVersion})
+	resp, err := s.cli.Get(ctx, leaseKey(name))
+	if err != nil {
+		return fmt.Errorf("store: heartbeat %s: %w", name, err)
+	}
+	if len(resp.Kvs) > 0 && resp.Kvs[0].Lease != 0 {
+		lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+		if _, err := s.cli.KeepAliveOnce(ctx, lease); err == nil {
+			if _, err := s.cli.Put(ctx, leaseKey(name), now, clientv3.WithLease(lease)); err == nil {
+				return nil
+			}
+		}
+	}
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	lease, err := s.cli.Grant(ctx, secs)
+	if err != nil {
+		return fmt.Errorf("store: heartbeat %s: grant lease: %w", name, err)
+	}
+	if _, err := s.cli.Put(ctx, leaseKey(name), now, clientv3.WithLease(lease.ID)); err != nil {
+		return fmt.Errorf("store: heartbeat %s: %w", name, err)
+	}
+	return nil
+}
+
+// UpdateNode applies change to a node with compare-and-swap, retrying on
+// conflicts. change returns false to skip the write.
+func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.Node) bool) (*api.Node, error) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		resp, err := s.cli.Get(ctx, nodeKey(name))
+		if err != nil {
+			return nil, fmt.Errorf("store: get node %s: %w", name, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, fmt.Errorf("node %s: %w", name, ErrNotFound)
+		}
+		var n api.Node
+		if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+			return nil, fmt.Errorf("store: decode node %s: %w", name, err)
+		}
+		if !change(&n) {
+			return &n, nil
+		}
+		txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(nodeKey(name)), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(nodeKey(name), mustJSON(n))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("store: update node %s: %w", name, err)
+		}
+		if txn.Succeeded {
+			s.wrote(txn.Header.Revision)
+			return &n, nil
+		}
+	}
+	return nil, fmt.Errorf("store: update node %s: %w", name, ErrConflict)
+}

@@ -1,0 +1,348 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/berth-dev/berth/api"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Services and their immutable revisions: apply, undo, delete, history.
+
+// TemplateHash identifies a revision's template.
+func TemplateHash(spec api.ServiceSpec) string {
+	sum := sha256.Sum256([]byte(mustJSON(spec.Template())))
+	return hex.EncodeToString(sum[:8])
+}
+
+// ApplyResult says what Apply did to one service.
+type ApplyResult struct {
+	Kind            string
+	Namespace, Name string
+	Action          string // created, configured, scaled, unchanged
+	Revision        int64
+	// Written is the etcd revision of the transaction that wrote it (0:
+	// nothing written).
+	Written int64
+}
+
+// Apply creates or updates services, volumes and (sealed) secrets in one
+// transaction: each service whose template changed gets a new immutable
+// revision. Either every object is written or none is.
+func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume, secrets ...SecretRecord) ([]ApplyResult, error) {
+	return s.apply(ctx, svcs, vols, nil, secrets...)
+}
+
+// apply is Apply; causes, by service key, prefix the new revisions' change
+// text ("rollback to revision 3").
+func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]string, secrets ...SecretRecord) ([]ApplyResult, error) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		now := s.now().UTC()
+		cmps, ops, results, err := s.applySecrets(ctx, secrets, now)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range vols {
+			key := volumeKey(in.Metadata.Namespace, in.Metadata.Name)
+			resp, err := s.cli.Get(ctx, key)
+			if err != nil {
+				return nil, fmt.Errorf("store: get %s: %w", key, err)
+			}
+			vol := in
+			res := ApplyResult{Kind: api.KindVolume, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
+			if len(resp.Kvs) == 0 {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+				vol.Status = api.VolumeStatus{CreatedAt: now}
+				res.Action = "created"
+			} else {
+				var old api.Volume
+				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
+					return nil, fmt.Errorf("store: decode %s: %w", key, err)
+				}
+				if old.Status.Deleting {
+					return nil, fmt.Errorf("volume %s is being deleted: %w", vol.Key(), ErrConflict)
+				}
+				if in.Spec.Node != "" && old.Status.Node != "" && in.Spec.Node != old.Status.Node {
+					return nil, fmt.Errorf("volume %s: spec.node %q: its data is on node %q (berth volume release first): %w", vol.Key(), in.Spec.Node, old.Status.Node, ErrInvalid)
+				}
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
+				vol.Status = old.Status
+				res.Action = "unchanged"
+				if mustJSON(old.Spec) != mustJSON(in.Spec) || mustJSON(old.Metadata) != mustJSON(in.Metadata) {
+					res.Action = "configured"
+				}
+			}
+			if res.Action != "unchanged" {
+				ops = append(ops, clientv3.OpPut(key, mustJSON(vol)))
+			}
+			results = append(results, res)
+		}
+		for _, in := range svcs {
+			key := serviceKey(in.Metadata.Namespace, in.Metadata.Name)
+			resp, err := s.cli.Get(ctx, key)
+			if err != nil {
+				return nil, fmt.Errorf("store: get %s: %w", key, err)
+			}
+			svc := in
+			res := ApplyResult{Kind: api.KindService, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
+			if len(resp.Kvs) == 0 {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+				// Revision numbers continue after a delete and re-create,
+				// so an old revision is never reused with new content.
+				last, err := s.lastRevision(ctx, in.Metadata.Namespace, in.Metadata.Name)
+				if err != nil {
+					return nil, err
+				}
+				svc.Status = api.ServiceStatus{Revision: last + 1, CreatedAt: now, UpdatedAt: now}
+				ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, last+1), mustJSON(api.Revision{
+					Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: last + 1,
+					Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now, Change: "created",
+				})))
+				res.Action, res.Revision = "created", last+1
+			} else {
+				var old api.Service
+				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
+					return nil, fmt.Errorf("store: decode %s: %w", key, err)
+				}
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
+				svc.Status = old.Status
+				switch {
+				case TemplateHash(old.Spec) != TemplateHash(in.Spec):
+					// After the last revision, not the current one: a rollback
+					// may have made an older revision current again.
+					last, err := s.lastRevision(ctx, in.Metadata.Namespace, in.Metadata.Name)
+					if err != nil {
+						return nil, err
+					}
+					svc.Status.Revision = max(last, old.Status.Revision) + 1
+					change := DescribeChange(old.Spec.Template(), in.Spec.Template())
+					if c, ok := causes[in.Key()]; ok {
+						change = c + ": " + change
+					}
+					ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, svc.Status.Revision), mustJSON(api.Revision{
+						Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: svc.Status.Revision,
+						Template: in.Spec.Template(), Hash: TemplateHash(in.Spec), CreatedAt: now, Change: change,
+					})))
+					res.Action = "configured"
+				case mustJSON(old.Spec) != mustJSON(in.Spec) || mustJSON(old.Metadata) != mustJSON(in.Metadata):
+					res.Action = "scaled"
+				default:
+					res.Action = "unchanged"
+				}
+				if res.Action != "unchanged" {
+					svc.Status.UpdatedAt = now
+				}
+				res.Revision = svc.Status.Revision
+			}
+			if res.Action != "unchanged" {
+				ops = append(ops, clientv3.OpPut(key, mustJSON(svc)))
+			}
+			results = append(results, res)
+		}
+		if len(ops) == 0 {
+			return results, nil
+		}
+		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			return nil, fmt.Errorf("%w: applying %d objects takes %d etcd operations in one transaction, more than etcd allows (its --max-txn-ops; the embedded etcd allows %d); apply them in smaller groups",
+				ErrTooLarge, len(svcs)+len(vols)+len(secrets), len(cmps)+len(ops), EmbeddedMaxTxnOps)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: apply: %w", err)
+		}
+		if txn.Succeeded {
+			for i := range results {
+				if results[i].Action != "unchanged" {
+					results[i].Written = txn.Header.Revision
+				}
+			}
+			return results, nil
+		}
+	}
+	return nil, fmt.Errorf("store: apply: %w", ErrConflict)
+}
+
+func (s *Store) lastRevision(ctx context.Context, ns, name string) (int64, error) {
+	prefix := fmt.Sprintf("%s%s/%s/", RevisionsPrefix, ns, name)
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithLastKey()...)
+	if err != nil {
+		return 0, fmt.Errorf("store: last revision of %s/%s: %w", ns, name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	var r api.Revision
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		return 0, fmt.Errorf("store: decode %s: %w", resp.Kvs[0].Key, err)
+	}
+	return r.Number, nil
+}
+
+// GetService reads one service.
+func (s *Store) GetService(ctx context.Context, ns, name string) (*api.Service, error) {
+	resp, err := s.cli.Get(ctx, serviceKey(ns, name))
+	if err != nil {
+		return nil, fmt.Errorf("store: get service %s/%s: %w", ns, name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+	}
+	var svc api.Service
+	if err := json.Unmarshal(resp.Kvs[0].Value, &svc); err != nil {
+		return nil, fmt.Errorf("store: decode service %s/%s: %w", ns, name, err)
+	}
+	return &svc, nil
+}
+
+// ListRevisions returns a service's kept revisions, oldest first.
+func (s *Store) ListRevisions(ctx context.Context, ns, name string) ([]api.Revision, error) {
+	resp, err := s.cli.Get(ctx, fmt.Sprintf("%s%s/%s/", RevisionsPrefix, ns, name), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list revisions of %s/%s: %w", ns, name, err)
+	}
+	out := make([]api.Revision, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var r api.Revision
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// DeleteService deletes a service (its revisions and rollout stay, as
+// history). Its instances are the controllers' business: the replica loop
+// drains instances whose service is gone.
+func (s *Store) DeleteService(ctx context.Context, ns, name string) error {
+	resp, err := s.cli.Delete(ctx, serviceKey(ns, name))
+	if err != nil {
+		return fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+	}
+	return nil
+}
+
+// DescribeChange says in a few words how template b differs from a.
+func DescribeChange(a, b api.ServiceSpec) string {
+	var parts []string
+	switch {
+	case a.Image != b.Image:
+		parts = append(parts, fmt.Sprintf("image %s -> %s", a.Image, b.Image))
+	case a.ImageDigest != b.ImageDigest:
+		parts = append(parts, fmt.Sprintf("image %s re-pointed: upload %s -> %s", a.Image, orNone(a.ImageDigest), orNone(b.ImageDigest)))
+	}
+	if mustJSON(a.Env) != mustJSON(b.Env) {
+		parts = append(parts, "env")
+	}
+	if mustJSON(a.Command) != mustJSON(b.Command) || mustJSON(a.Args) != mustJSON(b.Args) {
+		parts = append(parts, "command")
+	}
+	if mustJSON(a.Resources) != mustJSON(b.Resources) {
+		parts = append(parts, "resources")
+	}
+	if mustJSON(a.Ports) != mustJSON(b.Ports) {
+		parts = append(parts, "ports")
+	}
+	if mustJSON(a.Health) != mustJSON(b.Health) {
+		parts = append(parts, "health")
+	}
+	if mustJSON(a.Volumes) != mustJSON(b.Volumes) || mustJSON(a.VolumeTemplates) != mustJSON(b.VolumeTemplates) {
+		parts = append(parts, "volumes")
+	}
+	if mustJSON(a.NodeSelector) != mustJSON(b.NodeSelector) {
+		parts = append(parts, "nodeSelector")
+	}
+	if mustJSON(a.SecurityContext) != mustJSON(b.SecurityContext) {
+		parts = append(parts, "securityContext")
+	}
+	if mustJSON(a.Secrets) != mustJSON(b.Secrets) {
+		parts = append(parts, "secrets")
+	}
+	if len(parts) == 0 {
+		return "template"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orNone(digest string) string {
+	if digest == "" {
+		return "none"
+	}
+	return digest
+}
+
+// Undo rolls a service back to revision to (0: the revision before the
+// current one): its template becomes a new revision, so history only grows
+// and every revision stays immutable. Replicas and route are kept.
+func (s *Store) Undo(ctx context.Context, ns, name string, to int64) (*ApplyResult, error) {
+	svc, err := s.GetService(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	revs, err := s.ListRevisions(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	var target *api.Revision
+	for i := len(revs) - 1; i >= 0; i-- {
+		r := &revs[i]
+		if (to == 0 && r.Number < svc.Status.Revision && r.Hash != TemplateHash(svc.Spec) && r.RolledBack == "") || (to != 0 && r.Number == to) {
+			target = r
+			break
+		}
+	}
+	if target == nil {
+		if to == 0 {
+			return nil, fmt.Errorf("service %s/%s has no earlier revision to roll back to (rolled-back revisions are skipped; name one with --to-revision): %w", ns, name, ErrNotFound)
+		}
+		return nil, fmt.Errorf("revision %d of %s/%s (kept: the last %d): %w", to, ns, name, RetainRevisions, ErrNotFound)
+	}
+	next := *svc
+	replicas, route, selector := svc.Spec.Replicas, svc.Spec.Route, svc.Spec.NodeSelector
+	next.Spec = target.Template
+	next.Spec.Replicas, next.Spec.Route = replicas, route
+	if next.Spec.NodeSelector == nil {
+		next.Spec.NodeSelector = selector
+	}
+	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]string{svc.Key(): fmt.Sprintf("rollback to revision %d", target.Number)})
+	if err != nil {
+		return nil, err
+	}
+	return &res[0], nil
+}
+
+// RetainRevisions is how many revisions of a service are kept.
+const RetainRevisions = 10
+
+// PruneRevisions deletes a service's revisions beyond the newest
+// RetainRevisions, except the current one and any an instance still runs.
+func (s *Store) PruneRevisions(ctx context.Context, ns, name string, current int64, inUse map[int64]bool) (int, error) {
+	revs, err := s.ListRevisions(ctx, ns, name)
+	if err != nil || len(revs) <= RetainRevisions {
+		return 0, err
+	}
+	var ops []clientv3.Op
+	for _, r := range revs[:len(revs)-RetainRevisions] {
+		if r.Number == current || inUse[r.Number] {
+			continue
+		}
+		ops = append(ops, clientv3.OpDelete(revisionKey(ns, name, r.Number)))
+	}
+	if len(ops) == 0 {
+		return 0, nil
+	}
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return 0, fmt.Errorf("store: prune revisions of %s/%s: %w", ns, name, err)
+	}
+	return len(ops), nil
+}
