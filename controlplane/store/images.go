@@ -71,13 +71,13 @@ func (s *Store) getImage(ctx context.Context, digest string) (*Image, int64, err
 // digest again adds its references. moved maps each moved reference to
 // the digest it named before.
 func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[string]string, err error) {
-	for attempt := 0; attempt < maxRetries; attempt++ {
+	err = casRetry("put image "+img.Digest, func() (bool, error) {
 		moved = map[string]string{}
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
 		old, rev, err := s.getImage(ctx, img.Digest)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(imageKey(img.Digest)), "=", rev))
 		rec := img
@@ -88,20 +88,20 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 		for _, ref := range img.References {
 			resp, err := s.cli.Get(ctx, imageRefKey(ref))
 			if err != nil {
-				return nil, fmt.Errorf("store: get image reference %s: %w", ref, err)
+				return false, fmt.Errorf("store: get image reference %s: %w", ref, err)
 			}
 			var refRev int64
 			if len(resp.Kvs) > 0 {
 				refRev = resp.Kvs[0].ModRevision
 				if cur := string(resp.Kvs[0].Value); cur != img.Digest {
 					if !force {
-						return nil, &TagConflict{Reference: ref, Digest: cur}
+						return false, &TagConflict{Reference: ref, Digest: cur}
 					}
 					moved[ref] = cur
 					if others[cur] == nil {
 						o, orev, err := s.getImage(ctx, cur)
 						if err != nil {
-							return nil, err
+							return false, err
 						}
 						cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(imageKey(cur)), "=", orev))
 						if o != nil {
@@ -120,13 +120,14 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 		ops = append(ops, clientv3.OpPut(imageKey(img.Digest), mustJSON(rec)))
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("store: put image %s: %w", img.Digest, err)
+			return false, fmt.Errorf("store: put image %s: %w", img.Digest, err)
 		}
-		if resp.Succeeded {
-			return moved, nil
-		}
+		return resp.Succeeded, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("store: put image %s: %w", img.Digest, ErrConflict)
+	return moved, nil
 }
 
 func dedupeStrings(in []string) []string {
@@ -188,18 +189,20 @@ func (s *Store) FindImage(ctx context.Context, ref string) (*Image, error) {
 // RemoveImageReference removes a tag; the upload it named stays (the
 // caller decides whether to delete it). It returns that upload's digest.
 func (s *Store) RemoveImageReference(ctx context.Context, ref string) (string, error) {
-	for attempt := 0; attempt < maxRetries; attempt++ {
+	var digest string
+	err := casRetry("remove image reference "+ref, func() (bool, error) {
 		resp, err := s.cli.Get(ctx, imageRefKey(ref))
 		if err != nil {
-			return "", fmt.Errorf("store: get image reference %s: %w", ref, err)
+			return false, fmt.Errorf("store: get image reference %s: %w", ref, err)
 		}
 		if len(resp.Kvs) == 0 {
-			return "", fmt.Errorf("image %s: %w", ref, ErrNotFound)
+			return false, fmt.Errorf("image %s: %w", ref, ErrNotFound)
 		}
-		digest, refRev := string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision
+		var refRev int64
+		digest, refRev = string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision
 		img, rev, err := s.getImage(ctx, digest)
 		if err != nil {
-			return "", err
+			return false, err
 		}
 		ops := []clientv3.Op{clientv3.OpDelete(imageRefKey(ref))}
 		if img != nil {
@@ -211,33 +214,32 @@ func (s *Store) RemoveImageReference(ctx context.Context, ref string) (string, e
 			clientv3.Compare(clientv3.ModRevision(imageKey(digest)), "=", rev),
 		).Then(ops...).Commit()
 		if err != nil {
-			return "", fmt.Errorf("store: remove image reference %s: %w", ref, err)
+			return false, fmt.Errorf("store: remove image reference %s: %w", ref, err)
 		}
-		if tr.Succeeded {
-			return digest, nil
-		}
-	}
-	return "", fmt.Errorf("store: remove image reference %s: %w", ref, ErrConflict)
+		return tr.Succeeded, nil
+	})
+	return digest, err
 }
 
 // DeleteImage removes an upload and every tag that names it; it returns
 // the tags.
 func (s *Store) DeleteImage(ctx context.Context, digest string) ([]string, error) {
-	for attempt := 0; attempt < maxRetries; attempt++ {
+	var refs []string
+	err := casRetry("delete image "+digest, func() (bool, error) {
 		img, rev, err := s.getImage(ctx, digest)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		if img == nil {
-			return nil, fmt.Errorf("image %s: %w", digest, ErrNotFound)
+			return false, fmt.Errorf("image %s: %w", digest, ErrNotFound)
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(imageKey(digest)), "=", rev)}
 		ops := []clientv3.Op{clientv3.OpDelete(imageKey(digest))}
-		var refs []string
+		refs = nil
 		for _, ref := range img.References {
 			resp, err := s.cli.Get(ctx, imageRefKey(ref))
 			if err != nil {
-				return nil, fmt.Errorf("store: get image reference %s: %w", ref, err)
+				return false, fmt.Errorf("store: get image reference %s: %w", ref, err)
 			}
 			if len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != digest {
 				continue // names another upload (data from before the index)
@@ -248,13 +250,11 @@ func (s *Store) DeleteImage(ctx context.Context, digest string) ([]string, error
 		}
 		tr, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("store: delete image %s: %w", digest, err)
+			return false, fmt.Errorf("store: delete image %s: %w", digest, err)
 		}
-		if tr.Succeeded {
-			return refs, nil
-		}
-	}
-	return nil, fmt.Errorf("store: delete image %s: %w", digest, ErrConflict)
+		return tr.Succeeded, nil
+	})
+	return refs, err
 }
 
 // IndexImageReferences gives every tag recorded in an upload (as data from

@@ -188,30 +188,34 @@ func (s *Store) Heartbeat(ctx context.Context, name string, ttl time.Duration, d
 // UpdateNode applies change to a node with compare-and-swap, retrying on
 // conflicts. change returns false to skip the write.
 func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.Node) bool) (*api.Node, error) {
-	for attempt := 0; attempt < maxRetries; attempt++ {
+	var n api.Node
+	err := casRetry("update node "+name, func() (bool, error) {
 		resp, err := s.cli.Get(ctx, nodeKey(name))
 		if err != nil {
-			return nil, fmt.Errorf("store: get node %s: %w", name, err)
+			return false, fmt.Errorf("store: get node %s: %w", name, err)
 		}
 		if len(resp.Kvs) == 0 {
-			return nil, fmt.Errorf("node %s: %w", name, ErrNotFound)
+			return false, fmt.Errorf("node %s: %w", name, ErrNotFound)
 		}
-		var n api.Node
+		n = api.Node{}
 		if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
-			return nil, fmt.Errorf("store: decode node %s: %w", name, err)
+			return false, fmt.Errorf("store: decode node %s: %w", name, err)
 		}
 		if !change(&n) {
-			return &n, nil
+			return true, nil
 		}
 		txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(nodeKey(name)), "=", resp.Kvs[0].ModRevision)).
 			Then(clientv3.OpPut(nodeKey(name), mustJSON(n))).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("store: update node %s: %w", name, err)
+			return false, fmt.Errorf("store: update node %s: %w", name, err)
 		}
 		if txn.Succeeded {
 			s.wrote(txn.Header.Revision)
-			return &n, nil
 		}
+		return txn.Succeeded, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("store: update node %s: %w", name, ErrConflict)
+	return &n, nil
 }

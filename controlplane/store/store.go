@@ -102,3 +102,19 @@ func mustJSON(v any) string {
 	}
 	return string(b)
 }
+
+// casRetry runs one optimistic read-modify-write attempt until it commits
+// (attempt reports true), fails, or maxRetries attempts found what they
+// read changed meanwhile: then ErrConflict, naming what.
+func casRetry(what string, attempt func() (committed bool, err error)) error {
+	for range maxRetries {
+		ok, err := attempt()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("store: %s: %w", what, ErrConflict)
+}
