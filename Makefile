@@ -55,10 +55,18 @@ $(BIN)/h2spec: tools/h2spec/go.mod tools/h2spec/go.sum
 	cd tools/h2spec && GOBIN=$(CURDIR)/$(BIN) $(GO) install tool
 	@touch $@
 
-lint:
+# lint: gofmt, go vet, go.mod tidy (direct dependencies listed as such),
+# and staticcheck at the version tools/staticcheck/go.mod pins.
+lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
+	$(BIN)/staticcheck ./...
+
+$(BIN)/staticcheck: tools/staticcheck/go.mod tools/staticcheck/go.sum
+	cd tools/staticcheck && GOBIN=$(CURDIR)/$(BIN) $(GO) install tool
+	@touch $@
 
 demo: containerd build images
 	@scripts/demo.sh

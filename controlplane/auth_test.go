@@ -125,13 +125,6 @@ func TestCallersWithoutACredentialAreRefused(t *testing.T) {
 	}
 }
 
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
 // Each role may do its verbs and nothing else; a refusal says what was
 // missing; a revoked token stops working at once.
 func TestRolesAndNamespaces(t *testing.T) {

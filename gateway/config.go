@@ -623,13 +623,19 @@ func compileHeaderMatcher(h *route.HeaderMatcher) (headerMatcher, error) {
 		m.kind, m.present = headerPresent, true
 	case *route.HeaderMatcher_PresentMatch:
 		m.kind, m.present = headerPresent, s.PresentMatch
+	// Deprecated in Envoy's API but still served by control planes: the
+	// gateway reads them as Envoy does.
 	case *route.HeaderMatcher_ExactMatch:
+		//lint:ignore SA1019 still sent by older control planes
 		m.kind, m.value = headerExact, s.ExactMatch
 	case *route.HeaderMatcher_PrefixMatch:
+		//lint:ignore SA1019 still sent by older control planes
 		m.kind, m.value = headerPrefix, s.PrefixMatch
 	case *route.HeaderMatcher_SuffixMatch:
+		//lint:ignore SA1019 still sent by older control planes
 		m.kind, m.value = headerSuffix, s.SuffixMatch
 	case *route.HeaderMatcher_ContainsMatch:
+		//lint:ignore SA1019 still sent by older control planes
 		m.kind, m.value = headerContains, s.ContainsMatch
 	case *route.HeaderMatcher_StringMatch:
 		sm := s.StringMatch
@@ -877,14 +883,4 @@ func (r *registry) closeAll() {
 	for _, e := range eps {
 		e.retire()
 	}
-}
-
-func boolOrder(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
-		return 1
-	}
-	return -1
 }

@@ -47,7 +47,7 @@ func prefixRoute(name, prefix string) *route.Route {
 
 func TestCompileRejects(t *testing.T) {
 	headerRoute := prefixRoute("a", "/")
-	headerRoute.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_SafeRegexMatch{SafeRegexMatch: &matcher.RegexMatcher{Regex: "a.*"}}}}
+	headerRoute.Match.Headers = []*route.HeaderMatcher{{Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_SafeRegexMatch{SafeRegexMatch: &matcher.RegexMatcher{Regex: "a.*"}}}} //lint:ignore SA1019 the deprecated form is what is refused here
 	regexRoute := prefixRoute("a", "/")
 	regexRoute.Match.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: "^/a.*"}}
 	for _, tc := range []struct {
@@ -168,7 +168,7 @@ func TestCompileRoutingFeatures(t *testing.T) {
 		{Name: "x-canary", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: &matcher.StringMatcher{
 			MatchPattern: &matcher.StringMatcher_Exact{Exact: "YES"}, IgnoreCase: true}}},
 		{Name: "x-debug", HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true}, InvertMatch: true},
-		{Name: "user-agent", HeaderMatchSpecifier: &route.HeaderMatcher_PrefixMatch{PrefixMatch: "curl/"}},
+		{Name: "user-agent", HeaderMatchSpecifier: &route.HeaderMatcher_PrefixMatch{PrefixMatch: "curl/"}}, //lint:ignore SA1019 older control planes send it
 	}
 	ra := r.GetRoute()
 	ra.Timeout = durationpb.New(250 * time.Millisecond)
@@ -318,7 +318,7 @@ func TestPickPrefersAServingRevision(t *testing.T) {
 		}
 	}
 	serving.endpoints = nil
-	if wc, _, _ := r.pickFor(httpHeaders(http.Header{})); wc.cluster.endpoints != nil && len(wc.cluster.endpoints) > 0 {
+	if wc, _, _ := r.pickFor(httpHeaders(http.Header{})); len(wc.cluster.endpoints) > 0 {
 		t.Fatalf("no revision serves, yet %s was picked with endpoints", wc.name)
 	}
 	// Weight 0 is not a fallback.

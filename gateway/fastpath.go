@@ -29,10 +29,6 @@ import (
 
 const (
 	clientBufSize = 4 << 10
-	// maxFastBody is the largest request body sent with its head when it
-	// is already buffered, so a retry can send the request again; larger
-	// bodies are streamed (and not retried once sent).
-	maxFastBody = clientBufSize
 	// maxResponseHead bounds an upstream response head.
 	maxResponseHead = 1 << 20
 	// maxDiscardBody is the largest body the gateway reads through to

@@ -112,14 +112,13 @@ type Server struct {
 	typeVersions [numViews]map[string]uint64 // under pubMu: last version that changed each type
 	items        [numSets]map[string]types.ResourceWithTTL
 
-	mu         sync.Mutex
-	published  uint64
-	publishes  []publishRecord               // recent publishes, oldest first
-	history    [numViews]map[string][]uint64 // versions that changed each type, bounded
-	linearSnap map[string]map[string]uint64  // type -> linear cache version -> snapshot version
-	streams    map[streamKey]*streamState
-	deltaReqs  map[*discoverygrpc.DeltaDiscoveryRequest]streamKey
-	changed    chan struct{} // closed and replaced whenever ACK state moves
+	mu        sync.Mutex
+	published uint64
+	publishes []publishRecord               // recent publishes, oldest first
+	history   [numViews]map[string][]uint64 // versions that changed each type, bounded
+	streams   map[streamKey]*streamState
+	deltaReqs map[*discoverygrpc.DeltaDiscoveryRequest]streamKey
+	changed   chan struct{} // closed and replaced whenever ACK state moves
 }
 
 // streamKey names a stream: go-control-plane numbers state-of-the-world

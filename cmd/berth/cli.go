@@ -403,7 +403,7 @@ func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) {
 	fmt.Fprintln(tw, "NAMESPACE\tINSTANCE\tSERVICE\tREV\tNODE\tSTATE\tREADY\tIP\tRESTARTS\tAGE\tLAST-ERROR")
 	for _, iv := range ivs {
 		in, st := iv.Instance, iv.Status
-		state := in.Desired
+		var state string
 		phase, ip, lastErr, ready, restarts := "Pending", "-", "", "false", int32(0)
 		if st != nil {
 			phase, lastErr, restarts = st.Phase, st.LastError, st.Restarts

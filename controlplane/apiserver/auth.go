@@ -2,7 +2,6 @@ package apiserver
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
@@ -173,8 +172,8 @@ func (s *Server) authenticate(ctx context.Context) (authz.Principal, error) {
 		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		tok, ok := strings.CutPrefix(v, "Bearer ")
+	if vs := md.Get("authorization"); len(vs) > 0 { // the first one speaks
+		tok, ok := strings.CutPrefix(vs[0], "Bearer ")
 		if !ok {
 			return authz.Anonymous, status.Error(codes.Unauthenticated, "authorization metadata is not \"Bearer <token>\"")
 		}
@@ -338,13 +337,4 @@ func nodeCaller(ctx context.Context) string {
 		return p.Name
 	}
 	return ""
-}
-
-var errNoCA = errors.New("the control plane has no CA")
-
-func (s *Server) caPEM() ([]byte, error) {
-	if s.cfg.CA == nil {
-		return nil, errNoCA
-	}
-	return s.cfg.CA.CertPEM, nil
 }
