@@ -2,8 +2,9 @@
 // default), the typed store and its watch-fed cache, the controllers, the
 // discovery publisher and the gRPC API. It owns their lifecycle, not their
 // logic; each part lives in its own sub-package. The xDS server and the
-// host DNS server are fed through Sinks and an Acker passed in by the
-// wiring in cmd/berth, so this package imports neither.
+// host DNS server are fed through snapshot sinks, and report back through
+// Config.Gateways (xDS clients) and Config.Loads (load reports), all
+// passed in by the wiring in cmd/berth, so this package imports neither.
 package controlplane
 
 import (

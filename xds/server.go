@@ -86,8 +86,9 @@ var ErrNacked = errors.New("xds: gateway rejected the configuration")
 // Two caches hold the same resource pointers: a go-control-plane
 // SnapshotCache answers state-of-the-world streams (one snapshot per view,
 // each type versioned by the last snapshot that changed it, so a type that
-// did not change is not re-sent), and one LinearCache per type answers
-// delta streams with only the resources that changed.
+// did not change is not re-sent), and one deltaCache per type (a change
+// log, deltacache.go) answers delta streams -- Berth's gateways use delta
+// by default -- with only the resources that changed.
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
