@@ -22,6 +22,7 @@ import (
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/apiserver"
 	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/publish"
 	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/pki"
@@ -116,7 +117,7 @@ type Server struct {
 	store     *store.Store
 	cache     *store.Cache
 	ctrl      *controller.Controller
-	publisher *controller.Publisher
+	publisher *publish.Publisher
 	api       *apiserver.Server
 	grpc      *grpc.Server
 	lis       net.Listener
@@ -133,7 +134,7 @@ type Server struct {
 
 // New starts etcd (or connects to it), binds the API listener and builds
 // every part. sinks receive each discovery snapshot.
-func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, error) {
+func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -182,7 +183,7 @@ func New(ctx context.Context, cfg Config, sinks ...controller.Sink) (*Server, er
 		ccfg.LostGrace = cfg.LostGrace
 	}
 	ccfg.Loads = cfg.Loads
-	s.publisher = controller.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
+	s.publisher = publish.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	ccfg.VersionFor = s.publisher.VersionFor
 	s.ctrl = controller.New(ccfg, s.store.Tracked(), s.cache)
 	s.api, err = apiserver.New(apiserver.Config{
@@ -242,7 +243,7 @@ func (s *Server) APIAddr() string { return s.lis.Addr().String() }
 func (s *Server) AdminConfigPath() string { return s.adminConfig }
 
 // Publisher gives access to the latest discovery snapshot.
-func (s *Server) Publisher() *controller.Publisher { return s.publisher }
+func (s *Server) Publisher() *publish.Publisher { return s.publisher }
 
 // Store exposes the typed store (for tests and tools).
 func (s *Server) Store() *store.Store { return s.store }

@@ -18,10 +18,11 @@ import (
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane"
 	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/loadshare"
+	"github.com/berth-dev/berth/controlplane/publish"
 	"github.com/berth-dev/berth/discovery"
 	berthdns "github.com/berth-dev/berth/dns"
 	"github.com/berth-dev/berth/gateway"
-	"github.com/berth-dev/berth/loadshare"
 	"github.com/berth-dev/berth/nodeagent"
 	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/berth-dev/berth/pki"
@@ -123,7 +124,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 		return nil, fmt.Errorf("xds: %w", err)
 	}
 	c := &controlPlane{xds: xsrv, logger: logger}
-	sinks := []controller.Sink{func(s *discovery.Snapshot) {
+	sinks := []publish.Sink{func(s *discovery.Snapshot) {
 		if err := xsrv.Update(s); err != nil {
 			logger.Error("xds: snapshot rejected, gateways keep the previous one", "version", s.Version, "err", err)
 		}

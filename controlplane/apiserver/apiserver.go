@@ -25,6 +25,7 @@ import (
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/controller"
+	"github.com/berth-dev/berth/controlplane/publish"
 	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/manifests"
@@ -81,7 +82,7 @@ type Server struct {
 	cfg       Config
 	store     *store.Store
 	cache     *store.Cache
-	publisher *controller.Publisher
+	publisher *publish.Publisher
 	logger    *slog.Logger
 	// replica is this replica's API address (SetReplica); pulls
 	// serialises image pulls.
@@ -102,7 +103,7 @@ func (s *Server) SetReplica(addr string) {
 const DefaultCertTTL = 30 * 24 * time.Hour
 
 // New returns an API server.
-func New(cfg Config, st *store.Store, cache *store.Cache, pub *controller.Publisher) (*Server, error) {
+func New(cfg Config, st *store.Store, cache *store.Cache, pub *publish.Publisher) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane/store"
-	"github.com/berth-dev/berth/discovery"
 )
 
 // fakeStore records what the controllers write (Nomad's scheduler harness
@@ -512,51 +511,5 @@ func TestHarnessFullPass(t *testing.T) {
 	run(c, c.reconcileRollouts, v)
 	if len(fs.rollouts) != 1 || fs.rollouts[0].Available != 1 {
 		t.Fatalf("rolling progress: %+v", fs.rollouts)
-	}
-}
-
-// The publisher builds a snapshot from a view, wakes its watchers and
-// sinks, maps revisions to versions, and skips a view that changes
-// nothing that matters to traffic.
-func TestHarnessPublisher(t *testing.T) {
-	var sunk []uint64
-	p := NewPublisher(nil, nil, nil, func(s *discovery.Snapshot) { sunk = append(sunk, s.Version) })
-	if _, ok := p.VersionFor(5); ok || p.Latest() != nil {
-		t.Fatal("a version before anything was published")
-	}
-	woken, stop := p.Watch()
-	defer stop()
-	nodes := []api.Node{node("a", api.NodeReady)}
-	i := inst("w1", "web", 1, "a")
-	v := view(nodes, []string{"a"}, []api.Service{service("web", 1, 1)}, i)
-	v.Statuses["w1"] = readyAt(i)
-	v.Revision, v.Gen = 10, 1
-	p.publish(v)
-	if got := p.Latest(); got == nil || got.Version != 10 || len(got.Services) != 1 || len(got.Services[0].ReadyEndpoints()) != 1 {
-		t.Fatalf("snapshot %+v", got)
-	}
-	select {
-	case <-woken:
-	default:
-		t.Fatal("the watcher was not woken")
-	}
-	// Only a heartbeat later (same Gen): not published again, but the
-	// later revision is covered by the same version.
-	v2 := *v
-	v2.Revision = 12
-	p.publish(&v2)
-	if ver, ok := p.VersionFor(12); !ok || ver != 10 || len(sunk) != 1 {
-		t.Fatalf("VersionFor(12) = %d %v, %d published", ver, ok, len(sunk))
-	}
-	if _, ok := p.VersionFor(13); ok {
-		t.Fatal("a revision the publisher has not seen has a version")
-	}
-	sync := SyncOf(v, 12, p.VersionFor)
-	if !sync.GatewaysApplied() || !sync.DNSApplied() {
-		t.Fatalf("nothing to wait for: %+v", sync)
-	}
-	v.DNSVersions["a"] = 9
-	if sync := SyncOf(v, 12, p.VersionFor); sync.DNSApplied() {
-		t.Fatalf("node a's DNS at 9 applied version 10: %+v", sync)
 	}
 }

@@ -1,4 +1,8 @@
-package controller
+// Package publish turns the cache's views into discovery snapshots and
+// hands each new one to the sinks (the xDS server, the host DNS) and to
+// watchers (the agents' DNS feeds). It decides nothing: discovery.Build
+// says what a view means for traffic.
+package publish
 
 import (
 	"context"
@@ -11,6 +15,12 @@ import (
 	"github.com/berth-dev/berth/discovery"
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// Views is where the publisher reads the cluster from (store.Cache).
+type Views interface {
+	View() *store.View
+	Subscribe() (<-chan struct{}, func())
+}
 
 // Sink receives every new discovery snapshot (the xDS server, the host
 // DNS server). It must not block for long and must not modify the snapshot.
