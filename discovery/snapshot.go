@@ -6,7 +6,11 @@
 // disagree about who serves. It must not do I/O or know about etcd.
 package discovery
 
-import "sort"
+import (
+	"sort"
+
+	"github.com/berth-dev/berth/api"
+)
 
 // Snapshot is immutable once built: readers share it without locks and
 // nobody may modify it. Version increases with every change (it is the etcd
@@ -27,6 +31,19 @@ type Service struct {
 	// service sum to 100 when it has any revision.
 	Revisions []Revision `json:"revisions"`
 }
+
+// Port protocols as a snapshot carries them (a manifest's values): what
+// the xDS translation and the gateway read.
+const (
+	ProtocolHTTP  = api.ProtocolHTTP
+	ProtocolHTTP2 = api.ProtocolHTTP2
+	ProtocolGRPC  = api.ProtocolGRPC
+	ProtocolTCP   = api.ProtocolTCP
+)
+
+// CohortHeader carries a request's sticky cohort from the gateway to the
+// weighted clusters that split traffic by it.
+const CohortHeader = api.CohortHeader
 
 // Port is a named service port.
 type Port struct {

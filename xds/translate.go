@@ -26,7 +26,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/discovery"
 )
 
@@ -181,7 +180,7 @@ func APIRouteConfigName(namespace, service string) string {
 //     longest prefix first, sending to the service's revisions by weight,
 //     with the route timeout and (if enabled) retry policy; a sticky
 //     canary split adds a hash policy and takes its random value from
-//     api.CohortHeader, canary first (stickyCohorts);
+//     discovery.CohortHeader, canary first (stickyCohorts);
 //   - one EDS Cluster (circuit breakers, outlier detection) and one
 //     ClusterLoadAssignment per service revision, exposed or not, holding
 //     the revision's ready endpoints, and its draining ones marked
@@ -224,7 +223,7 @@ func translateService(svc *discovery.Service, opts TranslateOptions) (*translate
 		ts.endpoints = append(ts.endpoints, cla)
 		ts.warnings = append(ts.warnings, warns...)
 	}
-	if hasPort && port.Protocol == api.ProtocolGRPC {
+	if hasPort && port.Protocol == discovery.ProtocolGRPC {
 		if action := weightedAction(svc); action != nil {
 			l, rc, err := apiListener(svc, action)
 			if err != nil {
@@ -397,7 +396,7 @@ func serviceRoute(svc *discovery.Service, prefix string, opts TranslateOptions) 
 
 // stickyCohorts makes a split sticky when the route has a sticky key: a
 // hash_policy names the header or cookie that identifies a user, and the
-// weighted clusters take their random value from api.CohortHeader with
+// weighted clusters take their random value from discovery.CohortHeader with
 // the canary listed first. Envoy picks cluster i where value % total
 // (100) falls in the i-th run of weights, so a cohort below the canary's
 // weight goes to the canary, and raising the weight only moves cohorts
@@ -415,7 +414,7 @@ func stickyCohorts(action *route.RouteAction, svc *discovery.Service) {
 		c := wc.Clusters[i]
 		wc.Clusters = slices.Insert(slices.Delete(wc.Clusters, i, i+1), 0, c)
 	}
-	wc.RandomValueSpecifier = &route.WeightedCluster_HeaderName{HeaderName: api.CohortHeader}
+	wc.RandomValueSpecifier = &route.WeightedCluster_HeaderName{HeaderName: discovery.CohortHeader}
 	policy := &route.RouteAction_HashPolicy{}
 	if rt.StickyHeader != "" {
 		policy.PolicySpecifier = &route.RouteAction_HashPolicy_Header_{Header: &route.RouteAction_HashPolicy_Header{HeaderName: rt.StickyHeader}}
@@ -560,7 +559,7 @@ func edsCluster(name string, port discovery.Port, opts TranslateOptions) *cluste
 		}
 		c.OutlierDetection = od
 	}
-	if port.Protocol == api.ProtocolHTTP2 || port.Protocol == api.ProtocolGRPC {
+	if port.Protocol == discovery.ProtocolHTTP2 || port.Protocol == discovery.ProtocolGRPC {
 		// Envoy speaks HTTP/1.1 upstream unless told; gRPC needs HTTP/2.
 		opt, err := anypb.New(&upstreamhttp.HttpProtocolOptions{
 			UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
@@ -645,7 +644,7 @@ func loadAssignment(name, serviceKey string, rev discovery.Revision, port discov
 func httpPort(ports []discovery.Port) (discovery.Port, bool) {
 	for _, p := range ports {
 		switch p.Protocol {
-		case "", api.ProtocolHTTP, api.ProtocolHTTP2, api.ProtocolGRPC:
+		case "", discovery.ProtocolHTTP, discovery.ProtocolHTTP2, discovery.ProtocolGRPC:
 			if p.Port > 0 && p.Port <= 65535 {
 				return p, true
 			}
