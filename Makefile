@@ -25,8 +25,8 @@ build:
 # The example app as OCI image tarballs, built without Docker.
 images:
 	@mkdir -p $(BIN) $(IMAGES)
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-s -w -X main.version=v1" -o $(BIN)/hello-v1 ./manifests/examples/hello
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-s -w -X main.version=v2" -o $(BIN)/hello-v2 ./manifests/examples/hello
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-s -w -X main.version=v1" -o $(BIN)/hello-v1 ./examples/hello
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "-s -w -X main.version=v2" -o $(BIN)/hello-v2 ./examples/hello
 	$(GO) run ./cmd/mkimage -binary $(BIN)/hello-v1 -ref berth.local/hello:v1 -o $(IMAGES)/hello-v1.tar
 	$(GO) run ./cmd/mkimage -binary $(BIN)/hello-v2 -ref berth.local/hello:v2 -o $(IMAGES)/hello-v2.tar
 

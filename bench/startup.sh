@@ -357,7 +357,7 @@ ctr -n "$CTR_NS" images ls -q | grep -qx "$IMAGE_REF" || die "ctr import did not
 
 MANIFEST=$TMP/$SVC.yaml
 cat >"$MANIFEST" <<EOF
-# manifests/examples/hello.yaml under another name, without a route.
+# examples/hello.yaml under another name, without a route.
 apiVersion: berth.dev/v1
 kind: Service
 metadata:

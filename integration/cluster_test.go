@@ -227,8 +227,8 @@ func TestMultiNodeCluster(t *testing.T) {
 	api := c.api
 	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "hello.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "manifests/examples/hello.yaml")), "replicas: 3", "replicas: 6", 1))
-	writeFile(t, filepath.Join(dir, "client.yaml"), readFile(t, filepath.Join(repoRoot, "manifests/examples/client.yaml")))
+	writeFile(t, filepath.Join(dir, "hello.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "examples/hello.yaml")), "replicas: 3", "replicas: 6", 1))
+	writeFile(t, filepath.Join(dir, "client.yaml"), readFile(t, filepath.Join(repoRoot, "examples/client.yaml")))
 	mustBerth(t, api, "apply", "-f", dir, "--wait", "--timeout", "2m")
 
 	t.Run("6 replicas spread 2/2/2", func(t *testing.T) {

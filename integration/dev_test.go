@@ -66,7 +66,7 @@ func TestDevStopAndRestart(t *testing.T) {
 	gw := dev.waitLine(`^\s+gateway\s+http://(\S+)`, 5*time.Second)[1]
 	metrics := dev.waitLine(`^\s+metrics\s+(\S+)`, 5*time.Second)[1]
 	mustBerth(t, api, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
-	mustBerth(t, api, "apply", "-f", "manifests/examples/", "--wait", "--timeout", "2m")
+	mustBerth(t, api, "apply", "-f", "examples/", "--wait", "--timeout", "2m")
 	eventually(t, 15*time.Second, "a request through the gateway", func() (bool, string) {
 		code, err := hello(gw)
 		return code == 200, statusOrErr(code, err)

@@ -139,7 +139,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	}
 
 	start := time.Now()
-	out = mustBerth(t, api, "apply", "-f", "manifests/examples/", "--wait", "--timeout", "2m")
+	out = mustBerth(t, api, "apply", "-f", "examples/", "--wait", "--timeout", "2m")
 	t.Logf("apply -> hello x3 + client ready: %s", time.Since(start).Round(time.Millisecond))
 	if !strings.Contains(out, "service/hello created") || !strings.Contains(out, "service/client created") {
 		t.Fatalf("apply: %s", out)

@@ -69,7 +69,7 @@ func setup(m *testing.M) (int, error) {
 	}
 	for _, v := range []string{"v1", "v2"} {
 		bin := filepath.Join(dir, "hello-"+v)
-		if err := build([]string{"CGO_ENABLED=0"}, "build", "-ldflags", "-s -w -X main.version="+v, "-o", bin, "./manifests/examples/hello"); err != nil {
+		if err := build([]string{"CGO_ENABLED=0"}, "build", "-ldflags", "-s -w -X main.version="+v, "-o", bin, "./examples/hello"); err != nil {
 			return 0, err
 		}
 		if err := os.MkdirAll(imagesDir, 0o755); err != nil {

@@ -235,7 +235,7 @@ spec:
 	}
 
 	// A client inside the cluster calls hello by its DNS name throughout.
-	writeFile(t, filepath.Join(dir, "client.yaml"), readFile(t, filepath.Join(repoRoot, "manifests/examples/client.yaml")))
+	writeFile(t, filepath.Join(dir, "client.yaml"), readFile(t, filepath.Join(repoRoot, "examples/client.yaml")))
 	mustBerth(t, api, "apply", "-f", filepath.Join(dir, "client.yaml"), "--wait", "--timeout", "2m")
 	clientIP := readyInstances(instances(t, api, "client"))[0].Status.IP
 

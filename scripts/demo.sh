@@ -48,8 +48,8 @@ say "loading the example images"
 # --force: a rebuilt example image re-points its tag (the demo user is the admin)
 $BERTH image load --force images/hello-v1.tar images/hello-v2.tar
 
-say "berth apply -f manifests/examples/"
-$BERTH apply -f manifests/examples/ --wait --timeout 3m
+say "berth apply -f examples/"
+$BERTH apply -f examples/ --wait --timeout 3m
 
 say "berth get services"
 $BERTH get services

@@ -217,7 +217,7 @@ func buildHelloImage(t *testing.T) []byte {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "hello")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v1", "-o", bin,
-		"github.com/berth-dev/berth/manifests/examples/hello")
+		"github.com/berth-dev/berth/examples/hello")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build hello: %v\n%s", err, out)
