@@ -263,16 +263,7 @@ func TestLoadReportsAreBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn := w.dial(credentials.NewTLS(w.tlsFor(w.ca, &pki.Identity{Role: pki.RoleGateway, Name: "gw-1"})))
-	stream, err := lrspb.NewLoadReportingServiceClient(conn).StreamLoadStats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&lrspb.LoadStatsRequest{Node: &core.Node{Id: "gw-1"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	stream := openLRS(ctx, t, conn, "gw-1")
 	made := &lrspb.LoadStatsRequest{}
 	for i := range 10000 {
 		made.ClusterStats = append(made.ClusterStats, &endpoint.ClusterStats{
@@ -359,16 +350,7 @@ func TestImpossibleLoadReportsAreFlagged(t *testing.T) {
 	defer cancel()
 	cluster := ClusterName("shop", "web", 2)
 	conn := w.dial(credentials.NewTLS(w.tlsFor(w.ca, &pki.Identity{Role: pki.RoleGateway, Name: "gw-1"})))
-	stream, err := lrspb.NewLoadReportingServiceClient(conn).StreamLoadStats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&lrspb.LoadStatsRequest{Node: &core.Node{Id: "gw-1"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	stream := openLRS(ctx, t, conn, "gw-1")
 	send := func(issued, ok, bad, inFlight uint64) {
 		t.Helper()
 		if err := stream.Send(&lrspb.LoadStatsRequest{ClusterStats: []*endpoint.ClusterStats{{
@@ -392,4 +374,21 @@ func TestImpossibleLoadReportsAreFlagged(t *testing.T) {
 	if got := w.s.Load("shop", "web", 2, time.Minute); got.Requests != 100 || got.Successes != 100 || got.Errors != 0 || got.Impossible != 1 {
 		t.Fatalf("load = %+v, want the 100 consistent requests and 1 impossible report (its 1,000 errors not counted)", got)
 	}
+}
+
+// openLRS opens a load-report stream as gateway node and waits for the
+// server's first answer (the interval it wants).
+func openLRS(ctx context.Context, t *testing.T, conn *grpc.ClientConn, node string) lrspb.LoadReportingService_StreamLoadStatsClient {
+	t.Helper()
+	stream, err := lrspb.NewLoadReportingServiceClient(conn).StreamLoadStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&lrspb.LoadStatsRequest{Node: &core.Node{Id: node}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	return stream
 }

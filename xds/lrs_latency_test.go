@@ -48,16 +48,7 @@ func TestLoadReportsLatency(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stream, err := lrspb.NewLoadReportingServiceClient(dialConn(t, s.Addr())).StreamLoadStats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&lrspb.LoadStatsRequest{Node: &core.Node{Id: "gw-1"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	stream := openLRS(ctx, t, dialConn(t, s.Addr()), "gw-1")
 	// report sends one cluster's stats from two localities (nodes), the
 	// buckets of each.
 	report := func(cluster string, issued, ok uint64, n1, n2 []bucket) {

@@ -594,17 +594,7 @@ its tag named when it was applied, so re-pointing a tag changes nothing
 that runs until the service is applied again.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			for _, file := range args {
-				if err := loadImage(cmd, g, cli, file, force); err != nil {
-					return err
-				}
-			}
-			return nil
+			return g.eachArg(args, func(cli pb.BerthClient, file string) error { return loadImage(cmd, g, cli, file, force) })
 		},
 	}
 	load.Flags().BoolVar(&force, "force", false, "re-point tags that name another upload (admin)")
@@ -614,12 +604,7 @@ that runs until the service is applied again.`,
 		Short: "Remove a tag (and its upload once nothing else names or pins it), or an upload by digest (admin)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer done()
-			for _, ref := range args {
+			return g.eachArg(args, func(cli pb.BerthClient, ref string) error {
 				resp, err := cli.RemoveImage(cmd.Context(), &pb.RemoveImageRequest{Image: ref, Force: rmForce})
 				if err != nil {
 					return g.rpcErr(err)
@@ -629,13 +614,29 @@ that runs until the service is applied again.`,
 					msg += fmt.Sprintf(" (upload %s and tags %s)", short(resp.RemovedDigest, 19), strings.Join(resp.RemovedReferences, ", "))
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), msg)
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	rm.Flags().BoolVar(&rmForce, "force", false, "remove even if services, revisions or instances use it")
 	cmd.AddCommand(load, rm)
 	return cmd
+}
+
+// eachArg runs f with one API client for each argument in turn, stopping
+// at the first error.
+func (g *globalOptions) eachArg(args []string, f func(cli pb.BerthClient, arg string) error) error {
+	cli, done, err := g.client()
+	if err != nil {
+		return err
+	}
+	defer done()
+	for _, a := range args {
+		if err := f(cli, a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func loadImage(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, file string, force bool) error {
