@@ -164,7 +164,7 @@ func TestSplitDocuments(t *testing.T) {
 }
 
 func TestLoadExamples(t *testing.T) {
-	svcs, err := Load("examples")
+	svcs, err := Load("../examples")
 	if err != nil {
 		t.Fatal(err)
 	}
