@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -253,16 +254,19 @@ func (s *Server) Run(ctx context.Context) error {
 	defer s.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	eg, ctx := errgroup.WithContext(ctx)
+	errc := make(chan error, 1)
 	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			if err := f(ctx); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
+				select {
+				case errc <- fmt.Errorf("%s: %w", name, err):
+				default:
+				}
+				return err
 			}
-		}()
+			return nil
+		})
 	}
 	run("cache", s.cache.Run)
 	run("auth cache", s.auth.Run)
@@ -272,7 +276,10 @@ func (s *Server) Run(ctx context.Context) error {
 	run("replica session", s.replicaSession)
 	go func() {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			errc <- fmt.Errorf("api: %w", err)
+			select {
+			case errc <- fmt.Errorf("api: %w", err):
+			default:
+			}
 		}
 	}()
 	var etcdErr <-chan error
@@ -283,6 +290,10 @@ func (s *Server) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		select { // a component's failure stops the group first: say which
+		case err = <-errc:
+		default:
+		}
 	case err = <-errc:
 	case err = <-etcdErr:
 		err = fmt.Errorf("etcd: %w", err)
@@ -295,7 +306,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-time.After(3 * time.Second):
 		s.grpc.Stop()
 	}
-	wg.Wait()
+	_ = eg.Wait() // the first failure is err already
 	return err
 }
 

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -33,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -200,40 +200,35 @@ func (c *controlPlane) run(ctx context.Context, g *group) {
 	g.go_("load sharing", sharer.Run)
 }
 
-// group runs components and stops them all when one fails.
+// group runs a role's components (errgroup): the first to fail stops
+// them all, and its error, named, is the role's. A component that returns
+// after the stop is not an error.
 type group struct {
 	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	err    error
+	cancel context.CancelFunc // stops every component
+	eg     *errgroup.Group
 }
 
 func newGroup(ctx context.Context) *group {
 	ctx, cancel := context.WithCancel(ctx)
-	return &group{ctx: ctx, cancel: cancel}
+	eg, ctx := errgroup.WithContext(ctx)
+	return &group{ctx: ctx, cancel: cancel, eg: eg}
 }
 
 func (g *group) go_(name string, f func(context.Context) error) {
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		err := f(g.ctx)
-		if err != nil && g.ctx.Err() == nil {
-			g.mu.Lock()
-			if g.err == nil {
-				g.err = fmt.Errorf("%s: %w", name, err)
-			}
-			g.mu.Unlock()
-			g.cancel()
+	g.eg.Go(func() error {
+		if err := f(g.ctx); err != nil && g.ctx.Err() == nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
-	}()
+		return nil
+	})
 }
 
+// wait waits for every component and returns the first failure.
 func (g *group) wait() error {
-	g.wg.Wait()
+	err := g.eg.Wait()
 	g.cancel()
-	return g.err
+	return err
 }
 
 func newRegistry() *prometheus.Registry {
