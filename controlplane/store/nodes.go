@@ -25,10 +25,11 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 	if subnetBits < cluster.Bits() || subnetBits > 30 {
 		return nil, fmt.Errorf("store: node subnet /%d does not fit cluster cidr %s", subnetBits, clusterCIDR)
 	}
-	for attempt := 0; attempt < maxRetries; attempt++ {
+	var node api.Node
+	err = casRetry("register node "+n.Name, func() (bool, error) {
 		resp, err := s.cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())
 		if err != nil {
-			return nil, fmt.Errorf("store: list nodes: %w", err)
+			return false, fmt.Errorf("store: list nodes: %w", err)
 		}
 		used := map[string]bool{}
 		var existing *api.Node
@@ -36,7 +37,7 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		for _, kv := range resp.Kvs {
 			var old api.Node
 			if err := json.Unmarshal(kv.Value, &old); err != nil {
-				return nil, fmt.Errorf("store: decode %s: %w", kv.Key, err)
+				return false, fmt.Errorf("store: decode %s: %w", kv.Key, err)
 			}
 			if old.Name == n.Name {
 				existing, existingRev = &old, kv.ModRevision
@@ -45,13 +46,13 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		}
 		claimed, err := s.cli.Get(ctx, SubnetsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
-			return nil, fmt.Errorf("store: list subnets: %w", err)
+			return false, fmt.Errorf("store: list subnets: %w", err)
 		}
 		for _, kv := range claimed.Kvs {
 			used[strings.ReplaceAll(strings.TrimPrefix(string(kv.Key), SubnetsPrefix), "_", "/")] = true
 		}
 		now := s.now().UTC()
-		node := n
+		node = n
 		node.Heartbeat = now
 		node.Ready = true
 		node.State, node.StateSince = api.NodeReady, now
@@ -65,9 +66,10 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 			cmps = []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(nodeKey(n.Name)), "=", existingRev)}
 		} else {
 			node.JoinedAt = now
+			var err error
 			node.PodCIDR, err = freeSubnet(cluster, subnetBits, used)
 			if err != nil {
-				return nil, err
+				return false, err
 			}
 			// Claim the subnet in the same transaction: two nodes joining
 			// at once can never get the same one.
@@ -78,13 +80,14 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		ops = append(ops, clientv3.OpPut(nodeKey(n.Name), mustJSON(node)))
 		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("store: register node %s: %w", n.Name, err)
+			return false, fmt.Errorf("store: register node %s: %w", n.Name, err)
 		}
-		if txn.Succeeded {
-			return &node, nil
-		}
+		return txn.Succeeded, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("store: register node %s: %w", n.Name, ErrConflict)
+	return &node, nil
 }
 
 // DeleteNode deletes a node, its heartbeat key and its pod subnet claim.

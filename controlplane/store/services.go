@@ -43,17 +43,18 @@ func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 // apply is Apply; causes, by service key, prefix the new revisions' change
 // text ("rollback to revision 3").
 func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]string, secrets ...SecretRecord) ([]ApplyResult, error) {
-	for attempt := 0; attempt < maxRetries; attempt++ {
+	var out []ApplyResult
+	err := casRetry("apply", func() (bool, error) {
 		now := s.now().UTC()
 		cmps, ops, results, err := s.applySecrets(ctx, secrets, now)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		for _, in := range vols {
 			key := volumeKey(in.Metadata.Namespace, in.Metadata.Name)
 			resp, err := s.cli.Get(ctx, key)
 			if err != nil {
-				return nil, fmt.Errorf("store: get %s: %w", key, err)
+				return false, fmt.Errorf("store: get %s: %w", key, err)
 			}
 			vol := in
 			res := ApplyResult{Kind: api.KindVolume, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
@@ -64,13 +65,13 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			} else {
 				var old api.Volume
 				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
-					return nil, fmt.Errorf("store: decode %s: %w", key, err)
+					return false, fmt.Errorf("store: decode %s: %w", key, err)
 				}
 				if old.Status.Deleting {
-					return nil, fmt.Errorf("volume %s is being deleted: %w", vol.Key(), ErrConflict)
+					return false, fmt.Errorf("volume %s is being deleted: %w", vol.Key(), ErrConflict)
 				}
 				if in.Spec.Node != "" && old.Status.Node != "" && in.Spec.Node != old.Status.Node {
-					return nil, fmt.Errorf("volume %s: spec.node %q: its data is on node %q (berth volume release first): %w", vol.Key(), in.Spec.Node, old.Status.Node, ErrInvalid)
+					return false, fmt.Errorf("volume %s: spec.node %q: its data is on node %q (berth volume release first): %w", vol.Key(), in.Spec.Node, old.Status.Node, ErrInvalid)
 				}
 				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
 				vol.Status = old.Status
@@ -88,7 +89,7 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			key := serviceKey(in.Metadata.Namespace, in.Metadata.Name)
 			resp, err := s.cli.Get(ctx, key)
 			if err != nil {
-				return nil, fmt.Errorf("store: get %s: %w", key, err)
+				return false, fmt.Errorf("store: get %s: %w", key, err)
 			}
 			svc := in
 			res := ApplyResult{Kind: api.KindService, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
@@ -98,7 +99,7 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 				// so an old revision is never reused with new content.
 				last, err := s.lastRevision(ctx, in.Metadata.Namespace, in.Metadata.Name)
 				if err != nil {
-					return nil, err
+					return false, err
 				}
 				svc.Status = api.ServiceStatus{Revision: last + 1, CreatedAt: now, UpdatedAt: now}
 				ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, last+1), mustJSON(api.Revision{
@@ -109,7 +110,7 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			} else {
 				var old api.Service
 				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
-					return nil, fmt.Errorf("store: decode %s: %w", key, err)
+					return false, fmt.Errorf("store: decode %s: %w", key, err)
 				}
 				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
 				svc.Status = old.Status
@@ -119,7 +120,7 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 					// may have made an older revision current again.
 					last, err := s.lastRevision(ctx, in.Metadata.Namespace, in.Metadata.Name)
 					if err != nil {
-						return nil, err
+						return false, err
 					}
 					svc.Status.Revision = max(last, old.Status.Revision) + 1
 					change := DescribeChange(old.Spec.Template(), in.Spec.Template())
@@ -147,15 +148,16 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			results = append(results, res)
 		}
 		if len(ops) == 0 {
-			return results, nil
+			out = results
+			return true, nil
 		}
 		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
-			return nil, fmt.Errorf("%w: applying %d objects takes %d etcd operations in one transaction, more than etcd allows (its --max-txn-ops; the embedded etcd allows %d); apply them in smaller groups",
+			return false, fmt.Errorf("%w: applying %d objects takes %d etcd operations in one transaction, more than etcd allows (its --max-txn-ops; the embedded etcd allows %d); apply them in smaller groups",
 				ErrTooLarge, len(svcs)+len(vols)+len(secrets), len(cmps)+len(ops), EmbeddedMaxTxnOps)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("store: apply: %w", err)
+			return false, fmt.Errorf("store: apply: %w", err)
 		}
 		if txn.Succeeded {
 			for i := range results {
@@ -163,10 +165,14 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 					results[i].Written = txn.Header.Revision
 				}
 			}
-			return results, nil
+			out = results
 		}
+		return txn.Succeeded, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("store: apply: %w", ErrConflict)
+	return out, nil
 }
 
 func (s *Store) lastRevision(ctx context.Context, ns, name string) (int64, error) {
