@@ -398,9 +398,12 @@ type Rollout struct {
 	// Promote asks to leave a "promote" pause (or, with Full, to finish).
 	Promote     bool `json:"promote,omitempty"`
 	PromoteFull bool `json:"promoteFull,omitempty"`
-	// Abort asks to roll back at once (`berth rollout abort`): the API
-	// records it, the controller acts on it.
+	// Abort asks to roll back at once (`berth rollout abort`), Pause to
+	// hold the canary where it is, Resume to go on: the API records the
+	// request, the controller acts on it.
 	Abort     bool      `json:"abort,omitempty"`
+	Pause     bool      `json:"pause,omitempty"`
+	Resume    bool      `json:"resume,omitempty"`
 	Message   string    `json:"message,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt,omitzero"`
 }

@@ -91,6 +91,22 @@ func TestCanaryStepsPromoteAndRollBack(t *testing.T) {
 	if p := placement(h, "hello"); p["a"] != 5 {
 		t.Fatalf("during the canary: %d instances, want 4 stable + 1 canary", p["a"])
 	}
+	// Pause and resume are requests the controller applies: a paused
+	// canary stays paused through a resume... then promote moves it.
+	if _, err := h.berth.RolloutAction(ctx, &pb.RolloutActionRequest{Name: "hello", Action: "pause"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "paused by the user", func() (bool, string) {
+		r := status()
+		return r != nil && r.Phase == "Paused" && r.Message == "paused by the user", fmt.Sprint(r)
+	})
+	if _, err := h.berth.RolloutAction(ctx, &pb.RolloutActionRequest{Name: "hello", Action: "resume"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "resumed, then at the promote pause again", func() (bool, string) {
+		r := status()
+		return r != nil && r.Phase == "Paused" && strings.Contains(r.Message, "waiting for `berth rollout promote`"), fmt.Sprint(r)
+	})
 	if _, err := h.berth.RolloutAction(ctx, &pb.RolloutActionRequest{Name: "hello", Action: "promote"}); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package apiserver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -93,51 +92,44 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 	return out, nil
 }
 
-// RolloutAction pauses, resumes, promotes or aborts a canary. Abort is the
-// one-step rollback: all traffic to stable at once, then the canary drains.
+// RolloutAction records the user's pause, resume, promote or abort on
+// the rollout; the controller acts on it in its next pass (abort: the
+// one-step rollback, all traffic to stable at once, then the canary
+// drains).
 func (s *Server) RolloutAction(ctx context.Context, req *pb.RolloutActionRequest) (*pb.Rollout, error) {
 	ns := nsOrDefault(req.Namespace)
-	for attempt := 0; attempt < 10; attempt++ {
-		vr, err := s.store.GetRollout(ctx, ns, req.Name)
-		if err != nil {
-			return nil, storeErr(err)
-		}
-		r := vr.Rollout
+	var msg string
+	r, err := s.store.UpdateRollout(ctx, ns, req.Name, func(r *api.Rollout) error {
 		if !r.Active() {
-			return nil, status.Errorf(codes.FailedPrecondition, "the rollout of %s/%s is %s, not in progress", ns, req.Name, r.Phase)
+			return status.Errorf(codes.FailedPrecondition, "the rollout of %s/%s is %s, not in progress", ns, req.Name, r.Phase)
 		}
-		msg := ""
 		if !r.Canary() && req.Action != "abort" {
-			return nil, status.Errorf(codes.FailedPrecondition, "%s/%s is in a rolling update, which can only be aborted (`berth rollout abort`); pause, resume and promote are for canaries", ns, req.Name)
+			return status.Errorf(codes.FailedPrecondition, "%s/%s is in a rolling update, which can only be aborted (`berth rollout abort`); pause, resume and promote are for canaries", ns, req.Name)
 		}
 		switch req.Action {
 		case "pause":
-			r.Phase, r.Promote, msg = api.RolloutPaused, false, "paused by the user"
+			r.Pause, r.Resume, msg = true, false, "pause requested by the user"
 		case "resume":
-			r.Phase, r.ProgressAt, msg = api.RolloutProgressing, time.Now().UTC(), "resumed by the user"
+			r.Resume, msg = true, "resume requested by the user"
 		case "promote":
-			r.Promote, r.PromoteFull, r.ProgressAt = true, req.Full, time.Now().UTC()
-			if r.Phase == api.RolloutPaused {
-				r.Phase = api.RolloutProgressing
-			}
-			msg = "promoted by the user"
+			r.Promote, r.PromoteFull, msg = true, req.Full, "promoted by the user"
 			if req.Full {
 				msg = "promoted to 100% by the user"
 			}
 		case "abort":
-			// Intent only: the controller rolls back (in its next pass).
 			r.Abort, msg = true, "abort requested by the user; rolling back to revision "+fmt.Sprint(r.Stable)
 		default:
-			return nil, status.Errorf(codes.InvalidArgument, "rollout action %q: use pause, resume, promote or abort", req.Action)
+			return status.Errorf(codes.InvalidArgument, "rollout action %q: use pause, resume, promote or abort", req.Action)
 		}
 		r.Message = msg
-		if _, err := s.store.PutRollout(ctx, r, vr.ModRevision); errors.Is(err, store.ErrConflict) {
-			continue
-		} else if err != nil {
-			return nil, storeErr(err)
+		return nil
+	})
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return nil, err
 		}
-		_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Rollout", Message: msg})
-		return pb.FromRollout(&r), nil
+		return nil, storeErr(err)
 	}
-	return nil, status.Error(codes.Aborted, "the rollout kept changing; try again")
+	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Rollout", Message: fmt.Sprintf("%s (%s)", msg, principalOf(ctx))})
+	return pb.FromRollout(r), nil
 }

@@ -78,6 +78,19 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	if d, ok := decideAbort(r); ok {
 		return d
 	}
+	if r.Active() && (r.Pause || r.Resume) {
+		// The user's pause or resume, in the order asked (a pause and a
+		// resume both pending: the resume came last and wins).
+		d := RolloutDecision{Next: r, Changed: true}
+		d.Next.Pause, d.Next.Resume = false, false
+		if r.Resume {
+			d.Next.Phase, d.Next.ProgressAt, d.Event = api.RolloutProgressing, in.Now, "resumed by the user"
+		} else {
+			d.Next.Phase, d.Next.Promote, d.Next.PromoteFull, d.Event = api.RolloutPaused, false, false, "paused by the user"
+		}
+		d.Next.Message = d.Event
+		return d
+	}
 	d := RolloutDecision{Next: r}
 	set := func(msg string) {
 		if d.Next.Message != msg {

@@ -289,3 +289,23 @@ func TestDecideAbort(t *testing.T) {
 		t.Fatalf("abort of a finished rollout changed it: %+v", d)
 	}
 }
+
+// The user's pause holds a canary where it is (a promote pending is
+// dropped); resume goes on with a fresh progress clock.
+func TestDecidePauseResume(t *testing.T) {
+	r := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10, StepStartedAt: t0, ProgressAt: t0, Pause: true, Promote: true}
+	in := RolloutInputs{Now: t0.Add(time.Minute), Spec: canarySpec(false), Replicas: 4, CanaryReady: 4, Acked: true}
+	d := DecideRollout(r, in)
+	if d.Next.Phase != api.RolloutPaused || d.Next.Pause || d.Next.Promote || d.Next.Weight != 10 || d.Event != "paused by the user" {
+		t.Fatalf("pause: %+v", d)
+	}
+	if again := DecideRollout(d.Next, in); again.Changed {
+		t.Fatalf("a paused canary moved on its own: %+v", again)
+	}
+	p := d.Next
+	p.Resume = true
+	d = DecideRollout(p, in)
+	if d.Next.Phase != api.RolloutProgressing || d.Next.Resume || !d.Next.ProgressAt.Equal(in.Now) || d.Event != "resumed by the user" {
+		t.Fatalf("resume: %+v", d)
+	}
+}

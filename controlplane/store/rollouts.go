@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/berth-dev/berth/api"
@@ -34,6 +35,32 @@ func (s *Store) PutRollout(ctx context.Context, r api.Rollout, modRevision int64
 	}
 	s.wrote(txn.Header.Revision)
 	return txn.Header.Revision, nil
+}
+
+// UpdateRollout applies change to a service's rollout with
+// compare-and-swap, retrying on conflicts; change's error stops it.
+func (s *Store) UpdateRollout(ctx context.Context, ns, name string, change func(r *api.Rollout) error) (*api.Rollout, error) {
+	var r api.Rollout
+	err := casRetry("update rollout "+ns+"/"+name, func() (bool, error) {
+		vr, err := s.GetRollout(ctx, ns, name)
+		if err != nil {
+			return false, err
+		}
+		r = vr.Rollout
+		if err := change(&r); err != nil {
+			return false, err
+		}
+		if _, err := s.PutRollout(ctx, r, vr.ModRevision); errors.Is(err, ErrConflict) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 // GetRollout reads a service's rollout (ErrNotFound if it never had one).
