@@ -21,7 +21,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
@@ -29,7 +28,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -37,6 +35,7 @@ import (
 	berthdns "github.com/berth-dev/berth/dns"
 	"github.com/berth-dev/berth/nodeagent/probe"
 	"github.com/berth-dev/berth/nodeagent/runtime"
+	"github.com/berth-dev/berth/nodeagent/volume"
 	"github.com/berth-dev/berth/pki"
 	"github.com/berth-dev/berth/pki/enroll"
 	"github.com/prometheus/client_golang/prometheus"
@@ -566,112 +565,21 @@ func (a *Agent) ensureImage(ctx context.Context, ref, digest string) error {
 }
 
 // volumeDir returns (creating it on first use) the directory holding a
-// volume's data on this node: <state dir>/volumes/<namespace>/<name>. With
-// a size limit the directory is the mount point of an ext4 file system in
-// <name>.img of exactly that size, loop-mounted, so the limit holds; a
-// volume that already has plain data keeps it (the limit is then logged as
-// not enforced rather than hiding the data under a new mount).
+// volume's data on this node (volume.Store).
 func (a *Agent) volumeDir(namespace, name string, sizeBytes int64) (string, error) {
-	if !validVolumePart(namespace) || !validVolumePart(name) {
-		return "", fmt.Errorf("volume %s/%s: not a valid name", namespace, name)
-	}
-	root := filepath.Join(a.cfg.Runtime.StateDir, "volumes", namespace)
-	dir := filepath.Join(root, name)
-	img := dir + ".img"
-	_, dirErr := os.Stat(dir)
-	_, imgErr := os.Stat(img)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("volume %s/%s: %w", namespace, name, err)
-	}
-	if sizeBytes <= 0 {
-		return dir, nil
-	}
-	if imgErr != nil && dirErr == nil {
-		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
-			a.logger.Warn("volume has data from before its size limit; the limit is not enforced", "volume", namespace+"/"+name)
-			return dir, nil
-		}
-	}
-	if err := ensureSizedVolume(dir, img, sizeBytes); err != nil {
-		return "", fmt.Errorf("volume %s/%s (size %d bytes): %w", namespace, name, sizeBytes, err)
-	}
-	return dir, nil
+	return a.volumeStore().Dir(namespace, name, sizeBytes)
 }
 
-// ensureSizedVolume makes dir the mount point of the ext4 image img,
-// creating the image on first use.
-func ensureSizedVolume(dir, img string, size int64) error {
-	if mounted, err := isMountPoint(dir); err != nil {
-		return err
-	} else if mounted {
-		return nil
-	}
-	if _, err := os.Stat(img); os.IsNotExist(err) {
-		f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		err = f.Truncate(size)
-		f.Close()
-		if err != nil {
-			os.Remove(img)
-			return err
-		}
-		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", img).CombinedOutput(); err != nil {
-			os.Remove(img)
-			return fmt.Errorf("mkfs.ext4: %v: %s", err, out)
-		}
-	}
-	if out, err := exec.Command("mount", "-o", "loop,nodev,nosuid", img, dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("mount %s: %v: %s", img, err, out)
-	}
-	return nil
-}
-
-// isMountPoint reports whether dir is a mount point (its device differs
-// from its parent's).
-func isMountPoint(dir string) (bool, error) {
-	var st, parent syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
-		return false, err
-	}
-	if err := syscall.Stat(filepath.Dir(dir), &parent); err != nil {
-		return false, err
-	}
-	return st.Dev != parent.Dev, nil
-}
-
-// validVolumePart guards the path: DNS labels only (validated at apply
-// time too), never "..".
-func validVolumePart(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-			return false
-		}
-	}
-	return true
+func (a *Agent) volumeStore() volume.Store {
+	return volume.Store{Root: filepath.Join(a.cfg.Runtime.StateDir, "volumes"), Logger: a.logger}
 }
 
 // deleteVolume removes a deleted volume's data and tells the control plane.
 func (a *Agent) deleteVolume(ctx context.Context, key string) error {
 	ns, name, _ := strings.Cut(key, "/")
-	if !validVolumePart(ns) || !validVolumePart(name) {
-		return fmt.Errorf("volume %q: not a valid name", key)
-	}
-	dir := filepath.Join(a.cfg.Runtime.StateDir, "volumes", ns, name)
-	if mounted, err := isMountPoint(dir); err == nil && mounted {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			return fmt.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove %s: %w", dir, err)
-	}
-	if err := os.Remove(dir + ".img"); err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("remove %s.img: %w", dir, err)
+	dir, err := a.volumeStore().Remove(ns, name)
+	if err != nil {
+		return err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
