@@ -165,17 +165,18 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("agent: node name is empty")
 	}
+	def := DefaultConfig() // the one place defaults live
 	if cfg.StopGrace <= 0 {
-		cfg.StopGrace = 10 * time.Second
+		cfg.StopGrace = def.StopGrace
 	}
 	if cfg.DefaultLimits == (DefaultLimits{}) {
-		cfg.DefaultLimits = DefaultConfig().DefaultLimits
+		cfg.DefaultLimits = def.DefaultLimits
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 30 * time.Second
+		cfg.MaxBackoff = def.MaxBackoff
 	}
 	if cfg.DNSPort == 0 {
-		cfg.DNSPort = 53
+		cfg.DNSPort = def.DNSPort
 	}
 	a := &Agent{
 		cfg: cfg, logger: cfg.Logger.With("component", "agent", "node", cfg.Name),

@@ -90,11 +90,12 @@ func New(cfg Config, st Store, cache Views) *Controller {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	def := DefaultConfig() // the one place defaults live
 	if cfg.Resync <= 0 {
-		cfg.Resync = time.Second
+		cfg.Resync = def.Resync
 	}
 	if cfg.LostGrace <= 0 {
-		cfg.LostGrace = 10 * time.Second
+		cfg.LostGrace = def.LostGrace
 	}
 	c := &Controller{
 		cfg: cfg, store: st, cache: cache, sched: scheduler.New(), loads: cfg.Loads,
