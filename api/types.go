@@ -752,6 +752,10 @@ type GatewayStatus struct {
 	Proxyless bool      `json:"proxyless,omitempty"`
 	LastNack  string    `json:"lastNack,omitempty"`
 	Connected time.Time `json:"connected,omitzero"`
+	// Lag is how long ago the oldest version it does not run was published
+	// (0 when synced): live in the replica that serves it, never stored
+	// (it changes with the clock).
+	Lag time.Duration `json:"-"`
 }
 
 // Gateway states.

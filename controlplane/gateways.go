@@ -6,14 +6,14 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
-	"github.com/berth-dev/berth/api/pb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// gatewayReportEvery is how often a replica looks for changes in its xDS
-// clients' state (an in-memory read); etcd is written only on a change.
-const gatewayReportEvery = 50 * time.Millisecond
+// gatewayReportEvery is how often a replica looks at its xDS clients'
+// state when nothing woke it (a client turning STALE is a matter of time,
+// not of an event); etcd is written only on a change.
+const gatewayReportEvery = time.Second
 
 // AdvertiseAddr is the API address the other replicas reach this one at:
 // Config.AdvertiseAddr, else the address the API listens on.
@@ -90,10 +90,14 @@ func (s *Server) reportWithSession(ctx context.Context, sess *concurrency.Sessio
 	last := ""
 	for {
 		var list []api.GatewayStatus
-		if s.cfg.Gateways != nil {
-			list = gatewayStatuses(s.cfg.Gateways())
+		var woken <-chan struct{}
+		if s.cfg.GatewaysChanged != nil {
+			woken = s.cfg.GatewaysChanged() // before the read: no change is missed
 		}
-		body, _ := json.Marshal(list)
+		if s.cfg.Gateways != nil {
+			list = s.cfg.Gateways()
+		}
+		body, _ := json.Marshal(list) // Lag is not in it
 		if s.cfg.Gateways != nil && string(body) != last {
 			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			err := s.store.PutGateways(wctx, name, sess.Lease(), list)
@@ -111,22 +115,7 @@ func (s *Server) reportWithSession(ctx context.Context, sess *concurrency.Sessio
 			s.logger.Warn("gateway report: etcd session expired, starting a new one")
 			return
 		case <-t.C:
+		case <-woken:
 		}
 	}
-}
-
-// gatewayStatuses converts the xDS server's view of its clients, leaving
-// out what changes with the clock (lag), so etcd is written only on a
-// change.
-func gatewayStatuses(resp *pb.ListGatewaysResponse) []api.GatewayStatus {
-	out := make([]api.GatewayStatus, 0, len(resp.GetGateways()))
-	for _, g := range resp.GetGateways() {
-		st := api.GatewayStatus{NodeID: g.NodeId, Address: g.Address, Version: g.Version, State: g.State,
-			Delta: g.Delta, Proxyless: g.Proxyless, LastNack: g.LastNack}
-		if g.ConnectedAt != nil {
-			st.Connected = g.ConnectedAt.AsTime().UTC()
-		}
-		out = append(out, st)
-	}
-	return out
 }

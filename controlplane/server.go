@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/apiserver"
 	"github.com/berth-dev/berth/controlplane/controller"
@@ -84,8 +85,11 @@ type Config struct {
 	AdvertiseAddr string
 	// ElectionTTL bounds how long a dead leader keeps the lead.
 	ElectionTTL time.Duration
-	// Gateways reports this replica's xDS clients for `berth get gateways`.
-	Gateways func() *pb.ListGatewaysResponse
+	// Gateways reports this replica's xDS clients (`berth get gateways`,
+	// and etcd for the other replicas); GatewaysChanged, if set, wakes the
+	// report when their ACK state moves (else it looks every second).
+	Gateways        func() []api.GatewayStatus
+	GatewaysChanged func() <-chan struct{}
 	// Loads feeds canary analysis from the gateways' load reports.
 	Loads      controller.LoadReader
 	Logger     *slog.Logger

@@ -401,8 +401,8 @@ func TestDrainWaitsForEveryReplicasGateways(t *testing.T) {
 	localVersion.Store(math.MaxUint64)
 	h := start(t, func(c *Config) {
 		c.Name = "replica-a"
-		c.Gateways = func() *pb.ListGatewaysResponse {
-			return &pb.ListGatewaysResponse{Gateways: []*pb.Gateway{{NodeId: "gw-local", Version: localVersion.Load(), State: "SYNCED"}}}
+		c.Gateways = func() []api.GatewayStatus {
+			return []api.GatewayStatus{{NodeID: "gw-local", Version: localVersion.Load(), State: api.GatewaySynced}}
 		}
 	})
 	ctx := context.Background()

@@ -598,6 +598,15 @@ func (s *Server) Gateways() []GatewayStatus {
 // ACKed every response sent, and V was published when the server last
 // found nothing more to send it (or published since without touching the
 // resources it subscribed to).
+// Changed returns a channel closed at the next change of any client's
+// ACK state (a connect, an ACK, a NACK, a disconnect): watchers take a new
+// one after each.
+func (s *Server) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
 func (s *Server) WaitForAck(ctx context.Context, version uint64) error {
 	for {
 		s.mu.Lock()

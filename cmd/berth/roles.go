@@ -33,7 +33,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // serverFlags are shared by `berth server` and `berth dev`.
@@ -175,7 +174,8 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 		}
 	}
 	cfg.HeartbeatInterval = f.nodeTimeout / 4
-	cfg.Gateways = func() *pb.ListGatewaysResponse { return gatewaysOf(xsrv) }
+	cfg.Gateways = func() []api.GatewayStatus { return gatewaysOf(xsrv) }
+	cfg.GatewaysChanged = xsrv.Changed
 	cfg.Loads = revisionLoads{xsrv}
 	c.cp, err = controlplane.New(ctx, cfg, sinks...)
 	if err != nil {
@@ -679,19 +679,17 @@ func renewOver(ctx context.Context, server string, creds *enroll.Credentials, lo
 	return creds.KeepRenewed(ctx, conn, logger)
 }
 
-// gatewaysOf converts the xDS server's view of its clients for the API.
-func gatewaysOf(x *xds.Server) *pb.ListGatewaysResponse {
-	out := &pb.ListGatewaysResponse{PublishedVersion: x.Version()}
+// gatewaysOf is the xDS server's view of its clients, in the control
+// plane's terms.
+func gatewaysOf(x *xds.Server) []api.GatewayStatus {
+	var out []api.GatewayStatus
 	for _, g := range x.Gateways() {
-		gw := &pb.Gateway{NodeId: g.NodeID, Address: g.Address, Version: g.Version, State: g.State,
-			LagMs: g.Lag.Milliseconds(), Delta: g.Delta, Proxyless: g.Proxyless, Published: x.Version()}
-		if !g.ConnectedAt.IsZero() {
-			gw.ConnectedAt = timestamppb.New(g.ConnectedAt)
-		}
+		st := api.GatewayStatus{NodeID: g.NodeID, Address: g.Address, Version: g.Version, State: g.State,
+			Delta: g.Delta, Proxyless: g.Proxyless, Connected: g.ConnectedAt.UTC(), Lag: g.Lag}
 		if g.LastNack != nil {
-			gw.LastNack = fmt.Sprintf("%s version %s: %s", g.LastNack.TypeURL, g.LastNack.Version, g.LastNack.Error)
+			st.LastNack = fmt.Sprintf("%s version %s: %s", g.LastNack.TypeURL, g.LastNack.Version, g.LastNack.Error)
 		}
-		out.Gateways = append(out.Gateways, gw)
+		out = append(out, st)
 	}
 	return out
 }

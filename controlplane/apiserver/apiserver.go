@@ -12,9 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,7 +70,7 @@ type Config struct {
 	// for fetching an upload from another replica.
 	ReplicaTLS *tls.Config
 	// Gateways reports the xDS clients (nil: none known).
-	Gateways func() *pb.ListGatewaysResponse
+	Gateways func() []api.GatewayStatus
 	// Loads reports per-revision traffic for `berth rollout status`.
 	Loads  controller.LoadReader
 	Logger *slog.Logger
@@ -623,28 +625,28 @@ func (s *Server) gateways() *pb.ListGatewaysResponse {
 	if snap := s.publisher.Latest(); snap != nil {
 		out.PublishedVersion = snap.Version
 	}
-	local := map[string]*pb.Gateway{}
+	local := map[string]api.GatewayStatus{}
 	if s.cfg.Gateways != nil {
-		resp := s.cfg.Gateways()
-		out.PublishedVersion = max(out.PublishedVersion, resp.PublishedVersion)
-		for _, g := range resp.Gateways {
-			local[g.NodeId] = g
+		for _, g := range s.cfg.Gateways() {
+			local[g.NodeID] = g
 		}
+	}
+	add := func(g api.GatewayStatus, replica string) {
+		out.Gateways = append(out.Gateways, &pb.Gateway{NodeId: g.NodeID, Address: g.Address, Version: g.Version, State: g.State,
+			LagMs: g.Lag.Milliseconds(), Delta: g.Delta, Proxyless: g.Proxyless, LastNack: g.LastNack, ConnectedAt: tsOf(g.Connected),
+			Published: out.PublishedVersion, Replica: replica})
 	}
 	for _, g := range s.cache.View().Gateways {
-		pg, live := local[g.NodeID]
-		if live {
+		if live, ok := local[g.NodeID]; ok {
 			delete(local, g.NodeID)
-		} else {
-			pg = &pb.Gateway{NodeId: g.NodeID, Address: g.Address, Version: g.Version, State: g.State,
-				Delta: g.Delta, Proxyless: g.Proxyless, LastNack: g.LastNack, ConnectedAt: tsOf(g.Connected)}
+			g = api.GatewayStatus{NodeID: live.NodeID, Address: live.Address, Version: live.Version, State: live.State, Delta: live.Delta,
+				Proxyless: live.Proxyless, LastNack: live.LastNack, Connected: live.Connected, Lag: live.Lag, Replica: g.Replica}
 		}
-		pg.Replica = g.Replica
-		out.Gateways = append(out.Gateways, pg)
+		add(g, g.Replica)
 	}
 	// Clients that connected here since this replica last wrote to etcd.
-	for _, g := range local {
-		out.Gateways = append(out.Gateways, g)
+	for _, id := range slices.Sorted(maps.Keys(local)) {
+		add(local[id], "")
 	}
 	return out
 }
