@@ -28,7 +28,8 @@ type loop struct {
 	// synced is set once the first assignments arrived: only then may
 	// containers without an assignment be stopped.
 	synced   bool
-	reported map[string]api.InstanceStatus
+	// reportedSt is, per instance, the status the control plane has.
+	reportedSt map[string]api.InstanceStatus
 	// deleting holds the volumes whose data is being removed.
 	deleting   map[string]bool
 	volumeDone chan volumeResult
@@ -37,6 +38,16 @@ type loop struct {
 	// now is the loop's clock (time.Now; a fake one in tests): backoffs,
 	// probe times and status times are read from it.
 	now func() time.Time
+	// reporting is set while a status report is on its way (one at a
+	// time, off the loop goroutine); reportDone brings its result.
+	reporting  bool
+	reportDone chan reportResult
+}
+
+// reportResult is a finished status report: what it sent, or why not.
+type reportResult struct {
+	sent []api.InstanceStatus
+	err  error
 }
 
 type volumeResult struct {
@@ -91,8 +102,9 @@ type probeResult struct {
 func newLoop(a *Agent) *loop {
 	opCtx, cancel := context.WithCancel(context.Background())
 	return &loop{a: a, items: map[string]*item{}, results: make(chan opResult, 64), probes: make(chan probeResult, 64),
-		opCtx: opCtx, cancelOp: cancel, reported: map[string]api.InstanceStatus{},
-		deleting: map[string]bool{}, volumeDone: make(chan volumeResult, 16), now: time.Now}
+		opCtx: opCtx, cancelOp: cancel, reportedSt: map[string]api.InstanceStatus{},
+		deleting: map[string]bool{}, volumeDone: make(chan volumeResult, 16), now: time.Now,
+		reportDone: make(chan reportResult, 1)}
 }
 
 // exitResubscribe is how soon the loop subscribes to task exits again
@@ -144,6 +156,8 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, subs
 			l.finished(r)
 		case r := <-l.probes:
 			l.probed(r)
+		case r := <-l.reportDone:
+			l.reported(r)
 		case r := <-l.volumeDone:
 			if r.err != nil {
 				l.a.logger.Warn("delete volume failed; will retry", "volume", r.key, "err", r.err)
@@ -255,7 +269,9 @@ func (l *loop) assign(msg *pb.Assignments) {
 			continue
 		}
 		l.deleting[key] = true
+		l.ops.Add(1) // owned: shutdown waits for it
 		go func() {
+			defer l.ops.Done()
 			err := l.a.deleteVolume(l.opCtx, key)
 			l.volumeDone <- volumeResult{key: key, err: err}
 		}()
@@ -534,7 +550,9 @@ func (l *loop) act() {
 		case it.running && !it.probing && !now.Before(it.nextProbe) && it.inst.Template.Health != nil:
 			it.probing = true
 			ip, h := it.st.IP, it.inst.Template.Health
+			l.ops.Add(1) // owned: shutdown cancels and waits for it
 			go func() {
+				defer l.ops.Done()
 				ctx, cancel := context.WithTimeout(l.opCtx, 30*time.Second)
 				defer cancel()
 				l.probes <- probeResult{id: id, err: l.a.prober.Check(ctx, ip, h)}
@@ -552,15 +570,21 @@ func changed(a, b api.InstanceStatus) bool {
 	return a != b
 }
 
-// report sends the statuses that changed since they were last sent.
+// report sends the statuses that changed since they were last sent, off
+// the loop goroutine (the control plane being slow never holds up starts,
+// stops and probes): one report at a time; what changes meanwhile goes in
+// the next.
 func (l *loop) report(ctx context.Context) {
+	if l.reporting {
+		return
+	}
 	var batch []*pb.InstanceStatus
 	var sent []api.InstanceStatus
 	for _, it := range l.items {
 		if !it.assigned {
 			continue
 		}
-		old, ok := l.reported[it.st.ID]
+		old, ok := l.reportedSt[it.st.ID]
 		if ok && !changed(old, it.st) {
 			continue
 		}
@@ -572,20 +596,35 @@ func (l *loop) report(ctx context.Context) {
 	if len(batch) == 0 {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if _, err := l.a.client.ReportStatus(rctx, &pb.ReportStatusRequest{Node: l.a.cfg.Name, Statuses: batch}); err != nil {
-		if ctx.Err() == nil {
-			l.a.logger.Warn("report status failed; will retry", "err", err)
+	l.reporting = true
+	l.ops.Add(1)
+	go func() {
+		defer l.ops.Done()
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err := l.a.client.ReportStatus(rctx, &pb.ReportStatusRequest{Node: l.a.cfg.Name, Statuses: batch})
+		if err != nil && ctx.Err() != nil {
+			err = nil // shutting down: nothing to retry
+			sent = nil
 		}
+		l.reportDone <- reportResult{sent: sent, err: err}
+	}()
+}
+
+// reported takes a finished report's result: what was sent is now known
+// to the control plane; a failure is retried with the next report.
+func (l *loop) reported(r reportResult) {
+	l.reporting = false
+	if r.err != nil {
+		l.a.logger.Warn("report status failed; will retry", "err", r.err)
 		return
 	}
-	for _, st := range sent {
-		l.reported[st.ID] = st
+	for _, st := range r.sent {
+		l.reportedSt[st.ID] = st
 	}
-	for id := range l.reported {
+	for id := range l.reportedSt {
 		if l.items[id] == nil {
-			delete(l.reported, id)
+			delete(l.reportedSt, id)
 		}
 	}
 }
@@ -599,6 +638,8 @@ func (l *loop) shutdown() {
 			select {
 			case <-l.results:
 			case <-l.probes:
+			case <-l.reportDone:
+			case <-l.volumeDone:
 			case <-done:
 				return
 			}

@@ -111,6 +111,8 @@ type fakeControlPlane struct {
 	pb.NodeAgentClient // calls the loop does not make panic
 	mu                 sync.Mutex
 	reports            []*pb.InstanceStatus
+	// block, if set, holds every report until it is closed.
+	block chan struct{}
 }
 
 func (c *fakeControlPlane) FetchImage(context.Context, *pb.FetchImageRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[pb.ImageChunk], error) {
@@ -125,7 +127,14 @@ func (notUploaded) Recv() (*pb.ImageChunk, error) {
 	return nil, status.Error(codes.NotFound, "not uploaded")
 }
 
-func (c *fakeControlPlane) ReportStatus(_ context.Context, req *pb.ReportStatusRequest, _ ...grpc.CallOption) (*pb.ReportStatusResponse, error) {
+func (c *fakeControlPlane) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest, _ ...grpc.CallOption) (*pb.ReportStatusResponse, error) {
+	if c.block != nil {
+		select {
+		case <-c.block:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reports = append(c.reports, req.Statuses...)
@@ -199,7 +208,21 @@ func (h *harness) step() {
 			h.t.Fatal("an operation never finished")
 		}
 	}
+	h.report()
+}
+
+// report runs the loop's status report and waits for it to land.
+func (h *harness) report() {
+	h.t.Helper()
 	h.l.report(context.Background())
+	if h.l.reporting {
+		select {
+		case r := <-h.l.reportDone:
+			h.l.reported(r)
+		case <-time.After(5 * time.Second):
+			h.t.Fatal("the status report never finished")
+		}
+	}
 }
 
 func (h *harness) wantCalls(want ...string) {
@@ -239,7 +262,7 @@ func TestLoopRestartsWithBackoff(t *testing.T) {
 	h.step()
 	exit := func() {
 		h.l.exited(runtime.Exit{InstanceID: "a", Code: 1, At: h.now})
-		h.l.report(context.Background())
+		h.report()
 	}
 	wantBackoff := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second}
 	calls := []string{"start a"}
@@ -364,4 +387,32 @@ func TestLoopResubscribesWhenTheExitStreamBreaks(t *testing.T) {
 	h.rt.mu.Unlock()
 	waitFor("subscribed again", func() bool { h.rt.mu.Lock(); defer h.rt.mu.Unlock(); return h.rt.subscribes == 2 })
 	waitFor("the missed exit restarted it", func() bool { return slices.Contains(h.rt.Calls(), "restart a") })
+}
+
+// A control plane that does not answer status reports holds up nothing:
+// the loop goes on starting what it is assigned.
+func TestLoopReportDoesNotBlock(t *testing.T) {
+	h := newHarness(t)
+	h.l.now = time.Now
+	h.cp.block = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	assignments := make(chan *pb.Assignments, 1)
+	assignments <- &pb.Assignments{Instances: []*pb.Instance{running("a")}}
+	done := make(chan error, 1)
+	go func() { done <- h.l.run(ctx, assignments, h.rt.Exits) }()
+	defer func() { close(h.cp.block); cancel(); <-done }()
+	deadline := time.Now().Add(2 * time.Second) // well within the report's 3 s timeout
+	for !slices.Contains(h.rt.Calls(), "start a") {
+		if time.Now().After(deadline) {
+			t.Fatal("a never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	assignments <- &pb.Assignments{Instances: []*pb.Instance{running("a"), running("b")}}
+	for !slices.Contains(h.rt.Calls(), "start b") {
+		if time.Now().After(deadline) {
+			t.Fatalf("b did not start while a status report hung: %q", h.rt.Calls())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
