@@ -27,7 +27,7 @@ type loop struct {
 	cancelOp context.CancelFunc
 	// synced is set once the first assignments arrived: only then may
 	// containers without an assignment be stopped.
-	synced   bool
+	synced bool
 	// reportedSt is, per instance, the status the control plane has.
 	reportedSt map[string]api.InstanceStatus
 	// deleting holds the volumes whose data is being removed.
