@@ -1,7 +1,10 @@
-package nodeagent
+// Package hostgw keeps a node's routes to the other nodes' pod subnets
+// (host-gw: each subnet via its node's address), marked with Berth's route
+// protocol so that only Berth's routes are ever touched. It decides
+// nothing: the control plane's node list says which subnet is where.
+package hostgw
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,15 +14,15 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// routeProtocol marks the routes Berth installs (host-gw: each other
+// Protocol marks the routes Berth installs (host-gw: each other
 // node's pod subnet via that node's address), so the agent can find and
 // remove them without touching anyone else's. Values above 4 are free for
 // routing daemons; 186 is Berth's.
-const routeProtocol = netlink.RouteProtocol(186)
+const Protocol = netlink.RouteProtocol(186)
 
-// desiredRoutes computes host-gw routes from the node list: every other
+// Desired computes host-gw routes from the node list: every other
 // node with a pod subnet and a routable address. A pure function.
-func desiredRoutes(self string, nodes []*pb.Node) map[netip.Prefix]netip.Addr {
+func Desired(self string, nodes []*pb.Node) map[netip.Prefix]netip.Addr {
 	out := map[netip.Prefix]netip.Addr{}
 	for _, n := range nodes {
 		if n.Name == self || n.PodCidr == "" {
@@ -38,11 +41,11 @@ func desiredRoutes(self string, nodes []*pb.Node) map[netip.Prefix]netip.Addr {
 	return out
 }
 
-// syncRoutes makes the kernel's Berth routes match want: replaces what
+// Sync makes the kernel's Berth routes match want: replaces what
 // differs and deletes Berth routes no longer wanted (including leftovers of
 // an earlier run).
-func syncRoutes(want map[netip.Prefix]netip.Addr) (added, removed []string, err error) {
-	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+func Sync(want map[netip.Prefix]netip.Addr) (added, removed []string, err error) {
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: Protocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list routes: %w", err)
 	}
@@ -73,7 +76,7 @@ func syncRoutes(want map[netip.Prefix]netip.Addr) (added, removed []string, err 
 			continue
 		}
 		_, ipnet, _ := net.ParseCIDR(dst.String())
-		r := &netlink.Route{Dst: ipnet, Gw: net.IP(gw.AsSlice()), Protocol: routeProtocol}
+		r := &netlink.Route{Dst: ipnet, Gw: net.IP(gw.AsSlice()), Protocol: Protocol}
 		if err := netlink.RouteReplace(r); err != nil {
 			return added, removed, fmt.Errorf("route %s via %s: %w", dst, gw, err)
 		}
@@ -82,28 +85,4 @@ func syncRoutes(want map[netip.Prefix]netip.Addr) (added, removed []string, err 
 	sort.Strings(added)
 	sort.Strings(removed)
 	return added, removed, nil
-}
-
-// followNodes keeps the routes to other nodes' pod subnets current.
-func (a *Agent) followNodes(ctx context.Context) {
-	a.retry(ctx, "nodes", func(ctx context.Context) error {
-		stream, err := a.client.WatchNodes(ctx, &pb.WatchNodesRequest{Node: a.cfg.Name})
-		if err != nil {
-			return err
-		}
-		for {
-			msg, err := stream.Recv()
-			if err != nil {
-				return err
-			}
-			added, removed, err := syncRoutes(desiredRoutes(a.cfg.Name, msg.Nodes))
-			if err != nil {
-				a.logger.Warn("routes to other nodes", "err", err)
-				continue
-			}
-			if len(added)+len(removed) > 0 {
-				a.logger.Info("routes to other nodes updated", "added", added, "removed", removed)
-			}
-		}
-	})
 }

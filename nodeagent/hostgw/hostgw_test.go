@@ -1,4 +1,4 @@
-package nodeagent
+package hostgw
 
 import (
 	"net/netip"
@@ -15,7 +15,7 @@ func TestDesiredRoutes(t *testing.T) {
 		{Name: "d", Address: "10.213.64.14", PodCidr: ""},           // no subnet yet
 		{Name: "e", Address: "bogus", PodCidr: "10.213.4.0/24"},
 	}
-	got := desiredRoutes("a", nodes)
+	got := Desired("a", nodes)
 	want := map[netip.Prefix]netip.Addr{netip.MustParsePrefix("10.213.1.0/24"): netip.MustParseAddr("10.213.64.12")}
 	if len(got) != len(want) {
 		t.Fatalf("routes = %v, want %v", got, want)
