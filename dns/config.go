@@ -136,6 +136,7 @@ func DefaultConfig() Config {
 		MaxTCPConns:          1024,
 		MaxTCPConnsPerClient: 16,
 		TCPIdleTimeout:       10 * time.Second,
+		RateLimitSlip:        2,
 	}
 }
 
@@ -178,7 +179,7 @@ func (c Config) normalize() Config {
 		c.MaxTCPConns = d.MaxTCPConns
 	}
 	if c.RateLimitSlip == 0 {
-		c.RateLimitSlip = 2
+		c.RateLimitSlip = d.RateLimitSlip
 	}
 	if c.MaxTCPConnsPerClient <= 0 {
 		c.MaxTCPConnsPerClient = d.MaxTCPConnsPerClient

@@ -258,7 +258,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Translate.ListenerPort = cfg.ListenerPort
 	}
 	if cfg.StaleAfter <= 0 {
-		cfg.StaleAfter = 10 * time.Second
+		cfg.StaleAfter = def.StaleAfter
 	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = def.ShutdownGrace

@@ -105,27 +105,35 @@ func (s *Server) SetReplica(addr string) {
 const DefaultCertTTL = 30 * 24 * time.Hour
 
 // New returns an API server.
+// DefaultConfig is the API server's defaults (a zero field of the Config
+// New gets takes its value from here).
+func DefaultConfig() Config {
+	return Config{NodeSubnetBits: 24, HeartbeatInterval: time.Second, CertTTL: DefaultCertTTL,
+		MaxImageSize: DefaultMaxImageSize, ImageQuota: DefaultImageQuota}
+}
+
 func New(cfg Config, st *store.Store, cache *store.Cache, pub *publish.Publisher) (*Server, error) {
+	def := DefaultConfig()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.NodeSubnetBits == 0 {
-		cfg.NodeSubnetBits = 24
+		cfg.NodeSubnetBits = def.NodeSubnetBits
 	}
 	if cfg.HeartbeatInterval <= 0 {
-		cfg.HeartbeatInterval = time.Second
+		cfg.HeartbeatInterval = def.HeartbeatInterval
 	}
 	if cfg.NodeTimeout <= 0 {
-		cfg.NodeTimeout = 3 * cfg.HeartbeatInterval
+		cfg.NodeTimeout = 3 * cfg.HeartbeatInterval // a lease of three heartbeats
 	}
 	if cfg.CertTTL <= 0 {
-		cfg.CertTTL = DefaultCertTTL
+		cfg.CertTTL = def.CertTTL
 	}
 	if cfg.MaxImageSize <= 0 {
-		cfg.MaxImageSize = DefaultMaxImageSize
+		cfg.MaxImageSize = def.MaxImageSize
 	}
 	if cfg.ImageQuota <= 0 {
-		cfg.ImageQuota = DefaultImageQuota
+		cfg.ImageQuota = def.ImageQuota
 	}
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("apiserver: image dir: %w", err)
