@@ -269,3 +269,27 @@ func readyIDs(t *testing.T, h *harness) []string {
 	}
 	return out
 }
+
+// Undo restores a revision's template and keeps the service's rollout
+// policy (it is not part of the template): the next change is a canary
+// again (issue #14).
+func TestUndoKeepsTheRolloutPolicy(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	for _, image := range []string{"hello:v1", "hello:v2"} {
+		if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService(image, &pb.CanaryStep{Weight: 50, Pause: "promote"})}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.berth.Undo(ctx, &pb.UndoRequest{Name: "hello"}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := h.berth.GetService(ctx, &pb.GetServiceRequest{Namespace: "default", Name: "hello"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := svc.Service.Spec.Rollout
+	if svc.Service.Spec.Image != "hello:v1" || ro.GetStrategy() != "canary" || len(ro.GetSteps()) != 1 || ro.GetAnalysis().GetMinRequests() != 10 {
+		t.Fatalf("after undo: image %s, rollout %v: want v1 with the canary policy kept", svc.Service.Spec.Image, ro)
+	}
+}

@@ -314,9 +314,11 @@ func (s *Store) Undo(ctx context.Context, ns, name string, to int64) (*ApplyResu
 		return nil, fmt.Errorf("revision %d of %s/%s (kept: the last %d): %w", to, ns, name, RetainRevisions, ErrNotFound)
 	}
 	next := *svc
-	replicas, route, selector := svc.Spec.Replicas, svc.Spec.Route, svc.Spec.NodeSelector
+	// The template goes back; what is not template (replicas, route, the
+	// rollout policy) stays the service's.
+	replicas, route, rollout, selector := svc.Spec.Replicas, svc.Spec.Route, svc.Spec.Rollout, svc.Spec.NodeSelector
 	next.Spec = target.Template
-	next.Spec.Replicas, next.Spec.Route = replicas, route
+	next.Spec.Replicas, next.Spec.Route, next.Spec.Rollout = replicas, route, rollout
 	if next.Spec.NodeSelector == nil {
 		next.Spec.NodeSelector = selector
 	}
