@@ -53,9 +53,14 @@ func (s *Service) Key() string { return s.Metadata.Namespace + "/" + s.Metadata.
 // ServiceStatus is what the control plane records about a service.
 type ServiceStatus struct {
 	// Revision is the number of the revision the service currently runs.
-	Revision  int64     `json:"revision,omitempty"`
-	CreatedAt time.Time `json:"createdAt,omitzero"`
-	UpdatedAt time.Time `json:"updatedAt,omitzero"`
+	Revision int64 `json:"revision,omitempty"`
+	// RollbackTo is set when the current revision is `rollout undo`'s copy
+	// of that earlier, known-good revision: its rollout skips the canary
+	// steps (a rolling update within the policy's surge limits), as Argo
+	// Rollouts does within its rollback window.
+	RollbackTo int64     `json:"rollbackTo,omitempty"`
+	CreatedAt  time.Time `json:"createdAt,omitzero"`
+	UpdatedAt  time.Time `json:"updatedAt,omitzero"`
 }
 
 // ServiceSpec is the desired state of a service. Everything except Replicas

@@ -292,4 +292,16 @@ func TestUndoKeepsTheRolloutPolicy(t *testing.T) {
 	if svc.Service.Spec.Image != "hello:v1" || ro.GetStrategy() != "canary" || len(ro.GetSteps()) != 1 || ro.GetAnalysis().GetMinRequests() != 10 {
 		t.Fatalf("after undo: image %s, rollout %v: want v1 with the canary policy kept", svc.Service.Spec.Image, ro)
 	}
+	// The undo is marked, so its rollout skips the canary steps; the next
+	// apply is not an undo.
+	if got := svc.Service.Status.GetRollbackTo(); got != 1 {
+		t.Fatalf("status.rollbackTo = %d, want 1", got)
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService("hello:v3", &pb.CanaryStep{Weight: 50, Pause: "promote"})}}); err != nil {
+		t.Fatal(err)
+	}
+	svc, _ = h.berth.GetService(ctx, &pb.GetServiceRequest{Namespace: "default", Name: "hello"})
+	if got := svc.Service.Status.GetRollbackTo(); got != 0 {
+		t.Fatalf("a plain apply after the undo: rollbackTo = %d", got)
+	}
 }

@@ -150,10 +150,12 @@ func (x *Service) GetStatus() *ServiceStatus {
 }
 
 type ServiceStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Revision  int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Set when the current revision is an undo to this earlier one.
+	RollbackTo    int64 `protobuf:"varint,4,opt,name=rollback_to,json=rollbackTo,proto3" json:"rollback_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -207,6 +209,13 @@ func (x *ServiceStatus) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *ServiceStatus) GetRollbackTo() int64 {
+	if x != nil {
+		return x.RollbackTo
+	}
+	return 0
 }
 
 type ServiceSpec struct {
@@ -6833,13 +6842,15 @@ const file_berth_proto_rawDesc = "" +
 	"\aService\x120\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x14.berth.v1.ObjectMetaR\bmetadata\x12)\n" +
 	"\x04spec\x18\x02 \x01(\v2\x15.berth.v1.ServiceSpecR\x04spec\x12/\n" +
-	"\x06status\x18\x03 \x01(\v2\x17.berth.v1.ServiceStatusR\x06status\"\xa1\x01\n" +
+	"\x06status\x18\x03 \x01(\v2\x17.berth.v1.ServiceStatusR\x06status\"\xc2\x01\n" +
 	"\rServiceStatus\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x129\n" +
 	"\n" +
 	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xe3\x06\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1f\n" +
+	"\vrollback_to\x18\x04 \x01(\x03R\n" +
+	"rollbackTo\"\xe3\x06\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +

@@ -46,9 +46,10 @@ func FromService(s *api.Service) *Service {
 		Metadata: &ObjectMeta{Name: s.Metadata.Name, Namespace: s.Metadata.Namespace, Labels: s.Metadata.Labels},
 		Spec:     FromSpec(&s.Spec),
 		Status: &ServiceStatus{
-			Revision:  s.Status.Revision,
-			CreatedAt: ts(s.Status.CreatedAt),
-			UpdatedAt: ts(s.Status.UpdatedAt),
+			Revision:   s.Status.Revision,
+			RollbackTo: s.Status.RollbackTo,
+			CreatedAt:  ts(s.Status.CreatedAt),
+			UpdatedAt:  ts(s.Status.UpdatedAt),
 		},
 	}
 }
@@ -65,7 +66,7 @@ func ToService(p *Service) *api.Service {
 		s.Spec = ToSpec(p.Spec)
 	}
 	if st := p.GetStatus(); st != nil {
-		s.Status = api.ServiceStatus{Revision: st.Revision, CreatedAt: fromTS(st.CreatedAt), UpdatedAt: fromTS(st.UpdatedAt)}
+		s.Status = api.ServiceStatus{Revision: st.Revision, RollbackTo: st.RollbackTo, CreatedAt: fromTS(st.CreatedAt), UpdatedAt: fromTS(st.UpdatedAt)}
 	}
 	return s
 }

@@ -513,3 +513,28 @@ func TestHarnessFullPass(t *testing.T) {
 		t.Fatalf("rolling progress: %+v", fs.rollouts)
 	}
 }
+
+// An undo to a known-good revision keeps the canary policy but skips its
+// steps: the rollout it starts is a rolling update.
+func TestHarnessUndoSkipsCanarySteps(t *testing.T) {
+	nodes := []api.Node{node("a", api.NodeReady)}
+	c, fs := newHarness(nodes...)
+	web := service("web", 2, 3)
+	web.Spec.Rollout = &api.RolloutSpec{Strategy: api.StrategyCanary, Steps: []api.CanaryStep{{Weight: 10, Pause: api.PauseUntilPromoted}, {Weight: 100}}}
+	web.Status.RollbackTo = 1
+	o1, o2 := inst("v2-a", "web", 2, "a"), inst("v2-b", "web", 2, "a")
+	v := view(nodes, []string{"a"}, []api.Service{web}, o1, o2)
+	v.Statuses["v2-a"], v.Statuses["v2-b"] = readyAt(o1), readyAt(o2)
+	run(c, c.reconcileRollouts, v)
+	if len(fs.rollouts) != 1 || fs.rollouts[0].Strategy != api.StrategyRolling || !strings.Contains(fs.rollouts[0].Message, "undo to revision 1") {
+		t.Fatalf("undo's rollout: %+v", fs.rollouts)
+	}
+	// A plain new revision of the same service is a canary again.
+	web.Status.RollbackTo, web.Status.Revision = 0, 4
+	v.Services = []api.Service{web}
+	fs.rollouts = nil
+	run(c, c.reconcileRollouts, v)
+	if len(fs.rollouts) != 1 || fs.rollouts[0].Strategy != api.StrategyCanary {
+		t.Fatalf("next change's rollout: %+v", fs.rollouts)
+	}
+}

@@ -298,7 +298,10 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 	for i := range v.Services {
 		svc := &v.Services[i]
 		spec := svc.Spec.Rollout
-		canary := spec != nil && spec.Strategy == api.StrategyCanary && len(spec.Steps) > 0
+		// An undo to a known-good revision skips the canary steps: it
+		// rolls within the policy's surge limits (Argo's rollback window).
+		undo := svc.Status.RollbackTo != 0
+		canary := spec != nil && spec.Strategy == api.StrategyCanary && len(spec.Steps) > 0 && !undo
 		vr, has := v.Rollouts[svc.Key()]
 		if !has || vr.Rollout.Revision != svc.Status.Revision {
 			if has && vr.Rollout.Stable == svc.Status.Revision && !vr.Rollout.Active() {
@@ -314,6 +317,9 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 			if !canary {
 				r.Strategy = api.StrategyRolling
 				msg = fmt.Sprintf("rolling update to revision %d from revision %d", r.Revision, stable)
+				if undo {
+					msg = fmt.Sprintf("undo to revision %d (as revision %d): a rolling update, no canary steps", svc.Status.RollbackTo, r.Revision)
+				}
 			}
 			r.Message = msg
 			if _, err := c.store.PutRollout(ctx, r, vr.ModRevision); err != nil {

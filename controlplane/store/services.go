@@ -40,9 +40,16 @@ func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 	return s.apply(ctx, svcs, vols, nil, secrets...)
 }
 
+// rollbackCause says that a service's new revision is an undo to an
+// earlier one: the revision's change text starts with text.
+type rollbackCause struct {
+	text string
+	to   int64
+}
+
 // apply is Apply; causes, by service key, prefix the new revisions' change
 // text ("rollback to revision 3").
-func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]string, secrets ...SecretRecord) ([]ApplyResult, error) {
+func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume, causes map[string]rollbackCause, secrets ...SecretRecord) ([]ApplyResult, error) {
 	var out []ApplyResult
 	err := casRetry("apply", func() (bool, error) {
 		now := s.now().UTC()
@@ -123,9 +130,11 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 						return false, err
 					}
 					svc.Status.Revision = max(last, old.Status.Revision) + 1
+					svc.Status.RollbackTo = 0
 					change := DescribeChange(old.Spec.Template(), in.Spec.Template())
 					if c, ok := causes[in.Key()]; ok {
-						change = c + ": " + change
+						change = c.text + ": " + change
+						svc.Status.RollbackTo = c.to
 					}
 					ops = append(ops, clientv3.OpPut(revisionKey(in.Metadata.Namespace, in.Metadata.Name, svc.Status.Revision), mustJSON(api.Revision{
 						Namespace: in.Metadata.Namespace, Service: in.Metadata.Name, Number: svc.Status.Revision,
@@ -322,7 +331,7 @@ func (s *Store) Undo(ctx context.Context, ns, name string, to int64) (*ApplyResu
 	if next.Spec.NodeSelector == nil {
 		next.Spec.NodeSelector = selector
 	}
-	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]string{svc.Key(): fmt.Sprintf("rollback to revision %d", target.Number)})
+	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): {text: fmt.Sprintf("rollback to revision %d", target.Number), to: target.Number}})
 	if err != nil {
 		return nil, err
 	}
