@@ -42,13 +42,21 @@ func sha256Of(b []byte) string {
 // upload sends data in 64 KiB chunks the way `berth image load` does,
 // the first chunk carrying digest ("" computes the right one) and force.
 func upload(ctx context.Context, cli pb.BerthClient, data []byte, digest string, force bool) (*pb.LoadImageResponse, error) {
+	resp, _, err := uploadCounting(ctx, cli, data, digest, force)
+	return resp, err
+}
+
+// uploadCounting is upload, also saying how many bytes the client got to
+// send before the server stopped the stream.
+func uploadCounting(ctx context.Context, cli pb.BerthClient, data []byte, digest string, force bool) (*pb.LoadImageResponse, int, error) {
 	if digest == "" {
 		digest = sha256Of(data)
 	}
 	s, err := cli.LoadImage(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	sent := 0
 	for i := 0; i == 0 || i < len(data); i += 64 << 10 {
 		chunk := &pb.ImageChunk{Data: data[i:min(i+64<<10, len(data))]}
 		if i == 0 {
@@ -57,8 +65,10 @@ func upload(ctx context.Context, cli pb.BerthClient, data []byte, digest string,
 		if err := s.Send(chunk); err != nil {
 			break // the server refused early: CloseAndRecv says why
 		}
+		sent += len(chunk.Data)
 	}
-	return s.CloseAndRecv()
+	resp, err := s.CloseAndRecv()
+	return resp, sent, err
 }
 
 func mustUpload(t *testing.T, cli pb.BerthClient, data []byte) *pb.LoadImageResponse {
@@ -212,6 +222,13 @@ func TestUploadsAreChecked(t *testing.T) {
 	mustUpload(t, h.berth, padded("berth.local/big:v1", 1800<<10))
 	_, err = upload(ctx, h.berth, padded("berth.local/big:v2", 1800<<10), "", false)
 	refused(t, "an upload over the quota", err, codes.ResourceExhausted, "would exceed the image quota")
+	// The quota holds while the bytes arrive: 64 MiB against 1.2 MiB of
+	// room is cut off early, not written to disk and then refused.
+	_, sent, err := uploadCounting(ctx, h.berth, padded("berth.local/huge:v1", 64<<20), "", false)
+	refused(t, "a huge upload over the quota", err, codes.ResourceExhausted, "would exceed the image quota")
+	if sent >= 32<<20 {
+		t.Fatalf("the server read %d bytes of an upload over the quota before refusing it", sent)
+	}
 	if _, err := h.berth.RemoveImage(ctx, &pb.RemoveImageRequest{Image: "berth.local/big:v1"}); err != nil {
 		t.Fatalf("removing an unused tag: %v", err)
 	}

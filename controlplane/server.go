@@ -256,18 +256,14 @@ func (s *Server) Store() *store.Store { return s.store }
 // Run serves until ctx ends, then stops everything it started.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	eg, ctx := errgroup.WithContext(ctx)
-	errc := make(chan error, 1)
+	// The parts run in one errgroup: the first to fail stops them all,
+	// and its error, named, is Run's. The API joins them; it stops when
+	// they do (gracefully, for at most 3 s).
+	eg, gctx := errgroup.WithContext(ctx)
 	run := func(name string, f func(context.Context) error) {
 		eg.Go(func() error {
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				select {
-				case errc <- fmt.Errorf("%s: %w", name, err):
-				default:
-				}
-				return err
+			if err := f(gctx); err != nil && gctx.Err() == nil {
+				return fmt.Errorf("%s: %w", name, err)
 			}
 			return nil
 		})
@@ -278,31 +274,24 @@ func (s *Server) Run(ctx context.Context) error {
 	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
 	run("replica session", s.replicaSession)
-	go func() {
+	run("api", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			select {
-			case errc <- fmt.Errorf("api: %w", err):
-			default:
-			}
+			return err
 		}
-	}()
-	var etcdErr <-chan error
+		return nil
+	})
 	if s.etcd != nil {
-		etcdErr = s.etcd.Err()
+		run("etcd", func(ctx context.Context) error {
+			select {
+			case err := <-s.etcd.Err():
+				return err
+			case <-ctx.Done():
+				return nil
+			}
+		})
 	}
 	s.logger.Info("control plane serving", "api", s.APIAddr())
-	var err error
-	select {
-	case <-ctx.Done():
-		select { // a component's failure stops the group first: say which
-		case err = <-errc:
-		default:
-		}
-	case err = <-errc:
-	case err = <-etcdErr:
-		err = fmt.Errorf("etcd: %w", err)
-	}
-	cancel()
+	<-gctx.Done() // shutdown, or a part failed
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	select {
@@ -310,8 +299,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-time.After(3 * time.Second):
 		s.grpc.Stop()
 	}
-	_ = eg.Wait() // the first failure is err already
-	return err
+	return eg.Wait()
 }
 
 // ElectionPrefix is where control plane replicas campaign for the lead.

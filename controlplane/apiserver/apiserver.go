@@ -377,8 +377,8 @@ func (s *Server) DeleteService(ctx context.Context, req *pb.DeleteServiceRequest
 		return nil, storeErr(err)
 	}
 	n := 0 // the controllers drain them
-	for _, vi := range s.cache.View().Instances {
-		if vi.Instance.Namespace == ns && vi.Instance.Service == req.Name && vi.Instance.Live() {
+	for _, vi := range s.cache.View().ServiceInstances(ns + "/" + req.Name) {
+		if vi.Instance.Live() {
 			n++
 		}
 	}
@@ -645,10 +645,10 @@ func (s *Server) gateways() *pb.ListGatewaysResponse {
 			Published: out.PublishedVersion, Replica: replica})
 	}
 	for _, g := range s.cache.View().Gateways {
-		if live, ok := local[g.NodeID]; ok {
+		if live, ok := local[g.NodeID]; ok { // fresher than etcd's copy
 			delete(local, g.NodeID)
-			g = api.GatewayStatus{NodeID: live.NodeID, Address: live.Address, Version: live.Version, State: live.State, Delta: live.Delta,
-				Proxyless: live.Proxyless, LastNack: live.LastNack, Connected: live.Connected, Lag: live.Lag, Replica: g.Replica}
+			live.Replica = g.Replica
+			g = live
 		}
 		add(g, g.Replica)
 	}

@@ -44,10 +44,23 @@ const (
 // it, which only an admin may.
 func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 	ctx := stream.Context()
-	tb, err := receiveTarball(s.cfg.ImageDir, "upload-*.tar", stream.Recv, s.cfg.MaxImageSize)
+	imgs, err := s.store.ListImages(ctx)
+	if err != nil {
+		return storeErr(err)
+	}
+	var used int64
+	for _, img := range imgs {
+		used += img.Size
+	}
+	// Both bounds hold while the bytes arrive: an upload past them is cut
+	// off, not written to disk first.
+	limit := min(s.cfg.MaxImageSize, max(0, s.cfg.ImageQuota-used))
+	tb, err := receiveTarball(s.cfg.ImageDir, "upload-*.tar", stream.Recv, limit)
 	defer os.Remove(tb.path)
 	name := tb.name
 	switch {
+	case errors.Is(err, errImageTooLarge) && limit < s.cfg.MaxImageSize:
+		return status.Errorf(codes.ResourceExhausted, "load image %s: more than %d bytes would exceed the image quota (%d of %d bytes used; berth image rm frees room, berth server --image-quota raises it)", name, limit, used, s.cfg.ImageQuota)
 	case errors.Is(err, errImageTooLarge):
 		return status.Errorf(codes.ResourceExhausted, "load image %s: larger than the %d bytes one upload may have (berth server --max-image-size)", name, s.cfg.MaxImageSize)
 	case err != nil:
@@ -72,21 +85,7 @@ func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 		return status.Errorf(codes.InvalidArgument, "load image %s: refused, nothing stored: %v", name, err)
 	}
 	digest, size := tb.digest, tb.size
-	imgs, err := s.store.ListImages(ctx)
-	if err != nil {
-		return storeErr(err)
-	}
-	var used int64
-	for _, img := range imgs {
-		if img.Digest == digest {
-			used = -1 << 62 // already stored: takes no more room
-			break
-		}
-		used += img.Size
-	}
-	if used+size > s.cfg.ImageQuota {
-		return status.Errorf(codes.ResourceExhausted, "load image %s: %d bytes would exceed the image quota (%d of %d bytes used; berth image rm frees room, berth server --image-quota raises it)", name, size, used, s.cfg.ImageQuota)
-	}
+	stored := slices.ContainsFunc(imgs, func(i store.Image) bool { return i.Digest == digest })
 	path := s.imagePath(digest)
 	if err := os.Rename(tb.path, path); err != nil {
 		return status.Errorf(codes.Internal, "load image %s: %v", name, err)
@@ -98,7 +97,7 @@ func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 	moved, err := s.store.PutImage(ctx, img, tb.force)
 	var conflict *store.TagConflict
 	if errors.As(err, &conflict) {
-		if !slices.ContainsFunc(imgs, func(i store.Image) bool { return i.Digest == digest }) {
+		if !stored {
 			os.Remove(path)
 		}
 		return status.Errorf(codes.FailedPrecondition, "load image %s: %v: a tag names one upload, and revisions that use it keep those bytes; load it under a new tag, or re-point the tag with --force (admin)", name, err)
@@ -114,18 +113,6 @@ func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 	}
 	s.logger.Info("image loaded", "refs", refs, "digest", digest, "size", size, "by", who.String())
 	return stream.SendAndClose(&pb.LoadImageResponse{Digest: digest, Size: size, References: refs})
-}
-
-func dedupe(in []string) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, s := range in {
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // ListImages lists uploaded images.
@@ -344,6 +331,7 @@ func (s *Server) RemoveImage(ctx context.Context, req *pb.RemoveImageRequest) (*
 	if err != nil {
 		return nil, storeErr(err)
 	}
+	pinned := slices.ContainsFunc(users, func(u imageUser) bool { return u.pinned })
 	if !byDigest {
 		// Removing a tag breaks only what names it without a pin.
 		users = slices.DeleteFunc(users, func(u imageUser) bool { return u.pinned })
@@ -362,18 +350,15 @@ func (s *Server) RemoveImage(ctx context.Context, req *pb.RemoveImageRequest) (*
 		if err != nil {
 			return nil, storeErr(err)
 		}
-		pinned, err := s.imageUsers(ctx, rest)
-		if err != nil {
-			return nil, storeErr(err)
-		}
-		deleteUpload = len(rest.References) == 0 && len(pinned) == 0
+		// Users by this tag alone are gone with it; those by digest stay.
+		deleteUpload = len(rest.References) == 0 && !pinned
 	}
 	if deleteUpload {
 		refs, err := s.store.DeleteImage(ctx, img.Digest)
 		if err != nil {
 			return nil, storeErr(err)
 		}
-		out.RemovedReferences = dedupe(append(out.RemovedReferences, refs...))
+		out.RemovedReferences = slices.Compact(slices.Sorted(slices.Values(append(out.RemovedReferences, refs...))))
 		out.RemovedDigest = img.Digest
 		if err := os.Remove(s.imagePath(img.Digest)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			s.logger.Warn("could not remove an image file", "digest", img.Digest, "err", err)

@@ -56,8 +56,8 @@ func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.D
 		return nil, storeErr(err)
 	}
 	live := 0
-	for _, vi := range s.cache.View().Instances {
-		if vi.Instance.Node == req.Name && vi.Instance.Live() {
+	for _, vi := range s.cache.View().NodeInstances(req.Name) {
+		if vi.Instance.Live() {
 			live++
 		}
 	}

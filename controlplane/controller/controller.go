@@ -637,7 +637,7 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 		ch := store.InstanceChange{Instance: in, ModRevision: rev[in.ID]}
 		// A placement and its volumes go together; what does not fit in
 		// one transaction (operations, bytes) waits for the next pass.
-		fits, _, b := store.FitsCommit(ch, len(changes)+len(volumes)+len(in.Template.VolumeNames(in.Namespace, in.Ordinal)), bytes)
+		fits, _, b := store.FitsCommit(&ch, len(changes)+len(volumes)+len(in.Template.VolumeNames(in.Namespace, in.Ordinal)), bytes)
 		if !fits && i > 0 {
 			placements = placements[:i]
 			break

@@ -1,12 +1,13 @@
 package store
 
-// commitCost is what one instance change takes of a transaction.
-func commitCost(ch InstanceChange) (ops, bytes int) {
+// commitCost is what one instance change takes of a transaction (the
+// encoding it measures is kept for the write).
+func commitCost(ch *InstanceChange) (ops, bytes int) {
 	key := len(instanceKey(ch.Instance.ID))
 	if ch.Delete {
 		return 2, 2 * key
 	}
-	return 1, key + len(mustJSON(ch.Instance))
+	return 1, key + len(ch.encode())
 }
 
 // Batches splits instance changes into transactions that each fit
@@ -42,7 +43,7 @@ func Batches(changes []InstanceChange, perService bool) [][]InstanceChange {
 			flush()
 		}
 		for _, ch := range byService[k] {
-			o, b := commitCost(ch)
+			o, b := commitCost(&ch)
 			if ops+o > MaxOpsPerCommit || bytes+b > MaxBytesPerCommit {
 				flush()
 			}
@@ -57,7 +58,7 @@ func Batches(changes []InstanceChange, perService bool) [][]InstanceChange {
 // FitsCommit reports whether an instance change, with extra operations
 // and bytes already in the transaction, stays within one commit's
 // limits.
-func FitsCommit(ch InstanceChange, ops, bytes int) (ok bool, newOps, newBytes int) {
+func FitsCommit(ch *InstanceChange, ops, bytes int) (ok bool, newOps, newBytes int) {
 	o, b := commitCost(ch)
 	return ops+o <= MaxOpsPerCommit && bytes+b <= MaxBytesPerCommit, ops + o, bytes + b
 }

@@ -35,7 +35,7 @@ func TestBatches(t *testing.T) {
 			ops, bytes := 0, 0
 			services := map[string]bool{}
 			for _, ch := range b {
-				o, by := commitCost(ch)
+				o, by := commitCost(&ch)
 				ops, bytes = ops+o, bytes+by
 				services[ch.Instance.Service] = true
 				if want := fmt.Sprintf("%s-%d", ch.Instance.Service, seen[ch.Instance.Service]); ch.Instance.Service != "old" && ch.Instance.ID != want {

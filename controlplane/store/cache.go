@@ -227,14 +227,14 @@ func NewCache(cli *clientv3.Client, logger *slog.Logger) *Cache {
 // made), so a read right after a write sees it, for at most max; it
 // reports whether it got there.
 func (c *Cache) WaitFor(ctx context.Context, rev int64, max time.Duration) bool {
-	if c.View().Revision >= rev {
+	if c.revision() >= rev {
 		return true
 	}
 	changes, stop := c.Subscribe()
 	defer stop()
 	timeout := time.NewTimer(max)
 	defer timeout.Stop()
-	for c.View().Revision < rev {
+	for c.revision() < rev {
 		select {
 		case <-changes:
 		case <-timeout.C:
@@ -244,6 +244,13 @@ func (c *Cache) WaitFor(ctx context.Context, rev int64, max time.Duration) bool 
 		}
 	}
 	return true
+}
+
+// revision is the etcd revision the cache holds.
+func (c *Cache) revision() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rev
 }
 
 // Ready is closed once the first full load is done.

@@ -82,7 +82,7 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(imageKey(img.Digest)), "=", rev))
 		rec := img
 		if old != nil {
-			rec.References = dedupeStrings(append(slices.Clone(old.References), img.References...))
+			rec.References = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(old.References), img.References...))))
 		}
 		others := map[string]*Image{}
 		for _, ref := range img.References {
@@ -128,18 +128,6 @@ func (s *Store) PutImage(ctx context.Context, img Image, force bool) (moved map[
 		return nil, err
 	}
 	return moved, nil
-}
-
-func dedupeStrings(in []string) []string {
-	seen := map[string]bool{}
-	out := in[:0]
-	for _, s := range in {
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // ListImages returns uploaded images, newest first.
@@ -265,8 +253,16 @@ func (s *Store) IndexImageReferences(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	indexed, err := s.ImageReferences(ctx)
+	if err != nil {
+		return err
+	}
 	for _, img := range imgs {
 		for _, ref := range img.References {
+			if _, ok := indexed[ref]; ok {
+				continue // the usual case: nothing to write at start
+			}
+			indexed[ref] = img.Digest
 			_, err := s.cli.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(imageRefKey(ref)), "=", 0)).
 				Then(clientv3.OpPut(imageRefKey(ref), img.Digest)).Commit()

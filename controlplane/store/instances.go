@@ -26,7 +26,9 @@ type VersionedInstance struct {
 type InstanceChange struct {
 	Instance    api.Instance
 	ModRevision int64 // 0: must not exist yet
-	Delete      bool
+	Delete      bool  // encoded caches the instance's JSON once sizing it for a batch
+	// measured it (Batches, FitsCommit), so it is encoded once per write.
+	encoded string
 }
 
 // CommitInstances writes a batch of instance changes in one transaction,
@@ -78,7 +80,7 @@ func (s *Store) Commit(ctx context.Context, changes []InstanceChange, volumes []
 		if c.Delete {
 			ops = append(ops, clientv3.OpDelete(key), clientv3.OpDelete(statusKey(c.Instance.ID)))
 		} else {
-			ops = append(ops, clientv3.OpPut(key, mustJSON(c.Instance)))
+			ops = append(ops, clientv3.OpPut(key, c.encode()))
 		}
 	}
 	txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
@@ -130,4 +132,12 @@ func NewInstanceID(service string) string {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return service + "-" + string(b)
+}
+
+// encode is the instance as stored, encoded once.
+func (c *InstanceChange) encode() string {
+	if c.encoded == "" {
+		c.encoded = mustJSON(c.Instance)
+	}
+	return c.encoded
 }
