@@ -400,9 +400,13 @@ func planReplicas(svc *api.Service, ro *api.Rollout, instances []store.Versioned
 	if canary {
 		steps := svc.Spec.Rollout.Steps
 		step := min(ro.Step, len(steps)-1)
-		if n := svc.Spec.Rollout.CanaryReplicas; n != nil {
-			want = int(*n)
-		} else {
+		switch {
+		case ro.PromoteFull || ro.Step >= len(steps):
+			// Finishing: the canary gets every replica before it gets all
+			// the traffic.
+		case svc.Spec.Rollout.CanaryReplicas != nil:
+			want = int(*svc.Spec.Rollout.CanaryReplicas)
+		default:
 			want = CanaryReplicas(want, max(steps[step].Weight, ro.Weight))
 		}
 	}

@@ -101,13 +101,11 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	if !r.Active() {
 		return d
 	}
-	if r.PromoteFull || r.Step >= len(steps) {
-		d.Next.Phase, d.Next.Weight, d.Next.Promote, d.Next.PromoteFull = api.RolloutSucceeded, 100, false, false
-		d.Changed, d.Event = true, fmt.Sprintf("canary revision %d promoted to 100%%", r.Revision)
-		d.Next.Message = d.Event
-		return d
+	finishing := r.PromoteFull || r.Step >= len(steps)
+	step := api.CanaryStep{Weight: 100}
+	if !finishing {
+		step = steps[r.Step]
 	}
-	step := steps[r.Step]
 	maxRate, minReq := DefaultMaxErrorRate, int64(DefaultMinRequests)
 	if a := in.Spec.Analysis; a != nil {
 		if a.MaxErrorRate > 0 {
@@ -143,6 +141,27 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 		d.RollBack, d.Changed = true, true
 		d.Next.Phase, d.Next.Weight, d.Next.Promote = api.RolloutRolledBack, 0, false
 		d.Event = fmt.Sprintf("progress deadline %s exceeded (%s); rolled back to revision %d", deadline, waiting, r.Stable)
+		d.Next.Message = d.Event
+		return d
+	}
+	if finishing {
+		// The canary takes all the traffic only once it has the replicas
+		// to carry it: it is scaled to the full count first (planReplicas),
+		// and the deadline holds while they come up.
+		if d.Next.Phase == api.RolloutPaused {
+			d.Next.Phase, d.Next.ProgressAt, d.Changed = api.RolloutProgressing, in.Now, true
+			deadlineAt = time.Time{}
+		}
+		if in.CanaryReady < in.Replicas {
+			why := "promoted in full"
+			if !r.PromoteFull {
+				why = "last step passed"
+			}
+			return stalled(fmt.Sprintf("%s: waiting for %d/%d canary replicas to be ready before 100%%", why, in.CanaryReady, in.Replicas))
+		}
+		d.Next.Phase, d.Next.Weight, d.Next.Promote, d.Next.PromoteFull = api.RolloutSucceeded, 100, false, false
+		d.Next.Step, d.Next.ProgressAt = max(r.Step, len(steps)), in.Now
+		d.Changed, d.Event = true, fmt.Sprintf("canary revision %d promoted to 100%%", r.Revision)
 		d.Next.Message = d.Event
 		return d
 	}
@@ -196,9 +215,14 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	}
 	d.Next.Step, d.Next.Promote, d.Next.ProgressAt, d.Changed = r.Step+1, false, in.Now, true
 	if d.Next.Step >= len(steps) {
-		d.Next.Phase, d.Next.Weight = api.RolloutSucceeded, 100
-		d.Event = fmt.Sprintf("canary revision %d promoted to 100%%", r.Revision)
-		d.Next.Message = d.Event
+		// Passed the last step: the next decisions scale the canary to the
+		// full count and then move the weight to 100.
+		d.Next.Message = fmt.Sprintf("last step passed: scaling canary revision %d to %d replicas before 100%%", r.Revision, in.Replicas)
+		if in.CanaryReady >= in.Replicas {
+			d.Next.Phase, d.Next.Weight = api.RolloutSucceeded, 100
+			d.Event = fmt.Sprintf("canary revision %d promoted to 100%%", r.Revision)
+			d.Next.Message = d.Event
+		}
 	}
 	return d
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -100,11 +101,54 @@ func TestDecideRolloutAnalysis(t *testing.T) {
 	}
 }
 
+// promote --full moves the weight to 100 only once the canary has the
+// replicas to carry it: before, it reported Succeeded at 100% with one
+// canary replica of four ready.
 func TestDecideRolloutPromoteFull(t *testing.T) {
-	r := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutPaused, Weight: 10, PromoteFull: true}
-	d := DecideRollout(r, RolloutInputs{Spec: canarySpec(false), Replicas: 4})
-	if d.Next.Phase != api.RolloutSucceeded || d.Next.Weight != 100 {
-		t.Fatalf("%+v", d)
+	r := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutPaused, Weight: 10, PromoteFull: true, Promote: true}
+	in := RolloutInputs{Now: t0, Spec: canarySpec(false), Replicas: 4, CanaryReady: 1}
+	d := DecideRollout(r, in)
+	if d.Next.Phase != api.RolloutProgressing || d.Next.Weight != 10 || !d.Next.PromoteFull {
+		t.Fatalf("full weight on 1/4 canary replicas: %+v", d)
+	}
+	if !strings.Contains(d.Next.Message, "1/4 canary replicas") {
+		t.Fatalf("message does not say what it waits for: %q", d.Next.Message)
+	}
+	in.CanaryReady = 4
+	d = DecideRollout(d.Next, in)
+	if d.Next.Phase != api.RolloutSucceeded || d.Next.Weight != 100 || d.Next.PromoteFull {
+		t.Fatalf("4/4 ready: %+v", d)
+	}
+}
+
+// Passing the last step is no different: 100% waits for full capacity.
+func TestDecideRolloutLastStepWaitsForCapacity(t *testing.T) {
+	spec := api.RolloutSpec{Steps: []api.CanaryStep{{Weight: 50}}}
+	r := api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 50, StepStartedAt: t0, ProgressAt: t0}
+	in := RolloutInputs{Now: t0.Add(time.Second), Spec: spec, Replicas: 4, CanaryReady: 2, Acked: true}
+	d := DecideRollout(r, in)
+	if d.Next.Phase != api.RolloutProgressing || d.Next.Weight != 50 || d.Next.Step != 1 {
+		t.Fatalf("100%% on 2/4: %+v", d)
+	}
+	in.CanaryReady = 4
+	if d = DecideRollout(d.Next, in); d.Next.Phase != api.RolloutSucceeded || d.Next.Weight != 100 {
+		t.Fatalf("4/4: %+v", d)
+	}
+}
+
+// While finishing, the canary revision is planned at the full count.
+func TestPlanFinishingCanaryScalesToFull(t *testing.T) {
+	svc := &api.Service{Metadata: api.ObjectMeta{Namespace: "default", Name: "web"}, Spec: api.ServiceSpec{Replicas: new(int32(4)), Image: "img",
+		Rollout: &api.RolloutSpec{Steps: []api.CanaryStep{{Weight: 25}}}}, Status: api.ServiceStatus{Revision: 2}}
+	ro := &api.Rollout{Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 25}
+	n := 0
+	id := func(s string) string { n++; return fmt.Sprint(s, n) }
+	if p := planReplicas(svc, ro, nil, nil, t0, id); len(p.Create) != 1 {
+		t.Fatalf("at 25%%: %d created, want 1", len(p.Create))
+	}
+	ro.PromoteFull = true
+	if p := planReplicas(svc, ro, nil, nil, t0, id); len(p.Create) != 4 {
+		t.Fatalf("promoted in full: %d created, want 4", len(p.Create))
 	}
 }
 
