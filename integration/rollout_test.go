@@ -321,7 +321,12 @@ spec:
 
 	t.Run("a failing canary is rolled back on its own", func(t *testing.T) {
 		writeFile(t, f, manifest("berth.local/hello:v1", "1"))
-		mustBerth(t, api, "apply", "-f", f)
+		// apply --wait follows the rollout to its end: exit 3 on a
+		// rollback, with the reason (it used to say "all ready" at once).
+		out, errOut, code := berth(t, api, "apply", "-f", f, "--wait", "--timeout", "2m")
+		if code != 3 || !strings.Contains(errOut, "analysis failed") || !strings.Contains(out, "canary revision") {
+			t.Fatalf("apply --wait of a failing canary: exit %d\n%s\n%s", code, out, errOut)
+		}
 		eventually(t, 60*time.Second, "automatic rollback", func() (bool, string) {
 			r := status()
 			return r.Phase == "RolledBack", r.Message

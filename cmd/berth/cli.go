@@ -120,7 +120,7 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 					}
 				}
 				if wait && !dryRun {
-					return waitReady(cmd, g, cli, resp.Results, timeout)
+					return waitApplied(cmd, g, cli, resp.Results, timeout)
 				}
 				return nil
 			})
@@ -128,48 +128,9 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate on the server, store nothing")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every applied service has all its replicas ready")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every applied service has all its replicas of the applied revision ready; with a rollout, until it succeeds (exit 0), pauses for promote (exit 0) or is rolled back (exit 3)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
 	return cmd
-}
-
-// waitReady polls until every applied service has exactly its desired
-// number of instances, all ready.
-func waitReady(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, results []*pb.ApplyResult, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-	defer cancel()
-	want := map[string]bool{}
-	for _, r := range results {
-		if r.Kind != api.KindVolume && r.Kind != api.KindSecret {
-			want[r.Namespace+"/"+r.Name] = true
-		}
-	}
-	start := time.Now()
-	for {
-		resp, err := cli.ListServices(ctx, &pb.ListServicesRequest{})
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("apply --wait: not ready after %s", timeout)
-			}
-			return g.rpcErr(err)
-		}
-		var pending []string
-		for _, s := range resp.Services {
-			key := s.Service.Metadata.Namespace + "/" + s.Service.Metadata.Name
-			if want[key] && (s.Ready != s.Desired || s.Instances != s.Desired) {
-				pending = append(pending, fmt.Sprintf("%s %d/%d ready", key, s.Ready, s.Desired))
-			}
-		}
-		if len(pending) == 0 {
-			fmt.Fprintf(cmd.OutOrStdout(), "all ready in %s\n", time.Since(start).Round(time.Millisecond))
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("apply --wait: not ready after %s: %s (see berth get instances)", timeout, strings.Join(pending, ", "))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // printer writes objects as a table, JSON or YAML.
