@@ -230,6 +230,16 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 		s.Close()
 		return nil, err
 	}
+	// Services stored before route claims existed get theirs, oldest
+	// first; a route two of them claim stays with the older.
+	lost, err := s.store.ClaimExistingRoutes(ctx)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	for _, l := range lost {
+		cfg.Logger.Warn("route conflict in stored services", "conflict", l)
+	}
 	if err := s.api.SweepImages(ctx); err != nil {
 		cfg.Logger.Warn("could not sweep the image directory", "err", err)
 	}

@@ -47,7 +47,7 @@ func Build(st State) *Snapshot {
 			if len(paths) == 0 {
 				paths = []string{"/"}
 			}
-			out.Route = &Route{Hosts: append([]string(nil), r.Hosts...), Paths: append([]string(nil), paths...)}
+			out.Route = &Route{Hosts: append([]string(nil), r.Hosts...), Paths: append([]string(nil), paths...), Since: svc.Status.CreatedAt}
 		}
 		revs := map[int64]*Revision{}
 		if svc.Status.Revision > 0 {

@@ -8,6 +8,7 @@ package discovery
 
 import (
 	"sort"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 )
@@ -56,6 +57,10 @@ type Port struct {
 type Route struct {
 	Hosts []string `json:"hosts"`
 	Paths []string `json:"paths"` // prefixes, at least "/"
+	// Since is when the service was created: where two services claim
+	// the same host and path (stored before the API refused that), the
+	// older one gets the traffic, as the oldest claim does.
+	Since time.Time `json:"since,omitzero"`
 	// While a canary with ready endpoints runs: with a canary header,
 	// requests carrying CanaryHeader: CanaryValue go to CanaryRevision
 	// whatever the weights. CanaryRevision is set when the rollout has a

@@ -144,8 +144,21 @@ func (c *adsClient) handle(resp *discoverypb.DiscoveryResponse) *discoverypb.Dis
 
 // publish builds and swaps in the routing table for the current state.
 func (c *adsClient) publish(version string) {
-	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, version, c.routeStats, c.g.reg))
+	used := map[[2]string]bool{}
+	stats := func(route, cluster string) *routeStats {
+		used[[2]string{route, cluster}] = true
+		return c.routeStats(route, cluster)
+	}
+	c.g.table.Store(buildTable(c.state, c.g.cfg.ListenerName, version, stats, c.g.reg))
 	c.g.reg.sweep() // endpoints that left (or drain) get no new requests; in-flight ones finish
+	// Series of routes and clusters the table no longer has (a deleted
+	// service, a revision gone) are removed, not kept at their last value.
+	for k := range c.stats {
+		if !used[k] {
+			delete(c.stats, k)
+			c.g.metrics.forget(k[0], k[1])
+		}
+	}
 }
 
 func (c *adsClient) routeStats(route, cluster string) *routeStats {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -330,11 +331,22 @@ func testGatewayEndToEnd(t *testing.T, protocol string) {
 	})
 
 	t.Run("endpoint removed", func(t *testing.T) {
-		if err := cp.srv.Update(snapshot(2, ups.port, closedPort, "127.0.0.1", "127.0.0.2")); err != nil {
+		if n := seriesCount(t, reg, "berth_gateway_requests_total", map[string]string{"route": "default_split"}); n == 0 {
+			t.Fatal("no series for the split service before it is removed")
+		}
+		// The split service goes too: its series must go with it.
+		snap := snapshot(2, ups.port, closedPort, "127.0.0.1", "127.0.0.2")
+		snap.Services = slices.DeleteFunc(snap.Services, func(s discovery.Service) bool { return s.Name == "split" })
+		if err := cp.srv.Update(snap); err != nil {
 			t.Fatal(err)
 		}
 		if err := cp.srv.WaitForAck(ctx, 2); err != nil {
 			t.Fatalf("WaitForAck(2): %v", err)
+		}
+		for _, name := range []string{"berth_gateway_requests_total", "berth_gateway_request_duration_seconds"} {
+			if n := seriesCount(t, reg, name, map[string]string{"route": "default_split"}); n != 0 {
+				t.Errorf("%d %s series of the removed service left", n, name)
+			}
 		}
 		got := c.spread("hello.example.test", 60)
 		if got["up-3"] != 0 || got["up-1"] == 0 || got["up-2"] == 0 {
@@ -479,4 +491,33 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[
 		}
 	}
 	return 0
+}
+
+// seriesCount counts the series of a metric family carrying the labels.
+func seriesCount(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) int {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			n++
+		}
+	}
+	return n
 }

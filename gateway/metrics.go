@@ -83,6 +83,14 @@ func (m *metrics) stats(route, cluster string) *routeStats {
 	return s
 }
 
+// forget removes a (route, cluster) pair's series.
+func (m *metrics) forget(route, cluster string) {
+	m.latency.DeleteLabelValues(route, cluster)
+	for _, class := range codeClasses {
+		m.requests.DeleteLabelValues(route, cluster, class)
+	}
+}
+
 func (s *routeStats) observe(status int, d time.Duration) {
 	class := status / 100
 	if class < 1 || class > 5 {

@@ -245,11 +245,19 @@ func buildRoutes(services []discovery.Service, opts TranslateOptions) (*route.Ro
 	}
 	var warnings []string
 	hosts := map[string]*hostRoutes{}
+	// The oldest service first: a host and path two services claim goes
+	// to the older (the oldest claim wins, as at apply).
+	order := make([]int, 0, len(services))
 	for i := range services {
-		svc := &services[i]
-		if svc.Route == nil {
-			continue
+		if services[i].Route != nil {
+			order = append(order, i)
 		}
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		return services[a].Route.Since.Compare(services[b].Route.Since)
+	})
+	for _, i := range order {
+		svc := &services[i]
 		key := svc.Namespace + "/" + svc.Name
 		paths := svc.Route.Paths
 		if len(paths) == 0 {

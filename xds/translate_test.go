@@ -6,7 +6,9 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -511,5 +513,34 @@ func TestStickyCohortSplit(t *testing.T) {
 	full, _ := Translate(stickyServices(), DefaultTranslateOptions())
 	if !bytes.Equal(goldenJSON(t, next.resources()), goldenJSON(t, full)) {
 		t.Error("incremental translation differs from a full one")
+	}
+}
+
+// A host and path two stored services claim goes to the older one, not
+// to the one whose name sorts first (before, "aaa/new" took
+// hello.example.test from "default/hello").
+func TestOlderServiceKeepsAContestedRoute(t *testing.T) {
+	old := time.Unix(1_700_000_000, 0)
+	snap := &discovery.Snapshot{Version: 1, Services: []discovery.Service{
+		{Namespace: "aaa", Name: "new", Ports: []discovery.Port{{Name: "http", Port: 8080}},
+			Route:     &discovery.Route{Hosts: []string{"hello.example.test"}, Paths: []string{"/"}, Since: old.Add(time.Hour)},
+			Revisions: []discovery.Revision{{Number: 1, Weight: 100}}},
+		{Namespace: "default", Name: "hello", Ports: []discovery.Port{{Name: "http", Port: 8080}},
+			Route:     &discovery.Route{Hosts: []string{"hello.example.test"}, Paths: []string{"/"}, Since: old},
+			Revisions: []discovery.Revision{{Number: 1, Weight: 100}}},
+	}}
+	res, err := Translate(snap, DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	vh := res.Routes[0].VirtualHosts
+	if len(vh) != 1 || len(vh[0].Routes) != 1 {
+		t.Fatalf("virtual hosts %v", vh)
+	}
+	if c := vh[0].Routes[0].GetRoute().GetCluster(); c != "default_hello_r1" {
+		t.Fatalf("hello.example.test routed to %q, want the older default/hello", c)
+	}
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "aaa/new") {
+		t.Fatalf("warnings %q", res.Warnings)
 	}
 }

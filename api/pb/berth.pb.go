@@ -2714,8 +2714,11 @@ type ServiceDetail struct {
 	Events    []*Event               `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
 	// The names this service answers to in Berth's DNS and what they
 	// resolve to right now.
-	DnsNames      []string `protobuf:"bytes,4,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
-	DnsAnswers    []string `protobuf:"bytes,5,rep,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
+	DnsNames   []string `protobuf:"bytes,4,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	DnsAnswers []string `protobuf:"bytes,5,rep,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
+	// Who owns each host and path of the service's route: "host path ->
+	// namespace/name (claimed at RFC 3339 time)".
+	RouteOwners   []string `protobuf:"bytes,6,rep,name=route_owners,json=routeOwners,proto3" json:"route_owners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2785,10 +2788,20 @@ func (x *ServiceDetail) GetDnsAnswers() []string {
 	return nil
 }
 
+func (x *ServiceDetail) GetRouteOwners() []string {
+	if x != nil {
+		return x.RouteOwners
+	}
+	return nil
+}
+
 type DeleteServiceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Keep the service's revisions and rollout record (`rollout history`
+	// still lists them); by default they go with it.
+	KeepHistory   bool `protobuf:"varint,3,opt,name=keep_history,json=keepHistory,proto3" json:"keep_history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2835,6 +2848,13 @@ func (x *DeleteServiceRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *DeleteServiceRequest) GetKeepHistory() bool {
+	if x != nil {
+		return x.KeepHistory
+	}
+	return false
 }
 
 type DeleteServiceResponse struct {
@@ -7099,17 +7119,19 @@ const file_berth_proto_rawDesc = "" +
 	"\bservices\x18\x01 \x03(\v2\x18.berth.v1.ServiceSummaryR\bservices\"E\n" +
 	"\x11GetServiceRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xd9\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xfc\x01\n" +
 	"\rServiceDetail\x12+\n" +
 	"\aservice\x18\x01 \x01(\v2\x11.berth.v1.ServiceR\aservice\x124\n" +
 	"\tinstances\x18\x02 \x03(\v2\x16.berth.v1.InstanceViewR\tinstances\x12'\n" +
 	"\x06events\x18\x03 \x03(\v2\x0f.berth.v1.EventR\x06events\x12\x1b\n" +
 	"\tdns_names\x18\x04 \x03(\tR\bdnsNames\x12\x1f\n" +
 	"\vdns_answers\x18\x05 \x03(\tR\n" +
-	"dnsAnswers\"H\n" +
+	"dnsAnswers\x12!\n" +
+	"\froute_owners\x18\x06 \x03(\tR\vrouteOwners\"k\n" +
 	"\x14DeleteServiceRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"F\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
+	"\fkeep_history\x18\x03 \x01(\bR\vkeepHistory\"F\n" +
 	"\x15DeleteServiceResponse\x12-\n" +
 	"\x12instances_draining\x18\x01 \x01(\x05R\x11instancesDraining\"N\n" +
 	"\x14ListInstancesRequest\x12\x1c\n" +

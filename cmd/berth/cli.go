@@ -430,6 +430,9 @@ func newDescribeCmd(g *globalOptions) *cobra.Command {
 				}
 				if r := s.Spec.Route; r != nil {
 					fmt.Fprintf(w, "Route:       hosts %s, paths %s\n", strings.Join(r.Hosts, ","), strings.Join(r.Paths, ","))
+					for _, o := range d.RouteOwners {
+						fmt.Fprintf(w, "  owner:     %s\n", o)
+					}
 				}
 				keys := make([]string, 0, len(s.Spec.Env))
 				for k := range s.Spec.Env {
@@ -500,44 +503,104 @@ func newEventsCmd(g *globalOptions) *cobra.Command {
 
 func newDeleteCmd(g *globalOptions) *cobra.Command {
 	var namespace string
-	var wait bool
+	var files []string
+	var wait, keepHistory bool
 	cmd := &cobra.Command{
-		Use:   "delete service NAME",
-		Short: "Delete a service: its DNS name and route go first, then its containers stop",
-		Args:  cobra.ExactArgs(2),
+		Use:   "delete service NAME... | delete -f FILE|DIR",
+		Short: "Delete services (their DNS name and route go first, then their containers stop), or every object in manifests",
+		Long: `Delete services by name, or every service, volume and secret the manifests
+name (-f, as for apply; services first, so volumes they mount are free).
+
+A deleted service's revisions and rollout record go with it, unless
+--keep-history keeps them (rollout history still lists them, and a service
+re-created under the name goes on from its last revision number either way).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[0] != "service" && args[0] != "services" && args[0] != "svc" {
-				return fmt.Errorf("delete: unknown kind %q: use service", args[0])
+			type target struct{ kind, namespace, name string }
+			var targets []target
+			switch {
+			case len(files) > 0 && len(args) > 0:
+				return errors.New("delete: give either -f FILE or a kind and names, not both")
+			case len(files) > 0:
+				for _, f := range files {
+					objs, err := manifests.LoadObjects(f)
+					if err != nil {
+						return err
+					}
+					for _, s := range objs.Services {
+						targets = append(targets, target{api.KindService, s.Metadata.Namespace, s.Metadata.Name})
+					}
+					for _, v := range objs.Volumes {
+						targets = append(targets, target{api.KindVolume, v.Metadata.Namespace, v.Metadata.Name})
+					}
+					for _, sec := range objs.Secrets {
+						targets = append(targets, target{api.KindSecret, sec.Metadata.Namespace, sec.Metadata.Name})
+					}
+				}
+				// Services first: a volume is free only once nothing mounts it.
+				sort.SliceStable(targets, func(i, j int) bool { return targets[i].kind == api.KindService && targets[j].kind != api.KindService })
+			case len(args) < 2:
+				return errors.New("delete: takes a kind and one or more names (delete service NAME...), or -f FILE")
+			case args[0] != "service" && args[0] != "services" && args[0] != "svc":
+				return fmt.Errorf("delete: unknown kind %q: use service (volumes: berth volume rm; secrets: berth secret rm), or -f FILE", args[0])
+			default:
+				for _, name := range args[1:] {
+					targets = append(targets, target{api.KindService, namespace, name})
+				}
 			}
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
-				resp, err := cli.DeleteService(ctx, &pb.DeleteServiceRequest{Namespace: namespace, Name: args[1]})
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "service/%s deleted; %d instances draining\n", args[1], resp.InstancesDraining)
-				if !wait {
-					return nil
-				}
-				for {
-					l, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace, Service: args[1]})
+				out := cmd.OutOrStdout()
+				var services []target
+				for _, t := range targets {
+					var err error
+					switch t.kind {
+					case api.KindService:
+						var resp *pb.DeleteServiceResponse
+						resp, err = cli.DeleteService(ctx, &pb.DeleteServiceRequest{Namespace: t.namespace, Name: t.name, KeepHistory: keepHistory})
+						if err == nil {
+							fmt.Fprintf(out, "service/%s deleted; %d instances draining\n", t.name, resp.InstancesDraining)
+							services = append(services, t)
+						}
+					case api.KindVolume:
+						if _, err = cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Namespace: t.namespace, Name: t.name}); err == nil {
+							fmt.Fprintf(out, "volume/%s deleted\n", t.name)
+						}
+					case api.KindSecret:
+						if _, err = cli.DeleteSecret(ctx, &pb.DeleteSecretRequest{Namespace: t.namespace, Name: t.name}); err == nil {
+							fmt.Fprintf(out, "secret/%s deleted\n", t.name)
+						}
+					}
 					if err != nil {
 						return g.rpcErr(err)
 					}
-					if len(l.Instances) == 0 {
-						fmt.Fprintf(cmd.OutOrStdout(), "service/%s: all containers stopped\n", args[1])
-						return nil
-					}
-					select {
-					case <-ctx.Done():
-						return fmt.Errorf("delete: %d instances still stopping", len(l.Instances))
-					case <-time.After(200 * time.Millisecond):
+				}
+				if !wait {
+					return nil
+				}
+				for _, t := range services {
+					for {
+						l, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: t.namespace, Service: t.name})
+						if err != nil {
+							return g.rpcErr(err)
+						}
+						if len(l.Instances) == 0 {
+							fmt.Fprintf(out, "service/%s: all containers stopped\n", t.name)
+							break
+						}
+						select {
+						case <-ctx.Done():
+							return fmt.Errorf("delete: %s: %d instances still stopping", t.name, len(l.Instances))
+						case <-time.After(200 * time.Millisecond):
+						}
 					}
 				}
+				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", api.DefaultNamespace, "namespace")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every container has stopped")
+	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "delete every object in these manifests (repeatable; - for stdin)")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every container of the deleted services has stopped")
+	cmd.Flags().BoolVar(&keepHistory, "keep-history", false, "keep the service's revisions and rollout record (rollout history still lists them)")
 	return cmd
 }
 

@@ -353,6 +353,17 @@ func (s *Server) GetService(ctx context.Context, req *pb.GetServiceRequest) (*pb
 			}
 		}
 	}
+	claims, err := s.store.RouteOwners(ctx, &svc.Spec)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	for _, c := range claims {
+		owner := "unclaimed"
+		if c.Service != "" {
+			owner = fmt.Sprintf("%s (claimed %s)", c.Owner(), c.ClaimedAt.Format(time.RFC3339))
+		}
+		out.RouteOwners = append(out.RouteOwners, fmt.Sprintf("%s %s -> %s", c.Host, c.Path, owner))
+	}
 	events, err := s.store.ListEvents(ctx, ns, "service/"+req.Name, 50)
 	if err != nil {
 		return nil, storeErr(err)
@@ -373,7 +384,7 @@ func (s *Server) DeleteService(ctx context.Context, req *pb.DeleteServiceRequest
 	if req.Name == "" {
 		return nil, status.Error(codes.InvalidArgument, "delete service: name is required")
 	}
-	if err := s.store.DeleteService(ctx, ns, req.Name); err != nil {
+	if err := s.store.DeleteService(ctx, ns, req.Name, req.KeepHistory); err != nil {
 		return nil, storeErr(err)
 	}
 	n := 0 // the controllers drain them

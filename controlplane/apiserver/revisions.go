@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/berth-dev/berth/api"
@@ -14,14 +15,23 @@ import (
 // ListRevisions lists a service's kept revisions.
 func (s *Server) ListRevisions(ctx context.Context, req *pb.ListRevisionsRequest) (*pb.ListRevisionsResponse, error) {
 	ns := nsOrDefault(req.Namespace)
+	// A service deleted with --keep-history still has its history: no
+	// revision is current then.
+	var current int64
 	svc, err := s.store.GetService(ctx, ns, req.Name)
-	if err != nil {
+	switch {
+	case err == nil:
+		current = svc.Status.Revision
+	case !errors.Is(err, store.ErrNotFound):
 		return nil, storeErr(err)
 	}
 	v := s.cache.View()
 	revs, err := s.store.ListRevisions(ctx, ns, req.Name)
 	if err != nil {
 		return nil, storeErr(err)
+	}
+	if current == 0 && len(revs) == 0 {
+		return nil, status.Errorf(codes.NotFound, "service %s/%s: not found (and no history kept)", ns, req.Name)
 	}
 	count := map[int64]int32{}
 	for _, vi := range v.Instances {
@@ -32,7 +42,7 @@ func (s *Server) ListRevisions(ctx context.Context, req *pb.ListRevisionsRequest
 	out := &pb.ListRevisionsResponse{}
 	for _, r := range revs {
 		out.Revisions = append(out.Revisions, &pb.RevisionInfo{Number: r.Number, Image: r.Template.Image, Change: r.Change,
-			CreatedAt: tsOf(r.CreatedAt), Current: r.Number == svc.Status.Revision, Instances: count[r.Number], RolledBack: r.RolledBack})
+			CreatedAt: tsOf(r.CreatedAt), Current: r.Number == current, Instances: count[r.Number], RolledBack: r.RolledBack})
 	}
 	return out, nil
 }

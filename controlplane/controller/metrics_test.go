@@ -71,3 +71,18 @@ func TestRolloutMetricsFollowTheView(t *testing.T) {
 		t.Errorf("%d canary weight series left after the canary ended", n)
 	}
 }
+
+// A service deleted mid-canary takes its rollout record and its weight
+// series with it (before, the series stayed at the last weight for good).
+func TestDeletedServicesLeaveNoRolloutSeries(t *testing.T) {
+	c := New(Config{Registerer: prometheus.NewRegistry()}, nil, nil)
+	canary := api.Rollout{Namespace: "default", Service: "web", Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10, Strategy: api.StrategyCanary}
+	c.observeRollouts(&store.View{Rollouts: map[string]store.VersionedRollout{"default/web": {Rollout: canary}}})
+	if n := series(c.canaryWeight); n != 1 {
+		t.Fatalf("%d series, want 1", n)
+	}
+	c.observeRollouts(&store.View{Rollouts: map[string]store.VersionedRollout{}})
+	if n := series(c.canaryWeight); n != 0 {
+		t.Errorf("%d canary weight series left after the service was deleted", n)
+	}
+}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -400,6 +401,15 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 // each active canary, and a count of each rollout that finished since this
 // controller first saw it active.
 func (c *Controller) observeRollouts(v *store.View) {
+	for key := range c.activeRollouts {
+		if _, ok := v.Rollouts[key]; !ok {
+			// Deleted with its service: its series go too.
+			delete(c.activeRollouts, key)
+			if ns, name, ok := strings.Cut(key, "/"); ok {
+				c.canaryWeight.DeleteLabelValues(ns, name)
+			}
+		}
+	}
 	for key, vr := range v.Rollouts {
 		r := vr.Rollout
 		was, seen := c.activeRollouts[key]

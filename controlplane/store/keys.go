@@ -97,3 +97,20 @@ func eventKey(at time.Time, seq uint64) string {
 
 // eventKeyBefore sorts before every event at or after t.
 func eventKeyBefore(t time.Time) string { return fmt.Sprintf("%s%020d", EventsPrefix, t.UnixNano()) }
+
+// Keys outside Root for records the controllers never read.
+const (
+	// RoutesPrefix holds one claim per route host and path prefix,
+	// "<host>/<path>": the service that owns it. The oldest claim wins;
+	// an apply claiming a route another service owns is refused.
+	RoutesPrefix = "/berth-routes/"
+	// LastRevisionPrefix keeps, for a service deleted with its history,
+	// the last revision number it had: a re-created service goes on from
+	// there, so an old instance still draining never shares a revision
+	// number with new content.
+	LastRevisionPrefix = "/berth-last-revision/"
+)
+
+func routeKey(host, path string) string { return RoutesPrefix + host + "/" + path }
+
+func lastRevisionKey(ns, name string) string { return LastRevisionPrefix + ns + "/" + name }

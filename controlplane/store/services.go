@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/berth-dev/berth/api"
@@ -92,12 +93,26 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			}
 			results = append(results, res)
 		}
+		claimed := map[[2]string]string{}
 		for _, in := range svcs {
 			key := serviceKey(in.Metadata.Namespace, in.Metadata.Name)
 			resp, err := s.cli.Get(ctx, key)
 			if err != nil {
 				return false, fmt.Errorf("store: get %s: %w", key, err)
 			}
+			var oldSpec *api.ServiceSpec
+			if len(resp.Kvs) > 0 {
+				var old api.Service
+				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
+					return false, fmt.Errorf("store: decode %s: %w", key, err)
+				}
+				oldSpec = &old.Spec
+			}
+			rc, ro, err := s.routeClaims(ctx, &in, oldSpec, now, claimed)
+			if err != nil {
+				return false, err
+			}
+			cmps, ops = append(cmps, rc...), append(ops, ro...)
 			svc := in
 			res := ApplyResult{Kind: api.KindService, Namespace: in.Metadata.Namespace, Name: in.Metadata.Name}
 			if len(resp.Kvs) == 0 {
@@ -184,20 +199,35 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 	return out, nil
 }
 
+// lastRevision is the highest revision number the service ever had: its
+// last kept revision, or the number recorded when it was deleted with its
+// history.
 func (s *Store) lastRevision(ctx context.Context, ns, name string) (int64, error) {
 	prefix := fmt.Sprintf("%s%s/%s/", RevisionsPrefix, ns, name)
 	resp, err := s.cli.Get(ctx, prefix, clientv3.WithLastKey()...)
 	if err != nil {
 		return 0, fmt.Errorf("store: last revision of %s/%s: %w", ns, name, err)
 	}
-	if len(resp.Kvs) == 0 {
-		return 0, nil
+	var last int64
+	if len(resp.Kvs) > 0 {
+		var r api.Revision
+		if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+			return 0, fmt.Errorf("store: decode %s: %w", resp.Kvs[0].Key, err)
+		}
+		last = r.Number
 	}
-	var r api.Revision
-	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
-		return 0, fmt.Errorf("store: decode %s: %w", resp.Kvs[0].Key, err)
+	tomb, err := s.cli.Get(ctx, lastRevisionKey(ns, name))
+	if err != nil {
+		return 0, fmt.Errorf("store: last revision of %s/%s: %w", ns, name, err)
 	}
-	return r.Number, nil
+	if len(tomb.Kvs) > 0 {
+		n, err := strconv.ParseInt(string(tomb.Kvs[0].Value), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("store: decode %s: %w", tomb.Kvs[0].Key, err)
+		}
+		last = max(last, n)
+	}
+	return last, nil
 }
 
 // GetService reads one service.
@@ -236,15 +266,47 @@ func (s *Store) ListRevisions(ctx context.Context, ns, name string) ([]api.Revis
 // DeleteService deletes a service (its revisions and rollout stay, as
 // history). Its instances are the controllers' business: the replica loop
 // drains instances whose service is gone.
-func (s *Store) DeleteService(ctx context.Context, ns, name string) error {
-	resp, err := s.cli.Delete(ctx, serviceKey(ns, name))
-	if err != nil {
-		return fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
-	}
-	if resp.Deleted == 0 {
-		return fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
-	}
-	return nil
+func (s *Store) DeleteService(ctx context.Context, ns, name string, keepHistory bool) error {
+	key := serviceKey(ns, name)
+	return casRetry("delete service "+ns+"/"+name, func() (bool, error) {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return false, fmt.Errorf("store: get %s: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return false, fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+		}
+		var svc api.Service
+		if err := json.Unmarshal(resp.Kvs[0].Value, &svc); err != nil {
+			return false, fmt.Errorf("store: decode %s: %w", key, err)
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)}
+		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		for _, hp := range routeOf(&svc.Spec) {
+			c, o, err := s.releaseClaim(ctx, svc.Key(), hp)
+			if err != nil {
+				return false, err
+			}
+			cmps, ops = append(cmps, c...), append(ops, o...)
+		}
+		if !keepHistory {
+			// Its revisions and rollout go with it; the number it reached
+			// stays, so a re-created service never reuses one.
+			last, err := s.lastRevision(ctx, ns, name)
+			if err != nil {
+				return false, err
+			}
+			ops = append(ops,
+				clientv3.OpDelete(fmt.Sprintf("%s%s/%s/", RevisionsPrefix, ns, name), clientv3.WithPrefix()),
+				clientv3.OpDelete(rolloutKey(ns, name)),
+				clientv3.OpPut(lastRevisionKey(ns, name), strconv.FormatInt(max(last, svc.Status.Revision), 10)))
+		}
+		txn, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return false, fmt.Errorf("store: delete service %s/%s: %w", ns, name, err)
+		}
+		return txn.Succeeded, nil
+	})
 }
 
 // DescribeChange says in a few words how template b differs from a.
