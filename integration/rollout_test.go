@@ -331,7 +331,7 @@ spec:
 			r := status()
 			return r.Phase == "RolledBack", r.Message
 		})
-		out, _, code := berth(t, api, "rollout", "status", "hello", "--watch")
+		out, _, code = berth(t, api, "rollout", "status", "hello", "--watch")
 		if code != 3 || !strings.Contains(out, "analysis failed") {
 			t.Fatalf("status --watch after a rollback: exit %d\n%s", code, out)
 		}

@@ -19,11 +19,11 @@ import (
 type waitOutcome int
 
 const (
-	waitPending waitOutcome = iota
-	waitReady                // every replica of the applied revision ready, older ones gone
-	waitPaused               // a canary waits for `berth rollout promote`
-	waitFailed               // its rollout was rolled back or aborted
-	waitSuperseded           // another apply made a newer revision
+	waitPending    waitOutcome = iota
+	waitReady                  // every replica of the applied revision ready, older ones gone
+	waitPaused                 // a canary waits for `berth rollout promote`
+	waitFailed                 // its rollout was rolled back or aborted
+	waitSuperseded             // another apply made a newer revision
 )
 
 // waitTarget is one applied service apply --wait follows.
