@@ -144,6 +144,19 @@ func TestClusterEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "service/hello created") || !strings.Contains(out, "service/client created") {
 		t.Fatalf("apply: %s", out)
 	}
+	// What get prints as YAML applies again as a no-op.
+	yml := mustBerth(t, api, "get", "services", "hello", "client", "-o", "yaml")
+	roundTrip := filepath.Join(t.TempDir(), "get.yaml")
+	writeFile(t, roundTrip, yml)
+	if out := mustBerth(t, api, "apply", "-f", roundTrip); strings.Count(out, "unchanged") != 2 {
+		t.Fatalf("get -o yaml | apply -f - changed something:\n%s\n%s", out, yml)
+	}
+	if out := mustBerth(t, api, "get", "all", "-l", "app=nothing", "-o", "name"); strings.TrimSpace(out) != "" {
+		t.Fatalf("get all with a selector nothing matches: %q", out)
+	}
+	if out := mustBerth(t, api, "get", "services", "hello", "-o", "name"); strings.TrimSpace(out) != "service/hello" {
+		t.Fatalf("get services hello -o name: %q", out)
+	}
 	hello := readyInstances(instances(t, api, "hello"))
 	if len(hello) != 3 {
 		t.Fatalf("ready hello instances: %+v", hello)

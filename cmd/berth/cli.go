@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -187,158 +186,6 @@ func age(t *timestamppb.Timestamp) string {
 	}
 }
 
-func newGetCmd(g *globalOptions) *cobra.Command {
-	var output, namespace string
-	cmd := &cobra.Command{
-		Use:       "get services|instances|nodes|images|volumes|gateways",
-		Short:     "List objects",
-		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"services", "instances", "nodes", "images", "volumes", "gateways"},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
-				p := printer{format: output, w: cmd.OutOrStdout()}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				defer tw.Flush()
-				switch args[0] {
-				case "services", "service", "svc":
-					resp, err := cli.ListServices(ctx, &pb.ListServicesRequest{Namespace: namespace})
-					if err != nil {
-						return g.rpcErr(err)
-					}
-					msgs := make([]proto.Message, len(resp.Services))
-					for i, s := range resp.Services {
-						msgs[i] = s
-					}
-					if ok, err := p.structured(msgs); ok {
-						return err
-					}
-					fmt.Fprintln(tw, "NAMESPACE\tNAME\tREVISION\tREADY\tIMAGE\tROUTE\tAGE")
-					for _, s := range resp.Services {
-						route := "-"
-						if r := s.Service.Spec.Route; r != nil {
-							route = strings.Join(r.Hosts, ",")
-						}
-						fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%s\t%s\t%s\n", s.Service.Metadata.Namespace, s.Service.Metadata.Name,
-							s.Service.Status.GetRevision(), s.Ready, s.Desired, s.Service.Spec.Image, route, age(s.Service.Status.GetCreatedAt()))
-					}
-				case "instances", "instance", "inst":
-					resp, err := cli.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: namespace})
-					if err != nil {
-						return g.rpcErr(err)
-					}
-					msgs := make([]proto.Message, len(resp.Instances))
-					for i, s := range resp.Instances {
-						msgs[i] = s
-					}
-					if ok, err := p.structured(msgs); ok {
-						return err
-					}
-					printInstances(tw, resp.Instances)
-				case "nodes", "node":
-					resp, err := cli.ListNodes(ctx, &pb.ListNodesRequest{})
-					if err != nil {
-						return g.rpcErr(err)
-					}
-					msgs := make([]proto.Message, len(resp.Nodes))
-					for i, s := range resp.Nodes {
-						msgs[i] = s
-					}
-					if ok, err := p.structured(msgs); ok {
-						return err
-					}
-					fmt.Fprintln(tw, "NAME\tSTATUS\tADDRESS\tPOD-CIDR\tCPU(alloc/cap)\tMEMORY(alloc/cap)\tINSTANCES\tDNS-VERSION\tLAST-HEARTBEAT\tAGE")
-					for _, n := range resp.Nodes {
-						st := n.State
-						if st == "" {
-							st = "NotReady"
-							if n.Ready {
-								st = "Ready"
-							}
-						}
-						if n.Cordoned {
-							st += ",Cordoned"
-						}
-						dnsVersion := "-"
-						if n.DnsVersion != 0 {
-							dnsVersion = strconv.FormatUint(n.DnsVersion, 10)
-						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s\t%s ago\t%s\n", n.Name, st, n.Address, n.PodCidr,
-							n.Allocated.GetMilliCpu(), n.Capacity.GetMilliCpu(), mib(n.Allocated.GetMemoryBytes()), mib(n.Capacity.GetMemoryBytes()),
-							n.Instances, dnsVersion, age(n.Heartbeat), age(n.JoinedAt))
-					}
-				case "images", "image":
-					resp, err := cli.ListImages(ctx, &pb.ListImagesRequest{})
-					if err != nil {
-						return g.rpcErr(err)
-					}
-					msgs := make([]proto.Message, len(resp.Images))
-					for i, s := range resp.Images {
-						msgs[i] = s
-					}
-					if ok, err := p.structured(msgs); ok {
-						return err
-					}
-					fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tLOADED")
-					for _, im := range resp.Images {
-						ref := im.Reference
-						if ref == "" {
-							ref = "<none>" // no tag; kept for the revisions that pin it
-						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", ref, short(im.Digest, 19), mib(im.Size), age(im.LoadedAt))
-					}
-				case "gateways", "gateway", "gw":
-					resp, err := cli.ListGateways(ctx, &pb.ListGatewaysRequest{})
-					if err != nil {
-						return g.rpcErr(err)
-					}
-					msgs := make([]proto.Message, len(resp.Gateways))
-					for i, s := range resp.Gateways {
-						msgs[i] = s
-					}
-					if ok, err := p.structured(msgs); ok {
-						return err
-					}
-					fmt.Fprintln(tw, "NAME\tREPLICA\tADDRESS\tVERSION\tSTATE\tLAG\tPROTOCOL\tCONNECTED\tLAST-NACK")
-					for _, gw := range resp.Gateways {
-						proto := "sotw"
-						if gw.Delta {
-							proto = "delta"
-						}
-						if gw.Proxyless {
-							proto += ",proxyless-grpc"
-						}
-						replica := gw.Replica
-						if replica == "" {
-							replica = "-"
-						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, replica, gw.Address, gw.Version, resp.PublishedVersion,
-							gw.State, gw.LagMs, proto, age(gw.ConnectedAt), short(gw.LastNack, 80))
-					}
-				case "volumes", "volume", "vol":
-					resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: namespace})
-					if err != nil {
-						return g.rpcErr(err)
-					}
-					msgs := make([]proto.Message, len(resp.Volumes))
-					for i, s := range resp.Volumes {
-						msgs[i] = s
-					}
-					if ok, err := p.structured(msgs); ok {
-						return err
-					}
-					printVolumes(tw, resp.Volumes)
-				default:
-					return fmt.Errorf("get: unknown kind %q: use services, instances, nodes, images, volumes or gateways", args[0])
-				}
-				return nil
-			})
-		},
-	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json, yaml")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace (default: all)")
-	return cmd
-}
-
 func short(s string, n int) string {
 	if len(s) > n {
 		return s[:n]
@@ -353,7 +200,11 @@ func mib(b int64) string {
 	return fmt.Sprintf("%dMi", b>>20)
 }
 
-func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) {
+func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) { printInstancesWide(tw, ivs, false) }
+
+// printInstancesWide prints instances; wide adds the image and the last
+// error in full.
+func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool) {
 	sort.Slice(ivs, func(i, j int) bool {
 		a, b := ivs[i].Instance, ivs[j].Instance
 		if a.Namespace+a.Service != b.Namespace+b.Service {
@@ -361,7 +212,11 @@ func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) {
 		}
 		return a.Id < b.Id
 	})
-	fmt.Fprintln(tw, "NAMESPACE\tINSTANCE\tSERVICE\tREV\tNODE\tSTATE\tREADY\tIP\tRESTARTS\tAGE\tLAST-ERROR")
+	if wide {
+		fmt.Fprintln(tw, "NAMESPACE\tINSTANCE\tSERVICE\tREV\tNODE\tSTATE\tREADY\tIP\tRESTARTS\tAGE\tIMAGE\tLAST-ERROR")
+	} else {
+		fmt.Fprintln(tw, "NAMESPACE\tINSTANCE\tSERVICE\tREV\tNODE\tSTATE\tREADY\tIP\tRESTARTS\tAGE\tLAST-ERROR")
+	}
 	for _, iv := range ivs {
 		in, st := iv.Instance, iv.Status
 		var state string
@@ -388,6 +243,10 @@ func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) {
 		node := in.Node
 		if node == "" {
 			node = "-"
+		}
+		if wide {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", in.Namespace, in.Id, in.Service, in.Revision, node, state, ready, ip, restarts, age(in.CreatedAt), in.GetTemplate().GetImage(), dash(lastErr))
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.Namespace, in.Id, in.Service, in.Revision, node, state, ready, ip, restarts, age(in.CreatedAt), short(lastErr, 120))
 	}
