@@ -133,3 +133,43 @@ func TestDeleteServiceTakesItsHistory(t *testing.T) {
 		t.Fatalf("re-created service: revision %d, want 3 (numbers go on)", r.Revision)
 	}
 }
+
+// An instance that stops being ready leaves an event saying why (the
+// probe's error its agent reported).
+func TestNotReadyIsAnEventWithItsReason(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 8000, MemoryBytes: 8 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	heartbeat(t, h, "a")
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	var ready *pb.InstanceView
+	eventually(t, "hello ready", func() (bool, string) {
+		reportReady(t, h, "a")
+		l, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		for _, iv := range l.GetInstances() {
+			if iv.Status.GetReady() {
+				ready = iv
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(l)
+	})
+	st := ready.Status
+	st.Ready, st.LastError = false, "readiness probe failed: probe http://10.0.0.2:8080/healthz: status 503"
+	if _, err := h.agent.ReportStatus(ctx, &pb.ReportStatusRequest{Node: "a", Statuses: []*pb.InstanceStatus{st}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a NotReady event with the reason", func() (bool, string) {
+		evs, _ := h.berth.ListEvents(ctx, &pb.ListEventsRequest{})
+		for _, e := range evs.GetEvents() {
+			if e.Reason == "NotReady" && strings.Contains(e.Message, "status 503") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(evs)
+	})
+}

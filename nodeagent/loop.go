@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -389,6 +390,10 @@ func (l *loop) resync(ctx context.Context) {
 	}
 }
 
+// readinessPrefix starts the last error of an instance whose readiness
+// probe fails.
+const readinessPrefix = "readiness probe failed: "
+
 func (l *loop) probed(r probeResult) {
 	it := l.items[r.id]
 	if it == nil {
@@ -408,6 +413,13 @@ func (l *loop) probed(r probeResult) {
 	it.st.Ready = ready
 	if ready {
 		it.readySinceStart = true
+		if strings.HasPrefix(it.st.LastError, readinessPrefix) {
+			it.st.LastError = ""
+		}
+	} else if it.st.LastError == "" || strings.HasPrefix(it.st.LastError, readinessPrefix) {
+		// Why it is not ready, for get instances, describe and an event;
+		// an error of the container itself is not overwritten.
+		it.st.LastError = readinessPrefix + r.err.Error()
 	}
 	every := probe.Interval(it.inst.Template.Health)
 	if !it.readySinceStart && startupProbeEvery < every {

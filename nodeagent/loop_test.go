@@ -416,3 +416,27 @@ func TestLoopReportDoesNotBlock(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A readiness probe that fails says why: the error goes to the
+// instance's last error (before, READY false had no reason anywhere), and
+// goes away when the probe passes.
+func TestLoopReportsWhyAnInstanceIsNotReady(t *testing.T) {
+	h := newHarness(t)
+	in := running("a")
+	in.Template.Health = &pb.Health{Tcp: &pb.TCPProbe{Port: 8080}, Interval: "10s", Timeout: "1s"}
+	h.assign(in)
+	h.step()
+	h.l.items["a"].probing = true
+	h.l.probed(probeResult{id: "a", err: errors.New("probe tcp 10.213.0.9:8080: connection refused")})
+	h.report()
+	st := h.wantPhase("a", api.PhaseRunning)
+	if st.Ready || st.LastError != "readiness probe failed: probe tcp 10.213.0.9:8080: connection refused" {
+		t.Fatalf("after a failed probe: ready %v, last error %q", st.Ready, st.LastError)
+	}
+	h.l.items["a"].probing = true
+	h.l.probed(probeResult{id: "a"})
+	h.report()
+	if st := h.wantPhase("a", api.PhaseRunning); !st.Ready || st.LastError != "" {
+		t.Fatalf("after a passing probe: ready %v, last error %q", st.Ready, st.LastError)
+	}
+}

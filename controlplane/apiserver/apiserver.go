@@ -598,6 +598,14 @@ func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) 
 				msg += fmt.Sprintf(": last exit code %d", st.LastExit.Code)
 			}
 			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Restarted", Type: "Warning", Message: msg})
+		case had && old.Ready && !st.Ready:
+			msg := fmt.Sprintf("instance %s not ready", st.ID)
+			if st.LastError != "" {
+				msg += ": " + st.LastError
+			}
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "NotReady", Type: "Warning", Message: msg})
+		case st.LastError != "" && st.LastError != old.LastError && strings.HasPrefix(st.LastError, "readiness probe failed: ") && strings.HasPrefix(old.LastError, "readiness probe failed: "):
+			// A probe failing another way: no event for each variation.
 		case st.LastError != "" && st.LastError != old.LastError:
 			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Failed", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
 		case st.Ready && !old.Ready:
