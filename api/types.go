@@ -714,11 +714,14 @@ const (
 
 // Node is a machine running an agent.
 type Node struct {
-	Name     string            `json:"name"`
-	Address  string            `json:"address"`
-	PodCIDR  string            `json:"podCIDR"`
-	Labels   map[string]string `json:"labels,omitempty"`
-	Capacity Capacity          `json:"capacity"`
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// ShellAddr is where its agent serves NodeShell (logs, exec,
+	// port-forward) to control plane replicas.
+	ShellAddr string            `json:"shellAddr,omitempty"`
+	PodCIDR   string            `json:"podCIDR"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Capacity  Capacity          `json:"capacity"`
 	// Ready is whether the heartbeat lease is alive (filled from the cache).
 	Ready bool `json:"ready"`
 	// State and StateSince are written by the node controller.

@@ -29,6 +29,570 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type LogsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// A service (all its instances, running or not) or one instance.
+	Service  string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Instance string `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
+	Follow   bool   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	// The run before the current one (the container before its restart).
+	Previous bool `protobuf:"varint,5,opt,name=previous,proto3" json:"previous,omitempty"`
+	// Only lines at or after since.
+	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	// Only the last tail lines of each instance (0: all).
+	Tail          int32 `protobuf:"varint,7,opt,name=tail,proto3" json:"tail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRequest) Reset() {
+	*x = LogsRequest{}
+	mi := &file_berth_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRequest) ProtoMessage() {}
+
+func (x *LogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
+func (*LogsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *LogsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *LogsRequest) GetPrevious() bool {
+	if x != nil {
+		return x.Previous
+	}
+	return false
+}
+
+func (x *LogsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *LogsRequest) GetTail() int32 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
+type LogLine struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Instance string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// "stdout" or "stderr".
+	Stream string `protobuf:"bytes,3,opt,name=stream,proto3" json:"stream,omitempty"`
+	// The line without its newline; partial says the container wrote no
+	// newline (yet): the next line continues it.
+	Text          []byte `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	Partial       bool   `protobuf:"varint,5,opt,name=partial,proto3" json:"partial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogLine) Reset() {
+	*x = LogLine{}
+	mi := &file_berth_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogLine) ProtoMessage() {}
+
+func (x *LogLine) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
+func (*LogLine) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LogLine) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *LogLine) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *LogLine) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *LogLine) GetText() []byte {
+	if x != nil {
+		return x.Text
+	}
+	return nil
+}
+
+func (x *LogLine) GetPartial() bool {
+	if x != nil {
+		return x.Partial
+	}
+	return false
+}
+
+type TerminalSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Width         uint32                 `protobuf:"varint,1,opt,name=width,proto3" json:"width,omitempty"`
+	Height        uint32                 `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TerminalSize) Reset() {
+	*x = TerminalSize{}
+	mi := &file_berth_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TerminalSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TerminalSize) ProtoMessage() {}
+
+func (x *TerminalSize) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
+func (*TerminalSize) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TerminalSize) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *TerminalSize) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+type ExecStart struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Instance  string                 `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	Command   []string               `protobuf:"bytes,3,rep,name=command,proto3" json:"command,omitempty"`
+	Tty       bool                   `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
+	// Whether the caller sends stdin (the process's stdin is closed when
+	// it ends).
+	Stdin         bool          `protobuf:"varint,5,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Size          *TerminalSize `protobuf:"bytes,6,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStart) Reset() {
+	*x = ExecStart{}
+	mi := &file_berth_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStart) ProtoMessage() {}
+
+func (x *ExecStart) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
+func (*ExecStart) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ExecStart) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ExecStart) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *ExecStart) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *ExecStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecStart) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *ExecStart) GetSize() *TerminalSize {
+	if x != nil {
+		return x.Size
+	}
+	return nil
+}
+
+type ExecInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message, and only it.
+	Start         *ExecStart    `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Stdin         []byte        `protobuf:"bytes,2,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	StdinEof      bool          `protobuf:"varint,3,opt,name=stdin_eof,json=stdinEof,proto3" json:"stdin_eof,omitempty"`
+	Resize        *TerminalSize `protobuf:"bytes,4,opt,name=resize,proto3" json:"resize,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecInput) Reset() {
+	*x = ExecInput{}
+	mi := &file_berth_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecInput) ProtoMessage() {}
+
+func (x *ExecInput) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
+func (*ExecInput) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ExecInput) GetStart() *ExecStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStdin() []byte {
+	if x != nil {
+		return x.Stdin
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStdinEof() bool {
+	if x != nil {
+		return x.StdinEof
+	}
+	return false
+}
+
+func (x *ExecInput) GetResize() *TerminalSize {
+	if x != nil {
+		return x.Resize
+	}
+	return nil
+}
+
+type ExecOutput struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Stdout []byte                 `protobuf:"bytes,1,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr []byte                 `protobuf:"bytes,2,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// The last message: the process ended with exit_code.
+	Exited        bool  `protobuf:"varint,3,opt,name=exited,proto3" json:"exited,omitempty"`
+	ExitCode      int32 `protobuf:"varint,4,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecOutput) Reset() {
+	*x = ExecOutput{}
+	mi := &file_berth_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecOutput) ProtoMessage() {}
+
+func (x *ExecOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
+func (*ExecOutput) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ExecOutput) GetStdout() []byte {
+	if x != nil {
+		return x.Stdout
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetStderr() []byte {
+	if x != nil {
+		return x.Stderr
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetExited() bool {
+	if x != nil {
+		return x.Exited
+	}
+	return false
+}
+
+func (x *ExecOutput) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+type PortForwardStart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Instance      string                 `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardStart) Reset() {
+	*x = PortForwardStart{}
+	mi := &file_berth_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardStart) ProtoMessage() {}
+
+func (x *PortForwardStart) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardStart.ProtoReflect.Descriptor instead.
+func (*PortForwardStart) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PortForwardStart) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PortForwardStart) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *PortForwardStart) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type PortForwardData struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message from the caller, and only it.
+	Start         *PortForwardStart `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Data          []byte            `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardData) Reset() {
+	*x = PortForwardData{}
+	mi := &file_berth_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardData) ProtoMessage() {}
+
+func (x *PortForwardData) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardData.ProtoReflect.Descriptor instead.
+func (*PortForwardData) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PortForwardData) GetStart() *PortForwardStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *PortForwardData) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type ObjectMeta struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -40,7 +604,7 @@ type ObjectMeta struct {
 
 func (x *ObjectMeta) Reset() {
 	*x = ObjectMeta{}
-	mi := &file_berth_proto_msgTypes[0]
+	mi := &file_berth_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -52,7 +616,7 @@ func (x *ObjectMeta) String() string {
 func (*ObjectMeta) ProtoMessage() {}
 
 func (x *ObjectMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[0]
+	mi := &file_berth_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -65,7 +629,7 @@ func (x *ObjectMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectMeta.ProtoReflect.Descriptor instead.
 func (*ObjectMeta) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{0}
+	return file_berth_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ObjectMeta) GetName() string {
@@ -100,7 +664,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_berth_proto_msgTypes[1]
+	mi := &file_berth_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -112,7 +676,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[1]
+	mi := &file_berth_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -125,7 +689,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{1}
+	return file_berth_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Service) GetMetadata() *ObjectMeta {
@@ -162,7 +726,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_berth_proto_msgTypes[2]
+	mi := &file_berth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -174,7 +738,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[2]
+	mi := &file_berth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -187,7 +751,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{2}
+	return file_berth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ServiceStatus) GetRevision() int64 {
@@ -247,7 +811,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_berth_proto_msgTypes[3]
+	mi := &file_berth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +823,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[3]
+	mi := &file_berth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +836,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{3}
+	return file_berth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ServiceSpec) GetImage() string {
@@ -403,7 +967,7 @@ type SecurityContext struct {
 
 func (x *SecurityContext) Reset() {
 	*x = SecurityContext{}
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +979,7 @@ func (x *SecurityContext) String() string {
 func (*SecurityContext) ProtoMessage() {}
 
 func (x *SecurityContext) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[4]
+	mi := &file_berth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +992,7 @@ func (x *SecurityContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecurityContext.ProtoReflect.Descriptor instead.
 func (*SecurityContext) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{4}
+	return file_berth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SecurityContext) GetRunAsUser() int64 {
@@ -478,7 +1042,7 @@ type SecretMount struct {
 
 func (x *SecretMount) Reset() {
 	*x = SecretMount{}
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +1054,7 @@ func (x *SecretMount) String() string {
 func (*SecretMount) ProtoMessage() {}
 
 func (x *SecretMount) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[5]
+	mi := &file_berth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +1067,7 @@ func (x *SecretMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMount.ProtoReflect.Descriptor instead.
 func (*SecretMount) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{5}
+	return file_berth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SecretMount) GetName() string {
@@ -544,7 +1108,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +1120,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[6]
+	mi := &file_berth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +1133,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{6}
+	return file_berth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Secret) GetMetadata() *ObjectMeta {
@@ -638,7 +1202,7 @@ type RolloutSpec struct {
 
 func (x *RolloutSpec) Reset() {
 	*x = RolloutSpec{}
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +1214,7 @@ func (x *RolloutSpec) String() string {
 func (*RolloutSpec) ProtoMessage() {}
 
 func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[7]
+	mi := &file_berth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +1227,7 @@ func (x *RolloutSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutSpec.ProtoReflect.Descriptor instead.
 func (*RolloutSpec) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{7}
+	return file_berth_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RolloutSpec) GetStrategy() string {
@@ -760,7 +1324,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1336,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[8]
+	mi := &file_berth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1349,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{8}
+	return file_berth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CanaryStep) GetWeight() uint32 {
@@ -815,7 +1379,7 @@ type Analysis struct {
 
 func (x *Analysis) Reset() {
 	*x = Analysis{}
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1391,7 @@ func (x *Analysis) String() string {
 func (*Analysis) ProtoMessage() {}
 
 func (x *Analysis) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[9]
+	mi := &file_berth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1404,7 @@ func (x *Analysis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
 func (*Analysis) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{9}
+	return file_berth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Analysis) GetMaxErrorRate() float64 {
@@ -918,7 +1482,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1494,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[10]
+	mi := &file_berth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1507,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{10}
+	return file_berth_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Rollout) GetNamespace() string {
@@ -1155,7 +1719,7 @@ type VolumeMount struct {
 
 func (x *VolumeMount) Reset() {
 	*x = VolumeMount{}
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1731,7 @@ func (x *VolumeMount) String() string {
 func (*VolumeMount) ProtoMessage() {}
 
 func (x *VolumeMount) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[11]
+	mi := &file_berth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1744,7 @@ func (x *VolumeMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
 func (*VolumeMount) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{11}
+	return file_berth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VolumeMount) GetName() string {
@@ -1229,7 +1793,7 @@ type VolumeTemplate struct {
 
 func (x *VolumeTemplate) Reset() {
 	*x = VolumeTemplate{}
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1805,7 @@ func (x *VolumeTemplate) String() string {
 func (*VolumeTemplate) ProtoMessage() {}
 
 func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[12]
+	mi := &file_berth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1818,7 @@ func (x *VolumeTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeTemplate.ProtoReflect.Descriptor instead.
 func (*VolumeTemplate) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{12}
+	return file_berth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VolumeTemplate) GetName() string {
@@ -1295,7 +1859,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1871,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[13]
+	mi := &file_berth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1884,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{13}
+	return file_berth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Volume) GetMetadata() *ObjectMeta {
@@ -1390,7 +1954,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1966,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[14]
+	mi := &file_berth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1979,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{14}
+	return file_berth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Port) GetName() string {
@@ -1451,7 +2015,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +2027,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[15]
+	mi := &file_berth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +2040,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{15}
+	return file_berth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Resources) GetCpu() string {
@@ -1513,7 +2077,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +2089,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[16]
+	mi := &file_berth_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +2102,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{16}
+	return file_berth_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Health) GetHttp() *HTTPProbe {
@@ -1579,7 +2143,7 @@ type HTTPProbe struct {
 
 func (x *HTTPProbe) Reset() {
 	*x = HTTPProbe{}
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +2155,7 @@ func (x *HTTPProbe) String() string {
 func (*HTTPProbe) ProtoMessage() {}
 
 func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[17]
+	mi := &file_berth_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +2168,7 @@ func (x *HTTPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPProbe.ProtoReflect.Descriptor instead.
 func (*HTTPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{17}
+	return file_berth_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HTTPProbe) GetPath() string {
@@ -1630,7 +2194,7 @@ type TCPProbe struct {
 
 func (x *TCPProbe) Reset() {
 	*x = TCPProbe{}
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +2206,7 @@ func (x *TCPProbe) String() string {
 func (*TCPProbe) ProtoMessage() {}
 
 func (x *TCPProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[18]
+	mi := &file_berth_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +2219,7 @@ func (x *TCPProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPProbe.ProtoReflect.Descriptor instead.
 func (*TCPProbe) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{18}
+	return file_berth_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TCPProbe) GetPort() int32 {
@@ -1675,7 +2239,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +2251,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[19]
+	mi := &file_berth_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +2264,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{19}
+	return file_berth_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Route) GetHosts() []string {
@@ -1736,7 +2300,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +2312,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[20]
+	mi := &file_berth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +2325,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{20}
+	return file_berth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Instance) GetId() string {
@@ -1851,7 +2415,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2427,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[21]
+	mi := &file_berth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2440,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{21}
+	return file_berth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1912,7 +2476,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2488,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[22]
+	mi := &file_berth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2501,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{22}
+	return file_berth_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *InstanceStatus) GetId() string {
@@ -2027,7 +2591,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2603,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[23]
+	mi := &file_berth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2616,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{23}
+	return file_berth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Capacity) GetMilliCpu() int64 {
@@ -2095,7 +2659,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2671,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[24]
+	mi := &file_berth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2684,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{24}
+	return file_berth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Node) GetName() string {
@@ -2237,7 +2801,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2813,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[25]
+	mi := &file_berth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2826,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{25}
+	return file_berth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Event) GetAt() *timestamppb.Timestamp {
@@ -2320,7 +2884,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2896,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[26]
+	mi := &file_berth_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2909,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{26}
+	return file_berth_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApplyRequest) GetServices() []*Service {
@@ -2391,7 +2955,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2967,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[27]
+	mi := &file_berth_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2980,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{27}
+	return file_berth_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -2463,7 +3027,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +3039,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[28]
+	mi := &file_berth_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +3052,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{28}
+	return file_berth_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ApplyResponse) GetResults() []*ApplyResult {
@@ -2508,7 +3072,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2520,7 +3084,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[29]
+	mi := &file_berth_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2533,7 +3097,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{29}
+	return file_berth_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -2555,7 +3119,7 @@ type ServiceSummary struct {
 
 func (x *ServiceSummary) Reset() {
 	*x = ServiceSummary{}
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +3131,7 @@ func (x *ServiceSummary) String() string {
 func (*ServiceSummary) ProtoMessage() {}
 
 func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[30]
+	mi := &file_berth_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +3144,7 @@ func (x *ServiceSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSummary.ProtoReflect.Descriptor instead.
 func (*ServiceSummary) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{30}
+	return file_berth_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ServiceSummary) GetService() *Service {
@@ -2620,7 +3184,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +3196,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[31]
+	mi := &file_berth_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +3209,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{31}
+	return file_berth_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListServicesResponse) GetServices() []*ServiceSummary {
@@ -2665,7 +3229,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +3241,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[32]
+	mi := &file_berth_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2690,7 +3254,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{32}
+	return file_berth_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetServiceRequest) GetNamespace() string {
@@ -2725,7 +3289,7 @@ type ServiceDetail struct {
 
 func (x *ServiceDetail) Reset() {
 	*x = ServiceDetail{}
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +3301,7 @@ func (x *ServiceDetail) String() string {
 func (*ServiceDetail) ProtoMessage() {}
 
 func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[33]
+	mi := &file_berth_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +3314,7 @@ func (x *ServiceDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDetail.ProtoReflect.Descriptor instead.
 func (*ServiceDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{33}
+	return file_berth_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ServiceDetail) GetService() *Service {
@@ -2808,7 +3372,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2820,7 +3384,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[34]
+	mi := &file_berth_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2833,7 +3397,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{34}
+	return file_berth_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteServiceRequest) GetNamespace() string {
@@ -2866,7 +3430,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2878,7 +3442,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[35]
+	mi := &file_berth_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2891,7 +3455,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{35}
+	return file_berth_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteServiceResponse) GetInstancesDraining() int32 {
@@ -2911,7 +3475,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2923,7 +3487,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[36]
+	mi := &file_berth_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2936,7 +3500,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{36}
+	return file_berth_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListInstancesRequest) GetNamespace() string {
@@ -2963,7 +3527,7 @@ type InstanceView struct {
 
 func (x *InstanceView) Reset() {
 	*x = InstanceView{}
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2975,7 +3539,7 @@ func (x *InstanceView) String() string {
 func (*InstanceView) ProtoMessage() {}
 
 func (x *InstanceView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[37]
+	mi := &file_berth_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2988,7 +3552,7 @@ func (x *InstanceView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceView.ProtoReflect.Descriptor instead.
 func (*InstanceView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{37}
+	return file_berth_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *InstanceView) GetInstance() *Instance {
@@ -3014,7 +3578,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3026,7 +3590,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[38]
+	mi := &file_berth_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3039,7 +3603,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{38}
+	return file_berth_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*InstanceView {
@@ -3057,7 +3621,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3633,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[39]
+	mi := &file_berth_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3646,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{39}
+	return file_berth_proto_rawDescGZIP(), []int{47}
 }
 
 type ListNodesResponse struct {
@@ -3094,7 +3658,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3106,7 +3670,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[40]
+	mi := &file_berth_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3119,7 +3683,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{40}
+	return file_berth_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3148,7 +3712,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3160,7 +3724,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[41]
+	mi := &file_berth_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3173,7 +3737,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{41}
+	return file_berth_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ImageChunk) GetFileName() string {
@@ -3215,7 +3779,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3227,7 +3791,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[42]
+	mi := &file_berth_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3240,7 +3804,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{42}
+	return file_berth_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *LoadImageResponse) GetDigest() string {
@@ -3272,7 +3836,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3848,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[43]
+	mi := &file_berth_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3861,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{43}
+	return file_berth_proto_rawDescGZIP(), []int{51}
 }
 
 type RemoveImageRequest struct {
@@ -3313,7 +3877,7 @@ type RemoveImageRequest struct {
 
 func (x *RemoveImageRequest) Reset() {
 	*x = RemoveImageRequest{}
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3889,7 @@ func (x *RemoveImageRequest) String() string {
 func (*RemoveImageRequest) ProtoMessage() {}
 
 func (x *RemoveImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[44]
+	mi := &file_berth_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3902,7 @@ func (x *RemoveImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveImageRequest.ProtoReflect.Descriptor instead.
 func (*RemoveImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{44}
+	return file_berth_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RemoveImageRequest) GetImage() string {
@@ -3366,7 +3930,7 @@ type RemoveImageResponse struct {
 
 func (x *RemoveImageResponse) Reset() {
 	*x = RemoveImageResponse{}
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3378,7 +3942,7 @@ func (x *RemoveImageResponse) String() string {
 func (*RemoveImageResponse) ProtoMessage() {}
 
 func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[45]
+	mi := &file_berth_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3391,7 +3955,7 @@ func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveImageResponse.ProtoReflect.Descriptor instead.
 func (*RemoveImageResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{45}
+	return file_berth_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RemoveImageResponse) GetRemovedReferences() []string {
@@ -3420,7 +3984,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3996,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[46]
+	mi := &file_berth_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +4009,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{46}
+	return file_berth_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Image) GetReference() string {
@@ -3485,7 +4049,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3497,7 +4061,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[47]
+	mi := &file_berth_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3510,7 +4074,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{47}
+	return file_berth_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -3532,7 +4096,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +4108,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[48]
+	mi := &file_berth_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +4121,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{48}
+	return file_berth_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListEventsRequest) GetNamespace() string {
@@ -3590,7 +4154,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3602,7 +4166,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[49]
+	mi := &file_berth_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3615,7 +4179,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{49}
+	return file_berth_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3626,18 +4190,20 @@ func (x *ListEventsResponse) GetEvents() []*Event {
 }
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Capacity      *Capacity              `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Address  string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Labels   map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Capacity *Capacity              `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// host:port of the agent's NodeShell service.
+	ShellAddr     string `protobuf:"bytes,5,opt,name=shell_addr,json=shellAddr,proto3" json:"shell_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +4215,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[50]
+	mi := &file_berth_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +4228,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{50}
+	return file_berth_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -3693,6 +4259,13 @@ func (x *RegisterRequest) GetCapacity() *Capacity {
 	return nil
 }
 
+func (x *RegisterRequest) GetShellAddr() string {
+	if x != nil {
+		return x.ShellAddr
+	}
+	return ""
+}
+
 type RegisterResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	PodCidr string                 `protobuf:"bytes,1,opt,name=pod_cidr,json=podCidr,proto3" json:"pod_cidr,omitempty"`
@@ -3706,7 +4279,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3718,7 +4291,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[51]
+	mi := &file_berth_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3731,7 +4304,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{51}
+	return file_berth_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RegisterResponse) GetPodCidr() string {
@@ -3768,7 +4341,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3780,7 +4353,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[52]
+	mi := &file_berth_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3793,7 +4366,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{52}
+	return file_berth_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *HeartbeatRequest) GetName() string {
@@ -3818,7 +4391,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +4403,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[53]
+	mi := &file_berth_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +4416,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{53}
+	return file_berth_proto_rawDescGZIP(), []int{61}
 }
 
 type WatchAssignmentsRequest struct {
@@ -3855,7 +4428,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3867,7 +4440,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[54]
+	mi := &file_berth_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3880,7 +4453,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{54}
+	return file_berth_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WatchAssignmentsRequest) GetNode() string {
@@ -3910,7 +4483,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3922,7 +4495,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[55]
+	mi := &file_berth_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3935,7 +4508,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{55}
+	return file_berth_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *Assignments) GetInstances() []*Instance {
@@ -3983,7 +4556,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3995,7 +4568,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[56]
+	mi := &file_berth_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4008,7 +4581,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{56}
+	return file_berth_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ReportStatusRequest) GetNode() string {
@@ -4033,7 +4606,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4618,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[57]
+	mi := &file_berth_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4631,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{57}
+	return file_berth_proto_rawDescGZIP(), []int{65}
 }
 
 type WatchDiscoveryRequest struct {
@@ -4070,7 +4643,7 @@ type WatchDiscoveryRequest struct {
 
 func (x *WatchDiscoveryRequest) Reset() {
 	*x = WatchDiscoveryRequest{}
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4082,7 +4655,7 @@ func (x *WatchDiscoveryRequest) String() string {
 func (*WatchDiscoveryRequest) ProtoMessage() {}
 
 func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[58]
+	mi := &file_berth_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4095,7 +4668,7 @@ func (x *WatchDiscoveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDiscoveryRequest.ProtoReflect.Descriptor instead.
 func (*WatchDiscoveryRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{58}
+	return file_berth_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *WatchDiscoveryRequest) GetNode() string {
@@ -4115,7 +4688,7 @@ type DiscoverySnapshot struct {
 
 func (x *DiscoverySnapshot) Reset() {
 	*x = DiscoverySnapshot{}
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4127,7 +4700,7 @@ func (x *DiscoverySnapshot) String() string {
 func (*DiscoverySnapshot) ProtoMessage() {}
 
 func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[59]
+	mi := &file_berth_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4140,7 +4713,7 @@ func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverySnapshot.ProtoReflect.Descriptor instead.
 func (*DiscoverySnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{59}
+	return file_berth_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *DiscoverySnapshot) GetVersion() uint64 {
@@ -4170,7 +4743,7 @@ type DiscoveryService struct {
 
 func (x *DiscoveryService) Reset() {
 	*x = DiscoveryService{}
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4182,7 +4755,7 @@ func (x *DiscoveryService) String() string {
 func (*DiscoveryService) ProtoMessage() {}
 
 func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[60]
+	mi := &file_berth_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4195,7 +4768,7 @@ func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryService.ProtoReflect.Descriptor instead.
 func (*DiscoveryService) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{60}
+	return file_berth_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *DiscoveryService) GetNamespace() string {
@@ -4244,7 +4817,7 @@ type DiscoveryRevision struct {
 
 func (x *DiscoveryRevision) Reset() {
 	*x = DiscoveryRevision{}
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4256,7 +4829,7 @@ func (x *DiscoveryRevision) String() string {
 func (*DiscoveryRevision) ProtoMessage() {}
 
 func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[61]
+	mi := &file_berth_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4269,7 +4842,7 @@ func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRevision.ProtoReflect.Descriptor instead.
 func (*DiscoveryRevision) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{61}
+	return file_berth_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *DiscoveryRevision) GetNumber() int64 {
@@ -4306,7 +4879,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4318,7 +4891,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[62]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4331,7 +4904,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{62}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Endpoint) GetInstance() string {
@@ -4386,7 +4959,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4398,7 +4971,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[63]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4411,7 +4984,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{63}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -4464,7 +5037,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4476,7 +5049,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[64]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4489,7 +5062,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{64}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Token) GetId() string {
@@ -4554,7 +5127,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4566,7 +5139,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[65]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4579,7 +5152,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{65}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -4611,7 +5184,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4623,7 +5196,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[66]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4636,7 +5209,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{66}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 type ListTokensResponse struct {
@@ -4648,7 +5221,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4660,7 +5233,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[67]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4673,7 +5246,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{67}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -4692,7 +5265,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4704,7 +5277,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4717,7 +5290,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -4735,7 +5308,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4747,7 +5320,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4760,7 +5333,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 type JoinRequest struct {
@@ -4777,7 +5350,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4789,7 +5362,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4802,7 +5375,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -4842,7 +5415,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4854,7 +5427,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4867,7 +5440,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -4887,7 +5460,7 @@ type CertificateResponse struct {
 
 func (x *CertificateResponse) Reset() {
 	*x = CertificateResponse{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4899,7 +5472,7 @@ func (x *CertificateResponse) String() string {
 func (*CertificateResponse) ProtoMessage() {}
 
 func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4912,7 +5485,7 @@ func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateResponse.ProtoReflect.Descriptor instead.
 func (*CertificateResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *CertificateResponse) GetCertificate() []byte {
@@ -4938,7 +5511,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4950,7 +5523,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4963,7 +5536,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *RemoveNodeRequest) GetName() string {
@@ -4982,7 +5555,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4994,7 +5567,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5007,7 +5580,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RemoveNodeResponse) GetInstancesReplaced() int32 {
@@ -5026,7 +5599,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5038,7 +5611,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5051,7 +5624,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -5069,7 +5642,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5081,7 +5654,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5094,7 +5667,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{84}
 }
 
 type CordonNodeRequest struct {
@@ -5107,7 +5680,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5119,7 +5692,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5132,7 +5705,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -5157,7 +5730,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5169,7 +5742,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5182,7 +5755,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{78}
+	return file_berth_proto_rawDescGZIP(), []int{86}
 }
 
 type DrainNodeRequest struct {
@@ -5194,7 +5767,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5206,7 +5779,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5219,7 +5792,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{79}
+	return file_berth_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -5238,7 +5811,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5250,7 +5823,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5263,7 +5836,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{80}
+	return file_berth_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -5282,7 +5855,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5294,7 +5867,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5307,7 +5880,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{81}
+	return file_berth_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -5326,7 +5899,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5338,7 +5911,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5351,7 +5924,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{82}
+	return file_berth_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -5369,7 +5942,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5381,7 +5954,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5394,7 +5967,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{83}
+	return file_berth_proto_rawDescGZIP(), []int{91}
 }
 
 type Gateway struct {
@@ -5421,7 +5994,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5433,7 +6006,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5446,7 +6019,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{84}
+	return file_berth_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *Gateway) GetNodeId() string {
@@ -5536,7 +6109,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5548,7 +6121,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5561,7 +6134,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{85}
+	return file_berth_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -5588,7 +6161,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5600,7 +6173,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5613,7 +6186,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{86}
+	return file_berth_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -5647,7 +6220,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5659,7 +6232,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5672,7 +6245,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{87}
+	return file_berth_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -5733,7 +6306,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5745,7 +6318,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5758,7 +6331,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{88}
+	return file_berth_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -5779,7 +6352,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5791,7 +6364,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5804,7 +6377,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{89}
+	return file_berth_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -5838,7 +6411,7 @@ type RolloutRequest struct {
 
 func (x *RolloutRequest) Reset() {
 	*x = RolloutRequest{}
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5850,7 +6423,7 @@ func (x *RolloutRequest) String() string {
 func (*RolloutRequest) ProtoMessage() {}
 
 func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5863,7 +6436,7 @@ func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutRequest.ProtoReflect.Descriptor instead.
 func (*RolloutRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{90}
+	return file_berth_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *RolloutRequest) GetNamespace() string {
@@ -5894,7 +6467,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5906,7 +6479,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5919,7 +6492,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{91}
+	return file_berth_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *RolloutActionRequest) GetNamespace() string {
@@ -5959,7 +6532,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5971,7 +6544,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5984,7 +6557,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{92}
+	return file_berth_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -6005,7 +6578,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6017,7 +6590,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6030,7 +6603,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{93}
+	return file_berth_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -6056,7 +6629,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6068,7 +6641,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6081,7 +6654,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{94}
+	return file_berth_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -6101,7 +6674,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6113,7 +6686,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6126,7 +6699,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{95}
+	return file_berth_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -6153,7 +6726,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6165,7 +6738,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6178,7 +6751,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{96}
+	return file_berth_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -6205,7 +6778,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6217,7 +6790,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6230,7 +6803,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{97}
+	return file_berth_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -6255,7 +6828,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6267,7 +6840,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6280,7 +6853,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{98}
+	return file_berth_proto_rawDescGZIP(), []int{106}
 }
 
 type ReleaseVolumeRequest struct {
@@ -6293,7 +6866,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[99]
+	mi := &file_berth_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6305,7 +6878,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[99]
+	mi := &file_berth_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6318,7 +6891,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{99}
+	return file_berth_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -6344,7 +6917,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[100]
+	mi := &file_berth_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6356,7 +6929,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[100]
+	mi := &file_berth_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6369,7 +6942,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{100}
+	return file_berth_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -6390,7 +6963,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[101]
+	mi := &file_berth_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6402,7 +6975,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[101]
+	mi := &file_berth_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6415,7 +6988,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{101}
+	return file_berth_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -6447,7 +7020,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[102]
+	mi := &file_berth_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6459,7 +7032,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[102]
+	mi := &file_berth_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6472,7 +7045,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{102}
+	return file_berth_proto_rawDescGZIP(), []int{110}
 }
 
 type FetchImageRequest struct {
@@ -6487,7 +7060,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[103]
+	mi := &file_berth_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6499,7 +7072,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[103]
+	mi := &file_berth_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6512,7 +7085,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{103}
+	return file_berth_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -6538,7 +7111,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_berth_proto_msgTypes[104]
+	mi := &file_berth_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6550,7 +7123,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[104]
+	mi := &file_berth_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6563,7 +7136,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{104}
+	return file_berth_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -6582,7 +7155,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_berth_proto_msgTypes[105]
+	mi := &file_berth_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6594,7 +7167,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[105]
+	mi := &file_berth_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6607,7 +7180,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{105}
+	return file_berth_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -6627,7 +7200,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_berth_proto_msgTypes[106]
+	mi := &file_berth_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6639,7 +7212,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[106]
+	mi := &file_berth_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6652,7 +7225,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{106}
+	return file_berth_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -6677,7 +7250,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_berth_proto_msgTypes[107]
+	mi := &file_berth_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6689,7 +7262,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[107]
+	mi := &file_berth_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6702,7 +7275,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{107}
+	return file_berth_proto_rawDescGZIP(), []int{115}
 }
 
 type InstanceSecretsRequest struct {
@@ -6715,7 +7288,7 @@ type InstanceSecretsRequest struct {
 
 func (x *InstanceSecretsRequest) Reset() {
 	*x = InstanceSecretsRequest{}
-	mi := &file_berth_proto_msgTypes[108]
+	mi := &file_berth_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6727,7 +7300,7 @@ func (x *InstanceSecretsRequest) String() string {
 func (*InstanceSecretsRequest) ProtoMessage() {}
 
 func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[108]
+	mi := &file_berth_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6740,7 +7313,7 @@ func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceSecretsRequest.ProtoReflect.Descriptor instead.
 func (*InstanceSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{108}
+	return file_berth_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *InstanceSecretsRequest) GetNode() string {
@@ -6766,7 +7339,7 @@ type SecretData struct {
 
 func (x *SecretData) Reset() {
 	*x = SecretData{}
-	mi := &file_berth_proto_msgTypes[109]
+	mi := &file_berth_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6778,7 +7351,7 @@ func (x *SecretData) String() string {
 func (*SecretData) ProtoMessage() {}
 
 func (x *SecretData) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[109]
+	mi := &file_berth_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6791,7 +7364,7 @@ func (x *SecretData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretData.ProtoReflect.Descriptor instead.
 func (*SecretData) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{109}
+	return file_berth_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *SecretData) GetData() map[string][]byte {
@@ -6811,7 +7384,7 @@ type InstanceSecretsResponse struct {
 
 func (x *InstanceSecretsResponse) Reset() {
 	*x = InstanceSecretsResponse{}
-	mi := &file_berth_proto_msgTypes[110]
+	mi := &file_berth_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6823,7 +7396,7 @@ func (x *InstanceSecretsResponse) String() string {
 func (*InstanceSecretsResponse) ProtoMessage() {}
 
 func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[110]
+	mi := &file_berth_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6836,7 +7409,7 @@ func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceSecretsResponse.ProtoReflect.Descriptor instead.
 func (*InstanceSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{110}
+	return file_berth_proto_rawDescGZIP(), []int{118}
 }
 
 func (x *InstanceSecretsResponse) GetSecrets() map[string]*SecretData {
@@ -6850,7 +7423,49 @@ var File_berth_proto protoreflect.FileDescriptor
 
 const file_berth_proto_rawDesc = "" +
 	"\n" +
-	"\vberth.proto\x12\bberth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n" +
+	"\vberth.proto\x12\bberth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n" +
+	"\vLogsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1a\n" +
+	"\binstance\x18\x03 \x01(\tR\binstance\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\x12\x1a\n" +
+	"\bprevious\x18\x05 \x01(\bR\bprevious\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x12\n" +
+	"\x04tail\x18\a \x01(\x05R\x04tail\"\x9b\x01\n" +
+	"\aLogLine\x12\x1a\n" +
+	"\binstance\x18\x01 \x01(\tR\binstance\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06stream\x18\x03 \x01(\tR\x06stream\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\fR\x04text\x12\x18\n" +
+	"\apartial\x18\x05 \x01(\bR\apartial\"<\n" +
+	"\fTerminalSize\x12\x14\n" +
+	"\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x02 \x01(\rR\x06height\"\xb3\x01\n" +
+	"\tExecStart\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12\x18\n" +
+	"\acommand\x18\x03 \x03(\tR\acommand\x12\x10\n" +
+	"\x03tty\x18\x04 \x01(\bR\x03tty\x12\x14\n" +
+	"\x05stdin\x18\x05 \x01(\bR\x05stdin\x12*\n" +
+	"\x04size\x18\x06 \x01(\v2\x16.berth.v1.TerminalSizeR\x04size\"\x99\x01\n" +
+	"\tExecInput\x12)\n" +
+	"\x05start\x18\x01 \x01(\v2\x13.berth.v1.ExecStartR\x05start\x12\x14\n" +
+	"\x05stdin\x18\x02 \x01(\fR\x05stdin\x12\x1b\n" +
+	"\tstdin_eof\x18\x03 \x01(\bR\bstdinEof\x12.\n" +
+	"\x06resize\x18\x04 \x01(\v2\x16.berth.v1.TerminalSizeR\x06resize\"q\n" +
+	"\n" +
+	"ExecOutput\x12\x16\n" +
+	"\x06stdout\x18\x01 \x01(\fR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x16\n" +
+	"\x06exited\x18\x03 \x01(\bR\x06exited\x12\x1b\n" +
+	"\texit_code\x18\x04 \x01(\x05R\bexitCode\"`\n" +
+	"\x10PortForwardStart\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"W\n" +
+	"\x0fPortForwardData\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.berth.v1.PortForwardStartR\x05start\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xb3\x01\n" +
 	"\n" +
 	"ObjectMeta\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -7176,12 +7791,14 @@ const file_berth_proto_rawDesc = "" +
 	"\x06object\x18\x02 \x01(\tR\x06object\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\x05R\x05limit\"=\n" +
 	"\x12ListEventsResponse\x12'\n" +
-	"\x06events\x18\x01 \x03(\v2\x0f.berth.v1.EventR\x06events\"\xe9\x01\n" +
+	"\x06events\x18\x01 \x03(\v2\x0f.berth.v1.EventR\x06events\"\x88\x02\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12=\n" +
 	"\x06labels\x18\x03 \x03(\v2%.berth.v1.RegisterRequest.LabelsEntryR\x06labels\x12.\n" +
-	"\bcapacity\x18\x04 \x01(\v2\x12.berth.v1.CapacityR\bcapacity\x1a9\n" +
+	"\bcapacity\x18\x04 \x01(\v2\x12.berth.v1.CapacityR\bcapacity\x12\x1d\n" +
+	"\n" +
+	"shell_addr\x18\x05 \x01(\tR\tshellAddr\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x84\x01\n" +
@@ -7387,7 +8004,7 @@ const file_berth_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2..berth.v1.InstanceSecretsResponse.SecretsEntryR\asecrets\x1aP\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
-	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x012\x9f\x11\n" +
+	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x012\xd3\x12\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -7422,7 +8039,10 @@ const file_berth_proto_rawDesc = "" +
 	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
 	"\tGetVolume\x12\x1a.berth.v1.GetVolumeRequest\x1a\x16.berth.v1.VolumeDetail\x12M\n" +
 	"\fDeleteVolume\x12\x1d.berth.v1.DeleteVolumeRequest\x1a\x1e.berth.v1.DeleteVolumeResponse\x12P\n" +
-	"\rReleaseVolume\x12\x1e.berth.v1.ReleaseVolumeRequest\x1a\x1f.berth.v1.ReleaseVolumeResponse\x12J\n" +
+	"\rReleaseVolume\x12\x1e.berth.v1.ReleaseVolumeRequest\x1a\x1f.berth.v1.ReleaseVolumeResponse\x122\n" +
+	"\x04Logs\x12\x15.berth.v1.LogsRequest\x1a\x11.berth.v1.LogLine0\x01\x125\n" +
+	"\x04Exec\x12\x13.berth.v1.ExecInput\x1a\x14.berth.v1.ExecOutput(\x010\x01\x12G\n" +
+	"\vPortForward\x12\x19.berth.v1.PortForwardData\x1a\x19.berth.v1.PortForwardData(\x010\x01\x12J\n" +
 	"\vListSecrets\x12\x1c.berth.v1.ListSecretsRequest\x1a\x1d.berth.v1.ListSecretsResponse\x12M\n" +
 	"\fDeleteSecret\x12\x1d.berth.v1.DeleteSecretRequest\x1a\x1e.berth.v1.DeleteSecretResponse2\xb3\x05\n" +
 	"\tNodeAgent\x12A\n" +
@@ -7436,7 +8056,11 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"FetchImage\x12\x1b.berth.v1.FetchImageRequest\x1a\x14.berth.v1.ImageChunk0\x01\x12P\n" +
 	"\rVolumeDeleted\x12\x1e.berth.v1.VolumeDeletedRequest\x1a\x1f.berth.v1.VolumeDeletedResponse\x12V\n" +
-	"\x0fInstanceSecrets\x12 .berth.v1.InstanceSecretsRequest\x1a!.berth.v1.InstanceSecretsResponseB&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
+	"\x0fInstanceSecrets\x12 .berth.v1.InstanceSecretsRequest\x1a!.berth.v1.InstanceSecretsResponse2\xbf\x01\n" +
+	"\tNodeShell\x122\n" +
+	"\x04Logs\x12\x15.berth.v1.LogsRequest\x1a\x11.berth.v1.LogLine0\x01\x125\n" +
+	"\x04Exec\x12\x13.berth.v1.ExecInput\x1a\x14.berth.v1.ExecOutput(\x010\x01\x12G\n" +
+	"\vPortForward\x12\x19.berth.v1.PortForwardData\x1a\x19.berth.v1.PortForwardData(\x010\x01B&Z$github.com/berth-dev/berth/api/pb;pbb\x06proto3"
 
 var (
 	file_berth_proto_rawDescOnce sync.Once
@@ -7450,304 +8074,330 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 121)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 129)
 var file_berth_proto_goTypes = []any{
-	(*ObjectMeta)(nil),              // 0: berth.v1.ObjectMeta
-	(*Service)(nil),                 // 1: berth.v1.Service
-	(*ServiceStatus)(nil),           // 2: berth.v1.ServiceStatus
-	(*ServiceSpec)(nil),             // 3: berth.v1.ServiceSpec
-	(*SecurityContext)(nil),         // 4: berth.v1.SecurityContext
-	(*SecretMount)(nil),             // 5: berth.v1.SecretMount
-	(*Secret)(nil),                  // 6: berth.v1.Secret
-	(*RolloutSpec)(nil),             // 7: berth.v1.RolloutSpec
-	(*CanaryStep)(nil),              // 8: berth.v1.CanaryStep
-	(*Analysis)(nil),                // 9: berth.v1.Analysis
-	(*Rollout)(nil),                 // 10: berth.v1.Rollout
-	(*VolumeMount)(nil),             // 11: berth.v1.VolumeMount
-	(*VolumeTemplate)(nil),          // 12: berth.v1.VolumeTemplate
-	(*Volume)(nil),                  // 13: berth.v1.Volume
-	(*Port)(nil),                    // 14: berth.v1.Port
-	(*Resources)(nil),               // 15: berth.v1.Resources
-	(*Health)(nil),                  // 16: berth.v1.Health
-	(*HTTPProbe)(nil),               // 17: berth.v1.HTTPProbe
-	(*TCPProbe)(nil),                // 18: berth.v1.TCPProbe
-	(*Route)(nil),                   // 19: berth.v1.Route
-	(*Instance)(nil),                // 20: berth.v1.Instance
-	(*Exit)(nil),                    // 21: berth.v1.Exit
-	(*InstanceStatus)(nil),          // 22: berth.v1.InstanceStatus
-	(*Capacity)(nil),                // 23: berth.v1.Capacity
-	(*Node)(nil),                    // 24: berth.v1.Node
-	(*Event)(nil),                   // 25: berth.v1.Event
-	(*ApplyRequest)(nil),            // 26: berth.v1.ApplyRequest
-	(*ApplyResult)(nil),             // 27: berth.v1.ApplyResult
-	(*ApplyResponse)(nil),           // 28: berth.v1.ApplyResponse
-	(*ListServicesRequest)(nil),     // 29: berth.v1.ListServicesRequest
-	(*ServiceSummary)(nil),          // 30: berth.v1.ServiceSummary
-	(*ListServicesResponse)(nil),    // 31: berth.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 32: berth.v1.GetServiceRequest
-	(*ServiceDetail)(nil),           // 33: berth.v1.ServiceDetail
-	(*DeleteServiceRequest)(nil),    // 34: berth.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 35: berth.v1.DeleteServiceResponse
-	(*ListInstancesRequest)(nil),    // 36: berth.v1.ListInstancesRequest
-	(*InstanceView)(nil),            // 37: berth.v1.InstanceView
-	(*ListInstancesResponse)(nil),   // 38: berth.v1.ListInstancesResponse
-	(*ListNodesRequest)(nil),        // 39: berth.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 40: berth.v1.ListNodesResponse
-	(*ImageChunk)(nil),              // 41: berth.v1.ImageChunk
-	(*LoadImageResponse)(nil),       // 42: berth.v1.LoadImageResponse
-	(*ListImagesRequest)(nil),       // 43: berth.v1.ListImagesRequest
-	(*RemoveImageRequest)(nil),      // 44: berth.v1.RemoveImageRequest
-	(*RemoveImageResponse)(nil),     // 45: berth.v1.RemoveImageResponse
-	(*Image)(nil),                   // 46: berth.v1.Image
-	(*ListImagesResponse)(nil),      // 47: berth.v1.ListImagesResponse
-	(*ListEventsRequest)(nil),       // 48: berth.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 49: berth.v1.ListEventsResponse
-	(*RegisterRequest)(nil),         // 50: berth.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 51: berth.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 52: berth.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 53: berth.v1.HeartbeatResponse
-	(*WatchAssignmentsRequest)(nil), // 54: berth.v1.WatchAssignmentsRequest
-	(*Assignments)(nil),             // 55: berth.v1.Assignments
-	(*ReportStatusRequest)(nil),     // 56: berth.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),    // 57: berth.v1.ReportStatusResponse
-	(*WatchDiscoveryRequest)(nil),   // 58: berth.v1.WatchDiscoveryRequest
-	(*DiscoverySnapshot)(nil),       // 59: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 60: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 61: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 62: berth.v1.Endpoint
-	(*CreateTokenRequest)(nil),      // 63: berth.v1.CreateTokenRequest
-	(*Token)(nil),                   // 64: berth.v1.Token
-	(*CreateTokenResponse)(nil),     // 65: berth.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 66: berth.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 67: berth.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 68: berth.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 69: berth.v1.RevokeTokenResponse
-	(*JoinRequest)(nil),             // 70: berth.v1.JoinRequest
-	(*RenewCertificateRequest)(nil), // 71: berth.v1.RenewCertificateRequest
-	(*CertificateResponse)(nil),     // 72: berth.v1.CertificateResponse
-	(*RemoveNodeRequest)(nil),       // 73: berth.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 74: berth.v1.RemoveNodeResponse
-	(*RevokeGatewayRequest)(nil),    // 75: berth.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),   // 76: berth.v1.RevokeGatewayResponse
-	(*CordonNodeRequest)(nil),       // 77: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 78: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 79: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 80: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 81: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 82: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 83: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 84: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 85: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 86: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 87: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 88: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 89: berth.v1.UndoRequest
-	(*RolloutRequest)(nil),          // 90: berth.v1.RolloutRequest
-	(*RolloutActionRequest)(nil),    // 91: berth.v1.RolloutActionRequest
-	(*ListVolumesRequest)(nil),      // 92: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 93: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 94: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 95: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 96: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 97: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 98: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 99: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 100: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 101: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 102: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 103: berth.v1.FetchImageRequest
-	(*ListSecretsRequest)(nil),      // 104: berth.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 105: berth.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 106: berth.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 107: berth.v1.DeleteSecretResponse
-	(*InstanceSecretsRequest)(nil),  // 108: berth.v1.InstanceSecretsRequest
-	(*SecretData)(nil),              // 109: berth.v1.SecretData
-	(*InstanceSecretsResponse)(nil), // 110: berth.v1.InstanceSecretsResponse
-	nil,                             // 111: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 112: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 113: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 114: berth.v1.SecretMount.EnvEntry
-	nil,                             // 115: berth.v1.Secret.DataEntry
-	nil,                             // 116: berth.v1.Node.LabelsEntry
-	nil,                             // 117: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 118: berth.v1.Assignments.VolumeSizesEntry
-	nil,                             // 119: berth.v1.SecretData.DataEntry
-	nil,                             // 120: berth.v1.InstanceSecretsResponse.SecretsEntry
-	(*timestamppb.Timestamp)(nil),   // 121: google.protobuf.Timestamp
+	(*LogsRequest)(nil),             // 0: berth.v1.LogsRequest
+	(*LogLine)(nil),                 // 1: berth.v1.LogLine
+	(*TerminalSize)(nil),            // 2: berth.v1.TerminalSize
+	(*ExecStart)(nil),               // 3: berth.v1.ExecStart
+	(*ExecInput)(nil),               // 4: berth.v1.ExecInput
+	(*ExecOutput)(nil),              // 5: berth.v1.ExecOutput
+	(*PortForwardStart)(nil),        // 6: berth.v1.PortForwardStart
+	(*PortForwardData)(nil),         // 7: berth.v1.PortForwardData
+	(*ObjectMeta)(nil),              // 8: berth.v1.ObjectMeta
+	(*Service)(nil),                 // 9: berth.v1.Service
+	(*ServiceStatus)(nil),           // 10: berth.v1.ServiceStatus
+	(*ServiceSpec)(nil),             // 11: berth.v1.ServiceSpec
+	(*SecurityContext)(nil),         // 12: berth.v1.SecurityContext
+	(*SecretMount)(nil),             // 13: berth.v1.SecretMount
+	(*Secret)(nil),                  // 14: berth.v1.Secret
+	(*RolloutSpec)(nil),             // 15: berth.v1.RolloutSpec
+	(*CanaryStep)(nil),              // 16: berth.v1.CanaryStep
+	(*Analysis)(nil),                // 17: berth.v1.Analysis
+	(*Rollout)(nil),                 // 18: berth.v1.Rollout
+	(*VolumeMount)(nil),             // 19: berth.v1.VolumeMount
+	(*VolumeTemplate)(nil),          // 20: berth.v1.VolumeTemplate
+	(*Volume)(nil),                  // 21: berth.v1.Volume
+	(*Port)(nil),                    // 22: berth.v1.Port
+	(*Resources)(nil),               // 23: berth.v1.Resources
+	(*Health)(nil),                  // 24: berth.v1.Health
+	(*HTTPProbe)(nil),               // 25: berth.v1.HTTPProbe
+	(*TCPProbe)(nil),                // 26: berth.v1.TCPProbe
+	(*Route)(nil),                   // 27: berth.v1.Route
+	(*Instance)(nil),                // 28: berth.v1.Instance
+	(*Exit)(nil),                    // 29: berth.v1.Exit
+	(*InstanceStatus)(nil),          // 30: berth.v1.InstanceStatus
+	(*Capacity)(nil),                // 31: berth.v1.Capacity
+	(*Node)(nil),                    // 32: berth.v1.Node
+	(*Event)(nil),                   // 33: berth.v1.Event
+	(*ApplyRequest)(nil),            // 34: berth.v1.ApplyRequest
+	(*ApplyResult)(nil),             // 35: berth.v1.ApplyResult
+	(*ApplyResponse)(nil),           // 36: berth.v1.ApplyResponse
+	(*ListServicesRequest)(nil),     // 37: berth.v1.ListServicesRequest
+	(*ServiceSummary)(nil),          // 38: berth.v1.ServiceSummary
+	(*ListServicesResponse)(nil),    // 39: berth.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),       // 40: berth.v1.GetServiceRequest
+	(*ServiceDetail)(nil),           // 41: berth.v1.ServiceDetail
+	(*DeleteServiceRequest)(nil),    // 42: berth.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),   // 43: berth.v1.DeleteServiceResponse
+	(*ListInstancesRequest)(nil),    // 44: berth.v1.ListInstancesRequest
+	(*InstanceView)(nil),            // 45: berth.v1.InstanceView
+	(*ListInstancesResponse)(nil),   // 46: berth.v1.ListInstancesResponse
+	(*ListNodesRequest)(nil),        // 47: berth.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 48: berth.v1.ListNodesResponse
+	(*ImageChunk)(nil),              // 49: berth.v1.ImageChunk
+	(*LoadImageResponse)(nil),       // 50: berth.v1.LoadImageResponse
+	(*ListImagesRequest)(nil),       // 51: berth.v1.ListImagesRequest
+	(*RemoveImageRequest)(nil),      // 52: berth.v1.RemoveImageRequest
+	(*RemoveImageResponse)(nil),     // 53: berth.v1.RemoveImageResponse
+	(*Image)(nil),                   // 54: berth.v1.Image
+	(*ListImagesResponse)(nil),      // 55: berth.v1.ListImagesResponse
+	(*ListEventsRequest)(nil),       // 56: berth.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 57: berth.v1.ListEventsResponse
+	(*RegisterRequest)(nil),         // 58: berth.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 59: berth.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),        // 60: berth.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 61: berth.v1.HeartbeatResponse
+	(*WatchAssignmentsRequest)(nil), // 62: berth.v1.WatchAssignmentsRequest
+	(*Assignments)(nil),             // 63: berth.v1.Assignments
+	(*ReportStatusRequest)(nil),     // 64: berth.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),    // 65: berth.v1.ReportStatusResponse
+	(*WatchDiscoveryRequest)(nil),   // 66: berth.v1.WatchDiscoveryRequest
+	(*DiscoverySnapshot)(nil),       // 67: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),        // 68: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),       // 69: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                // 70: berth.v1.Endpoint
+	(*CreateTokenRequest)(nil),      // 71: berth.v1.CreateTokenRequest
+	(*Token)(nil),                   // 72: berth.v1.Token
+	(*CreateTokenResponse)(nil),     // 73: berth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 74: berth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 75: berth.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 76: berth.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 77: berth.v1.RevokeTokenResponse
+	(*JoinRequest)(nil),             // 78: berth.v1.JoinRequest
+	(*RenewCertificateRequest)(nil), // 79: berth.v1.RenewCertificateRequest
+	(*CertificateResponse)(nil),     // 80: berth.v1.CertificateResponse
+	(*RemoveNodeRequest)(nil),       // 81: berth.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),      // 82: berth.v1.RemoveNodeResponse
+	(*RevokeGatewayRequest)(nil),    // 83: berth.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),   // 84: berth.v1.RevokeGatewayResponse
+	(*CordonNodeRequest)(nil),       // 85: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 86: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 87: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 88: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 89: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 90: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),     // 91: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 92: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 93: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 94: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 95: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 96: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 97: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),          // 98: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),    // 99: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),      // 100: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 101: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 102: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 103: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 104: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 105: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 106: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 107: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 108: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 109: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 110: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 111: berth.v1.FetchImageRequest
+	(*ListSecretsRequest)(nil),      // 112: berth.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 113: berth.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 114: berth.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 115: berth.v1.DeleteSecretResponse
+	(*InstanceSecretsRequest)(nil),  // 116: berth.v1.InstanceSecretsRequest
+	(*SecretData)(nil),              // 117: berth.v1.SecretData
+	(*InstanceSecretsResponse)(nil), // 118: berth.v1.InstanceSecretsResponse
+	nil,                             // 119: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 120: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 121: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 122: berth.v1.SecretMount.EnvEntry
+	nil,                             // 123: berth.v1.Secret.DataEntry
+	nil,                             // 124: berth.v1.Node.LabelsEntry
+	nil,                             // 125: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 126: berth.v1.Assignments.VolumeSizesEntry
+	nil,                             // 127: berth.v1.SecretData.DataEntry
+	nil,                             // 128: berth.v1.InstanceSecretsResponse.SecretsEntry
+	(*timestamppb.Timestamp)(nil),   // 129: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	111, // 0: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
-	0,   // 1: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
-	3,   // 2: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
-	2,   // 3: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	121, // 4: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	121, // 5: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	112, // 6: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
-	14,  // 7: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
-	15,  // 8: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
-	16,  // 9: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
-	19,  // 10: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	113, // 11: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
-	11,  // 12: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
-	12,  // 13: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
-	7,   // 14: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
-	5,   // 15: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
-	4,   // 16: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
-	114, // 17: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
-	0,   // 18: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
-	115, // 19: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
-	121, // 20: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	121, // 21: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
-	8,   // 22: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
-	9,   // 23: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	121, // 24: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	121, // 25: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	0,   // 26: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	121, // 27: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	121, // 28: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
-	17,  // 29: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	18,  // 30: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	3,   // 31: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	121, // 32: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	121, // 33: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	121, // 34: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	21,  // 35: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	121, // 36: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	121, // 37: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	116, // 38: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	23,  // 39: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	121, // 40: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	121, // 41: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	23,  // 42: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	121, // 43: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	121, // 44: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	1,   // 45: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	13,  // 46: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
-	6,   // 47: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
-	27,  // 48: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	1,   // 49: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	30,  // 50: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	1,   // 51: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	37,  // 52: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	25,  // 53: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	20,  // 54: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	22,  // 55: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	37,  // 56: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	24,  // 57: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	121, // 58: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	46,  // 59: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	25,  // 60: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	117, // 61: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	23,  // 62: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	20,  // 63: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	22,  // 64: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	118, // 65: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
-	22,  // 66: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	60,  // 67: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	14,  // 68: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	19,  // 69: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	61,  // 70: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	62,  // 71: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	121, // 72: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	121, // 73: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	64,  // 74: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
-	64,  // 75: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
-	24,  // 76: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	121, // 77: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	84,  // 78: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	121, // 79: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	87,  // 80: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	13,  // 81: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	93,  // 82: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	93,  // 83: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	25,  // 84: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	6,   // 85: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
-	119, // 86: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
-	120, // 87: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
-	109, // 88: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
-	26,  // 89: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	29,  // 90: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	32,  // 91: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	34,  // 92: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	36,  // 93: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	39,  // 94: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	41,  // 95: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	43,  // 96: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	44,  // 97: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
-	48,  // 98: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	63,  // 99: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	66,  // 100: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	68,  // 101: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	70,  // 102: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	71,  // 103: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	73,  // 104: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	75,  // 105: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	77,  // 106: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	79,  // 107: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	83,  // 108: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	86,  // 109: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	89,  // 110: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	90,  // 111: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	91,  // 112: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	92,  // 113: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	95,  // 114: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	97,  // 115: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	99,  // 116: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	104, // 117: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
-	106, // 118: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
-	50,  // 119: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	52,  // 120: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	54,  // 121: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	56,  // 122: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	58,  // 123: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	81,  // 124: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	103, // 125: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	101, // 126: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	108, // 127: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	28,  // 128: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	31,  // 129: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	33,  // 130: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	35,  // 131: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	38,  // 132: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	40,  // 133: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	42,  // 134: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	47,  // 135: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	45,  // 136: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	49,  // 137: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	65,  // 138: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	67,  // 139: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	69,  // 140: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	72,  // 141: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	72,  // 142: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	74,  // 143: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	76,  // 144: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	78,  // 145: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	80,  // 146: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	85,  // 147: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	88,  // 148: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	27,  // 149: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	10,  // 150: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	10,  // 151: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	94,  // 152: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	96,  // 153: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	98,  // 154: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	100, // 155: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	105, // 156: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	107, // 157: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	51,  // 158: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	53,  // 159: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	55,  // 160: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	57,  // 161: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	59,  // 162: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	82,  // 163: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	41,  // 164: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	102, // 165: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	110, // 166: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	128, // [128:167] is the sub-list for method output_type
-	89,  // [89:128] is the sub-list for method input_type
-	89,  // [89:89] is the sub-list for extension type_name
-	89,  // [89:89] is the sub-list for extension extendee
-	0,   // [0:89] is the sub-list for field type_name
+	129, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	129, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	2,   // 2: berth.v1.ExecStart.size:type_name -> berth.v1.TerminalSize
+	3,   // 3: berth.v1.ExecInput.start:type_name -> berth.v1.ExecStart
+	2,   // 4: berth.v1.ExecInput.resize:type_name -> berth.v1.TerminalSize
+	6,   // 5: berth.v1.PortForwardData.start:type_name -> berth.v1.PortForwardStart
+	119, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	8,   // 7: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
+	11,  // 8: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
+	10,  // 9: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
+	129, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	129, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	120, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	22,  // 13: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
+	23,  // 14: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
+	24,  // 15: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
+	27,  // 16: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
+	121, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	19,  // 18: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
+	20,  // 19: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
+	15,  // 20: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
+	13,  // 21: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
+	12,  // 22: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
+	122, // 23: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	8,   // 24: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
+	123, // 25: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	129, // 26: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	129, // 27: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	16,  // 28: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
+	17,  // 29: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
+	129, // 30: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	129, // 31: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	8,   // 32: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	129, // 33: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	129, // 34: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	25,  // 35: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	26,  // 36: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	11,  // 37: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	129, // 38: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	129, // 39: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	129, // 40: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	29,  // 41: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	129, // 42: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	129, // 43: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	124, // 44: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	31,  // 45: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	129, // 46: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	129, // 47: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	31,  // 48: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	129, // 49: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	129, // 50: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	9,   // 51: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	21,  // 52: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	14,  // 53: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
+	35,  // 54: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	9,   // 55: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	38,  // 56: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	9,   // 57: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	45,  // 58: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	33,  // 59: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	28,  // 60: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	30,  // 61: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	45,  // 62: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	32,  // 63: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	129, // 64: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	54,  // 65: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	33,  // 66: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	125, // 67: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	31,  // 68: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	28,  // 69: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	30,  // 70: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	126, // 71: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	30,  // 72: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	68,  // 73: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	22,  // 74: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	27,  // 75: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	69,  // 76: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	70,  // 77: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	129, // 78: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	129, // 79: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	72,  // 80: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	72,  // 81: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	32,  // 82: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	129, // 83: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	92,  // 84: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	129, // 85: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	95,  // 86: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	21,  // 87: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	101, // 88: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	101, // 89: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	33,  // 90: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	14,  // 91: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
+	127, // 92: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	128, // 93: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	117, // 94: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	34,  // 95: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	37,  // 96: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	40,  // 97: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	42,  // 98: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	44,  // 99: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	47,  // 100: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	49,  // 101: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	51,  // 102: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	52,  // 103: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	56,  // 104: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	71,  // 105: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	74,  // 106: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	76,  // 107: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	78,  // 108: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	79,  // 109: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	81,  // 110: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	83,  // 111: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	85,  // 112: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	87,  // 113: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	91,  // 114: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	94,  // 115: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	97,  // 116: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	98,  // 117: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	99,  // 118: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	100, // 119: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	103, // 120: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	105, // 121: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	107, // 122: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	0,   // 123: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 124: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
+	7,   // 125: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
+	112, // 126: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	114, // 127: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	58,  // 128: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	60,  // 129: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	62,  // 130: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	64,  // 131: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	66,  // 132: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	89,  // 133: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	111, // 134: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	109, // 135: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	116, // 136: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	0,   // 137: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 138: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
+	7,   // 139: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
+	36,  // 140: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	39,  // 141: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	41,  // 142: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	43,  // 143: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	46,  // 144: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	48,  // 145: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	50,  // 146: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	55,  // 147: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	53,  // 148: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	57,  // 149: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	73,  // 150: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	75,  // 151: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	77,  // 152: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	80,  // 153: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	80,  // 154: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	82,  // 155: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	84,  // 156: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	86,  // 157: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	88,  // 158: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	93,  // 159: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	96,  // 160: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	35,  // 161: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	18,  // 162: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	18,  // 163: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	102, // 164: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	104, // 165: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	106, // 166: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	108, // 167: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	1,   // 168: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
+	5,   // 169: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 170: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
+	113, // 171: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	115, // 172: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	59,  // 173: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	61,  // 174: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	63,  // 175: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	65,  // 176: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	67,  // 177: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	90,  // 178: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	49,  // 179: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	110, // 180: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	118, // 181: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	1,   // 182: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
+	5,   // 183: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 184: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
+	140, // [140:185] is the sub-list for method output_type
+	95,  // [95:140] is the sub-list for method input_type
+	95,  // [95:95] is the sub-list for extension type_name
+	95,  // [95:95] is the sub-list for extension extendee
+	0,   // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -7755,18 +8405,18 @@ func file_berth_proto_init() {
 	if File_berth_proto != nil {
 		return
 	}
-	file_berth_proto_msgTypes[3].OneofWrappers = []any{}
-	file_berth_proto_msgTypes[4].OneofWrappers = []any{}
-	file_berth_proto_msgTypes[7].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[11].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[12].OneofWrappers = []any{}
+	file_berth_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   121,
+			NumMessages:   129,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_berth_proto_goTypes,
 		DependencyIndexes: file_berth_proto_depIdxs,

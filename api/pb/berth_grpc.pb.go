@@ -54,6 +54,9 @@ const (
 	Berth_GetVolume_FullMethodName        = "/berth.v1.Berth/GetVolume"
 	Berth_DeleteVolume_FullMethodName     = "/berth.v1.Berth/DeleteVolume"
 	Berth_ReleaseVolume_FullMethodName    = "/berth.v1.Berth/ReleaseVolume"
+	Berth_Logs_FullMethodName             = "/berth.v1.Berth/Logs"
+	Berth_Exec_FullMethodName             = "/berth.v1.Berth/Exec"
+	Berth_PortForward_FullMethodName      = "/berth.v1.Berth/PortForward"
 	Berth_ListSecrets_FullMethodName      = "/berth.v1.Berth/ListSecrets"
 	Berth_DeleteSecret_FullMethodName     = "/berth.v1.Berth/DeleteSecret"
 )
@@ -124,6 +127,16 @@ type BerthClient interface {
 	// elsewhere, on an empty directory: for a node that is gone for good.
 	ReleaseVolume(ctx context.Context, in *ReleaseVolumeRequest, opts ...grpc.CallOption) (*ReleaseVolumeResponse, error)
 	// ListSecrets lists secrets: names, keys and consumers, never values.
+	// Logs streams an instance's (or a service's instances') output,
+	// running or stopped, from the node that ran it.
+	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error)
+	// Exec runs a process in an instance's container: the first message is
+	// the start, then stdin and terminal resizes; output and the exit code
+	// come back.
+	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error)
+	// PortForward carries one TCP connection to a port of an instance: the
+	// first message names it, then bytes both ways.
+	PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardData, PortForwardData], error)
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
 	// DeleteSecret removes a secret; refused while a service uses it.
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
@@ -420,6 +433,51 @@ func (c *berthClient) ReleaseVolume(ctx context.Context, in *ReleaseVolumeReques
 	return out, nil
 }
 
+func (c *berthClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Berth_ServiceDesc.Streams[1], Berth_Logs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LogsRequest, LogLine]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_LogsClient = grpc.ServerStreamingClient[LogLine]
+
+func (c *berthClient) Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Berth_ServiceDesc.Streams[2], Berth_Exec_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecInput, ExecOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_ExecClient = grpc.BidiStreamingClient[ExecInput, ExecOutput]
+
+func (c *berthClient) PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardData, PortForwardData], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Berth_ServiceDesc.Streams[3], Berth_PortForward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PortForwardData, PortForwardData]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_PortForwardClient = grpc.BidiStreamingClient[PortForwardData, PortForwardData]
+
 func (c *berthClient) ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListSecretsResponse)
@@ -506,6 +564,16 @@ type BerthServer interface {
 	// elsewhere, on an empty directory: for a node that is gone for good.
 	ReleaseVolume(context.Context, *ReleaseVolumeRequest) (*ReleaseVolumeResponse, error)
 	// ListSecrets lists secrets: names, keys and consumers, never values.
+	// Logs streams an instance's (or a service's instances') output,
+	// running or stopped, from the node that ran it.
+	Logs(*LogsRequest, grpc.ServerStreamingServer[LogLine]) error
+	// Exec runs a process in an instance's container: the first message is
+	// the start, then stdin and terminal resizes; output and the exit code
+	// come back.
+	Exec(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error
+	// PortForward carries one TCP connection to a port of an instance: the
+	// first message names it, then bytes both ways.
+	PortForward(grpc.BidiStreamingServer[PortForwardData, PortForwardData]) error
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
 	// DeleteSecret removes a secret; refused while a service uses it.
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
@@ -602,6 +670,15 @@ func (UnimplementedBerthServer) DeleteVolume(context.Context, *DeleteVolumeReque
 }
 func (UnimplementedBerthServer) ReleaseVolume(context.Context, *ReleaseVolumeRequest) (*ReleaseVolumeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReleaseVolume not implemented")
+}
+func (UnimplementedBerthServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogLine]) error {
+	return status.Errorf(codes.Unimplemented, "method Logs not implemented")
+}
+func (UnimplementedBerthServer) Exec(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error {
+	return status.Errorf(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedBerthServer) PortForward(grpc.BidiStreamingServer[PortForwardData, PortForwardData]) error {
+	return status.Errorf(codes.Unimplemented, "method PortForward not implemented")
 }
 func (UnimplementedBerthServer) ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListSecrets not implemented")
@@ -1123,6 +1200,31 @@ func _Berth_ReleaseVolume_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BerthServer).Logs(m, &grpc.GenericServerStream[LogsRequest, LogLine]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_LogsServer = grpc.ServerStreamingServer[LogLine]
+
+func _Berth_Exec_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BerthServer).Exec(&grpc.GenericServerStream[ExecInput, ExecOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_ExecServer = grpc.BidiStreamingServer[ExecInput, ExecOutput]
+
+func _Berth_PortForward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BerthServer).PortForward(&grpc.GenericServerStream[PortForwardData, PortForwardData]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_PortForwardServer = grpc.BidiStreamingServer[PortForwardData, PortForwardData]
+
 func _Berth_ListSecrets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListSecretsRequest)
 	if err := dec(in); err != nil {
@@ -1287,6 +1389,23 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "LoadImage",
 			Handler:       _Berth_LoadImage_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Logs",
+			Handler:       _Berth_Logs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Exec",
+			Handler:       _Berth_Exec_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "PortForward",
+			Handler:       _Berth_PortForward_Handler,
+			ServerStreams: true,
 			ClientStreams: true,
 		},
 	},
@@ -1729,6 +1848,183 @@ var NodeAgent_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "FetchImage",
 			Handler:       _NodeAgent_FetchImage_Handler,
 			ServerStreams: true,
+		},
+	},
+	Metadata: "berth.proto",
+}
+
+const (
+	NodeShell_Logs_FullMethodName        = "/berth.v1.NodeShell/Logs"
+	NodeShell_Exec_FullMethodName        = "/berth.v1.NodeShell/Exec"
+	NodeShell_PortForward_FullMethodName = "/berth.v1.NodeShell/PortForward"
+)
+
+// NodeShellClient is the client API for NodeShell service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// NodeShell is served by each node agent, for control plane replicas
+// only (mutual TLS: a replica certificate): the node's end of Berth.Logs,
+// Exec and PortForward, for the instances it runs or ran.
+type NodeShellClient interface {
+	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error)
+	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error)
+	PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardData, PortForwardData], error)
+}
+
+type nodeShellClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewNodeShellClient(cc grpc.ClientConnInterface) NodeShellClient {
+	return &nodeShellClient{cc}
+}
+
+func (c *nodeShellClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeShell_ServiceDesc.Streams[0], NodeShell_Logs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LogsRequest, LogLine]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeShell_LogsClient = grpc.ServerStreamingClient[LogLine]
+
+func (c *nodeShellClient) Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeShell_ServiceDesc.Streams[1], NodeShell_Exec_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecInput, ExecOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeShell_ExecClient = grpc.BidiStreamingClient[ExecInput, ExecOutput]
+
+func (c *nodeShellClient) PortForward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PortForwardData, PortForwardData], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeShell_ServiceDesc.Streams[2], NodeShell_PortForward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PortForwardData, PortForwardData]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeShell_PortForwardClient = grpc.BidiStreamingClient[PortForwardData, PortForwardData]
+
+// NodeShellServer is the server API for NodeShell service.
+// All implementations must embed UnimplementedNodeShellServer
+// for forward compatibility.
+//
+// NodeShell is served by each node agent, for control plane replicas
+// only (mutual TLS: a replica certificate): the node's end of Berth.Logs,
+// Exec and PortForward, for the instances it runs or ran.
+type NodeShellServer interface {
+	Logs(*LogsRequest, grpc.ServerStreamingServer[LogLine]) error
+	Exec(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error
+	PortForward(grpc.BidiStreamingServer[PortForwardData, PortForwardData]) error
+	mustEmbedUnimplementedNodeShellServer()
+}
+
+// UnimplementedNodeShellServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedNodeShellServer struct{}
+
+func (UnimplementedNodeShellServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogLine]) error {
+	return status.Errorf(codes.Unimplemented, "method Logs not implemented")
+}
+func (UnimplementedNodeShellServer) Exec(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error {
+	return status.Errorf(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedNodeShellServer) PortForward(grpc.BidiStreamingServer[PortForwardData, PortForwardData]) error {
+	return status.Errorf(codes.Unimplemented, "method PortForward not implemented")
+}
+func (UnimplementedNodeShellServer) mustEmbedUnimplementedNodeShellServer() {}
+func (UnimplementedNodeShellServer) testEmbeddedByValue()                   {}
+
+// UnsafeNodeShellServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to NodeShellServer will
+// result in compilation errors.
+type UnsafeNodeShellServer interface {
+	mustEmbedUnimplementedNodeShellServer()
+}
+
+func RegisterNodeShellServer(s grpc.ServiceRegistrar, srv NodeShellServer) {
+	// If the following call pancis, it indicates UnimplementedNodeShellServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&NodeShell_ServiceDesc, srv)
+}
+
+func _NodeShell_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeShellServer).Logs(m, &grpc.GenericServerStream[LogsRequest, LogLine]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeShell_LogsServer = grpc.ServerStreamingServer[LogLine]
+
+func _NodeShell_Exec_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeShellServer).Exec(&grpc.GenericServerStream[ExecInput, ExecOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeShell_ExecServer = grpc.BidiStreamingServer[ExecInput, ExecOutput]
+
+func _NodeShell_PortForward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeShellServer).PortForward(&grpc.GenericServerStream[PortForwardData, PortForwardData]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeShell_PortForwardServer = grpc.BidiStreamingServer[PortForwardData, PortForwardData]
+
+// NodeShell_ServiceDesc is the grpc.ServiceDesc for NodeShell service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var NodeShell_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "berth.v1.NodeShell",
+	HandlerType: (*NodeShellServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Logs",
+			Handler:       _NodeShell_Logs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Exec",
+			Handler:       _NodeShell_Exec_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "PortForward",
+			Handler:       _NodeShell_PortForward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "berth.proto",

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/nodeagent/logs"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
@@ -322,28 +323,77 @@ func securityOpts(spec ContainerSpec) []oci.SpecOpts {
 	return opts
 }
 
-// startTask creates and starts the container's task; on a failed start the
-// task is deleted again.
+// startTask creates and starts the container's task, its output going
+// to a new run in the logs store; on a failed start the task is deleted
+// again.
 func (r *Runtime) startTask(ctx context.Context, ctr containerd.Container) (containerd.Task, error) {
-	// The log is the container's output, secrets and all: only root
-	// reads it. The shim appends to the file made here.
-	logPath := r.LogPath(ctr.ID())
-	if f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err == nil {
-		f.Close()
-		_ = os.Chmod(logPath, 0o600) // a log from before this rule
-	}
-	task, err := ctr.NewTask(ctx, cio.LogFile(logPath))
+	run, err := r.logs.NewRun(ctr.ID())
 	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(r.ioDir(ctr.ID()), 0o700); err != nil {
+		return nil, err
+	}
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, run.Stdout(), run.Stderr()), cio.WithFIFODir(r.ioDir(ctr.ID()))))
+	if err != nil {
+		r.logs.EndRun(run)
 		return nil, fmt.Errorf("create task: %w", err)
 	}
 	if err := task.Start(ctx); err != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killTimeout)
 		defer cancel()
 		task.Delete(dctx, containerd.WithProcessKill)
+		r.logs.EndRun(run)
 		return nil, fmt.Errorf("start task: %w", err)
 	}
+	r.endRunWithIO(task, run)
 	return task, nil
 }
+
+// endRunWithIO ends the log run once the task's output is all copied
+// (its process exited and the shim closed the FIFOs), and removes the
+// FIFOs.
+func (r *Runtime) endRunWithIO(task containerd.Task, run *logs.Run) {
+	go func() {
+		if tio := task.IO(); tio != nil {
+			tio.Wait()
+			tio.Close()
+		}
+		r.logs.EndRun(run)
+	}()
+}
+
+// attachLogs copies a running task's output into the instance's latest
+// run again after an agent restart (the shim kept it in the FIFOs
+// meanwhile). A task started with its output in a file (before logs were
+// kept this way) is left as it is.
+func (r *Runtime) attachLogs(ctx context.Context, ctr containerd.Container) {
+	if r.logs.Writing(ctr.ID()) {
+		return
+	}
+	run, err := r.logs.Resume(ctr.ID())
+	if err != nil {
+		r.log.Warn("logs: resume", "instance", ctr.ID(), "err", err)
+		return
+	}
+	attach := cio.NewAttach(cio.WithStreams(nil, run.Stdout(), run.Stderr()))
+	task, err := ctr.Task(ctx, func(f *cio.FIFOSet) (cio.IO, error) {
+		if f == nil || strings.Contains(f.Stdout, "://") {
+			return nil, errNotFIFO
+		}
+		return attach(f)
+	})
+	if err != nil {
+		r.logs.EndRun(run)
+		if !errors.Is(err, errNotFIFO) && !errdefs.IsNotFound(err) {
+			r.log.Warn("logs: attach", "instance", ctr.ID(), "err", err)
+		}
+		return
+	}
+	r.endRunWithIO(task, run)
+}
+
+var errNotFIFO = errors.New("task output does not go to FIFOs")
 
 // processArgs applies Kubernetes semantics: Command replaces the
 // entrypoint, Args replaces the cmd.
@@ -541,6 +591,8 @@ func (r *Runtime) teardown(ctx context.Context, id string, grace time.Duration, 
 			errs = append(errs, err)
 		}
 	}
+	// Its logs stay readable for the retention.
+	r.logs.Removed(id)
 	return errors.Join(errs...)
 }
 
@@ -612,6 +664,9 @@ func (r *Runtime) List(ctx context.Context) ([]Container, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("runtime: list: %w", err)
+		}
+		if c.Running {
+			r.attachLogs(ctx, ctr)
 		}
 		out = append(out, c)
 	}

@@ -31,6 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-dev/berth/nodeagent/logs"
+
 	containerd "github.com/containerd/containerd/v2/client"
 	gocni "github.com/containerd/go-cni"
 )
@@ -100,6 +102,9 @@ type Config struct {
 	DNSOptions []string
 	// Snapshotter is the containerd snapshotter; default overlayfs.
 	Snapshotter string
+	// Logs keeps the containers' output (default: a store in
+	// StateDir/logs with its default sizes).
+	Logs *logs.Store
 	// ConnectTimeout bounds New's check that containerd answers.
 	ConnectTimeout time.Duration
 	Logger         *slog.Logger
@@ -131,6 +136,8 @@ type Runtime struct {
 	cni     gocni.CNI
 	subnet  netip.Prefix
 	gateway netip.Addr
+
+	logs *logs.Store
 
 	mu    sync.Mutex
 	locks map[string]*instanceLock
@@ -170,6 +177,15 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		subnet:  subnet,
 		gateway: subnet.Addr().Next(),
 		locks:   map[string]*instanceLock{},
+		logs:    cfg.Logs,
+	}
+	if r.logs == nil {
+		lc := logs.DefaultConfig()
+		lc.Dir = filepath.Join(cfg.StateDir, "logs")
+		if r.logs, err = logs.New(lc); err != nil {
+			client.Close()
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
 	}
 	if len(r.cfg.DNSServers) == 0 {
 		r.cfg.DNSServers = []string{r.gateway.String()}
@@ -326,7 +342,10 @@ func (r *Runtime) containerDir(id string) string {
 }
 func (r *Runtime) ipamDir() string { return filepath.Join(r.cfg.StateDir, "ipam") }
 
-// LogPath is the file the instance's stdout and stderr are written to.
-func (r *Runtime) LogPath(instanceID string) string {
-	return filepath.Join(r.containerDir(instanceID), "log")
+// Logs is the store of the containers' output.
+func (r *Runtime) Logs() *logs.Store { return r.logs }
+
+// ioDir holds the FIFOs of a container's task and execs.
+func (r *Runtime) ioDir(instanceID string) string {
+	return filepath.Join(r.containerDir(instanceID), "io")
 }

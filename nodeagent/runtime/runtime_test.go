@@ -27,6 +27,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/berth-dev/berth/internal/imagebuild"
+	"github.com/berth-dev/berth/nodeagent/logs"
 )
 
 // testRoot keeps each test run's state outside t.TempDir, so that a later
@@ -330,13 +331,23 @@ func TestRuntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A container's output (its secrets too) is root's alone.
-	for path, mode := range map[string]os.FileMode{rt.LogPath("hello-a"): 0o600, rt.containersDir(): 0o700 | os.ModeDir, rt.containerDir("hello-a"): 0o700 | os.ModeDir} {
+	logFile := filepath.Join(rt.cfg.StateDir, "logs", "hello-a", "run-000001.log")
+	for path, mode := range map[string]os.FileMode{logFile: 0o600, filepath.Join(rt.cfg.StateDir, "logs"): 0o700 | os.ModeDir, rt.containersDir(): 0o700 | os.ModeDir, rt.containerDir("hello-a"): 0o700 | os.ModeDir} {
 		if st, err := os.Stat(path); err != nil {
 			t.Error(err)
 		} else if st.Mode() != mode {
 			t.Errorf("%s: mode %v, want %v", path, st.Mode(), mode)
 		}
 	}
+	// Its output goes to the logs store, line by line, stream by stream.
+	waitUntil(t, 5*time.Second, "hello-a's startup line in its logs", func() bool {
+		found := false
+		rt.Logs().Read(ctx, "hello-a", logs.ReadOptions{}, func(l logs.Line) error {
+			found = found || (l.Stream == "stderr" && strings.Contains(string(l.Text), "listening on :8080"))
+			return nil
+		})
+		return found
+	})
 	ipA, ipB := netip.MustParseAddr(a.IP), netip.MustParseAddr(b.IP)
 	if ipA == ipB || !subnet.Contains(ipA) || !subnet.Contains(ipB) || ipA == rt.GatewayIP() || ipB == rt.GatewayIP() {
 		t.Fatalf("IPs %s and %s: want distinct host addresses in %s", ipA, ipB, subnet)
@@ -743,5 +754,16 @@ func TestCrashLeftovers(t *testing.T) {
 	}
 	if out, _ := exec.Command("iptables-save", "-t", "nat").Output(); strings.Contains(string(out), hostPort) {
 		t.Errorf("portmap rule for %s left after Stop:\n%s", hostPort, out)
+	}
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
