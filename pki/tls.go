@@ -286,3 +286,67 @@ func PEMKey(key crypto.PrivateKey) []byte {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
+
+// verifyPart checks a peer's chain against pool and that its certificate
+// names role (and name, when not empty). Node certificates are made for
+// client authentication, so the chain is checked for any key usage here
+// and the identity decides.
+func verifyPart(raw [][]byte, pool *x509.CertPool, role Role, name string) error {
+	if len(raw) == 0 {
+		return errors.New("pki: the peer presented no certificate")
+	}
+	leaf, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return fmt.Errorf("pki: peer certificate: %w", err)
+	}
+	inter := x509.NewCertPool()
+	for _, r := range raw[1:] {
+		if c, err := x509.ParseCertificate(r); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("pki: peer certificate does not verify against the cluster CA: %w", err)
+	}
+	id, err := IdentityOf(leaf)
+	if err != nil {
+		return err
+	}
+	if id.Role != role || (name != "" && id.Name != name) {
+		want := string(role)
+		if name != "" {
+			want += "/" + name
+		}
+		return fmt.Errorf("pki: peer is %s, want %s", id, want)
+	}
+	return nil
+}
+
+// ShellServerTLS is the configuration of a node agent's NodeShell
+// listener: it presents the node's certificate and accepts control plane
+// replicas only.
+func ShellServerTLS(kp *KeyPair, pool *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		ClientAuth:     tls.RequireAnyClientCert, // verified below: replicas only
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.Certificate(), nil },
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyPart(raw, pool, RoleReplica, "")
+		},
+		NextProtos: []string{"h2"},
+	}
+}
+
+// ShellClientTLS is how a replica dials node's NodeShell: it presents
+// the replica's certificate and accepts only that node's certificate.
+func ShellClientTLS(kp *KeyPair, pool *x509.CertPool, node string) *tls.Config {
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		InsecureSkipVerify:   true, // verified below: the CA, role node, the node's name
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.Certificate(), nil },
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyPart(raw, pool, RoleNode, node)
+		},
+		NextProtos: []string{"h2"},
+	}
+}

@@ -15,6 +15,10 @@
 //	GET /resolve?name=  looks name up with the container's resolver and
 //	               returns JSON {"name","addresses"}
 //
+// With arguments it is a tool for `berth exec` (the image has nothing
+// else): "echo ARGS", "cat" (stdin to stdout), "exit N", "tty" (whether
+// stdin is a terminal, and its size), "env", "ls DIR", "stderr ARGS".
+//
 // Environment: PORT (default 8080), DATA_DIR, BERTH_SERVICE, BERTH_INSTANCE, VERSION
 // (overrides the -ldflags "-X main.version=..." value) and FAIL_RATE (0..1:
 // that fraction of "GET /" answers 500) and DELAY (a duration "GET /" waits
@@ -25,6 +29,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/rand/v2"
@@ -59,6 +64,9 @@ type callResult struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] != "serve" {
+		os.Exit(tool(os.Args[1], os.Args[2:]))
+	}
 	port := envOr("PORT", "8080")
 	v := envOr("VERSION", version)
 	failRate, _ := strconv.ParseFloat(os.Getenv("FAIL_RATE"), 64)
@@ -225,4 +233,53 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
+}
+
+// tool runs one of hello's exec helpers and returns its exit code.
+func tool(name string, args []string) int {
+	switch name {
+	case "echo":
+		fmt.Println(strings.Join(args, " "))
+	case "stderr":
+		fmt.Fprintln(os.Stderr, strings.Join(args, " "))
+	case "cat":
+		if _, err := io.Copy(os.Stdout, os.Stdin); err != nil {
+			fmt.Fprintln(os.Stderr, "cat:", err)
+			return 1
+		}
+	case "exit":
+		if len(args) != 1 {
+			return 2
+		}
+		n, _ := strconv.Atoi(args[0])
+		return n
+	case "tty":
+		st, err := os.Stdin.Stat()
+		if err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			fmt.Println("tty")
+		} else {
+			fmt.Println("notty")
+		}
+	case "env":
+		for _, e := range os.Environ() {
+			fmt.Println(e)
+		}
+	case "ls":
+		dir := "/"
+		if len(args) > 0 {
+			dir = args[0]
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ls:", err)
+			return 1
+		}
+		for _, e := range entries {
+			fmt.Println(e.Name())
+		}
+	default:
+		fmt.Fprintf(os.Stderr, "hello: unknown tool %q (echo, stderr, cat, exit, tty, env, ls)\n", name)
+		return 127
+	}
+	return 0
 }

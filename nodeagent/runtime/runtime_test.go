@@ -348,6 +348,29 @@ func TestRuntime(t *testing.T) {
 		})
 		return found
 	})
+	// Exec: output, exit codes, stdin to its end, a terminal.
+	var out, errOut bytes.Buffer
+	if code, err := rt.Exec(ctx, "hello-a", ExecOptions{Command: []string{"/hello", "echo", "hi", "there"}, Stdout: &out, Stderr: &errOut}); err != nil || code != 0 || out.String() != "hi there\n" {
+		t.Fatalf("exec echo: code %d, err %v, out %q", code, err, out.String())
+	}
+	if code, err := rt.Exec(ctx, "hello-a", ExecOptions{Command: []string{"/hello", "exit", "3"}}); err != nil || code != 3 {
+		t.Fatalf("exec exit 3: code %d, err %v", code, err)
+	}
+	out.Reset()
+	input := strings.Repeat("stdin goes through whole\n", 4000) // 100 KB: more than a pipe holds
+	if code, err := rt.Exec(ctx, "hello-a", ExecOptions{Command: []string{"/hello", "cat"}, Stdin: strings.NewReader(input), Stdout: &out}); err != nil || code != 0 || out.String() != input {
+		t.Fatalf("exec cat: code %d, err %v, %d bytes back of %d", code, err, out.Len(), len(input))
+	}
+	out.Reset()
+	if code, err := rt.Exec(ctx, "hello-a", ExecOptions{Command: []string{"/hello", "tty"}, TTY: true, Size: TerminalSize{Width: 100, Height: 30}, Stdout: &out}); err != nil || code != 0 || !strings.Contains(out.String(), "tty") || strings.Contains(out.String(), "notty") {
+		t.Fatalf("exec with a terminal: code %d, err %v, out %q", code, err, out.String())
+	}
+	if _, err := rt.Exec(ctx, "hello-a", ExecOptions{Command: []string{"/nonexistent"}}); err == nil {
+		t.Fatal("exec of a missing binary succeeded")
+	}
+	if _, err := rt.Exec(ctx, "no-such", ExecOptions{Command: []string{"/hello"}}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("exec in a missing container: %v", err)
+	}
 	ipA, ipB := netip.MustParseAddr(a.IP), netip.MustParseAddr(b.IP)
 	if ipA == ipB || !subnet.Contains(ipA) || !subnet.Contains(ipB) || ipA == rt.GatewayIP() || ipB == rt.GatewayIP() {
 		t.Fatalf("IPs %s and %s: want distinct host addresses in %s", ipA, ipB, subnet)
