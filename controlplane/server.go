@@ -205,6 +205,7 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 		MaxImageSize:      cfg.MaxImageSize,
 		ImageQuota:        cfg.ImageQuota,
 		ReplicaTLS:        pki.ClientTLS(s.replicaCert, s.ca.Pool()),
+		ReplicaCert:       s.replicaCert,
 		Gateways:          cfg.Gateways,
 		Loads:             cfg.Loads,
 		Logger:            cfg.Logger,

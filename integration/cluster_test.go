@@ -7,9 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/berth-dev/berth/api/pb"
-	"github.com/berth-dev/berth/controlplane"
-	"github.com/berth-dev/berth/pki"
 	"io"
 	"net/http"
 	"os"
@@ -20,6 +17,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/pki"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -314,6 +315,52 @@ func TestClusterEndToEnd(t *testing.T) {
 	defer ctrd.Close()
 	cctx := namespaces.WithNamespace(context.Background(), e2eNamespace)
 
+	t.Run("logs, exec and port-forward go through the control plane to the node", func(t *testing.T) {
+		id := hello[1].Instance.ID
+		// Logs: a service's instances, prefixed; one instance; tail.
+		out := mustBerth(t, api, "logs", "hello")
+		for _, iv := range hello {
+			if !strings.Contains(out, "["+iv.Instance.ID+"] ") || !strings.Contains(out, "listening on :8080") {
+				t.Fatalf("logs hello lacks %s's startup line:\n%s", iv.Instance.ID, out)
+			}
+		}
+		out = mustBerth(t, api, "logs", id, "--timestamps", "--tail", "1")
+		if !regexp.MustCompile(`^\d{4}-\d\d-\d\dT\S+ .*listening on :8080 \(service="hello" instance="` + id + `"\)\n$`).MatchString(out) {
+			t.Fatalf("logs %s --timestamps --tail 1: %q", id, out)
+		}
+		// Exec: output, exit code, stdin, a terminal.
+		if out := mustBerth(t, api, "exec", id, "--", "/hello", "echo", "from", "inside"); out != "from inside\n" {
+			t.Fatalf("exec echo: %q", out)
+		}
+		if _, errOut, code := berth(t, api, "exec", "hello", "--", "/hello", "exit", "7"); code != 7 || strings.Contains(errOut, "error") {
+			t.Fatalf("exec exit 7: exit %d, stderr %q", code, errOut)
+		}
+		cmd := exec.Command(berthBin, "--server", api, "--config", readAdminConfig(api), "exec", "-i", id, "--", "/hello", "cat")
+		input := strings.Repeat("a line of stdin\n", 5000)
+		cmd.Stdin = strings.NewReader(input)
+		got, err := cmd.Output()
+		if err != nil || string(got) != input {
+			t.Fatalf("exec -i cat: %v, %d of %d bytes back", err, len(got), len(input))
+		}
+		if out := mustBerth(t, api, "exec", "-t", id, "--", "/hello", "tty"); !strings.HasPrefix(out, "tty") {
+			t.Fatalf("exec -t: %q", out)
+		}
+		if _, errOut, code := berth(t, api, "exec", "nonexistent-instance", "--", "/hello", "echo"); code == 0 || !strings.Contains(errOut, "no instance") {
+			t.Fatalf("exec in a missing instance: exit %d, %q", code, errOut)
+		}
+		// Port-forward: a local port carries connections to the container.
+		pf := startProc(t, "port-forward", "--server", api, "--config", readAdminConfig(api), "port-forward", id, ":8080")
+		m := pf.waitLine(`Forwarding from (127\.0\.0\.1:\d+) ->`, 20*time.Second)
+		for i := 0; i < 3; i++ {
+			var r helloReply
+			req, _ := http.NewRequest("GET", "http://"+m[1]+"/", nil)
+			if code := getJSON(t, httpc, req, &r); code != 200 || r.Instance != id {
+				t.Fatalf("through port-forward: %d %+v", code, r)
+			}
+		}
+		pf.stop(syscall.SIGINT, 10*time.Second)
+	})
+
 	t.Run("a killed container is restarted and ready again", func(t *testing.T) {
 		victim := hello[0].Instance.ID
 		c, err := ctrd.LoadContainer(cctx, victim)
@@ -338,6 +385,12 @@ func TestClusterEndToEnd(t *testing.T) {
 		out := mustBerth(t, api, "describe", "service", "hello")
 		if !strings.Contains(out, "Restarted") {
 			t.Fatalf("no Restarted event in describe:\n%s", out)
+		}
+		// Each run has its logs: --previous is the killed one's.
+		cur := mustBerth(t, api, "logs", victim)
+		prev := mustBerth(t, api, "logs", victim, "--previous")
+		if strings.Count(cur, "listening on") != 1 || strings.Count(prev, "listening on") != 1 {
+			t.Fatalf("logs of the restarted container:\ncurrent: %q\nprevious: %q", cur, prev)
 		}
 	})
 
@@ -412,9 +465,29 @@ func TestClusterEndToEnd(t *testing.T) {
 	})
 
 	t.Run("deleting a service removes its name, its route and its containers", func(t *testing.T) {
+		follow := startProc(t, "logs-follow", "--server", api, "--config", readAdminConfig(api), "logs", "-f", "hello")
+		follow.waitLine(`listening on :8080`, 20*time.Second)
 		out := mustBerth(t, api, "delete", "service", "hello", "--wait")
 		if !strings.Contains(out, "all containers stopped") {
 			t.Fatalf("delete: %s", out)
+		}
+		// logs -f saw the containers shut down, and ended with them.
+		follow.waitLine(`hello: shutting down`, 20*time.Second)
+		select {
+		case err := <-follow.done:
+			follow.done <- err
+			if err != nil {
+				t.Fatalf("logs -f: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("logs -f did not end when the service's containers stopped")
+		}
+		// The logs of the deleted service's containers stay readable.
+		if out := mustBerth(t, api, "logs", "hello"); strings.Count(out, "shutting down") < 3 {
+			t.Fatalf("logs of a deleted service:\n%s", out)
+		}
+		if out := mustBerth(t, api, "logs", hello[2].Instance.ID); !strings.Contains(out, "shutting down") {
+			t.Fatalf("logs of a gone instance:\n%s", out)
 		}
 		r, err := lookupA(t, hostDNS, "hello.default.svc.berth.internal")
 		if err != nil || r.Rcode != dns.RcodeNameError {

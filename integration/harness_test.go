@@ -399,3 +399,11 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// readAdminConfig is the admin CLI configuration of the control plane at
+// api.
+func readAdminConfig(api string) string {
+	cfg, _ := adminConfigs.Load(api)
+	s, _ := cfg.(string)
+	return s
+}

@@ -70,6 +70,10 @@ type Config struct {
 	JoinToken, CAHash string
 	// Address is the node's IP as other nodes reach it.
 	Address string
+	// ShellAddr is where the agent serves NodeShell (logs, exec,
+	// port-forward) to control plane replicas, which must reach it;
+	// default: Address with a port the kernel picks.
+	ShellAddr string
 	// Labels are reported with the node.
 	Labels map[string]string
 	// Capacity overrides what the host offers (zero fields: detected).
@@ -255,7 +259,7 @@ func detectCapacity() api.Capacity {
 	return c
 }
 
-func (a *Agent) register(ctx context.Context) (*pb.RegisterResponse, error) {
+func (a *Agent) register(ctx context.Context, shellAddr string) (*pb.RegisterResponse, error) {
 	capacity := detectCapacity()
 	if a.cfg.Capacity.MilliCPU > 0 {
 		capacity.MilliCPU = a.cfg.Capacity.MilliCPU
@@ -263,7 +267,7 @@ func (a *Agent) register(ctx context.Context) (*pb.RegisterResponse, error) {
 	if a.cfg.Capacity.MemoryBytes > 0 {
 		capacity.MemoryBytes = a.cfg.Capacity.MemoryBytes
 	}
-	req := &pb.RegisterRequest{Name: a.cfg.Name, Address: a.cfg.Address, Labels: a.cfg.Labels,
+	req := &pb.RegisterRequest{Name: a.cfg.Name, Address: a.cfg.Address, Labels: a.cfg.Labels, ShellAddr: shellAddr,
 		Capacity: &pb.Capacity{MilliCpu: capacity.MilliCPU, MemoryBytes: capacity.MemoryBytes}}
 	backoff := 200 * time.Millisecond
 	for {
@@ -313,7 +317,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	renewCtx, stopRenew := context.WithCancel(ctx)
 	defer stopRenew()
 	go func() { _ = creds.KeepRenewed(renewCtx, conn, a.logger) }()
-	reg, err := a.register(ctx)
+	shellLn, shellAddr, err := listenShell(a.cfg.ShellAddr, a.cfg.Address)
+	if err != nil {
+		return err
+	}
+	shell := &shellServer{}
+	shellGRPC := newShellGRPC(creds, shell)
+	go func() { _ = shellGRPC.Serve(shellLn) }()
+	defer shellGRPC.Stop()
+	reg, err := a.register(ctx, shellAddr)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -331,6 +343,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer a.rt.Close()
+	if srt, ok := a.rt.(shellRuntime); ok {
+		shell.setRuntime(srt)
+	}
 	subnet, err := netip.ParsePrefix(reg.PodCidr)
 	if err != nil {
 		return fmt.Errorf("agent: pod subnet %q from the control plane: %w", reg.PodCidr, err)
@@ -363,6 +378,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	hb := time.Duration(reg.HeartbeatIntervalMs) * time.Millisecond
 	goRun(func(ctx context.Context) { a.heartbeat(ctx, hb) })
 	goRun(a.followDiscovery)
+	if srt, ok := a.rt.(shellRuntime); ok {
+		// Logs of containers gone for longer than the retention go.
+		goRun(func(ctx context.Context) {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if n := srt.Logs().Sweep(); n > 0 {
+						a.logger.Info("removed the logs of containers gone past the retention", "instances", n)
+					}
+				}
+			}
+		})
+	}
 	goRun(a.followNodes)
 	assignments := make(chan *pb.Assignments, 1)
 	goRun(func(ctx context.Context) { a.followAssignments(ctx, assignments) })

@@ -20,6 +20,8 @@ import (
 type exitError struct {
 	code int
 	err  error
+	// quiet: the exit code says it all (a command run by exec).
+	quiet bool
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -30,11 +32,14 @@ func main() {
 	err := root.ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
 		var ee *exitError
 		if errors.As(err, &ee) {
+			if !ee.quiet {
+				fmt.Fprintln(os.Stderr, "error:", err)
+			}
 			os.Exit(ee.code)
 		}
+		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
 }
@@ -71,6 +76,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(
 		newDevCmd(g), newServerCmd(g), newAgentCmd(g), newGatewayCmd(g),
 		newApplyCmd(g), newGetCmd(g), newDescribeCmd(g), newDeleteCmd(g), newImageCmd(g), newEventsCmd(g),
+		newLogsCmd(g), newExecCmd(g), newPortForwardCmd(g),
 		newTokenCmd(g), newNodeCmd(g), newEtcdCmd(g), newVolumeCmd(g), newSecretCmd(g), newRolloutCmd(g),
 	)
 	return root

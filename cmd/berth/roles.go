@@ -261,6 +261,7 @@ func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, erro
 // agentFlags are shared by `berth agent` and `berth dev`.
 type agentFlags struct {
 	token                     string
+	shellAddr                 string
 	defaultCPU, defaultMemory string
 	defaultPids               int64
 	caHash                    string
@@ -308,6 +309,7 @@ func (f *agentFlags) register(cmd *cobra.Command, stateDir string) {
 		cmd.Flags().StringVar(&f.certDir, "cert-dir", "", "where the node keeps its key and certificate (default --state-dir/pki)")
 	}
 	cmd.Flags().StringVar(&f.address, "node-address", def.Address, "this node's IP address as other nodes reach it")
+	cmd.Flags().StringVar(&f.shellAddr, "shell-addr", "", "where the agent serves logs, exec and port-forward to control plane replicas (mutual TLS, replicas only): host:port on --node-address (default: --node-address, a free port)")
 	cmd.Flags().StringVar(&f.socket, "containerd-socket", def.Runtime.Socket, "containerd's socket")
 	cmd.Flags().StringVar(&f.namespace, "containerd-namespace", def.Runtime.Namespace, "containerd namespace for Berth's containers and images")
 	cmd.Flags().StringVar(&f.stateDir, "state-dir", stateDir, "node state: CNI allocations, resolv.conf files, container logs")
@@ -335,7 +337,7 @@ func (f *agentFlags) config(server string, stopOnExit bool, dnsTTL time.Duration
 	if cfg.Capacity.MemoryBytes, err = api.ParseMemory(f.memory); err != nil {
 		return cfg, fmt.Errorf("--memory: %w", err)
 	}
-	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels = f.name, server, f.address, f.labels
+	cfg.Name, cfg.ServerAddr, cfg.Address, cfg.Labels, cfg.ShellAddr = f.name, server, f.address, f.labels, f.shellAddr
 	cfg.JoinToken, cfg.CAHash, cfg.CertDir = f.token, f.caHash, f.certDir
 	cfg.Runtime.Socket, cfg.Runtime.Namespace, cfg.Runtime.StateDir, cfg.Runtime.BridgeName = f.socket, f.namespace, f.stateDir, f.bridge
 	cfg.Runtime.NetworkName = f.bridge

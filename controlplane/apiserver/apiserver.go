@@ -69,6 +69,9 @@ type Config struct {
 	// ReplicaTLS is the client configuration (this replica's certificate)
 	// for fetching an upload from another replica.
 	ReplicaTLS *tls.Config
+	// ReplicaCert is this replica's certificate, presented to node
+	// agents' NodeShell (logs, exec, port-forward).
+	ReplicaCert *pki.KeyPair
 	// Gateways reports the xDS clients (nil: none known).
 	Gateways func() []api.GatewayStatus
 	// Loads reports per-revision traffic for `berth rollout status`.
@@ -90,6 +93,7 @@ type Server struct {
 	// serialises image pulls.
 	replica atomic.Pointer[replicaIdentity]
 	pulls   sync.Mutex
+	shells  shellConns
 }
 
 type replicaIdentity struct{ addr string }
@@ -447,7 +451,15 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 	if req.Address != "" && net.ParseIP(req.Address) == nil {
 		return nil, status.Errorf(codes.InvalidArgument, "register: address %q is not an IP address", req.Address)
 	}
-	n := api.Node{Name: req.Name, Address: req.Address, Labels: req.Labels}
+	if req.ShellAddr != "" {
+		// The shell must be on the node's own address: a node cannot point
+		// the control plane's connections anywhere else.
+		host, port, err := net.SplitHostPort(req.ShellAddr)
+		if err != nil || host != req.Address || port == "0" {
+			return nil, status.Errorf(codes.InvalidArgument, "register: shell address %q must be the node's address %q with a port", req.ShellAddr, req.Address)
+		}
+	}
+	n := api.Node{Name: req.Name, Address: req.Address, Labels: req.Labels, ShellAddr: req.ShellAddr}
 	if c := req.Capacity; c != nil {
 		n.Capacity = api.Capacity{MilliCPU: c.MilliCpu, MemoryBytes: c.MemoryBytes}
 	}

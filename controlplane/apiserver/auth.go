@@ -63,9 +63,14 @@ const (
 )
 
 var methodPermissions = map[string]permissions{
-	berthSvc + "Apply":            applyPermissions,
-	berthSvc + "ListServices":     listIn(nsOf),
-	berthSvc + "GetService":       inNamespace(authz.Read, nsOf),
+	berthSvc + "Apply":        applyPermissions,
+	berthSvc + "ListServices": listIn(nsOf),
+	berthSvc + "GetService":   inNamespace(authz.Read, nsOf),
+	berthSvc + "Logs":         inNamespace(authz.Logs, nsOf),
+	// Exec and port-forward reach into a container: the exec verb, in the
+	// namespace the first message names.
+	berthSvc + "Exec":             inNamespace(authz.Exec, func(m any) string { return m.(*pb.ExecInput).GetStart().GetNamespace() }),
+	berthSvc + "PortForward":      inNamespace(authz.Exec, func(m any) string { return m.(*pb.PortForwardData).GetStart().GetNamespace() }),
 	berthSvc + "DeleteService":    inNamespace(authz.Write, nsOf),
 	berthSvc + "ListInstances":    listIn(nsOf),
 	berthSvc + "ListNodes":        one(authz.Read),
@@ -111,6 +116,11 @@ var methodPermissions = map[string]permissions{
 // streamsCheckedAtOpen are client streams: their permissions do not
 // depend on a message.
 var streamsCheckedAtOpen = map[string]bool{berthSvc + "LoadImage": true}
+
+// streamsCheckedAtFirstMessage are client streams whose first message
+// says what they act on (the handler refuses one without it): they are
+// authorised on it, before the handler reads it.
+var streamsCheckedAtFirstMessage = map[string]bool{berthSvc + "Exec": true, berthSvc + "PortForward": true}
 
 func applyPermissions(m any) []authz.Request {
 	req := m.(*pb.ApplyRequest)

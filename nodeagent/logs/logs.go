@@ -12,6 +12,7 @@
 package logs
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -111,19 +112,49 @@ func (s *Store) runPath(instance string, n int) string {
 	return filepath.Join(s.dir(instance), fmt.Sprintf("run-%06d.log", n))
 }
 
+// Meta says whose an instance's logs are, so a service's logs can be
+// found after its instances are gone.
+type Meta struct {
+	Namespace string `json:"namespace"`
+	Service   string `json:"service"`
+}
+
+const metaFile = "meta.json"
+
 // NewRun starts the next run of an instance (a container task starting);
 // the run before it ends.
-func (s *Store) NewRun(instance string) (*Run, error) {
-	return s.open(instance, false)
+func (s *Store) NewRun(instance string, meta Meta) (*Run, error) {
+	return s.open(instance, meta, false)
 }
 
 // Resume goes on writing the instance's latest run (an agent restarted
 // while its container ran on), or starts one if it has none.
-func (s *Store) Resume(instance string) (*Run, error) {
-	return s.open(instance, true)
+func (s *Store) Resume(instance string, meta Meta) (*Run, error) {
+	return s.open(instance, meta, true)
 }
 
-func (s *Store) open(instance string, resume bool) (*Run, error) {
+// Instances lists the instances of a service this node has logs of,
+// running or gone (within the retention).
+func (s *Store) Instances(namespace, service string) []string {
+	entries, err := os.ReadDir(s.cfg.Dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(s.cfg.Dir, e.Name(), metaFile))
+		if err != nil {
+			continue
+		}
+		var m Meta
+		if json.Unmarshal(b, &m) == nil && m.Namespace == namespace && m.Service == service {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+func (s *Store) open(instance string, meta Meta, resume bool) (*Run, error) {
 	if err := validInstance(instance); err != nil {
 		return nil, err
 	}
@@ -139,6 +170,12 @@ func (s *Store) open(instance string, resume bool) (*Run, error) {
 		return nil, fmt.Errorf("logs: %w", err)
 	}
 	_ = os.Remove(filepath.Join(s.dir(instance), removedMarker)) // running again
+	if meta != (Meta{}) {
+		b, _ := json.Marshal(meta)
+		if err := os.WriteFile(filepath.Join(s.dir(instance), metaFile), b, 0o600); err != nil {
+			return nil, fmt.Errorf("logs: %w", err)
+		}
+	}
 	runs, err := s.runs(instance)
 	if err != nil {
 		return nil, err

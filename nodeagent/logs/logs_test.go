@@ -43,7 +43,7 @@ func readAll(t *testing.T, s *Store, id string, o ReadOptions) []string {
 
 func TestLinesStreamsAndPartials(t *testing.T) {
 	s, _ := newStore(t, Config{})
-	r, err := s.NewRun("web-1")
+	r, err := s.NewRun("web-1", Meta{Namespace: "default", Service: "web"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestLinesStreamsAndPartials(t *testing.T) {
 func TestRunsPreviousAndKeep(t *testing.T) {
 	s, _ := newStore(t, Config{KeepRuns: 2})
 	for i := 1; i <= 3; i++ {
-		r, err := s.NewRun("web-1")
+		r, err := s.NewRun("web-1", Meta{Namespace: "default", Service: "web"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,7 +82,7 @@ func TestRunsPreviousAndKeep(t *testing.T) {
 		t.Fatalf("runs kept %v, want the last 2", runs)
 	}
 	// An agent restart goes on with the same run.
-	r, _ := s.Resume("web-1")
+	r, _ := s.Resume("web-1", Meta{})
 	fmt.Fprintln(r.Stdout(), "after agent restart")
 	if got := readAll(t, s, "web-1", ReadOptions{}); len(got) != 2 {
 		t.Fatalf("resumed run: %q", got)
@@ -91,7 +91,7 @@ func TestRunsPreviousAndKeep(t *testing.T) {
 
 func TestRotationCapsARun(t *testing.T) {
 	s, _ := newStore(t, Config{MaxFileSize: 4096})
-	r, _ := s.NewRun("web-1")
+	r, _ := s.NewRun("web-1", Meta{Namespace: "default", Service: "web"})
 	for i := range 1000 {
 		fmt.Fprintf(r.Stdout(), "line %04d %s\n", i, strings.Repeat("y", 40))
 	}
@@ -122,7 +122,7 @@ func TestSinceAndFollow(t *testing.T) {
 	// A rotation at most between two polls: then nothing is lost (with
 	// two, the file in between is gone, as in Kubernetes).
 	s, c := newStore(t, Config{MaxFileSize: 8192})
-	r, _ := s.NewRun("web-1")
+	r, _ := s.NewRun("web-1", Meta{Namespace: "default", Service: "web"})
 	fmt.Fprintln(r.Stdout(), "old")
 	since := c.t.Add(time.Millisecond / 2)
 	fmt.Fprintln(r.Stdout(), "new")
@@ -171,7 +171,7 @@ func TestSinceAndFollow(t *testing.T) {
 
 func TestRemovedInstancesAreSweptAfterRetention(t *testing.T) {
 	s, c := newStore(t, Config{Retention: time.Hour})
-	r, _ := s.NewRun("web-1")
+	r, _ := s.NewRun("web-1", Meta{Namespace: "default", Service: "web"})
 	fmt.Fprintln(r.Stdout(), "bye")
 	s.Removed("web-1")
 	c.t = c.t.Add(59 * time.Minute)
@@ -181,6 +181,9 @@ func TestRemovedInstancesAreSweptAfterRetention(t *testing.T) {
 	if got := readAll(t, s, "web-1", ReadOptions{}); len(got) != 1 {
 		t.Fatalf("logs of a removed instance: %q", got)
 	}
+	if got := s.Instances("default", "web"); len(got) != 1 || got[0] != "web-1" {
+		t.Fatalf("instances of default/web: %q", got)
+	}
 	c.t = c.t.Add(2 * time.Minute)
 	if n := s.Sweep(); n != 1 {
 		t.Fatal("not swept after the retention")
@@ -188,7 +191,7 @@ func TestRemovedInstancesAreSweptAfterRetention(t *testing.T) {
 	if err := s.Read(context.Background(), "web-1", ReadOptions{}, func(Line) error { return nil }); err == nil {
 		t.Fatal("read after the sweep")
 	}
-	if _, err := s.NewRun("../etc"); err == nil {
+	if _, err := s.NewRun("../etc", Meta{}); err == nil {
 		t.Fatal("an instance id naming a path outside the store")
 	}
 }
@@ -204,7 +207,7 @@ func FuzzParseLine(f *testing.F) {
 			return
 		}
 		s, _ := newStore(t, Config{})
-		r, _ := s.NewRun("i")
+		r, _ := s.NewRun("i", Meta{})
 		fmt.Fprintln(r.Stderr(), text)
 		s.End("i")
 		var got []Line

@@ -327,7 +327,7 @@ func securityOpts(spec ContainerSpec) []oci.SpecOpts {
 // to a new run in the logs store; on a failed start the task is deleted
 // again.
 func (r *Runtime) startTask(ctx context.Context, ctr containerd.Container) (containerd.Task, error) {
-	run, err := r.logs.NewRun(ctr.ID())
+	run, err := r.logs.NewRun(ctr.ID(), r.logMeta(ctx, ctr))
 	if err != nil {
 		return nil, err
 	}
@@ -371,7 +371,7 @@ func (r *Runtime) attachLogs(ctx context.Context, ctr containerd.Container) {
 	if r.logs.Writing(ctr.ID()) {
 		return
 	}
-	run, err := r.logs.Resume(ctr.ID())
+	run, err := r.logs.Resume(ctr.ID(), r.logMeta(ctx, ctr))
 	if err != nil {
 		r.log.Warn("logs: resume", "instance", ctr.ID(), "err", err)
 		return
@@ -394,6 +394,15 @@ func (r *Runtime) attachLogs(ctx context.Context, ctr containerd.Container) {
 }
 
 var errNotFIFO = errors.New("task output does not go to FIFOs")
+
+// logMeta is whose a container's logs are, from its labels.
+func (r *Runtime) logMeta(ctx context.Context, ctr containerd.Container) logs.Meta {
+	labels, err := ctr.Labels(ctx)
+	if err != nil {
+		return logs.Meta{}
+	}
+	return logs.Meta{Namespace: labels[LabelNamespace], Service: labels[LabelService]}
+}
 
 // processArgs applies Kubernetes semantics: Command replaces the
 // entrypoint, Args replaces the cmd.
