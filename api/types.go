@@ -74,8 +74,13 @@ type ServiceSpec struct {
 	Replicas  *int32            `json:"replicas,omitempty"`
 	Ports     []Port            `json:"ports,omitempty"`
 	Resources Resources         `json:"resources,omitzero"`
-	Health    *Health           `json:"health,omitempty"`
-	Route     *Route            `json:"route,omitempty"`
+	// Health is the readiness probe: a replica gets traffic while it
+	// passes.
+	Health *Health `json:"health,omitempty"`
+	// Liveness restarts the container when it fails FailureThreshold
+	// times in a row (default 3).
+	Liveness *Health `json:"liveness,omitempty"`
+	Route    *Route  `json:"route,omitempty"`
 	// NodeSelector limits placement to nodes carrying all these labels.
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 	// Volumes are mounted into every replica: named Volumes (shared by the
@@ -571,10 +576,19 @@ type Resources struct {
 
 // Health is a readiness probe. Exactly one of HTTP or TCP is set.
 type Health struct {
-	HTTP     *HTTPProbe `json:"http,omitempty"`
-	TCP      *TCPProbe  `json:"tcp,omitempty"`
-	Interval Duration   `json:"interval,omitzero"`
-	Timeout  Duration   `json:"timeout,omitzero"`
+	HTTP *HTTPProbe `json:"http,omitempty"`
+	TCP  *TCPProbe  `json:"tcp,omitempty"`
+	// Interval is the time between probes (period is accepted for it,
+	// as Kubernetes names it).
+	Interval Duration `json:"interval,omitzero"`
+	Period   Duration `json:"period,omitzero"`
+	Timeout  Duration `json:"timeout,omitzero"`
+	// InitialDelay is the time after a start before the first probe.
+	InitialDelay Duration `json:"initialDelay,omitzero"`
+	// FailureThreshold is how many failures in a row count: for
+	// readiness (default 1) the replica then leaves the endpoints, for
+	// liveness (default 3) the container is restarted.
+	FailureThreshold int32 `json:"failureThreshold,omitempty"`
 }
 
 // HTTPProbe is ready when GET path on port answers 2xx or 3xx.

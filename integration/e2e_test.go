@@ -464,6 +464,32 @@ func TestClusterEndToEnd(t *testing.T) {
 		mustBerth(t, api, "delete", "service", "missing", "--wait")
 	})
 
+	t.Run("a container failing its liveness probe is restarted, saying why", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "unlive.yaml")
+		writeFile(t, f, `apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: unlive}
+spec:
+  image: berth.local/hello:v1
+  ports: [{name: http, port: 8080}, {name: admin, port: 9999}]
+  health: {http: {path: /healthz, port: http}}
+  liveness: {tcp: {port: admin}, interval: 500ms, timeout: 200ms, failureThreshold: 2, initialDelay: 200ms}
+`)
+		mustBerth(t, api, "apply", "-f", f)
+		eventually(t, 30*time.Second, "a liveness restart", func() (bool, string) {
+			ivs := instances(t, api, "unlive")
+			if len(ivs) != 1 {
+				return false, fmt.Sprint(ivs)
+			}
+			st := ivs[0].Status
+			return st.Restarts >= 1 && strings.Contains(st.LastError, "liveness probe failed 2 times in a row"), fmt.Sprintf("%+v", st)
+		})
+		if out := mustBerth(t, api, "describe", "service", "unlive"); !strings.Contains(out, "Liveness:    tcp :9999 every 500ms") {
+			t.Fatalf("describe does not show the liveness probe:\n%s", out)
+		}
+		mustBerth(t, api, "delete", "service", "unlive", "--wait")
+	})
+
 	t.Run("deleting a service removes its name, its route and its containers", func(t *testing.T) {
 		follow := startProc(t, "logs-follow", "--server", api, "--config", readAdminConfig(api), "logs", "-f", "hello")
 		follow.waitLine(`listening on :8080`, 20*time.Second)

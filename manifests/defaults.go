@@ -30,16 +30,38 @@ func Defaults(s *api.Service) {
 	if r := s.Spec.Route; r != nil && len(r.Paths) == 0 {
 		r.Paths = []string{"/"}
 	}
-	if h := s.Spec.Health; h != nil {
-		// An unset value never makes the pair invalid: a short interval
-		// gets a timeout no longer than itself, a long timeout an interval
-		// at least as long.
-		if h.Interval.Duration == 0 {
-			h.Interval.Duration = max(DefaultHealthInterval, h.Timeout.Duration)
-		}
-		if h.Timeout.Duration == 0 {
-			h.Timeout.Duration = min(DefaultHealthTimeout, h.Interval.Duration)
-		}
+	// Readiness keeps FailureThreshold 0 (one failure counts), so specs
+	// stored before it existed hash the same.
+	defaultProbe(s.Spec.Health, 0)
+	defaultProbe(s.Spec.Liveness, DefaultLivenessFailures)
+}
+
+// DefaultLivenessFailures is how many failed liveness probes in a row
+// restart a container unless the spec says.
+const DefaultLivenessFailures = 3
+
+func defaultProbe(h *api.Health, failures int32) {
+	if h == nil {
+		return
+	}
+	// period is interval's other name (both, differing: Validate says so).
+	if h.Interval.Duration == 0 && h.Period.Duration > 0 {
+		h.Interval = h.Period
+	}
+	if h.Period == h.Interval {
+		h.Period = api.Duration{}
+	}
+	// An unset value never makes the pair invalid: a short interval gets
+	// a timeout no longer than itself, a long timeout an interval at
+	// least as long.
+	if h.Interval.Duration == 0 {
+		h.Interval.Duration = max(DefaultHealthInterval, h.Timeout.Duration)
+	}
+	if h.Timeout.Duration == 0 {
+		h.Timeout.Duration = min(DefaultHealthTimeout, h.Interval.Duration)
+	}
+	if h.FailureThreshold == 0 && failures > 0 {
+		h.FailureThreshold = failures
 	}
 }
 

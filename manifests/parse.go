@@ -397,6 +397,7 @@ func decodeDocument(generic any) (object, FieldErrors) {
 			d.errs.add("status", "is set by the control plane and must not be in a manifest")
 			delete(m, "status")
 		}
+		resolveNamedPorts(&d, m)
 		d.decode("", m, reflect.ValueOf(&s).Elem())
 		Defaults(&s)
 		errs = mergeErrors(d.errs, validateService(&s))
@@ -489,6 +490,50 @@ func underFailed(failed map[string]bool, path string) bool {
 		path = path[:i]
 		if failed[path] {
 			return true
+		}
+	}
+}
+
+// resolveNamedPorts replaces a probe's port given by name (port: http) with
+// the number of the spec.ports entry of that name, as Kubernetes allows;
+// a name no port has is an error naming the field and the ports there are.
+func resolveNamedPorts(d *decoder, m map[string]any) {
+	spec, _ := m["spec"].(map[string]any)
+	if spec == nil {
+		return
+	}
+	byName := map[string]any{}
+	var names []string
+	ports, _ := spec["ports"].([]any)
+	for _, p := range ports {
+		pm, _ := p.(map[string]any)
+		name, _ := pm["name"].(string)
+		if name != "" && pm["port"] != nil {
+			byName[name] = pm["port"]
+			names = append(names, name)
+		}
+	}
+	for _, probe := range []string{"health", "liveness"} {
+		pr, _ := spec[probe].(map[string]any)
+		for _, kind := range []string{"http", "tcp"} {
+			k, _ := pr[kind].(map[string]any)
+			name, ok := k["port"].(string)
+			if !ok {
+				continue
+			}
+			if _, err := strconv.Atoi(name); err == nil {
+				continue // a number in quotes: the decoder says so
+			}
+			if port, ok := byName[name]; ok {
+				k["port"] = port
+				continue
+			}
+			have := "spec.ports names none"
+			if len(names) > 0 {
+				have = "spec.ports has " + strings.Join(names, ", ")
+			}
+			d.errs.add("spec."+probe+"."+kind+".port", "no port named %q (%s)", name, have)
+			delete(k, "port")
 		}
 	}
 }

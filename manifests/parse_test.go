@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 )
@@ -253,5 +254,46 @@ func TestLoadStdin(t *testing.T) {
 	want := "<stdin>: document 1 (Service default/a): spec.replicas: must be between 0 and 10000"
 	if err == nil || err.Error() != want {
 		t.Errorf("Load(-) = %v, want %s", err, want)
+	}
+}
+
+// Probes may name a port (port: http), as in Kubernetes; liveness takes
+// the same fields as readiness, with period as interval's other name.
+func TestNamedPortsAndLiveness(t *testing.T) {
+	svcs, err := Parse("np.yaml", []byte(`apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: web}
+spec:
+  image: berth.local/hello:v1
+  ports: [{name: http, port: 8080}, {name: admin, port: 9090}]
+  health: {http: {path: /healthz, port: http}}
+  liveness: {tcp: {port: admin}, initialDelay: 2s, period: 5s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := svcs[0].Spec
+	if s.Health.HTTP.Port != 8080 || s.Liveness.TCP.Port != 9090 {
+		t.Fatalf("named ports: health %d, liveness %d", s.Health.HTTP.Port, s.Liveness.TCP.Port)
+	}
+	l := s.Liveness
+	if l.Interval.Duration != 5*time.Second || l.Period.Duration != 0 || l.InitialDelay.Duration != 2*time.Second || l.FailureThreshold != DefaultLivenessFailures {
+		t.Fatalf("liveness defaults: %+v", l)
+	}
+	for doc, want := range map[string]string{
+		`health: {http: {path: /, port: htp}}`:                 `spec.health.http.port: no port named "htp" (spec.ports has http, admin)`,
+		`liveness: {tcp: {port: 1}, interval: 5s, period: 6s}`: `spec.liveness.period: is interval's other name`,
+		`liveness: {tcp: {port: 1}, failureThreshold: -1}`:     `spec.liveness.failureThreshold: must be between 1 and 100`,
+	} {
+		_, err := Parse("bad.yaml", []byte(`apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: web}
+spec:
+  image: berth.local/hello:v1
+  ports: [{name: http, port: 8080}, {name: admin, port: 9090}]
+  `+doc+"\n"))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", doc, err, want)
+		}
 	}
 }

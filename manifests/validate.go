@@ -116,6 +116,9 @@ func validateSpec(errs *FieldErrors, path string, s *api.ServiceSpec) {
 	if s.Health != nil {
 		validateHealth(errs, path+".health", s.Health)
 	}
+	if s.Liveness != nil {
+		validateHealth(errs, path+".liveness", s.Liveness)
+	}
 	if s.Route != nil {
 		validateRoute(errs, path+".route", s.Route, routable)
 	}
@@ -473,6 +476,15 @@ func validateHealth(errs *FieldErrors, path string, h *api.Health) {
 	}
 	if h.Timeout.Duration < 0 {
 		errs.add(path+".timeout", "must not be negative")
+	}
+	if h.Period.Duration != 0 && h.Period != h.Interval {
+		errs.add(path+".period", "is interval's other name: set one of them (interval %s, period %s)", h.Interval.Duration, h.Period.Duration)
+	}
+	if h.InitialDelay.Duration < 0 {
+		errs.add(path+".initialDelay", "must not be negative")
+	}
+	if h.FailureThreshold < 0 || h.FailureThreshold > 100 {
+		errs.add(path+".failureThreshold", "must be between 1 and 100")
 	}
 	if h.Interval.Duration > 0 && h.Timeout.Duration > h.Interval.Duration {
 		errs.add(path+".timeout", "must not be longer than the interval (%s)", h.Interval.Duration)

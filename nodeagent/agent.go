@@ -139,7 +139,7 @@ type Agent struct {
 	conn   *grpc.ClientConn
 	client pb.NodeAgentClient
 	berth  pb.BerthClient
-	prober *probe.Prober
+	prober prober
 
 	rt  Runtime
 	dns *berthdns.Server
@@ -158,6 +158,12 @@ type Agent struct {
 
 	starts, restarts, probeFailures prometheus.Counter
 	running                         prometheus.Gauge
+}
+
+// prober runs health probes (probe.Prober; a fake in the loop's tests,
+// which send no packets).
+type prober interface {
+	Check(ctx context.Context, ip string, h *api.Health) error
 }
 
 // New checks the configuration and prepares the connection to the

@@ -71,6 +71,11 @@ type item struct {
 	ranSince      time.Time
 	// pendingExit is an exit that arrived while an operation was in flight.
 	pendingExit *runtime.Exit
+	// readyFails and liveFails count failed probes in a row; the
+	// liveness probe runs beside readiness, at nextLive.
+	readyFails, liveFails int32
+	liveProbing           bool
+	nextLive              time.Time
 	// readySinceStart is set at the first passing probe after a (re)start;
 	// until then probes run every startupProbeEvery, not every interval, so
 	// a replica becomes ready as soon as it listens.
@@ -86,6 +91,8 @@ const (
 	opStart opKind = iota
 	opRestart
 	opStop
+	// opKill stops a running task for a restart (a failed liveness probe).
+	opKill
 )
 
 type opResult struct {
@@ -96,8 +103,9 @@ type opResult struct {
 }
 
 type probeResult struct {
-	id  string
-	err error
+	id   string
+	err  error
+	live bool // the liveness probe (else readiness)
 }
 
 func newLoop(a *Agent) *loop {
@@ -315,6 +323,18 @@ func (l *loop) finished(r opResult) {
 	pending := it.pendingExit
 	it.pendingExit = nil
 	switch r.kind {
+	case opKill:
+		if r.err != nil {
+			it.st.LastError = "liveness restart: " + r.err.Error()
+			break
+		}
+		// The exit this kill caused is the one to act on (its event may
+		// come later; exited ignores it then).
+		msg := it.st.LastError
+		l.exited(runtime.Exit{InstanceID: r.id, Code: 137, At: l.now()})
+		it.st.LastError = msg
+		l.a.running.Set(float64(l.countRunning()))
+		return
 	case opStop:
 		if r.err != nil {
 			it.st.LastError = "stop: " + r.err.Error()
@@ -352,6 +372,13 @@ func (l *loop) finished(r opResult) {
 		it.st.StartedAt = l.now().UTC()
 		it.st.Ready = it.inst.Template.Health == nil
 		it.nextProbe = l.now()
+		if h := it.inst.Template.Health; h != nil {
+			it.nextProbe = l.now().Add(h.InitialDelay.Duration)
+		}
+		if lv := it.inst.Template.Liveness; lv != nil {
+			it.nextLive = l.now().Add(lv.InitialDelay.Duration)
+		}
+		it.readyFails, it.liveFails = 0, 0
 		it.readySinceStart = false
 		if pending != nil {
 			// The new task died before we saw it running.
@@ -399,24 +426,35 @@ func (l *loop) probed(r probeResult) {
 	if it == nil {
 		return
 	}
+	if r.live {
+		l.livenessProbed(r.id, it, r.err)
+		return
+	}
 	it.probing = false
 	if !it.running {
 		return
 	}
 	ready := r.err == nil
-	if !ready {
+	if ready {
+		it.readyFails = 0
+	} else {
+		// Ready until FailureThreshold failures in a row (default 1).
+		it.readyFails++
+		ready = it.st.Ready && it.readyFails < max(1, it.inst.Template.Health.FailureThreshold)
+	}
+	if r.err != nil {
 		l.a.probeFailures.Inc()
 		if it.st.Ready {
 			l.a.logger.Warn("instance not ready", "instance", r.id, "err", r.err)
 		}
 	}
 	it.st.Ready = ready
-	if ready {
+	if r.err == nil {
 		it.readySinceStart = true
 		if strings.HasPrefix(it.st.LastError, readinessPrefix) {
 			it.st.LastError = ""
 		}
-	} else if it.st.LastError == "" || strings.HasPrefix(it.st.LastError, readinessPrefix) {
+	} else if !ready && (it.st.LastError == "" || strings.HasPrefix(it.st.LastError, readinessPrefix)) {
 		// Why it is not ready, for get instances, describe and an event;
 		// an error of the container itself is not overwritten.
 		it.st.LastError = readinessPrefix + r.err.Error()
@@ -426,6 +464,38 @@ func (l *loop) probed(r probeResult) {
 		every = startupProbeEvery
 	}
 	it.nextProbe = l.now().Add(every)
+}
+
+// livenessPrefix starts the last error of a container restarted for
+// failing its liveness probe.
+const livenessPrefix = "liveness probe failed"
+
+// livenessProbed counts a liveness probe; FailureThreshold failures in a
+// row restart the container (through the usual exit and backoff).
+func (l *loop) livenessProbed(id string, it *item, err error) {
+	it.liveProbing = false
+	lv := it.inst.Template.Liveness
+	if !it.running || it.busy || lv == nil {
+		return
+	}
+	it.nextLive = l.now().Add(probe.Interval(lv))
+	if err == nil {
+		it.liveFails = 0
+		return
+	}
+	l.a.probeFailures.Inc()
+	it.liveFails++
+	if it.liveFails < max(1, lv.FailureThreshold) {
+		return
+	}
+	it.liveFails = 0
+	it.st.Ready = false
+	it.st.LastError = fmt.Sprintf("%s %d times in a row: %v; restarting the container", livenessPrefix, lv.FailureThreshold, err)
+	l.a.logger.Warn("liveness probe failed; restarting", "instance", id, "failures", lv.FailureThreshold, "err", err)
+	grace := l.a.cfg.StopGrace
+	l.launch(id, opKill, func(ctx context.Context) (runtime.Container, error) {
+		return runtime.Container{}, l.a.rt.Kill(ctx, id, grace)
+	})
 }
 
 func (l *loop) launch(id string, kind opKind, f func(ctx context.Context) (runtime.Container, error)) {
@@ -568,6 +638,17 @@ func (l *loop) act() {
 				ctx, cancel := context.WithTimeout(l.opCtx, 30*time.Second)
 				defer cancel()
 				l.probes <- probeResult{id: id, err: l.a.prober.Check(ctx, ip, h)}
+			}()
+		}
+		if lv := it.inst.Template.Liveness; lv != nil && it.running && !it.busy && !it.liveProbing && !now.Before(it.nextLive) {
+			it.liveProbing = true
+			ip := it.st.IP
+			l.ops.Add(1) // owned: shutdown cancels and waits for it
+			go func() {
+				defer l.ops.Done()
+				ctx, cancel := context.WithTimeout(l.opCtx, 30*time.Second)
+				defer cancel()
+				l.probes <- probeResult{id: id, err: l.a.prober.Check(ctx, ip, lv), live: true}
 			}()
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,6 +73,16 @@ func (f *fakeRuntime) Stop(_ context.Context, id string, _ time.Duration) error 
 	defer f.mu.Unlock()
 	f.record("stop " + id)
 	delete(f.containers, id)
+	return nil
+}
+
+func (f *fakeRuntime) Kill(_ context.Context, id string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("kill " + id)
+	c := f.containers[id]
+	c.Running = false
+	f.containers[id] = c
 	return nil
 }
 
@@ -169,6 +180,9 @@ func newHarness(t *testing.T) *harness {
 	cfg.Runtime.StateDir = t.TempDir()
 	cfg.MaxBackoff = 8 * time.Second
 	a, err := New(cfg)
+	if err == nil {
+		a.prober = noProbes{} // the tests feed probe results themselves
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,4 +453,55 @@ func TestLoopReportsWhyAnInstanceIsNotReady(t *testing.T) {
 	if st := h.wantPhase("a", api.PhaseRunning); !st.Ready || st.LastError != "" {
 		t.Fatalf("after a passing probe: ready %v, last error %q", st.Ready, st.LastError)
 	}
+}
+
+// A liveness probe failing FailureThreshold times in a row restarts the
+// container (kill, then the usual restart), and says why; fewer failures
+// change nothing. A readiness threshold keeps a ready replica through one
+// bad probe.
+func TestLoopLivenessRestartsAndReadinessThreshold(t *testing.T) {
+	h := newHarness(t)
+	in := running("a")
+	in.Template.Liveness = &pb.Health{Tcp: &pb.TCPProbe{Port: 8080}, Interval: "10s", Timeout: "1s", FailureThreshold: 3}
+	in.Template.Health = &pb.Health{Tcp: &pb.TCPProbe{Port: 8080}, Interval: "10s", Timeout: "1s", FailureThreshold: 2}
+	h.assign(in)
+	h.step()
+	it := h.l.items["a"]
+	ready := func(err error) { it.probing = true; h.l.probed(probeResult{id: "a", err: err}) }
+	live := func(err error) { it.liveProbing = true; h.l.probed(probeResult{id: "a", err: err, live: true}) }
+	ready(nil)
+	ready(errors.New("refused"))
+	if !it.st.Ready {
+		t.Fatal("one failed readiness probe of a threshold of 2 took the replica out")
+	}
+	ready(errors.New("refused"))
+	if it.st.Ready {
+		t.Fatal("two failed readiness probes of a threshold of 2 left the replica in")
+	}
+	live(errors.New("refused"))
+	live(errors.New("refused"))
+	h.step()
+	h.wantCalls("start a")
+	live(errors.New("dial tcp: connection refused"))
+	h.step()
+	h.wantCalls("start a", "kill a")
+	st := h.wantPhase("a", api.PhaseBackoff)
+	if !strings.Contains(st.LastError, "liveness probe failed 3 times in a row: dial tcp: connection refused") {
+		t.Fatalf("last error %q", st.LastError)
+	}
+	h.now = h.now.Add(2 * time.Second)
+	h.step()
+	h.wantCalls("start a", "kill a", "restart a")
+	if st := h.wantPhase("a", api.PhaseRunning); st.Restarts != 1 {
+		t.Fatalf("restarts %d", st.Restarts)
+	}
+}
+
+// noProbes sends no packets: its results are never read by the tests,
+// which call probed themselves.
+type noProbes struct{}
+
+func (noProbes) Check(ctx context.Context, _ string, _ *api.Health) error {
+	<-ctx.Done()
+	return ctx.Err()
 }

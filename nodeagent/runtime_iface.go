@@ -15,6 +15,7 @@ type Runtime interface {
 	Start(ctx context.Context, spec runtime.ContainerSpec) (runtime.Container, error)
 	Restart(ctx context.Context, instanceID string) (runtime.Container, error)
 	Stop(ctx context.Context, instanceID string, grace time.Duration) error
+	Kill(ctx context.Context, instanceID string, grace time.Duration) error
 	List(ctx context.Context) ([]runtime.Container, error)
 	RemoveLeftovers(ctx context.Context) ([]string, error)
 	Exits(ctx context.Context) (<-chan runtime.Exit, error)

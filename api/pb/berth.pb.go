@@ -805,8 +805,11 @@ type ServiceSpec struct {
 	// bytes even if the tag is re-pointed later.
 	ImageDigest     string           `protobuf:"bytes,21,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	SecurityContext *SecurityContext `protobuf:"bytes,22,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Liveness restarts the container when it fails failure_threshold
+	// times in a row.
+	Liveness      *Health `protobuf:"bytes,23,opt,name=liveness,proto3" json:"liveness,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceSpec) Reset() {
@@ -947,6 +950,13 @@ func (x *ServiceSpec) GetImageDigest() string {
 func (x *ServiceSpec) GetSecurityContext() *SecurityContext {
 	if x != nil {
 		return x.SecurityContext
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetLiveness() *Health {
+	if x != nil {
+		return x.Liveness
 	}
 	return nil
 }
@@ -2069,8 +2079,12 @@ type Health struct {
 	Http  *HTTPProbe             `protobuf:"bytes,1,opt,name=http,proto3" json:"http,omitempty"`
 	Tcp   *TCPProbe              `protobuf:"bytes,2,opt,name=tcp,proto3" json:"tcp,omitempty"`
 	// Go duration strings, "2s".
-	Interval      string `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
-	Timeout       string `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Interval         string `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
+	Timeout          string `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	InitialDelay     string `protobuf:"bytes,5,opt,name=initial_delay,json=initialDelay,proto3" json:"initial_delay,omitempty"`
+	FailureThreshold int32  `protobuf:"varint,6,opt,name=failure_threshold,json=failureThreshold,proto3" json:"failure_threshold,omitempty"`
+	// interval's other name; defaults fold it into interval.
+	Period        string `protobuf:"bytes,7,opt,name=period,proto3" json:"period,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2129,6 +2143,27 @@ func (x *Health) GetInterval() string {
 func (x *Health) GetTimeout() string {
 	if x != nil {
 		return x.Timeout
+	}
+	return ""
+}
+
+func (x *Health) GetInitialDelay() string {
+	if x != nil {
+		return x.InitialDelay
+	}
+	return ""
+}
+
+func (x *Health) GetFailureThreshold() int32 {
+	if x != nil {
+		return x.FailureThreshold
+	}
+	return 0
+}
+
+func (x *Health) GetPeriod() string {
+	if x != nil {
+		return x.Period
 	}
 	return ""
 }
@@ -7485,7 +7520,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1f\n" +
 	"\vrollback_to\x18\x04 \x01(\x03R\n" +
-	"rollbackTo\"\xe3\x06\n" +
+	"rollbackTo\"\x91\a\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -7503,7 +7538,8 @@ const file_berth_proto_rawDesc = "" +
 	"\arollout\x18\r \x01(\v2\x15.berth.v1.RolloutSpecR\arollout\x12/\n" +
 	"\asecrets\x18\x14 \x03(\v2\x15.berth.v1.SecretMountR\asecrets\x12!\n" +
 	"\fimage_digest\x18\x15 \x01(\tR\vimageDigest\x12D\n" +
-	"\x10security_context\x18\x16 \x01(\v2\x19.berth.v1.SecurityContextR\x0fsecurityContext\x1a6\n" +
+	"\x10security_context\x18\x16 \x01(\v2\x19.berth.v1.SecurityContextR\x0fsecurityContext\x12,\n" +
+	"\bliveness\x18\x17 \x01(\v2\x10.berth.v1.HealthR\bliveness\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
@@ -7630,12 +7666,15 @@ const file_berth_proto_rawDesc = "" +
 	"\tResources\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\tR\x03cpu\x12\x16\n" +
 	"\x06memory\x18\x02 \x01(\tR\x06memory\x12\x12\n" +
-	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\x8d\x01\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\xf7\x01\n" +
 	"\x06Health\x12'\n" +
 	"\x04http\x18\x01 \x01(\v2\x13.berth.v1.HTTPProbeR\x04http\x12$\n" +
 	"\x03tcp\x18\x02 \x01(\v2\x12.berth.v1.TCPProbeR\x03tcp\x12\x1a\n" +
 	"\binterval\x18\x03 \x01(\tR\binterval\x12\x18\n" +
-	"\atimeout\x18\x04 \x01(\tR\atimeout\"3\n" +
+	"\atimeout\x18\x04 \x01(\tR\atimeout\x12#\n" +
+	"\rinitial_delay\x18\x05 \x01(\tR\finitialDelay\x12+\n" +
+	"\x11failure_threshold\x18\x06 \x01(\x05R\x10failureThreshold\x12\x16\n" +
+	"\x06period\x18\a \x01(\tR\x06period\"3\n" +
 	"\tHTTPProbe\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\"\x1e\n" +
@@ -8231,173 +8270,174 @@ var file_berth_proto_depIdxs = []int32{
 	15,  // 20: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
 	13,  // 21: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
 	12,  // 22: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
-	122, // 23: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
-	8,   // 24: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
-	123, // 25: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
-	129, // 26: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	129, // 27: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
-	16,  // 28: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
-	17,  // 29: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	129, // 30: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	129, // 31: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	8,   // 32: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	129, // 33: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	129, // 34: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
-	25,  // 35: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	26,  // 36: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	11,  // 37: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	129, // 38: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	129, // 39: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	129, // 40: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	29,  // 41: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	129, // 42: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	129, // 43: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	124, // 44: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	31,  // 45: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	129, // 46: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	129, // 47: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	31,  // 48: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	129, // 49: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	129, // 50: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	9,   // 51: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	21,  // 52: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
-	14,  // 53: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
-	35,  // 54: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	9,   // 55: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	38,  // 56: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	9,   // 57: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	45,  // 58: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	33,  // 59: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	28,  // 60: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	30,  // 61: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	45,  // 62: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	32,  // 63: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	129, // 64: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	54,  // 65: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	33,  // 66: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	125, // 67: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	31,  // 68: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	28,  // 69: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	30,  // 70: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	126, // 71: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
-	30,  // 72: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	68,  // 73: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	22,  // 74: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	27,  // 75: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	69,  // 76: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	70,  // 77: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	129, // 78: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	129, // 79: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	72,  // 80: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
-	72,  // 81: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
-	32,  // 82: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	129, // 83: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	92,  // 84: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	129, // 85: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	95,  // 86: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	21,  // 87: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	101, // 88: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	101, // 89: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	33,  // 90: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	14,  // 91: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
-	127, // 92: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
-	128, // 93: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
-	117, // 94: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
-	34,  // 95: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	37,  // 96: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	40,  // 97: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	42,  // 98: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	44,  // 99: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	47,  // 100: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	49,  // 101: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	51,  // 102: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	52,  // 103: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
-	56,  // 104: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	71,  // 105: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	74,  // 106: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	76,  // 107: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	78,  // 108: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	79,  // 109: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	81,  // 110: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	83,  // 111: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	85,  // 112: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	87,  // 113: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	91,  // 114: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	94,  // 115: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	97,  // 116: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	98,  // 117: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	99,  // 118: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	100, // 119: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	103, // 120: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	105, // 121: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	107, // 122: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	0,   // 123: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 124: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
-	7,   // 125: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
-	112, // 126: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
-	114, // 127: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
-	58,  // 128: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	60,  // 129: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	62,  // 130: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	64,  // 131: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	66,  // 132: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	89,  // 133: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	111, // 134: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	109, // 135: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	116, // 136: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	0,   // 137: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 138: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
-	7,   // 139: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
-	36,  // 140: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	39,  // 141: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	41,  // 142: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	43,  // 143: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	46,  // 144: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	48,  // 145: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	50,  // 146: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	55,  // 147: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	53,  // 148: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	57,  // 149: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	73,  // 150: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	75,  // 151: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	77,  // 152: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	80,  // 153: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	80,  // 154: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	82,  // 155: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	84,  // 156: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	86,  // 157: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	88,  // 158: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	93,  // 159: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	96,  // 160: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	35,  // 161: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	18,  // 162: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	18,  // 163: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	102, // 164: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	104, // 165: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	106, // 166: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	108, // 167: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	1,   // 168: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
-	5,   // 169: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 170: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
-	113, // 171: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	115, // 172: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	59,  // 173: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	61,  // 174: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	63,  // 175: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	65,  // 176: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	67,  // 177: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	90,  // 178: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	49,  // 179: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	110, // 180: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	118, // 181: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	1,   // 182: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
-	5,   // 183: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 184: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
-	140, // [140:185] is the sub-list for method output_type
-	95,  // [95:140] is the sub-list for method input_type
-	95,  // [95:95] is the sub-list for extension type_name
-	95,  // [95:95] is the sub-list for extension extendee
-	0,   // [0:95] is the sub-list for field type_name
+	24,  // 23: berth.v1.ServiceSpec.liveness:type_name -> berth.v1.Health
+	122, // 24: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	8,   // 25: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
+	123, // 26: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	129, // 27: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	129, // 28: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	16,  // 29: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
+	17,  // 30: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
+	129, // 31: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	129, // 32: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	8,   // 33: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	129, // 34: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	129, // 35: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	25,  // 36: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	26,  // 37: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	11,  // 38: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	129, // 39: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	129, // 40: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	129, // 41: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	29,  // 42: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	129, // 43: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	129, // 44: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	124, // 45: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	31,  // 46: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	129, // 47: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	129, // 48: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	31,  // 49: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	129, // 50: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	129, // 51: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	9,   // 52: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	21,  // 53: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	14,  // 54: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
+	35,  // 55: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	9,   // 56: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	38,  // 57: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	9,   // 58: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	45,  // 59: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	33,  // 60: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	28,  // 61: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	30,  // 62: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	45,  // 63: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	32,  // 64: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	129, // 65: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	54,  // 66: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	33,  // 67: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	125, // 68: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	31,  // 69: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	28,  // 70: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	30,  // 71: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	126, // 72: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	30,  // 73: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	68,  // 74: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	22,  // 75: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	27,  // 76: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	69,  // 77: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	70,  // 78: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	129, // 79: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	129, // 80: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	72,  // 81: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	72,  // 82: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	32,  // 83: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	129, // 84: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	92,  // 85: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	129, // 86: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	95,  // 87: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	21,  // 88: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	101, // 89: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	101, // 90: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	33,  // 91: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	14,  // 92: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
+	127, // 93: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	128, // 94: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	117, // 95: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	34,  // 96: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	37,  // 97: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	40,  // 98: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	42,  // 99: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	44,  // 100: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	47,  // 101: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	49,  // 102: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	51,  // 103: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	52,  // 104: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	56,  // 105: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	71,  // 106: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	74,  // 107: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	76,  // 108: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	78,  // 109: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	79,  // 110: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	81,  // 111: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	83,  // 112: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	85,  // 113: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	87,  // 114: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	91,  // 115: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	94,  // 116: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	97,  // 117: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	98,  // 118: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	99,  // 119: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	100, // 120: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	103, // 121: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	105, // 122: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	107, // 123: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	0,   // 124: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 125: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
+	7,   // 126: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
+	112, // 127: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	114, // 128: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	58,  // 129: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	60,  // 130: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	62,  // 131: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	64,  // 132: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	66,  // 133: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	89,  // 134: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	111, // 135: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	109, // 136: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	116, // 137: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	0,   // 138: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 139: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
+	7,   // 140: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
+	36,  // 141: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	39,  // 142: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	41,  // 143: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	43,  // 144: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	46,  // 145: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	48,  // 146: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	50,  // 147: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	55,  // 148: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	53,  // 149: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	57,  // 150: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	73,  // 151: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	75,  // 152: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	77,  // 153: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	80,  // 154: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	80,  // 155: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	82,  // 156: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	84,  // 157: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	86,  // 158: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	88,  // 159: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	93,  // 160: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	96,  // 161: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	35,  // 162: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	18,  // 163: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	18,  // 164: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	102, // 165: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	104, // 166: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	106, // 167: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	108, // 168: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	1,   // 169: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
+	5,   // 170: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 171: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
+	113, // 172: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	115, // 173: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	59,  // 174: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	61,  // 175: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	63,  // 176: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	65,  // 177: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	67,  // 178: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	90,  // 179: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	49,  // 180: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	110, // 181: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	118, // 182: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	1,   // 183: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
+	5,   // 184: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 185: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
+	141, // [141:186] is the sub-list for method output_type
+	96,  // [96:141] is the sub-list for method input_type
+	96,  // [96:96] is the sub-list for extension type_name
+	96,  // [96:96] is the sub-list for extension extendee
+	0,   // [0:96] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }

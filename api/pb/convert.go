@@ -6,6 +6,7 @@ package pb
 
 import (
 	"fmt"
+	"sort"
 	"maps"
 	"time"
 
@@ -71,19 +72,51 @@ func ToService(p *Service) *api.Service {
 	return s
 }
 
-// BadDurations lists the health durations of a wire spec that do not parse,
-// as "field: value" pairs, so the API server can reject them by name.
+// BadDurations lists the probe durations of a wire spec that do not
+// parse, as "field: value" pairs, so the API server can reject them by
+// name.
 func BadDurations(p *ServiceSpec) []string {
 	var bad []string
-	if h := p.GetHealth(); h != nil {
-		if _, err := time.ParseDuration(h.Interval); h.Interval != "" && err != nil {
-			bad = append(bad, "spec.health.interval: invalid duration "+h.Interval)
+	for name, h := range map[string]*Health{"health": p.GetHealth(), "liveness": p.GetLiveness()} {
+		if h == nil {
+			continue
 		}
-		if _, err := time.ParseDuration(h.Timeout); h.Timeout != "" && err != nil {
-			bad = append(bad, "spec.health.timeout: invalid duration "+h.Timeout)
+		for field, v := range map[string]string{"interval": h.Interval, "period": h.Period, "timeout": h.Timeout, "initialDelay": h.InitialDelay} {
+			if _, err := time.ParseDuration(v); v != "" && err != nil {
+				bad = append(bad, "spec."+name+"."+field+": invalid duration "+v)
+			}
 		}
 	}
+	sort.Strings(bad)
 	return bad
+}
+
+func fromHealth(h *api.Health) *Health {
+	if h == nil {
+		return nil
+	}
+	ph := &Health{Interval: durString(h.Interval), Period: durString(h.Period), Timeout: durString(h.Timeout), InitialDelay: durString(h.InitialDelay), FailureThreshold: h.FailureThreshold}
+	if h.HTTP != nil {
+		ph.Http = &HTTPProbe{Path: h.HTTP.Path, Port: h.HTTP.Port}
+	}
+	if h.TCP != nil {
+		ph.Tcp = &TCPProbe{Port: h.TCP.Port}
+	}
+	return ph
+}
+
+func toHealth(h *Health) *api.Health {
+	if h == nil {
+		return nil
+	}
+	ah := &api.Health{Interval: parseDur(h.Interval), Period: parseDur(h.Period), Timeout: parseDur(h.Timeout), InitialDelay: parseDur(h.InitialDelay), FailureThreshold: h.FailureThreshold}
+	if h.Http != nil {
+		ah.HTTP = &api.HTTPProbe{Path: h.Http.Path, Port: h.Http.Port}
+	}
+	if h.Tcp != nil {
+		ah.TCP = &api.TCPProbe{Port: h.Tcp.Port}
+	}
+	return ah
 }
 
 // FromSpec converts a spec to the wire.
@@ -135,16 +168,7 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 		pr.ProgressDeadline = durString(r.ProgressDeadline)
 		p.Rollout = pr
 	}
-	if h := s.Health; h != nil {
-		ph := &Health{Interval: durString(h.Interval), Timeout: durString(h.Timeout)}
-		if h.HTTP != nil {
-			ph.Http = &HTTPProbe{Path: h.HTTP.Path, Port: h.HTTP.Port}
-		}
-		if h.TCP != nil {
-			ph.Tcp = &TCPProbe{Port: h.TCP.Port}
-		}
-		p.Health = ph
-	}
+	p.Health, p.Liveness = fromHealth(s.Health), fromHealth(s.Liveness)
 	if r := s.Route; r != nil {
 		p.Route = &Route{Hosts: r.Hosts, Paths: r.Paths}
 	}
@@ -202,16 +226,7 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 		ar.ProgressDeadline = parseDur(r.ProgressDeadline)
 		s.Rollout = ar
 	}
-	if h := p.GetHealth(); h != nil {
-		ah := &api.Health{Interval: parseDur(h.Interval), Timeout: parseDur(h.Timeout)}
-		if h.Http != nil {
-			ah.HTTP = &api.HTTPProbe{Path: h.Http.Path, Port: h.Http.Port}
-		}
-		if h.Tcp != nil {
-			ah.TCP = &api.TCPProbe{Port: h.Tcp.Port}
-		}
-		s.Health = ah
-	}
+	s.Health, s.Liveness = toHealth(p.GetHealth()), toHealth(p.GetLiveness())
 	if r := p.GetRoute(); r != nil {
 		s.Route = &api.Route{Hosts: r.Hosts, Paths: r.Paths}
 	}

@@ -279,12 +279,26 @@ func newDescribeCmd(g *globalOptions) *cobra.Command {
 				if r := s.Spec.Resources; r != nil && (r.Cpu != "" || r.Memory != "") {
 					fmt.Fprintf(w, "Resources:   cpu %s, memory %s\n", r.Cpu, r.Memory)
 				}
-				if h := s.Spec.Health; h != nil {
+				for _, pr := range []struct {
+					name string
+					h    *pb.Health
+				}{{"Health:     ", s.Spec.Health}, {"Liveness:   ", s.Spec.Liveness}} {
+					h := pr.h
+					if h == nil {
+						continue
+					}
+					extra := ""
+					if h.InitialDelay != "" {
+						extra += ", first after " + h.InitialDelay
+					}
+					if h.FailureThreshold > 1 {
+						extra += fmt.Sprintf(", %d failures in a row count", h.FailureThreshold)
+					}
 					switch {
 					case h.Http != nil:
-						fmt.Fprintf(w, "Health:      http GET :%d%s every %s (timeout %s)\n", h.Http.Port, h.Http.Path, h.Interval, h.Timeout)
+						fmt.Fprintf(w, "%s http GET :%d%s every %s (timeout %s%s)\n", pr.name, h.Http.Port, h.Http.Path, h.Interval, h.Timeout, extra)
 					case h.Tcp != nil:
-						fmt.Fprintf(w, "Health:      tcp :%d every %s (timeout %s)\n", h.Tcp.Port, h.Interval, h.Timeout)
+						fmt.Fprintf(w, "%s tcp :%d every %s (timeout %s%s)\n", pr.name, h.Tcp.Port, h.Interval, h.Timeout, extra)
 					}
 				}
 				if r := s.Spec.Route; r != nil {

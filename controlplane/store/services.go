@@ -333,6 +333,9 @@ func DescribeChange(a, b api.ServiceSpec) string {
 	if mustJSON(a.Health) != mustJSON(b.Health) {
 		parts = append(parts, "health")
 	}
+	if mustJSON(a.Liveness) != mustJSON(b.Liveness) {
+		parts = append(parts, "liveness")
+	}
 	if mustJSON(a.Volumes) != mustJSON(b.Volumes) || mustJSON(a.VolumeTemplates) != mustJSON(b.VolumeTemplates) {
 		parts = append(parts, "volumes")
 	}

@@ -605,6 +605,25 @@ func (r *Runtime) teardown(ctx context.Context, id string, grace time.Duration, 
 	return errors.Join(errs...)
 }
 
+// Kill stops the instance's task (SIGTERM, SIGKILL after grace) and
+// deletes it, keeping the container, its network and its writable layer:
+// Restart starts it again (a failed liveness probe).
+func (r *Runtime) Kill(ctx context.Context, instanceID string, grace time.Duration) error {
+	unlock := r.lock(instanceID)
+	defer unlock()
+	ctr, err := r.client.LoadContainer(ctx, instanceID)
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("runtime: kill %s: %w", instanceID, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("runtime: kill %s: %w", instanceID, err)
+	}
+	if err := r.stopTask(ctx, ctr, grace); err != nil {
+		return fmt.Errorf("runtime: kill %s: %w", instanceID, err)
+	}
+	return nil
+}
+
 // stopTask stops and deletes the container's task, if it has one.
 func (r *Runtime) stopTask(ctx context.Context, ctr containerd.Container, grace time.Duration) error {
 	task, err := ctr.Task(ctx, nil)
