@@ -6,8 +6,8 @@ package pb
 
 import (
 	"fmt"
-	"sort"
 	"maps"
+	"sort"
 	"time"
 
 	"github.com/berth-dev/berth/api"
