@@ -7,6 +7,8 @@ GO ?= go
 BIN := bin
 IMAGES := images
 GOFLAGS_BUILD := -trimpath
+# What `berth version` prints: the commit, marked when the tree differs.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 TEST_TIMEOUT ?= 10m
 
 .PHONY: all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
@@ -20,7 +22,7 @@ containerd: deps
 	@scripts/start-containerd.sh
 
 build:
-	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/berth ./cmd/berth
+	$(GO) build $(GOFLAGS_BUILD) -ldflags "-X github.com/berth-dev/berth/internal/buildinfo.version=$(VERSION)" -o $(BIN)/berth ./cmd/berth
 
 # The example app as OCI image tarballs, built without Docker.
 images:

@@ -106,6 +106,10 @@ type ServiceSpec struct {
 	// a revision keeps its bytes when a tag is re-pointed later, and undo
 	// brings the old bytes back.
 	ImageDigest string `json:"imageDigest,omitempty"`
+	// RestartedAt is set by `berth rollout restart` (server-set, kept by
+	// later applies that leave it out): a new revision of the same
+	// template, so every replica is replaced.
+	RestartedAt time.Time `json:"restartedAt,omitzero"`
 }
 
 // SecurityContext is a container's user, root filesystem and capability

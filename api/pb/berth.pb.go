@@ -807,7 +807,8 @@ type ServiceSpec struct {
 	SecurityContext *SecurityContext `protobuf:"bytes,22,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
 	// Liveness restarts the container when it fails failure_threshold
 	// times in a row.
-	Liveness      *Health `protobuf:"bytes,23,opt,name=liveness,proto3" json:"liveness,omitempty"`
+	Liveness      *Health                `protobuf:"bytes,23,opt,name=liveness,proto3" json:"liveness,omitempty"`
+	RestartedAt   *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=restarted_at,json=restartedAt,proto3" json:"restarted_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -957,6 +958,13 @@ func (x *ServiceSpec) GetSecurityContext() *SecurityContext {
 func (x *ServiceSpec) GetLiveness() *Health {
 	if x != nil {
 		return x.Liveness
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetRestartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RestartedAt
 	}
 	return nil
 }
@@ -7454,6 +7462,214 @@ func (x *InstanceSecretsResponse) GetSecrets() map[string]*SecretData {
 	return nil
 }
 
+type ScaleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Replicas      int32                  `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleRequest) Reset() {
+	*x = ScaleRequest{}
+	mi := &file_berth_proto_msgTypes[119]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleRequest) ProtoMessage() {}
+
+func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[119]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
+func (*ScaleRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{119}
+}
+
+func (x *ScaleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ScaleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ScaleRequest) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+type RestartRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartRequest) Reset() {
+	*x = RestartRequest{}
+	mi := &file_berth_proto_msgTypes[120]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartRequest) ProtoMessage() {}
+
+func (x *RestartRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[120]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
+func (*RestartRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{120}
+}
+
+func (x *RestartRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RestartRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type VersionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VersionRequest) Reset() {
+	*x = VersionRequest{}
+	mi := &file_berth_proto_msgTypes[121]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionRequest) ProtoMessage() {}
+
+func (x *VersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[121]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
+func (*VersionRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{121}
+}
+
+type VersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	GoVersion     string                 `protobuf:"bytes,2,opt,name=go_version,json=goVersion,proto3" json:"go_version,omitempty"`
+	Commit        string                 `protobuf:"bytes,3,opt,name=commit,proto3" json:"commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VersionResponse) Reset() {
+	*x = VersionResponse{}
+	mi := &file_berth_proto_msgTypes[122]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionResponse) ProtoMessage() {}
+
+func (x *VersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[122]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
+func (*VersionResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{122}
+}
+
+func (x *VersionResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *VersionResponse) GetGoVersion() string {
+	if x != nil {
+		return x.GoVersion
+	}
+	return ""
+}
+
+func (x *VersionResponse) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
 var File_berth_proto protoreflect.FileDescriptor
 
 const file_berth_proto_rawDesc = "" +
@@ -7520,7 +7736,7 @@ const file_berth_proto_rawDesc = "" +
 	"\n" +
 	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1f\n" +
 	"\vrollback_to\x18\x04 \x01(\x03R\n" +
-	"rollbackTo\"\x91\a\n" +
+	"rollbackTo\"\xd0\a\n" +
 	"\vServiceSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -7539,7 +7755,8 @@ const file_berth_proto_rawDesc = "" +
 	"\asecrets\x18\x14 \x03(\v2\x15.berth.v1.SecretMountR\asecrets\x12!\n" +
 	"\fimage_digest\x18\x15 \x01(\tR\vimageDigest\x12D\n" +
 	"\x10security_context\x18\x16 \x01(\v2\x19.berth.v1.SecurityContextR\x0fsecurityContext\x12,\n" +
-	"\bliveness\x18\x17 \x01(\v2\x10.berth.v1.HealthR\bliveness\x1a6\n" +
+	"\bliveness\x18\x17 \x01(\v2\x10.berth.v1.HealthR\bliveness\x12=\n" +
+	"\frestarted_at\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\vrestartedAt\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
@@ -8043,7 +8260,20 @@ const file_berth_proto_rawDesc = "" +
 	"\asecrets\x18\x01 \x03(\v2..berth.v1.InstanceSecretsResponse.SecretsEntryR\asecrets\x1aP\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
-	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x012\xd3\x12\n" +
+	"\x05value\x18\x02 \x01(\v2\x14.berth.v1.SecretDataR\x05value:\x028\x01\"\\\n" +
+	"\fScaleRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\x05R\breplicas\"B\n" +
+	"\x0eRestartRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x10\n" +
+	"\x0eVersionRequest\"b\n" +
+	"\x0fVersionResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
+	"\n" +
+	"go_version\x18\x02 \x01(\tR\tgoVersion\x12\x16\n" +
+	"\x06commit\x18\x03 \x01(\tR\x06commit2\x87\x14\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -8072,7 +8302,10 @@ const file_berth_proto_rawDesc = "" +
 	"\tDrainNode\x12\x1a.berth.v1.DrainNodeRequest\x1a\x1b.berth.v1.DrainNodeResponse\x12M\n" +
 	"\fListGateways\x12\x1d.berth.v1.ListGatewaysRequest\x1a\x1e.berth.v1.ListGatewaysResponse\x12P\n" +
 	"\rListRevisions\x12\x1e.berth.v1.ListRevisionsRequest\x1a\x1f.berth.v1.ListRevisionsResponse\x124\n" +
-	"\x04Undo\x12\x15.berth.v1.UndoRequest\x1a\x15.berth.v1.ApplyResult\x12<\n" +
+	"\x04Undo\x12\x15.berth.v1.UndoRequest\x1a\x15.berth.v1.ApplyResult\x126\n" +
+	"\x05Scale\x12\x16.berth.v1.ScaleRequest\x1a\x15.berth.v1.ApplyResult\x12:\n" +
+	"\aRestart\x12\x18.berth.v1.RestartRequest\x1a\x15.berth.v1.ApplyResult\x12>\n" +
+	"\aVersion\x12\x18.berth.v1.VersionRequest\x1a\x19.berth.v1.VersionResponse\x12<\n" +
 	"\rRolloutStatus\x12\x18.berth.v1.RolloutRequest\x1a\x11.berth.v1.Rollout\x12B\n" +
 	"\rRolloutAction\x12\x1e.berth.v1.RolloutActionRequest\x1a\x11.berth.v1.Rollout\x12J\n" +
 	"\vListVolumes\x12\x1c.berth.v1.ListVolumesRequest\x1a\x1d.berth.v1.ListVolumesResponse\x12?\n" +
@@ -8113,7 +8346,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 129)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 133)
 var file_berth_proto_goTypes = []any{
 	(*LogsRequest)(nil),             // 0: berth.v1.LogsRequest
 	(*LogLine)(nil),                 // 1: berth.v1.LogLine
@@ -8234,210 +8467,221 @@ var file_berth_proto_goTypes = []any{
 	(*InstanceSecretsRequest)(nil),  // 116: berth.v1.InstanceSecretsRequest
 	(*SecretData)(nil),              // 117: berth.v1.SecretData
 	(*InstanceSecretsResponse)(nil), // 118: berth.v1.InstanceSecretsResponse
-	nil,                             // 119: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 120: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 121: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 122: berth.v1.SecretMount.EnvEntry
-	nil,                             // 123: berth.v1.Secret.DataEntry
-	nil,                             // 124: berth.v1.Node.LabelsEntry
-	nil,                             // 125: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 126: berth.v1.Assignments.VolumeSizesEntry
-	nil,                             // 127: berth.v1.SecretData.DataEntry
-	nil,                             // 128: berth.v1.InstanceSecretsResponse.SecretsEntry
-	(*timestamppb.Timestamp)(nil),   // 129: google.protobuf.Timestamp
+	(*ScaleRequest)(nil),            // 119: berth.v1.ScaleRequest
+	(*RestartRequest)(nil),          // 120: berth.v1.RestartRequest
+	(*VersionRequest)(nil),          // 121: berth.v1.VersionRequest
+	(*VersionResponse)(nil),         // 122: berth.v1.VersionResponse
+	nil,                             // 123: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 124: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 125: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 126: berth.v1.SecretMount.EnvEntry
+	nil,                             // 127: berth.v1.Secret.DataEntry
+	nil,                             // 128: berth.v1.Node.LabelsEntry
+	nil,                             // 129: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 130: berth.v1.Assignments.VolumeSizesEntry
+	nil,                             // 131: berth.v1.SecretData.DataEntry
+	nil,                             // 132: berth.v1.InstanceSecretsResponse.SecretsEntry
+	(*timestamppb.Timestamp)(nil),   // 133: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	129, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	129, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	133, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	133, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	2,   // 2: berth.v1.ExecStart.size:type_name -> berth.v1.TerminalSize
 	3,   // 3: berth.v1.ExecInput.start:type_name -> berth.v1.ExecStart
 	2,   // 4: berth.v1.ExecInput.resize:type_name -> berth.v1.TerminalSize
 	6,   // 5: berth.v1.PortForwardData.start:type_name -> berth.v1.PortForwardStart
-	119, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	123, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	8,   // 7: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	11,  // 8: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	10,  // 9: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	129, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	129, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	120, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	133, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	133, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	124, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	22,  // 13: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	23,  // 14: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	24,  // 15: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	27,  // 16: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	121, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	125, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
 	19,  // 18: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	20,  // 19: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	15,  // 20: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
 	13,  // 21: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
 	12,  // 22: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
 	24,  // 23: berth.v1.ServiceSpec.liveness:type_name -> berth.v1.Health
-	122, // 24: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
-	8,   // 25: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
-	123, // 26: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
-	129, // 27: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	129, // 28: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
-	16,  // 29: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
-	17,  // 30: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	129, // 31: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	129, // 32: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	8,   // 33: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	129, // 34: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	129, // 35: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
-	25,  // 36: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
-	26,  // 37: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
-	11,  // 38: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	129, // 39: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	129, // 40: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	129, // 41: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
-	29,  // 42: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	129, // 43: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	129, // 44: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	124, // 45: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
-	31,  // 46: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	129, // 47: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	129, // 48: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
-	31,  // 49: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	129, // 50: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	129, // 51: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
-	9,   // 52: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
-	21,  // 53: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
-	14,  // 54: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
-	35,  // 55: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
-	9,   // 56: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
-	38,  // 57: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
-	9,   // 58: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
-	45,  // 59: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
-	33,  // 60: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
-	28,  // 61: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
-	30,  // 62: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
-	45,  // 63: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
-	32,  // 64: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	129, // 65: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
-	54,  // 66: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	33,  // 67: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	125, // 68: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
-	31,  // 69: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
-	28,  // 70: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
-	30,  // 71: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	126, // 72: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
-	30,  // 73: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	68,  // 74: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	22,  // 75: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	27,  // 76: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	69,  // 77: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	70,  // 78: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	129, // 79: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	129, // 80: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	72,  // 81: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
-	72,  // 82: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
-	32,  // 83: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	129, // 84: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	92,  // 85: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	129, // 86: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	95,  // 87: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	21,  // 88: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	101, // 89: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	101, // 90: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	33,  // 91: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	14,  // 92: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
-	127, // 93: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
-	128, // 94: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
-	117, // 95: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
-	34,  // 96: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	37,  // 97: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	40,  // 98: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	42,  // 99: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	44,  // 100: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	47,  // 101: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	49,  // 102: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	51,  // 103: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	52,  // 104: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
-	56,  // 105: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	71,  // 106: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	74,  // 107: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	76,  // 108: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	78,  // 109: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	79,  // 110: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	81,  // 111: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	83,  // 112: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	85,  // 113: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	87,  // 114: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	91,  // 115: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	94,  // 116: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	97,  // 117: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	98,  // 118: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	99,  // 119: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	100, // 120: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	103, // 121: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	105, // 122: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	107, // 123: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	0,   // 124: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 125: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
-	7,   // 126: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
-	112, // 127: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
-	114, // 128: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
-	58,  // 129: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	60,  // 130: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	62,  // 131: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	64,  // 132: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	66,  // 133: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	89,  // 134: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	111, // 135: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	109, // 136: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	116, // 137: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	0,   // 138: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 139: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
-	7,   // 140: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
-	36,  // 141: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	39,  // 142: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	41,  // 143: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	43,  // 144: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	46,  // 145: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	48,  // 146: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	50,  // 147: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	55,  // 148: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	53,  // 149: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	57,  // 150: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	73,  // 151: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	75,  // 152: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	77,  // 153: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	80,  // 154: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	80,  // 155: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	82,  // 156: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	84,  // 157: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	86,  // 158: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	88,  // 159: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	93,  // 160: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	96,  // 161: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	35,  // 162: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	18,  // 163: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	18,  // 164: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	102, // 165: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	104, // 166: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	106, // 167: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	108, // 168: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	1,   // 169: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
-	5,   // 170: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 171: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
-	113, // 172: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	115, // 173: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	59,  // 174: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	61,  // 175: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	63,  // 176: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	65,  // 177: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	67,  // 178: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	90,  // 179: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	49,  // 180: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	110, // 181: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	118, // 182: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	1,   // 183: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
-	5,   // 184: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 185: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
-	141, // [141:186] is the sub-list for method output_type
-	96,  // [96:141] is the sub-list for method input_type
-	96,  // [96:96] is the sub-list for extension type_name
-	96,  // [96:96] is the sub-list for extension extendee
-	0,   // [0:96] is the sub-list for field type_name
+	133, // 24: berth.v1.ServiceSpec.restarted_at:type_name -> google.protobuf.Timestamp
+	126, // 25: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	8,   // 26: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
+	127, // 27: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	133, // 28: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	133, // 29: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	16,  // 30: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
+	17,  // 31: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
+	133, // 32: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	133, // 33: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	8,   // 34: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
+	133, // 35: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	133, // 36: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	25,  // 37: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
+	26,  // 38: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
+	11,  // 39: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
+	133, // 40: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	133, // 41: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	133, // 42: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	29,  // 43: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
+	133, // 44: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	133, // 45: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	128, // 46: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	31,  // 47: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
+	133, // 48: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	133, // 49: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	31,  // 50: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
+	133, // 51: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	133, // 52: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	9,   // 53: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
+	21,  // 54: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
+	14,  // 55: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
+	35,  // 56: berth.v1.ApplyResponse.results:type_name -> berth.v1.ApplyResult
+	9,   // 57: berth.v1.ServiceSummary.service:type_name -> berth.v1.Service
+	38,  // 58: berth.v1.ListServicesResponse.services:type_name -> berth.v1.ServiceSummary
+	9,   // 59: berth.v1.ServiceDetail.service:type_name -> berth.v1.Service
+	45,  // 60: berth.v1.ServiceDetail.instances:type_name -> berth.v1.InstanceView
+	33,  // 61: berth.v1.ServiceDetail.events:type_name -> berth.v1.Event
+	28,  // 62: berth.v1.InstanceView.instance:type_name -> berth.v1.Instance
+	30,  // 63: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
+	45,  // 64: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
+	32,  // 65: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
+	133, // 66: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	54,  // 67: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	33,  // 68: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
+	129, // 69: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	31,  // 70: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
+	28,  // 71: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
+	30,  // 72: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
+	130, // 73: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	30,  // 74: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
+	68,  // 75: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	22,  // 76: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	27,  // 77: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	69,  // 78: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	70,  // 79: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	133, // 80: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	133, // 81: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	72,  // 82: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	72,  // 83: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	32,  // 84: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	133, // 85: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	92,  // 86: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	133, // 87: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	95,  // 88: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	21,  // 89: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	101, // 90: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	101, // 91: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	33,  // 92: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	14,  // 93: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
+	131, // 94: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	132, // 95: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	117, // 96: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	34,  // 97: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	37,  // 98: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	40,  // 99: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	42,  // 100: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	44,  // 101: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	47,  // 102: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	49,  // 103: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	51,  // 104: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	52,  // 105: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	56,  // 106: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	71,  // 107: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	74,  // 108: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	76,  // 109: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	78,  // 110: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	79,  // 111: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	81,  // 112: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	83,  // 113: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	85,  // 114: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	87,  // 115: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	91,  // 116: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	94,  // 117: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	97,  // 118: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	119, // 119: berth.v1.Berth.Scale:input_type -> berth.v1.ScaleRequest
+	120, // 120: berth.v1.Berth.Restart:input_type -> berth.v1.RestartRequest
+	121, // 121: berth.v1.Berth.Version:input_type -> berth.v1.VersionRequest
+	98,  // 122: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	99,  // 123: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	100, // 124: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	103, // 125: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	105, // 126: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	107, // 127: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	0,   // 128: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 129: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
+	7,   // 130: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
+	112, // 131: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	114, // 132: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	58,  // 133: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	60,  // 134: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	62,  // 135: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	64,  // 136: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	66,  // 137: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	89,  // 138: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	111, // 139: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	109, // 140: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	116, // 141: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	0,   // 142: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 143: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
+	7,   // 144: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
+	36,  // 145: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	39,  // 146: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	41,  // 147: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	43,  // 148: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	46,  // 149: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	48,  // 150: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	50,  // 151: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	55,  // 152: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	53,  // 153: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	57,  // 154: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	73,  // 155: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	75,  // 156: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	77,  // 157: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	80,  // 158: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	80,  // 159: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	82,  // 160: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	84,  // 161: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	86,  // 162: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	88,  // 163: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	93,  // 164: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	96,  // 165: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	35,  // 166: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	35,  // 167: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
+	35,  // 168: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
+	122, // 169: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
+	18,  // 170: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	18,  // 171: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	102, // 172: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	104, // 173: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	106, // 174: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	108, // 175: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	1,   // 176: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
+	5,   // 177: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 178: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
+	113, // 179: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	115, // 180: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	59,  // 181: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	61,  // 182: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	63,  // 183: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	65,  // 184: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	67,  // 185: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	90,  // 186: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	49,  // 187: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	110, // 188: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	118, // 189: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	1,   // 190: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
+	5,   // 191: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 192: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
+	145, // [145:193] is the sub-list for method output_type
+	97,  // [97:145] is the sub-list for method input_type
+	97,  // [97:97] is the sub-list for extension type_name
+	97,  // [97:97] is the sub-list for extension extendee
+	0,   // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -8454,7 +8698,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   129,
+			NumMessages:   133,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -48,6 +48,9 @@ const (
 	Berth_ListGateways_FullMethodName     = "/berth.v1.Berth/ListGateways"
 	Berth_ListRevisions_FullMethodName    = "/berth.v1.Berth/ListRevisions"
 	Berth_Undo_FullMethodName             = "/berth.v1.Berth/Undo"
+	Berth_Scale_FullMethodName            = "/berth.v1.Berth/Scale"
+	Berth_Restart_FullMethodName          = "/berth.v1.Berth/Restart"
+	Berth_Version_FullMethodName          = "/berth.v1.Berth/Version"
 	Berth_RolloutStatus_FullMethodName    = "/berth.v1.Berth/RolloutStatus"
 	Berth_RolloutAction_FullMethodName    = "/berth.v1.Berth/RolloutAction"
 	Berth_ListVolumes_FullMethodName      = "/berth.v1.Berth/ListVolumes"
@@ -115,6 +118,13 @@ type BerthClient interface {
 	// Undo rolls a service back to an earlier revision (default: the one
 	// before the current), as a new revision.
 	Undo(ctx context.Context, in *UndoRequest, opts ...grpc.CallOption) (*ApplyResult, error)
+	// Scale sets a service's replicas (nothing else changes).
+	Scale(ctx context.Context, in *ScaleRequest, opts ...grpc.CallOption) (*ApplyResult, error)
+	// Restart replaces every replica of a service: a new revision of the
+	// same template, rolled out like an undo (no canary steps).
+	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*ApplyResult, error)
+	// Version is the server's build.
+	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
 	RolloutStatus(ctx context.Context, in *RolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
 	// RolloutAction pauses, resumes, promotes or aborts a canary.
 	RolloutAction(ctx context.Context, in *RolloutActionRequest, opts ...grpc.CallOption) (*Rollout, error)
@@ -373,6 +383,36 @@ func (c *berthClient) Undo(ctx context.Context, in *UndoRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *berthClient) Scale(ctx context.Context, in *ScaleRequest, opts ...grpc.CallOption) (*ApplyResult, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyResult)
+	err := c.cc.Invoke(ctx, Berth_Scale_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*ApplyResult, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyResult)
+	err := c.cc.Invoke(ctx, Berth_Restart_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VersionResponse)
+	err := c.cc.Invoke(ctx, Berth_Version_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *berthClient) RolloutStatus(ctx context.Context, in *RolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Rollout)
@@ -552,6 +592,13 @@ type BerthServer interface {
 	// Undo rolls a service back to an earlier revision (default: the one
 	// before the current), as a new revision.
 	Undo(context.Context, *UndoRequest) (*ApplyResult, error)
+	// Scale sets a service's replicas (nothing else changes).
+	Scale(context.Context, *ScaleRequest) (*ApplyResult, error)
+	// Restart replaces every replica of a service: a new revision of the
+	// same template, rolled out like an undo (no canary steps).
+	Restart(context.Context, *RestartRequest) (*ApplyResult, error)
+	// Version is the server's build.
+	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	RolloutStatus(context.Context, *RolloutRequest) (*Rollout, error)
 	// RolloutAction pauses, resumes, promotes or aborts a canary.
 	RolloutAction(context.Context, *RolloutActionRequest) (*Rollout, error)
@@ -652,6 +699,15 @@ func (UnimplementedBerthServer) ListRevisions(context.Context, *ListRevisionsReq
 }
 func (UnimplementedBerthServer) Undo(context.Context, *UndoRequest) (*ApplyResult, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Undo not implemented")
+}
+func (UnimplementedBerthServer) Scale(context.Context, *ScaleRequest) (*ApplyResult, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Scale not implemented")
+}
+func (UnimplementedBerthServer) Restart(context.Context, *RestartRequest) (*ApplyResult, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Restart not implemented")
+}
+func (UnimplementedBerthServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Version not implemented")
 }
 func (UnimplementedBerthServer) RolloutStatus(context.Context, *RolloutRequest) (*Rollout, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RolloutStatus not implemented")
@@ -1092,6 +1148,60 @@ func _Berth_Undo_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_Scale_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScaleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).Scale(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_Scale_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).Scale(ctx, req.(*ScaleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_Restart_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).Restart(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_Restart_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).Restart(ctx, req.(*RestartRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_Version_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).Version(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_Version_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).Version(ctx, req.(*VersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Berth_RolloutStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RolloutRequest)
 	if err := dec(in); err != nil {
@@ -1351,6 +1461,18 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undo",
 			Handler:    _Berth_Undo_Handler,
+		},
+		{
+			MethodName: "Scale",
+			Handler:    _Berth_Scale_Handler,
+		},
+		{
+			MethodName: "Restart",
+			Handler:    _Berth_Restart_Handler,
+		},
+		{
+			MethodName: "Version",
+			Handler:    _Berth_Version_Handler,
 		},
 		{
 			MethodName: "RolloutStatus",

@@ -169,6 +169,7 @@ func FromSpec(s *api.ServiceSpec) *ServiceSpec {
 		p.Rollout = pr
 	}
 	p.Health, p.Liveness = fromHealth(s.Health), fromHealth(s.Liveness)
+	p.RestartedAt = ts(s.RestartedAt)
 	if r := s.Route; r != nil {
 		p.Route = &Route{Hosts: r.Hosts, Paths: r.Paths}
 	}
@@ -227,6 +228,7 @@ func ToSpec(p *ServiceSpec) api.ServiceSpec {
 		s.Rollout = ar
 	}
 	s.Health, s.Liveness = toHealth(p.GetHealth()), toHealth(p.GetLiveness())
+	s.RestartedAt = fromTS(p.GetRestartedAt())
 	if r := p.GetRoute(); r != nil {
 		s.Route = &api.Route{Hosts: r.Hosts, Paths: r.Paths}
 	}

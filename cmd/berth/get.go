@@ -506,6 +506,7 @@ func manifestOf(svc *api.Service) *api.Service {
 	svc.APIVersion, svc.Kind = api.APIVersion, api.KindService
 	svc.Status = api.ServiceStatus{}
 	svc.Spec.ImageDigest = ""
+	svc.Spec.RestartedAt = time.Time{} // the server's, kept by apply
 	return svc
 }
 

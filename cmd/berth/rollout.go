@@ -118,7 +118,7 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 		}
 		return c
 	}
-	cmd.AddCommand(history, undo, statusCmd,
+	cmd.AddCommand(history, undo, statusCmd, newRolloutRestartCmd(g, &namespace),
 		action("pause", "Hold a canary at its current weight"),
 		action("resume", "Continue a paused canary"),
 		action("promote", "Leave a pause and go on to the next step (--full: to 100%)"),

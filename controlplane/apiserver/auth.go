@@ -67,6 +67,9 @@ var methodPermissions = map[string]permissions{
 	berthSvc + "ListServices": listIn(nsOf),
 	berthSvc + "GetService":   inNamespace(authz.Read, nsOf),
 	berthSvc + "Logs":         inNamespace(authz.Logs, nsOf),
+	berthSvc + "Scale":        inNamespace(authz.Write, nsOf),
+	berthSvc + "Restart":      inNamespace(authz.Rollout, nsOf),
+	berthSvc + "Version":      one(authz.Read),
 	// Exec and port-forward reach into a container: the exec verb, in the
 	// namespace the first message names.
 	berthSvc + "Exec":             inNamespace(authz.Exec, func(m any) string { return m.(*pb.ExecInput).GetStart().GetNamespace() }),

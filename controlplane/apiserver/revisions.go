@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/internal/buildinfo"
+	"github.com/berth-dev/berth/manifests"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -61,4 +64,48 @@ func (s *Server) Undo(ctx context.Context, req *pb.UndoRequest) (*pb.ApplyResult
 	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "RolledBack", Type: "Warning", Message: msg})
 	s.logger.Info("rollback", "service", ns+"/"+req.Name, "revision", res.Revision, "action", res.Action)
 	return &pb.ApplyResult{Kind: api.KindService, Namespace: ns, Name: req.Name, Action: res.Action, Revision: res.Revision}, nil
+}
+
+// Scale sets a service's replicas.
+func (s *Server) Scale(ctx context.Context, req *pb.ScaleRequest) (*pb.ApplyResult, error) {
+	ns := nsOrDefault(req.Namespace)
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "scale: service name is required")
+	}
+	if req.Replicas < 0 || req.Replicas > manifests.MaxReplicas {
+		return nil, status.Errorf(codes.InvalidArgument, "scale: replicas %d: must be between 0 and %d", req.Replicas, manifests.MaxReplicas)
+	}
+	res, err := s.store.Scale(ctx, ns, req.Name, req.Replicas)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Scaled", Message: fmt.Sprintf("scaled to %d replicas", req.Replicas)})
+	if res.Written > 0 {
+		s.cache.WaitFor(ctx, res.Written, 2*time.Second)
+	}
+	return &pb.ApplyResult{Kind: api.KindService, Namespace: ns, Name: req.Name, Action: res.Action, Revision: res.Revision}, nil
+}
+
+// Restart replaces every replica of a service through a new revision of
+// its template.
+func (s *Server) Restart(ctx context.Context, req *pb.RestartRequest) (*pb.ApplyResult, error) {
+	ns := nsOrDefault(req.Namespace)
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "restart: service name is required")
+	}
+	res, err := s.store.Restart(ctx, ns, req.Name)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	_ = s.store.RecordEvent(ctx, store.Event{Namespace: ns, Object: "service/" + req.Name, Reason: "Restarted", Message: fmt.Sprintf("rollout restart: revision %d replaces every replica", res.Revision)})
+	if res.Written > 0 {
+		s.cache.WaitFor(ctx, res.Written, 2*time.Second)
+	}
+	return &pb.ApplyResult{Kind: api.KindService, Namespace: ns, Name: req.Name, Action: res.Action, Revision: res.Revision}, nil
+}
+
+// Version is the server's build.
+func (s *Server) Version(ctx context.Context, req *pb.VersionRequest) (*pb.VersionResponse, error) {
+	v := buildinfo.Get()
+	return &pb.VersionResponse{Version: v.Version, GoVersion: v.GoVersion, Commit: v.Commit}, nil
 }

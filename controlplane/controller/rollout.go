@@ -343,7 +343,7 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 				r.Strategy = api.StrategyRolling
 				msg = fmt.Sprintf("rolling update to revision %d from revision %d", r.Revision, stable)
 				if undo {
-					msg = fmt.Sprintf("undo to revision %d (as revision %d): a rolling update, no canary steps", svc.Status.RollbackTo, r.Revision)
+					msg = fmt.Sprintf("revision %d has the known-good template of revision %d (an undo or a restart): a rolling update, no canary steps", r.Revision, svc.Status.RollbackTo)
 				}
 			}
 			r.Message = msg

@@ -46,6 +46,9 @@ func (s *Store) Apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 type rollbackCause struct {
 	text string
 	to   int64
+	// mod, when set, is the service's etcd revision the change was made
+	// from: a service changed since is a conflict, not overwritten.
+	mod int64
 }
 
 // apply is Apply; causes, by service key, prefix the new revisions' change
@@ -134,8 +137,16 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
 					return false, fmt.Errorf("store: decode %s: %w", key, err)
 				}
+				if c, ok := causes[in.Key()]; ok && c.mod != 0 && c.mod != resp.Kvs[0].ModRevision {
+					return false, fmt.Errorf("service %s changed meanwhile; try again: %w", in.Key(), ErrConflict)
+				}
 				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision))
 				svc.Status = old.Status
+				if svc.Spec.RestartedAt.IsZero() {
+					// Server-set: an apply that leaves it out keeps it.
+					svc.Spec.RestartedAt = old.Spec.RestartedAt
+				}
+				in.Spec.RestartedAt = svc.Spec.RestartedAt
 				switch {
 				case TemplateHash(old.Spec) != TemplateHash(in.Spec):
 					// After the last revision, not the current one: a rollback
@@ -336,6 +347,9 @@ func DescribeChange(a, b api.ServiceSpec) string {
 	if mustJSON(a.Liveness) != mustJSON(b.Liveness) {
 		parts = append(parts, "liveness")
 	}
+	if !a.RestartedAt.Equal(b.RestartedAt) {
+		parts = append(parts, "restart")
+	}
 	if mustJSON(a.Volumes) != mustJSON(b.Volumes) || mustJSON(a.VolumeTemplates) != mustJSON(b.VolumeTemplates) {
 		parts = append(parts, "volumes")
 	}
@@ -397,6 +411,55 @@ func (s *Store) Undo(ctx context.Context, ns, name string, to int64) (*ApplyResu
 		next.Spec.NodeSelector = selector
 	}
 	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): {text: fmt.Sprintf("rollback to revision %d", target.Number), to: target.Number}})
+	if err != nil {
+		return nil, err
+	}
+	return &res[0], nil
+}
+
+// getServiceMod reads a service and the etcd revision it was last
+// written at.
+func (s *Store) getServiceMod(ctx context.Context, ns, name string) (*api.Service, int64, error) {
+	resp, err := s.cli.Get(ctx, serviceKey(ns, name))
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: get service %s/%s: %w", ns, name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, fmt.Errorf("service %s/%s: %w", ns, name, ErrNotFound)
+	}
+	var svc api.Service
+	if err := json.Unmarshal(resp.Kvs[0].Value, &svc); err != nil {
+		return nil, 0, fmt.Errorf("store: decode service %s/%s: %w", ns, name, err)
+	}
+	return &svc, resp.Kvs[0].ModRevision, nil
+}
+
+// Scale sets a service's replicas and changes nothing else.
+func (s *Store) Scale(ctx context.Context, ns, name string, replicas int32) (*ApplyResult, error) {
+	svc, mod, err := s.getServiceMod(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	next := *svc
+	next.Spec.Replicas = &replicas
+	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): {mod: mod}})
+	if err != nil {
+		return nil, err
+	}
+	return &res[0], nil
+}
+
+// Restart makes a new revision of a service's template (RestartedAt set
+// to now), so every replica is replaced; it rolls out like an undo to a
+// known-good revision, without canary steps.
+func (s *Store) Restart(ctx context.Context, ns, name string) (*ApplyResult, error) {
+	svc, mod, err := s.getServiceMod(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	next := *svc
+	next.Spec.RestartedAt = s.now().UTC()
+	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): {text: "rollout restart", to: svc.Status.Revision, mod: mod}})
 	if err != nil {
 		return nil, err
 	}
