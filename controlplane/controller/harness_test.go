@@ -526,7 +526,7 @@ func TestHarnessUndoSkipsCanarySteps(t *testing.T) {
 	v := view(nodes, []string{"a"}, []api.Service{web}, o1, o2)
 	v.Statuses["v2-a"], v.Statuses["v2-b"] = readyAt(o1), readyAt(o2)
 	run(c, c.reconcileRollouts, v)
-	if len(fs.rollouts) != 1 || fs.rollouts[0].Strategy != api.StrategyRolling || !strings.Contains(fs.rollouts[0].Message, "undo to revision 1") {
+	if len(fs.rollouts) != 1 || fs.rollouts[0].Strategy != api.StrategyRolling || !strings.Contains(fs.rollouts[0].Message, "known-good template of revision 1") {
 		t.Fatalf("undo's rollout: %+v", fs.rollouts)
 	}
 	// A plain new revision of the same service is a canary again.
