@@ -11,7 +11,7 @@ GOFLAGS_BUILD := -trimpath
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 TEST_TIMEOUT ?= 10m
 
-.PHONY: all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
+.PHONY: docs all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
 
 all: build
 
@@ -72,6 +72,11 @@ $(BIN)/staticcheck: tools/staticcheck/go.mod tools/staticcheck/go.sum
 
 demo: containerd build images
 	@scripts/demo.sh
+
+# docs/manifest.md, the manifest field reference, from api/types.go (a
+# test fails when it is out of date).
+docs:
+	$(GO) run ./cmd/gendocs
 
 proto:
 	cd api/pb && protoc -I . -I /usr/include --go_out=. --go_opt=paths=source_relative \

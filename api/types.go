@@ -32,9 +32,13 @@ const ClusterDomain = "berth.internal"
 
 // ObjectMeta names an object. Name and Namespace are DNS labels.
 type ObjectMeta struct {
-	Name      string            `json:"name"`
-	Namespace string            `json:"namespace,omitempty"`
-	Labels    map[string]string `json:"labels,omitempty"`
+	// Name is the object's name in its namespace: a DNS label (lowercase
+	// letters, digits, '-'), the service's DNS name too.
+	Name string `json:"name"`
+	// Namespace groups objects and scopes API tokens (default "default").
+	Namespace string `json:"namespace,omitempty"`
+	// Labels are key=value pairs for selecting objects (berth get -l).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Service is the user's desired state for one service.
@@ -67,20 +71,31 @@ type ServiceStatus struct {
 // (and Route, which only steers traffic) is the template: a change to it
 // makes a new Revision.
 type ServiceSpec struct {
-	Image     string            `json:"image"`
-	Command   []string          `json:"command,omitempty"`
-	Args      []string          `json:"args,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Replicas  *int32            `json:"replicas,omitempty"`
-	Ports     []Port            `json:"ports,omitempty"`
-	Resources Resources         `json:"resources,omitzero"`
+	// Image is the container image: a reference loaded with `berth image
+	// load` (berth.local/...) or pulled from a registry.
+	Image string `json:"image"`
+	// Command replaces the image's entrypoint.
+	Command []string `json:"command,omitempty"`
+	// Args replace the image's default arguments (after Command).
+	Args []string `json:"args,omitempty"`
+	// Env sets environment variables in the container.
+	Env map[string]string `json:"env,omitempty"`
+	// Replicas is how many instances run (absent: 1; an apply without it
+	// keeps a `berth scale`).
+	Replicas *int32 `json:"replicas,omitempty"`
+	// Ports are the ports the container listens on, by name: the DNS
+	// SRV records, the gateway's route and probes (port: http) use them.
+	Ports []Port `json:"ports,omitempty"`
+	// Resources are what one replica reserves on its node, and its limits.
+	Resources Resources `json:"resources,omitzero"`
 	// Health is the readiness probe: a replica gets traffic while it
 	// passes.
 	Health *Health `json:"health,omitempty"`
 	// Liveness restarts the container when it fails FailureThreshold
 	// times in a row (default 3).
 	Liveness *Health `json:"liveness,omitempty"`
-	Route    *Route  `json:"route,omitempty"`
+	// Route exposes the service through the gateways.
+	Route *Route `json:"route,omitempty"`
 	// NodeSelector limits placement to nodes carrying all these labels.
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 	// Volumes are mounted into every replica: named Volumes (shared by the
@@ -129,7 +144,9 @@ type SecurityContext struct {
 
 // Capabilities are names as in capabilities(7), with or without "CAP_".
 type Capabilities struct {
-	Add  []string `json:"add,omitempty"`
+	// Add grants Linux capabilities ("NET_ADMIN"; admins only).
+	Add []string `json:"add,omitempty"`
+	// Drop removes capabilities ("ALL" for every one).
 	Drop []string `json:"drop,omitempty"`
 }
 
@@ -144,9 +161,13 @@ func (s *ServiceSpec) AddsCapabilities() bool {
 // MountPath (if set), and the keys Env names as environment variables
 // (variable name -> key).
 type SecretMount struct {
-	Name      string            `json:"name"`
-	MountPath string            `json:"mountPath,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
+	// Name is the Secret (in the service's namespace).
+	Name string `json:"name"`
+	// MountPath, when set, shows each key as a file in this directory
+	// (in memory, mode 0400).
+	MountPath string `json:"mountPath,omitempty"`
+	// Env sets environment variables from keys: VAR: key.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // Secret is named sensitive data of a namespace: stored encrypted, sent
@@ -154,10 +175,12 @@ type SecretMount struct {
 // Data holds base64 values and StringData plain ones (a key in both takes
 // StringData's, as in Kubernetes).
 type Secret struct {
-	APIVersion string            `json:"apiVersion"`
-	Kind       string            `json:"kind"`
-	Metadata   ObjectMeta        `json:"metadata"`
-	Data       map[string]string `json:"data,omitempty"`
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   ObjectMeta `json:"metadata"`
+	// Data holds values in base64.
+	Data map[string]string `json:"data,omitempty"`
+	// StringData holds values as plain text.
 	StringData map[string]string `json:"stringData,omitempty"`
 }
 
@@ -204,9 +227,13 @@ type RolloutSpec struct {
 	// all of them); MaxUnavailable: how many below it may be available
 	// (default 0); MinReady: how long a new replica must have run and be
 	// ready to count as available.
-	MaxSurge       *IntOrPercent `json:"maxSurge,omitempty"`
+	MaxSurge *IntOrPercent `json:"maxSurge,omitempty"`
+	// MaxUnavailable is how many replicas below the desired count may be
+	// unavailable during a rolling update (a count or "25%"; default 0).
 	MaxUnavailable *IntOrPercent `json:"maxUnavailable,omitempty"`
-	MinReady       Duration      `json:"minReady,omitzero"`
+	// MinReady is how long a new replica must have run and been ready to
+	// count as available.
+	MinReady Duration `json:"minReady,omitzero"`
 	// CanaryReplicas fixes the canary's size instead of scaling it with
 	// the weight.
 	CanaryReplicas *int32 `json:"canaryReplicas,omitempty"`
@@ -228,7 +255,9 @@ type RolloutSpec struct {
 // StickyCohort names the request attribute hashed into a user's cohort:
 // exactly one of Header and Cookie.
 type StickyCohort struct {
+	// Header names the request header a user's cohort is hashed from.
 	Header string `json:"header,omitempty"`
+	// Cookie names the cookie it is hashed from (one of the two).
 	Cookie string `json:"cookie,omitempty"`
 }
 
@@ -300,8 +329,11 @@ func (v *IntOrPercent) UnmarshalJSON(b []byte) error {
 
 // CanaryStep is one step of a canary.
 type CanaryStep struct {
+	// Weight is the canary's share of traffic at this step, 0-100.
 	Weight uint32 `json:"weight"`
-	Pause  Pause  `json:"pause,omitempty"`
+	// Pause holds the step: a duration ("1m"), "promote" (until `berth
+	// rollout promote`), or absent (on as soon as the weight is in effect).
+	Pause Pause `json:"pause,omitempty"`
 }
 
 // Pause is how long a canary step holds its weight: a duration ("1m"), or
@@ -460,9 +492,12 @@ func (s *RolloutSpec) Deadline() time.Duration {
 
 // VolumeMount mounts a volume into the container.
 type VolumeMount struct {
-	Name      string `json:"name"`
+	// Name is the Volume mounted (or the tmpfs's name).
+	Name string `json:"name"`
+	// MountPath is where it appears in the container.
 	MountPath string `json:"mountPath"`
-	ReadOnly  bool   `json:"readOnly,omitempty"`
+	// ReadOnly mounts it read-only.
+	ReadOnly bool `json:"readOnly,omitempty"`
 	// Tmpfs makes a scratch volume in memory, gone with the container; no
 	// Volume object is needed. Size limits it ("64Mi").
 	Tmpfs bool   `json:"tmpfs,omitempty"`
@@ -471,9 +506,12 @@ type VolumeMount struct {
 
 // VolumeTemplate is a per-replica volume.
 type VolumeTemplate struct {
-	Name      string `json:"name"`
+	// Name makes each replica's volume "<name>-<service>-<ordinal>".
+	Name string `json:"name"`
+	// MountPath is where it appears in the container.
 	MountPath string `json:"mountPath"`
-	Size      string `json:"size,omitempty"`
+	// Size is the volume's intended size ("1Gi").
+	Size string `json:"size,omitempty"`
 }
 
 // VolumeNames lists the named volumes an instance of this template with
@@ -562,15 +600,20 @@ const (
 
 // Port is a named port the container listens on.
 type Port struct {
-	Name     string `json:"name"`
-	Port     int32  `json:"port"`
-	Protocol string `json:"protocol,omitempty"` // http (default), http2, grpc, tcp
+	// Name is the port's name (a DNS label): SRV records _name._tcp.
+	Name string `json:"name"`
+	// Port is the container's port number.
+	Port int32 `json:"port"`
+	// Protocol is http (default), http2, grpc or tcp.
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // Resources are requests, as the user wrote them: cpu "250m" or "0.5",
 // memory "128Mi" or "1G". Use MilliCPU and MemoryBytes to read them.
 type Resources struct {
-	CPU    string `json:"cpu,omitempty"`
+	// CPU is cores ("0.5") or millicores ("250m").
+	CPU string `json:"cpu,omitempty"`
+	// Memory is bytes with a unit ("128Mi", "1G").
 	Memory string `json:"memory,omitempty"`
 	// Pids caps the container's processes and threads (pids.max); 0 takes
 	// the node's default. CPU and Memory are also the container's limits;
@@ -580,8 +623,10 @@ type Resources struct {
 
 // Health is a readiness probe. Exactly one of HTTP or TCP is set.
 type Health struct {
+	// HTTP probes with a GET: 2xx and 3xx pass.
 	HTTP *HTTPProbe `json:"http,omitempty"`
-	TCP  *TCPProbe  `json:"tcp,omitempty"`
+	// TCP probes by connecting.
+	TCP *TCPProbe `json:"tcp,omitempty"`
 	// Interval is the time between probes (period is accepted for it,
 	// as Kubernetes names it).
 	Interval Duration `json:"interval,omitzero"`
@@ -597,19 +642,26 @@ type Health struct {
 
 // HTTPProbe is ready when GET path on port answers 2xx or 3xx.
 type HTTPProbe struct {
+	// Path is the URL path asked for ("/healthz").
 	Path string `json:"path"`
-	Port int32  `json:"port"`
+	// Port is a number or the name of one of spec.ports.
+	Port int32 `json:"port"`
 }
 
 // TCPProbe is ready when port accepts a connection.
 type TCPProbe struct {
+	// Port is a number or the name of one of spec.ports.
 	Port int32 `json:"port"`
 }
 
 // Route exposes a service through the gateways.
 type Route struct {
+	// Hosts are the Host headers routed here ("hello.example.test",
+	// "*.example.test"); a host and path belong to one service (the
+	// first to claim them).
 	Hosts []string `json:"hosts,omitempty"`
-	Paths []string `json:"paths,omitempty"` // path prefixes; default "/"
+	// Paths are path prefixes (default "/").
+	Paths []string `json:"paths,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes Go duration strings

@@ -151,10 +151,12 @@ func (d *decoder) decodeStruct(path string, m map[string]any, out reflect.Value)
 			continue
 		}
 		msg := "unknown field"
+		names := make([]string, 0, len(fields.byName))
 		for name := range fields.byName {
-			if strings.EqualFold(name, k) {
-				msg = fmt.Sprintf("unknown field (did you mean %q?)", name)
-			}
+			names = append(names, name)
+		}
+		if near := Closest(k, names); near != "" {
+			msg = fmt.Sprintf("unknown field (did you mean %q?)", near)
 		}
 		d.errs.add(joinField(path, k), "%s", msg)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/berth-dev/berth/api"
@@ -88,5 +89,19 @@ func TestParseSelector(t *testing.T) {
 		if _, err := parseSelector(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+func TestExplain(t *testing.T) {
+	var b bytes.Buffer
+	if err := explain(&b, "spec.health"); err != nil || !strings.Contains(b.String(), "FIELD: service.spec.health") || !strings.Contains(b.String(), "failureThreshold") {
+		t.Fatalf("explain spec.health: %v\n%s", err, b.String())
+	}
+	b.Reset()
+	if err := explain(&b, "svc.spec.env"); err != nil || !strings.Contains(b.String(), "map of string") {
+		t.Fatalf("explain svc.spec.env: %v\n%s", err, b.String())
+	}
+	if err := explain(&b, "spec.replica"); err == nil || !strings.Contains(err.Error(), "did you mean service.spec.replicas?") {
+		t.Fatalf("explain spec.replica: %v", err)
 	}
 }

@@ -76,7 +76,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(
 		newDevCmd(g), newServerCmd(g), newAgentCmd(g), newGatewayCmd(g),
 		newApplyCmd(g), newGetCmd(g), newDescribeCmd(g), newDeleteCmd(g), newImageCmd(g), newEventsCmd(g),
-		newLogsCmd(g), newExecCmd(g), newPortForwardCmd(g), newScaleCmd(g), newVersionCmd(g),
+		newLogsCmd(g), newExecCmd(g), newPortForwardCmd(g), newScaleCmd(g), newVersionCmd(g), newExplainCmd(),
 		newTokenCmd(g), newNodeCmd(g), newEtcdCmd(g), newVolumeCmd(g), newSecretCmd(g), newRolloutCmd(g),
 	)
 	return root
