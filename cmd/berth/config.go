@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/berth-dev/berth/api/pb"
-	"github.com/berth-dev/berth/controlplane"
 	"github.com/berth-dev/berth/pki"
 	"google.golang.org/grpc"
 )
@@ -25,33 +24,22 @@ func defaultConfigs() []string {
 }
 
 // clientConfig resolves the server address, the CA and the token the CLI
-// uses: flags and environment first, then the configuration file.
+// uses: flags and environment first, then the configuration file's
+// context (--context, else its current one).
 func (g *globalOptions) clientConfig() (server string, caPEM []byte, token string, err error) {
-	path := g.config
-	if path == "" {
-		for _, p := range defaultConfigs() {
-			if _, err := os.Stat(p); err == nil {
-				path = p
-				break
-			}
-		}
-	}
-	var cfg *controlplane.AdminConfig
-	if path != "" {
-		cfg, err = controlplane.ReadAdminConfig(path)
-		if err != nil {
-			return "", nil, "", fmt.Errorf("config: %w", err)
-		}
+	cc, err := g.activeContext()
+	if err != nil {
+		return "", nil, "", err
 	}
 	server, token = g.server, g.token
-	if cfg != nil {
-		if !g.serverSet && cfg.Server != "" {
-			server = cfg.Server
+	if cc != nil {
+		if !g.serverSet && cc.Server != "" {
+			server = cc.Server
 		}
 		if token == "" {
-			token = cfg.Token
+			token = cc.Token
 		}
-		caPEM = []byte(cfg.CA)
+		caPEM = []byte(cc.CA)
 	}
 	if g.caFile != "" {
 		if caPEM, err = os.ReadFile(g.caFile); err != nil {
@@ -62,6 +50,36 @@ func (g *globalOptions) clientConfig() (server string, caPEM []byte, token strin
 		return "", nil, "", errors.New("no cluster CA to check the server against: the CLI reads --config (env BERTH_CONFIG), or ~/.config/berth/config, or the admin.conf that `berth dev`/`berth server` write in their --data-dir; or pass --ca-file and --token")
 	}
 	return server, caPEM, token, nil
+}
+
+// activeContext reads the configuration file (--config, else the first of
+// defaultConfigs that exists) and returns the context to use; nil when
+// there is no file.
+func (g *globalOptions) activeContext() (*cliContext, error) {
+	path := g.config
+	if path == "" {
+		for _, p := range defaultConfigs() {
+			if _, err := os.Stat(p); err == nil {
+				path = p
+				break
+			}
+		}
+	}
+	if path == "" {
+		if g.context != "" {
+			return nil, fmt.Errorf("--context %s: no configuration file", g.context)
+		}
+		return nil, nil
+	}
+	c, err := readCLIConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cc, err := c.context(g.context)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cc, nil
 }
 
 // dial connects to the API with the CLI's credentials.

@@ -52,7 +52,7 @@ func kindList() string {
 // getOptions are the flags of `berth get`.
 type getOptions struct {
 	output, namespace, selector string
-	watch                       bool
+	watch, allNamespaces        bool
 }
 
 func newGetCmd(g *globalOptions) *cobra.Command {
@@ -85,6 +85,9 @@ changes nothing), json (the API's view, status included).`,
 			kind, ok := kindOf(args[0])
 			if !ok {
 				return fmt.Errorf("get: unknown kind %q: use one of %s", args[0], kindList())
+			}
+			if o.allNamespaces {
+				o.namespace = ""
 			}
 			sel, err := parseSelector(o.selector)
 			if err != nil {
@@ -137,7 +140,8 @@ changes nothing), json (the API's view, status included).`,
 		},
 	}
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table, wide, name, yaml (manifests), json")
-	cmd.Flags().StringVarP(&o.namespace, "namespace", "n", "", "namespace (default: all)")
+	cmd.Flags().StringVarP(&o.namespace, "namespace", "n", "", "namespace (default: the context's, else all)")
+	cmd.Flags().BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "every namespace, whatever the context says")
 	cmd.Flags().StringVarP(&o.selector, "selector", "l", "", "label selector: key=value, key!=value, key or !key, comma-separated (services and their instances)")
 	cmd.Flags().BoolVarP(&o.watch, "watch", "w", false, "keep listing, showing changes as they happen")
 	return cmd

@@ -51,6 +51,7 @@ type globalOptions struct {
 	token     string
 	caFile    string
 	logLevel  string
+	context   string
 }
 
 func newRoot() *cobra.Command {
@@ -70,13 +71,20 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("BERTH_TOKEN"), "API token (env BERTH_TOKEN; default: the configuration's)")
 	root.PersistentFlags().StringVar(&g.caFile, "ca-file", "", "cluster CA certificate to check the server against (default: the configuration's)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.context, "context", os.Getenv("BERTH_CONTEXT"), "the configuration's context to use (env BERTH_CONTEXT; default its current one)")
 	root.PersistentPreRun = func(cmd *cobra.Command, args []string) {
 		g.serverSet = cmd.Flags().Changed("server") || os.Getenv("BERTH_ADDR") != ""
+		// A context's namespace is the default of -n.
+		if f := cmd.Flags().Lookup("namespace"); f != nil && !f.Changed && cmd.Parent() != nil && cmd.Parent().Name() != "config" {
+			if cc, err := g.activeContext(); err == nil && cc != nil && cc.Namespace != "" {
+				f.Value.Set(cc.Namespace)
+			}
+		}
 	}
 	root.AddCommand(
 		newDevCmd(g), newServerCmd(g), newAgentCmd(g), newGatewayCmd(g),
 		newApplyCmd(g), newGetCmd(g), newDescribeCmd(g), newDeleteCmd(g), newImageCmd(g), newEventsCmd(g),
-		newLogsCmd(g), newExecCmd(g), newPortForwardCmd(g), newScaleCmd(g), newVersionCmd(g), newExplainCmd(),
+		newLogsCmd(g), newExecCmd(g), newPortForwardCmd(g), newScaleCmd(g), newVersionCmd(g), newExplainCmd(), newConfigCmd(g),
 		newTokenCmd(g), newNodeCmd(g), newEtcdCmd(g), newVolumeCmd(g), newSecretCmd(g), newRolloutCmd(g),
 	)
 	return root
