@@ -200,11 +200,13 @@ func mib(b int64) string {
 	return fmt.Sprintf("%dMi", b>>20)
 }
 
-func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView) { printInstancesWide(tw, ivs, false) }
+func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView, p painter) {
+	printInstancesWide(tw, ivs, false, p)
+}
 
 // printInstancesWide prints instances; wide adds the image and the last
 // error in full.
-func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool) {
+func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool, p painter) {
 	sort.Slice(ivs, func(i, j int) bool {
 		a, b := ivs[i].Instance, ivs[j].Instance
 		if a.Namespace+a.Service != b.Namespace+b.Service {
@@ -217,6 +219,7 @@ func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool)
 	} else {
 		fmt.Fprintln(tw, "NAMESPACE\tINSTANCE\tSERVICE\tREV\tNODE\tSTATE\tREADY\tIP\tRESTARTS\tAGE\tLAST-ERROR")
 	}
+
 	for _, iv := range ivs {
 		in, st := iv.Instance, iv.Status
 		var state string
@@ -244,6 +247,7 @@ func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool)
 		if node == "" {
 			node = "-"
 		}
+		state, ready = p.state(state), p.state(ready)
 		if wide {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", in.Namespace, in.Id, in.Service, in.Revision, node, state, ready, ip, restarts, age(in.CreatedAt), in.GetTemplate().GetImage(), dash(lastErr))
 			continue
@@ -257,7 +261,7 @@ func newDescribeCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "describe service NAME",
 		Short: "Show a service: spec, instances, what DNS answers, recent events",
-		Args:  cobra.ExactArgs(2),
+		Args:  nArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] != "service" && args[0] != "services" && args[0] != "svc" {
 				return fmt.Errorf("describe: unknown kind %q: use service", args[0])
@@ -326,7 +330,7 @@ func newDescribeCmd(g *globalOptions) *cobra.Command {
 				}
 				fmt.Fprintln(w, "\nInstances:")
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				printInstances(tw, d.Instances)
+				printInstances(tw, d.Instances, painterFor(w))
 				tw.Flush()
 				fmt.Fprintln(w, "\nEvents:")
 				printEvents(w, d.Events)
@@ -354,23 +358,64 @@ func printEvents(w io.Writer, events []*pb.Event) {
 func newEventsCmd(g *globalOptions) *cobra.Command {
 	var namespace, object string
 	var limit int32
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "events",
-		Short: "Show recent events (kept for an hour)",
+		Short: "Show recent events (kept for an hour); --watch follows new ones",
+		Args:  exactArgs(0, "events [-n NS] [--object service/NAME] [--watch]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			seen := map[string]bool{}
+			key := func(ev *pb.Event) string {
+				return ev.At.AsTime().Format(time.RFC3339Nano) + ev.Object + ev.Reason + ev.Message
+			}
+			first := true
+			for {
+				ctx, cancel := callCtx(cmd)
 				resp, err := cli.ListEvents(ctx, &pb.ListEventsRequest{Namespace: namespace, Object: object, Limit: limit})
+				cancel()
 				if err != nil {
 					return g.rpcErr(err)
 				}
-				printEvents(cmd.OutOrStdout(), resp.Events)
-				return nil
-			})
+				var fresh []*pb.Event
+				for _, ev := range resp.Events {
+					if k := key(ev); !seen[k] {
+						seen[k] = true
+						fresh = append(fresh, ev)
+					}
+				}
+				if first || len(fresh) > 0 {
+					if !first {
+						// Only the new lines, no header again.
+						tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+						for _, ev := range fresh {
+							fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", age(ev.At), ev.Type, ev.Reason, ev.Object, ev.Message)
+						}
+						tw.Flush()
+					} else {
+						printEvents(cmd.OutOrStdout(), fresh)
+					}
+				}
+				first = false
+				if !watch {
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+			}
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace (default: all)")
 	cmd.Flags().StringVar(&object, "object", "", "object prefix, e.g. service/hello")
 	cmd.Flags().Int32Var(&limit, "limit", 100, "most recent events to show")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "go on printing events as they happen")
 	return cmd
 }
 
@@ -489,7 +534,7 @@ A tag names one upload: loading different bytes under a tag that exists is
 refused, and --force (admin only) re-points it. A revision keeps the upload
 its tag named when it was applied, so re-pointing a tag changes nothing
 that runs until the service is applied again.`,
-		Args: cobra.MinimumNArgs(1),
+		Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.eachArg(args, func(cli pb.BerthClient, file string) error { return loadImage(cmd, g, cli, file, force) })
 		},
@@ -499,7 +544,7 @@ that runs until the service is applied again.`,
 	rm := &cobra.Command{
 		Use:   "rm REFERENCE|sha256:DIGEST...",
 		Short: "Remove a tag (and its upload once nothing else names or pins it), or an upload by digest (admin)",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.eachArg(args, func(cli pb.BerthClient, ref string) error {
 				resp, err := cli.RemoveImage(cmd.Context(), &pb.RemoveImageRequest{Image: ref, Force: rmForce})
@@ -559,8 +604,15 @@ func loadImage(cmd *cobra.Command, g *globalOptions, cli pb.BerthClient, file st
 	}
 	buf := make([]byte, 1<<20)
 	first := true
+	var size int64
+	if st, err := f.Stat(); err == nil {
+		size = st.Size()
+	}
+	bar := newProgress(cmd.ErrOrStderr(), filepath.Base(file), size)
+	defer bar.finish()
 	for {
 		n, rerr := f.Read(buf)
+		bar.add(n)
 		if n > 0 {
 			chunk := &pb.ImageChunk{Data: buf[:n]}
 			if first {

@@ -85,7 +85,7 @@ join unless --ttl and --uses say otherwise.`,
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a token: calls with it are refused at once",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				if _, err := cli.RevokeToken(ctx, &pb.RevokeTokenRequest{Id: args[0]}); err != nil {
@@ -104,7 +104,7 @@ func newGatewayRevokeCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "revoke NAME",
 		Short: "Revoke a gateway's certificates: its xDS and load-report streams are cut at once",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				if _, err := cli.RevokeGateway(ctx, &pb.RevokeGatewayRequest{Name: args[0]}); err != nil {
@@ -123,7 +123,7 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 		return &cobra.Command{
 			Use:   use + " NAME",
 			Short: short,
-			Args:  cobra.ExactArgs(1),
+			Args:  nArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 					if _, err := cli.CordonNode(ctx, &pb.CordonNodeRequest{Name: args[0], Cordon: value}); err != nil {
@@ -138,7 +138,7 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 	drain := &cobra.Command{
 		Use:   "drain NAME",
 		Short: "Cordon a node and move its instances elsewhere through the normal drain path",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.DrainNode(ctx, &pb.DrainNodeRequest{Name: args[0]})
@@ -153,7 +153,7 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 	remove := &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Remove a node: revoke its certificates at once, replace its instances elsewhere, then delete it",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.RemoveNode(ctx, &pb.RemoveNodeRequest{Name: args[0]})

@@ -53,6 +53,7 @@ func kindList() string {
 type getOptions struct {
 	output, namespace, selector string
 	watch, allNamespaces        bool
+	paint                       painter
 }
 
 func newGetCmd(g *globalOptions) *cobra.Command {
@@ -89,6 +90,7 @@ changes nothing), json (the API's view, status included).`,
 			if o.allNamespaces {
 				o.namespace = ""
 			}
+			o.paint = painterFor(cmd.OutOrStdout())
 			sel, err := parseSelector(o.selector)
 			if err != nil {
 				return err
@@ -347,7 +349,7 @@ func renderGet(ctx context.Context, g *globalOptions, cli pb.BerthClient, w io.W
 		if ok, err := p.structured(protos(ivs)); ok {
 			return err
 		}
-		printInstancesWide(tw, ivs, wide)
+		printInstancesWide(tw, ivs, wide, o.paint)
 	case "nodes":
 		resp, err := cli.ListNodes(ctx, &pb.ListNodesRequest{})
 		if err != nil {
@@ -385,6 +387,7 @@ func renderGet(ctx context.Context, g *globalOptions, cli pb.BerthClient, w io.W
 			if n.Cordoned {
 				st += ",Cordoned"
 			}
+			st = o.paint.state(st)
 			dnsVersion := "-"
 			if n.DnsVersion != 0 {
 				dnsVersion = strconv.FormatUint(n.DnsVersion, 10)
@@ -459,7 +462,7 @@ func renderGet(ctx context.Context, g *globalOptions, cli pb.BerthClient, w io.W
 				nack = gw.LastNack
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, dash(gw.Replica), gw.Address, gw.Version, resp.PublishedVersion,
-				gw.State, gw.LagMs, proto, age(gw.ConnectedAt), nack)
+				o.paint.state(gw.State), gw.LagMs, proto, age(gw.ConnectedAt), nack)
 		}
 	case "volumes":
 		resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: o.namespace})

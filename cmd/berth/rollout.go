@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,7 +20,7 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 	history := &cobra.Command{
 		Use:   "history SERVICE",
 		Short: "List a service's kept revisions with what changed",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.ListRevisions(ctx, &pb.ListRevisionsRequest{Namespace: namespace, Name: args[0]})
@@ -47,7 +48,7 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 	undo := &cobra.Command{
 		Use:   "undo SERVICE",
 		Short: "Roll back to the previous revision that was not rolled back (or --to-revision N), as a new revision",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				res, err := cli.Undo(ctx, &pb.UndoRequest{Namespace: namespace, Name: args[0], ToRevision: to})
@@ -64,13 +65,16 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 	statusCmd := &cobra.Command{
 		Use:   "status SERVICE",
 		Short: "Show a canary: revisions, step, weights, pause left, traffic and errors per side",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cli, done, err := g.client()
 			if err != nil {
 				return err
 			}
 			defer done()
+			// --watch on a terminal redraws the status in place.
+			out := &redrawer{w: cmd.OutOrStdout(), tty: watch && isTerminal(cmd.OutOrStdout())}
+			paint := painterFor(cmd.OutOrStdout())
 			for {
 				ctx, cancel := callCtx(cmd)
 				r, err := cli.RolloutStatus(ctx, &pb.RolloutRequest{Namespace: namespace, Name: args[0]})
@@ -78,7 +82,9 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 				if err != nil {
 					return g.rpcErr(err)
 				}
-				printRollout(cmd, r)
+				var b strings.Builder
+				printRollout(&b, r, paint)
+				out.draw(b.String())
 				switch {
 				case r.Phase == "Succeeded":
 					return nil
@@ -101,7 +107,7 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 		c := &cobra.Command{
 			Use:   name + " SERVICE",
 			Short: short,
-			Args:  cobra.ExactArgs(1),
+			Args:  nArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 					r, err := cli.RolloutAction(ctx, &pb.RolloutActionRequest{Namespace: namespace, Name: args[0], Action: name, Full: full})
@@ -126,8 +132,8 @@ func newRolloutCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-func printRollout(cmd *cobra.Command, r *pb.Rollout) {
-	w := cmd.OutOrStdout()
+func printRollout(w io.Writer, r *pb.Rollout, paint painter) {
+	phase := paint.state(r.Phase)
 	deadline := ""
 	if r.DeadlineLeft != "" {
 		deadline = "  deadline in " + r.DeadlineLeft
@@ -139,12 +145,12 @@ func printRollout(cmd *cobra.Command, r *pb.Rollout) {
 		}
 		bar := strings.Repeat("#", done) + strings.Repeat(".", 20-done)
 		fmt.Fprintf(w, "%s/%s  %s  rolling r%d from r%d  [%s] %d/%d available%s\n  %s\n",
-			r.Namespace, r.Service, r.Phase, r.Revision, r.Stable, bar, r.Available, r.Replicas, deadline, r.Message)
+			r.Namespace, r.Service, phase, r.Revision, r.Stable, bar, r.Available, r.Replicas, deadline, r.Message)
 		return
 	}
 	bar := strings.Repeat("#", int(r.Weight)/5) + strings.Repeat(".", 20-int(r.Weight)/5)
 	fmt.Fprintf(w, "%s/%s  %s  canary r%d vs stable r%d  step %d/%d  weight [%s] %d%%/%d%%",
-		r.Namespace, r.Service, r.Phase, r.Revision, r.Stable, min(r.Step+1, max(r.Steps, 1)), r.Steps, bar, r.Weight, 100-r.Weight)
+		r.Namespace, r.Service, phase, r.Revision, r.Stable, min(r.Step+1, max(r.Steps, 1)), r.Steps, bar, r.Weight, 100-r.Weight)
 	if r.PauseLeft != "" {
 		fmt.Fprintf(w, "  pause %s", r.PauseLeft)
 	}

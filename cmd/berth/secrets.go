@@ -36,7 +36,7 @@ func newSecretCmd(g *globalOptions) *cobra.Command {
 plane's key, sent only to nodes that start a container using it, and never
 printed by any command. Containers started after a change get the new
 values; running ones keep theirs until they restart.`,
-		Args: cobra.ExactArgs(1),
+		Args: nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			data := map[string]string{}
 			for _, l := range literals {
@@ -109,7 +109,7 @@ values; running ones keep theirs until they restart.`,
 	rm := &cobra.Command{
 		Use:   "rm NAME",
 		Short: "Delete a secret (refused while a service uses it)",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				if _, err := cli.DeleteSecret(ctx, &pb.DeleteSecretRequest{Namespace: namespace, Name: args[0]}); err != nil {

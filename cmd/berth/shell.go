@@ -161,6 +161,27 @@ container or a rolled-back canary stay readable.`,
 	return cmd
 }
 
+// nArgs is cobra.ExactArgs with a message that says what the command
+// takes: its usage line.
+func nArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return fmt.Errorf("%s takes %d argument(s), got %d: usage: %s", cmd.CommandPath(), n, len(args), cmd.UseLine())
+		}
+		return nil
+	}
+}
+
+// minArgs is cobra.MinimumNArgs, saying what the command takes.
+func minArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < n {
+			return fmt.Errorf("%s takes at least %d argument(s), got %d: usage: %s", cmd.CommandPath(), n, len(args), cmd.UseLine())
+		}
+		return nil
+	}
+}
+
 // exactArgs is cobra.ExactArgs with a message that says what the command
 // takes.
 func exactArgs(n int, usage string) cobra.PositionalArgs {

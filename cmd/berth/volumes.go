@@ -59,7 +59,7 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 	describe := &cobra.Command{
 		Use:   "describe NAME",
 		Short: "Show a volume and its events",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				d, err := cli.GetVolume(ctx, &pb.GetVolumeRequest{Namespace: namespace, Name: args[0]})
@@ -79,7 +79,7 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 	rm := &cobra.Command{
 		Use:   "rm NAME",
 		Short: "Delete a volume and its data (refused while an instance mounts it)",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				if _, err := cli.DeleteVolume(ctx, &pb.DeleteVolumeRequest{Namespace: namespace, Name: args[0]}); err != nil {
@@ -93,7 +93,7 @@ func newVolumeCmd(g *globalOptions) *cobra.Command {
 	release := &cobra.Command{
 		Use:   "release NAME",
 		Short: "Unbind a volume from its (lost) node: its consumers start elsewhere on an EMPTY directory",
-		Args:  cobra.ExactArgs(1),
+		Args:  nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.ReleaseVolume(ctx, &pb.ReleaseVolumeRequest{Namespace: namespace, Name: args[0]})
