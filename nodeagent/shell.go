@@ -110,6 +110,13 @@ func (s *shellServer) Logs(req *pb.LogsRequest, stream grpc.ServerStreamingServe
 		return err
 	}
 	instances := []string{req.Instance}
+	if req.Instance != "" && req.Namespace != "" {
+		// The control plane authorised the caller for this namespace
+		// only: another namespace's instance is not found.
+		if m := rt.Logs().MetaOf(req.Instance); m.Namespace != req.Namespace {
+			return status.Errorf(codes.NotFound, "instance %s: no logs in namespace %s", req.Instance, req.Namespace)
+		}
+	}
 	if req.Instance == "" {
 		if req.Service == "" || req.Namespace == "" {
 			return status.Error(codes.InvalidArgument, "logs: an instance, or a namespace and a service, is required")

@@ -133,6 +133,18 @@ func (s *Store) Resume(instance string, meta Meta) (*Run, error) {
 	return s.open(instance, meta, true)
 }
 
+// MetaOf says whose an instance's logs are (zero when unknown).
+func (s *Store) MetaOf(instance string) Meta {
+	var m Meta
+	if validInstance(instance) != nil {
+		return m
+	}
+	if b, err := os.ReadFile(filepath.Join(s.dir(instance), metaFile)); err == nil {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m
+}
+
 // Instances lists the instances of a service this node has logs of,
 // running or gone (within the retention).
 func (s *Store) Instances(namespace, service string) []string {
