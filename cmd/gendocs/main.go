@@ -10,10 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"go/ast"
-	"go/doc"
 	"go/parser"
 	"go/token"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 )
@@ -93,13 +93,24 @@ type docs struct {
 
 func load(dir string) (*docs, error) {
 	fset := token.NewFileSet()
-	pkgs, err := parser.ParseDir(fset, dir, func(fi os.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, parser.ParseComments)
+	names, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
 		return nil, err
 	}
+	var files []*ast.File
+	for _, name := range names {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.ParseComments)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+	}
 	d := &docs{types: map[string]*ast.TypeSpec{}, tdocs: map[string]string{}, fields: map[string]map[string]string{}}
-	for _, pkg := range pkgs {
-		for _, f := range pkg.Files {
+	{
+		for _, f := range files {
 			for _, decl := range f.Decls {
 				gd, ok := decl.(*ast.GenDecl)
 				if !ok || gd.Tok != token.TYPE {
@@ -241,20 +252,11 @@ never carries them, and ` + "`berth get -o yaml`" + ` does not print them.
 				fmt.Fprintf(&b, "- example: `%s: %s`\n", f.path[strings.LastIndex(f.path, ".")+1:], v)
 			}
 			if f.doc != "" {
-				fmt.Fprintf(&b, "\n%s\n", doc.Synopsis(f.doc)+rest(f.doc))
+				fmt.Fprintf(&b, "\n%s\n", f.doc)
 			}
 		}
 	}
 	return b.Bytes()
-}
-
-// rest is what follows a doc's first sentence.
-func rest(s string) string {
-	first := doc.Synopsis(s)
-	if r := strings.TrimSpace(strings.TrimPrefix(s, first)); r != "" && strings.HasPrefix(s, first) {
-		return " " + r
-	}
-	return ""
 }
 
 func main() {
