@@ -70,6 +70,11 @@ curl -sS --max-time 10 "http://$client_ip:8080/call?url=http://hello.default.svc
 say "berth describe service hello"
 $BERTH describe service hello
 
+say "berth logs hello --tail 1 (every replica's output, from its node)"
+$BERTH logs hello --tail 1
+say "berth exec client -- /hello env (a command inside a container)"
+$BERTH exec client -- /hello env | grep '^BERTH_'
+
 echo
 echo "berth dev keeps running: try '$BERTH get instances' in another terminal. Ctrl-C stops it."
 wait "$pid"
