@@ -454,6 +454,9 @@ func (l *loop) probed(r probeResult) {
 		if strings.HasPrefix(it.st.LastError, readinessPrefix) {
 			it.st.LastError = ""
 		}
+	} else if starting := !it.readySinceStart && l.now().Sub(it.ranSince) < max(probe.Interval(it.inst.Template.Health), 2*time.Second); starting {
+		// A container not listening yet right after its start is no news:
+		// its first interval passes before a failure is its last error.
 	} else if !ready && (it.st.LastError == "" || strings.HasPrefix(it.st.LastError, readinessPrefix)) {
 		// Why it is not ready, for get instances, describe and an event;
 		// an error of the container itself is not overwritten.

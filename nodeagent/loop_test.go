@@ -440,6 +440,15 @@ func TestLoopReportsWhyAnInstanceIsNotReady(t *testing.T) {
 	in.Template.Health = &pb.Health{Tcp: &pb.TCPProbe{Port: 8080}, Interval: "10s", Timeout: "1s"}
 	h.assign(in)
 	h.step()
+	// Right after the start, not listening yet is no error.
+	h.l.items["a"].probing = true
+	h.l.probed(probeResult{id: "a", err: errors.New("probe tcp 10.213.0.9:8080: connection refused")})
+	h.report()
+	if st := h.wantPhase("a", api.PhaseRunning); st.Ready || st.LastError != "" {
+		t.Fatalf("a failed probe right after the start: ready %v, last error %q", st.Ready, st.LastError)
+	}
+	// One interval on, it is.
+	h.now = h.now.Add(11 * time.Second)
 	h.l.items["a"].probing = true
 	h.l.probed(probeResult{id: "a", err: errors.New("probe tcp 10.213.0.9:8080: connection refused")})
 	h.report()

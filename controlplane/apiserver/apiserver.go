@@ -618,6 +618,8 @@ func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) 
 			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "NotReady", Type: "Warning", Message: msg})
 		case st.LastError != "" && st.LastError != old.LastError && strings.HasPrefix(st.LastError, "readiness probe failed: ") && strings.HasPrefix(old.LastError, "readiness probe failed: "):
 			// A probe failing another way: no event for each variation.
+		case st.LastError != "" && st.LastError != old.LastError && strings.HasPrefix(st.LastError, "readiness probe failed: "):
+			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Unhealthy", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
 		case st.LastError != "" && st.LastError != old.LastError:
 			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Failed", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
 		case st.Ready && !old.Ready:
