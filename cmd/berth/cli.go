@@ -259,7 +259,13 @@ func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool,
 func newDescribeCmd(g *globalOptions) *cobra.Command {
 	var namespace string
 	cmd := &cobra.Command{
-		Use:   "describe service NAME",
+		Use: "describe service NAME",
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if len(args) == 0 {
+				return []string{"service"}, cobra.ShellCompDirectiveNoFileComp
+			}
+			return completeNames(cmd, g, "services"), cobra.ShellCompDirectiveNoFileComp
+		},
 		Short: "Show a service: spec, instances, what DNS answers, recent events",
 		Args:  nArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -424,7 +430,13 @@ func newDeleteCmd(g *globalOptions) *cobra.Command {
 	var files []string
 	var wait, keepHistory bool
 	cmd := &cobra.Command{
-		Use:   "delete service NAME... | delete -f FILE|DIR",
+		Use: "delete service NAME... | delete -f FILE|DIR",
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if len(args) == 0 {
+				return []string{"service"}, cobra.ShellCompDirectiveNoFileComp
+			}
+			return completeNames(cmd, g, "services"), cobra.ShellCompDirectiveNoFileComp
+		},
 		Short: "Delete services (their DNS name and route go first, then their containers stop), or every object in manifests",
 		Long: `Delete services by name, or every service, volume and secret the manifests
 name (-f, as for apply; services first, so volumes they mount are free).

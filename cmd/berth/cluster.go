@@ -121,9 +121,10 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "Cordon, uncordon, drain and remove nodes"}
 	cordon := func(use, short string, value bool) *cobra.Command {
 		return &cobra.Command{
-			Use:   use + " NAME",
-			Short: short,
-			Args:  nArgs(1),
+			Use:               use + " NAME",
+			ValidArgsFunction: completeKindArgs(g, "nodes"),
+			Short:             short,
+			Args:              nArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 					if _, err := cli.CordonNode(ctx, &pb.CordonNodeRequest{Name: args[0], Cordon: value}); err != nil {
@@ -136,9 +137,10 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 		}
 	}
 	drain := &cobra.Command{
-		Use:   "drain NAME",
-		Short: "Cordon a node and move its instances elsewhere through the normal drain path",
-		Args:  nArgs(1),
+		Use:               "drain NAME",
+		ValidArgsFunction: completeKindArgs(g, "nodes"),
+		Short:             "Cordon a node and move its instances elsewhere through the normal drain path",
+		Args:              nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.DrainNode(ctx, &pb.DrainNodeRequest{Name: args[0]})
@@ -151,9 +153,10 @@ func newNodeCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	remove := &cobra.Command{
-		Use:   "remove NAME",
-		Short: "Remove a node: revoke its certificates at once, replace its instances elsewhere, then delete it",
-		Args:  nArgs(1),
+		Use:               "remove NAME",
+		ValidArgsFunction: completeKindArgs(g, "nodes"),
+		Short:             "Remove a node: revoke its certificates at once, replace its instances elsewhere, then delete it",
+		Args:              nArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
 				resp, err := cli.RemoveNode(ctx, &pb.RemoveNodeRequest{Name: args[0]})
