@@ -123,6 +123,7 @@ type Server struct {
 	cache     *store.Cache
 	ctrl      *controller.Controller
 	publisher *publish.Publisher
+	liveness  *liveness
 	api       *apiserver.Server
 	grpc      *grpc.Server
 	lis       net.Listener
@@ -188,10 +189,18 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 		ccfg.LostGrace = cfg.LostGrace
 	}
 	ccfg.Loads = cfg.Loads
+	// A control plane coming back (or a new leader) judges no node for
+	// its own absence: agents get NodeTimeout plus a few heartbeats and
+	// reconnects to be heard again.
+	grace := cfg.NodeTimeout + 3*cfg.HeartbeatInterval + 2*time.Second
+	ccfg.StartGrace = grace
 	s.publisher = publish.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
+	s.publisher.SetGrace(grace)
 	ccfg.VersionFor = s.publisher.VersionFor
 	s.ctrl = controller.New(ccfg, s.store.Tracked(), s.cache)
+	s.liveness = newLiveness(cfg.NodeTimeout)
 	s.api, err = apiserver.New(apiserver.Config{
+		Liveness:          s.liveness,
 		Secrets:           box,
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),
 		ClusterCIDR:       cfg.ClusterCIDR,
@@ -285,6 +294,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
 	run("replica session", s.replicaSession)
+	run("node liveness", s.runLiveness)
 	run("api", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -30,7 +32,13 @@ func Dial(servers string, tlsCfg *tls.Config, opts ...grpc.DialOption) (*grpc.Cl
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("no control plane address in %q", servers)
 	}
-	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	// A control plane back after an outage is found within a second or
+	// two: gRPC's default backoff grows to two minutes.
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}))
 	if len(addrs) == 1 {
 		return grpc.NewClient(addrs[0].Addr, opts...)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/berth-dev/berth/pki"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Config configures the API server.
@@ -69,6 +70,10 @@ type Config struct {
 	// ReplicaTLS is the client configuration (this replica's certificate)
 	// for fetching an upload from another replica.
 	ReplicaTLS *tls.Config
+	// Liveness is this replica's record of node heartbeats (in memory;
+	// it writes only transitions to etcd). Nil: every heartbeat is
+	// written to etcd (store.Heartbeat).
+	Liveness Liveness
 	// ReplicaCert is this replica's certificate, presented to node
 	// agents' NodeShell (logs, exec, port-forward).
 	ReplicaCert *pki.KeyPair
@@ -423,6 +428,13 @@ func (s *Server) ListNodes(ctx context.Context, req *pb.ListNodesRequest) (*pb.L
 			}
 		}
 		n.Allocated = alloc
+		if s.cfg.Liveness != nil {
+			// The lease key says when this node was claimed; the replica
+			// that hears it knows its last heartbeat.
+			if at, ok := s.cfg.Liveness.LastHeard(n.Name); ok {
+				n.Heartbeat = timestamppb.New(at)
+			}
+		}
 		out.Nodes = append(out.Nodes, n)
 	}
 	return out, nil
@@ -467,7 +479,11 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout, 0); err != nil {
+	if s.cfg.Liveness != nil {
+		if err := s.cfg.Liveness.HeardAndClaimed(ctx, req.Name, 0); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
+	} else if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout, 0); err != nil {
 		return nil, storeErr(err)
 	}
 	_ = s.store.RecordEvent(ctx, store.Event{Object: "node/" + req.Name, Reason: "Registered", Message: fmt.Sprintf("node %s joined with pod subnet %s", req.Name, node.PodCIDR)})
@@ -479,8 +495,19 @@ func validNodeName(name string) error {
 	return validPartName("node", name)
 }
 
+// Liveness records heartbeats.
+type Liveness interface {
+	Heard(node string, dnsVersion uint64)
+	HeardAndClaimed(ctx context.Context, node string, dnsVersion uint64) error
+	LastHeard(node string) (time.Time, bool)
+}
+
 // Heartbeat renews a node's lease.
 func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
+	if s.cfg.Liveness != nil {
+		s.cfg.Liveness.Heard(req.Name, req.DnsVersion)
+		return &pb.HeartbeatResponse{}, nil
+	}
 	if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout, req.DnsVersion); err != nil {
 		return nil, storeErr(err)
 	}

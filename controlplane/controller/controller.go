@@ -39,6 +39,11 @@ type Config struct {
 	// LostGrace is how long a node may stay NotReady before it is Lost:
 	// its instances are then deleted and replaced on other nodes.
 	LostGrace time.Duration
+	// StartGrace: for this long after Run starts (this replica took the
+	// lead, perhaps after the control plane was down), no node is judged
+	// NotReady for missing liveness: its agent gets a fair chance to
+	// reach the control plane again first.
+	StartGrace time.Duration
 	// Loads feeds canary analysis (nil: steps pass without analysis data).
 	Loads LoadReader
 	// VersionFor maps an etcd revision to the discovery snapshot version
@@ -57,13 +62,15 @@ func DefaultConfig() Config {
 
 // Controller runs the reconcile loops.
 type Controller struct {
-	cfg    Config
-	store  Store
-	cache  Views
-	sched  *scheduler.Scheduler
-	loads  LoadReader
-	logger *slog.Logger
-	now    func() time.Time
+	cfg       Config
+	startedAt time.Time
+	graceFor  map[string]bool // the nodes there were when Run started
+	store     Store
+	cache     Views
+	sched     *scheduler.Scheduler
+	loads     LoadReader
+	logger    *slog.Logger
+	now       func() time.Time
 
 	unschedulable map[string]string // instance id -> last reason, to avoid repeating events
 	commitFailed  map[string]string // service key -> last commit failure, likewise
@@ -119,6 +126,7 @@ func New(cfg Config, st Store, cache Views) *Controller {
 
 // Run reconciles on every change and every Resync until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
+	c.startedAt, c.graceFor = c.now(), nil
 	changes, unsubscribe := c.cache.Subscribe()
 	defer unsubscribe()
 	tick := time.NewTicker(c.cfg.Resync)
@@ -218,6 +226,12 @@ func (c *Controller) flushEvents(ctx context.Context) {
 // a deleted instance is never assigned again).
 func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 	c.noteStaleGateways(ctx, v)
+	if c.graceFor == nil {
+		c.graceFor = map[string]bool{}
+		for _, n := range v.Nodes {
+			c.graceFor[n.Name] = true
+		}
+	}
 	now := c.now().UTC()
 	var errs []error
 	for _, n := range v.Nodes {
@@ -229,6 +243,8 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			next = api.NodeLost
 		case live && n.State != api.NodeReady:
 			next = api.NodeReady
+		case !live && n.State == api.NodeReady && c.graceFor[n.Name] && now.Sub(c.startedAt) < c.cfg.StartGrace:
+			// Just took the lead: the agent may not have reached us yet.
 		case !live && (n.State == api.NodeReady || n.State == ""):
 			next = api.NodeNotReady
 		case !live && n.State == api.NodeNotReady && now.Sub(n.StateSince) >= c.cfg.LostGrace:

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane/store"
@@ -42,6 +43,12 @@ type Publisher struct {
 	covered  uint64
 	lastGen  uint64 // View.Gen of the last view built
 	watchers map[chan struct{}]struct{}
+	// graceUntil: until then a node the etcd says Ready keeps its
+	// endpoints though no replica claims it live yet (this replica just
+	// started; the agents have not reconnected): the control plane never
+	// takes endpoints out for its own absence.
+	graceUntil time.Time
+	graceFor   map[string]bool // the nodes of the first view: the ones the grace is for
 
 	published prometheus.Counter
 	version   prometheus.Gauge
@@ -101,15 +108,36 @@ func (p *Publisher) Watch() (<-chan struct{}, func()) {
 	}
 }
 
+// SetGrace keeps Ready nodes' endpoints for d from now whether or not
+// their liveness is claimed yet (call before Run).
+func (p *Publisher) SetGrace(d time.Duration) {
+	p.mu.Lock()
+	p.graceUntil = time.Now().Add(d)
+	p.mu.Unlock()
+}
+
 // Run publishes until ctx ends.
 func (p *Publisher) Run(ctx context.Context) error {
 	changes, unsubscribe := p.cache.Subscribe()
 	defer unsubscribe()
+	p.mu.Lock()
+	graceLeft := time.Until(p.graceUntil)
+	p.mu.Unlock()
+	var graceEnd <-chan time.Time
+	if graceLeft > 0 {
+		graceEnd = time.After(graceLeft)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changes:
+			p.publish(p.cache.View())
+		case <-graceEnd:
+			// Nodes still unclaimed lose their endpoints now.
+			p.mu.Lock()
+			p.lastGen = 0
+			p.mu.Unlock()
 			p.publish(p.cache.View())
 		}
 	}
@@ -143,8 +171,24 @@ func (p *Publisher) publish(v *store.View) {
 		return
 	}
 	p.lastGen = v.Gen
+	grace := time.Now().Before(p.graceUntil)
 	p.mu.Unlock()
-	snap := discovery.Build(StateFromView(v))
+	st := StateFromView(v)
+	p.mu.Lock()
+	if p.graceFor == nil {
+		// Nodes that joined after this replica started had their chance.
+		p.graceFor = map[string]bool{}
+		for _, n := range v.Nodes {
+			p.graceFor[n.Name] = true
+		}
+	}
+	for _, n := range v.Nodes {
+		if grace && n.State == api.NodeReady && p.graceFor[n.Name] {
+			delete(st.NotReadyNodes, n.Name)
+		}
+	}
+	p.mu.Unlock()
+	snap := discovery.Build(st)
 	body, _ := json.Marshal(snap.Services)
 	p.mu.Lock()
 	if p.latest != nil && string(body) == p.lastBody {

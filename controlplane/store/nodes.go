@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -221,4 +223,48 @@ func (s *Store) UpdateNode(ctx context.Context, name string, change func(n *api.
 		return nil, err
 	}
 	return &n, nil
+}
+
+// livenessBatch bounds the operations of one liveness transaction (etcd's
+// default --max-txn-ops is 128; a release is a nested transaction of a
+// compare and a delete).
+const livenessBatch = 60
+
+// PutLiveness writes nodes' lease keys on lease, this replica's session
+// lease: the node is live for as long as this replica hears it and the
+// replica lives. Written only when a node is first heard or its DNS
+// version changes, never per heartbeat.
+func (s *Store) PutLiveness(ctx context.Context, lease clientv3.LeaseID, vals map[string]LeaseValue) error {
+	names := slices.Sorted(maps.Keys(vals))
+	for len(names) > 0 {
+		n := min(len(names), livenessBatch)
+		ops := make([]clientv3.Op, 0, n)
+		for _, name := range names[:n] {
+			ops = append(ops, clientv3.OpPut(leaseKey(name), mustJSON(vals[name]), clientv3.WithLease(lease)))
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("store: liveness of %d nodes: %w", n, err)
+		}
+		names = names[n:]
+	}
+	return nil
+}
+
+// ReleaseLiveness deletes the lease keys of nodes this replica no longer
+// hears, where the key is still on its lease (another replica may hear
+// the node now).
+func (s *Store) ReleaseLiveness(ctx context.Context, lease clientv3.LeaseID, nodes []string) error {
+	for len(nodes) > 0 {
+		n := min(len(nodes), livenessBatch)
+		ops := make([]clientv3.Op, 0, n)
+		for _, name := range nodes[:n] {
+			k := leaseKey(name)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(k), "=", lease)}, []clientv3.Op{clientv3.OpDelete(k)}, nil))
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("store: release liveness of %d nodes: %w", n, err)
+		}
+		nodes = nodes[n:]
+	}
+	return nil
 }

@@ -1,0 +1,136 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/discovery"
+)
+
+// Heartbeats are kept in the replica's memory: a hundred of them write
+// nothing to etcd (each was a get, a keep-alive and a put); a new DNS
+// version is one write; a node no longer heard is NotReady.
+func TestHeartbeatsWriteNothingToEtcd(t *testing.T) {
+	h := start(t, func(c *Config) { c.HeartbeatInterval, c.NodeTimeout = 100*time.Millisecond, time.Second })
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 1000, MemoryBytes: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a Ready", func() (bool, string) { st := nodeState(h, "a"); return st == "Ready", st })
+	rev := func() int64 {
+		r, err := h.srv.Etcd().Get(ctx, "/berth/nothing")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Header.Revision
+	}
+	time.Sleep(300 * time.Millisecond) // what the registration set off settles
+	before := rev()
+	for range 100 {
+		if _, err := h.agent.Heartbeat(ctx, &pb.HeartbeatRequest{Name: "a", DnsVersion: 7}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	// One write: the DNS version went from 0 to 7.
+	if grew := rev() - before; grew > 2 {
+		t.Fatalf("100 heartbeats grew etcd's revision by %d", grew)
+	}
+	var ok bool
+	l, _ := h.berth.ListNodes(ctx, &pb.ListNodesRequest{})
+	for _, n := range l.GetNodes() {
+		ok = ok || (n.Name == "a" && n.DnsVersion == 7 && time.Since(n.Heartbeat.AsTime()) < time.Second)
+	}
+	if !ok {
+		t.Fatalf("node a after heartbeats with DNS version 7: %v", l)
+	}
+	eventually(t, "a NotReady once no longer heard", func() (bool, string) {
+		st := nodeState(h, "a")
+		return st == "NotReady", st
+	})
+}
+
+// A control plane that was down longer than its nodes' timeout judges no
+// node for its own absence: a restarted replica keeps a Ready node's
+// endpoints until the node had a fair chance to be heard (before, the
+// first snapshot after the restart dropped them, and requests failed
+// until the next heartbeat).
+func TestRestartGivesNodesAGracePeriod(t *testing.T) {
+	dir := t.TempDir()
+	type replica struct {
+		srv  *Server
+		cli  pb.BerthClient
+		node *nodeRouter
+		stop func()
+	}
+	run := func() replica {
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.APIAddr = dir, "127.0.0.1:0"
+		cfg.Etcd = EtcdTuning{TickMs: 10, ElectionMs: 100}
+		cfg.HeartbeatInterval, cfg.NodeTimeout, cfg.ElectionTTL = 100*time.Millisecond, time.Second, time.Second
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		srv, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		conn := adminConn(t, srv)
+		return replica{srv: srv, cli: pb.NewBerthClient(conn), node: newNodeRouter(t, srv), stop: func() { conn.Close(); cancel(); <-done }}
+	}
+	ctx := context.Background()
+	r := run()
+	h := &harness{srv: r.srv, berth: r.cli, agent: r.node}
+	if _, err := r.node.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 1000, MemoryBytes: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	stopBeats := heartbeat(t, h, "a")
+	if _, err := r.cli.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	ready := func(s *discovery.Snapshot) int {
+		if s == nil || s.Lookup("default", "hello") == nil {
+			return 0
+		}
+		return len(s.Lookup("default", "hello").ReadyEndpoints())
+	}
+	eventually(t, "hello ready", func() (bool, string) {
+		reportReady(t, h, "a")
+		return ready(r.srv.Publisher().Latest()) == 1, fmt.Sprint(r.srv.Publisher().Latest())
+	})
+	stopBeats()
+	r.stop()
+	time.Sleep(2500 * time.Millisecond) // the node's claim lapsed with the replica's lease
+
+	r = run()
+	defer r.stop()
+	h = &harness{srv: r.srv, berth: r.cli, agent: r.node}
+	eventually(t, "a first snapshot", func() (bool, string) { return r.srv.Publisher().Latest() != nil, "none" })
+	if n := ready(r.srv.Publisher().Latest()); n != 1 {
+		t.Fatalf("the first snapshot after the restart has %d ready endpoints of hello, want 1 (no node was heard yet)", n)
+	}
+	// The old claim lapses a lease TTL after etcd is back (1s here); the
+	// agent has not come back yet: within the grace nothing leaves.
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if n := ready(r.srv.Publisher().Latest()); n != 1 {
+			l, _ := r.cli.ListInstances(ctx, &pb.ListInstancesRequest{})
+			t.Fatalf("within the grace, before the agent is back: %d endpoints of hello; node %s; %v", n, nodeState(h, "a"), l)
+		}
+	}
+	if st := nodeState(h, "a"); st != "Ready" {
+		t.Fatalf("within the grace: node %s", st)
+	}
+	// The agent is back: nothing ever left.
+	heartbeat(t, h, "a")
+	time.Sleep(4 * time.Second) // past the grace
+	if st := nodeState(h, "a"); st != "Ready" || ready(r.srv.Publisher().Latest()) != 1 {
+		t.Fatalf("after the grace with heartbeats: node %s, %d endpoints", st, ready(r.srv.Publisher().Latest()))
+	}
+}
