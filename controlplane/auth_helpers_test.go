@@ -104,3 +104,9 @@ func (r *nodeRouter) VolumeDeleted(ctx context.Context, in *pb.VolumeDeletedRequ
 func (r *nodeRouter) InstanceSecrets(ctx context.Context, in *pb.InstanceSecretsRequest, opts ...grpc.CallOption) (*pb.InstanceSecretsResponse, error) {
 	return r.as(in.Node).InstanceSecrets(ctx, in, opts...)
 }
+
+// Heartbeats: a stream's node is known only from its first message; tests
+// open it with as(name).Heartbeats.
+func (r *nodeRouter) Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[pb.HeartbeatRequest, pb.HeartbeatResponse], error) {
+	panic("nodeRouter: open a Heartbeats stream with as(node).Heartbeats")
+}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/discovery"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Heartbeats are kept in the replica's memory: a hundred of them write
@@ -132,5 +134,39 @@ func TestRestartGivesNodesAGracePeriod(t *testing.T) {
 	time.Sleep(4 * time.Second) // past the grace
 	if st := nodeState(h, "a"); st != "Ready" || ready(r.srv.Publisher().Latest()) != 1 {
 		t.Fatalf("after the grace with heartbeats: node %s, %d endpoints", st, ready(r.srv.Publisher().Latest()))
+	}
+}
+
+// The heartbeat stream is the node's alone: a first message naming
+// another node is refused, and so is a later one (a node cannot keep
+// another alive by switching names mid-stream).
+func TestHeartbeatStreamSpeaksForOneNode(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: n, Capacity: &pb.Capacity{MilliCpu: 1000, MemoryBytes: 1 << 30}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send := func(names ...string) error {
+		s, err := h.agent.(*nodeRouter).as("a").Heartbeats(ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if err := s.Send(&pb.HeartbeatRequest{Name: n, DnsVersion: 1}); err != nil {
+				break
+			}
+		}
+		_, err = s.CloseAndRecv()
+		return err
+	}
+	if err := send("a", "a", "a"); err != nil {
+		t.Fatalf("a's own stream: %v", err)
+	}
+	for _, names := range [][]string{{"b"}, {"a", "b"}} {
+		if err := send(names...); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("node a's stream naming %v: %v, want PermissionDenied", names, err)
+		}
 	}
 }

@@ -418,6 +418,12 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	failing := false
+	// One stream carries the heartbeats (a message each interval and at
+	// once after each snapshot); it is opened again when it breaks. A
+	// control plane without it gets unary calls.
+	var hb heartbeatStream
+	defer hb.close()
+	unary := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -425,9 +431,29 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		case <-a.beatNow:
 		}
-		hctx, cancel := context.WithTimeout(ctx, every)
-		_, err := a.client.Heartbeat(hctx, &pb.HeartbeatRequest{Name: a.cfg.Name, DnsVersion: a.dnsVersion.Load()})
-		cancel()
+		req := &pb.HeartbeatRequest{Name: a.cfg.Name, DnsVersion: a.dnsVersion.Load()}
+		var err error
+		if !unary {
+			if hb.s == nil {
+				err = hb.open(ctx, a.client)
+			}
+			if err == nil {
+				err = hb.s.Send(req)
+			}
+			if err != nil {
+				if status.Code(err) == codes.Unimplemented {
+					unary = true
+				} else if errors.Is(err, io.EOF) {
+					_, err = hb.s.CloseAndRecv() // the server's reason
+				}
+				hb.close()
+			}
+		}
+		if unary {
+			hctx, cancel := context.WithTimeout(ctx, every)
+			_, err = a.client.Heartbeat(hctx, req)
+			cancel()
+		}
 		if err != nil && !failing && ctx.Err() == nil {
 			a.logger.Warn("heartbeat failed", "err", err)
 		}
@@ -627,4 +653,28 @@ func (a *Agent) deleteVolume(ctx context.Context, key string) error {
 	}
 	a.logger.Info("volume data removed", "volume", key, "dir", dir)
 	return nil
+}
+
+// heartbeatStream is an open Heartbeats stream and what cancels it.
+type heartbeatStream struct {
+	s      grpc.ClientStreamingClient[pb.HeartbeatRequest, pb.HeartbeatResponse]
+	cancel context.CancelFunc
+}
+
+func (h *heartbeatStream) open(ctx context.Context, c pb.NodeAgentClient) error {
+	sctx, cancel := context.WithCancel(ctx)
+	s, err := c.Heartbeats(sctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	h.s, h.cancel = s, cancel
+	return nil
+}
+
+func (h *heartbeatStream) close() {
+	if h.cancel != nil {
+		h.cancel()
+	}
+	h.s, h.cancel = nil, nil
 }

@@ -8316,10 +8316,12 @@ const file_berth_proto_rawDesc = "" +
 	"\x04Exec\x12\x13.berth.v1.ExecInput\x1a\x14.berth.v1.ExecOutput(\x010\x01\x12G\n" +
 	"\vPortForward\x12\x19.berth.v1.PortForwardData\x1a\x19.berth.v1.PortForwardData(\x010\x01\x12J\n" +
 	"\vListSecrets\x12\x1c.berth.v1.ListSecretsRequest\x1a\x1d.berth.v1.ListSecretsResponse\x12M\n" +
-	"\fDeleteSecret\x12\x1d.berth.v1.DeleteSecretRequest\x1a\x1e.berth.v1.DeleteSecretResponse2\xb3\x05\n" +
+	"\fDeleteSecret\x12\x1d.berth.v1.DeleteSecretRequest\x1a\x1e.berth.v1.DeleteSecretResponse2\xfc\x05\n" +
 	"\tNodeAgent\x12A\n" +
 	"\bRegister\x12\x19.berth.v1.RegisterRequest\x1a\x1a.berth.v1.RegisterResponse\x12D\n" +
-	"\tHeartbeat\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse\x12N\n" +
+	"\tHeartbeat\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse\x12G\n" +
+	"\n" +
+	"Heartbeats\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse(\x01\x12N\n" +
 	"\x10WatchAssignments\x12!.berth.v1.WatchAssignmentsRequest\x1a\x15.berth.v1.Assignments0\x01\x12M\n" +
 	"\fReportStatus\x12\x1d.berth.v1.ReportStatusRequest\x1a\x1e.berth.v1.ReportStatusResponse\x12P\n" +
 	"\x0eWatchDiscovery\x12\x1f.berth.v1.WatchDiscoveryRequest\x1a\x1b.berth.v1.DiscoverySnapshot0\x01\x12?\n" +
@@ -8619,66 +8621,68 @@ var file_berth_proto_depIdxs = []int32{
 	114, // 132: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
 	58,  // 133: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
 	60,  // 134: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	62,  // 135: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	64,  // 136: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	66,  // 137: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	89,  // 138: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	111, // 139: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	109, // 140: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	116, // 141: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	0,   // 142: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 143: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
-	7,   // 144: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
-	36,  // 145: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	39,  // 146: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	41,  // 147: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	43,  // 148: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	46,  // 149: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	48,  // 150: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	50,  // 151: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	55,  // 152: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	53,  // 153: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	57,  // 154: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	73,  // 155: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	75,  // 156: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	77,  // 157: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	80,  // 158: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	80,  // 159: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	82,  // 160: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	84,  // 161: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	86,  // 162: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	88,  // 163: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	93,  // 164: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	96,  // 165: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	35,  // 166: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	35,  // 167: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
-	35,  // 168: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
-	122, // 169: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
-	18,  // 170: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	18,  // 171: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	102, // 172: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	104, // 173: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	106, // 174: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	108, // 175: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	1,   // 176: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
-	5,   // 177: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 178: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
-	113, // 179: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	115, // 180: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	59,  // 181: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	61,  // 182: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	63,  // 183: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	65,  // 184: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	67,  // 185: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	90,  // 186: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	49,  // 187: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	110, // 188: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	118, // 189: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	1,   // 190: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
-	5,   // 191: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 192: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
-	145, // [145:193] is the sub-list for method output_type
-	97,  // [97:145] is the sub-list for method input_type
+	60,  // 135: berth.v1.NodeAgent.Heartbeats:input_type -> berth.v1.HeartbeatRequest
+	62,  // 136: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	64,  // 137: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	66,  // 138: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	89,  // 139: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	111, // 140: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	109, // 141: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	116, // 142: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	0,   // 143: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 144: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
+	7,   // 145: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
+	36,  // 146: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	39,  // 147: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	41,  // 148: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	43,  // 149: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	46,  // 150: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	48,  // 151: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	50,  // 152: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	55,  // 153: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	53,  // 154: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	57,  // 155: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	73,  // 156: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	75,  // 157: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	77,  // 158: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	80,  // 159: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	80,  // 160: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	82,  // 161: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	84,  // 162: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	86,  // 163: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	88,  // 164: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	93,  // 165: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	96,  // 166: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	35,  // 167: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	35,  // 168: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
+	35,  // 169: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
+	122, // 170: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
+	18,  // 171: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	18,  // 172: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	102, // 173: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	104, // 174: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	106, // 175: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	108, // 176: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	1,   // 177: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
+	5,   // 178: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 179: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
+	113, // 180: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	115, // 181: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	59,  // 182: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	61,  // 183: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	61,  // 184: berth.v1.NodeAgent.Heartbeats:output_type -> berth.v1.HeartbeatResponse
+	63,  // 185: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	65,  // 186: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	67,  // 187: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	90,  // 188: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	49,  // 189: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	110, // 190: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	118, // 191: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	1,   // 192: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
+	5,   // 193: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 194: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
+	146, // [146:195] is the sub-list for method output_type
+	97,  // [97:146] is the sub-list for method input_type
 	97,  // [97:97] is the sub-list for extension type_name
 	97,  // [97:97] is the sub-list for extension extendee
 	0,   // [0:97] is the sub-list for field type_name

@@ -1537,6 +1537,7 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 const (
 	NodeAgent_Register_FullMethodName         = "/berth.v1.NodeAgent/Register"
 	NodeAgent_Heartbeat_FullMethodName        = "/berth.v1.NodeAgent/Heartbeat"
+	NodeAgent_Heartbeats_FullMethodName       = "/berth.v1.NodeAgent/Heartbeats"
 	NodeAgent_WatchAssignments_FullMethodName = "/berth.v1.NodeAgent/WatchAssignments"
 	NodeAgent_ReportStatus_FullMethodName     = "/berth.v1.NodeAgent/ReportStatus"
 	NodeAgent_WatchDiscovery_FullMethodName   = "/berth.v1.NodeAgent/WatchDiscovery"
@@ -1554,6 +1555,11 @@ type NodeAgentClient interface {
 	// returns its pod subnet.
 	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterResponse, error)
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// Heartbeats is the agent's liveness on one stream: a message each
+	// heartbeat interval and at once when its DNS version changes, every
+	// one naming the node the first one named. While it flows the replica
+	// holds the node live (in memory; etcd only on transitions).
+	Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[HeartbeatRequest, HeartbeatResponse], error)
 	// WatchAssignments streams the node's complete set of instances each
 	// time it changes (level-triggered: the agent converges to the latest).
 	WatchAssignments(ctx context.Context, in *WatchAssignmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Assignments], error)
@@ -1600,9 +1606,22 @@ func (c *nodeAgentClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, o
 	return out, nil
 }
 
+func (c *nodeAgentClient) Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[HeartbeatRequest, HeartbeatResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[0], NodeAgent_Heartbeats_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HeartbeatRequest, HeartbeatResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgent_HeartbeatsClient = grpc.ClientStreamingClient[HeartbeatRequest, HeartbeatResponse]
+
 func (c *nodeAgentClient) WatchAssignments(ctx context.Context, in *WatchAssignmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Assignments], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[0], NodeAgent_WatchAssignments_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[1], NodeAgent_WatchAssignments_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1631,7 +1650,7 @@ func (c *nodeAgentClient) ReportStatus(ctx context.Context, in *ReportStatusRequ
 
 func (c *nodeAgentClient) WatchDiscovery(ctx context.Context, in *WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiscoverySnapshot], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[1], NodeAgent_WatchDiscovery_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[2], NodeAgent_WatchDiscovery_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1650,7 +1669,7 @@ type NodeAgent_WatchDiscoveryClient = grpc.ServerStreamingClient[DiscoverySnapsh
 
 func (c *nodeAgentClient) WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[2], NodeAgent_WatchNodes_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[3], NodeAgent_WatchNodes_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1669,7 +1688,7 @@ type NodeAgent_WatchNodesClient = grpc.ServerStreamingClient[NodeList]
 
 func (c *nodeAgentClient) FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[3], NodeAgent_FetchImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[4], NodeAgent_FetchImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1714,6 +1733,11 @@ type NodeAgentServer interface {
 	// returns its pod subnet.
 	Register(context.Context, *RegisterRequest) (*RegisterResponse, error)
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// Heartbeats is the agent's liveness on one stream: a message each
+	// heartbeat interval and at once when its DNS version changes, every
+	// one naming the node the first one named. While it flows the replica
+	// holds the node live (in memory; etcd only on transitions).
+	Heartbeats(grpc.ClientStreamingServer[HeartbeatRequest, HeartbeatResponse]) error
 	// WatchAssignments streams the node's complete set of instances each
 	// time it changes (level-triggered: the agent converges to the latest).
 	WatchAssignments(*WatchAssignmentsRequest, grpc.ServerStreamingServer[Assignments]) error
@@ -1745,6 +1769,9 @@ func (UnimplementedNodeAgentServer) Register(context.Context, *RegisterRequest) 
 }
 func (UnimplementedNodeAgentServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedNodeAgentServer) Heartbeats(grpc.ClientStreamingServer[HeartbeatRequest, HeartbeatResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Heartbeats not implemented")
 }
 func (UnimplementedNodeAgentServer) WatchAssignments(*WatchAssignmentsRequest, grpc.ServerStreamingServer[Assignments]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchAssignments not implemented")
@@ -1823,6 +1850,13 @@ func _NodeAgent_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _NodeAgent_Heartbeats_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeAgentServer).Heartbeats(&grpc.GenericServerStream[HeartbeatRequest, HeartbeatResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgent_HeartbeatsServer = grpc.ClientStreamingServer[HeartbeatRequest, HeartbeatResponse]
 
 func _NodeAgent_WatchAssignments_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchAssignmentsRequest)
@@ -1951,6 +1985,11 @@ var NodeAgent_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Heartbeats",
+			Handler:       _NodeAgent_Heartbeats_Handler,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchAssignments",
 			Handler:       _NodeAgent_WatchAssignments_Handler,

@@ -269,14 +269,18 @@ func (a *simAgent) register(ctx context.Context) (*pb.RegisterResponse, error) {
 	}
 }
 
-// heartbeat runs every interval and at once after each snapshot, with the
-// last snapshot version received (nodeagent.Agent.heartbeat).
+// heartbeat sends on the Heartbeats stream every interval and at once
+// after each snapshot, with the last snapshot version received
+// (nodeagent.Agent.heartbeat).
 func (a *simAgent) heartbeat(ctx context.Context, every time.Duration) {
 	if every <= 0 {
 		every = time.Second
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	// One stream, as nodeagent.Agent.heartbeat.
+	var hb heartbeatStream
+	defer hb.close()
 	for {
 		select {
 		case <-ctx.Done():
@@ -284,10 +288,15 @@ func (a *simAgent) heartbeat(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		case <-a.beatNow:
 		}
-		hctx, cancel := context.WithTimeout(ctx, every)
-		_, err := a.client.Heartbeat(hctx, &pb.HeartbeatRequest{Name: a.name, DnsVersion: a.dnsVersion.Load()})
-		cancel()
+		var err error
+		if hb.s == nil {
+			err = hb.open(ctx, a.client)
+		}
+		if err == nil {
+			err = hb.s.Send(&pb.HeartbeatRequest{Name: a.name, DnsVersion: a.dnsVersion.Load()})
+		}
 		if err != nil {
+			hb.close()
 			if ctx.Err() == nil {
 				a.fleet.heartbeatErrs.Add(1)
 				a.fleet.logOnce("heartbeat: %v", err)
@@ -545,4 +554,28 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// heartbeatStream is an open Heartbeats stream and what cancels it.
+type heartbeatStream struct {
+	s      grpc.ClientStreamingClient[pb.HeartbeatRequest, pb.HeartbeatResponse]
+	cancel context.CancelFunc
+}
+
+func (h *heartbeatStream) open(ctx context.Context, c pb.NodeAgentClient) error {
+	sctx, cancel := context.WithCancel(ctx)
+	s, err := c.Heartbeats(sctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	h.s, h.cancel = s, cancel
+	return nil
+}
+
+func (h *heartbeatStream) close() {
+	if h.cancel != nil {
+		h.cancel()
+	}
+	h.s, h.cancel = nil, nil
 }

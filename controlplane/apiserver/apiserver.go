@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -32,6 +33,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/berth-dev/berth/pki"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -512,6 +514,32 @@ func (s *Server) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.H
 		return nil, storeErr(err)
 	}
 	return &pb.HeartbeatResponse{}, nil
+}
+
+// Heartbeats takes a node's heartbeats on one stream: the caller was
+// authorised for the node its first message names, and every message must
+// name the same node.
+func (s *Server) Heartbeats(stream grpc.ClientStreamingServer[pb.HeartbeatRequest, pb.HeartbeatResponse]) error {
+	node := ""
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(&pb.HeartbeatResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		if node == "" {
+			node = req.Name
+		} else if req.Name != node {
+			return errNotYours("heartbeat stream of node %s named node %q", node, req.Name)
+		}
+		if s.cfg.Liveness != nil {
+			s.cfg.Liveness.Heard(node, req.DnsVersion)
+		} else if err := s.store.Heartbeat(stream.Context(), node, s.cfg.NodeTimeout, req.DnsVersion); err != nil {
+			return storeErr(err)
+		}
+	}
 }
 
 // WatchAssignments streams the node's instances whenever they change.

@@ -102,8 +102,10 @@ var methodPermissions = map[string]permissions{
 	berthSvc + "ListSecrets":      listIn(nsOf),
 	berthSvc + "DeleteSecret":     inNamespace(authz.Write, nsOf),
 
-	agentSvc + "Register":         forNode(func(m any) string { return m.(*pb.RegisterRequest).GetName() }),
-	agentSvc + "Heartbeat":        forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
+	agentSvc + "Register":  forNode(func(m any) string { return m.(*pb.RegisterRequest).GetName() }),
+	agentSvc + "Heartbeat": forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
+	// The handler refuses a later message naming another node.
+	agentSvc + "Heartbeats":       forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
 	agentSvc + "WatchAssignments": forNode(func(m any) string { return m.(*pb.WatchAssignmentsRequest).GetNode() }),
 	agentSvc + "ReportStatus":     forNode(func(m any) string { return m.(*pb.ReportStatusRequest).GetNode() }),
 	agentSvc + "WatchDiscovery":   forNode(func(m any) string { return m.(*pb.WatchDiscoveryRequest).GetNode() }),
@@ -123,7 +125,7 @@ var streamsCheckedAtOpen = map[string]bool{berthSvc + "LoadImage": true}
 // streamsCheckedAtFirstMessage are client streams whose first message
 // says what they act on (the handler refuses one without it): they are
 // authorised on it, before the handler reads it.
-var streamsCheckedAtFirstMessage = map[string]bool{berthSvc + "Exec": true, berthSvc + "PortForward": true}
+var streamsCheckedAtFirstMessage = map[string]bool{berthSvc + "Exec": true, berthSvc + "PortForward": true, agentSvc + "Heartbeats": true}
 
 func applyPermissions(m any) []authz.Request {
 	req := m.(*pb.ApplyRequest)
