@@ -303,7 +303,9 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 // the replicas (with room for surges), as many as there are nodes.
 func nodeSubnetBits(o options) (int, error) {
 	perNode := (o.services*(o.replicas+1)+o.nodes-1)/o.nodes + o.replicas
-	for bits := 24; bits >= 16; bits-- {
+	// The largest subnet that leaves a subnet for every node (at 1,000
+	// nodes: /26, 61 addresses each).
+	for bits := 16; bits <= 28; bits++ {
 		if 1<<(32-bits)-3 >= perNode*3/2+16 && o.nodes <= 1<<(bits-16) {
 			return bits, nil
 		}

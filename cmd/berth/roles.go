@@ -37,31 +37,32 @@ import (
 
 // serverFlags are shared by `berth server` and `berth dev`.
 type serverFlags struct {
-	dataDir      string
-	etcd         []string
-	apiAddr      string
-	xdsAddr      string
-	dnsAddr      string
-	metricsAddr  string
-	clusterCIDR  string
-	dnsTTL       time.Duration
-	dnsUpstreams []string
-	dnsRateLimit float64
-	nodeTimeout  time.Duration
-	caCert       string
-	caKey        string
-	certTTL      time.Duration
-	maxNodes     int
-	maxImageSize string
-	imageQuota   string
-	secretsKey   string
-	adminConfig  string
-	etcdCA       string
-	etcdCert     string
-	etcdKey      string
-	lostGrace    time.Duration
-	name         string
-	advertise    string
+	dataDir        string
+	etcd           []string
+	apiAddr        string
+	xdsAddr        string
+	dnsAddr        string
+	metricsAddr    string
+	clusterCIDR    string
+	nodeSubnetSize int
+	dnsTTL         time.Duration
+	dnsUpstreams   []string
+	dnsRateLimit   float64
+	nodeTimeout    time.Duration
+	caCert         string
+	caKey          string
+	certTTL        time.Duration
+	maxNodes       int
+	maxImageSize   string
+	imageQuota     string
+	secretsKey     string
+	adminConfig    string
+	etcdCA         string
+	etcdCert       string
+	etcdKey        string
+	lostGrace      time.Duration
+	name           string
+	advertise      string
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
@@ -71,7 +72,8 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.xdsAddr, "xds-addr", "127.0.0.1:7401", "xDS (ADS) address that gateways connect to")
 	cmd.Flags().StringVar(&f.dnsAddr, "dns-addr", "127.0.0.1:1053", "DNS address for the host (UDP and TCP); empty disables")
 	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", metrics, "Prometheus /metrics address; empty disables")
-	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one /24 per node")
+	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one subnet of --node-subnet-size per node")
+	cmd.Flags().IntVar(&f.nodeSubnetSize, "node-subnet-size", 24, "prefix length of each node's pod subnet: /24 gives 253 pods a node and 256 nodes in a /16; /26 gives 61 pods and 1,024 nodes")
 	cmd.Flags().DurationVar(&f.dnsTTL, "dns-ttl", 5*time.Second, "TTL of service DNS records; a stopped endpoint leaves DNS this long before its container stops")
 	cmd.Flags().StringSliceVar(&f.dnsUpstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
 	cmd.Flags().Float64Var(&f.dnsRateLimit, "dns-rate-limit", -1, "UDP responses a second per client /24 (IPv6 /56) from the host DNS, then dropped or truncated; -1: 200 when --dns-addr is not loopback, else off; 0: off")
@@ -153,6 +155,12 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	}
 	cfg := controlplane.DefaultConfig()
 	cfg.DataDir, cfg.EtcdEndpoints, cfg.APIAddr, cfg.ClusterCIDR = f.dataDir, f.etcd, f.apiAddr, f.clusterCIDR
+	if cluster, err := netip.ParsePrefix(f.clusterCIDR); err != nil || !cluster.Addr().Is4() {
+		return nil, fmt.Errorf("--cluster-cidr %q: want an IPv4 CIDR like 10.213.0.0/16", f.clusterCIDR)
+	} else if f.nodeSubnetSize < cluster.Bits() || f.nodeSubnetSize > 28 {
+		return nil, fmt.Errorf("--node-subnet-size %d: must be between the cluster's /%d and /28", f.nodeSubnetSize, cluster.Bits())
+	}
+	cfg.NodeSubnetBits = f.nodeSubnetSize
 	cfg.DrainDelay, cfg.Logger, cfg.Registerer = f.dnsTTL, logger, reg
 	cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.nodeTimeout, f.lostGrace, f.name, f.advertise
 	cfg.CACertFile, cfg.CAKeyFile, cfg.CertTTL, cfg.MaxNodes, cfg.AdminConfig = f.caCert, f.caKey, f.certTTL, f.maxNodes, f.adminConfig
