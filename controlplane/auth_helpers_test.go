@@ -110,3 +110,6 @@ func (r *nodeRouter) InstanceSecrets(ctx context.Context, in *pb.InstanceSecrets
 func (r *nodeRouter) Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[pb.HeartbeatRequest, pb.HeartbeatResponse], error) {
 	panic("nodeRouter: open a Heartbeats stream with as(node).Heartbeats")
 }
+func (r *nodeRouter) WatchDiscoveryDeltas(ctx context.Context, in *pb.WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[pb.DiscoveryDelta], error) {
+	return r.as(in.Node).WatchDiscoveryDeltas(ctx, in, opts...)
+}

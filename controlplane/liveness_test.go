@@ -170,3 +170,76 @@ func TestHeartbeatStreamSpeaksForOneNode(t *testing.T) {
 		}
 	}
 }
+
+// The agents' discovery feed sends what changed: the whole snapshot
+// first, then only the services a change touched, and the removed ones;
+// a reconnect with the version held goes on from it.
+func TestDiscoveryDeltas(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 8000, MemoryBytes: 8 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	svc := func(name string, replicas int32) *pb.Service {
+		s := helloSpec(replicas)
+		s.Metadata.Name, s.Spec.Route = name, nil
+		return s
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{svc("one", 1), svc("two", 1), svc("three", 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "three services published", func() (bool, string) {
+		s := h.srv.Publisher().Latest()
+		return s != nil && len(s.Services) == 3, fmt.Sprint(s)
+	})
+	stream, err := h.agent.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil || first.BaseVersion != 0 || len(first.Services) != 3 {
+		t.Fatalf("first message: %v %v", first, err)
+	}
+	if _, err := h.berth.DeleteService(ctx, &pb.DeleteServiceRequest{Name: "three"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{svc("four", 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	have, got := first.Version, map[string]bool{}
+	for !got["removed default/three"] || !got["default/four"] {
+		d, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.BaseVersion != have {
+			t.Fatalf("delta from %d, the agent has %d", d.BaseVersion, have)
+		}
+		for _, s := range d.Services {
+			if s.Name == "one" || s.Name == "two" {
+				t.Fatalf("an unchanged service sent again: %s", s.Name)
+			}
+			got[s.Namespace+"/"+s.Name] = true
+		}
+		for _, r := range d.Removed {
+			got["removed "+r] = true
+		}
+		have = d.Version
+	}
+	// Reconnecting with the version held: no whole snapshot.
+	cancel()
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	if _, err := h.berth.Apply(ctx2, &pb.ApplyRequest{Services: []*pb.Service{svc("five", 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err = h.agent.WatchDiscoveryDeltas(ctx2, &pb.WatchDiscoveryRequest{Node: "a", HaveVersion: have})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := stream.Recv()
+	if err != nil || d.BaseVersion != have || len(d.Services) > 2 {
+		t.Fatalf("after a reconnect at %d: %v %v", have, d, err)
+	}
+}

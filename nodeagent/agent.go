@@ -484,28 +484,103 @@ func (a *Agent) retry(ctx context.Context, what string, f func(context.Context) 
 }
 
 func (a *Agent) followDiscovery(ctx context.Context) {
+	// The snapshot as the agent holds it, kept across reconnects: a
+	// replica that still has the deltas since its version sends only
+	// those.
+	held := &heldSnapshot{services: map[string]*pb.DiscoveryService{}}
+	wholeOnly := false
 	a.retry(ctx, "discovery", func(ctx context.Context) error {
-		stream, err := a.client.WatchDiscovery(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name})
+		if wholeOnly {
+			return a.followWholeSnapshots(ctx)
+		}
+		stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name, HaveVersion: held.version})
 		if err != nil {
 			return err
 		}
 		for {
 			msg, err := stream.Recv()
+			if status.Code(err) == codes.Unimplemented {
+				wholeOnly = true // an older control plane
+				return err
+			}
 			if err != nil {
 				return err
 			}
-			// While the control plane is away the DNS keeps answering from
-			// the last snapshot.
-			a.dns.Update(pb.ToSnapshot(msg))
-			// Tell the control plane at once: rollout steps and drains
-			// wait for every node's DNS to have the snapshot.
-			a.dnsVersion.Store(msg.Version)
-			select {
-			case a.beatNow <- struct{}{}:
-			default:
+			if err := held.apply(msg); err != nil {
+				held.version = 0 // ask for the whole snapshot
+				return err
 			}
+			a.gotSnapshot(held.snapshot())
 		}
 	})
+}
+
+// followWholeSnapshots is the feed of a control plane without deltas.
+func (a *Agent) followWholeSnapshots(ctx context.Context) error {
+	stream, err := a.client.WatchDiscovery(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name})
+	if err != nil {
+		return err
+	}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		a.gotSnapshot(msg)
+	}
+}
+
+// gotSnapshot hands a snapshot to the node-local DNS and tells the
+// control plane at once: rollout steps and drains wait for every node's
+// DNS to have it. While the control plane is away the DNS keeps answering
+// from the last one.
+func (a *Agent) gotSnapshot(msg *pb.DiscoverySnapshot) {
+	a.dns.Update(pb.ToSnapshot(msg))
+	a.dnsVersion.Store(msg.Version)
+	select {
+	case a.beatNow <- struct{}{}:
+	default:
+	}
+}
+
+// heldSnapshot is the discovery snapshot an agent built from deltas.
+type heldSnapshot struct {
+	version  uint64
+	services map[string]*pb.DiscoveryService // by "namespace/name"
+}
+
+// apply takes one message of the delta feed.
+func (h *heldSnapshot) apply(d *pb.DiscoveryDelta) error {
+	switch {
+	case d.BaseVersion == 0:
+		clear(h.services)
+	case d.BaseVersion != h.version:
+		return fmt.Errorf("discovery delta from version %d, but the agent has %d", d.BaseVersion, h.version)
+	}
+	for _, svc := range d.Services {
+		h.services[svc.Namespace+"/"+svc.Name] = svc
+	}
+	for _, k := range d.Removed {
+		delete(h.services, k)
+	}
+	h.version = d.Version
+	return nil
+}
+
+// snapshot is the held snapshot, services in (namespace, name) order as
+// the control plane builds it.
+func (h *heldSnapshot) snapshot() *pb.DiscoverySnapshot {
+	out := &pb.DiscoverySnapshot{Version: h.version, Services: make([]*pb.DiscoveryService, 0, len(h.services))}
+	for _, svc := range h.services {
+		out.Services = append(out.Services, svc)
+	}
+	slices.SortFunc(out.Services, func(a, b *pb.DiscoveryService) int {
+		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out
 }
 
 func (a *Agent) followAssignments(ctx context.Context, out chan *pb.Assignments) {

@@ -514,3 +514,27 @@ func (noProbes) Check(ctx context.Context, _ string, _ *api.Health) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
+
+// The held snapshot applies deltas in order, refuses one from another
+// version (the agent then asks for the whole snapshot), and keeps the
+// control plane's order.
+func TestHeldSnapshotAppliesDeltas(t *testing.T) {
+	h := &heldSnapshot{services: map[string]*pb.DiscoveryService{}}
+	svc := func(ns, name string) *pb.DiscoveryService { return &pb.DiscoveryService{Namespace: ns, Name: name} }
+	if err := h.apply(&pb.DiscoveryDelta{Version: 5, Services: []*pb.DiscoveryService{svc("b", "x"), svc("a", "z"), svc("a", "y")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.apply(&pb.DiscoveryDelta{Version: 7, BaseVersion: 5, Services: []*pb.DiscoveryService{svc("a", "w")}, Removed: []string{"a/z"}}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range h.snapshot().Services {
+		names = append(names, s.Namespace+"/"+s.Name)
+	}
+	if h.version != 7 || !slices.Equal(names, []string{"a/w", "a/y", "b/x"}) {
+		t.Fatalf("version %d, services %v", h.version, names)
+	}
+	if err := h.apply(&pb.DiscoveryDelta{Version: 9, BaseVersion: 8}); err == nil {
+		t.Fatal("a delta from a version the agent does not have was applied")
+	}
+}

@@ -1535,16 +1535,17 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	NodeAgent_Register_FullMethodName         = "/berth.v1.NodeAgent/Register"
-	NodeAgent_Heartbeat_FullMethodName        = "/berth.v1.NodeAgent/Heartbeat"
-	NodeAgent_Heartbeats_FullMethodName       = "/berth.v1.NodeAgent/Heartbeats"
-	NodeAgent_WatchAssignments_FullMethodName = "/berth.v1.NodeAgent/WatchAssignments"
-	NodeAgent_ReportStatus_FullMethodName     = "/berth.v1.NodeAgent/ReportStatus"
-	NodeAgent_WatchDiscovery_FullMethodName   = "/berth.v1.NodeAgent/WatchDiscovery"
-	NodeAgent_WatchNodes_FullMethodName       = "/berth.v1.NodeAgent/WatchNodes"
-	NodeAgent_FetchImage_FullMethodName       = "/berth.v1.NodeAgent/FetchImage"
-	NodeAgent_VolumeDeleted_FullMethodName    = "/berth.v1.NodeAgent/VolumeDeleted"
-	NodeAgent_InstanceSecrets_FullMethodName  = "/berth.v1.NodeAgent/InstanceSecrets"
+	NodeAgent_Register_FullMethodName             = "/berth.v1.NodeAgent/Register"
+	NodeAgent_Heartbeat_FullMethodName            = "/berth.v1.NodeAgent/Heartbeat"
+	NodeAgent_Heartbeats_FullMethodName           = "/berth.v1.NodeAgent/Heartbeats"
+	NodeAgent_WatchAssignments_FullMethodName     = "/berth.v1.NodeAgent/WatchAssignments"
+	NodeAgent_ReportStatus_FullMethodName         = "/berth.v1.NodeAgent/ReportStatus"
+	NodeAgent_WatchDiscovery_FullMethodName       = "/berth.v1.NodeAgent/WatchDiscovery"
+	NodeAgent_WatchDiscoveryDeltas_FullMethodName = "/berth.v1.NodeAgent/WatchDiscoveryDeltas"
+	NodeAgent_WatchNodes_FullMethodName           = "/berth.v1.NodeAgent/WatchNodes"
+	NodeAgent_FetchImage_FullMethodName           = "/berth.v1.NodeAgent/FetchImage"
+	NodeAgent_VolumeDeleted_FullMethodName        = "/berth.v1.NodeAgent/VolumeDeleted"
+	NodeAgent_InstanceSecrets_FullMethodName      = "/berth.v1.NodeAgent/InstanceSecrets"
 )
 
 // NodeAgentClient is the client API for NodeAgent service.
@@ -1566,6 +1567,11 @@ type NodeAgentClient interface {
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
 	// WatchDiscovery streams every new discovery snapshot, for node-local DNS.
 	WatchDiscovery(ctx context.Context, in *WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiscoverySnapshot], error)
+	// WatchDiscoveryDeltas streams the snapshot as changes: the services
+	// that changed since the version the agent has, and those removed; a
+	// whole snapshot first (unless have_version is still covered) and
+	// whenever the agent fell too far behind.
+	WatchDiscoveryDeltas(ctx context.Context, in *WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiscoveryDelta], error)
 	// WatchNodes streams the cluster's nodes whenever their addresses, pod
 	// subnets or readiness change, for routes between nodes.
 	WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error)
@@ -1667,9 +1673,28 @@ func (c *nodeAgentClient) WatchDiscovery(ctx context.Context, in *WatchDiscovery
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgent_WatchDiscoveryClient = grpc.ServerStreamingClient[DiscoverySnapshot]
 
+func (c *nodeAgentClient) WatchDiscoveryDeltas(ctx context.Context, in *WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiscoveryDelta], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[3], NodeAgent_WatchDiscoveryDeltas_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchDiscoveryRequest, DiscoveryDelta]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgent_WatchDiscoveryDeltasClient = grpc.ServerStreamingClient[DiscoveryDelta]
+
 func (c *nodeAgentClient) WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[3], NodeAgent_WatchNodes_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[4], NodeAgent_WatchNodes_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1688,7 +1713,7 @@ type NodeAgent_WatchNodesClient = grpc.ServerStreamingClient[NodeList]
 
 func (c *nodeAgentClient) FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[4], NodeAgent_FetchImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeAgent_ServiceDesc.Streams[5], NodeAgent_FetchImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1744,6 +1769,11 @@ type NodeAgentServer interface {
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
 	// WatchDiscovery streams every new discovery snapshot, for node-local DNS.
 	WatchDiscovery(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoverySnapshot]) error
+	// WatchDiscoveryDeltas streams the snapshot as changes: the services
+	// that changed since the version the agent has, and those removed; a
+	// whole snapshot first (unless have_version is still covered) and
+	// whenever the agent fell too far behind.
+	WatchDiscoveryDeltas(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoveryDelta]) error
 	// WatchNodes streams the cluster's nodes whenever their addresses, pod
 	// subnets or readiness change, for routes between nodes.
 	WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[NodeList]) error
@@ -1781,6 +1811,9 @@ func (UnimplementedNodeAgentServer) ReportStatus(context.Context, *ReportStatusR
 }
 func (UnimplementedNodeAgentServer) WatchDiscovery(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoverySnapshot]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchDiscovery not implemented")
+}
+func (UnimplementedNodeAgentServer) WatchDiscoveryDeltas(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoveryDelta]) error {
+	return status.Errorf(codes.Unimplemented, "method WatchDiscoveryDeltas not implemented")
 }
 func (UnimplementedNodeAgentServer) WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[NodeList]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchNodes not implemented")
@@ -1898,6 +1931,17 @@ func _NodeAgent_WatchDiscovery_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type NodeAgent_WatchDiscoveryServer = grpc.ServerStreamingServer[DiscoverySnapshot]
 
+func _NodeAgent_WatchDiscoveryDeltas_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchDiscoveryRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeAgentServer).WatchDiscoveryDeltas(m, &grpc.GenericServerStream[WatchDiscoveryRequest, DiscoveryDelta]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeAgent_WatchDiscoveryDeltasServer = grpc.ServerStreamingServer[DiscoveryDelta]
+
 func _NodeAgent_WatchNodes_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchNodesRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -1998,6 +2042,11 @@ var NodeAgent_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchDiscovery",
 			Handler:       _NodeAgent_WatchDiscovery_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchDiscoveryDeltas",
+			Handler:       _NodeAgent_WatchDiscoveryDeltas_Handler,
 			ServerStreams: true,
 		},
 		{

@@ -330,7 +330,8 @@ func (a *simAgent) retry(ctx context.Context, what string, f func(context.Contex
 // is measured on.
 func (a *simAgent) followDiscovery(ctx context.Context) error {
 	codec := &versionCodec{fleet: a.fleet}
-	stream, err := a.client.WatchDiscovery(ctx, &pb.WatchDiscoveryRequest{Node: a.name}, grpc.ForceCodec(codec))
+	// The delta feed, as nodeagent.Agent.followDiscovery.
+	stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.name, HaveVersion: a.dnsVersion.Load()}, grpc.ForceCodec(codec))
 	if err != nil {
 		return err
 	}
@@ -521,12 +522,18 @@ func (versionCodec) Name() string { return "proto" }
 func (versionCodec) Marshal(v any) ([]byte, error) { return proto.Marshal(v.(proto.Message)) }
 
 func (c versionCodec) Unmarshal(data []byte, v any) error {
-	snap, ok := v.(*pb.DiscoverySnapshot)
-	if !ok {
+	var version *uint64
+	switch m := v.(type) {
+	case *pb.DiscoverySnapshot:
+		m.Reset()
+		version = &m.Version
+	case *pb.DiscoveryDelta:
+		m.Reset()
+		version = &m.Version
+	default:
 		return proto.Unmarshal(data, v.(proto.Message))
 	}
 	c.fleet.snapshotBytes.Add(int64(len(data)))
-	snap.Reset()
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
@@ -538,7 +545,7 @@ func (c versionCodec) Unmarshal(data []byte, v any) error {
 			if m < 0 {
 				return protowire.ParseError(m)
 			}
-			snap.Version, data = v, data[m:]
+			*version, data = v, data[m:]
 			continue
 		}
 		m := protowire.ConsumeFieldValue(num, typ, data)

@@ -31,6 +31,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/publish"
 	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/berth-dev/berth/pki"
 	"google.golang.org/grpc"
@@ -101,6 +102,7 @@ type Server struct {
 	replica atomic.Pointer[replicaIdentity]
 	pulls   sync.Mutex
 	shells  shellConns
+	whole   atomic.Pointer[pb.DiscoverySnapshot]
 }
 
 type replicaIdentity struct{ addr string }
@@ -707,6 +709,52 @@ func (s *Server) WatchDiscovery(req *pb.WatchDiscoveryRequest, stream pb.NodeAge
 		}
 		sent = snap.Version
 	}
+}
+
+// WatchDiscoveryDeltas streams the discovery snapshot as changes: the
+// services changed since the version the agent has and those removed, or
+// the whole snapshot when it has none or fell too far behind. Between
+// two messages the agent may skip versions: each delta is from the one it
+// has to the latest.
+func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc.ServerStreamingServer[pb.DiscoveryDelta]) error {
+	ch, stop := s.publisher.Watch()
+	defer stop()
+	have := req.HaveVersion
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-stream.Context().Done():
+				return nil
+			case <-ch:
+			}
+		}
+		snap, changed, removed, whole := s.publisher.Since(have)
+		if snap == nil || snap.Version == have {
+			continue
+		}
+		msg := &pb.DiscoveryDelta{Version: snap.Version}
+		if whole {
+			msg.Services = s.wholeSnapshot(snap).Services
+		} else {
+			msg.BaseVersion, msg.Removed = have, removed
+			msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
+		}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		have = snap.Version
+	}
+}
+
+// wholeSnapshot is snap on the wire, converted once per version for every
+// agent that needs it whole.
+func (s *Server) wholeSnapshot(snap *discovery.Snapshot) *pb.DiscoverySnapshot {
+	if w := s.whole.Load(); w != nil && w.Version == snap.Version {
+		return w
+	}
+	w := pb.FromSnapshot(snap)
+	s.whole.Store(w)
+	return w
 }
 
 // ListGateways reports the xDS clients of every control plane replica (as

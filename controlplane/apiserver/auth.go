@@ -105,11 +105,12 @@ var methodPermissions = map[string]permissions{
 	agentSvc + "Register":  forNode(func(m any) string { return m.(*pb.RegisterRequest).GetName() }),
 	agentSvc + "Heartbeat": forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
 	// The handler refuses a later message naming another node.
-	agentSvc + "Heartbeats":       forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
-	agentSvc + "WatchAssignments": forNode(func(m any) string { return m.(*pb.WatchAssignmentsRequest).GetNode() }),
-	agentSvc + "ReportStatus":     forNode(func(m any) string { return m.(*pb.ReportStatusRequest).GetNode() }),
-	agentSvc + "WatchDiscovery":   forNode(func(m any) string { return m.(*pb.WatchDiscoveryRequest).GetNode() }),
-	agentSvc + "VolumeDeleted":    forNode(func(m any) string { return m.(*pb.VolumeDeletedRequest).GetNode() }),
+	agentSvc + "Heartbeats":           forNode(func(m any) string { return m.(*pb.HeartbeatRequest).GetName() }),
+	agentSvc + "WatchAssignments":     forNode(func(m any) string { return m.(*pb.WatchAssignmentsRequest).GetNode() }),
+	agentSvc + "ReportStatus":         forNode(func(m any) string { return m.(*pb.ReportStatusRequest).GetNode() }),
+	agentSvc + "WatchDiscovery":       forNode(func(m any) string { return m.(*pb.WatchDiscoveryRequest).GetNode() }),
+	agentSvc + "WatchDiscoveryDeltas": forNode(func(m any) string { return m.(*pb.WatchDiscoveryRequest).GetNode() }),
+	agentSvc + "VolumeDeleted":        forNode(func(m any) string { return m.(*pb.VolumeDeletedRequest).GetNode() }),
 	// The handler also checks that the instance is assigned to the node.
 	agentSvc + "InstanceSecrets": forNode(func(m any) string { return m.(*pb.InstanceSecretsRequest).GetNode() }),
 	agentSvc + "WatchNodes":      one(authz.NodeWatch),

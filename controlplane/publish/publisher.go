@@ -8,6 +8,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,9 +37,14 @@ type Publisher struct {
 	sinks  []Sink
 	logger *slog.Logger
 
-	mu       sync.Mutex
-	latest   *discovery.Snapshot
-	lastBody string
+	mu     sync.Mutex
+	latest *discovery.Snapshot
+	// bodies are the latest snapshot's services, encoded, by
+	// "namespace/name"; deltas the services each of the last keepDeltas
+	// publishes changed, the first applying to deltasBase.
+	bodies     map[string]string
+	deltas     []delta
+	deltasBase uint64
 	// covered is the newest etcd revision whose state the latest snapshot
 	// reflects (a newer view with identical content is not re-published).
 	covered  uint64
@@ -106,6 +113,57 @@ func (p *Publisher) Watch() (<-chan struct{}, func()) {
 		delete(p.watchers, ch)
 		p.mu.Unlock()
 	}
+}
+
+// delta is what one publish changed.
+type delta struct {
+	version uint64
+	touched map[string]bool
+}
+
+// keepDeltas is how many publishes a delta feed can catch up over; an
+// agent further behind gets the whole snapshot.
+const keepDeltas = 64
+
+// Since returns the latest snapshot and what changed in it since version
+// base: the services added or changed, and the keys ("namespace/name") of
+// those removed. whole is true when base is too old (or 0): then the
+// caller sends the whole snapshot.
+func (p *Publisher) Since(base uint64) (snap *discovery.Snapshot, changed []discovery.Service, removed []string, whole bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	snap = p.latest
+	if snap == nil || base == snap.Version {
+		return snap, nil, nil, false
+	}
+	i := -1
+	switch {
+	case base == p.deltasBase:
+		i = 0
+	default:
+		for j, d := range p.deltas {
+			if d.version == base {
+				i = j + 1
+			}
+		}
+	}
+	if base == 0 || i < 0 {
+		return snap, nil, nil, true
+	}
+	touched := map[string]bool{}
+	for _, d := range p.deltas[i:] {
+		for k := range d.touched {
+			touched[k] = true
+		}
+	}
+	for _, svc := range snap.Services {
+		if k := svc.Namespace + "/" + svc.Name; touched[k] {
+			changed = append(changed, svc)
+			delete(touched, k)
+		}
+	}
+	removed = slices.Sorted(maps.Keys(touched))
+	return snap, changed, removed, false
 }
 
 // SetGrace keeps Ready nodes' endpoints for d from now whether or not
@@ -189,14 +247,40 @@ func (p *Publisher) publish(v *store.View) {
 	}
 	p.mu.Unlock()
 	snap := discovery.Build(st)
-	body, _ := json.Marshal(snap.Services)
+	// Each service's encoding against the last published: what changed
+	// is what the agents' delta feeds carry.
+	bodies := make(map[string]string, len(snap.Services))
+	for i := range snap.Services {
+		b, _ := json.Marshal(&snap.Services[i])
+		bodies[snap.Services[i].Namespace+"/"+snap.Services[i].Name] = string(b)
+	}
 	p.mu.Lock()
-	if p.latest != nil && string(body) == p.lastBody {
+	touched := map[string]bool{}
+	for k, b := range bodies {
+		if p.bodies[k] != b {
+			touched[k] = true
+		}
+	}
+	for k := range p.bodies {
+		if _, ok := bodies[k]; !ok {
+			touched[k] = true
+		}
+	}
+	if p.latest != nil && len(touched) == 0 {
 		p.covered = max(p.covered, snap.Version)
 		p.mu.Unlock()
 		return
 	}
-	p.latest, p.lastBody, p.covered = snap, string(body), snap.Version
+	if p.latest != nil {
+		p.deltas = append(p.deltas, delta{version: snap.Version, touched: touched})
+		if len(p.deltas) > keepDeltas {
+			p.deltasBase = p.deltas[0].version
+			p.deltas = append(p.deltas[:0], p.deltas[1:]...)
+		}
+	} else {
+		p.deltas, p.deltasBase = nil, snap.Version
+	}
+	p.latest, p.bodies, p.covered = snap, bodies, snap.Version
 	for ch := range p.watchers {
 		select {
 		case ch <- struct{}{}:

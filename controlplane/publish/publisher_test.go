@@ -65,3 +65,52 @@ func TestHarnessPublisher(t *testing.T) {
 		t.Fatalf("node a's DNS at 9 applied version 10: %+v", sync)
 	}
 }
+
+// Since gives a delta feed what changed: the services touched since a
+// version it has (merged over several publishes), the ones removed, or
+// the whole snapshot when the version is unknown or too old.
+func TestSinceGivesWhatChanged(t *testing.T) {
+	p := NewPublisher(nil, nil, nil)
+	svc := func(name, image string) api.Service {
+		return api.Service{Metadata: api.ObjectMeta{Name: name, Namespace: "default"}, Spec: api.ServiceSpec{Image: image,
+			Ports: []api.Port{{Name: "http", Port: 8080}}}, Status: api.ServiceStatus{Revision: 1}}
+	}
+	gen := uint64(0)
+	publish := func(rev int64, svcs ...api.Service) {
+		gen++
+		v := testView(&store.View{Nodes: []api.Node{{Name: "a", State: api.NodeReady}}, Services: svcs})
+		v.Revision, v.Gen = rev, gen
+		p.publish(v)
+	}
+	web, api1, db := svc("web", "w"), svc("api", "a"), svc("db", "d")
+	publish(10, api1, db, web)
+	if _, _, _, whole := p.Since(0); !whole {
+		t.Fatal("version 0 is not whole")
+	}
+	db2 := db
+	db2.Spec.Ports = []api.Port{{Name: "sql", Port: 5432}}
+	publish(11, api1, db2, web) // db changed
+	publish(12, api1, db2)      // web removed
+	snap, changed, removed, whole := p.Since(10)
+	if whole || snap.Version != 12 || len(changed) != 1 || changed[0].Name != "db" || len(removed) != 1 || removed[0] != "default/web" {
+		t.Fatalf("since 10: whole %v, changed %v, removed %v", whole, changed, removed)
+	}
+	if _, changed, removed, whole := p.Since(11); whole || len(changed) != 0 || len(removed) != 1 {
+		t.Fatalf("since 11: whole %v, changed %v, removed %v", whole, changed, removed)
+	}
+	if _, changed, removed, whole := p.Since(12); whole || changed != nil || removed != nil {
+		t.Fatal("since the latest: something to send")
+	}
+	if _, _, _, whole := p.Since(7); !whole {
+		t.Fatal("an unknown version is not whole")
+	}
+	// Past keepDeltas publishes, an old version gets the whole snapshot.
+	for i := range keepDeltas + 1 {
+		w := svc("web", "w")
+		w.Spec.Ports = []api.Port{{Name: "http", Port: int32(9000 + i)}}
+		publish(int64(13+i), api1, db2, w)
+	}
+	if _, _, _, whole := p.Since(10); !whole {
+		t.Fatal("a version older than the kept deltas is not whole")
+	}
+}
