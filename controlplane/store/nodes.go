@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"net/netip"
 	"slices"
@@ -28,7 +29,9 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		return nil, fmt.Errorf("store: node subnet /%d does not fit cluster cidr %s", subnetBits, clusterCIDR)
 	}
 	var node api.Node
+	attempt := -1
 	err = casRetry("register node "+n.Name, func() (bool, error) {
+		attempt++
 		resp, err := s.cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())
 		if err != nil {
 			return false, fmt.Errorf("store: list nodes: %w", err)
@@ -69,7 +72,7 @@ func (s *Store) RegisterNode(ctx context.Context, n api.Node, clusterCIDR string
 		} else {
 			node.JoinedAt = now
 			var err error
-			node.PodCIDR, err = freeSubnet(cluster, subnetBits, used)
+			node.PodCIDR, err = freeSubnet(cluster, subnetBits, used, n.Name, attempt)
 			if err != nil {
 				return false, err
 			}
@@ -120,12 +123,23 @@ func (s *Store) DeleteNode(ctx context.Context, name string) error {
 	return nil
 }
 
-func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool) (string, error) {
+// freeSubnet picks a free node subnet: the first one, or, after a
+// conflict (attempt > 0), one scanned from a place the node's name and
+// the attempt decide, so that nodes joining together stop all claiming
+// the same first free subnet (of which one wins a round).
+func freeSubnet(cluster netip.Prefix, bits int, used map[string]bool, name string, attempt int) (string, error) {
 	size := uint64(1) << (32 - bits)
 	count := uint64(1) << (bits - cluster.Bits())
 	base := cluster.Masked().Addr().As4()
 	start := uint64(base[0])<<24 | uint64(base[1])<<16 | uint64(base[2])<<8 | uint64(base[3])
-	for i := uint64(0); i < count; i++ {
+	from := uint64(0)
+	if attempt > 0 {
+		h := fnv.New64a()
+		fmt.Fprintf(h, "%s/%d", name, attempt)
+		from = h.Sum64() % count
+	}
+	for j := uint64(0); j < count; j++ {
+		i := (from + j) % count
 		v := start + i*size
 		addr := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 		p := netip.PrefixFrom(addr, bits).String()
