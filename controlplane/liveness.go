@@ -29,11 +29,10 @@ type liveness struct {
 }
 
 type heard struct {
-	last       time.Time
-	dns        uint64
-	claimed    bool
-	claimedDNS uint64
-	claimedAt  time.Time
+	last    time.Time
+	dns     uint64
+	claimed bool
+	sentDNS uint64 // the version in the replica's last DNS versions write
 }
 
 func newLiveness(timeout time.Duration) *liveness {
@@ -50,7 +49,7 @@ func (l *liveness) Heard(node string, dns uint64) {
 		l.nodes[node] = h
 	}
 	h.last, h.dns = l.now(), dns
-	news := !h.claimed || h.claimedDNS != dns
+	news := !h.claimed || h.sentDNS != dns
 	l.mu.Unlock()
 	if news {
 		select {
@@ -106,7 +105,7 @@ func (s *Server) runLiveness(ctx context.Context) error {
 		}
 		l.mu.Lock()
 		for _, h := range l.nodes {
-			h.claimed = false // not on this lease yet
+			h.claimed, h.sentDNS = false, 0 // not on this lease yet
 		}
 		l.mu.Unlock()
 		s.flushLiveness(ctx, sess)
@@ -152,42 +151,47 @@ func (s *Server) flushLivenessOnce(ctx context.Context, lease clientv3.LeaseID) 
 	l := s.liveness
 	now := l.now()
 	puts := map[string]store.LeaseValue{}
-	dnsOf := map[string]uint64{}
+	versions := map[string]uint64{}
 	var gone []string
+	dnsDirty := false
 	l.mu.Lock()
 	for name, h := range l.nodes {
-		switch {
-		case now.Sub(h.last) > l.timeout:
+		if now.Sub(h.last) > l.timeout {
 			if h.claimed {
 				gone = append(gone, name)
+				dnsDirty = true // it leaves this replica's report
 			} else {
 				delete(l.nodes, name)
 			}
-		case !h.claimed || h.claimedDNS != h.dns:
-			at := h.claimedAt
-			if !h.claimed {
-				at = now
-			}
-			puts[name] = store.LeaseValue{At: at.UTC(), DNSVersion: h.dns}
-			dnsOf[name] = h.dns
+			continue
 		}
+		if !h.claimed {
+			puts[name] = store.LeaseValue{At: now.UTC(), DNSVersion: h.dns}
+		}
+		versions[name] = h.dns
+		dnsDirty = dnsDirty || h.sentDNS != h.dns
 	}
 	ch := l.flushed
 	l.mu.Unlock()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var putErr, relErr error
+	var putErr, relErr, dnsErr error
 	if len(puts) > 0 {
 		putErr = s.store.PutLiveness(wctx, lease, puts)
 	}
 	if len(gone) > 0 {
 		relErr = s.store.ReleaseLiveness(wctx, lease, gone)
 	}
+	if dnsDirty {
+		// One write for every node this replica hears: a new snapshot
+		// reaching a thousand nodes is a few writes, not a thousand.
+		dnsErr = s.store.PutDNSVersions(wctx, s.replicaName(), lease, versions)
+	}
 	l.mu.Lock()
 	if putErr == nil {
-		for name, v := range puts {
+		for name := range puts {
 			if h := l.nodes[name]; h != nil {
-				h.claimed, h.claimedDNS, h.claimedAt = true, dnsOf[name], v.At
+				h.claimed = true
 			}
 		}
 	}
@@ -198,13 +202,19 @@ func (s *Server) flushLivenessOnce(ctx context.Context, lease clientv3.LeaseID) 
 			}
 		}
 	}
+	if dnsDirty && dnsErr == nil {
+		for name, v := range versions {
+			if h := l.nodes[name]; h != nil {
+				h.sentDNS = v
+			}
+		}
+	}
 	l.flushed = make(chan struct{})
 	l.mu.Unlock()
 	close(ch)
-	if putErr != nil && ctx.Err() == nil {
-		s.logger.Warn("node liveness: claim failed", "nodes", len(puts), "err", putErr)
-	}
-	if relErr != nil && ctx.Err() == nil {
-		s.logger.Warn("node liveness: release failed", "nodes", len(gone), "err", relErr)
+	for what, err := range map[string]error{"claim": putErr, "release": relErr, "DNS versions": dnsErr} {
+		if err != nil && ctx.Err() == nil {
+			s.logger.Warn("node liveness: "+what+" failed", "err", err)
+		}
 	}
 }

@@ -60,6 +60,9 @@ type gatewaysObj struct {
 	gateways []api.GatewayStatus
 }
 
+// dnsVersionsObj is one replica's report of its nodes' DNS versions.
+type dnsVersionsObj map[string]uint64
+
 // decode turns a cached key's value into what View holds for it.
 func decode(key string, value []byte) any {
 	switch {
@@ -79,6 +82,11 @@ func decode(key string, value []byte) any {
 		var gws []api.GatewayStatus
 		if json.Unmarshal(value, &gws) == nil {
 			return gatewaysObj{replica: strings.TrimPrefix(key, GatewaysPrefix), gateways: gws}
+		}
+	case strings.HasPrefix(key, DNSVersionsPrefix):
+		var vs map[string]uint64
+		if json.Unmarshal(value, &vs) == nil {
+			return dnsVersionsObj(vs)
 		}
 	case strings.HasPrefix(key, LeasesPrefix):
 		if lv, err := ParseLeaseValue(value); err == nil {
@@ -376,7 +384,7 @@ func (c *Cache) changed(key string, update bool) {
 	c.view = nil
 	// A heartbeat of a live node and a replica's gateway states change
 	// neither what is placed where nor what discovery serves.
-	if !(update && strings.HasPrefix(key, LeasesPrefix)) && !strings.HasPrefix(key, GatewaysPrefix) {
+	if !(update && strings.HasPrefix(key, LeasesPrefix)) && !strings.HasPrefix(key, GatewaysPrefix) && !strings.HasPrefix(key, DNSVersionsPrefix) {
 		c.gen++
 	}
 	if strings.HasPrefix(key, InstancesPrefix) || strings.HasPrefix(key, StatusPrefix) {
@@ -437,6 +445,7 @@ func (c *Cache) View() *View {
 	} else {
 		v.Instances, v.Statuses = make([]VersionedInstance, 0, nIn), make(map[string]api.InstanceStatus, nSt)
 	}
+	var dnsMaps []dnsVersionsObj
 	for _, kv := range c.kvs {
 		switch o := kv.obj.(type) {
 		case api.Service:
@@ -463,7 +472,16 @@ func (c *Cache) View() *View {
 		case leaseObj:
 			v.LiveNodes[o.node] = true
 			v.Heartbeats[o.node] = o.At
-			v.DNSVersions[o.node] = o.DNSVersion
+			v.DNSVersions[o.node] = max(v.DNSVersions[o.node], o.DNSVersion)
+		case dnsVersionsObj:
+			dnsMaps = append(dnsMaps, o)
+		}
+	}
+	// What the replicas report: the newest version a node is known to run
+	// (versions only grow).
+	for _, m := range dnsMaps {
+		for node, ver := range m {
+			v.DNSVersions[node] = max(v.DNSVersions[node], ver)
 		}
 	}
 	sort.Slice(v.Services, func(i, j int) bool { return v.Services[i].Key() < v.Services[j].Key() })

@@ -35,6 +35,10 @@ const (
 	// GatewaysPrefix holds, per control plane replica, the xDS clients
 	// connected to it (under the replica's lease).
 	GatewaysPrefix = "/berth/gateways/"
+	// DNSVersionsPrefix holds, per control plane replica, the snapshot
+	// version each node it hears runs its DNS from (one key per replica,
+	// on its session lease: not one write per node and snapshot).
+	DNSVersionsPrefix = "/berth/dns-versions/"
 )
 
 func serviceKey(ns, name string) string { return ServicesPrefix + ns + "/" + name }

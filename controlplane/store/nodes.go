@@ -282,3 +282,13 @@ func (s *Store) ReleaseLiveness(ctx context.Context, lease clientv3.LeaseID, nod
 	}
 	return nil
 }
+
+// PutDNSVersions records, on lease (the replica's session), the snapshot
+// version the DNS of each node this replica hears answers from: one key
+// for all of them.
+func (s *Store) PutDNSVersions(ctx context.Context, replica string, lease clientv3.LeaseID, versions map[string]uint64) error {
+	if _, err := s.cli.Put(ctx, DNSVersionsPrefix+replica, mustJSON(versions), clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("store: DNS versions of replica %s: %w", replica, err)
+	}
+	return nil
+}
