@@ -47,6 +47,7 @@ type fleet struct {
 	registered, heartbeats, heartbeatErrs atomic.Int64
 	snapshots, snapshotBytes              atomic.Int64
 	assignments, reports, reportErrs      atomic.Int64
+	nodeLists                             atomic.Int64
 
 	// errors prints each distinct error once, to stderr.
 	mu     sync.Mutex
@@ -239,6 +240,7 @@ func (a *simAgent) run(ctx context.Context) error {
 	a.fleet.registered.Add(1)
 	go a.heartbeat(ctx, time.Duration(reg.HeartbeatIntervalMs)*time.Millisecond)
 	go a.retry(ctx, "discovery", a.followDiscovery)
+	go a.retry(ctx, "nodes", a.followNodes)
 	latest := make(chan *pb.Assignments, 1)
 	go a.retry(ctx, "assignments", func(ctx context.Context) error { return a.followAssignments(ctx, latest) })
 	return a.assignmentsLoop(ctx, latest)
@@ -346,6 +348,21 @@ func (a *simAgent) followDiscovery(ctx context.Context) error {
 		case a.beatNow <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// followNodes receives the node list, as the real agent does for its
+// routes to the other nodes' pod subnets.
+func (a *simAgent) followNodes(ctx context.Context) error {
+	stream, err := a.client.WatchNodes(ctx, &pb.WatchNodesRequest{Node: a.name})
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return err
+		}
+		a.fleet.nodeLists.Add(1)
 	}
 }
 
