@@ -59,31 +59,6 @@ func (l *liveness) Heard(node string, dns uint64) {
 	}
 }
 
-// HeardAndClaimed records a heartbeat and waits until the node's claim is
-// in etcd (registration: the node is live when Register returns).
-func (l *liveness) HeardAndClaimed(ctx context.Context, node string, dns uint64) error {
-	for range 3 {
-		l.mu.Lock()
-		ch := l.flushed
-		l.mu.Unlock()
-		l.Heard(node, dns)
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Second):
-		}
-		l.mu.Lock()
-		h := l.nodes[node]
-		ok := h != nil && h.claimed
-		l.mu.Unlock()
-		if ok {
-			return nil
-		}
-	}
-	return nil // the next heartbeat claims it
-}
-
 // LastHeard is when this replica last heard node.
 func (l *liveness) LastHeard(node string) (time.Time, bool) {
 	l.mu.Lock()
