@@ -613,7 +613,7 @@ func (b *bench) waitAgents(ctx context.Context, what string, done func(agentStat
 		}
 		if time.Since(said) > 15*time.Second {
 			said = time.Now()
-			fmt.Printf("  ... waiting for %s: live %d, ready %d\n", what, s.Live, s.Ready)
+			fmt.Printf("  ... waiting for %s: %d so far (instances live %d, ready %d)\n", what, progress, s.Live, s.Ready)
 		}
 		if progress != lastProgress {
 			lastProgress, moved = progress, time.Now()
