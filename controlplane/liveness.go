@@ -59,6 +59,34 @@ func (l *liveness) Heard(node string, dns uint64) {
 	}
 }
 
+// HeardAndClaimed records a registration and waits, a second at most,
+// until the node's claim is in etcd: a node is live when Register
+// returns (an apply right after a join sees it), and a join storm waits
+// no longer than that.
+func (l *liveness) HeardAndClaimed(ctx context.Context, node string, dns uint64) {
+	deadline := time.After(time.Second)
+	for {
+		l.mu.Lock()
+		ch := l.flushed
+		l.mu.Unlock()
+		l.Heard(node, dns)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		case <-deadline:
+			return // the next heartbeat claims it
+		}
+		l.mu.Lock()
+		h := l.nodes[node]
+		ok := h != nil && h.claimed
+		l.mu.Unlock()
+		if ok {
+			return
+		}
+	}
+}
+
 // LastHeard is when this replica last heard node.
 func (l *liveness) LastHeard(node string) (time.Time, bool) {
 	l.mu.Lock()

@@ -484,9 +484,9 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 		return nil, storeErr(err)
 	}
 	if s.cfg.Liveness != nil {
-		// Claimed live in the next flush (a quarter second at most): a
-		// join storm does not wait on etcd here.
-		s.cfg.Liveness.Heard(req.Name, 0)
+		// Live when Register returns (waiting a second at most: a join
+		// storm does not queue on etcd here).
+		s.cfg.Liveness.HeardAndClaimed(ctx, req.Name, 0)
 	} else if err := s.store.Heartbeat(ctx, req.Name, s.cfg.NodeTimeout, 0); err != nil {
 		return nil, storeErr(err)
 	}
@@ -502,6 +502,7 @@ func validNodeName(name string) error {
 // Liveness records heartbeats.
 type Liveness interface {
 	Heard(node string, dnsVersion uint64)
+	HeardAndClaimed(ctx context.Context, node string, dnsVersion uint64)
 	LastHeard(node string) (time.Time, bool)
 }
 
