@@ -18,6 +18,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/berth-dev/berth/discovery"
@@ -465,42 +466,30 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // counterValue reads one counter or gauge series whose labels include want.
 func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	ms := matchingSeries(t, reg, name, want)
+	switch {
+	case len(ms) == 0:
+		return 0
+	case ms[0].GetCounter() != nil:
+		return ms[0].GetCounter().GetValue()
 	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	return 0
+	return ms[0].GetGauge().GetValue()
 }
 
 // seriesCount counts the series of a metric family carrying the labels.
 func seriesCount(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) int {
 	t.Helper()
+	return len(matchingSeries(t, reg, name, want))
+}
+
+// matchingSeries are the series of a metric family carrying the labels.
+func matchingSeries(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) []*dto.Metric {
+	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	var out []*dto.Metric
 	for _, f := range families {
 		if f.GetName() != name {
 			continue
@@ -516,8 +505,8 @@ func seriesCount(t *testing.T, reg *prometheus.Registry, name string, want map[s
 					continue series
 				}
 			}
-			n++
+			out = append(out, m)
 		}
 	}
-	return n
+	return out
 }

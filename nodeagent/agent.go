@@ -421,8 +421,8 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 	// One stream carries the heartbeats (a message each interval and at
 	// once after each snapshot); it is opened again when it breaks. A
 	// control plane without it gets unary calls.
-	var hb heartbeatStream
-	defer hb.close()
+	var hb pb.HeartbeatStream
+	defer hb.Close()
 	unary := false
 	for {
 		select {
@@ -434,19 +434,8 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 		req := &pb.HeartbeatRequest{Name: a.cfg.Name, DnsVersion: a.dnsVersion.Load()}
 		var err error
 		if !unary {
-			if hb.s == nil {
-				err = hb.open(ctx, a.client)
-			}
-			if err == nil {
-				err = hb.s.Send(req)
-			}
-			if err != nil {
-				if status.Code(err) == codes.Unimplemented {
-					unary = true
-				} else if errors.Is(err, io.EOF) {
-					_, err = hb.s.CloseAndRecv() // the server's reason
-				}
-				hb.close()
+			if err = hb.Send(ctx, a.client, req); status.Code(err) == codes.Unimplemented {
+				unary = true
 			}
 		}
 		if unary {
@@ -728,28 +717,4 @@ func (a *Agent) deleteVolume(ctx context.Context, key string) error {
 	}
 	a.logger.Info("volume data removed", "volume", key, "dir", dir)
 	return nil
-}
-
-// heartbeatStream is an open Heartbeats stream and what cancels it.
-type heartbeatStream struct {
-	s      grpc.ClientStreamingClient[pb.HeartbeatRequest, pb.HeartbeatResponse]
-	cancel context.CancelFunc
-}
-
-func (h *heartbeatStream) open(ctx context.Context, c pb.NodeAgentClient) error {
-	sctx, cancel := context.WithCancel(ctx)
-	s, err := c.Heartbeats(sctx)
-	if err != nil {
-		cancel()
-		return err
-	}
-	h.s, h.cancel = s, cancel
-	return nil
-}
-
-func (h *heartbeatStream) close() {
-	if h.cancel != nil {
-		h.cancel()
-	}
-	h.s, h.cancel = nil, nil
 }

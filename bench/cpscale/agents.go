@@ -281,8 +281,8 @@ func (a *simAgent) heartbeat(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	// One stream, as nodeagent.Agent.heartbeat.
-	var hb heartbeatStream
-	defer hb.close()
+	var hb pb.HeartbeatStream
+	defer hb.Close()
 	for {
 		select {
 		case <-ctx.Done():
@@ -290,15 +290,8 @@ func (a *simAgent) heartbeat(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		case <-a.beatNow:
 		}
-		var err error
-		if hb.s == nil {
-			err = hb.open(ctx, a.client)
-		}
-		if err == nil {
-			err = hb.s.Send(&pb.HeartbeatRequest{Name: a.name, DnsVersion: a.dnsVersion.Load()})
-		}
+		err := hb.Send(ctx, a.client, &pb.HeartbeatRequest{Name: a.name, DnsVersion: a.dnsVersion.Load()})
 		if err != nil {
-			hb.close()
 			if ctx.Err() == nil {
 				a.fleet.heartbeatErrs.Add(1)
 				a.fleet.logOnce("heartbeat: %v", err)
@@ -578,28 +571,4 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// heartbeatStream is an open Heartbeats stream and what cancels it.
-type heartbeatStream struct {
-	s      grpc.ClientStreamingClient[pb.HeartbeatRequest, pb.HeartbeatResponse]
-	cancel context.CancelFunc
-}
-
-func (h *heartbeatStream) open(ctx context.Context, c pb.NodeAgentClient) error {
-	sctx, cancel := context.WithCancel(ctx)
-	s, err := c.Heartbeats(sctx)
-	if err != nil {
-		cancel()
-		return err
-	}
-	h.s, h.cancel = s, cancel
-	return nil
-}
-
-func (h *heartbeatStream) close() {
-	if h.cancel != nil {
-		h.cancel()
-	}
-	h.s, h.cancel = nil, nil
 }

@@ -48,6 +48,23 @@ func resolveInstance(ctx context.Context, cli pb.BerthClient, namespace, name st
 	return some, nil
 }
 
+// clientFor is an API client and the instance an exec or port-forward
+// names (an instance, or a service's first ready one).
+func (g *globalOptions) clientFor(cmd *cobra.Command, namespace, name string) (pb.BerthClient, func(), string, error) {
+	cli, done, err := g.client()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	ctx, cancel := callCtx(cmd)
+	defer cancel()
+	id, err := resolveInstance(ctx, cli, namespace, name)
+	if err != nil {
+		done()
+		return nil, nil, "", g.rpcErr(err)
+	}
+	return cli, done, id, nil
+}
+
 func newLogsCmd(g *globalOptions) *cobra.Command {
 	var namespace string
 	var follow, previous, timestamps, prefix bool
@@ -211,17 +228,11 @@ terminal. The exit code is the command's.`,
 		},
 		ValidArgsFunction: completeKindArgs(g, "instances"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := g.client()
+			cli, done, id, err := g.clientFor(cmd, namespace, args[0])
 			if err != nil {
 				return err
 			}
 			defer done()
-			lctx, cancel := callCtx(cmd)
-			id, err := resolveInstance(lctx, cli, namespace, args[0])
-			cancel()
-			if err != nil {
-				return g.rpcErr(err)
-			}
 			ctx, stop := context.WithCancel(cmd.Context())
 			defer stop()
 			stream, err := cli.Exec(ctx)
@@ -342,17 +353,11 @@ node's agent: a container reachable from wherever the API is. LOCAL 0 (or
 				}
 				pairs = append(pairs, pair{lp, rp})
 			}
-			cli, done, err := g.client()
+			cli, done, id, err := g.clientFor(cmd, namespace, args[0])
 			if err != nil {
 				return err
 			}
 			defer done()
-			lctx, cancel := callCtx(cmd)
-			id, err := resolveInstance(lctx, cli, namespace, args[0])
-			cancel()
-			if err != nil {
-				return g.rpcErr(err)
-			}
 			ctx := cmd.Context()
 			var wg sync.WaitGroup
 			for _, p := range pairs {

@@ -292,35 +292,7 @@ func (s *Server) Exec(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutpu
 		return nodeErr(node.Name, err)
 	}
 	s.logger.Info("exec", "instance", in.ID, "node", node.Name, "caller", principalOf(stream.Context()).String(), "command", fmt.Sprint(start.Command))
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					c.CloseSend()
-				} else {
-					cancel()
-				}
-				return
-			}
-			m.Start = nil
-			if err := c.Send(m); err != nil {
-				return
-			}
-		}
-	}()
-	for {
-		out, err := c.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return nodeErr(node.Name, err)
-		}
-		if err := stream.Send(out); err != nil {
-			return err
-		}
-	}
+	return relay(stream, c, node.Name, cancel, func(m *pb.ExecInput) { m.Start = nil })
 }
 
 // PortForward carries one connection to a port of an instance, through
@@ -356,31 +328,40 @@ func (s *Server) PortForward(stream grpc.BidiStreamingServer[pb.PortForwardData,
 	if err := c.Send(&pb.PortForwardData{Start: start}); err != nil {
 		return nodeErr(node.Name, err)
 	}
+	return relay(stream, c, node.Name, cancel, func(m *pb.PortForwardData) { m.Start = nil })
+}
+
+// relay carries a stream between the caller and the node's agent once the
+// first message went: the caller's messages (clean drops what only the
+// first may carry) to the node, the node's back; the caller's end of
+// input half-closes the node's side, a broken caller cancels it.
+func relay[I, O any](caller grpc.BidiStreamingServer[I, O], node grpc.BidiStreamingClient[I, O], name string, cancel context.CancelFunc, clean func(*I)) error {
 	go func() {
 		for {
-			m, err := stream.Recv()
+			m, err := caller.Recv()
 			if err != nil {
 				if errors.Is(err, io.EOF) {
-					c.CloseSend()
+					node.CloseSend()
 				} else {
 					cancel()
 				}
 				return
 			}
-			if err := c.Send(&pb.PortForwardData{Data: m.Data}); err != nil {
+			clean(m)
+			if err := node.Send(m); err != nil {
 				return
 			}
 		}
 	}()
 	for {
-		m, err := c.Recv()
+		out, err := node.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return nodeErr(node.Name, err)
+			return nodeErr(name, err)
 		}
-		if err := stream.Send(m); err != nil {
+		if err := caller.Send(out); err != nil {
 			return err
 		}
 	}
