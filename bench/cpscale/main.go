@@ -525,7 +525,11 @@ func (b *bench) applyAll(ctx context.Context, specs []*pb.Service, perCall int, 
 	for i := 0; i < len(specs); i += perCall {
 		j := min(len(specs), i+perCall)
 		c := &pending{at: time.Now(), target: base + int64(j)*delta}
-		res, err := b.berth.Apply(ctx, &pb.ApplyRequest{Services: specs[i:j]})
+		// A deadline, so a control plane that stops answering is an error
+		// that says so, not a silent stall.
+		actx, cancel := context.WithTimeout(ctx, b.o.stall)
+		res, err := b.berth.Apply(actx, &pb.ApplyRequest{Services: specs[i:j]})
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("apply services %d-%d: %w", i, j-1, err)
 		}
