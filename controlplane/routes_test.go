@@ -2,11 +2,15 @@ package controlplane
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -172,4 +176,31 @@ func TestNotReadyIsAnEventWithItsReason(t *testing.T) {
 		}
 		return false, fmt.Sprint(evs)
 	})
+}
+
+// Services stored before route claims existed get them at startup, the
+// older service first; a second startup writes nothing.
+func TestStoredRoutesAreClaimedOldestFirst(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	put := func(name string, created time.Time) {
+		svc := api.Service{APIVersion: api.APIVersion, Kind: api.KindService, Metadata: api.ObjectMeta{Namespace: "default", Name: name},
+			Spec:   api.ServiceSpec{Image: "berth.local/hello:v1", Route: &api.Route{Hosts: []string{"old.example.test"}, Paths: []string{"/"}}},
+			Status: api.ServiceStatus{Revision: 1, CreatedAt: created}}
+		b, _ := json.Marshal(svc)
+		if _, err := h.srv.Etcd().Put(ctx, store.ServicesPrefix+"default/"+name, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("aaa-newer", time.Unix(2_000_000_000, 0))
+	put("zzz-older", time.Unix(1_000_000_000, 0))
+	lost, err := h.srv.Store().ClaimExistingRoutes(ctx)
+	if err != nil || len(lost) != 1 || !strings.Contains(lost[0], "aaa-newer") || !strings.Contains(lost[0], "default/zzz-older") {
+		t.Fatalf("lost %q, %v", lost, err)
+	}
+	rev := func() int64 { r, _ := h.srv.Etcd().Get(ctx, "/nothing"); return r.Header.Revision }
+	before := rev()
+	if lost, err := h.srv.Store().ClaimExistingRoutes(ctx); err != nil || len(lost) != 1 || rev() != before {
+		t.Fatalf("second run: lost %q, %v, revision %d -> %d", lost, err, before, rev())
+	}
 }

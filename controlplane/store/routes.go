@@ -160,17 +160,37 @@ func (s *Store) ClaimExistingRoutes(ctx context.Context) ([]string, error) {
 		}
 		return strings.Compare(a.Key(), b.Key())
 	})
+	// One read of the claims there are: a restart with every route claimed
+	// writes nothing.
+	claims, err := s.cli.Get(ctx, RoutesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("store: list route claims: %w", err)
+	}
+	owner := map[string]string{}
+	for _, kv := range claims.Kvs {
+		var c RouteClaim
+		if json.Unmarshal(kv.Value, &c) == nil {
+			owner[string(kv.Key)] = c.Owner()
+		}
+	}
 	var lost []string
 	for i := range svcs {
 		svc := &svcs[i]
 		for _, hp := range routeOf(&svc.Spec) {
 			k := routeKey(hp[0], hp[1])
+			if o, ok := owner[k]; ok {
+				if o != svc.Key() {
+					lost = append(lost, fmt.Sprintf("service %s: host %s path %s stays with service %s (older claim)", svc.Key(), hp[0], hp[1], o))
+				}
+				continue
+			}
 			claim := RouteClaim{Host: hp[0], Path: hp[1], Namespace: svc.Metadata.Namespace, Service: svc.Metadata.Name, ClaimedAt: svc.Status.CreatedAt}
 			txn, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, mustJSON(claim))).Else(clientv3.OpGet(k)).Commit()
 			if err != nil {
 				return nil, fmt.Errorf("store: claim %s: %w", k, err)
 			}
 			if txn.Succeeded {
+				owner[k] = svc.Key()
 				continue
 			}
 			var c RouteClaim

@@ -103,9 +103,9 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 			if err != nil {
 				return false, fmt.Errorf("store: get %s: %w", key, err)
 			}
+			var old api.Service
 			var oldSpec *api.ServiceSpec
 			if len(resp.Kvs) > 0 {
-				var old api.Service
 				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
 					return false, fmt.Errorf("store: decode %s: %w", key, err)
 				}
@@ -133,10 +133,6 @@ func (s *Store) apply(ctx context.Context, svcs []api.Service, vols []api.Volume
 				})))
 				res.Action, res.Revision = "created", last+1
 			} else {
-				var old api.Service
-				if err := json.Unmarshal(resp.Kvs[0].Value, &old); err != nil {
-					return false, fmt.Errorf("store: decode %s: %w", key, err)
-				}
 				if c, ok := causes[in.Key()]; ok && c.mod != 0 && c.mod != resp.Kvs[0].ModRevision {
 					return false, fmt.Errorf("service %s changed meanwhile; try again: %w", in.Key(), ErrConflict)
 				}
@@ -436,30 +432,32 @@ func (s *Store) getServiceMod(ctx context.Context, ns, name string) (*api.Servic
 
 // Scale sets a service's replicas and changes nothing else.
 func (s *Store) Scale(ctx context.Context, ns, name string, replicas int32) (*ApplyResult, error) {
-	svc, mod, err := s.getServiceMod(ctx, ns, name)
-	if err != nil {
-		return nil, err
-	}
-	next := *svc
-	next.Spec.Replicas = &replicas
-	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): {mod: mod}})
-	if err != nil {
-		return nil, err
-	}
-	return &res[0], nil
+	return s.change(ctx, ns, name, func(spec *api.ServiceSpec) { spec.Replicas = &replicas }, rollbackCause{})
 }
 
 // Restart makes a new revision of a service's template (RestartedAt set
 // to now), so every replica is replaced; it rolls out like an undo to a
 // known-good revision, without canary steps.
 func (s *Store) Restart(ctx context.Context, ns, name string) (*ApplyResult, error) {
+	now := s.now().UTC()
+	return s.change(ctx, ns, name, func(spec *api.ServiceSpec) { spec.RestartedAt = now }, rollbackCause{text: "rollout restart"})
+}
+
+// change applies edit to the stored service, refusing it if the service
+// changed meanwhile (a conflict, not an overwrite). cause, when it has a
+// text, marks the new revision (its to is the current revision).
+func (s *Store) change(ctx context.Context, ns, name string, edit func(*api.ServiceSpec), cause rollbackCause) (*ApplyResult, error) {
 	svc, mod, err := s.getServiceMod(ctx, ns, name)
 	if err != nil {
 		return nil, err
 	}
 	next := *svc
-	next.Spec.RestartedAt = s.now().UTC()
-	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): {text: "rollout restart", to: svc.Status.Revision, mod: mod}})
+	edit(&next.Spec)
+	cause.mod = mod
+	if cause.text != "" {
+		cause.to = svc.Status.Revision
+	}
+	res, err := s.apply(ctx, []api.Service{next}, nil, map[string]rollbackCause{svc.Key(): cause})
 	if err != nil {
 		return nil, err
 	}
