@@ -124,11 +124,15 @@ func (s *Server) runLiveness(ctx context.Context) error {
 	return nil
 }
 
+// minLivenessFlush is the least time between two woken liveness flushes.
+const minLivenessFlush = 100 * time.Millisecond
+
 func (s *Server) flushLiveness(ctx context.Context, sess *concurrency.Session) {
 	l := s.liveness
 	every := min(s.cfg.HeartbeatInterval/2, 250*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -139,13 +143,17 @@ func (s *Server) flushLiveness(ctx context.Context, sess *concurrency.Session) {
 		case <-t.C:
 		case <-l.wake:
 			// Heartbeats after a new snapshot come together: one write
-			// carries them all.
+			// carries them all. And at most one flush per minLivenessFlush:
+			// a node flipping its DNS version on every message writes no
+			// faster than that.
+			wait := max(10*time.Millisecond, time.Until(last.Add(minLivenessFlush)))
 			select {
-			case <-time.After(10 * time.Millisecond):
+			case <-time.After(wait):
 			case <-ctx.Done():
 				return
 			}
 		}
+		last = time.Now()
 		s.flushLivenessOnce(ctx, sess.Lease())
 	}
 }

@@ -243,3 +243,36 @@ func TestDiscoveryDeltas(t *testing.T) {
 		t.Fatalf("after a reconnect at %d: %v %v", have, d, err)
 	}
 }
+
+// A node flooding its heartbeat stream with a new DNS version on every
+// message makes this replica write to etcd at most ten times a second
+// (before this stream, every heartbeat was three etcd operations).
+func TestHeartbeatFloodIsBounded(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	if _, err := h.agent.Register(ctx, &pb.RegisterRequest{Name: "a", Capacity: &pb.Capacity{MilliCpu: 1000, MemoryBytes: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a Ready", func() (bool, string) { st := nodeState(h, "a"); return st == "Ready", st })
+	rev := func() int64 { r, _ := h.srv.Etcd().Get(ctx, "/nothing"); return r.Header.Revision }
+	s, err := h.agent.(*nodeRouter).as("a").Heartbeats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, start := rev(), time.Now()
+	for i := 0; time.Since(start) < time.Second; i++ {
+		if err := s.Send(&pb.HeartbeatRequest{Name: "a", DnsVersion: uint64(1 + i%2)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond) // a flood spread over the second
+	}
+	if _, err := s.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	time.Sleep(2 * minLivenessFlush) // the last flush
+	// Events of the cluster (none here) aside, writes are the flushes.
+	if grew, most := rev()-before, int64(took/minLivenessFlush)+5; grew > most {
+		t.Fatalf("a second of flipping heartbeats (%s) wrote etcd %d times (at most %d)", took, grew, most)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -198,9 +199,19 @@ func TestStoredRoutesAreClaimedOldestFirst(t *testing.T) {
 	if err != nil || len(lost) != 1 || !strings.Contains(lost[0], "aaa-newer") || !strings.Contains(lost[0], "default/zzz-older") {
 		t.Fatalf("lost %q, %v", lost, err)
 	}
-	rev := func() int64 { r, _ := h.srv.Etcd().Get(ctx, "/nothing"); return r.Header.Revision }
-	before := rev()
-	if lost, err := h.srv.Store().ClaimExistingRoutes(ctx); err != nil || len(lost) != 1 || rev() != before {
-		t.Fatalf("second run: lost %q, %v, revision %d -> %d", lost, err, before, rev())
+	// (The controllers write meanwhile: the claims' own revisions tell.)
+	claimRev := func() int64 {
+		r, err := h.srv.Etcd().Get(ctx, store.RoutesPrefix, clientv3.WithPrefix())
+		if err != nil || len(r.Kvs) != 1 {
+			t.Fatalf("route claims: %v %v", r, err)
+		}
+		if !strings.Contains(string(r.Kvs[0].Value), "zzz-older") {
+			t.Fatalf("claim %s", r.Kvs[0].Value)
+		}
+		return r.Kvs[0].ModRevision
+	}
+	before := claimRev()
+	if lost, err := h.srv.Store().ClaimExistingRoutes(ctx); err != nil || len(lost) != 1 || claimRev() != before {
+		t.Fatalf("second run: lost %q, %v, claim revision %d -> %d", lost, err, before, claimRev())
 	}
 }

@@ -2,12 +2,16 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/nodeagent/logs"
+	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/berth-dev/berth/pki"
 	"github.com/berth-dev/berth/pki/enroll"
 	"google.golang.org/grpc"
@@ -83,5 +87,49 @@ func TestNodeShellTakesOnlyReplicas(t *testing.T) {
 	// A replica expecting node n2 at this address refuses n1's certificate.
 	if err := call(tlsAs(kp(ca, pki.RoleReplica, "cp-1"), "n2")); err == nil || !strings.Contains(err.Error(), "want node/n2") {
 		t.Fatalf("replica dialing n2, n1 answering: %v", err)
+	}
+}
+
+type fakeShellRuntime struct{ logs *logs.Store }
+
+func (f fakeShellRuntime) Logs() *logs.Store { return f.logs }
+func (fakeShellRuntime) Exec(context.Context, string, runtime.ExecOptions) (int, error) {
+	return 0, errors.New("no exec here")
+}
+func (fakeShellRuntime) InstanceIP(context.Context, string) (string, error) {
+	return "", runtime.ErrNotFound
+}
+
+type logSink struct {
+	grpc.ServerStream
+	lines []string
+}
+
+func (s *logSink) Context() context.Context { return context.Background() }
+func (s *logSink) Send(l *pb.LogLine) error { s.lines = append(s.lines, string(l.Text)); return nil }
+
+// A caller the control plane authorised for namespace a asks, by id, for
+// the logs of a gone instance of namespace b (the control plane no longer
+// knows it, so only the node can tell): not found, nothing sent.
+func TestNodeShellLogsStayInTheirNamespace(t *testing.T) {
+	st, err := logs.New(logs.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, _ := st.NewRun("secret-1", logs.Meta{Namespace: "b", Service: "secret"})
+	fmt.Fprintln(run.Stdout(), "password=hunter2")
+	st.Removed("secret-1")
+	srv := &shellServer{rt: fakeShellRuntime{logs: st}}
+	sink := &logSink{}
+	err = srv.Logs(&pb.LogsRequest{Namespace: "a", Instance: "secret-1"}, sink)
+	if status.Code(err) != codes.NotFound || len(sink.lines) != 0 {
+		t.Fatalf("namespace a reading b's instance: %v, %q", err, sink.lines)
+	}
+	if err := srv.Logs(&pb.LogsRequest{Namespace: "b", Instance: "secret-1"}, sink); err != nil || len(sink.lines) != 1 {
+		t.Fatalf("namespace b: %v, %q", err, sink.lines)
+	}
+	// A path for an instance id is no instance.
+	if err := srv.Logs(&pb.LogsRequest{Namespace: "b", Instance: "../secret-1"}, &logSink{}); err == nil {
+		t.Fatal("a path as an instance id was read")
 	}
 }

@@ -29,24 +29,23 @@ func manifestSections() []section {
 	return out
 }
 
+// explainKinds maps the names of the manifest kinds to their sections.
+var explainKinds = map[string]string{
+	"service": "service", "services": "service", "svc": "service",
+	"volume": "volume", "volumes": "volume", "vol": "volume",
+	"secret": "secret", "secrets": "secret",
+}
+
 // explain prints the field at path and its fields; "" lists the kinds.
 func explain(w io.Writer, path string) error {
 	path = strings.TrimSpace(strings.ToLower(path))
-	for _, alias := range [][2]string{{"services.", "service."}, {"svc.", "service."}, {"volumes.", "volume."}, {"secrets.", "secret."}} {
-		if strings.HasPrefix(path+".", alias[0]) {
-			path = alias[1] + strings.TrimPrefix(path+".", alias[0])
-			path = strings.TrimSuffix(path, ".")
-		}
-	}
-	switch path {
-	case "service", "services", "svc", "volume", "volumes", "secret", "secrets":
-		path = strings.TrimSuffix(strings.TrimSuffix(path, "s"), "vc")
-		if path == "s" {
-			path = "service"
-		}
-	}
-	if path != "service" && path != "volume" && path != "secret" && !strings.HasPrefix(path, "service.") && !strings.HasPrefix(path, "volume.") && !strings.HasPrefix(path, "secret.") {
-		path = "service." + path // spec.health means the service's
+	// The first segment names the kind (any of get's names for it); a
+	// path without one is a Service's: spec.health.
+	first, rest, _ := strings.Cut(path, ".")
+	if kind, ok := explainKinds[first]; ok {
+		path = strings.TrimSuffix(kind+"."+rest, ".")
+	} else {
+		path = "service." + path
 	}
 	secs := manifestSections()
 	var self *section
