@@ -194,6 +194,7 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 	// reconnects to be heard again.
 	grace := cfg.NodeTimeout + 3*cfg.HeartbeatInterval + 2*time.Second
 	ccfg.StartGrace = grace
+	ccfg.JoinGrace = cfg.NodeTimeout
 	s.publisher = publish.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	s.publisher.SetGrace(grace)
 	ccfg.VersionFor = s.publisher.VersionFor
@@ -295,6 +296,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("publisher", s.publisher.Run)
 	run("replica session", s.replicaSession)
 	run("node liveness", s.runLiveness)
+	run("node feed", s.api.RunNodeFeed)
 	run("api", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err

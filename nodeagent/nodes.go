@@ -9,24 +9,17 @@ import (
 
 // followNodes keeps the routes to other nodes' pod subnets current.
 func (a *Agent) followNodes(ctx context.Context) {
+	var set pb.NodeSet
 	a.retry(ctx, "nodes", func(ctx context.Context) error {
-		stream, err := a.client.WatchNodes(ctx, &pb.WatchNodesRequest{Node: a.cfg.Name})
-		if err != nil {
-			return err
-		}
-		for {
-			msg, err := stream.Recv()
-			if err != nil {
-				return err
-			}
-			added, removed, err := hostgw.Sync(hostgw.Desired(a.cfg.Name, msg.Nodes))
+		return pb.FollowNodes(ctx, a.client, a.cfg.Name, &set, func() {
+			added, removed, err := hostgw.Sync(hostgw.Desired(a.cfg.Name, set.List()))
 			if err != nil {
 				a.logger.Warn("routes to other nodes", "err", err)
-				continue
+				return
 			}
 			if len(added)+len(removed) > 0 {
 				a.logger.Info("routes to other nodes updated", "added", added, "removed", removed)
 			}
-		}
+		})
 	})
 }

@@ -5970,8 +5970,10 @@ func (x *DrainNodeResponse) GetInstancesDraining() int32 {
 }
 
 type WatchNodesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// deltas: after the first message, send only what changed.
+	Deltas        bool `protobuf:"varint,2,opt,name=deltas,proto3" json:"deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6013,9 +6015,24 @@ func (x *WatchNodesRequest) GetNode() string {
 	return ""
 }
 
+func (x *WatchNodesRequest) GetDeltas() bool {
+	if x != nil {
+		return x.Deltas
+	}
+	return false
+}
+
 type NodeList struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// nodes: every node, or, in a delta, the nodes added or changed.
+	Nodes []*Node `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// delta: this message changes the list the last one left; false: it is
+	// the whole list.
+	Delta bool `protobuf:"varint,2,opt,name=delta,proto3" json:"delta,omitempty"`
+	// removed: the names of nodes gone since the last message (deltas only).
+	Removed []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	// version of the node list this message brings the follower to.
+	Version       uint64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6055,6 +6072,27 @@ func (x *NodeList) GetNodes() []*Node {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *NodeList) GetDelta() bool {
+	if x != nil {
+		return x.Delta
+	}
+	return false
+}
+
+func (x *NodeList) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *NodeList) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
 }
 
 type ListGatewaysRequest struct {
@@ -8244,11 +8282,15 @@ const file_berth_proto_rawDesc = "" +
 	"\x10DrainNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
 	"\x11DrainNodeResponse\x12-\n" +
-	"\x12instances_draining\x18\x01 \x01(\x05R\x11instancesDraining\"'\n" +
+	"\x12instances_draining\x18\x01 \x01(\x05R\x11instancesDraining\"?\n" +
 	"\x11WatchNodesRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"0\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
+	"\x06deltas\x18\x02 \x01(\bR\x06deltas\"z\n" +
 	"\bNodeList\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\"\x15\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.berth.v1.NodeR\x05nodes\x12\x14\n" +
+	"\x05delta\x18\x02 \x01(\bR\x05delta\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\x04R\aversion\"\x15\n" +
 	"\x13ListGatewaysRequest\"\xcb\x02\n" +
 	"\aGateway\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +

@@ -1573,7 +1573,9 @@ type NodeAgentClient interface {
 	// whenever the agent fell too far behind.
 	WatchDiscoveryDeltas(ctx context.Context, in *WatchDiscoveryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiscoveryDelta], error)
 	// WatchNodes streams the cluster's nodes whenever their addresses, pod
-	// subnets or readiness change, for routes between nodes.
+	// subnets or readiness change, for routes between nodes: the whole list
+	// each time, or, when the request asks for deltas, the whole list first
+	// and then only the nodes added, changed or removed.
 	WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeList], error)
 	// FetchImage streams an image tarball uploaded with Berth.LoadImage.
 	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
@@ -1775,7 +1777,9 @@ type NodeAgentServer interface {
 	// whenever the agent fell too far behind.
 	WatchDiscoveryDeltas(*WatchDiscoveryRequest, grpc.ServerStreamingServer[DiscoveryDelta]) error
 	// WatchNodes streams the cluster's nodes whenever their addresses, pod
-	// subnets or readiness change, for routes between nodes.
+	// subnets or readiness change, for routes between nodes: the whole list
+	// each time, or, when the request asks for deltas, the whole list first
+	// and then only the nodes added, changed or removed.
 	WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[NodeList]) error
 	// FetchImage streams an image tarball uploaded with Berth.LoadImage.
 	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error

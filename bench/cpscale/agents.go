@@ -344,19 +344,13 @@ func (a *simAgent) followDiscovery(ctx context.Context) error {
 	}
 }
 
-// followNodes receives the node list, as the real agent does for its
-// routes to the other nodes' pod subnets.
+// followNodes follows the node list as the real agent does for its
+// routes to the other nodes' pod subnets (pb.FollowNodes).
 func (a *simAgent) followNodes(ctx context.Context) error {
-	stream, err := a.client.WatchNodes(ctx, &pb.WatchNodesRequest{Node: a.name})
-	if err != nil {
-		return err
-	}
-	for {
-		if _, err := stream.Recv(); err != nil {
-			return err
-		}
+	var set pb.NodeSet
+	return pb.FollowNodes(ctx, a.client, a.name, &set, func() {
 		a.fleet.nodeLists.Add(1)
-	}
+	})
 }
 
 // followAssignments keeps only the latest set: assignments are level

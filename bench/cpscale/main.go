@@ -90,7 +90,7 @@ type options struct {
 	paced                            bool
 	steady, drainDelay, heartbeat    time.Duration
 	stall, timeout                   time.Duration
-	cpuProfile, tls                  string
+	cpuProfile, tls, debugAddr       string
 }
 
 func main() {
@@ -110,9 +110,16 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.StringVar(&o.tls, "tls", "both", "plain (no TLS; needs -tags berthbench, as make bench-cp-scale builds it), mtls (as Berth runs), or both side by side")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the control plane's CPU profiles to <this>-<phase>.pprof (deploy, steady, rolling, scale)")
+	flag.StringVar(&o.debugAddr, "debug-addr", "", "serve the bench process's net/http/pprof on this loopback address (e.g. 127.0.0.1:6060), to look inside a stall")
 	flag.Parse()
 
 	var err error
+	if o.debugAddr != "" && *role == "bench" {
+		if err := serveDebug(o.debugAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "cpscale:", err)
+			os.Exit(1)
+		}
+	}
 	switch *role {
 	case "agents":
 		err = runAgents(*addr, o.nodes)
@@ -202,7 +209,7 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stopSignals()
 
-	bits, err := nodeSubnetBits(o)
+	clusterCIDR, bits, err := podNetwork(o)
 	if err != nil {
 		return nil, err
 	}
@@ -217,14 +224,14 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	cfg := controlplane.DefaultConfig()
 	cfg.DataDir = dir
 	cfg.APIAddr = "127.0.0.1:0"
-	cfg.NodeSubnetBits = bits
+	cfg.ClusterCIDR, cfg.NodeSubnetBits = clusterCIDR, bits
 	cfg.DrainDelay = o.drainDelay
 	cfg.HeartbeatInterval = o.heartbeat
 	cfg.Logger = slog.New(b.warns)
 	cfg.Registerer = b.reg
 
-	fmt.Printf("cp scale bench: %d cores (GOMAXPROCS %d); %d simulated agents, %d services x %d replicas; heartbeat %v, drain delay %v, node subnets /%d\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), o.nodes, o.services, o.replicas, o.heartbeat, o.drainDelay, bits)
+	fmt.Printf("cp scale bench: %d cores (GOMAXPROCS %d); %d simulated agents, %d services x %d replicas; heartbeat %v, drain delay %v, node subnets /%d of %s\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), o.nodes, o.services, o.replicas, o.heartbeat, o.drainDelay, bits, clusterCIDR)
 	start := time.Now()
 	runCtx, stopServer := context.WithCancel(ctx)
 	setPlaintext(plain)
@@ -299,18 +306,26 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	return b.figures, nil
 }
 
-// nodeSubnetBits picks node pod subnets big enough for a node's share of
-// the replicas (with room for surges), as many as there are nodes.
-func nodeSubnetBits(o options) (int, error) {
+// podNetwork picks the cluster CIDR and node subnet size: node subnets
+// big enough for a node's share of the replicas (with room for surges),
+// as many as there are nodes, in the smallest cluster network (of /16 to
+// /12, around 10.213.0.0) that holds them. At 1,000 nodes of 10 instances
+// that is /26 subnets of 10.213.0.0/16, as with one; at 1,000 nodes of
+// 111 it is /24 subnets of 10.212.0.0/14.
+func podNetwork(o options) (cluster string, bits int, err error) {
 	perNode := (o.services*(o.replicas+1)+o.nodes-1)/o.nodes + o.replicas
-	// The largest subnet that leaves a subnet for every node (at 1,000
-	// nodes: /26, 61 addresses each).
-	for bits := 16; bits <= 28; bits++ {
-		if 1<<(32-bits)-3 >= perNode*3/2+16 && o.nodes <= 1<<(bits-16) {
-			return bits, nil
+	for clusterBits := 16; clusterBits >= 12; clusterBits-- {
+		for bits := clusterBits; bits <= 28; bits++ {
+			if 1<<(32-bits)-3 >= perNode*3/2+16 && o.nodes <= 1<<(bits-clusterBits) {
+				if clusterBits == 16 {
+					return "10.213.0.0/16", bits, nil
+				}
+				base := 213 &^ (1<<(16-clusterBits) - 1) // the network holding 10.213
+				return fmt.Sprintf("10.%d.0.0/%d", base, clusterBits), bits, nil
+			}
 		}
 	}
-	return 0, fmt.Errorf("%d nodes with %d instances each do not fit in 10.213.0.0/16", o.nodes, perNode)
+	return "", 0, fmt.Errorf("%d nodes with %d instances each do not fit in a /12", o.nodes, perNode)
 }
 
 func serviceSpec(i int, image string, replicas int) *pb.Service {

@@ -32,8 +32,11 @@ func TestSimulationMirrorsTheAgent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if regexp.MustCompile(`pb\.HeartbeatStream\b`).Match(b) && !slices.Contains(out, "Heartbeats") {
-				out = append(out, "Heartbeats") // through pb.HeartbeatStream
+			// RPCs called through api/pb's helpers.
+			for helper, rpc := range map[string]string{"HeartbeatStream": "Heartbeats", "FollowNodes": "WatchNodes"} {
+				if regexp.MustCompile(`pb\.`+helper+`\b`).Match(b) && !slices.Contains(out, rpc) {
+					out = append(out, rpc)
+				}
 			}
 			for _, m := range re.FindAllStringSubmatch(string(b), -1) {
 				if !slices.Contains(out, m[1]) {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/internal/deltalog"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/publish"
 	"github.com/berth-dev/berth/controlplane/secrets"
@@ -103,6 +104,8 @@ type Server struct {
 	pulls   sync.Mutex
 	shells  shellConns
 	whole   atomic.Pointer[pb.DiscoverySnapshot]
+	// nodeFeed is the node list WatchNodes serves (RunNodeFeed).
+	nodeFeed *deltalog.Log[*pb.Node]
 }
 
 type replicaIdentity struct{ addr string }
@@ -151,7 +154,8 @@ func New(cfg Config, st *store.Store, cache *store.Cache, pub *publish.Publisher
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("apiserver: image dir: %w", err)
 	}
-	return &Server{cfg: cfg, store: st, cache: cache, publisher: pub, logger: cfg.Logger.With("component", "apiserver")}, nil
+	return &Server{cfg: cfg, store: st, cache: cache, publisher: pub, logger: cfg.Logger.With("component", "apiserver"),
+		nodeFeed: deltalog.New(nodeFeedKeep, sameRoute)}, nil
 }
 
 func storeErr(err error) error {

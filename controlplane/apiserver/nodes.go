@@ -3,8 +3,8 @@ package apiserver
 import (
 	"context"
 	"fmt"
-	"sort"
-	"strings"
+	"maps"
+	"slices"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
@@ -65,37 +65,68 @@ func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.D
 	return &pb.DrainNodeResponse{InstancesDraining: int32(live)}, nil
 }
 
-// WatchNodes streams the node list when addresses, subnets or readiness
-// change.
-func (s *Server) WatchNodes(req *pb.WatchNodesRequest, stream pb.NodeAgent_WatchNodesServer) error {
+// nodeFeedKeep is how many node-list changes a WatchNodes follower can
+// catch up over with a delta; one further behind gets the whole list.
+const nodeFeedKeep = 64
+
+func sameRoute(a, b *pb.Node) bool {
+	return a.Name == b.Name && a.Address == b.Address && a.PodCidr == b.PodCidr && a.Ready == b.Ready && a.State == b.State
+}
+
+// RunNodeFeed keeps the node list WatchNodes serves: rebuilt once per
+// cache change (not once per follower), versioned by the etcd revision of
+// the view it came from, with the names each change touched, so that a
+// change of one node costs every follower one small delta rather than the
+// whole list (1,000 followers of 1,000 nodes: a million entries a change).
+func (s *Server) RunNodeFeed(ctx context.Context) error {
 	changes, unsubscribe := s.cache.Subscribe()
 	defer unsubscribe()
-	var last string
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.cache.Ready():
+	}
 	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-s.cache.Ready():
-		}
 		v := s.cache.View()
-		msg := &pb.NodeList{}
-		var keys []string
+		nodes := make(map[string]*pb.Node, len(v.Nodes))
 		for i := range v.Nodes {
-			n := v.Nodes[i]
-			msg.Nodes = append(msg.Nodes, &pb.Node{Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Ready: n.Ready, State: n.State})
-			keys = append(keys, fmt.Sprintf("%s/%s/%s/%t", n.Name, n.Address, n.PodCIDR, n.Ready))
+			n := &v.Nodes[i]
+			nodes[n.Name] = &pb.Node{Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Ready: n.Ready, State: n.State}
 		}
-		sort.Strings(keys)
-		if key := strings.Join(keys, ","); key != last || last == "" {
-			last = key + " "
+		s.nodeFeed.Update(uint64(max(v.Revision, 1)), nodes)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changes:
+		}
+	}
+}
+
+// WatchNodes streams the node list when addresses, subnets or readiness
+// change: whole each time, or whole once and then deltas when asked.
+func (s *Server) WatchNodes(req *pb.WatchNodesRequest, stream pb.NodeAgent_WatchNodesServer) error {
+	var have uint64
+	for {
+		version, wake := s.nodeFeed.Version()
+		if version != 0 && version != have {
+			base := have
+			if !req.Deltas {
+				base = 0
+			}
+			v, changed, removed, whole := s.nodeFeed.Since(base)
+			msg := &pb.NodeList{Delta: !whole, Removed: removed, Version: v}
+			for _, name := range slices.Sorted(maps.Keys(changed)) {
+				msg.Nodes = append(msg.Nodes, changed[name])
+			}
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
+			have = v
 		}
 		select {
 		case <-stream.Context().Done():
 			return nil
-		case <-changes:
+		case <-wake:
 		}
 	}
 }

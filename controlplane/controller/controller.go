@@ -44,6 +44,11 @@ type Config struct {
 	// NotReady for missing liveness: its agent gets a fair chance to
 	// reach the control plane again first.
 	StartGrace time.Duration
+	// JoinGrace: a node that registered less than this ago is not judged
+	// NotReady for missing liveness: Register stores the node before its
+	// liveness claim lands, and a view between the two must not flap a
+	// new node NotReady (with a Warning) on every join.
+	JoinGrace time.Duration
 	// Loads feeds canary analysis (nil: steps pass without analysis data).
 	Loads LoadReader
 	// VersionFor maps an etcd revision to the discovery snapshot version
@@ -245,6 +250,9 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			next = api.NodeReady
 		case !live && n.State == api.NodeReady && c.graceFor[n.Name] && now.Sub(c.startedAt) < c.cfg.StartGrace:
 			// Just took the lead: the agent may not have reached us yet.
+		case !live && n.State == api.NodeReady && now.Sub(n.Heartbeat) < c.cfg.JoinGrace:
+			// Just registered (Register sets Heartbeat): its claim is on
+			// its way.
 		case !live && (n.State == api.NodeReady || n.State == ""):
 			next = api.NodeNotReady
 		case !live && n.State == api.NodeNotReady && now.Sub(n.StateSince) >= c.cfg.LostGrace:

@@ -1,0 +1,124 @@
+// Package deltalog keeps a keyed set of values at a version, and which
+// keys the last few versions changed, so that a follower holding an older
+// version can be sent only what changed since (delta xDS's model), or
+// everything when it is too far behind or new.
+package deltalog
+
+import (
+	"maps"
+	"slices"
+	"sync"
+)
+
+// Log is a versioned keyed set. Its methods are safe for concurrent use.
+type Log[V any] struct {
+	keep  int
+	equal func(a, b V) bool
+
+	mu      sync.Mutex
+	version uint64
+	items   map[string]V
+	// deltas: the keys each of the last keep updates touched, the first
+	// applying to base.
+	deltas []delta
+	base   uint64
+	wake   chan struct{} // closed and replaced on every update
+}
+
+type delta struct {
+	version uint64
+	touched []string
+}
+
+// New returns an empty log at version 0 that can catch a follower up over
+// keep updates; equal decides whether a key's value changed.
+func New[V any](keep int, equal func(a, b V) bool) *Log[V] {
+	return &Log[V]{keep: keep, equal: equal, items: map[string]V{}, wake: make(chan struct{})}
+}
+
+// Update makes items (which the log keeps; the caller must not change it
+// afterwards) the set at version, and records which keys differ from the
+// set before. It changes nothing and returns false when no key differs or
+// version is not newer than the log's.
+func (l *Log[V]) Update(version uint64, items map[string]V) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if version <= l.version {
+		return false
+	}
+	var touched []string
+	for k, v := range items {
+		if old, ok := l.items[k]; !ok || !l.equal(old, v) {
+			touched = append(touched, k)
+		}
+	}
+	for k := range l.items {
+		if _, ok := items[k]; !ok {
+			touched = append(touched, k)
+		}
+	}
+	if len(touched) == 0 && l.version != 0 {
+		return false
+	}
+	if l.version == 0 {
+		l.base = version
+	} else {
+		l.deltas = append(l.deltas, delta{version: version, touched: touched})
+		if len(l.deltas) > l.keep {
+			l.base = l.deltas[0].version
+			l.deltas = slices.Delete(l.deltas, 0, 1)
+		}
+	}
+	l.version, l.items = version, items
+	close(l.wake)
+	l.wake = make(chan struct{})
+	return true
+}
+
+// Version returns the log's version (0 before the first Update) and a
+// channel closed at the next Update.
+func (l *Log[V]) Version() (uint64, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.version, l.wake
+}
+
+// Since returns the log's version and what changed since version base:
+// the values of the keys added or changed, and the keys removed (sorted).
+// whole is true when base is 0 or older than the log remembers: then
+// changed holds every value and removed is empty, and the follower must
+// drop whatever it holds that changed does not.
+func (l *Log[V]) Since(base uint64) (version uint64, changed map[string]V, removed []string, whole bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if base == l.version {
+		return l.version, nil, nil, false
+	}
+	i := -1
+	if base == l.base {
+		i = 0
+	} else {
+		for j, d := range l.deltas {
+			if d.version == base {
+				i = j + 1
+			}
+		}
+	}
+	if base == 0 || i < 0 {
+		return l.version, maps.Clone(l.items), nil, true
+	}
+	changed = map[string]V{}
+	gone := map[string]bool{}
+	for _, d := range l.deltas[i:] {
+		for _, k := range d.touched {
+			if v, ok := l.items[k]; ok {
+				changed[k] = v
+				delete(gone, k)
+			} else {
+				delete(changed, k)
+				gone[k] = true
+			}
+		}
+	}
+	return l.version, changed, slices.Sorted(maps.Keys(gone)), false
+}
