@@ -27,12 +27,12 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
-	"github.com/berth-dev/berth/internal/deltalog"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/publish"
 	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/discovery"
+	"github.com/berth-dev/berth/internal/deltalog"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/berth-dev/berth/pki"
 	"google.golang.org/grpc"
