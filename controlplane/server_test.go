@@ -585,3 +585,47 @@ func TestControllersStayWithinEtcdsTransactionLimit(t *testing.T) {
 		return stopped == 300, fmt.Sprint(stopped)
 	})
 }
+
+// Events share a lease (a grant per write doubled the cost of every
+// event), and a lease that vanished (revoked, or etcd restored from a
+// snapshot) is replaced instead of failing every later event.
+func TestEventsShareALeaseAndSurviveItsLoss(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	st := h.srv.Store()
+	leases := func() map[int64]int {
+		t.Helper()
+		resp, err := h.srv.Etcd().Get(ctx, store.EventsPrefix, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int64]int{}
+		for _, kv := range resp.Kvs {
+			out[kv.Lease]++
+		}
+		return out
+	}
+	for i := range 5 {
+		if err := st.RecordEvent(ctx, store.Event{Namespace: "default", Object: "service/lease", Reason: "Test", Message: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var lease int64
+	for id := range leases() {
+		lease = id
+	}
+	// Other parts (the controller) may write events too, on the same lease.
+	if ls := leases(); len(ls) != 1 || lease == 0 {
+		t.Fatalf("events on leases %v, want one shared lease", ls)
+	}
+	if _, err := h.srv.Etcd().Revoke(ctx, clientv3.LeaseID(lease)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecordEvent(ctx, store.Event{Namespace: "default", Object: "service/lease", Reason: "Test", Message: "after the revoke"}); err != nil {
+		t.Fatalf("an event after its lease was revoked: %v", err)
+	}
+	evs, err := st.ListEvents(ctx, "default", "service/lease", 0)
+	if err != nil || len(evs) != 1 || evs[0].Message != "after the revoke" {
+		t.Fatalf("listed %+v %v; want the one event written after the revoke", evs, err)
+	}
+}

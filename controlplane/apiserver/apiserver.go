@@ -553,7 +553,8 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 	if req.Node == "" {
 		return status.Error(codes.InvalidArgument, "watch assignments: node is required")
 	}
-	changes, unsubscribe := s.cache.Subscribe()
+	// Woken only when what is placed on this node changes.
+	changes, unsubscribe := s.cache.SubscribeNode(req.Node)
 	defer unsubscribe()
 	select {
 	case <-stream.Context().Done():
@@ -561,19 +562,13 @@ func (s *Server) WatchAssignments(req *pb.WatchAssignmentsRequest, stream pb.Nod
 	case <-s.cache.Ready():
 	}
 	var last string
-	var lastGen uint64
 	sent := false
 	for {
-		// A view with the same Gen (only heartbeats or gateway states
-		// changed) places nothing differently.
-		if v := s.cache.View(); !sent || v.Gen != lastGen {
-			lastGen = v.Gen
-			if key, build := nodeAssignments(v, req.Node); !sent || key != last {
-				if err := stream.Send(build()); err != nil {
-					return err
-				}
-				last, sent = key, true
+		if key, build := nodeAssignments(s.cache.View(), req.Node); !sent || key != last {
+			if err := stream.Send(build()); err != nil {
+				return err
 			}
+			last, sent = key, true
 		}
 		select {
 		case <-stream.Context().Done():
@@ -632,11 +627,8 @@ func nodeAssignments(v *store.View, node string) (key string, build func() *pb.A
 // cares about (restarts, errors, readiness) into events.
 func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) (*pb.ReportStatusResponse, error) {
 	v := s.cache.View()
-	known := map[string]api.Instance{}
-	for _, vi := range v.Instances {
-		known[vi.Instance.ID] = vi.Instance
-	}
 	statuses := make([]api.InstanceStatus, 0, len(req.Statuses))
+	var events []store.Event
 	var podNet netip.Prefix
 	if n := v.Node(req.Node); n != nil {
 		podNet, _ = netip.ParsePrefix(n.PodCIDR)
@@ -646,10 +638,11 @@ func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) 
 		if st.Node != req.Node {
 			return nil, status.Errorf(codes.InvalidArgument, "report status: instance %s reported for node %q by node %q", st.ID, st.Node, req.Node)
 		}
-		in, ok := known[st.ID]
+		vi, ok := v.Instance(st.ID)
 		if !ok {
 			continue
 		}
+		in := vi.Instance
 		// A node reports only its own instances, at addresses of its own
 		// pod subnet: DNS and the gateways follow what it reports.
 		if in.Node != req.Node {
@@ -670,26 +663,30 @@ func (s *Server) ReportStatus(ctx context.Context, req *pb.ReportStatusRequest) 
 			if st.LastExit != nil {
 				msg += fmt.Sprintf(": last exit code %d", st.LastExit.Code)
 			}
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Restarted", Type: "Warning", Message: msg})
+			events = append(events, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Restarted", Type: "Warning", Message: msg})
 		case had && old.Ready && !st.Ready:
 			msg := fmt.Sprintf("instance %s not ready", st.ID)
 			if st.LastError != "" {
 				msg += ": " + st.LastError
 			}
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "NotReady", Type: "Warning", Message: msg})
+			events = append(events, store.Event{Namespace: in.Namespace, Object: obj, Reason: "NotReady", Type: "Warning", Message: msg})
 		case st.LastError != "" && st.LastError != old.LastError && strings.HasPrefix(st.LastError, "readiness probe failed: ") && strings.HasPrefix(old.LastError, "readiness probe failed: "):
 			// A probe failing another way: no event for each variation.
 		case st.LastError != "" && st.LastError != old.LastError && strings.HasPrefix(st.LastError, "readiness probe failed: "):
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Unhealthy", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
+			events = append(events, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Unhealthy", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
 		case st.LastError != "" && st.LastError != old.LastError:
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Failed", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
+			events = append(events, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Failed", Type: "Warning", Message: fmt.Sprintf("instance %s: %s", st.ID, st.LastError)})
 		case st.Ready && !old.Ready:
-			_ = s.store.RecordEvent(ctx, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Ready", Message: fmt.Sprintf("instance %s ready at %s on %s", st.ID, st.IP, st.Node)})
+			events = append(events, store.Event{Namespace: in.Namespace, Object: obj, Reason: "Ready", Message: fmt.Sprintf("instance %s ready at %s on %s", st.ID, st.IP, st.Node)})
 		}
 	}
 	if err := s.store.PutStatuses(ctx, statuses); err != nil {
 		return nil, storeErr(err)
 	}
+	// A report's events go together, after its statuses: a node reporting
+	// a hundred instances ready writes one transaction of events, not one
+	// each.
+	_ = s.store.RecordEvents(ctx, events)
 	return &pb.ReportStatusResponse{}, nil
 }
 

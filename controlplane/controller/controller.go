@@ -654,25 +654,43 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 	if len(placements) == 0 {
 		return nil
 	}
-	changes := make([]store.InstanceChange, 0, len(placements))
+	// One pass places every pending instance it can and commits them in
+	// as many transactions as etcd's limits need (an instance and its
+	// volumes always together); a conflict ends the pass, and the next
+	// one schedules what is left from fresh state.
+	var changes []store.InstanceChange
 	var volumes []store.VolumeChange
+	var committed []scheduler.Placement
+	var inTxn []scheduler.Placement
 	bound := map[string]bool{}
 	now := c.now().UTC()
 	bytes := 0
-	for i, p := range placements {
+	flush := func() error {
+		if len(changes) == 0 {
+			return nil
+		}
+		if err := c.store.Commit(ctx, changes, volumes); err != nil {
+			return fmt.Errorf("controller: commit %d placements: %w", len(changes), err)
+		}
+		committed = append(committed, inTxn...)
+		changes, volumes, inTxn, bytes = nil, nil, nil, 0
+		return nil
+	}
+	var err error
+	for _, p := range placements {
 		in := byID[p.InstanceID]
 		in.Node = p.Node
 		ch := store.InstanceChange{Instance: in, ModRevision: rev[in.ID]}
-		// A placement and its volumes go together; what does not fit in
-		// one transaction (operations, bytes) waits for the next pass.
-		fits, _, b := store.FitsCommit(&ch, len(changes)+len(volumes)+len(in.Template.VolumeNames(in.Namespace, in.Ordinal)), bytes)
-		if !fits && i > 0 {
-			placements = placements[:i]
-			break
+		vols := in.Template.VolumeNames(in.Namespace, in.Ordinal)
+		if fits, _, _ := store.FitsCommit(&ch, len(changes)+len(volumes)+len(vols), bytes); !fits {
+			if err = flush(); err != nil {
+				break
+			}
 		}
-		bytes = b
+		_, _, bytes = store.FitsCommit(&ch, 0, bytes)
 		changes = append(changes, ch)
-		for _, key := range in.Template.VolumeNames(in.Namespace, in.Ordinal) {
+		inTxn = append(inTxn, p)
+		for _, key := range vols {
 			if vv, ok := v.Volumes[key]; ok {
 				if vv.Volume.Status.Node != "" || bound[key] {
 					continue
@@ -701,20 +719,24 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 				}
 			}
 			if template == "" {
-				return fmt.Errorf("controller: instance %s mounts volume %s, which does not exist", in.ID, key)
+				err = fmt.Errorf("controller: instance %s mounts volume %s, which does not exist", in.ID, key)
+				break
 			}
 		}
+		if err != nil {
+			break
+		}
 	}
-	if err := c.store.Commit(ctx, changes, volumes); err != nil {
-		return fmt.Errorf("controller: commit %d placements: %w", len(changes), err)
+	if err == nil {
+		err = flush()
 	}
-	c.placed.Add(float64(len(placements)))
-	for _, p := range placements {
+	c.placed.Add(float64(len(committed)))
+	for _, p := range committed {
 		in := byID[p.InstanceID]
 		delete(c.unschedulable, in.ID)
 		c.event(ctx, in.Namespace, "service/"+in.Service, "Scheduled", "Normal", "instance %s placed on node %s", in.ID, p.Node)
 	}
-	return nil
+	return err
 }
 
 // acked reports whether the discovery state of etcd revision rev is in

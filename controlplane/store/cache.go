@@ -37,6 +37,12 @@ type Cache struct {
 	ready    chan struct{}
 	subs     []chan struct{}
 	started  bool
+	// nodeSubs are woken only when what is assigned to their node changes
+	// (SubscribeNode); touched collects those nodes until notify, and
+	// touchedAll says every node was (a full load).
+	nodeSubs   map[string][]chan struct{}
+	touched    map[string]bool
+	touchedAll bool
 }
 
 type cachedKV struct {
@@ -132,9 +138,28 @@ type View struct {
 	// by replica and node id.
 	Gateways []api.GatewayStatus
 
-	// byService and byNode index Instances (built with it, shared with it).
+	// byService, byNode and byID index Instances (built with it, shared
+	// with it).
 	byService map[string][]int
 	byNode    map[string][]int
+	byID      map[string]int
+}
+
+// Instance returns the instance with id, without scanning every instance.
+func (v *View) Instance(id string) (VersionedInstance, bool) {
+	if v.byID == nil { // a View built by hand (tests): scan
+		for _, vi := range v.Instances {
+			if vi.Instance.ID == id {
+				return vi, true
+			}
+		}
+		return VersionedInstance{}, false
+	}
+	i, ok := v.byID[id]
+	if !ok {
+		return VersionedInstance{}, false
+	}
+	return v.Instances[i], true
 }
 
 // ServiceInstances returns the instances of service "<ns>/<name>", in ID
@@ -186,9 +211,10 @@ func (v *View) pick(idx []int) []VersionedInstance {
 }
 
 func (v *View) index() {
-	v.byService, v.byNode = map[string][]int{}, map[string][]int{}
+	v.byService, v.byNode, v.byID = map[string][]int{}, map[string][]int{}, make(map[string]int, len(v.Instances))
 	for i := range v.Instances {
 		in := &v.Instances[i].Instance
+		v.byID[in.ID] = i
 		key := in.ServiceKey()
 		v.byService[key] = append(v.byService[key], i)
 		if in.Node != "" {
@@ -285,6 +311,53 @@ func (c *Cache) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
+// SubscribeNode is Subscribe for one node's assignments: the channel is
+// woken when an instance placed on node (before or after the change) or a
+// volume bound to it changes, not on every change of the cluster (at 1,000
+// nodes, waking every node's stream on every change cost a core).
+func (c *Cache) SubscribeNode(node string) (<-chan struct{}, func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	if c.nodeSubs == nil {
+		c.nodeSubs = map[string][]chan struct{}{}
+	}
+	c.nodeSubs[node] = append(c.nodeSubs[node], ch)
+	if c.started {
+		ch <- struct{}{}
+	}
+	return ch, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		subs := slices.DeleteFunc(slices.Clone(c.nodeSubs[node]), func(s chan struct{}) bool { return s == ch })
+		if len(subs) == 0 {
+			delete(c.nodeSubs, node)
+		} else {
+			c.nodeSubs[node] = subs
+		}
+	}
+}
+
+// touch records the nodes a change of obj concerns, for SubscribeNode.
+func (c *Cache) touch(obj any) {
+	var node string
+	switch o := obj.(type) {
+	case api.Instance:
+		node = o.Node
+	case api.Volume:
+		node = o.Status.Node
+	default:
+		return
+	}
+	if node == "" {
+		return
+	}
+	if c.touched == nil {
+		c.touched = map[string]bool{}
+	}
+	c.touched[node] = true
+}
+
 func cached(key string) bool {
 	return !strings.HasPrefix(key, EventsPrefix) && !strings.HasPrefix(key, ImagesPrefix)
 }
@@ -321,6 +394,7 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 	}
 	c.mu.Lock()
 	c.kvs, c.rev, c.view, c.last = make(map[string]cachedKV, len(resp.Kvs)), resp.Header.Revision, nil, nil
+	c.touchedAll = true
 	for _, kv := range resp.Kvs {
 		if cached(string(kv.Key)) {
 			c.put(string(kv.Key), kv.Value, kv.ModRevision)
@@ -370,12 +444,16 @@ func (c *Cache) follow(ctx context.Context, from int64) error {
 // put stores a key's new value; delete removes it. Both drop the view.
 // The caller holds c.mu (tests call them alone).
 func (c *Cache) put(key string, value []byte, modRevision int64) {
-	_, existed := c.kvs[key]
-	c.kvs[key] = cachedKV{value: value, modRevision: modRevision, obj: decode(key, value)}
+	old, existed := c.kvs[key]
+	kv := cachedKV{value: value, modRevision: modRevision, obj: decode(key, value)}
+	c.kvs[key] = kv
+	c.touch(old.obj)
+	c.touch(kv.obj)
 	c.changed(key, existed)
 }
 
 func (c *Cache) delete(key string) {
+	c.touch(c.kvs[key].obj)
 	delete(c.kvs, key)
 	c.changed(key, false)
 }
@@ -399,8 +477,21 @@ func (c *Cache) notify() {
 		close(c.ready)
 	}
 	subs := c.subs
+	var nodeSubs [][]chan struct{}
+	if c.touchedAll {
+		for _, s := range c.nodeSubs {
+			nodeSubs = append(nodeSubs, s)
+		}
+	} else {
+		for node := range c.touched {
+			if s, ok := c.nodeSubs[node]; ok {
+				nodeSubs = append(nodeSubs, s)
+			}
+		}
+	}
+	c.touched, c.touchedAll = nil, false
 	c.mu.Unlock()
-	for _, ch := range subs {
+	for _, ch := range slices.Concat(append(nodeSubs, subs)...) {
 		select {
 		case ch <- struct{}{}:
 		default:
@@ -441,7 +532,7 @@ func (c *Cache) View() *View {
 	reuse := c.last != nil && !c.bigDirty
 	if reuse {
 		v.Instances, v.Statuses = c.last.Instances, c.last.Statuses
-		v.byService, v.byNode = c.last.byService, c.last.byNode
+		v.byService, v.byNode, v.byID = c.last.byService, c.last.byNode, c.last.byID
 	} else {
 		v.Instances, v.Statuses = make([]VersionedInstance, 0, nIn), make(map[string]api.InstanceStatus, nSt)
 	}

@@ -136,3 +136,58 @@ func BenchmarkCacheViewAfterStatus(b *testing.B) {
 		}
 	}
 }
+
+// A node's assignment stream is woken when an instance placed on it (or
+// moved off it) changes, and not by changes elsewhere: at 1,000 nodes every
+// stream woke on every change of the cluster.
+func TestSubscribeNodeWakesOnlyThatNode(t *testing.T) {
+	c := cacheWith(2, 2, 3) // instances on node-0000 .. node-0002
+	c.notify()              // started
+	woken := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	ch0, stop0 := c.SubscribeNode("node-0000")
+	defer stop0()
+	ch1, stop1 := c.SubscribeNode("node-0001")
+	defer stop1()
+	ch2, stop2 := c.SubscribeNode("node-0002")
+	defer stop2()
+	if !woken(ch0) || !woken(ch1) || !woken(ch2) {
+		t.Fatal("a subscription to a started cache is not woken at once")
+	}
+	// Move an instance from node-0000 to node-0001: both woken, not 2.
+	var moved api.Instance
+	for _, vi := range c.View().Instances {
+		if vi.Instance.Node == "node-0000" {
+			moved = vi.Instance
+			break
+		}
+	}
+	moved.Node = "node-0001"
+	c.mu.Lock()
+	c.put(InstancesPrefix+moved.ID, []byte(mustJSON(moved)), c.rev+1)
+	c.put(leaseKey("node-0002"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_100, 0)})), c.rev+2) // a heartbeat
+	c.put(StatusPrefix+moved.ID, []byte(mustJSON(api.InstanceStatus{ID: moved.ID, Node: "node-0001"})), c.rev+3)
+	c.rev += 3
+	c.mu.Unlock()
+	c.notify()
+	if !woken(ch0) || !woken(ch1) {
+		t.Fatal("the nodes an instance moved between were not woken")
+	}
+	if woken(ch2) {
+		t.Fatal("node-0002 woken by changes that assign it nothing")
+	}
+	// Deleting an instance wakes its node.
+	c.mu.Lock()
+	c.delete(InstancesPrefix + moved.ID)
+	c.mu.Unlock()
+	c.notify()
+	if !woken(ch1) || woken(ch0) || woken(ch2) {
+		t.Fatal("deleting an instance of node-0001 woke the wrong nodes")
+	}
+}

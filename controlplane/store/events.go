@@ -3,11 +3,14 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -32,16 +35,55 @@ func (s *Store) RecordEvent(ctx context.Context, ev Event) error {
 	return s.RecordEvents(ctx, []Event{ev})
 }
 
-// RecordEvents stores events on one lease, up to MaxOpsPerCommit per
+// eventLeaseReuse is how long one lease takes new events: an event lives
+// between EventTTL and EventTTL plus this.
+const eventLeaseReuse = time.Minute
+
+// eventLease is the lease events are written on, granted anew every
+// eventLeaseReuse rather than per write (a grant is a write to etcd of its
+// own: it doubled the cost of every event).
+type eventLease struct {
+	mu sync.Mutex
+	id clientv3.LeaseID
+	at time.Time
+}
+
+func (s *Store) eventLeaseID(ctx context.Context, fresh bool) (clientv3.LeaseID, error) {
+	l := s.events
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now := s.now(); fresh || l.id == 0 || now.Sub(l.at) >= eventLeaseReuse || now.Before(l.at) {
+		lease, err := s.cli.Grant(ctx, int64((EventTTL+eventLeaseReuse)/time.Second))
+		if err != nil {
+			return 0, err
+		}
+		l.id, l.at = lease.ID, now
+	}
+	return l.id, nil
+}
+
+// RecordEvents stores events on a shared lease, up to MaxOpsPerCommit per
 // transaction: a controller pass that creates a hundred instances writes
 // their events in one go, not a lease and a put each.
 func (s *Store) RecordEvents(ctx context.Context, evs []Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	lease, err := s.cli.Grant(ctx, int64(EventTTL/time.Second))
+	err := s.recordEvents(ctx, evs, false)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		// The lease is gone (etcd restored, or revoked by hand): a new one.
+		err = s.recordEvents(ctx, evs, true)
+	}
 	if err != nil {
-		return fmt.Errorf("store: record events: %w", err)
+		return fmt.Errorf("store: record %d events: %w", len(evs), err)
+	}
+	return nil
+}
+
+func (s *Store) recordEvents(ctx context.Context, evs []Event, freshLease bool) error {
+	lease, err := s.eventLeaseID(ctx, freshLease)
+	if err != nil {
+		return err
 	}
 	for chunk := range slices.Chunk(evs, MaxOpsPerCommit) {
 		ops := make([]clientv3.Op, 0, len(chunk))
@@ -53,10 +95,10 @@ func (s *Store) RecordEvents(ctx context.Context, evs []Event) error {
 				ev.Type = "Normal"
 			}
 			key := eventKey(ev.At, s.seq.Add(1))
-			ops = append(ops, clientv3.OpPut(key, mustJSON(ev), clientv3.WithLease(lease.ID)))
+			ops = append(ops, clientv3.OpPut(key, mustJSON(ev), clientv3.WithLease(lease)))
 		}
 		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return fmt.Errorf("store: record %d events: %w", len(evs), err)
+			return err
 		}
 	}
 	return nil

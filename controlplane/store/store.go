@@ -55,11 +55,13 @@ type Store struct {
 	// written, on a Tracked store, is the etcd revision of its newest
 	// write.
 	written *atomic.Int64
+	// events is the lease events are written on, shared by every copy.
+	events *eventLease
 }
 
 // New returns a store on an etcd client.
 func New(cli *clientv3.Client) *Store {
-	return &Store{cli: cli, now: time.Now, seq: new(atomic.Uint64)}
+	return &Store{cli: cli, now: time.Now, seq: new(atomic.Uint64), events: &eventLease{}}
 }
 
 // Tracked returns a store on the same client that remembers the revision
@@ -68,7 +70,7 @@ func New(cli *clientv3.Client) *Store {
 // otherwise create a service's replicas twice from a view older than
 // their own last commit.
 func (s *Store) Tracked() *Store {
-	return &Store{cli: s.cli, now: s.now, seq: s.seq, written: new(atomic.Int64)}
+	return &Store{cli: s.cli, now: s.now, seq: s.seq, written: new(atomic.Int64), events: s.events}
 }
 
 // Written is the etcd revision of this Tracked store's newest write (0 if
