@@ -104,6 +104,7 @@ type Server struct {
 	pulls   sync.Mutex
 	shells  shellConns
 	whole   atomic.Pointer[pb.DiscoverySnapshot]
+	encodedDeltas encodedDeltas
 	// nodeFeed is the node list WatchNodes serves (RunNodeFeed).
 	nodeFeed *deltalog.Log[*pb.Node]
 }
@@ -733,18 +734,68 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 		if snap == nil || snap.Version == have {
 			continue
 		}
-		msg := &pb.DiscoveryDelta{Version: snap.Version}
+		// Agents at the same version get the same message: built and
+		// encoded once, sent to each (1,000 agents: one encoding, not a
+		// thousand).
+		base := have
 		if whole {
-			msg.Services = s.wholeSnapshot(snap).Services
-		} else {
-			msg.BaseVersion, msg.Removed = have, removed
-			msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
+			base = 0
 		}
-		if err := stream.Send(msg); err != nil {
+		pm, err := s.encodedDeltas.get(snap.Version, base, func() (*grpc.PreparedMsg, error) {
+			msg := &pb.DiscoveryDelta{Version: snap.Version}
+			if whole {
+				msg.Services = s.wholeSnapshot(snap).Services
+			} else {
+				msg.BaseVersion, msg.Removed = have, removed
+				msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
+			}
+			pm := &grpc.PreparedMsg{}
+			return pm, pm.Encode(stream, msg)
+		})
+		if err != nil {
+			return status.Errorf(codes.Internal, "discovery delta %d->%d: %v", base, snap.Version, err)
+		}
+		if err := stream.SendMsg(pm); err != nil {
 			return err
 		}
 		have = snap.Version
 	}
+}
+
+// encodedDeltas holds the encoded discovery messages to the latest
+// version, by the version they start from (0: the whole snapshot).
+type encodedDeltas struct {
+	mu      sync.Mutex
+	version uint64
+	byBase  map[uint64]*encodedDelta
+}
+
+type encodedDelta struct {
+	once sync.Once
+	pm   *grpc.PreparedMsg
+	err  error
+}
+
+// get returns the message from base to version, building it with build
+// the first time it is asked for; a newer version forgets the older ones.
+func (e *encodedDeltas) get(version, base uint64, build func() (*grpc.PreparedMsg, error)) (*grpc.PreparedMsg, error) {
+	e.mu.Lock()
+	if version > e.version || e.byBase == nil {
+		e.version, e.byBase = version, map[uint64]*encodedDelta{}
+	}
+	var d *encodedDelta
+	if version == e.version {
+		d = e.byBase[base]
+		if d == nil {
+			d = &encodedDelta{}
+			e.byBase[base] = d
+		}
+	} else {
+		d = &encodedDelta{} // an older version (a slow reader): not kept
+	}
+	e.mu.Unlock()
+	d.once.Do(func() { d.pm, d.err = build() })
+	return d.pm, d.err
 }
 
 // wholeSnapshot is snap on the wire, converted once per version for every
