@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,6 +114,64 @@ func parseStats(line string) (agentStats, error) {
 	return s, nil
 }
 
+// command answers one line of the benchmark process:
+//
+//	stats               the fleet's counters (agentStats)
+//	flip                agent 0 turns an instance's readiness over and
+//	                    reports it: "flip id=ID at=UNIXNANO ready=BOOL"
+//	arrived V T0        how many live agents hold discovery version >= V,
+//	                    and each one's delay from T0 (unix ns) until it
+//	                    got it: "arrived n=N of=M us=D1,D2,..."
+//	kill I              agent I stops (a node lost): "killed NAME at=NS"
+func (f *fleet) command(ctx context.Context, line string, cpu0 time.Duration) string {
+	args := strings.Fields(line)
+	if len(args) == 0 {
+		return "error empty command"
+	}
+	switch {
+	case args[0] == "stats":
+		return f.stats(cpu0).String()
+	case args[0] == "flip":
+		reply := make(chan string, 1)
+		select {
+		case f.agents[0].flips <- reply:
+		case <-ctx.Done():
+			return "error stopped"
+		case <-time.After(10 * time.Second):
+			return "error agent 0 busy"
+		}
+		return <-reply
+	case args[0] == "arrived" && len(args) >= 3:
+		v, err1 := strconv.ParseUint(args[1], 10, 64)
+		t0, err2 := strconv.ParseInt(args[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return "error arrived V T0: " + line
+		}
+		var delays []string
+		of := 0
+		for _, a := range f.agents {
+			if a.dead.Load() {
+				continue
+			}
+			of++
+			if at, ok := a.arrivedAt(v); ok {
+				delays = append(delays, strconv.FormatInt(max(0, at.UnixNano()-t0)/1000, 10))
+			}
+		}
+		return fmt.Sprintf("arrived n=%d of=%d us=%s", len(delays), of, strings.Join(delays, ","))
+	case args[0] == "kill" && len(args) == 2:
+		i, err := strconv.Atoi(args[1])
+		if err != nil || i < 0 || i >= len(f.agents) {
+			return "error kill I: " + line
+		}
+		at := time.Now()
+		f.agents[i].dead.Store(true)
+		f.agents[i].cancel()
+		return fmt.Sprintf("killed %s at=%d", f.agents[i].name, at.UnixNano())
+	}
+	return "error unknown command: " + line
+}
+
 func (f *fleet) stats(cpu0 time.Duration) agentStats {
 	s := agentStats{
 		Registered: f.registered.Load(), Heartbeats: f.heartbeats.Load(), HeartbeatErrs: f.heartbeatErrs.Load(),
@@ -121,6 +180,9 @@ func (f *fleet) stats(cpu0 time.Duration) agentStats {
 		CPU: cpuTime() - cpu0,
 	}
 	for _, a := range f.agents {
+		if a.dead.Load() { // killed: its containers are gone with it
+			continue
+		}
 		s.Live += a.live.Load()
 		s.Ready += a.ready.Load()
 		s.Total += a.total.Load()
@@ -166,13 +228,15 @@ func runAgents(addr string, n int) error {
 		conns = append(conns, conn)
 		a := &simAgent{
 			name: name, address: fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250),
-			client: pb.NewNodeAgentClient(conn), fleet: f, beatNow: make(chan struct{}, 1),
+			client: pb.NewNodeAgentClient(conn), fleet: f, beatNow: make(chan struct{}, 1), flips: make(chan chan string),
 		}
 		f.agents = append(f.agents, a)
 	}
 	for _, a := range f.agents {
+		actx, cancel := context.WithCancel(ctx)
+		a.cancel = cancel
 		go func() {
-			if err := a.run(ctx); err != nil && ctx.Err() == nil {
+			if err := a.run(actx); err != nil && actx.Err() == nil {
 				errc <- fmt.Errorf("%s: %w", a.name, err)
 			}
 		}()
@@ -198,9 +262,7 @@ func runAgents(addr string, n int) error {
 			if !ok {
 				return nil
 			}
-			if line == "stats" {
-				fmt.Println(f.stats(cpu0))
-			}
+			fmt.Println(f.command(ctx, line, cpu0))
 		}
 	}
 }
@@ -215,6 +277,15 @@ type simAgent struct {
 
 	dnsVersion atomic.Uint64
 	beatNow    chan struct{}
+	// cancel stops this agent alone (the "kill" command: a node lost);
+	// flips asks its assignments loop to turn an instance's readiness
+	// over (the "flip" command: a probe failing or passing again).
+	cancel context.CancelFunc
+	dead   atomic.Bool
+	flips  chan chan string
+	// arrivals: when each of the last discovery versions arrived.
+	arrivalsMu sync.Mutex
+	arrivals   []arrival
 	live       atomic.Int64
 	ready      atomic.Int64
 	total      atomic.Int64
@@ -224,6 +295,25 @@ type simAgent struct {
 	want     map[string]*pb.InstanceStatus // what the instances are now
 	reported map[string]*pb.InstanceStatus // what the control plane has stored
 	liveIDs  []string                      // assigned, desired running, not draining
+}
+
+// arrival is a discovery version and when the agent received it.
+type arrival struct {
+	version uint64
+	at      time.Time
+}
+
+// arrivedAt returns when the agent first held a discovery version of at
+// least v.
+func (a *simAgent) arrivedAt(v uint64) (time.Time, bool) {
+	a.arrivalsMu.Lock()
+	defer a.arrivalsMu.Unlock()
+	for _, r := range a.arrivals {
+		if r.version >= v {
+			return r.at, true
+		}
+	}
+	return time.Time{}, false
 }
 
 func (a *simAgent) run(ctx context.Context) error {
@@ -337,6 +427,12 @@ func (a *simAgent) followDiscovery(ctx context.Context) error {
 		}
 		a.fleet.snapshots.Add(1)
 		a.dnsVersion.Store(msg.Version)
+		a.arrivalsMu.Lock()
+		if len(a.arrivals) >= 64 {
+			a.arrivals = slices.Delete(a.arrivals, 0, 1)
+		}
+		a.arrivals = append(a.arrivals, arrival{msg.Version, time.Now()})
+		a.arrivalsMu.Unlock()
 		select {
 		case a.beatNow <- struct{}{}:
 		default:
@@ -389,9 +485,34 @@ func (a *simAgent) assignmentsLoop(ctx context.Context, latest chan *pb.Assignme
 				return err
 			}
 		case <-retry.C:
+		case reply := <-a.flips:
+			reply <- a.flip(ctx)
 		}
 		a.report(ctx)
 	}
+}
+
+// flip turns the readiness of the agent's first live instance over and
+// reports it at once; it answers the instance, the time just before the
+// report, and the new readiness, or an error line.
+func (a *simAgent) flip(ctx context.Context) string {
+	for _, id := range slices.Sorted(slices.Values(a.liveIDs)) {
+		st := a.want[id]
+		if st == nil || st.Phase != api.PhaseRunning {
+			continue
+		}
+		next := proto.Clone(st).(*pb.InstanceStatus)
+		next.Ready = !st.Ready
+		next.UpdatedAt = timestamppb.Now()
+		a.want[id] = next
+		at := time.Now()
+		a.report(ctx)
+		if a.reported[id] != next {
+			return "error report failed"
+		}
+		return fmt.Sprintf("flip id=%s at=%d ready=%t", id, at.UnixNano(), next.Ready)
+	}
+	return "error no live instance"
 }
 
 func (a *simAgent) apply(msg *pb.Assignments) error {

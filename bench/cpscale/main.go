@@ -60,6 +60,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -86,7 +87,8 @@ const maxReplicasPerPass = 10
 
 type options struct {
 	nodes, services, replicas, batch int
-	rollouts                         int
+	rollouts, flips                  int
+	nodeLoss                         bool
 	paced                            bool
 	steady, drainDelay, heartbeat    time.Duration
 	stall, timeout                   time.Duration
@@ -103,6 +105,8 @@ func main() {
 	flag.IntVar(&o.batch, "batch", 0, "services per Apply call; 0: calls of at most ten new replicas")
 	flag.BoolVar(&o.paced, "paced", true, "wait for each Apply call's replicas before the next call")
 	flag.IntVar(&o.rollouts, "rollouts", 5, "rolling changes to time, one service after the other")
+	flag.IntVar(&o.flips, "flips", 20, "endpoint changes (readiness flips) to time until every node's DNS has them")
+	flag.BoolVar(&o.nodeLoss, "node-loss", true, "kill one agent at the end and time until its endpoints are out and its instances replaced")
 	flag.DurationVar(&o.steady, "steady", 10*time.Second, "steady-state CPU measurement window")
 	flag.DurationVar(&o.drainDelay, "drain-delay", time.Second, "the control plane's drain delay (berth server --dns-ttl, whose default is 5s)")
 	flag.DurationVar(&o.heartbeat, "heartbeat", controlplane.DefaultConfig().HeartbeatInterval, "the agents' heartbeat interval")
@@ -137,6 +141,10 @@ func main() {
 type bench struct {
 	o      options
 	berth  pb.BerthClient
+	etcd   *clientv3.Client
+	// nodeTimeout is the control plane's (for the node loss line).
+	nodeTimeout time.Duration
+	goals       []goal
 	agents *agentsProc
 	reg    *prometheus.Registry
 	warns  *warnLog
@@ -271,6 +279,7 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	}
 	defer conn.Close()
 	b.berth = pb.NewBerthClient(conn)
+	b.etcd, b.nodeTimeout = srv.Etcd(), cfg.NodeTimeout
 	tok, err := b.berth.CreateToken(ctx, &pb.CreateTokenRequest{Role: "node", Uses: int32(o.nodes), Description: "cpscale"})
 	if err != nil {
 		return nil, fmt.Errorf("create join token: %w", err)
@@ -293,7 +302,11 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	if err := b.deploy(ctx, specs); err != nil {
 		return nil, err
 	}
+	deployRSS := rss()
 	if err := b.steadyState(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.propagation(ctx); err != nil {
 		return nil, err
 	}
 	if err := b.rolling(ctx, specs[:min(o.rollouts, len(specs))]); err != nil {
@@ -302,7 +315,15 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	if err := b.scale(ctx, specs); err != nil {
 		return nil, err
 	}
+	if err := b.nodeLoss(ctx); err != nil {
+		return nil, err
+	}
+	mem := max(deployRSS, rss())
+	fmt.Printf("memory: control plane process (with embedded etcd) RSS %.0f MiB after the deploy, %.0f MiB at the end\n", deployRSS, rss())
+	b.note("control plane RSS", mem, "MiB")
+	b.goal(fmt.Sprintf("control plane RSS, %d instances, %d nodes (no gateways)", b.o.services*b.o.replicas, b.o.nodes), fmt.Sprintf("%.0f MiB", mem), "< 300 MiB", mem < 300)
 	fmt.Printf("total %v\n", time.Since(start).Round(time.Millisecond))
+	b.printGoals()
 	return b.figures, nil
 }
 
@@ -486,6 +507,10 @@ func (b *bench) deploy(ctx context.Context, specs []*pb.Service) error {
 	printCalls(calls)
 	fmt.Printf("  %s\n  %s\n", r.placed(total), r)
 	b.note("deploy: all ready", r.wall.Seconds(), "s")
+	if !paced {
+		b.goal(fmt.Sprintf("deploy %d instances to %d nodes, unpaced: all ready", total, b.o.nodes),
+			fmt.Sprintf("%v (%.0f/s)", r.wall.Round(time.Millisecond), float64(total)/r.wall.Seconds()), "<= 10s", r.wall <= 10*time.Second)
+	}
 	b.note("deploy: control plane CPU", r.cpu.Seconds(), "s")
 	return nil
 }
@@ -672,6 +697,8 @@ func (b *bench) steadyState(ctx context.Context) error {
 		float64(r.agents.Heartbeats)/r.wall.Seconds(), r.agents.HeartbeatErrs, perBeat.Round(time.Microsecond))
 	b.note("steady: control plane, % of one core", 100*r.cpu.Seconds()/r.wall.Seconds(), "%")
 	b.note("steady: CPU per heartbeat", float64(perBeat.Microseconds()), "us")
+	share := 100 * r.cpu.Seconds() / r.wall.Seconds()
+	b.goal(fmt.Sprintf("steady state, %d idle nodes (%d instances)", b.o.nodes, b.o.services*b.o.replicas), fmt.Sprintf("%.1f%% of a core", share), "< 20%", share < 20)
 	fmt.Printf("  %s\n", r)
 
 	// What one look at the cluster costs at this size.
@@ -930,16 +957,41 @@ func startAgents(ctx context.Context, addr, token, caHash string, n int, plain b
 }
 
 func (p *agentsProc) stats() (agentStats, error) {
+	line, err := p.ask("stats")
+	if err != nil {
+		return agentStats{}, err
+	}
+	return parseStats(line)
+}
+
+// ask sends the agents' process one command and returns its answer's
+// fields (key=value) after the first word; an "error" answer is an error.
+func (p *agentsProc) ask(cmd string) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, err := io.WriteString(p.in, "stats\n"); err != nil {
-		return agentStats{}, fmt.Errorf("agents' process: %w", err)
+	if _, err := io.WriteString(p.in, cmd+"\n"); err != nil {
+		return "", fmt.Errorf("agents' process: %w", err)
 	}
 	line, err := p.out.ReadString('\n')
 	if err != nil {
-		return agentStats{}, fmt.Errorf("agents' process: %w", err)
+		return "", fmt.Errorf("agents' process: %w", err)
 	}
-	return parseStats(line)
+	line = strings.TrimSpace(line)
+	if strings.HasPrefix(line, "error") {
+		return "", fmt.Errorf("agents' process, %q: %s", cmd, line)
+	}
+	return line, nil
+}
+
+// fields parses "word k=v k=v".
+func fields(line string) map[string]string {
+	kv := map[string]string{}
+	for f := range strings.FieldsSeq(line) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			kv[k] = v
+		}
+	}
+	return kv
 }
 
 func (p *agentsProc) stop() {

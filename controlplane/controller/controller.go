@@ -62,7 +62,7 @@ type Config struct {
 
 // DefaultConfig returns production defaults.
 func DefaultConfig() Config {
-	return Config{DrainDelay: 5 * time.Second, Resync: time.Second, LostGrace: 10 * time.Second}
+	return Config{DrainDelay: 5 * time.Second, Resync: time.Second, LostGrace: 6 * time.Second}
 }
 
 // Controller runs the reconcile loops.
