@@ -193,13 +193,23 @@ func TestDiscoveryDeltas(t *testing.T) {
 		s := h.srv.Publisher().Latest()
 		return s != nil && len(s.Services) == 3, fmt.Sprint(s)
 	})
-	stream, err := h.agent.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: "a"})
+	// Agents ask in gzip; a stream asking without compression at the same
+	// time gets the same messages, decodable (messages are encoded once per
+	// compression and shared: a gzip one sent to it would not decode).
+	stream, err := h.agent.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: "a"}, pb.Compressed())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := h.agent.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	first, err := stream.Recv()
 	if err != nil || first.BaseVersion != 0 || len(first.Services) != 3 {
 		t.Fatalf("first message: %v %v", first, err)
+	}
+	if p, err := plain.Recv(); err != nil || p.Version != first.Version || len(p.Services) != 3 {
+		t.Fatalf("first message without compression: %v %v", p, err)
 	}
 	if _, err := h.berth.DeleteService(ctx, &pb.DeleteServiceRequest{Name: "three"}); err != nil {
 		t.Fatal(err)
@@ -226,6 +236,13 @@ func TestDiscoveryDeltas(t *testing.T) {
 			got["removed "+r] = true
 		}
 		have = d.Version
+	}
+	for v := first.Version; v < have; {
+		p, err := plain.Recv()
+		if err != nil {
+			t.Fatalf("without compression: %v", err)
+		}
+		v = p.Version
 	}
 	// Reconnecting with the version held: no whole snapshot.
 	cancel()

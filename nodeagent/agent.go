@@ -482,7 +482,7 @@ func (a *Agent) followDiscovery(ctx context.Context) {
 		if wholeOnly {
 			return a.followWholeSnapshots(ctx)
 		}
-		stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name, HaveVersion: held.version})
+		stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name, HaveVersion: held.version}, pb.Compressed())
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -46,7 +47,7 @@ type fleet struct {
 	agents []*simAgent
 
 	registered, heartbeats, heartbeatErrs atomic.Int64
-	snapshots, snapshotBytes              atomic.Int64
+	snapshots, snapshotBytes, wireBytes   atomic.Int64
 	assignments, reports, reportErrs      atomic.Int64
 	nodeLists                             atomic.Int64
 
@@ -72,17 +73,17 @@ func (f *fleet) logOnce(format string, args ...any) {
 // instance assigned to them, draining and stopped ones too.
 type agentStats struct {
 	Registered, Heartbeats, HeartbeatErrs int64
-	Snapshots, SnapshotBytes              int64
+	Snapshots, SnapshotBytes, WireBytes   int64
 	Assignments, Reports, ReportErrs      int64
 	Live, Ready, Total                    int64
 	CPU                                   time.Duration
 }
 
-var statsFields = []string{"registered", "heartbeats", "heartbeat_errors", "snapshots", "snapshot_bytes",
+var statsFields = []string{"registered", "heartbeats", "heartbeat_errors", "snapshots", "snapshot_bytes", "wire_bytes",
 	"assignments", "reports", "report_errors", "live", "ready", "total", "cpu_ns"}
 
 func (s *agentStats) fields() []*int64 {
-	return []*int64{&s.Registered, &s.Heartbeats, &s.HeartbeatErrs, &s.Snapshots, &s.SnapshotBytes,
+	return []*int64{&s.Registered, &s.Heartbeats, &s.HeartbeatErrs, &s.Snapshots, &s.SnapshotBytes, &s.WireBytes,
 		&s.Assignments, &s.Reports, &s.ReportErrs, &s.Live, &s.Ready, &s.Total, (*int64)(&s.CPU)}
 }
 
@@ -175,7 +176,7 @@ func (f *fleet) command(ctx context.Context, line string, cpu0 time.Duration) st
 func (f *fleet) stats(cpu0 time.Duration) agentStats {
 	s := agentStats{
 		Registered: f.registered.Load(), Heartbeats: f.heartbeats.Load(), HeartbeatErrs: f.heartbeatErrs.Load(),
-		Snapshots: f.snapshots.Load(), SnapshotBytes: f.snapshotBytes.Load(),
+		Snapshots: f.snapshots.Load(), SnapshotBytes: f.snapshotBytes.Load(), WireBytes: f.wireBytes.Load(),
 		Assignments: f.assignments.Load(), Reports: f.reports.Load(), ReportErrs: f.reportErrs.Load(),
 		CPU: cpuTime() - cpu0,
 	}
@@ -210,7 +211,7 @@ func runAgents(addr string, n int) error {
 		name := fmt.Sprintf("node-%03d", i)
 		var conn *grpc.ClientConn
 		if os.Getenv(plainEnv) != "" {
-			c, err := dialPlain(addr, nodeMD(name))
+			c, err := dialPlain(addr, nodeMD(name), grpc.WithStatsHandler(wireCounter{f}))
 			if err != nil {
 				return err
 			}
@@ -221,7 +222,7 @@ func runAgents(addr string, n int) error {
 			if err != nil {
 				return err
 			}
-			if conn, err = pb.Dial(addr, creds.ClientTLS()); err != nil {
+			if conn, err = pb.Dial(addr, creds.ClientTLS(), grpc.WithStatsHandler(wireCounter{f})); err != nil {
 				return err
 			}
 		}
@@ -416,7 +417,7 @@ func (a *simAgent) retry(ctx context.Context, what string, f func(context.Contex
 func (a *simAgent) followDiscovery(ctx context.Context) error {
 	codec := &versionCodec{fleet: a.fleet}
 	// The delta feed, as nodeagent.Agent.followDiscovery.
-	stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.name, HaveVersion: a.dnsVersion.Load()}, grpc.ForceCodec(codec))
+	stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.name, HaveVersion: a.dnsVersion.Load()}, grpc.ForceCodec(codec), pb.Compressed())
 	if err != nil {
 		return err
 	}
@@ -687,3 +688,25 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// wireCounter counts the bytes of discovery messages as they came over
+// the wire (compressed), beside versionCodec's count of them decoded.
+type wireCounter struct{ fleet *fleet }
+
+type discoveryRPC struct{}
+
+func (wireCounter) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if strings.HasSuffix(info.FullMethodName, "/WatchDiscoveryDeltas") || strings.HasSuffix(info.FullMethodName, "/WatchDiscovery") {
+		return context.WithValue(ctx, discoveryRPC{}, true)
+	}
+	return ctx
+}
+
+func (w wireCounter) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if in, ok := s.(*stats.InPayload); ok && ctx.Value(discoveryRPC{}) != nil {
+		w.fleet.wireBytes.Add(int64(in.WireLength))
+	}
+}
+
+func (wireCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (wireCounter) HandleConn(context.Context, stats.ConnStats)                       {}

@@ -465,9 +465,9 @@ func (p *phase) end() (phaseResult, error) {
 }
 
 func (r phaseResult) String() string {
-	return fmt.Sprintf("control plane CPU %v (%.0f%% of one core); %d controller passes, %d snapshots published (%d sent to agents, %.1f MB); %d heartbeats, %d status reports; agents' process CPU %v",
+	return fmt.Sprintf("control plane CPU %v (%.0f%% of one core); %d controller passes, %d snapshots published (%d sent to agents, %.1f MB, %.1f MB on the wire); %d heartbeats, %d status reports; agents' process CPU %v",
 		r.cpu.Round(time.Millisecond), 100*r.cpu.Seconds()/r.wall.Seconds(), r.reconciles, r.published,
-		r.agents.Snapshots, float64(r.agents.SnapshotBytes)/1e6, r.agents.Heartbeats, r.agents.Reports, r.agentsCPU.Round(time.Millisecond))
+		r.agents.Snapshots, float64(r.agents.SnapshotBytes)/1e6, float64(r.agents.WireBytes)/1e6, r.agents.Heartbeats, r.agents.Reports, r.agentsCPU.Round(time.Millisecond))
 }
 
 // placed says how many instances the scheduler placed against the number

@@ -721,6 +721,10 @@ func (s *Server) WatchDiscovery(req *pb.WatchDiscoveryRequest, stream pb.NodeAge
 func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc.ServerStreamingServer[pb.DiscoveryDelta]) error {
 	ch, stop := s.publisher.Watch()
 	defer stop()
+	// gRPC answers in the compression the request came in (agents ask in
+	// gzip: a service's endpoints are alike and compress about tenfold);
+	// messages encoded once are shared only between streams of the same.
+	compressor, shared := streamCompressor(stream.Context())
 	have := req.HaveVersion
 	for first := true; ; first = false {
 		if !first {
@@ -741,7 +745,7 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 		if whole {
 			base = 0
 		}
-		pm, err := s.encodedDeltas.get(snap.Version, base, func() (*grpc.PreparedMsg, error) {
+		build := func() *pb.DiscoveryDelta {
 			msg := &pb.DiscoveryDelta{Version: snap.Version}
 			if whole {
 				msg.Services = s.wholeSnapshot(snap).Services
@@ -749,25 +753,56 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 				msg.BaseVersion, msg.Removed = have, removed
 				msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
 			}
-			pm := &grpc.PreparedMsg{}
-			return pm, pm.Encode(stream, msg)
-		})
-		if err != nil {
-			return status.Errorf(codes.Internal, "discovery delta %d->%d: %v", base, snap.Version, err)
+			return msg
 		}
-		if err := stream.SendMsg(pm); err != nil {
+		var err error
+		if shared {
+			var pm *grpc.PreparedMsg
+			pm, err = s.encodedDeltas.get(snap.Version, deltaKey{base, compressor}, func() (*grpc.PreparedMsg, error) {
+				pm := &grpc.PreparedMsg{}
+				return pm, pm.Encode(stream, build())
+			})
+			if err != nil {
+				return status.Errorf(codes.Internal, "discovery delta %d->%d: %v", base, snap.Version, err)
+			}
+			err = stream.SendMsg(pm)
+		} else {
+			err = stream.Send(build())
+		}
+		if err != nil {
 			return err
 		}
 		have = snap.Version
 	}
 }
 
+// streamCompressor returns the compression gRPC uses for a server
+// stream's messages: that of the client's request ("" for none). ok is
+// false when gRPC does not say (its transport stream's RecvCompress is
+// not a public API): then nothing encoded is shared.
+func streamCompressor(ctx context.Context) (name string, ok bool) {
+	rc, ok := grpc.ServerTransportStreamFromContext(ctx).(interface{ RecvCompress() string })
+	if !ok {
+		return "", false
+	}
+	if name = rc.RecvCompress(); name == "identity" {
+		name = ""
+	}
+	return name, true
+}
+
 // encodedDeltas holds the encoded discovery messages to the latest
-// version, by the version they start from (0: the whole snapshot).
+// version, by the version they start from (0: the whole snapshot) and
+// their compression.
 type encodedDeltas struct {
 	mu      sync.Mutex
 	version uint64
-	byBase  map[uint64]*encodedDelta
+	byBase  map[deltaKey]*encodedDelta
+}
+
+type deltaKey struct {
+	base       uint64
+	compressor string
 }
 
 type encodedDelta struct {
@@ -778,10 +813,10 @@ type encodedDelta struct {
 
 // get returns the message from base to version, building it with build
 // the first time it is asked for; a newer version forgets the older ones.
-func (e *encodedDeltas) get(version, base uint64, build func() (*grpc.PreparedMsg, error)) (*grpc.PreparedMsg, error) {
+func (e *encodedDeltas) get(version uint64, base deltaKey, build func() (*grpc.PreparedMsg, error)) (*grpc.PreparedMsg, error) {
 	e.mu.Lock()
 	if version > e.version || e.byBase == nil {
-		e.version, e.byBase = version, map[uint64]*encodedDelta{}
+		e.version, e.byBase = version, map[deltaKey]*encodedDelta{}
 	}
 	var d *encodedDelta
 	if version == e.version {
