@@ -139,16 +139,16 @@ func main() {
 // bench is the measuring side: the control plane, an API client and the
 // agents' process.
 type bench struct {
-	o      options
-	berth  pb.BerthClient
-	etcd   *clientv3.Client
+	o     options
+	berth pb.BerthClient
+	etcd  *clientv3.Client
 	// nodeTimeout is the control plane's (for the node loss line).
 	nodeTimeout time.Duration
 	goals       []goal
-	agents *agentsProc
-	reg    *prometheus.Registry
-	warns  *warnLog
-	plain  bool
+	agents      *agentsProc
+	reg         *prometheus.Registry
+	warns       *warnLog
+	plain       bool
 	// figures are the headline numbers, for the side-by-side table.
 	figures []figure
 }

@@ -100,10 +100,10 @@ type Server struct {
 	logger    *slog.Logger
 	// replica is this replica's API address (SetReplica); pulls
 	// serialises image pulls.
-	replica atomic.Pointer[replicaIdentity]
-	pulls   sync.Mutex
-	shells  shellConns
-	whole   atomic.Pointer[pb.DiscoverySnapshot]
+	replica       atomic.Pointer[replicaIdentity]
+	pulls         sync.Mutex
+	shells        shellConns
+	whole         atomic.Pointer[pb.DiscoverySnapshot]
 	encodedDeltas encodedDeltas
 	// nodeFeed is the node list WatchNodes serves (RunNodeFeed).
 	nodeFeed *deltalog.Log[*pb.Node]
