@@ -482,7 +482,7 @@ func (a *Agent) followDiscovery(ctx context.Context) {
 		if wholeOnly {
 			return a.followWholeSnapshots(ctx)
 		}
-		stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name, HaveVersion: held.version}, pb.Compressed())
+		stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.cfg.Name, HaveVersion: held.version, EndpointDeltas: true}, pb.Compressed())
 		if err != nil {
 			return err
 		}
@@ -549,6 +549,18 @@ func (h *heldSnapshot) apply(d *pb.DiscoveryDelta) error {
 	for _, svc := range d.Services {
 		h.services[svc.Namespace+"/"+svc.Name] = svc
 	}
+	// Applied to a copy: a delta that does not apply leaves the held
+	// snapshot as it was (the agent then asks for the whole one again).
+	next := map[string]*pb.DiscoveryService{}
+	for _, sd := range d.ServiceDeltas {
+		key := sd.Namespace + "/" + sd.Name
+		svc, err := pb.ApplyServiceDelta(h.services[key], sd)
+		if err != nil {
+			return err
+		}
+		next[key] = svc
+	}
+	maps.Copy(h.services, next)
 	for _, k := range d.Removed {
 		delete(h.services, k)
 	}

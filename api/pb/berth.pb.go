@@ -4681,9 +4681,12 @@ type WatchDiscoveryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// The snapshot version the agent holds (deltas: 0 for none).
-	HaveVersion   uint64 `protobuf:"varint,2,opt,name=have_version,json=haveVersion,proto3" json:"have_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HaveVersion uint64 `protobuf:"varint,2,opt,name=have_version,json=haveVersion,proto3" json:"have_version,omitempty"`
+	// endpoint_deltas: a delta carries, for each service that changed, only
+	// what changed in it (service_deltas) rather than the whole service.
+	EndpointDeltas bool `protobuf:"varint,3,opt,name=endpoint_deltas,json=endpointDeltas,proto3" json:"endpoint_deltas,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WatchDiscoveryRequest) Reset() {
@@ -4730,15 +4733,25 @@ func (x *WatchDiscoveryRequest) GetHaveVersion() uint64 {
 	return 0
 }
 
+func (x *WatchDiscoveryRequest) GetEndpointDeltas() bool {
+	if x != nil {
+		return x.EndpointDeltas
+	}
+	return false
+}
+
 type DiscoveryDelta struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// The version it applies to; 0: services is the whole snapshot.
 	BaseVersion uint64 `protobuf:"varint,2,opt,name=base_version,json=baseVersion,proto3" json:"base_version,omitempty"`
-	// Services added or changed (every service, when whole).
+	// Services added or changed (every service, when whole); with
+	// endpoint_deltas, only in a whole message.
 	Services []*DiscoveryService `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
 	// Services gone, "namespace/name".
-	Removed       []string `protobuf:"bytes,4,rep,name=removed,proto3" json:"removed,omitempty"`
+	Removed []string `protobuf:"bytes,4,rep,name=removed,proto3" json:"removed,omitempty"`
+	// With endpoint_deltas: what changed in each service changed or added.
+	ServiceDeltas []*ServiceDelta `protobuf:"bytes,5,rep,name=service_deltas,json=serviceDeltas,proto3" json:"service_deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4801,6 +4814,146 @@ func (x *DiscoveryDelta) GetRemoved() []string {
 	return nil
 }
 
+func (x *DiscoveryDelta) GetServiceDeltas() []*ServiceDelta {
+	if x != nil {
+		return x.ServiceDeltas
+	}
+	return nil
+}
+
+// ServiceDelta is what changed in one service since the base version.
+type ServiceDelta struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// header: the service's ports, route and revisions (number and weight,
+	// no endpoints) when any of them changed, or the service is new.
+	Header *DiscoveryService `protobuf:"bytes,3,opt,name=header,proto3" json:"header,omitempty"`
+	// Endpoints added or changed, each under its revision.
+	Endpoints []*RevisionEndpoint `protobuf:"bytes,4,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// Endpoints gone (revision and instance only).
+	RemovedEndpoints []*RevisionEndpoint `protobuf:"bytes,5,rep,name=removed_endpoints,json=removedEndpoints,proto3" json:"removed_endpoints,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ServiceDelta) Reset() {
+	*x = ServiceDelta{}
+	mi := &file_berth_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceDelta) ProtoMessage() {}
+
+func (x *ServiceDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceDelta.ProtoReflect.Descriptor instead.
+func (*ServiceDelta) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ServiceDelta) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceDelta) GetHeader() *DiscoveryService {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ServiceDelta) GetEndpoints() []*RevisionEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ServiceDelta) GetRemovedEndpoints() []*RevisionEndpoint {
+	if x != nil {
+		return x.RemovedEndpoints
+	}
+	return nil
+}
+
+type RevisionEndpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Endpoint      *Endpoint              `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionEndpoint) Reset() {
+	*x = RevisionEndpoint{}
+	mi := &file_berth_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionEndpoint) ProtoMessage() {}
+
+func (x *RevisionEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionEndpoint.ProtoReflect.Descriptor instead.
+func (*RevisionEndpoint) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *RevisionEndpoint) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RevisionEndpoint) GetEndpoint() *Endpoint {
+	if x != nil {
+		return x.Endpoint
+	}
+	return nil
+}
+
 type DiscoverySnapshot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -4811,7 +4964,7 @@ type DiscoverySnapshot struct {
 
 func (x *DiscoverySnapshot) Reset() {
 	*x = DiscoverySnapshot{}
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4823,7 +4976,7 @@ func (x *DiscoverySnapshot) String() string {
 func (*DiscoverySnapshot) ProtoMessage() {}
 
 func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[68]
+	mi := &file_berth_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4836,7 +4989,7 @@ func (x *DiscoverySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverySnapshot.ProtoReflect.Descriptor instead.
 func (*DiscoverySnapshot) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{68}
+	return file_berth_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *DiscoverySnapshot) GetVersion() uint64 {
@@ -4866,7 +5019,7 @@ type DiscoveryService struct {
 
 func (x *DiscoveryService) Reset() {
 	*x = DiscoveryService{}
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4878,7 +5031,7 @@ func (x *DiscoveryService) String() string {
 func (*DiscoveryService) ProtoMessage() {}
 
 func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[69]
+	mi := &file_berth_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4891,7 +5044,7 @@ func (x *DiscoveryService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryService.ProtoReflect.Descriptor instead.
 func (*DiscoveryService) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{69}
+	return file_berth_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *DiscoveryService) GetNamespace() string {
@@ -4940,7 +5093,7 @@ type DiscoveryRevision struct {
 
 func (x *DiscoveryRevision) Reset() {
 	*x = DiscoveryRevision{}
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4952,7 +5105,7 @@ func (x *DiscoveryRevision) String() string {
 func (*DiscoveryRevision) ProtoMessage() {}
 
 func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[70]
+	mi := &file_berth_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4965,7 +5118,7 @@ func (x *DiscoveryRevision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoveryRevision.ProtoReflect.Descriptor instead.
 func (*DiscoveryRevision) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{70}
+	return file_berth_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *DiscoveryRevision) GetNumber() int64 {
@@ -5002,7 +5155,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5014,7 +5167,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[71]
+	mi := &file_berth_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5027,7 +5180,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{71}
+	return file_berth_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Endpoint) GetInstance() string {
@@ -5082,7 +5235,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5094,7 +5247,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[72]
+	mi := &file_berth_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5107,7 +5260,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{72}
+	return file_berth_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -5160,7 +5313,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5172,7 +5325,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[73]
+	mi := &file_berth_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5185,7 +5338,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{73}
+	return file_berth_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Token) GetId() string {
@@ -5250,7 +5403,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5262,7 +5415,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[74]
+	mi := &file_berth_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5275,7 +5428,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{74}
+	return file_berth_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -5307,7 +5460,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5319,7 +5472,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[75]
+	mi := &file_berth_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5332,7 +5485,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{75}
+	return file_berth_proto_rawDescGZIP(), []int{77}
 }
 
 type ListTokensResponse struct {
@@ -5344,7 +5497,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5356,7 +5509,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[76]
+	mi := &file_berth_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5369,7 +5522,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{76}
+	return file_berth_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -5388,7 +5541,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5400,7 +5553,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[77]
+	mi := &file_berth_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5413,7 +5566,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{77}
+	return file_berth_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -5431,7 +5584,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5443,7 +5596,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[78]
+	mi := &file_berth_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5456,7 +5609,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{78}
+	return file_berth_proto_rawDescGZIP(), []int{80}
 }
 
 type JoinRequest struct {
@@ -5473,7 +5626,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5485,7 +5638,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[79]
+	mi := &file_berth_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5498,7 +5651,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{79}
+	return file_berth_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -5538,7 +5691,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5550,7 +5703,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[80]
+	mi := &file_berth_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5563,7 +5716,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{80}
+	return file_berth_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -5583,7 +5736,7 @@ type CertificateResponse struct {
 
 func (x *CertificateResponse) Reset() {
 	*x = CertificateResponse{}
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5595,7 +5748,7 @@ func (x *CertificateResponse) String() string {
 func (*CertificateResponse) ProtoMessage() {}
 
 func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[81]
+	mi := &file_berth_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5608,7 +5761,7 @@ func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateResponse.ProtoReflect.Descriptor instead.
 func (*CertificateResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{81}
+	return file_berth_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *CertificateResponse) GetCertificate() []byte {
@@ -5634,7 +5787,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5646,7 +5799,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[82]
+	mi := &file_berth_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5659,7 +5812,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{82}
+	return file_berth_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *RemoveNodeRequest) GetName() string {
@@ -5678,7 +5831,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5690,7 +5843,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[83]
+	mi := &file_berth_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5703,7 +5856,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{83}
+	return file_berth_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *RemoveNodeResponse) GetInstancesReplaced() int32 {
@@ -5722,7 +5875,7 @@ type RevokeGatewayRequest struct {
 
 func (x *RevokeGatewayRequest) Reset() {
 	*x = RevokeGatewayRequest{}
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5734,7 +5887,7 @@ func (x *RevokeGatewayRequest) String() string {
 func (*RevokeGatewayRequest) ProtoMessage() {}
 
 func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[84]
+	mi := &file_berth_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5747,7 +5900,7 @@ func (x *RevokeGatewayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{84}
+	return file_berth_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *RevokeGatewayRequest) GetName() string {
@@ -5765,7 +5918,7 @@ type RevokeGatewayResponse struct {
 
 func (x *RevokeGatewayResponse) Reset() {
 	*x = RevokeGatewayResponse{}
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5777,7 +5930,7 @@ func (x *RevokeGatewayResponse) String() string {
 func (*RevokeGatewayResponse) ProtoMessage() {}
 
 func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[85]
+	mi := &file_berth_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5790,7 +5943,7 @@ func (x *RevokeGatewayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGatewayResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGatewayResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{85}
+	return file_berth_proto_rawDescGZIP(), []int{87}
 }
 
 type CordonNodeRequest struct {
@@ -5803,7 +5956,7 @@ type CordonNodeRequest struct {
 
 func (x *CordonNodeRequest) Reset() {
 	*x = CordonNodeRequest{}
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5815,7 +5968,7 @@ func (x *CordonNodeRequest) String() string {
 func (*CordonNodeRequest) ProtoMessage() {}
 
 func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[86]
+	mi := &file_berth_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5828,7 +5981,7 @@ func (x *CordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*CordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{86}
+	return file_berth_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *CordonNodeRequest) GetName() string {
@@ -5853,7 +6006,7 @@ type CordonNodeResponse struct {
 
 func (x *CordonNodeResponse) Reset() {
 	*x = CordonNodeResponse{}
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5865,7 +6018,7 @@ func (x *CordonNodeResponse) String() string {
 func (*CordonNodeResponse) ProtoMessage() {}
 
 func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[87]
+	mi := &file_berth_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5878,7 +6031,7 @@ func (x *CordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*CordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{87}
+	return file_berth_proto_rawDescGZIP(), []int{89}
 }
 
 type DrainNodeRequest struct {
@@ -5890,7 +6043,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5902,7 +6055,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[88]
+	mi := &file_berth_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5915,7 +6068,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{88}
+	return file_berth_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *DrainNodeRequest) GetName() string {
@@ -5934,7 +6087,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5946,7 +6099,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[89]
+	mi := &file_berth_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5959,7 +6112,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{89}
+	return file_berth_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *DrainNodeResponse) GetInstancesDraining() int32 {
@@ -5980,7 +6133,7 @@ type WatchNodesRequest struct {
 
 func (x *WatchNodesRequest) Reset() {
 	*x = WatchNodesRequest{}
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5992,7 +6145,7 @@ func (x *WatchNodesRequest) String() string {
 func (*WatchNodesRequest) ProtoMessage() {}
 
 func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[90]
+	mi := &file_berth_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6005,7 +6158,7 @@ func (x *WatchNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNodesRequest.ProtoReflect.Descriptor instead.
 func (*WatchNodesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{90}
+	return file_berth_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *WatchNodesRequest) GetNode() string {
@@ -6039,7 +6192,7 @@ type NodeList struct {
 
 func (x *NodeList) Reset() {
 	*x = NodeList{}
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6051,7 +6204,7 @@ func (x *NodeList) String() string {
 func (*NodeList) ProtoMessage() {}
 
 func (x *NodeList) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[91]
+	mi := &file_berth_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6064,7 +6217,7 @@ func (x *NodeList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
 func (*NodeList) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{91}
+	return file_berth_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *NodeList) GetNodes() []*Node {
@@ -6103,7 +6256,7 @@ type ListGatewaysRequest struct {
 
 func (x *ListGatewaysRequest) Reset() {
 	*x = ListGatewaysRequest{}
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6115,7 +6268,7 @@ func (x *ListGatewaysRequest) String() string {
 func (*ListGatewaysRequest) ProtoMessage() {}
 
 func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[92]
+	mi := &file_berth_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6128,7 +6281,7 @@ func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
 func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{92}
+	return file_berth_proto_rawDescGZIP(), []int{94}
 }
 
 type Gateway struct {
@@ -6155,7 +6308,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6167,7 +6320,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[93]
+	mi := &file_berth_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6180,7 +6333,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{93}
+	return file_berth_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *Gateway) GetNodeId() string {
@@ -6270,7 +6423,7 @@ type ListGatewaysResponse struct {
 
 func (x *ListGatewaysResponse) Reset() {
 	*x = ListGatewaysResponse{}
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6282,7 +6435,7 @@ func (x *ListGatewaysResponse) String() string {
 func (*ListGatewaysResponse) ProtoMessage() {}
 
 func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[94]
+	mi := &file_berth_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6295,7 +6448,7 @@ func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
 func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{94}
+	return file_berth_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *ListGatewaysResponse) GetGateways() []*Gateway {
@@ -6322,7 +6475,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6334,7 +6487,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[95]
+	mi := &file_berth_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6347,7 +6500,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{95}
+	return file_berth_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *ListRevisionsRequest) GetNamespace() string {
@@ -6381,7 +6534,7 @@ type RevisionInfo struct {
 
 func (x *RevisionInfo) Reset() {
 	*x = RevisionInfo{}
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6393,7 +6546,7 @@ func (x *RevisionInfo) String() string {
 func (*RevisionInfo) ProtoMessage() {}
 
 func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[96]
+	mi := &file_berth_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6406,7 +6559,7 @@ func (x *RevisionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionInfo.ProtoReflect.Descriptor instead.
 func (*RevisionInfo) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{96}
+	return file_berth_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *RevisionInfo) GetNumber() int64 {
@@ -6467,7 +6620,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6479,7 +6632,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[97]
+	mi := &file_berth_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6492,7 +6645,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{97}
+	return file_berth_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *ListRevisionsResponse) GetRevisions() []*RevisionInfo {
@@ -6513,7 +6666,7 @@ type UndoRequest struct {
 
 func (x *UndoRequest) Reset() {
 	*x = UndoRequest{}
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6525,7 +6678,7 @@ func (x *UndoRequest) String() string {
 func (*UndoRequest) ProtoMessage() {}
 
 func (x *UndoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[98]
+	mi := &file_berth_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6538,7 +6691,7 @@ func (x *UndoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRequest.ProtoReflect.Descriptor instead.
 func (*UndoRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{98}
+	return file_berth_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *UndoRequest) GetNamespace() string {
@@ -6572,7 +6725,7 @@ type RolloutRequest struct {
 
 func (x *RolloutRequest) Reset() {
 	*x = RolloutRequest{}
-	mi := &file_berth_proto_msgTypes[99]
+	mi := &file_berth_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6584,7 +6737,7 @@ func (x *RolloutRequest) String() string {
 func (*RolloutRequest) ProtoMessage() {}
 
 func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[99]
+	mi := &file_berth_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6597,7 +6750,7 @@ func (x *RolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutRequest.ProtoReflect.Descriptor instead.
 func (*RolloutRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{99}
+	return file_berth_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *RolloutRequest) GetNamespace() string {
@@ -6628,7 +6781,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_berth_proto_msgTypes[100]
+	mi := &file_berth_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6640,7 +6793,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[100]
+	mi := &file_berth_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6653,7 +6806,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{100}
+	return file_berth_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *RolloutActionRequest) GetNamespace() string {
@@ -6693,7 +6846,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_berth_proto_msgTypes[101]
+	mi := &file_berth_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6705,7 +6858,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[101]
+	mi := &file_berth_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6718,7 +6871,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{101}
+	return file_berth_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *ListVolumesRequest) GetNamespace() string {
@@ -6739,7 +6892,7 @@ type VolumeView struct {
 
 func (x *VolumeView) Reset() {
 	*x = VolumeView{}
-	mi := &file_berth_proto_msgTypes[102]
+	mi := &file_berth_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6751,7 +6904,7 @@ func (x *VolumeView) String() string {
 func (*VolumeView) ProtoMessage() {}
 
 func (x *VolumeView) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[102]
+	mi := &file_berth_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6764,7 +6917,7 @@ func (x *VolumeView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeView.ProtoReflect.Descriptor instead.
 func (*VolumeView) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{102}
+	return file_berth_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *VolumeView) GetVolume() *Volume {
@@ -6790,7 +6943,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_berth_proto_msgTypes[103]
+	mi := &file_berth_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6802,7 +6955,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[103]
+	mi := &file_berth_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6815,7 +6968,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{103}
+	return file_berth_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*VolumeView {
@@ -6835,7 +6988,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[104]
+	mi := &file_berth_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6847,7 +7000,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[104]
+	mi := &file_berth_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6860,7 +7013,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{104}
+	return file_berth_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *GetVolumeRequest) GetNamespace() string {
@@ -6887,7 +7040,7 @@ type VolumeDetail struct {
 
 func (x *VolumeDetail) Reset() {
 	*x = VolumeDetail{}
-	mi := &file_berth_proto_msgTypes[105]
+	mi := &file_berth_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6899,7 +7052,7 @@ func (x *VolumeDetail) String() string {
 func (*VolumeDetail) ProtoMessage() {}
 
 func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[105]
+	mi := &file_berth_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6912,7 +7065,7 @@ func (x *VolumeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDetail.ProtoReflect.Descriptor instead.
 func (*VolumeDetail) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{105}
+	return file_berth_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *VolumeDetail) GetView() *VolumeView {
@@ -6939,7 +7092,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[106]
+	mi := &file_berth_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6951,7 +7104,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[106]
+	mi := &file_berth_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6964,7 +7117,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{106}
+	return file_berth_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *DeleteVolumeRequest) GetNamespace() string {
@@ -6989,7 +7142,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[107]
+	mi := &file_berth_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7001,7 +7154,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[107]
+	mi := &file_berth_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7014,7 +7167,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{107}
+	return file_berth_proto_rawDescGZIP(), []int{109}
 }
 
 type ReleaseVolumeRequest struct {
@@ -7027,7 +7180,7 @@ type ReleaseVolumeRequest struct {
 
 func (x *ReleaseVolumeRequest) Reset() {
 	*x = ReleaseVolumeRequest{}
-	mi := &file_berth_proto_msgTypes[108]
+	mi := &file_berth_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7039,7 +7192,7 @@ func (x *ReleaseVolumeRequest) String() string {
 func (*ReleaseVolumeRequest) ProtoMessage() {}
 
 func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[108]
+	mi := &file_berth_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7052,7 +7205,7 @@ func (x *ReleaseVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{108}
+	return file_berth_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *ReleaseVolumeRequest) GetNamespace() string {
@@ -7078,7 +7231,7 @@ type ReleaseVolumeResponse struct {
 
 func (x *ReleaseVolumeResponse) Reset() {
 	*x = ReleaseVolumeResponse{}
-	mi := &file_berth_proto_msgTypes[109]
+	mi := &file_berth_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7090,7 +7243,7 @@ func (x *ReleaseVolumeResponse) String() string {
 func (*ReleaseVolumeResponse) ProtoMessage() {}
 
 func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[109]
+	mi := &file_berth_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7103,7 +7256,7 @@ func (x *ReleaseVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{109}
+	return file_berth_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *ReleaseVolumeResponse) GetPreviousNode() string {
@@ -7124,7 +7277,7 @@ type VolumeDeletedRequest struct {
 
 func (x *VolumeDeletedRequest) Reset() {
 	*x = VolumeDeletedRequest{}
-	mi := &file_berth_proto_msgTypes[110]
+	mi := &file_berth_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7136,7 +7289,7 @@ func (x *VolumeDeletedRequest) String() string {
 func (*VolumeDeletedRequest) ProtoMessage() {}
 
 func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[110]
+	mi := &file_berth_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7149,7 +7302,7 @@ func (x *VolumeDeletedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedRequest.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{110}
+	return file_berth_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *VolumeDeletedRequest) GetNode() string {
@@ -7181,7 +7334,7 @@ type VolumeDeletedResponse struct {
 
 func (x *VolumeDeletedResponse) Reset() {
 	*x = VolumeDeletedResponse{}
-	mi := &file_berth_proto_msgTypes[111]
+	mi := &file_berth_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7193,7 +7346,7 @@ func (x *VolumeDeletedResponse) String() string {
 func (*VolumeDeletedResponse) ProtoMessage() {}
 
 func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[111]
+	mi := &file_berth_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7206,7 +7359,7 @@ func (x *VolumeDeletedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeDeletedResponse.ProtoReflect.Descriptor instead.
 func (*VolumeDeletedResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{111}
+	return file_berth_proto_rawDescGZIP(), []int{113}
 }
 
 type FetchImageRequest struct {
@@ -7221,7 +7374,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_berth_proto_msgTypes[112]
+	mi := &file_berth_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7233,7 +7386,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[112]
+	mi := &file_berth_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7246,7 +7399,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{112}
+	return file_berth_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *FetchImageRequest) GetReference() string {
@@ -7272,7 +7425,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_berth_proto_msgTypes[113]
+	mi := &file_berth_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7284,7 +7437,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[113]
+	mi := &file_berth_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7297,7 +7450,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{113}
+	return file_berth_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -7316,7 +7469,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_berth_proto_msgTypes[114]
+	mi := &file_berth_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7328,7 +7481,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[114]
+	mi := &file_berth_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7341,7 +7494,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{114}
+	return file_berth_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -7361,7 +7514,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_berth_proto_msgTypes[115]
+	mi := &file_berth_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7373,7 +7526,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[115]
+	mi := &file_berth_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7386,7 +7539,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{115}
+	return file_berth_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -7411,7 +7564,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_berth_proto_msgTypes[116]
+	mi := &file_berth_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7423,7 +7576,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[116]
+	mi := &file_berth_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7436,7 +7589,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{116}
+	return file_berth_proto_rawDescGZIP(), []int{118}
 }
 
 type InstanceSecretsRequest struct {
@@ -7449,7 +7602,7 @@ type InstanceSecretsRequest struct {
 
 func (x *InstanceSecretsRequest) Reset() {
 	*x = InstanceSecretsRequest{}
-	mi := &file_berth_proto_msgTypes[117]
+	mi := &file_berth_proto_msgTypes[119]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7461,7 +7614,7 @@ func (x *InstanceSecretsRequest) String() string {
 func (*InstanceSecretsRequest) ProtoMessage() {}
 
 func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[117]
+	mi := &file_berth_proto_msgTypes[119]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7474,7 +7627,7 @@ func (x *InstanceSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceSecretsRequest.ProtoReflect.Descriptor instead.
 func (*InstanceSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{117}
+	return file_berth_proto_rawDescGZIP(), []int{119}
 }
 
 func (x *InstanceSecretsRequest) GetNode() string {
@@ -7500,7 +7653,7 @@ type SecretData struct {
 
 func (x *SecretData) Reset() {
 	*x = SecretData{}
-	mi := &file_berth_proto_msgTypes[118]
+	mi := &file_berth_proto_msgTypes[120]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7512,7 +7665,7 @@ func (x *SecretData) String() string {
 func (*SecretData) ProtoMessage() {}
 
 func (x *SecretData) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[118]
+	mi := &file_berth_proto_msgTypes[120]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7525,7 +7678,7 @@ func (x *SecretData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretData.ProtoReflect.Descriptor instead.
 func (*SecretData) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{118}
+	return file_berth_proto_rawDescGZIP(), []int{120}
 }
 
 func (x *SecretData) GetData() map[string][]byte {
@@ -7545,7 +7698,7 @@ type InstanceSecretsResponse struct {
 
 func (x *InstanceSecretsResponse) Reset() {
 	*x = InstanceSecretsResponse{}
-	mi := &file_berth_proto_msgTypes[119]
+	mi := &file_berth_proto_msgTypes[121]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7557,7 +7710,7 @@ func (x *InstanceSecretsResponse) String() string {
 func (*InstanceSecretsResponse) ProtoMessage() {}
 
 func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[119]
+	mi := &file_berth_proto_msgTypes[121]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7570,7 +7723,7 @@ func (x *InstanceSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceSecretsResponse.ProtoReflect.Descriptor instead.
 func (*InstanceSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{119}
+	return file_berth_proto_rawDescGZIP(), []int{121}
 }
 
 func (x *InstanceSecretsResponse) GetSecrets() map[string]*SecretData {
@@ -7591,7 +7744,7 @@ type ScaleRequest struct {
 
 func (x *ScaleRequest) Reset() {
 	*x = ScaleRequest{}
-	mi := &file_berth_proto_msgTypes[120]
+	mi := &file_berth_proto_msgTypes[122]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7603,7 +7756,7 @@ func (x *ScaleRequest) String() string {
 func (*ScaleRequest) ProtoMessage() {}
 
 func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[120]
+	mi := &file_berth_proto_msgTypes[122]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7616,7 +7769,7 @@ func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
 func (*ScaleRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{120}
+	return file_berth_proto_rawDescGZIP(), []int{122}
 }
 
 func (x *ScaleRequest) GetNamespace() string {
@@ -7650,7 +7803,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_berth_proto_msgTypes[121]
+	mi := &file_berth_proto_msgTypes[123]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7662,7 +7815,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[121]
+	mi := &file_berth_proto_msgTypes[123]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7675,7 +7828,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{121}
+	return file_berth_proto_rawDescGZIP(), []int{123}
 }
 
 func (x *RestartRequest) GetNamespace() string {
@@ -7700,7 +7853,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_berth_proto_msgTypes[122]
+	mi := &file_berth_proto_msgTypes[124]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7712,7 +7865,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[122]
+	mi := &file_berth_proto_msgTypes[124]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7725,7 +7878,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{122}
+	return file_berth_proto_rawDescGZIP(), []int{124}
 }
 
 type VersionResponse struct {
@@ -7739,7 +7892,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_berth_proto_msgTypes[123]
+	mi := &file_berth_proto_msgTypes[125]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7751,7 +7904,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_proto_msgTypes[123]
+	mi := &file_berth_proto_msgTypes[125]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7764,7 +7917,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_berth_proto_rawDescGZIP(), []int{123}
+	return file_berth_proto_rawDescGZIP(), []int{125}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -8199,15 +8352,26 @@ const file_berth_proto_rawDesc = "" +
 	"\x13ReportStatusRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x124\n" +
 	"\bstatuses\x18\x02 \x03(\v2\x18.berth.v1.InstanceStatusR\bstatuses\"\x16\n" +
-	"\x14ReportStatusResponse\"N\n" +
+	"\x14ReportStatusResponse\"w\n" +
 	"\x15WatchDiscoveryRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12!\n" +
-	"\fhave_version\x18\x02 \x01(\x04R\vhaveVersion\"\x9f\x01\n" +
+	"\fhave_version\x18\x02 \x01(\x04R\vhaveVersion\x12'\n" +
+	"\x0fendpoint_deltas\x18\x03 \x01(\bR\x0eendpointDeltas\"\xde\x01\n" +
 	"\x0eDiscoveryDelta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
 	"\fbase_version\x18\x02 \x01(\x04R\vbaseVersion\x126\n" +
 	"\bservices\x18\x03 \x03(\v2\x1a.berth.v1.DiscoveryServiceR\bservices\x12\x18\n" +
-	"\aremoved\x18\x04 \x03(\tR\aremoved\"e\n" +
+	"\aremoved\x18\x04 \x03(\tR\aremoved\x12=\n" +
+	"\x0eservice_deltas\x18\x05 \x03(\v2\x16.berth.v1.ServiceDeltaR\rserviceDeltas\"\xf7\x01\n" +
+	"\fServiceDelta\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x122\n" +
+	"\x06header\x18\x03 \x01(\v2\x1a.berth.v1.DiscoveryServiceR\x06header\x128\n" +
+	"\tendpoints\x18\x04 \x03(\v2\x1a.berth.v1.RevisionEndpointR\tendpoints\x12G\n" +
+	"\x11removed_endpoints\x18\x05 \x03(\v2\x1a.berth.v1.RevisionEndpointR\x10removedEndpoints\"^\n" +
+	"\x10RevisionEndpoint\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12.\n" +
+	"\bendpoint\x18\x02 \x01(\v2\x12.berth.v1.EndpointR\bendpoint\"e\n" +
 	"\x11DiscoverySnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x126\n" +
 	"\bservices\x18\x02 \x03(\v2\x1a.berth.v1.DiscoveryServiceR\bservices\"\xcc\x01\n" +
@@ -8477,7 +8641,7 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 134)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 136)
 var file_berth_proto_goTypes = []any{
 	(*LogsRequest)(nil),             // 0: berth.v1.LogsRequest
 	(*LogLine)(nil),                 // 1: berth.v1.LogLine
@@ -8547,128 +8711,130 @@ var file_berth_proto_goTypes = []any{
 	(*ReportStatusResponse)(nil),    // 65: berth.v1.ReportStatusResponse
 	(*WatchDiscoveryRequest)(nil),   // 66: berth.v1.WatchDiscoveryRequest
 	(*DiscoveryDelta)(nil),          // 67: berth.v1.DiscoveryDelta
-	(*DiscoverySnapshot)(nil),       // 68: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 69: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 70: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 71: berth.v1.Endpoint
-	(*CreateTokenRequest)(nil),      // 72: berth.v1.CreateTokenRequest
-	(*Token)(nil),                   // 73: berth.v1.Token
-	(*CreateTokenResponse)(nil),     // 74: berth.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 75: berth.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 76: berth.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 77: berth.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 78: berth.v1.RevokeTokenResponse
-	(*JoinRequest)(nil),             // 79: berth.v1.JoinRequest
-	(*RenewCertificateRequest)(nil), // 80: berth.v1.RenewCertificateRequest
-	(*CertificateResponse)(nil),     // 81: berth.v1.CertificateResponse
-	(*RemoveNodeRequest)(nil),       // 82: berth.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 83: berth.v1.RemoveNodeResponse
-	(*RevokeGatewayRequest)(nil),    // 84: berth.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),   // 85: berth.v1.RevokeGatewayResponse
-	(*CordonNodeRequest)(nil),       // 86: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 87: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 88: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 89: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 90: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 91: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 92: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 93: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 94: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 95: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 96: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 97: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 98: berth.v1.UndoRequest
-	(*RolloutRequest)(nil),          // 99: berth.v1.RolloutRequest
-	(*RolloutActionRequest)(nil),    // 100: berth.v1.RolloutActionRequest
-	(*ListVolumesRequest)(nil),      // 101: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 102: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 103: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 104: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 105: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 106: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 107: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 108: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 109: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 110: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 111: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 112: berth.v1.FetchImageRequest
-	(*ListSecretsRequest)(nil),      // 113: berth.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 114: berth.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 115: berth.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 116: berth.v1.DeleteSecretResponse
-	(*InstanceSecretsRequest)(nil),  // 117: berth.v1.InstanceSecretsRequest
-	(*SecretData)(nil),              // 118: berth.v1.SecretData
-	(*InstanceSecretsResponse)(nil), // 119: berth.v1.InstanceSecretsResponse
-	(*ScaleRequest)(nil),            // 120: berth.v1.ScaleRequest
-	(*RestartRequest)(nil),          // 121: berth.v1.RestartRequest
-	(*VersionRequest)(nil),          // 122: berth.v1.VersionRequest
-	(*VersionResponse)(nil),         // 123: berth.v1.VersionResponse
-	nil,                             // 124: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 125: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 126: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 127: berth.v1.SecretMount.EnvEntry
-	nil,                             // 128: berth.v1.Secret.DataEntry
-	nil,                             // 129: berth.v1.Node.LabelsEntry
-	nil,                             // 130: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 131: berth.v1.Assignments.VolumeSizesEntry
-	nil,                             // 132: berth.v1.SecretData.DataEntry
-	nil,                             // 133: berth.v1.InstanceSecretsResponse.SecretsEntry
-	(*timestamppb.Timestamp)(nil),   // 134: google.protobuf.Timestamp
+	(*ServiceDelta)(nil),            // 68: berth.v1.ServiceDelta
+	(*RevisionEndpoint)(nil),        // 69: berth.v1.RevisionEndpoint
+	(*DiscoverySnapshot)(nil),       // 70: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),        // 71: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),       // 72: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                // 73: berth.v1.Endpoint
+	(*CreateTokenRequest)(nil),      // 74: berth.v1.CreateTokenRequest
+	(*Token)(nil),                   // 75: berth.v1.Token
+	(*CreateTokenResponse)(nil),     // 76: berth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 77: berth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 78: berth.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 79: berth.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 80: berth.v1.RevokeTokenResponse
+	(*JoinRequest)(nil),             // 81: berth.v1.JoinRequest
+	(*RenewCertificateRequest)(nil), // 82: berth.v1.RenewCertificateRequest
+	(*CertificateResponse)(nil),     // 83: berth.v1.CertificateResponse
+	(*RemoveNodeRequest)(nil),       // 84: berth.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),      // 85: berth.v1.RemoveNodeResponse
+	(*RevokeGatewayRequest)(nil),    // 86: berth.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),   // 87: berth.v1.RevokeGatewayResponse
+	(*CordonNodeRequest)(nil),       // 88: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),      // 89: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),        // 90: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 91: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),       // 92: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                // 93: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),     // 94: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                 // 95: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),    // 96: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),    // 97: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),            // 98: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),   // 99: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),             // 100: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),          // 101: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),    // 102: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),      // 103: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),              // 104: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),     // 105: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),        // 106: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),            // 107: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),     // 108: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 109: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),    // 110: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),   // 111: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),    // 112: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),   // 113: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),       // 114: berth.v1.FetchImageRequest
+	(*ListSecretsRequest)(nil),      // 115: berth.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 116: berth.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 117: berth.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 118: berth.v1.DeleteSecretResponse
+	(*InstanceSecretsRequest)(nil),  // 119: berth.v1.InstanceSecretsRequest
+	(*SecretData)(nil),              // 120: berth.v1.SecretData
+	(*InstanceSecretsResponse)(nil), // 121: berth.v1.InstanceSecretsResponse
+	(*ScaleRequest)(nil),            // 122: berth.v1.ScaleRequest
+	(*RestartRequest)(nil),          // 123: berth.v1.RestartRequest
+	(*VersionRequest)(nil),          // 124: berth.v1.VersionRequest
+	(*VersionResponse)(nil),         // 125: berth.v1.VersionResponse
+	nil,                             // 126: berth.v1.ObjectMeta.LabelsEntry
+	nil,                             // 127: berth.v1.ServiceSpec.EnvEntry
+	nil,                             // 128: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                             // 129: berth.v1.SecretMount.EnvEntry
+	nil,                             // 130: berth.v1.Secret.DataEntry
+	nil,                             // 131: berth.v1.Node.LabelsEntry
+	nil,                             // 132: berth.v1.RegisterRequest.LabelsEntry
+	nil,                             // 133: berth.v1.Assignments.VolumeSizesEntry
+	nil,                             // 134: berth.v1.SecretData.DataEntry
+	nil,                             // 135: berth.v1.InstanceSecretsResponse.SecretsEntry
+	(*timestamppb.Timestamp)(nil),   // 136: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	134, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	134, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	136, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	136, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	2,   // 2: berth.v1.ExecStart.size:type_name -> berth.v1.TerminalSize
 	3,   // 3: berth.v1.ExecInput.start:type_name -> berth.v1.ExecStart
 	2,   // 4: berth.v1.ExecInput.resize:type_name -> berth.v1.TerminalSize
 	6,   // 5: berth.v1.PortForwardData.start:type_name -> berth.v1.PortForwardStart
-	124, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	126, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	8,   // 7: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	11,  // 8: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	10,  // 9: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	134, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	134, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	125, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	136, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	136, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	127, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	22,  // 13: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	23,  // 14: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	24,  // 15: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	27,  // 16: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	126, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	128, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
 	19,  // 18: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	20,  // 19: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	15,  // 20: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
 	13,  // 21: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
 	12,  // 22: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
 	24,  // 23: berth.v1.ServiceSpec.liveness:type_name -> berth.v1.Health
-	134, // 24: berth.v1.ServiceSpec.restarted_at:type_name -> google.protobuf.Timestamp
-	127, // 25: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	136, // 24: berth.v1.ServiceSpec.restarted_at:type_name -> google.protobuf.Timestamp
+	129, // 25: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
 	8,   // 26: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
-	128, // 27: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
-	134, // 28: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	134, // 29: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	130, // 27: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	136, // 28: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	136, // 29: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
 	16,  // 30: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
 	17,  // 31: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	134, // 32: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	134, // 33: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	136, // 32: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	136, // 33: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
 	8,   // 34: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	134, // 35: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	134, // 36: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	136, // 35: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	136, // 36: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
 	25,  // 37: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
 	26,  // 38: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
 	11,  // 39: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	134, // 40: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	134, // 41: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	134, // 42: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	136, // 40: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	136, // 41: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	136, // 42: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
 	29,  // 43: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	134, // 44: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	134, // 45: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	129, // 46: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	136, // 44: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	136, // 45: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	131, // 46: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
 	31,  // 47: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	134, // 48: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	134, // 49: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	136, // 48: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	136, // 49: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
 	31,  // 50: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	134, // 51: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	134, // 52: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	136, // 51: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	136, // 52: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
 	9,   // 53: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
 	21,  // 54: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
 	14,  // 55: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
@@ -8682,143 +8848,148 @@ var file_berth_proto_depIdxs = []int32{
 	30,  // 63: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
 	45,  // 64: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
 	32,  // 65: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	134, // 66: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	136, // 66: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
 	54,  // 67: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
 	33,  // 68: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	130, // 69: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	132, // 69: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
 	31,  // 70: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
 	28,  // 71: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
 	30,  // 72: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	131, // 73: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	133, // 73: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
 	30,  // 74: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
-	69,  // 75: berth.v1.DiscoveryDelta.services:type_name -> berth.v1.DiscoveryService
-	69,  // 76: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
-	22,  // 77: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
-	27,  // 78: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
-	70,  // 79: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
-	71,  // 80: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	134, // 81: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	134, // 82: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	73,  // 83: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
-	73,  // 84: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
-	32,  // 85: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	134, // 86: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
-	93,  // 87: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	134, // 88: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
-	96,  // 89: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
-	21,  // 90: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
-	102, // 91: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
-	102, // 92: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
-	33,  // 93: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
-	14,  // 94: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
-	132, // 95: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
-	133, // 96: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
-	118, // 97: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
-	34,  // 98: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	37,  // 99: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	40,  // 100: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	42,  // 101: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	44,  // 102: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	47,  // 103: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	49,  // 104: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	51,  // 105: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	52,  // 106: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
-	56,  // 107: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	72,  // 108: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	75,  // 109: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	77,  // 110: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	79,  // 111: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	80,  // 112: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	82,  // 113: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	84,  // 114: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	86,  // 115: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	88,  // 116: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	92,  // 117: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	95,  // 118: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	98,  // 119: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	120, // 120: berth.v1.Berth.Scale:input_type -> berth.v1.ScaleRequest
-	121, // 121: berth.v1.Berth.Restart:input_type -> berth.v1.RestartRequest
-	122, // 122: berth.v1.Berth.Version:input_type -> berth.v1.VersionRequest
-	99,  // 123: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	100, // 124: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	101, // 125: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	104, // 126: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	106, // 127: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	108, // 128: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	0,   // 129: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 130: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
-	7,   // 131: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
-	113, // 132: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
-	115, // 133: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
-	58,  // 134: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	60,  // 135: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	60,  // 136: berth.v1.NodeAgent.Heartbeats:input_type -> berth.v1.HeartbeatRequest
-	62,  // 137: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	64,  // 138: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	66,  // 139: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	66,  // 140: berth.v1.NodeAgent.WatchDiscoveryDeltas:input_type -> berth.v1.WatchDiscoveryRequest
-	90,  // 141: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	112, // 142: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	110, // 143: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	117, // 144: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	0,   // 145: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 146: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
-	7,   // 147: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
-	36,  // 148: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	39,  // 149: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	41,  // 150: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	43,  // 151: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	46,  // 152: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	48,  // 153: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	50,  // 154: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	55,  // 155: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	53,  // 156: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	57,  // 157: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	74,  // 158: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	76,  // 159: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	78,  // 160: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	81,  // 161: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	81,  // 162: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	83,  // 163: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	85,  // 164: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	87,  // 165: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	89,  // 166: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	94,  // 167: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	97,  // 168: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	35,  // 169: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	35,  // 170: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
-	35,  // 171: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
-	123, // 172: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
-	18,  // 173: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	18,  // 174: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	103, // 175: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	105, // 176: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	107, // 177: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	109, // 178: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	1,   // 179: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
-	5,   // 180: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 181: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
-	114, // 182: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	116, // 183: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	59,  // 184: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	61,  // 185: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	61,  // 186: berth.v1.NodeAgent.Heartbeats:output_type -> berth.v1.HeartbeatResponse
-	63,  // 187: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	65,  // 188: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	68,  // 189: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	67,  // 190: berth.v1.NodeAgent.WatchDiscoveryDeltas:output_type -> berth.v1.DiscoveryDelta
-	91,  // 191: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	49,  // 192: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	111, // 193: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	119, // 194: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	1,   // 195: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
-	5,   // 196: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 197: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
-	148, // [148:198] is the sub-list for method output_type
-	98,  // [98:148] is the sub-list for method input_type
-	98,  // [98:98] is the sub-list for extension type_name
-	98,  // [98:98] is the sub-list for extension extendee
-	0,   // [0:98] is the sub-list for field type_name
+	71,  // 75: berth.v1.DiscoveryDelta.services:type_name -> berth.v1.DiscoveryService
+	68,  // 76: berth.v1.DiscoveryDelta.service_deltas:type_name -> berth.v1.ServiceDelta
+	71,  // 77: berth.v1.ServiceDelta.header:type_name -> berth.v1.DiscoveryService
+	69,  // 78: berth.v1.ServiceDelta.endpoints:type_name -> berth.v1.RevisionEndpoint
+	69,  // 79: berth.v1.ServiceDelta.removed_endpoints:type_name -> berth.v1.RevisionEndpoint
+	73,  // 80: berth.v1.RevisionEndpoint.endpoint:type_name -> berth.v1.Endpoint
+	71,  // 81: berth.v1.DiscoverySnapshot.services:type_name -> berth.v1.DiscoveryService
+	22,  // 82: berth.v1.DiscoveryService.ports:type_name -> berth.v1.Port
+	27,  // 83: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
+	72,  // 84: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
+	73,  // 85: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
+	136, // 86: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	136, // 87: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	75,  // 88: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
+	75,  // 89: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
+	32,  // 90: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
+	136, // 91: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	95,  // 92: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
+	136, // 93: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	98,  // 94: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
+	21,  // 95: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
+	104, // 96: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
+	104, // 97: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
+	33,  // 98: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
+	14,  // 99: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
+	134, // 100: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	135, // 101: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	120, // 102: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	34,  // 103: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	37,  // 104: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	40,  // 105: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	42,  // 106: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	44,  // 107: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	47,  // 108: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	49,  // 109: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	51,  // 110: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	52,  // 111: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	56,  // 112: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	74,  // 113: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	77,  // 114: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	79,  // 115: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	81,  // 116: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	82,  // 117: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	84,  // 118: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	86,  // 119: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	88,  // 120: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	90,  // 121: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	94,  // 122: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	97,  // 123: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	100, // 124: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	122, // 125: berth.v1.Berth.Scale:input_type -> berth.v1.ScaleRequest
+	123, // 126: berth.v1.Berth.Restart:input_type -> berth.v1.RestartRequest
+	124, // 127: berth.v1.Berth.Version:input_type -> berth.v1.VersionRequest
+	101, // 128: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	102, // 129: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	103, // 130: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	106, // 131: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	108, // 132: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	110, // 133: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	0,   // 134: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 135: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
+	7,   // 136: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
+	115, // 137: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	117, // 138: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	58,  // 139: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	60,  // 140: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	60,  // 141: berth.v1.NodeAgent.Heartbeats:input_type -> berth.v1.HeartbeatRequest
+	62,  // 142: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	64,  // 143: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	66,  // 144: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	66,  // 145: berth.v1.NodeAgent.WatchDiscoveryDeltas:input_type -> berth.v1.WatchDiscoveryRequest
+	92,  // 146: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	114, // 147: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	112, // 148: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	119, // 149: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	0,   // 150: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 151: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
+	7,   // 152: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
+	36,  // 153: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	39,  // 154: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	41,  // 155: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	43,  // 156: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	46,  // 157: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	48,  // 158: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	50,  // 159: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	55,  // 160: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	53,  // 161: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	57,  // 162: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	76,  // 163: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	78,  // 164: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	80,  // 165: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	83,  // 166: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	83,  // 167: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	85,  // 168: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	87,  // 169: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	89,  // 170: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	91,  // 171: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	96,  // 172: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	99,  // 173: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	35,  // 174: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	35,  // 175: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
+	35,  // 176: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
+	125, // 177: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
+	18,  // 178: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	18,  // 179: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	105, // 180: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	107, // 181: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	109, // 182: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	111, // 183: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	1,   // 184: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
+	5,   // 185: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 186: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
+	116, // 187: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	118, // 188: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	59,  // 189: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	61,  // 190: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	61,  // 191: berth.v1.NodeAgent.Heartbeats:output_type -> berth.v1.HeartbeatResponse
+	63,  // 192: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	65,  // 193: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	70,  // 194: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	67,  // 195: berth.v1.NodeAgent.WatchDiscoveryDeltas:output_type -> berth.v1.DiscoveryDelta
+	93,  // 196: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	49,  // 197: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	113, // 198: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	121, // 199: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	1,   // 200: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
+	5,   // 201: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 202: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
+	153, // [153:203] is the sub-list for method output_type
+	103, // [103:153] is the sub-list for method input_type
+	103, // [103:103] is the sub-list for extension type_name
+	103, // [103:103] is the sub-list for extension extendee
+	0,   // [0:103] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -8835,7 +9006,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   134,
+			NumMessages:   136,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

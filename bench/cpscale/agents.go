@@ -417,7 +417,7 @@ func (a *simAgent) retry(ctx context.Context, what string, f func(context.Contex
 func (a *simAgent) followDiscovery(ctx context.Context) error {
 	codec := &versionCodec{fleet: a.fleet}
 	// The delta feed, as nodeagent.Agent.followDiscovery.
-	stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.name, HaveVersion: a.dnsVersion.Load()}, grpc.ForceCodec(codec), pb.Compressed())
+	stream, err := a.client.WatchDiscoveryDeltas(ctx, &pb.WatchDiscoveryRequest{Node: a.name, HaveVersion: a.dnsVersion.Load(), EndpointDeltas: true}, grpc.ForceCodec(codec), pb.Compressed())
 	if err != nil {
 		return err
 	}

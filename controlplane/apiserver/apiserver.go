@@ -734,7 +734,16 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 			case <-ch:
 			}
 		}
-		snap, changed, removed, whole := s.publisher.Since(have)
+		var snap *discovery.Snapshot
+		var changed []discovery.Service
+		var deltas []discovery.ServiceDelta
+		var removed []string
+		var whole bool
+		if req.EndpointDeltas {
+			snap, deltas, removed, whole = s.publisher.SinceEndpoints(have)
+		} else {
+			snap, changed, removed, whole = s.publisher.Since(have)
+		}
 		if snap == nil || snap.Version == have {
 			continue
 		}
@@ -747,9 +756,13 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 		}
 		build := func() *pb.DiscoveryDelta {
 			msg := &pb.DiscoveryDelta{Version: snap.Version}
-			if whole {
+			switch {
+			case whole:
 				msg.Services = s.wholeSnapshot(snap).Services
-			} else {
+			case req.EndpointDeltas:
+				msg.BaseVersion, msg.Removed = have, removed
+				msg.ServiceDeltas = pb.FromServiceDeltas(deltas)
+			default:
 				msg.BaseVersion, msg.Removed = have, removed
 				msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
 			}
@@ -758,7 +771,7 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 		var err error
 		if shared {
 			var pm *grpc.PreparedMsg
-			pm, err = s.encodedDeltas.get(snap.Version, deltaKey{base, compressor}, func() (*grpc.PreparedMsg, error) {
+			pm, err = s.encodedDeltas.get(snap.Version, deltaKey{base, compressor, req.EndpointDeltas}, func() (*grpc.PreparedMsg, error) {
 				pm := &grpc.PreparedMsg{}
 				return pm, pm.Encode(stream, build())
 			})
@@ -803,6 +816,7 @@ type encodedDeltas struct {
 type deltaKey struct {
 	base       uint64
 	compressor string
+	endpoints  bool // endpoint-level deltas
 }
 
 type encodedDelta struct {

@@ -6,16 +6,14 @@ package publish
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/discovery"
+	"github.com/berth-dev/berth/internal/deltalog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -39,12 +37,10 @@ type Publisher struct {
 
 	mu     sync.Mutex
 	latest *discovery.Snapshot
-	// bodies are the latest snapshot's services, encoded, by
-	// "namespace/name"; deltas the services each of the last keepDeltas
-	// publishes changed, the first applying to deltasBase.
-	bodies     map[string]string
-	deltas     []delta
-	deltasBase uint64
+	// items is the latest snapshot as keyed items (discovery.Items), with
+	// the keys each of the last keepDeltas publishes changed: what the
+	// agents' delta feeds carry.
+	items *deltalog.Log[string]
 	// covered is the newest etcd revision whose state the latest snapshot
 	// reflects (a newer view with identical content is not re-published).
 	covered  uint64
@@ -69,6 +65,7 @@ func NewPublisher(cache Views, logger *slog.Logger, reg prometheus.Registerer, s
 	p := &Publisher{
 		cache: cache, sinks: sinks, logger: logger.With("component", "discovery"),
 		watchers:  map[chan struct{}]struct{}{},
+		items:     deltalog.New(keepDeltas, func(a, b string) bool { return a == b }),
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_discovery_snapshots_total", Help: "Discovery snapshots published."}),
 		version:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_discovery_snapshot_version", Help: "Version of the last published discovery snapshot."}),
 	}
@@ -115,55 +112,40 @@ func (p *Publisher) Watch() (<-chan struct{}, func()) {
 	}
 }
 
-// delta is what one publish changed.
-type delta struct {
-	version uint64
-	touched map[string]bool
-}
-
 // keepDeltas is how many publishes a delta feed can catch up over; an
 // agent further behind gets the whole snapshot.
-const keepDeltas = 64
+const keepDeltas = 256
 
 // Since returns the latest snapshot and what changed in it since version
 // base: the services added or changed, and the keys ("namespace/name") of
 // those removed. whole is true when base is too old (or 0): then the
 // caller sends the whole snapshot.
 func (p *Publisher) Since(base uint64) (snap *discovery.Snapshot, changed []discovery.Service, removed []string, whole bool) {
+	snap, deltas, removed, whole := p.SinceEndpoints(base)
+	if whole || snap == nil {
+		return snap, nil, nil, whole
+	}
+	for _, d := range deltas {
+		changed = append(changed, *snap.Lookup(d.Namespace, d.Name))
+	}
+	return snap, changed, removed, false
+}
+
+// SinceEndpoints is Since with, for each service added or changed, only
+// what changed in it (discovery.ServiceDelta).
+func (p *Publisher) SinceEndpoints(base uint64) (snap *discovery.Snapshot, deltas []discovery.ServiceDelta, removed []string, whole bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	snap = p.latest
 	if snap == nil || base == snap.Version {
 		return snap, nil, nil, false
 	}
-	i := -1
-	switch {
-	case base == p.deltasBase:
-		i = 0
-	default:
-		for j, d := range p.deltas {
-			if d.version == base {
-				i = j + 1
-			}
-		}
-	}
-	if base == 0 || i < 0 {
+	_, changed, gone, whole := p.items.Since(base)
+	if whole {
 		return snap, nil, nil, true
 	}
-	touched := map[string]bool{}
-	for _, d := range p.deltas[i:] {
-		for k := range d.touched {
-			touched[k] = true
-		}
-	}
-	for _, svc := range snap.Services {
-		if k := svc.Namespace + "/" + svc.Name; touched[k] {
-			changed = append(changed, svc)
-			delete(touched, k)
-		}
-	}
-	removed = slices.Sorted(maps.Keys(touched))
-	return snap, changed, removed, false
+	deltas, removed = discovery.DeltaOf(snap, changed, gone)
+	return snap, deltas, removed, false
 }
 
 // SetGrace keeps Ready nodes' endpoints for d from now whether or not
@@ -247,40 +229,20 @@ func (p *Publisher) publish(v *store.View) {
 	}
 	p.mu.Unlock()
 	snap := discovery.Build(st)
-	// Each service's encoding against the last published: what changed
-	// is what the agents' delta feeds carry.
-	bodies := make(map[string]string, len(snap.Services))
-	for i := range snap.Services {
-		b, _ := json.Marshal(&snap.Services[i])
-		bodies[snap.Services[i].Namespace+"/"+snap.Services[i].Name] = string(b)
-	}
+	// Each service and each endpoint against the last published: what
+	// changed is what the agents' delta feeds carry.
+	items := discovery.Items(snap)
 	p.mu.Lock()
-	touched := map[string]bool{}
-	for k, b := range bodies {
-		if p.bodies[k] != b {
-			touched[k] = true
-		}
-	}
-	for k := range p.bodies {
-		if _, ok := bodies[k]; !ok {
-			touched[k] = true
-		}
-	}
-	if p.latest != nil && len(touched) == 0 {
+	// A version is one content: a view of the same etcd revision (the end
+	// of the restart grace, when nothing was written since) is not
+	// published again; the write that follows (the controller marking the
+	// unclaimed nodes NotReady) is.
+	if !p.items.Update(snap.Version, items) && p.latest != nil {
 		p.covered = max(p.covered, snap.Version)
 		p.mu.Unlock()
 		return
 	}
-	if p.latest != nil {
-		p.deltas = append(p.deltas, delta{version: snap.Version, touched: touched})
-		if len(p.deltas) > keepDeltas {
-			p.deltasBase = p.deltas[0].version
-			p.deltas = append(p.deltas[:0], p.deltas[1:]...)
-		}
-	} else {
-		p.deltas, p.deltasBase = nil, snap.Version
-	}
-	p.latest, p.bodies, p.covered = snap, bodies, snap.Version
+	p.latest, p.covered = snap, snap.Version
 	for ch := range p.watchers {
 		select {
 		case ch <- struct{}{}:

@@ -1,10 +1,17 @@
 package publish
 
 import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/discovery"
@@ -112,5 +119,149 @@ func TestSinceGivesWhatChanged(t *testing.T) {
 	}
 	if _, _, _, whole := p.Since(10); !whole {
 		t.Fatal("a version older than the kept deltas is not whole")
+	}
+}
+
+// Endpoint-level deltas, applied by an agent (pb.ApplyServiceDelta) to
+// the snapshot it holds, give exactly the latest snapshot, from any base
+// the publisher remembers, over random changes: endpoints added, removed,
+// readiness and addresses changed, new revisions, ports changed, services
+// added and deleted.
+func TestEndpointDeltasRebuildTheSnapshot(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 15))
+	p := NewPublisher(nil, nil, nil)
+	nodes := []api.Node{{Name: "a", State: api.NodeReady}, {Name: "b", State: api.NodeReady}}
+	type svcState struct {
+		svc       api.Service
+		instances map[string]bool // ready?
+		ips       map[string]string
+	}
+	services := map[string]*svcState{}
+	seq := 0
+	addService := func() {
+		seq++
+		name := fmt.Sprintf("svc-%d", seq)
+		services[name] = &svcState{svc: api.Service{Metadata: api.ObjectMeta{Name: name, Namespace: "default"},
+			Spec:   api.ServiceSpec{Image: "x", Ports: []api.Port{{Name: "http", Port: 8080}}},
+			Status: api.ServiceStatus{Revision: 1}}, instances: map[string]bool{}, ips: map[string]string{}}
+	}
+	for range 4 {
+		addService()
+	}
+	published := map[uint64]*discovery.Snapshot{}
+	var versions []uint64
+	ipSeq := 0
+	for step := range 300 {
+		// Change something.
+		names := slices.Sorted(maps.Keys(services))
+		s := services[names[rng.IntN(len(names))]]
+		switch rng.IntN(10) {
+		case 0, 1, 2:
+			seq++
+			id := fmt.Sprintf("%s-%d", s.svc.Metadata.Name, seq)
+			s.instances[id] = rng.IntN(2) == 0
+			ipSeq++
+			s.ips[id] = fmt.Sprintf("10.213.%d.%d", ipSeq/250, 1+ipSeq%250)
+		case 3, 4:
+			for id := range s.instances {
+				delete(s.instances, id)
+				break
+			}
+		case 5, 6:
+			for id := range s.instances {
+				s.instances[id] = !s.instances[id]
+				break
+			}
+		case 7:
+			s.svc.Status.Revision++ // a new revision: every endpoint moves
+		case 8:
+			s.svc.Spec.Ports = []api.Port{{Name: "http", Port: int32(8000 + rng.IntN(100))}}
+		case 9:
+			if len(services) > 2 && rng.IntN(2) == 0 {
+				delete(services, s.svc.Metadata.Name)
+			} else {
+				addService()
+			}
+		}
+		// Publish it.
+		v := testView(&store.View{Nodes: nodes})
+		v.LiveNodes["b"] = true
+		for _, name := range slices.Sorted(maps.Keys(services)) {
+			st := services[name]
+			v.Services = append(v.Services, st.svc)
+			for _, id := range slices.Sorted(maps.Keys(st.instances)) {
+				node := "a"
+				if len(id)%2 == 0 {
+					node = "b"
+				}
+				v.Instances = append(v.Instances, store.VersionedInstance{Instance: api.Instance{ID: id, Namespace: "default", Service: name,
+					Revision: st.svc.Status.Revision, Node: node, Desired: api.DesiredRunning}})
+				v.Statuses[id] = api.InstanceStatus{ID: id, Node: node, Ready: st.instances[id], IP: st.ips[id], Phase: api.PhaseRunning}
+			}
+		}
+		v.Revision, v.Gen = int64(100+step), uint64(step+1)
+		p.publish(v)
+		latest := p.Latest()
+		if _, ok := published[latest.Version]; !ok {
+			published[latest.Version] = latest
+			versions = append(versions, latest.Version)
+		}
+		want := pb.FromSnapshot(latest)
+		// Follow from a few bases.
+		for _, base := range []uint64{versions[max(0, len(versions)-2)], versions[rng.IntN(len(versions))], versions[max(0, len(versions)-keepDeltas)]} {
+			snap, deltas, removed, whole := p.SinceEndpoints(base)
+			if whole {
+				t.Fatalf("step %d: base %d (of %d kept) answered whole", step, base, keepDeltas)
+			}
+			held := map[string]*pb.DiscoveryService{}
+			for _, svc := range pb.FromSnapshot(published[base]).Services {
+				held[svc.Namespace+"/"+svc.Name] = svc
+			}
+			before := proto.Clone(pb.FromSnapshot(published[base]))
+			for _, d := range pb.FromServiceDeltas(deltas) {
+				svc, err := pb.ApplyServiceDelta(held[d.Namespace+"/"+d.Name], d)
+				if err != nil {
+					t.Fatalf("step %d, base %d: %v", step, base, err)
+				}
+				held[d.Namespace+"/"+d.Name] = svc
+			}
+			for _, k := range removed {
+				delete(held, k)
+			}
+			got := &pb.DiscoverySnapshot{Version: snap.Version}
+			for _, k := range slices.Sorted(maps.Keys(held)) {
+				got.Services = append(got.Services, held[k])
+			}
+			if !proto.Equal(got, want) {
+				t.Fatalf("step %d, from base %d: applying the deltas gave\n%v\nwant\n%v", step, base, got, want)
+			}
+			if !proto.Equal(before, pb.FromSnapshot(published[base])) {
+				t.Fatalf("step %d: applying modified the base", step)
+			}
+		}
+	}
+}
+
+// One endpoint turning ready is one endpoint in the delta: not the
+// service's hundred others, not its header.
+func TestEndpointDeltaIsTheEndpoint(t *testing.T) {
+	p := NewPublisher(nil, nil, nil)
+	view := func(rev int64, readyOne bool) *store.View {
+		v := testView(&store.View{Nodes: []api.Node{{Name: "a", State: api.NodeReady}},
+			Services: []api.Service{{Metadata: api.ObjectMeta{Name: "web", Namespace: "default"}, Spec: api.ServiceSpec{Image: "x"}, Status: api.ServiceStatus{Revision: 1}}}})
+		for i := range 100 {
+			id := fmt.Sprintf("web-%03d", i)
+			v.Instances = append(v.Instances, store.VersionedInstance{Instance: api.Instance{ID: id, Namespace: "default", Service: "web", Revision: 1, Node: "a", Desired: api.DesiredRunning}})
+			v.Statuses[id] = api.InstanceStatus{ID: id, Node: "a", Ready: i != 42 || readyOne, IP: fmt.Sprintf("10.213.0.%d", i+2), Phase: api.PhaseRunning}
+		}
+		v.Revision, v.Gen = rev, uint64(rev)
+		return v
+	}
+	p.publish(view(10, false))
+	p.publish(view(11, true))
+	_, deltas, removed, whole := p.SinceEndpoints(10)
+	if whole || len(removed) != 0 || len(deltas) != 1 || deltas[0].Header != nil || len(deltas[0].Endpoints) != 1 ||
+		deltas[0].Endpoints[0].Endpoint.Instance != "web-042" || !deltas[0].Endpoints[0].Endpoint.Ready {
+		t.Fatalf("delta: whole %v removed %v deltas %+v", whole, removed, deltas)
 	}
 }
