@@ -734,59 +734,118 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 			case <-ch:
 			}
 		}
-		var snap *discovery.Snapshot
-		var changed []discovery.Service
-		var deltas []discovery.ServiceDelta
-		var removed []string
-		var whole bool
-		if req.EndpointDeltas {
-			snap, deltas, removed, whole = s.publisher.SinceEndpoints(have)
-		} else {
-			snap, changed, removed, whole = s.publisher.Since(have)
-		}
-		if snap == nil || snap.Version == have {
+		latest := s.publisher.Latest()
+		if latest == nil || latest.Version == have {
 			continue
 		}
-		// Agents at the same version get the same message: built and
-		// encoded once, sent to each (1,000 agents: one encoding, not a
-		// thousand).
-		base := have
-		if whole {
-			base = 0
+		// Agents holding the same version get the same message: the
+		// difference is computed, converted and encoded once, and the
+		// same bytes go to each (1,000 agents: once, not a thousand
+		// times).
+		msg, err := s.encodedDeltas.get(latest.Version, deltaKey{have, compressor, req.EndpointDeltas, shared}, func() (*encodedDelta, error) {
+			return s.discoveryDelta(stream, have, req.EndpointDeltas, shared)
+		})
+		if err != nil {
+			return status.Errorf(codes.Internal, "discovery delta from %d: %v", have, err)
 		}
-		build := func() *pb.DiscoveryDelta {
-			msg := &pb.DiscoveryDelta{Version: snap.Version}
-			switch {
-			case whole:
-				msg.Services = s.wholeSnapshot(snap).Services
-			case req.EndpointDeltas:
-				msg.BaseVersion, msg.Removed = have, removed
-				msg.ServiceDeltas = pb.FromServiceDeltas(deltas)
-			default:
-				msg.BaseVersion, msg.Removed = have, removed
-				msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
-			}
-			return msg
-		}
-		var err error
 		if shared {
-			var pm *grpc.PreparedMsg
-			pm, err = s.encodedDeltas.get(snap.Version, deltaKey{base, compressor, req.EndpointDeltas}, func() (*grpc.PreparedMsg, error) {
-				pm := &grpc.PreparedMsg{}
-				return pm, pm.Encode(stream, build())
-			})
-			if err != nil {
-				return status.Errorf(codes.Internal, "discovery delta %d->%d: %v", base, snap.Version, err)
-			}
-			err = stream.SendMsg(pm)
+			err = stream.SendMsg(msg.pm)
 		} else {
-			err = stream.Send(build())
+			err = stream.Send(msg.msg)
 		}
 		if err != nil {
 			return err
 		}
-		have = snap.Version
+		have = msg.version
 	}
+}
+
+// discoveryDelta builds the message that brings an agent holding version
+// have to the latest snapshot, encoded on stream when shared.
+func (s *Server) discoveryDelta(stream grpc.ServerStream, have uint64, endpoints, shared bool) (*encodedDelta, error) {
+	var snap *discovery.Snapshot
+	var changed []discovery.Service
+	var deltas []discovery.ServiceDelta
+	var removed []string
+	var whole bool
+	if endpoints {
+		snap, deltas, removed, whole = s.publisher.SinceEndpoints(have)
+	} else {
+		snap, changed, removed, whole = s.publisher.Since(have)
+	}
+	msg := &pb.DiscoveryDelta{Version: snap.Version}
+	switch {
+	case whole:
+		msg.Services = s.wholeSnapshot(snap).Services
+	case endpoints:
+		msg.BaseVersion, msg.Removed = have, removed
+		msg.ServiceDeltas = pb.FromServiceDeltas(deltas)
+	default:
+		msg.BaseVersion, msg.Removed = have, removed
+		msg.Services = pb.FromSnapshot(&discovery.Snapshot{Services: changed}).Services
+	}
+	d := &encodedDelta{version: snap.Version, msg: msg}
+	if shared {
+		d.pm = &grpc.PreparedMsg{}
+		if err := d.pm.Encode(stream, msg); err != nil {
+			return nil, err
+		}
+		d.msg = nil
+	}
+	return d, nil
+}
+
+// encodedDeltas holds the discovery messages to the latest version, by
+// the version they start from and how they are sent.
+type encodedDeltas struct {
+	mu      sync.Mutex
+	version uint64
+	byBase  map[deltaKey]*encodedDeltaOnce
+}
+
+type deltaKey struct {
+	have       uint64
+	compressor string
+	endpoints  bool // endpoint-level deltas
+	shared     bool // encoded (else the message)
+}
+
+type encodedDeltaOnce struct {
+	once sync.Once
+	d    *encodedDelta
+	err  error
+}
+
+// encodedDelta is one message, encoded (pm) or not (msg), and the version
+// it brings the agent to (the latest when it was built: possibly newer
+// than the version it is filed under).
+type encodedDelta struct {
+	version uint64
+	pm      *grpc.PreparedMsg
+	msg     *pb.DiscoveryDelta
+}
+
+// get returns the message from key.have to version, building it with
+// build the first time it is asked for; a newer version forgets the older
+// ones.
+func (e *encodedDeltas) get(version uint64, key deltaKey, build func() (*encodedDelta, error)) (*encodedDelta, error) {
+	e.mu.Lock()
+	if version > e.version || e.byBase == nil {
+		e.version, e.byBase = version, map[deltaKey]*encodedDeltaOnce{}
+	}
+	var o *encodedDeltaOnce
+	if version == e.version {
+		o = e.byBase[key]
+		if o == nil {
+			o = &encodedDeltaOnce{}
+			e.byBase[key] = o
+		}
+	} else {
+		o = &encodedDeltaOnce{} // an older version (a slow reader): not kept
+	}
+	e.mu.Unlock()
+	o.once.Do(func() { o.d, o.err = build() })
+	return o.d, o.err
 }
 
 // streamCompressor returns the compression gRPC uses for a server
@@ -802,49 +861,6 @@ func streamCompressor(ctx context.Context) (name string, ok bool) {
 		name = ""
 	}
 	return name, true
-}
-
-// encodedDeltas holds the encoded discovery messages to the latest
-// version, by the version they start from (0: the whole snapshot) and
-// their compression.
-type encodedDeltas struct {
-	mu      sync.Mutex
-	version uint64
-	byBase  map[deltaKey]*encodedDelta
-}
-
-type deltaKey struct {
-	base       uint64
-	compressor string
-	endpoints  bool // endpoint-level deltas
-}
-
-type encodedDelta struct {
-	once sync.Once
-	pm   *grpc.PreparedMsg
-	err  error
-}
-
-// get returns the message from base to version, building it with build
-// the first time it is asked for; a newer version forgets the older ones.
-func (e *encodedDeltas) get(version uint64, base deltaKey, build func() (*grpc.PreparedMsg, error)) (*grpc.PreparedMsg, error) {
-	e.mu.Lock()
-	if version > e.version || e.byBase == nil {
-		e.version, e.byBase = version, map[deltaKey]*encodedDelta{}
-	}
-	var d *encodedDelta
-	if version == e.version {
-		d = e.byBase[base]
-		if d == nil {
-			d = &encodedDelta{}
-			e.byBase[base] = d
-		}
-	} else {
-		d = &encodedDelta{} // an older version (a slow reader): not kept
-	}
-	e.mu.Unlock()
-	d.once.Do(func() { d.pm, d.err = build() })
-	return d.pm, d.err
 }
 
 // wholeSnapshot is snap on the wire, converted once per version for every

@@ -86,20 +86,29 @@ func (s *Server) RunNodeFeed(ctx context.Context) error {
 		return nil
 	case <-s.cache.Ready():
 	}
-	for {
-		v := s.cache.View()
-		nodes := make(map[string]*pb.Node, len(v.Nodes))
-		for i := range v.Nodes {
-			n := &v.Nodes[i]
-			nodes[n.Name] = &pb.Node{Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Ready: n.Ready, State: n.State}
+	var last uint64
+	for first := true; ; first = false {
+		// (Without building a view: most changes are not nodes'.)
+		if gen := s.cache.NodesGen(); first || gen != last {
+			v := s.cache.View()
+			last = v.NodesGen
+			s.updateNodeFeed(v)
 		}
-		s.nodeFeed.Update(uint64(max(v.Revision, 1)), nodes)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changes:
 		}
 	}
+}
+
+func (s *Server) updateNodeFeed(v *store.View) {
+	nodes := make(map[string]*pb.Node, len(v.Nodes))
+	for i := range v.Nodes {
+		n := &v.Nodes[i]
+		nodes[n.Name] = &pb.Node{Name: n.Name, Address: n.Address, PodCidr: n.PodCIDR, Ready: n.Ready, State: n.State}
+	}
+	s.nodeFeed.Update(uint64(max(v.Revision, 1)), nodes)
 }
 
 // WatchNodes streams the node list when addresses, subnets or readiness

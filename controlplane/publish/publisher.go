@@ -21,6 +21,8 @@ import (
 type Views interface {
 	View() *store.View
 	Subscribe() (<-chan struct{}, func())
+	// Stamp is View().Revision and View().Gen without building a view.
+	Stamp() (revision int64, gen uint64)
 }
 
 // Sink receives every new discovery snapshot (the xDS server, the host
@@ -172,7 +174,18 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-changes:
-			p.publish(p.cache.View())
+			// Most changes (heartbeats' transitions, gateway states)
+			// leave discovery alone: no view is built for them.
+			rev, gen := p.cache.Stamp()
+			p.mu.Lock()
+			same := p.latest != nil && gen == p.lastGen
+			if same {
+				p.covered = max(p.covered, uint64(rev))
+			}
+			p.mu.Unlock()
+			if !same {
+				p.publish(p.cache.View())
+			}
 		case <-graceEnd:
 			// Nodes still unclaimed lose their endpoints now.
 			p.mu.Lock()

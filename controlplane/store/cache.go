@@ -34,6 +34,7 @@ type Cache struct {
 	last     *View
 	bigDirty bool
 	gen      uint64 // View.Gen
+	nodesGen uint64 // View.NodesGen
 	ready    chan struct{}
 	subs     []chan struct{}
 	started  bool
@@ -118,7 +119,9 @@ type View struct {
 	// Gen changes whenever anything but heartbeats of live nodes and the
 	// replicas' gateway states changed: two views with the same Gen place
 	// the same instances and give the same discovery snapshot.
-	Gen       uint64
+	Gen uint64
+	// NodesGen changes whenever a node or its liveness changed.
+	NodesGen  uint64
 	Services  []api.Service // sorted by key
 	Instances []VersionedInstance
 	Statuses  map[string]api.InstanceStatus
@@ -285,6 +288,20 @@ func (c *Cache) revision() int64 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.rev
+}
+
+// Stamp is View().Revision and View().Gen without building a view.
+func (c *Cache) Stamp() (revision int64, gen uint64) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rev, c.gen
+}
+
+// NodesGen is View().NodesGen without building a view.
+func (c *Cache) NodesGen() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.nodesGen
 }
 
 // Ready is closed once the first full load is done.
@@ -468,6 +485,9 @@ func (c *Cache) changed(key string, update bool) {
 	if strings.HasPrefix(key, InstancesPrefix) || strings.HasPrefix(key, StatusPrefix) {
 		c.bigDirty = true
 	}
+	if strings.HasPrefix(key, NodesPrefix) || strings.HasPrefix(key, LeasesPrefix) {
+		c.nodesGen++
+	}
 }
 
 func (c *Cache) notify() {
@@ -512,7 +532,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Gen: c.gen, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
+	v := &View{Revision: c.rev, Gen: c.gen, NodesGen: c.nodesGen, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
 	// Sized first: at 10,000 instances, growing the slices and maps by
 	// appending cost more than everything else.
 	var nSvc, nIn, nSt, nNode int
