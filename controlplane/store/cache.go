@@ -23,21 +23,25 @@ type Cache struct {
 	cli    *clientv3.Client
 	logger *slog.Logger
 
-	mu   sync.RWMutex
-	kvs  map[string]cachedKV
-	rev  int64
-	view *View // built lazily, reset on change
-	// last is the previous view; bigDirty says whether an instance or
-	// status changed since it was built. If not, the next view shares its
-	// Instances and Statuses (most changes are heartbeats, and those two
-	// are nearly all of the state).
-	last     *View
-	bigDirty bool
-	gen      uint64 // View.Gen
-	nodesGen uint64 // View.NodesGen
-	ready    chan struct{}
-	subs     []chan struct{}
-	started  bool
+	mu sync.RWMutex
+	// kvs holds every cached key but instances' and statuses', which are
+	// in instances and statuses (by key too): a view that reuses those
+	// does not walk their 20,000 keys.
+	kvs, instances, statuses map[string]cachedKV
+	rev                      int64
+	view                     *View // built lazily, reset on change
+	// last is the previous view (nil after a load); dirtyInstances and
+	// dirtyStatuses are the ids of the instances and statuses changed
+	// since it was built. The next view shares last's Instances and
+	// Statuses when none changed, and patches copies of them when a few
+	// did, rather than rebuilding 10,000 of each from every key.
+	last                          *View
+	dirtyInstances, dirtyStatuses map[string]bool
+	gen                           uint64 // View.Gen
+	nodesGen                      uint64 // View.NodesGen
+	ready                         chan struct{}
+	subs                          []chan struct{}
+	started                       bool
 	// nodeSubs are woken only when what is assigned to their node changes
 	// (SubscribeNode); touched collects those nodes until notify, and
 	// touchedAll says every node was (a full load).
@@ -257,7 +261,7 @@ func NewCache(cli *clientv3.Client, logger *slog.Logger) *Cache {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Cache{cli: cli, logger: logger.With("component", "cache"), kvs: map[string]cachedKV{}, ready: make(chan struct{})}
+	return &Cache{cli: cli, logger: logger.With("component", "cache"), kvs: map[string]cachedKV{}, instances: map[string]cachedKV{}, statuses: map[string]cachedKV{}, ready: make(chan struct{})}
 }
 
 // WaitFor waits until the cache holds etcd revision rev (a write just
@@ -410,7 +414,8 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("cache: load: %w", err)
 	}
 	c.mu.Lock()
-	c.kvs, c.rev, c.view, c.last = make(map[string]cachedKV, len(resp.Kvs)), resp.Header.Revision, nil, nil
+	c.kvs, c.instances, c.statuses = make(map[string]cachedKV, len(resp.Kvs)), map[string]cachedKV{}, map[string]cachedKV{}
+	c.rev, c.view, c.last = resp.Header.Revision, nil, nil
 	c.touchedAll = true
 	for _, kv := range resp.Kvs {
 		if cached(string(kv.Key)) {
@@ -461,17 +466,30 @@ func (c *Cache) follow(ctx context.Context, from int64) error {
 // put stores a key's new value; delete removes it. Both drop the view.
 // The caller holds c.mu (tests call them alone).
 func (c *Cache) put(key string, value []byte, modRevision int64) {
-	old, existed := c.kvs[key]
+	table := c.table(key)
+	old, existed := table[key]
 	kv := cachedKV{value: value, modRevision: modRevision, obj: decode(key, value)}
-	c.kvs[key] = kv
+	table[key] = kv
 	c.touch(old.obj)
 	c.touch(kv.obj)
 	c.changed(key, existed)
 }
 
+// table is the map that holds key.
+func (c *Cache) table(key string) map[string]cachedKV {
+	switch {
+	case strings.HasPrefix(key, InstancesPrefix):
+		return c.instances
+	case strings.HasPrefix(key, StatusPrefix):
+		return c.statuses
+	}
+	return c.kvs
+}
+
 func (c *Cache) delete(key string) {
-	c.touch(c.kvs[key].obj)
-	delete(c.kvs, key)
+	table := c.table(key)
+	c.touch(table[key].obj)
+	delete(table, key)
 	c.changed(key, false)
 }
 
@@ -482,12 +500,23 @@ func (c *Cache) changed(key string, update bool) {
 	if !(update && strings.HasPrefix(key, LeasesPrefix)) && !strings.HasPrefix(key, GatewaysPrefix) && !strings.HasPrefix(key, DNSVersionsPrefix) {
 		c.gen++
 	}
-	if strings.HasPrefix(key, InstancesPrefix) || strings.HasPrefix(key, StatusPrefix) {
-		c.bigDirty = true
+	if id, ok := strings.CutPrefix(key, InstancesPrefix); ok {
+		c.dirtyInstances = markDirty(c.dirtyInstances, id)
+	}
+	if id, ok := strings.CutPrefix(key, StatusPrefix); ok {
+		c.dirtyStatuses = markDirty(c.dirtyStatuses, id)
 	}
 	if strings.HasPrefix(key, NodesPrefix) || strings.HasPrefix(key, LeasesPrefix) {
 		c.nodesGen++
 	}
+}
+
+func markDirty(m map[string]bool, id string) map[string]bool {
+	if m == nil {
+		m = map[string]bool{}
+	}
+	m[id] = true
+	return m
 }
 
 func (c *Cache) notify() {
@@ -535,40 +564,46 @@ func (c *Cache) View() *View {
 	v := &View{Revision: c.rev, Gen: c.gen, NodesGen: c.nodesGen, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
 	// Sized first: at 10,000 instances, growing the slices and maps by
 	// appending cost more than everything else.
-	var nSvc, nIn, nSt, nNode int
+	var nSvc, nNode int
 	for _, kv := range c.kvs {
 		switch kv.obj.(type) {
 		case api.Service:
 			nSvc++
-		case api.Instance:
-			nIn++
-		case api.InstanceStatus:
-			nSt++
 		case api.Node:
 			nNode++
 		}
 	}
 	v.Services, v.Nodes = make([]api.Service, 0, nSvc), make([]api.Node, 0, nNode)
-	reuse := c.last != nil && !c.bigDirty
-	if reuse {
-		v.Instances, v.Statuses = c.last.Instances, c.last.Statuses
-		v.byService, v.byNode, v.byID = c.last.byService, c.last.byNode, c.last.byID
+	// Instances and statuses: last's when none changed, last's patched
+	// when some changed in place, else built from every key.
+	last := c.last
+	fullInstances := last == nil
+	if !fullInstances {
+		fullInstances = !c.patchInstances(v, last)
+	}
+	if fullInstances {
+		v.Instances = make([]VersionedInstance, 0, len(c.instances))
+		for _, kv := range c.instances {
+			if o, ok := kv.obj.(api.Instance); ok {
+				v.Instances = append(v.Instances, VersionedInstance{Instance: o, ModRevision: kv.modRevision})
+			}
+		}
+	}
+	if last == nil {
+		v.Statuses = make(map[string]api.InstanceStatus, len(c.statuses))
+		for _, kv := range c.statuses {
+			if o, ok := kv.obj.(api.InstanceStatus); ok {
+				v.Statuses[o.ID] = o
+			}
+		}
 	} else {
-		v.Instances, v.Statuses = make([]VersionedInstance, 0, nIn), make(map[string]api.InstanceStatus, nSt)
+		c.patchStatuses(v, last)
 	}
 	var dnsMaps []dnsVersionsObj
 	for _, kv := range c.kvs {
 		switch o := kv.obj.(type) {
 		case api.Service:
 			v.Services = append(v.Services, o)
-		case api.Instance:
-			if !reuse {
-				v.Instances = append(v.Instances, VersionedInstance{Instance: o, ModRevision: kv.modRevision})
-			}
-		case api.InstanceStatus:
-			if !reuse {
-				v.Statuses[o.ID] = o
-			}
 		case api.Node:
 			v.Nodes = append(v.Nodes, o)
 		case api.Rollout:
@@ -596,7 +631,7 @@ func (c *Cache) View() *View {
 		}
 	}
 	sort.Slice(v.Services, func(i, j int) bool { return v.Services[i].Key() < v.Services[j].Key() })
-	if !reuse {
+	if fullInstances {
 		sort.Slice(v.Instances, func(i, j int) bool { return v.Instances[i].Instance.ID < v.Instances[j].Instance.ID })
 		v.index()
 	}
@@ -613,6 +648,60 @@ func (c *Cache) View() *View {
 		}
 		n.DNSVersion = v.DNSVersions[n.Name]
 	}
-	c.view, c.last, c.bigDirty = v, v, false
+	c.view, c.last = v, v
+	c.dirtyInstances, c.dirtyStatuses = nil, nil
 	return v
+}
+
+// patchInstances gives v last's instances with those changed since in
+// place (same ids: no instance added or deleted), sharing last's indexes
+// where they still hold; false when it cannot (v is then built whole).
+func (c *Cache) patchInstances(v *View, last *View) bool {
+	if len(c.dirtyInstances) == 0 {
+		v.Instances, v.byService, v.byNode, v.byID = last.Instances, last.byService, last.byNode, last.byID
+		return true
+	}
+	if last.byID == nil || len(c.dirtyInstances) > len(last.Instances)/2 {
+		return false
+	}
+	instances := slices.Clone(last.Instances)
+	moved := false
+	for id := range c.dirtyInstances {
+		i, had := last.byID[id]
+		kv, has := c.instances[InstancesPrefix+id]
+		o, ok := kv.obj.(api.Instance)
+		if !had || !has || !ok {
+			return false // added, deleted or malformed
+		}
+		if o.Node != instances[i].Instance.Node {
+			moved = true
+		}
+		instances[i] = VersionedInstance{Instance: o, ModRevision: kv.modRevision}
+	}
+	v.Instances, v.byService, v.byID, v.byNode = instances, last.byService, last.byID, last.byNode
+	if moved {
+		v.byNode = map[string][]int{}
+		for i := range instances {
+			if n := instances[i].Instance.Node; n != "" {
+				v.byNode[n] = append(v.byNode[n], i)
+			}
+		}
+	}
+	return true
+}
+
+// patchStatuses gives v last's statuses with those changed since.
+func (c *Cache) patchStatuses(v *View, last *View) {
+	if len(c.dirtyStatuses) == 0 {
+		v.Statuses = last.Statuses
+		return
+	}
+	v.Statuses = maps.Clone(last.Statuses)
+	for id := range c.dirtyStatuses {
+		if o, ok := c.statuses[StatusPrefix+id].obj.(api.InstanceStatus); ok {
+			v.Statuses[id] = o
+		} else {
+			delete(v.Statuses, id)
+		}
+	}
 }

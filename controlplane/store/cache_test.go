@@ -2,6 +2,8 @@ package store
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -189,5 +191,65 @@ func TestSubscribeNodeWakesOnlyThatNode(t *testing.T) {
 	c.notify()
 	if !woken(ch1) || woken(ch0) || woken(ch2) {
 		t.Fatal("deleting an instance of node-0001 woke the wrong nodes")
+	}
+}
+
+// A view patched from the last one (instances and statuses changed in
+// place) is exactly the view built from every key, indexes included,
+// over random changes: placements, status reports, adds and deletes.
+func TestPatchedViewsEqualFullViews(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 9))
+	c := cacheWith(5, 20, 4)
+	rev := c.rev
+	put := func(key string, v any) {
+		rev++
+		c.put(key, []byte(mustJSON(v)), rev)
+	}
+	for step := range 400 {
+		v := c.View()
+		ids := make([]string, 0, len(v.Instances))
+		for _, vi := range v.Instances {
+			ids = append(ids, vi.Instance.ID)
+		}
+		for range 1 + rng.IntN(4) {
+			id := ids[rng.IntN(len(ids))]
+			vi, _ := v.Instance(id)
+			in := vi.Instance
+			switch rng.IntN(10) {
+			case 0, 1, 2: // placed elsewhere
+				in.Node = fmt.Sprintf("node-%04d", rng.IntN(4))
+				put(InstancesPrefix+id, in)
+			case 3, 4: // draining
+				in.Draining = !in.Draining
+				put(InstancesPrefix+id, in)
+			case 5, 6, 7: // a status report
+				put(StatusPrefix+id, api.InstanceStatus{ID: id, Node: in.Node, Ready: rng.IntN(2) == 0, IP: fmt.Sprintf("10.213.0.%d", rng.IntN(250))})
+			case 8: // a new instance
+				in.ID = fmt.Sprintf("new-%d", step)
+				put(InstancesPrefix+in.ID, in)
+			case 9: // deleted, with its status
+				c.delete(InstancesPrefix + id)
+				c.delete(StatusPrefix + id)
+			}
+		}
+		got := c.View()
+		fresh := NewCache(nil, nil)
+		fresh.kvs, fresh.instances, fresh.statuses, fresh.rev, fresh.gen = c.kvs, c.instances, c.statuses, c.rev, c.gen
+		want := fresh.View()
+		if !reflect.DeepEqual(got.Instances, want.Instances) || !reflect.DeepEqual(got.Statuses, want.Statuses) {
+			t.Fatalf("step %d: patched view differs from the full one", step)
+		}
+		for _, vi := range want.Instances {
+			in := vi.Instance
+			if g, _ := got.Instance(in.ID); !reflect.DeepEqual(g, vi) {
+				t.Fatalf("step %d: Instance(%s) = %+v, want %+v", step, in.ID, g, vi)
+			}
+			if !reflect.DeepEqual(got.NodeInstances(in.Node), want.NodeInstances(in.Node)) {
+				t.Fatalf("step %d: NodeInstances(%s) differ", step, in.Node)
+			}
+			if !reflect.DeepEqual(got.ServiceInstances(in.ServiceKey()), want.ServiceInstances(in.ServiceKey())) {
+				t.Fatalf("step %d: ServiceInstances(%s) differ", step, in.ServiceKey())
+			}
+		}
 	}
 }
