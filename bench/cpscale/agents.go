@@ -16,8 +16,12 @@ import (
 	"syscall"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -26,8 +30,10 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/bench/internal/simgw"
 	"github.com/berth-dev/berth/pki"
 	"github.com/berth-dev/berth/pki/enroll"
+	"github.com/berth-dev/berth/xds"
 )
 
 // tokenEnv carries the join token to the agents' process (not on its
@@ -193,7 +199,10 @@ func (f *fleet) stats(cpu0 time.Duration) agentStats {
 
 // runAgents runs n simulated agents against the control plane at addr
 // until SIGTERM or until stdin closes (the benchmark process is gone).
-func runAgents(addr string, n int) error {
+// gatewayTokenEnv passes the gateways' join token to the child.
+const gatewayTokenEnv = "CPSCALE_GATEWAY_TOKEN"
+
+func runAgents(addr string, n int, xdsAddr string, gateways int) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	var conns []*grpc.ClientConn
 	defer func() {
@@ -241,6 +250,11 @@ func runAgents(addr string, n int) error {
 				errc <- fmt.Errorf("%s: %w", a.name, err)
 			}
 		}()
+	}
+	gwConns, err := startGateways(ctx, addr, xdsAddr, gateways, caHash, errc)
+	conns = append(conns, gwConns...)
+	if err != nil {
+		return err
 	}
 	lines := make(chan string)
 	go func() {
@@ -710,3 +724,37 @@ func (w wireCounter) HandleRPC(ctx context.Context, s stats.RPCStats) {
 
 func (wireCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 func (wireCounter) HandleConn(context.Context, stats.ConnStats)                       {}
+
+// startGateways connects n simulated gateways (simgw: delta ADS, every
+// resource type, every response ACKed) to the xDS server at xdsAddr, each
+// enrolled as a real gateway is (a gateway certificate naming its node id)
+// unless the run is plain.
+func startGateways(ctx context.Context, addr, xdsAddr string, n int, caHash string, errc chan<- error) ([]*grpc.ClientConn, error) {
+	var conns []*grpc.ClientConn
+	token := os.Getenv(gatewayTokenEnv)
+	for i := range n {
+		id := fmt.Sprintf("gw-%03d", i)
+		creds := insecure.NewCredentials()
+		if os.Getenv(plainEnv) == "" {
+			c, err := enroll.Join(ctx, enroll.Options{Server: addr, Role: pki.RoleGateway, Name: id, JoinToken: token, CAHash: caHash,
+				Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				return conns, fmt.Errorf("gateway %s: %w", id, err)
+			}
+			creds = credentials.NewTLS(c.ClientTLS())
+		}
+		conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			return conns, err
+		}
+		conns = append(conns, conn)
+		client := discoverypb.NewAggregatedDiscoveryServiceClient(conn)
+		go func() {
+			err := simgw.Delta(ctx, client, &core.Node{Id: id, UserAgentName: "cpscale"}, xds.TypeURLs, func(int) {})
+			if err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("gateway %s: %w", id, err)
+			}
+		}()
+	}
+	return conns, nil
+}

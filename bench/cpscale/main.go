@@ -68,7 +68,9 @@ import (
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/pki"
+	"github.com/berth-dev/berth/xds"
 )
 
 // maxReplicasPerPass bounds the new replicas one Apply call asks for by
@@ -87,6 +89,7 @@ const maxReplicasPerPass = 10
 
 type options struct {
 	nodes, services, replicas, batch int
+	gateways                         int
 	rollouts, flips                  int
 	nodeLoss                         bool
 	paced                            bool
@@ -98,8 +101,10 @@ type options struct {
 func main() {
 	role := flag.String("role", "bench", "bench, or agents (the child process)")
 	addr := flag.String("addr", "", "control plane API address (agents role)")
+	xdsAddr := flag.String("xds-addr", "", "xDS server address (agents role)")
 	var o options
 	flag.IntVar(&o.nodes, "nodes", 20, "simulated node agents")
+	flag.IntVar(&o.gateways, "gateways", -1, "simulated gateways on delta ADS (-1: as many as -nodes)")
 	flag.IntVar(&o.services, "services", 200, "services")
 	flag.IntVar(&o.replicas, "replicas", 10, "replicas per service")
 	flag.IntVar(&o.batch, "batch", 0, "services per Apply call; 0: calls of at most ten new replicas")
@@ -116,6 +121,9 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the control plane's CPU profiles to <this>-<phase>.pprof (deploy, steady, rolling, scale)")
 	flag.StringVar(&o.debugAddr, "debug-addr", "", "serve the bench process's net/http/pprof on this loopback address (e.g. 127.0.0.1:6060), to look inside a stall")
 	flag.Parse()
+	if o.gateways < 0 {
+		o.gateways = o.nodes
+	}
 
 	var err error
 	if o.debugAddr != "" && *role == "bench" {
@@ -126,7 +134,7 @@ func main() {
 	}
 	switch *role {
 	case "agents":
-		err = runAgents(*addr, o.nodes)
+		err = runAgents(*addr, o.nodes, *xdsAddr, o.gateways)
 	default:
 		err = runModes(o)
 	}
@@ -141,6 +149,7 @@ func main() {
 type bench struct {
 	o     options
 	berth pb.BerthClient
+	xds   *xds.Server
 	etcd  *clientv3.Client
 	// nodeTimeout is the control plane's (for the node loss line).
 	nodeTimeout time.Duration
@@ -242,13 +251,33 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), o.nodes, o.services, o.replicas, o.heartbeat, o.drainDelay, bits, clusterCIDR)
 	start := time.Now()
 	runCtx, stopServer := context.WithCancel(ctx)
+	// The xDS server the gateways follow, fed by the publisher as in
+	// berth server.
+	xcfg := xds.DefaultConfig()
+	xcfg.Addr, xcfg.Logger = "127.0.0.1:0", slog.New(b.warns)
+	xsrv, err := xds.New(xcfg)
+	if err != nil {
+		stopServer()
+		return nil, err
+	}
+	b.xds = xsrv
 	setPlaintext(plain)
-	srv, err := controlplane.New(runCtx, cfg)
+	srv, err := controlplane.New(runCtx, cfg, func(s *discovery.Snapshot) {
+		if err := xsrv.Update(s); err != nil {
+			b.warns.Handle(ctx, slog.NewRecord(time.Now(), slog.LevelError, "xds update: "+err.Error(), 0))
+		}
+	})
 	setPlaintext(false)
 	if err != nil {
 		stopServer()
 		return nil, err
 	}
+	if !plain {
+		xsrv.SetAuth(xds.Auth{TLS: srv.ServerTLS(true), Check: srv.Auth().CheckCertificate, Changed: srv.Auth().Changed})
+	}
+	xdsDone := make(chan error, 1)
+	go func() { xdsDone <- xsrv.Run(runCtx) }()
+	defer func() { <-xdsDone }()
 	runDone := make(chan error, 1)
 	go func() { runDone <- srv.Run(runCtx) }()
 	defer func() {
@@ -286,7 +315,11 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	}
 	fmt.Printf("control plane up (embedded etcd) in %v\n", time.Since(start).Round(time.Millisecond))
 
-	b.agents, err = startAgents(ctx, srv.APIAddr(), tok.Token, tok.CaHash, o.nodes, plain)
+	gwTok, err := b.berth.CreateToken(ctx, &pb.CreateTokenRequest{Role: "gateway", Uses: int32(max(1, o.gateways)), Description: "cpscale gateways"})
+	if err != nil {
+		return nil, fmt.Errorf("create gateway token: %w", err)
+	}
+	b.agents, err = startAgents(ctx, srv.APIAddr(), tok.Token, tok.CaHash, o.nodes, plain, xsrv.Addr(), o.gateways, gwTok.Token)
 	if err != nil {
 		return nil, err
 	}
@@ -319,9 +352,13 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 		return nil, err
 	}
 	mem := max(deployRSS, rss())
-	fmt.Printf("memory: control plane process (with embedded etcd) RSS %.0f MiB after the deploy, %.0f MiB at the end\n", deployRSS, rss())
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("memory: control plane process (with embedded etcd) RSS %.0f MiB after the deploy, %.0f MiB at the end; Go heap live %.0f MiB (of %.0f MiB held), stacks %.0f MiB, GC target %.0f MiB\n",
+		deployRSS, rss(), float64(ms.HeapAlloc)/(1<<20), float64(ms.HeapSys-ms.HeapReleased)/(1<<20), float64(ms.StackInuse)/(1<<20), float64(ms.NextGC)/(1<<20))
 	b.note("control plane RSS", mem, "MiB")
-	b.goal(fmt.Sprintf("control plane RSS, %d instances, %d nodes (no gateways)", b.o.services*b.o.replicas, b.o.nodes), fmt.Sprintf("%.0f MiB", mem), "< 300 MiB", mem < 300)
+	b.goal(fmt.Sprintf("control plane RSS, %d instances, %d nodes, %d gateways", b.o.services*b.o.replicas, b.o.nodes, b.o.gateways), fmt.Sprintf("%.0f MiB", mem), "< 300 MiB", mem < 300)
 	fmt.Printf("total %v\n", time.Since(start).Round(time.Millisecond))
 	b.printGoals()
 	return b.figures, nil
@@ -387,7 +424,15 @@ func (b *bench) join(ctx context.Context) error {
 			return fmt.Errorf("%d of %d nodes ready: %w", ready, b.o.nodes, err)
 		}
 	}
-	fmt.Printf("join: %d agents registered and Ready in %v\n", b.o.nodes, time.Since(start).Round(time.Millisecond))
+	for b.o.gateways > 0 && len(b.xds.Gateways()) < b.o.gateways {
+		if time.Since(start) > b.o.stall+time.Duration(b.o.nodes+b.o.gateways)*10*time.Millisecond {
+			return fmt.Errorf("%d of %d gateways connected", len(b.xds.Gateways()), b.o.gateways)
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("join: %d agents registered and Ready, %d gateways connected (delta ADS), in %v\n", b.o.nodes, len(b.xds.Gateways()), time.Since(start).Round(time.Millisecond))
 	b.note("join: all agents Ready", time.Since(start).Seconds(), "s")
 	return nil
 }
@@ -931,13 +976,13 @@ type agentsProc struct {
 	mu  sync.Mutex
 }
 
-func startAgents(ctx context.Context, addr, token, caHash string, n int, plain bool) (*agentsProc, error) {
+func startAgents(ctx context.Context, addr, token, caHash string, n int, plain bool, xdsAddr string, gateways int, gwToken string) (*agentsProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, self, "-role", "agents", "-addr", addr, "-nodes", fmt.Sprint(n))
-	cmd.Env = append(os.Environ(), tokenEnv+"="+token, caHashEnv+"="+caHash)
+	cmd := exec.CommandContext(ctx, self, "-role", "agents", "-addr", addr, "-nodes", fmt.Sprint(n), "-xds-addr", xdsAddr, "-gateways", fmt.Sprint(gateways))
+	cmd.Env = append(os.Environ(), tokenEnv+"="+token, caHashEnv+"="+caHash, gatewayTokenEnv+"="+gwToken)
 	if plain {
 		cmd.Env = append(cmd.Env, plainEnv+"=1")
 	}

@@ -74,7 +74,7 @@ func (b *bench) propagation(ctx context.Context) error {
 	if b.o.flips <= 0 {
 		return nil
 	}
-	var all, slowest []time.Duration
+	var all, slowest, acks []time.Duration
 	for range b.o.flips {
 		line, err := b.agents.ask("flip")
 		if err != nil {
@@ -90,10 +90,23 @@ func (b *bench) propagation(ctx context.Context) error {
 		if err != nil || len(resp.Kvs) == 0 {
 			return fmt.Errorf("status of %s: %v", kv["id"], err)
 		}
-		d, err := b.arrivals(ctx, resp.Kvs[0].ModRevision, time.Unix(0, at))
+		rev, t0 := resp.Kvs[0].ModRevision, time.Unix(0, at)
+		acked := make(chan error, 1)
+		var ack time.Duration
+		go func() {
+			// Every gateway runs a snapshot of rev or newer.
+			err := b.xds.WaitForAck(ctx, uint64(rev))
+			ack = time.Since(t0)
+			acked <- err
+		}()
+		d, err := b.arrivals(ctx, rev, t0)
 		if err != nil {
 			return fmt.Errorf("propagation: %w", err)
 		}
+		if err := <-acked; err != nil {
+			return fmt.Errorf("propagation to gateways: %w", err)
+		}
+		acks = append(acks, ack)
 		all = append(all, d...)
 		slowest = append(slowest, slices.Max(d))
 		if err := sleep(ctx, 200*time.Millisecond); err != nil {
@@ -102,6 +115,12 @@ func (b *bench) propagation(ctx context.Context) error {
 	}
 	fmt.Printf("endpoint change (a readiness flip reported by an agent) -> every node's DNS has it: %d changes x %d nodes: p50 %v p99 %v max %v; slowest node per change p50 %v max %v\n",
 		b.o.flips, b.o.nodes, q(all, 0.5), q(all, 0.99), q(all, 1), q(slowest, 0.5), q(slowest, 1))
+	if b.o.gateways > 0 {
+		fmt.Printf("endpoint change -> all %d gateways ACKed (delta ADS): %d changes: p50 %v p99 %v max %v\n", b.o.gateways, b.o.flips, q(acks, 0.5), q(acks, 0.99), q(acks, 1))
+		gp99 := q(acks, 0.99)
+		b.note("endpoint change -> gateways ACKed, p99", float64(gp99.Microseconds())/1000, "ms")
+		b.goal(fmt.Sprintf("endpoint change -> all %d gateways ACKed, p99", b.o.gateways), gp99.String(), "< 100ms", gp99 < 100*time.Millisecond)
+	}
 	p99 := q(all, 0.99)
 	b.note("endpoint change -> nodes' DNS, p99", float64(p99.Microseconds())/1000, "ms")
 	b.goal(fmt.Sprintf("endpoint change -> every node's DNS (%d nodes), p99", b.o.nodes), p99.String(), "< 100ms", p99 < 100*time.Millisecond)

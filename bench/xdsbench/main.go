@@ -22,7 +22,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -33,6 +32,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/berth-dev/berth/bench/internal/simgw"
 	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/gateway"
 	"github.com/berth-dev/berth/xds"
@@ -313,9 +313,9 @@ func runGateways(addr string, n int, protocol string, certs *gatewayCerts) error
 		go func() {
 			var err error
 			if protocol == "sotw" {
-				err = sotwGateway(ctx, client, node, types, count)
+				err = simgw.SotW(ctx, client, node, types, count)
 			} else {
-				err = deltaGateway(ctx, client, node, types, count)
+				err = simgw.Delta(ctx, client, node, types, count)
 			}
 			if err != nil && ctx.Err() == nil {
 				errc <- err
@@ -346,57 +346,6 @@ func serveChild(errc <-chan error, report func(cpu time.Duration)) error {
 			report(cpuTime() - cpu0)
 		}
 	}
-}
-
-func deltaGateway(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient, node *core.Node, types []string, count func(int)) error {
-	stream, err := c.DeltaAggregatedResources(ctx)
-	if err != nil {
-		return err
-	}
-	for _, t := range types {
-		if err := stream.Send(&discoverypb.DeltaDiscoveryRequest{Node: node, TypeUrl: t}); err != nil {
-			return err
-		}
-	}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return ignoreEOF(err)
-		}
-		count(len(resp.Resources))
-		if err := stream.Send(&discoverypb.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}); err != nil {
-			return err
-		}
-	}
-}
-
-func sotwGateway(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient, node *core.Node, types []string, count func(int)) error {
-	stream, err := c.StreamAggregatedResources(ctx)
-	if err != nil {
-		return err
-	}
-	for _, t := range types {
-		if err := stream.Send(&discoverypb.DiscoveryRequest{Node: node, TypeUrl: t}); err != nil {
-			return err
-		}
-	}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return ignoreEOF(err)
-		}
-		count(len(resp.Resources))
-		if err := stream.Send(&discoverypb.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
-			return err
-		}
-	}
-}
-
-func ignoreEOF(err error) error {
-	if err == io.EOF || strings.Contains(err.Error(), "context canceled") {
-		return nil
-	}
-	return err
 }
 
 // runBerthGateways runs n of Berth's own gateways (ADS over the protocol,
