@@ -11,7 +11,7 @@ GOFLAGS_BUILD := -trimpath
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 TEST_TIMEOUT ?= 10m
 
-.PHONY: docs all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale clean
+.PHONY: docs all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
 
 all: build
 
@@ -133,6 +133,14 @@ bench-xds-gateways:
 # BENCH_CP_SCALE_FLAGS changes the size (-nodes, -services, -replicas, -tls).
 bench-cp-scale:
 	$(GO) run -tags berthbench ./bench/cpscale -timeout 10m $(BENCH_CP_SCALE_FLAGS)
+
+# bench-cp-curve: the same benchmark (mutual TLS) at 100, 300 and 1,000
+# nodes, each with as many simulated gateways and ten instances a node;
+# prints how CPU per heartbeat, deploy rate, propagation p99 and RSS grow
+# with N, and writes the plot to bench/out/cp-curve.png. About 5 minutes.
+BENCH_CP_CURVE ?= 100,300,1000
+bench-cp-curve:
+	$(GO) run -tags berthbench ./bench/cpscale -timeout 20m -curve $(BENCH_CP_CURVE) -curve-out bench/out/cp-curve.png $(BENCH_CP_SCALE_FLAGS)
 
 clean:
 	rm -rf $(BIN) $(IMAGES)

@@ -119,6 +119,8 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.StringVar(&o.tls, "tls", "both", "plain (no TLS; needs -tags berthbench, as make bench-cp-scale builds it), mtls (as Berth runs), or both side by side")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the control plane's CPU profiles to <this>-<phase>.pprof (deploy, steady, rolling, scale)")
+	curve := flag.String("curve", "", "a sweep: node counts (like 100,300,1000), each run with as many gateways and ten instances a node, mutual TLS; prints a table and writes -curve-out")
+	curveOut := flag.String("curve-out", "cp-curve.png", "the sweep's plot (PNG)")
 	flag.StringVar(&o.debugAddr, "debug-addr", "", "serve the bench process's net/http/pprof on this loopback address (e.g. 127.0.0.1:6060), to look inside a stall")
 	flag.Parse()
 	if o.gateways < 0 {
@@ -132,9 +134,11 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	switch *role {
-	case "agents":
+	switch {
+	case *role == "agents":
 		err = runAgents(*addr, o.nodes, *xdsAddr, o.gateways)
+	case *curve != "":
+		err = runCurve(o, *curve, *curveOut)
 	default:
 		err = runModes(o)
 	}
