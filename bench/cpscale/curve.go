@@ -43,7 +43,7 @@ var curveMetrics = []curveMetric{
 
 // runCurve runs the benchmark (mutual TLS) at each node count of sizes,
 // with as many gateways as nodes and ten instances a node (services of
-// 100 replicas), and prints how each figure grows with N, as a table and
+// 100 replicas, applied 20 services a call without waiting), and prints how each figure grows with N, as a table and
 // a PNG plot written to out.
 func runCurve(o options, sizes, out string) error {
 	var points []curvePoint
@@ -56,6 +56,7 @@ func runCurve(o options, sizes, out string) error {
 		run.nodes, run.gateways = n, n
 		run.replicas, run.services = 100, max(1, n/10)
 		run.rollouts, run.nodeLoss = 0, false
+		run.batch, run.paced = 20, false // the deploy: not one call at a time
 		fmt.Printf("\n=== curve: %d nodes, %d gateways, %d instances ===\n", n, n, run.services*run.replicas)
 		figs, err := runOnce(run, false)
 		if err != nil {
