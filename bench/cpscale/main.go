@@ -155,6 +155,8 @@ type bench struct {
 	berth pb.BerthClient
 	xds   *xds.Server
 	etcd  *clientv3.Client
+	// published is the version of the control plane's latest snapshot.
+	published func() uint64
 	// nodeTimeout is the control plane's (for the node loss line).
 	nodeTimeout time.Duration
 	goals       []goal
@@ -313,6 +315,12 @@ func runOnce(o options, plain bool) (figures []figure, retErr error) {
 	defer conn.Close()
 	b.berth = pb.NewBerthClient(conn)
 	b.etcd, b.nodeTimeout = srv.Etcd(), cfg.NodeTimeout
+	b.published = func() uint64 {
+		if l := srv.Publisher().Latest(); l != nil {
+			return l.Version
+		}
+		return 0
+	}
 	tok, err := b.berth.CreateToken(ctx, &pb.CreateTokenRequest{Role: "node", Uses: int32(o.nodes), Description: "cpscale"})
 	if err != nil {
 		return nil, fmt.Errorf("create join token: %w", err)
