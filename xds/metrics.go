@@ -16,6 +16,7 @@ type metrics struct {
 	deltaRemoved     *prometheus.CounterVec
 	acks             *prometheus.CounterVec
 	nacks            *prometheus.CounterVec
+	throttled        prometheus.Counter
 
 	lrsStreams  prometheus.Gauge
 	lrsReports  prometheus.Counter
@@ -59,6 +60,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_xds_nacks_total", Help: "NACKs received, by resource type.",
 		}, []string{"type"}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "berth_xds_throttled_responses_total", Help: "Large responses sent through the push throttle (at most PushConcurrency in flight).",
+		}),
 		lrsStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_xds_lrs_streams", Help: "Load Reporting Service streams currently open.",
 		}),
@@ -82,7 +86,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
 			m.connectedStreams, m.publishedVersion, m.publishErrors, m.translateSeconds, m.responses, m.resourcesSent,
-			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown, m.lrsDropped, m.lrsImpossible,
+			m.deltaUpdated, m.deltaRemoved, m.acks, m.nacks, m.throttled, m.lrsStreams, m.lrsReports, m.lrsRequests, m.lrsUnknown, m.lrsDropped, m.lrsImpossible,
 		} {
 			if err := reg.Register(c); err != nil {
 				return nil, err

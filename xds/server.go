@@ -55,6 +55,10 @@ type Config struct {
 	// LoadReportInterval is how often gateways are asked to send load
 	// reports over LRS.
 	LoadReportInterval time.Duration
+	// PushConcurrency bounds the responses of PushThrottleBytes or more in
+	// flight at once, each until its gateway answers it (throttle.go).
+	// Defaults: 64 responses of 64 KiB.
+	PushConcurrency, PushThrottleBytes int
 }
 
 // DefaultConfig returns a Config listening on an ephemeral loopback port.
@@ -67,6 +71,8 @@ func DefaultConfig() Config {
 		StaleAfter:         10 * time.Second,
 		LoadWindow:         60 * time.Second,
 		LoadReportInterval: time.Second,
+		PushConcurrency:    64,
+		PushThrottleBytes:  64 << 10,
 	}
 }
 
@@ -104,6 +110,8 @@ type Server struct {
 	loads                       *loadStore
 
 	runOnce sync.Once
+	// pushSlots: one token per large response in flight (throttle.go).
+	pushSlots chan struct{}
 
 	// pubMu orders publishes against delta watch creation, so that a
 	// watch opened with nothing to send proves its client holds exactly
@@ -269,6 +277,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LoadReportInterval <= 0 {
 		cfg.LoadReportInterval = def.LoadReportInterval
 	}
+	if cfg.PushConcurrency <= 0 {
+		cfg.PushConcurrency = def.PushConcurrency
+	}
+	if cfg.PushThrottleBytes <= 0 {
+		cfg.PushThrottleBytes = def.PushThrottleBytes
+	}
 	if err := cfg.Translate.check(); err != nil {
 		return nil, err
 	}
@@ -297,6 +311,7 @@ func New(cfg Config) (*Server, error) {
 		streams:   map[streamKey]*streamState{},
 		deltaReqs: map[*discoverygrpc.DeltaDiscoveryRequest]streamKey{},
 		changed:   make(chan struct{}),
+		pushSlots: make(chan struct{}, cfg.PushConcurrency),
 	}
 	for _, t := range TypeURLs {
 		s.delta[t] = newDeltaCache(t)
@@ -509,7 +524,9 @@ func (s *Server) run(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	}
 	if s.auth != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(s.auth.TLS)), grpc.ChainStreamInterceptor(s.streamAuth))
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.auth.TLS)), grpc.ChainStreamInterceptor(s.streamAuth, s.streamThrottle))
+	} else {
+		opts = append(opts, grpc.ChainStreamInterceptor(s.streamThrottle))
 	}
 	gs := grpc.NewServer(opts...)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xdsServer)
