@@ -38,66 +38,84 @@ func Build(st State) *Snapshot {
 	snap := &Snapshot{Version: st.Version, Services: make([]Service, 0, len(st.Services))}
 	for i := range st.Services {
 		svc := &st.Services[i]
-		out := Service{Namespace: svc.Metadata.Namespace, Name: svc.Metadata.Name}
-		for _, p := range svc.Spec.Ports {
-			out.Ports = append(out.Ports, Port{Name: p.Name, Port: uint32(p.Port), Protocol: p.Protocol})
+		var ro *api.Rollout
+		if r, ok := st.Rollouts[svc.Key()]; ok {
+			ro = &r
 		}
-		if r := svc.Spec.Route; r != nil {
-			paths := r.Paths
-			if len(paths) == 0 {
-				paths = []string{"/"}
-			}
-			out.Route = &Route{Hosts: append([]string(nil), r.Hosts...), Paths: append([]string(nil), paths...), Since: svc.Status.CreatedAt}
-		}
-		revs := map[int64]*Revision{}
-		if svc.Status.Revision > 0 {
-			revs[svc.Status.Revision] = &Revision{Number: svc.Status.Revision}
-		}
-		for _, in := range byService[svc.Key()] {
-			rev := revs[in.Revision]
-			if rev == nil {
-				rev = &Revision{Number: in.Revision}
-				revs[in.Revision] = rev
-			}
-			status, ok := st.Statuses[in.ID]
-			if !ok || status.IP == "" || in.Node == "" || status.Node != in.Node {
-				continue
-			}
-			if st.NotReadyNodes[in.Node] {
-				continue
-			}
-			draining := !in.Live()
-			rev.Endpoints = append(rev.Endpoints, Endpoint{
-				Instance: in.ID,
-				Node:     in.Node,
-				IP:       status.IP,
-				Ready:    in.ReadyWith(status) && !draining,
-				Draining: draining,
-			})
-		}
-		for _, rev := range revs {
-			sort.Slice(rev.Endpoints, func(a, b int) bool { return rev.Endpoints[a].Instance < rev.Endpoints[b].Instance })
-			out.Revisions = append(out.Revisions, *rev)
-		}
-		sort.Slice(out.Revisions, func(a, b int) bool { return out.Revisions[a].Number < out.Revisions[b].Number })
-		if ro, ok := st.Rollouts[svc.Key()]; ok && ro.Active() && ro.Canary() && ro.Revision == svc.Status.Revision {
-			canaryWeights(out.Revisions, ro)
-			if out.Route != nil && canaryReady(out.Revisions, ro.Revision) {
-				canaryRouting(out.Route, svc.Spec.Rollout, ro.Revision)
-			}
-		} else {
-			assignWeights(out.Revisions, svc.Status.Revision)
-		}
-		snap.Services = append(snap.Services, out)
+		snap.Services = append(snap.Services, BuildService(svc, byService[svc.Key()], st.Statuses, st.NotReadyNodes, ro))
 	}
-	sort.Slice(snap.Services, func(a, b int) bool {
-		x, y := snap.Services[a], snap.Services[b]
+	SortServices(snap.Services)
+	return snap
+}
+
+// SortServices sorts services as a snapshot holds them: by namespace,
+// then name.
+func SortServices(svcs []Service) {
+	sort.Slice(svcs, func(a, b int) bool {
+		x, y := svcs[a], svcs[b]
 		if x.Namespace != y.Namespace {
 			return x.Namespace < y.Namespace
 		}
 		return x.Name < y.Name
 	})
-	return snap
+}
+
+// BuildService is one service of Build: from the service, its instances,
+// their statuses (by instance id), the nodes whose endpoints must not
+// receive traffic, and its rollout (nil: none). The same inputs always
+// give the same service.
+func BuildService(svc *api.Service, instances []api.Instance, statuses map[string]api.InstanceStatus, notReadyNodes map[string]bool, ro *api.Rollout) Service {
+	out := Service{Namespace: svc.Metadata.Namespace, Name: svc.Metadata.Name}
+	for _, p := range svc.Spec.Ports {
+		out.Ports = append(out.Ports, Port{Name: p.Name, Port: uint32(p.Port), Protocol: p.Protocol})
+	}
+	if r := svc.Spec.Route; r != nil {
+		paths := r.Paths
+		if len(paths) == 0 {
+			paths = []string{"/"}
+		}
+		out.Route = &Route{Hosts: append([]string(nil), r.Hosts...), Paths: append([]string(nil), paths...), Since: svc.Status.CreatedAt}
+	}
+	revs := map[int64]*Revision{}
+	if svc.Status.Revision > 0 {
+		revs[svc.Status.Revision] = &Revision{Number: svc.Status.Revision}
+	}
+	for _, in := range instances {
+		rev := revs[in.Revision]
+		if rev == nil {
+			rev = &Revision{Number: in.Revision}
+			revs[in.Revision] = rev
+		}
+		status, ok := statuses[in.ID]
+		if !ok || status.IP == "" || in.Node == "" || status.Node != in.Node {
+			continue
+		}
+		if notReadyNodes[in.Node] {
+			continue
+		}
+		draining := !in.Live()
+		rev.Endpoints = append(rev.Endpoints, Endpoint{
+			Instance: in.ID,
+			Node:     in.Node,
+			IP:       status.IP,
+			Ready:    in.ReadyWith(status) && !draining,
+			Draining: draining,
+		})
+	}
+	for _, rev := range revs {
+		sort.Slice(rev.Endpoints, func(a, b int) bool { return rev.Endpoints[a].Instance < rev.Endpoints[b].Instance })
+		out.Revisions = append(out.Revisions, *rev)
+	}
+	sort.Slice(out.Revisions, func(a, b int) bool { return out.Revisions[a].Number < out.Revisions[b].Number })
+	if ro != nil && ro.Active() && ro.Canary() && ro.Revision == svc.Status.Revision {
+		canaryWeights(out.Revisions, *ro)
+		if out.Route != nil && canaryReady(out.Revisions, ro.Revision) {
+			canaryRouting(out.Route, svc.Spec.Rollout, ro.Revision)
+		}
+	} else {
+		assignWeights(out.Revisions, svc.Status.Revision)
+	}
+	return out
 }
 
 // canaryWeights gives the canary its weight and the stable revision the

@@ -53,26 +53,24 @@ func endpointKey(svcKey string, rev int64, instance string) string {
 // Items flattens a snapshot into its keyed items, each with a body that
 // changes exactly when the item does.
 func Items(snap *Snapshot) map[string]string {
-	n := len(snap.Services)
+	items := map[string]string{}
 	for i := range snap.Services {
-		for _, r := range snap.Services[i].Revisions {
-			n += len(r.Endpoints)
-		}
-	}
-	items := make(map[string]string, n)
-	for i := range snap.Services {
-		svc := &snap.Services[i]
-		key := serviceKey(svc.Namespace, svc.Name)
-		h := svc.header()
-		b, _ := json.Marshal(&h)
-		items[key] = string(b)
-		for _, r := range svc.Revisions {
-			for _, e := range r.Endpoints {
-				items[endpointKey(key, r.Number, e.Instance)] = e.Node + "\x00" + e.IP + "\x00" + strconv.FormatBool(e.Ready) + strconv.FormatBool(e.Draining)
-			}
-		}
+		ServiceItems(&snap.Services[i], items)
 	}
 	return items
+}
+
+// ServiceItems adds one service's items to items.
+func ServiceItems(svc *Service, items map[string]string) {
+	key := serviceKey(svc.Namespace, svc.Name)
+	h := svc.header()
+	b, _ := json.Marshal(&h)
+	items[key] = string(b)
+	for _, r := range svc.Revisions {
+		for _, e := range r.Endpoints {
+			items[endpointKey(key, r.Number, e.Instance)] = e.Node + "\x00" + e.IP + "\x00" + strconv.FormatBool(e.Ready) + strconv.FormatBool(e.Draining)
+		}
+	}
 }
 
 // DeltaOf turns the keys of the items that changed since a base (changed:

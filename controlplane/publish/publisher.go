@@ -43,6 +43,14 @@ type Publisher struct {
 	// the keys each of the last keepDeltas publishes changed: what the
 	// agents' delta feeds carry.
 	items *deltalog.Log[string]
+	// built is each service of the latest snapshot with the generation of
+	// its inputs (View.ServiceGens) and its items; builtNodes is the
+	// View.NodesGen it was built with, builtGrace whether in the grace.
+	// A service whose inputs did not move is not built again: a status
+	// report changes one service, not 10,000 instances' worth.
+	built      map[string]builtService
+	builtNodes uint64
+	builtGrace bool
 	// covered is the newest etcd revision whose state the latest snapshot
 	// reflects (a newer view with identical content is not re-published).
 	covered  uint64
@@ -196,6 +204,13 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
+// builtService is one service as last built.
+type builtService struct {
+	gen   uint64
+	svc   discovery.Service
+	items map[string]string
+}
+
 // StateFromView turns a cache view into the input of discovery.Build.
 func StateFromView(v *store.View) discovery.State {
 	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{},
@@ -225,9 +240,6 @@ func (p *Publisher) publish(v *store.View) {
 	}
 	p.lastGen = v.Gen
 	grace := time.Now().Before(p.graceUntil)
-	p.mu.Unlock()
-	st := StateFromView(v)
-	p.mu.Lock()
 	if p.graceFor == nil {
 		// Nodes that joined after this replica started had their chance.
 		p.graceFor = map[string]bool{}
@@ -235,26 +247,80 @@ func (p *Publisher) publish(v *store.View) {
 			p.graceFor[n.Name] = true
 		}
 	}
+	notReady := map[string]bool{}
 	for _, n := range v.Nodes {
-		if grace && n.State == api.NodeReady && p.graceFor[n.Name] {
-			delete(st.NotReadyNodes, n.Name)
+		if !v.LiveNodes[n.Name] && !(grace && n.State == api.NodeReady && p.graceFor[n.Name]) {
+			notReady[n.Name] = true
 		}
 	}
+	// Every service again when the nodes moved (endpoints leave with a
+	// node) or the grace began or ended; else only those whose inputs did.
+	all := p.built == nil || v.NodesGen != p.builtNodes || grace != p.builtGrace
+	prev := p.built
 	p.mu.Unlock()
-	snap := discovery.Build(st)
-	// Each service and each endpoint against the last published: what
-	// changed is what the agents' delta feeds carry.
-	items := discovery.Items(snap)
+
+	snap := &discovery.Snapshot{Version: uint64(v.Revision), Services: make([]discovery.Service, 0, len(v.Services))}
+	built := make(map[string]builtService, len(v.Services))
+	set := map[string]string{}
+	var del []string
+	for i := range v.Services {
+		svc := &v.Services[i]
+		key := svc.Key()
+		gen := v.ServiceGens[key]
+		if b, ok := prev[key]; ok && !all && b.gen == gen && gen != 0 {
+			built[key] = b
+			snap.Services = append(snap.Services, b.svc)
+			continue
+		}
+		var ro *api.Rollout
+		if r, ok := v.Rollouts[key]; ok {
+			ro = &r.Rollout
+		}
+		vis := v.ServiceInstances(key)
+		instances := make([]api.Instance, len(vis))
+		for j := range vis {
+			instances[j] = vis[j].Instance
+		}
+		b := builtService{gen: gen, svc: discovery.BuildService(svc, instances, v.Statuses, notReady, ro), items: map[string]string{}}
+		discovery.ServiceItems(&b.svc, b.items)
+		old := prev[key].items
+		for k, body := range b.items {
+			if ob, ok := old[k]; !ok || ob != body {
+				set[k] = body
+			}
+		}
+		for k := range old {
+			if _, ok := b.items[k]; !ok {
+				del = append(del, k)
+			}
+		}
+		built[key] = b
+		snap.Services = append(snap.Services, b.svc)
+	}
+	for key, b := range prev {
+		if _, ok := built[key]; !ok {
+			for k := range b.items {
+				del = append(del, k)
+			}
+		}
+	}
+	discovery.SortServices(snap.Services)
 	p.mu.Lock()
 	// A version is one content: a view of the same etcd revision (the end
 	// of the restart grace, when nothing was written since) is not
 	// published again; the write that follows (the controller marking the
 	// unclaimed nodes NotReady) is.
-	if !p.items.Update(snap.Version, items) && p.latest != nil {
+	logVersion, _ := p.items.Version()
+	newer := snap.Version > logVersion
+	if !p.items.Apply(snap.Version, set, del) && p.latest != nil {
+		if newer { // nothing changed: what was built is what is published
+			p.built, p.builtNodes, p.builtGrace = built, v.NodesGen, grace
+		}
 		p.covered = max(p.covered, snap.Version)
 		p.mu.Unlock()
 		return
 	}
+	p.built, p.builtNodes, p.builtGrace = built, v.NodesGen, grace
 	p.latest, p.covered = snap, snap.Version
 	for ch := range p.watchers {
 		select {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -151,10 +152,14 @@ func TestEndpointDeltasRebuildTheSnapshot(t *testing.T) {
 	published := map[uint64]*discovery.Snapshot{}
 	var versions []uint64
 	ipSeq := 0
+	// gens: what the cache's View.ServiceGens would say (a service's
+	// generation moves with any change of it, its instances or statuses).
+	gens := map[string]uint64{}
 	for step := range 300 {
 		// Change something.
 		names := slices.Sorted(maps.Keys(services))
 		s := services[names[rng.IntN(len(names))]]
+		gens["default/"+s.svc.Metadata.Name] = uint64(step + 1)
 		switch rng.IntN(10) {
 		case 0, 1, 2:
 			seq++
@@ -181,6 +186,7 @@ func TestEndpointDeltasRebuildTheSnapshot(t *testing.T) {
 				delete(services, s.svc.Metadata.Name)
 			} else {
 				addService()
+				gens[fmt.Sprintf("default/svc-%d", seq)] = uint64(step + 1)
 			}
 		}
 		// Publish it.
@@ -200,8 +206,13 @@ func TestEndpointDeltasRebuildTheSnapshot(t *testing.T) {
 			}
 		}
 		v.Revision, v.Gen = int64(100+step), uint64(step+1)
+		v.ServiceGens, v.NodesGen = maps.Clone(gens), 1
 		p.publish(v)
 		latest := p.Latest()
+		// Built only where inputs moved, it is what a whole build gives.
+		if want := discovery.Build(StateFromView(v)); !reflect.DeepEqual(latest.Services, want.Services) {
+			t.Fatalf("step %d: the snapshot built per changed service differs from a whole build", step)
+		}
 		if _, ok := published[latest.Version]; !ok {
 			published[latest.Version] = latest
 			versions = append(versions, latest.Version)

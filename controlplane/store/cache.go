@@ -37,8 +37,10 @@ type Cache struct {
 	// did, rather than rebuilding 10,000 of each from every key.
 	last                          *View
 	dirtyInstances, dirtyStatuses map[string]bool
-	gen                           uint64 // View.Gen
-	nodesGen                      uint64 // View.NodesGen
+	gen                           uint64            // View.Gen
+	nodesGen                      uint64            // View.NodesGen
+	svcGens                       map[string]uint64 // View.ServiceGens
+	svcSeq                        uint64
 	ready                         chan struct{}
 	subs                          []chan struct{}
 	started                       bool
@@ -125,11 +127,15 @@ type View struct {
 	// the same instances and give the same discovery snapshot.
 	Gen uint64
 	// NodesGen changes whenever a node or its liveness changed.
-	NodesGen  uint64
-	Services  []api.Service // sorted by key
-	Instances []VersionedInstance
-	Statuses  map[string]api.InstanceStatus
-	Nodes     []api.Node
+	NodesGen uint64
+	// ServiceGens changes for a service ("<ns>/<name>") whenever it, its
+	// rollout, one of its instances or their statuses changed: a service
+	// whose entry and NodesGen are unchanged builds the same discovery.
+	ServiceGens map[string]uint64
+	Services    []api.Service // sorted by key
+	Instances   []VersionedInstance
+	Statuses    map[string]api.InstanceStatus
+	Nodes       []api.Node
 	// LiveNodes holds the nodes whose heartbeat lease is alive.
 	LiveNodes map[string]bool
 	// Heartbeats holds the time of each live node's last heartbeat.
@@ -379,6 +385,32 @@ func (c *Cache) touch(obj any) {
 	c.touched[node] = true
 }
 
+// touchService moves the generation of the service a change of obj
+// concerns (View.ServiceGens).
+func (c *Cache) touchService(obj any) {
+	var key string
+	switch o := obj.(type) {
+	case api.Service:
+		key = o.Key()
+	case api.Instance:
+		key = o.ServiceKey()
+	case api.InstanceStatus:
+		if in, ok := c.instances[InstancesPrefix+o.ID].obj.(api.Instance); ok {
+			key = in.ServiceKey()
+		}
+	case api.Rollout:
+		key = o.Namespace + "/" + o.Service
+	}
+	if key == "" {
+		return
+	}
+	if c.svcGens == nil {
+		c.svcGens = map[string]uint64{}
+	}
+	c.svcSeq++
+	c.svcGens[key] = c.svcSeq
+}
+
 func cached(key string) bool {
 	return !strings.HasPrefix(key, EventsPrefix) && !strings.HasPrefix(key, ImagesPrefix)
 }
@@ -472,6 +504,8 @@ func (c *Cache) put(key string, value []byte, modRevision int64) {
 	table[key] = kv
 	c.touch(old.obj)
 	c.touch(kv.obj)
+	c.touchService(old.obj)
+	c.touchService(kv.obj)
 	c.changed(key, existed)
 }
 
@@ -489,6 +523,7 @@ func (c *Cache) table(key string) map[string]cachedKV {
 func (c *Cache) delete(key string) {
 	table := c.table(key)
 	c.touch(table[key].obj)
+	c.touchService(table[key].obj)
 	delete(table, key)
 	c.changed(key, false)
 }
@@ -561,7 +596,7 @@ func (c *Cache) View() *View {
 	if c.view != nil {
 		return c.view
 	}
-	v := &View{Revision: c.rev, Gen: c.gen, NodesGen: c.nodesGen, Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
+	v := &View{Revision: c.rev, Gen: c.gen, NodesGen: c.nodesGen, ServiceGens: maps.Clone(c.svcGens), Statuses: map[string]api.InstanceStatus{}, LiveNodes: map[string]bool{}, Heartbeats: map[string]time.Time{}, DNSVersions: map[string]uint64{}, Volumes: map[string]VersionedVolume{}, Rollouts: map[string]VersionedRollout{}}
 	// Sized first: at 10,000 instances, growing the slices and maps by
 	// appending cost more than everything else.
 	var nSvc, nNode int

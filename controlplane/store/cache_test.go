@@ -253,3 +253,32 @@ func TestPatchedViewsEqualFullViews(t *testing.T) {
 		}
 	}
 }
+
+// A service's generation moves when it, one of its instances or their
+// statuses change, and not for other services' changes or heartbeats:
+// the publisher rebuilds only the services whose generation moved.
+func TestServiceGensMoveWithTheirInputs(t *testing.T) {
+	c := cacheWith(3, 2, 2)
+	before := c.View().ServiceGens
+	moved := func(what string, want ...string) {
+		t.Helper()
+		after := c.View().ServiceGens
+		for _, key := range []string{"default/svc-0000", "default/svc-0001", "default/svc-0002"} {
+			if (after[key] != before[key]) != slices.Contains(want, key) {
+				t.Fatalf("%s: %s generation %d -> %d", what, key, before[key], after[key])
+			}
+		}
+		before = after
+	}
+	c.rev++
+	c.put(StatusPrefix+"svc-0001-000", []byte(mustJSON(api.InstanceStatus{ID: "svc-0001-000", Node: "node-0001", Ready: false})), c.rev)
+	moved("a status of svc-0001", "default/svc-0001")
+	c.rev++
+	c.put(leaseKey("node-0000"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_500, 0)})), c.rev)
+	moved("a heartbeat")
+	c.delete(InstancesPrefix + "svc-0002-001")
+	moved("an instance of svc-0002 deleted", "default/svc-0002")
+	c.rev++
+	c.put(RolloutsPrefix+"default/svc-0000", []byte(mustJSON(api.Rollout{Namespace: "default", Service: "svc-0000", Revision: 2})), c.rev)
+	moved("a rollout of svc-0000", "default/svc-0000")
+}

@@ -60,6 +60,48 @@ func (l *Log[V]) Update(version uint64, items map[string]V) bool {
 	if len(touched) == 0 && l.version != 0 {
 		return false
 	}
+	l.record(version, touched, items)
+	return true
+}
+
+// Apply brings the set to version by changing only the keys in set (to
+// their values) and del (removed), as Update does for a whole set: keys
+// whose value is unchanged are not recorded, and nothing changes (false)
+// when no key did or version is not newer. The log keeps set's values.
+func (l *Log[V]) Apply(version uint64, set map[string]V, del []string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if version <= l.version {
+		return false
+	}
+	var touched []string
+	for k, v := range set {
+		if old, ok := l.items[k]; !ok || !l.equal(old, v) {
+			touched = append(touched, k)
+		}
+	}
+	for _, k := range del {
+		if _, ok := l.items[k]; ok {
+			if _, set := set[k]; !set {
+				touched = append(touched, k)
+			}
+		}
+	}
+	if len(touched) == 0 && l.version != 0 {
+		return false
+	}
+	// In place: Since reads the set only under the lock (and hands out
+	// copies).
+	for _, k := range del {
+		delete(l.items, k)
+	}
+	maps.Copy(l.items, set)
+	l.record(version, touched, l.items)
+	return true
+}
+
+// record makes items the set at version, touched what changed.
+func (l *Log[V]) record(version uint64, touched []string, items map[string]V) {
 	if l.version == 0 {
 		l.base = version
 	} else {
@@ -72,7 +114,6 @@ func (l *Log[V]) Update(version uint64, items map[string]V) bool {
 	l.version, l.items = version, items
 	close(l.wake)
 	l.wake = make(chan struct{})
-	return true
 }
 
 // Version returns the log's version (0 before the first Update) and a

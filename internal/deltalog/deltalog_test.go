@@ -118,3 +118,43 @@ func TestWakeOnUpdate(t *testing.T) {
 		t.Fatal("removed at the current version")
 	}
 }
+
+// Apply (only the keys that changed) gives followers what Update (the
+// whole set) would.
+func TestApplyMatchesUpdate(t *testing.T) {
+	whole, part := New(8, eq), New(8, eq)
+	set := map[string]string{"a": "1", "b": "1", "c": "1"}
+	whole.Update(1, maps.Clone(set))
+	part.Apply(1, maps.Clone(set), nil)
+	steps := []struct {
+		set map[string]string
+		del []string
+	}{
+		{map[string]string{"a": "2"}, nil},
+		{nil, []string{"b"}},
+		{map[string]string{"b": "3", "c": "1"}, []string{"a"}}, // c unchanged
+		{map[string]string{"c": "1"}, nil},                     // nothing: no version
+	}
+	fw, fp := &follower{items: map[string]string{}}, &follower{items: map[string]string{}}
+	fw.catchUp(t, whole)
+	fp.catchUp(t, part)
+	for i, st := range steps {
+		maps.Copy(set, st.set)
+		for _, k := range st.del {
+			delete(set, k)
+		}
+		cw := whole.Update(uint64(i+2), maps.Clone(set))
+		cp := part.Apply(uint64(i+2), st.set, st.del)
+		if cw != cp {
+			t.Fatalf("step %d: Update changed %v, Apply %v", i, cw, cp)
+		}
+		fw.catchUp(t, whole)
+		_, sent := fp.catchUp(t, part)
+		if !maps.Equal(fw.items, set) || !maps.Equal(fp.items, set) {
+			t.Fatalf("step %d: followers hold %v and %v, want %v", i, fw.items, fp.items, set)
+		}
+		if i == 2 && sent != 2 {
+			t.Fatalf("step 2 sent %d keys, want 2 (b set, a removed; c unchanged)", sent)
+		}
+	}
+}
