@@ -51,6 +51,8 @@ type Publisher struct {
 	built      map[string]builtService
 	builtNodes uint64
 	builtGrace bool
+	// lastPublish is when Run last published (Run's own).
+	lastPublish time.Time
 	// covered is the newest etcd revision whose state the latest snapshot
 	// reflects (a newer view with identical content is not re-published).
 	covered  uint64
@@ -122,6 +124,11 @@ func (p *Publisher) Watch() (<-chan struct{}, func()) {
 	}
 }
 
+// MinPublishInterval is the least time between two publishes under a
+// stream of changes (the first change after a quiet spell is published at
+// once).
+const MinPublishInterval = 20 * time.Millisecond
+
 // keepDeltas is how many publishes a delta feed can catch up over; an
 // agent further behind gets the whole snapshot.
 const keepDeltas = 256
@@ -191,9 +198,24 @@ func (p *Publisher) Run(ctx context.Context) error {
 				p.covered = max(p.covered, uint64(rev))
 			}
 			p.mu.Unlock()
-			if !same {
-				p.publish(p.cache.View())
+			if same {
+				continue
 			}
+			// A change right after a publish waits for the rest of
+			// MinPublishInterval, and everything changed meanwhile goes
+			// in one snapshot: each publish costs a send to every node
+			// and every gateway, and a deploy's status reports came
+			// every few milliseconds. A change after a quiet spell is
+			// published at once.
+			if wait := MinPublishInterval - time.Since(p.lastPublish); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
+			p.publish(p.cache.View())
+			p.lastPublish = time.Now()
 		case <-graceEnd:
 			// Nodes still unclaimed lose their endpoints now.
 			p.mu.Lock()

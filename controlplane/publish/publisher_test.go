@@ -1,11 +1,13 @@
 package publish
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -274,5 +276,87 @@ func TestEndpointDeltaIsTheEndpoint(t *testing.T) {
 	if whole || len(removed) != 0 || len(deltas) != 1 || deltas[0].Header != nil || len(deltas[0].Endpoints) != 1 ||
 		deltas[0].Endpoints[0].Endpoint.Instance != "web-042" || !deltas[0].Endpoints[0].Endpoint.Ready {
 		t.Fatalf("delta: whole %v removed %v deltas %+v", whole, removed, deltas)
+	}
+}
+
+// fakeViews is a cache the test moves by hand.
+type fakeViews struct {
+	mu   sync.Mutex
+	v    *store.View
+	subs []chan struct{}
+}
+
+func (f *fakeViews) View() *store.View { f.mu.Lock(); defer f.mu.Unlock(); return f.v }
+func (f *fakeViews) Stamp() (int64, uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.v.Revision, f.v.Gen
+}
+func (f *fakeViews) Subscribe() (<-chan struct{}, func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	ch <- struct{}{}
+	f.subs = append(f.subs, ch)
+	return ch, func() {}
+}
+func (f *fakeViews) set(v *store.View) {
+	f.mu.Lock()
+	f.v = v
+	subs := f.subs
+	f.mu.Unlock()
+	for _, ch := range subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// A burst of changes (a deploy's status reports, milliseconds apart) is
+// published in fewer snapshots than changes, the last one holding the
+// last change; a change after a quiet spell is published at once.
+func TestBurstsArePublishedTogether(t *testing.T) {
+	view := func(rev int64, ip string) *store.View {
+		v := testView(&store.View{Nodes: []api.Node{{Name: "a", State: api.NodeReady}},
+			Services:  []api.Service{{Metadata: api.ObjectMeta{Name: "web", Namespace: "default"}, Spec: api.ServiceSpec{Image: "x"}, Status: api.ServiceStatus{Revision: 1}}},
+			Instances: []store.VersionedInstance{{Instance: api.Instance{ID: "w1", Namespace: "default", Service: "web", Revision: 1, Node: "a", Desired: api.DesiredRunning}}}})
+		v.Statuses["w1"] = api.InstanceStatus{ID: "w1", Node: "a", Ready: true, IP: ip, Phase: api.PhaseRunning}
+		v.Revision, v.Gen = rev, uint64(rev)
+		return v
+	}
+	f := &fakeViews{v: view(1, "10.213.0.1")}
+	var mu sync.Mutex
+	var versions []uint64
+	p := NewPublisher(f, nil, nil, func(s *discovery.Snapshot) { mu.Lock(); versions = append(versions, s.Version); mu.Unlock() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(versions) }
+	for count() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	const burst = 30
+	for i := range burst {
+		f.set(view(int64(2+i), fmt.Sprintf("10.213.0.%d", 2+i)))
+		time.Sleep(time.Millisecond)
+	}
+	last := uint64(1 + burst)
+	for p.Latest().Version != last {
+		time.Sleep(time.Millisecond)
+	}
+	if n := count() - 1; n >= burst/2 {
+		t.Fatalf("%d changes a millisecond apart made %d publishes", burst, n)
+	}
+	// Quiet, then one change: published without waiting for another.
+	time.Sleep(2 * MinPublishInterval)
+	before := count()
+	f.set(view(int64(100), "10.213.0.99"))
+	for count() == before {
+		time.Sleep(time.Millisecond)
+	}
+	if got := p.Latest(); got.Version != 100 {
+		t.Fatalf("latest %d, want 100", got.Version)
 	}
 }
