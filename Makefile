@@ -124,13 +124,16 @@ bench-xds:
 bench-xds-gateways:
 	@bench/xds-gateways.sh
 
-# bench-cp-scale: the control plane (embedded etcd, controllers, API) with
-# 20 simulated node agents in a child process, no containerd: 200 services
-# x 10 replicas applied -> all ready, steady-state CPU per heartbeat, five
-# rolling changes, scale to 11 replicas. Loopback only; stops by itself.
-# Runs twice, without TLS and with mutual TLS (the plaintext mode exists
-# only in this -tags berthbench build), and prints the two side by side.
-# BENCH_CP_SCALE_FLAGS changes the size (-nodes, -services, -replicas, -tls).
+# bench-cp-scale: the control plane (embedded etcd, controllers, API, xDS)
+# with simulated node agents and gateways (delta ADS) in a child process,
+# no containerd: services applied -> all ready, steady-state CPU per
+# heartbeat, endpoint changes timed to every node's DNS and every gateway's
+# ACK, rolling changes, a scale, one node lost; RSS; the issue's goals
+# beside the figures. Loopback only; stops by itself. Runs twice, without
+# TLS and with mutual TLS (the plaintext mode exists only in this
+# -tags berthbench build), and prints the two side by side.
+# BENCH_CP_SCALE_FLAGS changes the size (-nodes, -gateways, -services,
+# -replicas, -batch, -paced, -tls); the README gives the 1,000-node run.
 bench-cp-scale:
 	$(GO) run -tags berthbench ./bench/cpscale -timeout 10m $(BENCH_CP_SCALE_FLAGS)
 

@@ -1,41 +1,44 @@
-// Command cpscale measures how Berth's control plane scales with nodes and
-// instances, without containerd. A real control plane (embedded etcd in a
-// temporary directory, cache, controllers, discovery publisher, gRPC API)
-// runs in this process; N simulated node agents run in a child process
-// (this binary with -role agents) so that the CPU figures are the control
-// plane's alone. Each agent registers, follows WatchDiscovery and
-// WatchAssignments, heartbeats every HeartbeatIntervalMs and at once after
-// each snapshot with the last version it received (as nodeagent does), and
-// reports what it is told to run as Running and Ready with an address from
-// its pod subnet, and what it is told to stop as Stopped, only changes.
+// Command cpscale measures how Berth's control plane scales with nodes,
+// instances and gateways, without containerd. A real control plane
+// (embedded etcd in a temporary directory, cache, controllers, discovery
+// publisher, gRPC API) and an xDS server fed by its publisher, as in berth
+// server, run in this process; N simulated node agents and G simulated
+// gateways run in a child process (this binary with -role agents) so that
+// the CPU figures are the control plane's alone. Each agent enrolls with
+// its own certificate, registers, follows WatchDiscoveryDeltas (endpoint
+// deltas, gzip), WatchNodes and WatchAssignments, heartbeats on its stream
+// as nodeagent does, and reports what it is told to run as Running and
+// Ready with an address from its pod subnet (mirror_test.go checks that it
+// calls what the real agent calls). Each gateway is a delta ADS stream
+// that ACKs every response (bench/internal/simgw).
 //
-// Measured, through the Berth API:
+// Measured, through the Berth API and etcd:
+//   - join: every agent Ready and every gateway connected;
 //   - deploy: S services x R replicas applied -> ListServices shows every
-//     replica ready (and per Apply call, p50/p99 until the agents hold its
+//     replica ready (per Apply call, p50/p99 until the agents hold its
 //     replicas and until they are stored ready);
-//   - steady state: the control plane's CPU over -steady with no change,
-//     heartbeats only: % of one core, and CPU per heartbeat;
-//   - rolling change: a new image for one service (-rollouts of them, one
-//     after the other) -> only the new revision's replicas are ready, and
-//     -> the old ones are deleted (after the drain delay);
-//   - scale: every service from R to R+1 replicas -> ListServices all ready.
+//   - steady state: the control plane's CPU with no change, heartbeats
+//     only: % of one core, and CPU per heartbeat;
+//   - endpoint changes (-flips): an agent reports an instance not ready,
+//     then ready; timed from just before its report until every agent
+//     holds a discovery version with it, until every gateway ACKed it, and
+//     until the control plane published it;
+//   - rolling changes (-rollouts), and a scale of every service by one;
+//   - one node lost (-node-loss): an agent killed; until its endpoints are
+//     out of every other agent's snapshot and its instances run elsewhere;
+//   - memory: RSS and the Go heap;
 //
-// The Apply calls are small and paced by default (see maxReplicasPerPass):
-// at most ten new replicas per call, the next call once the agents hold
-// exactly what was asked for. -batch N makes the calls N services each,
-// -paced=false fires them without waiting (-batch 100000: everything in
-// one call, which etcd refuses beyond 64 new or 128 scaled services).
+// and prints the goals beside the figures. -curve runs it at
+// several node counts and plots how each figure grows (curve.go).
 //
-// The drain delay is 1s rather than the server's 5s, so that duplicates
-// (see maxReplicasPerPass) are gone before the next call. The defaults (20
-// agents, 200 services x 10) finish in about two minutes on two cores. At
-// 100 agents the control plane duplicates creations until a transaction
-// exceeds etcd's limit and a controller loop fails for good; the benchmark
-// then stops (-stall) with the control plane's warnings and the services
-// with the most instances.
+// The Apply calls are small and paced by default: at most ten new
+// replicas per call, the next call once the agents hold exactly what was
+// asked for. -batch N makes the calls N services each, -paced=false fires
+// them without waiting (the deploy: -batch 20 -paced=false).
 //
-// Everything listens on 127.0.0.1 (etcd on Unix sockets in the temporary
-// directory). It stops by itself (-timeout) and removes its directory.
+// The drain delay is 1s rather than the server's 5s. Everything listens on
+// 127.0.0.1 (etcd on Unix sockets in the temporary directory). It stops by
+// itself (-timeout) and removes its directory.
 package main
 
 import (
@@ -74,17 +77,11 @@ import (
 )
 
 // maxReplicasPerPass bounds the new replicas one Apply call asks for by
-// default. etcd's default --max-txn-ops (128), which the embedded etcd
-// keeps, bounds every transaction: an apply of new services (two puts
-// each), and a controller pass's creates (one each), placements (one
-// each), stops (one each) and deletions (two each). Under load the replica
-// loop creates a call's replicas again when it runs on a cache view that
-// does not yet hold its own previous commit (new instances get fresh
-// random ids, so nothing refuses the second create); the extras are placed
-// with the originals, then drained, stopped and deleted in one transaction
-// each. Ten replicas a call keeps that within bounds at 20 agents; at 100
-// agents one service's ten replicas were created nine times, and deleting
-// the 80 extras (160 operations) fails on every pass.
+// default (paced, one call after the other), so figures stay comparable
+// with earlier runs. It once kept the controllers within etcd's 128
+// operations a transaction while they created replicas twice from views
+// older than their own writes; they no longer do (Store.Tracked), and
+// commit in as many transactions as the limits need.
 const maxReplicasPerPass = 10
 
 type options struct {
