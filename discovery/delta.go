@@ -50,17 +50,8 @@ func endpointKey(svcKey string, rev int64, instance string) string {
 	return svcKey + "\x00" + strconv.FormatInt(rev, 10) + "\x00" + instance
 }
 
-// Items flattens a snapshot into its keyed items, each with a body that
-// changes exactly when the item does.
-func Items(snap *Snapshot) map[string]string {
-	items := map[string]string{}
-	for i := range snap.Services {
-		ServiceItems(&snap.Services[i], items)
-	}
-	return items
-}
-
-// ServiceItems adds one service's items to items.
+// ServiceItems adds one service's keyed items to items, each with a body
+// that changes exactly when the item does.
 func ServiceItems(svc *Service, items map[string]string) {
 	key := serviceKey(svc.Namespace, svc.Name)
 	h := svc.header()

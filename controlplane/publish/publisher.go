@@ -39,7 +39,7 @@ type Publisher struct {
 
 	mu     sync.Mutex
 	latest *discovery.Snapshot
-	// items is the latest snapshot as keyed items (discovery.Items), with
+	// items is the latest snapshot as keyed items (discovery.ServiceItems), with
 	// the keys each of the last keepDeltas publishes changed: what the
 	// agents' delta feeds carry.
 	items *deltalog.Log[string]
@@ -231,25 +231,6 @@ type builtService struct {
 	gen   uint64
 	svc   discovery.Service
 	items map[string]string
-}
-
-// StateFromView turns a cache view into the input of discovery.Build.
-func StateFromView(v *store.View) discovery.State {
-	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{},
-		Rollouts: map[string]api.Rollout{}}
-	for k, r := range v.Rollouts {
-		st.Rollouts[k] = r.Rollout
-	}
-	st.Instances = make([]api.Instance, len(v.Instances))
-	for i, vi := range v.Instances {
-		st.Instances[i] = vi.Instance
-	}
-	for _, n := range v.Nodes {
-		if !v.LiveNodes[n.Name] {
-			st.NotReadyNodes[n.Name] = true
-		}
-	}
-	return st
 }
 
 func (p *Publisher) publish(v *store.View) {

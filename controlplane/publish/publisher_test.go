@@ -212,7 +212,7 @@ func TestEndpointDeltasRebuildTheSnapshot(t *testing.T) {
 		p.publish(v)
 		latest := p.Latest()
 		// Built only where inputs moved, it is what a whole build gives.
-		if want := discovery.Build(StateFromView(v)); !reflect.DeepEqual(latest.Services, want.Services) {
+		if want := discovery.Build(stateFromView(v)); !reflect.DeepEqual(latest.Services, want.Services) {
 			t.Fatalf("step %d: the snapshot built per changed service differs from a whole build", step)
 		}
 		if _, ok := published[latest.Version]; !ok {
@@ -359,4 +359,24 @@ func TestBurstsArePublishedTogether(t *testing.T) {
 	if got := p.Latest(); got.Version != 100 {
 		t.Fatalf("latest %d, want 100", got.Version)
 	}
+}
+
+// stateFromView turns a cache view into the input of discovery.Build, the
+// whole-state build the publisher's per-service one must equal.
+func stateFromView(v *store.View) discovery.State {
+	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{},
+		Rollouts: map[string]api.Rollout{}}
+	for k, r := range v.Rollouts {
+		st.Rollouts[k] = r.Rollout
+	}
+	st.Instances = make([]api.Instance, len(v.Instances))
+	for i, vi := range v.Instances {
+		st.Instances[i] = vi.Instance
+	}
+	for _, n := range v.Nodes {
+		if !v.LiveNodes[n.Name] {
+			st.NotReadyNodes[n.Name] = true
+		}
+	}
+	return st
 }
