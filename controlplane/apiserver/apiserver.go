@@ -741,7 +741,10 @@ func (s *Server) WatchDiscoveryDeltas(req *pb.WatchDiscoveryRequest, stream grpc
 		// Agents holding the same version get the same message: the
 		// difference is computed, converted and encoded once, and the
 		// same bytes go to each (1,000 agents: once, not a thousand
-		// times).
+		// times). A version the publisher cannot delta from counts as 0
+		// (the whole snapshot): made-up versions cannot make it encode
+		// the whole snapshot once each.
+		have = s.publisher.DeltaBase(have)
 		msg, err := s.encodedDeltas.get(latest.Version, deltaKey{have, compressor, req.EndpointDeltas, shared}, func() (*encodedDelta, error) {
 			return s.discoveryDelta(stream, have, req.EndpointDeltas, shared)
 		})

@@ -165,6 +165,17 @@ func (p *Publisher) SinceEndpoints(base uint64) (snap *discovery.Snapshot, delta
 	return snap, deltas, removed, false
 }
 
+// DeltaBase returns have when a follower holding it gets a delta, and 0
+// when it gets the whole snapshot (a version this replica never had, or
+// one too old): so every follower the whole snapshot goes to shares one
+// message, whatever version it claims to hold.
+func (p *Publisher) DeltaBase(have uint64) uint64 {
+	if p.items.Knows(have) {
+		return have
+	}
+	return 0
+}
+
 // SetGrace keeps Ready nodes' endpoints for d from now whether or not
 // their liveness is claimed yet (call before Run).
 func (p *Publisher) SetGrace(d time.Duration) {

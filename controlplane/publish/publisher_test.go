@@ -380,3 +380,36 @@ func stateFromView(v *store.View) discovery.State {
 	}
 	return st
 }
+
+// A follower's version is a delta base only when the publisher has it;
+// any other (another replica's, made up, too old) is 0, the whole
+// snapshot: the API server files the encoded messages it sends under this
+// base, so a node naming versions at random shares the one whole message
+// instead of having the snapshot encoded once for each.
+func TestDeltaBaseIsAKnownVersionOrZero(t *testing.T) {
+	p := NewPublisher(nil, nil, nil)
+	publish := func(rev int64, image string) {
+		v := testView(&store.View{Nodes: []api.Node{{Name: "a", State: api.NodeReady}},
+			Services: []api.Service{{Metadata: api.ObjectMeta{Name: "web", Namespace: "default"}, Spec: api.ServiceSpec{Image: image, Ports: []api.Port{{Name: "http", Port: int32(rev)}}}, Status: api.ServiceStatus{Revision: 1}}}})
+		v.Revision, v.Gen = rev, uint64(rev)
+		p.publish(v)
+	}
+	if p.DeltaBase(5) != 0 {
+		t.Fatal("a base before anything was published")
+	}
+	for rev := int64(10); rev < 10+keepDeltas+5; rev++ {
+		publish(rev, "x")
+	}
+	latest := p.Latest().Version
+	for _, c := range []struct{ have, want uint64 }{
+		{latest, latest}, {latest - 1, latest - 1}, {latest - keepDeltas, latest - keepDeltas},
+		{10, 0}, {latest + 1, 0}, {1 << 50, 0}, {0, 0},
+	} {
+		if got := p.DeltaBase(c.have); got != c.want {
+			t.Errorf("DeltaBase(%d) = %d, want %d", c.have, got, c.want)
+		}
+		if _, _, _, whole := p.SinceEndpoints(c.have); whole != (c.want == 0 && c.have != latest) {
+			t.Errorf("SinceEndpoints(%d) whole %v, DeltaBase %d", c.have, whole, c.want)
+		}
+	}
+}

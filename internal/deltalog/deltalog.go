@@ -124,6 +124,25 @@ func (l *Log[V]) Version() (uint64, <-chan struct{}) {
 	return l.version, l.wake
 }
 
+// Knows reports whether Since(base) answers with what changed rather than
+// with everything: base is the log's version or one it remembers.
+func (l *Log[V]) Knows(base uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if base == 0 {
+		return false
+	}
+	if base == l.version || base == l.base {
+		return true
+	}
+	for _, d := range l.deltas {
+		if d.version == base {
+			return true
+		}
+	}
+	return false
+}
+
 // Since returns the log's version and what changed since version base:
 // the values of the keys added or changed, and the keys removed (sorted).
 // whole is true when base is 0 or older than the log remembers: then
