@@ -60,6 +60,10 @@ type Config struct {
 	// Defaults: 64 responses of 16 KiB (one service's hundred endpoints
 	// changing is about 7 KiB: never held).
 	PushConcurrency, PushThrottleBytes int
+	// PushAnswerWait is how long a throttled response holds its slot
+	// without its gateway's answer (one that never answers must not hold
+	// the others back). Default 5s.
+	PushAnswerWait time.Duration
 }
 
 // DefaultConfig returns a Config listening on an ephemeral loopback port.
@@ -74,6 +78,7 @@ func DefaultConfig() Config {
 		LoadReportInterval: time.Second,
 		PushConcurrency:    64,
 		PushThrottleBytes:  16 << 10,
+		PushAnswerWait:     5 * time.Second,
 	}
 }
 
@@ -283,6 +288,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PushThrottleBytes <= 0 {
 		cfg.PushThrottleBytes = def.PushThrottleBytes
+	}
+	if cfg.PushAnswerWait <= 0 {
+		cfg.PushAnswerWait = def.PushAnswerWait
 	}
 	if err := cfg.Translate.check(); err != nil {
 		return nil, err

@@ -15,15 +15,11 @@ import (
 // Large responses are throttled (Istio's push throttle is the model):
 // at most Config.PushConcurrency responses of Config.PushThrottleBytes or
 // more are in flight at once, each from its encoding until its gateway
-// answers it (ACK or NACK) or ackWait passes. A gateway needs every
+// answers it (ACK or NACK) or Config.PushAnswerWait passes. A gateway needs every
 // endpoint; encoded for 1,000 gateways at once (a deploy's merged changes,
 // a control plane's restart) those responses sat in the server's
 // transport buffers together, more than a gigabyte at 10,000 endpoints.
 // Small responses (an endpoint changing) are never held.
-
-// ackWait is how long a throttled response holds its slot without an
-// answer (a gateway that does not answer is STALE by then).
-const ackWait = 5 * time.Second
 
 func (s *Server) streamThrottle(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	return handler(srv, &throttledStream{ServerStream: ss, s: s, awaited: map[string]*awaited{}})
@@ -80,7 +76,7 @@ func (t *throttledStream) SendMsg(m any) error {
 	t.awaited[typeURL] = a
 	t.mu.Unlock()
 	go func() {
-		timer := time.NewTimer(ackWait)
+		timer := time.NewTimer(t.s.cfg.PushAnswerWait)
 		defer timer.Stop()
 		select {
 		case <-a.answered:
