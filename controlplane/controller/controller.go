@@ -681,51 +681,18 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 		in := byID[p.InstanceID]
 		in.Node = p.Node
 		ch := store.InstanceChange{Instance: in, ModRevision: rev[in.ID]}
-		vols := in.Template.VolumeNames(in.Namespace, in.Ordinal)
+		var vols []store.VolumeChange
+		if vols, err = placementVolumes(v, &in, now, bound); err != nil {
+			break
+		}
 		if fits, _, _ := store.FitsCommit(&ch, len(changes)+len(volumes)+len(vols), bytes); !fits {
 			if err = flush(); err != nil {
 				break
 			}
 		}
 		_, _, bytes = store.FitsCommit(&ch, 0, bytes)
-		changes = append(changes, ch)
+		changes, volumes = append(changes, ch), append(volumes, vols...)
 		inTxn = append(inTxn, p)
-		for _, key := range vols {
-			if vv, ok := v.Volumes[key]; ok {
-				if vv.Volume.Status.Node != "" || bound[key] {
-					continue
-				}
-				vol := vv.Volume
-				vol.Status.Node, vol.Status.BoundAt = p.Node, now
-				volumes = append(volumes, store.VolumeChange{Volume: vol, ModRevision: vv.ModRevision})
-				bound[key] = true
-				continue
-			}
-			if bound[key] {
-				continue
-			}
-			bound[key] = true
-			// A per-replica volume comes into being with its first placement.
-			ns, name, _ := strings.Cut(key, "/")
-			template := ""
-			for _, t := range in.Template.VolumeTemplates {
-				if api.TemplateVolumeName(t.Name, in.Ordinal) == name {
-					template = t.Name
-					vol := api.Volume{APIVersion: api.APIVersion, Kind: api.KindVolume,
-						Metadata: api.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"berth.dev/service": in.Service}},
-						Spec:     api.VolumeSpec{Size: t.Size},
-						Status:   api.VolumeStatus{Node: p.Node, BoundAt: now, CreatedAt: now, Template: t.Name}}
-					volumes = append(volumes, store.VolumeChange{Volume: vol})
-				}
-			}
-			if template == "" {
-				err = fmt.Errorf("controller: instance %s mounts volume %s, which does not exist", in.ID, key)
-				break
-			}
-		}
-		if err != nil {
-			break
-		}
 	}
 	if err == nil {
 		err = flush()
@@ -737,6 +704,44 @@ func (c *Controller) schedule(ctx context.Context, v *store.View) error {
 		c.event(ctx, in.Namespace, "service/"+in.Service, "Scheduled", "Normal", "instance %s placed on node %s", in.ID, p.Node)
 	}
 	return err
+}
+
+// placementVolumes returns the volume changes that go with placing in on
+// in.Node: its volumes not yet bound are bound there, and per-replica
+// volumes come into being with their first placement. bound holds the
+// volumes this pass already bound.
+func placementVolumes(v *store.View, in *api.Instance, now time.Time, bound map[string]bool) ([]store.VolumeChange, error) {
+	var out []store.VolumeChange
+	for _, key := range in.Template.VolumeNames(in.Namespace, in.Ordinal) {
+		if bound[key] {
+			continue
+		}
+		if vv, ok := v.Volumes[key]; ok {
+			if vv.Volume.Status.Node == "" {
+				vol := vv.Volume
+				vol.Status.Node, vol.Status.BoundAt = in.Node, now
+				out = append(out, store.VolumeChange{Volume: vol, ModRevision: vv.ModRevision})
+				bound[key] = true
+			}
+			continue
+		}
+		bound[key] = true
+		ns, name, _ := strings.Cut(key, "/")
+		created := false
+		for _, t := range in.Template.VolumeTemplates {
+			if api.TemplateVolumeName(t.Name, in.Ordinal) == name {
+				created = true
+				out = append(out, store.VolumeChange{Volume: api.Volume{APIVersion: api.APIVersion, Kind: api.KindVolume,
+					Metadata: api.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"berth.dev/service": in.Service}},
+					Spec:     api.VolumeSpec{Size: t.Size},
+					Status:   api.VolumeStatus{Node: in.Node, BoundAt: now, CreatedAt: now, Template: t.Name}}})
+			}
+		}
+		if !created {
+			return nil, fmt.Errorf("controller: instance %s mounts volume %s, which does not exist", in.ID, key)
+		}
+	}
+	return out, nil
 }
 
 // acked reports whether the discovery state of etcd revision rev is in
