@@ -36,41 +36,32 @@ func New[V any](keep int, equal func(a, b V) bool) *Log[V] {
 	return &Log[V]{keep: keep, equal: equal, items: map[string]V{}, wake: make(chan struct{})}
 }
 
-// Update makes items (which the log keeps; the caller must not change it
-// afterwards) the set at version, and records which keys differ from the
-// set before. It changes nothing and returns false when no key differs or
-// version is not newer than the log's.
+// Update makes items the whole set at version, and records which keys
+// differ from the set before. It changes nothing and returns false when
+// no key differs or version is not newer than the log's.
 func (l *Log[V]) Update(version uint64, items map[string]V) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if version <= l.version {
-		return false
-	}
-	var touched []string
-	for k, v := range items {
-		if old, ok := l.items[k]; !ok || !l.equal(old, v) {
-			touched = append(touched, k)
-		}
-	}
+	var del []string
 	for k := range l.items {
 		if _, ok := items[k]; !ok {
-			touched = append(touched, k)
+			del = append(del, k)
 		}
 	}
-	if len(touched) == 0 && l.version != 0 {
-		return false
-	}
-	l.record(version, touched, items)
-	return true
+	return l.apply(version, items, del)
 }
 
 // Apply brings the set to version by changing only the keys in set (to
-// their values) and del (removed), as Update does for a whole set: keys
-// whose value is unchanged are not recorded, and nothing changes (false)
-// when no key did or version is not newer. The log keeps set's values.
+// their values) and del (removed): keys whose value is unchanged are not
+// recorded, and nothing changes (false) when no key did or version is not
+// newer.
 func (l *Log[V]) Apply(version uint64, set map[string]V, del []string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.apply(version, set, del)
+}
+
+func (l *Log[V]) apply(version uint64, set map[string]V, del []string) bool {
 	if version <= l.version {
 		return false
 	}
@@ -90,18 +81,6 @@ func (l *Log[V]) Apply(version uint64, set map[string]V, del []string) bool {
 	if len(touched) == 0 && l.version != 0 {
 		return false
 	}
-	// In place: Since reads the set only under the lock (and hands out
-	// copies).
-	for _, k := range del {
-		delete(l.items, k)
-	}
-	maps.Copy(l.items, set)
-	l.record(version, touched, l.items)
-	return true
-}
-
-// record makes items the set at version, touched what changed.
-func (l *Log[V]) record(version uint64, touched []string, items map[string]V) {
 	if l.version == 0 {
 		l.base = version
 	} else {
@@ -111,9 +90,16 @@ func (l *Log[V]) record(version uint64, touched []string, items map[string]V) {
 			l.deltas = slices.Delete(l.deltas, 0, 1)
 		}
 	}
-	l.version, l.items = version, items
+	// In place: Since reads the set only under the lock (and hands out
+	// copies).
+	for _, k := range del {
+		delete(l.items, k)
+	}
+	maps.Copy(l.items, set)
+	l.version = version
 	close(l.wake)
 	l.wake = make(chan struct{})
+	return true
 }
 
 // Version returns the log's version (0 before the first Update) and a
