@@ -470,3 +470,24 @@ func TestUnknownTokensDoNotFloodEtcd(t *testing.T) {
 		return err == nil, fmt.Sprint(err)
 	})
 }
+
+// Every Berth process registers gzip (the discovery feed is compressed),
+// so the API also takes compressed requests, before any authentication
+// (gRPC decodes a message before the interceptors run). A gzip bomb from
+// a client with no credentials at all, 32 MiB of one byte in 32 KiB on
+// the wire, is refused at the 8 MiB message limit, and the API serves on.
+func TestCompressedRequestsAreBounded(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bomb := helloSpec(1)
+	bomb.Spec.Env = map[string]string{"A": strings.Repeat("a", 32<<20)}
+	anonymous := pb.NewBerthClient(tokenConn(t, h.srv, ""))
+	_, err := anonymous.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{bomb}}, pb.Compressed(), grpc.MaxCallSendMsgSize(64<<20))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 32 MiB request in gzip: %v, want ResourceExhausted (refused at the message limit)", err)
+	}
+	if _, err := h.berth.ListServices(ctx, &pb.ListServicesRequest{}); err != nil {
+		t.Fatalf("the API after the bomb: %v", err)
+	}
+}
