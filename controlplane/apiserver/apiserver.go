@@ -107,6 +107,8 @@ type Server struct {
 	encodedDeltas encodedDeltas
 	// nodeFeed is the node list WatchNodes serves (RunNodeFeed).
 	nodeFeed *deltalog.Log[*pb.Node]
+	// open are the streams to cut when their credentials are revoked.
+	open openStreams
 }
 
 type replicaIdentity struct{ addr string }

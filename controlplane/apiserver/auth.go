@@ -291,22 +291,7 @@ func (s *Server) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		return s.authorize(ctx, p, info.FullMethod, []authz.Request{{Verb: authz.Read}})
 	}
 	if s.cfg.Auth != nil {
-		changed, stop := s.cfg.Auth.Changed()
-		defer stop()
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-changed:
-					if _, err := s.authenticate(ss.Context()); err != nil {
-						s.logger.Warn("stream cut: credential revoked", "caller", p.String(), "method", info.FullMethod)
-						cancel()
-						return
-					}
-				}
-			}
-		}()
+		defer s.watch(&openStream{ctx: ss.Context(), cancel: cancel, p: p, method: info.FullMethod})()
 	}
 	w := &authStream{ServerStream: ss, ctx: ctx, s: s, p: p, method: info.FullMethod, perms: perms, checked: streamsCheckedAtOpen[info.FullMethod]}
 	err = handler(srv, w)
