@@ -328,10 +328,19 @@ func TestANodeFetchesOnlyTheImagesItRuns(t *testing.T) {
 func TestRemovedNodeIsRefusedAtOnce(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()
-	n1, _ := twoNodes(t, h)
+	n1, n2 := twoNodes(t, h)
 	as1 := pb.NewNodeAgentClient(partConn(t, h.srv, pki.RoleNode, n1))
 	w, err := as1.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: n1})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// n2's stream is checked by the same re-check and must stay open.
+	as2 := pb.NewNodeAgentClient(partConn(t, h.srv, pki.RoleNode, n2))
+	w2, err := as2.WatchAssignments(ctx, &pb.WatchAssignmentsRequest{Node: n2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w2.Recv(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := w.Recv(); err != nil {
@@ -350,6 +359,17 @@ func TestRemovedNodeIsRefusedAtOnce(t *testing.T) {
 		_, err := w.Recv()
 		if err != nil {
 			refused(t, "removed node's open stream", err, codes.Unauthenticated, "revoked")
+			break
+		}
+	}
+	// n1's instance is replaced on n2: n2's stream, open through the
+	// revocation, carries it.
+	for {
+		a, err := w2.Recv()
+		if err != nil {
+			t.Fatalf("n2's stream ended when n1 was removed: %v", err)
+		}
+		if len(a.GetInstances()) == 2 {
 			break
 		}
 	}
