@@ -7941,6 +7941,722 @@ func (x *VersionResponse) GetCommit() string {
 	return ""
 }
 
+type ListServersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServersRequest) Reset() {
+	*x = ListServersRequest{}
+	mi := &file_berth_proto_msgTypes[126]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServersRequest) ProtoMessage() {}
+
+func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[126]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
+func (*ListServersRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{126}
+}
+
+// Server is a control plane replica, as it last reported itself.
+type Server struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The API address the other replicas and the CLI reach it at.
+	ApiAddress string                 `protobuf:"bytes,2,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	Leader     bool                   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	Version    string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	ReportedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	// Its embedded etcd member (0: it uses an external etcd).
+	EtcdMemberId  uint64 `protobuf:"varint,7,opt,name=etcd_member_id,json=etcdMemberId,proto3" json:"etcd_member_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Server) Reset() {
+	*x = Server{}
+	mi := &file_berth_proto_msgTypes[127]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Server) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Server) ProtoMessage() {}
+
+func (x *Server) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[127]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Server.ProtoReflect.Descriptor instead.
+func (*Server) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{127}
+}
+
+func (x *Server) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Server) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *Server) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Server) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Server) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Server) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
+func (x *Server) GetEtcdMemberId() uint64 {
+	if x != nil {
+		return x.EtcdMemberId
+	}
+	return 0
+}
+
+// EtcdMember is one member of the cluster's etcd.
+type EtcdMember struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name     string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	PeerUrls []string               `protobuf:"bytes,3,rep,name=peer_urls,json=peerUrls,proto3" json:"peer_urls,omitempty"`
+	Learner  bool                   `protobuf:"varint,4,opt,name=learner,proto3" json:"learner,omitempty"`
+	// Whether a status read reached it (directly, or from the replica it
+	// runs in within the last report interval), and what it said.
+	Healthy   bool   `protobuf:"varint,5,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Leader    bool   `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	RaftTerm  uint64 `protobuf:"varint,7,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	RaftIndex uint64 `protobuf:"varint,8,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	DbSize    int64  `protobuf:"varint,9,opt,name=db_size,json=dbSize,proto3" json:"db_size,omitempty"`
+	Error     string `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	// The replica it runs in ("" for an external member).
+	Server        string `protobuf:"bytes,11,opt,name=server,proto3" json:"server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EtcdMember) Reset() {
+	*x = EtcdMember{}
+	mi := &file_berth_proto_msgTypes[128]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EtcdMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EtcdMember) ProtoMessage() {}
+
+func (x *EtcdMember) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[128]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EtcdMember.ProtoReflect.Descriptor instead.
+func (*EtcdMember) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{128}
+}
+
+func (x *EtcdMember) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EtcdMember) GetPeerUrls() []string {
+	if x != nil {
+		return x.PeerUrls
+	}
+	return nil
+}
+
+func (x *EtcdMember) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+func (x *EtcdMember) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *EtcdMember) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *EtcdMember) GetRaftTerm() uint64 {
+	if x != nil {
+		return x.RaftTerm
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetDbSize() int64 {
+	if x != nil {
+		return x.DbSize
+	}
+	return 0
+}
+
+func (x *EtcdMember) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *EtcdMember) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+type ListServersResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Servers []*Server              `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	Members []*EtcdMember          `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	// The leading replica's name.
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Voting members, and how many must be healthy for writes.
+	Voters        int32 `protobuf:"varint,4,opt,name=voters,proto3" json:"voters,omitempty"`
+	Quorum        int32 `protobuf:"varint,5,opt,name=quorum,proto3" json:"quorum,omitempty"`
+	Embedded      bool  `protobuf:"varint,6,opt,name=embedded,proto3" json:"embedded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServersResponse) Reset() {
+	*x = ListServersResponse{}
+	mi := &file_berth_proto_msgTypes[129]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServersResponse) ProtoMessage() {}
+
+func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[129]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
+func (*ListServersResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{129}
+}
+
+func (x *ListServersResponse) GetServers() []*Server {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ListServersResponse) GetMembers() []*EtcdMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ListServersResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *ListServersResponse) GetVoters() int32 {
+	if x != nil {
+		return x.Voters
+	}
+	return 0
+}
+
+func (x *ListServersResponse) GetQuorum() int32 {
+	if x != nil {
+		return x.Quorum
+	}
+	return 0
+}
+
+func (x *ListServersResponse) GetEmbedded() bool {
+	if x != nil {
+		return x.Embedded
+	}
+	return false
+}
+
+type RemoveServerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveServerRequest) Reset() {
+	*x = RemoveServerRequest{}
+	mi := &file_berth_proto_msgTypes[130]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveServerRequest) ProtoMessage() {}
+
+func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[130]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
+func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{130}
+}
+
+func (x *RemoveServerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveServerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EtcdMemberId  uint64                 `protobuf:"varint,1,opt,name=etcd_member_id,json=etcdMemberId,proto3" json:"etcd_member_id,omitempty"`
+	MembersLeft   int32                  `protobuf:"varint,2,opt,name=members_left,json=membersLeft,proto3" json:"members_left,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveServerResponse) Reset() {
+	*x = RemoveServerResponse{}
+	mi := &file_berth_proto_msgTypes[131]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveServerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveServerResponse) ProtoMessage() {}
+
+func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[131]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
+func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{131}
+}
+
+func (x *RemoveServerResponse) GetEtcdMemberId() uint64 {
+	if x != nil {
+		return x.EtcdMemberId
+	}
+	return 0
+}
+
+func (x *RemoveServerResponse) GetMembersLeft() int32 {
+	if x != nil {
+		return x.MembersLeft
+	}
+	return 0
+}
+
+type JoinEtcdRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The joining replica's etcd member name and peer URL.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	PeerUrl       string `protobuf:"bytes,2,opt,name=peer_url,json=peerUrl,proto3" json:"peer_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinEtcdRequest) Reset() {
+	*x = JoinEtcdRequest{}
+	mi := &file_berth_proto_msgTypes[132]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinEtcdRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinEtcdRequest) ProtoMessage() {}
+
+func (x *JoinEtcdRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[132]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinEtcdRequest.ProtoReflect.Descriptor instead.
+func (*JoinEtcdRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{132}
+}
+
+func (x *JoinEtcdRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JoinEtcdRequest) GetPeerUrl() string {
+	if x != nil {
+		return x.PeerUrl
+	}
+	return ""
+}
+
+type JoinEtcdResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	MemberId uint64                 `protobuf:"varint,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// etcd's --initial-cluster for the new member: name=peerURL,...
+	InitialCluster string `protobuf:"bytes,2,opt,name=initial_cluster,json=initialCluster,proto3" json:"initial_cluster,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *JoinEtcdResponse) Reset() {
+	*x = JoinEtcdResponse{}
+	mi := &file_berth_proto_msgTypes[133]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinEtcdResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinEtcdResponse) ProtoMessage() {}
+
+func (x *JoinEtcdResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[133]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinEtcdResponse.ProtoReflect.Descriptor instead.
+func (*JoinEtcdResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{133}
+}
+
+func (x *JoinEtcdResponse) GetMemberId() uint64 {
+	if x != nil {
+		return x.MemberId
+	}
+	return 0
+}
+
+func (x *JoinEtcdResponse) GetInitialCluster() string {
+	if x != nil {
+		return x.InitialCluster
+	}
+	return ""
+}
+
+type PromoteEtcdMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      uint64                 `protobuf:"varint,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteEtcdMemberRequest) Reset() {
+	*x = PromoteEtcdMemberRequest{}
+	mi := &file_berth_proto_msgTypes[134]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteEtcdMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteEtcdMemberRequest) ProtoMessage() {}
+
+func (x *PromoteEtcdMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[134]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteEtcdMemberRequest.ProtoReflect.Descriptor instead.
+func (*PromoteEtcdMemberRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{134}
+}
+
+func (x *PromoteEtcdMemberRequest) GetMemberId() uint64 {
+	if x != nil {
+		return x.MemberId
+	}
+	return 0
+}
+
+type PromoteEtcdMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteEtcdMemberResponse) Reset() {
+	*x = PromoteEtcdMemberResponse{}
+	mi := &file_berth_proto_msgTypes[135]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteEtcdMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteEtcdMemberResponse) ProtoMessage() {}
+
+func (x *PromoteEtcdMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[135]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteEtcdMemberResponse.ProtoReflect.Descriptor instead.
+func (*PromoteEtcdMemberResponse) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{135}
+}
+
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_berth_proto_msgTypes[136]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[136]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{136}
+}
+
+type SnapshotChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// In the first chunk: the etcd revision the snapshot holds.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_berth_proto_msgTypes[137]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_proto_msgTypes[137]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_berth_proto_rawDescGZIP(), []int{137}
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_berth_proto protoreflect.FileDescriptor
 
 const file_berth_proto_rawDesc = "" +
@@ -8565,7 +9281,59 @@ const file_berth_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
 	"go_version\x18\x02 \x01(\tR\tgoVersion\x12\x16\n" +
-	"\x06commit\x18\x03 \x01(\tR\x06commit2\x87\x14\n" +
+	"\x06commit\x18\x03 \x01(\tR\x06commit\"\x14\n" +
+	"\x12ListServersRequest\"\x8d\x02\n" +
+	"\x06Server\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vapi_address\x18\x02 \x01(\tR\n" +
+	"apiAddress\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x129\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vreported_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\x12$\n" +
+	"\x0eetcd_member_id\x18\a \x01(\x04R\fetcdMemberId\"\x9c\x02\n" +
+	"\n" +
+	"EtcdMember\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tpeer_urls\x18\x03 \x03(\tR\bpeerUrls\x12\x18\n" +
+	"\alearner\x18\x04 \x01(\bR\alearner\x12\x18\n" +
+	"\ahealthy\x18\x05 \x01(\bR\ahealthy\x12\x16\n" +
+	"\x06leader\x18\x06 \x01(\bR\x06leader\x12\x1b\n" +
+	"\traft_term\x18\a \x01(\x04R\braftTerm\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\b \x01(\x04R\traftIndex\x12\x17\n" +
+	"\adb_size\x18\t \x01(\x03R\x06dbSize\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\x12\x16\n" +
+	"\x06server\x18\v \x01(\tR\x06server\"\xd5\x01\n" +
+	"\x13ListServersResponse\x12*\n" +
+	"\aservers\x18\x01 \x03(\v2\x10.berth.v1.ServerR\aservers\x12.\n" +
+	"\amembers\x18\x02 \x03(\v2\x14.berth.v1.EtcdMemberR\amembers\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12\x16\n" +
+	"\x06voters\x18\x04 \x01(\x05R\x06voters\x12\x16\n" +
+	"\x06quorum\x18\x05 \x01(\x05R\x06quorum\x12\x1a\n" +
+	"\bembedded\x18\x06 \x01(\bR\bembedded\")\n" +
+	"\x13RemoveServerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"_\n" +
+	"\x14RemoveServerResponse\x12$\n" +
+	"\x0eetcd_member_id\x18\x01 \x01(\x04R\fetcdMemberId\x12!\n" +
+	"\fmembers_left\x18\x02 \x01(\x05R\vmembersLeft\"@\n" +
+	"\x0fJoinEtcdRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bpeer_url\x18\x02 \x01(\tR\apeerUrl\"X\n" +
+	"\x10JoinEtcdResponse\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\x04R\bmemberId\x12'\n" +
+	"\x0finitial_cluster\x18\x02 \x01(\tR\x0einitialCluster\"7\n" +
+	"\x18PromoteEtcdMemberRequest\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\x04R\bmemberId\"\x1b\n" +
+	"\x19PromoteEtcdMemberResponse\"\x11\n" +
+	"\x0fSnapshotRequest\"?\n" +
+	"\rSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision2\x85\x17\n" +
 	"\x05Berth\x128\n" +
 	"\x05Apply\x12\x16.berth.v1.ApplyRequest\x1a\x17.berth.v1.ApplyResponse\x12M\n" +
 	"\fListServices\x12\x1d.berth.v1.ListServicesRequest\x1a\x1e.berth.v1.ListServicesResponse\x12B\n" +
@@ -8608,7 +9376,12 @@ const file_berth_proto_rawDesc = "" +
 	"\x04Exec\x12\x13.berth.v1.ExecInput\x1a\x14.berth.v1.ExecOutput(\x010\x01\x12G\n" +
 	"\vPortForward\x12\x19.berth.v1.PortForwardData\x1a\x19.berth.v1.PortForwardData(\x010\x01\x12J\n" +
 	"\vListSecrets\x12\x1c.berth.v1.ListSecretsRequest\x1a\x1d.berth.v1.ListSecretsResponse\x12M\n" +
-	"\fDeleteSecret\x12\x1d.berth.v1.DeleteSecretRequest\x1a\x1e.berth.v1.DeleteSecretResponse2\xd1\x06\n" +
+	"\fDeleteSecret\x12\x1d.berth.v1.DeleteSecretRequest\x1a\x1e.berth.v1.DeleteSecretResponse\x12J\n" +
+	"\vListServers\x12\x1c.berth.v1.ListServersRequest\x1a\x1d.berth.v1.ListServersResponse\x12M\n" +
+	"\fRemoveServer\x12\x1d.berth.v1.RemoveServerRequest\x1a\x1e.berth.v1.RemoveServerResponse\x12A\n" +
+	"\bJoinEtcd\x12\x19.berth.v1.JoinEtcdRequest\x1a\x1a.berth.v1.JoinEtcdResponse\x12\\\n" +
+	"\x11PromoteEtcdMember\x12\".berth.v1.PromoteEtcdMemberRequest\x1a#.berth.v1.PromoteEtcdMemberResponse\x12@\n" +
+	"\bSnapshot\x12\x19.berth.v1.SnapshotRequest\x1a\x17.berth.v1.SnapshotChunk0\x012\xd1\x06\n" +
 	"\tNodeAgent\x12A\n" +
 	"\bRegister\x12\x19.berth.v1.RegisterRequest\x1a\x1a.berth.v1.RegisterResponse\x12D\n" +
 	"\tHeartbeat\x12\x1a.berth.v1.HeartbeatRequest\x1a\x1b.berth.v1.HeartbeatResponse\x12G\n" +
@@ -8641,200 +9414,212 @@ func file_berth_proto_rawDescGZIP() []byte {
 	return file_berth_proto_rawDescData
 }
 
-var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 136)
+var file_berth_proto_msgTypes = make([]protoimpl.MessageInfo, 148)
 var file_berth_proto_goTypes = []any{
-	(*LogsRequest)(nil),             // 0: berth.v1.LogsRequest
-	(*LogLine)(nil),                 // 1: berth.v1.LogLine
-	(*TerminalSize)(nil),            // 2: berth.v1.TerminalSize
-	(*ExecStart)(nil),               // 3: berth.v1.ExecStart
-	(*ExecInput)(nil),               // 4: berth.v1.ExecInput
-	(*ExecOutput)(nil),              // 5: berth.v1.ExecOutput
-	(*PortForwardStart)(nil),        // 6: berth.v1.PortForwardStart
-	(*PortForwardData)(nil),         // 7: berth.v1.PortForwardData
-	(*ObjectMeta)(nil),              // 8: berth.v1.ObjectMeta
-	(*Service)(nil),                 // 9: berth.v1.Service
-	(*ServiceStatus)(nil),           // 10: berth.v1.ServiceStatus
-	(*ServiceSpec)(nil),             // 11: berth.v1.ServiceSpec
-	(*SecurityContext)(nil),         // 12: berth.v1.SecurityContext
-	(*SecretMount)(nil),             // 13: berth.v1.SecretMount
-	(*Secret)(nil),                  // 14: berth.v1.Secret
-	(*RolloutSpec)(nil),             // 15: berth.v1.RolloutSpec
-	(*CanaryStep)(nil),              // 16: berth.v1.CanaryStep
-	(*Analysis)(nil),                // 17: berth.v1.Analysis
-	(*Rollout)(nil),                 // 18: berth.v1.Rollout
-	(*VolumeMount)(nil),             // 19: berth.v1.VolumeMount
-	(*VolumeTemplate)(nil),          // 20: berth.v1.VolumeTemplate
-	(*Volume)(nil),                  // 21: berth.v1.Volume
-	(*Port)(nil),                    // 22: berth.v1.Port
-	(*Resources)(nil),               // 23: berth.v1.Resources
-	(*Health)(nil),                  // 24: berth.v1.Health
-	(*HTTPProbe)(nil),               // 25: berth.v1.HTTPProbe
-	(*TCPProbe)(nil),                // 26: berth.v1.TCPProbe
-	(*Route)(nil),                   // 27: berth.v1.Route
-	(*Instance)(nil),                // 28: berth.v1.Instance
-	(*Exit)(nil),                    // 29: berth.v1.Exit
-	(*InstanceStatus)(nil),          // 30: berth.v1.InstanceStatus
-	(*Capacity)(nil),                // 31: berth.v1.Capacity
-	(*Node)(nil),                    // 32: berth.v1.Node
-	(*Event)(nil),                   // 33: berth.v1.Event
-	(*ApplyRequest)(nil),            // 34: berth.v1.ApplyRequest
-	(*ApplyResult)(nil),             // 35: berth.v1.ApplyResult
-	(*ApplyResponse)(nil),           // 36: berth.v1.ApplyResponse
-	(*ListServicesRequest)(nil),     // 37: berth.v1.ListServicesRequest
-	(*ServiceSummary)(nil),          // 38: berth.v1.ServiceSummary
-	(*ListServicesResponse)(nil),    // 39: berth.v1.ListServicesResponse
-	(*GetServiceRequest)(nil),       // 40: berth.v1.GetServiceRequest
-	(*ServiceDetail)(nil),           // 41: berth.v1.ServiceDetail
-	(*DeleteServiceRequest)(nil),    // 42: berth.v1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),   // 43: berth.v1.DeleteServiceResponse
-	(*ListInstancesRequest)(nil),    // 44: berth.v1.ListInstancesRequest
-	(*InstanceView)(nil),            // 45: berth.v1.InstanceView
-	(*ListInstancesResponse)(nil),   // 46: berth.v1.ListInstancesResponse
-	(*ListNodesRequest)(nil),        // 47: berth.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 48: berth.v1.ListNodesResponse
-	(*ImageChunk)(nil),              // 49: berth.v1.ImageChunk
-	(*LoadImageResponse)(nil),       // 50: berth.v1.LoadImageResponse
-	(*ListImagesRequest)(nil),       // 51: berth.v1.ListImagesRequest
-	(*RemoveImageRequest)(nil),      // 52: berth.v1.RemoveImageRequest
-	(*RemoveImageResponse)(nil),     // 53: berth.v1.RemoveImageResponse
-	(*Image)(nil),                   // 54: berth.v1.Image
-	(*ListImagesResponse)(nil),      // 55: berth.v1.ListImagesResponse
-	(*ListEventsRequest)(nil),       // 56: berth.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 57: berth.v1.ListEventsResponse
-	(*RegisterRequest)(nil),         // 58: berth.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 59: berth.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),        // 60: berth.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 61: berth.v1.HeartbeatResponse
-	(*WatchAssignmentsRequest)(nil), // 62: berth.v1.WatchAssignmentsRequest
-	(*Assignments)(nil),             // 63: berth.v1.Assignments
-	(*ReportStatusRequest)(nil),     // 64: berth.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil),    // 65: berth.v1.ReportStatusResponse
-	(*WatchDiscoveryRequest)(nil),   // 66: berth.v1.WatchDiscoveryRequest
-	(*DiscoveryDelta)(nil),          // 67: berth.v1.DiscoveryDelta
-	(*ServiceDelta)(nil),            // 68: berth.v1.ServiceDelta
-	(*RevisionEndpoint)(nil),        // 69: berth.v1.RevisionEndpoint
-	(*DiscoverySnapshot)(nil),       // 70: berth.v1.DiscoverySnapshot
-	(*DiscoveryService)(nil),        // 71: berth.v1.DiscoveryService
-	(*DiscoveryRevision)(nil),       // 72: berth.v1.DiscoveryRevision
-	(*Endpoint)(nil),                // 73: berth.v1.Endpoint
-	(*CreateTokenRequest)(nil),      // 74: berth.v1.CreateTokenRequest
-	(*Token)(nil),                   // 75: berth.v1.Token
-	(*CreateTokenResponse)(nil),     // 76: berth.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 77: berth.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 78: berth.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 79: berth.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 80: berth.v1.RevokeTokenResponse
-	(*JoinRequest)(nil),             // 81: berth.v1.JoinRequest
-	(*RenewCertificateRequest)(nil), // 82: berth.v1.RenewCertificateRequest
-	(*CertificateResponse)(nil),     // 83: berth.v1.CertificateResponse
-	(*RemoveNodeRequest)(nil),       // 84: berth.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 85: berth.v1.RemoveNodeResponse
-	(*RevokeGatewayRequest)(nil),    // 86: berth.v1.RevokeGatewayRequest
-	(*RevokeGatewayResponse)(nil),   // 87: berth.v1.RevokeGatewayResponse
-	(*CordonNodeRequest)(nil),       // 88: berth.v1.CordonNodeRequest
-	(*CordonNodeResponse)(nil),      // 89: berth.v1.CordonNodeResponse
-	(*DrainNodeRequest)(nil),        // 90: berth.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 91: berth.v1.DrainNodeResponse
-	(*WatchNodesRequest)(nil),       // 92: berth.v1.WatchNodesRequest
-	(*NodeList)(nil),                // 93: berth.v1.NodeList
-	(*ListGatewaysRequest)(nil),     // 94: berth.v1.ListGatewaysRequest
-	(*Gateway)(nil),                 // 95: berth.v1.Gateway
-	(*ListGatewaysResponse)(nil),    // 96: berth.v1.ListGatewaysResponse
-	(*ListRevisionsRequest)(nil),    // 97: berth.v1.ListRevisionsRequest
-	(*RevisionInfo)(nil),            // 98: berth.v1.RevisionInfo
-	(*ListRevisionsResponse)(nil),   // 99: berth.v1.ListRevisionsResponse
-	(*UndoRequest)(nil),             // 100: berth.v1.UndoRequest
-	(*RolloutRequest)(nil),          // 101: berth.v1.RolloutRequest
-	(*RolloutActionRequest)(nil),    // 102: berth.v1.RolloutActionRequest
-	(*ListVolumesRequest)(nil),      // 103: berth.v1.ListVolumesRequest
-	(*VolumeView)(nil),              // 104: berth.v1.VolumeView
-	(*ListVolumesResponse)(nil),     // 105: berth.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),        // 106: berth.v1.GetVolumeRequest
-	(*VolumeDetail)(nil),            // 107: berth.v1.VolumeDetail
-	(*DeleteVolumeRequest)(nil),     // 108: berth.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 109: berth.v1.DeleteVolumeResponse
-	(*ReleaseVolumeRequest)(nil),    // 110: berth.v1.ReleaseVolumeRequest
-	(*ReleaseVolumeResponse)(nil),   // 111: berth.v1.ReleaseVolumeResponse
-	(*VolumeDeletedRequest)(nil),    // 112: berth.v1.VolumeDeletedRequest
-	(*VolumeDeletedResponse)(nil),   // 113: berth.v1.VolumeDeletedResponse
-	(*FetchImageRequest)(nil),       // 114: berth.v1.FetchImageRequest
-	(*ListSecretsRequest)(nil),      // 115: berth.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 116: berth.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 117: berth.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 118: berth.v1.DeleteSecretResponse
-	(*InstanceSecretsRequest)(nil),  // 119: berth.v1.InstanceSecretsRequest
-	(*SecretData)(nil),              // 120: berth.v1.SecretData
-	(*InstanceSecretsResponse)(nil), // 121: berth.v1.InstanceSecretsResponse
-	(*ScaleRequest)(nil),            // 122: berth.v1.ScaleRequest
-	(*RestartRequest)(nil),          // 123: berth.v1.RestartRequest
-	(*VersionRequest)(nil),          // 124: berth.v1.VersionRequest
-	(*VersionResponse)(nil),         // 125: berth.v1.VersionResponse
-	nil,                             // 126: berth.v1.ObjectMeta.LabelsEntry
-	nil,                             // 127: berth.v1.ServiceSpec.EnvEntry
-	nil,                             // 128: berth.v1.ServiceSpec.NodeSelectorEntry
-	nil,                             // 129: berth.v1.SecretMount.EnvEntry
-	nil,                             // 130: berth.v1.Secret.DataEntry
-	nil,                             // 131: berth.v1.Node.LabelsEntry
-	nil,                             // 132: berth.v1.RegisterRequest.LabelsEntry
-	nil,                             // 133: berth.v1.Assignments.VolumeSizesEntry
-	nil,                             // 134: berth.v1.SecretData.DataEntry
-	nil,                             // 135: berth.v1.InstanceSecretsResponse.SecretsEntry
-	(*timestamppb.Timestamp)(nil),   // 136: google.protobuf.Timestamp
+	(*LogsRequest)(nil),               // 0: berth.v1.LogsRequest
+	(*LogLine)(nil),                   // 1: berth.v1.LogLine
+	(*TerminalSize)(nil),              // 2: berth.v1.TerminalSize
+	(*ExecStart)(nil),                 // 3: berth.v1.ExecStart
+	(*ExecInput)(nil),                 // 4: berth.v1.ExecInput
+	(*ExecOutput)(nil),                // 5: berth.v1.ExecOutput
+	(*PortForwardStart)(nil),          // 6: berth.v1.PortForwardStart
+	(*PortForwardData)(nil),           // 7: berth.v1.PortForwardData
+	(*ObjectMeta)(nil),                // 8: berth.v1.ObjectMeta
+	(*Service)(nil),                   // 9: berth.v1.Service
+	(*ServiceStatus)(nil),             // 10: berth.v1.ServiceStatus
+	(*ServiceSpec)(nil),               // 11: berth.v1.ServiceSpec
+	(*SecurityContext)(nil),           // 12: berth.v1.SecurityContext
+	(*SecretMount)(nil),               // 13: berth.v1.SecretMount
+	(*Secret)(nil),                    // 14: berth.v1.Secret
+	(*RolloutSpec)(nil),               // 15: berth.v1.RolloutSpec
+	(*CanaryStep)(nil),                // 16: berth.v1.CanaryStep
+	(*Analysis)(nil),                  // 17: berth.v1.Analysis
+	(*Rollout)(nil),                   // 18: berth.v1.Rollout
+	(*VolumeMount)(nil),               // 19: berth.v1.VolumeMount
+	(*VolumeTemplate)(nil),            // 20: berth.v1.VolumeTemplate
+	(*Volume)(nil),                    // 21: berth.v1.Volume
+	(*Port)(nil),                      // 22: berth.v1.Port
+	(*Resources)(nil),                 // 23: berth.v1.Resources
+	(*Health)(nil),                    // 24: berth.v1.Health
+	(*HTTPProbe)(nil),                 // 25: berth.v1.HTTPProbe
+	(*TCPProbe)(nil),                  // 26: berth.v1.TCPProbe
+	(*Route)(nil),                     // 27: berth.v1.Route
+	(*Instance)(nil),                  // 28: berth.v1.Instance
+	(*Exit)(nil),                      // 29: berth.v1.Exit
+	(*InstanceStatus)(nil),            // 30: berth.v1.InstanceStatus
+	(*Capacity)(nil),                  // 31: berth.v1.Capacity
+	(*Node)(nil),                      // 32: berth.v1.Node
+	(*Event)(nil),                     // 33: berth.v1.Event
+	(*ApplyRequest)(nil),              // 34: berth.v1.ApplyRequest
+	(*ApplyResult)(nil),               // 35: berth.v1.ApplyResult
+	(*ApplyResponse)(nil),             // 36: berth.v1.ApplyResponse
+	(*ListServicesRequest)(nil),       // 37: berth.v1.ListServicesRequest
+	(*ServiceSummary)(nil),            // 38: berth.v1.ServiceSummary
+	(*ListServicesResponse)(nil),      // 39: berth.v1.ListServicesResponse
+	(*GetServiceRequest)(nil),         // 40: berth.v1.GetServiceRequest
+	(*ServiceDetail)(nil),             // 41: berth.v1.ServiceDetail
+	(*DeleteServiceRequest)(nil),      // 42: berth.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),     // 43: berth.v1.DeleteServiceResponse
+	(*ListInstancesRequest)(nil),      // 44: berth.v1.ListInstancesRequest
+	(*InstanceView)(nil),              // 45: berth.v1.InstanceView
+	(*ListInstancesResponse)(nil),     // 46: berth.v1.ListInstancesResponse
+	(*ListNodesRequest)(nil),          // 47: berth.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 48: berth.v1.ListNodesResponse
+	(*ImageChunk)(nil),                // 49: berth.v1.ImageChunk
+	(*LoadImageResponse)(nil),         // 50: berth.v1.LoadImageResponse
+	(*ListImagesRequest)(nil),         // 51: berth.v1.ListImagesRequest
+	(*RemoveImageRequest)(nil),        // 52: berth.v1.RemoveImageRequest
+	(*RemoveImageResponse)(nil),       // 53: berth.v1.RemoveImageResponse
+	(*Image)(nil),                     // 54: berth.v1.Image
+	(*ListImagesResponse)(nil),        // 55: berth.v1.ListImagesResponse
+	(*ListEventsRequest)(nil),         // 56: berth.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),        // 57: berth.v1.ListEventsResponse
+	(*RegisterRequest)(nil),           // 58: berth.v1.RegisterRequest
+	(*RegisterResponse)(nil),          // 59: berth.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),          // 60: berth.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),         // 61: berth.v1.HeartbeatResponse
+	(*WatchAssignmentsRequest)(nil),   // 62: berth.v1.WatchAssignmentsRequest
+	(*Assignments)(nil),               // 63: berth.v1.Assignments
+	(*ReportStatusRequest)(nil),       // 64: berth.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil),      // 65: berth.v1.ReportStatusResponse
+	(*WatchDiscoveryRequest)(nil),     // 66: berth.v1.WatchDiscoveryRequest
+	(*DiscoveryDelta)(nil),            // 67: berth.v1.DiscoveryDelta
+	(*ServiceDelta)(nil),              // 68: berth.v1.ServiceDelta
+	(*RevisionEndpoint)(nil),          // 69: berth.v1.RevisionEndpoint
+	(*DiscoverySnapshot)(nil),         // 70: berth.v1.DiscoverySnapshot
+	(*DiscoveryService)(nil),          // 71: berth.v1.DiscoveryService
+	(*DiscoveryRevision)(nil),         // 72: berth.v1.DiscoveryRevision
+	(*Endpoint)(nil),                  // 73: berth.v1.Endpoint
+	(*CreateTokenRequest)(nil),        // 74: berth.v1.CreateTokenRequest
+	(*Token)(nil),                     // 75: berth.v1.Token
+	(*CreateTokenResponse)(nil),       // 76: berth.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),         // 77: berth.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),        // 78: berth.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),        // 79: berth.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),       // 80: berth.v1.RevokeTokenResponse
+	(*JoinRequest)(nil),               // 81: berth.v1.JoinRequest
+	(*RenewCertificateRequest)(nil),   // 82: berth.v1.RenewCertificateRequest
+	(*CertificateResponse)(nil),       // 83: berth.v1.CertificateResponse
+	(*RemoveNodeRequest)(nil),         // 84: berth.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),        // 85: berth.v1.RemoveNodeResponse
+	(*RevokeGatewayRequest)(nil),      // 86: berth.v1.RevokeGatewayRequest
+	(*RevokeGatewayResponse)(nil),     // 87: berth.v1.RevokeGatewayResponse
+	(*CordonNodeRequest)(nil),         // 88: berth.v1.CordonNodeRequest
+	(*CordonNodeResponse)(nil),        // 89: berth.v1.CordonNodeResponse
+	(*DrainNodeRequest)(nil),          // 90: berth.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),         // 91: berth.v1.DrainNodeResponse
+	(*WatchNodesRequest)(nil),         // 92: berth.v1.WatchNodesRequest
+	(*NodeList)(nil),                  // 93: berth.v1.NodeList
+	(*ListGatewaysRequest)(nil),       // 94: berth.v1.ListGatewaysRequest
+	(*Gateway)(nil),                   // 95: berth.v1.Gateway
+	(*ListGatewaysResponse)(nil),      // 96: berth.v1.ListGatewaysResponse
+	(*ListRevisionsRequest)(nil),      // 97: berth.v1.ListRevisionsRequest
+	(*RevisionInfo)(nil),              // 98: berth.v1.RevisionInfo
+	(*ListRevisionsResponse)(nil),     // 99: berth.v1.ListRevisionsResponse
+	(*UndoRequest)(nil),               // 100: berth.v1.UndoRequest
+	(*RolloutRequest)(nil),            // 101: berth.v1.RolloutRequest
+	(*RolloutActionRequest)(nil),      // 102: berth.v1.RolloutActionRequest
+	(*ListVolumesRequest)(nil),        // 103: berth.v1.ListVolumesRequest
+	(*VolumeView)(nil),                // 104: berth.v1.VolumeView
+	(*ListVolumesResponse)(nil),       // 105: berth.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),          // 106: berth.v1.GetVolumeRequest
+	(*VolumeDetail)(nil),              // 107: berth.v1.VolumeDetail
+	(*DeleteVolumeRequest)(nil),       // 108: berth.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),      // 109: berth.v1.DeleteVolumeResponse
+	(*ReleaseVolumeRequest)(nil),      // 110: berth.v1.ReleaseVolumeRequest
+	(*ReleaseVolumeResponse)(nil),     // 111: berth.v1.ReleaseVolumeResponse
+	(*VolumeDeletedRequest)(nil),      // 112: berth.v1.VolumeDeletedRequest
+	(*VolumeDeletedResponse)(nil),     // 113: berth.v1.VolumeDeletedResponse
+	(*FetchImageRequest)(nil),         // 114: berth.v1.FetchImageRequest
+	(*ListSecretsRequest)(nil),        // 115: berth.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),       // 116: berth.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),       // 117: berth.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),      // 118: berth.v1.DeleteSecretResponse
+	(*InstanceSecretsRequest)(nil),    // 119: berth.v1.InstanceSecretsRequest
+	(*SecretData)(nil),                // 120: berth.v1.SecretData
+	(*InstanceSecretsResponse)(nil),   // 121: berth.v1.InstanceSecretsResponse
+	(*ScaleRequest)(nil),              // 122: berth.v1.ScaleRequest
+	(*RestartRequest)(nil),            // 123: berth.v1.RestartRequest
+	(*VersionRequest)(nil),            // 124: berth.v1.VersionRequest
+	(*VersionResponse)(nil),           // 125: berth.v1.VersionResponse
+	(*ListServersRequest)(nil),        // 126: berth.v1.ListServersRequest
+	(*Server)(nil),                    // 127: berth.v1.Server
+	(*EtcdMember)(nil),                // 128: berth.v1.EtcdMember
+	(*ListServersResponse)(nil),       // 129: berth.v1.ListServersResponse
+	(*RemoveServerRequest)(nil),       // 130: berth.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),      // 131: berth.v1.RemoveServerResponse
+	(*JoinEtcdRequest)(nil),           // 132: berth.v1.JoinEtcdRequest
+	(*JoinEtcdResponse)(nil),          // 133: berth.v1.JoinEtcdResponse
+	(*PromoteEtcdMemberRequest)(nil),  // 134: berth.v1.PromoteEtcdMemberRequest
+	(*PromoteEtcdMemberResponse)(nil), // 135: berth.v1.PromoteEtcdMemberResponse
+	(*SnapshotRequest)(nil),           // 136: berth.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),             // 137: berth.v1.SnapshotChunk
+	nil,                               // 138: berth.v1.ObjectMeta.LabelsEntry
+	nil,                               // 139: berth.v1.ServiceSpec.EnvEntry
+	nil,                               // 140: berth.v1.ServiceSpec.NodeSelectorEntry
+	nil,                               // 141: berth.v1.SecretMount.EnvEntry
+	nil,                               // 142: berth.v1.Secret.DataEntry
+	nil,                               // 143: berth.v1.Node.LabelsEntry
+	nil,                               // 144: berth.v1.RegisterRequest.LabelsEntry
+	nil,                               // 145: berth.v1.Assignments.VolumeSizesEntry
+	nil,                               // 146: berth.v1.SecretData.DataEntry
+	nil,                               // 147: berth.v1.InstanceSecretsResponse.SecretsEntry
+	(*timestamppb.Timestamp)(nil),     // 148: google.protobuf.Timestamp
 }
 var file_berth_proto_depIdxs = []int32{
-	136, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	136, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	148, // 0: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	148, // 1: berth.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	2,   // 2: berth.v1.ExecStart.size:type_name -> berth.v1.TerminalSize
 	3,   // 3: berth.v1.ExecInput.start:type_name -> berth.v1.ExecStart
 	2,   // 4: berth.v1.ExecInput.resize:type_name -> berth.v1.TerminalSize
 	6,   // 5: berth.v1.PortForwardData.start:type_name -> berth.v1.PortForwardStart
-	126, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
+	138, // 6: berth.v1.ObjectMeta.labels:type_name -> berth.v1.ObjectMeta.LabelsEntry
 	8,   // 7: berth.v1.Service.metadata:type_name -> berth.v1.ObjectMeta
 	11,  // 8: berth.v1.Service.spec:type_name -> berth.v1.ServiceSpec
 	10,  // 9: berth.v1.Service.status:type_name -> berth.v1.ServiceStatus
-	136, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
-	136, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	127, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
+	148, // 10: berth.v1.ServiceStatus.created_at:type_name -> google.protobuf.Timestamp
+	148, // 11: berth.v1.ServiceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	139, // 12: berth.v1.ServiceSpec.env:type_name -> berth.v1.ServiceSpec.EnvEntry
 	22,  // 13: berth.v1.ServiceSpec.ports:type_name -> berth.v1.Port
 	23,  // 14: berth.v1.ServiceSpec.resources:type_name -> berth.v1.Resources
 	24,  // 15: berth.v1.ServiceSpec.health:type_name -> berth.v1.Health
 	27,  // 16: berth.v1.ServiceSpec.route:type_name -> berth.v1.Route
-	128, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
+	140, // 17: berth.v1.ServiceSpec.node_selector:type_name -> berth.v1.ServiceSpec.NodeSelectorEntry
 	19,  // 18: berth.v1.ServiceSpec.volumes:type_name -> berth.v1.VolumeMount
 	20,  // 19: berth.v1.ServiceSpec.volume_templates:type_name -> berth.v1.VolumeTemplate
 	15,  // 20: berth.v1.ServiceSpec.rollout:type_name -> berth.v1.RolloutSpec
 	13,  // 21: berth.v1.ServiceSpec.secrets:type_name -> berth.v1.SecretMount
 	12,  // 22: berth.v1.ServiceSpec.security_context:type_name -> berth.v1.SecurityContext
 	24,  // 23: berth.v1.ServiceSpec.liveness:type_name -> berth.v1.Health
-	136, // 24: berth.v1.ServiceSpec.restarted_at:type_name -> google.protobuf.Timestamp
-	129, // 25: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
+	148, // 24: berth.v1.ServiceSpec.restarted_at:type_name -> google.protobuf.Timestamp
+	141, // 25: berth.v1.SecretMount.env:type_name -> berth.v1.SecretMount.EnvEntry
 	8,   // 26: berth.v1.Secret.metadata:type_name -> berth.v1.ObjectMeta
-	130, // 27: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
-	136, // 28: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
-	136, // 29: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
+	142, // 27: berth.v1.Secret.data:type_name -> berth.v1.Secret.DataEntry
+	148, // 28: berth.v1.Secret.created_at:type_name -> google.protobuf.Timestamp
+	148, // 29: berth.v1.Secret.updated_at:type_name -> google.protobuf.Timestamp
 	16,  // 30: berth.v1.RolloutSpec.steps:type_name -> berth.v1.CanaryStep
 	17,  // 31: berth.v1.RolloutSpec.analysis:type_name -> berth.v1.Analysis
-	136, // 32: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	136, // 33: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	148, // 32: berth.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	148, // 33: berth.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
 	8,   // 34: berth.v1.Volume.metadata:type_name -> berth.v1.ObjectMeta
-	136, // 35: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
-	136, // 36: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
+	148, // 35: berth.v1.Volume.bound_at:type_name -> google.protobuf.Timestamp
+	148, // 36: berth.v1.Volume.created_at:type_name -> google.protobuf.Timestamp
 	25,  // 37: berth.v1.Health.http:type_name -> berth.v1.HTTPProbe
 	26,  // 38: berth.v1.Health.tcp:type_name -> berth.v1.TCPProbe
 	11,  // 39: berth.v1.Instance.template:type_name -> berth.v1.ServiceSpec
-	136, // 40: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
-	136, // 41: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	136, // 42: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
+	148, // 40: berth.v1.Instance.drain_since:type_name -> google.protobuf.Timestamp
+	148, // 41: berth.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	148, // 42: berth.v1.Exit.at:type_name -> google.protobuf.Timestamp
 	29,  // 43: berth.v1.InstanceStatus.last_exit:type_name -> berth.v1.Exit
-	136, // 44: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
-	136, // 45: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
-	131, // 46: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
+	148, // 44: berth.v1.InstanceStatus.started_at:type_name -> google.protobuf.Timestamp
+	148, // 45: berth.v1.InstanceStatus.updated_at:type_name -> google.protobuf.Timestamp
+	143, // 46: berth.v1.Node.labels:type_name -> berth.v1.Node.LabelsEntry
 	31,  // 47: berth.v1.Node.capacity:type_name -> berth.v1.Capacity
-	136, // 48: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
-	136, // 49: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
+	148, // 48: berth.v1.Node.heartbeat:type_name -> google.protobuf.Timestamp
+	148, // 49: berth.v1.Node.joined_at:type_name -> google.protobuf.Timestamp
 	31,  // 50: berth.v1.Node.allocated:type_name -> berth.v1.Capacity
-	136, // 51: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
-	136, // 52: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
+	148, // 51: berth.v1.Node.state_since:type_name -> google.protobuf.Timestamp
+	148, // 52: berth.v1.Event.at:type_name -> google.protobuf.Timestamp
 	9,   // 53: berth.v1.ApplyRequest.services:type_name -> berth.v1.Service
 	21,  // 54: berth.v1.ApplyRequest.volumes:type_name -> berth.v1.Volume
 	14,  // 55: berth.v1.ApplyRequest.secrets:type_name -> berth.v1.Secret
@@ -8848,14 +9633,14 @@ var file_berth_proto_depIdxs = []int32{
 	30,  // 63: berth.v1.InstanceView.status:type_name -> berth.v1.InstanceStatus
 	45,  // 64: berth.v1.ListInstancesResponse.instances:type_name -> berth.v1.InstanceView
 	32,  // 65: berth.v1.ListNodesResponse.nodes:type_name -> berth.v1.Node
-	136, // 66: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
+	148, // 66: berth.v1.Image.loaded_at:type_name -> google.protobuf.Timestamp
 	54,  // 67: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
 	33,  // 68: berth.v1.ListEventsResponse.events:type_name -> berth.v1.Event
-	132, // 69: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
+	144, // 69: berth.v1.RegisterRequest.labels:type_name -> berth.v1.RegisterRequest.LabelsEntry
 	31,  // 70: berth.v1.RegisterRequest.capacity:type_name -> berth.v1.Capacity
 	28,  // 71: berth.v1.Assignments.instances:type_name -> berth.v1.Instance
 	30,  // 72: berth.v1.Assignments.statuses:type_name -> berth.v1.InstanceStatus
-	133, // 73: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
+	145, // 73: berth.v1.Assignments.volume_sizes:type_name -> berth.v1.Assignments.VolumeSizesEntry
 	30,  // 74: berth.v1.ReportStatusRequest.statuses:type_name -> berth.v1.InstanceStatus
 	71,  // 75: berth.v1.DiscoveryDelta.services:type_name -> berth.v1.DiscoveryService
 	68,  // 76: berth.v1.DiscoveryDelta.service_deltas:type_name -> berth.v1.ServiceDelta
@@ -8868,128 +9653,142 @@ var file_berth_proto_depIdxs = []int32{
 	27,  // 83: berth.v1.DiscoveryService.route:type_name -> berth.v1.Route
 	72,  // 84: berth.v1.DiscoveryService.revisions:type_name -> berth.v1.DiscoveryRevision
 	73,  // 85: berth.v1.DiscoveryRevision.endpoints:type_name -> berth.v1.Endpoint
-	136, // 86: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	136, // 87: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	148, // 86: berth.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	148, // 87: berth.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
 	75,  // 88: berth.v1.CreateTokenResponse.info:type_name -> berth.v1.Token
 	75,  // 89: berth.v1.ListTokensResponse.tokens:type_name -> berth.v1.Token
 	32,  // 90: berth.v1.NodeList.nodes:type_name -> berth.v1.Node
-	136, // 91: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
+	148, // 91: berth.v1.Gateway.connected_at:type_name -> google.protobuf.Timestamp
 	95,  // 92: berth.v1.ListGatewaysResponse.gateways:type_name -> berth.v1.Gateway
-	136, // 93: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
+	148, // 93: berth.v1.RevisionInfo.created_at:type_name -> google.protobuf.Timestamp
 	98,  // 94: berth.v1.ListRevisionsResponse.revisions:type_name -> berth.v1.RevisionInfo
 	21,  // 95: berth.v1.VolumeView.volume:type_name -> berth.v1.Volume
 	104, // 96: berth.v1.ListVolumesResponse.volumes:type_name -> berth.v1.VolumeView
 	104, // 97: berth.v1.VolumeDetail.view:type_name -> berth.v1.VolumeView
 	33,  // 98: berth.v1.VolumeDetail.events:type_name -> berth.v1.Event
 	14,  // 99: berth.v1.ListSecretsResponse.secrets:type_name -> berth.v1.Secret
-	134, // 100: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
-	135, // 101: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
-	120, // 102: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
-	34,  // 103: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
-	37,  // 104: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
-	40,  // 105: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
-	42,  // 106: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
-	44,  // 107: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
-	47,  // 108: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
-	49,  // 109: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
-	51,  // 110: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
-	52,  // 111: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
-	56,  // 112: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
-	74,  // 113: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
-	77,  // 114: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
-	79,  // 115: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
-	81,  // 116: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
-	82,  // 117: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
-	84,  // 118: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
-	86,  // 119: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
-	88,  // 120: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
-	90,  // 121: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
-	94,  // 122: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
-	97,  // 123: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
-	100, // 124: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
-	122, // 125: berth.v1.Berth.Scale:input_type -> berth.v1.ScaleRequest
-	123, // 126: berth.v1.Berth.Restart:input_type -> berth.v1.RestartRequest
-	124, // 127: berth.v1.Berth.Version:input_type -> berth.v1.VersionRequest
-	101, // 128: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
-	102, // 129: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
-	103, // 130: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
-	106, // 131: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
-	108, // 132: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
-	110, // 133: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
-	0,   // 134: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 135: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
-	7,   // 136: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
-	115, // 137: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
-	117, // 138: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
-	58,  // 139: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
-	60,  // 140: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
-	60,  // 141: berth.v1.NodeAgent.Heartbeats:input_type -> berth.v1.HeartbeatRequest
-	62,  // 142: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
-	64,  // 143: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
-	66,  // 144: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
-	66,  // 145: berth.v1.NodeAgent.WatchDiscoveryDeltas:input_type -> berth.v1.WatchDiscoveryRequest
-	92,  // 146: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
-	114, // 147: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
-	112, // 148: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
-	119, // 149: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
-	0,   // 150: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
-	4,   // 151: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
-	7,   // 152: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
-	36,  // 153: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
-	39,  // 154: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
-	41,  // 155: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
-	43,  // 156: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
-	46,  // 157: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
-	48,  // 158: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
-	50,  // 159: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
-	55,  // 160: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
-	53,  // 161: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	57,  // 162: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
-	76,  // 163: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
-	78,  // 164: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
-	80,  // 165: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
-	83,  // 166: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
-	83,  // 167: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
-	85,  // 168: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
-	87,  // 169: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
-	89,  // 170: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
-	91,  // 171: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
-	96,  // 172: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
-	99,  // 173: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
-	35,  // 174: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
-	35,  // 175: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
-	35,  // 176: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
-	125, // 177: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
-	18,  // 178: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
-	18,  // 179: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
-	105, // 180: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
-	107, // 181: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
-	109, // 182: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
-	111, // 183: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
-	1,   // 184: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
-	5,   // 185: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 186: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
-	116, // 187: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
-	118, // 188: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
-	59,  // 189: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
-	61,  // 190: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
-	61,  // 191: berth.v1.NodeAgent.Heartbeats:output_type -> berth.v1.HeartbeatResponse
-	63,  // 192: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
-	65,  // 193: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
-	70,  // 194: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
-	67,  // 195: berth.v1.NodeAgent.WatchDiscoveryDeltas:output_type -> berth.v1.DiscoveryDelta
-	93,  // 196: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
-	49,  // 197: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
-	113, // 198: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
-	121, // 199: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
-	1,   // 200: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
-	5,   // 201: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
-	7,   // 202: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
-	153, // [153:203] is the sub-list for method output_type
-	103, // [103:153] is the sub-list for method input_type
-	103, // [103:103] is the sub-list for extension type_name
-	103, // [103:103] is the sub-list for extension extendee
-	0,   // [0:103] is the sub-list for field type_name
+	146, // 100: berth.v1.SecretData.data:type_name -> berth.v1.SecretData.DataEntry
+	147, // 101: berth.v1.InstanceSecretsResponse.secrets:type_name -> berth.v1.InstanceSecretsResponse.SecretsEntry
+	148, // 102: berth.v1.Server.started_at:type_name -> google.protobuf.Timestamp
+	148, // 103: berth.v1.Server.reported_at:type_name -> google.protobuf.Timestamp
+	127, // 104: berth.v1.ListServersResponse.servers:type_name -> berth.v1.Server
+	128, // 105: berth.v1.ListServersResponse.members:type_name -> berth.v1.EtcdMember
+	120, // 106: berth.v1.InstanceSecretsResponse.SecretsEntry.value:type_name -> berth.v1.SecretData
+	34,  // 107: berth.v1.Berth.Apply:input_type -> berth.v1.ApplyRequest
+	37,  // 108: berth.v1.Berth.ListServices:input_type -> berth.v1.ListServicesRequest
+	40,  // 109: berth.v1.Berth.GetService:input_type -> berth.v1.GetServiceRequest
+	42,  // 110: berth.v1.Berth.DeleteService:input_type -> berth.v1.DeleteServiceRequest
+	44,  // 111: berth.v1.Berth.ListInstances:input_type -> berth.v1.ListInstancesRequest
+	47,  // 112: berth.v1.Berth.ListNodes:input_type -> berth.v1.ListNodesRequest
+	49,  // 113: berth.v1.Berth.LoadImage:input_type -> berth.v1.ImageChunk
+	51,  // 114: berth.v1.Berth.ListImages:input_type -> berth.v1.ListImagesRequest
+	52,  // 115: berth.v1.Berth.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	56,  // 116: berth.v1.Berth.ListEvents:input_type -> berth.v1.ListEventsRequest
+	74,  // 117: berth.v1.Berth.CreateToken:input_type -> berth.v1.CreateTokenRequest
+	77,  // 118: berth.v1.Berth.ListTokens:input_type -> berth.v1.ListTokensRequest
+	79,  // 119: berth.v1.Berth.RevokeToken:input_type -> berth.v1.RevokeTokenRequest
+	81,  // 120: berth.v1.Berth.Join:input_type -> berth.v1.JoinRequest
+	82,  // 121: berth.v1.Berth.RenewCertificate:input_type -> berth.v1.RenewCertificateRequest
+	84,  // 122: berth.v1.Berth.RemoveNode:input_type -> berth.v1.RemoveNodeRequest
+	86,  // 123: berth.v1.Berth.RevokeGateway:input_type -> berth.v1.RevokeGatewayRequest
+	88,  // 124: berth.v1.Berth.CordonNode:input_type -> berth.v1.CordonNodeRequest
+	90,  // 125: berth.v1.Berth.DrainNode:input_type -> berth.v1.DrainNodeRequest
+	94,  // 126: berth.v1.Berth.ListGateways:input_type -> berth.v1.ListGatewaysRequest
+	97,  // 127: berth.v1.Berth.ListRevisions:input_type -> berth.v1.ListRevisionsRequest
+	100, // 128: berth.v1.Berth.Undo:input_type -> berth.v1.UndoRequest
+	122, // 129: berth.v1.Berth.Scale:input_type -> berth.v1.ScaleRequest
+	123, // 130: berth.v1.Berth.Restart:input_type -> berth.v1.RestartRequest
+	124, // 131: berth.v1.Berth.Version:input_type -> berth.v1.VersionRequest
+	101, // 132: berth.v1.Berth.RolloutStatus:input_type -> berth.v1.RolloutRequest
+	102, // 133: berth.v1.Berth.RolloutAction:input_type -> berth.v1.RolloutActionRequest
+	103, // 134: berth.v1.Berth.ListVolumes:input_type -> berth.v1.ListVolumesRequest
+	106, // 135: berth.v1.Berth.GetVolume:input_type -> berth.v1.GetVolumeRequest
+	108, // 136: berth.v1.Berth.DeleteVolume:input_type -> berth.v1.DeleteVolumeRequest
+	110, // 137: berth.v1.Berth.ReleaseVolume:input_type -> berth.v1.ReleaseVolumeRequest
+	0,   // 138: berth.v1.Berth.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 139: berth.v1.Berth.Exec:input_type -> berth.v1.ExecInput
+	7,   // 140: berth.v1.Berth.PortForward:input_type -> berth.v1.PortForwardData
+	115, // 141: berth.v1.Berth.ListSecrets:input_type -> berth.v1.ListSecretsRequest
+	117, // 142: berth.v1.Berth.DeleteSecret:input_type -> berth.v1.DeleteSecretRequest
+	126, // 143: berth.v1.Berth.ListServers:input_type -> berth.v1.ListServersRequest
+	130, // 144: berth.v1.Berth.RemoveServer:input_type -> berth.v1.RemoveServerRequest
+	132, // 145: berth.v1.Berth.JoinEtcd:input_type -> berth.v1.JoinEtcdRequest
+	134, // 146: berth.v1.Berth.PromoteEtcdMember:input_type -> berth.v1.PromoteEtcdMemberRequest
+	136, // 147: berth.v1.Berth.Snapshot:input_type -> berth.v1.SnapshotRequest
+	58,  // 148: berth.v1.NodeAgent.Register:input_type -> berth.v1.RegisterRequest
+	60,  // 149: berth.v1.NodeAgent.Heartbeat:input_type -> berth.v1.HeartbeatRequest
+	60,  // 150: berth.v1.NodeAgent.Heartbeats:input_type -> berth.v1.HeartbeatRequest
+	62,  // 151: berth.v1.NodeAgent.WatchAssignments:input_type -> berth.v1.WatchAssignmentsRequest
+	64,  // 152: berth.v1.NodeAgent.ReportStatus:input_type -> berth.v1.ReportStatusRequest
+	66,  // 153: berth.v1.NodeAgent.WatchDiscovery:input_type -> berth.v1.WatchDiscoveryRequest
+	66,  // 154: berth.v1.NodeAgent.WatchDiscoveryDeltas:input_type -> berth.v1.WatchDiscoveryRequest
+	92,  // 155: berth.v1.NodeAgent.WatchNodes:input_type -> berth.v1.WatchNodesRequest
+	114, // 156: berth.v1.NodeAgent.FetchImage:input_type -> berth.v1.FetchImageRequest
+	112, // 157: berth.v1.NodeAgent.VolumeDeleted:input_type -> berth.v1.VolumeDeletedRequest
+	119, // 158: berth.v1.NodeAgent.InstanceSecrets:input_type -> berth.v1.InstanceSecretsRequest
+	0,   // 159: berth.v1.NodeShell.Logs:input_type -> berth.v1.LogsRequest
+	4,   // 160: berth.v1.NodeShell.Exec:input_type -> berth.v1.ExecInput
+	7,   // 161: berth.v1.NodeShell.PortForward:input_type -> berth.v1.PortForwardData
+	36,  // 162: berth.v1.Berth.Apply:output_type -> berth.v1.ApplyResponse
+	39,  // 163: berth.v1.Berth.ListServices:output_type -> berth.v1.ListServicesResponse
+	41,  // 164: berth.v1.Berth.GetService:output_type -> berth.v1.ServiceDetail
+	43,  // 165: berth.v1.Berth.DeleteService:output_type -> berth.v1.DeleteServiceResponse
+	46,  // 166: berth.v1.Berth.ListInstances:output_type -> berth.v1.ListInstancesResponse
+	48,  // 167: berth.v1.Berth.ListNodes:output_type -> berth.v1.ListNodesResponse
+	50,  // 168: berth.v1.Berth.LoadImage:output_type -> berth.v1.LoadImageResponse
+	55,  // 169: berth.v1.Berth.ListImages:output_type -> berth.v1.ListImagesResponse
+	53,  // 170: berth.v1.Berth.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	57,  // 171: berth.v1.Berth.ListEvents:output_type -> berth.v1.ListEventsResponse
+	76,  // 172: berth.v1.Berth.CreateToken:output_type -> berth.v1.CreateTokenResponse
+	78,  // 173: berth.v1.Berth.ListTokens:output_type -> berth.v1.ListTokensResponse
+	80,  // 174: berth.v1.Berth.RevokeToken:output_type -> berth.v1.RevokeTokenResponse
+	83,  // 175: berth.v1.Berth.Join:output_type -> berth.v1.CertificateResponse
+	83,  // 176: berth.v1.Berth.RenewCertificate:output_type -> berth.v1.CertificateResponse
+	85,  // 177: berth.v1.Berth.RemoveNode:output_type -> berth.v1.RemoveNodeResponse
+	87,  // 178: berth.v1.Berth.RevokeGateway:output_type -> berth.v1.RevokeGatewayResponse
+	89,  // 179: berth.v1.Berth.CordonNode:output_type -> berth.v1.CordonNodeResponse
+	91,  // 180: berth.v1.Berth.DrainNode:output_type -> berth.v1.DrainNodeResponse
+	96,  // 181: berth.v1.Berth.ListGateways:output_type -> berth.v1.ListGatewaysResponse
+	99,  // 182: berth.v1.Berth.ListRevisions:output_type -> berth.v1.ListRevisionsResponse
+	35,  // 183: berth.v1.Berth.Undo:output_type -> berth.v1.ApplyResult
+	35,  // 184: berth.v1.Berth.Scale:output_type -> berth.v1.ApplyResult
+	35,  // 185: berth.v1.Berth.Restart:output_type -> berth.v1.ApplyResult
+	125, // 186: berth.v1.Berth.Version:output_type -> berth.v1.VersionResponse
+	18,  // 187: berth.v1.Berth.RolloutStatus:output_type -> berth.v1.Rollout
+	18,  // 188: berth.v1.Berth.RolloutAction:output_type -> berth.v1.Rollout
+	105, // 189: berth.v1.Berth.ListVolumes:output_type -> berth.v1.ListVolumesResponse
+	107, // 190: berth.v1.Berth.GetVolume:output_type -> berth.v1.VolumeDetail
+	109, // 191: berth.v1.Berth.DeleteVolume:output_type -> berth.v1.DeleteVolumeResponse
+	111, // 192: berth.v1.Berth.ReleaseVolume:output_type -> berth.v1.ReleaseVolumeResponse
+	1,   // 193: berth.v1.Berth.Logs:output_type -> berth.v1.LogLine
+	5,   // 194: berth.v1.Berth.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 195: berth.v1.Berth.PortForward:output_type -> berth.v1.PortForwardData
+	116, // 196: berth.v1.Berth.ListSecrets:output_type -> berth.v1.ListSecretsResponse
+	118, // 197: berth.v1.Berth.DeleteSecret:output_type -> berth.v1.DeleteSecretResponse
+	129, // 198: berth.v1.Berth.ListServers:output_type -> berth.v1.ListServersResponse
+	131, // 199: berth.v1.Berth.RemoveServer:output_type -> berth.v1.RemoveServerResponse
+	133, // 200: berth.v1.Berth.JoinEtcd:output_type -> berth.v1.JoinEtcdResponse
+	135, // 201: berth.v1.Berth.PromoteEtcdMember:output_type -> berth.v1.PromoteEtcdMemberResponse
+	137, // 202: berth.v1.Berth.Snapshot:output_type -> berth.v1.SnapshotChunk
+	59,  // 203: berth.v1.NodeAgent.Register:output_type -> berth.v1.RegisterResponse
+	61,  // 204: berth.v1.NodeAgent.Heartbeat:output_type -> berth.v1.HeartbeatResponse
+	61,  // 205: berth.v1.NodeAgent.Heartbeats:output_type -> berth.v1.HeartbeatResponse
+	63,  // 206: berth.v1.NodeAgent.WatchAssignments:output_type -> berth.v1.Assignments
+	65,  // 207: berth.v1.NodeAgent.ReportStatus:output_type -> berth.v1.ReportStatusResponse
+	70,  // 208: berth.v1.NodeAgent.WatchDiscovery:output_type -> berth.v1.DiscoverySnapshot
+	67,  // 209: berth.v1.NodeAgent.WatchDiscoveryDeltas:output_type -> berth.v1.DiscoveryDelta
+	93,  // 210: berth.v1.NodeAgent.WatchNodes:output_type -> berth.v1.NodeList
+	49,  // 211: berth.v1.NodeAgent.FetchImage:output_type -> berth.v1.ImageChunk
+	113, // 212: berth.v1.NodeAgent.VolumeDeleted:output_type -> berth.v1.VolumeDeletedResponse
+	121, // 213: berth.v1.NodeAgent.InstanceSecrets:output_type -> berth.v1.InstanceSecretsResponse
+	1,   // 214: berth.v1.NodeShell.Logs:output_type -> berth.v1.LogLine
+	5,   // 215: berth.v1.NodeShell.Exec:output_type -> berth.v1.ExecOutput
+	7,   // 216: berth.v1.NodeShell.PortForward:output_type -> berth.v1.PortForwardData
+	162, // [162:217] is the sub-list for method output_type
+	107, // [107:162] is the sub-list for method input_type
+	107, // [107:107] is the sub-list for extension type_name
+	107, // [107:107] is the sub-list for extension extendee
+	0,   // [0:107] is the sub-list for field type_name
 }
 
 func init() { file_berth_proto_init() }
@@ -9006,7 +9805,7 @@ func file_berth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_proto_rawDesc), len(file_berth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   136,
+			NumMessages:   148,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

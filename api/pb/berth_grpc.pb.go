@@ -26,42 +26,47 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Berth_Apply_FullMethodName            = "/berth.v1.Berth/Apply"
-	Berth_ListServices_FullMethodName     = "/berth.v1.Berth/ListServices"
-	Berth_GetService_FullMethodName       = "/berth.v1.Berth/GetService"
-	Berth_DeleteService_FullMethodName    = "/berth.v1.Berth/DeleteService"
-	Berth_ListInstances_FullMethodName    = "/berth.v1.Berth/ListInstances"
-	Berth_ListNodes_FullMethodName        = "/berth.v1.Berth/ListNodes"
-	Berth_LoadImage_FullMethodName        = "/berth.v1.Berth/LoadImage"
-	Berth_ListImages_FullMethodName       = "/berth.v1.Berth/ListImages"
-	Berth_RemoveImage_FullMethodName      = "/berth.v1.Berth/RemoveImage"
-	Berth_ListEvents_FullMethodName       = "/berth.v1.Berth/ListEvents"
-	Berth_CreateToken_FullMethodName      = "/berth.v1.Berth/CreateToken"
-	Berth_ListTokens_FullMethodName       = "/berth.v1.Berth/ListTokens"
-	Berth_RevokeToken_FullMethodName      = "/berth.v1.Berth/RevokeToken"
-	Berth_Join_FullMethodName             = "/berth.v1.Berth/Join"
-	Berth_RenewCertificate_FullMethodName = "/berth.v1.Berth/RenewCertificate"
-	Berth_RemoveNode_FullMethodName       = "/berth.v1.Berth/RemoveNode"
-	Berth_RevokeGateway_FullMethodName    = "/berth.v1.Berth/RevokeGateway"
-	Berth_CordonNode_FullMethodName       = "/berth.v1.Berth/CordonNode"
-	Berth_DrainNode_FullMethodName        = "/berth.v1.Berth/DrainNode"
-	Berth_ListGateways_FullMethodName     = "/berth.v1.Berth/ListGateways"
-	Berth_ListRevisions_FullMethodName    = "/berth.v1.Berth/ListRevisions"
-	Berth_Undo_FullMethodName             = "/berth.v1.Berth/Undo"
-	Berth_Scale_FullMethodName            = "/berth.v1.Berth/Scale"
-	Berth_Restart_FullMethodName          = "/berth.v1.Berth/Restart"
-	Berth_Version_FullMethodName          = "/berth.v1.Berth/Version"
-	Berth_RolloutStatus_FullMethodName    = "/berth.v1.Berth/RolloutStatus"
-	Berth_RolloutAction_FullMethodName    = "/berth.v1.Berth/RolloutAction"
-	Berth_ListVolumes_FullMethodName      = "/berth.v1.Berth/ListVolumes"
-	Berth_GetVolume_FullMethodName        = "/berth.v1.Berth/GetVolume"
-	Berth_DeleteVolume_FullMethodName     = "/berth.v1.Berth/DeleteVolume"
-	Berth_ReleaseVolume_FullMethodName    = "/berth.v1.Berth/ReleaseVolume"
-	Berth_Logs_FullMethodName             = "/berth.v1.Berth/Logs"
-	Berth_Exec_FullMethodName             = "/berth.v1.Berth/Exec"
-	Berth_PortForward_FullMethodName      = "/berth.v1.Berth/PortForward"
-	Berth_ListSecrets_FullMethodName      = "/berth.v1.Berth/ListSecrets"
-	Berth_DeleteSecret_FullMethodName     = "/berth.v1.Berth/DeleteSecret"
+	Berth_Apply_FullMethodName             = "/berth.v1.Berth/Apply"
+	Berth_ListServices_FullMethodName      = "/berth.v1.Berth/ListServices"
+	Berth_GetService_FullMethodName        = "/berth.v1.Berth/GetService"
+	Berth_DeleteService_FullMethodName     = "/berth.v1.Berth/DeleteService"
+	Berth_ListInstances_FullMethodName     = "/berth.v1.Berth/ListInstances"
+	Berth_ListNodes_FullMethodName         = "/berth.v1.Berth/ListNodes"
+	Berth_LoadImage_FullMethodName         = "/berth.v1.Berth/LoadImage"
+	Berth_ListImages_FullMethodName        = "/berth.v1.Berth/ListImages"
+	Berth_RemoveImage_FullMethodName       = "/berth.v1.Berth/RemoveImage"
+	Berth_ListEvents_FullMethodName        = "/berth.v1.Berth/ListEvents"
+	Berth_CreateToken_FullMethodName       = "/berth.v1.Berth/CreateToken"
+	Berth_ListTokens_FullMethodName        = "/berth.v1.Berth/ListTokens"
+	Berth_RevokeToken_FullMethodName       = "/berth.v1.Berth/RevokeToken"
+	Berth_Join_FullMethodName              = "/berth.v1.Berth/Join"
+	Berth_RenewCertificate_FullMethodName  = "/berth.v1.Berth/RenewCertificate"
+	Berth_RemoveNode_FullMethodName        = "/berth.v1.Berth/RemoveNode"
+	Berth_RevokeGateway_FullMethodName     = "/berth.v1.Berth/RevokeGateway"
+	Berth_CordonNode_FullMethodName        = "/berth.v1.Berth/CordonNode"
+	Berth_DrainNode_FullMethodName         = "/berth.v1.Berth/DrainNode"
+	Berth_ListGateways_FullMethodName      = "/berth.v1.Berth/ListGateways"
+	Berth_ListRevisions_FullMethodName     = "/berth.v1.Berth/ListRevisions"
+	Berth_Undo_FullMethodName              = "/berth.v1.Berth/Undo"
+	Berth_Scale_FullMethodName             = "/berth.v1.Berth/Scale"
+	Berth_Restart_FullMethodName           = "/berth.v1.Berth/Restart"
+	Berth_Version_FullMethodName           = "/berth.v1.Berth/Version"
+	Berth_RolloutStatus_FullMethodName     = "/berth.v1.Berth/RolloutStatus"
+	Berth_RolloutAction_FullMethodName     = "/berth.v1.Berth/RolloutAction"
+	Berth_ListVolumes_FullMethodName       = "/berth.v1.Berth/ListVolumes"
+	Berth_GetVolume_FullMethodName         = "/berth.v1.Berth/GetVolume"
+	Berth_DeleteVolume_FullMethodName      = "/berth.v1.Berth/DeleteVolume"
+	Berth_ReleaseVolume_FullMethodName     = "/berth.v1.Berth/ReleaseVolume"
+	Berth_Logs_FullMethodName              = "/berth.v1.Berth/Logs"
+	Berth_Exec_FullMethodName              = "/berth.v1.Berth/Exec"
+	Berth_PortForward_FullMethodName       = "/berth.v1.Berth/PortForward"
+	Berth_ListSecrets_FullMethodName       = "/berth.v1.Berth/ListSecrets"
+	Berth_DeleteSecret_FullMethodName      = "/berth.v1.Berth/DeleteSecret"
+	Berth_ListServers_FullMethodName       = "/berth.v1.Berth/ListServers"
+	Berth_RemoveServer_FullMethodName      = "/berth.v1.Berth/RemoveServer"
+	Berth_JoinEtcd_FullMethodName          = "/berth.v1.Berth/JoinEtcd"
+	Berth_PromoteEtcdMember_FullMethodName = "/berth.v1.Berth/PromoteEtcdMember"
+	Berth_Snapshot_FullMethodName          = "/berth.v1.Berth/Snapshot"
 )
 
 // BerthClient is the client API for Berth service.
@@ -150,6 +155,18 @@ type BerthClient interface {
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
 	// DeleteSecret removes a secret; refused while a service uses it.
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
+	// The control plane: its replicas (berth server), the leader, and the
+	// etcd members with their health.
+	ListServers(ctx context.Context, in *ListServersRequest, opts ...grpc.CallOption) (*ListServersResponse, error)
+	// A replica retired: its etcd member removed (admin).
+	RemoveServer(ctx context.Context, in *RemoveServerRequest, opts ...grpc.CallOption) (*RemoveServerResponse, error)
+	// A replica starting with --join adds its etcd member (as a learner)
+	// through a running replica; replicas only.
+	JoinEtcd(ctx context.Context, in *JoinEtcdRequest, opts ...grpc.CallOption) (*JoinEtcdResponse, error)
+	// Promotes a caught-up learner to a voting member; replicas only.
+	PromoteEtcdMember(ctx context.Context, in *PromoteEtcdMemberRequest, opts ...grpc.CallOption) (*PromoteEtcdMemberResponse, error)
+	// etcd's snapshot of the whole cluster state, streamed (admin).
+	Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
 }
 
 type berthClient struct {
@@ -538,6 +555,65 @@ func (c *berthClient) DeleteSecret(ctx context.Context, in *DeleteSecretRequest,
 	return out, nil
 }
 
+func (c *berthClient) ListServers(ctx context.Context, in *ListServersRequest, opts ...grpc.CallOption) (*ListServersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListServersResponse)
+	err := c.cc.Invoke(ctx, Berth_ListServers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) RemoveServer(ctx context.Context, in *RemoveServerRequest, opts ...grpc.CallOption) (*RemoveServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveServerResponse)
+	err := c.cc.Invoke(ctx, Berth_RemoveServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) JoinEtcd(ctx context.Context, in *JoinEtcdRequest, opts ...grpc.CallOption) (*JoinEtcdResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinEtcdResponse)
+	err := c.cc.Invoke(ctx, Berth_JoinEtcd_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) PromoteEtcdMember(ctx context.Context, in *PromoteEtcdMemberRequest, opts ...grpc.CallOption) (*PromoteEtcdMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PromoteEtcdMemberResponse)
+	err := c.cc.Invoke(ctx, Berth_PromoteEtcdMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *berthClient) Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Berth_ServiceDesc.Streams[4], Berth_Snapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotRequest, SnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_SnapshotClient = grpc.ServerStreamingClient[SnapshotChunk]
+
 // BerthServer is the server API for Berth service.
 // All implementations must embed UnimplementedBerthServer
 // for forward compatibility.
@@ -624,6 +700,18 @@ type BerthServer interface {
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
 	// DeleteSecret removes a secret; refused while a service uses it.
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
+	// The control plane: its replicas (berth server), the leader, and the
+	// etcd members with their health.
+	ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error)
+	// A replica retired: its etcd member removed (admin).
+	RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error)
+	// A replica starting with --join adds its etcd member (as a learner)
+	// through a running replica; replicas only.
+	JoinEtcd(context.Context, *JoinEtcdRequest) (*JoinEtcdResponse, error)
+	// Promotes a caught-up learner to a voting member; replicas only.
+	PromoteEtcdMember(context.Context, *PromoteEtcdMemberRequest) (*PromoteEtcdMemberResponse, error)
+	// etcd's snapshot of the whole cluster state, streamed (admin).
+	Snapshot(*SnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
 	mustEmbedUnimplementedBerthServer()
 }
 
@@ -741,6 +829,21 @@ func (UnimplementedBerthServer) ListSecrets(context.Context, *ListSecretsRequest
 }
 func (UnimplementedBerthServer) DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteSecret not implemented")
+}
+func (UnimplementedBerthServer) ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListServers not implemented")
+}
+func (UnimplementedBerthServer) RemoveServer(context.Context, *RemoveServerRequest) (*RemoveServerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveServer not implemented")
+}
+func (UnimplementedBerthServer) JoinEtcd(context.Context, *JoinEtcdRequest) (*JoinEtcdResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method JoinEtcd not implemented")
+}
+func (UnimplementedBerthServer) PromoteEtcdMember(context.Context, *PromoteEtcdMemberRequest) (*PromoteEtcdMemberResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PromoteEtcdMember not implemented")
+}
+func (UnimplementedBerthServer) Snapshot(*SnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method Snapshot not implemented")
 }
 func (UnimplementedBerthServer) mustEmbedUnimplementedBerthServer() {}
 func (UnimplementedBerthServer) testEmbeddedByValue()               {}
@@ -1371,6 +1474,89 @@ func _Berth_DeleteSecret_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Berth_ListServers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListServersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).ListServers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_ListServers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).ListServers(ctx, req.(*ListServersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_RemoveServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).RemoveServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_RemoveServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).RemoveServer(ctx, req.(*RemoveServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_JoinEtcd_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinEtcdRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).JoinEtcd(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_JoinEtcd_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).JoinEtcd(ctx, req.(*JoinEtcdRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_PromoteEtcdMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PromoteEtcdMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BerthServer).PromoteEtcdMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Berth_PromoteEtcdMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BerthServer).PromoteEtcdMember(ctx, req.(*PromoteEtcdMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Berth_Snapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BerthServer).Snapshot(m, &grpc.GenericServerStream[SnapshotRequest, SnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Berth_SnapshotServer = grpc.ServerStreamingServer[SnapshotChunk]
+
 // Berth_ServiceDesc is the grpc.ServiceDesc for Berth service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1506,6 +1692,22 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DeleteSecret",
 			Handler:    _Berth_DeleteSecret_Handler,
 		},
+		{
+			MethodName: "ListServers",
+			Handler:    _Berth_ListServers_Handler,
+		},
+		{
+			MethodName: "RemoveServer",
+			Handler:    _Berth_RemoveServer_Handler,
+		},
+		{
+			MethodName: "JoinEtcd",
+			Handler:    _Berth_JoinEtcd_Handler,
+		},
+		{
+			MethodName: "PromoteEtcdMember",
+			Handler:    _Berth_PromoteEtcdMember_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -1529,6 +1731,11 @@ var Berth_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Berth_PortForward_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Snapshot",
+			Handler:       _Berth_Snapshot_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "berth.proto",

@@ -80,6 +80,10 @@ const (
 	TokenAdmin Verb = "token.admin"
 	// GatewayAdmin: revoke gateways.
 	GatewayAdmin Verb = "gateway.admin"
+	// ControlPlaneAdmin: remove a control plane replica (its etcd member),
+	// save a snapshot of etcd (it holds every secret, sealed, and the
+	// sealed CA key).
+	ControlPlaneAdmin Verb = "controlplane.admin"
 
 	// NodeSelf: a node's own calls (register, heartbeat, status reports,
 	// assignments, discovery, node list, volume reports, image fetches for
@@ -97,6 +101,10 @@ const (
 	// Join: exchanging a join token for a certificate (the token is the
 	// credential; anyone may try).
 	Join Verb = "join"
+	// MemberJoin: a replica adding its own etcd member to the cluster and
+	// having it promoted. Only a replica certificate, which only a holder
+	// of the cluster CA's key can make, may: a member receives everything.
+	MemberJoin Verb = "controlplane.join"
 )
 
 // Request is one permission a call needs.
@@ -155,6 +163,8 @@ func Allowed(p Principal, r Request) error {
 		switch r.Verb {
 		case NodeSelf, NodeWatch, Renew:
 			return deny("needs a part's certificate, not a user token")
+		case MemberJoin:
+			return deny("needs a control plane replica's certificate: start `berth server --join` with the cluster CA")
 		}
 		return nil
 	case pki.RoleDeployer, pki.RoleViewer:
@@ -183,10 +193,10 @@ func Allowed(p Principal, r Request) error {
 		return deny("a node certificate allows only the node's own calls")
 	case pki.RoleReplica:
 		switch r.Verb {
-		case ImageFetch, Renew:
+		case ImageFetch, Renew, MemberJoin:
 			return nil
 		}
-		return deny("a replica certificate allows only image fetches between replicas")
+		return deny("a replica certificate allows only image fetches between replicas and joining etcd")
 	case pki.RoleGateway:
 		if r.Verb == Renew {
 			return nil

@@ -91,6 +91,16 @@ func TestAllowed(t *testing.T) {
 		{replica, Request{Verb: ImageFetch}, ""},
 		{replica, Request{Verb: Write, Namespace: "default"}, "only image fetches"},
 		{replica, Request{Verb: NodeSelf, Node: "n1"}, "only image fetches"},
+		// ... and joining etcd, which only a replica may: an etcd member
+		// receives everything, secrets (sealed) included.
+		{replica, Request{Verb: MemberJoin}, ""},
+		{replica, Request{Verb: ControlPlaneAdmin}, "only image fetches"},
+		{admin, Request{Verb: MemberJoin}, "replica's certificate"},
+		{admin, Request{Verb: ControlPlaneAdmin}, ""},
+		{deployer, Request{Verb: ControlPlaneAdmin}, `does not include "controlplane.admin"`},
+		{viewer, Request{Verb: MemberJoin}, "does not include"},
+		{n1, Request{Verb: MemberJoin}, "only the node's own calls"},
+		{gw, Request{Verb: MemberJoin}, "only xDS"},
 
 		{Principal{Role: "root", Name: "x"}, Request{Verb: Read}, "unknown role"},
 	} {
