@@ -116,13 +116,12 @@ func newLoop(a *Agent) *loop {
 		reportDone: make(chan reportResult, 1)}
 }
 
-// exitResubscribe is how soon the loop subscribes to task exits again
-// after containerd's event stream broke (a containerd restart).
-const exitResubscribe = time.Second
-
 func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, subscribe func(context.Context) (<-chan runtime.Exit, error)) error {
 	defer l.cancelOp()
-	exits, err := subscribe(ctx)
+	// The feed subscribes again when containerd's event stream breaks (a
+	// containerd restart); exits in between are lost, so the loop
+	// reconciles with containerd when it says it is back.
+	feed, err := runtime.FollowExits(ctx, subscribe, l.a.logger)
 	if err != nil {
 		return fmt.Errorf("agent: subscribe to task exits: %w", err)
 	}
@@ -133,7 +132,6 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, subs
 	defer tick.Stop()
 	resync := time.NewTicker(5 * time.Second)
 	defer resync.Stop()
-	var resubscribe <-chan time.Time // set while the exit stream is down
 	for {
 		select {
 		case <-ctx.Done():
@@ -141,25 +139,9 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, subs
 			return nil
 		case msg := <-assignments:
 			l.assign(msg)
-		case ex, ok := <-exits:
-			if !ok {
-				// The event stream broke: a closed channel must not be read
-				// again (it would spin). Subscribe anew shortly, then
-				// reconcile with containerd for the exits in between.
-				l.a.logger.Warn("task exit stream ended; subscribing again", "in", exitResubscribe)
-				exits, resubscribe = nil, time.After(exitResubscribe)
-				break
-			}
+		case ex := <-feed.Exits():
 			l.exited(ex)
-		case <-resubscribe:
-			ch, err := subscribe(ctx)
-			if err != nil {
-				l.a.logger.Warn("subscribe to task exits failed; retrying", "err", err)
-				resubscribe = time.After(exitResubscribe)
-				break
-			}
-			l.a.logger.Info("task exit stream back")
-			exits, resubscribe = ch, nil
+		case <-feed.Resubscribed():
 			l.resync(ctx)
 		case r := <-l.results:
 			l.finished(r)

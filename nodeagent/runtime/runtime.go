@@ -35,6 +35,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	gocni "github.com/containerd/go-cni"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // ErrContainerdUnavailable is returned by New when containerd cannot be
@@ -272,7 +274,14 @@ func connect(ctx context.Context, cfg Config) (*containerd.Client, error) {
 	}
 	client, err := containerd.New(cfg.Socket,
 		containerd.WithDefaultNamespace(cfg.Namespace),
-		containerd.WithTimeout(cfg.ConnectTimeout))
+		containerd.WithTimeout(cfg.ConnectTimeout),
+		// After a containerd restart the connection is back within a
+		// second: the client's default backoff grows to ConnectTimeout,
+		// and the exit feed waits for the connection (Exits).
+		containerd.WithExtraDialOpts([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 800 * time.Millisecond},
+			MinConnectTimeout: cfg.ConnectTimeout,
+		})}))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v; %s", ErrContainerdUnavailable, cfg.Socket, err, installHint)
 	}
