@@ -755,7 +755,7 @@ func (r *Runtime) RemoveLeftovers(ctx context.Context) ([]string, error) {
 	}
 	candidates := map[string]bool{}
 	prefix := r.cfg.Namespace + "-"
-	if entries, err := os.ReadDir("/run/netns"); err == nil {
+	if entries, err := os.ReadDir(r.cfg.NetNSDir); err == nil {
 		for _, e := range entries {
 			if id, ok := strings.CutPrefix(e.Name(), prefix); ok && api.IsDNSLabel(id) {
 				candidates[id] = true

@@ -15,9 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// netnsDir is where named network namespaces live (as with `ip netns`).
-const netnsDir = "/run/netns"
-
 // PortMapping publishes a container port on the host through the CNI
 // portmap plugin.
 type PortMapping struct {
@@ -91,7 +88,49 @@ func (r *Runtime) newCNI() (gocni.CNI, error) {
 
 // netnsPath is the bind mount of the instance's network namespace.
 func (r *Runtime) netnsPath(id string) string {
-	return filepath.Join(netnsDir, r.cfg.Namespace+"-"+id)
+	return filepath.Join(r.cfg.NetNSDir, r.cfg.Namespace+"-"+id)
+}
+
+// ensureNetNSDir makes dir a shared mount point of its own, as iproute2
+// and the CNI netns helpers do (mount --bind dir dir; mount --make-shared
+// dir), once and idempotently. Namespace mounts then live on that mount
+// and propagate to other mount namespaces; and a tool that later runs
+// `ip netns add` finds dir already shared and does not bind it over itself,
+// which (with a non-recursive bind, or from another mount namespace) would
+// hide the mounts made before and leave plain files at their paths.
+func ensureNetNSDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("netns dir: %w", err)
+	}
+	for bound := false; ; bound = true {
+		err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EINVAL) || bound {
+			return fmt.Errorf("netns dir: mount --make-shared %s: %w", dir, err)
+		}
+		// Not a mount point: make it one, carrying over the namespace
+		// mounts already there (MS_REC).
+		if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("netns dir: mount --rbind %s %s: %w", dir, dir, err)
+		}
+	}
+}
+
+// isNetNS tells whether path is a network namespace (an nsfs bind mount),
+// not a plain file: what is left at the path when the mount went away (a
+// crash between creating the file and mounting, or a mount hidden by
+// another one over the directory). A missing path is not one either.
+func isNetNS(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Type == unix.NSFS_MAGIC, nil
 }
 
 // createNetNS creates a new network namespace and bind-mounts it at path. A
@@ -180,12 +219,19 @@ func (r *Runtime) setupNetwork(ctx context.Context, a *attachment) (netip.Addr, 
 }
 
 // teardownNetwork runs CNI DEL with the persisted port mappings. If the
-// netns is gone (e.g. after a reboot) DEL runs without it, which still
-// releases the IP and the portmap rules.
+// netns is gone (e.g. after a reboot) or its path is no namespace (a plain
+// file, see isNetNS: CNI would fail on it for ever with "unknown FS
+// magic"), DEL runs without it, which still releases the IP and the
+// portmap rules.
 func (r *Runtime) teardownNetwork(ctx context.Context, a *attachment) error {
 	path := a.NetNS
 	if path != "" {
-		if _, err := os.Stat(path); err != nil {
+		if ok, err := isNetNS(path); err != nil || !ok {
+			if err == nil && r.log != nil {
+				if _, serr := os.Stat(path); serr == nil {
+					r.log.Warn("netns path is not a network namespace; treating it as gone", "path", path)
+				}
+			}
 			path = ""
 		}
 	}

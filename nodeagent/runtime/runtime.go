@@ -16,8 +16,9 @@
 //	                           CNI DEL needs after a crash
 //	containers/<id>/log        the task's stdout and stderr
 //
-// Network namespaces are bind mounts at /run/netns/<namespace>-<id>, so
-// `ip netns exec` works on them.
+// Network namespaces are bind mounts at /run/netns/<namespace>-<id>
+// (Config.NetNSDir), so `ip netns exec` works on them; New makes that
+// directory a shared mount point of its own, as `ip netns add` does.
 package runtime
 
 import (
@@ -102,6 +103,9 @@ type Config struct {
 	SearchDomains []string
 	// DNSOptions are written as the resolv.conf "options" line.
 	DNSOptions []string
+	// NetNSDir holds the network namespaces' bind mounts; default
+	// /run/netns, where `ip netns` finds them.
+	NetNSDir string
 	// Snapshotter is the containerd snapshotter; default overlayfs.
 	Snapshotter string
 	// Logs keeps the containers' output (default: a store in
@@ -124,6 +128,7 @@ func DefaultConfig() Config {
 		Subnet:         "10.213.0.0/24",
 		SearchDomains:  []string{"default.svc.berth.internal", "svc.berth.internal", "berth.internal"},
 		DNSOptions:     []string{"ndots:5"},
+		NetNSDir:       "/run/netns",
 		Snapshotter:    "overlayfs",
 		ConnectTimeout: 3 * time.Second,
 	}
@@ -171,6 +176,10 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	client, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if err := ensureNetNSDir(cfg.NetNSDir); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("runtime: %w", err)
 	}
 	r := &Runtime{
 		cfg:     cfg,
@@ -253,6 +262,9 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.DNSOptions == nil {
 		cfg.DNSOptions = def.DNSOptions
+	}
+	if cfg.NetNSDir == "" {
+		cfg.NetNSDir = def.NetNSDir
 	}
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = def.Snapshotter
