@@ -14,9 +14,9 @@ type State struct {
 	Services  []api.Service
 	Instances []api.Instance
 	Statuses  map[string]api.InstanceStatus // by instance id
-	// NotReadyNodes are nodes whose endpoints must not receive traffic
-	// (heartbeat lapsed). Nil means all nodes are fine.
-	NotReadyNodes map[string]bool
+	// DownNodes are the nodes whose endpoints must not receive traffic,
+	// and why (DownNodesOf). Nil means all nodes are fine.
+	DownNodes map[string]NodeDown
 	// Rollouts by service "<ns>/<name>": an active one splits traffic
 	// between its canary and stable revisions by its weight.
 	Rollouts map[string]api.Rollout
@@ -42,7 +42,7 @@ func Build(st State) *Snapshot {
 		if r, ok := st.Rollouts[svc.Key()]; ok {
 			ro = &r
 		}
-		snap.Services = append(snap.Services, BuildService(svc, byService[svc.Key()], st.Statuses, st.NotReadyNodes, ro))
+		snap.Services = append(snap.Services, BuildService(svc, byService[svc.Key()], st.Statuses, st.DownNodes, ro))
 	}
 	SortServices(snap.Services)
 	return snap
@@ -60,11 +60,56 @@ func SortServices(svcs []Service) {
 	})
 }
 
+// NodeDown says why a node's endpoints take no traffic.
+type NodeDown uint8
+
+const (
+	// NodeUnreachable: the node stopped reporting (its heartbeats lapsed)
+	// but is not Lost: its containers may well still run, so its
+	// endpoints may be kept by panic routing.
+	NodeUnreachable NodeDown = iota + 1
+	// NodeGone: the node stopped reporting and is Lost, removed or being
+	// drained: its endpoints left for real and are never kept.
+	NodeGone
+)
+
+// DownNodesOf is the one rule for which nodes' endpoints take no traffic:
+// those without a live heartbeat claim (live), unless spared (the
+// publisher spares the nodes a restarted replica has not heard yet).
+// A node that is Lost, removed or drained is NodeGone; any other
+// NodeUnreachable.
+func DownNodesOf(nodes []api.Node, live map[string]bool, spared func(*api.Node) bool) map[string]NodeDown {
+	down := map[string]NodeDown{}
+	for i := range nodes {
+		n := &nodes[i]
+		if live[n.Name] || (spared != nil && spared(n)) {
+			continue
+		}
+		if n.State == api.NodeLost || n.Removed || n.Drain {
+			down[n.Name] = NodeGone
+		} else {
+			down[n.Name] = NodeUnreachable
+		}
+	}
+	return down
+}
+
 // BuildService is one service of Build: from the service, its instances,
 // their statuses (by instance id), the nodes whose endpoints must not
 // receive traffic, and its rollout (nil: none). The same inputs always
 // give the same service.
-func BuildService(svc *api.Service, instances []api.Instance, statuses map[string]api.InstanceStatus, notReadyNodes map[string]bool, ro *api.Rollout) Service {
+//
+// Panic routing (Envoy's panic threshold is the model): when no endpoint
+// of the service serves, the endpoints that would serve but for their
+// node having stopped reporting (NodeUnreachable; the instance still
+// wanted and last reported ready) are kept, marked Panic, until one
+// endpoint truly serves again. A node that stops reporting often runs on
+// (an agent restarted, a partition between agent and control plane):
+// answering with its last known endpoints beats answering with none.
+// The rule is per service, not per revision: a canary whose nodes stopped
+// reporting passes its share to the stable revision (canaryWeights), as
+// any revision without a ready endpoint does.
+func BuildService(svc *api.Service, instances []api.Instance, statuses map[string]api.InstanceStatus, down map[string]NodeDown, ro *api.Rollout) Service {
 	out := Service{Namespace: svc.Metadata.Namespace, Name: svc.Metadata.Name}
 	for _, p := range svc.Spec.Ports {
 		out.Ports = append(out.Ports, Port{Name: p.Name, Port: uint32(p.Port), Protocol: p.Protocol})
@@ -80,6 +125,12 @@ func BuildService(svc *api.Service, instances []api.Instance, statuses map[strin
 	if svc.Status.Revision > 0 {
 		revs[svc.Status.Revision] = &Revision{Number: svc.Status.Revision}
 	}
+	type keptEndpoint struct {
+		rev *Revision
+		ep  Endpoint
+	}
+	var kept []keptEndpoint // would serve but for their node: panic routing's
+	serving := false
 	for _, in := range instances {
 		rev := revs[in.Revision]
 		if rev == nil {
@@ -90,17 +141,27 @@ func BuildService(svc *api.Service, instances []api.Instance, statuses map[strin
 		if !ok || status.IP == "" || in.Node == "" || status.Node != in.Node {
 			continue
 		}
-		if notReadyNodes[in.Node] {
+		if d, isDown := down[in.Node]; isDown {
+			if d == NodeUnreachable && in.Live() && in.ReadyWith(status) {
+				kept = append(kept, keptEndpoint{rev, Endpoint{Instance: in.ID, Node: in.Node, IP: status.IP, Ready: true, Panic: true}})
+			}
 			continue
 		}
 		draining := !in.Live()
-		rev.Endpoints = append(rev.Endpoints, Endpoint{
+		e := Endpoint{
 			Instance: in.ID,
 			Node:     in.Node,
 			IP:       status.IP,
 			Ready:    in.ReadyWith(status) && !draining,
 			Draining: draining,
-		})
+		}
+		serving = serving || e.Serves()
+		rev.Endpoints = append(rev.Endpoints, e)
+	}
+	if !serving {
+		for _, k := range kept {
+			k.rev.Endpoints = append(k.rev.Endpoints, k.ep)
+		}
 	}
 	for _, rev := range revs {
 		sort.Slice(rev.Endpoints, func(a, b int) bool { return rev.Endpoints[a].Instance < rev.Endpoints[b].Instance })

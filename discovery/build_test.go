@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/berth-dev/berth/api"
@@ -35,7 +36,7 @@ func TestBuildReadyEndpointsAndWeights(t *testing.T) {
 			"web-d": {ID: "web-d", Node: "n1", IP: "10.0.0.4", Ready: true},
 			"web-e": {ID: "web-e", Node: "n3", IP: "10.0.3.2", Ready: true},
 		},
-		NotReadyNodes: map[string]bool{"n3": true},
+		DownNodes:     map[string]NodeDown{"n3": NodeUnreachable},
 	}
 	st.Instances[3].Draining = true
 	snap := Build(st)
@@ -168,5 +169,147 @@ func TestServing(t *testing.T) {
 	svc.Revisions[0].Endpoints[0].Draining = true
 	if got := svc.Serving(); len(got) != 0 {
 		t.Fatalf("nothing serves: %+v", got)
+	}
+}
+
+// Panic routing: when every endpoint that would serve left only because
+// its node stopped reporting, those endpoints are kept, marked; endpoints
+// that left for a reason of their own never are.
+func TestBuildPanicRouting(t *testing.T) {
+	type ep struct {
+		instance string
+		ready    bool
+		panic    bool
+	}
+	base := func() State {
+		return State{
+			Services:  []api.Service{service("web", 1, true)},
+			Instances: []api.Instance{instance("web-a", 1, "n1"), instance("web-b", 1, "n2")},
+			Statuses: map[string]api.InstanceStatus{
+				"web-a": {ID: "web-a", Node: "n1", IP: "10.0.0.1", Ready: true},
+				"web-b": {ID: "web-b", Node: "n2", IP: "10.0.1.1", Ready: true},
+			},
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*State)
+		want   []ep
+		nodes  []string // PanicNodes
+	}{
+		{"all nodes reachable: no panic", func(*State) {}, []ep{{"web-a", true, false}, {"web-b", true, false}}, nil},
+		{"every node unreachable: all kept, marked", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable, "n2": NodeUnreachable}
+		}, []ep{{"web-a", true, true}, {"web-b", true, true}}, []string{"n1", "n2"}},
+		{"one ready on a reachable node: only it", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable}
+		}, []ep{{"web-b", true, false}}, nil},
+		{"the reachable one unready by its probe: the unreachable one kept", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable}
+			st.Statuses["web-b"] = api.InstanceStatus{ID: "web-b", Node: "n2", IP: "10.0.1.1"}
+		}, []ep{{"web-a", true, true}, {"web-b", false, false}}, []string{"n1"}},
+		{"unready by its own probe before the node went: not kept", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable, "n2": NodeUnreachable}
+			st.Statuses["web-a"] = api.InstanceStatus{ID: "web-a", Node: "n1", IP: "10.0.0.1"}
+		}, []ep{{"web-b", true, true}}, []string{"n2"}},
+		{"draining: not kept", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable, "n2": NodeUnreachable}
+			st.Instances[0].Draining = true
+		}, []ep{{"web-b", true, true}}, []string{"n2"}},
+		{"told to stop: not kept", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable, "n2": NodeUnreachable}
+			st.Instances[1].Desired = api.DesiredStopped
+		}, []ep{{"web-a", true, true}}, []string{"n1"}},
+		{"deleted: not kept", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeUnreachable, "n2": NodeUnreachable}
+			st.Instances = st.Instances[:1]
+		}, []ep{{"web-a", true, true}}, []string{"n1"}},
+		{"Lost node: not kept", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeGone, "n2": NodeGone}
+		}, nil, nil},
+		{"Lost node beside an unreachable one: only the unreachable one's", func(st *State) {
+			st.DownNodes = map[string]NodeDown{"n1": NodeGone, "n2": NodeUnreachable}
+		}, []ep{{"web-b", true, true}}, []string{"n2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := base()
+			tc.change(&st)
+			web := Build(st).Lookup("default", "web")
+			var got []ep
+			for _, e := range web.Revisions[0].Endpoints {
+				got = append(got, ep{e.Instance, e.Ready, e.Panic})
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("endpoints = %+v, want %+v", got, tc.want)
+			}
+			if got := web.PanicNodes(); !reflect.DeepEqual(got, tc.nodes) {
+				t.Errorf("PanicNodes = %v, want %v", got, tc.nodes)
+			}
+		})
+	}
+}
+
+// A canary whose only node stopped reporting passes its share to the
+// stable revision, which serves: no panic. When both sides' nodes stopped
+// reporting, both are kept and the rollout's weights stand.
+func TestBuildPanicRoutingWithCanary(t *testing.T) {
+	st := State{
+		Services:  []api.Service{service("web", 2, true)},
+		Instances: []api.Instance{instance("web-a", 1, "n1"), instance("web-b", 2, "n2")},
+		Statuses: map[string]api.InstanceStatus{
+			"web-a": {ID: "web-a", Node: "n1", IP: "10.0.0.1", Ready: true},
+			"web-b": {ID: "web-b", Node: "n2", IP: "10.0.1.1", Ready: true},
+		},
+		Rollouts:  map[string]api.Rollout{"default/web": {Namespace: "default", Service: "web", Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10}},
+		DownNodes: map[string]NodeDown{"n2": NodeUnreachable},
+	}
+	st.Services[0].Spec.Rollout = &api.RolloutSpec{Strategy: "canary"}
+	web := Build(st).Lookup("default", "web")
+	if len(web.PanicNodes()) != 0 || web.Revisions[0].Weight != 100 || web.Revisions[1].Weight != 0 || len(web.Revisions[1].Endpoints) != 0 {
+		t.Fatalf("canary's node unreachable: %+v", web.Revisions)
+	}
+	st.DownNodes["n1"] = NodeUnreachable
+	web = Build(st).Lookup("default", "web")
+	if got := web.PanicNodes(); !reflect.DeepEqual(got, []string{"n1", "n2"}) || web.Revisions[0].Weight != 90 || web.Revisions[1].Weight != 10 {
+		t.Fatalf("every node unreachable: panic nodes %v, revisions %+v", got, web.Revisions)
+	}
+}
+
+func TestDownNodesOf(t *testing.T) {
+	nodes := []api.Node{
+		{Name: "live", State: api.NodeReady},
+		{Name: "silent", State: api.NodeNotReady},
+		{Name: "lost", State: api.NodeLost},
+		{Name: "removed", State: api.NodeNotReady, Removed: true},
+		{Name: "drained", State: api.NodeNotReady, Drain: true, Cordoned: true},
+		{Name: "cordoned", State: api.NodeNotReady, Cordoned: true},
+		{Name: "spared", State: api.NodeReady},
+	}
+	got := DownNodesOf(nodes, map[string]bool{"live": true}, func(n *api.Node) bool { return n.Name == "spared" })
+	want := map[string]NodeDown{"silent": NodeUnreachable, "lost": NodeGone, "removed": NodeGone, "drained": NodeGone, "cordoned": NodeUnreachable}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("DownNodesOf = %v, want %v", got, want)
+	}
+}
+
+// An endpoint kept by panic routing that serves for real again is a
+// changed item: the delta feeds carry the end of the panic.
+func TestServiceItemsCarryPanic(t *testing.T) {
+	svc := Service{Namespace: "default", Name: "web", Revisions: []Revision{{Number: 1, Weight: 100,
+		Endpoints: []Endpoint{{Instance: "web-a", Node: "n1", IP: "10.0.0.1", Ready: true, Panic: true}}}}}
+	kept := map[string]string{}
+	ServiceItems(&svc, kept)
+	svc.Revisions[0].Endpoints[0].Panic = false
+	back := map[string]string{}
+	ServiceItems(&svc, back)
+	changed := map[string]string{}
+	for k, v := range back {
+		if kept[k] != v {
+			changed[k] = v
+		}
+	}
+	deltas, _ := DeltaOf(&Snapshot{Services: []Service{svc}}, changed, nil)
+	if len(deltas) != 1 || deltas[0].Header != nil || len(deltas[0].Endpoints) != 1 || deltas[0].Endpoints[0].Endpoint.Panic {
+		t.Fatalf("deltas = %+v", deltas)
 	}
 }

@@ -59,7 +59,7 @@ func ServiceItems(svc *Service, items map[string]string) {
 	items[key] = string(b)
 	for _, r := range svc.Revisions {
 		for _, e := range r.Endpoints {
-			items[endpointKey(key, r.Number, e.Instance)] = e.Node + "\x00" + e.IP + "\x00" + strconv.FormatBool(e.Ready) + strconv.FormatBool(e.Draining)
+			items[endpointKey(key, r.Number, e.Instance)] = e.Node + "\x00" + e.IP + "\x00" + strconv.FormatBool(e.Ready) + strconv.FormatBool(e.Draining) + strconv.FormatBool(e.Panic)
 		}
 	}
 }

@@ -7,6 +7,7 @@
 package discovery
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -86,12 +87,16 @@ type Revision struct {
 
 // Endpoint is one instance's address. Only Ready endpoints receive new
 // traffic; Draining ones are kept so gateways can finish what they have.
+// Panic ones are Ready as last reported and kept by panic routing: their
+// node stopped reporting and the service has no other endpoint that
+// serves (BuildService).
 type Endpoint struct {
 	Instance string `json:"instance"`
 	Node     string `json:"node"`
 	IP       string `json:"ip"`
 	Ready    bool   `json:"ready"`
 	Draining bool   `json:"draining,omitempty"`
+	Panic    bool   `json:"panic,omitempty"`
 }
 
 // Lookup returns the service ns/name, or nil.
@@ -120,6 +125,21 @@ func (s *Service) ReadyEndpoints() []Endpoint {
 			}
 		}
 	}
+	return out
+}
+
+// PanicNodes returns the nodes, sorted, of the endpoints panic routing
+// keeps (none: the service is not in panic).
+func (s *Service) PanicNodes() []string {
+	var out []string
+	for _, r := range s.Revisions {
+		for _, e := range r.Endpoints {
+			if e.Panic && !slices.Contains(out, e.Node) {
+				out = append(out, e.Node)
+			}
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 
