@@ -261,12 +261,9 @@ func (p *Publisher) publish(v *store.View) {
 			p.graceFor[n.Name] = true
 		}
 	}
-	notReady := map[string]bool{}
-	for _, n := range v.Nodes {
-		if !v.LiveNodes[n.Name] && !(grace && n.State == api.NodeReady && p.graceFor[n.Name]) {
-			notReady[n.Name] = true
-		}
-	}
+	down := discovery.DownNodesOf(v.Nodes, v.LiveNodes, func(n *api.Node) bool {
+		return grace && n.State == api.NodeReady && p.graceFor[n.Name]
+	})
 	// Every service again when the nodes moved (endpoints leave with a
 	// node) or the grace began or ended; else only those whose inputs did.
 	all := p.built == nil || v.NodesGen != p.builtNodes || grace != p.builtGrace
@@ -295,7 +292,7 @@ func (p *Publisher) publish(v *store.View) {
 		for j := range vis {
 			instances[j] = vis[j].Instance
 		}
-		b := builtService{gen: gen, svc: discovery.BuildService(svc, instances, v.Statuses, notReady, ro), items: map[string]string{}}
+		b := builtService{gen: gen, svc: discovery.BuildService(svc, instances, v.Statuses, down, ro), items: map[string]string{}}
 		discovery.ServiceItems(&b.svc, b.items)
 		old := prev[key].items
 		for k, body := range b.items {

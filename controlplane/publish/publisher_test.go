@@ -364,19 +364,14 @@ func TestBurstsArePublishedTogether(t *testing.T) {
 // stateFromView turns a cache view into the input of discovery.Build, the
 // whole-state build the publisher's per-service one must equal.
 func stateFromView(v *store.View) discovery.State {
-	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses, NotReadyNodes: map[string]bool{},
-		Rollouts: map[string]api.Rollout{}}
+	st := discovery.State{Version: uint64(v.Revision), Services: v.Services, Statuses: v.Statuses,
+		DownNodes: discovery.DownNodesOf(v.Nodes, v.LiveNodes, nil), Rollouts: map[string]api.Rollout{}}
 	for k, r := range v.Rollouts {
 		st.Rollouts[k] = r.Rollout
 	}
 	st.Instances = make([]api.Instance, len(v.Instances))
 	for i, vi := range v.Instances {
 		st.Instances[i] = vi.Instance
-	}
-	for _, n := range v.Nodes {
-		if !v.LiveNodes[n.Name] {
-			st.NotReadyNodes[n.Name] = true
-		}
 	}
 	return st
 }
