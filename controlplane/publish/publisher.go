@@ -65,8 +65,16 @@ type Publisher struct {
 	graceUntil time.Time
 	graceFor   map[string]bool // the nodes of the first view: the ones the grace is for
 
+	// inPanic: the services ("ns/name") whose series of panic exists, and
+	// whether they were in panic routing at their last build (Run's own).
+	inPanic map[string]bool
+
 	published prometheus.Counter
 	version   prometheus.Gauge
+	// panic is 1 for a service while panic routing keeps endpoints of
+	// nodes that stopped reporting (discovery.BuildService), 0 after; a
+	// series exists from a service's first panic until it is deleted.
+	panic *prometheus.GaugeVec
 }
 
 // NewPublisher returns a publisher feeding sinks.
@@ -80,9 +88,13 @@ func NewPublisher(cache Views, logger *slog.Logger, reg prometheus.Registerer, s
 		items:     deltalog.New(keepDeltas, func(a, b string) bool { return a == b }),
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_discovery_snapshots_total", Help: "Discovery snapshots published."}),
 		version:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_discovery_snapshot_version", Help: "Version of the last published discovery snapshot."}),
+		panic: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_discovery_panic",
+			Help: "1 while panic routing keeps a service's endpoints on nodes that stopped reporting (none of its endpoints serves otherwise), 0 after."},
+			[]string{"namespace", "service"}),
+		inPanic: map[string]bool{},
 	}
 	if reg != nil {
-		reg.MustRegister(p.published, p.version)
+		reg.MustRegister(p.published, p.version, p.panic)
 	}
 	return p
 }
@@ -307,11 +319,16 @@ func (p *Publisher) publish(v *store.View) {
 		}
 		built[key] = b
 		snap.Services = append(snap.Services, b.svc)
+		p.notePanic(key, &b.svc)
 	}
 	for key, b := range prev {
 		if _, ok := built[key]; !ok {
 			for k := range b.items {
 				del = append(del, k)
+			}
+			if _, ok := p.inPanic[key]; ok {
+				delete(p.inPanic, key)
+				p.panic.DeleteLabelValues(b.svc.Namespace, b.svc.Name)
 			}
 		}
 	}
@@ -346,4 +363,24 @@ func (p *Publisher) publish(v *store.View) {
 	p.published.Inc()
 	p.version.Set(float64(snap.Version))
 	p.logger.Debug("published discovery snapshot", "version", snap.Version, "services", len(snap.Services))
+}
+
+// notePanic sets the panic gauge of a service just built and logs when its
+// panic routing starts or ends (the leader's controller records the
+// events: one per cluster, not one per replica).
+func (p *Publisher) notePanic(key string, svc *discovery.Service) {
+	nodes := svc.PanicNodes()
+	was, seen := p.inPanic[key]
+	now := len(nodes) > 0
+	if !seen && !now || was == now {
+		return
+	}
+	p.inPanic[key] = now
+	if now {
+		p.panic.WithLabelValues(svc.Namespace, svc.Name).Set(1)
+		p.logger.Warn("panic routing: every endpoint of the service is on nodes that stopped reporting; keeping them", "service", key, "nodes", nodes)
+		return
+	}
+	p.panic.WithLabelValues(svc.Namespace, svc.Name).Set(0)
+	p.logger.Info("panic routing ended", "service", key)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/discovery"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func testView(v *store.View) *store.View {
@@ -406,5 +407,72 @@ func TestDeltaBaseIsAKnownVersionOrZero(t *testing.T) {
 		if _, _, _, whole := p.SinceEndpoints(c.have); whole != (c.want == 0 && c.have != latest) {
 			t.Errorf("SinceEndpoints(%d) whole %v, DeltaBase %d", c.have, whole, c.want)
 		}
+	}
+}
+
+// When the only node of a service stops reporting, the publisher keeps its
+// endpoint, marked, and says so in berth_discovery_panic; a Lost node's
+// endpoint leaves; a deleted service's series goes with it.
+func TestPanicRoutingGauge(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := NewPublisher(nil, nil, reg)
+	replicas := int32(1)
+	svc := api.Service{Metadata: api.ObjectMeta{Name: "web", Namespace: "default"}, Spec: api.ServiceSpec{Image: "x", Replicas: &replicas}, Status: api.ServiceStatus{Revision: 1}}
+	in := api.Instance{ID: "w1", Namespace: "default", Service: "web", Revision: 1, Node: "a", Desired: api.DesiredRunning}
+	view := func(gen uint64, live bool, state string, services ...api.Service) *store.View {
+		v := testView(&store.View{Nodes: []api.Node{{Name: "a", State: state}}, Services: services,
+			Instances: []store.VersionedInstance{{Instance: in}},
+			Statuses:  map[string]api.InstanceStatus{"w1": {ID: "w1", Node: "a", Ready: true, IP: "10.213.0.9"}}})
+		v.LiveNodes["a"] = live
+		v.Revision, v.Gen, v.NodesGen = int64(10*gen), gen, gen
+		return v
+	}
+	// series returns berth_discovery_panic's values by "ns/service".
+	series := func() map[string]float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "berth_discovery_panic" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				out[labels["namespace"]+"/"+labels["service"]] = m.GetGauge().GetValue()
+			}
+		}
+		return out
+	}
+	gauge := func() float64 { return series()["default/web"] }
+	endpoint := func() (discovery.Endpoint, bool) {
+		eps := p.Latest().Lookup("default", "web").Revisions[0].Endpoints
+		if len(eps) != 1 {
+			return discovery.Endpoint{}, false
+		}
+		return eps[0], true
+	}
+	p.publish(view(1, true, api.NodeReady, svc))
+	if e, ok := endpoint(); !ok || e.Panic || len(series()) != 0 {
+		t.Fatalf("node live: endpoint %+v, %d panic series", e, len(series()))
+	}
+	p.publish(view(2, false, api.NodeNotReady, svc))
+	if e, ok := endpoint(); !ok || !e.Panic || !e.Serves() || gauge() != 1 {
+		t.Fatalf("node silent: endpoint %+v (kept %v), gauge %v", e, ok, gauge())
+	}
+	if base, deltas, _, _ := p.SinceEndpoints(10); base == nil || len(deltas) != 1 || len(deltas[0].Endpoints) != 1 || !deltas[0].Endpoints[0].Endpoint.Panic {
+		t.Fatalf("the delta feed does not carry the kept endpoint: %+v", deltas)
+	}
+	p.publish(view(3, false, api.NodeLost, svc))
+	if e, ok := endpoint(); ok || gauge() != 0 {
+		t.Fatalf("node lost: endpoint %+v kept, gauge %v", e, gauge())
+	}
+	p.publish(view(4, false, api.NodeLost))
+	if n := len(series()); n != 0 {
+		t.Fatalf("deleted service: %d panic series left", n)
 	}
 }
