@@ -25,6 +25,7 @@ import (
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane/scheduler"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/discovery"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -95,6 +96,9 @@ type Controller struct {
 	events         []store.Event // queued by event, written after each step
 	// staleGateways are the gateways seen STALE, "<replica>/<node id>".
 	staleGateways map[string]bool
+	// panicking are the services ("<ns>/<name>") seen in panic routing,
+	// with the nodes of their kept endpoints (notePanics).
+	panicking map[string][]string
 }
 
 // New returns a controller.
@@ -131,7 +135,7 @@ func New(cfg Config, st Store, cache Views) *Controller {
 
 // Run reconciles on every change and every Resync until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.startedAt, c.graceFor = c.now(), nil
+	c.startedAt, c.graceFor, c.panicking = c.now(), nil, nil
 	changes, unsubscribe := c.cache.Subscribe()
 	defer unsubscribe()
 	tick := time.NewTicker(c.cfg.Resync)
@@ -237,6 +241,7 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			c.graceFor[n.Name] = true
 		}
 	}
+	c.notePanics(ctx, v)
 	now := c.now().UTC()
 	var errs []error
 	for _, n := range v.Nodes {
@@ -278,7 +283,7 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			case api.NodeReady:
 				c.event(ctx, "", "node/"+n.Name, "NodeReady", "Normal", "node %s is ready", n.Name)
 			case api.NodeNotReady:
-				c.event(ctx, "", "node/"+n.Name, "NodeNotReady", "Warning", "node %s missed its heartbeats (last %s); its endpoints left discovery", n.Name, heartbeat.Format(time.RFC3339))
+				c.event(ctx, "", "node/"+n.Name, "NodeNotReady", "Warning", "node %s missed its heartbeats (last %s); its endpoints left discovery (kept by panic routing for a service that has no other)", n.Name, heartbeat.Format(time.RFC3339))
 			case api.NodeLost:
 				c.event(ctx, "", "node/"+n.Name, "NodeLost", "Warning", "node %s lost after %s NotReady; its instances are replaced elsewhere", n.Name, c.cfg.LostGrace)
 			}
@@ -861,6 +866,82 @@ func rollingPlan(plan ReplicaPlan, rs *api.RolloutSpec, want int, current, old [
 
 // noteStaleGateways records an event when a gateway turns STALE (and
 // when it recovers), once per transition.
+// notePanics records an event when panic routing starts keeping a
+// service's endpoints on nodes that stopped reporting, and one when it
+// ends: once per cluster (the publishers of every replica build the same
+// and only set their gauge). It asks discovery.BuildService, the one
+// rule, of the services with instances on such nodes and of those in
+// panic at the last pass; while every node reports, it costs nothing.
+func (c *Controller) notePanics(ctx context.Context, v *store.View) {
+	now := c.now()
+	down := discovery.DownNodesOf(v.Nodes, v.LiveNodes, func(n *api.Node) bool {
+		// As the publisher: a replica that just started spares the nodes
+		// it found Ready.
+		return n.State == api.NodeReady && c.graceFor[n.Name] && now.Sub(c.startedAt) < c.cfg.StartGrace
+	})
+	check := map[string]bool{}
+	for key := range c.panicking {
+		check[key] = true
+	}
+	for node, d := range down {
+		if d != discovery.NodeUnreachable {
+			continue
+		}
+		for _, vi := range v.NodeInstances(node) {
+			check[vi.Instance.ServiceKey()] = true
+		}
+	}
+	if len(check) == 0 {
+		return
+	}
+	services := make(map[string]*api.Service, len(v.Services))
+	for i := range v.Services {
+		services[v.Services[i].Key()] = &v.Services[i]
+	}
+	panicking := map[string][]string{}
+	for _, key := range slices.Sorted(maps.Keys(check)) {
+		ns, name, _ := strings.Cut(key, "/")
+		svc := services[key]
+		if svc == nil {
+			continue // deleted: its panic ended with it
+		}
+		var ro *api.Rollout
+		if r, ok := v.Rollouts[key]; ok {
+			ro = &r.Rollout
+		}
+		vis := v.ServiceInstances(key)
+		instances := make([]api.Instance, len(vis))
+		for i := range vis {
+			instances[i] = vis[i].Instance
+		}
+		built := discovery.BuildService(svc, instances, v.Statuses, down, ro)
+		nodes := built.PanicNodes()
+		was := c.panicking[key]
+		switch {
+		case len(nodes) > 0:
+			panicking[key] = nodes
+			if was == nil {
+				kept := 0
+				for _, r := range built.Revisions {
+					for _, e := range r.Endpoints {
+						if e.Panic {
+							kept++
+						}
+					}
+				}
+				c.event(ctx, ns, "service/"+name, "PanicRouting", "Warning",
+					"every endpoint of %s is on nodes that stopped reporting (%s): DNS and gateways keep its %d last known endpoints (panic routing) until one serves again or the nodes are Lost",
+					key, strings.Join(nodes, ", "), kept)
+			}
+		case was != nil && len(built.ReadyEndpoints()) > 0:
+			c.event(ctx, ns, "service/"+name, "PanicRoutingEnded", "Normal", "%s has an endpoint that serves again; the endpoints kept on %s are dropped", key, strings.Join(was, ", "))
+		case was != nil:
+			c.event(ctx, ns, "service/"+name, "PanicRoutingEnded", "Normal", "the endpoints of %s kept on %s left for good (node Lost, removed or drained, or instance stopped); none serves until a replacement is ready", key, strings.Join(was, ", "))
+		}
+	}
+	c.panicking = panicking
+}
+
 func (c *Controller) noteStaleGateways(ctx context.Context, v *store.View) {
 	now := map[string]bool{}
 	for _, g := range v.Gateways {

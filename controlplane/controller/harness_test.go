@@ -538,3 +538,42 @@ func TestHarnessUndoSkipsCanarySteps(t *testing.T) {
 		t.Fatalf("next change's rollout: %+v", fs.rollouts)
 	}
 }
+
+// Panic routing is recorded once when it starts (Warning, naming the
+// service and the nodes) and once when it ends (Normal), not on every
+// pass; a service whose other endpoints serve is not in panic.
+func TestHarnessPanicRoutingEvents(t *testing.T) {
+	nodes := []api.Node{node("a", api.NodeNotReady), node("b", api.NodeReady)}
+	c, fs := newHarness(nodes...)
+	web, api1 := inst("web-1", "web", 1, "a"), inst("api-1", "api", 1, "a")
+	api2 := inst("api-2", "api", 1, "b")
+	v := view(nodes, []string{"b"}, []api.Service{service("web", 1, 1), service("api", 2, 1)}, web, api1, api2)
+	for _, vi := range []store.VersionedInstance{web, api1, api2} {
+		v.Statuses[vi.Instance.ID] = readyAt(vi)
+	}
+	run(c, c.reconcileNodes, v)
+	run(c, c.reconcileNodes, v)
+	var panics []store.Event
+	for _, e := range fs.events {
+		if strings.HasPrefix(e.Reason, "Panic") {
+			panics = append(panics, e)
+		}
+	}
+	if len(panics) != 1 || panics[0].Reason != "PanicRouting" || panics[0].Type != "Warning" || panics[0].Object != "service/web" ||
+		!strings.Contains(panics[0].Message, "(a)") {
+		t.Fatalf("panic events after two passes: %+v", panics)
+	}
+	// Node a reports again: the panic ends, once.
+	v.LiveNodes["a"] = true
+	run(c, c.reconcileNodes, v)
+	run(c, c.reconcileNodes, v)
+	var reasons []string
+	for _, e := range fs.events {
+		if strings.HasPrefix(e.Reason, "Panic") {
+			reasons = append(reasons, e.Reason+" "+e.Type+" "+e.Object)
+		}
+	}
+	if want := []string{"PanicRouting Warning service/web", "PanicRoutingEnded Normal service/web"}; !slices.Equal(reasons, want) {
+		t.Fatalf("panic events %v, want %v", reasons, want)
+	}
+}
