@@ -275,7 +275,7 @@ func (a *Agent) register(ctx context.Context, shellAddr string) (*pb.RegisterRes
 	}
 	req := &pb.RegisterRequest{Name: a.cfg.Name, Address: a.cfg.Address, Labels: a.cfg.Labels, ShellAddr: shellAddr,
 		Capacity: &pb.Capacity{MilliCpu: capacity.MilliCPU, MemoryBytes: capacity.MemoryBytes}}
-	backoff := 200 * time.Millisecond
+	var backoff retryBackoff
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := a.client.Register(rctx, req)
@@ -290,10 +290,20 @@ func (a *Agent) register(ctx context.Context, shellAddr string) (*pb.RegisterRes
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(backoff.next()):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// dial sets up the agent's connection to the control plane (pb.Dial: TLS,
+// failover between replicas, a backoff capped at 2 s) and its clients.
+func (a *Agent) dial(creds *enroll.Credentials) (*grpc.ClientConn, error) {
+	conn, err := pb.Dial(a.cfg.ServerAddr, creds.ClientTLS())
+	if err != nil {
+		return nil, fmt.Errorf("agent: control plane address %q: %w", a.cfg.ServerAddr, err)
+	}
+	a.conn, a.client, a.berth = conn, waitForReady{pb.NewNodeAgentClient(conn)}, pb.NewBerthClient(conn)
+	return conn, nil
 }
 
 // Run joins the cluster and runs the node until ctx ends.
@@ -314,12 +324,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
-	conn, err := pb.Dial(a.cfg.ServerAddr, creds.ClientTLS())
+	conn, err := a.dial(creds)
 	if err != nil {
-		return fmt.Errorf("agent: control plane address %q: %w", a.cfg.ServerAddr, err)
+		return err
 	}
-	a.conn, a.client, a.berth = conn, pb.NewNodeAgentClient(conn), pb.NewBerthClient(conn)
-	defer a.conn.Close()
+	defer conn.Close()
 	renewCtx, stopRenew := context.WithCancel(ctx)
 	defer stopRenew()
 	go func() { _ = creds.KeepRenewed(renewCtx, conn, a.logger) }()
@@ -450,9 +459,14 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 	}
 }
 
-// retry runs a stream-following function again after errors, with backoff.
+// retry runs a stream-following function again after errors, with a
+// jittered backoff capped at about two seconds (retryBackoff). The streams
+// wait for the connection (waitForReady), so the backoff only paces a
+// control plane that is up but refuses; it starts again after a stream
+// that lasted. It warns once per outage.
 func (a *Agent) retry(ctx context.Context, what string, f func(context.Context) error) {
-	backoff := 100 * time.Millisecond
+	var backoff retryBackoff
+	failing := false
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := f(ctx)
@@ -460,15 +474,21 @@ func (a *Agent) retry(ctx context.Context, what string, f func(context.Context) 
 			return
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
+			backoff.reset()
+			failing = false
 		}
-		a.logger.Warn(what+" stream ended, reconnecting", "err", err, "in", backoff)
+		delay := backoff.next()
+		if !failing {
+			a.logger.Warn(what+" stream ended, reconnecting", "err", err, "in", delay.Round(time.Millisecond))
+		} else {
+			a.logger.Debug(what+" stream failed again, reconnecting", "err", err, "in", delay.Round(time.Millisecond))
+		}
+		failing = true
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(delay):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
