@@ -36,7 +36,7 @@ func TestBuildReadyEndpointsAndWeights(t *testing.T) {
 			"web-d": {ID: "web-d", Node: "n1", IP: "10.0.0.4", Ready: true},
 			"web-e": {ID: "web-e", Node: "n3", IP: "10.0.3.2", Ready: true},
 		},
-		DownNodes:     map[string]NodeDown{"n3": NodeUnreachable},
+		DownNodes: map[string]NodeDown{"n3": NodeUnreachable},
 	}
 	st.Instances[3].Draining = true
 	snap := Build(st)

@@ -3561,9 +3561,13 @@ func (x *ListInstancesRequest) GetService() string {
 }
 
 type InstanceView struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Instance      *Instance              `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
-	Status        *InstanceStatus        `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Instance *Instance              `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	Status   *InstanceStatus        `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// panic_routing: the instance's node stopped reporting and discovery
+	// keeps its endpoint, as last reported ready, because the service has no
+	// other endpoint that serves (panic routing).
+	PanicRouting  bool `protobuf:"varint,3,opt,name=panic_routing,json=panicRouting,proto3" json:"panic_routing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3610,6 +3614,13 @@ func (x *InstanceView) GetStatus() *InstanceStatus {
 		return x.Status
 	}
 	return nil
+}
+
+func (x *InstanceView) GetPanicRouting() bool {
+	if x != nil {
+		return x.PanicRouting
+	}
+	return false
 }
 
 type ListInstancesResponse struct {
@@ -5143,12 +5154,15 @@ func (x *DiscoveryRevision) GetEndpoints() []*Endpoint {
 }
 
 type Endpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	Ip            string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
-	Ready         bool                   `protobuf:"varint,4,opt,name=ready,proto3" json:"ready,omitempty"`
-	Draining      bool                   `protobuf:"varint,5,opt,name=draining,proto3" json:"draining,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Instance string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
+	Node     string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Ip       string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	Ready    bool                   `protobuf:"varint,4,opt,name=ready,proto3" json:"ready,omitempty"`
+	Draining bool                   `protobuf:"varint,5,opt,name=draining,proto3" json:"draining,omitempty"`
+	// panic: kept by panic routing (its node stopped reporting; the service
+	// has no other endpoint that serves).
+	Panic         bool `protobuf:"varint,6,opt,name=panic,proto3" json:"panic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5214,6 +5228,13 @@ func (x *Endpoint) GetReady() bool {
 func (x *Endpoint) GetDraining() bool {
 	if x != nil {
 		return x.Draining
+	}
+	return false
+}
+
+func (x *Endpoint) GetPanic() bool {
+	if x != nil {
+		return x.Panic
 	}
 	return false
 }
@@ -8994,10 +9015,11 @@ const file_berth_proto_rawDesc = "" +
 	"\x12instances_draining\x18\x01 \x01(\x05R\x11instancesDraining\"N\n" +
 	"\x14ListInstancesRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
-	"\aservice\x18\x02 \x01(\tR\aservice\"p\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\"\x95\x01\n" +
 	"\fInstanceView\x12.\n" +
 	"\binstance\x18\x01 \x01(\v2\x12.berth.v1.InstanceR\binstance\x120\n" +
-	"\x06status\x18\x02 \x01(\v2\x18.berth.v1.InstanceStatusR\x06status\"M\n" +
+	"\x06status\x18\x02 \x01(\v2\x18.berth.v1.InstanceStatusR\x06status\x12#\n" +
+	"\rpanic_routing\x18\x03 \x01(\bR\fpanicRouting\"M\n" +
 	"\x15ListInstancesResponse\x124\n" +
 	"\tinstances\x18\x01 \x03(\v2\x16.berth.v1.InstanceViewR\tinstances\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
@@ -9100,13 +9122,14 @@ const file_berth_proto_rawDesc = "" +
 	"\x11DiscoveryRevision\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x03R\x06number\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x120\n" +
-	"\tendpoints\x18\x03 \x03(\v2\x12.berth.v1.EndpointR\tendpoints\"|\n" +
+	"\tendpoints\x18\x03 \x03(\v2\x12.berth.v1.EndpointR\tendpoints\"\x92\x01\n" +
 	"\bEndpoint\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02ip\x18\x03 \x01(\tR\x02ip\x12\x14\n" +
 	"\x05ready\x18\x04 \x01(\bR\x05ready\x12\x1a\n" +
-	"\bdraining\x18\x05 \x01(\bR\bdraining\"\x9f\x01\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\x12\x14\n" +
+	"\x05panic\x18\x06 \x01(\bR\x05panic\"\x9f\x01\n" +
 	"\x12CreateTokenRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1e\n" +
 	"\n" +

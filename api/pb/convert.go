@@ -320,7 +320,7 @@ func FromSnapshot(s *discovery.Snapshot) *DiscoverySnapshot {
 		for _, rev := range svc.Revisions {
 			pr := &DiscoveryRevision{Number: rev.Number, Weight: rev.Weight}
 			for _, e := range rev.Endpoints {
-				pr.Endpoints = append(pr.Endpoints, &Endpoint{Instance: e.Instance, Node: e.Node, Ip: e.IP, Ready: e.Ready, Draining: e.Draining})
+				pr.Endpoints = append(pr.Endpoints, &Endpoint{Instance: e.Instance, Node: e.Node, Ip: e.IP, Ready: e.Ready, Draining: e.Draining, Panic: e.Panic})
 			}
 			ps.Revisions = append(ps.Revisions, pr)
 		}
@@ -343,7 +343,7 @@ func ToSnapshot(p *DiscoverySnapshot) *discovery.Snapshot {
 		for _, pr := range ps.Revisions {
 			rev := discovery.Revision{Number: pr.Number, Weight: pr.Weight}
 			for _, e := range pr.Endpoints {
-				rev.Endpoints = append(rev.Endpoints, discovery.Endpoint{Instance: e.Instance, Node: e.Node, IP: e.Ip, Ready: e.Ready, Draining: e.Draining})
+				rev.Endpoints = append(rev.Endpoints, discovery.Endpoint{Instance: e.Instance, Node: e.Node, IP: e.Ip, Ready: e.Ready, Draining: e.Draining, Panic: e.Panic})
 			}
 			svc.Revisions = append(svc.Revisions, rev)
 		}

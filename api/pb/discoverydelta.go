@@ -12,7 +12,7 @@ import (
 )
 
 func fromEndpoint(e *discovery.Endpoint) *Endpoint {
-	return &Endpoint{Instance: e.Instance, Node: e.Node, Ip: e.IP, Ready: e.Ready, Draining: e.Draining}
+	return &Endpoint{Instance: e.Instance, Node: e.Node, Ip: e.IP, Ready: e.Ready, Draining: e.Draining, Panic: e.Panic}
 }
 
 // FromServiceDeltas converts endpoint-level service deltas to the wire.

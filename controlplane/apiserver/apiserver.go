@@ -324,20 +324,51 @@ func (s *Server) ListServices(ctx context.Context, req *pb.ListServicesRequest) 
 	return out, nil
 }
 
+// instanceViews are the instances with their statuses, and whether the
+// latest discovery snapshot keeps their endpoint by panic routing.
 func (s *Server) instanceViews(v *store.View, ns, service string) []*pb.InstanceView {
 	var out []*pb.InstanceView
+	kept := s.panicEndpoints(ns, service)
 	for _, vi := range v.Instances {
 		in := vi.Instance
 		if (ns != "" && in.Namespace != ns) || (service != "" && in.Service != service) {
 			continue
 		}
-		iv := &pb.InstanceView{Instance: pb.FromInstance(&in)}
+		iv := &pb.InstanceView{Instance: pb.FromInstance(&in), PanicRouting: kept[in.ID]}
 		if st, ok := v.Statuses[in.ID]; ok {
 			iv.Status = pb.FromStatus(&st)
 		}
 		out = append(out, iv)
 	}
 	return out
+}
+
+// panicEndpoints returns the instances whose endpoints panic routing keeps
+// in the latest snapshot, among the services of ns (all: "") named service
+// (all: "").
+func (s *Server) panicEndpoints(ns, service string) map[string]bool {
+	snap := s.publisher.Latest()
+	if snap == nil {
+		return nil
+	}
+	var kept map[string]bool
+	for i := range snap.Services {
+		svc := &snap.Services[i]
+		if (ns != "" && svc.Namespace != ns) || (service != "" && svc.Name != service) {
+			continue
+		}
+		for _, r := range svc.Revisions {
+			for _, e := range r.Endpoints {
+				if e.Panic {
+					if kept == nil {
+						kept = map[string]bool{}
+					}
+					kept[e.Instance] = true
+				}
+			}
+		}
+	}
+	return kept
 }
 
 // GetService describes one service: spec, instances, DNS and events.
