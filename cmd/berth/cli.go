@@ -204,6 +204,9 @@ func printInstances(tw *tabwriter.Writer, ivs []*pb.InstanceView, p painter) {
 	printInstancesWide(tw, ivs, false, p)
 }
 
+// panicReady is READY for an instance whose endpoint panic routing keeps.
+const panicReady = "unknown (node NotReady; kept: panic)"
+
 // printInstancesWide prints instances; wide adds the image and the last
 // error in full.
 func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool, p painter) {
@@ -232,6 +235,11 @@ func printInstancesWide(tw *tabwriter.Writer, ivs []*pb.InstanceView, wide bool,
 			if st.Ready {
 				ready = "true"
 			}
+		}
+		if iv.PanicRouting {
+			// Its node stopped reporting: ready as last reported, and
+			// still served because the service has no other endpoint.
+			ready = panicReady
 		}
 		switch {
 		case in.Node == "" && in.Desired == api.DesiredRunning:

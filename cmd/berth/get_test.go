@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"text/tabwriter"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
@@ -103,5 +104,24 @@ func TestExplain(t *testing.T) {
 	}
 	if err := explain(&b, "spec.replica"); err == nil || !strings.Contains(err.Error(), "did you mean service.spec.replicas?") {
 		t.Fatalf("explain spec.replica: %v", err)
+	}
+}
+
+// An instance served only by panic routing says so in READY: its node's
+// last report is all there is.
+func TestInstancesShowPanicRouting(t *testing.T) {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	ivs := []*pb.InstanceView{
+		{Instance: &pb.Instance{Id: "web-1", Namespace: "default", Service: "web", Node: "a", Desired: api.DesiredRunning},
+			Status: &pb.InstanceStatus{Phase: api.PhaseRunning, Ready: true, Ip: "10.213.0.2"}, PanicRouting: true},
+		{Instance: &pb.Instance{Id: "web-2", Namespace: "default", Service: "web", Node: "b", Desired: api.DesiredRunning},
+			Status: &pb.InstanceStatus{Phase: api.PhaseRunning, Ready: true, Ip: "10.213.1.2"}},
+	}
+	printInstances(tw, ivs, painter{})
+	tw.Flush()
+	lines := strings.Split(b.String(), "\n")
+	if !strings.Contains(lines[1], "web-1") || !strings.Contains(lines[1], panicReady) || strings.Contains(lines[2], "panic") || !strings.Contains(lines[2], "true") {
+		t.Fatalf("get instances:\n%s", b.String())
 	}
 }
