@@ -19,6 +19,7 @@ import (
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -48,17 +49,27 @@ func (g *globalOptions) call(cmd *cobra.Command, f func(ctx context.Context, cli
 }
 
 // rpcErr makes gRPC errors readable: the message, and a hint when the
-// server is not there.
+// server is not there. The gRPC error stays underneath (status.Code sees
+// its code), so a retry can tell a lost answer from a refusal.
 func (g *globalOptions) rpcErr(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
 	}
-	if st.Code().String() == "Unavailable" {
-		return fmt.Errorf("cannot reach the Berth API at %s (is `berth dev` or `berth server` running? set --server or BERTH_ADDR): %s", g.server, st.Message())
+	if st.Code() == codes.Unavailable {
+		return &rpcError{msg: fmt.Sprintf("cannot reach the Berth API at %s (is `berth dev` or `berth server` running? set --server or BERTH_ADDR): %s", g.server, st.Message()), err: err}
 	}
-	return errors.New(st.Message())
+	return &rpcError{msg: st.Message(), err: err}
 }
+
+// rpcError is a gRPC error as the CLI prints it.
+type rpcError struct {
+	msg string
+	err error
+}
+
+func (e *rpcError) Error() string { return e.msg }
+func (e *rpcError) Unwrap() error { return e.err }
 
 func callCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(cmd.Context(), 30*time.Second)
@@ -102,27 +113,28 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 				}
 				req.Secrets = append(req.Secrets, sec)
 			}
-			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
-				resp, err := cli.Apply(ctx, req)
-				if err != nil {
-					return g.rpcErr(err)
-				}
-				for _, r := range resp.Results {
-					if r.Kind == api.KindVolume || r.Kind == api.KindSecret {
-						fmt.Fprintf(cmd.OutOrStdout(), "%s/%s %s (namespace %s)\n", strings.ToLower(r.Kind), r.Name, r.Action, r.Namespace)
-						continue
-					}
-					if r.Revision > 0 {
-						fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s, revision %d)\n", r.Name, r.Action, r.Namespace, r.Revision)
-					} else {
-						fmt.Fprintf(cmd.OutOrStdout(), "service/%s %s (namespace %s)\n", r.Name, r.Action, r.Namespace)
-					}
-				}
-				if wait && !dryRun {
-					return waitApplied(cmd, g, cli, resp.Results, timeout)
-				}
-				return nil
+			cli, done, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			// Apply is idempotent (the same manifests again change
+			// nothing), so an answer lost to a broken connection or a
+			// restarting replica is asked for again.
+			var resp *pb.ApplyResponse
+			lost, err := retryIdempotent(cmd.Context(), cmd.ErrOrStderr(), "apply", defaultRetry, func(ctx context.Context) error {
+				var err error
+				resp, err = cli.Apply(ctx, req)
+				return err
 			})
+			if err != nil {
+				return g.rpcErr(err)
+			}
+			printApplied(cmd.OutOrStdout(), cmd.ErrOrStderr(), resp.Results, lost)
+			if wait && !dryRun {
+				return waitApplied(cmd, g, cli, resp.Results, timeout)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "manifest file or directory (repeatable; - for stdin)")
@@ -130,6 +142,35 @@ func newApplyCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every applied service has all its replicas of the applied revision ready; with a rollout, until it succeeds (exit 0), pauses for promote (exit 0) or is rolled back (exit 3)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
 	return cmd
+}
+
+// printApplied prints what an apply did, one line per object. lost: an
+// earlier attempt's answer was lost (retryIdempotent), so the server may
+// have stored these manifests then, and "unchanged" now means only that
+// what is stored is what the manifests say, not that nothing was written:
+// such objects are printed "stored", with a note. "created" and
+// "configured" stay: the lost attempt did not commit (an apply is all or
+// nothing), this one did.
+func printApplied(stdout, stderr io.Writer, results []*pb.ApplyResult, lost bool) {
+	stored := false
+	for _, r := range results {
+		action := r.Action
+		if lost && action == "unchanged" {
+			action, stored = "stored", true
+		}
+		if r.Kind == api.KindVolume || r.Kind == api.KindSecret {
+			fmt.Fprintf(stdout, "%s/%s %s (namespace %s)\n", strings.ToLower(r.Kind), r.Name, action, r.Namespace)
+			continue
+		}
+		if r.Revision > 0 {
+			fmt.Fprintf(stdout, "service/%s %s (namespace %s, revision %d)\n", r.Name, action, r.Namespace, r.Revision)
+		} else {
+			fmt.Fprintf(stdout, "service/%s %s (namespace %s)\n", r.Name, action, r.Namespace)
+		}
+	}
+	if stored {
+		fmt.Fprintln(stderr, "the connection broke before the server answered; \"stored\" means the server holds these manifests as given: the lost attempt created or configured them, or they were so already (see berth get events)")
+	}
 }
 
 // printer writes objects as a table, JSON or YAML.
@@ -281,7 +322,12 @@ func newDescribeCmd(g *globalOptions) *cobra.Command {
 				return fmt.Errorf("describe: unknown kind %q: use service", args[0])
 			}
 			return g.call(cmd, func(ctx context.Context, cli pb.BerthClient) error {
-				d, err := cli.GetService(ctx, &pb.GetServiceRequest{Namespace: namespace, Name: args[1]})
+				var d *pb.ServiceDetail
+				_, err := retryIdempotent(ctx, cmd.ErrOrStderr(), "describe", defaultRetry, func(ctx context.Context) error {
+					var err error
+					d, err = cli.GetService(ctx, &pb.GetServiceRequest{Namespace: namespace, Name: args[1]})
+					return err
+				})
 				if err != nil {
 					return g.rpcErr(err)
 				}

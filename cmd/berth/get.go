@@ -100,11 +100,14 @@ changes nothing), json (the API's view, status included).`,
 				return err
 			}
 			defer done()
+			// A listing only reads: one whose answer was lost to a
+			// broken connection is asked for again (retryIdempotent).
 			render := func() (string, error) {
-				ctx, cancel := callCtx(cmd)
-				defer cancel()
 				var buf bytes.Buffer
-				err := renderGet(ctx, g, cli, &buf, kind, args[1:], sel, o)
+				_, err := retryIdempotent(cmd.Context(), cmd.ErrOrStderr(), "get", defaultRetry, func(ctx context.Context) error {
+					buf.Reset()
+					return renderGet(ctx, g, cli, &buf, kind, args[1:], sel, o)
+				})
 				return buf.String(), err
 			}
 			out, err := render()
