@@ -12,7 +12,9 @@ import (
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -20,7 +22,7 @@ import (
 
 // adsClient follows the control plane over one aggregated stream at a
 // time, delta (ads_delta.go) or state of the world, as Config.XDSProtocol
-// says. Only its run goroutine touches state, held and stats.
+// says. Only its run goroutine touches state, held, outage and stats.
 type adsClient struct {
 	g    *Gateway
 	conn *grpc.ClientConn
@@ -30,8 +32,20 @@ type adsClient struct {
 	// held is, on delta streams, the version of every accepted resource by
 	// type URL and name (listeners the gateway does not serve included):
 	// the initial_resource_versions of the next stream.
-	held  map[string]map[string]string
-	stats map[[2]string]*routeStats // (route, cluster) -> series
+	held map[string]map[string]string
+	// outage is when the stream last failed after being up (or the first
+	// attempt failed); zero while connected.
+	outage time.Time
+	stats  map[[2]string]*routeStats // (route, cluster) -> series
+}
+
+// connectParams bound gRPC's own reconnect backoff (its default grows to
+// two minutes): a control plane back after an outage is found within
+// about two seconds, and the jitter keeps a thousand gateways from
+// redialling in step.
+var connectParams = grpc.ConnectParams{
+	Backoff:           grpcbackoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
 }
 
 func newADSClient(g *Gateway) (*adsClient, error) {
@@ -42,6 +56,7 @@ func newADSClient(g *Gateway) (*adsClient, error) {
 	conn, err := grpc.NewClient(g.cfg.XDSAddr,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithConnectParams(connectParams),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: xds client for %s: %w", g.cfg.XDSAddr, err)
@@ -59,7 +74,10 @@ func newADSClient(g *Gateway) (*adsClient, error) {
 func (c *adsClient) close() { c.conn.Close() }
 
 // run keeps a stream open until ctx ends, reconnecting with jittered
-// exponential backoff. The routing table stays as it is meanwhile.
+// exponential backoff (Config.BackoffMin to BackoffMax), or at once when
+// the connection comes back before the backoff has passed. The routing
+// table stays as it is meanwhile. The first failure of an outage is a
+// warning, the retries are debug records.
 func (c *adsClient) run(ctx context.Context) {
 	session := c.deltaSession
 	if c.g.cfg.XDSProtocol == XDSStateOfTheWorld {
@@ -74,14 +92,47 @@ func (c *adsClient) run(ctx context.Context) {
 		if received {
 			backoff = c.g.cfg.BackoffMin
 		}
-		c.g.log.Warn("xds stream ended; serving the last configuration", "error", err, "retry_in", backoff)
 		wait := backoff/2 + rand.N(backoff/2+1)
-		select {
-		case <-ctx.Done():
+		if c.outage.IsZero() {
+			c.outage = time.Now()
+			c.g.log.Warn("xds stream ended; serving the last configuration", "error", err, "retry_in", wait)
+		} else {
+			c.g.log.Debug("xds stream failed again", "error", err, "retry_in", wait)
+		}
+		c.pause(ctx, wait)
+		if ctx.Err() != nil {
 			return
-		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, c.g.cfg.BackoffMax)
+	}
+}
+
+// pause waits d, or less if the connection to the control plane becomes
+// ready meanwhile (gRPC redials on its own backoff, connectParams). A
+// connection that is ready all along (a server that ends each stream)
+// waits the whole of d.
+func (c *adsClient) pause(ctx context.Context, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	s := c.conn.GetState()
+	for {
+		if s == connectivity.Idle {
+			c.conn.Connect()
+		}
+		if !c.conn.WaitForStateChange(ctx, s) {
+			return
+		}
+		if s = c.conn.GetState(); s == connectivity.Ready {
+			return
+		}
+	}
+}
+
+// streamUp is called with a stream's first response: it ends an outage.
+func (c *adsClient) streamUp() {
+	if !c.outage.IsZero() {
+		c.g.log.Info("xds stream back", "down_for", time.Since(c.outage).Round(time.Millisecond))
+		c.outage = time.Time{}
 	}
 }
 
@@ -113,6 +164,9 @@ func (c *adsClient) session(ctx context.Context) (bool, error) {
 				err = errors.New("control plane closed the stream")
 			}
 			return received, err
+		}
+		if !received {
+			c.streamUp()
 		}
 		received = true
 		if err := stream.Send(c.handle(resp)); err != nil {

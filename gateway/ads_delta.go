@@ -47,6 +47,9 @@ func (c *adsClient) deltaSession(ctx context.Context) (bool, error) {
 			}
 			return received, err
 		}
+		if !received {
+			c.streamUp()
+		}
 		received = true
 		if err := stream.Send(c.handleDelta(resp)); err != nil {
 			return received, err

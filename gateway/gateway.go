@@ -56,7 +56,8 @@ type Config struct {
 	DialTimeout time.Duration
 	// MaxIdleConnsPerEndpoint is the keep-alive pool size per upstream.
 	MaxIdleConnsPerEndpoint int
-	// BackoffMin and BackoffMax bound the ADS reconnect backoff.
+	// BackoffMin and BackoffMax bound the ADS reconnect backoff (jittered;
+	// a connection that comes back sooner is used at once).
 	BackoffMin, BackoffMax time.Duration
 
 	// IdleTimeout closes a client keep-alive connection that has been
@@ -140,7 +141,7 @@ func DefaultConfig() Config {
 		DialTimeout:             2 * time.Second,
 		MaxIdleConnsPerEndpoint: 256,
 		BackoffMin:              100 * time.Millisecond,
-		BackoffMax:              5 * time.Second,
+		BackoffMax:              2 * time.Second,
 		IdleTimeout:             60 * time.Second,
 		ReadHeaderTimeout:       10 * time.Second,
 		BodyTimeout:             60 * time.Second,
