@@ -13,20 +13,55 @@ import (
 
 	"github.com/berth-dev/berth/controlplane/store"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 )
 
-// EmbeddedEtcd is a single-member etcd running inside the process, its
-// client and peer endpoints on Unix sockets in the data directory so that
-// several instances never fight over ports and nothing listens on the
-// network.
+// EmbeddedEtcd is an etcd member running inside the process. Its client
+// endpoint is a Unix socket in the data directory (only this process
+// talks to it). A single member also has its peer endpoint there, so
+// nothing listens on the network; a member of a multi-member cluster
+// (EtcdPeering) listens for its peers on TCP with mutual TLS.
 type EmbeddedEtcd struct {
 	etcd      *embed.Etcd
 	endpoint  string
 	closeOnce sync.Once
+}
+
+// EtcdPeerCN is the common name of etcd peer certificates. A member
+// accepts only peers presenting it, signed by the cluster CA: a node's or
+// a gateway's certificate (same CA, names limited to a-z0-9-_.) never
+// has it.
+const EtcdPeerCN = "berth etcd peer"
+
+// EtcdPeering makes the embedded etcd one member of a multi-member
+// cluster.
+type EtcdPeering struct {
+	// Name is the member's name (unique in the cluster).
+	Name string
+	// ListenAddr is host:port the member listens on for peers;
+	// AdvertiseAddr host:port the others reach it at (default ListenAddr).
+	ListenAddr, AdvertiseAddr string
+	// InitialCluster is etcd's name=https://host:port,... for a member
+	// joining a running cluster (Existing); empty: a new cluster of this
+	// member alone (others join it).
+	InitialCluster string
+	Existing       bool
+	// The member's peer certificate and key (CN EtcdPeerCN, server and
+	// client use) and the CA its peers' certificates must chain to.
+	CertFile, KeyFile, CAFile string
+}
+
+// PeerURL is the URL the other members reach this one at.
+func (p EtcdPeering) PeerURL() string {
+	a := p.AdvertiseAddr
+	if a == "" {
+		a = p.ListenAddr
+	}
+	return "https://" + a
 }
 
 // EtcdTuning selects election timing: fast for tests, default otherwise.
@@ -37,8 +72,27 @@ type EtcdTuning struct {
 	MaxTxnOps uint
 }
 
-// StartEmbeddedEtcd starts etcd in dir and waits until it serves.
+// StartEmbeddedEtcd starts a single-member etcd in dir and waits until it
+// serves.
 func StartEmbeddedEtcd(dir string, tuning EtcdTuning, logger *slog.Logger) (*EmbeddedEtcd, error) {
+	return startEtcd(dir, nil, tuning, logger)
+}
+
+// StartEtcdMember starts a member of a multi-member etcd in dir and waits
+// until it serves (a member joining waits until it caught up enough to
+// serve, as a learner).
+func StartEtcdMember(dir string, p EtcdPeering, tuning EtcdTuning, logger *slog.Logger) (*EmbeddedEtcd, error) {
+	return startEtcd(dir, &p, tuning, logger)
+}
+
+// HasEtcdData reports whether dir holds an etcd member's data already (a
+// restart: the member knows its cluster; nothing to join).
+func HasEtcdData(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "data", "member", "wal"))
+	return err == nil
+}
+
+func startEtcd(dir string, peering *EtcdPeering, tuning EtcdTuning, logger *slog.Logger) (*EmbeddedEtcd, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("etcd: data dir: %w", err)
 	}
@@ -57,6 +111,35 @@ func StartEmbeddedEtcd(dir string, tuning EtcdTuning, logger *slog.Logger) (*Emb
 	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
+	if p := peering; p != nil {
+		listen, err := url.Parse("https://" + p.ListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("etcd: peer address %q: %w", p.ListenAddr, err)
+		}
+		adv, err := url.Parse(p.PeerURL())
+		if err != nil {
+			return nil, fmt.Errorf("etcd: advertised peer address %q: %w", p.AdvertiseAddr, err)
+		}
+		cfg.Name = p.Name
+		cfg.ListenPeerUrls = []url.URL{*listen}
+		cfg.AdvertisePeerUrls = []url.URL{*adv}
+		cfg.InitialCluster = p.Name + "=" + adv.String()
+		if p.InitialCluster != "" {
+			cfg.InitialCluster = p.InitialCluster
+		}
+		if p.Existing {
+			cfg.ClusterState = embed.ClusterStateFlagExisting
+		}
+		cfg.PeerTLSInfo = transport.TLSInfo{
+			CertFile: p.CertFile, KeyFile: p.KeyFile, TrustedCAFile: p.CAFile,
+			ClientCertFile: p.CertFile, ClientKeyFile: p.KeyFile,
+			ClientCertAuth: true, AllowedCNs: []string{EtcdPeerCN},
+		}
+		// A member added by another replica is refused changes that would
+		// leave fewer started members than a quorum (etcd's default, kept
+		// explicit): removing a member never takes writes down.
+		cfg.StrictReconfigCheck = true
+	}
 	cfg.Logger = "zap"
 	// etcd logs its own listeners closing as errors on every clean
 	// shutdown; real failures still reach us through Err().

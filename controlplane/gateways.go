@@ -52,15 +52,20 @@ func (s *Server) replicaSession(ctx context.Context) error {
 		if err := s.store.DeleteGateways(dctx, name); err != nil {
 			s.logger.Debug("remove this replica's gateways", "err", err)
 		}
+		_ = s.store.DeleteServer(dctx, name)
 	}()
+	started := time.Now()
 	for ctx.Err() == nil {
 		sess, ok := s.newSession(ctx, "replica session")
 		if !ok {
 			return nil
 		}
 		s.api.SetReplica(s.AdvertiseAddr())
+		done := make(chan struct{})
+		go func() { defer close(done); s.reportServer(ctx, sess, started) }()
 		s.reportWithSession(ctx, sess, name)
 		sess.Close()
+		<-done
 	}
 	return nil
 }

@@ -41,6 +41,13 @@ type Config struct {
 	DataDir string
 	// EtcdEndpoints selects an external etcd; empty runs it embedded.
 	EtcdEndpoints []string
+	// EtcdPeerAddr makes the embedded etcd a member of a multi-member
+	// cluster, listening for its peers (mutual TLS, cluster CA) on this
+	// host:port; EtcdAdvertisePeerAddr is where the others reach it
+	// (default EtcdPeerAddr). Join lists running replicas' API addresses:
+	// on its first start the member joins their cluster through one.
+	EtcdPeerAddr, EtcdAdvertisePeerAddr string
+	Join                                []string
 	// Etcd tunes the embedded etcd's election timing.
 	Etcd EtcdTuning
 	// APIAddr is where the gRPC API listens (loopback unless configured).
@@ -151,8 +158,11 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 	}
 	s := &Server{cfg: cfg, logger: cfg.Logger.With("component", "controlplane")}
 	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) > 0 && (cfg.EtcdPeerAddr != "" || len(cfg.Join) > 0) {
+		return nil, errors.New("controlplane: --etcd-peer-addr and --join are for the embedded etcd; with --etcd-endpoints, manage the etcd cluster's members with etcdctl")
+	}
 	if len(endpoints) == 0 {
-		e, err := StartEmbeddedEtcd(filepath.Join(cfg.DataDir, "etcd"), cfg.Etcd, s.logger)
+		e, err := s.startEmbeddedEtcd(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -223,6 +233,7 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 		ReplicaCert:       s.replicaCert,
 		Gateways:          cfg.Gateways,
 		Loads:             cfg.Loads,
+		Members:           s,
 		Logger:            cfg.Logger,
 	}, s.store, s.cache, s.publisher)
 	if err != nil {

@@ -84,8 +84,11 @@ type Config struct {
 	// Gateways reports the xDS clients (nil: none known).
 	Gateways func() []api.GatewayStatus
 	// Loads reports per-revision traffic for `berth rollout status`.
-	Loads  controller.LoadReader
-	Logger *slog.Logger
+	Loads controller.LoadReader
+	// Members is the control plane's own membership (get servers, join,
+	// snapshots); nil: those calls are Unimplemented.
+	Members Members
+	Logger  *slog.Logger
 }
 
 // Server implements pb.BerthServer and pb.NodeAgentServer.

@@ -2,6 +2,8 @@ package apiserver
 
 import (
 	"context"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"strings"
 	"time"
 
@@ -270,7 +272,19 @@ func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	if err := s.authorize(ctx, p, info.FullMethod, perms(req)); err != nil {
 		return nil, err
 	}
-	return handler(context.WithValue(ctx, principalKey{}, p), req)
+	// Calls fail at once, naming quorum, when this replica's etcd member
+	// has no leader, instead of waiting out the caller's deadline.
+	resp, err := handler(clientv3.WithRequireLeader(context.WithValue(ctx, principalKey{}, p)), req)
+	return resp, noQuorum(err)
+}
+
+// noQuorum rewrites etcd's "no leader" (however the handler wrapped it)
+// as what it means to a user.
+func noQuorum(err error) error {
+	if err == nil || !strings.Contains(err.Error(), rpctypes.ErrNoLeader.Error()) {
+		return err
+	}
+	return status.Errorf(codes.Unavailable, "etcd has no quorum (no leader: fewer than half of its members reachable); nothing was written, the data plane keeps serving; `berth get servers` shows the members (%v)", status.Convert(err).Message())
 }
 
 // StreamInterceptor authenticates every stream and authorises it on its

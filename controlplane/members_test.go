@@ -1,0 +1,284 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/pki"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// member is one replica of a multi-member control plane in a test.
+type member struct {
+	cfg    Config
+	srv    *Server
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func memberConfig(t *testing.T, name string) Config {
+	cfg := DefaultConfig()
+	cfg.DataDir, cfg.APIAddr, cfg.Name = t.TempDir(), "127.0.0.1:0", name
+	cfg.EtcdPeerAddr = freePort(t)
+	cfg.Etcd = EtcdTuning{TickMs: 20, ElectionMs: 200}
+	cfg.ElectionTTL = 2 * time.Second
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return cfg
+}
+
+func runMember(t *testing.T, cfg Config) *member {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", cfg.Name, err)
+	}
+	m := &member{cfg: cfg, srv: srv, cancel: cancel, done: make(chan error, 1)}
+	go func() { m.done <- srv.Run(ctx) }()
+	t.Cleanup(m.stop)
+	return m
+}
+
+// stop ends the replica (its etcd member with it); safe to call twice.
+func (m *member) stop() {
+	if m.cancel == nil {
+		return
+	}
+	m.cancel()
+	<-m.done
+	m.cancel = nil
+}
+
+// joinConfig is a replica joining first's cluster: the cluster CA and
+// secrets key copied from first's data dir, as the README says.
+func joinConfig(t *testing.T, name string, first *member) Config {
+	cfg := memberConfig(t, name)
+	cfg.Join = []string{first.srv.APIAddr()}
+	cfg.CACertFile = filepath.Join(first.cfg.DataDir, "pki", "ca.crt")
+	cfg.CAKeyFile = filepath.Join(first.cfg.DataDir, "pki", "ca.key")
+	cfg.SecretsKeyFile = filepath.Join(first.cfg.DataDir, "secrets.key")
+	return cfg
+}
+
+func servers(t *testing.T, cli pb.BerthClient) *pb.ListServersResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l, err := cli.ListServers(ctx, &pb.ListServersRequest{})
+	if err != nil {
+		t.Fatalf("list servers: %v", err)
+	}
+	return l
+}
+
+func healthyVoters(l *pb.ListServersResponse) int {
+	n := 0
+	for _, m := range l.GetMembers() {
+		if m.GetHealthy() && !m.GetLearner() {
+			n++
+		}
+	}
+	return n
+}
+
+// TestThreeMemberControlPlane forms a three-member etcd from three
+// replicas (the first forms it, the others join through its API), shows
+// it in ListServers, keeps accepting writes when a member dies, refuses
+// them naming quorum when two are down, and resumes when one returns.
+func TestThreeMemberControlPlane(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three embedded etcd members")
+	}
+	began := time.Now()
+	step := func(what string) { t.Logf("%6.1fs %s", time.Since(began).Seconds(), what) }
+	one := runMember(t, memberConfig(t, "one"))
+	step("one")
+	two := runMember(t, joinConfig(t, "two", one))
+	step("two")
+	three := runMember(t, joinConfig(t, "three", one))
+	step("three")
+
+	cli3 := pb.NewBerthClient(adminConn(t, three.srv))
+	eventually(t, "three healthy voters", func() (bool, string) {
+		l := servers(t, cli3)
+		return l.GetVoters() == 3 && l.GetQuorum() == 2 && healthyVoters(l) == 3 && len(l.GetServers()) == 3 && l.GetLeader() != "", l.String()
+	})
+
+	step("A write through one replica")
+	// A write through one replica is read through another.
+	ctx := context.Background()
+	if _, err := cli3.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	cli2 := pb.NewBerthClient(adminConn(t, two.srv))
+	if _, err := cli2.GetService(ctx, &pb.GetServiceRequest{Namespace: "default", Name: "hello"}); err != nil {
+		t.Fatalf("a service applied through three, read through two: %v", err)
+	}
+
+	step("Joining under a name taken")
+	// Joining under a name taken is refused, naming it.
+	dup := joinConfig(t, "two", one)
+	if srv, err := New(ctx, dup); err == nil || !strings.Contains(err.Error(), "named two exists") {
+		if srv != nil {
+			srv.Close()
+		}
+		t.Fatalf("a second member named two: %v", err)
+	}
+
+	step("One member down")
+	// One member down (the first, which formed the cluster): writes go on.
+	one.stop()
+	eventually(t, "writes after one member died", func() (bool, string) {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := cli3.Scale(wctx, &pb.ScaleRequest{Namespace: "default", Name: "hello", Replicas: 2})
+		return err == nil, fmt.Sprint(err)
+	})
+	eventually(t, "one reported unhealthy", func() (bool, string) {
+		l := servers(t, cli3)
+		return healthyVoters(l) == 2 && len(l.GetServers()) == 2, l.String()
+	})
+
+	step("Two down")
+	// Two down: no quorum. Writes fail, saying so.
+	two.stop()
+	wctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	_, err := cli3.Scale(wctx, &pb.ScaleRequest{Namespace: "default", Name: "hello", Replicas: 3})
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "quorum") {
+		t.Fatalf("a write without quorum: %v, want an error naming quorum", err)
+	}
+
+	step("One returns")
+	// One returns (from its data: no join): writes resume.
+	two = runMember(t, two.cfg)
+	eventually(t, "writes after a member returned", func() (bool, string) {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := cli3.Scale(wctx, &pb.ScaleRequest{Namespace: "default", Name: "hello", Replicas: 3})
+		return err == nil, fmt.Sprint(err)
+	})
+
+	step("The retired first")
+	// The retired first replica is removed; two members remain, both
+	// healthy, and its name can join again with a new data dir.
+	if _, err := cli3.RemoveServer(ctx, &pb.RemoveServerRequest{Name: "one"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two voters after the removal", func() (bool, string) {
+		l := servers(t, cli3)
+		return l.GetVoters() == 2 && healthyVoters(l) == 2, l.String()
+	})
+	_, err = cli3.RemoveServer(ctx, &pb.RemoveServerRequest{Name: "nobody"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("removing an unknown server: %v", err)
+	}
+}
+
+// TestEtcdPeersAcceptOnlyPeerCertificates attacks a member's peer
+// listener: without a certificate, with a node's and with a replica's
+// certificate from the same cluster CA. Only a peer certificate gets an
+// answer; etcd's peer API hands out the member list and, to a member,
+// the whole keyspace.
+func TestEtcdPeersAcceptOnlyPeerCertificates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("embedded etcd member")
+	}
+	one := runMember(t, memberConfig(t, "one"))
+	ca := one.srv.CA()
+	peerURL := "https://" + one.cfg.EtcdPeerAddr + "/members"
+	get := func(cert *tls.Certificate) error {
+		cfg := &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 5 * time.Second}
+		resp, err := c.Get(peerURL)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("HTTP %d: %s", resp.StatusCode, body)
+		}
+		return nil
+	}
+	issue := func(id pki.Identity) *tls.Certificate {
+		certPEM, keyPEM, err := ca.Issue(id, time.Hour, time.Now(), "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &c
+	}
+	for _, tc := range []struct {
+		name string
+		cert *tls.Certificate
+	}{
+		{"no certificate", nil},
+		{"a node's certificate", issue(pki.Identity{Role: pki.RoleNode, Name: "n1", Generation: 1})},
+		{"a gateway's certificate", issue(pki.Identity{Role: pki.RoleGateway, Name: "gw", Generation: 1})},
+		{"a replica's certificate", issue(pki.Identity{Role: pki.RoleReplica, Name: "two"})},
+	} {
+		if err := get(tc.cert); err == nil {
+			t.Errorf("%s: the peer listener answered", tc.name)
+		}
+	}
+	// The certificate a member has does get in (the refusals above are
+	// about the certificate, not a listener that answers nobody).
+	if err := get(issue(pki.Identity{Role: pki.RoleReplica, Name: EtcdPeerCN})); err != nil {
+		t.Fatalf("a peer certificate: %v", err)
+	}
+	// A join with another CA's replica certificate is refused by the API.
+	other, otherKey, err := pki.NewCA("other", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = otherKey
+	stranger := memberConfig(t, "stranger")
+	stranger.Join = []string{one.srv.APIAddr()}
+	dir := t.TempDir()
+	stranger.CACertFile, stranger.CAKeyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	if err := pki.WriteFileAtomic(stranger.CACertFile, other.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteFileAtomic(stranger.CAKeyFile, otherKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if srv, err := New(ctx, stranger); err == nil {
+		srv.Close()
+		t.Fatal("a replica with another cluster's CA joined")
+	}
+	l := servers(t, pb.NewBerthClient(adminConn(t, one.srv)))
+	if len(l.GetMembers()) != 1 {
+		t.Fatalf("members after the refused join: %v", l)
+	}
+}
