@@ -22,7 +22,8 @@ import (
 
 // adsClient follows the control plane over one aggregated stream at a
 // time, delta (ads_delta.go) or state of the world, as Config.XDSProtocol
-// says. Only its run goroutine touches state, held, outage and stats.
+// says. Only its run goroutine touches state, held, stale, outage and
+// stats (restore runs before it starts).
 type adsClient struct {
 	g    *Gateway
 	conn *grpc.ClientConn
@@ -33,6 +34,12 @@ type adsClient struct {
 	// type URL and name (listeners the gateway does not serve included):
 	// the initial_resource_versions of the next stream.
 	held map[string]map[string]string
+	// stale holds the types whose resources came from the state file
+	// (saved.go) and that the control plane has not yet confirmed or
+	// replaced.
+	stale map[string]bool
+	// saver keeps the state file; nil without Config.StateDir.
+	saver *configSaver
 	// outage is when the stream last failed after being up (or the first
 	// attempt failed); zero while connected.
 	outage time.Time
@@ -67,6 +74,7 @@ func newADSClient(g *Gateway) (*adsClient, error) {
 		node:  &core.Node{Id: g.cfg.NodeID, Cluster: "berth-gateway", UserAgentName: "berth-gateway"},
 		state: newXDSState(),
 		held:  map[string]map[string]string{},
+		stale: map[string]bool{},
 		stats: map[[2]string]*routeStats{},
 	}, nil
 }
@@ -95,7 +103,7 @@ func (c *adsClient) run(ctx context.Context) {
 		wait := backoff/2 + rand.N(backoff/2+1)
 		if c.outage.IsZero() {
 			c.outage = time.Now()
-			c.g.log.Warn("xds stream ended; serving the last configuration", "error", err, "retry_in", wait)
+			c.g.log.Warn("xds stream ended; serving the last configuration", "error", err, "retry_in", wait, "stale", c.g.stale.Load())
 		} else {
 			c.g.log.Debug("xds stream failed again", "error", err, "retry_in", wait)
 		}
@@ -149,9 +157,13 @@ func (c *adsClient) session(ctx context.Context) (bool, error) {
 	c.g.metrics.xdsUp.Set(1)
 	defer c.g.metrics.xdsUp.Set(0)
 	// Wildcard subscriptions, naming the versions already held so a
-	// control plane may skip what has not changed.
+	// control plane may skip what has not changed; but none for types
+	// still from the state file, whose first response must come.
 	for _, t := range subscribedTypes {
 		req := &discoverypb.DiscoveryRequest{Node: c.node, TypeUrl: t, VersionInfo: c.state.versions[t]}
+		if c.stale[t] {
+			req.VersionInfo = ""
+		}
 		if err := stream.Send(req); err != nil {
 			return false, err
 		}
@@ -190,6 +202,8 @@ func (c *adsClient) handle(resp *discoverypb.DiscoveryResponse) *discoverypb.Dis
 	}
 	c.state = c.state.with(t, resp.GetVersionInfo(), compiled)
 	c.publish(resp.GetVersionInfo())
+	c.saver.acceptedList(t, resp.GetVersionInfo(), resp.GetResources())
+	c.confirmed(t) // a response replaces its type whole
 	req.VersionInfo = resp.GetVersionInfo()
 	c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(t), "ack").Inc()
 	c.g.log.Debug("applied xds update", "type", t, "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))

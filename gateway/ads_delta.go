@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"slices"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -17,7 +18,8 @@ import (
 // Each type is a wildcard subscription ("*"). The first request of a type
 // names every resource held and its version (initial_resource_versions),
 // so after a reconnect the control plane sends only what changed meanwhile
-// and removes what left.
+// and removes what left. Resources from the state file are named without
+// a version (restore), so each is sent again or removed.
 func (c *adsClient) deltaSession(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -83,6 +85,10 @@ func (c *adsClient) handleDelta(resp *discoverypb.DeltaDiscoveryResponse) *disco
 	maps.Copy(held, ch.versions)
 	c.state = c.state.withDelta(t, version, ch)
 	c.publish(version)
+	c.saver.acceptedDelta(t, version, resp.GetResources(), ch.removed)
+	if c.stale[t] && !slices.Contains(slices.Collect(maps.Values(held)), "") {
+		c.confirmed(t) // each saved resource was sent again or removed
+	}
 	c.g.metrics.xdsUpdates.WithLabelValues(typeLabel(t), "ack").Inc()
 	c.g.log.Debug("applied xds update", "type", t, "version", version,
 		"updated", len(resp.GetResources()), "removed", len(ch.removed), "held", len(held))

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,6 +60,15 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the ADS reconnect backoff (jittered;
 	// a connection that comes back sooner is used at once).
 	BackoffMin, BackoffMax time.Duration
+	// StateDir, when set, is where the gateway keeps the last
+	// configuration it accepted (StateFileName, written at most once a
+	// second and at shutdown). At start it serves that file, marked stale
+	// (Stale, berth_gateway_config_stale), until the control plane has
+	// confirmed or replaced it, so a gateway restarted while the control
+	// plane is away does not answer 503. A file that fails the checks a
+	// control plane's configuration would is refused (logged) and the
+	// gateway starts empty. Empty: nothing is kept.
+	StateDir string
 
 	// IdleTimeout closes a client keep-alive connection that has been
 	// idle this long between requests (nginx: keepalive_timeout 75 s).
@@ -164,6 +174,8 @@ type Gateway struct {
 	metrics *metrics
 	fwd     *forwarder
 	table   atomic.Pointer[table]
+	// stale is set while the table comes from the state file (saved.go).
+	stale atomic.Bool
 
 	// noRoute counts requests that matched nothing.
 	noRoute *routeStats
@@ -337,6 +349,11 @@ func (g *Gateway) Versions() map[string]string {
 	return map[string]string{}
 }
 
+// Stale reports whether the gateway serves the configuration it saved in
+// an earlier run (Config.StateDir) which the control plane has not yet
+// confirmed or replaced.
+func (g *Gateway) Stale() bool { return g.stale.Load() }
+
 // Run serves HTTP and follows the control plane until ctx ends; then it
 // stops accepting, lets in-flight requests finish (up to ShutdownTimeout)
 // and returns. It may be called once.
@@ -351,6 +368,23 @@ func (g *Gateway) run(ctx context.Context) error {
 	if err != nil {
 		g.closeListeners()
 		return err
+	}
+	// The saved configuration is served from the first connection, before
+	// the control plane says anything.
+	saverDone := make(chan struct{})
+	stopSaver := func() {}
+	if g.cfg.StateDir != "" {
+		path := filepath.Join(g.cfg.StateDir, StateFileName)
+		ads.saver = newConfigSaver(path, g.cfg.NodeID, g.log, g.metrics.stateWrites)
+		ads.restoreFile(path)
+		var saverCtx context.Context
+		saverCtx, stopSaver = context.WithCancel(context.WithoutCancel(ctx))
+		go func() {
+			defer close(saverDone)
+			ads.saver.run(saverCtx)
+		}()
+	} else {
+		close(saverDone)
 	}
 	adsCtx, stopADS := context.WithCancel(ctx)
 	adsDone := make(chan struct{})
@@ -425,6 +459,8 @@ func (g *Gateway) run(ctx context.Context) error {
 	stopADS()
 	<-adsDone
 	<-lrsDone
+	stopSaver() // the last configuration accepted is written now
+	<-saverDone
 	ads.close()
 	g.reg.closeAll()
 	g.fwd.close()

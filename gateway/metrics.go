@@ -12,6 +12,8 @@ type metrics struct {
 	xdsUpdates  *prometheus.CounterVec
 	xdsConnects prometheus.Counter
 	xdsUp       prometheus.Gauge
+	configStale prometheus.Gauge
+	stateWrites *prometheus.CounterVec
 	rejects     *prometheus.CounterVec
 	closes      *prometheus.CounterVec
 }
@@ -39,6 +41,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_gateway_xds_connected",
 			Help: "1 while an ADS stream is open.",
 		}),
+		configStale: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_gateway_config_stale",
+			Help: "1 while the gateway serves the configuration it saved in an earlier run (Config.StateDir), until the control plane has confirmed or replaced every resource of it; 0 otherwise.",
+		}),
+		stateWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_gateway_state_writes_total",
+			Help: "Writes of the saved configuration (Config.StateDir) by result: ok or error.",
+		}, []string{"result"}),
 		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_gateway_rejected_requests_total",
 			Help: "Requests refused for the client's fault before reaching a route (malformed or ambiguous framing, limits), by reason; their connections were closed.",
@@ -49,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp, m.rejects, m.closes} {
+		for _, c := range []prometheus.Collector{m.requests, m.latency, m.xdsUpdates, m.xdsConnects, m.xdsUp, m.configStale, m.stateWrites, m.rejects, m.closes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
