@@ -614,7 +614,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 }
 
 func newGatewayCmd(g *globalOptions) *cobra.Command {
-	var listen, xdsAddr, nodeID, metricsAddr, joinToken, caHash, certDir string
+	var listen, xdsAddr, nodeID, metricsAddr, joinToken, caHash, certDir, stateDir string
 	gf := &gatewayFlags{}
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -626,6 +626,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 			grp := newGroup(ctx)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = listen, xdsAddr, nodeID, logger, reg
+			gcfg.StateDir = stateDir
 			// The gateway's certificate: from --cert-dir, or bought once
 			// with a join token from a control plane that presents the
 			// pinned CA.
@@ -661,6 +662,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&joinToken, "join-token", os.Getenv("BERTH_JOIN_TOKEN"), "join token from `berth token create --role gateway`, needed once (env BERTH_JOIN_TOKEN)")
 	cmd.Flags().StringVar(&caHash, "ca-hash", os.Getenv("BERTH_CA_HASH"), "the cluster CA's hash the control plane must present (env BERTH_CA_HASH)")
 	cmd.Flags().StringVar(&certDir, "cert-dir", "/var/lib/berth/gateway/pki", "where the gateway keeps its key and certificate")
+	cmd.Flags().StringVar(&stateDir, "state-dir", "/var/lib/berth/gateway", "where the gateway keeps the last configuration it accepted, served (marked stale) at its next start until the control plane answers; empty disables")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
 	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
