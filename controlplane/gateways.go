@@ -32,8 +32,8 @@ func (s *Server) ReplicaName() string { return s.replicaName() }
 func (s *Server) Etcd() *clientv3.Client { return s.cli }
 
 func (s *Server) replicaName() string {
-	if s.cfg.Name != "" {
-		return s.cfg.Name
+	if s.cfg.Name != "" || s.cfg.EtcdPeerAddr != "" {
+		return s.memberName() // one name for the replica and its etcd member
 	}
 	return s.APIAddr()
 }

@@ -75,6 +75,7 @@ func (s *Server) startEmbeddedEtcd(ctx context.Context) (*EmbeddedEtcd, error) {
 	if err := s.writePeerCert(ca, dir, &p); err != nil {
 		return nil, err
 	}
+	s.peering, s.peerCA = &p, ca
 	if !joining {
 		e, err := StartEtcdMember(dir, p, cfg.Etcd, s.logger)
 		if err != nil {

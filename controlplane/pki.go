@@ -113,6 +113,11 @@ func (s *Server) renewReplicaCert(ctx context.Context) error {
 			continue
 		}
 		s.replicaCert.Set(pemPair(kp))
+		if s.peering != nil {
+			if err := s.writePeerCert(s.peerCA, filepath.Join(s.cfg.DataDir, "etcd"), s.peering); err != nil {
+				s.logger.Warn("etcd peer certificate renewal failed", "err", err)
+			}
+		}
 	}
 }
 

@@ -145,6 +145,11 @@ type Server struct {
 	// chain): the API's and xDS's server certificate, and its client
 	// certificate towards the other replicas.
 	replicaCert *pki.KeyPair
+	// peering is the embedded etcd member's peer set-up (nil: a single
+	// member on Unix sockets); its certificate is renewed with the
+	// replica's, from peerCA.
+	peering *EtcdPeering
+	peerCA  *pki.CA
 	adminConfig string
 	closeOnce   sync.Once
 	leader      atomic.Bool
