@@ -63,6 +63,10 @@ type serverFlags struct {
 	lostGrace      time.Duration
 	name           string
 	advertise      string
+	// berth server only: a member of a multi-member embedded etcd.
+	etcdPeerAddr      string
+	etcdAdvertisePeer string
+	join              []string
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
@@ -91,7 +95,7 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for an external etcd")
 	cmd.Flags().DurationVar(&f.nodeTimeout, "node-timeout", def.NodeTimeout, "a node that misses heartbeats this long is NotReady and its endpoints leave DNS and the gateways")
 	cmd.Flags().DurationVar(&f.lostGrace, "lost-grace", def.LostGrace, "a node NotReady this long is Lost and its instances are replaced on other nodes")
-	cmd.Flags().StringVar(&f.name, "name", "", "this replica's name in the leader election (default: its API address)")
+	cmd.Flags().StringVar(&f.name, "name", "", "this replica's name in the leader election, `get servers` and etcd (default: its API address; with --etcd-peer-addr, the host's name)")
 	cmd.Flags().StringVar(&f.advertise, "advertise-addr", "", "the API address the other replicas reach this one at (default: --api-addr as bound)")
 }
 
@@ -165,6 +169,7 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	cfg.NodeTimeout, cfg.LostGrace, cfg.Name, cfg.AdvertiseAddr = f.nodeTimeout, f.lostGrace, f.name, f.advertise
 	cfg.CACertFile, cfg.CAKeyFile, cfg.CertTTL, cfg.MaxNodes, cfg.AdminConfig = f.caCert, f.caKey, f.certTTL, f.maxNodes, f.adminConfig
 	cfg.SecretsKeyFile = f.secretsKey
+	cfg.EtcdPeerAddr, cfg.EtcdAdvertisePeerAddr, cfg.Join = f.etcdPeerAddr, f.etcdAdvertisePeer, f.join
 	for _, q := range []struct {
 		flag, v string
 		dst     *int64
@@ -563,6 +568,9 @@ func newServerCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	sf.register(cmd, "/var/lib/berth/server", "127.0.0.1:7402")
+	cmd.Flags().StringVar(&sf.etcdPeerAddr, "etcd-peer-addr", "", "make the embedded etcd a member of a multi-member cluster, listening for its peers on this host:port (mutual TLS with the cluster CA), e.g. 10.0.0.1:7410; empty: a single member on Unix sockets")
+	cmd.Flags().StringVar(&sf.etcdAdvertisePeer, "etcd-advertise-peer-addr", "", "host:port the other etcd members reach this one at (default --etcd-peer-addr)")
+	cmd.Flags().StringSliceVar(&sf.join, "join", nil, "API addresses of running servers: on its first start this server's etcd member joins their cluster through one (needs --etcd-peer-addr, and --ca-cert, --ca-key and --secrets-key-file copied from a running server)")
 	return cmd
 }
 
