@@ -15,6 +15,7 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -206,4 +207,50 @@ func DialEtcd(ctx context.Context, endpoints []string, tlsCfg *tls.Config) (*cli
 		return nil, fmt.Errorf("etcd: %v not reachable: %w", endpoints, err)
 	}
 	return cli, nil
+}
+
+// RestoreBump is how far a restored cluster's revision is moved past the
+// snapshot's (and marked compacted). Discovery versions are etcd
+// revisions: agents and gateways that ran a version newer than the
+// snapshot would otherwise take the restored cluster's publishes for old
+// ones. etcd's documentation suggests this amount.
+const RestoreBump = 1_000_000_000
+
+// RestoreEtcdSnapshot makes dataDir (a `berth server --data-dir` with no
+// etcd data yet) hold the cluster state of snapshot, as a new cluster of
+// one member: name and peerAddr as that server will run (peerAddr ""
+// for a single member on Unix sockets). The other replicas then join it
+// with fresh data dirs.
+func RestoreEtcdSnapshot(snapshotPath, dataDir, name, peerAddr string, logger *zap.Logger) error {
+	dir := filepath.Join(dataDir, "etcd")
+	if HasEtcdData(dir) {
+		return fmt.Errorf("restore: %s holds etcd data already: restore into a new --data-dir", dir)
+	}
+	peerURL := (&url.URL{Scheme: "unix", Path: filepath.Join(dir, "peer.sock")}).String()
+	if peerAddr != "" {
+		peerURL = "https://" + peerAddr
+	} else {
+		name = "berth"
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	err := snapshot.NewV3(logger).Restore(snapshot.RestoreConfig{
+		SnapshotPath:   snapshotPath,
+		Name:           name,
+		OutputDataDir:  filepath.Join(dir, "data"),
+		PeerURLs:       []string{peerURL},
+		InitialCluster: name + "=" + peerURL,
+		// A new cluster id: members of the old cluster cannot mix in.
+		InitialClusterToken: fmt.Sprintf("berth-restored-%d", time.Now().UnixNano()),
+		RevisionBump:        RestoreBump,
+		MarkCompacted:       true,
+	})
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", snapshotPath, err)
+	}
+	return nil
 }

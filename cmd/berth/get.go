@@ -29,6 +29,7 @@ var getKinds = [][]string{
 	{"images", "image"},
 	{"volumes", "volume", "vol"},
 	{"gateways", "gateway", "gw"},
+	{"servers", "server", "controlplane"},
 	{"all"},
 }
 
@@ -467,6 +468,25 @@ func renderGet(ctx context.Context, g *globalOptions, cli pb.BerthClient, w io.W
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%dms\t%s\t%s ago\t%s\n", gw.NodeId, dash(gw.Replica), gw.Address, gw.Version, resp.PublishedVersion,
 				o.paint.state(gw.State), gw.LagMs, proto, age(gw.ConnectedAt), nack)
 		}
+	case "servers":
+		resp, err := cli.ListServers(ctx, &pb.ListServersRequest{})
+		if err != nil {
+			return g.rpcErr(err)
+		}
+		srvs := resp.Servers
+		if srvs, err = named(srvs, names, func(s *pb.Server) string { return s.Name }); err != nil {
+			return fmt.Errorf("get servers: %w", err)
+		}
+		if o.output == "name" {
+			for _, s := range srvs {
+				fmt.Fprintf(w, "server/%s\n", s.Name)
+			}
+			return nil
+		}
+		if ok, err := p.structured([]proto.Message{resp}); ok {
+			return err
+		}
+		printServers(tw, resp, srvs, o.paint)
 	case "volumes":
 		resp, err := cli.ListVolumes(ctx, &pb.ListVolumesRequest{Namespace: o.namespace})
 		if err != nil {
@@ -551,4 +571,47 @@ func labelsOf(m map[string]string) string {
 		parts[i] = k + "=" + m[k]
 	}
 	return strings.Join(parts, ",")
+}
+
+// printServers is `get servers`: the replicas, then the etcd members.
+func printServers(tw io.Writer, resp *pb.ListServersResponse, srvs []*pb.Server, paint painter) {
+	fmt.Fprintln(tw, "SERVER\tAPI\tROLE\tVERSION\tUP\tREPORTED")
+	for _, s := range srvs {
+		role := "follower"
+		if s.Leader {
+			role = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\n", s.Name, s.ApiAddress, role, dash(s.Version), age(s.StartedAt), age(s.ReportedAt))
+	}
+	if len(resp.Members) == 0 {
+		return
+	}
+	healthy := 0
+	for _, m := range resp.Members {
+		if m.Healthy && !m.Learner {
+			healthy++
+		}
+	}
+	kind := "external"
+	if resp.Embedded {
+		kind = "embedded"
+	}
+	quorum := "ok"
+	if int32(healthy) < resp.Quorum {
+		quorum = "LOST"
+	}
+	fmt.Fprintf(tw, "\netcd (%s): %d of %d voting members healthy, quorum %d: %s\n", kind, healthy, resp.Voters, resp.Quorum, paint.state(strings.ToUpper(quorum)))
+	fmt.Fprintln(tw, "MEMBER\tID\tSERVER\tPEER-URL\tSTATE\tRAFT-TERM\tRAFT-INDEX\tDB\tERROR")
+	for _, m := range resp.Members {
+		state := "healthy"
+		switch {
+		case !m.Healthy:
+			state = "unhealthy"
+		case m.Learner:
+			state = "learner"
+		case m.Leader:
+			state = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%x\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", dash(m.Name), m.Id, dash(m.Server), strings.Join(m.PeerUrls, ","), paint.state(state), m.RaftTerm, m.RaftIndex, mib(m.DbSize), dash(m.Error))
+	}
 }

@@ -86,6 +86,7 @@ func newRoot() *cobra.Command {
 		newApplyCmd(g), newGetCmd(g), newDescribeCmd(g), newDeleteCmd(g), newImageCmd(g), newEventsCmd(g),
 		newLogsCmd(g), newExecCmd(g), newPortForwardCmd(g), newScaleCmd(g), newVersionCmd(g), newExplainCmd(), newConfigCmd(g),
 		newTokenCmd(g), newNodeCmd(g), newEtcdCmd(g), newVolumeCmd(g), newSecretCmd(g), newRolloutCmd(g),
+		newControlPlaneCmd(g), newSnapshotCmd(g),
 	)
 	return root
 }

@@ -40,12 +40,13 @@ func (p painter) paint(s, colour string) string {
 // state colours a state word: good green, waiting yellow, bad red.
 func (p painter) state(s string) string {
 	switch {
-	case strings.HasPrefix(s, "Running"), strings.HasPrefix(s, "Ready"), s == "true", s == "SYNCED", s == "Succeeded", s == "Bound":
+	case strings.HasPrefix(s, "Running"), strings.HasPrefix(s, "Ready"), s == "true", s == "SYNCED", s == "Succeeded", s == "Bound",
+		s == "healthy", s == "leader", s == "OK":
 		return p.paint(s, green)
 	case strings.HasPrefix(s, "Backoff"), strings.HasPrefix(s, "NotReady"), strings.HasPrefix(s, "Lost"), s == "false",
-		s == "NACKED", s == "STALE", s == "RolledBack", s == "Aborted", s == "Unscheduled":
+		s == "NACKED", s == "STALE", s == "RolledBack", s == "Aborted", s == "Unscheduled", s == "unhealthy", s == "LOST":
 		return p.paint(s, red)
-	case s == "Starting", s == "Pulling", s == "Pending", s == "Draining", s == "Stopping", s == "Progressing", s == "Paused":
+	case s == "Starting", s == "Pulling", s == "Pending", s == "Draining", s == "Stopping", s == "Progressing", s == "Paused", s == "learner":
 		return p.paint(s, yellow)
 	}
 	return p.paint(s, plain)
