@@ -90,6 +90,7 @@ fuzz:
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzH2Guard -fuzztime $(FUZZTIME)
 	$(GO) test ./controlplane/imagecheck -run '^$$' -fuzz FuzzInspect -fuzztime $(FUZZTIME)
 	$(GO) test ./nodeagent/logs -run '^$$' -fuzz FuzzParseLine -fuzztime $(FUZZTIME)
+	$(GO) test ./gateway -run '^$$' -fuzz FuzzSavedFile -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
 # Benchmarks. bench-startup: apply of a 3-replica service to 3 ready
 # endpoints, Berth against plain `ctr run` on the same containerd. Needs root.

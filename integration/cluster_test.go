@@ -151,7 +151,7 @@ func startCluster(t *testing.T, nodes int) *mnCluster {
 	c.api, c.hostDNS = m[1], m[3]
 	server.adminConfig(c.api)
 	gwToken, caHash := joinToken(t, c.api, "gateway")
-	gw := startProc(t, "gateway", "--server", c.api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+	gw := startProc(t, "gateway", "--server", c.api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"), "--state-dir", t.TempDir(),
 		"--listen", "127.0.0.1:0", "--xds", m[2], "--node-id", "mn-gateway", "--metrics-addr", "")
 	c.gw = gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
 	// One token joins every node (uses = nodes).
@@ -401,7 +401,7 @@ func TestServerReplicasFailover(t *testing.T) {
 	// drains wait for) both, the follower's included.
 	for _, p := range []*proc{leader, follower} {
 		token, caHash := joinToken(t, apiOf[p.name], "gateway")
-		startProc(t, "gw-"+p.name, "--server", apiOf[p.name], "gateway", "--join-token", token, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+		startProc(t, "gw-"+p.name, "--server", apiOf[p.name], "gateway", "--join-token", token, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"), "--state-dir", t.TempDir(),
 			"--listen", "127.0.0.1:0", "--xds", xdsOf[p.name], "--node-id", "gw-via-"+p.name, "--metrics-addr", "")
 	}
 	// An image uploaded to the leader is served by the follower too: it

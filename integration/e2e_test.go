@@ -85,7 +85,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	server.adminConfig(api)
 
 	gwToken, caHash := joinToken(t, api, "gateway")
-	gw := startProc(t, "gateway", "--server", api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+	gw := startProc(t, "gateway", "--server", api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"), "--state-dir", t.TempDir(),
 		"--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "e2e-gateway", "--metrics-addr", "")
 	gwAddr := gw.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
 

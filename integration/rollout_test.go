@@ -181,7 +181,7 @@ func TestCanaryUnderLoad(t *testing.T) {
 	api, xdsAddr := m[1], m[2]
 	server.adminConfig(api)
 	gwToken, caHash := joinToken(t, api, "gateway")
-	gwProc := startProc(t, "gateway", "--server", api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"),
+	gwProc := startProc(t, "gateway", "--server", api, "gateway", "--join-token", gwToken, "--ca-hash", caHash, "--cert-dir", filepath.Join(t.TempDir(), "gw-pki"), "--state-dir", t.TempDir(),
 		"--listen", "127.0.0.1:0", "--xds", xdsAddr, "--node-id", "ro-gateway", "--metrics-addr", "")
 	gw := gwProc.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)[1]
 	token, _ := joinToken(t, api, "node")
