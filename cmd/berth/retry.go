@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -48,6 +49,13 @@ func answerLost(ctx context.Context, err error) bool {
 	return errors.Is(err, context.DeadlineExceeded)
 }
 
+// neverConnected reports whether err says no connection was made (the
+// address refuses, or does not resolve).
+func neverConnected(err error) bool {
+	msg := status.Convert(err).Message()
+	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host")
+}
+
 // retryIdempotent runs attempt, and again after an answer was lost
 // (answerLost), printing "connection lost; retrying <what>" to stderr
 // once, until an answer comes or the policy's window has passed. lost
@@ -63,6 +71,11 @@ func retryIdempotent(ctx context.Context, stderr io.Writer, what string, p retry
 		cancel()
 		if err == nil || !answerLost(ctx, err) {
 			return lost, err
+		}
+		// A first attempt that found no server sent nothing: nothing can
+		// have been stored, and a wrong address should not cost 30 s.
+		if !lost && neverConnected(err) {
+			return false, err
 		}
 		now := time.Now()
 		if !lost {

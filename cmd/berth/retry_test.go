@@ -161,3 +161,34 @@ func TestRetryIdempotentGivesUp(t *testing.T) {
 		t.Fatalf("stderr: %q", b.String())
 	}
 }
+
+// A first attempt that reached no server (a wrong address, no server
+// running) fails at once: nothing was sent, so nothing can be stored.
+// Once an answer was lost, refused connections (a replica restarting)
+// are retried.
+func TestRetryIdempotentFailsFastWithoutAServer(t *testing.T) {
+	p := retryPolicy{First: time.Millisecond, Max: 4 * time.Millisecond, Window: 50 * time.Millisecond, Attempt: time.Second}
+	var b strings.Builder
+	calls := 0
+	lost, err := retryIdempotent(context.Background(), &b, "get", p, func(context.Context) error {
+		calls++
+		return status.Error(codes.Unavailable, "connection error: desc = \"transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused\"")
+	})
+	if lost || calls != 1 || b.Len() != 0 || status.Code(err) != codes.Unavailable {
+		t.Fatalf("no server: lost %v after %d calls, err %v, stderr %q", lost, calls, err, b.String())
+	}
+	calls = 0
+	lost, err = retryIdempotent(context.Background(), &b, "apply", p, func(context.Context) error {
+		calls++
+		if calls == 1 {
+			return status.Error(codes.Unavailable, "error reading from server: EOF")
+		}
+		if calls < 4 {
+			return status.Error(codes.Unavailable, "connect: connection refused")
+		}
+		return nil
+	})
+	if !lost || err != nil || calls != 4 {
+		t.Fatalf("a replica restarting: lost %v, err %v after %d calls", lost, err, calls)
+	}
+}
