@@ -22,6 +22,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/internal/buildinfo"
 	"github.com/berth-dev/berth/pki"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -392,18 +393,7 @@ func (s *Server) reportServer(ctx context.Context, sess *concurrency.Session, st
 	t := time.NewTicker(store.ServerReportEvery)
 	defer t.Stop()
 	for {
-		r := store.ServerRecord{Name: s.replicaName(), APIAddress: s.AdvertiseAddr(), Version: buildinfo.Get().Version,
-			StartedAt: started, ReportedAt: time.Now(), Leader: s.IsLeader()}
-		if s.etcd != nil {
-			srv := s.etcd.etcd.Server
-			r.MemberID = uint64(srv.MemberID())
-			r.EtcdLeader = srv.Leader() == srv.MemberID()
-			r.RaftTerm, r.RaftIndex = srv.Term(), srv.CommittedIndex()
-			r.DBSize = srv.Backend().Size()
-			if srv.Leader() == 0 {
-				r.EtcdError = "no leader"
-			}
-		}
+		r := s.serverRecord(started)
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := s.store.PutServer(wctx, sess.Lease(), r)
 		cancel()
@@ -420,16 +410,46 @@ func (s *Server) reportServer(ctx context.Context, sess *concurrency.Session, st
 	}
 }
 
+// serverRecord is this replica's record now.
+func (s *Server) serverRecord(started time.Time) store.ServerRecord {
+	r := store.ServerRecord{Name: s.replicaName(), APIAddress: s.AdvertiseAddr(), Version: buildinfo.Get().Version,
+		StartedAt: started, ReportedAt: time.Now(), Leader: s.IsLeader()}
+	if s.etcd != nil {
+		srv := s.etcd.etcd.Server
+		r.MemberID = uint64(srv.MemberID())
+		r.EtcdLeader = srv.Leader() == srv.MemberID()
+		r.RaftTerm, r.RaftIndex = srv.Term(), srv.CommittedIndex()
+		r.DBSize = srv.Backend().Size()
+		if srv.Leader() == 0 {
+			r.EtcdError = "no leader"
+		}
+	}
+	return r
+}
+
 // ListServers is `berth get servers`: the replicas' records, the leading
 // replica, and every etcd member with its health.
 func (s *Server) ListServers(ctx context.Context) (*pb.ListServersResponse, error) {
 	out := &pb.ListServersResponse{Embedded: s.etcd != nil}
-	recs, err := s.store.Servers(ctx)
+	// Without quorum, what this replica's member holds (stale records,
+	// which then show as old) is still the best picture there is.
+	var read []clientv3.OpOption
+	recs, err := s.store.Servers(clientv3.WithRequireLeader(ctx))
 	if err != nil {
-		return nil, etcdErr("list servers", err)
+		read = []clientv3.OpOption{clientv3.WithSerializable()}
+		if recs, err = s.store.Servers(ctx, read...); err != nil {
+			return nil, etcdErr("list servers", err)
+		}
 	}
-	if resp, err := s.cli.Get(ctx, ElectionPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)); err == nil && len(resp.Kvs) > 0 {
+	if resp, err := s.cli.Get(ctx, ElectionPrefix, append(read, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))...); err == nil && len(resp.Kvs) > 0 {
 		out.Leader = string(resp.Kvs[0].Value)
+	}
+	if s.etcd != nil { // this replica's own member, first hand
+		for i, r := range recs {
+			if r.Name == s.replicaName() {
+				recs[i] = s.serverRecord(r.StartedAt)
+			}
+		}
 	}
 	byMember := map[uint64]store.ServerRecord{}
 	for _, r := range recs {
@@ -439,10 +459,11 @@ func (s *Server) ListServers(ctx context.Context) (*pb.ListServersResponse, erro
 			byMember[r.MemberID] = r
 		}
 	}
-	list, err := s.cli.MemberList(ctx)
+	list, err := s.cli.MemberList(ctx, read...)
 	if err != nil {
 		return nil, etcdErr("list etcd members", err)
 	}
+	slices.SortFunc(list.Members, func(a, b *etcdserverpb.Member) int { return strings.Compare(a.Name, b.Name) })
 	for _, m := range list.Members {
 		em := &pb.EtcdMember{Id: m.ID, Name: m.Name, PeerUrls: m.PeerURLs, Learner: m.IsLearner}
 		if !m.IsLearner {

@@ -171,6 +171,17 @@ func TestThreeMemberControlPlane(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "quorum") {
 		t.Fatalf("a write without quorum: %v, want an error naming quorum", err)
 	}
+	// get servers is for this moment: it answers from this member.
+	l := servers(t, cli3)
+	var threeSays string
+	for _, m := range l.GetMembers() {
+		if m.GetName() == "three" {
+			threeSays = m.GetError()
+		}
+	}
+	if l.GetVoters() != 3 || healthyVoters(l) != 0 || threeSays != "no leader" {
+		t.Fatalf("servers without quorum: %v", l)
+	}
 
 	step("One returns")
 	// One returns (from its data: no join): writes resume.
@@ -195,6 +206,22 @@ func TestThreeMemberControlPlane(t *testing.T) {
 	_, err = cli3.RemoveServer(ctx, &pb.RemoveServerRequest{Name: "nobody"})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("removing an unknown server: %v", err)
+	}
+
+	// A replica stopped while its etcd has no quorum stops (etcd's
+	// election resigns on the client's context, which waited for ever).
+	// The follower, campaigning, is the one that waited: stop the leader
+	// first.
+	leader, follower := three, two
+	if two.srv.IsLeader() {
+		leader, follower = two, three
+	}
+	leader.stop()
+	time.Sleep(time.Second) // the follower campaigns, without quorum
+	began = time.Now()
+	follower.stop()
+	if d := time.Since(began); d > 20*time.Second {
+		t.Fatalf("stopping a replica without quorum took %s", d)
 	}
 }
 

@@ -148,8 +148,8 @@ type Server struct {
 	// peering is the embedded etcd member's peer set-up (nil: a single
 	// member on Unix sockets); its certificate is renewed with the
 	// replica's, from peerCA.
-	peering *EtcdPeering
-	peerCA  *pki.CA
+	peering     *EtcdPeering
+	peerCA      *pki.CA
 	adminConfig string
 	closeOnce   sync.Once
 	leader      atomic.Bool
@@ -347,7 +347,20 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-time.After(3 * time.Second):
 		s.grpc.Stop()
 	}
-	return eg.Wait()
+	// Parts write their goodbyes (records, resignation) with deadlines of
+	// their own, but etcd's election resigns on the client's context
+	// when a campaign is cancelled, which without quorum waits for ever:
+	// after a grace the etcd client is closed, ending every call.
+	waited := make(chan error, 1)
+	go func() { waited <- eg.Wait() }()
+	select {
+	case err := <-waited:
+		return err
+	case <-time.After(5 * time.Second):
+		s.logger.Warn("parts still waiting on etcd 5s after shutdown (no quorum?): closing the etcd client")
+		s.cli.Close()
+		return <-waited
+	}
 }
 
 // ElectionPrefix is where control plane replicas campaign for the lead.

@@ -56,6 +56,10 @@ func (g *globalOptions) rpcErr(err error) error {
 	if !ok {
 		return err
 	}
+	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "quorum") {
+		// The server answered: its etcd cannot write.
+		return &rpcError{msg: "the control plane cannot write now: " + st.Message(), err: err}
+	}
 	if st.Code() == codes.Unavailable {
 		return &rpcError{msg: fmt.Sprintf("cannot reach the Berth API at %s (is `berth dev` or `berth server` running? set --server or BERTH_ADDR): %s", g.server, st.Message()), err: err}
 	}

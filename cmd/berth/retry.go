@@ -44,7 +44,8 @@ func answerLost(ctx context.Context, err error) bool {
 	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded:
-		return true
+		// A server that answered "no quorum" did not lose the answer.
+		return !strings.Contains(status.Convert(err).Message(), "quorum")
 	}
 	return errors.Is(err, context.DeadlineExceeded)
 }

@@ -56,9 +56,10 @@ func (s *Store) DeleteServer(ctx context.Context, name string) error {
 	return nil
 }
 
-// Servers lists the replicas' records, by name.
-func (s *Store) Servers(ctx context.Context) ([]ServerRecord, error) {
-	resp, err := s.cli.Get(ctx, ServersPrefix, clientv3.WithPrefix())
+// Servers lists the replicas' records, by name (opts: e.g.
+// clientv3.WithSerializable, to read this member's copy without quorum).
+func (s *Store) Servers(ctx context.Context, opts ...clientv3.OpOption) ([]ServerRecord, error) {
+	resp, err := s.cli.Get(ctx, ServersPrefix, append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("store: list servers: %w", err)
 	}
