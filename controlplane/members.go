@@ -22,6 +22,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/internal/buildinfo"
 	"github.com/berth-dev/berth/pki"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -510,4 +511,37 @@ func (s *Server) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
 		return nil, 0, etcdErr("snapshot", err)
 	}
 	return rc, resp.Header.Revision, nil
+}
+
+// registerMembershipMetrics exports whether this replica leads and, for
+// an embedded member, whether its etcd has a leader (0: no quorum, writes
+// fail), whether it is that leader, and its database size: what an
+// operator alerts on.
+func (s *Server) registerMembershipMetrics(reg prometheus.Registerer) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	gauges := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_controlplane_leader", Help: "1 while this replica holds the election and runs the controllers."},
+			func() float64 { return b(s.IsLeader()) }),
+	}
+	if s.etcd != nil {
+		srv := s.etcd.etcd.Server
+		gauges = append(gauges,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_etcd_has_leader", Help: "1 while this replica's embedded etcd member knows a leader (0: no quorum; writes fail)."},
+				func() float64 { return b(srv.Leader() != 0) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_etcd_is_leader", Help: "1 while this replica's embedded etcd member is the etcd leader."},
+				func() float64 { return b(srv.Leader() == srv.MemberID()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_etcd_db_size_bytes", Help: "Size of this replica's etcd database file."},
+				func() float64 { return float64(srv.Backend().Size()) }),
+		)
+	}
+	for _, g := range gauges {
+		if err := reg.Register(g); err != nil {
+			s.logger.Warn("membership metric not registered", "err", err)
+		}
+	}
 }

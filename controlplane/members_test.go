@@ -16,6 +16,7 @@ import (
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/pki"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -45,6 +46,7 @@ func memberConfig(t *testing.T, name string) Config {
 	cfg.Etcd = EtcdTuning{TickMs: 20, ElectionMs: 200}
 	cfg.ElectionTTL = 2 * time.Second
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Registerer = prometheus.NewRegistry()
 	return cfg
 }
 
@@ -122,12 +124,29 @@ func TestThreeMemberControlPlane(t *testing.T) {
 	step("three")
 
 	cli3 := pb.NewBerthClient(adminConn(t, three.srv))
+	gauge := func(reg *prometheus.Registry, name string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
 	eventually(t, "three healthy voters", func() (bool, string) {
 		l := servers(t, cli3)
 		return l.GetVoters() == 3 && l.GetQuorum() == 2 && healthyVoters(l) == 3 && len(l.GetServers()) == 3 && l.GetLeader() != "", l.String()
 	})
 
 	step("A write through one replica")
+	reg3 := three.cfg.Registerer.(*prometheus.Registry)
+	if gauge(reg3, "berth_etcd_has_leader") != 1 {
+		t.Fatal("berth_etcd_has_leader is not 1 with three healthy members")
+	}
 	// A write through one replica is read through another.
 	ctx := context.Background()
 	if _, err := cli3.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(1)}}); err != nil {
@@ -171,6 +190,9 @@ func TestThreeMemberControlPlane(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "quorum") {
 		t.Fatalf("a write without quorum: %v, want an error naming quorum", err)
 	}
+	eventually(t, "berth_etcd_has_leader 0 without quorum", func() (bool, string) {
+		return gauge(reg3, "berth_etcd_has_leader") == 0, ""
+	})
 	// get servers is for this moment: it answers from this member.
 	l := servers(t, cli3)
 	var threeSays string
@@ -185,7 +207,9 @@ func TestThreeMemberControlPlane(t *testing.T) {
 
 	step("One returns")
 	// One returns (from its data: no join): writes resume.
-	two = runMember(t, two.cfg)
+	restart := two.cfg
+	restart.Registerer = prometheus.NewRegistry() // a process of its own
+	two = runMember(t, restart)
 	eventually(t, "writes after a member returned", func() (bool, string) {
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()

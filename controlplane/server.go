@@ -215,6 +215,9 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 	grace := cfg.NodeTimeout + 3*cfg.HeartbeatInterval + 2*time.Second
 	ccfg.StartGrace = grace
 	ccfg.JoinGrace = cfg.NodeTimeout
+	if cfg.Registerer != nil {
+		s.registerMembershipMetrics(cfg.Registerer)
+	}
 	s.publisher = publish.NewPublisher(s.cache, cfg.Logger, cfg.Registerer, sinks...)
 	s.publisher.SetGrace(grace)
 	ccfg.VersionFor = s.publisher.VersionFor
