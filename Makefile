@@ -11,7 +11,7 @@ GOFLAGS_BUILD := -trimpath
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 TEST_TIMEOUT ?= 10m
 
-.PHONY: docs all build images test unit integration demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
+.PHONY: docs all build images test unit integration chaos demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
 
 all: build
 
@@ -47,6 +47,14 @@ unit: h2spec
 
 integration: containerd
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/...
+
+# chaos: issue #16's chaos suite in full (integration/chaos_test.go): three
+# servers on a three-member etcd, two agents in network namespaces, a
+# gateway per server, constant load; kills servers, the leader, quorum, an
+# agent, every server for two minutes (and a gateway meanwhile), and cuts a
+# node's link, then prints the figures. make test runs its short form.
+chaos: containerd
+	BERTH_CHAOS=full $(GO) test -count=1 -timeout 30m -v -run '^TestChaos$$' ./integration/
 
 # h2spec, the HTTP/2 conformance suite the gateway's tests run
 # (gateway/h2spec_test.go finds it in bin/), from the Go module proxy at

@@ -1,0 +1,1238 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/nodeagent/runtime"
+	"github.com/berth-dev/berth/pki"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// The chaos suite of issue #16: three `berth server` replicas forming a
+// three-member embedded etcd on loopback, two agents in network namespaces
+// (the multi-node harness of cluster_test.go, on its own bridge and
+// addresses so the two never touch each other's network), a gateway on each
+// replica's xDS, and constant load: HTTP through the gateways and DNS
+// lookups from inside containers (the client service's /resolve, answered
+// by its node's DNS). Each fault records the requests sent and failed in
+// its window, the time until the control plane accepts a write again, the
+// time until another replica leads, and whether every service came back
+// with exactly its replicas. The figures are printed as a table at the end.
+//
+// `make test` runs the short form (faults 1-4); `make chaos` (-chaos-full
+// or BERTH_CHAOS=full) adds the gateway restart and a two-minute outage of
+// every server, and a node's link cut for longer than the lost grace.
+
+var chaosFullFlag = flag.Bool("chaos-full", false, "TestChaos: every fault of issue #16 (make chaos), not only the short form make test runs")
+
+func chaosFull() bool { return *chaosFullFlag || os.Getenv("BERTH_CHAOS") == "full" }
+
+const (
+	chHostBridge  = "berthchh0"
+	chHostIP      = "10.213.80.1"
+	chClusterCIDR = "10.213.96.0/20"
+	chNodeBridge  = "berthch0"
+	// chLostGrace is longer than the agent outage of fault 4 (10 s) plus
+	// the node timeout: a killed agent's node must not be judged Lost.
+	chLostGrace   = 15 * time.Second
+	chAgentDown   = 10 * time.Second
+	chAllDownFull = 2 * time.Minute
+	chHelloHost   = "hello.example.test"
+	chLookupName  = "hello.default.svc.berth.internal"
+	chProbeSvc    = "chaos-probe"
+)
+
+// chaosWant is what every check expects: each service's replicas.
+var chaosWant = map[string]int{"hello": 4, "client": 2}
+
+type chaosServer struct {
+	name, dataDir, api, xds, peer string
+	caFlags, joinFlags            []string
+	proc                          *proc
+	starts                        int
+}
+
+type chaosGateway struct {
+	name, listen, xds, token, caHash, certDir, stateDir string
+	proc                                                *proc
+	starts                                              int
+}
+
+type chaosCluster struct {
+	t        *testing.T
+	mn       *mnCluster // nodes, containerd and removeContainers
+	servers  []*chaosServer
+	gateways []*chaosGateway
+	apis     string // every replica's API address, comma-separated
+	admin    pb.BerthClient
+	conn     *grpc.ClientConn
+	token    string
+	caHash   string
+	agents   map[string]int // agent starts per node
+	writes   int
+}
+
+func chaosFreePort(t *testing.T, host string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// chaosRemoveNetwork removes the host bridge, the nodes' namespaces and
+// veths (and with the bridge, the routes through it).
+func chaosRemoveNetwork(nodes []*mnNode) {
+	for _, n := range nodes {
+		ipQuiet("netns", "del", n.netns)
+		ipQuiet("link", "del", n.veth)
+	}
+	ipQuiet("link", "del", chHostBridge)
+}
+
+// startChaosCluster builds the network, the three servers, the gateways
+// and the agents, and applies hello (4 replicas, routed) and client (2).
+func startChaosCluster(t *testing.T) *chaosCluster {
+	t.Helper()
+	ctrd, err := containerd.New("/run/containerd/containerd.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &chaosCluster{t: t, mn: &mnCluster{t: t, ctrd: ctrd}, agents: map[string]int{}}
+	for i := 1; i <= 2; i++ {
+		c.mn.nodes = append(c.mn.nodes, &mnNode{
+			name: fmt.Sprintf("n%d", i), netns: fmt.Sprintf("berthch-n%d", i), addr: fmt.Sprintf("10.213.80.%d", 10+i),
+			veth: fmt.Sprintf("berthchv%d", i), ctrNS: fmt.Sprintf("berth-ch-n%d", i), stateDir: filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i)),
+		})
+	}
+	// Leftovers of an aborted run first.
+	for _, n := range c.mn.nodes {
+		c.mn.removeContainers(n)
+	}
+	chaosRemoveNetwork(c.mn.nodes)
+	t.Cleanup(func() {
+		for _, n := range c.mn.nodes {
+			if n.agent != nil {
+				n.agent.stop(syscall.SIGTERM, 30*time.Second)
+			}
+			c.mn.removeContainers(n)
+		}
+		chaosRemoveNetwork(c.mn.nodes)
+		if c.conn != nil {
+			c.conn.Close()
+		}
+		ctrd.Close()
+	})
+	ip(t, "link", "add", chHostBridge, "type", "bridge")
+	ip(t, "addr", "add", chHostIP+"/24", "dev", chHostBridge)
+	ip(t, "link", "set", chHostBridge, "up")
+	for _, n := range c.mn.nodes {
+		ip(t, "netns", "add", n.netns)
+		ip(t, "link", "add", n.veth, "type", "veth", "peer", "name", "eth0", "netns", n.netns)
+		ip(t, "link", "set", n.veth, "master", chHostBridge, "up")
+		ip(t, "-n", n.netns, "addr", "add", n.addr+"/24", "dev", "eth0")
+		ip(t, "-n", n.netns, "link", "set", "eth0", "up")
+		ip(t, "-n", n.netns, "link", "set", "lo", "up")
+	}
+
+	// Fixed ports, so a restarted server is where agents, gateways and
+	// the other members look for it. The API listens on the host bridge,
+	// which the agents in their namespaces reach.
+	var apis []string
+	for i := 1; i <= 3; i++ {
+		s := &chaosServer{name: fmt.Sprintf("s%d", i), dataDir: t.TempDir(), api: chaosFreePort(t, chHostIP),
+			xds: chaosFreePort(t, "127.0.0.1"), peer: chaosFreePort(t, "127.0.0.1")}
+		c.servers = append(c.servers, s)
+		apis = append(apis, s.api)
+	}
+	c.apis = strings.Join(apis, ",")
+	first := c.servers[0]
+	c.launchServer(first)
+	c.waitServer(first)
+	adminPath := first.proc.waitLine(`CLI configuration: ([^\s)]+)`, 30*time.Second)[1]
+	for _, s := range c.servers {
+		adminConfigs.Store(s.api, adminPath)
+	}
+	adminConfigs.Store(c.apis, adminPath)
+	for i, s := range c.servers[1:] {
+		s.caFlags = []string{"--ca-cert", filepath.Join(first.dataDir, "pki", "ca.crt"), "--ca-key", filepath.Join(first.dataDir, "pki", "ca.key"),
+			"--secrets-key-file", filepath.Join(first.dataDir, "secrets.key")}
+		s.joinFlags = []string{"--join", strings.Join(apis[:i+1], ",")}
+		c.launchServer(s)
+		c.waitServer(s)
+	}
+	c.conn, c.admin = chaosAdmin(t, c.apis, adminPath)
+	c.waitHealthy(90 * time.Second)
+
+	for _, s := range c.servers {
+		tok, hash := joinToken(t, c.apis, "gateway")
+		g := &chaosGateway{name: "gw-" + s.name, listen: chaosFreePort(t, "127.0.0.1"), xds: s.xds, token: tok, caHash: hash,
+			certDir: filepath.Join(t.TempDir(), "gw-pki"), stateDir: t.TempDir()}
+		c.gateways = append(c.gateways, g)
+		c.startGateway(g)
+	}
+
+	out, errOut, code := berth(t, c.apis, "token", "create", "--role", "node", "--uses", "2")
+	if code != 0 {
+		t.Fatalf("token create: %s", errOut)
+	}
+	c.token = strings.TrimSpace(out)
+	m := regexp.MustCompile(`--ca-hash (\S+)`).FindStringSubmatch(errOut)
+	if m == nil {
+		t.Fatalf("token create printed no CA hash: %s", errOut)
+	}
+	c.caHash = m[1]
+	for _, n := range c.mn.nodes {
+		c.startAgent(n)
+	}
+	eventually(t, 60*time.Second, "both nodes Ready", func() (bool, string) {
+		out := mustBerth(t, c.apis, "get", "nodes")
+		return strings.Count(out, " Ready ") == 2, out
+	})
+	// The gateways run on the host: give it the routes the agents
+	// program among themselves.
+	var list []struct {
+		Address string `json:"address"`
+		PodCidr string `json:"podCidr"`
+	}
+	if err := json.Unmarshal([]byte(mustBerth(t, c.apis, "get", "nodes", "-o", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range list {
+		ip(t, "route", "replace", n.PodCidr, "via", n.Address)
+	}
+
+	mustBerth(t, c.apis, "image", "load", filepath.Join(imagesDir, "hello-v1.tar"))
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "hello.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "examples/hello.yaml")), "replicas: 3", "replicas: 4", 1))
+	writeFile(t, filepath.Join(dir, "client.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "examples/client.yaml")), "replicas: 1", "replicas: 2", 1))
+	mustBerth(t, c.apis, "apply", "-f", dir, "--wait", "--timeout", "3m")
+	if err := c.write(context.Background()); err != nil {
+		t.Fatalf("the first write of %s: %v", chProbeSvc, err)
+	}
+	eventually(t, 60*time.Second, "every service intact", c.intact)
+	return c
+}
+
+func chaosAdmin(t *testing.T, apis, adminPath string) (*grpc.ClientConn, pb.BerthClient) {
+	t.Helper()
+	cfg, err := controlplane.ReadAdminConfig(adminPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.PoolFromPEM([]byte(cfg.CA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pb.Dial(apis, pki.ClientTLS(nil, pool), pb.WithToken(cfg.Token)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, pb.NewBerthClient(conn)
+}
+
+// launchServer starts a server process; a restart starts from its data
+// dir (no --join).
+func (c *chaosCluster) launchServer(s *chaosServer) {
+	s.starts++
+	name := s.name
+	if s.starts > 1 {
+		name = fmt.Sprintf("%s-start%d", s.name, s.starts)
+	}
+	args := []string{"server", "--name", s.name, "--data-dir", s.dataDir, "--api-addr", s.api, "--xds-addr", s.xds,
+		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", chClusterCIDR, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
+		"--node-timeout", "2s", "--lost-grace", chLostGrace.String(), "--etcd-peer-addr", s.peer}
+	args = append(args, s.caFlags...)
+	if s.starts == 1 {
+		args = append(args, s.joinFlags...)
+	}
+	s.proc = startProc(c.t, name, args...)
+}
+
+func (c *chaosCluster) waitServer(s *chaosServer) {
+	s.proc.waitLine(`berth server: api `, 2*time.Minute)
+}
+
+func (c *chaosCluster) kill(s *chaosServer) {
+	if err := s.proc.stop(syscall.SIGKILL, 10*time.Second); err != nil {
+		c.t.Logf("kill %s: %v", s.name, err)
+	}
+}
+
+func (c *chaosCluster) alive(s *chaosServer) bool { return s.proc.cmd.ProcessState == nil }
+
+func (c *chaosCluster) server(name string) *chaosServer {
+	for _, s := range c.servers {
+		if s.name == name {
+			return s
+		}
+	}
+	c.t.Fatalf("no server %q", name)
+	return nil
+}
+
+func (c *chaosCluster) startGateway(g *chaosGateway) {
+	g.starts++
+	name := g.name
+	if g.starts > 1 {
+		name = fmt.Sprintf("%s-start%d", g.name, g.starts)
+	}
+	g.proc = startProc(c.t, name, "--server", c.apis, "gateway", "--join-token", g.token, "--ca-hash", g.caHash, "--cert-dir", g.certDir,
+		"--state-dir", g.stateDir, "--listen", g.listen, "--xds", g.xds, "--node-id", g.name, "--metrics-addr", "")
+	g.proc.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)
+}
+
+func (c *chaosCluster) startAgent(n *mnNode) {
+	c.agents[n.name]++
+	name := "agent-" + n.name
+	if k := c.agents[n.name]; k > 1 {
+		name = fmt.Sprintf("%s-start%d", name, k)
+	}
+	n.agent = startInNetns(c.t, name, n.netns, "--server", c.apis, "agent", "--join-token", c.token, "--ca-hash", c.caHash,
+		"--node-name", n.name, "--node-address", n.addr, "--containerd-namespace", n.ctrNS, "--bridge", chNodeBridge,
+		"--state-dir", n.stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
+		"--stop-grace", "2s", "--stop-on-exit")
+}
+
+func (c *chaosCluster) listServers() (*pb.ListServersResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return c.admin.ListServers(ctx, &pb.ListServersRequest{})
+}
+
+// waitHealthy waits for three healthy voters, three replicas and a leader.
+func (c *chaosCluster) waitHealthy(timeout time.Duration) {
+	c.t.Helper()
+	eventually(c.t, timeout, "three healthy etcd voters, three replicas and a leader", func() (bool, string) {
+		l, err := c.listServers()
+		if err != nil {
+			return false, err.Error()
+		}
+		return l.GetVoters() == 3 && healthyMembers(l) == 3 && len(l.GetServers()) == 3 && l.GetLeader() != "", l.String()
+	})
+}
+
+func healthyMembers(l *pb.ListServersResponse) int {
+	n := 0
+	for _, m := range l.GetMembers() {
+		if m.GetHealthy() && !m.GetLearner() {
+			n++
+		}
+	}
+	return n
+}
+
+// leaders returns the leading replica and the server whose etcd member
+// leads raft.
+func (c *chaosCluster) leaders() (replica, etcd string) {
+	c.t.Helper()
+	var l *pb.ListServersResponse
+	eventually(c.t, 20*time.Second, "a leader in get servers", func() (bool, string) {
+		var err error
+		l, err = c.listServers()
+		if err != nil {
+			return false, err.Error()
+		}
+		return l.GetLeader() != "", l.String()
+	})
+	for _, m := range l.GetMembers() {
+		if m.GetLeader() {
+			etcd = m.GetServer()
+		}
+	}
+	return l.GetLeader(), etcd
+}
+
+func electedCount(p *proc) int { return strings.Count(p.logText(), "elected leader") }
+
+// write stores a trivial change: the probe service (no replicas) with a
+// new label.
+func (c *chaosCluster) write(ctx context.Context) error {
+	c.writes++
+	_, err := c.admin.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{{
+		Metadata: &pb.ObjectMeta{Name: chProbeSvc, Namespace: "default", Labels: map[string]string{"write": fmt.Sprint(c.writes)}},
+		Spec:     &pb.ServiceSpec{Image: "berth.local/hello:v1", Replicas: proto.Int32(0)},
+	}}})
+	return err
+}
+
+// untilWrite retries the trivial write until it is accepted and returns
+// how long after since that was (and the last error on time-out).
+func (c *chaosCluster) untilWrite(since time.Time, timeout time.Duration) (time.Duration, error) {
+	var last error
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		last = c.write(ctx)
+		cancel()
+		if last == nil {
+			return time.Since(since), nil
+		}
+	}
+	return -1, last
+}
+
+// untilLeader waits for a live server to log a new election (one more
+// "elected leader" than counted in before) and returns how long after
+// since that was.
+func (c *chaosCluster) untilLeader(before map[*proc]int, since time.Time, timeout time.Duration) time.Duration {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, s := range c.servers {
+			if c.alive(s) && electedCount(s.proc) > before[s.proc] {
+				return time.Since(since)
+			}
+		}
+	}
+	return -1
+}
+
+func (c *chaosCluster) electionCounts() map[*proc]int {
+	m := map[*proc]int{}
+	for _, s := range c.servers {
+		m[s.proc] = electedCount(s.proc)
+	}
+	return m
+}
+
+func (c *chaosCluster) instanceViews() ([]*pb.InstanceView, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.admin.ListInstances(ctx, &pb.ListInstancesRequest{Namespace: "default"})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetInstances(), nil
+}
+
+// containers lists the berth containers of every node's containerd
+// namespace: instance id -> node.
+func (c *chaosCluster) containers() (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, n := range c.mn.nodes {
+		ctx := namespaces.WithNamespace(context.Background(), n.ctrNS)
+		list, err := c.mn.ctrd.Containers(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, ctr := range list {
+			labels, err := ctr.Labels(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if id := labels[runtime.LabelInstance]; id != "" {
+				out[id] = append(out[id], n.name)
+			}
+		}
+	}
+	return out, nil
+}
+
+// intact is the check after every fault: each service has exactly its
+// replicas, one live instance per ordinal, ready by its own report (not
+// kept by panic routing), no other instance of it left, and each instance
+// one container, on its node.
+func (c *chaosCluster) intact() (bool, string) {
+	ivs, err := c.instanceViews()
+	if err != nil {
+		return false, err.Error()
+	}
+	ctrs, err := c.containers()
+	if err != nil {
+		return false, err.Error()
+	}
+	var problems []string
+	perService := map[string][]*pb.InstanceView{}
+	for _, iv := range ivs {
+		perService[iv.GetInstance().GetService()] = append(perService[iv.GetInstance().GetService()], iv)
+	}
+	seen := map[string]bool{}
+	for svc, want := range chaosWant {
+		ordinals := map[int32]int{}
+		for _, iv := range perService[svc] {
+			in, st := iv.GetInstance(), iv.GetStatus()
+			ordinals[in.GetOrdinal()]++
+			switch {
+			case in.GetDesired() != "running" || in.GetDraining():
+				problems = append(problems, fmt.Sprintf("%s desired %s draining %v", in.GetId(), in.GetDesired(), in.GetDraining()))
+			case !st.GetReady() || iv.GetPanicRouting():
+				problems = append(problems, fmt.Sprintf("%s on %s not ready (phase %s, panic routing %v)", in.GetId(), in.GetNode(), st.GetPhase(), iv.GetPanicRouting()))
+			}
+			if got := ctrs[in.GetId()]; len(got) != 1 || got[0] != in.GetNode() {
+				problems = append(problems, fmt.Sprintf("%s placed on %s has containers on %v", in.GetId(), in.GetNode(), got))
+			}
+			seen[in.GetId()] = true
+		}
+		if len(perService[svc]) != want {
+			problems = append(problems, fmt.Sprintf("%s has %d instances, want %d", svc, len(perService[svc]), want))
+		}
+		for o := int32(0); o < int32(want); o++ {
+			if ordinals[o] != 1 {
+				problems = append(problems, fmt.Sprintf("%s ordinal %d held by %d instances", svc, o, ordinals[o]))
+			}
+		}
+	}
+	if n := len(perService[chProbeSvc]); n != 0 {
+		problems = append(problems, fmt.Sprintf("%s (0 replicas) has %d instances", chProbeSvc, n))
+	}
+	for id, nodes := range ctrs {
+		if !seen[id] {
+			problems = append(problems, fmt.Sprintf("container of no live instance: %s on %v", id, nodes))
+		}
+	}
+	sort.Strings(problems)
+	return len(problems) == 0, strings.Join(problems, "; ")
+}
+
+// containerState is what must not change across a fault that replaces
+// nothing: each instance's container and restart count.
+func (c *chaosCluster) containerState() (map[string]string, error) {
+	ivs, err := c.instanceViews()
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, iv := range ivs {
+		m[iv.GetInstance().GetId()] = fmt.Sprintf("node %s container %s restarts %d", iv.GetInstance().GetNode(), iv.GetStatus().GetContainerId(), iv.GetStatus().GetRestarts())
+	}
+	return m, nil
+}
+
+func diffState(before, after map[string]string) []string {
+	var d []string
+	for id, b := range before {
+		if a, ok := after[id]; !ok {
+			d = append(d, id+" gone (was "+b+")")
+		} else if a != b {
+			d = append(d, id+": "+b+" -> "+a)
+		}
+	}
+	for id, a := range after {
+		if _, ok := before[id]; !ok {
+			d = append(d, id+" new ("+a+")")
+		}
+	}
+	sort.Strings(d)
+	return d
+}
+
+// clientTargets lists the client instances' addresses with their nodes,
+// for the DNS load.
+func (c *chaosCluster) clientTargets() []chaosTarget {
+	c.t.Helper()
+	var out []chaosTarget
+	eventually(c.t, 30*time.Second, "client instances", func() (bool, string) {
+		ivs, err := c.instanceViews()
+		if err != nil {
+			return false, err.Error()
+		}
+		out = out[:0]
+		for _, iv := range ivs {
+			if iv.GetInstance().GetService() == "client" && iv.GetStatus().GetReady() && iv.GetStatus().GetIp() != "" {
+				out = append(out, chaosTarget{name: "dns via client on " + iv.GetInstance().GetNode(), addr: iv.GetStatus().GetIp() + ":8080"})
+			}
+		}
+		return len(out) == chaosWant["client"], fmt.Sprint(out)
+	})
+	return out
+}
+
+// ---- load ----
+
+type chaosTarget struct{ name, addr string }
+
+type chaosProbe struct {
+	at     time.Time
+	dns    bool
+	target string
+	err    string // "" when it succeeded
+}
+
+// chaosLoad sends HTTP requests through the gateways (round robin) at a
+// constant rate and, at a tenth of it, asks client containers to resolve
+// hello (their node's DNS answers). Every probe is recorded.
+type chaosLoad struct {
+	mu       sync.Mutex
+	gateways []chaosTarget
+	clients  []chaosTarget
+	probes   []chaosProbe
+	http     *http.Client
+	tr       *http.Transport
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	once     sync.Once
+	stopped  time.Time
+}
+
+func startChaosLoad(gateways, clients []chaosTarget, rate int) *chaosLoad {
+	tr := &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}
+	l := &chaosLoad{gateways: gateways, clients: clients, tr: tr, http: &http.Client{Transport: tr}}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		sem := make(chan struct{}, 64)
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			l.mu.Lock()
+			var gw, cl *chaosTarget
+			if len(l.gateways) > 0 {
+				gw = &l.gateways[i%len(l.gateways)]
+			}
+			if i%10 == 0 && len(l.clients) > 0 {
+				cl = &l.clients[(i/10)%len(l.clients)]
+			}
+			g, cli := gw, cl
+			var gv, cv chaosTarget
+			if g != nil {
+				gv = *g
+			}
+			if cli != nil {
+				cv = *cli
+			}
+			l.mu.Unlock()
+			if g != nil {
+				l.spawn(sem, func() { l.record(time.Now(), false, gv.name, l.viaGateway(gv.addr)) })
+			}
+			if cli != nil {
+				l.spawn(sem, func() { l.record(time.Now(), true, cv.name, l.lookup(cv.addr)) })
+			}
+		}
+	}()
+	return l
+}
+
+func (l *chaosLoad) spawn(sem chan struct{}, f func()) {
+	select {
+	case sem <- struct{}{}:
+	default:
+		// 64 probes outstanding: record the overload as a failure rather
+		// than queue behind it.
+		l.record(time.Now(), false, "load generator", "64 probes outstanding")
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer func() { <-sem }()
+		f()
+	}()
+}
+
+func (l *chaosLoad) record(at time.Time, dns bool, target, err string) {
+	l.mu.Lock()
+	l.probes = append(l.probes, chaosProbe{at: at, dns: dns, target: target, err: err})
+	l.mu.Unlock()
+}
+
+func (l *chaosLoad) viaGateway(addr string) string {
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	req.Host = chHelloHost
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	resp, err := l.http.Do(req.WithContext(ctx))
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	var h helloReply
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Sprintf("status %d: %.80s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, &h); err != nil || h.Service != "hello" {
+		return fmt.Sprintf("body %.80q", body)
+	}
+	return ""
+}
+
+func (l *chaosLoad) lookup(addr string) string {
+	req, _ := http.NewRequest("GET", "http://"+addr+"/resolve?name="+chLookupName, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Second)
+	defer cancel()
+	resp, err := l.http.Do(req.WithContext(ctx))
+	if err != nil {
+		return "client container: " + err.Error()
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Addresses []string `json:"addresses"`
+		Error     string   `json:"error"`
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(body, &r); err != nil {
+		return fmt.Sprintf("status %d, body %.80q", resp.StatusCode, body)
+	}
+	if resp.StatusCode != http.StatusOK || len(r.Addresses) == 0 {
+		return fmt.Sprintf("status %d: %s", resp.StatusCode, r.Error)
+	}
+	return ""
+}
+
+// setGateways and setClients change the targets; a gateway being
+// restarted is taken out first, and its old connections dropped.
+func (l *chaosLoad) setGateways(g []chaosTarget) {
+	l.mu.Lock()
+	l.gateways = g
+	l.mu.Unlock()
+	l.tr.CloseIdleConnections()
+}
+
+func (l *chaosLoad) setClients(cl []chaosTarget) {
+	l.mu.Lock()
+	l.clients = cl
+	l.mu.Unlock()
+}
+
+// stop ends the load (once) and waits for the probes in flight.
+func (l *chaosLoad) stop() {
+	l.once.Do(func() {
+		l.cancel()
+		l.stopped = time.Now()
+		l.wg.Wait()
+	})
+}
+
+// chaosCount is what the probes started in a window did.
+type chaosCount struct {
+	sent, failed, dnsSent, dnsFailed int
+	errors                           map[string]int // "target: error" -> count
+	firstFail, lastFail              time.Time
+}
+
+func (l *chaosLoad) count(from, to time.Time, in func(time.Time) bool) chaosCount {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := chaosCount{errors: map[string]int{}}
+	for _, p := range l.probes {
+		if p.at.Before(from) || !p.at.Before(to) || (in != nil && !in(p.at)) {
+			continue
+		}
+		if p.dns {
+			n.dnsSent++
+		} else {
+			n.sent++
+		}
+		if p.err != "" {
+			if p.dns {
+				n.dnsFailed++
+			} else {
+				n.failed++
+			}
+			n.errors[p.target+": "+p.err]++
+			if n.firstFail.IsZero() || p.at.Before(n.firstFail) {
+				n.firstFail = p.at
+			}
+			if p.at.After(n.lastFail) {
+				n.lastFail = p.at
+			}
+		}
+	}
+	return n
+}
+
+func (n chaosCount) topErrors(k int) string {
+	type kv struct {
+		e string
+		n int
+	}
+	var all []kv
+	for e, c := range n.errors {
+		all = append(all, kv{e, c})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].n > all[j].n || all[i].n == all[j].n && all[i].e < all[j].e })
+	var out []string
+	for i, x := range all {
+		if i == k {
+			out = append(out, fmt.Sprintf("... %d kinds more", len(all)-k))
+			break
+		}
+		out = append(out, fmt.Sprintf("%dx %s", x.n, x.e))
+	}
+	return strings.Join(out, "; ")
+}
+
+// ---- faults ----
+
+// chaosFault is one row of the table.
+type chaosFault struct {
+	name     string
+	from, to time.Time
+	// zero: the table's expectation is that no probe fails in the window.
+	zero bool
+	// writeDown and leaderChange: <0 when not measured or never reached.
+	writeDown, leaderChange time.Duration
+	writeFrom               string // what writeDown is measured from
+	failedChecks            []string
+	count                   chaosCount
+	events                  []string
+}
+
+// event notes a step of the fault with its time from the window's start.
+func (f *chaosFault) event(what string) {
+	f.events = append(f.events, fmt.Sprintf("+%.2fs %s", time.Since(f.from).Seconds(), what))
+}
+
+// timeline is the fault's steps and when its probes failed.
+func (f *chaosFault) timeline() string {
+	s := strings.Join(f.events, ", ")
+	if !f.count.firstFail.IsZero() {
+		s += fmt.Sprintf("; failures from +%.2fs to +%.2fs", f.count.firstFail.Sub(f.from).Seconds(), f.count.lastFail.Sub(f.from).Seconds())
+	}
+	return s
+}
+
+func (f *chaosFault) check(ok bool, format string, args ...any) {
+	if !ok {
+		f.failedChecks = append(f.failedChecks, fmt.Sprintf(format, args...))
+	}
+}
+
+func fmtDur(d time.Duration) string {
+	if d < 0 {
+		return "-"
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+// TestChaos runs the faults of issue #16 against a three-server control
+// plane under constant load and prints the figures. Expectations the
+// table of the issue sets (0 failed requests) are asserted per fault.
+func TestChaos(t *testing.T) {
+	requireContainerd(t)
+	began := time.Now()
+	c := startChaosCluster(t)
+	t.Logf("cluster up in %s", time.Since(began).Round(time.Second))
+
+	var gws []chaosTarget
+	for _, g := range c.gateways {
+		gws = append(gws, chaosTarget{name: g.name, addr: g.listen})
+	}
+	eventually(t, 30*time.Second, "hello through every gateway", func() (bool, string) {
+		l := &chaosLoad{tr: &http.Transport{}}
+		l.http = &http.Client{Transport: l.tr}
+		for _, g := range gws {
+			if err := l.viaGateway(g.addr); err != "" {
+				return false, g.name + ": " + err
+			}
+		}
+		return true, ""
+	})
+	load := startChaosLoad(gws, c.clientTargets(), 80)
+	// The load ends with this function, before the cleanups stop the
+	// processes (the restarted ones' cleanups run before the table's).
+	defer load.stop()
+	var faults []*chaosFault
+	loadStart := time.Now()
+	// The table, and the verdict on every fault's figures, even when a
+	// step below stops the test.
+	t.Cleanup(func() {
+		load.stop()
+		end := load.stopped
+		inFault := func(at time.Time) bool {
+			for _, f := range faults {
+				if !at.Before(f.from) && at.Before(f.to) {
+					return true
+				}
+			}
+			return false
+		}
+		between := &chaosFault{name: "between faults (steady load)", from: loadStart, to: end, zero: true, writeDown: -1, leaderChange: -1}
+		between.count = load.count(loadStart, end, func(at time.Time) bool { return !inFault(at) })
+		rows := slices.Clone(faults)
+		sort.SliceStable(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
+		rows = append(rows, between)
+		var b strings.Builder
+		fmt.Fprintf(&b, "chaos figures (%s form, %d req/s through %d gateways, DNS from client containers at a tenth of that):\n", map[bool]string{true: "full", false: "short"}[chaosFull()], 80, len(c.gateways))
+		fmt.Fprintf(&b, "%-52s %7s %7s %8s %8s %14s %13s  %s\n", "fault", "http", "failed", "dns", "failed", "write downtime", "leader change", "checks")
+		for _, f := range rows {
+			if f != between {
+				f.count = load.count(f.from, f.to, nil)
+			}
+			checks := "ok"
+			if len(f.failedChecks) > 0 {
+				checks = fmt.Sprintf("%d FAILED", len(f.failedChecks))
+			}
+			wd := fmtDur(f.writeDown)
+			if f.writeFrom != "" && f.writeDown >= 0 {
+				wd += " (" + f.writeFrom + ")"
+			}
+			fmt.Fprintf(&b, "%-52s %7d %7d %8d %8d %14s %13s  %s\n", f.name, f.count.sent, f.count.failed, f.count.dnsSent, f.count.dnsFailed, wd, fmtDur(f.leaderChange), checks)
+		}
+		fmt.Fprintf(&b, "total %s", time.Since(began).Round(time.Second))
+		t.Log(b.String())
+		for _, f := range rows {
+			if f.zero && (f.count.failed > 0 || f.count.dnsFailed > 0) {
+				t.Errorf("%s: %d of %d requests through the gateways and %d of %d DNS lookups from containers failed, want 0 (%s): %s",
+					f.name, f.count.failed, f.count.sent, f.count.dnsFailed, f.count.dnsSent, f.timeline(), f.count.topErrors(6))
+			} else if f.count.failed > 0 || f.count.dnsFailed > 0 {
+				t.Logf("%s (no expectation on failures; %s): %s", f.name, f.timeline(), f.count.topErrors(6))
+			}
+			for _, msg := range f.failedChecks {
+				t.Errorf("%s: %s", f.name, msg)
+			}
+		}
+	})
+
+	// steady lets the load run a moment between faults.
+	steady := func() { time.Sleep(2 * time.Second) }
+	// settle waits until every service is intact again and checks that no
+	// container was replaced when none should have been.
+	settle := func(f *chaosFault, before map[string]string, timeout time.Duration) {
+		var state string
+		ok := false
+		for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+			if ok, state = c.intact(); ok {
+				break
+			}
+		}
+		f.check(ok, "services not intact %s after recovery: %s", timeout, state)
+		if before != nil {
+			after, err := c.containerState()
+			f.check(err == nil, "instances after the fault: %v", err)
+			if err == nil {
+				d := diffState(before, after)
+				f.check(len(d) == 0, "containers replaced or restarted (want none): %s", strings.Join(d, "; "))
+			}
+		}
+	}
+	begin := func(name string, zero bool) *chaosFault {
+		f := &chaosFault{name: name, from: time.Now(), zero: zero, writeDown: -1, leaderChange: -1}
+		faults = append(faults, f)
+		t.Logf("fault: %s", name)
+		return f
+	}
+	mustState := func() map[string]string {
+		s, err := c.containerState()
+		if err != nil {
+			t.Fatalf("instances: %v", err)
+		}
+		return s
+	}
+
+	// 1: kill -9 a server that neither leads the replicas nor etcd, while
+	// idle, and restart it.
+	steady()
+	{
+		replica, etcdLeader := c.leaders()
+		var victim *chaosServer
+		for _, s := range c.servers {
+			if s.name != replica && s.name != etcdLeader {
+				victim = s
+				break
+			}
+		}
+		if victim == nil { // one server leads both: any other will do
+			for _, s := range c.servers {
+				if s.name != replica {
+					victim = s
+					break
+				}
+			}
+		}
+		before := mustState()
+		f := begin(fmt.Sprintf("1 kill -9 non-leader server %s, restart", victim.name), true)
+		killed := time.Now()
+		c.kill(victim)
+		f.event("killed " + victim.name)
+		var err error
+		f.writeDown, err = c.untilWrite(killed, 30*time.Second)
+		f.check(err == nil, "no write accepted within 30 s of the kill: %v", err)
+		steady()
+		c.launchServer(victim)
+		f.event("restarted " + victim.name)
+		c.waitServer(victim)
+		c.waitHealthy(60 * time.Second)
+		f.event("three healthy members")
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		steady()
+		f.to = time.Now()
+	}
+
+	// 2: kill -9 the leading replica: another leads within a few seconds
+	// and writes are accepted again.
+	{
+		replica, etcdLeader := c.leaders()
+		victim := c.server(replica)
+		before := mustState()
+		f := begin(fmt.Sprintf("2 kill -9 leader replica %s (etcd leader %s)", victim.name, etcdLeader), true)
+		counts := c.electionCounts()
+		killed := time.Now()
+		c.kill(victim)
+		f.event("killed " + victim.name)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.leaderChange = c.untilLeader(counts, killed, 30*time.Second)
+		}()
+		var err error
+		f.writeDown, err = c.untilWrite(killed, 30*time.Second)
+		f.check(err == nil, "no write accepted within 30 s of the kill: %v", err)
+		wg.Wait()
+		f.check(f.leaderChange >= 0, "no other replica took the lead within 30 s")
+		f.check(f.leaderChange < 10*time.Second, "another replica led only after %s (want a few seconds)", fmtDur(f.leaderChange))
+		steady()
+		c.launchServer(victim)
+		f.event("restarted " + victim.name)
+		c.waitServer(victim)
+		c.waitHealthy(60 * time.Second)
+		f.event("three healthy members")
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		steady()
+		f.to = time.Now()
+	}
+
+	// 3: quorum loss: two of three servers down (the leading replica one
+	// of them). The data plane serves; a write fails naming quorum; both
+	// back, writes resume.
+	{
+		replica, _ := c.leaders()
+		var victims []*chaosServer
+		var survivor *chaosServer
+		victims = append(victims, c.server(replica))
+		for _, s := range c.servers {
+			if s.name != replica {
+				if len(victims) < 2 {
+					victims = append(victims, s)
+				} else {
+					survivor = s
+				}
+			}
+		}
+		before := mustState()
+		f := begin(fmt.Sprintf("3 quorum loss: kill -9 %s and %s, restart", victims[0].name, victims[1].name), true)
+		for _, v := range victims {
+			c.kill(v)
+		}
+		f.event("killed " + victims[0].name + " and " + victims[1].name)
+		// The survivor notices it has no leader within etcd's election
+		// timeout; a write through it then fails, naming quorum.
+		var out, errOut string
+		code := 0
+		eventually(t, 20*time.Second, "a write refused naming quorum", func() (bool, string) {
+			out, errOut, code = berth(t, survivor.api, "scale", chProbeSvc, "--replicas", "0")
+			return code != 0 && strings.Contains(errOut, "quorum"), fmt.Sprintf("exit %d: %s%s", code, out, errOut)
+		})
+		t.Logf("write without quorum: exit %d: %s", code, strings.TrimSpace(errOut))
+		f.event("a write refused naming quorum")
+		// The data plane keeps serving for a while without quorum.
+		time.Sleep(8 * time.Second)
+		counts := c.electionCounts()
+		restarted := time.Now()
+		for _, v := range victims {
+			c.launchServer(v)
+		}
+		f.event("restarted both")
+		var err error
+		f.writeDown, err = c.untilWrite(restarted, 60*time.Second)
+		f.writeFrom = "from restart"
+		f.check(err == nil, "no write accepted within 60 s of the restart: %v", err)
+		f.leaderChange = c.untilLeader(counts, restarted, 30*time.Second)
+		for _, v := range victims {
+			c.waitServer(v)
+		}
+		c.waitHealthy(60 * time.Second)
+		f.event("three healthy members")
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		steady()
+		f.to = time.Now()
+	}
+
+	// 4: kill -9 an agent, restart it after 10 s: its containers keep
+	// serving and are adopted, not restarted.
+	{
+		n := c.mn.node("n1")
+		before := mustState()
+		onNode := 0
+		for _, s := range before {
+			if strings.HasPrefix(s, "node n1 ") {
+				onNode++
+			}
+		}
+		f := begin(fmt.Sprintf("4 kill -9 agent of n1 (%d containers), restart after %s", onNode, chAgentDown), true)
+		if err := n.agent.stop(syscall.SIGKILL, 10*time.Second); err != nil {
+			t.Logf("kill agent: %v", err)
+		}
+		f.event("killed agent-n1")
+		time.Sleep(chAgentDown)
+		c.startAgent(n)
+		f.event("restarted agent-n1")
+		adopted := 0
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if adopted = strings.Count(n.agent.logText(), "adopted running container"); adopted >= onNode {
+				break
+			}
+		}
+		f.check(adopted == onNode, "the restarted agent adopted %d of its %d containers", adopted, onNode)
+		f.event(fmt.Sprintf("%d containers adopted", adopted))
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		steady()
+		f.to = time.Now()
+	}
+
+	if !chaosFull() {
+		return
+	}
+
+	// 5 and 6: every server down for two minutes; meanwhile a gateway is
+	// restarted and serves its saved configuration.
+	{
+		before := mustState()
+		f6 := begin(fmt.Sprintf("6 all servers down %s, then back", chAllDownFull), true)
+		down := time.Now()
+		for _, s := range c.servers {
+			c.kill(s)
+		}
+		f6.event("killed s1, s2 and s3")
+		steady()
+		g := c.gateways[0]
+		var others []chaosTarget
+		for _, x := range gws {
+			if x.name != g.name {
+				others = append(others, x)
+			}
+		}
+		load.setGateways(others)
+		time.Sleep(500 * time.Millisecond) // its requests in flight end
+		if err := g.proc.stop(syscall.SIGKILL, 10*time.Second); err != nil {
+			t.Logf("kill %s: %v", g.name, err)
+		}
+		f6.event("killed " + g.name)
+		c.startGateway(g)
+		f6.event(g.name + " listening again")
+		f5 := begin(fmt.Sprintf("5 %s restarted, all servers down", g.name), true)
+		f5.event(g.name + " listening again, back in the load")
+		load.setGateways(gws)
+		time.Sleep(15 * time.Second)
+		f5.to = time.Now()
+		f5.check(strings.Contains(g.proc.logText(), "serving the saved configuration"), "the restarted gateway did not log that it serves its saved configuration")
+		time.Sleep(time.Until(down.Add(chAllDownFull)))
+		counts := c.electionCounts()
+		restarted := time.Now()
+		for _, s := range c.servers {
+			c.launchServer(s)
+		}
+		f6.event("restarted s1, s2 and s3")
+		var err error
+		f6.writeDown, err = c.untilWrite(restarted, 90*time.Second)
+		f6.writeFrom = "from restart"
+		f6.check(err == nil, "no write accepted within 90 s of the restart: %v", err)
+		f6.leaderChange = c.untilLeader(counts, restarted, 60*time.Second)
+		for _, s := range c.servers {
+			c.waitServer(s)
+		}
+		c.waitHealthy(60 * time.Second)
+		f6.event("three healthy members")
+		// The nodes' grace and the lost grace pass: nothing may be
+		// replaced for the control plane's own absence.
+		time.Sleep(chLostGrace + 5*time.Second)
+		settle(f6, before, 30*time.Second)
+		f6.event("intact")
+		steady()
+		f6.to = time.Now()
+	}
+
+	// 7: n2's link cut for longer than the lost grace: its instances run
+	// elsewhere; healed, its stale containers are stopped.
+	{
+		n := c.mn.node("n2")
+		f := begin(fmt.Sprintf("7 n2's link cut > lost grace (%s), healed", chLostGrace), false)
+		var keep []chaosTarget
+		for _, cl := range c.clientTargets() {
+			if !strings.HasSuffix(cl.name, " n2") {
+				keep = append(keep, cl)
+			}
+		}
+		load.setClients(keep) // n2's client cannot be reached from here
+		cut := time.Now()
+		ip(t, "link", "set", n.veth, "down")
+		f.event("n2's link down")
+		replaced := false
+		var state string
+		for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+			ivs, err := c.instanceViews()
+			if err != nil {
+				state = err.Error()
+				continue
+			}
+			onN2, ready := 0, 0
+			for _, iv := range ivs {
+				if iv.GetInstance().GetNode() == "n2" {
+					onN2++
+				} else if iv.GetStatus().GetReady() && iv.GetInstance().GetService() != chProbeSvc {
+					ready++
+				}
+			}
+			state = fmt.Sprintf("%d instances on n2, %d ready elsewhere", onN2, ready)
+			if onN2 == 0 && ready == chaosWant["hello"]+chaosWant["client"] {
+				replaced = true
+				break
+			}
+		}
+		f.check(replaced, "n2's instances not replaced elsewhere within 90 s of the cut: %s", state)
+		f.event("replaced on n1")
+		t.Logf("n2 cut: replaced after %s", time.Since(cut).Round(100*time.Millisecond))
+		ip(t, "link", "set", n.veth, "up")
+		f.event("n2's link up")
+		stopped := false
+		ctx := namespaces.WithNamespace(context.Background(), n.ctrNS)
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+			list, err := c.mn.ctrd.Containers(ctx)
+			if err == nil && len(list) == 0 {
+				stopped = true
+				break
+			}
+			state = fmt.Sprintf("%d containers, %v", len(list), err)
+		}
+		f.check(stopped, "n2's stale containers not stopped within 60 s of the heal: %s", state)
+		f.event("n2's containers stopped")
+		eventually(t, 60*time.Second, "n2 Ready again", func() (bool, string) {
+			out := mustBerth(t, c.apis, "get", "nodes")
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, "n2 ") {
+					return strings.Contains(l, " Ready "), l
+				}
+			}
+			return false, out
+		})
+		settle(f, nil, 60*time.Second)
+		f.event("intact")
+		load.setClients(c.clientTargets())
+		steady()
+		f.to = time.Now()
+	}
+}
