@@ -2,17 +2,37 @@ package nodeagent
 
 import (
 	"context"
+	"net/netip"
+	"slices"
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/nodeagent/hostgw"
 )
 
-// followNodes keeps the routes to other nodes' pod subnets current.
+// followNodes keeps the routes to other nodes' pod subnets current, and
+// the containers' fallback DNS (another node's).
 func (a *Agent) followNodes(ctx context.Context) {
 	var set pb.NodeSet
+	peer := ""
 	a.retry(ctx, "nodes", func(ctx context.Context) error {
 		return pb.FollowNodes(ctx, a.client, a.cfg.Name, &set, func() {
-			added, removed, err := hostgw.Sync(hostgw.Desired(a.cfg.Name, set.List()))
+			nodes := set.List()
+			if p := dnsPeer(a.cfg.Name, peer, nodes); p != peer {
+				if fs, ok := a.rt.(dnsFallbackSetter); ok {
+					addr := ""
+					if p != "" {
+						addr = nodeDNS(nodes, p)
+					}
+					n, err := fs.SetDNSFallback(addr)
+					if err != nil {
+						a.logger.Warn("containers' fallback DNS", "err", err)
+					} else {
+						peer = p
+						a.logger.Info("containers' fallback DNS", "node", p, "addr", addr, "rewritten", n)
+					}
+				}
+			}
+			added, removed, err := hostgw.Sync(hostgw.Desired(a.cfg.Name, nodes))
 			if err != nil {
 				a.logger.Warn("routes to other nodes", "err", err)
 				return
@@ -22,4 +42,55 @@ func (a *Agent) followNodes(ctx context.Context) {
 			}
 		})
 	})
+}
+
+// dnsFallbackSetter is the runtime's SetDNSFallback.
+type dnsFallbackSetter interface {
+	SetDNSFallback(addr string) (int, error)
+}
+
+// dnsPeer is the node whose DNS this node's containers fall back to when
+// their own node's does not answer (its agent restarting): the current
+// one while it is ready, else the next ready node after self in name
+// order (a ring, so the fallbacks spread), "" when there is none. A
+// node's DNS answers every service of the cluster.
+func dnsPeer(self, current string, nodes []*pb.Node) string {
+	usable := func(n *pb.Node) bool {
+		return n.Name != self && n.Ready && nodeDNS([]*pb.Node{n}, n.Name) != ""
+	}
+	var names []string
+	for _, n := range nodes {
+		if usable(n) {
+			if n.Name == current {
+				return current
+			}
+			names = append(names, n.Name)
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if n > self {
+			return n
+		}
+	}
+	return names[0]
+}
+
+// nodeDNS is the address of name's node-local DNS (its bridge: the first
+// address of its pod subnet), "" if unknown.
+func nodeDNS(nodes []*pb.Node, name string) string {
+	for _, n := range nodes {
+		if n.Name != name {
+			continue
+		}
+		p, err := netip.ParsePrefix(n.PodCidr)
+		if err != nil || !p.Addr().Is4() {
+			return ""
+		}
+		return p.Masked().Addr().Next().String()
+	}
+	return ""
 }

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strings"
 
 	gocni "github.com/containerd/go-cni"
@@ -285,6 +287,87 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// dnsServers are the nameservers of a container started now: this
+// node's DNS, then the fallback.
+func (r *Runtime) dnsServers() []string {
+	r.dnsMu.Lock()
+	defer r.dnsMu.Unlock()
+	servers := slices.Clone(r.cfg.DNSServers)
+	if r.dnsFallback != "" && !slices.Contains(servers, r.dnsFallback) {
+		servers = append(servers, r.dnsFallback)
+	}
+	return servers
+}
+
+// SetDNSFallback makes addr (another node's DNS; "" for none) the second
+// nameserver of containers: those started from now on, and the running
+// ones, whose resolv.conf is rewritten in place (it is bind-mounted: a
+// renamed file would not reach them). While this node's DNS is down (its
+// agent restarting), their lookups go there: nothing listens on the
+// bridge's port 53 then, so resolvers move on at once (port unreachable),
+// not after a timeout. It returns how many files it rewrote.
+func (r *Runtime) SetDNSFallback(addr string) (int, error) {
+	r.dnsMu.Lock()
+	if r.dnsFallback == addr {
+		r.dnsMu.Unlock()
+		return 0, nil
+	}
+	r.dnsFallback = addr
+	r.dnsMu.Unlock()
+	servers := r.dnsServers()
+	files, err := filepath.Glob(filepath.Join(r.containersDir(), "*", "resolv.conf"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, f := range files {
+		old, err := os.ReadFile(f)
+		if err != nil {
+			continue // the container went
+		}
+		updated := withNameservers(old, servers)
+		if bytes.Equal(old, updated) {
+			continue
+		}
+		if err := rewriteInPlace(f, updated); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// withNameservers is a resolv.conf with its nameserver lines replaced by
+// servers (the rest kept as it is).
+func withNameservers(conf []byte, servers []string) []byte {
+	var b strings.Builder
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	for _, line := range strings.SplitAfter(string(conf), "\n") {
+		if line == "" || strings.HasPrefix(strings.TrimSpace(line), "nameserver") {
+			continue
+		}
+		b.WriteString(line)
+	}
+	return []byte(b.String())
+}
+
+// rewriteInPlace replaces a file's content keeping its inode.
+func rewriteInPlace(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // resolvConf renders /etc/resolv.conf for a container.

@@ -148,6 +148,11 @@ type Runtime struct {
 
 	mu    sync.Mutex
 	locks map[string]*instanceLock
+
+	// dnsFallback is another node's DNS, the second nameserver of every
+	// container ("": none; SetDNSFallback).
+	dnsMu       sync.Mutex
+	dnsFallback string
 }
 
 type instanceLock struct {
