@@ -62,6 +62,13 @@ const (
 	chHelloHost   = "hello.example.test"
 	chLookupName  = "hello.default.svc.berth.internal"
 	chProbeSvc    = "chaos-probe"
+	// chRate is the load: requests a second through the gateways (round
+	// robin); DNS lookups from containers go at a tenth of it. A request
+	// fails on a transport error, a status other than 200, or no answer
+	// within chHTTPTimeout.
+	chRate           = 80
+	chHTTPTimeout    = 3 * time.Second
+	chMaxOutstanding = 10 * chRate
 )
 
 // chaosWant is what every check expects: each service's replicas.
@@ -596,7 +603,7 @@ func startChaosLoad(gateways, clients []chaosTarget, rate int) *chaosLoad {
 		defer l.wg.Done()
 		tick := time.NewTicker(time.Second / time.Duration(rate))
 		defer tick.Stop()
-		sem := make(chan struct{}, 64)
+		sem := make(chan struct{}, chMaxOutstanding)
 		for i := 0; ; i++ {
 			select {
 			case <-ctx.Done():
@@ -635,9 +642,9 @@ func (l *chaosLoad) spawn(sem chan struct{}, f func()) {
 	select {
 	case sem <- struct{}{}:
 	default:
-		// 64 probes outstanding: record the overload as a failure rather
-		// than queue behind it.
-		l.record(time.Now(), false, "load generator", "64 probes outstanding")
+		// As many probes outstanding as ten seconds of load: record the
+		// overload as a failure rather than queue behind it.
+		l.record(time.Now(), false, "load generator", fmt.Sprintf("%d probes outstanding", chMaxOutstanding))
 		return
 	}
 	l.wg.Add(1)
@@ -657,7 +664,7 @@ func (l *chaosLoad) record(at time.Time, dns bool, target, err string) {
 func (l *chaosLoad) viaGateway(addr string) string {
 	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 	req.Host = chHelloHost
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), chHTTPTimeout)
 	defer cancel()
 	resp, err := l.http.Do(req.WithContext(ctx))
 	if err != nil {
@@ -847,7 +854,7 @@ func TestChaos(t *testing.T) {
 		}
 		return true, ""
 	})
-	load := startChaosLoad(gws, c.clientTargets(), 80)
+	load := startChaosLoad(gws, c.clientTargets(), chRate)
 	// The load ends with this function, before the cleanups stop the
 	// processes (the restarted ones' cleanups run before the table's).
 	defer load.stop()
@@ -872,8 +879,9 @@ func TestChaos(t *testing.T) {
 		sort.SliceStable(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
 		rows = append(rows, between)
 		var b strings.Builder
-		fmt.Fprintf(&b, "chaos figures (%s form, %d req/s through %d gateways, DNS from client containers at a tenth of that):\n", map[bool]string{true: "full", false: "short"}[chaosFull()], 80, len(c.gateways))
-		fmt.Fprintf(&b, "%-52s %7s %7s %8s %8s %14s %13s  %s\n", "fault", "http", "failed", "dns", "failed", "write downtime", "leader change", "checks")
+		fmt.Fprintf(&b, "chaos figures (%s form; %d req/s through %d gateways, failed: an error, not 200 or no answer in %s; DNS lookups from client containers at a tenth of that):\n",
+			map[bool]string{true: "full", false: "short"}[chaosFull()], chRate, len(c.gateways), chHTTPTimeout)
+		fmt.Fprintf(&b, "%-58s %7s %7s %8s %8s %22s %13s  %s\n", "fault", "http", "failed", "dns", "failed", "write downtime", "leader change", "checks")
 		for _, f := range rows {
 			if f != between {
 				f.count = load.count(f.from, f.to, nil)
@@ -886,7 +894,7 @@ func TestChaos(t *testing.T) {
 			if f.writeFrom != "" && f.writeDown >= 0 {
 				wd += " (" + f.writeFrom + ")"
 			}
-			fmt.Fprintf(&b, "%-52s %7d %7d %8d %8d %14s %13s  %s\n", f.name, f.count.sent, f.count.failed, f.count.dnsSent, f.count.dnsFailed, wd, fmtDur(f.leaderChange), checks)
+			fmt.Fprintf(&b, "%-58s %7d %7d %8d %8d %22s %13s  %s\n", f.name, f.count.sent, f.count.failed, f.count.dnsSent, f.count.dnsFailed, wd, fmtDur(f.leaderChange), checks)
 		}
 		fmt.Fprintf(&b, "total %s", time.Since(began).Round(time.Second))
 		t.Log(b.String())
@@ -1002,6 +1010,35 @@ func TestChaos(t *testing.T) {
 		wg.Wait()
 		f.check(f.leaderChange >= 0, "no other replica took the lead within 30 s")
 		f.check(f.leaderChange < 10*time.Second, "another replica led only after %s (want a few seconds)", fmtDur(f.leaderChange))
+		steady()
+		c.launchServer(victim)
+		f.event("restarted " + victim.name)
+		c.waitServer(victim)
+		c.waitHealthy(60 * time.Second)
+		f.event("three healthy members")
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		steady()
+		f.to = time.Now()
+	}
+
+	// 2b (full form): kill -9 the server whose etcd member leads raft:
+	// writes continue after etcd's re-election.
+	if chaosFull() {
+		replica, etcdLeader := c.leaders()
+		victim := c.server(etcdLeader)
+		before := mustState()
+		f := begin(fmt.Sprintf("2b kill -9 etcd leader %s (leader replica %s)", victim.name, replica), true)
+		counts := c.electionCounts()
+		killed := time.Now()
+		c.kill(victim)
+		f.event("killed " + victim.name)
+		var err error
+		f.writeDown, err = c.untilWrite(killed, 30*time.Second)
+		f.check(err == nil, "no write accepted within 30 s of the kill: %v", err)
+		if victim.name == replica {
+			f.leaderChange = c.untilLeader(counts, killed, 30*time.Second)
+		}
 		steady()
 		c.launchServer(victim)
 		f.event("restarted " + victim.name)
