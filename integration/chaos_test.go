@@ -101,6 +101,39 @@ type chaosCluster struct {
 	writes   int
 }
 
+// chaosPIDFile lists the processes a run started, so the next run can end
+// those an aborted run left behind, by their ids.
+var chaosPIDFile = filepath.Join(os.TempDir(), "berth-chaos.pids")
+
+func chaosRecordPID(p *proc) {
+	f, err := os.OpenFile(chaosPIDFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return
+	}
+	fmt.Fprintln(f, p.cmd.Process.Pid)
+	f.Close()
+}
+
+// chaosKillLeftovers kills the processes an earlier run recorded that
+// still run a berth command line of this suite (they name the host
+// bridge's address), and starts a new list.
+func chaosKillLeftovers(t *testing.T) {
+	b, _ := os.ReadFile(chaosPIDFile)
+	for _, line := range strings.Fields(string(b)) {
+		var pid int
+		if _, err := fmt.Sscan(line, &pid); err != nil || pid <= 1 {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(cmdline), "berth") || !strings.Contains(string(cmdline), chHostIP+":") {
+			continue
+		}
+		t.Logf("killing process %d left by an earlier run: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	_ = os.Remove(chaosPIDFile)
+}
+
 func chaosFreePort(t *testing.T, host string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
@@ -136,7 +169,9 @@ func startChaosCluster(t *testing.T) *chaosCluster {
 			veth: fmt.Sprintf("berthchv%d", i), ctrNS: fmt.Sprintf("berth-ch-n%d", i), stateDir: filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i)),
 		})
 	}
-	// Leftovers of an aborted run first.
+	// Leftovers of an aborted run first: its processes (they outlive a
+	// test binary killed with SIGKILL), containers and network.
+	chaosKillLeftovers(t)
 	for _, n := range c.mn.nodes {
 		c.mn.removeContainers(n)
 	}
@@ -278,6 +313,7 @@ func (c *chaosCluster) launchServer(s *chaosServer) {
 		args = append(args, s.joinFlags...)
 	}
 	s.proc = startProc(c.t, name, args...)
+	chaosRecordPID(s.proc)
 }
 
 func (c *chaosCluster) waitServer(s *chaosServer) {
@@ -310,6 +346,7 @@ func (c *chaosCluster) startGateway(g *chaosGateway) {
 	}
 	g.proc = startProc(c.t, name, "--server", c.apis, "gateway", "--join-token", g.token, "--ca-hash", g.caHash, "--cert-dir", g.certDir,
 		"--state-dir", g.stateDir, "--listen", g.listen, "--xds", g.xds, "--node-id", g.name, "--metrics-addr", "")
+	chaosRecordPID(g.proc)
 	g.proc.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)
 }
 
@@ -323,6 +360,7 @@ func (c *chaosCluster) startAgent(n *mnNode) {
 		"--node-name", n.name, "--node-address", n.addr, "--containerd-namespace", n.ctrNS, "--bridge", chNodeBridge,
 		"--state-dir", n.stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
 		"--stop-grace", "2s", "--stop-on-exit")
+	chaosRecordPID(n.agent)
 }
 
 func (c *chaosCluster) listServers() (*pb.ListServersResponse, error) {
