@@ -368,7 +368,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	dcfg := berthdns.DefaultConfig()
 	dcfg.Addr = net.JoinHostPort(a.rt.GatewayIP().String(), strconv.Itoa(a.cfg.DNSPort))
 	dcfg.FreeBind = true
+	// Recursion for this node's pods, and for every other node's: this
+	// DNS is their fallback while their own node's is down. Never for
+	// addresses outside the pod network (no open resolver).
 	dcfg.AllowRecursion = []netip.Prefix{subnet}
+	if cluster, err := netip.ParsePrefix(reg.ClusterCidr); err == nil {
+		dcfg.AllowRecursion = append(dcfg.AllowRecursion, cluster.Masked())
+	}
 	dcfg.Upstreams = a.cfg.DNSUpstreams
 	dcfg.NoForwardToAddrs = a.cfg.DNSNoForwardTo
 	dcfg.UpstreamsFromSystem = a.cfg.DNSUpstreamsFromSystem

@@ -119,15 +119,20 @@ type Config struct {
 // DefaultConfig returns the configuration of a single-node agent.
 func DefaultConfig() Config {
 	return Config{
-		Socket:         "/run/containerd/containerd.sock",
-		Namespace:      "berth",
-		StateDir:       "/var/lib/berth/node",
-		CNIPluginDirs:  []string{"/usr/lib/cni", "/opt/cni/bin"},
-		NetworkName:    "berth",
-		BridgeName:     "berth0",
-		Subnet:         "10.213.0.0/24",
-		SearchDomains:  []string{"default.svc.berth.internal", "svc.berth.internal", "berth.internal"},
-		DNSOptions:     []string{"ndots:5"},
+		Socket:        "/run/containerd/containerd.sock",
+		Namespace:     "berth",
+		StateDir:      "/var/lib/berth/node",
+		CNIPluginDirs: []string{"/usr/lib/cni", "/opt/cni/bin"},
+		NetworkName:   "berth",
+		BridgeName:    "berth0",
+		Subnet:        "10.213.0.0/24",
+		SearchDomains: []string{"default.svc.berth.internal", "svc.berth.internal", "berth.internal"},
+		// timeout:1: a query this node's DNS does not answer (its agent
+		// restarting; the kernel rate-limits the port-unreachable
+		// answers) moves to the fallback nameserver after a second, not
+		// after the resolvers' default five, which used a lookup's whole
+		// budget.
+		DNSOptions:     []string{"ndots:5", "timeout:1", "attempts:2"},
 		NetNSDir:       "/run/netns",
 		Snapshotter:    "overlayfs",
 		ConnectTimeout: 3 * time.Second,
