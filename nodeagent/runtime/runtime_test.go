@@ -400,7 +400,7 @@ func TestRuntime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"nameserver 10.213.254.53\n", tc.search + "\n", "options ndots:5\n"} {
+		for _, want := range []string{"nameserver 10.213.254.53\n", tc.search + "\n", "options ndots:5 timeout:1 attempts:2\n"} {
 			if !strings.Contains(string(body), want) {
 				t.Errorf("%s /etc/resolv.conf = %q, want it to contain %q", tc.c.InstanceID, body, want)
 			}
