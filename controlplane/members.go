@@ -89,19 +89,30 @@ func (s *Server) startEmbeddedEtcd(ctx context.Context) (*EmbeddedEtcd, error) {
 		}
 		return e, nil
 	}
+	return s.joinEtcd(ctx, ca, dir, p)
+}
+
+// joinEtcd adds this replica's member to the cluster of cfg.Join's
+// replicas (as a learner), starts it, and has it promoted.
+func (s *Server) joinEtcd(ctx context.Context, ca *pki.CA, dir string, p EtcdPeering) (*EmbeddedEtcd, error) {
+	conns, err := s.dialReplicas(ca, s.cfg.Join)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
 	// etcd refuses a new member while another joined a moment ago
-	// ("unhealthy cluster"): ask again, through each replica in turn.
+	// ("unhealthy cluster", "too many learners"): ask again, through each
+	// replica in turn.
 	var client pb.BerthClient
 	var resp *pb.JoinEtcdResponse
 	joinBy := time.Now().Add(time.Minute)
-	for attempt := 0; resp == nil; attempt++ {
-		addr := cfg.Join[attempt%len(cfg.Join)]
-		conn, err := s.dialReplica(ca, addr)
-		if err != nil {
-			return nil, err
-		}
-		defer conn.Close()
-		client = pb.NewBerthClient(conn)
+	for attempt := 0; ; attempt++ {
+		addr := s.cfg.Join[attempt%len(conns)]
+		client = pb.NewBerthClient(conns[attempt%len(conns)])
 		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		resp, err = client.JoinEtcd(jctx, &pb.JoinEtcdRequest{Name: p.Name, PeerUrl: p.PeerURL()})
 		cancel()
@@ -111,19 +122,14 @@ func (s *Server) startEmbeddedEtcd(ctx context.Context) (*EmbeddedEtcd, error) {
 		// A refused handshake (another cluster's CA) is no outage.
 		msg := status.Convert(err).Message()
 		if c := status.Code(err); (c != codes.Unavailable && c != codes.DeadlineExceeded) || time.Now().After(joinBy) ||
-			strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") {
+			strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || !pause(ctx, time.Second) {
 			return nil, fmt.Errorf("controlplane: join the etcd cluster through %s: %w", addr, err)
 		}
 		s.logger.Warn("join: asking again", "replica", addr, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("controlplane: join the etcd cluster through %s: %w", addr, err)
-		case <-time.After(time.Second):
-		}
 	}
 	s.logger.Info("added as an etcd learner; starting the member", "member", fmt.Sprintf("%x", resp.MemberId), "initial-cluster", resp.InitialCluster)
 	p.InitialCluster, p.Existing = resp.InitialCluster, true
-	e, err := StartEtcdMember(dir, p, cfg.Etcd, s.logger)
+	e, err := StartEtcdMember(dir, p, s.cfg.Etcd, s.logger)
 	if err != nil {
 		return nil, err
 	}
@@ -137,15 +143,24 @@ func (s *Server) startEmbeddedEtcd(ctx context.Context) (*EmbeddedEtcd, error) {
 		if err == nil {
 			break
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if time.Now().After(deadline) || !pause(ctx, 500*time.Millisecond) {
 			e.Close()
-			return nil, fmt.Errorf("controlplane: etcd member %s not promoted after 2m (it stays a learner; `berth delete server %s` removes it): %w", p.Name, p.Name, err)
+			return nil, fmt.Errorf("controlplane: etcd member %s not promoted after 2m (it stays a learner; `berth controlplane remove %s` removes it): %w", p.Name, p.Name, err)
 		}
 		s.logger.Info("etcd learner catching up", "err", status.Convert(err).Message())
-		time.Sleep(500 * time.Millisecond)
 	}
 	s.logger.Info("etcd member promoted to voter", "member", p.Name)
 	return e, nil
+}
+
+// pause waits d, or less if ctx ends (false then).
+func pause(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
 }
 
 // advertise makes the member's recorded peer URL the one it advertises:
@@ -245,9 +260,9 @@ func (s *Server) writePeerCert(ca *pki.CA, dir string, p *EtcdPeering) error {
 	return nil
 }
 
-// dialReplica connects to a replica's API as a replica (a certificate of
-// its own from the CA), checking that the server is one.
-func (s *Server) dialReplica(ca *pki.CA, addr string) (*grpc.ClientConn, error) {
+// dialReplicas makes a connection to each replica's API as a replica
+// (one certificate of its own from the CA), checking the servers are ones.
+func (s *Server) dialReplicas(ca *pki.CA, addrs []string) ([]*grpc.ClientConn, error) {
 	certPEM, keyPEM, err := ca.Issue(pki.Identity{Role: pki.RoleReplica, Name: s.memberName()}, time.Hour, time.Now())
 	if err != nil {
 		return nil, err
@@ -256,11 +271,19 @@ func (s *Server) dialReplica(ca *pki.CA, addr string) (*grpc.ClientConn, error) 
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(kp, ca.Pool()))))
-	if err != nil {
-		return nil, fmt.Errorf("controlplane: replica %s: %w", addr, err)
+	creds := grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(kp, ca.Pool())))
+	var conns []*grpc.ClientConn
+	for _, addr := range addrs {
+		conn, err := grpc.NewClient(addr, creds)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("controlplane: replica %s: %w", addr, err)
+		}
+		conns = append(conns, conn)
 	}
-	return conn, nil
+	return conns, nil
 }
 
 // JoinEtcd adds a replica's etcd member as a learner (it cannot change
@@ -283,12 +306,12 @@ func (s *Server) JoinEtcd(ctx context.Context, name, peerURL string) (*pb.JoinEt
 	var id uint64
 	for _, m := range list.Members {
 		switch {
-		case slices.Contains(m.PeerURLs, peerURL) && (m.Name == "" || m.IsLearner) && (m.Name == "" || m.Name == name):
-			id = m.ID // asked again
+		case slices.Contains(m.PeerURLs, peerURL) && (m.Name == "" || (m.IsLearner && m.Name == name)):
+			id = m.ID // asked again: not started yet, or still a learner
 		case slices.Contains(m.PeerURLs, peerURL):
-			return nil, status.Errorf(codes.AlreadyExists, "join: %s is member %s (%x) already; if its data was lost, remove it first with `berth delete server %s`", peerURL, m.Name, m.ID, m.Name)
+			return nil, status.Errorf(codes.AlreadyExists, "join: %s is member %s (%x) already; if its data was lost, remove it first with `berth controlplane remove %s`", peerURL, m.Name, m.ID, m.Name)
 		case m.Name == name:
-			return nil, status.Errorf(codes.AlreadyExists, "join: a member named %s exists already (at %v): choose another --name, or remove it with `berth delete server %s`", name, m.PeerURLs, name)
+			return nil, status.Errorf(codes.AlreadyExists, "join: a member named %s exists already (at %v): choose another --name, or remove it with `berth controlplane remove %s`", name, m.PeerURLs, name)
 		}
 	}
 	if id == 0 {

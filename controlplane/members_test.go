@@ -241,7 +241,9 @@ func TestThreeMemberControlPlane(t *testing.T) {
 		leader, follower = two, three
 	}
 	leader.stop()
-	time.Sleep(time.Second) // the follower campaigns, without quorum
+	// The follower may have won while the leader resigned; without
+	// quorum its session expires and it campaigns again.
+	eventually(t, "the follower campaigning", func() (bool, string) { return !follower.srv.IsLeader(), "" })
 	began = time.Now()
 	follower.stop()
 	if d := time.Since(began); d > 20*time.Second {
@@ -312,7 +314,6 @@ func TestEtcdPeersAcceptOnlyPeerCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = otherKey
 	stranger := memberConfig(t, "stranger")
 	stranger.Join = []string{one.srv.APIAddr()}
 	dir := t.TempDir()

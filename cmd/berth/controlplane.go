@@ -151,17 +151,30 @@ func saveSnapshot(ctx context.Context, cli pb.BerthClient, path string) (int64, 
 }
 
 // checkSnapshot verifies an etcd snapshot's integrity: the database
-// followed by the SHA-256 of it, as etcd streams it.
+// followed by the SHA-256 of it, as etcd streams it. It reads the file
+// once, in pieces (a snapshot may be gigabytes).
 func checkSnapshot(path string) error {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	if len(data) < sha256.Size+512 {
-		return fmt.Errorf("snapshot %s: %d bytes: too short to be an etcd snapshot", path, len(data))
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
 	}
-	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-	if h := sha256.Sum256(body); !bytes.Equal(h[:], sum) {
+	if st.Size() < sha256.Size+512 {
+		return fmt.Errorf("snapshot %s: %d bytes: too short to be an etcd snapshot", path, st.Size())
+	}
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, st.Size()-sha256.Size); err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	sum := make([]byte, sha256.Size)
+	if _, err := io.ReadFull(f, sum); err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	if !bytes.Equal(h.Sum(nil), sum) {
 		return fmt.Errorf("snapshot %s: its SHA-256 does not match its content (truncated or damaged)", path)
 	}
 	return nil
