@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -17,12 +18,8 @@ func (a *Agent) followNodes(ctx context.Context) {
 	a.retry(ctx, "nodes", func(ctx context.Context) error {
 		return pb.FollowNodes(ctx, a.client, a.cfg.Name, &set, func() {
 			nodes := set.List()
-			if p := dnsPeer(a.cfg.Name, peer, nodes); p != peer {
+			if p, addr := dnsPeer(a.cfg.Name, peer, nodes); p != peer {
 				if fs, ok := a.rt.(dnsFallbackSetter); ok {
-					addr := ""
-					if p != "" {
-						addr = nodeDNS(nodes, p)
-					}
 					n, err := fs.SetDNSFallback(addr)
 					if err != nil {
 						a.logger.Warn("containers' fallback DNS", "err", err)
@@ -50,47 +47,35 @@ type dnsFallbackSetter interface {
 }
 
 // dnsPeer is the node whose DNS this node's containers fall back to when
-// their own node's does not answer (its agent restarting): the current
-// one while it is ready, else the next ready node after self in name
-// order (a ring, so the fallbacks spread), "" when there is none. A
-// node's DNS answers every service of the cluster.
-func dnsPeer(self, current string, nodes []*pb.Node) string {
-	usable := func(n *pb.Node) bool {
-		return n.Name != self && n.Ready && nodeDNS([]*pb.Node{n}, n.Name) != ""
-	}
-	var names []string
+// their own node's does not answer (its agent restarting), and that DNS's
+// address: the current one while it is ready, else the next ready node
+// after self in name order (a ring, so the fallbacks spread), "" when
+// there is none. A node's DNS answers every service of the cluster.
+func dnsPeer(self, current string, nodes []*pb.Node) (name, addr string) {
+	peers := map[string]string{}
 	for _, n := range nodes {
-		if usable(n) {
-			if n.Name == current {
-				return current
-			}
-			names = append(names, n.Name)
+		if a := nodeDNS(n); n.Name != self && n.Ready && a != "" {
+			peers[n.Name] = a
 		}
 	}
+	if a, ok := peers[current]; ok {
+		return current, a
+	}
+	names := slices.Sorted(maps.Keys(peers))
 	if len(names) == 0 {
-		return ""
+		return "", ""
 	}
-	slices.Sort(names)
-	for _, n := range names {
-		if n > self {
-			return n
-		}
-	}
-	return names[0]
+	i, _ := slices.BinarySearch(names, self) // the first name after self
+	name = names[i%len(names)]
+	return name, peers[name]
 }
 
-// nodeDNS is the address of name's node-local DNS (its bridge: the first
-// address of its pod subnet), "" if unknown.
-func nodeDNS(nodes []*pb.Node, name string) string {
-	for _, n := range nodes {
-		if n.Name != name {
-			continue
-		}
-		p, err := netip.ParsePrefix(n.PodCidr)
-		if err != nil || !p.Addr().Is4() {
-			return ""
-		}
-		return p.Masked().Addr().Next().String()
+// nodeDNS is the address of a node's DNS (its bridge: the first address
+// of its pod subnet), "" if it has no subnet yet.
+func nodeDNS(n *pb.Node) string {
+	p, err := netip.ParsePrefix(n.PodCidr)
+	if err != nil || !p.Addr().Is4() {
+		return ""
 	}
-	return ""
+	return p.Masked().Addr().Next().String()
 }

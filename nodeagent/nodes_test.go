@@ -26,11 +26,11 @@ func TestDNSPeer(t *testing.T) {
 		{"a", "", []*pb.Node{node("a", true)}, ""},                                      // alone
 		{"a", "", []*pb.Node{node("a", true), {Name: "x", Ready: true}}, ""},            // no subnet yet
 	} {
-		if got := dnsPeer(tc.self, tc.current, tc.nodes); got != tc.want {
+		if got, _ := dnsPeer(tc.self, tc.current, tc.nodes); got != tc.want {
 			t.Errorf("dnsPeer(%s, current %q) = %q, want %q", tc.self, tc.current, got, tc.want)
 		}
 	}
-	if got := nodeDNS(all, "b"); got != "10.213.1.1" {
-		t.Errorf("b's DNS: %s", got)
+	if _, addr := dnsPeer("a", "", all); addr != "10.213.1.1" {
+		t.Errorf("b's DNS: %s", addr)
 	}
 }
