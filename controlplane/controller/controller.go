@@ -905,15 +905,7 @@ func (c *Controller) notePanics(ctx context.Context, v *store.View) {
 		if svc == nil {
 			continue // deleted: its panic ended with it
 		}
-		var ro *api.Rollout
-		if r, ok := v.Rollouts[key]; ok {
-			ro = &r.Rollout
-		}
-		vis := v.ServiceInstances(key)
-		instances := make([]api.Instance, len(vis))
-		for i := range vis {
-			instances[i] = vis[i].Instance
-		}
+		instances, ro := v.DiscoveryInputs(key)
 		built := discovery.BuildService(svc, instances, v.Statuses, down, ro)
 		nodes := built.PanicNodes()
 		was := c.panicking[key]

@@ -295,15 +295,7 @@ func (p *Publisher) publish(v *store.View) {
 			snap.Services = append(snap.Services, b.svc)
 			continue
 		}
-		var ro *api.Rollout
-		if r, ok := v.Rollouts[key]; ok {
-			ro = &r.Rollout
-		}
-		vis := v.ServiceInstances(key)
-		instances := make([]api.Instance, len(vis))
-		for j := range vis {
-			instances[j] = vis[j].Instance
-		}
+		instances, ro := v.DiscoveryInputs(key)
 		b := builtService{gen: gen, svc: discovery.BuildService(svc, instances, v.Statuses, down, ro), items: map[string]string{}}
 		discovery.ServiceItems(&b.svc, b.items)
 		old := prev[key].items

@@ -184,6 +184,22 @@ func (v *View) ServiceInstances(key string) []VersionedInstance {
 	return v.pick(v.byService[key])
 }
 
+// DiscoveryInputs are what discovery.BuildService takes for the service
+// key besides the service, statuses and down nodes: its instances and its
+// rollout (nil: none).
+func (v *View) DiscoveryInputs(key string) ([]api.Instance, *api.Rollout) {
+	vis := v.ServiceInstances(key)
+	instances := make([]api.Instance, len(vis))
+	for i := range vis {
+		instances[i] = vis[i].Instance
+	}
+	var ro *api.Rollout
+	if r, ok := v.Rollouts[key]; ok {
+		ro = &r.Rollout
+	}
+	return instances, ro
+}
+
 // InstanceServices lists the services ("<ns>/<name>") that have
 // instances, services already deleted included.
 func (v *View) InstanceServices() []string {
