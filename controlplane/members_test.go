@@ -184,15 +184,17 @@ func TestThreeMemberControlPlane(t *testing.T) {
 	step("Two down")
 	// Two down: no quorum. Writes fail, saying so.
 	two.stop()
+	// Once the member knows it has no leader (an election timeout later;
+	// a write before that waits for the proposal to time out).
+	eventually(t, "berth_etcd_has_leader 0 without quorum", func() (bool, string) {
+		return gauge(reg3, "berth_etcd_has_leader") == 0, ""
+	})
 	wctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	_, err := cli3.Scale(wctx, &pb.ScaleRequest{Namespace: "default", Name: "hello", Replicas: 3})
 	cancel()
 	if err == nil || !strings.Contains(err.Error(), "quorum") {
 		t.Fatalf("a write without quorum: %v, want an error naming quorum", err)
 	}
-	eventually(t, "berth_etcd_has_leader 0 without quorum", func() (bool, string) {
-		return gauge(reg3, "berth_etcd_has_leader") == 0, ""
-	})
 	// get servers is for this moment: it answers from this member.
 	l := servers(t, cli3)
 	var threeSays string
