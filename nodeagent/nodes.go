@@ -8,6 +8,7 @@ import (
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/nodeagent/hostgw"
+	"github.com/berth-dev/berth/nodeagent/runtime"
 )
 
 // followNodes keeps the routes to other nodes' pod subnets current, and
@@ -41,10 +42,14 @@ func (a *Agent) followNodes(ctx context.Context) {
 	})
 }
 
-// dnsFallbackSetter is the runtime's SetDNSFallback.
+// dnsFallbackSetter is the runtime's SetDNSFallback (the loop tests'
+// fake runtime has none).
 type dnsFallbackSetter interface {
 	SetDNSFallback(addr string) (int, error)
 }
+
+// The real runtime has it: a rename must not silently end the fallback.
+var _ dnsFallbackSetter = (*runtime.Runtime)(nil)
 
 // dnsPeer is the node whose DNS this node's containers fall back to when
 // their own node's does not answer (its agent restarting), and that DNS's

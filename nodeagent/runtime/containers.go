@@ -203,7 +203,7 @@ func (r *Runtime) Start(ctx context.Context, spec ContainerSpec) (_ Container, r
 	}
 	resolvPath := filepath.Join(dir, "resolv.conf")
 	hostsPath := filepath.Join(dir, "hosts")
-	if err := writeFileAtomic(resolvPath, resolvConf(r.dnsServers(), search, r.cfg.DNSOptions), 0o644); err != nil {
+	if err := r.writeResolvConf(resolvPath, search); err != nil {
 		return Container{}, fmt.Errorf("runtime: start %s: resolv.conf: %w", id, err)
 	}
 	if err := writeFileAtomic(hostsPath, hostsFile(att.IP, id), 0o644); err != nil {

@@ -294,6 +294,10 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 func (r *Runtime) dnsServers() []string {
 	r.dnsMu.Lock()
 	defer r.dnsMu.Unlock()
+	return r.dnsServersLocked()
+}
+
+func (r *Runtime) dnsServersLocked() []string {
 	servers := slices.Clone(r.cfg.DNSServers)
 	if r.dnsFallback != "" && !slices.Contains(servers, r.dnsFallback) {
 		servers = append(servers, r.dnsFallback)
@@ -301,22 +305,28 @@ func (r *Runtime) dnsServers() []string {
 	return servers
 }
 
+// writeResolvConf writes a new container's resolv.conf under dnsMu, so
+// that a SetDNSFallback meanwhile either sees the file or is seen by it.
+func (r *Runtime) writeResolvConf(path string, search []string) error {
+	r.dnsMu.Lock()
+	defer r.dnsMu.Unlock()
+	return writeFileAtomic(path, resolvConf(r.dnsServersLocked(), search, r.cfg.DNSOptions), 0o644)
+}
+
 // SetDNSFallback makes addr (another node's DNS; "" for none) the second
 // nameserver of containers: those started from now on, and the running
 // ones, whose resolv.conf is rewritten in place (it is bind-mounted: a
 // renamed file would not reach them). While this node's DNS is down (its
-// agent restarting), their lookups go there: nothing listens on the
-// bridge's port 53 then, so resolvers move on at once (port unreachable),
-// not after a timeout. It returns how many files it rewrote.
+// agent restarting), their lookups go there. It returns how many files
+// it rewrote.
 func (r *Runtime) SetDNSFallback(addr string) (int, error) {
 	r.dnsMu.Lock()
+	defer r.dnsMu.Unlock()
 	if r.dnsFallback == addr {
-		r.dnsMu.Unlock()
 		return 0, nil
 	}
 	r.dnsFallback = addr
-	r.dnsMu.Unlock()
-	servers := r.dnsServers()
+	servers := r.dnsServersLocked()
 	files, err := filepath.Glob(filepath.Join(r.containersDir(), "*", "resolv.conf"))
 	if err != nil {
 		return 0, err
@@ -359,7 +369,7 @@ func withNameservers(conf []byte, servers []string) []byte {
 
 // rewriteInPlace replaces a file's content keeping its inode.
 func rewriteInPlace(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
 	}
