@@ -864,8 +864,6 @@ func rollingPlan(plan ReplicaPlan, rs *api.RolloutSpec, want int, current, old [
 	return plan
 }
 
-// noteStaleGateways records an event when a gateway turns STALE (and
-// when it recovers), once per transition.
 // notePanics records an event when panic routing starts keeping a
 // service's endpoints on nodes that stopped reporting, and one when it
 // ends: once per cluster (the publishers of every replica build the same
@@ -934,6 +932,8 @@ func (c *Controller) notePanics(ctx context.Context, v *store.View) {
 	c.panicking = panicking
 }
 
+// noteStaleGateways records an event when a gateway turns STALE (and
+// when it recovers), once per transition.
 func (c *Controller) noteStaleGateways(ctx context.Context, v *store.View) {
 	now := map[string]bool{}
 	for _, g := range v.Gateways {
