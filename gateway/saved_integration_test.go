@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bytes"
 	"hash/crc32"
 	"net/http"
 	"os"
@@ -222,8 +223,14 @@ func TestSavedConfigurationRefused(t *testing.T) {
 	ups := startUpstreams(t)
 	snap := snapshot(7, ups.port, closedPort(t), "127.0.0.1")
 	good := stateFile(t, snap, nil)
+	// One byte changed where the file still decodes and compiles (an
+	// endpoint's 127.0.0.1 becomes 127.0.0.3): only the checksum refuses it.
 	flipped := slices.Clone(good)
-	flipped[len(flipped)/2] ^= 0x20
+	at := bytes.LastIndex(flipped, []byte("127.0.0.1"))
+	if at < 0 {
+		t.Fatal("no endpoint address in the state file")
+	}
+	flipped[at+len("127.0.0.1")-1] = '3'
 	for _, tc := range []struct {
 		name   string
 		file   []byte
@@ -232,7 +239,7 @@ func TestSavedConfigurationRefused(t *testing.T) {
 		{"good", good, ""},
 		{"truncated", good[:len(good)/2], "saved configuration"},
 		{"last byte cut", good[:len(good)-1], "saved configuration"},
-		{"one bit flipped", flipped, "saved configuration"},
+		{"one byte changed", flipped, "checksum"},
 		{"not protobuf", []byte("listeners: all of them\n"), "saved configuration"},
 		{"empty", nil, "no configuration in it"},
 		{"another gateway's", func() []byte {
