@@ -557,7 +557,10 @@ func (c *Cache) changed(key string, update bool) {
 	if id, ok := strings.CutPrefix(key, StatusPrefix); ok {
 		c.dirtyStatuses = markDirty(c.dirtyStatuses, id)
 	}
-	if strings.HasPrefix(key, NodesPrefix) || strings.HasPrefix(key, LeasesPrefix) {
+	// A node's liveness is whether its lease key exists: a rewrite of the
+	// key (its heartbeat time, its DNS version) leaves what the node list
+	// and discovery read as it was.
+	if strings.HasPrefix(key, NodesPrefix) || (!update && strings.HasPrefix(key, LeasesPrefix)) {
 		c.nodesGen++
 	}
 }

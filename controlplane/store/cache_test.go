@@ -273,9 +273,20 @@ func TestServiceGensMoveWithTheirInputs(t *testing.T) {
 	c.rev++
 	c.put(StatusPrefix+"svc-0001-000", []byte(mustJSON(api.InstanceStatus{ID: "svc-0001-000", Node: "node-0001", Ready: false})), c.rev)
 	moved("a status of svc-0001", "default/svc-0001")
+	nodesGen := c.View().NodesGen
 	c.rev++
-	c.put(leaseKey("node-0000"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_500, 0)})), c.rev)
+	c.put(leaseKey("node-0000"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_500, 0), DNSVersion: 7})), c.rev)
 	moved("a heartbeat")
+	if got := c.View().NodesGen; got != nodesGen {
+		t.Fatalf("a lease rewrite moved NodesGen %d -> %d: every service is rebuilt on the next publish", nodesGen, got)
+	}
+	c.delete(leaseKey("node-0000"))
+	if got := c.View().NodesGen; got == nodesGen {
+		t.Fatal("a lease that went (the node stopped reporting) left NodesGen as it was")
+	}
+	c.rev++
+	c.put(leaseKey("node-0000"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_600, 0)})), c.rev)
+	before = c.View().ServiceGens
 	c.delete(InstancesPrefix + "svc-0002-001")
 	moved("an instance of svc-0002 deleted", "default/svc-0002")
 	c.rev++
