@@ -99,6 +99,17 @@ type Controller struct {
 	// panicking are the services ("<ns>/<name>") seen in panic routing,
 	// with the nodes of their kept endpoints (notePanics).
 	panicking map[string][]string
+	// panicInputs are the inputs each service was last checked with: a
+	// service whose inputs did not move is not built again.
+	panicInputs map[string]panicInputs
+}
+
+// panicInputs are what decides whether a service is in panic routing:
+// its generation (its instances, statuses, rollout), the nodes'
+// generation, and whether the start grace spared the nodes.
+type panicInputs struct {
+	service, nodes uint64
+	grace          bool
 }
 
 // New returns a controller.
@@ -135,7 +146,7 @@ func New(cfg Config, st Store, cache Views) *Controller {
 
 // Run reconciles on every change and every Resync until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.startedAt, c.graceFor, c.panicking = c.now(), nil, nil
+	c.startedAt, c.graceFor, c.panicking, c.panicInputs = c.now(), nil, nil, nil
 	changes, unsubscribe := c.cache.Subscribe()
 	defer unsubscribe()
 	tick := time.NewTicker(c.cfg.Resync)
@@ -253,7 +264,7 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			next = api.NodeLost
 		case live && n.State != api.NodeReady:
 			next = api.NodeReady
-		case !live && n.State == api.NodeReady && c.graceFor[n.Name] && now.Sub(c.startedAt) < c.cfg.StartGrace:
+		case !live && c.spared(&n, now):
 			// Just took the lead: the agent may not have reached us yet.
 		case !live && n.State == api.NodeReady && now.Sub(n.Heartbeat) < c.cfg.JoinGrace:
 			// Just registered (Register sets Heartbeat): its claim is on
@@ -872,11 +883,8 @@ func rollingPlan(plan ReplicaPlan, rs *api.RolloutSpec, want int, current, old [
 // panic at the last pass; while every node reports, it costs nothing.
 func (c *Controller) notePanics(ctx context.Context, v *store.View) {
 	now := c.now()
-	down := discovery.DownNodesOf(v.Nodes, v.LiveNodes, func(n *api.Node) bool {
-		// As the publisher: a replica that just started spares the nodes
-		// it found Ready.
-		return n.State == api.NodeReady && c.graceFor[n.Name] && now.Sub(c.startedAt) < c.cfg.StartGrace
-	})
+	grace := now.Sub(c.startedAt) < c.cfg.StartGrace
+	down := discovery.DownNodesOf(v.Nodes, v.LiveNodes, func(n *api.Node) bool { return c.spared(n, now) })
 	check := map[string]bool{}
 	for key := range c.panicking {
 		check[key] = true
@@ -897,11 +905,21 @@ func (c *Controller) notePanics(ctx context.Context, v *store.View) {
 		services[v.Services[i].Key()] = &v.Services[i]
 	}
 	panicking := map[string][]string{}
+	checked := make(map[string]panicInputs, len(check))
 	for _, key := range slices.Sorted(maps.Keys(check)) {
 		ns, name, _ := strings.Cut(key, "/")
 		svc := services[key]
 		if svc == nil {
 			continue // deleted: its panic ended with it
+		}
+		in := panicInputs{service: v.ServiceGens[key], nodes: v.NodesGen, grace: grace}
+		checked[key] = in
+		if last, ok := c.panicInputs[key]; ok && last == in {
+			// Built from the same inputs at the last pass: the same answer.
+			if was := c.panicking[key]; was != nil {
+				panicking[key] = was
+			}
+			continue
 		}
 		instances, ro := v.DiscoveryInputs(key)
 		built := discovery.BuildService(svc, instances, v.Statuses, down, ro)
@@ -929,7 +947,15 @@ func (c *Controller) notePanics(ctx context.Context, v *store.View) {
 			c.event(ctx, ns, "service/"+name, "PanicRoutingEnded", "Normal", "the endpoints of %s kept on %s left for good (node Lost, removed or drained, or instance stopped); none serves until a replacement is ready", key, strings.Join(was, ", "))
 		}
 	}
-	c.panicking = panicking
+	c.panicking, c.panicInputs = panicking, checked
+}
+
+// spared tells whether a node that stopped reporting is still taken as
+// Ready because this replica just took the lead: the agent may not have
+// reached it yet (the publisher spares the same nodes for the same
+// reason).
+func (c *Controller) spared(n *api.Node, now time.Time) bool {
+	return n.State == api.NodeReady && c.graceFor[n.Name] && now.Sub(c.startedAt) < c.cfg.StartGrace
 }
 
 // noteStaleGateways records an event when a gateway turns STALE (and

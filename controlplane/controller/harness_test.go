@@ -563,8 +563,19 @@ func TestHarnessPanicRoutingEvents(t *testing.T) {
 		!strings.Contains(panics[0].Message, "(a)") {
 		t.Fatalf("panic events after two passes: %+v", panics)
 	}
-	// Node a reports again: the panic ends, once.
+	// A pass whose inputs did not move (the same generations) does not
+	// build the service again: what the view says of it otherwise is not
+	// read (a real view moves its generations with what it holds).
+	delete(v.Statuses, web.Instance.ID)
+	run(c, c.reconcileNodes, v)
+	if c.panicking["default/web"] == nil {
+		t.Fatal("a pass with the same generations built the service again")
+	}
+	v.Statuses[web.Instance.ID] = readyAt(web)
+	// Node a reports again (its lease key is back: the nodes' generation
+	// moves): the panic ends, once.
 	v.LiveNodes["a"] = true
+	v.NodesGen++
 	run(c, c.reconcileNodes, v)
 	run(c, c.reconcileNodes, v)
 	var reasons []string
