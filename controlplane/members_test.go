@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/internal/apierr"
 	"github.com/berth-dev/berth/pki"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -192,8 +193,8 @@ func TestThreeMemberControlPlane(t *testing.T) {
 	wctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	_, err := cli3.Scale(wctx, &pb.ScaleRequest{Namespace: "default", Name: "hello", Replicas: 3})
 	cancel()
-	if err == nil || !strings.Contains(err.Error(), "quorum") {
-		t.Fatalf("a write without quorum: %v, want an error naming quorum", err)
+	if err == nil || !strings.Contains(err.Error(), "quorum") || !apierr.IsNoQuorum(err) {
+		t.Fatalf("a write without quorum: %v, want an error naming quorum and marked as such (the CLI acts on the mark)", err)
 	}
 	// get servers is for this moment: it answers from this member.
 	l := servers(t, cli3)

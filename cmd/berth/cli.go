@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/internal/apierr"
 	"github.com/berth-dev/berth/manifests"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -56,7 +57,7 @@ func (g *globalOptions) rpcErr(err error) error {
 	if !ok {
 		return err
 	}
-	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "quorum") {
+	if apierr.IsNoQuorum(err) {
 		// The server answered: its etcd cannot write.
 		return &rpcError{msg: "the control plane cannot write now: " + st.Message(), err: err}
 	}

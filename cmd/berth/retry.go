@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/internal/apierr"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -45,7 +46,7 @@ func answerLost(ctx context.Context, err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		// A server that answered "no quorum" did not lose the answer.
-		return !strings.Contains(status.Convert(err).Message(), "quorum")
+		return !apierr.IsNoQuorum(err)
 	}
 	return errors.Is(err, context.DeadlineExceeded)
 }

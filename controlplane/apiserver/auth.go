@@ -2,8 +2,6 @@ package apiserver
 
 import (
 	"context"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"strings"
 	"time"
 
@@ -11,7 +9,10 @@ import (
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/authz"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/internal/apierr"
 	"github.com/berth-dev/berth/pki"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -293,7 +294,7 @@ func noQuorum(err error) error {
 	if err == nil || !strings.Contains(err.Error(), rpctypes.ErrNoLeader.Error()) {
 		return err
 	}
-	return status.Errorf(codes.Unavailable, "etcd has no quorum (no leader: fewer than half of its members reachable); nothing was written, the data plane keeps serving; `berth get servers` shows the members (%v)", status.Convert(err).Message())
+	return apierr.NoQuorum("etcd has no quorum (no leader: fewer than half of its members reachable); nothing was written, the data plane keeps serving; `berth get servers` shows the members (%v)", status.Convert(err).Message())
 }
 
 // StreamInterceptor authenticates every stream and authorises it on its
