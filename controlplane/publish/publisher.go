@@ -53,6 +53,9 @@ type Publisher struct {
 	builtGrace bool
 	// lastPublish is when Run last published (Run's own).
 	lastPublish time.Time
+	// after is time.After, for Run's wait between publishes (a test
+	// sees the waits through it).
+	after func(time.Duration) <-chan time.Time
 	// covered is the newest etcd revision whose state the latest snapshot
 	// reflects (a newer view with identical content is not re-published).
 	covered  uint64
@@ -92,6 +95,7 @@ func NewPublisher(cache Views, logger *slog.Logger, reg prometheus.Registerer, s
 			Help: "1 while panic routing keeps a service's endpoints on nodes that stopped reporting (none of its endpoints serves otherwise), 0 after."},
 			[]string{"namespace", "service"}),
 		inPanic: map[string]bool{},
+		after:   time.After,
 	}
 	if reg != nil {
 		reg.MustRegister(p.published, p.version, p.panic)
@@ -234,7 +238,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 				select {
 				case <-ctx.Done():
 					return nil
-				case <-time.After(wait):
+				case <-p.after(wait):
 				}
 			}
 			p.publish(p.cache.View())

@@ -330,6 +330,8 @@ func TestBurstsArePublishedTogether(t *testing.T) {
 	var mu sync.Mutex
 	var versions []uint64
 	p := NewPublisher(f, nil, nil, func(s *discovery.Snapshot) { mu.Lock(); versions = append(versions, s.Version); mu.Unlock() })
+	waits := 0 // how often Run held a change back
+	p.after = func(d time.Duration) <-chan time.Time { mu.Lock(); waits++; mu.Unlock(); return time.After(d) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
@@ -350,15 +352,22 @@ func TestBurstsArePublishedTogether(t *testing.T) {
 	if n := count() - 1; n >= burst/2 {
 		t.Fatalf("%d changes a millisecond apart made %d publishes", burst, n)
 	}
-	// Quiet, then one change: published without waiting for another.
+	// Quiet, then one change: published without holding it back.
 	time.Sleep(2 * MinPublishInterval)
-	before := count()
+	mu.Lock()
+	before, waitsBefore := len(versions), waits
+	mu.Unlock()
 	f.set(view(int64(100), "10.213.0.99"))
 	for count() == before {
 		time.Sleep(time.Millisecond)
 	}
 	if got := p.Latest(); got.Version != 100 {
 		t.Fatalf("latest %d, want 100", got.Version)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if waitsBefore == 0 || waits != waitsBefore {
+		t.Fatalf("held back %d times in the burst (want some) and %d times after a quiet spell (want none)", waitsBefore, waits-waitsBefore)
 	}
 }
 
