@@ -20,6 +20,7 @@ import (
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/internal/atomicfile"
 	"github.com/berth-dev/berth/internal/buildinfo"
 	"github.com/berth-dev/berth/pki"
 	"github.com/prometheus/client_golang/prometheus"
@@ -217,10 +218,10 @@ func (s *Server) localCA(joining bool) (*pki.CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	if err := pki.WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("controlplane: CA key: %w", err)
 	}
-	if err := pki.WriteFileAtomic(certFile, ca.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certFile, ca.CertPEM, 0o644); err != nil {
 		return nil, fmt.Errorf("controlplane: CA certificate: %w", err)
 	}
 	s.logger.Info("created the cluster CA", "dir", dir, "ca-hash", ca.Pin())
@@ -253,7 +254,7 @@ func (s *Server) writePeerCert(ca *pki.CA, dir string, p *EtcdPeering) error {
 		data []byte
 		mode os.FileMode
 	}{{p.KeyFile, keyPEM, 0o600}, {p.CertFile, certPEM, 0o644}, {p.CAFile, ca.CertPEM, 0o644}} {
-		if err := pki.WriteFileAtomic(f.path, f.data, f.mode); err != nil {
+		if err := atomicfile.Write(f.path, f.data, f.mode); err != nil {
 			return fmt.Errorf("controlplane: etcd peer certificate: %w", err)
 		}
 	}

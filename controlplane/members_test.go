@@ -16,6 +16,7 @@ import (
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/internal/apierr"
+	"github.com/berth-dev/berth/internal/atomicfile"
 	"github.com/berth-dev/berth/pki"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -321,10 +322,10 @@ func TestEtcdPeersAcceptOnlyPeerCertificates(t *testing.T) {
 	stranger.Join = []string{one.srv.APIAddr()}
 	dir := t.TempDir()
 	stranger.CACertFile, stranger.CAKeyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-	if err := pki.WriteFileAtomic(stranger.CACertFile, other.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(stranger.CACertFile, other.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := pki.WriteFileAtomic(stranger.CAKeyFile, otherKey, 0o600); err != nil {
+	if err := atomicfile.Write(stranger.CAKeyFile, otherKey, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

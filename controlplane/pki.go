@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/internal/atomicfile"
 	"github.com/berth-dev/berth/pki"
 	"sigs.k8s.io/yaml"
 )
@@ -69,10 +70,10 @@ func (s *Server) setUpPKI(ctx context.Context, sealer store.KeySealer) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("controlplane: %w", err)
 		}
-		if err := pki.WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+		if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
 			return fmt.Errorf("controlplane: CA key: %w", err)
 		}
-		if err := pki.WriteFileAtomic(certFile, certPEM, 0o644); err != nil {
+		if err := atomicfile.Write(certFile, certPEM, 0o644); err != nil {
 			return fmt.Errorf("controlplane: CA certificate: %w", err)
 		}
 	}
@@ -232,7 +233,7 @@ func (s *Server) writeAdminConfig(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", fmt.Errorf("controlplane: admin config: %w", err)
 	}
-	if err := pki.WriteFileAtomic(path, b, 0o600); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return "", fmt.Errorf("controlplane: admin config: %w", err)
 	}
 	return path, nil

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-dev/berth/internal/atomicfile"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
@@ -186,33 +187,11 @@ func (f Files) Save(caPEM, certPEM, keyPEM []byte) error {
 		data []byte
 		mode os.FileMode
 	}{{f.CA(), caPEM, 0o644}, {f.Key(), keyPEM, 0o600}, {f.Cert(), certPEM, 0o644}} {
-		if err := WriteFileAtomic(w.path, w.data, w.mode); err != nil {
+		if err := atomicfile.Write(w.path, w.data, w.mode); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// WriteFileAtomic writes data to path through a temporary file and a
-// rename, with mode set before any byte is written.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // RenewFunc asks the CA for a new certificate over csr for the same

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/internal/atomicfile"
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 )
@@ -57,11 +58,7 @@ func writeCLIConfig(path string, c *cliConfig) error {
 		return err
 	}
 	// Tokens are credentials: the owner's only.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 // context returns the context to use: name, else the current one, else

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/internal/atomicfile"
 	"github.com/berth-dev/berth/nodeagent/logs"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
@@ -206,7 +207,7 @@ func (r *Runtime) Start(ctx context.Context, spec ContainerSpec) (_ Container, r
 	if err := r.writeResolvConf(resolvPath, search); err != nil {
 		return Container{}, fmt.Errorf("runtime: start %s: resolv.conf: %w", id, err)
 	}
-	if err := writeFileAtomic(hostsPath, hostsFile(att.IP, id), 0o644); err != nil {
+	if err := atomicfile.Replace(hostsPath, hostsFile(att.IP, id), 0o644); err != nil {
 		return Container{}, fmt.Errorf("runtime: start %s: hosts: %w", id, err)
 	}
 
@@ -513,7 +514,7 @@ func (r *Runtime) ensureNetwork(ctx context.Context, ctr containerd.Container) e
 	if err := r.saveAttachment(id, att); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(r.containerDir(id), "hosts"), hostsFile(att.IP, id), 0o644); err != nil {
+	if err := atomicfile.Replace(filepath.Join(r.containerDir(id), "hosts"), hostsFile(att.IP, id), 0o644); err != nil {
 		return err
 	}
 	if _, err := ctr.SetLabels(ctx, map[string]string{LabelIP: att.IP}); err != nil {

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/berth-dev/berth/internal/atomicfile"
 	gocni "github.com/containerd/go-cni"
 	"golang.org/x/sys/unix"
 )
@@ -252,7 +253,7 @@ func (r *Runtime) saveAttachment(id string, a *attachment) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(r.attachmentPath(id), b, 0o644)
+	return atomicfile.Write(r.attachmentPath(id), b, 0o644)
 }
 
 func (r *Runtime) loadAttachment(id string) (*attachment, error) {
@@ -265,28 +266,6 @@ func (r *Runtime) loadAttachment(id string) (*attachment, error) {
 		return nil, fmt.Errorf("attachment %s: %w", id, err)
 	}
 	return &a, nil
-}
-
-// writeFileAtomic writes via a temporary file and rename, so a crash never
-// leaves a half-written file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // dnsServers are the nameservers of a container started now: this
@@ -310,7 +289,7 @@ func (r *Runtime) dnsServersLocked() []string {
 func (r *Runtime) writeResolvConf(path string, search []string) error {
 	r.dnsMu.Lock()
 	defer r.dnsMu.Unlock()
-	return writeFileAtomic(path, resolvConf(r.dnsServersLocked(), search, r.cfg.DNSOptions), 0o644)
+	return atomicfile.Replace(path, resolvConf(r.dnsServersLocked(), search, r.cfg.DNSOptions), 0o644)
 }
 
 // SetDNSFallback makes addr (another node's DNS; "" for none) the second
