@@ -69,6 +69,10 @@ type Config struct {
 	// control plane's configuration would is refused (logged) and the
 	// gateway starts empty. Empty: nothing is kept.
 	StateDir string
+	// StateMaxAge: a saved configuration older than this is refused at
+	// start (its addresses may belong to other services by then); 0: any
+	// age is served.
+	StateMaxAge time.Duration
 
 	// IdleTimeout closes a client keep-alive connection that has been
 	// idle this long between requests (nginx: keepalive_timeout 75 s).
@@ -161,8 +165,13 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:          60 << 10, // Envoy's default max_request_headers_kb
 		MaxHeaderCount:          100,      // nginx's and Envoy's default
 		LoadReporting:           true,
+		StateMaxAge:             DefaultStateMaxAge,
 	}
 }
+
+// DefaultStateMaxAge is how old a saved configuration may be to be served
+// at start: a weekend without a control plane.
+const DefaultStateMaxAge = 72 * time.Hour
 
 // Gateway proxies HTTP by the routes it receives over xDS.
 type Gateway struct {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -20,11 +21,8 @@ import (
 	"sync"
 	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -32,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/berth-dev/berth/gateway/internal/savedpb"
+	"github.com/berth-dev/berth/internal/atomicfile"
 )
 
 // StateFileName is the state file's name in Config.StateDir.
@@ -112,15 +111,28 @@ func decodeSaved(b []byte) (*savedConfig, error) {
 	return c, nil
 }
 
+// maxSavedBytes bounds the state file read at start (a configuration of
+// 10,000 endpoints is about 2 MiB): a file grown by mistake or by someone
+// else is refused, not read into memory whole.
+var maxSavedBytes = 256 << 20 // a variable for the tests
+
 // readSaved reads and decodes the state file at path; nil, nil when there
 // is none.
 func readSaved(path string) (*savedConfig, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, int64(maxSavedBytes)+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSavedBytes {
+		return nil, fmt.Errorf("larger than %d MiB: not a configuration this gateway wrote", maxSavedBytes>>20)
 	}
 	return decodeSaved(b)
 }
@@ -145,7 +157,7 @@ func namedResources(resp *discoverypb.DiscoveryResponse) (map[string]*discoveryp
 			if a.GetTypeUrl() != t {
 				return nil, fmt.Errorf("%s %d has type %s in a %s response", typeLabel(t), i, a.GetTypeUrl(), t)
 			}
-			name, err := resourceName(t, a)
+			name, err := resourceName(a)
 			if err != nil {
 				return nil, fmt.Errorf("%s %d: %w", typeLabel(t), i, err)
 			}
@@ -159,32 +171,18 @@ func namedResources(resp *discoverypb.DiscoveryResponse) (map[string]*discoveryp
 	return out, nil
 }
 
-// resourceName is the name a resource of type typeURL gives itself.
-func resourceName(typeURL string, a *anypb.Any) (string, error) {
-	var m interface {
-		proto.Message
-		GetName() string
-	}
-	switch typeURL {
-	case resource.ListenerType:
-		m = &listener.Listener{}
-	case resource.RouteType:
-		m = &route.RouteConfiguration{}
-	case resource.ClusterType:
-		m = &cluster.Cluster{}
-	case resource.EndpointType:
-		cla := &endpointv3.ClusterLoadAssignment{}
-		if err := anypb.UnmarshalTo(a, cla, proto.UnmarshalOptions{}); err != nil {
-			return "", err
-		}
-		return cla.GetClusterName(), nil
-	default:
-		return "", fmt.Errorf("unexpected resource type %s", typeURL)
-	}
-	if err := anypb.UnmarshalTo(a, m, proto.UnmarshalOptions{}); err != nil {
+// resourceName is the name a resource gives itself (an endpoint
+// assignment: its cluster's), as go-control-plane's cache reads it.
+func resourceName(a *anypb.Any) (string, error) {
+	m, err := a.UnmarshalNew()
+	if err != nil {
 		return "", err
 	}
-	return m.GetName(), nil
+	name := cache.GetResourceName(m)
+	if name == "" {
+		return "", errors.New("no name")
+	}
+	return name, nil
 }
 
 // restore applies a saved configuration before the control plane has
@@ -277,6 +275,10 @@ func (c *adsClient) confirmed(t string) {
 // control plane's arrives).
 func (c *adsClient) restoreFile(path string) {
 	saved, err := readSaved(path)
+	if maxAge := c.g.cfg.StateMaxAge; err == nil && saved != nil && maxAge > 0 && time.Since(saved.savedAt) > maxAge {
+		// Addresses that old may belong to other services by now.
+		err = fmt.Errorf("saved %s ago, more than the %s a saved configuration is trusted (StateMaxAge)", time.Since(saved.savedAt).Round(time.Second), maxAge)
+	}
 	if err == nil && saved != nil {
 		err = c.restore(saved)
 	}
@@ -444,7 +446,10 @@ func (s *configSaver) flush() {
 		if err != nil {
 			return err
 		}
-		return writeFileAtomic(s.path, b)
+		if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
+			return err
+		}
+		return atomicfile.Write(s.path, b, 0o600)
 	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -463,48 +468,4 @@ func (s *configSaver) flush() {
 	}
 	s.failing = false
 	s.log.Debug("configuration saved", "file", s.path, "version", c.version)
-}
-
-// writeFileAtomic replaces path with data, mode 0600: a temporary file in
-// the same directory, synced, renamed over path, and the directory synced,
-// so that a crash leaves the old file or the new one, never a part.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/berth-dev/berth/discovery"
 	"github.com/berth-dev/berth/gateway"
@@ -193,7 +194,7 @@ func stateFile(t *testing.T, snap *discovery.Snapshot, mangle func(map[string]*d
 	if mangle != nil {
 		mangle(resps)
 	}
-	c := &savedpb.Configuration{Version: v, NodeId: "gw-saved"}
+	c := &savedpb.Configuration{Version: v, NodeId: "gw-saved", SavedAt: timestamppb.Now()}
 	for _, typ := range xds.TypeURLs {
 		if r := resps[typ]; r != nil {
 			a, err := anypb.New(r)

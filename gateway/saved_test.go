@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +38,7 @@ func savedSnapshot(t testing.TB, delta bool) *savedConfig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &savedConfig{savedAt: time.Unix(1700000000, 0).UTC(), nodeID: "test", version: "3"}
+	c := &savedConfig{savedAt: time.Now().Add(-time.Minute).UTC(), nodeID: "test", version: "3"}
 	add := func(typ string, ms []proto.Message) {
 		resp := &discoverypb.DiscoveryResponse{TypeUrl: typ, VersionInfo: "3"}
 		for _, m := range ms {
@@ -46,7 +47,7 @@ func savedSnapshot(t testing.TB, delta bool) *savedConfig {
 				t.Fatal(err)
 			}
 			if delta {
-				name, err := resourceName(typ, a)
+				name, err := resourceName(a)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -87,6 +88,60 @@ func TestSavedEncodeDecode(t *testing.T) {
 		if _, err := decodeSaved(b[:len(b)-3]); err == nil {
 			t.Errorf("delta %v: a file cut short was accepted", delta)
 		}
+		// A type twice: which one would be served?
+		twice := *want
+		twice.types = append(slices.Clone(want.types), want.types[2])
+		if b, err = encodeSaved(&twice); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeSaved(b); err == nil || !strings.Contains(err.Error(), "listed twice") {
+			t.Errorf("delta %v: a type listed twice: %v", delta, err)
+		}
+	}
+}
+
+// TestRestoreFileRefusesOldOrHuge: a saved configuration older than
+// StateMaxAge, or larger than any this gateway writes, is not served; a
+// recent one is.
+func TestRestoreFileRefusesOldOrHuge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), StateFileName)
+	write := func(savedAt time.Time) {
+		t.Helper()
+		c := savedSnapshot(t, true)
+		c.savedAt = savedAt
+		b, err := encodeSaved(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restored := func() bool {
+		c := deltaClient(t)
+		c.g.cfg.StateMaxAge = time.Hour
+		c.restoreFile(path)
+		return c.g.table.Load() != nil
+	}
+	write(time.Now().Add(-2 * time.Hour))
+	if restored() {
+		t.Error("a configuration saved two hours ago was served with StateMaxAge 1h")
+	}
+	write(time.Now().Add(-time.Minute))
+	if !restored() {
+		t.Fatal("a configuration saved a minute ago was not served")
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(old int) { maxSavedBytes = old }(maxSavedBytes)
+	maxSavedBytes = int(fi.Size()) - 1
+	if restored() {
+		t.Error("a file larger than maxSavedBytes was served")
+	}
+	if _, err := readSaved(path); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("readSaved of a file over the bound: %v", err)
 	}
 }
 

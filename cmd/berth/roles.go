@@ -623,6 +623,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 
 func newGatewayCmd(g *globalOptions) *cobra.Command {
 	var listen, xdsAddr, nodeID, metricsAddr, joinToken, caHash, certDir, stateDir string
+	var stateMaxAge time.Duration
 	gf := &gatewayFlags{}
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -634,7 +635,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 			grp := newGroup(ctx)
 			gcfg := gateway.DefaultConfig()
 			gcfg.ListenAddr, gcfg.XDSAddr, gcfg.NodeID, gcfg.Logger, gcfg.Registerer = listen, xdsAddr, nodeID, logger, reg
-			gcfg.StateDir = stateDir
+			gcfg.StateDir, gcfg.StateMaxAge = stateDir, stateMaxAge
 			// The gateway's certificate: from --cert-dir, or bought once
 			// with a join token from a control plane that presents the
 			// pinned CA.
@@ -671,6 +672,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&caHash, "ca-hash", os.Getenv("BERTH_CA_HASH"), "the cluster CA's hash the control plane must present (env BERTH_CA_HASH)")
 	cmd.Flags().StringVar(&certDir, "cert-dir", "/var/lib/berth/gateway/pki", "where the gateway keeps its key and certificate")
 	cmd.Flags().StringVar(&stateDir, "state-dir", "/var/lib/berth/gateway", "where the gateway keeps the last configuration it accepted, served (marked stale) at its next start until the control plane answers; empty disables")
+	cmd.Flags().DurationVar(&stateMaxAge, "state-max-age", gateway.DefaultStateMaxAge, "a saved configuration older than this is not served at start (its addresses may belong to other services by then); 0: any age")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
 	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
