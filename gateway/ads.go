@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"time"
 
+	reconnect "github.com/berth-dev/berth/internal/backoff"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -91,16 +91,16 @@ func (c *adsClient) run(ctx context.Context) {
 	if c.g.cfg.XDSProtocol == XDSStateOfTheWorld {
 		session = c.session
 	}
-	backoff := c.g.cfg.BackoffMin
+	retry := reconnect.Backoff{Base: c.g.cfg.BackoffMin, Max: c.g.cfg.BackoffMax}
 	for {
 		received, err := session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if received {
-			backoff = c.g.cfg.BackoffMin
+			retry.Reset()
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := retry.Next()
 		if c.outage.IsZero() {
 			c.outage = time.Now()
 			c.g.log.Warn("xds stream ended; serving the last configuration", "error", err, "retry_in", wait, "stale", c.g.stale.Load())
@@ -111,7 +111,6 @@ func (c *adsClient) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		backoff = min(2*backoff, c.g.cfg.BackoffMax)
 	}
 }
 

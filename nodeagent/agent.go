@@ -275,7 +275,7 @@ func (a *Agent) register(ctx context.Context, shellAddr string) (*pb.RegisterRes
 	}
 	req := &pb.RegisterRequest{Name: a.cfg.Name, Address: a.cfg.Address, Labels: a.cfg.Labels, ShellAddr: shellAddr,
 		Capacity: &pb.Capacity{MilliCpu: capacity.MilliCPU, MemoryBytes: capacity.MemoryBytes}}
-	var backoff retryBackoff
+	retry := newRetryBackoff()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := a.client.Register(rctx, req)
@@ -290,7 +290,7 @@ func (a *Agent) register(ctx context.Context, shellAddr string) (*pb.RegisterRes
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(backoff.next()):
+		case <-time.After(retry.Next()):
 		}
 	}
 }
@@ -466,12 +466,12 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 }
 
 // retry runs a stream-following function again after errors, with a
-// jittered backoff capped at about two seconds (retryBackoff). The streams
+// jittered backoff capped at about two seconds (newRetryBackoff). The streams
 // wait for the connection (waitForReady), so the backoff only paces a
 // control plane that is up but refuses; it starts again after a stream
 // that lasted. It warns once per outage.
 func (a *Agent) retry(ctx context.Context, what string, f func(context.Context) error) {
-	var backoff retryBackoff
+	retry := newRetryBackoff()
 	failing := false
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -480,10 +480,10 @@ func (a *Agent) retry(ctx context.Context, what string, f func(context.Context) 
 			return
 		}
 		if time.Since(start) > 10*time.Second {
-			backoff.reset()
+			retry.Reset()
 			failing = false
 		}
-		delay := backoff.next()
+		delay := retry.Next()
 		if !failing {
 			a.logger.Warn(what+" stream ended, reconnecting", "err", err, "in", delay.Round(time.Millisecond))
 		} else {

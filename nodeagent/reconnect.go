@@ -2,10 +2,10 @@ package nodeagent
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/internal/backoff"
 	"google.golang.org/grpc"
 )
 
@@ -15,27 +15,13 @@ import (
 // plane's return (gRPC's own default grows to two minutes; pb.Dial caps
 // the connection's backoff the same way).
 const (
-	retryBase   = 100 * time.Millisecond
-	retryMax    = 2 * time.Second
-	retryJitter = 0.2
+	retryBase = 100 * time.Millisecond
+	retryMax  = 2 * time.Second
 )
 
-// retryBackoff is the delay before the next attempt: it doubles from
-// retryBase up to retryMax, each delay spread by ±retryJitter.
-type retryBackoff struct{ d time.Duration }
-
-// next returns the delay to wait now and grows the following one.
-func (b *retryBackoff) next() time.Duration {
-	if b.d <= 0 {
-		b.d = retryBase
-	}
-	d := time.Duration(float64(b.d) * (1 + retryJitter*(2*rand.Float64()-1)))
-	b.d = min(2*b.d, retryMax)
-	return d
-}
-
-// reset starts again from retryBase (after a stream that was healthy).
-func (b *retryBackoff) reset() { b.d = 0 }
+// newRetryBackoff is the delay between attempts of one of the agent's
+// loops.
+func newRetryBackoff() backoff.Backoff { return backoff.Backoff{Base: retryBase, Max: retryMax} }
 
 // waitForReady opens the agent's long-lived streams with WaitForReady:
 // while the control plane is away the call waits for the connection

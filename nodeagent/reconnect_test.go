@@ -109,27 +109,3 @@ func TestAgentReconnectsSoonAfterTheControlPlaneReturns(t *testing.T) {
 		t.Fatal("the agent did not follow its assignments again within 3s of the control plane's return")
 	}
 }
-
-// The agent's retries double from 100 ms and stay within 2 s ±20%, never
-// all the same (jitter), and start again after a reset.
-func TestRetryBackoffIsCappedAndJittered(t *testing.T) {
-	var b retryBackoff
-	seen := map[time.Duration]bool{}
-	for i := range 50 {
-		d := b.next()
-		if d > time.Duration(float64(retryMax)*(1+retryJitter)) {
-			t.Fatalf("attempt %d: delay %s over the cap", i, d)
-		}
-		if i == 0 && (d < 80*time.Millisecond || d > 120*time.Millisecond) {
-			t.Fatalf("first delay %s, want about 100ms", d)
-		}
-		seen[d] = true
-	}
-	if len(seen) < 10 {
-		t.Errorf("only %d distinct delays in 50: no jitter", len(seen))
-	}
-	b.reset()
-	if d := b.next(); d > 120*time.Millisecond {
-		t.Errorf("after reset: %s, want about 100ms", d)
-	}
-}

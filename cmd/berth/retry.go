@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/internal/apierr"
+	"github.com/berth-dev/berth/internal/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -66,7 +66,7 @@ func neverConnected(err error) bool {
 // answers "unchanged" for what the lost attempt stored).
 func retryIdempotent(ctx context.Context, stderr io.Writer, what string, p retryPolicy, attempt func(ctx context.Context) error) (lost bool, err error) {
 	var deadline time.Time
-	wait := p.First
+	wait := backoff.Backoff{Base: p.First, Max: p.Max}
 	for {
 		actx, cancel := context.WithTimeout(ctx, p.Attempt)
 		err = attempt(actx)
@@ -84,7 +84,7 @@ func retryIdempotent(ctx context.Context, stderr io.Writer, what string, p retry
 			lost, deadline = true, now.Add(p.Window)
 			fmt.Fprintf(stderr, "connection lost; retrying %s (%s)\n", what, status.Convert(err).Message())
 		}
-		d := wait/2 + rand.N(wait/2+1)
+		d := wait.Next()
 		if now.Add(d).After(deadline) {
 			return lost, err
 		}
@@ -93,6 +93,5 @@ func retryIdempotent(ctx context.Context, stderr io.Writer, what string, p retry
 			return lost, err
 		case <-time.After(d):
 		}
-		wait = min(2*wait, p.Max)
 	}
 }

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-dev/berth/internal/backoff"
 	apievents "github.com/containerd/containerd/api/events"
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	"github.com/containerd/typeurl/v2"
@@ -118,9 +118,8 @@ func (f *ExitFeed) Attempts() int64 { return f.attempts.Load() }
 // subscribe (Exits waits for containerd), so this only bounds a stream
 // that breaks again as soon as it opens.
 const (
-	resubscribeBase   = 100 * time.Millisecond
-	resubscribeMax    = time.Second
-	resubscribeJitter = 0.2
+	resubscribeBase = 100 * time.Millisecond
+	resubscribeMax  = time.Second
 	// A subscription that lasted this long was healthy: the next break
 	// starts the backoff again from its base.
 	resubscribeHealthy = 10 * time.Second
@@ -142,26 +141,25 @@ func FollowExits(ctx context.Context, subscribe func(context.Context) (<-chan Ex
 }
 
 func (f *ExitFeed) follow(ctx context.Context, ch <-chan Exit, subscribe func(context.Context) (<-chan Exit, error), log *slog.Logger) {
-	delay := resubscribeBase
+	retry := backoff.Backoff{Base: resubscribeBase, Max: resubscribeMax}
 	for {
 		opened := time.Now()
 		if !f.forward(ctx, ch) {
 			return
 		}
 		if time.Since(opened) >= resubscribeHealthy {
-			delay = resubscribeBase
+			retry.Reset()
 		}
 		broke := time.Now()
 		log.Warn("task exit stream ended (containerd restarting?); subscribing again")
 		for {
-			t := time.NewTimer(jittered(delay, resubscribeJitter))
+			t := time.NewTimer(retry.Next())
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return
 			case <-t.C:
 			}
-			delay = min(2*delay, resubscribeMax)
 			f.attempts.Add(1)
 			var err error
 			if ch, err = subscribe(ctx); err == nil {
@@ -197,9 +195,4 @@ func (f *ExitFeed) forward(ctx context.Context, ch <-chan Exit) bool {
 			}
 		}
 	}
-}
-
-// jittered spreads d by ±frac, so that many agents do not retry in step.
-func jittered(d time.Duration, frac float64) time.Duration {
-	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1)))
 }

@@ -127,11 +127,3 @@ func TestFollowExitsResubscribes(t *testing.T) {
 		t.Errorf("%d warnings for one outage, want 1: %q", n, rec.msgs)
 	}
 }
-
-func TestJitteredStaysInBounds(t *testing.T) {
-	for range 1000 {
-		if d := jittered(time.Second, 0.2); d < 800*time.Millisecond || d > 1200*time.Millisecond {
-			t.Fatalf("jittered(1s, 0.2) = %s", d)
-		}
-	}
-}
