@@ -289,12 +289,30 @@ func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 var worksWithoutQuorum = map[string]bool{berthSvc + "ListServers": true}
 
 // noQuorum rewrites etcd's "no leader" (however the handler wrapped it)
-// as what it means to a user.
+// as what it means to a user, and etcd's timeouts of a proposal as what
+// they mean: the write may or may not have been stored (Unavailable, so
+// the CLI retries an idempotent call and reports what is stored).
 func noQuorum(err error) error {
-	if err == nil || !strings.Contains(err.Error(), rpctypes.ErrNoLeader.Error()) {
-		return err
+	if err == nil {
+		return nil
 	}
-	return apierr.NoQuorum("etcd has no quorum (no leader: fewer than half of its members reachable); nothing was written, the data plane keeps serving; `berth get servers` shows the members (%v)", status.Convert(err).Message())
+	msg := err.Error()
+	if strings.Contains(msg, rpctypes.ErrNoLeader.Error()) {
+		return apierr.NoQuorum("etcd has no quorum (no leader: fewer than half of its members reachable); nothing was written, the data plane keeps serving; `berth get servers` shows the members (%v)", status.Convert(err).Message())
+	}
+	for _, timeout := range etcdTimeouts {
+		if strings.Contains(msg, timeout) {
+			return status.Errorf(codes.Unavailable, "etcd did not confirm the write in time (its leader changed or lost its quorum meanwhile): it may or may not have been stored; `berth get servers` shows the members (%v)", status.Convert(err).Message())
+		}
+	}
+	return err
+}
+
+// etcdTimeouts are etcd's errors for a proposal whose fate it does not
+// know.
+var etcdTimeouts = []string{
+	rpctypes.ErrTimeout.Error(), rpctypes.ErrTimeoutDueToLeaderFail.Error(),
+	rpctypes.ErrTimeoutDueToConnectionLost.Error(), rpctypes.ErrTimeoutWaitAppliedIndex.Error(),
 }
 
 // StreamInterceptor authenticates every stream and authorises it on its

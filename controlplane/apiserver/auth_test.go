@@ -1,11 +1,17 @@
 package apiserver
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/authz"
+	"github.com/berth-dev/berth/internal/apierr"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Every RPC of both services has its permissions; none is listed that
@@ -54,5 +60,29 @@ func TestApplyNeedsWriteInEveryNamespace(t *testing.T) {
 		if !got[ns] {
 			t.Errorf("apply does not ask for write in %s: %v", ns, got)
 		}
+	}
+}
+
+// etcd's "no leader" becomes the marked no-quorum error (nothing was
+// written: the CLI does not retry); its proposal timeouts become an
+// Unavailable that says the write may have been stored (the CLI retries
+// an idempotent call); anything else passes as it is.
+func TestEtcdErrorsSayWhatTheyMean(t *testing.T) {
+	wrapped := func(err error) error { return fmt.Errorf("apply default/web: %w", err) }
+	if err := noQuorum(wrapped(rpctypes.ErrNoLeader)); !apierr.IsNoQuorum(err) || !strings.Contains(err.Error(), "nothing was written") {
+		t.Errorf("no leader: %v", err)
+	}
+	for _, e := range []error{rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrGRPCTimeoutDueToConnectionLost} {
+		err := noQuorum(wrapped(e))
+		if apierr.IsNoQuorum(err) || status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "may or may not have been stored") {
+			t.Errorf("%v: %v", e, err)
+		}
+	}
+	other := status.Error(codes.InvalidArgument, "spec.replicas: must be at least 0")
+	if err := noQuorum(other); err != other {
+		t.Errorf("an unrelated error changed: %v", err)
+	}
+	if noQuorum(nil) != nil {
+		t.Error("nil changed")
 	}
 }
