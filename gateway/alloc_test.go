@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -17,6 +18,23 @@ func rawUpstream(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	return serveRaw(t, l)
+}
+
+// serveRaw is rawUpstream on a listener of the caller's.
+func serveRaw(t *testing.T, l net.Listener) string {
+	t.Helper()
+	// Connections still open at the end (one to a host whose link was
+	// cut gets no FIN) are closed with the test.
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello")
 	go func() {
 		for {
@@ -24,6 +42,9 @@ func rawUpstream(t *testing.T) string {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
 			go func() {
 				defer c.Close()
 				br := bufio.NewReader(c)

@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -49,6 +51,27 @@ type upstreamConn struct {
 	ep        *endpoint
 	idleSince int64
 	deadline  time.Time // as last set; zero = none
+	// sent counts the bytes written on the connection (request bodies
+	// streamed from the client excepted: an undercount only makes
+	// undelivered say no); ackedBase is the peer's acknowledged count
+	// right after the connect, ackedKnown whether the kernel tells.
+	sent       uint64
+	ackedBase  uint64
+	ackedKnown bool
+}
+
+// undelivered reports that the exchange failed because the upstream's
+// kernel acknowledged nothing for the user timeout (ETIMEDOUT, a cut link
+// or a dead host: no RST, no FIN) and that it acknowledged no byte beyond
+// the first before, i.e. none of the request sent after them: the
+// upstream never saw it, so sending it elsewhere is as safe as after a
+// connect failure (Envoy retries connect failures for this reason).
+func (uc *upstreamConn) undelivered(err error, before uint64) bool {
+	if !uc.ackedKnown || !errors.Is(err, syscall.ETIMEDOUT) {
+		return false
+	}
+	n, ok := bytesAcked(uc.Conn)
+	return ok && n-uc.ackedBase <= before
 }
 
 // alive reports whether an idle connection is still open: nothing to
@@ -117,7 +140,9 @@ func (e *endpoint) get(dialer *net.Dialer, timeout, idleTimeout time.Duration, m
 	if err != nil {
 		return nil, false, err
 	}
-	return &upstreamConn{Conn: c, br: bufio.NewReaderSize(c, upstreamBufSize), ep: e}, false, nil
+	uc := &upstreamConn{Conn: c, br: bufio.NewReaderSize(c, upstreamBufSize), ep: e}
+	uc.ackedBase, uc.ackedKnown = bytesAcked(c)
+	return uc, false, nil
 }
 
 // put returns a connection whose exchange completed cleanly to the pool.

@@ -658,10 +658,12 @@ func (sc *serverConn) attempt(ep *endpoint, c *upstreamCluster, deadline time.Ti
 // in sc.out, so it can be sent again as it was.
 func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, isHead, closeAfter bool, c *upstreamCluster) (res attemptResult, keep, done, stale bool) {
 	r := &sc.req
+	sentBefore := uc.sent
 	if _, err := uc.Write(sc.out); err != nil {
 		uc.Conn.Close()
 		return attemptResult{fail: failUpstream, err: err}, false, false, reused && sc.replayable
 	}
+	uc.sent += uint64(len(sc.out))
 	if *bodyLeft > 0 {
 		clientErr, upErr := sendBody(uc.Conn, sc.br, *bodyLeft, func() { sc.readDeadline(sc.g.cfg.BodyTimeout) })
 		if clientErr != nil || upErr != nil {
@@ -681,7 +683,13 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 	for {
 		err := readResponseHead(uc.br, p)
 		if err != nil {
+			// A peer gone silent (its link cut) that never received the
+			// request fails like a connect: another endpoint may have it.
+			undelivered := uc.undelivered(err, sentBefore)
 			uc.Conn.Close()
+			if undelivered {
+				return attemptResult{fail: failConnect, err: err}, false, false, false
+			}
 			return attemptResult{fail: failUpstream, err: err}, false, false, reused && sc.replayable && uc.br.Buffered() == 0 && isEOF(err) && idempotent(r.method)
 		}
 		if p.status >= 100 && p.status < 200 && p.status != 101 {

@@ -55,6 +55,13 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// DialTimeout bounds an upstream connect.
 	DialTimeout time.Duration
+	// UpstreamUserTimeout is how long bytes sent to an upstream may stay
+	// unacknowledged by its kernel before the connection is given up
+	// (TCP_USER_TIMEOUT, Linux). It bounds a request on a kept-alive
+	// connection to a host whose link was cut (no RST ever comes); a
+	// request none of whose bytes were acknowledged is retried on another
+	// endpoint like a connect failure. Negative: not set.
+	UpstreamUserTimeout time.Duration
 	// MaxIdleConnsPerEndpoint is the keep-alive pool size per upstream.
 	MaxIdleConnsPerEndpoint int
 	// BackoffMin and BackoffMax bound the ADS reconnect backoff (jittered;
@@ -153,6 +160,7 @@ func DefaultConfig() Config {
 		XDSProtocol:             XDSDelta,
 		ShutdownTimeout:         10 * time.Second,
 		DialTimeout:             2 * time.Second,
+		UpstreamUserTimeout:     2 * time.Second,
 		MaxIdleConnsPerEndpoint: 256,
 		BackoffMin:              100 * time.Millisecond,
 		BackoffMax:              2 * time.Second,
@@ -227,6 +235,9 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = def.ShutdownTimeout
 	}
+	if cfg.UpstreamUserTimeout == 0 {
+		cfg.UpstreamUserTimeout = def.UpstreamUserTimeout
+	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = def.DialTimeout
 	}
@@ -300,13 +311,14 @@ func New(cfg Config) (*Gateway, error) {
 		metrics: m,
 		fwd: newForwarder(forwarderConfig{
 			dialTimeout:         cfg.DialTimeout,
+			userTimeout:         cfg.UpstreamUserTimeout,
 			maxIdleConnsPerHost: cfg.MaxIdleConnsPerEndpoint,
 			idleConnTimeout:     cfg.UpstreamIdleTimeout,
 			tunnelIdle:          cfg.TunnelIdleTimeout,
 			onTunnelIdle:        func() { m.closedBy(closedTunnelIdle) },
 		}),
 		noRoute: m.stats("", ""),
-		dialer:  &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
+		dialer:  &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second, Control: userTimeoutControl(cfg.UpstreamUserTimeout)},
 		general: newHandoffListener(lis.Addr()),
 		reg:     newRegistry(cfg.MaxIdleConnsPerEndpoint),
 	}

@@ -31,6 +31,7 @@ type forwarder struct {
 // forwarderConfig tunes the upstream connection pool.
 type forwarderConfig struct {
 	dialTimeout         time.Duration
+	userTimeout         time.Duration
 	maxIdleConnsPerHost int
 	idleConnTimeout     time.Duration
 	tunnelIdle          time.Duration
@@ -38,7 +39,7 @@ type forwarderConfig struct {
 }
 
 func newForwarder(cfg forwarderConfig) *forwarder {
-	dialer := &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second}
+	dialer := &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second, Control: userTimeoutControl(cfg.userTimeout)}
 	return &forwarder{
 		transport: &http.Transport{
 			Proxy:                 nil, // never an environment proxy
