@@ -24,6 +24,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/apiserver"
 	"github.com/berth-dev/berth/controlplane/controller"
 	"github.com/berth-dev/berth/controlplane/publish"
+	"github.com/berth-dev/berth/controlplane/rollouthistory"
 	"github.com/berth-dev/berth/controlplane/secrets"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/pki"
@@ -135,6 +136,7 @@ type Server struct {
 	cache     *store.Cache
 	ctrl      *controller.Controller
 	publisher *publish.Publisher
+	history   *rollouthistory.Recorder
 	liveness  *liveness
 	api       *apiserver.Server
 	grpc      *grpc.Server
@@ -222,6 +224,11 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 	s.publisher.SetGrace(grace)
 	ccfg.VersionFor = s.publisher.VersionFor
 	s.ctrl = controller.New(ccfg, s.store.Tracked(), s.cache)
+	// Every replica records the rollouts' history for the dashboard from
+	// its own cache and load window (no leader, no etcd writes).
+	hcfg := rollouthistory.DefaultConfig()
+	hcfg.VersionFor, hcfg.Logger = s.publisher.VersionFor, cfg.Logger
+	s.history = rollouthistory.New(hcfg, s.cache, cfg.Loads)
 	s.liveness = newLiveness(cfg.NodeTimeout)
 	s.api, err = apiserver.New(apiserver.Config{
 		Liveness:          s.liveness,
@@ -299,6 +306,13 @@ func (s *Server) AdminConfigPath() string { return s.adminConfig }
 // Publisher gives access to the latest discovery snapshot.
 func (s *Server) Publisher() *publish.Publisher { return s.publisher }
 
+// Cache is the replica's watch-fed view of the cluster.
+func (s *Server) Cache() *store.Cache { return s.cache }
+
+// RolloutHistory is the replica's record of the rollouts it saw run (the
+// dashboard's plots).
+func (s *Server) RolloutHistory() *rollouthistory.Recorder { return s.history }
+
 // Store exposes the typed store (for tests and tools).
 func (s *Server) Store() *store.Store { return s.store }
 
@@ -322,6 +336,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("replica certificate", s.renewReplicaCert)
 	run("controller", s.lead)
 	run("publisher", s.publisher.Run)
+	run("rollout history", s.history.Run)
 	run("replica session", s.replicaSession)
 	run("node liveness", s.runLiveness)
 	run("node feed", s.api.RunNodeFeed)

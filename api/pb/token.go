@@ -26,3 +26,8 @@ func WithToken(token string) []grpc.DialOption {
 	}
 	return []grpc.DialOption{grpc.WithPerRPCCredentials(bearer(token))}
 }
+
+// TokenCall presents an API token on one call: a connection shared by
+// several users (the dashboard's to its own replica) sends each call with
+// its user's token.
+func TokenCall(token string) grpc.CallOption { return grpc.PerRPCCredentials(bearer(token)) }

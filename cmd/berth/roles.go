@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,10 +23,12 @@ import (
 	"github.com/berth-dev/berth/discovery"
 	berthdns "github.com/berth-dev/berth/dns"
 	"github.com/berth-dev/berth/gateway"
+	"github.com/berth-dev/berth/internal/buildinfo"
 	"github.com/berth-dev/berth/nodeagent"
 	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/berth-dev/berth/pki"
 	"github.com/berth-dev/berth/pki/enroll"
+	"github.com/berth-dev/berth/ui"
 	"github.com/berth-dev/berth/xds"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -43,6 +46,7 @@ type serverFlags struct {
 	xdsAddr        string
 	dnsAddr        string
 	metricsAddr    string
+	uiAddr         string
 	clusterCIDR    string
 	nodeSubnetSize int
 	dnsTTL         time.Duration
@@ -76,6 +80,7 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.xdsAddr, "xds-addr", "127.0.0.1:7401", "xDS (ADS) address that gateways connect to")
 	cmd.Flags().StringVar(&f.dnsAddr, "dns-addr", "127.0.0.1:1053", "DNS address for the host (UDP and TCP); empty disables")
 	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", metrics, "Prometheus /metrics address; empty disables")
+	cmd.Flags().StringVar(&f.uiAddr, "ui-addr", ui.DefaultAddr, "web dashboard address (log in with an API token); empty disables")
 	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one subnet of --node-subnet-size per node")
 	cmd.Flags().IntVar(&f.nodeSubnetSize, "node-subnet-size", 24, "prefix length of each node's pod subnet: /24 gives 253 pods a node and 256 nodes in a /16; /26 gives 61 pods and 1,024 nodes")
 	cmd.Flags().DurationVar(&f.dnsTTL, "dns-ttl", 5*time.Second, "TTL of service DNS records; a stopped endpoint leaves DNS this long before its container stops")
@@ -115,6 +120,7 @@ type controlPlane struct {
 	cp     *controlplane.Server
 	xds    *xds.Server
 	dns    *berthdns.Server
+	ui     *ui.Server
 	logger *slog.Logger
 }
 
@@ -198,7 +204,47 @@ func newControlPlane(ctx context.Context, f *serverFlags, reg prometheus.Registe
 	// whose name is the node id it claims, cut when revoked.
 	auth := c.cp.Auth()
 	xsrv.SetAuth(xds.Auth{TLS: c.cp.ServerTLS(true), Check: auth.CheckCertificate, Changed: auth.Changed})
+	if f.uiAddr != "" {
+		if c.ui, err = newDashboard(c.cp, f.uiAddr, reg, logger); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// newDashboard serves the web dashboard of this replica. It calls the
+// replica's own API over TLS with no client certificate, each call with
+// the logged-in user's token: the API decides what a user may see and do.
+func newDashboard(cp *controlplane.Server, addr string, reg prometheus.Registerer, logger *slog.Logger) (*ui.Server, error) {
+	conn, err := pb.Dial(cp.APIAddr(), pki.ClientTLS(nil, cp.CA().Pool()))
+	if err != nil {
+		return nil, fmt.Errorf("dashboard: %w", err)
+	}
+	cfg := ui.DefaultConfig()
+	cfg.Addr, cfg.API, cfg.Logger, cfg.Registerer = addr, pb.NewBerthClient(conn), logger, reg
+	cfg.Replica, cfg.Version = cp.ReplicaName(), buildinfo.Get().Version
+	cfg.Views, cfg.Discovery, cfg.History = cp.Cache(), cp.Publisher().Latest, cp.RolloutHistory()
+	srv, err := ui.New(cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return srv, nil
+}
+
+// dashboardLine is how `berth dev` and `berth server` print the
+// dashboard's address: for dev, a link that logs the admin in (like
+// Jupyter's); for a server, how to log in.
+func (c *controlPlane) dashboardLine(dev bool) string {
+	if c.ui == nil {
+		return "disabled"
+	}
+	if dev {
+		if tok := adminToken(c.cp.AdminConfigPath()); tok != "" {
+			return c.ui.URL() + "/login?token=" + url.QueryEscape(tok)
+		}
+	}
+	return c.ui.URL() + " (log in with an API token: berth token create --role viewer)"
 }
 
 func (c *controlPlane) run(ctx context.Context, g *group) {
@@ -207,6 +253,9 @@ func (c *controlPlane) run(ctx context.Context, g *group) {
 		g.go_("dns", c.dns.Run)
 	}
 	g.go_("control plane", c.cp.Run)
+	if c.ui != nil {
+		g.go_("dashboard", c.ui.Run)
+	}
 	// Load reports reach the replica a gateway is connected to; sharing
 	// them lets the leader's canary analysis see the whole cluster's.
 	sharer := &loadshare.Sharer{Client: c.cp.Etcd(), Replica: c.cp.ReplicaName(), XDS: c.xds, Logger: c.logger}
@@ -495,9 +544,10 @@ the same services back.`,
   xds        %s
   dns        %s (host)   %s (containers)
   metrics    %s
+  dashboard  %s
   node       %s, containerd %s (namespace %s)
   data       %s
-`, cp.cp.APIAddr(), cp.cp.AdminConfigPath(), gw.Addr(), cp.xds.Addr(), hostDNS, agent.DNSAddr(), metricsURL(metricsAddr), af.name, af.socket, af.namespace, sf.dataDir)
+`, cp.cp.APIAddr(), cp.cp.AdminConfigPath(), gw.Addr(), cp.xds.Addr(), hostDNS, agent.DNSAddr(), metricsURL(metricsAddr), cp.dashboardLine(true), af.name, af.socket, af.namespace, sf.dataDir)
 			case agentErr = <-agentDone:
 				agentDone <- agentErr
 			case <-grp.ctx.Done():
@@ -563,6 +613,7 @@ func newServerCmd(g *globalOptions) *cobra.Command {
 				hostDNS = cp.dns.Addr()
 			}
 			fmt.Fprintf(os.Stdout, "berth server: api %s, xds %s, dns %s, metrics %s, data %s\n", cp.cp.APIAddr(), cp.xds.Addr(), hostDNS, metricsURL(metricsAddr), sf.dataDir)
+			fmt.Fprintf(os.Stdout, "  dashboard: %s\n", cp.dashboardLine(false))
 			fmt.Fprintf(os.Stdout, "  admin CLI configuration: %s\n  join nodes:    berth token create --role node    (then berth agent --server ADDR --join-token T --ca-hash %s)\n  join gateways: berth token create --role gateway (then berth gateway --server ADDR --join-token T --ca-hash %s)\n", cp.cp.AdminConfigPath(), cp.cp.CA().Pin(), cp.cp.CA().Pin())
 			return grp.wait()
 		},
@@ -795,4 +846,17 @@ type revisionLoads struct{ x *xds.Server }
 func (l revisionLoads) RevisionLoad(namespace, service string, revision int64, window time.Duration) controller.RevisionLoad {
 	st := l.x.Load(namespace, service, revision, window)
 	return controller.RevisionLoad{Requests: int64(st.Requests), Errors: int64(st.Errors), P99: st.LatencyP99, LatencySamples: int64(st.LatencySamples), Impossible: int64(st.Impossible)}
+}
+
+// adminToken is the token of the admin CLI configuration at path ("" if
+// none).
+func adminToken(path string) string {
+	if path == "" {
+		return ""
+	}
+	ac, err := controlplane.ReadAdminConfig(path)
+	if err != nil {
+		return ""
+	}
+	return ac.Token
 }

@@ -107,5 +107,5 @@ func (s *Server) Restart(ctx context.Context, req *pb.RestartRequest) (*pb.Apply
 // Version is the server's build.
 func (s *Server) Version(ctx context.Context, req *pb.VersionRequest) (*pb.VersionResponse, error) {
 	v := buildinfo.Get()
-	return &pb.VersionResponse{Version: v.Version, GoVersion: v.GoVersion, Commit: v.Commit}, nil
+	return &pb.VersionResponse{Version: v.Version, GoVersion: v.GoVersion, Commit: v.Commit, Caller: principalOf(ctx).String()}, nil
 }

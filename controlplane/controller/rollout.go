@@ -70,6 +70,34 @@ const (
 	DefaultMinRequests  = 20
 )
 
+// Thresholds are the limits a canary's analysis judges it by.
+type Thresholds struct {
+	MaxErrorRate float64
+	MinRequests  int64
+	// MaxLatency bounds the canary's p99 (0: latency is not judged).
+	MaxLatency time.Duration
+}
+
+// AnalysisThresholds are spec's limits, the defaults where it sets none;
+// ok is false when the spec asks for no analysis (nothing is judged). The
+// analysis and whoever draws its limits (the dashboard's plots) read them
+// here.
+func AnalysisThresholds(spec api.RolloutSpec) (t Thresholds, ok bool) {
+	t = Thresholds{MaxErrorRate: DefaultMaxErrorRate, MinRequests: DefaultMinRequests}
+	a := spec.Analysis
+	if a == nil {
+		return t, false
+	}
+	if a.MaxErrorRate > 0 {
+		t.MaxErrorRate = a.MaxErrorRate
+	}
+	if a.MinRequests > 0 {
+		t.MinRequests = a.MinRequests
+	}
+	t.MaxLatency = a.MaxLatency.Duration
+	return t, true
+}
+
 // DecideRollout is the canary state machine, a pure function. A step is:
 // scale the canary for the step's weight -> set the weight -> wait until
 // every gateway has ACKed it -> pause (a duration, or until promoted) ->
@@ -107,15 +135,8 @@ func DecideRollout(r api.Rollout, in RolloutInputs) RolloutDecision {
 	if !finishing {
 		step = steps[r.Step]
 	}
-	maxRate, minReq := DefaultMaxErrorRate, int64(DefaultMinRequests)
-	if a := in.Spec.Analysis; a != nil {
-		if a.MaxErrorRate > 0 {
-			maxRate = a.MaxErrorRate
-		}
-		if a.MinRequests > 0 {
-			minReq = a.MinRequests
-		}
-	}
+	limits, _ := AnalysisThresholds(in.Spec)
+	maxRate, minReq := limits.MaxErrorRate, limits.MinRequests
 	// A failing canary rolls back whatever the step is doing, paused
 	// included: all traffic to stable in one move.
 	hold := in.Spec.Analysis != nil && in.ImpossibleReports > 0
