@@ -3,151 +3,13 @@ package runtime
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
-	"golang.org/x/sys/unix"
+	"github.com/berth-dev/berth/internal/testctrd"
 )
-
-// privateContainerd is a containerd of the test's own, with its root,
-// state and sockets in a temporary directory, so that the test may kill
-// and restart it without touching the system daemon other tests use.
-type privateContainerd struct {
-	t      *testing.T
-	dir    string
-	config string
-	socket string
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func startPrivateContainerd(t *testing.T) *privateContainerd {
-	t.Helper()
-	if _, err := exec.LookPath("containerd"); err != nil {
-		t.Fatalf("containerd binary: %v", err)
-	}
-	// Not t.TempDir: its long name would push the shim's socket path past
-	// the 108 bytes of a unix address.
-	dir, err := os.MkdirTemp("", "berth-ctrd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &privateContainerd{t: t, dir: dir, config: filepath.Join(dir, "config.toml"), socket: filepath.Join(dir, "c.sock")}
-	conf := fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = %[4]q
-[debug]
-  address = %[5]q
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[6]q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.socket, c.socket+".ttrpc", filepath.Join(dir, "debug.sock"), filepath.Join(dir, "opt"))
-	if err := os.WriteFile(c.config, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.cleanup)
-	c.start()
-	return c
-}
-
-func (c *privateContainerd) start() {
-	c.t.Helper()
-	log, err := os.OpenFile(filepath.Join(c.dir, "containerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer log.Close()
-	c.cmd = exec.Command("containerd", "--config", c.config)
-	c.cmd.Stdout, c.cmd.Stderr = log, log
-	// Its own process group: nothing the test's terminal sends reaches it.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	c.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) { _ = cmd.Wait(); close(exited) }(c.cmd, c.exited)
-	waitUntil(c.t, 20*time.Second, "private containerd answers", c.answers)
-}
-
-// answers tells whether containerd answers on its socket (a client of
-// its own, not the one under test).
-func (c *privateContainerd) answers() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	cl, err := containerd.New(c.socket, containerd.WithTimeout(time.Second))
-	if err != nil {
-		return false
-	}
-	defer cl.Close()
-	_, err = cl.Version(ctx)
-	return err == nil
-}
-
-// kill kills containerd with SIGKILL (shims and tasks live on).
-func (c *privateContainerd) kill() {
-	c.t.Helper()
-	if c.cmd == nil || c.cmd.Process == nil {
-		return
-	}
-	_ = c.cmd.Process.Kill()
-	select {
-	case <-c.exited:
-	case <-time.After(10 * time.Second):
-		c.t.Fatal("containerd did not die on SIGKILL")
-	}
-	c.cmd = nil
-}
-
-// cleanup stops containerd, kills the shims it started, unmounts what is
-// left under its directory and removes it.
-func (c *privateContainerd) cleanup() {
-	if c.cmd != nil && c.cmd.Process != nil {
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.exited:
-		case <-time.After(10 * time.Second):
-			_ = c.cmd.Process.Kill()
-			<-c.exited
-		}
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("containerd-shim")) || !bytes.Contains(b, []byte(c.socket)) {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err == nil {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		var under []string
-		for _, line := range strings.Split(string(mi), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], c.dir+"/") {
-				under = append(under, f[4])
-			}
-		}
-		for i := len(under) - 1; i >= 0; i-- { // innermost first
-			_ = unix.Unmount(under[i], unix.MNT_DETACH)
-		}
-	}
-	if err := os.RemoveAll(c.dir); err != nil {
-		c.t.Logf("remove %s: %v", c.dir, err)
-	}
-}
 
 // After containerd is killed and restarted, the exit feed subscribes
 // again within about a second of its return, without spinning while it is
@@ -156,12 +18,12 @@ func (c *privateContainerd) cleanup() {
 func TestExitsSurviveContainerdRestart(t *testing.T) {
 	requireContainerd(t)
 	tr := newTestRun(t) // names, subnet, bridge and state dir; its cleanup removes the bridge
-	ctrd := startPrivateContainerd(t)
+	ctrd := testctrd.Start(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	cfg := tr.config()
-	cfg.Socket = ctrd.socket
+	cfg.Socket = ctrd.Socket
 	rec := &logRecorder{}
 	cfg.Logger = slog.New(rec)
 	rt, err := New(ctx, cfg)
@@ -195,13 +57,13 @@ func TestExitsSurviveContainerdRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctrd.kill()
+	ctrd.Kill()
 	down := time.Now()
 	time.Sleep(3 * time.Second) // the outage itself
 	if n := feed.Attempts(); n > 10 {
 		t.Errorf("%d subscribe attempts while containerd was down for %s, want at most 10", n, time.Since(down).Round(time.Millisecond))
 	}
-	ctrd.start()
+	ctrd.Start()
 	back := time.Now()
 	select {
 	case <-feed.Resubscribed():
