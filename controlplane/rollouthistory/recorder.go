@@ -235,13 +235,6 @@ func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rol
 		mark(MarkAbort, "abort asked")
 	}
 	if ro.Active() {
-		if ro.Canary() && ro.Weight != prev.Weight && ro.Weight > 0 && ro.Step < len(t.h.Steps) {
-			t.h.Steps[ro.Step].StartedMs = ms(ro.StepStartedAt)
-			if t.h.Steps[ro.Step].StartedMs == 0 {
-				t.h.Steps[ro.Step].StartedMs = at
-			}
-			mark(MarkStep, fmt.Sprintf("step %d/%d: %d%%", ro.Step+1, len(t.h.Steps), ro.Weight))
-		}
 		switch {
 		case prev.Phase != api.RolloutPaused && ro.Phase == api.RolloutPaused:
 			mark(MarkPause, ro.Message)
@@ -251,6 +244,13 @@ func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rol
 			} else {
 				mark(MarkResume, "resumed")
 			}
+		}
+		if ro.Canary() && ro.Weight != prev.Weight && ro.Weight > 0 && ro.Step < len(t.h.Steps) {
+			t.h.Steps[ro.Step].StartedMs = ms(ro.StepStartedAt)
+			if t.h.Steps[ro.Step].StartedMs == 0 {
+				t.h.Steps[ro.Step].StartedMs = at
+			}
+			mark(MarkStep, fmt.Sprintf("step %d/%d: %d%%", ro.Step+1, len(t.h.Steps), ro.Weight))
 		}
 		if ro.WeightRevision != 0 && ro.WeightRevision != t.acked && r.cfg.VersionFor != nil {
 			if s := controller.SyncOf(v, ro.WeightRevision, r.cfg.VersionFor); s.GatewaysApplied() && s.DNSApplied() {
