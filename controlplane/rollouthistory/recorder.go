@@ -158,18 +158,21 @@ func (r *Recorder) Observe(now time.Time, v *store.View, sample bool) {
 			r.retire(key, t)
 			t = nil
 		}
+		fresh := false
 		if t == nil {
 			if !ro.Active() {
 				continue // ended before this replica saw it run: nothing to plot
 			}
-			t = r.start(now, v, ro)
+			t, fresh = r.start(now, v, ro), true
 			r.current[key] = t
 		}
 		if t.ended {
 			continue
 		}
-		r.transition(now, v, t, ro)
-		if sample || t.ended {
+		moved := r.transition(now, v, t, ro)
+		// Besides the tick's, a point where the rollout starts and where
+		// its weight or phase moves: the plot's steps are sharp.
+		if sample || fresh || moved {
 			t.points.add(r.point(now, ro))
 		}
 	}
@@ -218,17 +221,24 @@ func (r *Recorder) start(now time.Time, v *store.View, ro api.Rollout) *trace {
 			t.h.Thresholds = Thresholds{MaxErrorRate: th.MaxErrorRate, MinRequests: th.MinRequests, MaxP99Ms: float64(th.MaxLatency) / float64(time.Millisecond)}
 		}
 	}
-	if ro.Weight > 0 && ro.Step < len(t.h.Steps) {
-		t.h.Steps[ro.Step].StartedMs = ms(ro.StepStartedAt)
+	if ro.Canary() && ro.Weight > 0 && ro.Step < len(t.h.Steps) {
+		// First seen in a step: its mark, when it began.
+		at := ms(ro.StepStartedAt)
+		if at == 0 {
+			at = ms(now)
+		}
+		t.h.Steps[ro.Step].StartedMs = at
+		t.h.Marks = append(t.h.Marks, Mark{TMs: at, Kind: MarkStep, Text: fmt.Sprintf("step %d/%d: %d%%", ro.Step+1, len(t.h.Steps), ro.Weight)})
 	}
 	return t
 }
 
 // transition records what changed between the trace's last sight of the
-// rollout and ro.
-func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rollout) {
+// rollout and ro; moved says its weight or phase did.
+func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rollout) (moved bool) {
 	prev := t.last
 	t.last = ro
+	moved = prev.Weight != ro.Weight || prev.Phase != ro.Phase
 	at := ms(now)
 	mark := func(kind, text string) { t.h.Marks = append(t.h.Marks, Mark{TMs: at, Kind: kind, Text: text}) }
 	if !prev.Abort && ro.Abort {
@@ -258,7 +268,7 @@ func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rol
 				mark(MarkAck, fmt.Sprintf("%d%% applied by every gateway and node DNS", ro.Weight))
 			}
 		}
-		return
+		return moved
 	}
 	// The end: the final phase and the controller's message say how.
 	t.ended = true
@@ -273,6 +283,7 @@ func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rol
 		mark(MarkRollback, ro.Message)
 		t.h.Verdict = &Verdict{Outcome: OutcomeRolledBack, Reason: ro.Message, TMs: at}
 	}
+	return true
 }
 
 // point is the rollout now: each revision's weight, and its traffic over

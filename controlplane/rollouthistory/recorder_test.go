@@ -48,7 +48,7 @@ func TestRecorderFollowsACanary(t *testing.T) {
 	r.Observe(at(1), view(ro, spec), true)
 	ro.Phase = api.RolloutPaused
 	ro.Message = "step 1/2: at 25%, waiting for `berth rollout promote`"
-	r.Observe(at(2), view(ro, spec), false) // a change between ticks: a mark, no point
+	r.Observe(at(2), view(ro, spec), false) // a change between ticks: a mark and a point
 	r.Observe(at(3), view(ro, spec), true)
 	ro.Promote = true
 	r.Observe(at(4), view(ro, spec), true)
@@ -63,13 +63,15 @@ func TestRecorderFollowsACanary(t *testing.T) {
 	ro.Phase, ro.Weight, ro.Message = api.RolloutRolledBack, 0, "analysis failed at step 2: canary error rate 10.0% (5/50) above ..."
 	r.Observe(at(6), view(ro, spec), false)
 	r.Observe(at(7), view(ro, spec), true) // ended: no more points
+	ro.Message = "a later rewrite"
+	r.Observe(at(8), view(ro, spec), true)
 
 	h, ok := r.History("default", "web")
 	if !ok {
 		t.Fatal("no history")
 	}
-	if len(h.Points) != 6 {
-		t.Fatalf("%d points, want 6 (5 ticks and the final one): %+v", len(h.Points), h.Points)
+	if len(h.Points) != 7 {
+		t.Fatalf("%d points, want 7 (5 ticks, the pause between two, the end): %+v", len(h.Points), h.Points)
 	}
 	p := h.Points[1]
 	if p.Weight != 0.25 || len(p.Revisions) != 2 {
@@ -121,7 +123,7 @@ func TestHistoryJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"verdict":null`, `"points":[]`, `"marks":[]`, `"steps":[]`, `"started_ms":`, `"thresholds":{"max_error_rate":0,"max_p99_ms":0,"min_requests":0}`, `"strategy":"canary"`} {
+	for _, want := range []string{`"verdict":null`, `"points":[{"t_ms":`, `"revisions":[{"revision":2,"role":"canary","weight":0,"rps":0,"error_rate":0,"p99_ms":0}`, `"marks":[]`, `"steps":[]`, `"started_ms":`, `"thresholds":{"max_error_rate":0,"max_p99_ms":0,"min_requests":0}`, `"strategy":"canary"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("%s lacks %s", b, want)
 		}
@@ -179,5 +181,20 @@ func TestRecorderAbort(t *testing.T) {
 	}
 	if h.Verdict == nil || h.Verdict.Outcome != OutcomeAborted || h.Verdict.Reason != ro.Message {
 		t.Fatalf("verdict: %+v", h.Verdict)
+	}
+}
+
+// A replica that starts in the middle of a rollout records it from there:
+// the step it is in gets its mark at the time the step began.
+func TestRecorderFirstSeenMidStep(t *testing.T) {
+	r := New(DefaultConfig(), nil, nil)
+	ro := api.Rollout{Namespace: "default", Service: "web", Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Step: 1, Weight: 50, StepStartedAt: at(-30)}
+	r.Observe(at(0), view(ro, canarySpec()), false)
+	h, _ := r.History("default", "web")
+	if len(h.Marks) != 1 || h.Marks[0].Kind != MarkStep || h.Marks[0].TMs != at(-30).UnixMilli() || h.Steps[1].StartedMs != at(-30).UnixMilli() || h.Steps[0].StartedMs != 0 {
+		t.Fatalf("marks %+v steps %+v", h.Marks, h.Steps)
+	}
+	if len(h.Points) != 1 || h.Points[0].Weight != 0.5 {
+		t.Fatalf("points: %+v", h.Points)
 	}
 }
