@@ -334,7 +334,7 @@ images_clean
 log "bench: starting berth dev (data dir $TMP/data)"
 # setsid: Ctrl-C reaches berth dev only through cleanup's SIGINT.
 setsid bin/berth dev --data-dir "$TMP/data" --api-addr "$API" --gateway-addr "$GATEWAY" \
-  --xds-addr "$XDS" --dns-addr "$DNS" --metrics-addr "" \
+  --xds-addr "$XDS" --dns-addr "$DNS" --metrics-addr "" --ui-addr "" \
   --containerd-namespace "$BERTH_NS" --bridge "$BERTH_BRIDGE" --cluster-cidr "$BERTH_CIDR" \
   --dns-ttl 1s --dns-upstream 127.0.0.1:9 >"$TMP/berth-dev.log" 2>&1 &
 BERTH_PID=$!

@@ -306,7 +306,7 @@ func (c *chaosCluster) launchServer(s *chaosServer) {
 		name = fmt.Sprintf("%s-start%d", s.name, s.starts)
 	}
 	args := []string{"server", "--name", s.name, "--data-dir", s.dataDir, "--api-addr", s.api, "--xds-addr", s.xds,
-		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", chClusterCIDR, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
+		"--dns-addr", "", "--metrics-addr", "", "--ui-addr", "", "--cluster-cidr", chClusterCIDR, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
 		"--node-timeout", "2s", "--lost-grace", chLostGrace.String(), "--etcd-peer-addr", s.peer}
 	args = append(args, s.caFlags...)
 	if s.starts == 1 {

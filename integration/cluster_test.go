@@ -145,7 +145,7 @@ func startCluster(t *testing.T, nodes int) *mnCluster {
 
 	data := t.TempDir()
 	server := startProc(t, "server", "server", "--data-dir", data, "--api-addr", mnHostIP+":0", "--xds-addr", "127.0.0.1:0",
-		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--cluster-cidr", mnClusterCIDR, "--dns-ttl", "1s",
+		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--ui-addr", "", "--cluster-cidr", mnClusterCIDR, "--dns-ttl", "1s",
 		"--dns-upstream", "127.0.0.1:9", "--node-timeout", "2s", "--lost-grace", "5s")
 	m := server.waitLine(`api (\S+), xds (\S+), dns (\S+),`, 60*time.Second)
 	c.api, c.hostDNS = m[1], m[3]
@@ -376,7 +376,7 @@ func TestServerReplicasFailover(t *testing.T) {
 	secretsKey := filepath.Join(t.TempDir(), "secrets.key") // every replica's
 	start := func(name string) (*proc, string) {
 		p := startProc(t, name, "server", "--name", name, "--etcd-endpoints", endpoint, "--data-dir", t.TempDir(), "--secrets-key-file", secretsKey,
-			"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "", "--metrics-addr", "")
+			"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "", "--metrics-addr", "", "--ui-addr", "")
 		m := p.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
 		xdsOf[name], apiOf[name] = m[2], m[1]
 		p.adminConfig(m[1])

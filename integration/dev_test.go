@@ -29,7 +29,7 @@ func TestDevStopAndRestart(t *testing.T) {
 	stateDir := filepath.Join(data, "node")
 	t.Cleanup(func() { cleanNode(t, devNamespace, devBridge, devSubnet, devCluster, stateDir, true) })
 	args := []string{"dev", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
-		"--gateway-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--cluster-cidr", devCluster, "--containerd-namespace", devNamespace,
+		"--gateway-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ui-addr", "127.0.0.1:0", "--cluster-cidr", devCluster, "--containerd-namespace", devNamespace,
 		"--bridge", devBridge, "--node-name", "dev-node", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9", "--stop-grace", "3s"}
 
 	ctrd, err := containerd.New("/run/containerd/containerd.sock")
@@ -120,7 +120,7 @@ func TestDevStopAndRestart(t *testing.T) {
 func TestDevWithoutContainerd(t *testing.T) {
 	data := t.TempDir()
 	cmdOut, errOut, code := berth(t, "127.0.0.1:1", "dev", "--data-dir", data, "--containerd-socket", filepath.Join(data, "missing.sock"),
-		"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0", "--metrics-addr", "")
+		"--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0", "--metrics-addr", "", "--ui-addr", "")
 	if code == 0 || !strings.Contains(errOut, "containerd") || !strings.Contains(errOut, "apt-get install") {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, cmdOut, errOut)
 	}

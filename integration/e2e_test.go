@@ -79,7 +79,7 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	data := t.TempDir()
 	server := startProc(t, "server", "server", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
-		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--cluster-cidr", e2eCluster, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9")
+		"--dns-addr", "127.0.0.1:0", "--metrics-addr", "", "--ui-addr", "", "--cluster-cidr", e2eCluster, "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9")
 	m := server.waitLine(`api (\S+), xds (\S+), dns (\S+),`, 60*time.Second)
 	api, xdsAddr, hostDNS := m[1], m[2], m[3]
 	server.adminConfig(api)

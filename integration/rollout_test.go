@@ -176,7 +176,7 @@ func TestCanaryUnderLoad(t *testing.T) {
 		os.RemoveAll(stateDir)
 	})
 	server := startProc(t, "server", "server", "--data-dir", t.TempDir(), "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
-		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", roCluster, "--dns-ttl", "1s")
+		"--dns-addr", "", "--metrics-addr", "", "--ui-addr", "", "--cluster-cidr", roCluster, "--dns-ttl", "1s")
 	m := server.waitLine(`api (\S+), xds (\S+),`, 60*time.Second)
 	api, xdsAddr := m[1], m[2]
 	server.adminConfig(api)

@@ -94,7 +94,7 @@ func TestVolumes(t *testing.T) {
 		os.RemoveAll(stateDir)
 	})
 	server := startProc(t, "server", "server", "--data-dir", t.TempDir(), "--api-addr", "127.0.0.1:0", "--xds-addr", "127.0.0.1:0",
-		"--dns-addr", "", "--metrics-addr", "", "--cluster-cidr", volCluster, "--dns-ttl", "1s")
+		"--dns-addr", "", "--metrics-addr", "", "--ui-addr", "", "--cluster-cidr", volCluster, "--dns-ttl", "1s")
 	api := server.waitLine(`api (\S+),`, 60*time.Second)[1]
 	server.adminConfig(api)
 	token, caHash := joinToken(t, api, "node")
