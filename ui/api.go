@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -133,8 +135,18 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, sess *sessio
 	serve(s, w, r, sess, s.cfg.API.ListEvents, &pb.ListEventsRequest{Namespace: r.URL.Query().Get("namespace")})
 }
 
+// serviceEvents: the API matches the object by prefix ("service/web"
+// would also give "service/web2"'s): only the service's own are kept.
 func (s *Server) serviceEvents(w http.ResponseWriter, r *http.Request, sess *session) {
-	serve(s, w, r, sess, s.cfg.API.ListEvents, &pb.ListEventsRequest{Namespace: r.PathValue("ns"), Object: "service/" + r.PathValue("name")})
+	object := "service/" + r.PathValue("name")
+	resp, ok := call(s, w, r, sess, s.cfg.API.ListEvents, &pb.ListEventsRequest{Namespace: r.PathValue("ns"), Object: object})
+	if !ok {
+		return
+	}
+	resp.Events = slices.DeleteFunc(resp.Events, func(e *pb.Event) bool {
+		return e.GetObject() != object && !strings.HasPrefix(e.GetObject(), object+"/")
+	})
+	writeProto(w, resp)
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request, sess *session) {
