@@ -209,6 +209,8 @@ func (s *Server) Run(ctx context.Context) error {
 	hubCtx, stopHub := context.WithCancel(ctx)
 	defer stopHub()
 	go s.hub.run(hubCtx)
+	// Requests (the streams above all) end with the server.
+	s.srv.BaseContext = func(net.Listener) context.Context { return hubCtx }
 	go s.sessionSweeper(hubCtx)
 	errc := make(chan error, 1)
 	go func() {
