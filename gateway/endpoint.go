@@ -63,9 +63,10 @@ type upstreamConn struct {
 // undelivered reports that the exchange failed because the upstream's
 // kernel acknowledged nothing for the user timeout (ETIMEDOUT, a cut link
 // or a dead host: no RST, no FIN) and that it acknowledged no byte beyond
-// the first before, i.e. none of the request sent after them: the
-// upstream never saw it, so sending it elsewhere is as safe as after a
-// connect failure (Envoy retries connect failures for this reason).
+// the first before, i.e. none of the request sent after them. The
+// upstream may still have received it (its acknowledgement, delayed to
+// ride on the response, was lost with the link): only an idempotent
+// request may then go elsewhere.
 func (uc *upstreamConn) undelivered(err error, before uint64) bool {
 	if !uc.ackedKnown || !errors.Is(err, syscall.ETIMEDOUT) {
 		return false

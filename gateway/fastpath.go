@@ -683,9 +683,12 @@ func (sc *serverConn) exchange(uc *upstreamConn, reused bool, bodyLeft *int64, i
 	for {
 		err := readResponseHead(uc.br, p)
 		if err != nil {
-			// A peer gone silent (its link cut) that never received the
-			// request fails like a connect: another endpoint may have it.
-			undelivered := uc.undelivered(err, sentBefore)
+			// A peer gone silent (its link cut) that acknowledged none of
+			// the request fails like a connect: another endpoint may have
+			// it. Only an idempotent one: no acknowledgement is not proof
+			// the peer never received it (its ACK rides on its response,
+			// which the cut may have lost), and a POST must not run twice.
+			undelivered := idempotent(r.method) && uc.undelivered(err, sentBefore)
 			uc.Conn.Close()
 			if undelivered {
 				return attemptResult{fail: failConnect, err: err}, false, false, false

@@ -58,9 +58,11 @@ type Config struct {
 	// UpstreamUserTimeout is how long bytes sent to an upstream may stay
 	// unacknowledged by its kernel before the connection is given up
 	// (TCP_USER_TIMEOUT, Linux). It bounds a request on a kept-alive
-	// connection to a host whose link was cut (no RST ever comes); a
-	// request none of whose bytes were acknowledged is retried on another
-	// endpoint like a connect failure. Negative: not set.
+	// connection to a host whose link was cut (no RST ever comes); an
+	// idempotent request none of whose bytes were acknowledged is retried
+	// on another endpoint like a connect failure (a POST is not: the host
+	// may have received it and lost only its acknowledgement). Negative:
+	// not set.
 	UpstreamUserTimeout time.Duration
 	// MaxIdleConnsPerEndpoint is the keep-alive pool size per upstream.
 	MaxIdleConnsPerEndpoint int

@@ -3,13 +3,17 @@
 package gateway
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,6 +132,131 @@ func TestRequestOnACutLinkGoesToAnotherEndpoint(t *testing.T) {
 		}
 		if took > 2*time.Second {
 			t.Errorf("request %d after the cut took %s, want about the user timeout (500ms)", i, took.Round(time.Millisecond))
+		}
+	}
+}
+
+// pathRecorder answers every request with 200 and records its path.
+func pathRecorder(t *testing.T, l net.Listener) (addr string, seen func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var paths []string
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					mu.Lock()
+					paths = append(paths, req.URL.Path)
+					mu.Unlock()
+					if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String(), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(paths)
+	}
+}
+
+// A request the upstream received, but whose acknowledgement the cut link
+// lost (the upstream's kernel acknowledges with its response, so on a
+// kept-alive connection nothing may come back while it works), looks the
+// same to the gateway as one it never received: no byte acknowledged. A
+// POST must then not go to another endpoint: it would run twice.
+func TestUnacknowledgedPostIsNotSentTwice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs root and a network namespace (make test runs it)")
+	}
+	n := newCutNetns(t)
+	cutAddr, cutSeen := pathRecorder(t, n.listen(t))
+	okListener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { okListener.Close() })
+	okAddr, okSeen := pathRecorder(t, okListener)
+	g := testGateway(t, func(c *Config) { c.UpstreamUserTimeout = 500 * time.Millisecond; c.LoadReporting = false })
+	policy := &retryPolicy{numRetries: 2, onConnect: true, statuses: []int{503}, backoffBase: time.Millisecond}
+	install(g, func(re *routeEntry, _ *upstreamCluster) { re.retry = policy; re.timeout = 5 * time.Second }, cutAddr, okAddr)
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	for i := range 4 {
+		if resp, body := get(t, client, "http://"+g.Addr()+"/"); resp.StatusCode != 200 || body != "hello" {
+			t.Fatalf("request %d before the cut: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	// The upstream receives but sends nothing back: no ACK, no response.
+	if out, err := exec.Command("ip", "netns", "exec", n.name, "iptables", "-A", "OUTPUT", "-j", "DROP").CombinedOutput(); err != nil {
+		t.Skipf("iptables in the namespace: %v: %s", err, out)
+	}
+	// Round robin: of two POSTs, one goes to the silent endpoint first.
+	for i := range 2 {
+		resp, err := client.Post(fmt.Sprintf("http://%s/post%d", g.Addr(), i), "text/plain", strings.NewReader("charge"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	onCut := map[string]bool{}
+	for _, p := range cutSeen() {
+		onCut[p] = true
+	}
+	if !onCut["/post0"] && !onCut["/post1"] {
+		t.Fatalf("neither POST reached the silent endpoint (it saw %v)", cutSeen())
+	}
+	for _, p := range okSeen() {
+		if strings.HasPrefix(p, "/post") && onCut[p] {
+			t.Errorf("POST %s ran on both endpoints: the silent one received it, its acknowledgement was lost", p)
+		}
+	}
+}
+
+// A retry never goes back to an endpoint the request already failed on
+// (Envoy's previous_hosts predicate): with two of three endpoints
+// refusing and two retries, every request reaches the third. Avoiding
+// only the last endpoint sent some third attempts back to the first.
+func TestRetriesSkipEveryEndpointTried(t *testing.T) {
+	var closed []string
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed = append(closed, l.Addr().String())
+		l.Close()
+	}
+	g := testGateway(t, func(c *Config) { c.LoadReporting = false })
+	policy := &retryPolicy{numRetries: 2, onConnect: true}
+	install(g, func(re *routeEntry, c *upstreamCluster) { re.retry = policy; c.lb = lbLeastRequest; c.choices = 2 }, closed[0], closed[1], rawUpstream(t))
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	for i := range 300 {
+		if resp, body := get(t, client, "http://"+g.Addr()+"/"); resp.StatusCode != 200 || body != "hello" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
 		}
 	}
 }
