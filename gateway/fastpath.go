@@ -549,11 +549,14 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 	defer st.active.Add(-1)
 	sent := nanotime()
 
-	var ep, avoid *endpoint
+	var ep *endpoint
+	// The endpoints tried so far (a retry goes elsewhere); on the stack.
+	var triedBuf [4]*endpoint
+	tried := triedBuf[:0]
 	var res attemptResult
 	var keep bool
 	for attempt := 0; ; attempt++ {
-		ep = c.pickEndpoint(avoid)
+		ep = c.pickEndpoint(tried)
 		tryDeadline := deadline
 		if p := re.retry; p != nil && p.perTryTimeout > 0 {
 			if d := time.Now().Add(p.perTryTimeout); tryDeadline.IsZero() || d.Before(tryDeadline) {
@@ -595,7 +598,9 @@ func (sc *serverConn) proxy(start time.Time, headLen int, re *routeEntry, wc *we
 		st.activeRetries.Add(1)
 		backoff(re.retry, attempt)
 		st.activeRetries.Add(-1)
-		avoid = ep
+		if len(tried) < cap(tried) {
+			tried = append(tried, ep)
+		}
 	}
 	if res.headAt == 0 { // the gateway answered itself
 		res.headAt = nanotime()

@@ -594,13 +594,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Only requests without a body are retried here (their request can be
 	// sent again as it is); the fast path also retries small bodies.
 	replayable := (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || bodyBuf != nil) && !upgrade
-	var ep, avoid *endpoint
+	var ep *endpoint
+	// The endpoints tried so far (a retry goes elsewhere); on the stack.
+	var triedBuf [4]*endpoint
+	tried := triedBuf[:0]
 	var status int
 	var headAt time.Time
 	var fail failure
 	var err error
 	for attempt := 0; ; attempt++ {
-		ep = c.pickEndpoint(avoid)
+		ep = c.pickEndpoint(tried)
 		mayRetry := replayable && re.retry != nil && attempt < re.retry.numRetries && re.retry.allowsMethod(r.Method) && c.retries.allows(st) && ctx.Err() == nil
 		ep.active.Add(1)
 		var retry bool
@@ -621,7 +624,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.activeRetries.Add(1)
 		backoff(re.retry, attempt)
 		st.activeRetries.Add(-1)
-		avoid = ep
+		if len(tried) < cap(tried) {
+			tried = append(tried, ep)
+		}
 	}
 	if headAt.IsZero() { // the gateway answers itself
 		headAt = time.Now()

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -445,10 +446,12 @@ func gcd(a, b uint32) uint32 {
 }
 
 // pickEndpoint chooses an endpoint by the cluster's policy, skipping
-// ejected ones and avoid (the endpoint a retry leaves), or returns nil if
+// ejected ones and those a retry already tried (Envoy's previous_hosts
+// predicate: with two endpoints on a dead node, a retry from one must not
+// go to the other), or returns nil if
 // the cluster has none. When too few endpoints are left (Envoy's panic
 // threshold, 50%), it balances over all of them.
-func (c *upstreamCluster) pickEndpoint(avoid *endpoint) *endpoint {
+func (c *upstreamCluster) pickEndpoint(tried []*endpoint) *endpoint {
 	if c == nil {
 		return nil
 	}
@@ -463,7 +466,7 @@ func (c *upstreamCluster) pickEndpoint(avoid *endpoint) *endpoint {
 	// Ejections and the endpoint a retry leaves narrow the choice; with
 	// more than half ejected, all take traffic (Envoy's panic mode).
 	var now int64
-	check := avoid != nil
+	check := len(tried) > 0
 	if u := c.state.ejectedUntil.Load(); u != 0 {
 		if now = nanotime(); u > now {
 			check = true
@@ -478,7 +481,7 @@ func (c *upstreamCluster) pickEndpoint(avoid *endpoint) *endpoint {
 		if !check {
 			return true
 		}
-		return e != avoid && (now == 0 || !e.ejected(now))
+		return !slices.Contains(tried, e) && (now == 0 || !e.ejected(now))
 	}
 	if c.lb == lbLeastRequest {
 		var best *endpoint
