@@ -227,6 +227,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, sess *session) {
 	}
 	allowed := map[string]time.Time{} // namespace -> readable until
 	denied := map[string]time.Time{}
+	revoked := false
+	// mayRead fails closed: only an answer past the API's authorisation
+	// (the rollout, or NotFound) lets the point through; a refusal is
+	// remembered, an API that did not answer is asked again next time.
 	mayRead := func(ns, service string) bool {
 		now := time.Now()
 		if now.Before(allowed[ns]) {
@@ -238,11 +242,17 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, sess *session) {
 		ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
 		defer cancel()
 		_, err := s.cfg.API.RolloutStatus(ctx, &pb.RolloutRequest{Namespace: ns, Name: service}, pb.TokenCall(sess.token))
-		if err == nil || !isDenied(err) {
+		switch code := status.Code(err); {
+		case err == nil || code == codes.NotFound:
 			allowed[ns] = now.Add(30 * time.Second)
 			return true
+		case code == codes.Unauthenticated:
+			// Revoked or expired: the session ends, as on any call.
+			s.sessions.drop(sess.id)
+			revoked = true
+		case isDenied(err):
+			denied[ns] = now.Add(30 * time.Second)
 		}
-		denied[ns] = now.Add(30 * time.Second)
 		return false
 	}
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
@@ -270,6 +280,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, sess *session) {
 			if ev.name == "point" {
 				var l rollouthistory.Live
 				if json.Unmarshal(ev.data, &l) != nil || !mayRead(l.Namespace, l.Service) {
+					if revoked {
+						return
+					}
 					continue
 				}
 			}

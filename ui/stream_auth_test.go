@@ -1,0 +1,135 @@
+package ui
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/rollouthistory"
+	"github.com/berth-dev/berth/controlplane/store"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// liveIn is a recorder with a rollout in progress in each namespace, a
+// new point at every call.
+type liveIn []string
+
+func (l liveIn) History(string, string) (rollouthistory.History, bool) {
+	return rollouthistory.History{}, false
+}
+
+func (l liveIn) Live() []rollouthistory.Live {
+	var out []rollouthistory.Live
+	for _, ns := range l {
+		out = append(out, rollouthistory.Live{Namespace: ns, Service: "web", Point: rollouthistory.Point{TMs: time.Now().UnixNano()}})
+	}
+	return out
+}
+
+// apiDown answers RolloutStatus as an API that cannot be reached would.
+type apiDown struct{ pb.BerthClient }
+
+func (apiDown) RolloutStatus(context.Context, *pb.RolloutRequest, ...grpc.CallOption) (*pb.Rollout, error) {
+	return nil, status.Error(codes.Unavailable, "connection refused")
+}
+
+// streamPoints reads c's event stream for a while and returns the
+// namespaces its points came from.
+func (e *env) streamPoints(t *testing.T, c *http.Client, d time.Duration) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.base+"/api/stream", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream: %s", resp.Status)
+	}
+	got := map[string]int{}
+	sc := bufio.NewScanner(resp.Body)
+	point := false
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "event: point":
+			point = true
+		case point && strings.HasPrefix(line, "data: "):
+			var l rollouthistory.Live
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &l); err != nil {
+				t.Fatalf("point %q: %v", line, err)
+			}
+			got[l.Namespace]++
+			point = false
+		}
+	}
+	return got
+}
+
+// Attack: a token of one namespace reads the stream. It gets the points
+// of its own namespace's rollouts and none of another's, also while the
+// API cannot answer whether it may read them (the check fails closed).
+func TestStreamPointsStayInTheirNamespace(t *testing.T) {
+	for _, down := range []bool{false, true} {
+		e := startEnv(t, func(c *Config) {
+			c.History, c.PointEvery = liveIn{"team-a", "team-b"}, 50*time.Millisecond
+			if down {
+				c.API = apiDown{c.API}
+			}
+		})
+		created, err := e.api.CreateToken(context.Background(), &pb.CreateTokenRequest{Role: "viewer", Namespaces: []string{"team-a"}, Description: "team a"}, pb.TokenCall(e.admin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := e.client(t)
+		e.login(t, c, created.Token)
+		got := e.streamPoints(t, c, time.Second)
+		if got["team-b"] > 0 {
+			t.Errorf("API down %v: a team-a token got %d points of team-b's rollout", down, got["team-b"])
+		}
+		if !down && got["team-a"] == 0 {
+			t.Errorf("no points of the token's own namespace: %v", got)
+		}
+	}
+}
+
+// A revoked token's stream ends at the next check (as its next call would).
+func TestStreamOfARevokedTokenEnds(t *testing.T) {
+	e := startEnv(t, func(c *Config) { c.History, c.PointEvery = liveIn{"default"}, 50*time.Millisecond })
+	ctx := context.Background()
+	created, err := e.api.CreateToken(ctx, &pb.CreateTokenRequest{Role: "viewer", Description: "revoked"}, pb.TokenCall(e.admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.client(t)
+	e.login(t, c, created.Token)
+	id, _, _ := store.SplitToken(created.Token)
+	if _, err := e.api.RevokeToken(ctx, &pb.RevokeTokenRequest{Id: id}, pb.TokenCall(e.admin)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := e.api.Version(ctx, &pb.VersionRequest{}, pb.TokenCall(created.Token)); status.Code(err) == codes.Unauthenticated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the API still takes the revoked token")
+		}
+	}
+	start := time.Now()
+	e.streamPoints(t, c, 10*time.Second)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the stream of a revoked token ran on for %s", took.Round(time.Millisecond))
+	}
+	if code := e.getJSON(t, c, "/api/whoami", nil); code != 401 {
+		t.Fatalf("session of a revoked token: %d", code)
+	}
+}
