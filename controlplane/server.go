@@ -40,6 +40,10 @@ import (
 type Config struct {
 	// DataDir holds embedded etcd's data and uploaded images.
 	DataDir string
+	// MinFreeDisk: with the embedded etcd, writes through the API are
+	// refused, naming the disk, while DataDir's filesystem has less free
+	// (0: apiserver.DefaultMinFreeDisk, 128 MiB).
+	MinFreeDisk uint64
 	// EtcdEndpoints selects an external etcd; empty runs it embedded.
 	EtcdEndpoints []string
 	// EtcdPeerAddr makes the embedded etcd a member of a multi-member
@@ -230,7 +234,13 @@ func New(ctx context.Context, cfg Config, sinks ...publish.Sink) (*Server, error
 	hcfg.VersionFor, hcfg.Logger = s.publisher.VersionFor, cfg.Logger
 	s.history = rollouthistory.New(hcfg, s.cache, cfg.Loads)
 	s.liveness = newLiveness(cfg.NodeTimeout)
+	guarded := "" // the embedded etcd's disk; an external one is not ours to watch
+	if len(cfg.EtcdEndpoints) == 0 {
+		guarded = cfg.DataDir
+	}
 	s.api, err = apiserver.New(apiserver.Config{
+		DataDir:           guarded,
+		MinFreeDisk:       cfg.MinFreeDisk,
 		Liveness:          s.liveness,
 		Secrets:           box,
 		ImageDir:          filepath.Join(cfg.DataDir, "images"),

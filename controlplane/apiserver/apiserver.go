@@ -88,7 +88,13 @@ type Config struct {
 	// Members is the control plane's own membership (get servers, join,
 	// snapshots); nil: those calls are Unimplemented.
 	Members Members
-	Logger  *slog.Logger
+	// DataDir is the embedded etcd's data directory: while its
+	// filesystem has less than MinFreeDisk free (default
+	// DefaultMinFreeDisk), writes are refused naming it. "": no guard
+	// (an external etcd's disk is not this replica's to watch).
+	DataDir     string
+	MinFreeDisk uint64
+	Logger      *slog.Logger
 }
 
 // Server implements pb.BerthServer and pb.NodeAgentServer.
@@ -101,6 +107,7 @@ type Server struct {
 	cache     *store.Cache
 	publisher *publish.Publisher
 	logger    *slog.Logger
+	disk      *diskGuard // nil: no guard
 	// replica is this replica's API address (SetReplica); pulls
 	// serialises image pulls.
 	replica       atomic.Pointer[replicaIdentity]
@@ -160,7 +167,10 @@ func New(cfg Config, st *store.Store, cache *store.Cache, pub *publish.Publisher
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("apiserver: image dir: %w", err)
 	}
-	return &Server{cfg: cfg, store: st, cache: cache, publisher: pub, logger: cfg.Logger.With("component", "apiserver"),
+	if cfg.MinFreeDisk == 0 {
+		cfg.MinFreeDisk = DefaultMinFreeDisk
+	}
+	return &Server{cfg: cfg, store: st, cache: cache, publisher: pub, logger: cfg.Logger.With("component", "apiserver"), disk: newDiskGuard(cfg.DataDir, cfg.MinFreeDisk),
 		nodeFeed: deltalog.New(nodeFeedKeep, sameRoute)}, nil
 }
 

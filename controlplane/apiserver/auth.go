@@ -273,6 +273,11 @@ func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	if err := s.authorize(ctx, p, info.FullMethod, perms(req)); err != nil {
 		return nil, err
 	}
+	if guardedMethod(info.FullMethod) {
+		if err := s.disk.check(); err != nil {
+			return nil, err
+		}
+	}
 	// Calls fail at once, naming quorum, when this replica's etcd member
 	// has no leader, instead of waiting out the caller's deadline.
 	ctx = context.WithValue(ctx, principalKey{}, p)
