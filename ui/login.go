@@ -131,6 +131,15 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 		s.loginForm(w, http.StatusOK, "")
 		return
 	}
+	// Login CSRF through the link: another site's page (a link, a
+	// redirect, window.open) must not log the browser in as its user. A
+	// browser says where a navigation came from in Sec-Fetch-Site: the
+	// link `berth dev` prints, opened from a terminal, is "none".
+	if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
+		s.logger.Warn("login refused: the login link was opened from another site", "sec_fetch_site", site, "from", r.RemoteAddr)
+		s.loginForm(w, http.StatusForbidden, "Cross-site login refused: open the link from your terminal, or paste the token here.")
+		return
+	}
 	s.login(w, r, tok)
 }
 

@@ -133,3 +133,28 @@ func TestStreamOfARevokedTokenEnds(t *testing.T) {
 		t.Fatalf("session of a revoked token: %d", code)
 	}
 }
+
+// Attack: login CSRF through the link. Another site's page navigates the
+// browser to /login?token=<the attacker's token> (a link, a redirect):
+// the browser says cross-site (or same-site: another port of this host)
+// and no session starts; the link opened from a terminal still logs in.
+func TestLoginLinkFromAnotherSiteIsRefused(t *testing.T) {
+	e := startEnv(t)
+	for _, tc := range []struct {
+		site string
+		want int
+	}{{"cross-site", http.StatusForbidden}, {"same-site", http.StatusForbidden}, {"none", http.StatusSeeOther}, {"", http.StatusSeeOther}} {
+		req, _ := http.NewRequest("GET", e.base+"/login?token="+e.admin, nil)
+		if tc.site != "" {
+			req.Header.Set("Sec-Fetch-Site", tc.site)
+		}
+		resp, err := e.client(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want || (tc.want == http.StatusForbidden) != (len(resp.Cookies()) == 0) {
+			t.Errorf("Sec-Fetch-Site %q: %s, cookies %v", tc.site, resp.Status, resp.Cookies())
+		}
+	}
+}
