@@ -1,0 +1,56 @@
+// Pieces every page uses: the header, error boxes, and a refresh loop that
+// keeps one fetch in flight at a time.
+import { h, replace } from '../dom.js';
+
+/** header is a page's title line with an optional subtitle and actions. */
+export function header(title, sub, ...actions) {
+  return h('header', { class: 'page-header' }, h('div', null, h('h1', { id: 'page-title' }, title), sub ? h('p', { class: 'subtitle' }, sub) : null), actions.length ? h('div', { class: 'page-actions' }, actions) : null);
+}
+
+/** errorBox shows an API error. */
+export function errorBox(err) {
+  return h('div', { class: 'alert alert-bad', role: 'alert', 'data-testid': 'load-error' }, h('strong', null, 'Could not load: '), err && err.message ? err.message : String(err));
+}
+
+/**
+ * refresher runs load() and renders its result into el, one call at a
+ * time: a refresh asked for while one runs runs once more after it.
+ */
+export function refresher(el, load) {
+  let running = false;
+  let again = false;
+  let disposed = false;
+  async function run() {
+    if (disposed) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      const nodes = await load();
+      if (!disposed) {
+        replace(el, nodes);
+        el.dataset.loaded = String(Date.now());
+      }
+    } catch (err) {
+      if (!disposed) replace(el, errorBox(err));
+    } finally {
+      running = false;
+      if (again && !disposed) {
+        again = false;
+        run();
+      }
+    }
+  }
+  run.dispose = () => (disposed = true);
+  return run;
+}
+
+/** link to a service or rollout page. */
+export function serviceHref(ns, name) {
+  return '#/services/' + encodeURIComponent(ns) + '/' + encodeURIComponent(name);
+}
+export function rolloutHref(ns, name) {
+  return '#/rollouts/' + encodeURIComponent(ns) + '/' + encodeURIComponent(name);
+}
