@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane"
+	"github.com/berth-dev/berth/internal/testctrd"
 	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/berth-dev/berth/pki"
 
@@ -49,6 +52,16 @@ var chaosFullFlag = flag.Bool("chaos-full", false, "TestChaos: every fault of is
 
 func chaosFull() bool { return *chaosFullFlag || os.Getenv("BERTH_CHAOS") == "full" }
 
+// chaosRuns says whether fault id runs: BERTH_CHAOS_ONLY (a comma-separated
+// list of fault ids, e.g. "7,8") picks some while working on them; else the
+// short form's faults always run and the full form's with make chaos.
+func chaosRuns(id string, short bool) bool {
+	if only := os.Getenv("BERTH_CHAOS_ONLY"); only != "" {
+		return slices.Contains(strings.Split(only, ","), id)
+	}
+	return short || chaosFull()
+}
+
 const (
 	chHostBridge  = "berthchh0"
 	chHostIP      = "10.213.80.1"
@@ -71,8 +84,16 @@ const (
 	chMaxOutstanding = 10 * chRate
 )
 
-// chaosWant is what every check expects: each service's replicas.
-var chaosWant = map[string]int{"hello": 4, "client": 2}
+// chaosWant is what every check expects: each service's replicas. store
+// uses a volume pinned to n2 (chVolumeNode).
+var chaosWant = map[string]int{"hello": 4, "client": 2, "store": 1}
+
+// chVolumeNode holds the store's volume; fault 7 cuts its link.
+const chVolumeNode = "n2"
+
+// chContainerdDir is the suite's private containerd (short: shim sockets
+// live under it). Fixed, so a run takes over what an aborted one left.
+const chContainerdDir = "/tmp/berth-chaos-ctrd"
 
 type chaosServer struct {
 	name, dataDir, api, xds, peer string
@@ -89,7 +110,8 @@ type chaosGateway struct {
 
 type chaosCluster struct {
 	t        *testing.T
-	mn       *mnCluster // nodes, containerd and removeContainers
+	ctrdProc *testctrd.Containerd // the agents' containerd, the suite's own (fault 8 restarts it)
+	mn       *mnCluster           // nodes, containerd and removeContainers
 	servers  []*chaosServer
 	gateways []*chaosGateway
 	apis     string // every replica's API address, comma-separated
@@ -158,11 +180,15 @@ func chaosRemoveNetwork(nodes []*mnNode) {
 // and the agents, and applies hello (4 replicas, routed) and client (2).
 func startChaosCluster(t *testing.T) *chaosCluster {
 	t.Helper()
-	ctrd, err := containerd.New("/run/containerd/containerd.sock")
+	// The agents' containerd is the suite's own, so that fault 8 may
+	// restart it; started first, its cleanup runs last (after the
+	// agents stopped their containers).
+	ctrdProc := testctrd.Start(t, chContainerdDir)
+	ctrd, err := containerd.New(ctrdProc.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &chaosCluster{t: t, mn: &mnCluster{t: t, ctrd: ctrd}, agents: map[string]int{}}
+	c := &chaosCluster{t: t, ctrdProc: ctrdProc, mn: &mnCluster{t: t, ctrd: ctrd}, agents: map[string]int{}}
 	for i := 1; i <= 2; i++ {
 		c.mn.nodes = append(c.mn.nodes, &mnNode{
 			name: fmt.Sprintf("n%d", i), netns: fmt.Sprintf("berthch-n%d", i), addr: fmt.Sprintf("10.213.80.%d", 10+i),
@@ -182,6 +208,7 @@ func startChaosCluster(t *testing.T) *chaosCluster {
 				n.agent.stop(syscall.SIGTERM, 30*time.Second)
 			}
 			c.mn.removeContainers(n)
+			unmountUnder(n.stateDir) // volumes the agent left mounted
 		}
 		chaosRemoveNetwork(c.mn.nodes)
 		if c.conn != nil {
@@ -272,6 +299,21 @@ func startChaosCluster(t *testing.T) *chaosCluster {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "hello.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "examples/hello.yaml")), "replicas: 3", "replicas: 4", 1))
 	writeFile(t, filepath.Join(dir, "client.yaml"), strings.Replace(readFile(t, filepath.Join(repoRoot, "examples/client.yaml")), "replicas: 1", "replicas: 2", 1))
+	writeFile(t, filepath.Join(dir, "store.yaml"), `apiVersion: berth.dev/v1
+kind: Volume
+metadata: {name: data}
+spec: {size: 10Mi, node: `+chVolumeNode+`}
+---
+apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: store}
+spec:
+  image: berth.local/hello:v1
+  env: {DATA_DIR: /data}
+  ports: [{name: http, port: 8080}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s}
+  volumes: [{name: data, mountPath: /data}]
+`)
 	mustBerth(t, c.apis, "apply", "-f", dir, "--wait", "--timeout", "3m")
 	if err := c.write(context.Background()); err != nil {
 		t.Fatalf("the first write of %s: %v", chProbeSvc, err)
@@ -350,16 +392,22 @@ func (c *chaosCluster) startGateway(g *chaosGateway) {
 	g.proc.waitLine(`berth gateway: http://(\S+),`, 30*time.Second)
 }
 
-func (c *chaosCluster) startAgent(n *mnNode) {
+func (c *chaosCluster) startAgent(n *mnNode) { c.startAgentWith(n, nil) }
+
+// startAgentWith starts n's agent in its netns; wrap (nil: none) is a
+// command line the agent runs under (a time namespace, fault 11).
+func (c *chaosCluster) startAgentWith(n *mnNode, wrap []string) {
 	c.agents[n.name]++
 	name := "agent-" + n.name
 	if k := c.agents[n.name]; k > 1 {
 		name = fmt.Sprintf("%s-start%d", name, k)
 	}
-	n.agent = startInNetns(c.t, name, n.netns, "--server", c.apis, "agent", "--join-token", c.token, "--ca-hash", c.caHash,
-		"--node-name", n.name, "--node-address", n.addr, "--containerd-namespace", n.ctrNS, "--bridge", chNodeBridge,
-		"--state-dir", n.stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
-		"--stop-grace", "2s", "--stop-on-exit")
+	args := []string{"--server", c.apis, "agent", "--join-token", c.token, "--ca-hash", c.caHash,
+		"--node-name", n.name, "--node-address", n.addr, "--containerd-namespace", n.ctrNS, "--containerd-socket", c.ctrdProc.Socket,
+		"--bridge", chNodeBridge, "--state-dir", n.stateDir, "--metrics-addr", "", "--dns-ttl", "1s", "--dns-upstream", "127.0.0.1:9",
+		"--stop-grace", "2s", "--stop-on-exit"}
+	cmd := append([]string{"--net=/run/netns/" + n.netns}, wrap...)
+	n.agent = startCommand(c.t, name, "nsenter", append(append(cmd, berthBin), args...)...)
 	chaosRecordPID(n.agent)
 }
 
@@ -606,7 +654,9 @@ func (c *chaosCluster) clientTargets() []chaosTarget {
 
 // ---- load ----
 
-type chaosTarget struct{ name, addr string }
+// chaosTarget is a gateway (host and service: what the request asks
+// for, "" for hello) or a client container.
+type chaosTarget struct{ name, addr, host, service string }
 
 type chaosProbe struct {
 	at     time.Time
@@ -666,7 +716,7 @@ func startChaosLoad(gateways, clients []chaosTarget, rate int) *chaosLoad {
 			}
 			l.mu.Unlock()
 			if g != nil {
-				l.spawn(sem, func() { l.record(time.Now(), false, gv.name, l.viaGateway(gv.addr)) })
+				l.spawn(sem, func() { l.record(time.Now(), false, gv.name, l.viaGateway(gv)) })
 			}
 			if cli != nil {
 				l.spawn(sem, func() { l.record(time.Now(), true, cv.name, l.lookup(cv.addr)) })
@@ -699,9 +749,12 @@ func (l *chaosLoad) record(at time.Time, dns bool, target, err string) {
 	l.mu.Unlock()
 }
 
-func (l *chaosLoad) viaGateway(addr string) string {
-	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-	req.Host = chHelloHost
+func (l *chaosLoad) viaGateway(g chaosTarget) string {
+	req, _ := http.NewRequest("GET", "http://"+g.addr+"/", nil)
+	req.Host, g.service = chHelloHost, cmp.Or(g.service, "hello")
+	if g.host != "" {
+		req.Host = g.host
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), chHTTPTimeout)
 	defer cancel()
 	resp, err := l.http.Do(req.WithContext(ctx))
@@ -714,7 +767,7 @@ func (l *chaosLoad) viaGateway(addr string) string {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Sprintf("status %d: %.80s", resp.StatusCode, strings.TrimSpace(string(body)))
 	}
-	if err := json.Unmarshal(body, &h); err != nil || h.Service != "hello" {
+	if err := json.Unmarshal(body, &h); err != nil || h.Service != g.service {
 		return fmt.Sprintf("body %.80q", body)
 	}
 	return ""
@@ -886,7 +939,7 @@ func TestChaos(t *testing.T) {
 		l := &chaosLoad{tr: &http.Transport{}}
 		l.http = &http.Client{Transport: l.tr}
 		for _, g := range gws {
-			if err := l.viaGateway(g.addr); err != "" {
+			if err := l.viaGateway(g); err != "" {
 				return false, g.name + ": " + err
 			}
 		}
@@ -914,7 +967,15 @@ func TestChaos(t *testing.T) {
 		between := &chaosFault{name: "between faults (steady load)", from: loadStart, to: end, zero: true, writeDown: -1, leaderChange: -1}
 		between.count = load.count(loadStart, end, func(at time.Time) bool { return !inFault(at) })
 		rows := slices.Clone(faults)
-		sort.SliceStable(rows, func(i, j int) bool { return rows[i].name < rows[j].name })
+		// By fault number, then name ("2" < "2b" < "10").
+		num := func(f *chaosFault) int {
+			k := 0
+			fmt.Sscanf(f.name, "%d", &k)
+			return k
+		}
+		sort.SliceStable(rows, func(i, j int) bool {
+			return num(rows[i]) < num(rows[j]) || num(rows[i]) == num(rows[j]) && rows[i].name < rows[j].name
+		})
 		rows = append(rows, between)
 		var b strings.Builder
 		fmt.Fprintf(&b, "chaos figures (%s form; %d req/s through %d gateways, failed: an error, not 200 or no answer in %s; DNS lookups from client containers at a tenth of that):\n",
@@ -945,6 +1006,9 @@ func TestChaos(t *testing.T) {
 			}
 			for _, msg := range f.failedChecks {
 				t.Errorf("%s: %s", f.name, msg)
+			}
+			if f != between {
+				t.Logf("timeline of %s: %s", f.name, f.timeline())
 			}
 		}
 	})
@@ -988,7 +1052,7 @@ func TestChaos(t *testing.T) {
 	// 1: kill -9 a server that neither leads the replicas nor etcd, while
 	// idle, and restart it.
 	steady()
-	{
+	if chaosRuns("1", true) {
 		replica, etcdLeader := c.leaders()
 		var victim *chaosServer
 		for _, s := range c.servers {
@@ -1027,7 +1091,7 @@ func TestChaos(t *testing.T) {
 
 	// 2: kill -9 the leading replica: another leads within a few seconds
 	// and writes are accepted again.
-	{
+	if chaosRuns("2", true) {
 		replica, etcdLeader := c.leaders()
 		victim := c.server(replica)
 		before := mustState()
@@ -1062,7 +1126,7 @@ func TestChaos(t *testing.T) {
 
 	// 2b (full form): kill -9 the server whose etcd member leads raft:
 	// writes continue after etcd's re-election.
-	if chaosFull() {
+	if chaosRuns("2b", false) {
 		replica, etcdLeader := c.leaders()
 		victim := c.server(etcdLeader)
 		before := mustState()
@@ -1092,7 +1156,7 @@ func TestChaos(t *testing.T) {
 	// 3: quorum loss: two of three servers down (the leading replica one
 	// of them). The data plane serves; a write fails naming quorum; both
 	// back, writes resume.
-	{
+	if chaosRuns("3", true) {
 		replica, _ := c.leaders()
 		var victims []*chaosServer
 		var survivor *chaosServer
@@ -1148,7 +1212,7 @@ func TestChaos(t *testing.T) {
 
 	// 4: kill -9 an agent, restart it after 10 s: its containers keep
 	// serving and are adopted, not restarted.
-	{
+	if chaosRuns("4", true) {
 		n := c.mn.node("n1")
 		before := mustState()
 		onNode := 0
@@ -1179,13 +1243,265 @@ func TestChaos(t *testing.T) {
 		f.to = time.Now()
 	}
 
-	if !chaosFull() {
-		return
+	// restartAgent kills n's agent with SIGKILL, starts it again (under
+	// wrap), and waits until it adopted every container it had.
+	restartAgent := func(f *chaosFault, n *mnNode, before map[string]string, wrap []string) {
+		onNode := 0
+		for _, st := range before {
+			if strings.HasPrefix(st, "node "+n.name+" ") {
+				onNode++
+			}
+		}
+		if err := n.agent.stop(syscall.SIGKILL, 10*time.Second); err != nil {
+			t.Logf("kill agent: %v", err)
+		}
+		f.event("killed agent-" + n.name)
+		c.startAgentWith(n, wrap)
+		f.event("restarted agent-" + n.name)
+		adopted := 0
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if adopted = strings.Count(n.agent.logText(), "adopted running container"); adopted >= onNode {
+				break
+			}
+		}
+		f.check(adopted == onNode, "the restarted agent adopted %d of its %d containers", adopted, onNode)
+		f.event(fmt.Sprintf("%d of %d containers adopted", adopted, onNode))
+	}
+
+	// 8: the agents' containerd killed and restarted under load: containers
+	// keep serving, each agent's exit feed is back within a second of
+	// containerd's return, and the agents are as idle afterwards as before.
+	if chaosRuns("8", false) {
+		before := mustState()
+		idleBefore := c.agentCPU(10 * time.Second)
+		f := begin("8 containerd (the agents') kill -9, restart", true)
+		backs := map[string]int{}
+		for _, n := range c.mn.nodes {
+			backs[n.name] = strings.Count(n.agent.logText(), "task exit stream back")
+		}
+		c.ctrdProc.Kill()
+		f.event("containerd killed")
+		c.ctrdProc.Start()
+		back := time.Now()
+		f.event("containerd answers again")
+		for _, n := range c.mn.nodes {
+			var took time.Duration = -1
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if strings.Count(n.agent.logText(), "task exit stream back") > backs[n.name] {
+					took = time.Since(back)
+					break
+				}
+			}
+			f.check(took >= 0 && took < time.Second, "agent-%s's exit feed back %s after containerd answered (want within a second)", n.name, fmtDur(took))
+			f.event(fmt.Sprintf("agent-%s resubscribed after %s", n.name, fmtDur(took)))
+		}
+		settle(f, before, 30*time.Second)
+		f.event("intact, no container replaced or restarted")
+		idleAfter := c.agentCPU(10 * time.Second)
+		for _, n := range c.mn.nodes {
+			b, a := idleBefore[n.name], idleAfter[n.name]
+			f.event(fmt.Sprintf("agent-%s CPU over 10 s: %s before, %s after", n.name, b, a))
+			f.check(a <= 2*b+300*time.Millisecond, "agent-%s used %s of CPU in 10 idle seconds after the restart (%s before)", n.name, a, b)
+		}
+		steady()
+		f.to = time.Now()
+	}
+
+	// 9: another tool runs `ip netns add` while containers run (iproute2
+	// may bind /run/netns over itself), then an agent restarts: its
+	// containers keep serving and are adopted, every service comes back.
+	if chaosRuns("9", false) {
+		n := c.mn.node("n1")
+		before := mustState()
+		f := begin("9 ip netns add by another tool, kill -9 agent of n1, restart", true)
+		const other = "berthch-othertool"
+		ipQuiet("netns", "del", other)
+		t.Cleanup(func() { ipQuiet("netns", "del", other) })
+		ip(t, "netns", "add", other)
+		f.event("ip netns add " + other)
+		steady()
+		restartAgent(f, n, before, nil)
+		settle(f, before, 30*time.Second)
+		f.check(!strings.Contains(n.agent.logText(), "unknown FS magic"), "the restarted agent met a hidden netns mount: %s", n.agent.logText())
+		f.event("intact")
+		ip(t, "netns", "del", other)
+		steady()
+		f.to = time.Now()
+	}
+
+	// 10: kill -9 the leading replica mid-rollout: another leads, and the
+	// canary resumes at the same step with the same instances, its pause
+	// counted from the step's start (not from the takeover).
+	if chaosRuns("10", false) {
+		const pause = 20 * time.Second
+		manifest := func(image string) string {
+			return fmt.Sprintf(`apiVersion: berth.dev/v1
+kind: Service
+metadata: {name: roll}
+spec:
+  image: %s
+  replicas: 2
+  ports: [{name: http, port: 8080}]
+  health: {http: {path: /healthz, port: 8080}, interval: 1s}
+  route: {hosts: [roll.example.test]}
+  rollout:
+    strategy: canary
+    steps: [{weight: 25, pause: %s}, {weight: 50, pause: promote}, {weight: 100}]
+`, image, pause)
+		}
+		dir := t.TempDir()
+		mf := filepath.Join(dir, "roll.yaml")
+		mustBerth(t, c.apis, "image", "load", filepath.Join(imagesDir, "hello-v2.tar"))
+		writeFile(t, mf, manifest("berth.local/hello:v1"))
+		mustBerth(t, c.apis, "apply", "-f", mf, "--wait", "--timeout", "2m")
+		withRoll := slices.Clone(gws)
+		for _, g := range c.gateways {
+			withRoll = append(withRoll, chaosTarget{name: g.name + " roll", addr: g.listen, host: "roll.example.test", service: "roll"})
+		}
+		eventually(t, 30*time.Second, "roll through every gateway", func() (bool, string) {
+			for _, g := range withRoll[len(gws):] {
+				if err := load.viaGateway(g); err != "" {
+					return false, g.name + ": " + err
+				}
+			}
+			return true, ""
+		})
+		load.setGateways(withRoll)
+		f := begin("10 kill -9 leader replica mid-rollout (canary at 25%)", true)
+		writeFile(t, mf, manifest("berth.local/hello:v2"))
+		mustBerth(t, c.apis, "apply", "-f", mf)
+		f.event("applied v2")
+		status := func() (*pb.Rollout, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			return c.admin.RolloutStatus(ctx, &pb.RolloutRequest{Namespace: "default", Name: "roll"})
+		}
+		var r1 *pb.Rollout
+		eventually(t, 60*time.Second, "the canary at its first step, served by every gateway", func() (bool, string) {
+			var err error
+			if r1, err = status(); err != nil {
+				return false, err.Error()
+			}
+			return r1.GetStep() == 0 && r1.GetWeight() == 25 && r1.GetCanaryReady() >= 1 && r1.GetWeightSynced(), r1.String()
+		})
+		f.event(fmt.Sprintf("canary r%d at step %d (%d%%)", r1.GetRevision(), r1.GetStep(), r1.GetWeight()))
+		rollIDs := func() []string {
+			ivs, err := c.instanceViews()
+			if err != nil {
+				return []string{err.Error()}
+			}
+			var ids []string
+			for _, iv := range ivs {
+				if iv.GetInstance().GetService() == "roll" {
+					ids = append(ids, fmt.Sprintf("%s r%d", iv.GetInstance().GetId(), iv.GetInstance().GetRevision()))
+				}
+			}
+			sort.Strings(ids)
+			return ids
+		}
+		ids1 := rollIDs()
+		replica, _ := c.leaders()
+		victim := c.server(replica)
+		counts := c.electionCounts()
+		killed := time.Now()
+		c.kill(victim)
+		f.event("killed leader replica " + victim.name)
+		f.leaderChange = c.untilLeader(counts, killed, 30*time.Second)
+		f.check(f.leaderChange >= 0 && f.leaderChange < 10*time.Second, "another replica led after %s (want a few seconds)", fmtDur(f.leaderChange))
+		f.event("another replica leads")
+		led := time.Now()
+		var r2 *pb.Rollout
+		eventually(t, 20*time.Second, "the rollout's status after the takeover", func() (bool, string) {
+			var err error
+			r2, err = status()
+			return err == nil, fmt.Sprint(err)
+		})
+		f.check(r2.GetRevision() == r1.GetRevision() && r2.GetStable() == r1.GetStable(), "rollout revision %d (stable %d) after the takeover, was %d (stable %d)", r2.GetRevision(), r2.GetStable(), r1.GetRevision(), r1.GetStable())
+		f.check(r2.GetStep() == r1.GetStep() && r2.GetStepStartedAt().AsTime().Equal(r1.GetStepStartedAt().AsTime()),
+			"rollout at step %d started %s after the takeover, was step %d started %s", r2.GetStep(), r2.GetStepStartedAt().AsTime(), r1.GetStep(), r1.GetStepStartedAt().AsTime())
+		ids2 := rollIDs()
+		f.check(slices.Equal(ids1, ids2), "roll's instances changed across the takeover: %v -> %v", ids1, ids2)
+		eventually(t, 60*time.Second, "the canary's second step (pause until promoted)", func() (bool, string) {
+			r, err := status()
+			if err != nil {
+				return false, err.Error()
+			}
+			return r.GetStep() == 1 && r.GetWeight() == 50, r.String()
+		})
+		stepped := time.Now()
+		f.event("step 2 (50%) reached")
+		// The pause counts from the step's start: restarted at the
+		// takeover, it would end a whole pause after it.
+		f.check(stepped.Before(led.Add(pause-2*time.Second)), "the second step came %s after the takeover: the %s pause restarted", stepped.Sub(led).Round(100*time.Millisecond), pause)
+		f.check(slices.Equal(ids1, rollIDs()), "roll's instances changed before the promotion: %v -> %v", ids1, rollIDs())
+		// Back before the promotion: an uploaded image is kept by the
+		// replica that took the upload (here, maybe the victim), and the
+		// second canary replica's node fetches v2 from it.
+		c.launchServer(victim)
+		f.event("restarted " + victim.name)
+		c.waitServer(victim)
+		c.waitHealthy(60 * time.Second)
+		f.event("three healthy members")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := c.admin.RolloutAction(ctx, &pb.RolloutActionRequest{Namespace: "default", Name: "roll", Action: "promote", Full: true})
+		cancel()
+		f.check(err == nil, "promote: %v", err)
+		eventually(t, 90*time.Second, "the rollout succeeded", func() (bool, string) {
+			r, err := status()
+			if err != nil {
+				return false, err.Error()
+			}
+			return r.GetPhase() == "Succeeded", r.String()
+		})
+		f.event("rollout succeeded")
+		steady()
+		f.to = time.Now()
+		load.setGateways(gws)
+		time.Sleep(chHTTPTimeout) // roll's requests in flight end
+		mustBerth(t, c.apis, "delete", "service", "roll", "--wait")
+		settle(f, nil, 30*time.Second)
+	}
+
+	// 11: an agent restarted in a time namespace whose monotonic and boot
+	// clocks are a day ahead of the host's (the one clock that can jump
+	// for one node's processes on one machine: CLOCK_REALTIME has no
+	// namespace). Liveness is judged on the servers' clocks only, so the
+	// node is not lost and nothing is replaced.
+	if chaosRuns("11", false) {
+		n := c.mn.node("n1")
+		before := mustState()
+		f := begin("11 agent of n1 restarted with clocks a day ahead (time namespace)", true)
+		restartAgent(f, n, before, []string{"unshare", "--time", "--fork", "--kill-child", "--monotonic", "86400", "--boottime", "86400"})
+		offsets := agentTimeOffsets(n.agent.cmd.Process.Pid)
+		f.check(regexp.MustCompile(`monotonic\s+86400\s`).MatchString(offsets), "the agent's time namespace offsets: %q", offsets)
+		f.event("agent clock offsets: " + strings.Join(strings.Fields(offsets), " "))
+		// Longer than the lost grace: a node judged by its own clocks would
+		// have been lost by now.
+		lost := false
+		for end := time.Now().Add(chLostGrace + 5*time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+			out, _, _ := berth(t, c.apis, "get", "nodes")
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, n.name+" ") && (strings.Contains(l, " Lost ") || strings.Contains(l, " NotReady ")) {
+					lost = true
+					f.event("node state: " + strings.Join(strings.Fields(l), " "))
+				}
+			}
+			if lost {
+				break
+			}
+		}
+		f.check(!lost, "%s went NotReady or Lost with its agent's clocks ahead", n.name)
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		restartAgent(f, n, before, nil) // back to the host's clocks
+		settle(f, before, 30*time.Second)
+		steady()
+		f.to = time.Now()
 	}
 
 	// 5 and 6: every server down for two minutes; meanwhile a gateway is
 	// restarted and serves its saved configuration.
-	{
+	if chaosRuns("6", false) {
 		before := mustState()
 		f6 := begin(fmt.Sprintf("6 all servers down %s, then back", chAllDownFull), true)
 		down := time.Now()
@@ -1241,21 +1557,27 @@ func TestChaos(t *testing.T) {
 		f6.to = time.Now()
 	}
 
-	// 7: n2's link cut for longer than the lost grace: its instances run
-	// elsewhere; healed, its stale containers are stopped.
-	{
-		n := c.mn.node("n2")
-		f := begin(fmt.Sprintf("7 n2's link cut > lost grace (%s), healed", chLostGrace), false)
+	// 7: the link of the node holding store's volume cut for longer than
+	// the lost grace: its instances run elsewhere, but store waits for its
+	// node (its volume is pinned there) and never runs on two nodes;
+	// healed, the node's stale containers are stopped before anything new
+	// starts there (fencing).
+	if chaosRuns("7", false) {
+		n := c.mn.node(chVolumeNode)
+		f := begin(fmt.Sprintf("7 %s's link cut > lost grace (%s), healed (store's volume there)", n.name, chLostGrace), false)
 		var keep []chaosTarget
 		for _, cl := range c.clientTargets() {
-			if !strings.HasSuffix(cl.name, " n2") {
+			if !strings.HasSuffix(cl.name, " "+n.name) {
 				keep = append(keep, cl)
 			}
 		}
-		load.setClients(keep) // n2's client cannot be reached from here
+		load.setClients(keep) // n's client cannot be reached from here
+		stale, err := c.runningTasks(n)
+		f.check(err == nil && slices.Contains(slices.Collect(maps.Values(stale)), "store"), "store is not running on %s before the cut: %v %v", n.name, stale, err)
+		watch := c.watchVolume(f, n, stale)
 		cut := time.Now()
 		ip(t, "link", "set", n.veth, "down")
-		f.event("n2's link down")
+		f.event(n.name + "'s link down")
 		replaced := false
 		var state string
 		for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
@@ -1264,41 +1586,43 @@ func TestChaos(t *testing.T) {
 				state = err.Error()
 				continue
 			}
-			onN2, ready := 0, 0
+			onN, ready, storeAt := 0, 0, []string{}
 			for _, iv := range ivs {
-				if iv.GetInstance().GetNode() == "n2" {
-					onN2++
-				} else if iv.GetStatus().GetReady() && iv.GetInstance().GetService() != chProbeSvc {
+				in := iv.GetInstance()
+				switch {
+				case in.GetService() == "store":
+					storeAt = append(storeAt, in.GetNode())
+				case in.GetNode() == n.name:
+					onN++
+				case iv.GetStatus().GetReady() && in.GetService() != chProbeSvc:
 					ready++
 				}
 			}
-			state = fmt.Sprintf("%d instances on n2, %d ready elsewhere", onN2, ready)
-			if onN2 == 0 && ready == chaosWant["hello"]+chaosWant["client"] {
+			state = fmt.Sprintf("%d instances on %s, %d ready elsewhere, store placed on %q", onN, n.name, ready, storeAt)
+			// store's replacement waits for the volume's node.
+			if onN == 0 && ready == chaosWant["hello"]+chaosWant["client"] && len(storeAt) == 1 && storeAt[0] == "" {
 				replaced = true
 				break
 			}
 		}
-		f.check(replaced, "n2's instances not replaced elsewhere within 90 s of the cut: %s", state)
-		f.event("replaced on n1")
-		t.Logf("n2 cut: replaced after %s", time.Since(cut).Round(100*time.Millisecond))
+		f.check(replaced, "%s's instances not replaced elsewhere (store waiting unplaced) within 90 s of the cut: %s", n.name, state)
+		f.event("replaced elsewhere; store waits for its volume's node")
+		t.Logf("%s cut: replaced after %s", n.name, time.Since(cut).Round(100*time.Millisecond))
 		ip(t, "link", "set", n.veth, "up")
-		f.event("n2's link up")
+		f.event(n.name + "'s link up")
+		healed := time.Now()
 		stopped := false
-		ctx := namespaces.WithNamespace(context.Background(), n.ctrNS)
-		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
-			list, err := c.mn.ctrd.Containers(ctx)
-			if err == nil && len(list) == 0 {
-				stopped = true
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if stopped = watch.staleGone(); stopped {
 				break
 			}
-			state = fmt.Sprintf("%d containers, %v", len(list), err)
 		}
-		f.check(stopped, "n2's stale containers not stopped within 60 s of the heal: %s", state)
-		f.event("n2's containers stopped")
-		eventually(t, 60*time.Second, "n2 Ready again", func() (bool, string) {
+		f.check(stopped, "%s's stale containers not stopped within 60 s of the heal", n.name)
+		f.event(fmt.Sprintf("%s's stale containers stopped (%s after the heal)", n.name, time.Since(healed).Round(10*time.Millisecond)))
+		eventually(t, 60*time.Second, n.name+" Ready again", func() (bool, string) {
 			out := mustBerth(t, c.apis, "get", "nodes")
 			for _, l := range strings.Split(out, "\n") {
-				if strings.HasPrefix(l, "n2 ") {
+				if strings.HasPrefix(l, n.name+" ") {
 					return strings.Contains(l, " Ready "), l
 				}
 			}
@@ -1306,8 +1630,191 @@ func TestChaos(t *testing.T) {
 		})
 		settle(f, nil, 60*time.Second)
 		f.event("intact")
+		watch.stop()
+		f.event(watch.summary())
 		load.setClients(c.clientTargets())
 		steady()
 		f.to = time.Now()
+	}
+}
+
+// runningTasks lists n's containers whose task runs: container id -> its
+// service.
+func (c *chaosCluster) runningTasks(n *mnNode) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), n.ctrNS), 5*time.Second)
+	defer cancel()
+	list, err := c.mn.ctrd.Containers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, ctr := range list {
+		task, err := ctr.Task(ctx, nil)
+		if err != nil {
+			continue // no task
+		}
+		st, err := task.Status(ctx)
+		if err != nil || st.Status != containerd.Running {
+			continue
+		}
+		labels, err := ctr.Labels(ctx)
+		if err != nil {
+			continue
+		}
+		out[ctr.ID()] = labels[runtime.LabelService]
+	}
+	return out, nil
+}
+
+// volumeWatch samples every node's running containers five times a
+// second: store (the volume's only consumer) must never run on two nodes,
+// and on the watched node no container that was not running at the cut
+// (stale) may run while a stale one still does (fencing).
+type volumeWatch struct {
+	f          *chaosFault
+	node       string
+	mu         sync.Mutex
+	samples    int
+	storeTwice []string
+	unfenced   []string
+	staleLeft  int
+	done       chan struct{}
+	finished   chan struct{}
+	once       sync.Once
+}
+
+func (c *chaosCluster) watchVolume(f *chaosFault, n *mnNode, stale map[string]string) *volumeWatch {
+	w := &volumeWatch{f: f, node: n.name, done: make(chan struct{}), finished: make(chan struct{}), staleLeft: len(stale)}
+	go func() {
+		defer close(w.finished)
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			var storeOn, staleRun, newRun []string
+			ok := true
+			for _, m := range c.mn.nodes {
+				run, err := c.runningTasks(m)
+				if err != nil {
+					ok = false
+					break
+				}
+				for id, svc := range run {
+					if svc == "store" {
+						storeOn = append(storeOn, m.name)
+					}
+					if m == n {
+						if _, was := stale[id]; was {
+							staleRun = append(staleRun, id)
+						} else {
+							newRun = append(newRun, id)
+						}
+					}
+				}
+			}
+			if !ok {
+				continue
+			}
+			at := time.Since(f.from).Seconds()
+			w.mu.Lock()
+			w.samples++
+			if len(storeOn) > 1 {
+				w.storeTwice = append(w.storeTwice, fmt.Sprintf("+%.2fs store running on %v", at, storeOn))
+			}
+			if len(staleRun) > 0 && len(newRun) > 0 {
+				w.unfenced = append(w.unfenced, fmt.Sprintf("+%.2fs %v ran on %s while stale %v still did", at, newRun, n.name, staleRun))
+			}
+			w.staleLeft = len(staleRun)
+			w.mu.Unlock()
+		}
+	}()
+	c.t.Cleanup(w.stop)
+	return w
+}
+
+// staleGone says whether the last sample found none of the stale
+// containers running.
+func (w *volumeWatch) staleGone() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.samples > 0 && w.staleLeft == 0
+}
+
+// stop ends the sampling and records its verdicts on the fault.
+func (w *volumeWatch) stop() {
+	w.once.Do(func() {
+		close(w.done)
+		<-w.finished
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.f.check(w.samples > 10, "the volume watch took only %d samples", w.samples)
+		w.f.check(len(w.storeTwice) == 0, "store (its volume pinned to %s) ran on two nodes: %s", w.node, strings.Join(w.storeTwice, "; "))
+		w.f.check(len(w.unfenced) == 0, "fencing: new containers ran beside stale ones: %s", strings.Join(w.unfenced, "; "))
+	})
+}
+
+func (w *volumeWatch) summary() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprintf("volume watch: %d samples, store on two nodes %d times, unfenced %d times", w.samples, len(w.storeTwice), len(w.unfenced))
+}
+
+// agentCPU measures each agent's CPU time (user and system, from
+// /proc/<pid>/stat) over d.
+func (c *chaosCluster) agentCPU(d time.Duration) map[string]time.Duration {
+	ticks := func(pid int) int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0
+		}
+		// Fields after the command (which may hold spaces) end with ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		var u, s int64
+		if len(f) > 12 {
+			fmt.Sscan(f[11], &u)
+			fmt.Sscan(f[12], &s)
+		}
+		return u + s
+	}
+	start := map[string]int64{}
+	for _, n := range c.mn.nodes {
+		start[n.name] = ticks(n.agent.cmd.Process.Pid)
+	}
+	time.Sleep(d)
+	out := map[string]time.Duration{}
+	for _, n := range c.mn.nodes {
+		out[n.name] = time.Duration(ticks(n.agent.cmd.Process.Pid)-start[n.name]) * 10 * time.Millisecond // USER_HZ 100
+	}
+	return out
+}
+
+// agentTimeOffsets reads the time namespace offsets of the berth process
+// under the unshare process pid.
+func agentTimeOffsets(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, child := range strings.Fields(string(b)) {
+		if off, err := os.ReadFile("/proc/" + child + "/timens_offsets"); err == nil {
+			return string(off)
+		}
+	}
+	return "(no child of " + fmt.Sprint(pid) + ")"
+}
+
+// unmountUnder unmounts every mount point under dir, innermost first.
+func unmountUnder(dir string) {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var under []string
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			under = append(under, f[4])
+		}
+	}
+	for i := len(under) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(under[i], syscall.MNT_DETACH)
 	}
 }
