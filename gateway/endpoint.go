@@ -349,9 +349,13 @@ func (p *retryPolicy) retriable(status int, connectFailed bool) bool {
 	return false
 }
 
-// idempotent methods may be retried after the request reached an upstream.
-func idempotent(method []byte) bool {
-	switch string(method) {
+// idempotent methods (RFC 9110 9.2.2) may be retried after the request
+// reached an upstream; idempotent is idempotentMethod for the fast path's
+// bytes.
+func idempotent(method []byte) bool { return idempotentMethod(string(method)) }
+
+func idempotentMethod(m string) bool {
+	switch m {
 	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
 		return true
 	}

@@ -689,14 +689,6 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 	return b.r.Read(p)
 }
 
-func idempotentMethod(m string) bool {
-	switch m {
-	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
-		return true
-	}
-	return false
-}
-
 // requestPath is the request target's path as sent (not decoded), as
 // Envoy matches it.
 func requestPath(r *http.Request) string {
