@@ -189,7 +189,7 @@ func (h *hub) run(ctx context.Context) {
 // Points are sent only for namespaces the user may read (asked of the
 // API, remembered for a while); change events carry no data.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, sess *session) {
-	flusher, ok := w.(http.Flusher)
+	_, ok := w.(http.Flusher)
 	if !ok {
 		writeError(w, http.StatusInternalServerError, "Internal", "streaming unsupported")
 		return
@@ -211,17 +211,23 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, sess *session) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	id := time.Now().UnixMilli()
+	// Each write has a deadline: a client that stops reading (its socket
+	// buffers full) would otherwise hold this goroutine, its session's
+	// stream slot and the buffers for ever, and neither the heartbeat
+	// nor a logout could end it.
+	deadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(2 * s.cfg.Heartbeat)) }
 	write := func(name string, data []byte) bool {
 		id++
+		deadline()
 		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, name, data); err != nil {
 			return false
 		}
-		flusher.Flush()
-		return true
+		return rc.Flush() == nil
 	}
 	// The first event says: fetch everything (also after a reconnect:
 	// Last-Event-ID is honoured loosely, the history covers the gap).
 	all, _ := json.Marshal(map[string][]string{"topics": allTopics})
+	deadline()
 	if _, err := fmt.Fprintf(w, "retry: 2000\n\n"); err != nil || !write("change", all) {
 		return
 	}
@@ -262,10 +268,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, sess *session) {
 		case <-r.Context().Done():
 			return
 		case <-heartbeat.C:
-			if _, err := fmt.Fprintf(w, ": heartbeat\n\n"); err != nil {
+			deadline()
+			if _, err := fmt.Fprintf(w, ": heartbeat\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}
-			flusher.Flush()
 			if s.sessions.get(sess.id, time.Now()) == nil {
 				return // logged out or expired
 			}

@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
 	"github.com/berth-dev/berth/controlplane/rollouthistory"
 	"github.com/berth-dev/berth/controlplane/store"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -155,6 +160,65 @@ func TestLoginLinkFromAnotherSiteIsRefused(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tc.want || (tc.want == http.StatusForbidden) != (len(resp.Cookies()) == 0) {
 			t.Errorf("Sec-Fetch-Site %q: %s, cookies %v", tc.site, resp.Status, resp.Cookies())
+		}
+	}
+}
+
+// bigLive is a recorder whose one live rollout has a new, large point at
+// every call (many revisions), to fill a stalled client's buffers fast.
+type bigLive struct{}
+
+func (bigLive) History(string, string) (rollouthistory.History, bool) {
+	return rollouthistory.History{}, false
+}
+
+func (bigLive) Live() []rollouthistory.Live {
+	p := rollouthistory.Point{TMs: time.Now().UnixNano()}
+	for i := range 2000 {
+		p.Revisions = append(p.Revisions, rollouthistory.RevisionPoint{Revision: int64(i), Role: "stable"})
+	}
+	return []rollouthistory.Live{{Namespace: "default", Service: "web", Point: p}}
+}
+
+// Attack: a logged-in client opens a stream and stops reading. Once its
+// buffers are full the server's write must give up (a deadline), freeing
+// the goroutine and the session's stream slot, not block for ever.
+func TestStalledStreamReaderIsDropped(t *testing.T) {
+	e := startEnv(t, func(c *Config) {
+		c.History, c.PointEvery, c.Heartbeat = bigLive{}, 5*time.Millisecond, 100*time.Millisecond
+	})
+	c := e.client(t)
+	e.login(t, c, e.admin)
+	u, _ := url.Parse(e.base)
+	var cookie string
+	for _, ck := range c.Jar.Cookies(u) {
+		cookie = ck.Name + "=" + ck.Value
+	}
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/stream HTTP/1.1\r\nHost: %s\r\nCookie: %s\r\n\r\n", u.Host, cookie)
+	// Never read. The stream opens, then its writes stall.
+	streams := func() float64 {
+		var m dto.Metric
+		if err := e.ui.metrics.streams.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetGauge().GetValue()
+	}
+	for deadline := time.Now().Add(5 * time.Second); streams() != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream did not open: %v streams", streams())
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); streams() != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a stream whose client stopped reading is still held after 10s")
 		}
 	}
 }
