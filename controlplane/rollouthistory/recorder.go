@@ -228,9 +228,22 @@ func (r *Recorder) start(now time.Time, v *store.View, ro api.Rollout) *trace {
 			at = ms(now)
 		}
 		t.h.Steps[ro.Step].StartedMs = at
-		t.h.Marks = append(t.h.Marks, Mark{TMs: at, Kind: MarkStep, Text: fmt.Sprintf("step %d/%d: %d%%", ro.Step+1, len(t.h.Steps), ro.Weight)})
+		t.addMark(Mark{TMs: at, Kind: MarkStep, Text: fmt.Sprintf("step %d/%d: %d%%", ro.Step+1, len(t.h.Steps), ro.Weight)})
 	}
 	return t
+}
+
+// maxMarks bounds a rollout's marks as Keep bounds its points: a user
+// pausing and resuming in a loop adds one per write for as long as the
+// rollout lives. The oldest go first.
+const maxMarks = 512
+
+// addMark records m, dropping the oldest mark beyond maxMarks.
+func (t *trace) addMark(m Mark) {
+	if len(t.h.Marks) >= maxMarks {
+		t.h.Marks = slices.Delete(t.h.Marks, 0, len(t.h.Marks)-maxMarks+1)
+	}
+	t.h.Marks = append(t.h.Marks, m)
 }
 
 // transition records what changed between the trace's last sight of the
@@ -240,7 +253,7 @@ func (r *Recorder) transition(now time.Time, v *store.View, t *trace, ro api.Rol
 	t.last = ro
 	moved = prev.Weight != ro.Weight || prev.Phase != ro.Phase
 	at := ms(now)
-	mark := func(kind, text string) { t.h.Marks = append(t.h.Marks, Mark{TMs: at, Kind: kind, Text: text}) }
+	mark := func(kind, text string) { t.addMark(Mark{TMs: at, Kind: kind, Text: text}) }
 	if !prev.Abort && ro.Abort {
 		mark(MarkAbort, "abort asked")
 	}

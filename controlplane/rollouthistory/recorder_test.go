@@ -154,6 +154,18 @@ func TestRecorderIsBounded(t *testing.T) {
 	if len(r.finished) != 3 || r.finished[0].h.Revision != 6 {
 		t.Fatalf("finished: %d, oldest revision %d", len(r.finished), r.finished[0].h.Revision)
 	}
+	// A user pausing and resuming in a loop: the marks stay bounded, the
+	// newest kept.
+	looped := api.Rollout{Namespace: "default", Service: "loop", Revision: 2, Stable: 1, Phase: api.RolloutProgressing}
+	for i := range 2 * maxMarks {
+		looped.Phase = api.RolloutPaused
+		r.Observe(at(1000+2*i), view(looped, nil), false)
+		looped.Phase = api.RolloutProgressing
+		r.Observe(at(1001+2*i), view(looped, nil), false)
+	}
+	if h, _ := r.History("default", "loop"); len(h.Marks) != maxMarks || h.Marks[maxMarks-1].TMs != at(1001+2*(2*maxMarks-1)).UnixMilli() {
+		t.Fatalf("%d marks after %d pause/resume pairs, the last at %d", len(h.Marks), 2*maxMarks, h.Marks[len(h.Marks)-1].TMs)
+	}
 	other := api.Rollout{Namespace: "default", Service: "done", Revision: 2, Stable: 1, Phase: api.RolloutSucceeded}
 	r.Observe(at(2000), view(other, nil), true)
 	if _, ok := r.History("default", "done"); ok {
