@@ -34,7 +34,10 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// sessions holds the live sessions, at most max (the oldest goes first).
+// sessions holds the live sessions, at most max (the oldest goes first)
+// and at most maxPerPrincipal of one user (that user's oldest goes first:
+// a user logging in over and over pushes out only their own sessions,
+// not everyone else's).
 type sessions struct {
 	ttl time.Duration
 	max int
@@ -51,18 +54,35 @@ func (ss *sessions) create(token, principal string, now time.Time) *session {
 	s := &session{id: newID(), token: token, principal: principal, csrf: newID(), created: now, expires: now.Add(ss.ttl)}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	for len(ss.byID) >= ss.max {
-		var oldest *session
+	for {
+		var oldest, oldestOwn *session
+		own := 0
 		for _, o := range ss.byID {
 			if oldest == nil || o.created.Before(oldest.created) {
 				oldest = o
 			}
+			if o.principal == principal {
+				own++
+				if oldestOwn == nil || o.created.Before(oldestOwn.created) {
+					oldestOwn = o
+				}
+			}
 		}
-		delete(ss.byID, oldest.id)
+		switch {
+		case own >= maxPerPrincipal:
+			delete(ss.byID, oldestOwn.id)
+		case len(ss.byID) >= ss.max:
+			delete(ss.byID, oldest.id)
+		default:
+			ss.byID[s.id] = s
+			return s
+		}
 	}
-	ss.byID[s.id] = s
-	return s
 }
+
+// maxPerPrincipal bounds one user's sessions (browsers, tabs that logged
+// in again).
+const maxPerPrincipal = 32
 
 // get returns the live session with id (compared as a map key: the id is
 // 128 random bits, so a lookup's timing tells an attacker nothing useful).
