@@ -11,7 +11,7 @@ GOFLAGS_BUILD := -trimpath
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 TEST_TIMEOUT ?= 10m
 
-.PHONY: docs all build images test unit integration chaos demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
+.PHONY: vendor-ui docs all build images test unit integration chaos demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
 
 all: build
 
@@ -36,8 +36,9 @@ images:
 # tests on the real containerd, CNI, gateway and DNS. Needs root.
 RACE_PKGS := ./controlplane/... ./discovery/... ./dns/... ./xds/... ./gateway/... ./manifests/... ./nodeagent/ ./nodeagent/probe/...
 
+# The dashboard's browser test writes its screenshots to bin/artifacts.
 test: containerd lint h2spec
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	BERTH_ARTIFACTS=$(CURDIR)/$(BIN)/artifacts $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 
 # unit: the packages that need neither root nor containerd (the end-to-end
@@ -46,7 +47,7 @@ unit: h2spec
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v -e /integration -e /nodeagent/runtime)
 
 integration: containerd
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/...
+	BERTH_ARTIFACTS=$(CURDIR)/$(BIN)/artifacts $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/...
 
 # chaos: issue #16's chaos suite in full (integration/chaos_test.go): three
 # servers on a three-member etcd, two agents in network namespaces, a
@@ -85,6 +86,12 @@ demo: containerd build images
 # test fails when it is out of date).
 docs:
 	$(GO) run ./cmd/gendocs
+
+# vendor-ui: uPlot for the dashboard, from npm at the version and sha512
+# scripts/vendor-ui.sh pins, into ui/assets/vendor (checked in: the build
+# needs no network). Only to change the version.
+vendor-ui:
+	@scripts/vendor-ui.sh
 
 proto:
 	cd api/pb && protoc -I . -I /usr/include --go_out=. --go_opt=paths=source_relative \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on Debian 12 (as root), only what is missing:
 # containerd, runc, the CNI plugins, iproute2, iptables, curl (the demo),
-# e2fsprogs and util-linux (volumes, tests). Idempotent.
+# e2fsprogs and util-linux (volumes, tests), and headless Chromium (the
+# dashboard's browser test). Idempotent.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,7 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)   # sized volumes
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)     # multi-node tests
+command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || need+=(chromium-headless-shell) # dashboard browser test
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

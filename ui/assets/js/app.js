@@ -101,7 +101,7 @@ async function start() {
   document.getElementById('logout').addEventListener('click', () => logout());
   try {
     const me = await whoami();
-    replace(document.getElementById('whoami'), h('span', { class: 'who', title: 'Signed in as' }, me.principal), h('span', { class: 'muted' }, ' · ', me.replica || 'replica', ' · ', me.version || ''));
+    replace(document.getElementById('whoami'), h('span', { class: 'who', title: 'Signed in as ' + me.principal }, me.principal), h('span', { class: 'muted' }, ' · ', me.replica || 'replica', ' · ', me.version || ''));
   } catch (err) {
     replace(document.getElementById('whoami'), h('span', { class: 'error-text' }, err.message));
   }

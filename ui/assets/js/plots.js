@@ -93,7 +93,7 @@ function rolloutPlugin(get, metricId, labels) {
               lastLabelX = x;
               ctx.setLineDash([]);
               ctx.font = `600 ${11 * dpr}px system-ui, sans-serif`;
-              const text = m.kind === 'rollback' || m.kind === 'promoted' || m.kind === 'abort' ? m.text : m.kind;
+              const text = { rollback: 'rolled back', promoted: 'promoted', abort: 'abort', promote: 'promote', pause: 'pause', resume: 'resume' }[m.kind] || m.kind;
               const tw = Math.min(ctx.measureText(text).width, 220 * dpr);
               const y = top + (18 + 15 * labelRow) * dpr;
               const tx = Math.min(x + 4 * dpr, left + width - tw - 4 * dpr);
@@ -233,7 +233,8 @@ export class RolloutCharts {
           },
         },
         axes: [
-          { stroke: css('--text-muted'), grid: { stroke: css('--grid'), width: 1 }, ticks: { stroke: css('--grid') } },
+          // Whole seconds at least: points come once a second.
+          { stroke: css('--text-muted'), grid: { stroke: css('--grid'), width: 1 }, ticks: { stroke: css('--grid') }, space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200] },
           {
             stroke: css('--text-muted'),
             grid: { stroke: css('--grid'), width: 1 },

@@ -39,7 +39,7 @@ export function rolloutPage({ main, params, setTitle }) {
   const actionOk = h('div', { id: 'action-result', class: 'alert alert-ok', role: 'status', hidden: true });
   const buttons = actions.map((a) =>
     h('button', { type: 'button', id: 'btn-' + a.id, 'data-action': a.id, class: ['button', 'button-' + a.tone], disabled: true, onclick: () => act(a) }, a.label));
-  const chartsEl = h('div', { id: 'rollout-charts', class: 'charts', 'data-points': '0' });
+  const chartsEl = h('div', { id: 'rollout-charts', class: 'charts', 'data-points': '0', 'data-live-points': '0' });
   const chartNote = h('p', { id: 'chart-note', class: 'muted', hidden: true });
   const legend = h('div', { class: 'mark-legend', 'aria-hidden': 'true' },
     legendItem('step', 'step (shaded: alternate steps)'), legendItem('pause', 'paused'), legendItem('ack', 'gateways + DNS applied'), legendItem('threshold', 'analysis limit'), legendItem('bad', 'rollback / abort'), legendItem('ok', 'promote'));
@@ -97,8 +97,15 @@ export function rolloutPage({ main, params, setTitle }) {
     if (!disposed) renderHistory();
   }
 
+  let shownRevision = 0;
   function renderHistory() {
     if (!history) return;
+    if (shownRevision && history.revision !== shownRevision) {
+      // A new rollout: the last one's action result is not about it.
+      actionError.hidden = true;
+      actionOk.hidden = true;
+    }
+    shownRevision = history.revision;
     const revisions = revisionsOf(history);
     charts.setHistory(history, revisions);
     chartNote.hidden = (history.points || []).length > 0;
@@ -283,6 +290,8 @@ export function rolloutPage({ main, params, setTitle }) {
     }
     const prev = lastPoint();
     if (!appendPoint(history, p)) return;
+    // How many points came over the stream (not with a fetched history).
+    chartsEl.dataset.livePoints = String(int(chartsEl.dataset.livePoints) + 1);
     charts.update();
     chartNote.hidden = true;
     renderSummary();
