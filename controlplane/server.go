@@ -350,6 +350,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("replica session", s.replicaSession)
 	run("node liveness", s.runLiveness)
 	run("node feed", s.api.RunNodeFeed)
+	run("image copies", s.api.ReplicateImages)
 	run("api", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err

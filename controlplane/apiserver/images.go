@@ -19,6 +19,7 @@ import (
 	"github.com/berth-dev/berth/controlplane/authz"
 	"github.com/berth-dev/berth/controlplane/imagecheck"
 	"github.com/berth-dev/berth/controlplane/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -443,4 +444,71 @@ func (s *Server) SweepImages(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// imageResync is how often ReplicateImages looks for uploads it lacks
+// besides the watch (one missed while etcd was away, a failed pull).
+const imageResync = 30 * time.Second
+
+// ReplicateImages keeps a copy of every upload on this replica's disk:
+// an upload is fetched from the replica that received it as soon as it is
+// recorded, so that an image still starts when that replica is down (an
+// agent asks whichever replica it is connected to). Until then, and if a
+// pull fails, localImage fetches on demand as before.
+func (s *Server) ReplicateImages(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	go func() {
+		for ctx.Err() == nil {
+			for range s.store.Client().Watch(ctx, store.ImagesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()) {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+			select { // the watch broke (etcd away): again in a moment
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	t := time.NewTicker(imageResync)
+	defer t.Stop()
+	failing := map[string]bool{} // digests whose pull failed, logged once
+	for {
+		s.replicateImages(ctx, failing)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) replicateImages(ctx context.Context, failing map[string]bool) {
+	self := s.replica.Load()
+	if self == nil {
+		return // this replica's address is not known yet: every upload looks foreign
+	}
+	imgs, err := s.store.ListImages(ctx)
+	if err != nil {
+		return // etcd away: the next wake or resync tries again
+	}
+	for i := range imgs {
+		img := &imgs[i]
+		if img.Source == "" || img.Source == self.addr {
+			continue
+		}
+		if _, err := os.Stat(s.imagePath(img.Digest)); err == nil {
+			continue
+		}
+		if _, err := s.localImage(ctx, img); err != nil {
+			if !failing[img.Digest] && ctx.Err() == nil {
+				s.logger.Warn("cannot copy an upload from the replica that received it; fetched on demand later", "digest", img.Digest, "from", img.Source, "err", err)
+			}
+			failing[img.Digest] = true
+			continue
+		}
+		delete(failing, img.Digest)
+	}
 }

@@ -1,0 +1,84 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/api/pb"
+)
+
+// An upload is copied to every replica as soon as it is recorded, so an
+// image still starts when the replica that took the upload is down (the
+// chaos suite found a new instance of an uploaded image could not start
+// while that replica was away).
+func TestUploadsAreCopiedToEveryReplica(t *testing.T) {
+	etcd, err := StartEmbeddedEtcd(t.TempDir(), EtcdTuning{TickMs: 10, ElectionMs: 100}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
+	type replica struct {
+		srv     *Server
+		dataDir string
+		stop    func()
+	}
+	start := func(name string) *replica {
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, name
+		cfg.SecretsKeyFile, cfg.ElectionTTL = secretsKey, time.Second
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		srv, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				cancel()
+				<-done
+			}
+		}
+		t.Cleanup(stop)
+		return &replica{srv: srv, dataDir: cfg.DataDir, stop: stop}
+	}
+	one, two := start("one"), start("two")
+	data := buildImage(t, "berth.local/copied:v1", "copied")
+	resp := mustUpload(t, pb.NewBerthClient(adminConn(t, one.srv)), data)
+	digest := resp.GetDigest()
+	if digest == "" {
+		digest = sha256Of(data)
+	}
+	// The copy lands in the other replica's image directory, whole.
+	path := filepath.Join(two.dataDir, "images", "sha256-"+strings.TrimPrefix(digest, "sha256:")+".tar")
+	eventually(t, "the upload copied to replica two", func() (bool, string) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false, err.Error()
+		}
+		sum := sha256.Sum256(b)
+		return "sha256:"+hex.EncodeToString(sum[:]) == digest, fmt.Sprintf("%d bytes", len(b))
+	})
+	// With the receiving replica gone, the other still lists and holds it.
+	one.stop()
+	l, err := pb.NewBerthClient(adminConn(t, two.srv)).ListImages(context.Background(), &pb.ListImagesRequest{})
+	if err != nil || len(l.GetImages()) != 1 {
+		t.Fatalf("images on replica two with one down: %v %v", l, err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+}
