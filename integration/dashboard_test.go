@@ -37,6 +37,9 @@ type rolloutPageState struct {
 	Promote    bool   `json:"promote"`
 	Canvases   int    `json:"canvases"`
 	Error      string `json:"error"`
+	// RollbackMark: the timeline holds the rollback (from the history,
+	// not the status).
+	RollbackMark bool `json:"rollbackMark"`
 }
 
 const readRolloutPage = `(() => {
@@ -56,6 +59,7 @@ const readRolloutPage = `(() => {
     promote: !!q('#btn-promote') && !q('#btn-promote').disabled,
     canvases: document.querySelectorAll('#rollout-charts canvas').length,
     error: (q('#action-error') && !q('#action-error').hidden && q('#action-error').textContent) || '',
+    rollbackMark: !!q('#rollout-marks [data-kind="rollback"]'),
   };
 })()`
 
@@ -209,6 +213,10 @@ spec:
 		if s.Points == 0 {
 			t.Error("the rolled back rollout has no points")
 		}
+		// The plot ends with the rollback too: the history fetched when the
+		// status first said RolledBack may predate the recorder's sight of
+		// it, and the page asks again until it has it.
+		waitPage(15*time.Second, "the rollback mark on the timeline", func(s rolloutPageState) bool { return s.RollbackMark })
 		writeScreenshot(t, ctx, "dashboard-rollback.png", true)
 	})
 }

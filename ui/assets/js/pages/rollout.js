@@ -79,6 +79,23 @@ export function rolloutPage({ main, params, setTitle }) {
       } else replace(loadError, h('div', { class: 'alert alert-bad', role: 'alert' }, 'Could not load the rollout: ', err.message));
     }
     if (!disposed) renderStatus();
+    awaitVerdict();
+  }
+
+  // The status can say a rollout ended before this replica's recorder has
+  // seen it (both follow the cluster on their own): the history fetched
+  // then has no verdict, no final point and no rollback mark, and no live
+  // point comes after an end. Ask again, a few times, until it has them.
+  let verdictTries = 0;
+  function awaitVerdict() {
+    if (!status || !history || active(status.phase) || history.verdict || history.revision !== int(status.revision)) {
+      verdictTries = 0;
+      return;
+    }
+    if (verdictTries < 20) {
+      verdictTries++;
+      soon(loadHistory, hi, 250);
+    }
   }
 
   async function loadHistory() {
@@ -95,6 +112,7 @@ export function rolloutPage({ main, params, setTitle }) {
       return;
     }
     if (!disposed) renderHistory();
+    awaitVerdict();
   }
 
   let shownRevision = 0;
