@@ -1,6 +1,9 @@
 package gateway
 
 import (
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,12 +25,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_gateway_requests_total",
-			Help: "Requests by route, cluster and status class (route and cluster are empty when nothing matched).",
+			Help: "Requests by route, cluster and HTTP status code (route and cluster are empty when nothing matched; code is \"other\" outside 100-599).",
 		}, []string{"route", "cluster", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "berth_gateway_request_duration_seconds",
 			Help:    "Time from request to the end of the response body, by route and cluster.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
+			Buckets: latencyBuckets,
 		}, []string{"route", "cluster"}),
 		xdsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_gateway_xds_updates_total",
@@ -76,36 +79,89 @@ func (m *metrics) rejected(reason string) prometheus.Counter {
 // closedBy counts a client connection closed by the limit reason.
 func (m *metrics) closedBy(reason string) { m.closes.WithLabelValues(reason).Inc() }
 
+// latencyBuckets are round bounds (Prometheus' own default set, with
+// 0.5 ms and 30 s added at the ends) from a local hop to the route
+// timeout's range: quantiles read from them interpolate between numbers
+// an operator recognises.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
 // routeStats are the resolved series of one (route, cluster) pair, looked
-// up once per table build so a request only increments.
+// up once per table build so a request only increments. The status
+// counters are resolved at a code's first sight, into a few slots read
+// without a lock: a request with a code seen before allocates nothing.
 type routeStats struct {
-	codes   [6]prometheus.Counter // by status/100; [0] for anything else
-	latency prometheus.Observer
+	route, cluster string
+	requests       *prometheus.CounterVec
+	latency        prometheus.Observer
+
+	mu    sync.Mutex // serialises claiming a slot
+	slots [codeSlots]codeSlot
 }
 
-var codeClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+// codeSlots bounds the codes a pair resolves once: a route sees a handful
+// (200, 304, 404, 502, 503...); more go through the vector's lookup.
+const codeSlots = 12
+
+type codeSlot struct {
+	code    atomic.Int32 // 0: free; set after counter
+	counter prometheus.Counter
+}
 
 func (m *metrics) stats(route, cluster string) *routeStats {
-	s := &routeStats{latency: m.latency.WithLabelValues(route, cluster)}
-	for i, class := range codeClasses {
-		s.codes[i] = m.requests.WithLabelValues(route, cluster, class)
-	}
-	return s
+	return &routeStats{route: route, cluster: cluster, requests: m.requests, latency: m.latency.WithLabelValues(route, cluster)}
 }
 
-// forget removes a (route, cluster) pair's series.
+// forget removes a (route, cluster) pair's series, every code's.
 func (m *metrics) forget(route, cluster string) {
 	m.latency.DeleteLabelValues(route, cluster)
-	for _, class := range codeClasses {
-		m.requests.DeleteLabelValues(route, cluster, class)
+	m.requests.DeletePartialMatch(prometheus.Labels{"route": route, "cluster": cluster})
+}
+
+// codeLabel is the code label of an HTTP status: the code itself, or
+// "other" for a number that is not one.
+func codeLabel(status int) string {
+	if status < 100 || status > 599 {
+		return "other"
 	}
+	return strconv.Itoa(status)
 }
 
 func (s *routeStats) observe(status int, d time.Duration) {
-	class := status / 100
-	if class < 1 || class > 5 {
-		class = 0
-	}
-	s.codes[class].Inc()
+	s.counter(status).Inc()
 	s.latency.Observe(d.Seconds())
+}
+
+// counter is the requests counter of status: from its slot, or resolved
+// into a free one.
+func (s *routeStats) counter(status int) prometheus.Counter {
+	if status < 100 || status > 599 {
+		status = 1 // "other"; 0 marks a free slot
+	}
+	want := int32(status)
+	for i := range s.slots {
+		switch s.slots[i].code.Load() {
+		case want:
+			return s.slots[i].counter
+		case 0:
+			return s.claim(want)
+		}
+	}
+	return s.requests.WithLabelValues(s.route, s.cluster, codeLabel(status))
+}
+
+func (s *routeStats) claim(code int32) prometheus.Counter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.slots {
+		sl := &s.slots[i]
+		switch sl.code.Load() {
+		case code: // a racing twin claimed it
+			return sl.counter
+		case 0:
+			sl.counter = s.requests.WithLabelValues(s.route, s.cluster, codeLabel(int(code)))
+			sl.code.Store(code) // publishes counter to the lock-free readers
+			return sl.counter
+		}
+	}
+	return s.requests.WithLabelValues(s.route, s.cluster, codeLabel(int(code)))
 }
