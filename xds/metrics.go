@@ -39,8 +39,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_xds_publish_errors_total", Help: "Snapshots refused by translation or validation.",
 		}),
 		translateSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "berth_xds_translate_seconds", Help: "Time to translate a discovery snapshot (incrementally).",
-			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
+			Name: "berth_xds_translate_duration_seconds", Help: "Time to translate a discovery snapshot (incrementally).",
+			// Round bounds from 10 us (one service changed) to 2.5 s.
+			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_xds_responses_total", Help: "Discovery responses sent, by resource type and protocol (sotw, delta).",

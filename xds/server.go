@@ -329,6 +329,12 @@ func New(cfg Config) (*Server, error) {
 		s.typeVersions[v] = map[string]uint64{}
 		s.history[v] = map[string][]uint64{}
 	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(newGatewayCollector(s)); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("xds: metrics: %w", err)
+		}
+	}
 	return s, nil
 }
 
