@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/controlplane/statemetrics"
 	"github.com/berth-dev/berth/controlplane/store"
 	"github.com/berth-dev/berth/internal/atomicfile"
 	"github.com/berth-dev/berth/internal/buildinfo"
@@ -537,7 +538,8 @@ func (s *Server) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
 	return rc, resp.Header.Revision, nil
 }
 
-// registerMembershipMetrics exports whether this replica leads and, for
+// registerMembershipMetrics exports the cluster state (statemetrics) and
+// whether this replica leads and, for
 // an embedded member, whether its etcd has a leader (0: no quorum, writes
 // fail), whether it is that leader, and its database size: what an
 // operator alerts on.
@@ -563,6 +565,9 @@ func (s *Server) registerMembershipMetrics(reg prometheus.Registerer) {
 				func() float64 { return float64(srv.Backend().Size()) }),
 		)
 	}
+	// The cluster's state (services, rollouts, nodes), from the cache,
+	// while this replica leads.
+	gauges = append(gauges, statemetrics.New(s.cache.View, s.IsLeader))
 	for _, g := range gauges {
 		if err := reg.Register(g); err != nil {
 			s.logger.Warn("membership metric not registered", "err", err)

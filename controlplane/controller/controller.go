@@ -86,10 +86,9 @@ type Controller struct {
 	conflicts  prometheus.Counter
 	placed     prometheus.Counter
 	stale      prometheus.Counter
-	// rollouts counts finished rollouts by strategy and result;
-	// canaryWeight is each active canary's share of traffic.
-	rollouts     *prometheus.CounterVec
-	canaryWeight *prometheus.GaugeVec
+	// rollouts counts finished rollouts by strategy and result (the
+	// state of each, weight and phase, is statemetrics').
+	rollouts *prometheus.CounterVec
 	// activeRollouts: the revision of each rollout seen in progress, so
 	// its end is counted once.
 	activeRollouts map[string]int64
@@ -135,11 +134,9 @@ func New(cfg Config, st Store, cache Views) *Controller {
 			Help: "Reconcile passes ended early because the cache did not show the controllers' own last write yet."}),
 		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_rollouts_total",
 			Help: "Rollouts finished, by strategy and result (Succeeded, RolledBack, Aborted)."}, []string{"strategy", "result"}),
-		canaryWeight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_rollout_canary_weight",
-			Help: "Percent of traffic an active canary gets."}, []string{"namespace", "service"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed, c.stale, c.rollouts, c.canaryWeight)
+		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed, c.stale, c.rollouts)
 	}
 	return c
 }

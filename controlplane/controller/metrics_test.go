@@ -22,14 +22,6 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 	return out.Counter.GetValue()
 }
 
-// series counts the series a collector has.
-func series(c prometheus.Collector) int {
-	ch := make(chan prometheus.Metric, 100)
-	c.Collect(ch)
-	close(ch)
-	return len(ch)
-}
-
 func TestRolloutMetricsFollowTheView(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := New(Config{Registerer: reg}, nil, nil)
@@ -46,14 +38,8 @@ func TestRolloutMetricsFollowTheView(t *testing.T) {
 	// not counted.
 	old := api.Rollout{Namespace: "default", Service: "old", Revision: 3, Phase: api.RolloutSucceeded}
 	c.observeRollouts(view(canary, rolling, old))
-	if w := value(t, c.canaryWeight.WithLabelValues("default", "web")); w != 10 {
-		t.Fatalf("canary weight %v, want 10", w)
-	}
 	canary.Weight = 50
 	c.observeRollouts(view(canary, rolling, old))
-	if w := value(t, c.canaryWeight.WithLabelValues("default", "web")); w != 50 {
-		t.Fatalf("canary weight %v, want 50", w)
-	}
 	// Aborted through the API, and the rolling update done: each counted
 	// once, the weight gone.
 	canary.Phase, canary.Weight = api.RolloutAborted, 0
@@ -66,23 +52,5 @@ func TestRolloutMetricsFollowTheView(t *testing.T) {
 	}
 	if n := value(t, c.rollouts.WithLabelValues("rolling", "Succeeded")); n != 1 {
 		t.Errorf("finished rolling updates counted %v, want 1", n)
-	}
-	if n := series(c.canaryWeight); n != 0 {
-		t.Errorf("%d canary weight series left after the canary ended", n)
-	}
-}
-
-// A service deleted mid-canary takes its rollout record and its weight
-// series with it (before, the series stayed at the last weight for good).
-func TestDeletedServicesLeaveNoRolloutSeries(t *testing.T) {
-	c := New(Config{Registerer: prometheus.NewRegistry()}, nil, nil)
-	canary := api.Rollout{Namespace: "default", Service: "web", Revision: 2, Stable: 1, Phase: api.RolloutProgressing, Weight: 10, Strategy: api.StrategyCanary}
-	c.observeRollouts(&store.View{Rollouts: map[string]store.VersionedRollout{"default/web": {Rollout: canary}}})
-	if n := series(c.canaryWeight); n != 1 {
-		t.Fatalf("%d series, want 1", n)
-	}
-	c.observeRollouts(&store.View{Rollouts: map[string]store.VersionedRollout{}})
-	if n := series(c.canaryWeight); n != 0 {
-		t.Errorf("%d canary weight series left after the service was deleted", n)
 	}
 }

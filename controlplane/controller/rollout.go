@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/api"
@@ -417,18 +416,13 @@ func (c *Controller) reconcileRollouts(ctx context.Context, v *store.View) error
 	return nil
 }
 
-// observeRollouts keeps the rollout metrics from the view, whoever changed
-// a rollout (the controllers, or an abort through the API): the weight of
-// each active canary, and a count of each rollout that finished since this
-// controller first saw it active.
+// observeRollouts counts, from the view, each rollout that finished since
+// this controller first saw it active, whoever ended it (the controllers,
+// or an abort through the API).
 func (c *Controller) observeRollouts(v *store.View) {
 	for key := range c.activeRollouts {
 		if _, ok := v.Rollouts[key]; !ok {
-			// Deleted with its service: its series go too.
-			delete(c.activeRollouts, key)
-			if ns, name, ok := strings.Cut(key, "/"); ok {
-				c.canaryWeight.DeleteLabelValues(ns, name)
-			}
+			delete(c.activeRollouts, key) // deleted with its service
 		}
 	}
 	for key, vr := range v.Rollouts {
@@ -436,9 +430,6 @@ func (c *Controller) observeRollouts(v *store.View) {
 		was, seen := c.activeRollouts[key]
 		if r.Active() {
 			c.activeRollouts[key] = r.Revision
-			if r.Canary() {
-				c.canaryWeight.WithLabelValues(r.Namespace, r.Service).Set(float64(r.Weight))
-			}
 			continue
 		}
 		delete(c.activeRollouts, key)
@@ -448,7 +439,6 @@ func (c *Controller) observeRollouts(v *store.View) {
 				strategy = api.StrategyRolling
 			}
 			c.rollouts.WithLabelValues(strategy, r.Phase).Inc()
-			c.canaryWeight.DeleteLabelValues(r.Namespace, r.Service)
 		}
 	}
 }

@@ -184,6 +184,23 @@ func (v *View) ServiceInstances(key string) []VersionedInstance {
 	return v.pick(v.byService[key])
 }
 
+// ServiceReplicas counts the live instances of service "<ns>/<name>"
+// (not draining, meant to run) and how many of them are ready: the
+// counts `get services` shows and the metrics export.
+func (v *View) ServiceReplicas(key string) (live, ready int32) {
+	for _, vi := range v.ServiceInstances(key) {
+		in := &vi.Instance
+		if !in.Live() {
+			continue
+		}
+		live++
+		if in.ReadyWith(v.Statuses[in.ID]) {
+			ready++
+		}
+	}
+	return live, ready
+}
+
 // DiscoveryInputs are what discovery.BuildService takes for the service
 // key besides the service, statuses and down nodes: its instances and its
 // rollout (nil: none).
