@@ -156,8 +156,9 @@ type Agent struct {
 	imageMu    sync.Mutex
 	imageLocks map[string]*sync.Mutex
 
-	starts, restarts, probeFailures prometheus.Counter
-	running                         prometheus.Gauge
+	starts    prometheus.Counter
+	running   prometheus.Gauge
+	instances *instanceCollector // per-instance series; nil without a Registerer
 }
 
 // prober runs health probes (probe.Prober; a fake in the loop's tests,
@@ -191,13 +192,12 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, logger: cfg.Logger.With("component", "agent", "node", cfg.Name),
 		prober: probe.New(), ready: make(chan struct{}), imageLocks: map[string]*sync.Mutex{}, beatNow: make(chan struct{}, 1),
-		starts:        prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_starts_total", Help: "Containers started."}),
-		restarts:      prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_restarts_total", Help: "Containers restarted after they exited."}),
-		probeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_probe_failures_total", Help: "Readiness probes that failed."}),
-		running:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_agent_containers_running", Help: "Containers running on this node."}),
+		starts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_agent_container_starts_total", Help: "Containers started."}),
+		running: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_agent_containers_running", Help: "Containers running on this node."}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.starts, a.restarts, a.probeFailures, a.running)
+		a.instances = newInstanceCollector(cfg.Name)
+		cfg.Registerer.MustRegister(a.starts, a.running, a.instances)
 	}
 	return a, nil
 }

@@ -19,8 +19,10 @@ import (
 // (image import, container start and stop, probes) runs in goroutines
 // that report back on channels, so one slow pull never stalls the rest.
 type loop struct {
-	a        *Agent
-	items    map[string]*item
+	a     *Agent
+	items map[string]*item
+	// exported is what publishMetrics last handed the collector.
+	exported map[string]instanceMetric
 	results  chan opResult
 	probes   chan probeResult
 	ops      sync.WaitGroup
@@ -80,6 +82,9 @@ type item struct {
 	// until then probes run every startupProbeEvery, not every interval, so
 	// a replica becomes ready as soon as it listens.
 	readySinceStart bool
+	// readinessFailures and livenessFailures count every failed probe
+	// since the agent started (berth_agent_probe_failures_total).
+	readinessFailures, livenessFailures uint64
 }
 
 // startupProbeEvery is the probe period before a container's first success.
@@ -160,6 +165,7 @@ func (l *loop) run(ctx context.Context, assignments <-chan *pb.Assignments, subs
 		}
 		l.act()
 		l.report(ctx)
+		l.publishMetrics()
 	}
 }
 
@@ -343,7 +349,6 @@ func (l *loop) finished(r opResult) {
 		}
 		if r.kind == opRestart {
 			it.st.Restarts++
-			l.a.restarts.Inc()
 		} else {
 			l.a.starts.Inc()
 		}
@@ -425,7 +430,7 @@ func (l *loop) probed(r probeResult) {
 		ready = it.st.Ready && it.readyFails < max(1, it.inst.Template.Health.FailureThreshold)
 	}
 	if r.err != nil {
-		l.a.probeFailures.Inc()
+		it.readinessFailures++
 		if it.st.Ready {
 			l.a.logger.Warn("instance not ready", "instance", r.id, "err", r.err)
 		}
@@ -468,7 +473,7 @@ func (l *loop) livenessProbed(id string, it *item, err error) {
 		it.liveFails = 0
 		return
 	}
-	l.a.probeFailures.Inc()
+	it.livenessFailures++
 	it.liveFails++
 	if it.liveFails < max(1, lv.FailureThreshold) {
 		return
