@@ -116,7 +116,11 @@ func TestHandleDelta(t *testing.T) {
 		}
 		got := map[string]string{}
 		for name, eps := range c.state.endpoints {
-			got[name] = strings.Join(eps, ",")
+			var addrs []string
+			for _, e := range eps {
+				addrs = append(addrs, e.addr)
+			}
+			got[name] = strings.Join(addrs, ",")
 		}
 		if !sameMap(got, step.endpoints) {
 			t.Errorf("%s: endpoints %v, want %v", step.name, got, step.endpoints)

@@ -38,7 +38,7 @@ type xdsState struct {
 	listeners map[string]*compiledListener
 	routes    map[string]*compiledRouteConfig
 	clusters  map[string]*compiledCluster
-	endpoints map[string][]string // CLA cluster name -> healthy "ip:port"
+	endpoints map[string][]upstreamAddr // CLA cluster name -> healthy endpoints
 }
 
 func newXDSState() *xdsState {
@@ -58,7 +58,7 @@ func (s *xdsState) with(typeURL, version string, compiled any) *xdsState {
 	case resource.ClusterType:
 		n.clusters = compiled.(map[string]*compiledCluster)
 	case resource.EndpointType:
-		n.endpoints = compiled.(map[string][]string)
+		n.endpoints = compiled.(map[string][]upstreamAddr)
 	}
 	return &n
 }
@@ -190,7 +190,7 @@ func compile(resp *discoverypb.DiscoveryResponse, listenerName string) (any, err
 		if err != nil {
 			return nil, err
 		}
-		out := make(map[string][]string, len(clas))
+		out := make(map[string][]upstreamAddr, len(clas))
 		for _, cla := range clas {
 			eps, err := compileLoadAssignment(cla)
 			if err != nil {
@@ -661,11 +661,22 @@ func compileHeaderMatcher(h *route.HeaderMatcher) (headerMatcher, error) {
 	return m, nil
 }
 
+// upstreamAddr is an endpoint of a load assignment: "ip:port", and its
+// locality ("region/zone/sub_zone"; Berth's control plane puts the node in
+// sub_zone), which a retry uses to try another failure domain.
+type upstreamAddr struct {
+	addr, zone string
+}
+
 // compileLoadAssignment returns the healthy (or unknown-health) endpoints
-// of the best priority that has any, as "ip:port".
-func compileLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]string, error) {
-	byPriority := map[uint32][]string{}
+// of the best priority that has any.
+func compileLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]upstreamAddr, error) {
+	byPriority := map[uint32][]upstreamAddr{}
 	for _, loc := range cla.GetEndpoints() {
+		zone := ""
+		if l := loc.GetLocality(); l.GetRegion() != "" || l.GetZone() != "" || l.GetSubZone() != "" {
+			zone = l.GetRegion() + "/" + l.GetZone() + "/" + l.GetSubZone()
+		}
 		for _, lb := range loc.GetLbEndpoints() {
 			ep := lb.GetEndpoint()
 			if ep == nil {
@@ -686,7 +697,7 @@ func compileLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]string, err
 			switch lb.GetHealthStatus() {
 			case core.HealthStatus_HEALTHY, core.HealthStatus_UNKNOWN:
 				p := loc.GetPriority()
-				byPriority[p] = append(byPriority[p], netip.AddrPortFrom(ip, uint16(port.PortValue)).String())
+				byPriority[p] = append(byPriority[p], upstreamAddr{addr: netip.AddrPortFrom(ip, uint16(port.PortValue)).String(), zone: zone})
 			}
 		}
 	}
@@ -733,8 +744,8 @@ func buildTable(st *xdsState, listenerName, lastVersion string, stats func(route
 					name: name, state: reg.cluster(name), lb: c.lb, choices: c.choices,
 					connectTimeout: c.connectTimeout, outlier: c.outlier, retries: c.retries,
 				}
-				for _, addr := range addrs {
-					u.endpoints = append(u.endpoints, reg.endpoint(addr))
+				for _, a := range addrs {
+					u.endpoints = append(u.endpoints, reg.endpointIn(a.addr, a.zone))
 				}
 			}
 			reg.building[name] = builtUpstream{cluster: c, addrs: addrs, upstream: u}
@@ -800,13 +811,13 @@ type registry struct {
 
 type builtUpstream struct {
 	cluster  *compiledCluster
-	addrs    []string
+	addrs    []upstreamAddr
 	upstream *upstreamCluster
 }
 
 // sameSlice reports whether a and b are the same slice (compiled states
 // share unchanged load assignments).
-func sameSlice(a, b []string) bool {
+func sameSlice(a, b []upstreamAddr) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
@@ -816,7 +827,7 @@ func (r *registry) keep(u *upstreamCluster) {
 	defer r.mu.Unlock()
 	r.usedCl[u.name] = true
 	for _, e := range u.endpoints {
-		r.used[e.addr] = true
+		r.used[e.key()] = true
 	}
 }
 
@@ -825,15 +836,22 @@ func newRegistry(maxIdle int) *registry {
 		built: map[string]builtUpstream{}, building: map[string]builtUpstream{}}
 }
 
-func (r *registry) endpoint(addr string) *endpoint {
+func (r *registry) endpoint(addr string) *endpoint { return r.endpointIn(addr, "") }
+
+// endpointIn is the endpoint addr in locality zone: one per pair (an
+// address in another locality is another endpoint; its zone never changes
+// while requests read it).
+func (r *registry) endpointIn(addr, zone string) *endpoint {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.used[addr] = true
-	e, ok := r.endpoints[addr]
-	if !ok {
-		e = &endpoint{addr: addr, maxIdle: r.maxIdle}
-		r.endpoints[addr] = e
+	e := &endpoint{addr: addr, zone: zone}
+	key := e.key()
+	r.used[key] = true
+	if old, ok := r.endpoints[key]; ok {
+		return old
 	}
+	e.maxIdle = r.maxIdle
+	r.endpoints[key] = e
 	return e
 }
 
@@ -854,10 +872,10 @@ func (r *registry) cluster(name string) *clusterState {
 func (r *registry) sweep() {
 	r.mu.Lock()
 	var retired []*endpoint
-	for addr, e := range r.endpoints {
-		if !r.used[addr] {
+	for key, e := range r.endpoints {
+		if !r.used[key] {
 			retired = append(retired, e)
-			delete(r.endpoints, addr)
+			delete(r.endpoints, key)
 		}
 	}
 	for name := range r.clusters {

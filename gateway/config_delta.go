@@ -35,7 +35,7 @@ func compileDelta(resp *discoverypb.DeltaDiscoveryResponse, listenerName string)
 	listeners := map[string]*compiledListener{}
 	routes := map[string]*compiledRouteConfig{}
 	clusters := map[string]*compiledCluster{}
-	endpoints := map[string][]string{}
+	endpoints := map[string][]upstreamAddr{}
 	switch t {
 	case resource.ListenerType:
 		ch.updated = listeners
@@ -146,7 +146,7 @@ func (s *xdsState) withDelta(typeURL, version string, ch *deltaChange) *xdsState
 	case resource.ClusterType:
 		n.clusters = merged(s.clusters, ch.updated.(map[string]*compiledCluster), ch.removed)
 	case resource.EndpointType:
-		n.endpoints = merged(s.endpoints, ch.updated.(map[string][]string), ch.removed)
+		n.endpoints = merged(s.endpoints, ch.updated.(map[string][]upstreamAddr), ch.removed)
 	}
 	return &n
 }

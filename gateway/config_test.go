@@ -258,7 +258,11 @@ func TestLoadAssignmentSkipsDraining(t *testing.T) {
 	}
 	got, err := compileLoadAssignment(&endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{
 		LbEndpoints: []*endpointv3.LbEndpoint{ep("10.0.0.1", core.HealthStatus_HEALTHY), ep("10.0.0.2", core.HealthStatus_DRAINING), ep("10.0.0.3", core.HealthStatus_UNKNOWN)}}}})
-	if err != nil || strings.Join(got, ",") != "10.0.0.1:80,10.0.0.3:80" {
+	var addrs []string
+	for _, a := range got {
+		addrs = append(addrs, a.addr)
+	}
+	if err != nil || strings.Join(addrs, ",") != "10.0.0.1:80,10.0.0.3:80" {
 		t.Fatalf("%v %v", got, err)
 	}
 }
@@ -328,6 +332,40 @@ func TestPickPrefersAServingRevision(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		if wc, _, _ := r.pickFor(httpHeaders(http.Header{})); wc.name != "r1" {
 			t.Fatalf("a revision with weight 0 took traffic: %s", wc.name)
+		}
+	}
+}
+
+// A retry goes to another locality (node) when one has a usable endpoint:
+// with two endpoints on a node whose link was cut, the retry from one
+// must not wait on the other. With every endpoint in one locality it
+// still avoids the endpoint tried.
+func TestRetryPrefersAnotherLocality(t *testing.T) {
+	for _, lb := range []lbPolicy{lbRoundRobin, lbLeastRequest} {
+		reg := newRegistry(1)
+		c := &upstreamCluster{name: "c", state: reg.cluster("c"), lb: lb, choices: 2}
+		for _, a := range []upstreamAddr{{"a1:1", "/berth/n1"}, {"a2:1", "/berth/n1"}, {"a3:1", "/berth/n1"}, {"b1:1", "/berth/n2"}} {
+			c.endpoints = append(c.endpoints, reg.endpointIn(a.addr, a.zone))
+		}
+		for range 200 {
+			if got := c.pickEndpoint(c.endpoints[:1]); got.addr != "b1:1" {
+				t.Fatalf("lb %v: a retry after a1 went to %s, in the same locality", lb, got.addr)
+			}
+		}
+		// Both localities tried: any endpoint not tried.
+		for range 200 {
+			if got := c.pickEndpoint([]*endpoint{c.endpoints[0], c.endpoints[3]}); got.addr == "a1:1" || got.addr == "b1:1" {
+				t.Fatalf("lb %v: a retry went back to %s", lb, got.addr)
+			}
+		}
+		same := &upstreamCluster{name: "s", state: reg.cluster("s"), lb: lb, choices: 2}
+		for _, a := range []string{"s1:1", "s2:1"} {
+			same.endpoints = append(same.endpoints, reg.endpointIn(a, "/berth/n1"))
+		}
+		for range 200 {
+			if got := same.pickEndpoint(same.endpoints[:1]); got.addr != "s2:1" {
+				t.Fatalf("lb %v: one locality: a retry after s1 went to %s", lb, got.addr)
+			}
 		}
 	}
 }

@@ -25,6 +25,9 @@ func nanotime() int64 { return int64(time.Since(epoch)) }
 // finish their request and close.
 type endpoint struct {
 	addr string
+	// zone is the endpoint's locality (its node, from Berth's control
+	// plane): a retry prefers another one.
+	zone string
 
 	active atomic.Int64 // requests in flight
 
@@ -42,6 +45,14 @@ type endpoint struct {
 }
 
 func (e *endpoint) ejected(now int64) bool { return e.ejectedUntil.Load() > now }
+
+// key names the endpoint in the registry: its address and locality.
+func (e *endpoint) key() string {
+	if e.zone == "" {
+		return e.addr
+	}
+	return e.addr + "@" + e.zone
+}
 
 // upstreamConn is one keep-alive connection to an endpoint, with its read
 // buffer; it is used by one request at a time.

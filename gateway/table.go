@@ -447,8 +447,9 @@ func gcd(a, b uint32) uint32 {
 
 // pickEndpoint chooses an endpoint by the cluster's policy, skipping
 // ejected ones and those a retry already tried (Envoy's previous_hosts
-// predicate: with two endpoints on a dead node, a retry from one must not
-// go to the other), or returns nil if
+// predicate), and on a retry those in the localities already tried while
+// another locality has one (with two endpoints on a dead node, a retry
+// from one must not go to the other), or returns nil if
 // the cluster has none. When too few endpoints are left (Envoy's panic
 // threshold, 50%), it balances over all of them.
 func (c *upstreamCluster) pickEndpoint(tried []*endpoint) *endpoint {
@@ -477,12 +478,31 @@ func (c *upstreamCluster) pickEndpoint(tried []*endpoint) *endpoint {
 			now = 0
 		}
 	}
-	usable := func(e *endpoint) bool {
+	usableHere := func(e *endpoint) bool {
 		if !check {
 			return true
 		}
 		return !slices.Contains(tried, e) && (now == 0 || !e.ejected(now))
 	}
+	// A retry goes to another locality (node) when one has a usable
+	// endpoint: a node whose link was cut times out on each of its
+	// endpoints in turn, and two such waits use up the request's time.
+	triedZone := func(e *endpoint) bool {
+		if e.zone == "" {
+			return false
+		}
+		for _, t := range tried {
+			if t.zone == e.zone {
+				return true
+			}
+		}
+		return false
+	}
+	spread := false
+	for i := 0; i < n && len(tried) > 0 && !spread; i++ {
+		spread = usableHere(eps[i]) && !triedZone(eps[i])
+	}
+	usable := func(e *endpoint) bool { return usableHere(e) && !(spread && triedZone(e)) }
 	if c.lb == lbLeastRequest {
 		var best *endpoint
 		for try := 0; try < c.choices+n && (best == nil || try < c.choices); try++ {
