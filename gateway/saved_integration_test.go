@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bytes"
+	"context"
 	"hash/crc32"
 	"net/http"
 	"os"
@@ -46,8 +47,15 @@ func testSavedConfiguration(t *testing.T, protocol string) {
 	}
 
 	first := runGateway(t, withState)
+	// Readiness (/readyz): no configuration yet, none saved.
+	if err := first.gw.CheckReady(context.Background()); err == nil || !strings.Contains(err.Error(), "no configuration") {
+		t.Errorf("a gateway with no configuration: CheckReady = %v, want not ready", err)
+	}
 	publish(t, cp, snapshot(1, ups.port, dead, "127.0.0.1"))
 	onlyFrom(t, "first gateway", first.c.spread("hello.example.test", 10), "up-1")
+	if err := first.gw.CheckReady(context.Background()); err != nil {
+		t.Errorf("a gateway with the control plane's configuration: CheckReady = %v", err)
+	}
 	if first.gw.Stale() || gaugeValue(t, first.reg, "berth_gateway_config_stale") != 0 {
 		t.Error("a gateway that never restored a file reports stale")
 	}
@@ -67,6 +75,9 @@ func testSavedConfiguration(t *testing.T, protocol string) {
 	// from the first request on.
 	second := runGateway(t, withState)
 	onlyFrom(t, "restored gateway", second.c.spread("hello.example.test", 50), "up-1") // spread fails on any non-200
+	if err := second.gw.CheckReady(context.Background()); err != nil {
+		t.Errorf("a gateway serving its saved configuration: CheckReady = %v, want ready", err)
+	}
 	if !second.gw.Stale() || gaugeValue(t, second.reg, "berth_gateway_config_stale") != 1 {
 		t.Errorf("restored gateway: Stale() = %v, berth_gateway_config_stale = %v, want stale",
 			second.gw.Stale(), gaugeValue(t, second.reg, "berth_gateway_config_stale"))

@@ -146,6 +146,8 @@ type Agent struct {
 	// dnsVersion is the snapshot version the DNS answers from; beatNow
 	// asks for a heartbeat carrying it without waiting for the ticker.
 	dnsVersion atomic.Uint64
+	// connected is whether the last heartbeat reached the control plane.
+	connected atomic.Bool
 	beatNow    chan struct{}
 
 	readyOnce sync.Once
@@ -462,6 +464,7 @@ func (a *Agent) heartbeat(ctx context.Context, every time.Duration) {
 			a.logger.Warn("heartbeat failed", "err", err)
 		}
 		failing = err != nil
+		a.connected.Store(err == nil)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	berthdns "github.com/berth-dev/berth/dns"
 	"github.com/berth-dev/berth/gateway"
 	"github.com/berth-dev/berth/internal/buildinfo"
+	"github.com/berth-dev/berth/internal/health"
 	"github.com/berth-dev/berth/nodeagent"
 	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/berth-dev/berth/pki"
@@ -79,7 +80,7 @@ func (f *serverFlags) register(cmd *cobra.Command, dataDir, metrics string) {
 	cmd.Flags().StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7400", "gRPC API address")
 	cmd.Flags().StringVar(&f.xdsAddr, "xds-addr", "127.0.0.1:7401", "xDS (ADS) address that gateways connect to")
 	cmd.Flags().StringVar(&f.dnsAddr, "dns-addr", "127.0.0.1:1053", "DNS address for the host (UDP and TCP); empty disables")
-	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", metrics, "Prometheus /metrics address; empty disables")
+	cmd.Flags().StringVar(&f.metricsAddr, "metrics-addr", metrics, "Prometheus /metrics, /healthz and /readyz address; empty disables")
 	cmd.Flags().StringVar(&f.uiAddr, "ui-addr", ui.DefaultAddr, "web dashboard address (log in with an API token); empty disables")
 	cmd.Flags().StringVar(&f.clusterCIDR, "cluster-cidr", "10.213.0.0/16", "pod network, divided into one subnet of --node-subnet-size per node")
 	cmd.Flags().IntVar(&f.nodeSubnetSize, "node-subnet-size", 24, "prefix length of each node's pod subnet: /24 gives 253 pods a node and 256 nodes in a /16; /26 gives 61 pods and 1,024 nodes")
@@ -299,7 +300,9 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, error) {
+// serveMetrics serves a role's /metrics, /healthz (the process serves)
+// and /readyz (the role's checks pass) on addr.
+func serveMetrics(g *group, addr string, reg *prometheus.Registry, checks ...health.Check) (string, error) {
 	if addr == "" {
 		return "", nil
 	}
@@ -309,6 +312,7 @@ func serveMetrics(g *group, addr string, reg *prometheus.Registry) (string, erro
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	health.Register(mux, checks...)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.go_("metrics", func(ctx context.Context) error {
 		go func() { <-ctx.Done(); srv.Close() }()
@@ -521,7 +525,10 @@ the same services back.`,
 				_ = grp.wait()
 				return err
 			}
-			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg)
+			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg,
+				health.Check{Name: "control plane", Fn: cp.cp.CheckReady},
+				health.Check{Name: "gateway", Fn: gw.CheckReady},
+				health.Check{Name: "agent", Fn: agent.CheckReady})
 			if err != nil {
 				grp.cancel()
 				_ = grp.wait()
@@ -602,7 +609,7 @@ func newServerCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			cp.run(ctx, grp)
-			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg)
+			metricsAddr, err := serveMetrics(grp, sf.metricsAddr, reg, health.Check{Name: "control plane", Fn: cp.cp.CheckReady})
 			if err != nil {
 				grp.cancel()
 				_ = grp.wait()
@@ -656,7 +663,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			grp.go_("agent", agent.Run)
-			if _, err := serveMetrics(grp, metricsAddr, reg); err != nil {
+			if _, err := serveMetrics(grp, metricsAddr, reg, health.Check{Name: "agent", Fn: agent.CheckReady}); err != nil {
 				grp.cancel()
 				_ = grp.wait()
 				return err
@@ -665,7 +672,7 @@ func newAgentCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	af.register(cmd, "/var/lib/berth/node")
-	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7403", "Prometheus /metrics address; empty disables")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7403", "Prometheus /metrics, /healthz and /readyz address; empty disables")
 	cmd.Flags().DurationVar(&dnsTTL, "dns-ttl", 5*time.Second, "TTL of service records served by node-local DNS")
 	cmd.Flags().StringSliceVar(&upstreams, "dns-upstream", nil, "resolvers for names outside berth.internal (default: from /etc/resolv.conf)")
 	cmd.Flags().BoolVar(&stopOnExit, "stop-on-exit", false, "stop all containers when the agent stops (default: leave them running to be adopted)")
@@ -708,7 +715,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			grp.go_("gateway", gw.Run)
-			if _, err := serveMetrics(grp, metricsAddr, reg); err != nil {
+			if _, err := serveMetrics(grp, metricsAddr, reg, health.Check{Name: "gateway", Fn: gw.CheckReady}); err != nil {
 				grp.cancel()
 				_ = grp.wait()
 				return err
@@ -727,7 +734,7 @@ func newGatewayCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "HTTP address to serve")
 	cmd.Flags().StringVar(&xdsAddr, "xds", "127.0.0.1:7401", "control plane xDS address")
 	cmd.Flags().StringVar(&nodeID, "node-id", "gateway-"+strings.ToLower(host), "this gateway's xDS node id")
-	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7404", "Prometheus /metrics address; empty disables")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:7404", "Prometheus /metrics, /healthz and /readyz address; empty disables")
 	gf.register(cmd)
 	return cmd
 }
