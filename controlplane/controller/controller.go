@@ -71,6 +71,11 @@ type Controller struct {
 	cfg       Config
 	startedAt time.Time
 	graceFor  map[string]bool // the nodes there were when Run started
+	// notReadySeen is when this leader first saw each node NotReady, on
+	// its monotonic clock: Lost needs LostGrace of it as well as of the
+	// stored StateSince (an earlier leader's wall clock), so a jump of
+	// this machine's wall clock never makes a node Lost early.
+	notReadySeen map[string]time.Time
 	store     Store
 	cache     Views
 	sched     *scheduler.Scheduler
@@ -135,6 +140,13 @@ func New(cfg Config, st Store, cache Views) *Controller {
 		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_rollouts_total",
 			Help: "Rollouts finished, by strategy and result (Succeeded, RolledBack, Aborted)."}, []string{"strategy", "result"}),
 	}
+	// Every strategy and result has its series from the start, at 0, so
+	// an increase() over them works before the first rollout ends.
+	for _, strategy := range []string{api.StrategyCanary, api.StrategyRolling} {
+		for _, result := range []string{api.RolloutSucceeded, api.RolloutRolledBack, api.RolloutAborted} {
+			c.rollouts.WithLabelValues(strategy, result)
+		}
+	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(c.reconciles, c.conflicts, c.placed, c.stale, c.rollouts)
 	}
@@ -143,7 +155,7 @@ func New(cfg Config, st Store, cache Views) *Controller {
 
 // Run reconciles on every change and every Resync until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.startedAt, c.graceFor, c.panicking, c.panicInputs = c.now(), nil, nil, nil
+	c.startedAt, c.graceFor, c.panicking, c.panicInputs, c.notReadySeen = c.now(), nil, nil, nil, map[string]time.Time{}
 	changes, unsubscribe := c.cache.Subscribe()
 	defer unsubscribe()
 	tick := time.NewTicker(c.cfg.Resync)
@@ -250,11 +262,24 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 		}
 	}
 	c.notePanics(ctx, v)
-	now := c.now().UTC()
+	mono := c.now() // UTC() below drops the monotonic reading
+	now := mono.UTC()
+	if c.notReadySeen == nil {
+		c.notReadySeen = map[string]time.Time{}
+	}
+	for name := range c.notReadySeen {
+		if n := v.Node(name); n == nil || n.State != api.NodeNotReady {
+			delete(c.notReadySeen, name)
+		}
+	}
 	var errs []error
 	for _, n := range v.Nodes {
 		// A removed node is lost at once, whatever it still sends.
 		live := v.LiveNodes[n.Name] && !n.Removed
+		var watched time.Duration // NotReady under this leader's eyes
+		if n.State == api.NodeNotReady {
+			watched = c.watchedNotReady(n.Name, mono)
+		}
 		var next string
 		switch {
 		case n.Removed && n.State != api.NodeLost:
@@ -268,7 +293,7 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			// its way.
 		case !live && (n.State == api.NodeReady || n.State == ""):
 			next = api.NodeNotReady
-		case !live && n.State == api.NodeNotReady && now.Sub(n.StateSince) >= c.cfg.LostGrace:
+		case !live && n.State == api.NodeNotReady && now.Sub(n.StateSince) >= c.cfg.LostGrace && watched >= c.cfg.LostGrace:
 			next = api.NodeLost
 		}
 		if next != "" {
@@ -291,6 +316,7 @@ func (c *Controller) reconcileNodes(ctx context.Context, v *store.View) error {
 			case api.NodeReady:
 				c.event(ctx, "", "node/"+n.Name, "NodeReady", "Normal", "node %s is ready", n.Name)
 			case api.NodeNotReady:
+				c.notReadySeen[n.Name] = mono
 				c.event(ctx, "", "node/"+n.Name, "NodeNotReady", "Warning", "node %s missed its heartbeats (last %s); its endpoints left discovery (kept by panic routing for a service that has no other)", n.Name, heartbeat.Format(time.RFC3339))
 			case api.NodeLost:
 				c.event(ctx, "", "node/"+n.Name, "NodeLost", "Warning", "node %s lost after %s NotReady; its instances are replaced elsewhere", n.Name, c.cfg.LostGrace)
@@ -945,6 +971,17 @@ func (c *Controller) notePanics(ctx context.Context, v *store.View) {
 		}
 	}
 	c.panicking, c.panicInputs = panicking, checked
+}
+
+// watchedNotReady is how long this leader has seen node NotReady (its
+// monotonic clock), starting now if it had not.
+func (c *Controller) watchedNotReady(node string, mono time.Time) time.Duration {
+	seen, ok := c.notReadySeen[node]
+	if !ok {
+		c.notReadySeen[node] = mono
+		return 0
+	}
+	return mono.Sub(seen)
 }
 
 // spared tells whether a node that stopped reporting is still taken as

@@ -174,6 +174,17 @@ func TestHarnessNodeStates(t *testing.T) {
 	if err := run(c, c.reconcileNodes, v); err != nil {
 		t.Fatal(err)
 	}
+	// "gone" has been NotReady for longer than the grace by the stored
+	// StateSince (another leader's wall clock, or this machine's before
+	// a jump), but this leader has not watched it for the grace: not yet
+	// Lost.
+	if got := fs.nodes["gone"].State; got != api.NodeNotReady {
+		t.Fatalf("node gone: %s at this leader's first sight, want NotReady until it watched for LostGrace", got)
+	}
+	c.now = func() time.Time { return h0.Add(c.cfg.LostGrace) }
+	if err := run(c, c.reconcileNodes, v); err != nil {
+		t.Fatal(err)
+	}
 	for name, want := range map[string]string{"up": api.NodeReady, "silent": api.NodeNotReady, "gone": api.NodeLost, "removed": api.NodeLost} {
 		if got := fs.nodes[name].State; got != want {
 			t.Errorf("node %s: %s, want %s", name, got, want)
