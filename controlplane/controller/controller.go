@@ -76,12 +76,12 @@ type Controller struct {
 	// stored StateSince (an earlier leader's wall clock), so a jump of
 	// this machine's wall clock never makes a node Lost early.
 	notReadySeen map[string]time.Time
-	store     Store
-	cache     Views
-	sched     *scheduler.Scheduler
-	loads     LoadReader
-	logger    *slog.Logger
-	now       func() time.Time
+	store        Store
+	cache        Views
+	sched        *scheduler.Scheduler
+	loads        LoadReader
+	logger       *slog.Logger
+	now          func() time.Time
 
 	unschedulable map[string]string // instance id -> last reason, to avoid repeating events
 	commitFailed  map[string]string // service key -> last commit failure, likewise
