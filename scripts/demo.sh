@@ -10,6 +10,7 @@ DATA=${BERTH_DEMO_DATA:-/var/lib/berth/dev}
 API=${BERTH_DEMO_API:-127.0.0.1:7400}
 GW=${BERTH_DEMO_GATEWAY:-127.0.0.1:8080}
 DNS=${BERTH_DEMO_DNS:-127.0.0.1:1053}
+UI=${BERTH_DEMO_UI:-127.0.0.1:7420}
 LOG=${BERTH_DEMO_LOG:-/var/log/berth/dev.log}
 BERTH="bin/berth --server $API"
 export BERTH_ADDR=$API
@@ -21,7 +22,7 @@ mkdir -p "$(dirname "$LOG")"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "starting berth dev (logs: $LOG)"
-bin/berth dev --data-dir "$DATA" --api-addr "$API" --gateway-addr "$GW" --dns-addr "$DNS" 2>>"$LOG" &
+bin/berth dev --data-dir "$DATA" --api-addr "$API" --gateway-addr "$GW" --dns-addr "$DNS" --ui-addr "$UI" 2>>"$LOG" &
 pid=$!
 stop() {
   trap - INT TERM
@@ -74,6 +75,12 @@ say "berth logs hello --tail 1 (every replica's output, from its node)"
 $BERTH logs hello --tail 1
 say "berth exec client -- /hello env (a command inside a container)"
 $BERTH exec client -- /hello env | grep '^BERTH_'
+
+# The admin's token (in the CLI configuration berth dev wrote) logs the
+# browser in; tokens are "berth-" and URL-safe characters.
+token=$(awk '$1=="token:" {print $2; exit}' "$BERTH_CONFIG")
+say "the dashboard (live rollout plots): http://$UI/login?token=$token"
+echo "  (a canary rollout started with berth apply shows there live: see the README's CLI tour)"
 
 echo
 echo "berth dev keeps running: try '$BERTH get instances' in another terminal. Ctrl-C stops it."
