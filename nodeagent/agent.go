@@ -148,7 +148,7 @@ type Agent struct {
 	dnsVersion atomic.Uint64
 	// connected is whether the last heartbeat reached the control plane.
 	connected atomic.Bool
-	beatNow    chan struct{}
+	beatNow   chan struct{}
 
 	readyOnce sync.Once
 	ready     chan struct{}
