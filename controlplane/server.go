@@ -351,6 +351,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("node liveness", s.runLiveness)
 	run("node feed", s.api.RunNodeFeed)
 	run("image copies", s.api.ReplicateImages)
+	run("leader watch", s.watchLeader)
 	run("api", func(context.Context) error {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err
@@ -421,6 +422,7 @@ func (s *Server) lead(ctx context.Context) error {
 		s.logger.Info("elected leader: running the scheduler and controllers", "replica", name)
 		s.leader.Store(true)
 		lctx, cancel := context.WithCancel(ctx)
+		go s.beatAsLeader(lctx, sess, name)
 		go func() {
 			select {
 			case <-sess.Done():

@@ -73,3 +73,19 @@ func (s *Store) Servers(ctx context.Context, opts ...clientv3.OpOption) ([]Serve
 	}
 	return out, nil
 }
+
+// Server reads one replica's record (nil: none).
+func (s *Store) Server(ctx context.Context, name string) (*ServerRecord, error) {
+	resp, err := s.cli.Get(ctx, serverKey(name))
+	if err != nil {
+		return nil, fmt.Errorf("store: read server %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var r ServerRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		return nil, fmt.Errorf("store: server %s: %w", name, err)
+	}
+	return &r, nil
+}
