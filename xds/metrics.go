@@ -84,6 +84,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Load reports refused because more requests completed than were issued (analysis holds on them).",
 		}),
 	}
+	// Every type's ACK and NACK counters exist from the start, at 0, so a
+	// rate() or an alert on them has a series before the first NACK.
+	for _, t := range []string{"listener", "route", "cluster", "endpoint"} {
+		m.acks.WithLabelValues(t)
+		m.nacks.WithLabelValues(t)
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
 			m.connectedStreams, m.publishedVersion, m.publishErrors, m.translateSeconds, m.responses, m.resourcesSent,

@@ -361,16 +361,19 @@ func (p *Publisher) publish(v *store.View) {
 	p.logger.Debug("published discovery snapshot", "version", snap.Version, "services", len(snap.Services))
 }
 
-// notePanic sets the panic gauge of a service just built and logs when its
+// notePanic sets the panic gauge of a service just built (0 from its first
+// build) and logs when its
 // panic routing starts or ends (the leader's controller records the
 // events: one per cluster, not one per replica).
 func (p *Publisher) notePanic(key string, svc *discovery.Service) {
 	nodes := svc.PanicNodes()
 	was, seen := p.inPanic[key]
 	now := len(nodes) > 0
-	if !seen && !now || was == now {
+	if seen && was == now {
 		return
 	}
+	// Every service has its series from its first build, at 0 unless in
+	// panic, so an alert or a sum over it works before the first panic.
 	p.inPanic[key] = now
 	if now {
 		p.panic.WithLabelValues(svc.Namespace, svc.Name).Set(1)
@@ -378,5 +381,7 @@ func (p *Publisher) notePanic(key string, svc *discovery.Service) {
 		return
 	}
 	p.panic.WithLabelValues(svc.Namespace, svc.Name).Set(0)
-	p.logger.Info("panic routing ended", "service", key)
+	if seen {
+		p.logger.Info("panic routing ended", "service", key)
+	}
 }
