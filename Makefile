@@ -11,7 +11,7 @@ GOFLAGS_BUILD := -trimpath
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 TEST_TIMEOUT ?= 10m
 
-.PHONY: vendor-ui docs all build images test unit integration chaos demo deps containerd lint h2spec proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
+.PHONY: vendor-ui docs all build images test unit integration chaos demo deps containerd lint h2spec promql-names proto fuzz bench bench-xds bench-startup bench-gateway bench-scheduler bench-dns bench-xds-gateways bench-cp-scale bench-cp-curve clean
 
 all: build
 
@@ -37,7 +37,7 @@ images:
 RACE_PKGS := ./controlplane/... ./discovery/... ./dns/... ./xds/... ./gateway/... ./manifests/... ./nodeagent/ ./nodeagent/probe/...
 
 # The dashboard's browser test writes its screenshots to bin/artifacts.
-test: containerd lint h2spec
+test: containerd lint h2spec promql-names
 	BERTH_ARTIFACTS=$(CURDIR)/$(BIN)/artifacts $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 
@@ -46,7 +46,7 @@ test: containerd lint h2spec
 unit: h2spec
 	$(GO) test -count=1 -short $$($(GO) list ./... | grep -v -e /integration -e /nodeagent/runtime)
 
-integration: containerd
+integration: containerd promql-names
 	BERTH_ARTIFACTS=$(CURDIR)/$(BIN)/artifacts $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./integration/...
 
 # chaos: issue #16's chaos suite in full (integration/chaos_test.go): three
@@ -64,6 +64,17 @@ h2spec: $(BIN)/h2spec
 
 $(BIN)/h2spec: tools/h2spec/go.mod tools/h2spec/go.sum
 	cd tools/h2spec && GOBIN=$(CURDIR)/$(BIN) $(GO) install tool
+	@touch $@
+
+# promql-names, Prometheus' own PromQL parser, with which the Grafana
+# dashboard's test (integration/grafana_test.go finds it in bin/) reads the
+# metric names of every panel and alerting rule; at the version
+# tools/promql-names/go.mod pins, a module of its own so Prometheus'
+# dependencies do not move the project's.
+promql-names: $(BIN)/promql-names
+
+$(BIN)/promql-names: tools/promql-names/go.mod tools/promql-names/go.sum tools/promql-names/main.go
+	cd tools/promql-names && GOBIN=$(CURDIR)/$(BIN) $(GO) install .
 	@touch $@
 
 # lint: gofmt, go vet, go.mod tidy (direct dependencies listed as such),
