@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -218,6 +219,25 @@ spec:
 		// it, and the page asks again until it has it.
 		waitPage(15*time.Second, "the rollback mark on the timeline", func(s rolloutPageState) bool { return s.RollbackMark })
 		writeScreenshot(t, ctx, "dashboard-rollback.png", true)
+	})
+
+	t.Run("a viewer limited to a namespace names it and sees its services", func(t *testing.T) {
+		tok := strings.TrimSpace(mustBerth(t, api, "token", "create", "--role", "viewer", "--namespace", "default", "--description", "ui test"))
+		link := strings.SplitN(login, "?token=", 2)[0] + "?token=" + url.QueryEscape(tok)
+		// The whole list is refused to this token: the page says what to do.
+		if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`localStorage.removeItem('berth.namespace')`), chromedp.Navigate(link),
+			chromedp.WaitVisible(chromedp.CSS(`[data-testid="load-error"]`))); err != nil {
+			t.Fatalf("services page of a namespaced viewer: %v", err)
+		}
+		msg, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`[data-testid="load-error"]`)))
+		if err != nil || !strings.Contains(msg, "Namespace field") {
+			t.Fatalf("the refusal says %q (%v), want a hint to name a namespace", msg, err)
+		}
+		if err := chromedp.Do(ctx, chromedp.SetValue(chromedp.ID("namespace-filter"), "default"),
+			chromedp.Evaluate[chromedp.Void](`document.getElementById('namespace-filter').dispatchEvent(new Event('change'))`),
+			chromedp.WaitVisible(chromedp.CSS(`[data-testid="service-row"][data-service="default/hello"]`))); err != nil {
+			t.Fatalf("services of the named namespace: %v", err)
+		}
 	})
 }
 

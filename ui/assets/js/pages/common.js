@@ -34,7 +34,7 @@ export function refresher(el, load) {
         el.dataset.loaded = String(Date.now());
       }
     } catch (err) {
-      if (!disposed) replace(el, errorBox(err));
+      if (!disposed) replace(el, listErrorBox(err));
     } finally {
       running = false;
       if (again && !disposed) {
@@ -53,4 +53,45 @@ export function serviceHref(ns, name) {
 }
 export function rolloutHref(ns, name) {
   return '#/rollouts/' + encodeURIComponent(ns) + '/' + encodeURIComponent(name);
+}
+
+// The namespace the list pages show ("" = every namespace the token may
+// read), kept across pages and reloads. A token limited to namespaces
+// must name one: the API refuses it the whole list.
+const nsKey = 'berth.namespace';
+export function namespaceFilter() {
+  try {
+    return localStorage.getItem(nsKey) || '';
+  } catch {
+    return '';
+  }
+}
+
+/** nsQuery is "?namespace=NS" for the chosen namespace, or "". */
+export function nsQuery() {
+  const ns = namespaceFilter();
+  return ns ? '?namespace=' + encodeURIComponent(ns) : '';
+}
+
+/** namespacePicker is a field choosing the list pages' namespace. */
+export function namespacePicker(onChange) {
+  const input = h('input', { id: 'namespace-filter', type: 'search', placeholder: 'all namespaces', value: namespaceFilter(), 'aria-label': 'Namespace', size: 16, spellcheck: 'false' });
+  input.addEventListener('change', () => {
+    try {
+      localStorage.setItem(nsKey, input.value.trim());
+    } catch {
+      // storage off: the choice lasts for this page only
+    }
+    onChange();
+  });
+  return h('label', { class: 'ns-filter' }, 'Namespace ', input);
+}
+
+/** listErrorBox explains a refused list: a token limited to namespaces. */
+export function listErrorBox(err) {
+  if (err && err.status === 403 && !namespaceFilter()) {
+    return h('div', { class: 'alert alert-info', role: 'alert', 'data-testid': 'load-error' },
+      'This token may read only some namespaces: name one in the Namespace field above. (', err.message, ')');
+  }
+  return errorBox(err);
 }

@@ -2,13 +2,13 @@
 import { get } from '../api.js';
 import { h, badge, table } from '../dom.js';
 import { ago, when, phaseTone } from '../format.js';
-import { header, refresher, serviceHref } from './common.js';
+import { header, refresher, serviceHref, namespacePicker, nsQuery } from './common.js';
 
 export function eventsPage({ main, setTitle }) {
   setTitle('Events');
   const body = h('div', { id: 'events' });
-  main.append(header('Events', 'What the control plane did and saw, newest first.'), body);
-  const refresh = refresher(body, async () => eventsTable((await get('/events')).events || [], { id: 'events-table', object: true }));
+  main.append(header('Events', 'What the control plane did and saw, newest first.', namespacePicker(() => refresh())), body);
+  const refresh = refresher(body, async () => eventsTable((await get('/events' + nsQuery())).events || [], { id: 'events-table', object: true }));
   refresh();
   return { topics: ['events'], refresh, dispose: refresh.dispose };
 }

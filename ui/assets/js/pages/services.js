@@ -3,16 +3,16 @@
 import { get } from '../api.js';
 import { h, badge, table } from '../dom.js';
 import { int, pct, phaseTone, active } from '../format.js';
-import { header, refresher, serviceHref, rolloutHref } from './common.js';
+import { header, refresher, serviceHref, rolloutHref, namespacePicker, nsQuery } from './common.js';
 
 export function servicesPage({ main, setTitle }) {
   setTitle('Services');
   const body = h('div', { id: 'services', 'aria-live': 'polite', 'aria-busy': 'true' });
-  main.append(header('Services', 'Every service, its revision, readiness, route and rollout.'), body);
+  main.append(header('Services', 'Every service, its revision, readiness, route and rollout.', namespacePicker(() => refresh())), body);
   const live = new Map(); // "ns/name" -> newest live rollout point
 
   async function load() {
-    const res = await get('/services');
+    const res = await get('/services' + nsQuery());
     const services = (res.services || []).slice().sort((a, b) => key(a).localeCompare(key(b)));
     // The current rollout of each service; a service that never had one
     // answers NotFound.
