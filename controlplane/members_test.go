@@ -159,6 +159,23 @@ func TestThreeMemberControlPlane(t *testing.T) {
 		t.Fatalf("a service applied through three, read through two: %v", err)
 	}
 
+	// The cluster state's gauges come from the leading replica alone.
+	eventually(t, "hello's desired replicas exported by the leader only", func() (bool, string) {
+		var who []string
+		for _, m := range []*member{one, two, three} {
+			mfs, err := m.cfg.Registerer.(*prometheus.Registry).Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if mf.GetName() == "berth_service_replicas_desired" && len(mf.GetMetric()) > 0 {
+					who = append(who, fmt.Sprintf("%s (leader %v)", m.cfg.Name, m.srv.IsLeader()))
+				}
+			}
+		}
+		return len(who) == 1 && strings.HasSuffix(who[0], "(leader true)"), fmt.Sprint(who)
+	})
+
 	step("Joining under a name taken")
 	// Joining under a name taken is refused, naming it.
 	dup := joinConfig(t, "two", one)
