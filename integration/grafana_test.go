@@ -29,7 +29,8 @@ const (
 // service in a canary and traffic through the gateway and DNS, then
 // checks that every metric the Grafana dashboard (deploy/grafana) and the
 // alerting rules (deploy/prometheus) query exists in its /metrics, parsing
-// each expression with Prometheus' own parser (bin/promql-names). It also
+// each expression with Prometheus' own parser (bin/promql-names) and
+// loading the rules as Prometheus does. It also
 // checks /healthz and /readyz, and that a deleted service's series go.
 func TestGrafanaDashboardAndAlertsQueryRealMetrics(t *testing.T) {
 	requireContainerd(t)
@@ -37,10 +38,15 @@ func TestGrafanaDashboardAndAlertsQueryRealMetrics(t *testing.T) {
 	if _, err := os.Stat(promqlNames); err != nil {
 		t.Fatalf("%s missing (make promql-names installs it): %v", promqlNames, err)
 	}
-	// What the dashboard and the rules query, parsed first: a broken
-	// expression fails before anything starts.
+	// The rules load in Prometheus (rulefmt: fields, durations, label
+	// names, templates, expressions), and what the dashboard and the rules
+	// query parses: a broken file fails before anything starts.
+	rulesFile := filepath.Join(repoRoot, "deploy/prometheus/alerts.yml")
+	if out, err := exec.Command(promqlNames, "-rules", rulesFile).CombinedOutput(); err != nil {
+		t.Fatalf("%s does not load in Prometheus: %v\n%s", rulesFile, err, out)
+	}
 	exprs := dashboardExprs(t, filepath.Join(repoRoot, "deploy/grafana/berth.json"))
-	exprs = append(exprs, alertExprs(t, filepath.Join(repoRoot, "deploy/prometheus/alerts.yml"))...)
+	exprs = append(exprs, alertExprs(t, rulesFile)...)
 	wanted := queriedNames(t, promqlNames, exprs)
 
 	data := t.TempDir()

@@ -8,15 +8,23 @@
 //
 // Input on stdin: a JSON array of expressions. Output on stdout: a JSON
 // array of the same length, each {"names": [...]} or {"error": "..."}.
+//
+// With -rules FILE it checks a Prometheus rule file as Prometheus loads
+// it (model/rulefmt: unknown fields, durations, label names, templates,
+// expressions) and prints each problem; exit status 1 if there is one.
 package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
 )
 
@@ -60,7 +68,24 @@ func names(expr string) ([]string, error) {
 	return out, inspectErr
 }
 
+// checkRules prints every problem Prometheus would find loading path.
+func checkRules(path string) int {
+	_, errs := rulefmt.ParseFile(path, false, model.LegacyValidation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
+	for _, err := range errs {
+		fmt.Println(err)
+	}
+	if len(errs) > 0 {
+		return 1
+	}
+	return 0
+}
+
 func main() {
+	rules := flag.String("rules", "", "check this Prometheus rule file instead of reading expressions")
+	flag.Parse()
+	if *rules != "" {
+		os.Exit(checkRules(*rules))
+	}
 	var exprs []string
 	if err := json.NewDecoder(os.Stdin).Decode(&exprs); err != nil {
 		fmt.Fprintln(os.Stderr, "promql-names: read a JSON array of expressions on stdin:", err)
