@@ -308,20 +308,6 @@ func (s *Server) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.ApplyResp
 	return out, nil
 }
 
-func countInstances(v *store.View, svc *api.Service) (live, ready int32) {
-	for _, vi := range v.Instances {
-		in := vi.Instance
-		if in.Namespace != svc.Metadata.Namespace || in.Service != svc.Metadata.Name || !in.Live() {
-			continue
-		}
-		live++
-		if in.ReadyWith(v.Statuses[in.ID]) {
-			ready++
-		}
-	}
-	return live, ready
-}
-
 // ListServices lists services with their replica counts.
 func (s *Server) ListServices(ctx context.Context, req *pb.ListServicesRequest) (*pb.ListServicesResponse, error) {
 	v := s.cache.View()
@@ -331,7 +317,7 @@ func (s *Server) ListServices(ctx context.Context, req *pb.ListServicesRequest) 
 		if req.Namespace != "" && svc.Metadata.Namespace != req.Namespace {
 			continue
 		}
-		live, ready := countInstances(v, svc)
+		live, ready := v.ServiceReplicas(svc.Key())
 		out.Services = append(out.Services, &pb.ServiceSummary{Service: pb.FromService(svc), Desired: svc.Spec.ReplicaCount(), Ready: ready, Instances: live})
 	}
 	return out, nil
