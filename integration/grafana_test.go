@@ -138,11 +138,15 @@ spec:
 		}
 		return len(missing) == 0, fmt.Sprint("missing: ", missing)
 	})
-	// The canary waits for promote at its first step, 10%.
+	// The canary waits for promote at its first step, 10%: Progressing
+	// until the step is in place, then Paused.
 	eventually(t, 60*time.Second, "the canary's series", func() (bool, string) {
 		body := scrape(t, metrics)
+		if !strings.Contains(body, `berth_rollout_phase{namespace="default",phase="Progressing",service="hello",strategy="canary"} 1`) &&
+			!strings.Contains(body, `berth_rollout_phase{namespace="default",phase="Paused",service="hello",strategy="canary"} 1`) {
+			return false, "hello's rollout neither Progressing nor Paused"
+		}
 		for _, series := range []string{
-			`berth_rollout_phase{namespace="default",phase="Progressing",service="hello",strategy="canary"} 1`,
 			`berth_rollout_phase{namespace="default",phase="RolledBack",service="hello",strategy="canary"} 0`,
 			`berth_rollout_step{namespace="default",service="hello"} 0`,
 			`berth_rollout_canary_weight_ratio{namespace="default",service="hello"} 0.1`,
@@ -150,7 +154,13 @@ spec:
 			`berth_service_replicas_ready{namespace="default",service="client"} 1`,
 		} {
 			if !strings.Contains(body, series) {
-				return false, "lacks " + series
+				var rollout []string
+				for _, l := range strings.Split(body, "\n") {
+					if strings.HasPrefix(l, "berth_rollout") || strings.HasPrefix(l, "berth_service_") {
+						rollout = append(rollout, l)
+					}
+				}
+				return false, "lacks " + series + "; has:\n" + strings.Join(rollout, "\n")
 			}
 		}
 		return true, ""
