@@ -798,9 +798,9 @@ type registry struct {
 	maxIdle int
 
 	mu        sync.Mutex
-	endpoints map[string]*endpoint
+	endpoints map[upstreamAddr]*endpoint
 	clusters  map[string]*clusterState
-	used      map[string]bool // addresses in the table being built
+	used      map[upstreamAddr]bool // endpoints in the table being built
 	usedCl    map[string]bool
 
 	// built holds the upstream clusters of the last swept table with what
@@ -827,12 +827,12 @@ func (r *registry) keep(u *upstreamCluster) {
 	defer r.mu.Unlock()
 	r.usedCl[u.name] = true
 	for _, e := range u.endpoints {
-		r.used[e.key()] = true
+		r.used[upstreamAddr{e.addr, e.zone}] = true
 	}
 }
 
 func newRegistry(maxIdle int) *registry {
-	return &registry{maxIdle: maxIdle, endpoints: map[string]*endpoint{}, clusters: map[string]*clusterState{}, used: map[string]bool{}, usedCl: map[string]bool{},
+	return &registry{maxIdle: maxIdle, endpoints: map[upstreamAddr]*endpoint{}, clusters: map[string]*clusterState{}, used: map[upstreamAddr]bool{}, usedCl: map[string]bool{},
 		built: map[string]builtUpstream{}, building: map[string]builtUpstream{}}
 }
 
@@ -844,13 +844,12 @@ func (r *registry) endpoint(addr string) *endpoint { return r.endpointIn(addr, "
 func (r *registry) endpointIn(addr, zone string) *endpoint {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := &endpoint{addr: addr, zone: zone}
-	key := e.key()
+	key := upstreamAddr{addr, zone}
 	r.used[key] = true
-	if old, ok := r.endpoints[key]; ok {
-		return old
+	if e, ok := r.endpoints[key]; ok {
+		return e
 	}
-	e.maxIdle = r.maxIdle
+	e := &endpoint{addr: addr, zone: zone, maxIdle: r.maxIdle}
 	r.endpoints[key] = e
 	return e
 }

@@ -46,14 +46,6 @@ type endpoint struct {
 
 func (e *endpoint) ejected(now int64) bool { return e.ejectedUntil.Load() > now }
 
-// key names the endpoint in the registry: its address and locality.
-func (e *endpoint) key() string {
-	if e.zone == "" {
-		return e.addr
-	}
-	return e.addr + "@" + e.zone
-}
-
 // upstreamConn is one keep-alive connection to an endpoint, with its read
 // buffer; it is used by one request at a time.
 type upstreamConn struct {

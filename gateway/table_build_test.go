@@ -109,7 +109,7 @@ func TestBuildTableReusesUnchangedUpstreams(t *testing.T) {
 	}
 	t1 := buildTable(st, "berth_http", "1", m.stats, reg)
 	reg.sweep()
-	old := reg.endpoints["10.0.0.2:8080@/berth/n"]
+	old := reg.endpoints[upstreamAddr{"10.0.0.2:8080", "/berth/n"}]
 	eps := maps.Clone(st.endpoints)
 	eps["default_b_r1"] = []upstreamAddr{{addr: "10.0.0.9:8080"}}
 	st = st.with(resource.EndpointType, "2", eps)
@@ -122,10 +122,10 @@ func TestBuildTableReusesUnchangedUpstreams(t *testing.T) {
 	if b2 == upstreamOf(t1, "b.test") || len(b2.endpoints) != 1 || b2.endpoints[0].addr != "10.0.0.9:8080" {
 		t.Fatalf("changed cluster b: %+v", b2)
 	}
-	if _, ok := reg.endpoints["10.0.0.2:8080@/berth/n"]; ok || old == nil {
+	if _, ok := reg.endpoints[upstreamAddr{"10.0.0.2:8080", "/berth/n"}]; ok || old == nil {
 		t.Error("the endpoint that left b is still registered")
 	}
-	for _, addr := range []string{"10.0.0.1:8080@/berth/n", "10.0.0.3:8080@/berth/n", "10.0.0.9:8080"} {
+	for _, addr := range []upstreamAddr{{"10.0.0.1:8080", "/berth/n"}, {"10.0.0.3:8080", "/berth/n"}, {"10.0.0.9:8080", ""}} {
 		if _, ok := reg.endpoints[addr]; !ok {
 			t.Errorf("endpoint %s in use but not registered", addr)
 		}
