@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -242,10 +243,23 @@ func TestRolloutSurvivesControlPlaneRestart(t *testing.T) {
 	if err != nil || r.Phase != "Paused" || r.Weight != 25 || r.Step != 0 {
 		t.Fatalf("after restart: %v %v", r, err)
 	}
-	after, _ := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
-	if len(after.Instances) != len(before.Instances) || len(after.Instances) != 5 {
-		t.Fatalf("instances before %d, after %d (want 4 stable + 1 canary)", len(before.Instances), len(after.Instances))
+	// The same instances (ids), once the restarted replica's cache has
+	// loaded (a list right after the restart may still be empty or fail).
+	ids := func(l *pb.ListInstancesResponse) []string {
+		var out []string
+		for _, i := range l.GetInstances() {
+			out = append(out, i.GetInstance().GetId())
+		}
+		slices.Sort(out)
+		return out
 	}
+	if len(before.GetInstances()) != 5 {
+		t.Fatalf("instances before the restart: %d, want 4 stable + 1 canary", len(before.GetInstances()))
+	}
+	eventually(t, "the same five instances after the restart", func() (bool, string) {
+		after, err := h.berth.ListInstances(ctx, &pb.ListInstancesRequest{Service: "hello"})
+		return err == nil && slices.Equal(ids(after), ids(before)), fmt.Sprint(ids(after), err)
+	})
 	ld.mu.Lock()
 	ld.canary, ld.requests = 2, 100
 	ld.mu.Unlock()

@@ -422,7 +422,6 @@ func (s *Server) lead(ctx context.Context) error {
 		s.logger.Info("elected leader: running the scheduler and controllers", "replica", name)
 		s.leader.Store(true)
 		lctx, cancel := context.WithCancel(ctx)
-		go s.beatAsLeader(lctx, sess, name)
 		go func() {
 			select {
 			case <-sess.Done():
