@@ -82,7 +82,9 @@ func TestCanaryStepsPromoteAndRollBack(t *testing.T) {
 	if _, err := h.berth.Apply(ctx, &pb.ApplyRequest{Services: []*pb.Service{canaryService("hello:v2", steps...)}}); err != nil {
 		t.Fatal(err)
 	}
+	ld.mu.Lock() // the rollout recorder reads it too
 	ld.canary = 2
+	ld.mu.Unlock()
 	eventually(t, "25/75 and paused for promote", func() (bool, string) {
 		ready()
 		w := weights(latest())
