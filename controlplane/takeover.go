@@ -16,12 +16,14 @@ import (
 // renews every lease when its own leader changes): 7-8 s without
 // controllers. A shorter TTL costs false losses of the lead under load.
 // Instead every other replica watches the leader's lease: a live leader
-// keeps it alive every third of its TTL (etcd's client), so a lease whose
-// time to live has fallen more than a third of its TTL plus
-// leaderSilentMargin below its TTL (etcd counts whole seconds) has missed
-// a keepalive. When that holds and the leader's API
-// address refuses connections (a port nobody listens on: the process is
-// gone; a slow or partitioned leader times out instead, and a firewall
+// keeps it alive every third of its TTL (etcd's client), which shows as
+// its time to live going up again; when a follower has not seen that for
+// a third of the TTL plus leaderSilentMargin (etcd counts whole seconds),
+// the leader missed a keepalive. (etcd also raises every lease's time to
+// live, above its TTL, when its own leader changes: that is not a
+// keepalive and is not counted as one.) When that holds and the leader's
+// API address refuses connections (a port nobody listens on: the process
+// is gone; a slow or partitioned leader times out instead, and a firewall
 // that rejects does not stop the keepalives), twice in a row, a follower
 // revokes the dead leader's lease and the next in line leads at once.
 // Reading a lease's time to live writes nothing to etcd.
@@ -37,6 +39,7 @@ func (s *Server) watchLeader(ctx context.Context) error {
 	defer t.Stop()
 	self := s.replicaName()
 	strikes := 0
+	var w leaseWatch
 	for {
 		select {
 		case <-ctx.Done():
@@ -47,7 +50,7 @@ func (s *Server) watchLeader(ctx context.Context) error {
 			strikes = 0
 			continue
 		}
-		gone, leader, lease, silent := s.leaderGone(ctx, self)
+		gone, leader, lease, silent := s.leaderGone(ctx, self, &w)
 		if !gone {
 			strikes = 0
 			continue
@@ -65,10 +68,31 @@ func (s *Server) watchLeader(ctx context.Context) error {
 	}
 }
 
+// leaseWatch is what a follower saw of the leader's lease: its time to
+// live at the last look, and when it last went up (a keepalive).
+type leaseWatch struct {
+	lease clientv3.LeaseID
+	ttl   int64
+	kept  time.Time
+}
+
+// saw records a look at lease's time to live (ttl of granted seconds) and
+// returns how long no keepalive has been seen.
+func (w *leaseWatch) saw(lease clientv3.LeaseID, ttl, granted int64, now time.Time) time.Duration {
+	switch {
+	case w.lease != lease:
+		*w = leaseWatch{lease: lease, kept: now} // another leader: from now
+	case ttl > w.ttl && ttl <= granted:
+		w.kept = now
+	}
+	w.ttl = ttl
+	return now.Sub(w.kept)
+}
+
 // leaderGone reports whether the current leader (not self) missed a
 // keepalive of its lease and its API refuses connections,
 // with its name, lease and how long it has been silent at least.
-func (s *Server) leaderGone(ctx context.Context, self string) (gone bool, leader string, lease clientv3.LeaseID, silent time.Duration) {
+func (s *Server) leaderGone(ctx context.Context, self string, w *leaseWatch) (gone bool, leader string, lease clientv3.LeaseID, silent time.Duration) {
 	gctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	resp, err := s.cli.Get(gctx, store.ElectionPrefix+"/", clientv3.WithFirstCreate()...)
@@ -84,9 +108,8 @@ func (s *Server) leaderGone(ctx context.Context, self string) (gone bool, leader
 	if err != nil || ttl.TTL <= 0 || ttl.GrantedTTL <= 0 {
 		return false, leader, 0, 0 // gone already, or etcd away
 	}
-	granted := time.Duration(ttl.GrantedTTL) * time.Second
-	silent = granted - time.Duration(ttl.TTL)*time.Second
-	if silent <= granted/3+leaderSilentMargin {
+	silent = w.saw(lease, ttl.TTL, ttl.GrantedTTL, time.Now())
+	if silent <= time.Duration(ttl.GrantedTTL)*time.Second/3+leaderSilentMargin {
 		return false, leader, 0, silent
 	}
 	rec, err := s.store.Server(gctx, leader)

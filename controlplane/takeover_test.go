@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A leader that dies (here: its API listener and its etcd client gone,
@@ -68,4 +70,32 @@ func TestDeadLeaderIsReplacedBeforeItsLeaseExpires(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("took over %s after the leader died", time.Since(died).Round(time.Millisecond))
+}
+
+// A follower counts a keepalive where the lease's time to live goes up
+// (to at most its TTL); etcd's raise of every lease above its TTL when its
+// own leader changes is not one; another leader's lease starts afresh.
+func TestLeaseWatchCountsKeepalivesOnly(t *testing.T) {
+	var w leaseWatch
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	for _, c := range []struct {
+		lease  int64
+		ttl    int64
+		ms     int
+		silent time.Duration
+	}{
+		{1, 4, 0, 0},                          // first look: counted from now
+		{1, 3, 500, 500 * time.Millisecond},   // falling
+		{1, 4, 1000, 0},                       // up: a keepalive
+		{1, 3, 1500, 500 * time.Millisecond},  // falling
+		{1, 6, 2000, time.Second},             // above the TTL: etcd's own raise, not a keepalive
+		{1, 5, 2500, 1500 * time.Millisecond}, // falling from the raise
+		{1, 4, 3000, 2 * time.Second},
+		{2, 5, 3500, 0}, // another leader's lease
+	} {
+		if got := w.saw(clientv3.LeaseID(c.lease), c.ttl, 5, at(c.ms)); got != c.silent {
+			t.Fatalf("at %d ms (lease %d, ttl %d): silent %s, want %s", c.ms, c.lease, c.ttl, got, c.silent)
+		}
+	}
 }
