@@ -220,10 +220,10 @@ func (c *adsClient) publish(version string) {
 	c.g.reg.sweep() // endpoints that left (or drain) get no new requests; in-flight ones finish
 	// Series of routes and clusters the table no longer has (a deleted
 	// service, a revision gone) are removed, not kept at their last value.
-	for k := range c.stats {
+	for k, s := range c.stats {
 		if !used[k] {
 			delete(c.stats, k)
-			c.g.metrics.forget(k[0], k[1])
+			c.g.metrics.forget(s)
 		}
 	}
 }

@@ -96,6 +96,7 @@ type routeStats struct {
 
 	mu    sync.Mutex // serialises claiming a slot
 	slots [codeSlots]codeSlot
+	gone  bool // forgotten (under mu): a late request must not recreate its series
 }
 
 // codeSlots bounds the codes a pair resolves once: a route sees a handful
@@ -111,10 +112,17 @@ func (m *metrics) stats(route, cluster string) *routeStats {
 	return &routeStats{route: route, cluster: cluster, requests: m.requests, latency: m.latency.WithLabelValues(route, cluster)}
 }
 
-// forget removes a (route, cluster) pair's series, every code's.
-func (m *metrics) forget(route, cluster string) {
-	m.latency.DeleteLabelValues(route, cluster)
-	m.requests.DeletePartialMatch(prometheus.Labels{"route": route, "cluster": cluster})
+// forget removes a (route, cluster) pair's series, every code's. A
+// request of an older table still in flight may finish on s afterwards:
+// a code it has not seen before then counts into a series of its own that
+// no registry holds, instead of bringing the pair's series back for good
+// (nothing would forget them again).
+func (m *metrics) forget(s *routeStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gone = true
+	m.latency.DeleteLabelValues(s.route, s.cluster)
+	m.requests.DeletePartialMatch(prometheus.Labels{"route": s.route, "cluster": s.cluster})
 }
 
 // codeLabel is the code label of an HTTP status: the code itself, or
@@ -146,12 +154,15 @@ func (s *routeStats) counter(status int) prometheus.Counter {
 			return s.claim(want)
 		}
 	}
-	return s.requests.WithLabelValues(s.route, s.cluster, codeLabel(status))
+	return s.claim(want) // every slot taken: resolved under the lock each time
 }
 
 func (s *routeStats) claim(code int32) prometheus.Counter {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gone {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_gateway_requests_total", Help: "a forgotten route's"})
+	}
 	for i := range s.slots {
 		sl := &s.slots[i]
 		switch sl.code.Load() {

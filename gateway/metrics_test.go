@@ -68,7 +68,16 @@ func TestRouteStatsCountRealCodes(t *testing.T) {
 		t.Errorf("observing a code seen before allocates %v times", allocs)
 	}
 	// A route gone from the table takes every code's series with it.
-	m.forget("default_web", "default_web_r1")
+	// A request of the old table that finishes afterwards, with a code
+	// the pair had not seen (a 504 of a service being deleted), brings
+	// none back, whether its code has a free slot or not.
+	fresh := m.stats("default_api", "default_api_r1")
+	fresh.observe(200, time.Millisecond)
+	m.forget(s)
+	m.forget(fresh)
+	s.observe(599, time.Millisecond)
+	s.observe(404, time.Millisecond)
+	fresh.observe(504, time.Millisecond)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
