@@ -136,10 +136,7 @@ func (h *hub) run(ctx context.Context) {
 	}
 	points := time.NewTicker(h.cfg.PointEvery)
 	defer points.Stop()
-	var prev *store.View
-	if h.cfg.Views != nil {
-		prev = h.cfg.Views.View()
-	}
+	var prev *store.View // nil: every topic changed
 	var lastChange time.Time
 	var debounce <-chan time.Time
 	sent := map[string]int64{} // newest point sent per rollout
@@ -154,6 +151,16 @@ func (h *hub) run(ctx context.Context) {
 		case <-debounce:
 			debounce = nil
 			lastChange = time.Now()
+			h.mu.Lock()
+			watched := len(h.subs) > 0
+			h.mu.Unlock()
+			if !watched {
+				// Nobody to tell: no view is built (a copy of the whole
+				// cluster's state, twice a second during a deploy); the
+				// next stream starts with every topic anyway.
+				prev = nil
+				continue
+			}
 			next := h.cfg.Views.View()
 			topics := changedTopics(prev, next)
 			prev = next

@@ -41,6 +41,8 @@ func DefaultConfig() Config {
 type Views interface {
 	View() *store.View
 	Subscribe() (<-chan struct{}, func())
+	// RolloutsGen changes when a rollout record or a service does.
+	RolloutsGen() uint64
 }
 
 // Recorder keeps the history of every rollout this replica sees.
@@ -78,23 +80,53 @@ func New(cfg Config, views Views, loads controller.LoadReader) *Recorder {
 	return &Recorder{cfg: cfg, views: views, loads: loads, current: map[string]*trace{}}
 }
 
-// Run records until ctx ends: marks as soon as the cache changes, a point
-// every Interval.
+// Run records until ctx ends: marks as soon as a rollout record or a
+// service changes, a point every Interval while a rollout is in progress.
+// A view (a copy of the cluster's state) is built only then: a deploy's
+// thousands of status reports, one cache change each, cost a look at a
+// counter.
 func (r *Recorder) Run(ctx context.Context) error {
 	wake, cancel := r.views.Subscribe()
 	defer cancel()
 	tick := time.NewTicker(r.cfg.Interval)
 	defer tick.Stop()
+	var seen uint64
+	changed := func() bool {
+		g := r.views.RolloutsGen()
+		if g == seen {
+			return false
+		}
+		seen = g
+		return true
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-wake:
-			r.Observe(time.Now(), r.views.View(), false)
+			if changed() {
+				r.Observe(time.Now(), r.views.View(), false)
+			}
 		case now := <-tick.C:
-			r.Observe(now, r.views.View(), true)
+			// (changed first: it records the generation observed.)
+			if changed() || r.recording() {
+				r.Observe(now, r.views.View(), true)
+			}
 		}
 	}
+}
+
+// recording reports whether a rollout is in progress (its points and
+// acknowledgement marks come from the ticks).
+func (r *Recorder) recording() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.current {
+		if !t.ended {
+			return true
+		}
+	}
+	return false
 }
 
 // trace is one rollout's record.

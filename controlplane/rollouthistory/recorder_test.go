@@ -1,8 +1,10 @@
 package rollouthistory
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -208,5 +210,67 @@ func TestRecorderFirstSeenMidStep(t *testing.T) {
 	}
 	if len(h.Points) != 1 || h.Points[0].Weight != 0.5 {
 		t.Fatalf("points: %+v", h.Points)
+	}
+}
+
+// countingViews is a cache whose changes the test makes, counting the
+// views built.
+type countingViews struct {
+	mu    sync.Mutex
+	v     *store.View
+	gen   uint64
+	views int
+	ch    chan struct{}
+}
+
+func (c *countingViews) View() *store.View {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.views++
+	return c.v
+}
+func (c *countingViews) Subscribe() (<-chan struct{}, func()) { return c.ch, func() {} }
+func (c *countingViews) RolloutsGen() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+func (c *countingViews) built() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.views
+}
+
+// A deploy's thousands of cache changes (status reports) build no view
+// while no rollout record or service changes and none is in progress;
+// a rollout record's change is observed at once.
+func TestRecorderBuildsViewsOnlyForRollouts(t *testing.T) {
+	cv := &countingViews{v: &store.View{Rollouts: map[string]store.VersionedRollout{}}, ch: make(chan struct{})}
+	cfg := DefaultConfig()
+	cfg.Interval = 20 * time.Millisecond
+	r := New(cfg, cv, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for range 2000 {
+		cv.ch <- struct{}{}
+	}
+	time.Sleep(5 * cfg.Interval)
+	if n := cv.built(); n != 0 {
+		t.Fatalf("%d views built for changes that were not rollouts'", n)
+	}
+	ro := api.Rollout{Namespace: "default", Service: "web", Revision: 2, Stable: 1, Phase: api.RolloutProgressing}
+	cv.mu.Lock()
+	cv.v, cv.gen = view(ro, canarySpec()), 1
+	cv.mu.Unlock()
+	cv.ch <- struct{}{}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, ok := r.History("default", "web"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rollout was not recorded")
+		}
 	}
 }

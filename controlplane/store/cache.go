@@ -39,6 +39,7 @@ type Cache struct {
 	dirtyInstances, dirtyStatuses map[string]bool
 	gen                           uint64            // View.Gen
 	nodesGen                      uint64            // View.NodesGen
+	rolloutsGen                   uint64            // RolloutsGen
 	svcGens                       map[string]uint64 // View.ServiceGens
 	svcSeq                        uint64
 	ready                         chan struct{}
@@ -340,6 +341,15 @@ func (c *Cache) Stamp() (revision int64, gen uint64) {
 	return c.rev, c.gen
 }
 
+// RolloutsGen changes whenever a rollout record or a service changes
+// (what a rollout's history reads), without building a view: the rest of
+// a deploy's changes (thousands of status reports) leave it alone.
+func (c *Cache) RolloutsGen() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rolloutsGen
+}
+
 // NodesGen is View().NodesGen without building a view.
 func (c *Cache) NodesGen() uint64 {
 	c.mu.RLock()
@@ -579,6 +589,9 @@ func (c *Cache) changed(key string, update bool) {
 	// and discovery read as it was.
 	if strings.HasPrefix(key, NodesPrefix) || (!update && strings.HasPrefix(key, LeasesPrefix)) {
 		c.nodesGen++
+	}
+	if strings.HasPrefix(key, RolloutsPrefix) || strings.HasPrefix(key, ServicesPrefix) {
+		c.rolloutsGen++
 	}
 }
 

@@ -270,9 +270,13 @@ func TestServiceGensMoveWithTheirInputs(t *testing.T) {
 		}
 		before = after
 	}
+	rolloutsGen := c.RolloutsGen()
 	c.rev++
 	c.put(StatusPrefix+"svc-0001-000", []byte(mustJSON(api.InstanceStatus{ID: "svc-0001-000", Node: "node-0001", Ready: false})), c.rev)
 	moved("a status of svc-0001", "default/svc-0001")
+	if c.RolloutsGen() != rolloutsGen {
+		t.Fatal("a status report moved RolloutsGen: the rollout recorder builds a view for it")
+	}
 	nodesGen := c.View().NodesGen
 	c.rev++
 	c.put(leaseKey("node-0000"), []byte(mustJSON(LeaseValue{At: time.Unix(1_700_000_500, 0), DNSVersion: 7})), c.rev)
@@ -292,4 +296,7 @@ func TestServiceGensMoveWithTheirInputs(t *testing.T) {
 	c.rev++
 	c.put(RolloutsPrefix+"default/svc-0000", []byte(mustJSON(api.Rollout{Namespace: "default", Service: "svc-0000", Revision: 2})), c.rev)
 	moved("a rollout of svc-0000", "default/svc-0000")
+	if c.RolloutsGen() == rolloutsGen {
+		t.Fatal("a rollout record left RolloutsGen as it was")
+	}
 }
