@@ -32,7 +32,11 @@ type instanceCollector struct {
 }
 
 func newInstanceCollector(node string) *instanceCollector {
-	labels := []string{"namespace", "service", "instance"}
+	// instance_id, not instance: Prometheus sets instance (and job) on
+	// every series of a target, and renames a scraped label of the same
+	// name to exported_instance, so alerts and queries naming
+	// {{ $labels.instance }} got the agent's address instead.
+	labels := []string{"namespace", "service", "instance_id"}
 	constLabels := prometheus.Labels{"node": node}
 	return &instanceCollector{
 		state: prometheus.NewDesc("berth_agent_container_state",

@@ -59,17 +59,24 @@ func TestInstanceSeries(t *testing.T) {
 	h.step()
 	h.l.publishMetrics()
 	got := agentSeries(t, reg)
-	const a1, b1 = "instance=a,namespace=default,node=n1,service=web", "instance=b,namespace=default,node=n1,service=web"
+	const a1, b1 = "instance_id=a,namespace=default,node=n1,service=web", "instance_id=b,namespace=default,node=n1,service=web"
 	want := map[string]float64{
-		"berth_agent_container_state{" + a1 + ",state=Running}":                                              1,
-		"berth_agent_container_state{" + a1 + ",state=Backoff}":                                              0,
-		"berth_agent_container_restarts_total{" + a1 + "}":                                                   1,
-		"berth_agent_probe_failures_total{instance=a,namespace=default,node=n1,probe=readiness,service=web}": 1,
-		"berth_agent_probe_failures_total{instance=a,namespace=default,node=n1,probe=liveness,service=web}":  0,
-		"berth_agent_container_ready{" + a1 + "}":                                                            0, // not probed since the restart
-		"berth_agent_container_state{" + b1 + ",state=Running}":                                              1,
-		"berth_agent_container_ready{" + b1 + "}":                                                            1,
-		"berth_agent_container_restarts_total{" + b1 + "}":                                                   0,
+		"berth_agent_container_state{" + a1 + ",state=Running}":                                                 1,
+		"berth_agent_container_state{" + a1 + ",state=Backoff}":                                                 0,
+		"berth_agent_container_restarts_total{" + a1 + "}":                                                      1,
+		"berth_agent_probe_failures_total{instance_id=a,namespace=default,node=n1,probe=readiness,service=web}": 1,
+		"berth_agent_probe_failures_total{instance_id=a,namespace=default,node=n1,probe=liveness,service=web}":  0,
+		"berth_agent_container_ready{" + a1 + "}":                                                               0, // not probed since the restart
+		"berth_agent_container_state{" + b1 + ",state=Running}":                                                 1,
+		"berth_agent_container_ready{" + b1 + "}":                                                               1,
+		"berth_agent_container_restarts_total{" + b1 + "}":                                                      0,
+	}
+	for k := range got {
+		for _, target := range []string{"instance=", "job="} {
+			if strings.Contains(k, "{"+target) || strings.Contains(k, ","+target) {
+				t.Errorf("%s has %s, a label Prometheus sets on every target (it renames this one exported_%s)", k, strings.TrimSuffix(target, "="), strings.TrimSuffix(target, "="))
+			}
+		}
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {
@@ -86,7 +93,7 @@ func TestInstanceSeries(t *testing.T) {
 	h.step()
 	h.l.publishMetrics()
 	for k := range agentSeries(t, reg) {
-		if strings.Contains(k, "instance=b,") {
+		if strings.Contains(k, "instance_id=b,") {
 			t.Errorf("%s left after instance b was dropped", k)
 		}
 	}
