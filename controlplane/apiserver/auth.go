@@ -342,6 +342,11 @@ func (s *Server) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	} else if p.Role == "" {
 		return s.authorize(ctx, p, info.FullMethod, []authz.Request{{Verb: authz.Read}})
 	}
+	if guardedMethod(info.FullMethod) { // LoadImage: the largest write of all
+		if err := s.disk.check(); err != nil {
+			return err
+		}
+	}
 	if s.cfg.Auth != nil {
 		defer s.watch(&openStream{ctx: ss.Context(), cancel: cancel, p: p, method: info.FullMethod})()
 	}

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,6 +63,32 @@ func (g *diskGuard) check() error {
 	return status.Errorf(codes.ResourceExhausted,
 		"the control plane's data disk is full: %s has %s free, writes need %s (etcd stops when it cannot write); nothing was written; free space on that filesystem and retry",
 		g.dir, bytesText(g.free), bytesText(g.min))
+}
+
+// room is how many bytes a large write (an upload, a replica's copy of
+// one) may put on the disk before it falls below the minimum, read
+// afresh; unbounded for a nil guard or when free space cannot be read.
+// Image files live on the same disk as etcd's data (DataDir/images).
+func (g *diskGuard) room() int64 {
+	if g == nil {
+		return math.MaxInt64
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(g.dir, &st); err != nil {
+		return math.MaxInt64
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	if free <= g.min {
+		return 0
+	}
+	return int64(min(free-g.min, math.MaxInt64))
+}
+
+// fullErr is the error of a write that room (bytes) does not hold.
+func (g *diskGuard) fullErr(what string, room int64) error {
+	return status.Errorf(codes.ResourceExhausted,
+		"%s: the control plane's data disk %s has room for %s more before it falls below %s free (etcd stops when it cannot write); nothing was kept; free space on that filesystem and retry",
+		what, g.dir, bytesText(uint64(room)), bytesText(g.min))
 }
 
 func bytesText(n uint64) string {

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"math"
 	"strings"
 	"testing"
 
@@ -41,5 +42,24 @@ func TestDiskGuard(t *testing.T) {
 	}
 	if err := newDiskGuard("", 1<<62).check(); err != nil {
 		t.Fatalf("no guard: %v", err)
+	}
+}
+
+// The room a large write (an upload, a replica's copy) may take is the
+// free space above the minimum: none below it, unbounded without a guard.
+func TestDiskGuardRoom(t *testing.T) {
+	dir := t.TempDir()
+	if r := newDiskGuard(dir, 1<<62).room(); r != 0 {
+		t.Errorf("room below the minimum = %d, want 0", r)
+	}
+	if r := newDiskGuard(dir, 1).room(); r <= 0 {
+		t.Errorf("room above the minimum = %d, want > 0", r)
+	}
+	if r := newDiskGuard("", 1).room(); r != math.MaxInt64 {
+		t.Errorf("room without a guard = %d, want unbounded", r)
+	}
+	err := newDiskGuard(dir, 1<<62).fullErr("copy upload sha256:ab", 0)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "copy upload sha256:ab") {
+		t.Errorf("fullErr = %v", err)
 	}
 }

@@ -55,11 +55,15 @@ func (s *Server) LoadImage(stream pb.Berth_LoadImageServer) error {
 	}
 	// Both bounds hold while the bytes arrive: an upload past them is cut
 	// off, not written to disk first.
-	limit := min(s.cfg.MaxImageSize, max(0, s.cfg.ImageQuota-used))
+	// So does the room left on the data disk, which etcd shares.
+	room := s.disk.room()
+	limit := min(s.cfg.MaxImageSize, max(0, s.cfg.ImageQuota-used), room)
 	tb, err := receiveTarball(s.cfg.ImageDir, "upload-*.tar", stream.Recv, limit)
 	defer os.Remove(tb.path)
 	name := tb.name
 	switch {
+	case errors.Is(err, errImageTooLarge) && limit == room:
+		return s.disk.fullErr("load image "+name, room)
 	case errors.Is(err, errImageTooLarge) && limit < s.cfg.MaxImageSize:
 		return status.Errorf(codes.ResourceExhausted, "load image %s: more than %d bytes would exceed the image quota (%d of %d bytes used; berth image rm frees room, berth server --image-quota raises it)", name, limit, used, s.cfg.ImageQuota)
 	case errors.Is(err, errImageTooLarge):
@@ -232,6 +236,9 @@ func (s *Server) localImage(ctx context.Context, img *store.Image) (string, erro
 }
 
 func (s *Server) pullImage(ctx context.Context, img *store.Image, dest string) error {
+	if room := s.disk.room(); img.Size > room { // a copy must not fill etcd's disk
+		return s.disk.fullErr("copy upload "+img.Digest, room)
+	}
 	conn, err := pb.Dial(img.Source, s.cfg.ReplicaTLS)
 	if err != nil {
 		return err
