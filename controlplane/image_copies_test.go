@@ -72,6 +72,27 @@ func TestUploadsAreCopiedToEveryReplica(t *testing.T) {
 		sum := sha256.Sum256(b)
 		return "sha256:"+hex.EncodeToString(sum[:]) == digest, fmt.Sprintf("%d bytes", len(b))
 	})
+	// Removed through the replica that took it, the upload leaves no copy
+	// on the other (the sweep spares files younger than an hour, which may
+	// be uploads not yet recorded: this copy is made older).
+	extra := mustUpload(t, pb.NewBerthClient(adminConn(t, one.srv)), buildImage(t, "berth.local/removed:v1", "removed"))
+	extraDigest := extra.GetDigest()
+	extraPath := filepath.Join(two.dataDir, "images", "sha256-"+strings.TrimPrefix(extraDigest, "sha256:")+".tar")
+	eventually(t, "the second upload copied to replica two", func() (bool, string) {
+		_, err := os.Stat(extraPath)
+		return err == nil, fmt.Sprint(err)
+	})
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(extraPath, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pb.NewBerthClient(adminConn(t, one.srv)).RemoveImage(context.Background(), &pb.RemoveImageRequest{Image: extraDigest}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "replica two's copy of the removed upload gone", func() (bool, string) {
+		_, err := os.Stat(extraPath)
+		return os.IsNotExist(err), fmt.Sprint(err)
+	})
 	// With the receiving replica gone, the other still lists and holds it.
 	one.stop()
 	l, err := pb.NewBerthClient(adminConn(t, two.srv)).ListImages(context.Background(), &pb.ListImagesRequest{})

@@ -461,7 +461,8 @@ const imageResync = 30 * time.Second
 // an upload is fetched from the replica that received it as soon as it is
 // recorded, so that an image still starts when that replica is down (an
 // agent asks whichever replica it is connected to). Until then, and if a
-// pull fails, localImage fetches on demand as before.
+// pull fails, localImage fetches on demand as before. A removed upload's
+// copy goes at the next pass (SweepImages).
 func (s *Server) ReplicateImages(ctx context.Context) error {
 	wake := make(chan struct{}, 1)
 	go func() {
@@ -483,6 +484,12 @@ func (s *Server) ReplicateImages(ctx context.Context) error {
 	failing := map[string]bool{} // digests whose pull failed, logged once
 	for {
 		s.replicateImages(ctx, failing)
+		// An upload removed through another replica leaves this
+		// replica's copy behind: image rm deletes the file only where it
+		// runs, and the sweep ran only at start.
+		if err := s.SweepImages(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Debug("image sweep failed", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
