@@ -159,6 +159,9 @@ type Server struct {
 	adminConfig string
 	closeOnce   sync.Once
 	leader      atomic.Bool
+	// electionLease is the lease of the election session this replica
+	// campaigns with (takeover.go tells its own from a predecessor's).
+	electionLease atomic.Int64
 }
 
 // New starts etcd (or connects to it), binds the API listener and builds
@@ -410,6 +413,7 @@ func (s *Server) lead(ctx context.Context) error {
 		if !ok {
 			return nil
 		}
+		s.electionLease.Store(int64(sess.Lease()))
 		el := concurrency.NewElection(sess, ElectionPrefix)
 		if err := el.Campaign(ctx, name); err != nil {
 			sess.Close()
@@ -429,6 +433,17 @@ func (s *Server) lead(ctx context.Context) error {
 			case <-lctx.Done():
 			}
 			cancel()
+		}()
+		// The election key deleted (another replica revoked the lease,
+		// takeover.go) ends the lead at once, not at the next keepalive.
+		go func() {
+			for wr := range s.cli.Watch(lctx, el.Key(), clientv3.WithFilterPut()) {
+				if len(wr.Events) > 0 {
+					s.logger.Warn("lost the lead (election key deleted: another replica took over): stopping controllers", "replica", name)
+					cancel()
+					return
+				}
+			}
 		}()
 		err := s.ctrl.Run(lctx)
 		cancel()

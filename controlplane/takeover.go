@@ -25,7 +25,12 @@ import (
 // API address refuses connections (a port nobody listens on: the process
 // is gone; a slow or partitioned leader times out instead, and a firewall
 // that rejects does not stop the keepalives), twice in a row, a follower
-// revokes the dead leader's lease and the next in line leads at once.
+// revokes the dead leader's lease and the next in line leads at once. The
+// old leader, if it was alive after all (a firewall answering with resets
+// to a late keepalive), stops its controllers as soon as it sees its
+// election key go (server.go), not at its next keepalive. A replica
+// restarted under the same name revokes its dead predecessor's lease
+// without those checks: it knows that process is gone.
 // Reading a lease's time to live writes nothing to etcd.
 const (
 	leaderCheckEvery   = 500 * time.Millisecond
@@ -101,8 +106,15 @@ func (s *Server) leaderGone(ctx context.Context, self string, w *leaseWatch) (go
 	}
 	kv := resp.Kvs[0]
 	leader, lease = string(kv.Value), clientv3.LeaseID(kv.Lease)
-	if leader == self || lease == 0 {
+	if lease == 0 {
 		return false, leader, 0, 0
+	}
+	if leader == self {
+		// This replica's name on another session's lease: its previous
+		// process, killed and restarted on the same name (and port, so
+		// the check below would reach this one). Ours campaigns behind it.
+		own := clientv3.LeaseID(s.electionLease.Load())
+		return own != 0 && own != lease, leader, lease, 0
 	}
 	ttl, err := s.cli.TimeToLive(gctx, lease)
 	if err != nil || ttl.TTL <= 0 || ttl.GrantedTTL <= 0 {

@@ -42,6 +42,9 @@ func TestDeadLeaderIsReplacedBeforeItsLeaseExpires(t *testing.T) {
 		t.Cleanup(func() { cancel(); <-done })
 		return &replica{srv: srv, cancel: cancel}
 	}
+	if testing.Short() {
+		t.Skip("a 10-s lease")
+	}
 	r1, r2 := start("one"), start("two")
 	eventually(t, "one leader", func() (bool, string) { return r1.srv.IsLeader() != r2.srv.IsLeader(), "" })
 	leader, follower := r1, r2
@@ -98,4 +101,69 @@ func TestLeaseWatchCountsKeepalivesOnly(t *testing.T) {
 			t.Fatalf("at %d ms (lease %d, ttl %d): silent %s, want %s", c.ms, c.lease, c.ttl, got, c.silent)
 		}
 	}
+}
+
+// A leader whose election key goes (another replica revoked its lease)
+// stops its controllers at once, not at its next keepalive (a third of
+// its 10-s lease): two controllers never run side by side for long. A
+// replica restarted under the same name takes the lead from its killed
+// predecessor at once.
+func TestLeadEndsWithItsKeyAndARestartTakesOverItsPredecessor(t *testing.T) {
+	etcd, err := StartEmbeddedEtcd(t.TempDir(), EtcdTuning{TickMs: 10, ElectionMs: 100}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
+	start := func(name string) *Server {
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, name
+		cfg.SecretsKeyFile, cfg.ElectionTTL = secretsKey, 10*time.Second
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		srv, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return srv
+	}
+	one := start("one")
+	eventually(t, "one leads", func() (bool, string) { return one.IsLeader(), "" })
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	resp, err := cli.Get(ctx, ElectionPrefix+"/", clientv3.WithFirstCreate()...)
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("election key: %v", err)
+	}
+	revoked := time.Now()
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	for one.IsLeader() {
+		if time.Since(revoked) > 2*time.Second {
+			t.Fatalf("still leading %s after its election key went", time.Since(revoked).Round(time.Millisecond))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// It campaigns again and leads (nobody else runs).
+	eventually(t, "one leads again", func() (bool, string) { return one.IsLeader(), "" })
+	// Killed (no resignation), then restarted under the same name.
+	one.grpc.Stop()
+	one.cli.Close()
+	died := time.Now()
+	again := start("one")
+	for !again.IsLeader() {
+		if time.Since(died) > 6*time.Second {
+			t.Fatalf("the restarted replica does not lead %s after its predecessor died (its lease: 10 s)", time.Since(died).Round(time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the restart led %s after its predecessor died", time.Since(died).Round(time.Millisecond))
 }
