@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -52,16 +53,25 @@ func Register(mux *http.ServeMux, checks ...Check) {
 	})
 }
 
-// Run runs checks and returns a report, one line each ("ok name" or
-// "fail name: why"), and whether all passed.
+// Run runs checks, all at once (a request takes at most Timeout, not
+// Timeout per check: a probe's own timeout is often a second or two), and
+// returns a report, one line each in their order ("ok name" or "fail
+// name: why"), and whether all passed.
 func Run(ctx context.Context, checks []Check) (string, bool) {
+	errs := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, Timeout)
+			defer cancel()
+			errs[i] = c.Fn(cctx)
+		})
+	}
+	wg.Wait()
 	var b strings.Builder
 	ok := true
-	for _, c := range checks {
-		cctx, cancel := context.WithTimeout(ctx, Timeout)
-		err := c.Fn(cctx)
-		cancel()
-		if err != nil {
+	for i, c := range checks {
+		if err := errs[i]; err != nil {
 			ok = false
 			// One line per check, whatever the error says.
 			fmt.Fprintf(&b, "fail %s: %s\n", c.Name, strings.ReplaceAll(err.Error(), "\n", " "))

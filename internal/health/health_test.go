@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -53,5 +54,30 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if code, body := get(t, srv, "POST", "/healthz"); code != 405 || !strings.Contains(body, "not allowed") {
 		t.Errorf("POST /healthz = %d %q, want 405", code, body)
+	}
+}
+
+// Checks run side by side: each of these passes only once all three
+// have started (run one after another, the first would wait out its
+// timeout and fail); the report keeps their order.
+func TestChecksRunTogether(t *testing.T) {
+	var started sync.WaitGroup
+	started.Add(3)
+	all := make(chan struct{})
+	go func() { started.Wait(); close(all) }()
+	together := func(name string) Check {
+		return Check{Name: name, Fn: func(ctx context.Context) error {
+			started.Done()
+			select {
+			case <-all:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}}
+	}
+	report, ok := Run(context.Background(), []Check{together("a"), together("b"), together("c")})
+	if !ok || report != "ok a\nok b\nok c\nready\n" {
+		t.Fatalf("report %q ok %v", report, ok)
 	}
 }
