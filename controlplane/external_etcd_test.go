@@ -3,8 +3,6 @@ package controlplane
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -103,19 +101,8 @@ func (x *externalEtcd) stop(i int) {
 // naming quorum, and they resume when a member returns.
 func TestExternalEtcdClusterLosesAMember(t *testing.T) {
 	x := startExternalEtcd(t)
-	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
-	cfg := DefaultConfig()
-	cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", x.endpoints, "one"
-	cfg.SecretsKeyFile, cfg.ElectionTTL = secretsKey, time.Second
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	srv := startReplica(t, x.endpoints, filepath.Join(t.TempDir(), "secrets.key"), "one", time.Second).srv
+	ctx := context.Background()
 	eventually(t, "the replica leads", func() (bool, string) { return srv.IsLeader(), "" })
 	cli := pb.NewBerthClient(adminConn(t, srv))
 	apply := func(replicas int32) {
@@ -145,7 +132,7 @@ func TestExternalEtcdClusterLosesAMember(t *testing.T) {
 		t.Fatal("no etcd leader among the two members left")
 	}
 	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = cli.Apply(actx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(3)}})
+	_, err := cli.Apply(actx, &pb.ApplyRequest{Services: []*pb.Service{helloSpec(3)}})
 	acancel()
 	if !apierr.IsNoQuorum(err) {
 		t.Fatalf("a write with one of three members: %v, want the no-quorum error", err)

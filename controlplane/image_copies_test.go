@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,40 +19,8 @@ import (
 // chaos suite found a new instance of an uploaded image could not start
 // while that replica was away).
 func TestUploadsAreCopiedToEveryReplica(t *testing.T) {
-	etcd, err := StartEmbeddedEtcd(t.TempDir(), EtcdTuning{TickMs: 10, ElectionMs: 100}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Close)
-	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
-	type replica struct {
-		srv     *Server
-		dataDir string
-		stop    func()
-	}
-	start := func(name string) *replica {
-		cfg := DefaultConfig()
-		cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, name
-		cfg.SecretsKeyFile, cfg.ElectionTTL = secretsKey, time.Second
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		stopped := false
-		stop := func() {
-			if !stopped {
-				stopped = true
-				cancel()
-				<-done
-			}
-		}
-		t.Cleanup(stop)
-		return &replica{srv: srv, dataDir: cfg.DataDir, stop: stop}
-	}
+	endpoints, secretsKey := sharedEtcd(t)
+	start := func(name string) *testReplica { return startReplica(t, endpoints, secretsKey, name, time.Second) }
 	one, two := start("one"), start("two")
 	data := buildImage(t, "berth.local/copied:v1", "copied")
 	resp := mustUpload(t, pb.NewBerthClient(adminConn(t, one.srv)), data)

@@ -2,9 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,31 +14,8 @@ import (
 // replica sees the lease no longer kept alive and the API refuse
 // connections, and revokes the lease.
 func TestDeadLeaderIsReplacedBeforeItsLeaseExpires(t *testing.T) {
-	etcd, err := StartEmbeddedEtcd(t.TempDir(), EtcdTuning{TickMs: 10, ElectionMs: 100}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Close)
-	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
-	type replica struct {
-		srv    *Server
-		cancel context.CancelFunc
-	}
-	start := func(name string) *replica {
-		cfg := DefaultConfig()
-		cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, name
-		cfg.SecretsKeyFile, cfg.ElectionTTL = secretsKey, 10*time.Second
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		return &replica{srv: srv, cancel: cancel}
-	}
+	endpoints, secretsKey := sharedEtcd(t)
+	start := func(name string) *testReplica { return startReplica(t, endpoints, secretsKey, name, 10*time.Second) }
 	if testing.Short() {
 		t.Skip("a 10-s lease")
 	}
@@ -109,30 +83,11 @@ func TestLeaseWatchCountsKeepalivesOnly(t *testing.T) {
 // replica restarted under the same name takes the lead from its killed
 // predecessor at once.
 func TestLeadEndsWithItsKeyAndARestartTakesOverItsPredecessor(t *testing.T) {
-	etcd, err := StartEmbeddedEtcd(t.TempDir(), EtcdTuning{TickMs: 10, ElectionMs: 100}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Close)
-	secretsKey := filepath.Join(t.TempDir(), "secrets.key")
-	start := func(name string) *Server {
-		cfg := DefaultConfig()
-		cfg.DataDir, cfg.APIAddr, cfg.EtcdEndpoints, cfg.Name = t.TempDir(), "127.0.0.1:0", []string{etcd.Endpoint()}, name
-		cfg.SecretsKeyFile, cfg.ElectionTTL = secretsKey, 10*time.Second
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		return srv
-	}
+	endpoints, secretsKey := sharedEtcd(t)
+	start := func(name string) *Server { return startReplica(t, endpoints, secretsKey, name, 10*time.Second).srv }
 	one := start("one")
 	eventually(t, "one leads", func() (bool, string) { return one.IsLeader(), "" })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints})
 	if err != nil {
 		t.Fatal(err)
 	}
