@@ -1041,6 +1041,23 @@ func TestChaos(t *testing.T) {
 		t.Logf("fault: %s", name)
 		return f
 	}
+	// rejoin restarts a killed server and waits until it and the other two
+	// form a healthy three-member etcd again.
+	rejoin := func(f *chaosFault, victim *chaosServer) {
+		c.launchServer(victim)
+		f.event("restarted " + victim.name)
+		c.waitServer(victim)
+		c.waitHealthy(60 * time.Second)
+		f.event("three healthy members")
+	}
+	// finish waits until every service is intact (settle), lets the load
+	// run a moment and closes the fault.
+	finish := func(f *chaosFault, before map[string]string) {
+		settle(f, before, 30*time.Second)
+		f.event("intact")
+		steady()
+		f.to = time.Now()
+	}
 	mustState := func() map[string]string {
 		s, err := c.containerState()
 		if err != nil {
@@ -1078,15 +1095,8 @@ func TestChaos(t *testing.T) {
 		f.writeDown, err = c.untilWrite(killed, 30*time.Second)
 		f.check(err == nil, "no write accepted within 30 s of the kill: %v", err)
 		steady()
-		c.launchServer(victim)
-		f.event("restarted " + victim.name)
-		c.waitServer(victim)
-		c.waitHealthy(60 * time.Second)
-		f.event("three healthy members")
-		settle(f, before, 30*time.Second)
-		f.event("intact")
-		steady()
-		f.to = time.Now()
+		rejoin(f, victim)
+		finish(f, before)
 	}
 
 	// 2: kill -9 the leading replica: another leads within a few seconds
@@ -1113,15 +1123,8 @@ func TestChaos(t *testing.T) {
 		f.check(f.leaderChange >= 0, "no other replica took the lead within 30 s")
 		f.check(f.leaderChange < 10*time.Second, "another replica led only after %s (want a few seconds)", fmtDur(f.leaderChange))
 		steady()
-		c.launchServer(victim)
-		f.event("restarted " + victim.name)
-		c.waitServer(victim)
-		c.waitHealthy(60 * time.Second)
-		f.event("three healthy members")
-		settle(f, before, 30*time.Second)
-		f.event("intact")
-		steady()
-		f.to = time.Now()
+		rejoin(f, victim)
+		finish(f, before)
 	}
 
 	// 2b (full form): kill -9 the server whose etcd member leads raft:
@@ -1142,15 +1145,8 @@ func TestChaos(t *testing.T) {
 			f.leaderChange = c.untilLeader(counts, killed, 30*time.Second)
 		}
 		steady()
-		c.launchServer(victim)
-		f.event("restarted " + victim.name)
-		c.waitServer(victim)
-		c.waitHealthy(60 * time.Second)
-		f.event("three healthy members")
-		settle(f, before, 30*time.Second)
-		f.event("intact")
-		steady()
-		f.to = time.Now()
+		rejoin(f, victim)
+		finish(f, before)
 	}
 
 	// 3: quorum loss: two of three servers down (the leading replica one
@@ -1204,10 +1200,7 @@ func TestChaos(t *testing.T) {
 		}
 		c.waitHealthy(60 * time.Second)
 		f.event("three healthy members")
-		settle(f, before, 30*time.Second)
-		f.event("intact")
-		steady()
-		f.to = time.Now()
+		finish(f, before)
 	}
 
 	// 4: kill -9 an agent, restart it after 10 s: its containers keep
@@ -1237,10 +1230,7 @@ func TestChaos(t *testing.T) {
 		}
 		f.check(adopted == onNode, "the restarted agent adopted %d of its %d containers", adopted, onNode)
 		f.event(fmt.Sprintf("%d containers adopted", adopted))
-		settle(f, before, 30*time.Second)
-		f.event("intact")
-		steady()
-		f.to = time.Now()
+		finish(f, before)
 	}
 
 	// restartAgent kills n's agent with SIGKILL, starts it again (under
@@ -1440,11 +1430,7 @@ spec:
 		f.check(slices.Equal(ids1, rollIDs()), "roll's instances changed before the promotion: %v -> %v", ids1, rollIDs())
 		// Back before the promotion (uploads are copied to every replica,
 		// so the second canary replica's image does not need it).
-		c.launchServer(victim)
-		f.event("restarted " + victim.name)
-		c.waitServer(victim)
-		c.waitHealthy(60 * time.Second)
-		f.event("three healthy members")
+		rejoin(f, victim)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := c.admin.RolloutAction(ctx, &pb.RolloutActionRequest{Namespace: "default", Name: "roll", Action: "promote", Full: true})
 		cancel()
