@@ -2,40 +2,20 @@ package nodeagent
 
 import (
 	"errors"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/api/pb"
+	"github.com/berth-dev/berth/internal/metricstest"
 	"github.com/berth-dev/berth/nodeagent/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // agentSeries gathers reg into "name{label=value,...}" -> value.
 func agentSeries(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			sort.Strings(labels)
-			v := m.GetGauge().GetValue()
-			if c := m.GetCounter(); c != nil {
-				v = c.GetValue()
-			}
-			out[f.GetName()+"{"+strings.Join(labels, ",")+"}"] = v
-		}
-	}
-	return out
+	return metricstest.Series(t, reg)
 }
 
 // Each instance's state (a state set), readiness, restarts and probe

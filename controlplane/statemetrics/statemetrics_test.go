@@ -1,34 +1,18 @@
 package statemetrics
 
 import (
-	"sort"
 	"strings"
 	"testing"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/controlplane/store"
+	"github.com/berth-dev/berth/internal/metricstest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // scrape gathers reg into "name{label=value,...}" -> value.
 func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			sort.Strings(labels)
-			out[f.GetName()+"{"+strings.Join(labels, ",")+"}"] = m.GetGauge().GetValue()
-		}
-	}
-	return out
+	return metricstest.Series(t, reg)
 }
 
 func replicas(n int32) *int32 { return &n }
