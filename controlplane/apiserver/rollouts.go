@@ -43,9 +43,12 @@ func (s *Server) RolloutStatus(ctx context.Context, req *pb.RolloutRequest) (*pb
 			}
 		}
 	}
-	for _, vi := range v.Instances {
+	// The service's own instances (the view's index): the dashboard asks
+	// this of every service on a refresh, and a scan of every instance of
+	// the cluster per call made that services x instances.
+	for _, vi := range v.ServiceInstances(ns + "/" + req.Name) {
 		in := vi.Instance
-		if in.Namespace != ns || in.Service != req.Name || !in.Live() || !in.ReadyWith(v.Statuses[in.ID]) {
+		if !in.Live() || !in.ReadyWith(v.Statuses[in.ID]) {
 			continue
 		}
 		switch in.Revision {
