@@ -436,8 +436,10 @@ func (s *Server) lead(ctx context.Context) error {
 		}()
 		// The election key deleted (another replica revoked the lease,
 		// takeover.go) ends the lead at once, not at the next keepalive.
+		// Watched from the key's creation: a deletion before the watch
+		// is set up is not missed.
 		go func() {
-			for wr := range s.cli.Watch(lctx, el.Key(), clientv3.WithFilterPut()) {
+			for wr := range s.cli.Watch(lctx, el.Key(), clientv3.WithFilterPut(), clientv3.WithRev(el.Rev()+1)) {
 				if len(wr.Events) > 0 {
 					s.logger.Warn("lost the lead (election key deleted: another replica took over): stopping controllers", "replica", name)
 					cancel()

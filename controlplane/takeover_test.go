@@ -42,7 +42,7 @@ func TestDeadLeaderIsReplacedBeforeItsLeaseExpires(t *testing.T) {
 	leader.srv.cli.Close()
 	for !follower.srv.IsLeader() {
 		if time.Since(died) > 7*time.Second {
-			t.Fatalf("no takeover %s after the leader died (its lease: 10 s)", time.Since(died).Round(time.Millisecond))
+			t.Fatalf("no takeover %s after the leader died (its lease: 30 s)", time.Since(died).Round(time.Millisecond))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -84,7 +84,9 @@ func TestLeaseWatchCountsKeepalivesOnly(t *testing.T) {
 // predecessor at once.
 func TestLeadEndsWithItsKeyAndARestartTakesOverItsPredecessor(t *testing.T) {
 	endpoints, secretsKey := sharedEtcd(t)
-	start := func(name string) *Server { return startReplica(t, endpoints, secretsKey, name, 10*time.Second).srv }
+	// A 30-s lease: a keepalive every 10 s, which the old lead would have
+	// waited for; the predecessor's lease would have run 30 s.
+	start := func(name string) *Server { return startReplica(t, endpoints, secretsKey, name, 30*time.Second).srv }
 	one := start("one")
 	eventually(t, "one leads", func() (bool, string) { return one.IsLeader(), "" })
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints})
@@ -101,13 +103,20 @@ func TestLeadEndsWithItsKeyAndARestartTakesOverItsPredecessor(t *testing.T) {
 	if _, err := cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
 		t.Fatal(err)
 	}
-	for one.IsLeader() {
+	// It stops and campaigns again at once (nobody else runs, so it leads
+	// again within milliseconds: IsLeader alone would hardly be seen
+	// false): a new election key on a new lease shows the old lead ended.
+	old := resp.Kvs[0].Lease
+	for {
+		r, err := cli.Get(ctx, ElectionPrefix+"/", clientv3.WithFirstCreate()...)
+		if err == nil && len(r.Kvs) > 0 && r.Kvs[0].Lease != old {
+			break
+		}
 		if time.Since(revoked) > 2*time.Second {
-			t.Fatalf("still leading %s after its election key went", time.Since(revoked).Round(time.Millisecond))
+			t.Fatalf("no new campaign %s after its election key went: the old lead runs on", time.Since(revoked).Round(time.Millisecond))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// It campaigns again and leads (nobody else runs).
 	eventually(t, "one leads again", func() (bool, string) { return one.IsLeader(), "" })
 	// Killed (no resignation), then restarted under the same name.
 	one.grpc.Stop()
@@ -116,7 +125,7 @@ func TestLeadEndsWithItsKeyAndARestartTakesOverItsPredecessor(t *testing.T) {
 	again := start("one")
 	for !again.IsLeader() {
 		if time.Since(died) > 6*time.Second {
-			t.Fatalf("the restarted replica does not lead %s after its predecessor died (its lease: 10 s)", time.Since(died).Round(time.Millisecond))
+			t.Fatalf("the restarted replica does not lead %s after its predecessor died (its lease: 30 s)", time.Since(died).Round(time.Millisecond))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
